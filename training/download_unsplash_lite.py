@@ -1,0 +1,506 @@
+"""Download the Unsplash-Lite photographs at a fixed width.
+
+The Unsplash-Lite dataset ships its photo table as tab-separated files named
+``photos.tsv000``, ``photos.tsv001``, ... (each with its own header row). Every row names a
+``photo_id`` and a ``photo_image_url``; the other columns are ignored. This script asks the
+Unsplash image CDN for each photo at the requested width by setting the ``w`` query
+parameter of that URL (``...?ixid=...&w=1024``) and stores the answer as
+``<output-dir>/<photo_id>.jpg``.
+
+Behaviour:
+
+* a bounded pool of worker threads (``--workers``) downloads in parallel;
+* every request has a timeout (``--timeout``); connection errors, timeouts, HTTP 5xx / 408 /
+  429 answers and truncated bodies (fewer bytes than ``Content-Length``) are retried up to
+  ``--retries`` times with exponential backoff (``--backoff-base`` * 2**k seconds); other
+  HTTP errors (404 and the rest of 4xx) fail at once;
+* every downloaded body must decode with PIL (``Image.open(...).load()``); a body that does
+  not decode counts as failed and is never left on disk;
+* files are written to a temporary file in the output directory and moved into place with
+  ``os.replace``, so an interrupted run never leaves a half-written ``<photo_id>.jpg``;
+* a run resumes: an existing ``<photo_id>.jpg`` that decodes is skipped, one that does not
+  is downloaded again (the width of an existing file is not checked, so use one output
+  directory per width);
+* the run ends with a summary (downloaded / skipped / failed) and writes the failed photo
+  ids, one a line, to ``<output-dir>/failed.txt`` (rewritten on every run; empty when
+  nothing failed).
+
+Example::
+
+    python training/download_unsplash_lite.py /data/unsplash-lite \\
+        --output-dir /data/unsplash-lite/w1024 --width 1024 --workers 16
+
+The exit status is 0 when at least one photo was downloaded or skipped, 1 when every photo
+failed, and 2 when the input is bad (missing file, missing column, invalid option).
+Only the standard library, Pillow and tqdm are used.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+from tqdm import tqdm
+
+REQUIRED_COLUMNS = ("photo_id", "photo_image_url")
+TSV_NAME_PATTERN = re.compile(r"^photos\.tsv\d*$")
+PHOTO_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+FAILED_LIST_NAME = "failed.txt"
+USER_AGENT = "uplift-diffusers-unsplash-lite-downloader/0.1"
+RETRYABLE_HTTP_CODES = frozenset({408, 429})
+_TEMP_SUFFIX = ".part"
+
+DOWNLOADED = "downloaded"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PhotoRow:
+    """One photo of the dataset: its id and the URL of the original image."""
+
+    photo_id: str
+    image_url: str
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What happened to one photo: ``status`` is ``downloaded``, ``skipped`` or ``failed``."""
+
+    photo_id: str
+    status: str
+    attempts: int = 0
+    reason: str = ""
+
+
+@dataclass
+class DownloadSummary:
+    """Counts of one run, the failed ids (in input order) and why each of them failed."""
+
+    total: int
+    downloaded: int
+    skipped: int
+    failed: int
+    failed_ids: list[str] = field(default_factory=list)
+    failure_reasons: dict[str, str] = field(default_factory=dict)
+    output_dir: Path | None = None
+    failed_list_path: Path | None = None
+
+    @property
+    def all_failed(self) -> bool:
+        """True when there was at least one photo and none of them was downloaded or skipped."""
+        return self.total > 0 and self.failed == self.total
+
+    def format(self, max_reasons: int = 10) -> str:
+        """A short human-readable report: the counts, then up to ``max_reasons`` failures."""
+        lines = [
+            f"Unsplash-Lite download: {self.total} photos -> {self.output_dir}",
+            f"  downloaded: {self.downloaded}",
+            f"  skipped (already complete): {self.skipped}",
+            f"  failed: {self.failed}" + (f" (ids in {self.failed_list_path})" if self.failed else ""),
+        ]
+        for photo_id in self.failed_ids[:max_reasons]:
+            lines.append(f"    {photo_id}: {self.failure_reasons.get(photo_id, '')}")
+        if len(self.failed_ids) > max_reasons:
+            lines.append(f"    ... and {len(self.failed_ids) - max_reasons} more")
+        return "\n".join(lines)
+
+
+class _RetryableError(Exception):
+    """A transient download problem (connection, timeout, 5xx, truncated body)."""
+
+
+class _PermanentError(Exception):
+    """A download problem that retrying will not fix (404 and other 4xx answers)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def find_tsv_files(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Resolve directories and files into the list of ``photos.tsv*`` files to read.
+
+    A directory contributes every file in it named ``photos.tsv`` or ``photos.tsv<digits>``
+    (``photos.tsv000``, ``photos.tsv001``, ...), sorted by name; a file is used as given.
+    Raises FileNotFoundError for a path that does not exist or a directory without such
+    files, and ValueError for an empty ``inputs``.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError(
+            "inputs is empty: pass the Unsplash-Lite directory or its photos.tsv* files"
+        )
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and TSV_NAME_PATTERN.match(p.name))
+            if not found:
+                raise FileNotFoundError(
+                    f"no photos.tsv* file in directory {path}: point inputs at the unpacked "
+                    "Unsplash-Lite folder (it contains photos.tsv000, photos.tsv001, ...)"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(
+                f"photos tsv file not found: {path} (check the path to the Unsplash-Lite dataset)"
+            )
+    return files
+
+
+def iter_photo_rows(tsv_files: Iterable[str | os.PathLike]) -> Iterable[PhotoRow]:
+    """Yield a PhotoRow for every data row of the given tab-separated files, in order.
+
+    Only the ``photo_id`` and ``photo_image_url`` columns are read. A file without one of
+    them raises ValueError naming the file and the column; a row with an empty or unsafe
+    ``photo_id`` (anything other than letters, digits, ``-`` and ``_``) or an empty URL
+    raises ValueError naming the file and line.
+    """
+    for tsv in tsv_files:
+        path = Path(tsv)
+        if not path.is_file():
+            raise FileNotFoundError(f"photos tsv file not found: {path}")
+        with path.open("r", encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            header = reader.fieldnames
+            if header is None:
+                raise ValueError(
+                    f"{path} is empty: expected a header row with the columns "
+                    f"{', '.join(REQUIRED_COLUMNS)}"
+                )
+            for column in REQUIRED_COLUMNS:
+                if column not in header:
+                    raise ValueError(
+                        f"{path} has no column '{column}' (header: {', '.join(header)}); "
+                        "pass the Unsplash-Lite photos.tsv* files"
+                    )
+            for row in reader:
+                line = reader.line_num
+                photo_id = (row.get("photo_id") or "").strip()
+                url = (row.get("photo_image_url") or "").strip()
+                if not PHOTO_ID_PATTERN.match(photo_id):
+                    raise ValueError(
+                        f"{path} line {line}: photo_id {photo_id!r} is empty or not a safe file "
+                        "name (letters, digits, '-', '_'); fix or remove the row"
+                    )
+                if not url:
+                    raise ValueError(
+                        f"{path} line {line}: photo_image_url is empty for photo_id {photo_id!r}; "
+                        "fix or remove the row"
+                    )
+                yield PhotoRow(photo_id=photo_id, image_url=url)
+
+
+def read_photo_rows(
+    tsv_files: Iterable[str | os.PathLike], limit: int | None = None
+) -> list[PhotoRow]:
+    """Read the photo rows of ``tsv_files`` (see ``iter_photo_rows``), at most ``limit`` of them.
+
+    A photo id that appears twice raises ValueError (both rows would write the same file).
+    """
+    if limit is not None:
+        _check_int("limit", limit, minimum=1, fix="pass a positive number of photos or None for all")
+    rows: list[PhotoRow] = []
+    seen: set[str] = set()
+    for row in iter_photo_rows(tsv_files):
+        if limit is not None and len(rows) >= limit:
+            break
+        if row.photo_id in seen:
+            raise ValueError(
+                f"photo_id {row.photo_id!r} appears more than once in the tsv files; "
+                "remove the duplicate row"
+            )
+        seen.add(row.photo_id)
+        rows.append(row)
+    return rows
+
+
+def with_width(url: str, width: int) -> str:
+    """Return ``url`` with its ``w`` query parameter set to ``width``; other parameters are kept.
+
+    An existing ``w`` is replaced (not duplicated); the order of the other parameters is kept.
+    """
+    _check_int("width", width, minimum=1, fix="pass the wanted image width in pixels, e.g. 1024")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"url {url!r} is not an http(s) URL; check the photo_image_url column")
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "w"]
+    query.append(("w", str(width)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+# --------------------------------------------------------------------------- one photo
+
+
+def is_complete_image(path: str | os.PathLike) -> bool:
+    """True when ``path`` exists and decodes completely with PIL (``Image.open(path).load()``).
+
+    Note: this relies on PIL raising for truncated data, i.e. on
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` being left at its default (False).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+        return False
+    return True
+
+
+def output_path(output_dir: str | os.PathLike, photo_id: str) -> Path:
+    """The file a photo is stored in: ``<output_dir>/<photo_id>.jpg``."""
+    return Path(output_dir) / f"{photo_id}.jpg"
+
+
+def _fetch(opener: urllib.request.OpenerDirector, url: str, timeout: float) -> bytes:
+    """GET ``url`` and return the complete body, mapping errors to retryable / permanent."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            expected = response.headers.get("Content-Length")
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        err.close()
+        message = f"HTTP {err.code} {err.reason}"
+        if err.code >= 500 or err.code in RETRYABLE_HTTP_CODES:
+            raise _RetryableError(message) from err
+        raise _PermanentError(message) from err
+    except http.client.IncompleteRead as err:
+        raise _RetryableError(
+            f"truncated body: got {len(err.partial)} bytes, expected {len(err.partial) + (err.expected or 0)}"
+        ) from err
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        # OSError covers TimeoutError / socket.timeout and ConnectionError.
+        reason = err.reason if isinstance(err, urllib.error.URLError) else err
+        raise _RetryableError(f"{type(reason).__name__}: {reason}") from err
+    if expected is not None and expected.isdigit() and len(body) != int(expected):
+        raise _RetryableError(f"truncated body: got {len(body)} bytes, Content-Length {expected}")
+    return body
+
+
+def _write_verified(body: bytes, destination: Path) -> str:
+    """Write ``body`` atomically to ``destination`` if it decodes; return '' or the reason."""
+    fd, temp_name = tempfile.mkstemp(
+        dir=destination.parent, prefix=f".{destination.stem}.", suffix=_TEMP_SUFFIX
+    )
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+        if not is_complete_image(temp):
+            return f"body of {len(body)} bytes does not decode as an image"
+        os.replace(temp, destination)
+        return ""
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def download_photo(
+    row: PhotoRow,
+    output_dir: str | os.PathLike,
+    width: int,
+    *,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff_base: float = 1.0,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> DownloadResult:
+    """Download one photo at ``width`` into ``<output_dir>/<photo_id>.jpg``.
+
+    Skips a photo whose file already decodes. Retries transient errors (connection errors,
+    timeouts, HTTP 5xx / 408 / 429, truncated bodies) up to ``retries`` times, sleeping
+    ``backoff_base * 2**k`` seconds before retry k (k = 0, 1, ...). A 404 or other 4xx
+    answer, or a body that does not decode, fails without retry. Never raises for a
+    download problem: the outcome is in the returned DownloadResult.
+    """
+    destination = output_path(output_dir, row.photo_id)
+    if is_complete_image(destination):
+        return DownloadResult(row.photo_id, SKIPPED)
+    url = with_width(row.image_url, width)
+    opener = opener or urllib.request.build_opener()
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_base * 2 ** (attempt - 1))
+        try:
+            body = _fetch(opener, url, timeout)
+        except _PermanentError as err:
+            return DownloadResult(row.photo_id, FAILED, attempt + 1, str(err))
+        except _RetryableError as err:
+            reason = str(err)
+            continue
+        try:
+            problem = _write_verified(body, destination)
+        except OSError as err:
+            return DownloadResult(row.photo_id, FAILED, attempt + 1, f"could not write {destination}: {err}")
+        if problem:
+            return DownloadResult(row.photo_id, FAILED, attempt + 1, problem)
+        return DownloadResult(row.photo_id, DOWNLOADED, attempt + 1)
+    return DownloadResult(row.photo_id, FAILED, retries + 1, f"{reason} (after {retries + 1} attempts)")
+
+
+# --------------------------------------------------------------------------- all photos
+
+
+def _check_int(name: str, value, minimum: int, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}: {fix}")
+
+
+def _check_number(name: str, value, minimum: float, strict: bool, fix: str) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a number {relation} {minimum}, got {value!r}: {fix}")
+
+
+def _write_failed_list(path: Path, failed_ids: Sequence[str]) -> None:
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{photo_id}\n" for photo_id in failed_ids)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+
+
+def download_photos(
+    rows: Sequence[PhotoRow],
+    output_dir: str | os.PathLike,
+    width: int,
+    *,
+    workers: int = 8,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff_base: float = 1.0,
+    progress: bool = True,
+) -> DownloadSummary:
+    """Download ``rows`` at ``width`` into ``output_dir`` with a pool of ``workers`` threads.
+
+    Creates ``output_dir`` if needed, shows a tqdm progress bar when ``progress`` is true,
+    writes the failed ids to ``<output_dir>/failed.txt`` and returns the DownloadSummary.
+    """
+    _check_int("width", width, minimum=1, fix="pass the wanted image width in pixels, e.g. 1024")
+    _check_int("workers", workers, minimum=1, fix="pass at least one worker thread")
+    _check_int("retries", retries, minimum=0, fix="pass 0 to disable retries")
+    _check_number("timeout", timeout, 0, strict=True, fix="pass a timeout in seconds, e.g. 30")
+    _check_number("backoff_base", backoff_base, 0, strict=False, fix="pass a delay in seconds, e.g. 1.0")
+    rows = list(rows)
+    for row in rows:
+        if not isinstance(row, PhotoRow):
+            raise ValueError(f"rows must hold PhotoRow items, got {type(row).__name__}: use read_photo_rows")
+        with_width(row.image_url, width)  # validates every URL before any download starts
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    opener = urllib.request.build_opener()
+    results: dict[str, DownloadResult] = {}
+    counts = {DOWNLOADED: 0, SKIPPED: 0, FAILED: 0}
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+        total=len(rows), unit="img", desc="unsplash-lite", disable=not progress
+    ) as bar:
+        futures = {
+            pool.submit(
+                download_photo, row, out, width,
+                timeout=timeout, retries=retries, backoff_base=backoff_base, opener=opener,
+            ): row
+            for row in rows
+        }
+        for future in as_completed(futures):
+            row = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:  # an unexpected bug must not stop the other downloads
+                result = DownloadResult(row.photo_id, FAILED, reason=f"{type(err).__name__}: {err}")
+            results[row.photo_id] = result
+            counts[result.status] += 1
+            bar.update(1)
+            bar.set_postfix(ok=counts[DOWNLOADED], skip=counts[SKIPPED], fail=counts[FAILED], refresh=False)
+
+    failed_ids = [row.photo_id for row in rows if results[row.photo_id].status == FAILED]
+    failed_list = out / FAILED_LIST_NAME
+    _write_failed_list(failed_list, failed_ids)
+    return DownloadSummary(
+        total=len(rows),
+        downloaded=counts[DOWNLOADED],
+        skipped=counts[SKIPPED],
+        failed=counts[FAILED],
+        failed_ids=failed_ids,
+        failure_reasons={pid: results[pid].reason for pid in failed_ids},
+        output_dir=out,
+        failed_list_path=failed_list,
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of this script."""
+    parser = argparse.ArgumentParser(
+        description="Download the Unsplash-Lite photos (photos.tsv*) at a fixed width.",
+    )
+    parser.add_argument(
+        "inputs", nargs="+",
+        help="the Unsplash-Lite directory (its photos.tsv* files are read) or explicit tsv files",
+    )
+    parser.add_argument("--output-dir", required=True, help="where <photo_id>.jpg files are written")
+    parser.add_argument("--width", type=int, default=1024, help="image width in pixels (the w= parameter)")
+    parser.add_argument("--workers", type=int, default=8, help="number of parallel download threads")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    parser.add_argument("--retries", type=int, default=3, help="retries for transient errors")
+    parser.add_argument(
+        "--backoff-base", type=float, default=1.0,
+        help="seconds before the first retry; doubled before each further retry",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="download only the first N photos")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the download; return 0 on success, 1 when every photo failed, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        _check_int("width", args.width, minimum=1, fix="pass --width 1024 or another positive width")
+        _check_int("workers", args.workers, minimum=1, fix="pass --workers 1 or more")
+        files = find_tsv_files(args.inputs)
+        rows = read_photo_rows(files, limit=args.limit)
+        if not rows:
+            raise ValueError(f"no photo rows in {', '.join(map(str, files))}: check the tsv files")
+        summary = download_photos(
+            rows, args.output_dir, args.width,
+            workers=args.workers, timeout=args.timeout, retries=args.retries,
+            backoff_base=args.backoff_base, progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 1 if summary.all_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
