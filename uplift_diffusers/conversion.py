@@ -33,6 +33,26 @@ _KEY_RULES = [
 ]
 # index inside the official ConvBlock's nn.Sequential -> our ConvBlock attribute
 _CONV_PARTS = {"0": "conv", "1": "norm", "3": "proj"}
+# our key (regex) -> official key, the inverse of _KEY_RULES (used to name keys in error messages)
+_OFFICIAL_RULES = [
+    (r"encoder\.groups\.(\d+)\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "encoder.block_{0}.blocks.{1}.conv.{2}.{3}"),
+    (r"decoder\.in_blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "decoder.block_0.blocks.{0}.conv.{1}.{2}"),
+    (r"decoder\.out_blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "decoder.block_1.blocks.{0}.conv.{1}.{2}"),
+    (r"refiner\.blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "refiner.blocks.{0}.conv.{1}.{2}"),
+    (r"decoder\.upsample\.(weight|bias)", "decoder.up_1.up.{0}"),
+    (r"attender\.to_logits\.(weight|bias)", "attender.conv1.{0}"),
+    (r"refiner\.out\.(weight|bias)", "ref_outc.{0}"),
+]
+_CONV_INDEX = {part: index for index, part in _CONV_PARTS.items()}
+
+
+def _official_name(key: str) -> str:
+    """The official checkpoint key of one of our parameter names (``key`` itself if none)."""
+    for pattern, template in _OFFICIAL_RULES:
+        match = re.fullmatch(pattern, key)
+        if match is not None:
+            return template.format(*(_CONV_INDEX.get(g, g) for g in match.groups()))
+    return key
 
 
 def _rename(key: str) -> Optional[str]:
@@ -191,10 +211,11 @@ def load_original_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
     raises one ValueError listing all of them."""
     converted = convert_original_state_dict(state_dict)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
+    # problems are listed under the official key names, as the user's checkpoint spells them
+    missing = sorted(_official_name(k) for k in set(expected) - set(converted))
+    unexpected = sorted(_official_name(k) for k in set(converted) - set(expected))
     mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        f"{_official_name(k)}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in converted.items()
         if k in expected and v.shape != expected[k].shape
     ]

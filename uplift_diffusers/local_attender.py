@@ -99,7 +99,9 @@ class LocalAttender(nn.Module):
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
         logits = self.to_logits(guide) + channel_residual(guide, self.num_offsets)
-        return torch.softmax(logits.float(), dim=1).to(guide.dtype)
+        # at least float32 for the softmax (half precision is upcast; float64 stays float64)
+        softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
+        return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(guide.dtype)
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         scale = self._check_inputs(guide, value)

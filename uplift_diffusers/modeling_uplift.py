@@ -68,6 +68,21 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.relu(self.norm(self.conv(x)))) + channel_residual(x, self.out_channels)
 
+    def pointwise(self, conv_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Everything after the 3x3 convolution: LayerNorm -> ReLU -> Conv1x1 -> + residual.
+        ``residual`` is the block input at the pixels where ``conv_out`` was evaluated."""
+        return self.proj(F.relu(self.norm(conv_out))) + channel_residual(residual, self.out_channels)
+
+    def forward_strided(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """``forward(x)[..., ::stride, ::stride]``, computing only those pixels.
+
+        The 3x3 convolution runs with ``stride`` (same zero padding) on the dense input; the
+        LayerNorm, ReLU, 1x1 convolution and the residual are per pixel."""
+        if stride == 1:
+            return self.forward(x)
+        conv_out = F.conv2d(x, self.conv.weight, None, stride=stride, padding=1)
+        return self.pointwise(conv_out, x[:, :, ::stride, ::stride])
+
 
 def conv_blocks(in_channels: int, widths: Sequence[int]) -> nn.ModuleList:
     """A chain of ConvBlocks with the given output widths."""
@@ -99,12 +114,65 @@ class UPLiFTEncoder(nn.Module):
             self.groups.append(conv_blocks(in_channels, widths))
             in_channels = widths[-1]
 
-    def forward(self, image: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, image: torch.Tensor, last_map_stride: int = 1) -> List[torch.Tensor]:
+        """Every group's output. With ``last_map_stride`` s > 1 the last map is returned only
+        at every s-th pixel (``dense[..., ::s, ::s]``), computed without the rest: exact, and
+        what the upscaler does when its reads of that map all fall on that grid."""
+        if isinstance(last_map_stride, bool) or not isinstance(last_map_stride, int) or last_map_stride < 1:
+            raise ValueError(f"`last_map_stride` must be an int >= 1, got {last_map_stride!r}.")
         features, x = [], image
-        for group in self.groups:
-            x = run_blocks(group, x)
+        for index, group in enumerate(self.groups):
+            if index == len(self.groups) - 1 and last_map_stride > 1:
+                x = self.last_group_strided(x, last_map_stride)
+            else:
+                x = run_blocks(group, x)
             features.append(x)
         return features
+
+    def last_group_strided(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """The last group's output at every ``stride``-th pixel, from its dense input ``x``.
+
+        The last block runs as a strided ConvBlock. Its 3x3 convolution reads the block
+        before it only at rows and columns ``stride * i + {-1, 0, 1}``; for ``stride >= 3``
+        those are fewer than all pixels, so that block is evaluated only there, as nine
+        strided "phases" (see :func:`conv_block_phases`), and the last block's 3x3
+        convolution becomes one 1x1 convolution over the nine phases stacked as channels."""
+        group = self.groups[-1]
+        if stride < 3 or len(group) < 2:
+            x = run_blocks(group[:-1], x)
+            return group[-1].forward_strided(x, stride)
+        x = run_blocks(group[:-2], x)
+        phases = conv_block_phases(group[-2], x, stride)  # B x 9 x C x H/s x W/s
+        last = group[-1]
+        batch, _, channels, height, width = phases.shape
+        weight = last.conv.weight.permute(0, 2, 3, 1).reshape(last.out_channels, 9 * channels, 1, 1)
+        conv_out = F.conv2d(phases.reshape(batch, 9 * channels, height, width), weight)
+        return last.pointwise(conv_out, phases[:, 4])  # phase 4 is the offset (0, 0)
+
+
+PHASE_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def conv_block_phases(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``block(x)`` at the pixels ``(stride * i + dy, stride * j + dx)`` for the nine
+    ``(dy, dx)`` in :data:`PHASE_OFFSETS`, with ``i, j`` running over ``ceil(H / stride)``,
+    ``ceil(W / stride)``; pixels outside the image are zero (the next block's zero padding).
+    Returns ``B x 9 x C_out x ceil(H / stride) x ceil(W / stride)``."""
+    batch, _, height, width = x.shape
+    rows, cols = -(-height // stride), -(-width // stride)
+    padded = F.pad(x, (2, 2, 2, 2))  # padded[r + 2] = x[r]; zeros outside
+    phases = []
+    for dy, dx in PHASE_OFFSETS:
+        # the 3x3 window centred at x[stride*i + dy] starts at padded[stride*i + dy + 1]
+        window = padded[:, :, dy + 1 :, dx + 1 :]
+        conv_out = F.conv2d(window, block.conv.weight, None, stride=stride)[:, :, :rows, :cols]
+        residual = padded[:, :, dy + 2 :: stride, dx + 2 :: stride][:, :, :rows, :cols]
+        out = block.pointwise(conv_out, residual)
+        row_pos = torch.arange(rows, device=x.device) * stride + dy
+        col_pos = torch.arange(cols, device=x.device) * stride + dx
+        inside = ((row_pos >= 0) & (row_pos < height))[:, None] & ((col_pos >= 0) & (col_pos < width))[None, :]
+        phases.append(out * inside.to(out.dtype))
+    return torch.stack(phases, dim=1)
 
 
 class UPLiFTDecoder(nn.Module):
@@ -243,6 +311,21 @@ class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
             model = model.to(torch_dtype)
         return model.eval()
 
+    # ------------------------------------------------------------------ fast inference
+    def enable_fast_inference(self, dtype: torch.dtype = torch.bfloat16, compile: bool = True, compile_mode: Optional[str] = None, channels_last: bool = True):
+        """Run in ``dtype`` with channels_last weights and ``torch.compile`` (eager fallback
+        with a warning); inputs are cast automatically and the output comes back in the
+        latents' dtype. See :func:`uplift_diffusers.fast_inference.enable_fast_inference`."""
+        from .fast_inference import enable_fast_inference
+
+        return enable_fast_inference(self, dtype=dtype, compile=compile, compile_mode=compile_mode, channels_last=channels_last)
+
+    def disable_fast_inference(self) -> None:
+        """Back to the exact float32 eager model (the original weights are restored)."""
+        from .fast_inference import disable_fast_inference
+
+        disable_fast_inference(self)
+
     # ------------------------------------------------------------------ helpers
     def _noise_settings(self, noise_scale: Optional[float]):
         cfg = self.config
@@ -268,6 +351,26 @@ class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
             else:
                 parts.append(randn_tensor(shape, generator=generator, device=x.device, dtype=x.dtype) * scale)
         return torch.cat(parts, dim=1)
+
+    def encoder_read_stride(self, num_steps: int) -> int:
+        """Stride of the grid on which ``num_steps`` steps read the last encoder map.
+
+        The map is at image size ``f * h`` (``f = vae_scale_factor``) and is read by nearest
+        resampling at ``2**k * h`` for ``k = 0 .. K`` (``K = num_steps`` when the refiner
+        reads it, else ``num_steps - 1``): source pixel ``dst * f / 2**k``. When ``2**K``
+        divides ``f`` all reads fall on every ``f / 2**K``-th pixel; otherwise 1 (dense)."""
+        group = self.config.refiner_encoder_group
+        refiner_reads_last = group is not None and group % len(self.encoder.groups) == len(self.encoder.groups) - 1
+        finest = 2 ** (num_steps if refiner_reads_last else num_steps - 1)
+        factor = self.config.vae_scale_factor
+        return factor // finest if factor % finest == 0 else 1
+
+    def encode(self, image: torch.Tensor, num_steps: Optional[int] = None) -> List[torch.Tensor]:
+        """Encoder maps E0 ... E4 of ``image``. With ``num_steps`` the last map is computed
+        only on the grid those steps read (:meth:`encoder_read_stride`): the steps' outputs
+        are the same as with the dense maps, for less work. ``None``: all maps dense."""
+        stride = 1 if num_steps is None else self.encoder_read_stride(num_steps)
+        return self.encoder(image, last_map_stride=stride)
 
     def upscale_step(self, latents: torch.Tensor, features: List[torch.Tensor], generator: GeneratorArg = None, noise_scale: Optional[float] = None) -> torch.Tensor:
         """One 2x step: decoder -> Local Attender -> refiner, given the encoder maps."""
@@ -305,7 +408,9 @@ class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
             return_dict: return an :class:`UPLiFTOutput` instead of a tuple.
         """
         self._check_inputs(latents, image, num_steps, generator, noise_scale)
-        features = self.encoder(image.to(dtype=self.dtype))
+        if getattr(self, "_fast_inference", None) is not None:
+            return self._fast_inference.forward(latents, image, num_steps, generator, noise_scale, output_intermediate, return_dict)
+        features = self.encode(image.to(dtype=self.dtype), num_steps)
         z = latents.to(dtype=self.dtype)
         steps = []
         for _ in range(num_steps):

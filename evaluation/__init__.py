@@ -1,0 +1,1 @@
+"""Evaluation suite that reproduces the paper's tables (FID, patch-FID, CLIP score, SSIM, PSNR)."""

@@ -1,0 +1,437 @@
+"""Loading the authors' checkpoints: parity with the official implementation's outputs, and
+generality of the converter on a variant config that is not among the shared fixtures.
+
+The variant check does not use the package to build its expectations: the official-layout
+state dict is generated from the YAML following the architecture doc's key layout, and the
+expected outputs come from a plain functional forward pass written from the doc below
+(``reference_forward``), which itself is first checked against the official outputs.
+"""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.conversion import config_from_original, convert_original_state_dict, load_state_dict_file
+
+MINI = ("fixtures", "uplift-reference", "sd15vae-mini")
+CASES = ["square", "batch2_nonsquare"]
+# Local Attender neighbourhoods, as listed in the architecture doc (channel order).
+OFFSETS = {
+    5: [(-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)],
+    9: [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1)],
+    17: [
+        (-2, -2), (-2, 0), (-2, 2), (-1, -1), (-1, 0), (-1, 1), (0, -2), (0, -1), (0, 0),
+        (0, 1), (0, 2), (1, -1), (1, 0), (1, 1), (2, -2), (2, 0), (2, 2),
+    ],
+    25: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
+}
+PADDING = {5: 1, 9: 1, 17: 2, 25: 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is fastest and avoids contention on busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- reference forward (from the doc)
+def ref_conv_block(sd, prefix, x):
+    """Conv3x3 (no bias) -> LayerNorm over channels (eps 1e-6) -> ReLU -> Conv1x1, + residual."""
+    y = F.conv2d(x, sd[f"{prefix}.conv.0.weight"], padding=1)
+    mean = y.mean(dim=1, keepdim=True)
+    var = ((y - mean) ** 2).mean(dim=1, keepdim=True)
+    y = (y - mean) / torch.sqrt(var + 1e-6)
+    y = y * sd[f"{prefix}.conv.1.weight"][None, :, None, None] + sd[f"{prefix}.conv.1.bias"][None, :, None, None]
+    y = F.conv2d(torch.relu(y), sd[f"{prefix}.conv.3.weight"], sd[f"{prefix}.conv.3.bias"])
+    c_out, c_in = y.shape[1], x.shape[1]
+    if c_in >= c_out:
+        residual = x[:, :c_out]
+    else:
+        residual = torch.cat([x, x.new_zeros(x.shape[0], c_out - c_in, *x.shape[-2:])], dim=1)
+    return y + residual
+
+
+def ref_nearest(feature, size):
+    """Nearest resampling, source index = floor(dst * in / out), in integer arithmetic."""
+    (in_h, in_w), (out_h, out_w) = feature.shape[-2:], size
+    rows = torch.arange(out_h) * in_h // out_h
+    cols = torch.arange(out_w) * in_w // out_w
+    return feature[:, :, rows][:, :, :, cols]
+
+
+def ref_concat(x, skip, noise_channels):
+    parts = [x] if skip is None else [x, ref_nearest(skip, x.shape[-2:])]
+    parts.append(x.new_zeros(x.shape[0], noise_channels, *x.shape[-2:]))  # ncat_s = 0: zero channels
+    return torch.cat(parts, dim=1)
+
+
+def ref_attender(sd, guide, value, n):
+    logits = F.conv2d(guide, sd["attender.conv1.weight"], sd["attender.conv1.bias"]) + guide[:, :n]
+    weights = torch.softmax(logits, dim=1)
+    pad = PADDING[n]
+    padded = F.pad(value, (pad, pad, pad, pad), mode="replicate")
+    h, w = value.shape[-2:]
+    out = 0
+    for k, (dy, dx) in enumerate(OFFSETS[n]):
+        shifted = padded[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        shifted = shifted.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # [2y+i, 2x+j] <- [y, x]
+        out = out + weights[:, k : k + 1] * shifted
+    return out
+
+
+def reference_forward(sd, config, latents, image, num_steps):
+    """The doc's UPLiFT, straight from an official-layout state dict; returns every step."""
+    uplift = config["uplift"]
+    enc, dec, ref = uplift["encoder"], uplift["decoder"], uplift["refiner"]
+    features, x = [], image
+    for g in range(enc["down_steps"] + 1):
+        for i in range(enc[f"block_{g}"]["count"]):
+            x = ref_conv_block(sd, f"encoder.block_{g}.blocks.{i}", x)
+        features.append(x)
+    z, steps = latents, []
+    for _ in range(num_steps):
+        x = ref_concat(z, features[-1], dec.get("ncat_c", 0))
+        for i in range(dec["block_0"]["count"]):
+            x = ref_conv_block(sd, f"decoder.block_0.blocks.{i}", x)
+        up = F.conv_transpose2d(x, sd["decoder.up_1.up.weight"], sd["decoder.up_1.up.bias"], stride=2)
+        if dec["up_1"]["residual"] == "bilinear":
+            up = up + F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        x = ref_concat(up, features[-2], dec.get("ncat_c", 0))
+        for i in range(dec["block_1"]["count"]):
+            x = ref_conv_block(sd, f"decoder.block_1.blocks.{i}", x)
+        attended = ref_attender(sd, x, z, uplift["attender"])
+        ref_con = ref.get("ref_con")
+        x = ref_concat(attended, None if ref_con is None else features[ref_con], ref.get("ncat_c", 0))
+        for i in range(ref["block_0"]["count"]):
+            x = ref_conv_block(sd, f"refiner.blocks.{i}", x)
+        z = F.conv2d(x, sd["ref_outc.weight"], sd["ref_outc.bias"])
+        steps.append(z)
+    return steps
+
+
+# ----------------------------------------------------------------------------- official-layout state dict (from the doc)
+def official_state_dict(config, seed=0):
+    """Random weights in the official key layout, with the shapes the doc's description implies."""
+    gen = torch.Generator().manual_seed(seed)
+    uplift = config["uplift"]
+    latent = config["backbone"]["channel"]
+    sd = {}
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen) * scale
+
+    def block(prefix, c_in, c_out):
+        sd[f"{prefix}.conv.0.weight"] = randn(c_out, c_in, 3, 3, scale=1 / math.sqrt(9 * c_in))
+        sd[f"{prefix}.conv.1.weight"] = 1 + randn(c_out, scale=0.1)
+        sd[f"{prefix}.conv.1.bias"] = randn(c_out, scale=0.1)
+        sd[f"{prefix}.conv.3.weight"] = randn(c_out, c_out, 1, 1, scale=1 / math.sqrt(c_out))
+        sd[f"{prefix}.conv.3.bias"] = randn(c_out, scale=0.1)
+        return c_out
+
+    def stage(prefix, section, c_in):
+        for i, width in enumerate(section["hc"]):
+            c_in = block(f"{prefix}.{i}", c_in, width)
+        return c_in
+
+    enc = uplift["encoder"]
+    widths, c = [], 3
+    for g in range(enc["down_steps"] + 1):
+        c = stage(f"encoder.block_{g}.blocks", enc[f"block_{g}"], c)
+        widths.append(c)
+    dec = uplift["decoder"]
+    c = stage("decoder.block_0.blocks", dec["block_0"], latent + widths[-1] + dec.get("ncat_c", 0))
+    sd["decoder.up_1.up.weight"] = randn(c, c, 2, 2, scale=1 / math.sqrt(4 * c))  # ConvTranspose2d: in x out x 2 x 2
+    sd["decoder.up_1.up.bias"] = randn(c, scale=0.1)
+    c = stage("decoder.block_1.blocks", dec["block_1"], c + widths[-2] + dec.get("ncat_c", 0))
+    n = uplift["attender"]
+    sd["attender.conv1.weight"] = randn(n, c, 1, 1, scale=1 / math.sqrt(c))
+    sd["attender.conv1.bias"] = randn(n, scale=0.1)
+    ref = uplift["refiner"]
+    skip = 0 if ref.get("ref_con") is None else widths[ref["ref_con"]]
+    c = stage("refiner.blocks", ref["block_0"], latent + skip + ref.get("ncat_c", 0))
+    sd["ref_outc.weight"] = randn(latent, c, 1, 1, scale=1 / math.sqrt(c))
+    sd["ref_outc.bias"] = randn(latent, scale=0.1)
+    return sd
+
+
+def _set_stage(section, widths):
+    section["hc"] = list(widths)
+    section["count"] = len(widths)
+
+
+def variant_config(mini_config, kind):
+    """Official-format YAML variants that are not among the shared fixtures."""
+    config = copy.deepcopy(mini_config)
+    uplift = config["uplift"]
+    if kind == "widths-attender9-refcon-2":
+        config["backbone"]["channel"] = 16
+        for g, width in enumerate([8, 12, 16, 24, 32]):
+            _set_stage(uplift["encoder"][f"block_{g}"], [width] * 3)
+        uplift["attender"] = 9
+        _set_stage(uplift["decoder"]["block_0"], [20])
+        _set_stage(uplift["decoder"]["block_1"], [20, 20])
+        uplift["decoder"]["ncat_c"] = 2
+        uplift["refiner"]["ncat_c"] = 3
+        _set_stage(uplift["refiner"]["block_0"], [24] * 5)
+        uplift["refiner"]["ref_con"] = -2
+    elif kind == "no-bilinear-attender25-refcon0":
+        config["backbone"]["channel"] = 3
+        for g, width in enumerate([6, 6, 10, 10, 14]):
+            _set_stage(uplift["encoder"][f"block_{g}"], [width, width])
+        uplift["attender"] = 25
+        uplift["decoder"]["up_1"]["residual"] = "none"
+        _set_stage(uplift["decoder"]["block_0"], [26, 26])
+        _set_stage(uplift["decoder"]["block_1"], [26])
+        uplift["decoder"]["ncat_c"] = 0
+        uplift["refiner"]["ncat_c"] = 1
+        _set_stage(uplift["refiner"]["block_0"], [12, 12])
+        uplift["refiner"]["ref_con"] = 0
+    else:
+        raise AssertionError(kind)
+    return config
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def mini(shared_path):
+    folder = shared_path(*MINI)
+    with open(folder / "uplift_original.yaml") as handle:
+        config = yaml.safe_load(handle)
+    return dict(
+        folder=folder,
+        checkpoint=folder / "uplift_original.safetensors",
+        yaml=folder / "uplift_original.yaml",
+        config=config,
+        state_dict=load_file(str(folder / "uplift_original.safetensors")),
+        cases=load_file(str(folder / "cases.safetensors")),
+    )
+
+
+def _max_error_over_cases(model, cases):
+    worst = 0.0
+    for case in CASES:
+        latents, image = cases[f"{case}.latents"], cases[f"{case}.image"]
+        for iters in (1, 2):
+            with torch.no_grad():
+                out = model(latents, image, num_steps=iters, output_intermediate=True)
+            assert len(out.intermediate) == iters
+            for step in range(1, iters + 1):
+                expected = cases[f"{case}.iters{iters}.step{step}"]
+                got = out.intermediate[step - 1]
+                assert got.shape == expected.shape, (case, iters, step)
+                worst = max(worst, (got - expected).abs().max().item())
+    return worst
+
+
+# ----------------------------------------------------------------------------- parity with the official outputs
+@pytest.mark.parametrize("source", ["safetensors", "pth", "pth-wrapped", "state-dict"])
+def test_parity_with_official_outputs(mini, tmp_path, source):
+    if source == "safetensors":
+        checkpoint = mini["checkpoint"]
+    elif source == "pth":
+        checkpoint = tmp_path / "uplift.pth"
+        torch.save(mini["state_dict"], checkpoint)
+    elif source == "pth-wrapped":  # a training checkpoint: {"state_dict": ...} with DataParallel prefixes
+        checkpoint = tmp_path / "uplift.pt"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in mini["state_dict"].items()}}, checkpoint)
+    else:
+        checkpoint = dict(mini["state_dict"])
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(checkpoint, mini["yaml"])
+    assert not model.training
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in mini["state_dict"].values())
+    assert model.config.noise_scale == 0.0  # ncat_s: 0 in the YAML -> deterministic
+    worst = _max_error_over_cases(model, mini["cases"])
+    print(f"max abs error vs official outputs ({source}): {worst:.3g}")
+    assert worst <= 1e-4
+
+
+def test_parity_with_parsed_yaml_dict(mini):
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], mini["config"])
+    assert _max_error_over_cases(model, mini["cases"]) <= 1e-4
+
+
+def test_reference_forward_reproduces_official_outputs(mini):
+    """The test's own reference (used for the variants below) is right on the official outputs."""
+    worst = 0.0
+    for case in CASES:
+        latents, image = mini["cases"][f"{case}.latents"], mini["cases"][f"{case}.image"]
+        steps = reference_forward(mini["state_dict"], mini["config"], latents, image, 2)
+        for step, got in enumerate(steps, start=1):
+            worst = max(worst, (got - mini["cases"][f"{case}.iters2.step{step}"]).abs().max().item())
+    assert worst <= 1e-4
+
+
+def test_torch_dtype_argument(mini):
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], mini["yaml"], torch_dtype=torch.float64)
+    assert model.dtype == torch.float64
+    case = mini["cases"]
+    with torch.no_grad():
+        out = model(case["square.latents"], case["square.image"]).sample
+    torch.testing.assert_close(out.float(), case["square.iters1.step1"], rtol=0, atol=1e-4)
+
+
+def test_official_sd15_yaml_is_the_default_config(shared_path):
+    kwargs = config_from_original(shared_path("fixtures", "uplift-reference", "uplift_sd1.5vae.yaml"))
+    with torch.device("meta"):
+        converted = UPLiFTLatentUpscaler(**kwargs)
+        default = UPLiFTLatentUpscaler()
+    assert sum(p.numel() for p in converted.parameters()) == 53_487_445
+    assert {k: v.shape for k, v in converted.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
+    assert converted._noise_settings(None) == default._noise_settings(None) == ((4, 1.0), (4, 1.0))
+
+    def normalised(config):
+        out = {k: v for k, v in config.items() if not k.startswith("_")}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        out.pop("refiner_noise_channels")  # compared above through the resolved noise settings
+        out.pop("refiner_noise_scale")
+        return out
+
+    assert normalised(converted.config) == normalised(default.config)
+    assert converted.attender.offsets == OFFSETS[17]
+
+
+# ----------------------------------------------------------------------------- a variant not in shared/
+@pytest.mark.parametrize("kind", ["widths-attender9-refcon-2", "no-bilinear-attender25-refcon0"])
+def test_converter_generalises_to_a_variant(mini, tmp_path, kind):
+    config = variant_config(mini["config"], kind)
+    yaml_path = tmp_path / "variant.yaml"
+    yaml_path.write_text(yaml.safe_dump(config))
+    state_dict = official_state_dict(config, seed=3)
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, yaml_path)
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in state_dict.values())
+    assert model.config.latent_channels == config["backbone"]["channel"]
+    assert model.attender.offsets == OFFSETS[config["uplift"]["attender"]]
+
+    latent = config["backbone"]["channel"]
+    latents = torch.randn(2, latent, 3, 5)
+    image = torch.rand(2, 3, 24, 40)
+    with torch.no_grad():
+        out = model(latents, image, num_steps=2, output_intermediate=True, noise_scale=0.0)
+        expected = reference_forward(state_dict, config, latents, image, 2)
+    assert [s.shape for s in out.intermediate] == [(2, latent, 6, 10), (2, latent, 12, 20)]
+    for got, want in zip(out.intermediate, expected):
+        assert want.abs().max() > 1e-2  # not a degenerate all-zero output
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- bad checkpoints and configs
+def test_missing_key_is_listed(mini):
+    state_dict = dict(mini["state_dict"])
+    del state_dict["refiner.blocks.1.conv.1.weight"]
+    with pytest.raises(ValueError, match=r"missing keys: \['refiner\.blocks\.1\.conv\.1\.weight'\]"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+
+
+@pytest.mark.parametrize(
+    "key, shape, match",
+    [
+        ("refiner.blocks.3.conv.0.weight", (64, 64, 3, 3), r"unexpected keys: \['refiner\.blocks\.3\.conv\.0\.weight'\]"),
+        ("decoder.block_0.blocks.0.conv.2.weight", (64,), r"Unexpected keys .*'decoder\.block_0\.blocks\.0\.conv\.2\.weight'"),
+        ("ema.shadow", (3,), r"Unexpected keys .*\['ema\.shadow'\]"),
+    ],
+)
+def test_extra_key_is_listed(mini, key, shape, match):
+    state_dict = dict(mini["state_dict"])
+    state_dict[key] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=match):
+        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+
+
+def test_wrong_shape_is_listed(mini):
+    state_dict = dict(mini["state_dict"])
+    state_dict["attender.conv1.weight"] = torch.zeros(9, 64, 1, 1)
+    with pytest.raises(ValueError, match=r"attender\.conv1\.weight: checkpoint \(9, 64, 1, 1\) vs model \(17, 64, 1, 1\)"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+
+
+def test_checkpoint_for_another_config_lists_all_problems(mini):
+    """The mini checkpoint with another config: one error listing every kind of mismatch."""
+    config = variant_config(mini["config"], "widths-attender9-refcon-2")
+    with pytest.raises(ValueError) as info:
+        UPLiFTLatentUpscaler.from_original_checkpoint(mini["state_dict"], config)
+    message = str(info.value)
+    assert "pass the YAML the checkpoint was trained with" in message
+    assert "missing keys: ['encoder.block_0.blocks.2.conv.0.weight'" in message  # 3 blocks per group in the config
+    assert "'refiner.blocks.4.conv.3.bias'" in message  # 5 refiner blocks in the config, 3 in the checkpoint
+    assert "encoder.block_0.blocks.0.conv.0.weight:" not in message  # (8, 3, 3, 3) in both: not a mismatch
+    assert "encoder.block_1.blocks.0.conv.0.weight: checkpoint (16, 8, 3, 3) vs model (12, 8, 3, 3)" in message
+    assert "attender.conv1.weight: checkpoint (17, 64, 1, 1) vs model (9, 20, 1, 1)" in message
+
+
+def test_convert_original_state_dict_renames_every_key(mini):
+    converted = convert_original_state_dict(mini["state_dict"])
+    assert len(converted) == len(mini["state_dict"])
+    model = UPLiFTLatentUpscaler(**config_from_original(mini["yaml"]))
+    assert set(converted) == set(model.state_dict())
+
+
+def _edit(config, path, value):
+    config = copy.deepcopy(config)
+    section = config
+    for key in path[:-1]:
+        section = section[key]
+    if value is _DELETE:
+        del section[path[-1]]
+    else:
+        section[path[-1]] = value
+    return config
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("uplift", "up_factor"), 4, r"`uplift\.up_factor` = 4 is not supported"),
+        (("uplift", "no_UEP"), False, r"`uplift\.no_UEP` = False is not supported"),
+        (("uplift", "enc_share"), False, r"`uplift\.enc_share` = False is not supported"),
+        (("uplift", "encoder", "block_2", "block"), "DoubleConv", r"`uplift\.encoder\.block_2\.block` = 'DoubleConv'"),
+        (("uplift", "encoder", "block_1", "norm"), "batch", r"`uplift\.encoder\.block_1\.norm` = 'batch'"),
+        (("uplift", "encoder", "down_3", "down_op"), "maxpool", r"`uplift\.encoder\.down_3\.down_op` = 'maxpool'"),
+        (("uplift", "encoder", "block_0", "count"), 3, r"`uplift\.encoder\.block_0\.count` = 3 but `hc` lists 2"),
+        (("uplift", "decoder", "up_steps"), 2, r"`uplift\.decoder\.up_steps` = 2"),
+        (("uplift", "decoder", "enc_resample"), "bilinear", r"`uplift\.decoder\.enc_resample` = 'bilinear'"),
+        (("uplift", "decoder", "up_1", "up_op"), "pixelshuffle", r"`uplift\.decoder\.up_1\.up_op` = 'pixelshuffle'"),
+        (("uplift", "refiner", "ref_con"), 5, r"`uplift\.refiner\.ref_con` = 5"),
+        (("uplift", "attender"), 7, r"`neighborhood` must be one of"),
+        (("uplift", "decoder"), _DELETE, r"`uplift\.decoder` is missing"),
+        (("uplift",), _DELETE, r"`<root>\.uplift` is missing"),
+    ],
+)
+def test_unsupported_config_values_are_named(mini, path, value, match):
+    config = _edit(mini["config"], path, value)
+    with pytest.raises(ValueError, match=match):
+        UPLiFTLatentUpscaler.from_original_checkpoint(mini["state_dict"], config)
+
+
+def test_missing_files(mini, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"`checkpoint` file not found: .*nothing\.safetensors"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(tmp_path / "nothing.safetensors", mini["yaml"])
+    with pytest.raises(FileNotFoundError, match=r"`checkpoint` file not found: .*nothing\.pth"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(str(tmp_path / "nothing.pth"), mini["yaml"])
+    with pytest.raises(FileNotFoundError, match=r"`config` file not found: .*nothing\.yaml"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], tmp_path / "nothing.yaml")
+
+
+def test_bad_checkpoint_arguments(mini, tmp_path):
+    with pytest.raises(ValueError, match=r"`checkpoint` must be a file path or a state dict, got int"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(3, mini["yaml"])
+    wrong_suffix = tmp_path / "weights.txt"
+    wrong_suffix.write_text("not weights")
+    with pytest.raises(ValueError, match=r"`checkpoint` .*weights\.txt' has suffix '\.txt'"):
+        load_state_dict_file(wrong_suffix)
+    not_a_state_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], not_a_state_dict)
+    with pytest.raises(ValueError, match=r"`checkpoint` .*list\.pth' does not hold a state dict of tensors"):
+        load_state_dict_file(not_a_state_dict)
+    with pytest.raises(ValueError, match=r"`config` must be a path to an official UPLiFT YAML or a dict, got list"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], [1, 2])

@@ -1,0 +1,381 @@
+"""StableDiffusionUPLiFTPipeline with tiny, randomly initialised SD components (offline)."""
+import json
+import string
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.color_correction import color_correct
+from uplift_diffusers.pipeline_uplift import (
+    StableDiffusionUPLiFTPipeline,
+    StableDiffusionUPLiFTPipelineOutput,
+    resolve_package_entries,
+)
+
+PROMPT = "a red cat"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one thread avoids oversubscription on shared CPUs (100x slower otherwise).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tokenizer(folder):
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + "!.,":
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
+
+
+def make_upscaler(noise_scale=0.0, latent_channels=4):
+    return UPLiFTLatentUpscaler(
+        latent_channels=latent_channels,
+        encoder_channels=(8, 8, 16),
+        encoder_blocks_per_group=1,
+        decoder_channels=16,
+        decoder_blocks_after_upsample=1,
+        refiner_channels=16,
+        refiner_blocks=1,
+        noise_scale=noise_scale,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory):
+    torch.manual_seed(0)
+    tokenizer, vocab_size = make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=vocab_size,
+            max_position_embeddings=16,
+            projection_dim=16,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return dict(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        upscaler=make_upscaler(),
+    )
+
+
+def make_pipe(components, **overrides):
+    pipe = StableDiffusionUPLiFTPipeline(**{**components, **overrides})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 2)
+    return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def unit(images):
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------- sizes / types
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_output_size_per_factor(components, factor):
+    out = run(make_pipe(components), upscale_factor=factor, output_type="np")
+    assert isinstance(out, StableDiffusionUPLiFTPipelineOutput)
+    assert out.images.shape == (1, 64 * factor, 64 * factor, 3)
+    assert out.images.dtype == np.float32 and 0.0 <= out.images.min() and out.images.max() <= 1.0
+    assert out.base_images is None and out.nsfw_content_detected is None
+
+
+def test_non_square_and_default_factor(components):
+    out = run(make_pipe(components), height=64, width=96, output_type="pil")
+    assert len(out.images) == 1 and isinstance(out.images[0], PIL.Image.Image)
+    assert out.images[0].size == (192, 128)  # PIL size is (width, height): 2x by default
+
+
+def test_factor_one_equals_stable_diffusion(components):
+    """upscale_factor=1 is exactly the parent pipeline's output."""
+    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    expected = sd(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    ours = run(make_pipe(components), seed=3, upscale_factor=1, output_type="pt").images
+    assert torch.equal(ours, expected)
+
+
+def test_output_types_and_latent_scaling(components):
+    """'latent' returns the upscaled latents x scaling_factor; 'pt' is their colour-corrected decode."""
+    pipe = make_pipe(components)
+    vae, upscaler = components["vae"], components["upscaler"]
+    scaling = vae.config.scaling_factor
+    latent = run(pipe, output_type="latent", return_base_images=True)
+    assert latent.images.shape == (1, 4, 16, 16) and latent.base_images.shape == (1, 4, 8, 8)
+    with torch.no_grad():
+        base_image = vae.decode(latent.base_images / scaling).sample
+        expected = upscaler(latent.base_images / scaling, unit(base_image), num_steps=1).sample * scaling
+        torch.testing.assert_close(latent.images, expected, rtol=1e-4, atol=1e-5)
+        decoded = vae.decode(latent.images / scaling).sample
+    expected_pt = color_correct(unit(decoded), unit(base_image))
+
+    pt = run(pipe, output_type="pt", return_base_images=True)
+    assert pt.images.shape == (1, 3, 128, 128) and pt.base_images.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(pt.images, expected_pt, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pt.base_images, unit(base_image), rtol=1e-4, atol=1e-4)
+
+    np_out = run(pipe, output_type="np", return_base_images=True)
+    np.testing.assert_allclose(np_out.images, pt.images.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    pil = run(pipe, output_type="pil", return_base_images=True)
+    assert pil.images[0].size == (128, 128) and pil.base_images[0].size == (64, 64)
+    assert pil.images[0].mode == "RGB"
+
+
+def test_color_correction_matches_base_means(components):
+    pipe = make_pipe(components)
+    out = run(pipe, output_type="pt", return_base_images=True)
+    raw = run(pipe, output_type="pt", color_correction=False)
+    base_means = out.base_images.mean(dim=(2, 3))
+    corrected_error = (out.images.mean(dim=(2, 3)) - base_means).abs().max()
+    raw_error = (raw.images.mean(dim=(2, 3)) - base_means).abs().max()
+    # exact up to the few values the clamp to [0, 1] cuts (about 2% of the pixels here)
+    assert corrected_error < 2e-3
+    assert raw_error > 5 * corrected_error
+    assert not torch.allclose(raw.images, out.images)
+
+
+def test_batch_and_return_tuple(components):
+    out = run(make_pipe(components), num_images_per_prompt=2, output_type="np", return_dict=False, return_base_images=True)
+    images, nsfw, base = out
+    assert images.shape == (2, 128, 128, 3) and base.shape == (2, 64, 64, 3) and nsfw is None
+    assert len(run(make_pipe(components), output_type="np", return_dict=False)) == 2
+
+
+# ------------------------------------------------------------------------------- determinism
+def test_seeded_reproducibility(components):
+    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+    first = run(pipe, seed=7, output_type="np").images
+    second = run(pipe, seed=7, output_type="np").images
+    other = run(pipe, seed=8, output_type="np").images
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+# ------------------------------------------------------------------------------- save / load
+def test_save_pretrained_round_trip(components, tmp_path):
+    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+    expected = run(pipe, output_type="np").images
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["upscaler"] == ["uplift_diffusers", "UPLiFTLatentUpscaler"]
+    assert index["_class_name"] == "StableDiffusionUPLiFTPipeline"
+
+    loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
+    assert loaded.upscaler.config.noise_scale == 1.0
+    assert np.array_equal(run(loaded, output_type="np").images, expected)
+
+    # passing the upscaler explicitly also works
+    other = make_upscaler(noise_scale=0.0)
+    with_passed = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path, upscaler=other)
+    assert with_passed.upscaler is other
+
+
+def test_from_pretrained_sd_directory_with_upscaler(components, tmp_path):
+    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(tmp_path)
+    upscaler = make_upscaler()
+    pipe = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path, upscaler=upscaler)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.upscaler is upscaler
+    assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
+
+
+def test_from_pretrained_hub_repo_fetches_component_folders(components, tmp_path, monkeypatch):
+    """A Hub id whose model_index names uplift_diffusers components is fetched folder by folder."""
+    import huggingface_hub
+
+    pipe = make_pipe(components)
+    pipe.save_pretrained(tmp_path)
+    calls = {}
+
+    def fake_hf_hub_download(repo_id, filename, **kwargs):
+        calls["index"] = (repo_id, filename)
+        return str(tmp_path / filename)
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls["snapshot"] = (repo_id, sorted(allow_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift")
+    assert calls["index"] == ("someone/sd-uplift", "model_index.json")
+    assert calls["snapshot"] == (
+        "someone/sd-uplift",
+        sorted(["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "unet/*", "upscaler/*", "vae/*"]),
+    )
+    assert isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
+
+
+def test_resolve_package_entries():
+    config = {"_class_name": "X", "upscaler": ["uplift_diffusers", "UPLiFTLatentUpscaler"], "vae": ["diffusers", "AutoencoderKL"]}
+    resolved = resolve_package_entries(config)
+    assert resolved["upscaler"] == ["uplift_diffusers.modeling_uplift", "UPLiFTLatentUpscaler"]
+    assert resolved["vae"] == ["diffusers", "AutoencoderKL"]
+    with pytest.raises(ValueError, match="NoSuchClass"):
+        resolve_package_entries({"upscaler": ["uplift_diffusers", "NoSuchClass"]})
+
+
+def test_from_pipe(components):
+    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    upscaler = make_upscaler()
+    pipe = StableDiffusionUPLiFTPipeline.from_pipe(sd, upscaler=upscaler)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe, StableDiffusionUPLiFTPipeline)
+    assert pipe.unet is sd.unet and pipe.vae is sd.vae and pipe.upscaler is upscaler
+    assert pipe.config["upscaler"] == ("uplift_diffusers", "UPLiFTLatentUpscaler")
+    assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
+
+
+def test_reassigning_upscaler_keeps_library(components):
+    pipe = make_pipe(components)
+    pipe.upscaler = make_upscaler()
+    assert tuple(pipe.config["upscaler"]) == ("uplift_diffusers", "UPLiFTLatentUpscaler")
+
+
+# ------------------------------------------------------------------------------- VAE tiling
+def test_enable_vae_tiling(components, monkeypatch):
+    pipe = make_pipe(components)
+    vae = components["vae"]
+    calls = []
+    original = vae.tiled_decode
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "tiled_decode", counting)
+    pipe.enable_vae_tiling()
+    try:
+        out = run(pipe, upscale_factor=4, output_type="np")
+    finally:
+        pipe.disable_vae_tiling()
+    assert out.images.shape == (1, 256, 256, 3) and np.isfinite(out.images).all()
+    # the base decode (8 x 8 latents) and the upscaled decode (32 x 32) are both larger than
+    # the tiny VAE's 4-latent tiles
+    assert [tuple(s[-2:]) for s in calls] == [(8, 8), (32, 32)]
+    assert vae.use_tiling is False
+
+
+# ------------------------------------------------------------------------------- safety checker
+class FlagEverything(torch.nn.Module):
+    """Stand-in safety checker that flags every image (blacks it out, as the real one does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.dummy.device
+
+    @property
+    def dtype(self):
+        return self.dummy.dtype
+
+    def forward(self, images, clip_input):
+        return torch.zeros_like(images), [True] * images.shape[0]
+
+
+def test_safety_checker_runs_on_final_images(components):
+    extractor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    pipe = make_pipe(components, safety_checker=FlagEverything(), feature_extractor=extractor)
+    out = run(pipe, output_type="np", return_base_images=True)
+    assert out.nsfw_content_detected == [True]
+    assert out.images.shape == (1, 128, 128, 3) and out.images.max() == 0
+    assert out.base_images.max() == 0
+
+
+# ------------------------------------------------------------------------------- progress bar
+def test_progress_bar_covers_upscaling(components, capsys):
+    pipe = make_pipe(components)
+    pipe.set_progress_bar_config(disable=False)
+    run(pipe, output_type="np")
+    err = capsys.readouterr().err
+    assert "2/2" in err  # denoising steps
+    assert "3/3" in err  # decode base, upscale, decode
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("factor", [0, 3, 16, 2.0, True])
+def test_bad_upscale_factor(components, factor):
+    with pytest.raises(ValueError, match="upscale_factor"):
+        run(make_pipe(components), upscale_factor=factor)
+
+
+def test_bad_flags_and_output_type(components):
+    pipe = make_pipe(components)
+    with pytest.raises(ValueError, match="color_correction"):
+        run(pipe, color_correction="yes")
+    with pytest.raises(ValueError, match="return_base_images"):
+        run(pipe, return_base_images=1)
+    with pytest.raises(ValueError, match="output_type"):
+        run(pipe, output_type="jpeg")
+
+
+def test_upscaler_channels_must_match_vae(components):
+    with pytest.raises(ValueError, match="latent_channels=32"):
+        make_pipe(components, upscaler=make_upscaler(latent_channels=32))
+    pipe = make_pipe(components)
+    pipe.upscaler = make_upscaler(latent_channels=16)  # swapped after construction: caught at call
+    with pytest.raises(ValueError, match="latent_channels=16"):
+        run(pipe)

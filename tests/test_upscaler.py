@@ -1,0 +1,246 @@
+"""Tests of `UPLiFTLatentUpscaler`: size, shapes, noise handling, dtypes, input checks, saving."""
+import pytest
+import torch
+
+from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTOutput
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is fastest and avoids contention on busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Narrow widths so that every test runs in a fraction of a second.
+SMALL = dict(
+    encoder_channels=(4, 6, 8, 8, 12),
+    decoder_channels=20,
+    refiner_channels=12,
+    refiner_blocks=2,
+)
+
+
+def small_model(**overrides) -> UPLiFTLatentUpscaler:
+    return UPLiFTLatentUpscaler(**{**SMALL, **overrides}).eval()
+
+
+def inputs(batch=1, h=4, w=6, channels=4):
+    latents = torch.randn(batch, channels, h, w)
+    image = torch.rand(batch, 3, 8 * h, 8 * w)
+    return latents, image
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return small_model()
+
+
+# ----------------------------------------------------------------------------- size and shapes
+def test_default_model_has_the_released_parameter_count():
+    with torch.device("meta"):
+        model = UPLiFTLatentUpscaler()
+    assert sum(p.numel() for p in model.parameters()) == 53_487_445
+    assert len(model.state_dict()) == 131  # the released checkpoint's tensor count
+    assert model.attender.num_offsets == 17
+    assert model.config.latent_channels == 4
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3])
+@pytest.mark.parametrize("h, w", [(3, 3), (2, 5)])
+def test_output_shapes_and_intermediates(model, num_steps, h, w):
+    latents, image = inputs(2, h, w)
+    with torch.no_grad():
+        out = model(latents, image, num_steps=num_steps, output_intermediate=True)
+    assert isinstance(out, UPLiFTOutput)
+    factor = 2**num_steps
+    assert out.sample.shape == (2, 4, h * factor, w * factor)
+    assert out.sample.dtype == torch.float32
+    assert torch.isfinite(out.sample).all()
+    assert len(out.intermediate) == num_steps
+    for k, step in enumerate(out.intermediate, start=1):
+        assert step.shape == (2, 4, h * 2**k, w * 2**k)
+    assert out.intermediate[-1] is out.sample
+
+
+def test_no_intermediates_by_default_and_tuple_output(model):
+    latents, image = inputs()
+    with torch.no_grad():
+        out = model(latents, image, noise_scale=0.0)
+        sample, intermediate = model(latents, image, noise_scale=0.0, return_dict=False)
+    assert out.intermediate is None and intermediate is None
+    torch.testing.assert_close(sample, out.sample, rtol=0, atol=0)
+
+
+def test_other_latent_channels():
+    model = small_model(latent_channels=16)
+    latents, image = inputs(1, 3, 4, channels=16)
+    with torch.no_grad():
+        out = model(latents, image, num_steps=2)
+    assert out.sample.shape == (1, 16, 12, 16)
+
+
+def test_encoder_runs_once_per_call(model):
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    try:
+        latents, image = inputs(1, 2, 3)
+        with torch.no_grad():
+            model(latents, image, num_steps=3)
+    finally:
+        handle.remove()
+    assert calls == [torch.Size([1, 3, 16, 24])]
+
+
+def test_steps_share_weights_and_encoder_maps(model):
+    """Two single steps chained through `upscale_step` equal one call with num_steps=2."""
+    latents, image = inputs(1, 3, 3)
+    with torch.no_grad():
+        two = model(latents, image, num_steps=2, noise_scale=0.0).sample
+        features = model.encoder(image)
+        chained = model.upscale_step(model.upscale_step(latents, features, noise_scale=0.0), features, noise_scale=0.0)
+    torch.testing.assert_close(two, chained, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- noise
+def test_same_seed_same_output_different_seed_different_output(model):
+    latents, image = inputs(2)
+    with torch.no_grad():
+        a = model(latents, image, generator=torch.Generator().manual_seed(1)).sample
+        b = model(latents, image, generator=torch.Generator().manual_seed(1)).sample
+        c = model(latents, image, generator=torch.Generator().manual_seed(2)).sample
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_generator_list_draws_per_batch_element(model):
+    latents, image = inputs(3, 3, 4)
+    seeds = [11, 22, 33]
+    with torch.no_grad():
+        batched = model(latents, image, num_steps=2, generator=[torch.Generator().manual_seed(s) for s in seeds]).sample
+        for i, seed in enumerate(seeds):
+            single = model(
+                latents[i : i + 1], image[i : i + 1], num_steps=2, generator=torch.Generator().manual_seed(seed)
+            ).sample
+            torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-5)
+    assert (batched[0] - batched[1]).abs().max() > 1e-3  # elements got different noise
+
+
+def test_noise_scale_zero_is_deterministic_and_matters(model):
+    latents, image = inputs(2)
+    with torch.no_grad():
+        a = model(latents, image, noise_scale=0.0).sample
+        b = model(latents, image, noise_scale=0).sample
+        noisy = model(latents, image, generator=torch.Generator().manual_seed(0)).sample
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - noisy).abs().max() > 1e-3
+
+
+def test_zero_configured_noise_scale_is_deterministic():
+    model = small_model(noise_scale=0.0)
+    latents, image = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(latents, image).sample, model(latents, image).sample, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- dtypes
+def test_bfloat16_on_cpu_stays_close_to_float32():
+    model = small_model()
+    latents, image = inputs(2, 4, 4)
+    with torch.no_grad():
+        reference = model(latents, image, num_steps=2, noise_scale=0.0).sample
+        model_bf16 = model.to(torch.bfloat16)
+        out = model_bf16(latents, image, num_steps=2, noise_scale=0.0).sample
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out).all()
+    relative_l2 = (out.float() - reference).norm() / reference.norm()
+    assert relative_l2 < 3e-2, f"relative L2 error {relative_l2:.4f}"
+
+
+def test_float64_model_accepts_float32_inputs():
+    model = small_model().double()
+    latents, image = inputs()
+    with torch.no_grad():
+        out = model(latents, image, noise_scale=0.0).sample
+    assert out.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _bad_cases():
+    latents, image = torch.randn(2, 4, 4, 6), torch.rand(2, 3, 32, 48)
+    nan_latents = latents.clone()
+    nan_latents[0, 0, 0, 0] = float("nan")
+    inf_image = image.clone()
+    inf_image[1, 2, 3, 4] = float("inf")
+    gens = [torch.Generator().manual_seed(0)]
+    return [
+        ("latents 3-D", dict(latents=latents[0]), r"`latents` must be a 4-D tensor B x 4 x h x w, got \(4, 4, 6\)"),
+        ("latents not a tensor", dict(latents=[[1.0]]), r"`latents` must be a 4-D tensor"),
+        ("latents channels", dict(latents=torch.randn(2, 3, 4, 6)), r"`latents` has 3 channels .*latent_channels=4"),
+        ("image size", dict(image=torch.rand(2, 3, 32, 40)), r"`image` must be B x 3 x 32 x 48 .*got \(2, 3, 32, 40\)"),
+        ("image channels", dict(image=torch.rand(2, 4, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
+        ("image 3-D", dict(image=torch.rand(3, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
+        ("image batch", dict(image=torch.rand(3, 3, 32, 48)), r"`image` batch 3 differs from `latents` batch 2"),
+        ("nan latents", dict(latents=nan_latents), r"`latents` contains NaN or infinite values"),
+        ("inf image", dict(image=inf_image), r"`image` contains NaN or infinite values"),
+        ("integer latents", dict(latents=torch.zeros(2, 4, 4, 6, dtype=torch.int64)), r"`latents` must be a floating-point"),
+        ("num_steps 0", dict(num_steps=0), r"`num_steps` must be an int >= 1.*got 0"),
+        ("num_steps negative", dict(num_steps=-1), r"`num_steps` must be an int >= 1"),
+        ("num_steps float", dict(num_steps=2.0), r"`num_steps` must be an int >= 1.*got 2.0"),
+        ("num_steps bool", dict(num_steps=True), r"`num_steps` must be an int >= 1.*got True"),
+        ("generator list length", dict(generator=gens), r"`generator` is a list of 1 generators but the batch has 2"),
+        ("noise_scale negative", dict(noise_scale=-1.0), r"`noise_scale` must be a number >= 0"),
+    ], latents, image
+
+
+_CASES, _LATENTS, _IMAGE = _bad_cases()
+
+
+@pytest.mark.parametrize("name, override, match", _CASES, ids=[c[0] for c in _CASES])
+def test_bad_inputs_raise_value_error_naming_the_argument(model, name, override, match):
+    kwargs = dict(latents=_LATENTS, image=_IMAGE, num_steps=1)
+    kwargs.update(override)
+    with pytest.raises(ValueError, match=match):
+        model(**kwargs)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="`encoder_channels` needs at least 2 groups"):
+        UPLiFTLatentUpscaler(encoder_channels=(8,), decoder_channels=8, refiner_channels=8)
+    with pytest.raises(ValueError, match="`refiner_blocks` must be >= 1"):
+        small_model(refiner_blocks=0)
+    with pytest.raises(ValueError, match="`neighborhood` must be one of"):
+        small_model(neighborhood=7)
+
+
+# ----------------------------------------------------------------------------- saving and loading
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"neighborhood": [[0, 0], [-1, 0], [0, 1], [1, -1], [2, 2]], "refiner_encoder_group": None},
+        {"encoder_channels": [[4, 6], [6, 8, 8]], "latent_channels": 8, "noise_channels": 2, "refiner_noise_channels": 0},
+    ],
+    ids=["default-small", "offsets-no-refiner-skip", "per-block-widths"],
+)
+def test_save_pretrained_round_trip(tmp_path, overrides):
+    model = small_model(**overrides)
+    channels = model.config.latent_channels
+    latents, image = inputs(2, 3, 4, channels=channels)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "config.json").is_file()
+    loaded = UPLiFTLatentUpscaler.from_pretrained(tmp_path).eval()
+    assert loaded.attender.offsets == model.attender.offsets
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = model(latents, image, num_steps=2, noise_scale=0.0).sample
+        got = loaded(latents, image, num_steps=2, noise_scale=0.0).sample
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        expected = model(latents, image, num_steps=2, generator=torch.Generator().manual_seed(5)).sample
+        got = loaded(latents, image, num_steps=2, generator=torch.Generator().manual_seed(5)).sample
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -1,0 +1,74 @@
+"""The multi-depth, multi-step UPLiFT objective (all in latent space).
+
+For a ground-truth image ``x`` and a depth ``d``, the input image is ``x`` downsampled
+``2^d`` times (antialiased bilinear), the input latents are its VAE latents (plus Gaussian
+noise of std ``lat_aug``), and step ``k`` of a ``d``-step run is compared (MSE) with the
+latents of ``x`` downsampled ``2^(d-k)`` times. The loss is the sum over depths and steps.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> List[torch.Tensor]:
+    """``[x, x/2, x/4, ...]`` (``max_depth + 1`` levels), antialiased bilinear downsampling.
+
+    Every level must stay a multiple of ``multiple`` pixels (the VAE's scale factor).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"`images` must be B x 3 x H x W, got {tuple(images.shape)}.")
+    height, width = images.shape[-2:]
+    need = multiple * 2**max_depth
+    if height % need or width % need:
+        raise ValueError(
+            f"`images` of {height} x {width} cannot be halved {max_depth} times into multiples of {multiple}: "
+            f"use a resolution divisible by {need}."
+        )
+    levels = [images]
+    for level in range(1, max_depth + 1):
+        size = (height >> level, width >> level)
+        levels.append(F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
+    return levels
+
+
+def multi_depth_loss(
+    model,
+    latents: Sequence[torch.Tensor],
+    images: Sequence[torch.Tensor],
+    depths: Sequence[int],
+    lat_aug: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, torch.Tensor]:
+    """Sum over ``depths`` and steps of the per-step MSE.
+
+    Args:
+        model: an ``UPLiFTLatentUpscaler`` (or anything with its forward signature).
+        latents: ``latents[j]`` = VAE latents (unscaled posterior mode) of the image at level j.
+        images: ``images[j]`` = the image downsampled ``2^j`` times, in [0, 1].
+        depths: depths to train (each <= len(latents) - 1).
+        lat_aug: std of the Gaussian noise added to the input latents.
+
+    Returns a dict with ``loss`` and ``loss_depth{d}`` entries (the latter detached).
+    """
+    if not depths:
+        raise ValueError("`depths` is empty; give at least one depth, e.g. [1, 2].")
+    if max(depths) >= len(latents) or min(depths) < 1:
+        raise ValueError(f"`depths` {list(depths)} must lie in 1..{len(latents) - 1} for {len(latents)} latent levels.")
+    total = 0.0
+    parts = {}
+    for depth in depths:
+        inputs = latents[depth]
+        if lat_aug:
+            noise = torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+            inputs = inputs + lat_aug * noise
+        out = model(inputs, images[depth], num_steps=depth, output_intermediate=True)
+        depth_loss = 0.0
+        for step, prediction in enumerate(out.intermediate, start=1):
+            depth_loss = depth_loss + F.mse_loss(prediction.float(), latents[depth - step].float())
+        parts[f"loss_depth{depth}"] = depth_loss.detach()
+        total = total + depth_loss
+    parts["loss"] = total
+    return parts

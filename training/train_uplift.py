@@ -1,0 +1,454 @@
+#!/usr/bin/env python
+"""Train an UPLiFT latent upscaler for any VAE, with accelerate.
+
+    python training/train_uplift.py --config training/configs/sd15-vae.yaml \
+        --train-data /data/unsplash-lite/w1024 --output-dir runs/sd15
+    accelerate launch training/train_uplift.py --config ...        # several GPUs / nodes
+
+The configuration is a YAML file with sections ``model``, ``data``, ``optimization``,
+``checkpointing``, ``validation`` and ``logging`` (see training/configs/); command-line
+flags override it. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step),
+``OUTPUT/checkpoints/checkpoint-{step}`` (resumable with ``--resume latest``), validation
+samples and metrics, and finally ``OUTPUT/model`` in diffusers format with a model card.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from training.data import ImageFolderDataset, collate_skipping_failures  # noqa: E402
+from training.latent_cache import LatentCache, vae_identity  # noqa: E402
+from training.objective import image_pyramid, multi_depth_loss  # noqa: E402
+
+DEFAULTS: Dict = {
+    "vae": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "output_dir": "runs/uplift",
+    "model": {},
+    "data": {
+        "train_dirs": [],
+        "resolution": 1024,
+        "crops_per_image": None,
+        "max_upscale_crop": 1.0,
+        "cache_dir": None,
+        "num_workers": 0,
+    },
+    "optimization": {
+        "depths": [1, 2, 3, 4],
+        "lat_aug": 1.0,
+        "lr": 1e-3,
+        "adam_betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "batch_size": 1,
+        "epochs": 5,
+        "max_steps": None,
+        "gradient_accumulation_steps": 1,
+        "max_grad_norm": 1.0,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "mixed_precision": "no",
+        "ema_decay": None,
+        "seed": 0,
+    },
+    "checkpointing": {"every_steps": 1000, "keep_last": 3},
+    "validation": {"dir": None, "every_steps": 1000, "num_images": 8, "hr_size": 256, "lr_size": 64, "num_samples": 4},
+    "logging": {"report_to": "none", "log_every": 1},
+}
+
+
+# ---------------------------------------------------------------------------- configuration
+def merge(base: Dict, override: Dict, where: str = "") -> Dict:
+    """Deep-merge ``override`` into a copy of ``base``; unknown keys are an error."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if key not in out and where != "model":
+            raise ValueError(f"unknown config key `{where + '.' if where else ''}{key}`; known: {sorted(out)}.")
+        if isinstance(out.get(key), dict) and isinstance(value, dict) and key != "model":
+            out[key] = merge(out[key], value, key)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML configuration (sections: model, data, optimization, ...)")
+    parser.add_argument("--vae", help="Hub id or diffusers directory (AutoencoderKL / AutoencoderTiny), or a directory with TAESD-family encoder.pth + decoder.pth")
+    parser.add_argument("--train-data", nargs="+", help="folders of training images (recursive)")
+    parser.add_argument("--validation-data", help="held-out folder for validation (4x super-resolution PSNR)")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--checkpointing-steps", type=int)
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--resume", help="'latest' or a checkpoint directory")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="any other override, value parsed as YAML")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Dict:
+    user: Dict = {}
+    if args.config:
+        path = Path(args.config).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--config file not found: {str(path)!r}.")
+        user = yaml.safe_load(path.read_text()) or {}
+    config = merge(DEFAULTS, user)
+    flags = {
+        ("vae",): args.vae,
+        ("output_dir",): args.output_dir,
+        ("data", "train_dirs"): args.train_data,
+        ("data", "resolution"): args.resolution,
+        ("validation", "dir"): args.validation_data,
+        ("optimization", "max_steps"): args.max_steps,
+        ("optimization", "batch_size"): args.batch_size,
+        ("checkpointing", "every_steps"): args.checkpointing_steps,
+    }
+    for item in args.set:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
+        dotted, value = item.split("=", 1)
+        flags[tuple(dotted.split("."))] = yaml.safe_load(value)
+    for keys, value in flags.items():
+        if value is None:
+            continue
+        section = config
+        for key in keys[:-1]:
+            section = section[key]
+        if len(keys) > 1 and keys[0] != "model" and keys[-1] not in section:
+            raise ValueError(f"unknown config key `{'.'.join(keys)}`.")
+        section[keys[-1]] = value
+    if not config["data"]["train_dirs"]:
+        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
+    if isinstance(config["data"]["train_dirs"], str):
+        config["data"]["train_dirs"] = [config["data"]["train_dirs"]]
+    opt = config["optimization"]
+    depths = opt["depths"]
+    if not depths or any((not isinstance(d, int)) or d < 1 for d in depths):
+        raise ValueError(f"optimization.depths must be a non-empty list of ints >= 1, got {depths!r}.")
+    if config["data"]["resolution"] % (8 * 2 ** max(depths)):
+        raise ValueError(
+            f"data.resolution {config['data']['resolution']} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(depths)}."
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------- training pieces
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag checked after every optimiser step."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) -> List[int]:
+    """This process's share of a seeded permutation of the dataset for one epoch."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_items, generator=generator)[rank::world].tolist()
+
+
+def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str) -> List[torch.Tensor]:
+    """Unscaled VAE latents of every pyramid level (from the cache when possible)."""
+    from uplift_diffusers.vae_loading import encode_latents
+
+    levels = []
+    for level, images in enumerate(pyramid):
+        if cache is None:
+            with torch.no_grad():
+                levels.append(encode_latents(vae, images * 2 - 1).float())
+            continue
+        per_item = []
+        for i, key in enumerate(keys):
+            full_key = f"{key}|level={level}|vae={vae_id}"
+
+            def compute(i=i, images=images):
+                with torch.no_grad():
+                    return encode_latents(vae, images[i : i + 1] * 2 - 1)[0].float().cpu()
+
+            per_item.append(cache.get_or_compute(full_key, compute))
+        levels.append(torch.stack(per_item).to(images.device))
+    return levels
+
+
+def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[str, float]:
+    """PSNR of 4x (lr_size -> hr_size) super-resolution on the held-out folder; saves samples."""
+    from evaluation.sr_protocol import evaluate, list_images, load_hr_lr
+    from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+
+    val = config["validation"]
+    files = list_images(val["dir"])[: val["num_images"]]
+    factor = val["hr_size"] // val["lr_size"]
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def method(lr, size):
+        return pipe(lr, upscale_factor=factor, generator=generator, output_type="pt").images
+
+    was_training = upscaler.training
+    upscaler.eval()
+    with torch.no_grad():
+        metrics = evaluate(method, files, val["hr_size"], val["lr_size"])
+        samples_dir = output_dir / "samples"
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        tiles = []
+        for path in files[: val["num_samples"]]:
+            hr, lr = load_hr_lr(path, val["hr_size"], val["lr_size"])
+            sr = pipe(lr, upscale_factor=factor, generator=generator, output_type="pil").images[0]
+            tiles.append([lr.resize(hr.size, Image.BICUBIC), sr, hr])
+        if tiles:
+            side = val["hr_size"]
+            sheet = Image.new("RGB", (3 * side, len(tiles) * side))
+            for row, images in enumerate(tiles):
+                for col, image in enumerate(images):
+                    sheet.paste(image, (col * side, row * side))
+            sheet.save(samples_dir / f"step-{step:07d}.png")
+    upscaler.train(was_training)
+    return metrics
+
+
+def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
+    lines = [
+        "---",
+        "library_name: uplift-diffusers",
+        "tags: [uplift, super-resolution, latent-upscaler, diffusers]",
+        "---",
+        "",
+        "# UPLiFT latent upscaler",
+        "",
+        "Trained with `training/train_uplift.py` of uplift-diffusers.",
+        "",
+        f"- VAE: `{config['vae']}`",
+        f"- Training data: {', '.join(map(str, config['data']['train_dirs']))} ({num_items} items, {skipped} images skipped)",
+        f"- Optimiser steps: {step} ({seconds / 60:.1f} min)",
+        f"- Validation (4x super-resolution, {config['validation'].get('dir')}): "
+        + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) if metrics else "not run"),
+        "",
+        "```python",
+        "from uplift_diffusers import UPLiFTLatentUpscaler",
+        "upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')",
+        "```",
+        "",
+        "## Training configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    (model_dir / "README.md").write_text("\n".join(lines))
+
+
+def train(config: Dict, resume: Optional[str] = None) -> Dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.vae_loading import load_vae
+
+    opt, data, ckpt, val, log = (config[k] for k in ("optimization", "data", "checkpointing", "validation", "logging"))
+    output_dir = Path(config["output_dir"]).expanduser()
+    report_to = log["report_to"] if log["report_to"] not in (None, "none") else None
+    accelerator = Accelerator(
+        mixed_precision=opt["mixed_precision"],
+        gradient_accumulation_steps=opt["gradient_accumulation_steps"],
+        log_with=report_to,
+        project_dir=str(output_dir / "logs"),
+    )
+    set_seed(opt["seed"])
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if report_to:
+        accelerator.init_trackers("uplift")
+
+    vae = load_vae(config["vae"]).to(accelerator.device).eval().requires_grad_(False)
+    vae_id = vae_identity(vae)
+    model_config = dict(config["model"])
+    vae_channels = vae.config.latent_channels
+    model_config.setdefault("latent_channels", vae_channels)
+    if model_config["latent_channels"] != vae_channels:
+        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
+    model = UPLiFTLatentUpscaler(**model_config)
+    ema = None
+    if opt["ema_decay"]:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(model.parameters(), decay=opt["ema_decay"])
+
+    dataset = ImageFolderDataset(
+        data["train_dirs"], data["resolution"], train=True, crops_per_image=data["crops_per_image"],
+        max_upscale_crop=data["max_upscale_crop"], seed=opt["seed"],
+    )
+    cache = LatentCache(data["cache_dir"]) if data["cache_dir"] else None
+    batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt["batch_size"])
+    steps_per_epoch = max(1, batches_per_epoch // opt["gradient_accumulation_steps"])
+    max_steps = opt["max_steps"] or opt["epochs"] * steps_per_epoch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=opt["lr"], betas=tuple(opt["adam_betas"]), weight_decay=opt["weight_decay"])
+    scheduler = get_scheduler(opt["lr_scheduler"], optimizer, num_warmup_steps=opt["lr_warmup_steps"], num_training_steps=max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    step, epoch, position = 0, 0, 0
+    if resume:
+        path = find_checkpoint(output_dir, resume)
+        if path is not None:
+            state = load_checkpoint(accelerator, path)
+            step, epoch, position = state["step"], state["epoch"], state["position"]
+            accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
+
+    stopper = StopRequest()
+    log_path = output_dir / "train_log.jsonl"
+    val_csv = output_dir / "validation.csv"
+    depths = list(opt["depths"])
+    last_metrics: Dict = {}
+    started = time.time()
+    progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+    def checkpoint() -> None:
+        save_checkpoint(accelerator, output_dir, step, {"epoch": epoch, "position": position}, keep_last=ckpt["keep_last"])
+
+    def run_validation() -> None:
+        nonlocal last_metrics
+        if not val.get("dir") or not accelerator.is_main_process:
+            return
+        unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        last_metrics = validate(unwrapped, vae, config, output_dir, step)
+        if ema is not None:
+            ema.restore(unwrapped.parameters())
+        new = not val_csv.exists()
+        with open(val_csv, "a") as handle:
+            if new:
+                handle.write("step,psnr,count\n")
+            handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']}\n")
+        accelerator.log({f"val/{k}": v for k, v in last_metrics.items()}, step=step)
+        accelerator.print(f"step {step}: validation {last_metrics}")
+
+    model.train()
+    interval_start, interval_steps = time.time(), 0
+    while step < max_steps and stopper.signal is None:
+        order = epoch_order(len(dataset), opt["seed"], epoch, accelerator.process_index, accelerator.num_processes)
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, order[position * opt["batch_size"] :]),
+            batch_size=opt["batch_size"], shuffle=False, num_workers=data["num_workers"],
+            collate_fn=collate_skipping_failures, drop_last=False,
+        )
+        for batch in loader:
+            position += 1
+            if batch["pixel_values"] is None:
+                continue
+            images = batch["pixel_values"].to(accelerator.device)
+            pyramid = image_pyramid(images, max(depths), multiple=8)
+            latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    losses = multi_depth_loss(model, latents, pyramid, depths, lat_aug=opt["lat_aug"])
+                accelerator.backward(losses["loss"])
+                grad_norm = None
+                if accelerator.sync_gradients and opt["max_grad_norm"]:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            interval_steps += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(model).parameters())
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean()),
+                **{k: float(v) for k, v in losses.items() if k != "loss"},
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "time": round(time.time() - started, 2),
+            }
+            if accelerator.is_main_process:
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
+            rate = interval_steps / max(time.time() - interval_start, 1e-9)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", its=f"{rate:.2f}")
+            if ckpt["every_steps"] and step % ckpt["every_steps"] == 0:
+                checkpoint()
+            if val.get("dir") and val["every_steps"] and step % val["every_steps"] == 0:
+                run_validation()
+            if step >= max_steps or stopper.signal is not None:
+                break
+        else:
+            epoch, position = epoch + 1, 0
+    progress.close()
+
+    if stopper.signal is not None:
+        checkpoint()
+        accelerator.print(f"stopped by signal {stopper.signal} at step {step}; resume with --resume latest")
+        accelerator.end_training()
+        return {"step": step, "stopped": True}
+
+    if not ckpt["every_steps"] or step % ckpt["every_steps"]:
+        checkpoint()
+    if val.get("dir") and (not val["every_steps"] or step % val["every_steps"]):
+        run_validation()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(unwrapped.parameters())
+        model_dir = output_dir / "model"
+        unwrapped.save_pretrained(model_dir)
+        write_model_card(model_dir, config, step, last_metrics, time.time() - started, dataset.skipped.total, len(dataset))
+        accelerator.print(
+            f"saved {model_dir} after {step} steps; skipped images: {len(dataset.skipped.too_small)} too small, "
+            f"{len(dataset.skipped.unreadable)} unreadable"
+            + (f"; latent cache {cache.hits} hits / {cache.misses} misses" if cache else "")
+        )
+    accelerator.end_training()
+    return {"step": step, "stopped": False, "validation": last_metrics}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train(config, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
