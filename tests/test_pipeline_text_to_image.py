@@ -54,8 +54,13 @@ def make_upscaler(noise_scale=0.0, latent_channels=4):
 
 @pytest.fixture(scope="module")
 def components(tmp_path_factory):
+    return build_components(tmp_path_factory.mktemp("tokenizer"))
+
+
+def build_components(tokenizer_dir):
+    """Tiny random SD components (8x VAE, 2-block UNet, 2-layer CLIP) plus a 4-channel upscaler."""
     torch.manual_seed(0)
-    tokenizer, vocab_size = make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,

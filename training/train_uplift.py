@@ -57,6 +57,7 @@ DEFAULTS: Dict = {
         "batch_size": 1,
         "epochs": 5,
         "max_steps": None,
+        "max_minutes": None,
         "gradient_accumulation_steps": 1,
         "max_grad_norm": 1.0,
         "lr_scheduler": "constant",
@@ -406,6 +407,9 @@ def train(config: Dict, resume: Optional[str] = None) -> Dict:
                 checkpoint()
             if val.get("dir") and val["every_steps"] and step % val["every_steps"] == 0:
                 run_validation()
+            if opt["max_minutes"] and time.time() - started > 60 * opt["max_minutes"]:
+                accelerator.print(f"time budget of {opt['max_minutes']} min reached at step {step}")
+                max_steps = step
             if step >= max_steps or stopper.signal is not None:
                 break
         else:

@@ -9,12 +9,20 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
 
 Images are converted to RGB first; a transparent image is composited on a white background
 (the alpha channel is not carried to the output).
+
+This module also holds what both pipelines of the package share (and that needs no Stable
+Diffusion import): :class:`UPLiFTComponentsMixin`, which makes ``save_pretrained`` record this
+package's components as ``["uplift_diffusers", "<Class>"]`` in ``model_index.json`` and makes
+``from_pretrained`` rebuild them from a saved directory or Hub repository, and the checks that
+an upscaler matches a VAE.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -26,27 +34,193 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 
 from .color_correction import color_correct
 from .modeling_uplift import UPLiFTLatentUpscaler
-from .pipeline_uplift import UPLiFTComponentsMixin, check_flag, check_upscaler_matches_vae, to_unit_range
 from .tiny_autoencoder import TinyAutoencoder
 from .vae_loading import decode_latents, encode_latents, vae_scale_factor
 
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
+    "UPLiFTComponentsMixin",
     "UPLiFTSuperResolutionPipelineOutput",
     "images_to_tensors",
     "pad_to_multiple",
     "SUPER_RESOLUTION_FACTORS",
 ]
 
+LIBRARY_NAME = "uplift_diffusers"
 #: Upscale factors of the super-resolution pipeline (powers of two; one UPLiFT step per 2x).
 SUPER_RESOLUTION_FACTORS = (2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Float inputs this far outside [0, 1] are accepted (and clamped): rounding of resampled images.
 _RANGE_TOLERANCE = 1e-3
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_ALPHA_MODES = ("RGBA", "LA", "PA")
+_PREMULTIPLIED_MODES = ("RGBa", "La")
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving / loading this package's components inside diffusers pipelines
+# ---------------------------------------------------------------------------------------------
+def _package_library_tuple(module: Any) -> Optional[Tuple[str, str]]:
+    """``("uplift_diffusers", class name)`` when ``module``'s class is exported by this package."""
+    import uplift_diffusers
+
+    cls = type(module)
+    if cls.__module__.split(".")[0] == LIBRARY_NAME and getattr(uplift_diffusers, cls.__name__, None) is cls:
+        return (LIBRARY_NAME, cls.__name__)
+    return None
+
+
+def _package_entries(config: Mapping[str, Any]) -> List[str]:
+    """Names of the components that ``model_index.json`` records as defined in this package."""
+    return [
+        name
+        for name, entry in config.items()
+        if not name.startswith("_")
+        and isinstance(entry, (list, tuple))
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and entry[0].split(".")[0] == LIBRARY_NAME
+    ]
+
+
+def resolve_package_entries(config: Mapping[str, Any], source: str = "model_index.json") -> Dict[str, Any]:
+    """Rewrite ``["uplift_diffusers", "<Class>"]`` entries to ``[<defining module>, "<Class>"]``.
+
+    diffusers resolves a component's save / load methods in the namespace of the library named
+    in ``model_index.json``; the defining module (e.g. ``uplift_diffusers.modeling_uplift``)
+    has ``ModelMixin`` in its namespace, the package root does not.
+    """
+    import uplift_diffusers
+
+    resolved = dict(config)
+    for name in _package_entries(config):
+        library, class_name = config[name]
+        if library != LIBRARY_NAME:
+            continue
+        component_cls = getattr(uplift_diffusers, class_name, None)
+        if not isinstance(component_cls, type):
+            raise ValueError(
+                f"{source} names the component {name!r} as {[library, class_name]}, but uplift_diffusers has no "
+                f"class {class_name!r}; upgrade uplift-diffusers or pass `{name}=...` to from_pretrained."
+            )
+        resolved[name] = [component_cls.__module__, class_name]
+    return resolved
+
+
+def _download_package_pipeline(repo_id: str, kwargs: Mapping[str, Any]) -> Optional[str]:
+    """Fetch a Hub pipeline whose ``model_index.json`` names components of this package.
+
+    diffusers' own download refuses component libraries it does not know, so the component
+    folders are fetched here (only ``model_index.json`` and the listed folders, not the
+    repository root) and the local snapshot path is returned. Returns ``None`` when the
+    repository has no such component (then diffusers downloads it as usual).
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    hub_kwargs = {
+        key: kwargs[key]
+        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
+        if kwargs.get(key) is not None
+    }
+    index_file = hf_hub_download(repo_id, "model_index.json", **hub_kwargs)
+    with open(index_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if not _package_entries(config):
+        return None
+    folders = [
+        name
+        for name, entry in config.items()
+        if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry and entry[0] is not None and name not in kwargs
+    ]
+    patterns = ["model_index.json"] + [f"{folder}/*" for folder in folders]
+    return snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs)
+
+
+class UPLiFTComponentsMixin:
+    """Pipeline mixin: save and reload components defined in ``uplift_diffusers``.
+
+    ``save_pretrained`` records this package's exported classes as ``["uplift_diffusers",
+    "<Class>"]`` in ``model_index.json``; ``from_pretrained`` (local directory or Hub id) rebuilds
+    them without being passed.
+    """
+
+    def register_modules(self, **kwargs):
+        super().register_modules(**kwargs)
+        for name, module in kwargs.items():
+            entry = None if module is None else _package_library_tuple(module)
+            if entry is not None:
+                self.register_to_config(**{name: entry})
+
+    def __setattr__(self, name: str, value: Any):
+        super().__setattr__(name, value)
+        # Reassigning a registered component (pipe.upscaler = ...) re-records its library.
+        config = self.__dict__.get("_internal_dict")
+        if value is not None and config is not None and isinstance(config.get(name), (list, tuple)):
+            entry = _package_library_tuple(value)
+            if entry is not None:
+                self.register_to_config(**{name: entry})
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        return resolve_package_entries(super()._dict_from_json_file(json_file), source=str(json_file))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; also fetches Hub repositories holding this package's components.
+
+        Accepts every argument of ``DiffusionPipeline.from_pretrained``; components passed as
+        keyword arguments (e.g. ``upscaler=...``) are used as given.
+        """
+        location = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(os.path.expanduser(location)):
+            snapshot = _download_package_pipeline(location, kwargs)
+            if snapshot is not None:
+                pretrained_model_name_or_path = snapshot
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers of the two pipelines
+# ---------------------------------------------------------------------------------------------
+def vae_latent_channels(vae: Any) -> int:
+    """Latent channels of a diffusers-style VAE (``vae.config.latent_channels``)."""
+    channels = getattr(getattr(vae, "config", None), "latent_channels", None)
+    if not isinstance(channels, int):
+        raise ValueError(
+            f"`vae` ({type(vae).__name__}) has no integer `config.latent_channels`; pass a diffusers "
+            "AutoencoderKL / AutoencoderTiny or a uplift_diffusers TinyAutoencoder."
+        )
+    return channels
+
+
+def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
+    """Raise ValueError unless ``upscaler`` works in ``vae``'s latent space (channels and pixels per latent)."""
+    if not isinstance(upscaler, UPLiFTLatentUpscaler):
+        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
+    vae_channels = vae_latent_channels(vae)
+    if upscaler.config.latent_channels != vae_channels:
+        raise ValueError(
+            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
+            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
+        )
+    vae_factor = vae_scale_factor(vae)
+    if upscaler.config.vae_scale_factor != vae_factor:
+        raise ValueError(
+            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
+            f"({type(vae).__name__}) has {vae_factor}; use an UPLiFT model trained for this VAE."
+        )
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (VAE convention) -> [0, 1], clamped."""
+    return (image / 2 + 0.5).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +258,11 @@ def _pil_to_array(image: PIL.Image.Image, where: str) -> np.ndarray:
                 "pass a float numpy array in [0, 1] instead."
             )
         return np.repeat((values / 255.0)[..., None], 3, axis=2)
+    if mode in _PREMULTIPLIED_MODES:  # colour already multiplied by alpha: over white = colour + (1 - alpha)
+        values = np.asarray(image).astype(np.float32) / 255.0
+        colour, alpha = values[..., :-1], values[..., -1:]
+        composited = colour + (1.0 - alpha)
+        return np.repeat(composited, 3, axis=2) if composited.shape[-1] == 1 else composited
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
     if has_alpha:
         rgba = np.asarray(image.convert("RGBA")).astype(np.float32) / 255.0
@@ -156,7 +335,8 @@ def _numpy_to_tensors(array: np.ndarray, where: str) -> List[torch.Tensor]:
     if array.dtype == np.uint16:
         tensor = torch.from_numpy(array.astype(np.float32) / 65535.0)
     else:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        # a copy when the array is read-only (e.g. np.asarray of a PIL image): torch needs writable memory
+        tensor = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else np.array(array))
     batch = _channels_to_rgb(_to_unit_float(tensor, where).permute(0, 3, 1, 2), where)
     return [image[None].contiguous() for image in batch]
 

@@ -391,7 +391,9 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         )
         model._load_original(enc_sd, dec_sd, str(enc_path), str(dec_path))
         if torch_dtype is not None:
-            model = model.to(torch_dtype)
+            # Cast the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning.
+            model.encoder.to(torch_dtype)
+            model.decoder.to(torch_dtype)
         return model.eval()
 
     def _load_original(self, enc_sd, dec_sd, enc_name: str, dec_name: str) -> None:

@@ -1,0 +1,278 @@
+"""UPLiFTSuperResolutionPipeline with the real TAEF2 autoencoder and a small random upscaler."""
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.pipeline_super_resolution import (
+    UPLiFTSuperResolutionPipeline,
+    UPLiFTSuperResolutionPipelineOutput,
+    images_to_tensors,
+    pad_to_multiple,
+)
+from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small models: one thread avoids oversubscription on shared CPUs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_upscaler(latent_channels=32, noise_scale=0.0):
+    torch.manual_seed(0)
+    return UPLiFTLatentUpscaler(
+        latent_channels=latent_channels,
+        encoder_channels=(8, 8, 16),
+        encoder_blocks_per_group=1,
+        decoder_channels=16,
+        decoder_blocks_after_upsample=1,
+        refiner_channels=16,
+        refiner_blocks=1,
+        noise_scale=noise_scale,
+    ).eval()
+
+
+_TAEF2_CACHE = {}
+
+
+@pytest.fixture
+def taef2(shared_path):
+    folder = shared_path("models", "taef2")
+    if folder not in _TAEF2_CACHE:  # load the real weights once per session
+        _TAEF2_CACHE[folder] = TinyAutoencoder.from_original_checkpoint(folder / "encoder.pth", folder / "decoder.pth")
+    return _TAEF2_CACHE[folder]
+
+
+@pytest.fixture
+def pipe(taef2):
+    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def gradient_image(width, height, mode="RGB"):
+    """A smooth colour image (values away from 0 and 1) in the given PIL mode."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([60 + 120 * x / max(width - 1, 1), 80 + 100 * y / max(height - 1, 1), np.full_like(x, 128.0)], -1)
+    image = PIL.Image.fromarray(rgb.astype(np.uint8), "RGB")
+    return image if mode == "RGB" else image.convert(mode)
+
+
+# ------------------------------------------------------------------------------- sizes
+def test_odd_size_exact_output(pipe):
+    out = pipe(gradient_image(121, 81), upscale_factor=4)
+    assert isinstance(out, UPLiFTSuperResolutionPipelineOutput)
+    assert len(out.images) == 1 and out.images[0].size == (484, 324) and out.images[0].mode == "RGB"
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (3, 5), (8, 8), (17, 9)])
+def test_tiny_and_unaligned_sizes(pipe, width, height):
+    out = pipe(gradient_image(width, height), upscale_factor=2, output_type="np")
+    assert out.images.shape == (1, 2 * height, 2 * width, 3)
+    assert np.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
+
+
+def test_factor_eight_and_pt_output(pipe):
+    out = pipe(torch.rand(3, 10, 12), upscale_factor=8, output_type="pt")
+    assert out.images.shape == (1, 3, 80, 96) and out.images.dtype == torch.float32
+
+
+def test_color_correction_matches_input_means(pipe):
+    image = gradient_image(24, 16)
+    corrected = pipe(image, upscale_factor=2, output_type="pt").images
+    raw = pipe(image, upscale_factor=2, output_type="pt", color_correction=False).images
+    target = images_to_tensors(image)[0].mean(dim=(2, 3))
+    clipped = ((corrected <= 0) | (corrected >= 1)).float().mean()
+    assert clipped < 1e-3
+    torch.testing.assert_close(corrected.mean(dim=(2, 3)), target, atol=1e-4, rtol=0)
+    assert (raw.mean(dim=(2, 3)) - target).abs().max() > 1e-3
+
+
+def test_matches_manual_computation(pipe, taef2):
+    """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct."""
+    from uplift_diffusers.color_correction import color_correct
+
+    image = torch.rand(1, 3, 12, 20)
+    padded = pad_to_multiple(image, 8)
+    assert padded.shape == (1, 3, 16, 24)
+    with torch.no_grad():
+        latents = taef2.encode(padded * 2 - 1).latents
+        upscaled = pipe.upscaler(latents, padded, num_steps=1).sample
+        decoded = (taef2.decode(upscaled).sample / 2 + 0.5).clamp(0, 1)[:, :, :24, :40]
+    expected = color_correct(decoded, image)
+    out = pipe(image, upscale_factor=2, output_type="pt").images
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- input kinds
+ALL_MODES = ["1", "L", "LA", "RGB", "RGBA", "P", "PA", "I;16", "I", "F", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"]
+
+
+def test_every_pil_mode(pipe):
+    images = [gradient_image(13, 9, mode) for mode in ALL_MODES]
+    assert [im.mode for im in images] == ALL_MODES
+    out = pipe(images, upscale_factor=2)
+    assert len(out.images) == len(ALL_MODES)
+    assert all(im.size == (26, 18) and im.mode == "RGB" for im in out.images)
+
+
+def test_mode_conversion_numbers():
+    def value(image):
+        return images_to_tensors(image)[0][0, :, 0, 0].tolist()
+
+    assert value(PIL.Image.new("L", (2, 2), 51)) == pytest.approx([0.2] * 3)
+    assert value(PIL.Image.new("I;16", (2, 2), 65535)) == pytest.approx([1.0] * 3)
+    assert value(PIL.Image.new("I", (2, 2), 32768)) == pytest.approx([32768 / 65535] * 3)
+    assert value(PIL.Image.new("F", (2, 2), 127.5)) == pytest.approx([0.5] * 3)
+    assert value(PIL.Image.new("CMYK", (2, 2), (0, 255, 255, 0))) == pytest.approx([1.0, 0.0, 0.0])
+    # alpha is composited on white: half-transparent black -> light gray, transparent red -> white
+    assert value(PIL.Image.new("RGBA", (2, 2), (0, 0, 0, 128))) == pytest.approx([1 - 128 / 255] * 3)
+    assert value(PIL.Image.new("LA", (2, 2), (0, 0))) == pytest.approx([1.0] * 3)
+    premultiplied = PIL.Image.new("RGBa", (2, 2), (100, 50, 25, 128))  # (200, 100, 50) at alpha 128
+    assert value(premultiplied) == pytest.approx([(100 + 127) / 255, (50 + 127) / 255, (25 + 127) / 255])
+    palette = PIL.Image.new("P", (2, 2), 0)
+    palette.info["transparency"] = 0
+    assert value(palette) == pytest.approx([1.0] * 3)
+
+
+def test_transparent_pixels_become_white(pipe):
+    transparent = PIL.Image.new("RGBA", (16, 16), (255, 0, 0, 0))
+    white = PIL.Image.new("RGB", (16, 16), (255, 255, 255))
+    out = pipe([transparent, white], upscale_factor=2, output_type="np").images
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_numpy_and_tensor_inputs_agree(pipe):
+    rgb = np.array(gradient_image(16, 8))
+    as_float = rgb.astype(np.float32) / 255.0
+    inputs = [
+        rgb,  # H x W x 3 uint8
+        as_float,  # H x W x 3 float
+        np.concatenate([as_float, np.ones_like(as_float[..., :1])], -1),  # opaque RGBA
+        torch.from_numpy(as_float).permute(2, 0, 1),  # C x H x W
+        torch.from_numpy(as_float).permute(2, 0, 1)[None],  # B x C x H x W
+        torch.from_numpy(rgb).permute(2, 0, 1),  # uint8 tensor
+        PIL.Image.fromarray(rgb),
+    ]
+    out = pipe(inputs, upscale_factor=2, output_type="np").images
+    assert out.shape == (len(inputs), 16, 32, 3)
+    for other in out[1:]:
+        np.testing.assert_allclose(other, out[0], atol=1e-5)
+    gray = pipe(np.full((8, 8), 0.5, dtype=np.float32), upscale_factor=2, output_type="np").images
+    assert gray.shape == (1, 16, 16, 3)
+    assert pipe(np.zeros((8, 8, 3), dtype=np.uint16), upscale_factor=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_batched_inputs_expand_to_images(pipe):
+    batch = torch.rand(3, 3, 8, 8)
+    out = pipe([batch, torch.rand(1, 3, 8, 16)], upscale_factor=2, output_type="pt").images
+    assert isinstance(out, list) and [tuple(o.shape) for o in out] == [(3, 16, 16)] * 3 + [(3, 16, 32)]
+
+
+def test_mixed_sizes_keep_order_and_batch_equal_sizes(pipe, monkeypatch):
+    sizes = [(13, 9), (20, 16), (13, 9), (7, 30)]
+    images = [gradient_image(w, h) for w, h in sizes]
+    batches = []
+    original = pipe.upscale_batch
+
+    def spy(batch, *args, **kwargs):
+        batches.append(tuple(batch.shape))
+        return original(batch, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "upscale_batch", spy)
+    out = pipe(images, upscale_factor=2, output_type="np").images
+    assert isinstance(out, list) and [o.shape for o in out] == [(2 * h, 2 * w, 3) for w, h in sizes]
+    assert batches == [(2, 3, 9, 13), (1, 3, 16, 20), (1, 3, 30, 7)]
+    # batching does not change the result
+    alone = pipe(images[2], upscale_factor=2, output_type="np").images[0]
+    np.testing.assert_allclose(out[2], alone, atol=1e-5)
+
+
+def test_pad_to_multiple_modes():
+    row = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 8, 5)
+    padded = pad_to_multiple(row, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    assert padded[0, 0, 0].tolist() == [0, 1, 2, 3, 4, 3, 2, 1]  # reflection
+    single = pad_to_multiple(torch.full((1, 1, 1, 1), 0.7), 8)
+    assert single.shape == (1, 1, 8, 8) and torch.all(single == 0.7)  # replication (too small to reflect)
+    narrow = pad_to_multiple(torch.arange(3.0).view(1, 1, 1, 3).expand(1, 1, 8, 3), 8)
+    assert narrow[0, 0, 0].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]  # 5 > 3 - 1: replication
+
+
+# ------------------------------------------------------------------------------- determinism / saving
+def test_seeded_reproducibility(taef2):
+    noisy = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(noise_scale=1.0))
+    noisy.set_progress_bar_config(disable=True)
+    image = gradient_image(16, 16)
+    first = noisy(image, upscale_factor=2, generator=torch.Generator().manual_seed(1), output_type="np").images
+    second = noisy(image, upscale_factor=2, generator=torch.Generator().manual_seed(1), output_type="np").images
+    other = noisy(image, upscale_factor=2, generator=torch.Generator().manual_seed(2), output_type="np").images
+    assert np.array_equal(first, second) and not np.array_equal(first, other)
+    per_image = noisy([image, image], upscale_factor=2, output_type="np",
+                      generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]).images
+    np.testing.assert_array_equal(per_image[0], per_image[1])
+
+
+def test_save_pretrained_round_trip(pipe, tmp_path):
+    image = gradient_image(16, 8)
+    expected = pipe(image, upscale_factor=2, output_type="np").images
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["upscaler"] == ["uplift_diffusers", "UPLiFTLatentUpscaler"]
+    loaded = UPLiFTSuperResolutionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.vae, TinyAutoencoder) and isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
+    np.testing.assert_array_equal(loaded(image, upscale_factor=2, output_type="np").images, expected)
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("factor", [1, 3, 16, 2.0, True, "4"])
+def test_bad_factor(pipe, factor):
+    with pytest.raises(ValueError, match="upscale_factor"):
+        pipe(gradient_image(8, 8), upscale_factor=factor)
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        ([], "empty list"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "zero size"),
+        (torch.zeros(3, 4, 0), "zero size"),
+        (torch.zeros(0, 3, 4, 4), "empty batch"),
+        (PIL.Image.new("RGB", (0, 0)), "zero size"),
+        ("image.png", "type str"),
+        (np.full((4, 4, 3), 2.0), r"\[0, 1\]"),
+        (torch.full((3, 4, 4), -0.5), r"\[0, 1\]"),
+        (np.zeros((4, 4, 2), dtype=np.uint8), "channels"),
+        (torch.zeros(5, 4, 4), "channels"),
+        (np.zeros((4, 4, 3), dtype=np.int32), "dtype int32"),
+        (PIL.Image.new("F", (2, 2), 300.0), r"\[0, 255\]"),
+        (PIL.Image.new("I", (2, 2), 70000), r"\[0, 65535\]"),
+    ],
+)
+def test_bad_images(pipe, image, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(image, upscale_factor=2)
+
+
+def test_bad_generator_and_output_type(pipe):
+    with pytest.raises(ValueError, match="generator"):
+        pipe([gradient_image(8, 8)] * 2, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(gradient_image(8, 8), output_type="latent")
+
+
+def test_latent_channel_mismatch(taef2):
+    with pytest.raises(ValueError, match="latent_channels=4 but the VAE"):
+        UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(latent_channels=4))
+    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler())
+    pipeline.upscaler = make_upscaler(latent_channels=16)
+    with pytest.raises(ValueError, match="latent_channels=16"):
+        pipeline(gradient_image(8, 8), upscale_factor=2)

@@ -1,0 +1,441 @@
+"""Command line interface: ``uplift-diffusers upscale | generate | convert``.
+
+* ``upscale``: super-resolution of image files with a VAE and an UPLiFT upscaler.
+* ``generate``: Stable Diffusion text-to-image followed by UPLiFT upscaling.
+* ``convert``: the authors' checkpoint (``.safetensors`` / ``.pth`` + YAML) -> a diffusers
+  directory (``save_pretrained``) that ``UPLiFTLatentUpscaler.from_pretrained`` loads.
+
+When the Hugging Face Hub cannot be reached and a default model is not cached, the command
+prints one line saying so (and how to pass local paths) and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, TypeVar
+
+PROG = "uplift-diffusers"
+DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_VAE = DEFAULT_SD_MODEL  # its vae/ subfolder
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+EXIT_ERROR = 2
+
+T = TypeVar("T")
+
+
+class CLIError(Exception):
+    """An error reported to the user as one line (exit status 2)."""
+
+
+class HubUnavailableError(CLIError):
+    """A model had to come from the Hugging Face Hub, which could not be reached."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub access
+# ---------------------------------------------------------------------------------------------
+_CONNECTION_WORDS = ("connect", "offline", "network", "resolve host", "timed out", "unreachable")
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) means the Hub could not be reached."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        module = type(error).__module__.split(".")[0]
+        name = type(error).__name__
+        if module in ("requests", "httpx", "httpx2", "httpcore", "urllib3") and any(
+            word in name for word in ("Connect", "Timeout", "Network", "Transport", "Proxy")
+        ):
+            return True
+        if isinstance(error, OSError) and any(word in str(error).lower() for word in _CONNECTION_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def from_hub(what: str, flag: str, load: Callable[[], T]) -> T:
+    """Run ``load``; turn "Hub unreachable and not cached" errors into :class:`HubUnavailableError`."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    # huggingface_hub logs every retry of an unreachable Hub; the outcome is reported as one line.
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        return load()
+    except Exception as error:  # noqa: BLE001 - classified below, re-raised otherwise
+        if _is_connection_error(error):
+            raise HubUnavailableError(
+                f"cannot reach the Hugging Face Hub and {what} is not in the local cache; "
+                f"pass a local path with {flag} (or run once with network access)."
+            ) from error
+        raise
+    finally:
+        hub_logging.set_verbosity(verbosity)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: Optional[str]):
+    import torch
+
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CLIError(f"--device {name!r} is not a valid torch device (e.g. cpu, cuda, cuda:1, mps).") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name!r} asks for CUDA but torch.cuda.is_available() is False; use --device cpu.")
+    return device
+
+
+def resolve_dtype(name: str, device):
+    """The weights dtype, or ``None`` for float32 (the default of every loader: no cast needed)."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    dtype = getattr(torch, name)
+    return None if dtype == torch.float32 else dtype
+
+
+def dtype_kwargs(dtype) -> dict:
+    """``from_pretrained`` keyword for a dtype: ``dtype=`` where diffusers has it, else ``torch_dtype=``."""
+    if dtype is None:
+        return {}
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present once `dtype=` exists
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def load_upscaler(args, dtype):
+    """The upscaler from --original-checkpoint, --upscaler, or by default the authors' released model."""
+    from .conversion import ORIGINAL_CHECKPOINT_NAME, ORIGINAL_REPO_ID
+    from .modeling_uplift import UPLiFTLatentUpscaler
+
+    if args.original_checkpoint is not None:
+        return UPLiFTLatentUpscaler.from_original_checkpoint(
+            args.original_checkpoint, config=args.original_config, torch_dtype=dtype
+        )
+    if args.upscaler is None:
+        from huggingface_hub import hf_hub_download
+
+        path = from_hub(
+            f"the default UPLiFT checkpoint ({ORIGINAL_REPO_ID}/{ORIGINAL_CHECKPOINT_NAME})",
+            "--upscaler DIR or --original-checkpoint FILE",
+            lambda: hf_hub_download(ORIGINAL_REPO_ID, ORIGINAL_CHECKPOINT_NAME),
+        )
+        return UPLiFTLatentUpscaler.from_original_checkpoint(path, torch_dtype=dtype)
+
+    location = Path(args.upscaler).expanduser()
+    if location.is_file():
+        raise CLIError(
+            f"--upscaler {args.upscaler!r} is a file; pass a save_pretrained directory or Hub id, "
+            "or use --original-checkpoint FILE for the authors' checkpoint."
+        )
+    if location.is_dir():
+        subfolder = None
+        if not (location / "config.json").is_file():
+            if not (location / "upscaler" / "config.json").is_file():
+                raise CLIError(
+                    f"--upscaler {args.upscaler!r} holds no config.json (nor upscaler/config.json); pass a directory "
+                    "written by UPLiFTLatentUpscaler.save_pretrained or `uplift-diffusers convert`."
+                )
+            subfolder = "upscaler"
+        return UPLiFTLatentUpscaler.from_pretrained(str(location), subfolder=subfolder, **dtype_kwargs(dtype)).eval()
+    if args.upscaler.startswith((".", "/", "~")) or os.path.isabs(args.upscaler):
+        raise FileNotFoundError(f"--upscaler: local path not found: {args.upscaler!r}")
+    return from_hub(
+        f"the upscaler {args.upscaler!r}",
+        "--upscaler DIR or --original-checkpoint FILE",
+        lambda: UPLiFTLatentUpscaler.from_pretrained(args.upscaler, **dtype_kwargs(dtype)).eval(),
+    )
+
+
+def load_vae_arg(args, dtype):
+    from .vae_loading import load_vae
+
+    return from_hub(
+        f"the VAE {args.vae!r}",
+        "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)",
+        lambda: load_vae(args.vae, torch_dtype=dtype),
+    )
+
+
+def collect_inputs(inputs: Sequence[str]) -> List[Path]:
+    """Image files named on the command line; directories contribute their images (recursively)."""
+    from .image_io import list_images
+
+    files: List[Path] = []
+    for entry in inputs:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise CLIError(f"input directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"INPUT: file or directory not found: {entry!r}")
+    stems = {}
+    for path in files:
+        if path.stem in stems:
+            raise CLIError(
+                f"inputs {str(stems[path.stem])!r} and {str(path)!r} would both be written as {path.stem}_x*.png; "
+                "upscale them into different --output directories."
+            )
+        stems[path.stem] = path
+    return files
+
+
+def open_image(path: Path):
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return image
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise CLIError(f"cannot read {str(path)!r} as an image: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+def cmd_upscale(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+
+    files = collect_inputs(args.inputs)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    vae = load_vae_arg(args, dtype)
+    upscaler = load_upscaler(args, dtype)
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    output = Path(args.output).expanduser()
+    output.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    for path in tqdm(files, desc="Upscaling", unit="image", disable=args.quiet):
+        image = open_image(path)
+        result = pipe(image, upscale_factor=args.scale, generator=generator).images[0]
+        target = output / f"{path.stem}_x{args.scale}.png"
+        result.save(target)
+        if not args.quiet:
+            tqdm.write(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
+    return 0
+
+
+def parse_size(text: str):
+    """``"512"`` -> (512, 512); ``"768x512"`` -> width 768, height 512."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or any(v < 8 or v % 8 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: use N or WIDTHxHEIGHT with multiples of 8 (e.g. 512 or 768x512)"
+        )
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def generate_targets(output: str, count: int, seed: int) -> List[Path]:
+    path = Path(output).expanduser()
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if count == 1:
+            return [path]
+        return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+    path.mkdir(parents=True, exist_ok=True)
+    return [path / f"uplift_{seed}_{i}.png" for i in range(count)]
+
+
+def import_text_to_image_pipeline():
+    """Import the Stable Diffusion pipeline with transformers' import-time notices silenced.
+
+    Without torchvision, transformers logs two lines about image-processor fallbacks when the
+    Stable Diffusion modules are imported; they say nothing about this command.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from .pipeline_uplift import StableDiffusionUPLiFTPipeline
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return StableDiffusionUPLiFTPipeline
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    StableDiffusionUPLiFTPipeline = import_text_to_image_pipeline()
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    width, height = args.size
+    upscaler = load_upscaler(args, dtype)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker else {}
+    pipe = from_hub(
+        f"the Stable Diffusion model {args.model!r}",
+        "--model DIR (a diffusers Stable Diffusion folder)",
+        lambda: StableDiffusionUPLiFTPipeline.from_pretrained(
+            args.model, upscaler=upscaler, **dtype_kwargs(dtype), **extra
+        ),
+    )
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    result = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        height=height,
+        width=width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        num_images_per_prompt=args.num_images,
+        generator=torch.Generator().manual_seed(args.seed),
+        upscale_factor=args.scale,
+        return_base_images=args.save_base,
+    )
+    targets = generate_targets(args.output, len(result.images), args.seed)
+    for index, (image, target) in enumerate(zip(result.images, targets)):
+        image.save(target)
+        print(f"{target} ({image.width}x{image.height})")
+        if args.save_base:
+            base_target = target.with_name(f"{target.stem}_base{target.suffix}")
+            result.base_images[index].save(base_target)
+            print(f"{base_target} ({width}x{height}, before upscaling)")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .modeling_uplift import UPLiFTLatentUpscaler
+
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(args.checkpoint, config=args.config)
+    output = Path(args.output).expanduser()
+    model.save_pretrained(str(output))
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"saved {parameters:,} parameters ({model.config.latent_channels} latent channels) to {output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------------
+def _add_upscaler_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("upscaler (default: the authors' released SD1.5-VAE model from the Hub)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--upscaler", metavar="ID|PATH", help="diffusers UPLiFT upscaler: save_pretrained directory or Hub id")
+    source.add_argument("--original-checkpoint", metavar="FILE", help="the authors' checkpoint file (.safetensors / .pth)")
+    group.add_argument("--original-config", metavar="YAML", help="the authors' YAML config for --original-checkpoint")
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on CUDA, else float32)")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode in tiles (saves memory; for outputs of about 2048 px and more)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="UPLiFT latent upscaling for diffusers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,generate,convert}")
+
+    up = sub.add_parser("upscale", help="super-resolve image files", description="Super-resolve images: VAE encode -> UPLiFT -> VAE decode.")
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or directories of images")
+    up.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (<name>_x<scale>.png)")
+    up.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale factor (default 4)")
+    up.add_argument(
+        "--vae",
+        default=DEFAULT_VAE,
+        metavar="ID|PATH",
+        help=f"VAE: Hub id, diffusers directory, or a directory with TAESD-family encoder.pth + decoder.pth (default: {DEFAULT_VAE}, vae/)",
+    )
+    _add_upscaler_arguments(up)
+    _add_runtime_arguments(up)
+    up.set_defaults(handler=cmd_upscale)
+
+    gen = sub.add_parser("generate", help="text-to-image with Stable Diffusion + UPLiFT", description="Generate at --size, then upscale by --scale.")
+    gen.add_argument("prompt", metavar="PROMPT")
+    gen.add_argument("--model", default=DEFAULT_SD_MODEL, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {DEFAULT_SD_MODEL})")
+    gen.add_argument("--size", type=parse_size, default=(512, 512), metavar="N|WxH", help="base size before upscaling (default 512)")
+    gen.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2, help="upscale factor (default 2)")
+    gen.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    gen.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
+    gen.add_argument("--output", "-o", default="outputs", metavar="FILE|DIR", help="output image file or directory (default outputs/)")
+    gen.add_argument("--save-base", action="store_true", help="also save the base image before upscaling (<name>_base.png)")
+    gen.add_argument("--no-safety-checker", action="store_true", help="do not load the model's safety checker")
+    _add_upscaler_arguments(gen)
+    _add_runtime_arguments(gen)
+    gen.set_defaults(handler=cmd_generate)
+
+    conv = sub.add_parser("convert", help="authors' checkpoint -> diffusers directory", description="Convert the authors' UPLiFT checkpoint to a save_pretrained directory.")
+    conv.add_argument("checkpoint", metavar="CHECKPOINT", help="the authors' .safetensors / .pth file")
+    conv.add_argument("--config", metavar="YAML", default=None, help="the authors' YAML config (default: the released SD1.5-VAE model)")
+    conv.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory")
+    conv.set_defaults(handler=cmd_convert)
+    return parser
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    if getattr(args, "original_config", None) is not None and args.original_checkpoint is None:
+        parser.error("--original-config needs --original-checkpoint")
+    for name in ("steps", "num_images"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 on success, 2 on errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _check_arguments(parser, args)
+    except SystemExit as exit_:  # argparse printed its message (or --help)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    try:
+        return args.handler(args)
+    except Exception as error:  # noqa: BLE001 - user-facing errors become one line, others propagate
+        if isinstance(error, HubUnavailableError):
+            message = str(error)
+        elif _is_connection_error(error):
+            message = (
+                "cannot reach the Hugging Face Hub and a model is not in the local cache; pass local paths "
+                "(--vae, --upscaler or --original-checkpoint, --model)."
+            )
+        elif isinstance(error, (CLIError, ValueError, FileNotFoundError)):
+            message = " ".join(str(error).split())
+        else:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
