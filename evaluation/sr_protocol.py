@@ -2,7 +2,8 @@
 
 HR = centre crop of ``hr_size`` x ``hr_size``; LR = PIL bilinear resize of the HR crop to
 ``lr_size`` x ``lr_size``. Methods map the LR image to an image of the HR size, and are scored
-with PSNR / SSIM in [0, 1] per image (averaged).
+with PSNR / SSIM in [0, 1] per image (averaged). PSNR is :func:`evaluation.metrics.psnr`
+(re-exported here), the project's single PSNR implementation (it needs ``torchmetrics``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.metrics import psnr
 from uplift_diffusers.image_io import list_images, pil_to_tensor  # noqa: F401 (re-exported)
+
+__all__ = ["centre_crop", "load_hr_lr", "bicubic_upscale", "evaluate", "psnr", "list_images", "pil_to_tensor"]
+
 
 def centre_crop(image: Image.Image, size: int) -> Image.Image:
     """The centre ``size`` x ``size`` crop; ValueError when the image is smaller."""
@@ -36,12 +41,6 @@ def load_hr_lr(path: Union[str, Path], hr_size: int, lr_size: int) -> Tuple[Imag
 def bicubic_upscale(lr: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
     """The pixel-space baseline: PIL bicubic resize to ``size`` (width, height)."""
     return pil_to_tensor(lr.resize(size, Image.BICUBIC))
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of B x C x H x W tensors in [0, 1]."""
-    mse = (pred.float().clamp(0, 1) - target.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 def evaluate(

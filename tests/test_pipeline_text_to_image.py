@@ -11,11 +11,8 @@ from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIP
 
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.color_correction import color_correct
-from uplift_diffusers.pipeline_uplift import (
-    StableDiffusionUPLiFTPipeline,
-    StableDiffusionUPLiFTPipelineOutput,
-    resolve_package_entries,
-)
+from uplift_diffusers.pipeline_super_resolution import resolve_package_entries
+from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
 
 PROMPT = "a red cat"
 

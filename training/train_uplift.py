@@ -168,23 +168,28 @@ def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) ->
     return torch.randperm(num_items, generator=generator)[rank::world].tolist()
 
 
-def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str) -> List[torch.Tensor]:
-    """Unscaled VAE latents of every pyramid level (from the cache when possible)."""
+def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
+    """Unscaled VAE latents of every pyramid level (from the cache when possible).
+
+    ``autocast`` is the accelerator's autocast context factory (the VAE runs in the mixed
+    precision of the run; the precision is part of ``vae_id`` so cached latents never mix)."""
     from uplift_diffusers.vae_loading import encode_latents
+
+    def encode(images):
+        with torch.no_grad(), autocast():
+            return encode_latents(vae, images.contiguous(memory_format=torch.channels_last) * 2 - 1).float()
 
     levels = []
     for level, images in enumerate(pyramid):
         if cache is None:
-            with torch.no_grad():
-                levels.append(encode_latents(vae, images * 2 - 1).float())
+            levels.append(encode(images))
             continue
         per_item = []
         for i, key in enumerate(keys):
             full_key = f"{key}|level={level}|vae={vae_id}"
 
             def compute(i=i, images=images):
-                with torch.no_grad():
-                    return encode_latents(vae, images[i : i + 1] * 2 - 1)[0].float().cpu()
+                return encode(images[i : i + 1])[0].cpu()
 
             per_item.append(cache.get_or_compute(full_key, compute))
         levels.append(torch.stack(per_item).to(images.device))
@@ -287,8 +292,8 @@ def train(config: Dict, resume: Optional[str] = None) -> Dict:
     if report_to:
         accelerator.init_trackers("uplift")
 
-    vae = load_vae(config["vae"]).to(accelerator.device).eval().requires_grad_(False)
-    vae_id = vae_identity(vae)
+    vae = load_vae(config["vae"]).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    vae_id = f"{vae_identity(vae)}-{opt['mixed_precision']}"
     model_config = dict(config["model"])
     vae_channels = vae.config.latent_channels
     model_config.setdefault("latent_channels", vae_channels)
@@ -370,7 +375,7 @@ def train(config: Dict, resume: Optional[str] = None) -> Dict:
                 continue
             images = batch["pixel_values"].to(accelerator.device)
             pyramid = image_pyramid(images, max(depths), multiple=8)
-            latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id)
+            latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, accelerator.autocast)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     losses = multi_depth_loss(model, latents, pyramid, depths, lat_aug=opt["lat_aug"])

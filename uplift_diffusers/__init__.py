@@ -1,7 +1,44 @@
-"""UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem."""
+"""UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem.
+
+The pipelines are imported on first use: the Stable Diffusion pipeline pulls in
+transformers' CLIP classes, which `import uplift_diffusers` alone should not pay for.
+"""
+from .color_correction import color_correct
 from .local_attender import LocalAttender
 from .modeling_uplift import UPLiFTLatentUpscaler, UPLiFTOutput
+from .tiny_autoencoder import TinyAutoencoder
+from .vae_loading import decode_latents, encode_latents, load_vae, vae_scale_factor
 
 __version__ = "0.1.0"
 
-__all__ = ["LocalAttender", "UPLiFTLatentUpscaler", "UPLiFTOutput", "__version__"]
+_LAZY = {
+    "UPLiFTSuperResolutionPipeline": ".pipeline_super_resolution",
+    "UPLiFTSuperResolutionPipelineOutput": ".pipeline_super_resolution",
+    "StableDiffusionUPLiFTPipeline": ".pipeline_uplift",
+    "StableDiffusionUPLiFTPipelineOutput": ".pipeline_uplift",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "LocalAttender",
+    "UPLiFTLatentUpscaler",
+    "UPLiFTOutput",
+    "TinyAutoencoder",
+    "color_correct",
+    "load_vae",
+    "encode_latents",
+    "decode_latents",
+    "vae_scale_factor",
+    *_LAZY,
+    "__version__",
+]

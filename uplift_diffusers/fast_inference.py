@@ -161,7 +161,10 @@ def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
         )
         return None
     try:
-        return compile_fn(fn, mode=mode, dynamic=False)
+        # freezing: weights become constants of the graph (oneDNN pre-packs them on CPU);
+        # it is why a model must be re-enabled after its weights change.
+        options = {"freezing": True} if mode is None else None
+        return compile_fn(fn, mode=mode, dynamic=False, options=options)
     except Exception as error:
         warnings.warn(
             f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
@@ -186,7 +189,9 @@ def enable_fast_inference(
             ``torch.float16`` or ``torch.float32``.
         compile: wrap the encoder and the 2x step in ``torch.compile`` (falls back to eager
             with a ``RuntimeWarning`` when compiling is not possible). Each new input size
-            compiles again (``dynamic=False``): the first call at a size is slow.
+            compiles again (``dynamic=False``): the first call at a size is slow (about a
+            minute on a 2-core CPU). Weights are frozen into the compiled graphs: after
+            changing them, call this again.
         compile_mode: ``mode`` passed to ``torch.compile`` (``None``: its default; e.g.
             ``"max-autotune-no-cudagraphs"``).
         channels_last: put 4-D weights and inputs in ``channels_last`` memory format.

@@ -129,16 +129,22 @@ class UPLiFTEncoder(nn.Module):
             features.append(x)
         return features
 
-    def last_group_strided(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+    def last_group_strided(self, x: torch.Tensor, stride: int, phases: Optional[bool] = None) -> torch.Tensor:
         """The last group's output at every ``stride``-th pixel, from its dense input ``x``.
 
         The last block runs as a strided ConvBlock. Its 3x3 convolution reads the block
         before it only at rows and columns ``stride * i + {-1, 0, 1}``; for ``stride >= 3``
-        those are fewer than all pixels, so that block is evaluated only there, as nine
-        strided "phases" (see :func:`conv_block_phases`), and the last block's 3x3
-        convolution becomes one 1x1 convolution over the nine phases stacked as channels."""
+        those are fewer than all pixels, so with ``phases`` that block is evaluated only
+        there, as nine strided "phases" (see :func:`conv_block_phases`: 9 / stride**2 of
+        its work), and the last block's 3x3 convolution becomes one 1x1 convolution over
+        the nine phases stacked as channels. ``phases=None`` uses them in float32 / float64,
+        where they pay; in half precision (AMX / tensor cores) the convolutions are so
+        fast that the nine strided phase convolutions and their input copies cost more
+        than the dense block (measured on an AMX CPU), so that block stays dense there."""
         group = self.groups[-1]
-        if stride < 3 or len(group) < 2:
+        if phases is None:
+            phases = x.dtype in (torch.float32, torch.float64)
+        if stride < 3 or len(group) < 2 or not phases:
             x = run_blocks(group[:-1], x)
             return group[-1].forward_strided(x, stride)
         x = run_blocks(group[:-2], x)

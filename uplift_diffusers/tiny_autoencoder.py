@@ -170,7 +170,9 @@ def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
 def _check_tensor_batch(name: str, x, *, channels: int, multiple: int, dtype: torch.dtype | None) -> None:
     """Shape / dtype checks shared by ``encode``, ``decode`` and :mod:`uplift_diffusers.vae_loading`."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (batch, {channels}, height, width), got {type(x).__name__}")
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape (batch, {channels}, height, width), got {type(x).__name__}"
+        )
     if x.ndim != 4:
         raise ValueError(
             f"{name} must be 4-D (batch, {channels}, height, width), got shape {tuple(x.shape)}; "
@@ -321,18 +323,23 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         _check_positive_int("block_out_channels[0]", width)
         if pool_hidden_channels % pool_num_groups:
             raise ValueError(
-                f"pool_hidden_channels ({pool_hidden_channels}) must be divisible by pool_num_groups ({pool_num_groups})"
+                f"pool_hidden_channels ({pool_hidden_channels}) must be divisible by "
+                f"pool_num_groups ({pool_num_groups})"
             )
         enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
         dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
 
-        self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, pool_hidden_channels, pool_num_groups)
-        self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, pool_hidden_channels, pool_num_groups)
+        pool = (pool_hidden_channels, pool_num_groups)
+        self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, *pool)
+        self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, *pool)
 
     # ------------------------------------------------------------------ conversion
     @classmethod
     def from_original_checkpoint(
-        cls, encoder_path: str | os.PathLike, decoder_path: str | os.PathLike, torch_dtype: torch.dtype | None = None
+        cls,
+        encoder_path: str | os.PathLike,
+        decoder_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
     ) -> "TinyAutoencoder":
         """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair.
 
@@ -350,7 +357,9 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             The model in evaluation mode.
         """
         if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-            raise ValueError(f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}")
+            raise ValueError(
+                f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}"
+            )
         enc_path = _resolve_file("encoder_path", encoder_path)
         dec_path = _resolve_file("decoder_path", decoder_path)
         enc_sd = _load_state_dict("encoder_path", enc_path)
@@ -420,10 +429,11 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             if parts:
                 problems.append(f"{arg} ({name}): " + "; ".join(parts))
         if problems:
+            detected = {
+                key: self.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")
+            }
             raise ValueError(
-                "the checkpoint does not match the TAESD layout (detected config "
-                f"{dict(latent_channels=self.config.latent_channels, encoder_pooled_blocks=self.config.encoder_pooled_blocks, decoder_pooled_blocks=self.config.decoder_pooled_blocks)}): "
-                + " | ".join(problems)
+                f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems)
             )
         self.encoder.layers.load_state_dict(enc_sd, strict=True)
         self.decoder.layers.load_state_dict(dec_sd, strict=True)

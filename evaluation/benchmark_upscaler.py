@@ -1,0 +1,563 @@
+"""Speed and memory of the UPLiFT latent upscaler, eager float32 against fast inference.
+
+What it measures (official-size model, random weights; every measurement in its own
+subprocess so that peak memory is that of the measurement alone):
+
+- ``uplift``: ``num_steps`` 2x steps (encoder included) at image sides ``--sides``;
+- ``vae``: an SD1.5-size ``AutoencoderKL`` decode (random weights) at the output size of one
+  2x step (twice the side), the cost UPLiFT is compared with;
+- ``cross_attention``: a plain cross-attention upsampler of the same width (512): every
+  output token (2h x 2w) attends to every input token (h x w), quadratic in the tokens;
+- ``encoder``: the encoder dense and with the exact savings (time, and FLOPs counted on the
+  meta device);
+- ``attender_memory``: peak extra memory of the Local Attender (C = 512, 128 -> 256) against
+  a naive broadcast formulation that materialises n x output.
+
+Times are medians of ``--repeats`` runs after ``--warmup`` runs (the warm-up includes
+compiling). Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the resident
+set size sampled every 2 ms by a thread (psutil) minus the resident size before the run, with
+glibc told to return every freed block of 64 KiB or more to the system
+(``MALLOC_MMAP_THRESHOLD_``), so that the resident size follows the live tensors.
+
+Example (the run recorded in ``evaluation/results``)::
+
+    python evaluation/benchmark_upscaler.py --sides 256 512 --steps 1 2 --repeats 3 \\
+        --skip-eager-above 512 --output evaluation/results/benchmark_upscaler.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SD15_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+)
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+# =============================================================================== worker side
+class PeakMemory:
+    """Peak extra memory (bytes) of the code run inside the ``with`` block."""
+
+    def __init__(self, device: str, interval: float = 0.002):
+        self.device, self.interval, self.peak_extra = device, interval, 0
+
+    def __enter__(self):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak_extra = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak_extra = max(0, self.peak - self.base)
+        return False
+
+
+def timed(fn, repeats: int, warmup: int, device: str) -> Dict:
+    """Run ``fn`` ``warmup`` then ``repeats`` times; times (s) and peak extra memory (MiB)."""
+    import torch
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    first = None
+    for index in range(warmup):
+        start = time.perf_counter()
+        fn()
+        sync()
+        if index == 0:
+            first = time.perf_counter() - start
+    times, peaks = [], []
+    for _ in range(repeats):
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        peaks.append(memory.peak_extra)
+    return {
+        "times_s": [round(t, 4) for t in times],
+        "median_s": round(statistics.median(times), 4),
+        "first_call_s": None if first is None else round(first, 3),
+        "peak_extra_mib": round(max(peaks) / 2**20, 1),
+    }
+
+
+def make_upscaler(device: str):
+    import torch
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    torch.manual_seed(0)
+    return UPLiFTLatentUpscaler().eval().to(device)
+
+
+def enable_fast(model, task):
+    import torch
+
+    dtype = getattr(torch, DTYPES[task["dtype"]])
+    return model.enable_fast_inference(dtype=dtype, compile=task["compile"], compile_mode=task.get("compile_mode"))
+
+
+def run_uplift(task) -> List[Dict]:
+    import torch
+
+    device, side = task["device"], task["side"]
+    model = make_upscaler(device)
+    if task["mode"] == "fast":
+        enable_fast(model, task)
+    h = side // 8
+    latents = torch.randn(1, 4, h, h, device=device)
+    image = torch.rand(1, 3, side, side, device=device)
+    rows = []
+    for steps in sorted(task["steps"]):
+        def call():
+            with torch.no_grad():
+                model(latents, image, num_steps=steps)
+
+        row = timed(call, task["repeats"], task["warmup"], device)
+        state = getattr(model, "_fast_inference", None)
+        row.update(steps=steps, compiled=bool(state is not None and state.compiled))
+        rows.append(row)
+    return rows
+
+
+def run_vae(task) -> List[Dict]:
+    import torch
+    from diffusers import AutoencoderKL
+
+    device, side = task["device"], task["side"]
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SD15_VAE_CONFIG).eval().to(device)
+    dtype = torch.float32
+    if task["mode"] == "fast":
+        dtype = getattr(torch, DTYPES[task["dtype"]])
+        vae = vae.to(dtype=dtype, memory_format=torch.channels_last)
+    latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
+
+    def call():
+        with torch.no_grad():
+            vae.decode(latents)
+
+    return [timed(call, task["repeats"], task["warmup"], device)]
+
+
+class CrossAttentionUpsampler:
+    """A plain cross-attention upsampler of width ``width``: queries from the output grid
+    (2h x 2w tokens), keys and values from the input tokens (h x w), 8 heads, with the
+    q / k / v / output projections; quadratic in the number of tokens."""
+
+    def __init__(self, width: int, device: str, dtype):
+        import torch
+
+        torch.manual_seed(0)
+        self.heads = 8
+        self.proj = torch.nn.ModuleDict({k: torch.nn.Linear(width, width) for k in "qkvo"}).to(device=device, dtype=dtype)
+
+    def __call__(self, queries, tokens):
+        import torch.nn.functional as F
+
+        b, n, c = queries.shape
+        split = lambda t: t.view(b, -1, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.proj["q"](queries)), split(self.proj["k"](tokens)), split(self.proj["v"](tokens))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj["o"](out.transpose(1, 2).reshape(b, n, c))
+
+
+def run_cross_attention(task) -> List[Dict]:
+    import torch
+
+    device, side = task["device"], task["side"]
+    dtype = torch.float32 if task["mode"] == "eager" else getattr(torch, DTYPES[task["dtype"]])
+    layer = CrossAttentionUpsampler(512, device, dtype)
+    h = side // 8
+    tokens = torch.randn(1, h * h, 512, device=device, dtype=dtype)
+    queries = torch.randn(1, 4 * h * h, 512, device=device, dtype=dtype)
+
+    def call():
+        with torch.no_grad():
+            layer(queries, tokens)
+
+    return [timed(call, task["repeats"], task["warmup"], device)]
+
+
+def run_encoder(task) -> List[Dict]:
+    """Encoder time dense and with the savings of 1 and 2 steps, plus counted FLOPs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from uplift_diffusers.modeling_uplift import run_blocks
+
+    device, side = task["device"], task["side"]
+    model = make_upscaler(device)
+    dtype = torch.float32
+    if task["mode"] == "fast":  # the fast dtype and memory format, eager (no compile)
+        dtype = enable_fast(model, dict(task, compile=False)).dtype
+    fmt = torch.channels_last if task["mode"] == "fast" else torch.contiguous_format
+    image = torch.rand(1, 3, side, side, device=device).to(dtype=dtype, memory_format=fmt)
+    encoder = model.encoder
+
+    def encode(stride, phases):
+        x = image
+        for group in encoder.groups[:-1]:
+            x = run_blocks(group, x)
+        return run_blocks(encoder.groups[-1], x) if stride == 1 else encoder.last_group_strided(x, stride, phases=phases)
+
+    with torch.device("meta"):
+        meta_encoder = make_upscaler("meta").encoder
+    meta_image = torch.empty(1, 3, side, side, device="meta")
+
+    def flops(stride, phases):
+        with FlopCounterMode(display=False) as counter:
+            x = meta_image
+            for group in meta_encoder.groups[:-1]:
+                x = run_blocks(group, x)
+            if stride == 1:
+                run_blocks(meta_encoder.groups[-1], x)
+            else:
+                meta_encoder.last_group_strided(x, stride, phases=phases)
+        return counter.get_total_flops()
+
+    rows = []
+    phases_auto = dtype in (torch.float32, torch.float64)
+    for label, stride, phases in (("dense", 1, False), ("1 step (stride 4)", 4, phases_auto), ("2 steps (stride 2)", 2, phases_auto)):
+        def call():
+            with torch.no_grad():
+                encode(stride, phases)
+
+        row = timed(call, task["repeats"], task["warmup"], device)
+        row.update(variant=label, stride=stride, phases=phases, tflops=round(flops(stride, phases) / 1e12, 4))
+        rows.append(row)
+    return rows
+
+
+def run_attender_memory(task) -> List[Dict]:
+    """LocalAttender (in-place accumulation) against a naive broadcast formulation."""
+    import torch
+    import torch.nn.functional as F
+
+    from uplift_diffusers.local_attender import LocalAttender, attend
+
+    device = task["device"]
+    channels, size = task.get("channels", 512), task.get("size", 128)
+    torch.manual_seed(0)
+    attender = LocalAttender(channels, 17).to(device)
+    guide = torch.randn(1, channels, 2 * size, 2 * size, device=device)
+    value = torch.randn(1, channels, size, size, device=device)
+    with torch.no_grad():
+        weights = attender.attention(guide)
+
+    def naive():
+        pad = attender.padding
+        padded = F.pad(value, (pad,) * 4, mode="replicate")
+        shifted = torch.stack(
+            [padded[:, :, pad + dy : pad + dy + size, pad + dx : pad + dx + size] for dy, dx in attender.offsets], dim=1
+        )  # B x n x C x H x W
+        up = shifted.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)  # n x output
+        return (weights[:, :, None] * up).sum(dim=1)
+
+    with torch.no_grad():
+        reference = naive()
+        assert torch.allclose(attend(weights, value, attender.offsets, attender.padding, 2), reference, atol=1e-4)
+        del reference
+    mib = lambda t: t.numel() * t.element_size() / 2**20  # noqa: E731
+    output_mib = mib(value) * 4
+    rows = []
+    for label, fn, inputs_mib in (
+        ("LocalAttender.forward(guide, value)", lambda: attender(guide, value), mib(guide) + mib(value)),
+        ("attend(weights, value) (per-offset in-place loop)", lambda: attend(weights, value, attender.offsets, attender.padding, 2), mib(weights) + mib(value)),
+        ("naive broadcast (materialises n x output)", naive, mib(weights) + mib(value)),
+    ):
+        def call():
+            with torch.no_grad():
+                fn()
+
+        row = timed(call, task["repeats"], task["warmup"], device)
+        bound = inputs_mib + output_mib
+        row.update(variant=label, inputs_mib=round(inputs_mib, 1), output_mib=round(output_mib, 1), bound_mib=round(bound, 1), within_bound=row["peak_extra_mib"] <= bound)
+        rows.append(row)
+    return rows
+
+
+WORKERS = {
+    "uplift": run_uplift,
+    "vae": run_vae,
+    "cross_attention": run_cross_attention,
+    "encoder": run_encoder,
+    "attender_memory": run_attender_memory,
+}
+
+
+def worker_main(task_json: str) -> None:
+    import torch
+
+    task = json.loads(task_json)
+    torch.set_num_threads(task["threads"])
+    rows = WORKERS[task["kind"]](task)
+    print("RESULT " + json.dumps(rows), flush=True)
+
+
+# =============================================================================== driver side
+def run_task(task: Dict, log) -> List[Dict]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONUNBUFFERED="1")
+    repo_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = repo_root + os.pathsep + env.get("PYTHONPATH", "")
+    label = {k: v for k, v in task.items() if k in ("kind", "mode", "side", "steps")}
+    log(f"running {label}")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(task)], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        log(f"  FAILED ({proc.returncode}): {proc.stderr[-2000:]}")
+        return [dict(task, error=proc.stderr[-2000:])]
+    rows = json.loads(lines[-1][len("RESULT "):])
+    for row in rows:
+        for key in ("kind", "mode", "side", "dtype", "compile", "threads", "device"):
+            row.setdefault(key, task.get(key))
+        if task["kind"] in ("uplift", "cross_attention"):
+            row["latent_tokens"] = (task["side"] // 8) ** 2
+        if task["kind"] == "vae":
+            row["latent_tokens"] = (task["side"] // 16) ** 2  # tokens of the UPLiFT input it is compared with
+            row["upscaler_side"] = task["side"] // 2
+        log(f"  {json.dumps(row)}")
+    log(f"  ({time.perf_counter() - start:.0f} s)")
+    return rows
+
+
+def find(rows, **match) -> Optional[Dict]:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()) and "median_s" in row:
+            return row
+    return None
+
+
+def ratios(rows: List[Dict]) -> Dict:
+    out = {}
+    for side in (256, 512):
+        eager, fast = find(rows, kind="uplift", mode="eager", side=side, steps=1), find(rows, kind="uplift", mode="fast", side=side, steps=1)
+        if eager and fast:
+            out[f"fast_speedup_2x_step_{side}px"] = round(eager["median_s"] / fast["median_s"], 2)
+    f256, f512 = find(rows, kind="uplift", mode="fast", side=256, steps=1), find(rows, kind="uplift", mode="fast", side=512, steps=1)
+    if f256 and f512:
+        out["fast_time_512_over_256"] = round(f512["median_s"] / f256["median_s"], 2)
+    for side in (256, 512, 768, 1024):
+        for mode in ("eager", "fast"):
+            up, vae = find(rows, kind="uplift", mode=mode, side=side, steps=1), find(rows, kind="vae", mode=mode, side=2 * side)
+            if up and vae:
+                out[f"{mode}_2x_step_{side}px_over_vae_decode_{2 * side}px"] = round(up["median_s"] / vae["median_s"], 3)
+        up, vae = find(rows, kind="uplift", mode="fast", side=side, steps=1), find(rows, kind="vae", mode="eager", side=2 * side)
+        if up and vae:
+            out[f"fast_2x_step_{side}px_over_eager_fp32_vae_decode_{2 * side}px"] = round(up["median_s"] / vae["median_s"], 3)
+    return out
+
+
+TARGETS = {
+    "fast_speedup_2x_step_256px": (">=", 2.5),
+    "fast_speedup_2x_step_512px": (">=", 2.5),
+    "fast_time_512_over_256": ("<=", 4.4),
+    "fast_2x_step_256px_over_vae_decode_512px": ("<=", 0.5),
+    "fast_2x_step_512px_over_vae_decode_1024px": ("<=", 0.5),
+    "eager_2x_step_256px_over_vae_decode_512px": ("<=", 0.5),
+}
+
+
+def check_targets(measured: Dict) -> Dict:
+    out = {}
+    for key, (op, value) in TARGETS.items():
+        if key in measured:
+            got = measured[key]
+            out[key] = {"target": f"{op} {value}", "measured": got, "met": got >= value if op == ">=" else got <= value}
+    return out
+
+
+def plot(rows: List[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series = [
+        ("uplift", "eager", 1, "UPLiFT 1 step, eager fp32", "C0", "-"),
+        ("uplift", "fast", 1, "UPLiFT 1 step, fast", "C0", "--"),
+        ("uplift", "eager", 2, "UPLiFT 2 steps, eager fp32", "C1", "-"),
+        ("uplift", "fast", 2, "UPLiFT 2 steps, fast", "C1", "--"),
+        ("vae", "eager", None, "SD1.5 VAE decode at 2x side, eager fp32", "C2", "-"),
+        ("vae", "fast", None, "SD1.5 VAE decode at 2x side, bf16", "C2", "--"),
+        ("cross_attention", "eager", None, "cross-attention upsampler (quadratic), fp32", "C3", "-"),
+        ("cross_attention", "fast", None, "cross-attention upsampler (quadratic), bf16", "C3", "--"),
+    ]
+    for kind, mode, steps, label, color, style in series:
+        points = sorted(
+            (r["latent_tokens"], r["median_s"], r["peak_extra_mib"])
+            for r in rows
+            if r.get("kind") == kind and r.get("mode") == mode and "median_s" in r and (steps is None or r.get("steps") == steps)
+        )
+        if not points:
+            continue
+        x = [p[0] for p in points]
+        ax_time.plot(x, [p[1] for p in points], style, color=color, marker="o", label=label)
+        ax_mem.plot(x, [p[2] for p in points], style, color=color, marker="o", label=label)
+    for ax, ylabel in ((ax_time, "median time (s)"), (ax_mem, "peak extra memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("input latent tokens (h x w)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_time.legend(fontsize=7)
+    fig.suptitle("UPLiFT latent upscaler (official size, random weights): time and memory vs tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sides", type=int, nargs="+", default=[256, 512, 768, 1024], help="image sides of the upscaler input (multiples of 8)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="numbers of 2x steps")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compiling happens there)")
+    parser.add_argument("--skip-eager-above", type=int, default=None, metavar="N", help="no eager fp32 runs for image sides above N px (VAE: output sides above 2N)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every measurement")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the fast mode")
+    parser.add_argument("--no-compile", action="store_true", help="fast mode without torch.compile")
+    parser.add_argument("--compile-mode", default=None, help='torch.compile mode, e.g. "max-autotune-no-cudagraphs"')
+    parser.add_argument("--skip", nargs="*", default=[], choices=sorted(WORKERS), help="parts to leave out")
+    parser.add_argument("--encoder-side", type=int, default=256, help="image side of the encoder-savings measurement")
+    parser.add_argument("--cpu-shared", action="store_true", help="record that the CPU was shared with other work")
+    parser.add_argument("--note", default="", help="free text stored in the JSON")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "benchmark_upscaler.json", help="JSON file to write")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG file (default: the JSON path with .png)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for side in args.sides:
+        if side < 64 or side % 8:
+            parser.error(f"--sides: {side} is not a multiple of 8 of at least 64")
+    if any(s < 1 for s in args.steps) or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error("--steps and --repeats must be >= 1, --warmup >= 0, --threads >= 1")
+    return args
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker_main(args.worker)
+        return {}
+    import torch
+
+    log_lines = []
+
+    def log(message):
+        print(message, flush=True)
+        log_lines.append(message)
+
+    def eager_allowed(side):
+        return args.skip_eager_above is None or side <= args.skip_eager_above
+
+    base = dict(device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype, compile=not args.no_compile, compile_mode=args.compile_mode)
+    tasks = []
+    if "attender_memory" not in args.skip:
+        tasks.append(dict(base, kind="attender_memory", mode="eager", side=None, repeats=min(args.repeats, 2)))
+    if "encoder" not in args.skip:
+        for mode in ("eager", "fast"):
+            tasks.append(dict(base, kind="encoder", mode=mode, side=args.encoder_side))
+    for side in sorted(args.sides):
+        for mode in ("fast", "eager"):
+            if mode == "eager" and not eager_allowed(side):
+                continue
+            if "uplift" not in args.skip:
+                tasks.append(dict(base, kind="uplift", mode=mode, side=side, steps=sorted(args.steps)))
+            if "vae" not in args.skip:
+                tasks.append(dict(base, kind="vae", mode=mode, side=2 * side))
+            if "cross_attention" not in args.skip:
+                tasks.append(dict(base, kind="cross_attention", mode=mode, side=side))
+    rows = []
+    started = time.time()
+    for task in tasks:
+        rows.extend(run_task(task, log))
+    measured = ratios(rows)
+    result = {
+        "meta": {
+            "torch": torch.__version__,
+            "device": args.device if args.device != "cpu" else f"cpu: {cpu_name()}",
+            "threads": args.threads,
+            "cpu_shared": args.cpu_shared,
+            "note": args.note,
+            "fast_mode": f"{args.dtype}, channels_last, " + ("no compile" if args.no_compile else f"torch.compile (mode={args.compile_mode}, freezing)"),
+            "model": "UPLiFTLatentUpscaler() official size (53,487,445 parameters), random weights",
+            "vae": "diffusers AutoencoderKL, SD1.5 config, random weights, decode only; fast = bf16 channels_last eager",
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "memory": "CUDA: max_memory_allocated; CPU: peak RSS (psutil, 2 ms sampling) minus RSS before the run",
+            "command": " ".join(sys.argv),
+            "wall_s": round(time.time() - started, 1),
+        },
+        "ratios": measured,
+        "targets": check_targets(measured),
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    plot_path = args.plot or args.output.with_suffix(".png")
+    plot(rows, plot_path)
+    log(f"wrote {args.output} and {plot_path}")
+    log(json.dumps({"ratios": measured, "targets": result["targets"]}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,507 @@
+"""End-to-end tests of the evaluation scripts on tiny data (offline, CPU, a few seconds each).
+
+Real data: a few BSDS500 test photographs and the TAEF2 autoencoder (``shared_path``); tiny
+random Stable Diffusion / CLIP / UPLiFT models (``tests/sd_components.py``); the FID features
+come from the test-only ``tiny-random`` extractor. Metric formulas are tested in
+``test_metrics.py``; here the tests check the protocol: which images are compared, that the
+rows are what they claim to be, resumability, the results layout and the tables.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import threading
+import urllib.parse
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from evaluation import (
+    benchmark_latency,
+    eval_super_resolution,
+    eval_text_to_image,
+    make_tables,
+    prepare_coco,
+    prepare_relaion,
+    prepare_sr,
+)
+from evaluation.caption_sets import read_caption_set
+from evaluation.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
+from evaluation.metrics import psnr as metrics_psnr
+from evaluation.reports import write_report
+from evaluation import sr_protocol
+from sd_components import make_upscaler, save_sd_pipeline, save_tiny_clip
+from uplift_diffusers.color_correction import color_correct
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.image_io import list_images, pil_to_tensor
+
+CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _png_array(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def _to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    return (tensor.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared data
+# --------------------------------------------------------------------------------------------
+def _write_coco(folder: Path, num_images: int = 6) -> Path:
+    """A COCO-format captions file with 2-3 captions per image, and the JPEG images."""
+    images_dir = folder / "val2014"
+    images_dir.mkdir(parents=True)
+    images, annotations = [], []
+    rng = np.random.default_rng(0)
+    for index in range(num_images):
+        image_id = 100 + 7 * index
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)).save(images_dir / name)
+        images.append({"id": image_id, "file_name": name, "width": 40, "height": 30 + index})
+        for k in range(2 + index % 2):
+            annotations.append({"id": 1000 + 10 * index + k, "image_id": image_id, "caption": f" {CAPTIONS[index]}\n{'.' * k}"})
+    path = folder / "captions_val2014.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    return {
+        "sd": save_sd_pipeline(root / "sd"),
+        "clip": save_tiny_clip(root / "clip"),
+        "upscaler": _save(make_upscaler(latent_channels=4, noise_scale=1.0), root / "upscaler4"),
+        "upscaler32": _save(make_upscaler(latent_channels=32, noise_scale=1.0), root / "upscaler32"),
+    }
+
+
+def _save(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Latent baseline
+# --------------------------------------------------------------------------------------------
+def test_latent_baseline_is_plain_interpolation():
+    latents = torch.randn(2, 4, 5, 6)
+    out = LatentInterpolationUpscaler("bilinear")(latents, None, num_steps=2)
+    assert torch.equal(out.sample, F.interpolate(latents, size=(20, 24), mode="bilinear", align_corners=False))
+    nearest = LatentInterpolationUpscaler("nearest")(latents, num_steps=1, return_dict=False)[0]
+    assert torch.equal(nearest, latents.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    with pytest.raises(ValueError, match="mode"):
+        LatentInterpolationUpscaler("bicubic")
+    with pytest.raises(ValueError, match="num_steps"):
+        LatentInterpolationUpscaler("nearest")(latents, num_steps=0)
+    with pytest.raises(ValueError, match="floating-point"):
+        LatentInterpolationUpscaler("nearest")(latents.long())
+
+
+def test_sr_protocol_uses_the_project_psnr():
+    assert sr_protocol.psnr is metrics_psnr
+
+
+# --------------------------------------------------------------------------------------------
+# Data preparation
+# --------------------------------------------------------------------------------------------
+def test_prepare_coco_is_seeded_one_caption_per_image(tmp_path):
+    captions = _write_coco(tmp_path)
+    coco = json.loads(captions.read_text())
+    argv = ["--captions", str(captions), "--num", "4", "--seed", "3"]
+    assert prepare_coco.main(argv + ["--output", str(tmp_path / "a.jsonl")]) == 0
+    assert prepare_coco.main(argv + ["--output", str(tmp_path / "b.jsonl"), "--images-dir", str(tmp_path / "val2014"),
+                                     "--reference-dir", str(tmp_path / "refs"), "--reference-size", "16"]) == 0
+    assert prepare_coco.main(argv + ["--output", str(tmp_path / "a2.jsonl")]) == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "a2.jsonl").read_bytes()
+    rows = read_caption_set(tmp_path / "a.jsonl")
+    # same seed -> same selection and captions; the reference export only renames the files
+    exported = read_caption_set(tmp_path / "b.jsonl")
+    assert [(r.id, r.caption) for r in rows] == [(r.id, r.caption) for r in exported]
+    assert len(rows) == 4 and len({r.id for r in rows}) == 4
+    by_image = {}
+    for annotation in coco["annotations"]:
+        by_image.setdefault(annotation["image_id"], set()).add(" ".join(annotation["caption"].split()))
+    names = {image["id"]: image["file_name"] for image in coco["images"]}
+    for row in rows:
+        image_id = int(row.id)
+        assert row.caption in by_image[image_id] and row.file_name == names[image_id]
+    # the selection is random.Random(seed).sample over the sorted captioned ids
+    expected_ids = sorted(random.Random(3).sample(sorted(by_image), 4))
+    assert [int(r.id) for r in rows] == expected_ids
+    for row in exported:
+        with Image.open(tmp_path / "refs" / row.file_name) as image:
+            assert image.size == (16, 16) and row.file_name == f"{row.id}.png"
+    assert prepare_coco.main(["--captions", str(captions), "--num", "7", "--output", str(tmp_path / "c.jsonl")]) == 2
+
+
+def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
+    bsds = shared_path("data", "bsds500", "test")
+    out = tmp_path / "sr"
+    argv = ["--inputs", str(bsds), "--output-dir", str(out), "--num", "3", "--hr-size", "64", "--lr-size", "16", "--seed", "1"]
+    assert prepare_sr.main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in manifest["pairs"]] == ["00000.png", "00001.png", "00002.png"]
+    files = list_images(bsds)
+    random.Random(1).shuffle(files)
+    assert [p["source"] for p in manifest["pairs"]] == [str(f) for f in files[:3]]
+    for pair in manifest["pairs"]:
+        hr, lr = sr_protocol.load_hr_lr(pair["source"], 64, 16)
+        assert np.array_equal(_png_array(out / "hr" / pair["name"]), np.asarray(hr))
+        assert np.array_equal(_png_array(out / "lr" / pair["name"]), np.asarray(lr))
+    stamp = (out / "hr" / "00000.png").stat().st_mtime_ns
+    assert prepare_sr.main(argv) == 0  # resumable: nothing rewritten
+    assert (out / "hr" / "00000.png").stat().st_mtime_ns == stamp
+
+    # the prepared pairs are read as they are: same bicubic PSNR as the protocol on the sources
+    results = tmp_path / "bicubic"
+    assert eval_super_resolution.main(["--data", str(out), "--upscaler", "bicubic", "--hr-size", "64", "--lr-size", "16",
+                                       "--output-dir", str(results), "--no-fid", "--quiet"]) == 0
+    result = json.loads((results / "results.json").read_text())
+    expected = sr_protocol.evaluate(
+        lambda lr, size: sr_protocol.bicubic_upscale(lr, size), [p["source"] for p in manifest["pairs"]], 64, 16
+    )
+    assert result["psnr"] == pytest.approx(expected["psnr"], abs=1e-5)
+    assert result["methods"]["bicubic"]["count"] == 3 and "fid" not in result and "fid" not in result["methods"]["bicubic"]
+    # wrong sizes for prepared pairs are refused, not resized
+    assert eval_super_resolution.main(["--data", str(out), "--upscaler", "bicubic", "--hr-size", "128", "--lr-size", "32",
+                                       "--output-dir", str(results), "--no-fid", "--quiet"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# reLAION selection and download (local HTTP server)
+# --------------------------------------------------------------------------------------------
+class _ImageServer:
+    """Serves /img/<name>.<w>x<h> as a JPEG of that size; /img/dead is a 404. Records the raw paths."""
+
+    def __init__(self):
+        self.paths = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(handler):
+                with self.lock:
+                    self.paths.append(handler.path)
+                name = urllib.parse.urlsplit(handler.path).path.rsplit("/", 1)[-1]
+                if name == "dead":
+                    handler.send_response(404)
+                    handler.send_header("Content-Length", "0")
+                    handler.end_headers()
+                    return
+                width, height = (int(v) for v in name.split(".")[-1].split("x"))
+                buffer = io.BytesIO()
+                Image.new("RGB", (width, height), (width % 256, height % 256, 7)).save(buffer, format="JPEG")
+                body = buffer.getvalue()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "image/jpeg")
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+
+    def url(self, name: str, query: str = "") -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/img/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def image_server(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    server = _ImageServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    thread.join(timeout=5)
+
+
+def test_prepare_relaion_selects_downloads_and_replaces_dead_links(tmp_path, image_server):
+    rows = [("URL", "TEXT", "WIDTH", "HEIGHT")]
+    for index in range(8):
+        rows.append((image_server.url(f"a{index}.48x40", "sig=abc&w=9"), f"photo {index}", "48", "40"))
+    rows.append((image_server.url("small.20x40"), "too small", "20", "40"))  # filtered by the metadata
+    rows.append((image_server.url("liar.30x30"), "lying size", "64", "64"))  # metadata says large, image is small
+    rows.append((image_server.url("dead"), "dead link", "64", "64"))
+    rows.append((rows[1][0], "duplicate url", "48", "40"))
+    rows.append(("ftp://example.org/x.jpg", "not http", "64", "64"))
+    metadata = tmp_path / "part-0.csv"
+    metadata.write_text("\n".join(",".join(row) for row in rows) + "\n")
+
+    out = tmp_path / "relaion"
+    argv = ["--metadata", str(tmp_path), "--output-dir", str(out), "--num", "5", "--min-size", "32", "--oversample", "1.0",
+            "--reference-size", "32", "--workers", "2", "--timeout", "5", "--retries", "0", "--backoff", "0", "--quiet"]
+    assert prepare_relaion.main(argv) == 0
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["metadata_counts"] == {"rows": 13, "eligible": 11, "too_small_or_unknown_size": 1, "bad_url_or_caption": 1}
+    # candidates = the 10 smallest keys among the 10 distinct eligible URLs, in key order
+    eligible = sorted({row[0] for row in rows[1:] if row[0].startswith("http") and "small" not in row[0]},
+                      key=lambda url: prepare_relaion.sampling_key(url, 0))
+    assert selection["candidates"] == len(eligible) == 10
+    chosen = read_caption_set(out / "captions.jsonl")
+    good = [url for url in eligible if "dead" not in url and "liar" not in url]
+    assert [row.extra["url"] for row in chosen] == good[:5]
+    reasons = {item["url"]: item["reason"] for item in selection["rejected"]}
+    for url in eligible[: eligible.index(good[4])]:
+        if url not in good:
+            assert ("404" in reasons[url]) if "dead" in url else ("30 x 30" in reasons[url])
+    for row in chosen:
+        with Image.open(out / "images" / row.file_name) as image:
+            assert image.size == (32, 32)
+    # URLs were requested exactly as in the metadata (no added w= parameter)
+    assert all("w=1" not in path for path in image_server.paths)
+    assert any(path.endswith("?sig=abc&w=9") for path in image_server.paths)
+    # rerun: same selection, nothing downloaded again
+    requests = len(image_server.paths)
+    assert prepare_relaion.main(argv) == 0
+    assert [row.id for row in read_caption_set(out / "captions.jsonl")] == [row.id for row in chosen]
+    assert Counter(path.rsplit("/", 1)[-1].split("?")[0] for path in image_server.paths[requests:]) == Counter({"dead": 1})
+
+
+def test_prepare_relaion_parquet_column_spellings(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"url": ["http://a/1", "http://a/2"], "caption": ["one", "two"], "width": [2048, 100], "height": [1024, 4000]})
+    pq.write_table(table, tmp_path / "part.parquet")
+    rows = list(prepare_relaion.read_metadata(tmp_path / "part.parquet"))
+    assert rows[0] == {"url": "http://a/1", "caption": "one", "width": 2048, "height": 1024}
+    selected, stats = prepare_relaion.select_candidates(rows, 5, 0, 1024)
+    assert [c.url for c in selected] == ["http://a/1"] and stats["eligible"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Super-resolution evaluation
+# --------------------------------------------------------------------------------------------
+def test_eval_super_resolution_rows(tmp_path, shared_path, tiny_models):
+    bsds = shared_path("data", "bsds500", "test")
+    taef2 = shared_path("models", "taef2")
+    out = tmp_path / "sr"
+    argv = ["--data", str(bsds), "--vae", str(taef2), "--upscaler", "bicubic,vae", "--upscaler", "bilinear,nearest",
+            "--upscaler", str(tiny_models["upscaler32"]), "--hr-size", "64", "--lr-size", "16", "--limit", "3",
+            "--batch-size", "2", "--output-dir", str(out), "--feature-extractor", "tiny-random", "--quiet"]
+    assert eval_super_resolution.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["task"] == "super_resolution" and result["count"] == 3
+    assert list(result["methods"]) == ["bicubic", "vae", "bilinear", "nearest", "uplift"]
+    for values in result["methods"].values():
+        assert {"psnr", "ssim", "fid", "patch_fid", "count"} <= set(values) and values["count"] == 3
+        assert math.isfinite(values["fid"]) and values["fid"] >= 0 and 0 < values["ssim"] <= 1
+    assert "psnr" not in result  # several methods: no top-level metrics
+    assert result["settings"]["hr_size"] == 64 and result["settings"]["patch_size"] == 32
+
+    files = list_images(bsds)[:3]
+    bicubic = sr_protocol.evaluate(lambda lr, size: sr_protocol.bicubic_upscale(lr, size), files, 64, 16)
+    assert result["methods"]["bicubic"]["psnr"] == pytest.approx(bicubic["psnr"], abs=1e-5)
+
+    # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
+    from uplift_diffusers.vae_loading import decode_latents, encode_latents, load_vae
+
+    vae = load_vae(str(taef2))
+    psnrs = []
+    for path in files:
+        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        lr_t, hr_t = pil_to_tensor(lr), pil_to_tensor(hr)
+        with torch.no_grad():
+            latents = F.interpolate(encode_latents(vae, lr_t * 2 - 1), scale_factor=4, mode="bilinear", align_corners=False)
+            image = color_correct((decode_latents(vae, latents) / 2 + 0.5).clamp(0, 1), lr_t)
+        psnrs.append(float(metrics_psnr(image, hr_t)))
+    assert result["methods"]["bilinear"]["psnr"] == pytest.approx(float(np.mean(psnrs)), abs=1e-4)
+    # the autoencoder's own reconstruction bounds the latent rows
+    assert result["methods"]["vae"]["psnr"] > max(result["methods"][m]["psnr"] for m in ("bilinear", "nearest", "uplift"))
+
+    table = (out / "results.md").read_text()
+    assert "| Method | test PSNR | test SSIM | test FID | test patch-FID |" in table
+    assert "| UPLiFT |" in table and "| Bicubic (pixel space) |" in table
+
+    # one named model row: metrics also at the top level; FID skipped
+    single = tmp_path / "single"
+    assert eval_super_resolution.main(["--data", str(bsds), "--vae", str(taef2), "--upscaler", f"mine={tiny_models['upscaler32']}",
+                                       "--hr-size", "64", "--lr-size", "16", "--limit", "2", "--no-fid", "--quiet",
+                                       "--output-dir", str(single)]) == 0
+    one = json.loads((single / "results.json").read_text())
+    assert list(one["methods"]) == ["mine"] and one["psnr"] == one["methods"]["mine"]["psnr"] and "fid" not in one
+    # bad arguments exit with status 2
+    assert eval_super_resolution.main(["--data", str(bsds), "--upscaler", "bilinear", "--hr-size", "64", "--lr-size", "16",
+                                       "--output-dir", str(single), "--quiet"]) == 2  # no --vae
+    assert eval_super_resolution.main(["--data", str(bsds), "--upscaler", "bicubic", "--hr-size", "48", "--lr-size", "16",
+                                       "--output-dir", str(single), "--quiet"]) == 2  # factor 3
+
+
+# --------------------------------------------------------------------------------------------
+# Text-to-image evaluation
+# --------------------------------------------------------------------------------------------
+def _t2i_argv(tmp_path, tiny_models, prompts, refs, out):
+    return ["--prompts", str(prompts), "--reference-dir", str(refs), "--output-dir", str(out), "--model", str(tiny_models["sd"]),
+            "--upscaler", str(tiny_models["upscaler"]), "--steps", "2", "--size", "64", "--batch-size", "2", "--seed", "5",
+            "--clip-model", str(tiny_models["clip"]), "--feature-extractor", "tiny-random", "--patch-size", "32", "--quiet"]
+
+
+def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
+    from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline
+
+    captions = _write_coco(tmp_path)
+    prompts = tmp_path / "coco" / "captions.jsonl"
+    assert prepare_coco.main(["--captions", str(captions), "--num", "3", "--output", str(prompts),
+                              "--images-dir", str(tmp_path / "val2014"), "--reference-size", "96"]) == 0
+    rows = read_caption_set(prompts)
+    out = tmp_path / "t2i"
+    argv = _t2i_argv(tmp_path, tiny_models, prompts, prompts.parent / "images", out)
+    assert eval_text_to_image.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["task"] == "text_to_image" and result["dataset"] == "coco" and result["count"] == 3
+    assert result["generation"] == {"generated": 3, "skipped": 0, "files_written": 12}
+    assert list(result["methods"]) == ["uplift", "bilinear", "nearest", "base512"]
+    for method, values in result["methods"].items():
+        assert {"fid", "patch_fid", "clip", "count", "size"} <= set(values)
+        assert values["size"] == (64 if method == "base512" else 128) and 0 <= values["clip"] <= 100
+        for row in rows:
+            with Image.open(out / "images" / method / f"{row.id}.png") as image:
+                assert image.size == (values["size"],) * 2
+
+    # the rows are what they claim: the pipeline's UPLiFT output, its base image, and the
+    # interpolated final latents decoded + colour-corrected against the base image.
+    upscaler = UPLiFTLatentUpscaler.from_pretrained(str(tiny_models["upscaler"])).eval()
+    pipe = StableDiffusionUPLiFTPipeline.from_pretrained(str(tiny_models["sd"]), upscaler=upscaler, safety_checker=None,
+                                                         requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    last = rows[2]  # batch size 2: the third caption was generated alone, with seed 5 + 2
+
+    def call(**kwargs):
+        return pipe(last.caption, height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(7), **kwargs)
+
+    uplift = call(output_type="pt", return_base_images=True)
+    latents = call(output_type="latent", upscale_factor=1).images
+    with torch.no_grad():
+        base = uplift.base_images.float()
+        bilinear = decode_and_correct(pipe.vae, F.interpolate(latents / pipe.vae.config.scaling_factor, scale_factor=2,
+                                                              mode="bilinear", align_corners=False), base)
+    for method, expected in (("uplift", uplift.images[0]), ("base512", base[0]), ("bilinear", bilinear[0])):
+        saved = _png_array(out / "images" / method / f"{last.id}.png")
+        assert np.abs(saved - _to_uint8(expected)).max() <= 1, method
+    assert not np.array_equal(_png_array(out / "images" / "nearest" / f"{last.id}.png"),
+                              _png_array(out / "images" / "bilinear" / f"{last.id}.png"))
+
+    # resumable: a second run generates nothing and rewrites nothing ...
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    assert eval_text_to_image.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["generation"] == {"generated": 0, "skipped": 3, "files_written": 0}
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == stamps
+    assert again["methods"] == result["methods"]
+    # ... and after losing one image only that caption is redone (seeded per caption)
+    lost = out / "images" / "nearest" / f"{rows[0].id}.png"
+    before = lost.read_bytes()
+    lost.unlink()
+    assert eval_text_to_image.main(argv + ["--methods", "nearest,base512", "--no-fid", "--no-clip"]) == 0
+    third = json.loads((out / "results.json").read_text())
+    assert third["generation"] == {"generated": 1, "skipped": 2, "files_written": 1}
+    redone = _png_array(lost)
+    previous = np.asarray(Image.open(io.BytesIO(before)).convert("RGB")).astype(np.int16)
+    # the same image up to float round-off (it was made in a batch of 2 before, alone now)
+    assert np.abs(redone - previous).max() <= 1 and (redone != previous).mean() < 0.01
+    assert "fid" not in third["methods"]["nearest"] and "clip" not in third["methods"]["nearest"]
+    assert eval_text_to_image.main(argv + ["--methods", "uplift,bicubic"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Latency benchmark
+# --------------------------------------------------------------------------------------------
+TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2", "--batch-size", "1"]
+
+
+def test_benchmark_latency_breakdown(tmp_path):
+    out = tmp_path / "latency"
+    assert benchmark_latency.main(["--output-dir", str(out), "--tiny-random-models", "--dataset-name", "relaion"] + TINY_LATENCY) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["task"] == "latency" and result["random_weights"] is True and "tiny" in result["note"]
+    stages = result["stages"]
+    assert set(stages) == {"unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction"}
+    assert all(value > 0 for value in stages.values())
+    tail = stages["vae_decode_upscaled"] + stages["color_correction"]
+    assert result["methods"]["base512"] == pytest.approx(stages["unet"] + stages["vae_decode_base"])
+    assert result["methods"]["uplift"] == pytest.approx(result["methods"]["base512"] + stages["uplift"] + tail)
+    assert result["settings"]["iters"] == 2 and result["settings"]["warmup"] == 1
+    table = (out / "results.md").read_text()
+    assert "| Stage | relaion batch 1, 2 steps (random weights) |" in table and "| UPLiFT |" in table
+
+
+def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkeypatch, capsys):
+    from uplift_diffusers.cli import HubUnavailableError
+
+    def offline(*args, **kwargs):
+        raise HubUnavailableError("cannot reach the Hugging Face Hub")
+
+    monkeypatch.setattr(benchmark_latency, "pretrained_models", offline)
+    built = []  # the real-size models are asked for; the test builds the tiny ones instead
+    original = benchmark_latency.random_models
+    monkeypatch.setattr(benchmark_latency, "random_models", lambda *a: built.append(a) or original(a[0], a[1], True, a[3]))
+    out = tmp_path / "latency"
+    assert benchmark_latency.main(["--output-dir", str(out)] + TINY_LATENCY) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["random_weights"] is True and "weights unavailable" in result["note"]
+    assert built and built[0][2] is False  # the real-size configuration was asked for
+    assert "random weights" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def test_make_tables_layout(tmp_path):
+    def t2i(name, fid):
+        methods = {m: {"fid": fid + i, "patch_fid": 2 * fid + i, "clip": 30.0 + i, "count": 10} for i, m in enumerate(["uplift", "base512", "bilinear"])}
+        return {"task": "text_to_image", "dataset": name, "settings": {"size": 512, "upscale_factor": 2, "steps": 25}, "count": 10, "methods": methods}
+
+    sr = {"task": "super_resolution", "dataset": "FacesHQ", "settings": {"hr_size": 1024, "lr_size": 256}, "count": 5,
+          "methods": {"uplift": {"psnr": 30.123, "ssim": 0.81234, "fid": 5.5, "patch_fid": 6.25}, "bicubic": {"psnr": 28.0, "ssim": 0.7}}}
+    latency = {"task": "latency", "dataset": "coco", "settings": {"batch_size": 4, "steps": 25}, "random_weights": False,
+               "stages": {"unet": 2.0, "vae_decode_base": 0.1, "uplift": 0.05, "vae_decode_upscaled": 0.4, "color_correction": 0.001},
+               "methods": {"base512": 2.1, "bilinear": 2.5, "uplift": 2.551}}
+    paths = []
+    for index, result in enumerate([t2i("COCO", 20.0), t2i("reLAION", 30.0), sr, latency]):
+        write_report(result, tmp_path / str(index))
+        paths.append(str(tmp_path / str(index) / "results.json"))
+    output = tmp_path / "tables.md"
+    assert make_tables.main(paths + ["--output", str(output)]) == 0
+    lines = output.read_text().splitlines()
+    assert lines[0] == "Table 2: text-to-image (base 512 px, latents upscaled 2x, 25 steps)"
+    assert lines[2] == ("| Method | COCO FID | COCO patch-FID | COCO CLIP | COCO time (s/batch of 4) | reLAION FID | reLAION patch-FID "
+                        "| reLAION CLIP | reLAION time (s) |")
+    # rows: base resolution first, then the baselines, then UPLiFT
+    assert lines[4] == "| SD1.5 base resolution (no upscaling) | 21.00 | 41.00 | 31.00 | 2.100 | 31.00 | 61.00 | 31.00 | - |"
+    assert lines[5] == "| Bilinear latent upsampling | 22.00 | 42.00 | 32.00 | 2.500 | 32.00 | 62.00 | 32.00 | - |"
+    assert lines[6] == "| UPLiFT | 20.00 | 40.00 | 30.00 | 2.551 | 30.00 | 60.00 | 30.00 | - |"
+    text = "\n".join(lines)
+    assert "Table 3: super-resolution (256 -> 1024)" in text
+    assert "| Method | FacesHQ PSNR | FacesHQ SSIM | FacesHQ FID | FacesHQ patch-FID |" in text
+    assert "| Bicubic (pixel space) | 28.00 | 0.7000 | - | - |" in text and "| UPLiFT | 30.12 | 0.8123 | 5.50 | 6.25 |" in text
+    assert "| Stage | coco batch 4, 25 steps |" in text and "| UPLiFT | 0.0500 |" in text and "| Total: UPLiFT | 2.5510 |" in text
+    # two results with the same label for one table are refused
+    assert make_tables.main([paths[0], paths[0]]) == 2

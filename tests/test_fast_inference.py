@@ -1,0 +1,272 @@
+"""Fast inference (bf16 / channels_last / torch.compile) and the exact encoder savings."""
+import os
+import time
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.fast_inference import disable_fast_inference, enable_fast_inference
+from uplift_diffusers.modeling_uplift import UPLiFTEncoder
+
+
+def small_model(**overrides):
+    config = dict(
+        encoder_channels=(8, 16, 16, 32, 32),
+        encoder_blocks_per_group=1,
+        decoder_channels=32,
+        decoder_blocks_before_upsample=1,
+        decoder_blocks_after_upsample=1,
+        refiner_channels=32,
+        refiner_blocks=2,
+    )
+    config.update(overrides)
+    torch.manual_seed(0)
+    return UPLiFTLatentUpscaler(**config).eval()
+
+
+def inputs(batch=1, h=6, w=8, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, h, w, generator=gen), torch.rand(batch, 3, 8 * h, 8 * w, generator=gen)
+
+
+def run(model, latents, image, num_steps=1, seed=7, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return model(latents, image, num_steps=num_steps, generator=generator, **kwargs).sample
+
+
+def rel_l2(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def dense_forward(model, latents, image, num_steps, seed=7):
+    """The upscaler with every encoder map dense (no savings), same noise stream."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        features = model.encode(image)
+        z = latents
+        for _ in range(num_steps):
+            z = model.upscale_step(z, features, generator)
+    return z
+
+
+# ----------------------------------------------------------------------------- fast mode
+@pytest.mark.parametrize("num_steps", [1, 2])
+def test_bf16_fast_inference_within_1e2_of_fp32_eager(num_steps):
+    model = small_model()
+    latents, image = inputs()
+    reference = run(model, latents, image, num_steps)
+    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    fast = run(model, latents, image, num_steps)
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    assert fast.is_contiguous()
+    error = rel_l2(fast, reference)
+    assert 0 < error < 1e-2  # really computed in bf16, and close
+
+
+def test_output_comes_back_in_the_latents_dtype():
+    model = small_model()
+    latents, image = inputs()
+    model.enable_fast_inference(compile=False)
+    out = run(model, latents.half(), image.half())
+    assert out.dtype == torch.float16
+    assert rel_l2(out.float(), run(model, latents, image)) < 1e-2
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_float32_fast_mode_matches_eager_including_noise():
+    """Same generator -> the fast path draws the very same noise as the eager model."""
+    model = small_model()
+    latents, image = inputs(batch=2, h=5, w=7)
+    reference = run(model, latents, image, num_steps=2, output_intermediate=False)
+    model.enable_fast_inference(dtype=torch.float32, compile=False)
+    fast = run(model, latents, image, num_steps=2)
+    assert (fast - reference).abs().max().item() < 1e-5
+    # noise matters here: another seed gives another output
+    assert (run(model, latents, image, num_steps=2, seed=8) - fast).abs().max().item() > 1e-3
+
+
+def test_intermediate_and_tuple_output_in_fast_mode():
+    model = small_model()
+    latents, image = inputs()
+    model.enable_fast_inference(compile=False)
+    with torch.no_grad():
+        sample, steps = model(latents, image, num_steps=2, output_intermediate=True, return_dict=False, noise_scale=0.0)
+    assert [tuple(s.shape) for s in steps] == [(1, 4, 12, 16), (1, 4, 24, 32)]
+    assert torch.equal(steps[-1], sample) and sample.dtype == torch.float32
+
+
+def test_disable_restores_fp32_eager_exactly():
+    model = small_model()
+    latents, image = inputs()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = run(model, latents, image, num_steps=2)
+    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    assert model.dtype == torch.bfloat16
+    assert model.encoder.groups[1][0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    run(model, latents, image)
+    model.disable_fast_inference()
+    assert model._fast_inference is None
+    for name, value in model.state_dict().items():
+        assert value.dtype == before[name].dtype and value.is_contiguous(), name
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(run(model, latents, image, num_steps=2), reference)
+    model.disable_fast_inference()  # a second disable is harmless
+
+
+def test_enable_twice_then_disable_restores_original_weights():
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    enable_fast_inference(model, dtype=torch.bfloat16, compile=False)
+    enable_fast_inference(model, dtype=torch.float16, compile=False)
+    assert model.dtype == torch.float16
+    disable_fast_inference(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [torch.int8, torch.float64, "bf16", None, 16])
+def test_bad_dtype_raises_value_error(bad):
+    model = small_model()
+    with pytest.raises(ValueError, match="dtype"):
+        model.enable_fast_inference(dtype=bad, compile=False)
+    assert getattr(model, "_fast_inference", None) is None
+
+
+def test_bad_flags_raise_value_error():
+    model = small_model()
+    with pytest.raises(ValueError, match="compile"):
+        model.enable_fast_inference(compile="yes")
+    with pytest.raises(ValueError, match="channels_last"):
+        model.enable_fast_inference(compile=False, channels_last=1)
+
+
+def test_compile_failure_at_enable_warns_and_runs_eagerly(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = small_model()
+    latents, image = inputs()
+    reference = run(model, latents, image)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C compiler"):
+        state = model.enable_fast_inference(dtype=torch.float32, compile=True)
+    assert not state.compiled
+    assert (run(model, latents, image) - reference).abs().max().item() < 1e-5
+
+
+def test_compile_failure_at_first_call_warns_and_runs_eagerly(monkeypatch):
+    """torch.compile is lazy: a backend failure shows at the first call."""
+
+    def lazy_broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("InductorError: C++ compile error")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", lazy_broken_compile)
+    model = small_model()
+    latents, image = inputs()
+    reference = run(model, latents, image, num_steps=2)
+    state = model.enable_fast_inference(dtype=torch.float32, compile=True)
+    assert state.compiled
+    with pytest.warns(RuntimeWarning, match="could not compile"):
+        out = run(model, latents, image, num_steps=2)
+    assert not state.compiled
+    assert (out - reference).abs().max().item() < 1e-5
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*UPLiFT.*", category=RuntimeWarning)  # warned once only
+        run(model, latents, image)
+
+
+def test_compile_unavailable_warns(monkeypatch):
+    monkeypatch.delattr(torch, "compile")
+    model = small_model()
+    with pytest.warns(RuntimeWarning, match="not available"):
+        state = model.enable_fast_inference(compile=True)
+    assert not state.compiled
+
+
+@pytest.mark.slow  # about 35 s of compiling on a shared 2-core CPU (measured)
+@pytest.mark.skipif(os.environ.get("UPLIFT_SKIP_COMPILE_TESTS") == "1", reason="UPLIFT_SKIP_COMPILE_TESTS=1")
+def test_compiled_bf16_matches_eager():
+    model = small_model()
+    latents, image = inputs()
+    reference = run(model, latents, image)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*UPLiFT.*", category=RuntimeWarning)  # no fallback allowed
+        state = model.enable_fast_inference(dtype=torch.bfloat16, compile=True)
+        start = time.perf_counter()
+        out = run(model, latents, image)
+    assert state.compiled, f"compile fell back to eager after {time.perf_counter() - start:.0f} s"
+    assert rel_l2(out, reference) < 1e-2
+
+
+# ----------------------------------------------------------------------- encoder savings
+def random_encoder():
+    torch.manual_seed(3)
+    encoder = UPLiFTEncoder([8, 16, 24, 32, 40], 2).eval()
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.normal_(0, 0.3)
+    return encoder
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4, 8])
+@pytest.mark.parametrize("size", [(32, 48), (33, 29)])
+@pytest.mark.parametrize("phases", [True, False])
+def test_strided_last_map_equals_dense_subsampling(stride, size, phases):
+    encoder = random_encoder()
+    image = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        dense = encoder(image)
+        x = image
+        for group in encoder.groups[:-1]:
+            for block in group:
+                x = block(x)
+        strided = encoder.last_group_strided(x, stride, phases=phases)
+        via_forward = encoder(image, last_map_stride=stride)
+    expected = dense[-1][..., ::stride, ::stride]
+    assert strided.shape == expected.shape
+    assert (strided - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())
+    assert via_forward[-1].shape == expected.shape
+    assert all(torch.equal(a, b) for a, b in zip(via_forward[:-1], dense[:-1]))  # only the last map changes
+
+
+def test_encoder_read_stride():
+    model = small_model()
+    assert [model.encoder_read_stride(n) for n in (1, 2, 3, 4)] == [4, 2, 1, 1]
+    no_refiner_link = small_model(refiner_encoder_group=None)
+    assert [no_refiner_link.encoder_read_stride(n) for n in (1, 2, 3, 4)] == [8, 4, 2, 1]
+    other_group = small_model(refiner_encoder_group=2)
+    assert other_group.encoder_read_stride(1) == 8
+
+
+def test_encoder_rejects_bad_stride():
+    with pytest.raises(ValueError, match="last_map_stride"):
+        random_encoder()(torch.rand(1, 3, 8, 8), last_map_stride=0)
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3])
+def test_upscaler_with_savings_equals_dense_encoder(num_steps):
+    model = small_model(encoder_blocks_per_group=2)
+    latents, image = inputs(batch=2, h=3, w=5)
+    saved = run(model, latents, image, num_steps)
+    dense = dense_forward(model, latents, image, num_steps)
+    assert (saved - dense).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3])
+def test_savings_exact_on_the_reference_fixture(shared_path, num_steps):
+    folder = shared_path("fixtures", "uplift-reference", "sd15vae-mini")
+    model = UPLiFTLatentUpscaler.from_original_checkpoint(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
+    cases = load_file(str(folder / "cases.safetensors"))
+    for case in ("square", "batch2_nonsquare") if num_steps < 3 else ("batch2_nonsquare",):
+        latents, image = cases[f"{case}.latents"], cases[f"{case}.image"]
+        saved = run(model, latents, image, num_steps)
+        dense = dense_forward(model, latents, image, num_steps)
+        assert (saved - dense).abs().max().item() < 1e-5
+        if num_steps <= 2:  # and still the authors' output
+            assert (saved - cases[f"{case}.iters{num_steps}.step{num_steps}"]).abs().max().item() < 1e-4
