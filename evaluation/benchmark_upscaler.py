@@ -111,17 +111,19 @@ def timed(fn, repeats: int, warmup: int, device: str) -> Dict:
         sync()
         if index == 0:
             first = time.perf_counter() - start
-    times, peaks = [], []
+    times, cpu_times, peaks = [], [], []
     for _ in range(repeats):
         with PeakMemory(device) as memory:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             sync()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         peaks.append(memory.peak_extra)
     return {
         "times_s": [round(t, 4) for t in times],
         "median_s": round(statistics.median(times), 4),
+        "median_cpu_s": round(statistics.median(cpu_times), 4),
         "first_call_s": None if first is None else round(first, 3),
         "peak_extra_mib": round(max(peaks) / 2**20, 1),
     }
@@ -270,7 +272,7 @@ def run_encoder(task) -> List[Dict]:
                 encode(stride, phases)
 
         row = timed(call, task["repeats"], task["warmup"], device)
-        row.update(variant=label, stride=stride, phases=phases, tflops=round(flops(stride, phases) / 1e12, 4))
+        row.update(variant=label, stride=stride, phases=phases, tflops=round(flops(stride, phases) / 1e12, 4), compile=False)
         rows.append(row)
     return rows
 
@@ -356,8 +358,10 @@ def run_task(task: Dict, log) -> List[Dict]:
         return [dict(task, error=proc.stderr[-2000:])]
     rows = json.loads(lines[-1][len("RESULT "):])
     for row in rows:
-        for key in ("kind", "mode", "side", "dtype", "compile", "threads", "device"):
+        for key in ("kind", "mode", "side", "dtype", "compile", "threads", "device", "repeats", "warmup"):
             row.setdefault(key, task.get(key))
+        if task["mode"] == "eager":  # eager rows are float32, never compiled
+            row.update(dtype="fp32", compile=False)
         if task["kind"] in ("uplift", "cross_attention"):
             row["latent_tokens"] = (task["side"] // 8) ** 2
         if task["kind"] == "vae":
@@ -375,23 +379,24 @@ def find(rows, **match) -> Optional[Dict]:
     return None
 
 
-def ratios(rows: List[Dict]) -> Dict:
+def ratios(rows: List[Dict], key: str = "median_s") -> Dict:
+    """The headline ratios, from wall-clock medians (``median_s``) or CPU-time medians."""
     out = {}
     for side in (256, 512):
         eager, fast = find(rows, kind="uplift", mode="eager", side=side, steps=1), find(rows, kind="uplift", mode="fast", side=side, steps=1)
         if eager and fast:
-            out[f"fast_speedup_2x_step_{side}px"] = round(eager["median_s"] / fast["median_s"], 2)
+            out[f"fast_speedup_2x_step_{side}px"] = round(eager[key] / fast[key], 2)
     f256, f512 = find(rows, kind="uplift", mode="fast", side=256, steps=1), find(rows, kind="uplift", mode="fast", side=512, steps=1)
     if f256 and f512:
-        out["fast_time_512_over_256"] = round(f512["median_s"] / f256["median_s"], 2)
+        out["fast_time_512_over_256"] = round(f512[key] / f256[key], 2)
     for side in (256, 512, 768, 1024):
         for mode in ("eager", "fast"):
             up, vae = find(rows, kind="uplift", mode=mode, side=side, steps=1), find(rows, kind="vae", mode=mode, side=2 * side)
             if up and vae:
-                out[f"{mode}_2x_step_{side}px_over_vae_decode_{2 * side}px"] = round(up["median_s"] / vae["median_s"], 3)
+                out[f"{mode}_2x_step_{side}px_over_vae_decode_{2 * side}px"] = round(up[key] / vae[key], 3)
         up, vae = find(rows, kind="uplift", mode="fast", side=side, steps=1), find(rows, kind="vae", mode="eager", side=2 * side)
         if up and vae:
-            out[f"fast_2x_step_{side}px_over_eager_fp32_vae_decode_{2 * side}px"] = round(up["median_s"] / vae["median_s"], 3)
+            out[f"fast_2x_step_{side}px_over_eager_fp32_vae_decode_{2 * side}px"] = round(up[key] / vae[key], 3)
     return out
 
 
@@ -471,6 +476,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (compiling happens there)")
     parser.add_argument("--skip-eager-above", type=int, default=None, metavar="N", help="no eager fp32 runs for image sides above N px (VAE: output sides above 2N)")
+    parser.add_argument("--eager-repeats", type=int, default=None, help="timed runs of the eager fp32 measurements (default: --repeats)")
+    parser.add_argument("--eager-warmup", type=int, default=None, help="warm-up runs of the eager fp32 measurements (default: --warmup)")
+    parser.add_argument("--eager-steps", type=int, nargs="+", default=None, help="numbers of steps run eagerly (default: --steps)")
+    parser.add_argument("--skip-eager-vae-above", type=int, default=None, metavar="N", help="no eager fp32 VAE decodes above N px output side")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the fast mode")
@@ -508,28 +517,33 @@ def main(argv=None) -> Dict:
     def eager_allowed(side):
         return args.skip_eager_above is None or side <= args.skip_eager_above
 
+    eager = dict(repeats=args.eager_repeats or args.repeats, warmup=args.warmup if args.eager_warmup is None else args.eager_warmup)
     base = dict(device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype, compile=not args.no_compile, compile_mode=args.compile_mode)
     tasks = []
     if "attender_memory" not in args.skip:
         tasks.append(dict(base, kind="attender_memory", mode="eager", side=None, repeats=min(args.repeats, 2)))
     if "encoder" not in args.skip:
         for mode in ("eager", "fast"):
-            tasks.append(dict(base, kind="encoder", mode=mode, side=args.encoder_side))
+            tasks.append(dict(base, kind="encoder", mode=mode, side=args.encoder_side, **(eager if mode == "eager" else {})))
     for side in sorted(args.sides):
         for mode in ("fast", "eager"):
             if mode == "eager" and not eager_allowed(side):
                 continue
+            settings = dict(base, mode=mode, **(eager if mode == "eager" else {}))
+            steps = sorted(args.eager_steps or args.steps) if mode == "eager" else sorted(args.steps)
             if "uplift" not in args.skip:
-                tasks.append(dict(base, kind="uplift", mode=mode, side=side, steps=sorted(args.steps)))
-            if "vae" not in args.skip:
-                tasks.append(dict(base, kind="vae", mode=mode, side=2 * side))
+                tasks.append(dict(settings, kind="uplift", side=side, steps=steps))
+            vae_eager_ok = args.skip_eager_vae_above is None or 2 * side <= args.skip_eager_vae_above
+            if "vae" not in args.skip and (mode == "fast" or vae_eager_ok):
+                tasks.append(dict(settings, kind="vae", side=2 * side))
             if "cross_attention" not in args.skip:
-                tasks.append(dict(base, kind="cross_attention", mode=mode, side=side))
+                tasks.append(dict(settings, kind="cross_attention", side=side))
     rows = []
     started = time.time()
     for task in tasks:
         rows.extend(run_task(task, log))
     measured = ratios(rows)
+    measured_cpu = ratios(rows, key="median_cpu_s")
     result = {
         "meta": {
             "torch": torch.__version__,
@@ -548,6 +562,8 @@ def main(argv=None) -> Dict:
         },
         "ratios": measured,
         "targets": check_targets(measured),
+        "ratios_from_cpu_time": measured_cpu,
+        "targets_from_cpu_time": check_targets(measured_cpu),
         "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,9 @@ the outputs with the HR images, patch-FID the same random ``--patch-size`` crops
 (``--no-fid`` skips both). Results go to ``OUTPUT/results.json`` (layout in
 :mod:`evaluation.reports`) and ``OUTPUT/results.md``.
 
-Scale out with ``accelerate launch --num_processes N evaluation/eval_super_resolution.py ...``:
-every process evaluates a shard of the images; the numbers are gathered over all of them.
+Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/eval_super_resolution.py ...``:
+every process evaluates a shard of the images; the numbers are gathered over all of them (on
+CPUs use ``torchrun --nproc_per_node N``).
 """
 from __future__ import annotations
 

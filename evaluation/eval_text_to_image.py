@@ -17,11 +17,13 @@ images all exist (resumable), and only writes missing files. The metrics are the
 from the saved PNGs: FID between the generated images and the reference images
 (``--reference-dir``/``file_name``, centre-cropped to a square and PIL-bicubic resized to the
 generated size), patch-FID on the same random ``--patch-size`` crops of each generated /
-reference pair, and the CLIP score of each image with its caption (``--clip-model``).
-Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports`) and ``OUTPUT/results.md``.
+reference pair (a row smaller than ``--patch-size``, e.g. ``base512``, uses crops of its own
+size; ``patch_size`` in the results says which), and the CLIP score of each image with its
+caption (``--clip-model``). Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports`) and ``OUTPUT/results.md``.
 
-Scale out with ``accelerate launch --num_processes N evaluation/eval_text_to_image.py ...``:
-every process generates and scores a shard of the captions; metrics are gathered.
+Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/eval_text_to_image.py ...``:
+every process generates and scores a shard of the captions; metrics are gathered (on CPUs
+use ``torchrun --nproc_per_node N``).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from evaluation.latent_baseline import LATENT_BASELINES, LatentInterpolationUpsc
 from evaluation.metric_setup import FEATURE_EXTRACTORS, build_clip_scorer, build_fid, build_patch_fid
 from evaluation.metrics import DEFAULT_CLIP_MODEL
 from evaluation.reports import top_level_metrics, write_report
-from evaluation.sharding import process_state, shard
+from evaluation.sharding import gather_list, process_state, shard
 from evaluation.reference_images import square_crop_resize
 from uplift_diffusers.image_io import pil_to_tensor
 
@@ -103,6 +105,8 @@ def _check_args(args) -> List[str]:
     for name in ("steps", "size", "batch_size", "num_patches"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.patch_size is not None and args.patch_size < 1:
+        raise ValueError(f"--patch-size must be >= 1, got {args.patch_size}.")
     if args.size % 8:
         raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
     if args.limit is not None and args.limit < 1:
@@ -296,8 +300,6 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     if not args.metrics_only:
         counts = generate(args, rows, methods, state, device)
     state.wait_for_everyone()
-    from evaluation.sharding import gather_list
-
     totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
     metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {

@@ -160,6 +160,9 @@ def sampling_key(url: str, seed: int) -> int:
 
 def select_candidates(rows: Iterable[Mapping], count: int, seed: int, min_size: int) -> Tuple[List[Candidate], Dict[str, int]]:
     """The ``count`` eligible rows with the smallest keys (sorted by key) and counts of what was seen."""
+    for name, value in (("count", count), ("min_size", min_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
     heap: List[Tuple[int, str, Candidate]] = []  # max-heap on the key through negation
     in_heap = set()
     stats = {"rows": 0, "eligible": 0, "too_small_or_unknown_size": 0, "bad_url_or_caption": 0}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from evaluation.atomic_files import atomic_write_text
 
@@ -153,16 +153,16 @@ def _check_task(results: Sequence[Mapping], task: str) -> None:
 def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
     """Table 2: per dataset FID, patch-FID, CLIP score and time (seconds per batch) of every method.
 
-    ``latencies`` are latency results; the one whose ``dataset`` matches a column group fills
-    its time column (``methods[<row>]``, seconds per batch of its ``settings.batch_size``).
+    ``latencies`` are latency results; the one whose ``dataset`` matches a column group's
+    (case-insensitively) fills its time column (``methods[<row>]``, seconds per batch of its ``settings.batch_size``).
     """
     _check_task(results, "text_to_image")
     _check_task(latencies, "latency")
-    by_dataset = {latency.get("dataset"): latency for latency in latencies}
+    by_dataset = {str(latency.get("dataset")).lower(): latency for latency in latencies}
     header = ["Method"]
     for result in results:
         name = result.get("dataset", "?")
-        batch = by_dataset.get(name, {}).get("settings", {}).get("batch_size")
+        batch = by_dataset.get(str(name).lower(), {}).get("settings", {}).get("batch_size")
         time_header = f"{name} time (s/batch of {batch})" if batch else f"{name} time (s)"
         header += [f"{name} FID", f"{name} patch-FID", f"{name} CLIP", time_header]
     rows = []
@@ -170,7 +170,7 @@ def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping]
         row = [_label(method)]
         for result in results:
             values = result["methods"].get(method, {})
-            time = by_dataset.get(result.get("dataset"), {}).get("methods", {}).get(method)
+            time = by_dataset.get(str(result.get("dataset")).lower(), {}).get("methods", {}).get(method)
             row += [_number(values.get("fid"), 2), _number(values.get("patch_fid"), 2), _number(values.get("clip"), 2), _number(time, 3)]
         rows.append(row)
     setups = sorted(

@@ -1,7 +1,8 @@
 """Split work over the processes of ``accelerate launch`` and gather per-item results.
 
 With a plain ``python script.py`` there is one process and these are no-ops. Under
-``accelerate launch --num_processes N script.py ...`` every process takes a contiguous shard
+``accelerate launch --multi_gpu --num_processes N script.py ...`` (GPUs) or
+``torchrun --nproc_per_node N script.py ...`` (also CPUs) every process takes a contiguous shard
 of the items (``PartialState().split_between_processes``), and per-item values (PSNR / SSIM
 lists, counts) are gathered back in item order with ``accelerate.utils.gather_object``. The
 FID / patch-FID / CLIP metric objects synchronise themselves (torchmetrics states).
@@ -14,10 +15,15 @@ __all__ = ["process_state", "shard", "gather_list"]
 
 
 def process_state():
-    """The accelerate ``PartialState`` (initialises ``torch.distributed`` under ``accelerate launch``)."""
+    """The accelerate ``PartialState`` (initialises ``torch.distributed`` under a launcher).
+
+    Without CUDA it is created with ``cpu=True``, so that CPU processes started by ``torchrun``
+    are recognised as one multi-process (gloo) run instead of N independent single runs.
+    """
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def shard(items: Sequence[Any], state) -> List[Any]:

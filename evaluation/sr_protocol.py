@@ -8,7 +8,7 @@ with PSNR / SSIM in [0, 1] per image (averaged). PSNR is :func:`evaluation.metri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch

@@ -46,14 +46,6 @@ from uplift_diffusers.image_io import list_images, pil_to_tensor
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _png_array(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB")).astype(np.int16)

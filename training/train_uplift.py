@@ -155,11 +155,15 @@ class StopRequest:
 
     def __init__(self):
         self.signal: Optional[int] = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.signal = signum
+
+    def restore(self) -> None:
+        """Reinstall the handlers that were active before (after training, or when it fails)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) -> List[int]:
@@ -268,6 +272,17 @@ def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, se
 
 
 def train(config: Dict, resume: Optional[str] = None) -> Dict:
+    """Run the training described by ``config`` (see :func:`build_config`); ``resume`` is
+    "latest" or a checkpoint directory. SIGTERM / SIGINT stop it after the current step with a
+    checkpoint; the previous signal handlers are restored when it returns or fails."""
+    stopper = StopRequest()
+    try:
+        return _train(config, resume, stopper)
+    finally:
+        stopper.restore()
+
+
+def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -330,7 +345,6 @@ def train(config: Dict, resume: Optional[str] = None) -> Dict:
             step, epoch, position = state["step"], state["epoch"], state["position"]
             accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
 
-    stopper = StopRequest()
     log_path = output_dir / "train_log.jsonl"
     val_csv = output_dir / "validation.csv"
     depths = list(opt["depths"])
@@ -368,6 +382,9 @@ def train(config: Dict, resume: Optional[str] = None) -> Dict:
             torch.utils.data.Subset(dataset, order[position * opt["batch_size"] :]),
             batch_size=opt["batch_size"], shuffle=False, num_workers=data["num_workers"],
             collate_fn=collate_skipping_failures, drop_last=False,
+            # its own generator: creating an iterator draws a seed, which from the global RNG
+            # would shift the lat_aug noise of a resumed run away from the uninterrupted one
+            generator=torch.Generator().manual_seed(opt["seed"] * 100_003 + epoch),
         )
         for batch in loader:
             position += 1
@@ -452,6 +469,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        if args.resume and args.resume != "latest":
+            find_checkpoint(config["output_dir"], args.resume)  # fail early on a bad path
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,551 @@
+"""Tests of the training code in training/: objective, data, latent cache, checkpoints and the
+`train_uplift.py` script (config handling, a real tiny run on TAEF2, exact resume, SIGTERM,
+validation, EMA).
+
+CI-sized: the tiny config (training/configs/tiny.yaml) at 64 px on six BSDS500 photos shrunk
+to 96 x 64 in ``tmp_path``; every run is a few optimiser steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training import train_uplift
+from training.checkpointing import checkpoint_dirs, find_checkpoint
+from training.data import ImageFolderDataset, collate_skipping_failures
+from training.latent_cache import LatentCache, vae_identity
+from training.objective import image_pyramid, multi_depth_loss
+from training.train_uplift import build_config, encode_levels, main, parse_args, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "training" / "train_uplift.py"
+TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"
+
+
+# ---------------------------------------------------------------------------- helpers
+def _shrink_bsds(shared_path, folder: Path, count: int, offset: int = 0) -> Path:
+    """``count`` BSDS500 training photos resized to 96 x 64 (or 64 x 96) into ``folder``."""
+    source = sorted(shared_path("data", "bsds500", "train").glob("*.jpg"))[offset : offset + count]
+    assert len(source) == count
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in source:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            size = (96, 64) if image.width >= image.height else (64, 96)
+            image.resize(size, Image.BICUBIC).save(folder / f"{path.stem}.png")
+    return folder
+
+
+@pytest.fixture
+def images(shared_path, tmp_path) -> Path:
+    return _shrink_bsds(shared_path, tmp_path / "images", 6)
+
+
+@pytest.fixture
+def vae_dir(shared_path) -> Path:
+    return shared_path("models", "taef2")
+
+
+def tiny_config(vae_dir: Path, images: Path, output: Path, max_steps: int, *sets: str, extra=()) -> dict:
+    argv = [
+        "--config", str(TINY), "--vae", str(vae_dir), "--train-data", str(images),
+        "--output-dir", str(output), "--max-steps", str(max_steps), *extra,
+    ]
+    if sets:
+        argv += ["--set", *sets]
+    return build_config(parse_args(argv))
+
+
+def read_log(output: Path) -> list:
+    return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- 1. a real tiny run
+def test_tiny_run_decreases_loss_and_saves_a_loadable_model(vae_dir, images, tmp_path):
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    # unreadable and too-small files in the training folder are skipped, never crash the run
+    (images / "garbage.jpg").write_bytes(b"this is not a JPEG")
+    Image.new("RGB", (40, 40), (128, 64, 32)).save(images / "small.png")
+    output = tmp_path / "run"
+    config = tiny_config(vae_dir, images, output, 18, "optimization.lr=0.003", "optimization.lat_aug=0",
+                         "checkpointing.every_steps=0")
+    result = train(config)
+    assert result == {"step": 18, "stopped": False, "validation": {}}
+
+    log = read_log(output)
+    assert [r["step"] for r in log] == list(range(1, 19))
+    for record in log:
+        assert {"step", "loss", "lr", "loss_depth1", "loss_depth2", "epoch"} <= set(record)
+        assert record["lr"] == pytest.approx(0.003)  # constant schedule, the --set value
+        assert record["loss"] == pytest.approx(record["loss_depth1"] + record["loss_depth2"], rel=1e-5)
+    first = np.mean([r["loss"] for r in log[:3]])
+    last = np.mean([r["loss"] for r in log[-3:]])
+    assert last < 0.9 * first, (first, last)
+
+    model_dir = output / "model"
+    model = UPLiFTLatentUpscaler.from_pretrained(model_dir)
+    assert model.config.latent_channels == 32  # taken from the VAE
+    assert list(model.config.encoder_channels) == [8, 8, 16, 16, 16]  # tiny.yaml
+    card = (model_dir / "README.md").read_text()
+    assert "Optimiser steps: 18" in card
+    assert "(6 items, 2 images skipped)" in card
+    assert "## Training configuration" in card and "lr: 0.003" in card and "depths:" in card
+    # a final checkpoint is written even with periodic checkpoints off
+    assert [p.name for p in checkpoint_dirs(output)] == ["checkpoint-18"]
+
+
+# ---------------------------------------------------------------------------- 2. objective
+class NearestStub(torch.nn.Module):
+    """Each step is a nearest 2x upsampling of the previous one; records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, latents, image, num_steps=1, output_intermediate=False):
+        self.calls.append({"latents": latents.clone(), "image": image, "num_steps": num_steps})
+        steps, z = [], latents
+        for _ in range(num_steps):
+            z = z.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+            steps.append(z)
+        return SimpleNamespace(intermediate=steps)
+
+
+def _toy_levels():
+    """L2 = [[1, 2], [3, 4]]; L1 = nearest2x(L2) + 0.5; L0 = nearest2x(L1) - 1."""
+    l2 = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None]
+    l1 = torch.kron(l2, torch.ones(2, 2)) + 0.5
+    l0 = torch.kron(l1, torch.ones(2, 2)) - 1.0
+    images = [torch.full((1, 3, 8 * s, 8 * s), float(s)) for s in (8, 4, 2)]
+    return [l0, l1, l2], images
+
+
+def test_multi_depth_loss_matches_hand_computation():
+    latents, images = _toy_levels()
+    stub = NearestStub()
+    losses = multi_depth_loss(stub, latents, images, [1, 2], lat_aug=0.0)
+    # depth 1: nearest(L1) - L0 = 1 everywhere -> 1.
+    # depth 2: step 1 nearest(L2) - L1 = -0.5 -> 0.25; step 2 nearest^2(L2) - L0 = 0.5 -> 0.25.
+    assert losses["loss_depth1"].item() == pytest.approx(1.0)
+    assert losses["loss_depth2"].item() == pytest.approx(0.5)
+    assert losses["loss"].item() == pytest.approx(1.5)
+    assert not losses["loss_depth1"].requires_grad
+    assert [c["num_steps"] for c in stub.calls] == [1, 2]
+    assert stub.calls[0]["image"] is images[1] and stub.calls[1]["image"] is images[2]
+    assert torch.equal(stub.calls[0]["latents"], latents[1])
+
+
+def test_multi_depth_loss_with_latent_noise_from_a_seeded_generator():
+    latents, images = _toy_levels()
+    a = 0.3
+    stub = NearestStub()
+    losses = multi_depth_loss(stub, latents, images, [1, 2], lat_aug=a, generator=torch.Generator().manual_seed(7))
+    reference = torch.Generator().manual_seed(7)
+    n1 = torch.randn(latents[1].shape, generator=reference)  # drawn for depth 1 first
+    n2 = torch.randn(latents[2].shape, generator=reference)
+    torch.testing.assert_close(stub.calls[0]["latents"], latents[1] + a * n1)
+    torch.testing.assert_close(stub.calls[1]["latents"], latents[2] + a * n2)
+    # nearest upsampling repeats every value 4x, so each MSE is the mean over the coarse grid
+    depth1 = ((1.0 + a * n1) ** 2).mean()
+    depth2 = ((a * n2 - 0.5) ** 2).mean() + ((a * n2 + 0.5) ** 2).mean()
+    assert losses["loss_depth1"].item() == pytest.approx(depth1.item(), rel=1e-6)
+    assert losses["loss_depth2"].item() == pytest.approx(depth2.item(), rel=1e-6)
+    assert losses["loss"].item() == pytest.approx((depth1 + depth2).item(), rel=1e-6)
+    again = multi_depth_loss(NearestStub(), latents, images, [1, 2], lat_aug=a, generator=torch.Generator().manual_seed(7))
+    assert again["loss"].item() == losses["loss"].item()
+
+
+def test_multi_depth_loss_rejects_bad_depths():
+    latents, images = _toy_levels()
+    with pytest.raises(ValueError, match="depths"):
+        multi_depth_loss(NearestStub(), latents, images, [3])
+    with pytest.raises(ValueError, match="depths"):
+        multi_depth_loss(NearestStub(), latents, images, [])
+
+
+def test_image_pyramid_is_antialiased_bilinear_per_level():
+    images = torch.rand(2, 3, 64, 96)
+    levels = image_pyramid(images, 2, multiple=8)
+    assert [tuple(level.shape[-2:]) for level in levels] == [(64, 96), (32, 48), (16, 24)]
+    assert torch.equal(levels[0], images)
+    for j in (1, 2):
+        expected = F.interpolate(images, size=(64 >> j, 96 >> j), mode="bilinear", antialias=True, align_corners=False)
+        torch.testing.assert_close(levels[j], expected.clamp(0, 1), rtol=0, atol=1e-6)
+    # antialiasing: not the same as plain bilinear sampling
+    plain = F.interpolate(images, size=(16, 24), mode="bilinear", align_corners=False)
+    assert (levels[2] - plain).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 48, 64), (1, 3, 64, 40)])
+def test_image_pyramid_rejects_sizes_not_divisible(shape):
+    with pytest.raises(ValueError, match="divisible by 32"):
+        image_pyramid(torch.rand(shape), 2, multiple=8)
+    with pytest.raises(ValueError, match="B x 3 x H x W"):
+        image_pyramid(torch.rand(3, 64, 64), 1)
+
+
+# ---------------------------------------------------------------------------- 3. exact resume
+class SimulatedKill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(vae_dir, images, tmp_path, monkeypatch):
+    # 6 images, batch 2: 3 batches per epoch; checkpoints every 2 steps (mid-epoch), 7 steps.
+    # Both random sources of a step are on (lat_aug noise and the model's noise channels), and
+    # validation runs at every checkpoint: none of it may shift the resumed run.
+    sets = (
+        "checkpointing.every_steps=2", "checkpointing.keep_last=2", "optimization.lat_aug=0.1",
+        "model.noise_scale=0.5", f"validation.dir={images}", "validation.every_steps=2", "validation.num_images=2",
+    )
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    train(tiny_config(vae_dir, images, run_a, 7, *sets))
+    log_a = {r["step"]: r["loss"] for r in read_log(run_a)}
+    assert sorted(log_a) == list(range(1, 8))
+    assert [p.name for p in checkpoint_dirs(run_a)] == ["checkpoint-6", "checkpoint-7"]  # keep_last pruned 2, 4
+
+    # run B dies inside step 4 (its 4th loss call): no checkpoint is written after checkpoint-2
+    real_loss = train_uplift.multi_depth_loss
+    calls = {"n": 0}
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise SimulatedKill()
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_uplift, "multi_depth_loss", dying_loss)
+    with pytest.raises(SimulatedKill):
+        train(tiny_config(vae_dir, images, run_b, 7, *sets))
+    monkeypatch.setattr(train_uplift, "multi_depth_loss", real_loss)
+    assert [r["step"] for r in read_log(run_b)] == [1, 2, 3]
+    assert [p.name for p in checkpoint_dirs(run_b)] == ["checkpoint-2"]
+
+    # a partial temporary directory and an incomplete checkpoint are never taken for the latest
+    partial = run_b / "checkpoints" / ".tmp-checkpoint-4"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half a file")
+    incomplete = run_b / "checkpoints" / "checkpoint-6"
+    incomplete.mkdir()
+    (incomplete / "model.safetensors").write_bytes(b"no training_state.json")
+    assert find_checkpoint(run_b, "latest") == run_b / "checkpoints" / "checkpoint-2"
+
+    lines_before = len(read_log(run_b))
+    result = train(tiny_config(vae_dir, images, run_b, 7, *sets), resume="latest")
+    assert result["step"] == 7
+    resumed = read_log(run_b)[lines_before:]
+    assert [r["step"] for r in resumed] == [3, 4, 5, 6, 7]
+    for record in resumed:
+        assert record["loss"] == pytest.approx(log_a[record["step"]], rel=1e-5, abs=0), record["step"]
+
+    names = sorted(p.name for p in (run_b / "checkpoints").iterdir())
+    assert names == ["checkpoint-6", "checkpoint-7"]  # the partial ones were replaced, old ones pruned
+    for name, step in (("checkpoint-6", 6), ("checkpoint-7", 7)):
+        state = json.loads((run_b / "checkpoints" / name / "training_state.json").read_text())
+        assert state["step"] == step
+    from safetensors.torch import load_file
+
+    weights_a = load_file(run_a / "model" / "diffusion_pytorch_model.safetensors")
+    weights_b = load_file(run_b / "model" / "diffusion_pytorch_model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_b[key], weights_a[key], rtol=1e-5, atol=1e-6)
+
+
+def test_find_checkpoint_rejects_an_incomplete_directory(tmp_path):
+    assert find_checkpoint(tmp_path, "latest") is None
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(FileNotFoundError, match="training_state.json"):
+        find_checkpoint(tmp_path, str(tmp_path / "checkpoint-3"))
+
+
+def test_signal_handlers_are_restored_after_training(vae_dir, images, tmp_path):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    train(tiny_config(vae_dir, images, tmp_path / "run", 1))
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+# ---------------------------------------------------------------------------- 4. SIGTERM
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_hint(vae_dir, images, tmp_path):
+    output = tmp_path / "run"
+    command = [
+        sys.executable, str(SCRIPT), "--config", str(TINY), "--vae", str(vae_dir), "--train-data", str(images),
+        "--output-dir", str(output), "--max-steps", "100000", "--checkpointing-steps", "0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log_path = output / "train_log.jsonl"
+        deadline = time.time() + 240
+        while not (log_path.is_file() and log_path.read_text().strip()):
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, "no training step logged within 240 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr[-3000:]
+    last_step = read_log(output)[-1]["step"]
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {last_step}; resume with --resume latest" in stdout
+    assert [p.name for p in checkpoint_dirs(output)] == [f"checkpoint-{last_step}"]
+    state = json.loads((output / "checkpoints" / f"checkpoint-{last_step}" / "training_state.json").read_text())
+    assert state["step"] == last_step
+    assert not list((output / "checkpoints").glob(".tmp-*"))
+    assert not (output / "model").exists()  # a stopped run is not a finished one
+
+    # the hint works: resuming continues at the next step
+    result = train(tiny_config(vae_dir, images, output, last_step + 2), resume="latest")
+    assert result["step"] == last_step + 2
+    assert [r["step"] for r in read_log(output)][-2:] == [last_step + 1, last_step + 2]
+
+
+# ---------------------------------------------------------------------------- 5. latent cache
+def test_latent_cache_hits_misses_and_corruption(tmp_path):
+    cache = LatentCache(tmp_path / "cache")
+    value = torch.randn(32, 4, 4)
+    computed = []
+
+    def compute(v=value):
+        computed.append(1)
+        return v
+
+    first = cache.get_or_compute("image|box=(0, 0, 64, 64)|level=0|vae=abc", compute)
+    again = cache.get_or_compute("image|box=(0, 0, 64, 64)|level=0|vae=abc", compute)
+    assert torch.equal(first, value) and torch.equal(again, value)
+    assert (cache.hits, cache.misses, len(computed)) == (1, 1, 1)
+    for changed in ("image|box=(1, 0, 65, 64)|level=0|vae=abc", "image|box=(0, 0, 64, 64)|level=1|vae=abc",
+                    "image|box=(0, 0, 64, 64)|level=0|vae=abd"):
+        assert cache.get(changed) is None
+        cache.get_or_compute(changed, lambda: torch.zeros(32, 4, 4))
+    assert (cache.hits, cache.misses) == (1, 4)
+
+    # an entry whose stored key differs (a hash collision) is a miss, not a stale latent
+    key_a, key_b = "key-a", "key-b"
+    cache.put(key_a, value)
+    cache._path(key_b).parent.mkdir(parents=True, exist_ok=True)
+    cache._path(key_b).write_bytes(cache._path(key_a).read_bytes())
+    assert cache.get(key_b) is None
+
+    # corrupted (garbage or truncated) entries are misses and are rewritten
+    path = cache._path(key_a)
+    good = path.read_bytes()
+    for broken in (b"garbage" * 10, good[: len(good) // 2]):
+        path.write_bytes(broken)
+        assert cache.get(key_a) is None
+        misses = cache.misses
+        assert torch.equal(cache.get_or_compute(key_a, lambda: value), value)
+        assert cache.misses == misses + 1
+        assert torch.equal(cache.get(key_a), value)
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_latent_cache_writes_are_atomic(tmp_path, monkeypatch):
+    import training.latent_cache as latent_cache
+
+    cache = LatentCache(tmp_path / "cache")
+
+    def failing_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(latent_cache, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        cache.put("key", torch.ones(2))
+    assert not cache._path("key").exists()
+    assert not list((tmp_path / "cache").rglob("*.part"))
+    assert cache.get("key") is None
+
+
+def test_encode_levels_uses_the_cache_and_vae_identity_tracks_weights(vae_dir, images, tmp_path):
+    from uplift_diffusers.vae_loading import load_vae
+
+    vae = load_vae(str(vae_dir)).eval()
+    same = load_vae(str(vae_dir)).eval()
+    assert vae_identity(vae) == vae_identity(same)
+    with torch.no_grad():
+        next(same.parameters()).view(-1)[0] += 1e-3
+    assert vae_identity(vae) != vae_identity(same)
+
+    dataset = ImageFolderDataset(images, 64, crops_per_image=2)
+    items = [dataset[0], dataset[1]]  # two crops (different boxes) of one image
+    assert items[0]["key"] != items[1]["key"]
+    batch = collate_skipping_failures(items)
+    pyramid = image_pyramid(batch["pixel_values"], 2, multiple=8)
+    cache = LatentCache(tmp_path / "cache")
+    vae_id = vae_identity(vae)
+    plain = encode_levels(vae, pyramid, batch["keys"], None, vae_id, contextlib.nullcontext)
+    first = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, contextlib.nullcontext)
+    assert (cache.hits, cache.misses) == (0, 6)  # 2 crops x 3 levels, each its own entry
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 6
+    second = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, contextlib.nullcontext)
+    assert (cache.hits, cache.misses) == (6, 6)
+    assert [tuple(level.shape) for level in second] == [(2, 32, 8, 8), (2, 32, 4, 4), (2, 32, 2, 2)]
+    for a, b, c in zip(plain, first, second):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    encode_levels(vae, pyramid, batch["keys"], cache, vae_identity(same), contextlib.nullcontext)
+    assert (cache.hits, cache.misses) == (6, 12)  # another VAE: all misses
+
+
+# ---------------------------------------------------------------------------- 6. data
+def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
+    folder = _shrink_bsds(shared_path, tmp_path / "data", 3)
+    garbage = folder / "broken.jpg"
+    garbage.write_bytes(b"\x00\x01garbage bytes")
+    small = folder / "nested" / "small.png"
+    small.parent.mkdir()
+    Image.new("RGB", (80, 40)).save(small)
+    dataset = ImageFolderDataset(folder, 64)
+    assert len(dataset) == 3
+    assert dataset.skipped.unreadable == [str(garbage)]
+    assert dataset.skipped.too_small == [str(small)]
+    assert dataset.skipped.total == 2
+    for i in range(len(dataset)):
+        assert dataset[i]["pixel_values"].shape == (3, 64, 64)
+
+    # a file that breaks after indexing is skipped and counted at load time, and dropped by collate
+    broken = dataset.files[1]
+    broken.write_bytes(broken.read_bytes()[:100])
+    item = dataset[1]
+    assert item["pixel_values"] is None
+    assert dataset.skipped.unreadable == [str(garbage), str(broken)]
+    batch = collate_skipping_failures([dataset[0], item, dataset[2]])
+    assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["keys"]) == 2
+    assert collate_skipping_failures([item]) == {"pixel_values": None, "keys": []}
+
+
+def test_validation_items_are_centre_crops(shared_path, tmp_path):
+    folder = _shrink_bsds(shared_path, tmp_path / "data", 2)
+    dataset = ImageFolderDataset(folder, 64, train=False, crops_per_image=5)
+    assert len(dataset) == 2  # crops_per_image only applies to training
+    for i, path in enumerate(dataset.files):
+        with Image.open(path) as image:
+            width, height = image.size
+            left, top = (width - 64) // 2, (height - 64) // 2
+            expected = np.asarray(image.convert("RGB").crop((left, top, left + 64, top + 64)), dtype=np.float32) / 255
+        params = dataset.crop_params(i)
+        assert params["box"] == (left, top, left + 64, top + 64) and params["flip"] is False
+        torch.testing.assert_close(dataset[i]["pixel_values"], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_fixed_crops_are_deterministic_across_instances(shared_path, tmp_path):
+    folder = _shrink_bsds(shared_path, tmp_path / "data", 2)
+    one = ImageFolderDataset(folder, 48, crops_per_image=3, seed=5)
+    two = ImageFolderDataset(folder, 48, crops_per_image=3, seed=5)
+    other = ImageFolderDataset(folder, 48, crops_per_image=3, seed=6)
+    assert len(one) == 6
+    boxes = [one.crop_params(i)["box"] for i in range(6)]
+    assert boxes == [two.crop_params(i)["box"] for i in range(6)]
+    assert len(set(boxes)) > 1
+    assert boxes != [other.crop_params(i)["box"] for i in range(6)]
+    for i in range(6):
+        assert torch.equal(one[i]["pixel_values"], two[i]["pixel_values"])
+        assert one[i]["key"] == two[i]["key"]
+
+
+def test_empty_folder_is_a_value_error_naming_it(tmp_path):
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty-folder"):
+        ImageFolderDataset(empty, 64)
+    with pytest.raises(FileNotFoundError, match="missing-folder"):
+        ImageFolderDataset(tmp_path / "missing-folder", 64)
+
+
+# ---------------------------------------------------------------------------- 7. configuration
+def test_config_overrides_and_errors(tmp_path, capsys):
+    base = ["--config", str(TINY), "--train-data", str(tmp_path)]
+    config = build_config(parse_args(base + ["--batch-size", "4", "--set", "optimization.lr=0.01", "model.refiner_blocks=2"]))
+    assert config["optimization"]["lr"] == 0.01
+    assert config["optimization"]["batch_size"] == 4
+    assert config["model"]["refiner_blocks"] == 2
+    assert config["data"]["train_dirs"] == [str(tmp_path)]
+    assert config["optimization"]["depths"] == [1, 2]  # from tiny.yaml
+    assert config["optimization"]["adam_betas"] == [0.9, 0.999]  # from the defaults
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimization:\n  learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="optimization.learning_rate"):
+        build_config(parse_args(["--config", str(bad), "--train-data", str(tmp_path)]))
+    bad.write_text("optimisation:\n  lr: 0.1\n")
+    with pytest.raises(ValueError, match="optimisation"):
+        build_config(parse_args(["--config", str(bad), "--train-data", str(tmp_path)]))
+    with pytest.raises(ValueError, match="optimization.nope"):
+        build_config(parse_args(base + ["--set", "optimization.nope=1"]))
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        build_config(parse_args(base + ["--set", "lr=0.1"]))
+    with pytest.raises(ValueError, match="divisible by 8 \\* 2\\^max\\(depths\\) = 32"):
+        build_config(parse_args(base + ["--resolution", "48"]))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        build_config(parse_args(["--config", str(tmp_path / "nope.yaml"), "--train-data", str(tmp_path)]))
+
+    capsys.readouterr()
+    assert main(["--config", str(TINY)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--train-data" in err[0]
+    assert main(base + ["--resolution", "48"]) == 2
+    assert "32" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- 8. validation, EMA, trackers
+def test_validation_writes_psnr_and_samples(vae_dir, images, shared_path, tmp_path):
+    holdout = _shrink_bsds(shared_path, tmp_path / "holdout", 2, offset=10)
+    output = tmp_path / "run"
+    config = tiny_config(vae_dir, images, output, 2, "validation.every_steps=2", extra=["--validation-data", str(holdout)])
+    result = train(config)
+    rows = (output / "validation.csv").read_text().splitlines()
+    assert rows[0] == "step,psnr,count" and len(rows) == 2
+    step, psnr, count = rows[1].split(",")
+    assert (int(step), int(count)) == (2, 2)
+    assert 5.0 < float(psnr) < 60.0
+    assert result["validation"]["psnr"] == pytest.approx(float(psnr), abs=1e-4)
+    sheet = output / "samples" / "step-0000002.png"
+    with Image.open(sheet) as image:
+        assert image.size == (3 * 64, 1 * 64)  # [bicubic, UPLiFT, HR] x num_samples=1
+    assert "psnr" in (output / "model" / "README.md").read_text()
+
+
+def test_ema_weights_are_saved_as_the_model(vae_dir, images, tmp_path):
+    from safetensors.torch import load_file
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    output = tmp_path / "run"
+    train(tiny_config(vae_dir, images, output, 4, "optimization.ema_decay=0.9", "optimization.lr=0.003"))
+    checkpoint = output / "checkpoints" / "checkpoint-4"
+    ema_state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
+    assert ema_state["optimization_step"] == 4
+    model = UPLiFTLatentUpscaler.from_pretrained(output / "model")
+    params = list(model.parameters())
+    assert len(params) == len(ema_state["shadow_params"])
+    for saved, shadow in zip(params, ema_state["shadow_params"]):
+        torch.testing.assert_close(saved.detach(), shadow.float())
+    raw = load_file(checkpoint / "model.safetensors")  # the trained (non-averaged) weights
+    names = [name for name, _ in model.named_parameters()]
+    assert any(not torch.allclose(raw[name], p.detach()) for name, p in zip(names, params))
+
+
+def test_tensorboard_logging(vae_dir, images, tmp_path):
+    from accelerate.utils import is_tensorboard_available
+
+    if not is_tensorboard_available():
+        pytest.skip("tensorboard is not installed")
+    output = tmp_path / "run"
+    train(tiny_config(vae_dir, images, output, 2, "logging.report_to=tensorboard"))
+    assert list((output / "logs").rglob("events.out.tfevents.*"))
