@@ -1,18 +1,20 @@
 """Tiny, randomly initialised Stable Diffusion components for offline tests.
 
-Shared test helper (not a test module): an 8x VAE with 4 latent channels, a 2-block UNet, a
-2-layer CLIP text encoder with a character-level tokenizer written to a folder, a small
-4-channel UPLiFT upscaler, and a tiny CLIP model (text + vision) for CLIP-score tests.
+Shared test helper (not a test module), the one place the tests build these models: an 8x VAE
+with 4 latent channels, a 2-block UNet, a 2-layer CLIP text encoder with a character-level
+tokenizer written to a folder, a PNDM or DDIM scheduler, a small UPLiFT upscaler (any number of
+latent channels), and a tiny CLIP model (text + vision) for CLIP-score tests.
 """
 from __future__ import annotations
 
 import json
 import string
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-__all__ = ["make_tokenizer", "make_upscaler", "build_sd_components", "save_sd_pipeline", "save_tiny_clip"]
+__all__ = ["make_tokenizer", "make_upscaler", "make_scheduler", "build_sd_components", "save_sd_pipeline", "save_tiny_clip"]
 
 
 def make_tokenizer(folder, max_length: int = 16):
@@ -30,11 +32,16 @@ def make_tokenizer(folder, max_length: int = 16):
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length), len(vocab)
 
 
-def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: int = 0):
-    """A small random UPLiFT upscaler (a few thousand parameters)."""
+def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0):
+    """A small random UPLiFT upscaler (a few thousand parameters), in eval mode.
+
+    ``seed=None`` draws the weights from torch's global generator as it stands (to continue the
+    stream of :func:`build_sd_components`) instead of reseeding it.
+    """
     from uplift_diffusers import UPLiFTLatentUpscaler
 
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     return UPLiFTLatentUpscaler(
         latent_channels=latent_channels,
         encoder_channels=(8, 8, 16),
@@ -47,9 +54,25 @@ def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: int 
     ).eval()
 
 
-def build_sd_components(tokenizer_dir, seed: int = 0) -> dict:
-    """vae, text_encoder, tokenizer, unet, scheduler (PNDM, the SD1.5 default) of a tiny SD model."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+def make_scheduler(kind: str = "pndm"):
+    """The SD1.5 noise schedule in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` scheduler."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    if kind == "pndm":
+        return PNDMScheduler(**schedule, skip_prk_steps=True)
+    if kind == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
+    raise ValueError(f"`kind` must be 'pndm' or 'ddim', got {kind!r}; pass one of these scheduler names.")
+
+
+def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
+    """vae, text_encoder, tokenizer, unet and scheduler (see :func:`make_scheduler`) of a tiny SD model.
+
+    With ``with_upscaler=True`` the dict also holds ``upscaler``: a 4-channel :func:`make_upscaler`
+    whose weights continue the same seeded random stream.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -89,8 +112,12 @@ def build_sd_components(tokenizer_dir, seed: int = 0) -> dict:
             projection_dim=16,
         )
     )
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1)
-    return dict(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler)
+    components = dict(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=make_scheduler(scheduler)
+    )
+    if with_upscaler:
+        components["upscaler"] = make_upscaler(seed=None)
+    return components
 
 
 def save_sd_pipeline(folder, seed: int = 0) -> Path:

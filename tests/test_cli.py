@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sd_components import build_sd_components, make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.cli import _is_connection_error, build_parser, main, parse_size
 
@@ -19,29 +20,12 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read at import time by huggingface_hub
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache / "hub"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def small_upscaler(latent_channels):
-    torch.manual_seed(0)
-    return UPLiFTLatentUpscaler(
-        latent_channels=latent_channels,
-        encoder_channels=(8, 8, 16),
-        encoder_blocks_per_group=1,
-        decoder_channels=16,
-        decoder_blocks_after_upsample=1,
-        refiner_channels=16,
-        refiner_blocks=1,
-    )
 
 
 @pytest.fixture
 def upscaler_dir(tmp_path):
     folder = tmp_path / "upscaler32"
-    small_upscaler(32).save_pretrained(folder)
+    make_upscaler(32, noise_scale=1.0).save_pretrained(folder)
     return folder
 
 
@@ -113,7 +97,7 @@ def test_upscale_directory_input_and_scale_4(shared_path, tmp_path, upscaler_dir
 
 def test_upscale_channel_mismatch_is_one_line(shared_path, tmp_path, inputs, capsys):
     folder = tmp_path / "upscaler4"
-    small_upscaler(4).save_pretrained(folder)
+    make_upscaler(4, noise_scale=1.0).save_pretrained(folder)
     code = main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
                  "--upscaler", str(folder), "--device", "cpu", "--quiet"])
     assert code == 2
@@ -138,10 +122,7 @@ def test_default_hub_vae_offline_gives_one_line(tmp_path, upscaler_dir, inputs, 
 # ------------------------------------------------------------------------------- generate
 def test_generate_with_local_model(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
-    from test_pipeline_text_to_image import build_components  # tiny SD components, built offline
-
-    (tmp_path / "tokenizer").mkdir()
-    components = build_components(tmp_path / "tokenizer")
+    components = build_sd_components(tmp_path / "tokenizer", scheduler="ddim", with_upscaler=True)  # built offline
     upscaler = components.pop("upscaler")
     StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "sd")
     upscaler.save_pretrained(tmp_path / "up")

@@ -33,15 +33,6 @@ OFFSETS = {
 PADDING = {5: 1, 9: 1, 17: 2, 25: 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- reference forward (from the doc)
 def ref_conv_block(sd, prefix, x):
     """Conv3x3 (no bias) -> LayerNorm over channels (eps 1e-6) -> ReLU -> Conv1x1, + residual."""

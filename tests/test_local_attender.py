@@ -11,14 +11,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from uplift_diffusers.local_attender import NEIGHBORHOODS, LocalAttender, attend, neighborhood_offsets
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # The architecture doc's definitions, written out literally (row by row: dy, then dx, ascending).
 DOC_OFFSETS = {

@@ -6,6 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
+from sd_components import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.pipeline_super_resolution import (
     UPLiFTSuperResolutionPipeline,
@@ -15,29 +16,7 @@ from uplift_diffusers.pipeline_super_resolution import (
 )
 from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models: one thread avoids oversubscription on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_upscaler(latent_channels=32, noise_scale=0.0):
-    torch.manual_seed(0)
-    return UPLiFTLatentUpscaler(
-        latent_channels=latent_channels,
-        encoder_channels=(8, 8, 16),
-        encoder_blocks_per_group=1,
-        decoder_channels=16,
-        decoder_blocks_after_upsample=1,
-        refiner_channels=16,
-        refiner_blocks=1,
-        noise_scale=noise_scale,
-    ).eval()
-
+TAEF2_CHANNELS = 32  # latent channels of the TAEF2 autoencoder
 
 _TAEF2_CACHE = {}
 
@@ -52,7 +31,7 @@ def taef2(shared_path):
 
 @pytest.fixture
 def pipe(taef2):
-    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler())
+    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(TAEF2_CHANNELS))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -208,7 +187,7 @@ def test_pad_to_multiple_modes():
 
 # ------------------------------------------------------------------------------- determinism / saving
 def test_seeded_reproducibility(taef2):
-    noisy = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(noise_scale=1.0))
+    noisy = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(TAEF2_CHANNELS, noise_scale=1.0))
     noisy.set_progress_bar_config(disable=True)
     image = gradient_image(16, 16)
     first = noisy(image, upscale_factor=2, generator=torch.Generator().manual_seed(1), output_type="np").images
@@ -272,7 +251,7 @@ def test_bad_generator_and_output_type(pipe):
 def test_latent_channel_mismatch(taef2):
     with pytest.raises(ValueError, match="latent_channels=4 but the VAE"):
         UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(latent_channels=4))
-    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler())
+    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=make_upscaler(TAEF2_CHANNELS))
     pipeline.upscaler = make_upscaler(latent_channels=16)
     with pytest.raises(ValueError, match="latent_channels=16"):
         pipeline(gradient_image(8, 8), upscale_factor=2)

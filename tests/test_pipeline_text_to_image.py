@@ -1,14 +1,14 @@
 """StableDiffusionUPLiFTPipeline with tiny, randomly initialised SD components (offline)."""
 import json
-import string
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPImageProcessor
 
+from sd_components import build_sd_components, make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.color_correction import color_correct
 from uplift_diffusers.pipeline_super_resolution import resolve_package_entries
@@ -17,98 +17,10 @@ from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline, Stab
 PROMPT = "a red cat"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread avoids oversubscription on shared CPUs (100x slower otherwise).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_tokenizer(folder):
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase + "!.,":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
-
-
-def make_upscaler(noise_scale=0.0, latent_channels=4):
-    return UPLiFTLatentUpscaler(
-        latent_channels=latent_channels,
-        encoder_channels=(8, 8, 16),
-        encoder_blocks_per_group=1,
-        decoder_channels=16,
-        decoder_blocks_after_upsample=1,
-        refiner_channels=16,
-        refiner_blocks=1,
-        noise_scale=noise_scale,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def components(tmp_path_factory):
-    return build_components(tmp_path_factory.mktemp("tokenizer"))
-
-
-def build_components(tokenizer_dir):
-    """Tiny random SD components (8x VAE, 2-block UNet, 2-layer CLIP) plus a 4-channel upscaler."""
-    torch.manual_seed(0)
-    tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        norm_num_groups=4,
-        attention_head_dim=2,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=16,
-            projection_dim=16,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return dict(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        upscaler=make_upscaler(),
-    )
+    """Tiny random SD components (DDIM scheduler) plus a 4-channel upscaler."""
+    return build_sd_components(tmp_path_factory.mktemp("tokenizer"), scheduler="ddim", with_upscaler=True)
 
 
 def make_pipe(components, **overrides):

@@ -4,14 +4,6 @@ import torch
 
 from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTOutput
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # Narrow widths so that every test runs in a fraction of a second.
 SMALL = dict(

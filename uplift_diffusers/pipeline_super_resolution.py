@@ -13,8 +13,9 @@ Images are converted to RGB first; a transparent image is composited on a white 
 This module also holds what both pipelines of the package share (and that needs no Stable
 Diffusion import): :class:`UPLiFTComponentsMixin`, which makes ``save_pretrained`` record this
 package's components as ``["uplift_diffusers", "<Class>"]`` in ``model_index.json`` and makes
-``from_pretrained`` rebuild them from a saved directory or Hub repository, and the checks that
-an upscaler matches a VAE.
+``from_pretrained`` rebuild them from a saved directory or Hub repository,
+:class:`VAETilingMixin` (``enable_vae_tiling`` / ``disable_vae_tiling``), and the checks that an
+upscaler matches a VAE.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from .vae_loading import decode_latents, encode_latents, vae_scale_factor
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
     "UPLiFTComponentsMixin",
+    "VAETilingMixin",
     "UPLiFTSuperResolutionPipelineOutput",
     "images_to_tensors",
     "pad_to_multiple",
@@ -184,6 +186,27 @@ class UPLiFTComponentsMixin:
 # ---------------------------------------------------------------------------------------------
 # Shared helpers of the two pipelines
 # ---------------------------------------------------------------------------------------------
+class VAETilingMixin:
+    """Pipeline mixin: ``enable_vae_tiling`` / ``disable_vae_tiling`` acting on ``self.vae``."""
+
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode with the VAE in overlapping tiles, to save memory on very large outputs.
+
+        Useful from about 2048 px outputs (e.g. 512 px with ``upscale_factor=4``), where a
+        single-pass decode of the SD VAE needs tens of GB. Tile seams are blended, so the output
+        differs slightly from an untiled decode. Raises ``ValueError`` for a VAE without
+        ``enable_tiling``.
+        """
+        if not hasattr(self.vae, "enable_tiling"):
+            raise ValueError(f"The VAE ({type(self.vae).__name__}) does not support tiled decoding.")
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        """Go back to single-pass encoding and decoding (after :meth:`enable_vae_tiling`)."""
+        if hasattr(self.vae, "disable_tiling"):
+            self.vae.disable_tiling()
+
+
 def vae_latent_channels(vae: Any) -> int:
     """Latent channels of a diffusers-style VAE (``vae.config.latent_channels``)."""
     channels = getattr(getattr(vae, "config", None), "latent_channels", None)
@@ -433,7 +456,7 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
     """
 
 
-class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, DiffusionPipeline):
+class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, DiffusionPipeline):
     r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction.
 
     Args:
@@ -450,17 +473,6 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, DiffusionPipeline):
         if vae is not None and upscaler is not None:
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(vae=vae, upscaler=upscaler)
-
-    def enable_vae_tiling(self) -> None:
-        """Encode and decode in overlapping tiles (VAEs with ``enable_tiling``), for very large outputs."""
-        if not hasattr(self.vae, "enable_tiling"):
-            raise ValueError(f"The VAE ({type(self.vae).__name__}) does not support tiled decoding.")
-        self.vae.enable_tiling()
-
-    def disable_vae_tiling(self) -> None:
-        """Go back to single-pass encoding and decoding."""
-        if hasattr(self.vae, "disable_tiling"):
-            self.vae.disable_tiling()
 
     def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images) -> None:
         if self.vae is None or self.upscaler is None:

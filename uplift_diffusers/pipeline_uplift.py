@@ -32,7 +32,13 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from .color_correction import color_correct
 from .modeling_uplift import UPLiFTLatentUpscaler
-from .pipeline_super_resolution import UPLiFTComponentsMixin, check_flag, check_upscaler_matches_vae, to_unit_range
+from .pipeline_super_resolution import (
+    UPLiFTComponentsMixin,
+    VAETilingMixin,
+    check_flag,
+    check_upscaler_matches_vae,
+    to_unit_range,
+)
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
@@ -60,7 +66,7 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     base_images: Optional[Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]] = None
 
 
-class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, StableDiffusionPipeline):
+class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, StableDiffusionPipeline):
     r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by 2, 4 or 8.
 
     Inherits everything from diffusers' ``StableDiffusionPipeline`` (LoRA / textual inversion /
@@ -106,23 +112,6 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, StableDiffusionPipeli
         if vae is not None and upscaler is not None:
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(upscaler=upscaler)
-
-    # ------------------------------------------------------------------ VAE memory options
-    def enable_vae_tiling(self) -> None:
-        """Decode (and encode) with the VAE in overlapping tiles, to save memory.
-
-        Useful from about 2048 px outputs (e.g. 512 px with ``upscale_factor=4``), where a
-        single-pass decode of the SD VAE needs tens of GB. Tile seams are blended, so the output
-        differs slightly from an untiled decode.
-        """
-        if not hasattr(self.vae, "enable_tiling"):
-            raise ValueError(f"The VAE ({type(self.vae).__name__}) does not support tiled decoding.")
-        self.vae.enable_tiling()
-
-    def disable_vae_tiling(self) -> None:
-        """Go back to decoding in one pass (after :meth:`enable_vae_tiling`)."""
-        if hasattr(self.vae, "disable_tiling"):
-            self.vae.disable_tiling()
 
     # ------------------------------------------------------------------ helpers
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
