@@ -149,6 +149,46 @@ def test_multi_depth_loss_matches_hand_computation():
     assert torch.equal(stub.calls[0]["latents"], latents[1])
 
 
+class ConstantDecoderVAE(torch.nn.Module):
+    """A stand-in VAE whose decode maps each latent pixel to an 8 x 8 block of value 2 z - 1,
+    replicated over RGB (so decoded pixels in [0, 1] equal z)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.config = SimpleNamespace(latent_channels=1)
+
+    def encode(self, x):  # pragma: no cover - only decode is used by the pixel loss
+        raise NotImplementedError
+
+    def decode(self, z):
+        up = torch.kron(z, torch.ones(8, 8)).repeat(1, 3, 1, 1)
+        return SimpleNamespace(sample=2 * up - 1)
+
+
+def test_pixel_loss_term_matches_hand_computation_and_reaches_the_latents():
+    vae = ConstantDecoderVAE()
+    latents, images = _toy_levels()
+    latents = [level / 10 for level in latents]          # decoded pixels = latents / 10
+    target = torch.full_like(images[0], 0.2)
+    reference = torch.full_like(images[1], 0.25)
+    pyramid = [target, reference, images[2]]
+    stub = NearestStub()
+    losses = multi_depth_loss(stub, latents, pyramid, [1], vae=vae, pixel_weight=10.0)
+    # decoded = nearest(L1)/10 in [0, 1]; colour correction shifts its mean to 0.25
+    decoded = torch.kron(torch.kron(latents[1], torch.ones(2, 2)), torch.ones(8, 8)).repeat(1, 3, 1, 1)
+    corrected = decoded - decoded.mean() + 0.25
+    expected_pixels = ((corrected - 0.2) ** 2).mean()
+    assert losses["pixel_depth1"].item() == pytest.approx(expected_pixels.item(), rel=1e-6)
+    assert losses["loss"].item() == pytest.approx(losses["loss_depth1"].item() + 10 * expected_pixels.item(), rel=1e-6)
+
+    z = latents[1].clone().requires_grad_(True)
+    multi_depth_loss(stub, [latents[0], z], pyramid, [1], vae=vae, pixel_weight=1.0)["loss"].backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pixel_weight"):
+        multi_depth_loss(stub, latents, pyramid, [1], pixel_weight=1.0)
+
+
 def test_multi_depth_loss_with_latent_noise_from_a_seeded_generator():
     latents, images = _toy_levels()
     a = 0.3

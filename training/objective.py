@@ -34,6 +34,20 @@ def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> Li
     return levels
 
 
+def pixel_loss(vae, latents: torch.Tensor, reference: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE in [0, 1] pixels between the decoded, colour-corrected ``latents`` and ``target``.
+
+    The decode goes through the frozen ``vae`` with gradients flowing to ``latents``; the
+    colour correction is the pipelines' per-channel mean shift towards ``reference`` (the
+    low-resolution input), written here without clamping so that it stays differentiable.
+    """
+    from uplift_diffusers.vae_loading import decode_latents
+
+    decoded = (decode_latents(vae, latents, clamp=False).float() + 1) / 2
+    shift = decoded.mean(dim=(2, 3), keepdim=True) - reference.float().mean(dim=(2, 3), keepdim=True)
+    return F.mse_loss(decoded - shift, target.float())
+
+
 def multi_depth_loss(
     model,
     latents: Sequence[torch.Tensor],
@@ -41,8 +55,10 @@ def multi_depth_loss(
     depths: Sequence[int],
     lat_aug: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    vae=None,
+    pixel_weight: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
-    """Sum over ``depths`` and steps of the per-step MSE.
+    """Sum over ``depths`` and steps of the per-step MSE (plus an optional pixel term).
 
     Args:
         model: an ``UPLiFTLatentUpscaler`` (or anything with its forward signature).
@@ -50,9 +66,15 @@ def multi_depth_loss(
         images: ``images[j]`` = the image downsampled ``2^j`` times, in [0, 1].
         depths: depths to train (each <= len(latents) - 1).
         lat_aug: std of the Gaussian noise added to the input latents.
+        vae, pixel_weight: with ``pixel_weight > 0``, each depth's final latents are also
+            decoded by ``vae`` and ``pixel_weight`` x :func:`pixel_loss` against ``images[0]``
+            is added (latent MSE alone does not track pixel PSNR well for every VAE).
 
-    Returns a dict with ``loss`` and ``loss_depth{d}`` entries (the latter detached).
+    Returns a dict with ``loss`` and ``loss_depth{d}`` (and ``pixel_depth{d}``) entries,
+    the parts detached.
     """
+    if pixel_weight and vae is None:
+        raise ValueError("`pixel_weight` > 0 needs the `vae` to decode with.")
     if not depths:
         raise ValueError("`depths` is empty; give at least one depth, e.g. [1, 2].")
     if max(depths) >= len(latents) or min(depths) < 1:
@@ -70,5 +92,9 @@ def multi_depth_loss(
             depth_loss = depth_loss + F.mse_loss(prediction.float(), latents[depth - step].float())
         parts[f"loss_depth{depth}"] = depth_loss.detach()
         total = total + depth_loss
+        if pixel_weight:
+            pixels = pixel_loss(vae, out.intermediate[-1], images[depth], images[0])
+            parts[f"pixel_depth{depth}"] = pixels.detach()
+            total = total + pixel_weight * pixels
     parts["loss"] = total
     return parts

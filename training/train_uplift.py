@@ -51,6 +51,7 @@ DEFAULTS: Dict = {
     "optimization": {
         "depths": [1, 2, 3, 4],
         "lat_aug": 1.0,
+        "pixel_loss_weight": 0.0,
         "lr": 1e-3,
         "adam_betas": [0.9, 0.999],
         "weight_decay": 0.0,
@@ -395,7 +396,9 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
             latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, accelerator.autocast)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    losses = multi_depth_loss(model, latents, pyramid, depths, lat_aug=opt["lat_aug"])
+                    losses = multi_depth_loss(
+                        model, latents, pyramid, depths, lat_aug=opt["lat_aug"], vae=vae, pixel_weight=opt["pixel_loss_weight"]
+                    )
                 accelerator.backward(losses["loss"])
                 grad_norm = None
                 if accelerator.sync_gradients and opt["max_grad_norm"]:
