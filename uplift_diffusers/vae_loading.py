@@ -174,7 +174,10 @@ def _model_dtype_device(vae) -> tuple[torch.dtype, torch.device]:
     parameter = next(vae.parameters(), None)
     if parameter is None:
         raise ValueError(f"vae ({type(vae).__name__}) has no parameters")
-    return parameter.dtype, parameter.device
+    # under accelerate's CPU offload the weights rest on the CPU and the hook moves them to
+    # its execution device for the call: the inputs must go there
+    execution_device = getattr(getattr(vae, "_hf_hook", None), "execution_device", None)
+    return parameter.dtype, torch.device(execution_device) if execution_device is not None else parameter.device
 
 
 def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
