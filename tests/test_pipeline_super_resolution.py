@@ -1,5 +1,8 @@
 """UPLiFTSuperResolutionPipeline with the real TAEF2 autoencoder and a small random upscaler."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -8,12 +11,8 @@ import torch
 
 from sd_components import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.pipeline_super_resolution import (
-    UPLiFTSuperResolutionPipeline,
-    UPLiFTSuperResolutionPipelineOutput,
-    images_to_tensors,
-    pad_to_multiple,
-)
+from uplift_diffusers.image_io import images_to_tensors, pad_to_multiple, pil_to_tensor, size_groups
+from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline, UPLiFTSuperResolutionPipelineOutput
 from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
 
 TAEF2_CHANNELS = 32  # latent channels of the TAEF2 autoencoder
@@ -183,6 +182,37 @@ def test_pad_to_multiple_modes():
     assert single.shape == (1, 1, 8, 8) and torch.all(single == 0.7)  # replication (too small to reflect)
     narrow = pad_to_multiple(torch.arange(3.0).view(1, 1, 1, 3).expand(1, 1, 8, 3), 8)
     assert narrow[0, 0, 0].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]  # 5 > 3 - 1: replication
+
+
+def test_size_groups_order_and_validation():
+    tensors = [torch.zeros(1, 3, 4, 6), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 6), torch.zeros(1, 3, 6, 4)]
+    assert size_groups(tensors) == [[0, 2], [1], [3]]
+    with pytest.raises(ValueError, match=r"tensors\[1\]"):
+        size_groups([torch.zeros(1, 3, 4, 4), np.zeros((4, 4))])
+
+
+def test_pil_to_tensor_agrees_with_images_to_tensors_on_rgb():
+    image = gradient_image(13, 9)
+    converted = pil_to_tensor(image)
+    assert converted.shape == (1, 3, 9, 13) and converted.dtype == torch.float32 and converted.is_contiguous()
+    assert torch.equal(converted, images_to_tensors(image)[0])
+    # pil_to_tensor drops alpha (PIL's convert), the pipeline composites on white
+    rgba = PIL.Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert pil_to_tensor(rgba)[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    assert images_to_tensors(rgba)[0][0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_shared_modules_import_no_stable_diffusion_or_clip():
+    """pipeline_utils, image_io and the SR pipeline import neither the SD pipeline nor CLIP classes."""
+    script = (
+        "import sys, uplift_diffusers.pipeline_utils, uplift_diffusers.image_io\n"
+        "import uplift_diffusers.pipeline_super_resolution\n"
+        "print(sorted(m for m in sys.modules if 'stable_diffusion' in m or m.startswith('transformers.models.clip')))"
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 # ------------------------------------------------------------------------------- determinism / saving

@@ -11,7 +11,7 @@ from transformers import CLIPImageProcessor
 from sd_components import build_sd_components, make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.color_correction import color_correct
-from uplift_diffusers.pipeline_super_resolution import resolve_package_entries
+from uplift_diffusers.pipeline_utils import resolve_package_entries
 from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
 
 PROMPT = "a red cat"

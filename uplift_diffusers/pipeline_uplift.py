@@ -12,7 +12,7 @@ image's channel means::
            -> vae.decode -> color_correct(., base)                 image     8fh x 8fw
 
 Saving and loading (``save_pretrained`` / ``from_pretrained`` rebuilding ``upscaler`` without
-being passed) come from :class:`~uplift_diffusers.pipeline_super_resolution.UPLiFTComponentsMixin`.
+being passed) come from :class:`~uplift_diffusers.pipeline_utils.UPLiFTComponentsMixin`.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from .color_correction import color_correct
 from .modeling_uplift import UPLiFTLatentUpscaler
-from .pipeline_super_resolution import (
+from .pipeline_utils import (
     UPLiFTComponentsMixin,
     VAETilingMixin,
     check_flag,
