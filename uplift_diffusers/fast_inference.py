@@ -3,7 +3,9 @@
 ``enable_fast_inference(model, dtype=torch.bfloat16, compile=True)`` switches a model to:
 
 - weights in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86 CPUs, tensor
-  cores on CUDA), 4-D weights in ``channels_last``; the Local Attender's softmax stays in
+  cores on CUDA), except the first encoder group, which reads the raw image and stays in
+  float32 (about 3% of the encoder's work; in bf16 it alone costs a trained model about 3%
+  relative error), 4-D weights in ``channels_last``; the Local Attender's softmax stays in
   float32 (see :meth:`LocalAttender.attention`);
 - inputs cast to ``dtype`` and ``channels_last`` automatically, the output returned in the
   dtype of the caller's ``latents`` (standard memory format);
@@ -28,6 +30,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .modeling_uplift import UPLiFTOutput, run_blocks
 
+#: Parameters kept in the original dtype in fast mode (the first encoder group).
+FULL_PRECISION_PREFIX = "encoder.groups.0."
+
 #: dtypes accepted by :func:`enable_fast_inference`.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -45,7 +50,10 @@ class FastInference:
         for name, tensor in _floating_tensors(model):
             self._saved[name] = tensor.data
             fmt = self.memory_format if tensor.ndim == 4 else torch.contiguous_format
-            tensor.data = tensor.data.to(dtype=dtype, memory_format=fmt)
+            # the first encoder group reads the raw image and stays in the original dtype: it is
+            # ~3% of the encoder's work, and in bf16 it costs a trained model ~3% relative error
+            keep = name.startswith(FULL_PRECISION_PREFIX)
+            tensor.data = tensor.data.to(dtype=self.original_dtype if keep else dtype, memory_format=fmt)
         self._eager = {"encode": self._encode, "step": self._step}
         self._compiled: Dict[str, Optional[Callable]] = {}
         if compile:
@@ -66,7 +74,9 @@ class FastInference:
 
     # ----------------------------------------------------------------- the passes
     def _encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
-        return self.model.encoder(image, last_map_stride=stride)
+        """The encoder maps in ``dtype`` (each group runs in the dtype of its weights)."""
+        features = self.model.encoder(image, last_map_stride=stride)
+        return [f.to(dtype=self.dtype, memory_format=self.memory_format) for f in features]
 
     def _step(self, latents: torch.Tensor, features: List[torch.Tensor], noises: List[Optional[torch.Tensor]]) -> torch.Tensor:
         """:meth:`UPLiFTLatentUpscaler.upscale_step` with the noise given (drawn outside, so
@@ -118,7 +128,7 @@ class FastInference:
         """The model's forward pass in fast mode (inputs already validated by the model)."""
         out_dtype = latents.dtype
         with torch.no_grad():
-            image = image.to(dtype=self.dtype, memory_format=self.memory_format)
+            image = image.to(dtype=self.original_dtype, memory_format=self.memory_format)
             z = latents.to(dtype=self.dtype, memory_format=self.memory_format)
             features = self._call("encode", image, self.model.encoder_read_stride(num_steps))
             steps = []

@@ -122,6 +122,7 @@ class UPLiFTEncoder(nn.Module):
             raise ValueError(f"`last_map_stride` must be an int >= 1, got {last_map_stride!r}.")
         features, x = [], image
         for index, group in enumerate(self.groups):
+            x = x.to(group[0].conv.weight.dtype)  # no-op unless fast inference keeps a group in float32
             if index == len(self.groups) - 1 and last_map_stride > 1:
                 x = self.last_group_strided(x, last_map_stride)
             else:
