@@ -39,17 +39,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SD15_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-)
+if str(RESULTS_DIR.parents[1]) not in sys.path:  # run as a script: make `evaluation` importable
+    sys.path.insert(0, str(RESULTS_DIR.parents[1]))
+
+from evaluation.sd15_sizes import SD15_VAE_CONFIG  # noqa: E402
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
