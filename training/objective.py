@@ -39,13 +39,13 @@ def pixel_loss(vae, latents: torch.Tensor, reference: torch.Tensor, target: torc
 
     The decode goes through the frozen ``vae`` with gradients flowing to ``latents``; the
     colour correction is the pipelines' per-channel mean shift towards ``reference`` (the
-    low-resolution input), written here without clamping so that it stays differentiable.
+    low-resolution input), without the final clamp so that it stays differentiable.
     """
+    from uplift_diffusers.color_correction import mean_shift
     from uplift_diffusers.vae_loading import decode_latents
 
     decoded = (decode_latents(vae, latents, clamp=False).float() + 1) / 2
-    shift = decoded.mean(dim=(2, 3), keepdim=True) - reference.float().mean(dim=(2, 3), keepdim=True)
-    return F.mse_loss(decoded - shift, target.float())
+    return F.mse_loss(mean_shift(decoded, reference), target.float())
 
 
 def multi_depth_loss(

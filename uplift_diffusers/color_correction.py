@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["color_correct"]
+from .image_io import check_unit_range
 
-# Values this far outside [0, 1] are accepted (rounding of half-precision decoders).
-_RANGE_TOLERANCE = 1e-3
+__all__ = ["color_correct"]
 
 
 def _check_image(name: str, tensor, batch: int = None) -> None:
@@ -27,14 +26,7 @@ def _check_image(name: str, tensor, batch: int = None) -> None:
         raise ValueError(f"`{name}` is empty (shape {tuple(tensor.shape)}); pass at least one pixel per image.")
     if not tensor.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor in [0, 1], got dtype {tensor.dtype}; divide uint8 images by 255.")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values; pass finite values in [0, 1].")
-    low, high = float(tensor.min()), float(tensor.max())
-    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-        raise ValueError(
-            f"`{name}` must hold values in [0, 1], got the range [{low:.4g}, {high:.4g}]; "
-            "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`."
-        )
+    check_unit_range(tensor, f"`{name}`", "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`.")
     if batch is not None and tensor.shape[0] != batch:
         raise ValueError(f"`{name}` has batch size {tensor.shape[0]} but `image` has {batch}; pass one reference per image.")
 
@@ -61,9 +53,14 @@ def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """
     _check_image("image", image)
     _check_image("reference", reference, batch=image.shape[0])
-    # Means in float32 at least, so that half-precision images do not lose the shift.
+    return mean_shift(image, reference).clamp(0.0, 1.0).to(image.dtype)
+
+
+def mean_shift(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The correction itself, unchecked and unclamped (so differentiable, e.g. inside a training
+    loss): ``image`` with each channel's mean moved to ``reference``'s, in float32 at least so
+    that half-precision images do not lose the shift."""
     compute = torch.promote_types(image.dtype, torch.float32)
     image_mean = image.to(compute).mean(dim=(2, 3), keepdim=True)
     reference_mean = reference.to(device=image.device, dtype=compute).mean(dim=(2, 3), keepdim=True)
-    corrected = image.to(compute) - (image_mean - reference_mean)
-    return corrected.clamp(0.0, 1.0).to(image.dtype)
+    return image.to(compute) - (image_mean - reference_mean)

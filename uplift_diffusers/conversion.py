@@ -15,6 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 import yaml
 
+from .state_dicts import state_dict_differences
+
 PathLike = Union[str, os.PathLike]
 
 #: Hub location of the authors' released SD1.5-VAE model.
@@ -211,14 +213,11 @@ def load_original_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
     raises one ValueError listing all of them."""
     converted = convert_original_state_dict(state_dict)
     expected = model.state_dict()
+    missing, unexpected, mismatched = state_dict_differences(converted, expected)
     # problems are listed under the official key names, as the user's checkpoint spells them
-    missing = sorted(_official_name(k) for k in set(expected) - set(converted))
-    unexpected = sorted(_official_name(k) for k in set(converted) - set(expected))
-    mismatched = [
-        f"{_official_name(k)}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in converted.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
+    missing = sorted(_official_name(k) for k in missing)
+    unexpected = sorted(_official_name(k) for k in unexpected)
+    mismatched = [f"{_official_name(k)}: checkpoint {have} vs model {want}" for k, have, want in mismatched]
     problems = []
     if missing:
         problems.append(f"missing keys: {missing}")

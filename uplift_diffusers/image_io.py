@@ -32,8 +32,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
-# Float inputs this far outside [0, 1] are accepted (and clamped): rounding of resampled images.
-_RANGE_TOLERANCE = 1e-3
+# Float values this far outside [0, 1] are accepted (and clamped): rounding of resampled images
+# and of half-precision decoders.
+RANGE_TOLERANCE = 1e-3
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 _PREMULTIPLIED_MODES = ("RGBa", "La")
@@ -117,15 +118,18 @@ def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
     return _rgb8_to_array(image)
 
 
-def _check_float_range(values: torch.Tensor, where: str) -> torch.Tensor:
+def check_unit_range(values: torch.Tensor, name: str, hint: str) -> None:
+    """ValueError unless ``values`` are finite and within [0, 1] (up to a rounding tolerance of
+    ``RANGE_TOLERANCE``); the message names ``name``, the range found and the ``hint``."""
     if not torch.isfinite(values).all():
-        raise ValueError(f"{where} contains NaN or infinite values; pass finite values in [0, 1].")
+        raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1].")
     low, high = float(values.min()), float(values.max())
-    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-        raise ValueError(
-            f"{where} must hold values in [0, 1], got [{low:.4g}, {high:.4g}]; divide 8-bit values by 255 "
-            "(or pass uint8), convert [-1, 1] images with x / 2 + 0.5."
-        )
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise ValueError(f"{name} must hold values in [0, 1], got the range [{low:.4g}, {high:.4g}]; {hint}")
+
+
+def _check_float_range(values: torch.Tensor, where: str) -> torch.Tensor:
+    check_unit_range(values, where, "divide 8-bit values by 255 (or pass uint8), convert [-1, 1] images with x / 2 + 0.5.")
     return values.clamp(0.0, 1.0)
 
 

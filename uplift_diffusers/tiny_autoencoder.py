@@ -47,6 +47,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
+from .state_dicts import state_dict_differences
+
 __all__ = ["TinyAutoencoder", "ENCODER_BLOCK_POSITIONS", "DECODER_BLOCK_POSITIONS"]
 
 #: Indices of the residual blocks in the original encoder ``nn.Sequential``.
@@ -411,14 +413,8 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             ("encoder_path", enc_name, enc_sd, self.encoder.layers),
             ("decoder_path", dec_name, dec_sd, self.decoder.layers),
         ):
-            expected = module.state_dict()
-            missing = sorted(set(expected) - set(given))
-            unexpected = sorted(set(given) - set(expected))
-            mismatched = [
-                f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-                for k in sorted(set(given) & set(expected))
-                if given[k].shape != expected[k].shape
-            ]
+            missing, unexpected, mismatched = state_dict_differences(given, module.state_dict())
+            mismatched = [f"{k}: file {have} vs model {want}" for k, have, want in mismatched]
             parts = []
             if missing:
                 parts.append(f"missing keys [{_listed(missing)}]")
