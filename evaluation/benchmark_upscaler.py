@@ -358,6 +358,7 @@ def run_task(task: Dict, log) -> List[Dict]:
         if task["kind"] in ("uplift", "cross_attention"):
             row["latent_tokens"] = (task["side"] // 8) ** 2
         if task["kind"] == "vae":
+            row["compile"] = False  # the VAE runs eagerly (bf16 channels_last in fast mode)
             row["latent_tokens"] = (task["side"] // 16) ** 2  # tokens of the UPLiFT input it is compared with
             row["upscaler_side"] = task["side"] // 2
         log(f"  {json.dumps(row)}")

@@ -5,10 +5,15 @@
 - weights in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86 CPUs, tensor
   cores on CUDA), except the first encoder group, which reads the raw image and stays in
   float32 (about 3% of the encoder's work; in bf16 it alone costs a trained model about 3%
-  relative error), 4-D weights in ``channels_last``; the Local Attender's softmax stays in
-  float32 (see :meth:`LocalAttender.attention`);
-- inputs cast to ``dtype`` and ``channels_last`` automatically, the output returned in the
-  dtype of the caller's ``latents`` (standard memory format);
+  relative error), 4-D weights in ``channels_last``;
+- mixed precision: every convolution computes in ``dtype``, while the residual stream
+  (the sums of the ConvBlocks, the concatenations, the latents between steps, the Local
+  Attender's softmax and mixing) stays float32: each block rounds only its own update, not
+  the running sum. On the official-size model with random weights this takes the relative
+  error from 1.1% (everything in bf16) to 0.8%, at no measurable cost in the compiled mode;
+  the encoder maps are stored in ``dtype`` (they are the largest tensors);
+- inputs converted to ``channels_last`` automatically, the output returned in the dtype of
+  the caller's ``latents`` (standard memory format);
 - the encoder and the 2x step wrapped in ``torch.compile`` when it is available. If
   compiling is not possible (no ``torch.compile``, no C compiler for the CPU backend, a
   backend error), a ``RuntimeWarning`` says so and the model runs eagerly: never a crash;
@@ -74,7 +79,7 @@ class FastInference:
 
     # ----------------------------------------------------------------- the passes
     def _encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
-        """The encoder maps in ``dtype`` (each group runs in the dtype of its weights)."""
+        """The encoder maps, stored in ``dtype`` (float32 residual stream inside)."""
         features = self.model.encoder(image, last_map_stride=stride)
         return [f.to(dtype=self.dtype, memory_format=self.memory_format) for f in features]
 
@@ -118,10 +123,10 @@ class FastInference:
                 continue
             shape = (batch, channels, nh, nw)
             if scale == 0.0:
-                noise = torch.zeros(shape, device=latents.device, dtype=self.dtype)
+                noise = torch.zeros(shape, device=latents.device, dtype=self.original_dtype)
             else:
                 noise = randn_tensor(shape, generator=generator, device=latents.device, dtype=self.original_dtype) * scale
-            noises.append(noise.to(dtype=self.dtype, memory_format=self.memory_format))
+            noises.append(noise.to(memory_format=self.memory_format))
         return noises
 
     def forward(self, latents, image, num_steps, generator, noise_scale, output_intermediate, return_dict):
@@ -129,7 +134,7 @@ class FastInference:
         out_dtype = latents.dtype
         with torch.no_grad():
             image = image.to(dtype=self.original_dtype, memory_format=self.memory_format)
-            z = latents.to(dtype=self.dtype, memory_format=self.memory_format)
+            z = latents.to(dtype=self.original_dtype, memory_format=self.memory_format)
             features = self._call("encode", image, self.model.encoder_read_stride(num_steps))
             steps = []
             for _ in range(num_steps):

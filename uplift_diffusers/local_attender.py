@@ -98,7 +98,7 @@ class LocalAttender(nn.Module):
 
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
-        logits = self.to_logits(guide) + channel_residual(guide, self.num_offsets)
+        logits = self.to_logits(guide.to(self.to_logits.weight.dtype)).to(guide.dtype) + channel_residual(guide, self.num_offsets)
         # at least float32 for the softmax (half precision is upcast; float64 stays float64)
         softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
         return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(guide.dtype)
@@ -137,7 +137,7 @@ def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding
     """
     batch, channels, height, width = value.shape
     padded = F.pad(value, (padding,) * 4, mode="replicate") if padding else value
-    out = value.new_zeros(batch, channels, height * scale, width * scale)
+    out = value.new_zeros(batch, channels, height * scale, width * scale, dtype=torch.promote_types(weights.dtype, value.dtype))
     out_view = out.view(batch, channels, height, scale, width, scale)
     weights_view = weights.reshape(batch, len(offsets), 1, height, scale, width, scale)
     for k, (dy, dx) in enumerate(offsets):

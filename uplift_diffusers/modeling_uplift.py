@@ -66,12 +66,16 @@ class ConvBlock(nn.Module):
         self.proj = nn.Conv2d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.norm(self.conv(x)))) + channel_residual(x, self.out_channels)
+        return self.pointwise(self.conv(x.to(self.conv.weight.dtype)), x)
 
     def pointwise(self, conv_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Everything after the 3x3 convolution: LayerNorm -> ReLU -> Conv1x1 -> + residual.
-        ``residual`` is the block input at the pixels where ``conv_out`` was evaluated."""
-        return self.proj(F.relu(self.norm(conv_out))) + channel_residual(residual, self.out_channels)
+        ``residual`` is the block input at the pixels where ``conv_out`` was evaluated. The
+        sum is in the residual's dtype: with half-precision weights and a float32 input
+        (fast inference) the block computes in half precision and the residual stream stays
+        float32."""
+        out = self.proj(F.relu(self.norm(conv_out)))
+        return out.to(residual.dtype) + channel_residual(residual, self.out_channels)
 
     def forward_strided(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         """``forward(x)[..., ::stride, ::stride]``, computing only those pixels.
@@ -80,7 +84,7 @@ class ConvBlock(nn.Module):
         LayerNorm, ReLU, 1x1 convolution and the residual are per pixel."""
         if stride == 1:
             return self.forward(x)
-        conv_out = F.conv2d(x, self.conv.weight, None, stride=stride, padding=1)
+        conv_out = F.conv2d(x.to(self.conv.weight.dtype), self.conv.weight, None, stride=stride, padding=1)
         return self.pointwise(conv_out, x[:, :, ::stride, ::stride])
 
 
@@ -122,7 +126,6 @@ class UPLiFTEncoder(nn.Module):
             raise ValueError(f"`last_map_stride` must be an int >= 1, got {last_map_stride!r}.")
         features, x = [], image
         for index, group in enumerate(self.groups):
-            x = x.to(group[0].conv.weight.dtype)  # no-op unless fast inference keeps a group in float32
             if index == len(self.groups) - 1 and last_map_stride > 1:
                 x = self.last_group_strided(x, last_map_stride)
             else:
@@ -144,7 +147,7 @@ class UPLiFTEncoder(nn.Module):
         than the dense block (measured on an AMX CPU), so that block stays dense there."""
         group = self.groups[-1]
         if phases is None:
-            phases = x.dtype in (torch.float32, torch.float64)
+            phases = group[0].conv.weight.dtype in (torch.float32, torch.float64)
         if stride < 3 or len(group) < 2 or not phases:
             x = run_blocks(group[:-1], x)
             return group[-1].forward_strided(x, stride)
@@ -153,7 +156,7 @@ class UPLiFTEncoder(nn.Module):
         last = group[-1]
         batch, _, channels, height, width = phases.shape
         weight = last.conv.weight.permute(0, 2, 3, 1).reshape(last.out_channels, 9 * channels, 1, 1)
-        conv_out = F.conv2d(phases.reshape(batch, 9 * channels, height, width), weight)
+        conv_out = F.conv2d(phases.reshape(batch, 9 * channels, height, width).to(weight.dtype), weight)
         return last.pointwise(conv_out, phases[:, 4])  # phase 4 is the offset (0, 0)
 
 
@@ -168,10 +171,11 @@ def conv_block_phases(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.T
     batch, _, height, width = x.shape
     rows, cols = -(-height // stride), -(-width // stride)
     padded = F.pad(x, (2, 2, 2, 2))  # padded[r + 2] = x[r]; zeros outside
+    padded_in = padded.to(block.conv.weight.dtype)
     phases = []
     for dy, dx in PHASE_OFFSETS:
         # the 3x3 window centred at x[stride*i + dy] starts at padded[stride*i + dy + 1]
-        window = padded[:, :, dy + 1 :, dx + 1 :]
+        window = padded_in[:, :, dy + 1 :, dx + 1 :]
         conv_out = F.conv2d(window, block.conv.weight, None, stride=stride)[:, :, :rows, :cols]
         residual = padded[:, :, dy + 2 :: stride, dx + 2 :: stride][:, :, :rows, :cols]
         out = block.pointwise(conv_out, residual)
@@ -196,7 +200,7 @@ class UPLiFTDecoder(nn.Module):
         self.out_blocks = conv_blocks(channels + skip_channels + noise_channels, [channels] * blocks_after)
 
     def upsample2x(self, x: torch.Tensor) -> torch.Tensor:
-        up = self.upsample(x)
+        up = self.upsample(x.to(self.upsample.weight.dtype)).to(x.dtype)
         if self.bilinear_residual:
             up = up + F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         return up
@@ -211,7 +215,8 @@ class UPLiFTRefiner(nn.Module):
         self.out = nn.Conv2d(channels, latent_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(run_blocks(self.blocks, x))
+        x = run_blocks(self.blocks, x)
+        return self.out(x.to(self.out.weight.dtype))
 
 
 class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
