@@ -13,7 +13,10 @@ exceed its channel count) plus one output.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+import functools
+import importlib.util
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +64,12 @@ def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> O
     return offsets
 
 
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be imported (it is not imported here)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
     """UPLiFT's residual rule for mismatched widths: keep the first ``channels`` channels
     of ``x`` when it has more, zero-pad at the end when it has fewer."""
@@ -81,7 +90,8 @@ class LocalAttender(nn.Module):
             (dy, dx) offsets.
 
     ``forward(guide, value)``: guide ``B x Cg x sH x sW``, value ``B x Cv x H x W`` for any
-    integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded.
+    integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. On CUDA
+    (inference, Triton installed) it runs as one fused kernel, see ``fused_kernel``.
     """
 
     def __init__(self, guide_channels: int, neighborhood: Union[int, Sequence[Sequence[int]]] = 17):
@@ -91,22 +101,55 @@ class LocalAttender(nn.Module):
         self.offsets = neighborhood_offsets(neighborhood)
         self.padding = max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
         self.to_logits = nn.Conv2d(guide_channels, len(self.offsets), kernel_size=1)
+        #: The fused Triton kernel (:mod:`uplift_diffusers.triton_attender`): ``None``
+        #: chooses (CUDA, Triton installed, inference), ``True`` forces it, ``False`` never.
+        self.fused_kernel: Optional[bool] = None
 
     @property
     def num_offsets(self) -> int:
         return len(self.offsets)
 
+    def logits(self, guide: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits over the neighbourhood, ``B x n x sH x sW``: a 1x1 convolution
+        (in its weights' dtype) plus the guide's first ``n`` channels (in the guide's)."""
+        return self.to_logits(guide.to(self.to_logits.weight.dtype)).to(guide.dtype) + channel_residual(guide, self.num_offsets)
+
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
-        logits = self.to_logits(guide.to(self.to_logits.weight.dtype)).to(guide.dtype) + channel_residual(guide, self.num_offsets)
+        logits = self.logits(guide)
         # at least float32 for the softmax (half precision is upcast; float64 stays float64)
         softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
         return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(guide.dtype)
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         scale = self._check_inputs(guide, value)
-        weights = self.attention(guide)
-        return attend(weights, value, self.offsets, self.padding, scale)
+        if self._use_fused_kernel(guide, value):
+            try:
+                from .triton_attender import fused_local_attention
+
+                return fused_local_attention(self.logits(guide), value, self.offsets, scale)
+            except Exception as error:  # a Triton / driver failure: never a crash
+                if self.fused_kernel:
+                    raise
+                warnings.warn(
+                    f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
+                    "using the PyTorch formulation from now on. Set `fused_kernel = False` to skip it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.fused_kernel = False
+        return attend(self.attention(guide), value, self.offsets, self.padding, scale)
+
+    def _use_fused_kernel(self, guide: torch.Tensor, value: torch.Tensor) -> bool:
+        """``fused_kernel`` True: always; False: never; None (default): for CUDA tensors
+        when Triton is installed, no gradient is needed and ``torch.compile`` is not tracing."""
+        if self.fused_kernel is not None:
+            return bool(self.fused_kernel)
+        if torch.compiler.is_compiling() or not (value.is_cuda and guide.is_cuda):
+            return False
+        if torch.is_grad_enabled() and (guide.requires_grad or value.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return triton_installed()
 
     def _check_inputs(self, guide: torch.Tensor, value: torch.Tensor) -> int:
         for name, tensor in (("guide", guide), ("value", value)):

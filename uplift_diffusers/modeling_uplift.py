@@ -118,19 +118,37 @@ class UPLiFTEncoder(nn.Module):
             self.groups.append(conv_blocks(in_channels, widths))
             in_channels = widths[-1]
 
-    def forward(self, image: torch.Tensor, last_map_stride: int = 1) -> List[torch.Tensor]:
-        """Every group's output. With ``last_map_stride`` s > 1 the last map is returned only
-        at every s-th pixel (``dense[..., ::s, ::s]``), computed without the rest: exact, and
-        what the upscaler does when its reads of that map all fall on that grid."""
+    def forward(
+        self,
+        image: torch.Tensor,
+        last_map_stride: int = 1,
+        feature_dtype: Optional[torch.dtype] = None,
+        feature_dtype_stream_from: Optional[int] = None,
+    ) -> List[torch.Tensor]:
+        """Every group's output.
+
+        Args:
+            image: ``B x 3 x H x W``.
+            last_map_stride: with s > 1 the last map is returned only at every s-th pixel
+                (``dense[..., ::s, ::s]``), computed without the rest: exact, and what the
+                upscaler does when its reads of that map all fall on that grid.
+            feature_dtype: return the maps in this dtype, each cast as soon as it is made
+                (fast inference stores them in bf16 while its residual stream is float32).
+            feature_dtype_stream_from: from this group on, the residual stream itself is
+                in ``feature_dtype`` (fast inference: the widest full-resolution groups,
+                which set the peak memory).
+        """
         if isinstance(last_map_stride, bool) or not isinstance(last_map_stride, int) or last_map_stride < 1:
             raise ValueError(f"`last_map_stride` must be an int >= 1, got {last_map_stride!r}.")
         features, x = [], image
         for index, group in enumerate(self.groups):
+            if feature_dtype is not None and feature_dtype_stream_from is not None and index >= feature_dtype_stream_from:
+                x = x.to(feature_dtype)
             if index == len(self.groups) - 1 and last_map_stride > 1:
                 x = self.last_group_strided(x, last_map_stride)
             else:
                 x = run_blocks(group, x)
-            features.append(x)
+            features.append(x if feature_dtype is None else x.to(feature_dtype))
         return features
 
     def last_group_strided(self, x: torch.Tensor, stride: int, phases: Optional[bool] = None) -> torch.Tensor:

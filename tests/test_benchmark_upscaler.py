@@ -1,0 +1,93 @@
+"""evaluation/benchmark_upscaler.py: the ratios, the targets, the memory measurement and a
+tiny end-to-end run (official-size model at 64 px, no compile)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluation import benchmark_upscaler as bench
+
+SCRIPT = Path(bench.__file__)
+
+
+def row(kind, mode, side, median, steps=None, cpu=None):
+    out = dict(kind=kind, mode=mode, side=side, median_s=median, median_cpu_s=cpu or median)
+    if steps is not None:
+        out["steps"] = steps
+    return out
+
+
+def test_ratios_and_targets_from_rows():
+    rows = [
+        row("uplift", "eager", 256, 10.0, steps=1),
+        row("uplift", "fast", 256, 2.0, steps=1),
+        row("uplift", "eager", 512, 40.0, steps=1),
+        row("uplift", "fast", 512, 10.0, steps=1),
+        row("vae", "fast", 512, 5.0),
+        row("vae", "eager", 512, 20.0),
+        row("vae", "fast", 1024, 15.0),
+        dict(kind="vae", mode="fast", side=2048, error="killed"),  # failed rows are ignored
+    ]
+    ratios = bench.ratios(rows)
+    assert ratios == {
+        "fast_speedup_2x_step_256px": 5.0,
+        "fast_speedup_2x_step_512px": 4.0,
+        "fast_time_512_over_256": 5.0,
+        "eager_2x_step_256px_over_vae_decode_512px": 0.5,
+        "fast_2x_step_256px_over_vae_decode_512px": 0.4,
+        "fast_2x_step_256px_over_eager_fp32_vae_decode_512px": 0.1,
+        "fast_2x_step_512px_over_vae_decode_1024px": 0.667,
+    }
+    targets = bench.check_targets(ratios)
+    assert targets["fast_speedup_2x_step_256px"] == {"target": ">= 2.5", "measured": 5.0, "met": True}
+    assert targets["fast_time_512_over_256"]["met"] is False  # 5.0 > 4.4
+    assert targets["eager_2x_step_256px_over_vae_decode_512px"]["met"] is True  # 0.5 <= 0.5
+    assert targets["fast_2x_step_512px_over_vae_decode_1024px"]["met"] is False
+
+
+def run_worker(task):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--worker", json.dumps(task)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_attender_memory_bound_measured_after_the_timings():
+    """The in-place Local Attender stays within inputs + one output; the naive broadcast
+    formulation (n x output) does not."""
+    pytest.importorskip("psutil")
+    task = dict(kind="attender_memory", mode="eager", side=None, device="cpu", threads=1, repeats=1, warmup=0, channels=128, size=64)
+    rows = {r["variant"].split(" ")[0]: r for r in run_worker(task)}
+    assert set(rows) == {"LocalAttender.forward(guide,", "attend(weights,", "naive"}
+    output_mib = 128 * 128 * 128 * 4 / 2**20
+    for name in ("LocalAttender.forward(guide,", "attend(weights,"):
+        assert rows[name]["within_bound"] and rows[name]["peak_extra_mib"] <= rows[name]["bound_mib"]
+        assert rows[name]["output_mib"] == output_mib
+    naive = rows["naive"]
+    assert not naive["within_bound"] and naive["peak_extra_mib"] > 10 * output_mib  # 17 x output
+    assert all(len(r["times_s"]) == 1 and r["median_s"] > 0 for r in rows.values())
+
+
+def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):
+    """Official-size model at 64 px, eager and bf16 fast (no compile), SD1.5-size VAE decode
+    at 128 px, the cross-attention contrast; every row has a time and a peak memory."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("psutil")
+    out = tmp_path / "bench.json"
+    result = bench.main([
+        "--sides", "64", "--steps", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--no-compile", "--skip", "encoder", "attender_memory", "--output", str(out),
+    ])
+    assert out.exists() and out.with_suffix(".png").stat().st_size > 10_000
+    saved = json.loads(out.read_text())
+    assert saved["ratios"] == result["ratios"]
+    kinds = sorted((r["kind"], r["mode"]) for r in saved["results"])
+    assert kinds == [("cross_attention", "eager"), ("cross_attention", "fast"), ("uplift", "eager"), ("uplift", "fast"), ("vae", "eager"), ("vae", "fast")]
+    for r in saved["results"]:
+        assert "error" not in r, r
+        assert r["median_s"] > 0 and r["peak_extra_mib"] >= 0
+    vae = [r for r in saved["results"] if r["kind"] == "vae"]
+    assert all(r["side"] == 128 and r["upscaler_side"] == 64 and r["compile"] is False for r in vae)
+    assert saved["meta"]["fast_mode"].startswith("bf16, channels_last, no compile")
