@@ -28,6 +28,7 @@ def test_ratios_and_targets_from_rows():
         row("vae", "fast", 512, 5.0),
         row("vae", "eager", 512, 20.0),
         row("vae", "fast", 1024, 15.0),
+        row("uplift", "fast", 512, 0.0204, steps=2),
         dict(kind="vae", mode="fast", side=2048, error="killed"),  # failed rows are ignored
     ]
     ratios = bench.ratios(rows)
@@ -39,12 +40,15 @@ def test_ratios_and_targets_from_rows():
         "fast_2x_step_256px_over_vae_decode_512px": 0.4,
         "fast_2x_step_256px_over_eager_fp32_vae_decode_512px": 0.1,
         "fast_2x_step_512px_over_vae_decode_1024px": 0.667,
+        "fast_4x_at_512px_ms": 20.4,
     }
     targets = bench.check_targets(ratios)
     assert targets["fast_speedup_2x_step_256px"] == {"target": ">= 2.5", "measured": 5.0, "met": True}
     assert targets["fast_time_512_over_256"]["met"] is False  # 5.0 > 4.4
     assert targets["eager_2x_step_256px_over_vae_decode_512px"]["met"] is True  # 0.5 <= 0.5
     assert targets["fast_2x_step_512px_over_vae_decode_1024px"]["met"] is False
+    assert "fast_4x_at_512px_ms" not in targets  # a GPU target
+    assert bench.check_targets(ratios, gpu=True)["fast_4x_at_512px_ms"] == {"target": "<= 25.0", "measured": 20.4, "met": True}
 
 
 def run_worker(task):
@@ -91,3 +95,12 @@ def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):
     vae = [r for r in saved["results"] if r["kind"] == "vae"]
     assert all(r["side"] == 128 and r["upscaler_side"] == 64 and r["compile"] is False for r in vae)
     assert saved["meta"]["fast_mode"].startswith("bf16, channels_last, no compile")
+    assert saved["meta"]["command"].startswith("python evaluation/benchmark_upscaler.py --sides 64")
+    table = out.with_suffix(".md").read_text()
+    assert "| fast time(512 px) / time(256 px) |" not in table  # only 64 px measured: no such ratio
+    assert "| 64 | 64 | " in table and "peak extra memory" in table
+    # the tables and the plot again from the saved rows, without measuring
+    again = tmp_path / "again.json"
+    redone = bench.main(["--from-json", str(out), "--output", str(again)])
+    assert redone["ratios"] == saved["ratios"] and redone["results"] == saved["results"]
+    assert again.with_suffix(".md").read_text() == table and again.with_suffix(".png").exists()
