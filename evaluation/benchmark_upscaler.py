@@ -349,10 +349,7 @@ def run_attender_memory(task) -> List[Dict]:
         row = timed(call, task["repeats"], task["warmup"], device)
         row.update(variant=label, inputs_mib=round(inputs_mib, 1), output_mib=round(output_mib, 1), bound_mib=round(inputs_mib + output_mib, 1))
         rows.append((row, call))
-    rows = add_peak_memory(rows, device)
-    for row in rows:
-        row["within_bound"] = row["peak_extra_mib"] <= row["bound_mib"]
-    return [(row, None) for row in rows]
+    return rows
 
 
 WORKERS = {
@@ -369,11 +366,10 @@ def worker_main(task_json: str) -> None:
 
     task = json.loads(task_json)
     torch.set_num_threads(task["threads"])
-    measurements = WORKERS[task["kind"]](task)
-    if any(fn is not None for _, fn in measurements):
-        rows = add_peak_memory(measurements, task["device"])
-    else:  # memory already measured by the worker
-        rows = [row for row, _ in measurements]
+    rows = add_peak_memory(WORKERS[task["kind"]](task), task["device"])
+    for row in rows:
+        if "bound_mib" in row:  # the attender's memory bound: inputs + one output
+            row["within_bound"] = row["peak_extra_mib"] <= row["bound_mib"]
     print("RESULT " + json.dumps(rows), flush=True)
 
 
@@ -557,13 +553,16 @@ def main(argv=None) -> Dict:
     if args.worker is not None:
         worker_main(args.worker)
         return {}
-    import torch
-
-    log_lines = []
 
     def log(message):
         print(message, flush=True)
-        log_lines.append(message)
+
+    if args.from_json is not None:  # recompute ratios, targets, plot and table from saved rows
+        if not args.from_json.is_file():
+            raise FileNotFoundError(f"--from-json file not found: {str(args.from_json)!r}; pass a JSON this script wrote.")
+        saved = json.loads(args.from_json.read_text())
+        return write_results(saved["results"], saved["meta"], args, log)
+    import torch
 
     def eager_allowed(side):
         return args.skip_eager_above is None or side <= args.skip_eager_above
@@ -589,9 +588,6 @@ def main(argv=None) -> Dict:
                 tasks.append(dict(settings, kind="vae", side=2 * side))
             if "cross_attention" not in args.skip:
                 tasks.append(dict(settings, kind="cross_attention", side=side))
-    if args.from_json is not None:  # recompute ratios, targets, plot and table from saved rows
-        saved = json.loads(args.from_json.read_text())
-        return write_results(saved["results"], saved["meta"], args, log)
     rows = []
     started = time.time()
     for task in tasks:

@@ -104,3 +104,8 @@ def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):
     redone = bench.main(["--from-json", str(out), "--output", str(again)])
     assert redone["ratios"] == saved["ratios"] and redone["results"] == saved["results"]
     assert again.with_suffix(".md").read_text() == table and again.with_suffix(".png").exists()
+
+
+def test_from_json_names_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--from-json file not found.*nothing.json"):
+        bench.main(["--from-json", str(tmp_path / "nothing.json"), "--output", str(tmp_path / "out.json")])
