@@ -114,6 +114,8 @@ def add_peak_memory(measurements: List[Tuple[Dict, Callable]], device: str) -> L
     if not device.startswith("cuda"):
         return_freed_memory_to_the_system()
     for row, fn in measurements:
+        if fn is None:  # a row that measures no memory
+            continue
         with PeakMemory(device) as memory:
             fn()
         row["peak_extra_mib"] = round(memory.peak_extra / 2**20, 1)
@@ -167,22 +169,28 @@ def enable_fast(model, task):
     return model.enable_fast_inference(dtype=dtype, compile=task["compile"], compile_mode=task.get("compile_mode"))
 
 
-def run_uplift(task) -> List[Dict]:
+def uplift_call(model, side: int, steps: int, device: str) -> Callable:
+    """A function running ``model`` (``steps`` 2x steps) on random inputs of image side ``side``."""
     import torch
 
+    latents = torch.randn(1, 4, side // 8, side // 8, device=device)
+    image = torch.rand(1, 3, side, side, device=device)
+
+    def call():
+        with torch.no_grad():
+            model(latents, image, num_steps=steps)
+
+    return call
+
+
+def run_uplift(task) -> List[Dict]:
     device, side = task["device"], task["side"]
     model = make_upscaler(device)
     if task["mode"] == "fast":
         enable_fast(model, task)
-    h = side // 8
-    latents = torch.randn(1, 4, h, h, device=device)
-    image = torch.rand(1, 3, side, side, device=device)
     rows = []
     for steps in sorted(task["steps"]):
-        def call(steps=steps):  # bound now: the memory run comes after the loop
-            with torch.no_grad():
-                model(latents, image, num_steps=steps)
-
+        call = uplift_call(model, side, steps, device)  # kept: the memory run comes after the loop
         row = timed(call, task["repeats"], task["warmup"], device)
         state = getattr(model, "_fast_inference", None)
         row.update(steps=steps, compiled=bool(state is not None and state.compiled))
@@ -190,24 +198,73 @@ def run_uplift(task) -> List[Dict]:
     return rows
 
 
-def run_vae(task) -> List[Dict]:
+def make_vae(task):
+    """The SD1.5-size VAE (random weights): float32, or the fast dtype in channels_last."""
     import torch
     from diffusers import AutoencoderKL
 
-    device, side = task["device"], task["side"]
     torch.manual_seed(0)
-    vae = AutoencoderKL(**SD15_VAE_CONFIG).eval().to(device)
-    dtype = torch.float32
+    vae = AutoencoderKL(**SD15_VAE_CONFIG).eval().to(task["device"])
     if task["mode"] == "fast":
-        dtype = getattr(torch, DTYPES[task["dtype"]])
-        vae = vae.to(dtype=dtype, memory_format=torch.channels_last)
-    latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
+        vae = vae.to(dtype=getattr(torch, DTYPES[task["dtype"]]), memory_format=torch.channels_last)
+    return vae
+
+
+def vae_call(vae, side: int, device: str) -> Callable:
+    """A function decoding random latents into a ``side`` x ``side`` image."""
+    import torch
+
+    latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=vae.dtype)
 
     def call():
         with torch.no_grad():
             vae.decode(latents)
 
-    return [(timed(call, task["repeats"], task["warmup"], device), call)]
+    return call
+
+
+def run_vae(task) -> List[Dict]:
+    call = vae_call(make_vae(task), task["side"], task["device"])
+    return [(timed(call, task["repeats"], task["warmup"], task["device"]), call)]
+
+
+def run_paired(task) -> List[Dict]:
+    """The ratio targets measured interleaved, in one process: round after round, one fast
+    2x step at each side of ``task["sides"]`` and the fast VAE decode at twice each side.
+    A ratio is the median over rounds of the ratio of two times taken in the same round: on
+    a shared machine, whose speed drifts by up to 2x over minutes, that is much steadier
+    than the ratio of two medians taken minutes apart (a slow spell hits both)."""
+    import torch
+
+    device = task["device"]
+    model = make_upscaler(device)
+    state = enable_fast(model, task)
+    vae = make_vae(dict(task, mode="fast"))
+    calls = {}
+    for side in sorted(task["sides"]):
+        calls[f"uplift_{side}"] = uplift_call(model, side, 1, device)
+        calls[f"vae_{2 * side}"] = vae_call(vae, 2 * side, device)
+    for call in calls.values():
+        for _ in range(task["warmup"]):
+            call()
+    times = {name: [] for name in calls}
+    cpu_times = {name: [] for name in calls}
+    for _ in range(task["repeats"]):
+        for name, call in calls.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(round(time.perf_counter() - start, 4))
+            cpu_times[name].append(round(time.process_time() - cpu_start, 4))
+    row = dict(
+        sides=sorted(task["sides"]),
+        compiled=bool(state.compiled),
+        times_s=times,
+        cpu_times_s=cpu_times,
+        medians_s={name: statistics.median(t) for name, t in times.items()},
+    )
+    return [(row, None)]  # no memory run: the other rows measure memory one function at a time
 
 
 class CrossAttentionUpsampler:
@@ -355,6 +412,7 @@ def run_attender_memory(task) -> List[Dict]:
 WORKERS = {
     "uplift": run_uplift,
     "vae": run_vae,
+    "paired": run_paired,
     "cross_attention": run_cross_attention,
     "encoder": run_encoder,
     "attender_memory": run_attender_memory,
@@ -410,8 +468,28 @@ def find(rows, **match) -> Optional[Dict]:
     return None
 
 
-def ratios(rows: List[Dict], key: str = "median_s") -> Dict:
-    """The headline ratios, from wall-clock medians (``median_s``) or CPU-time medians."""
+def paired_ratios(rows: List[Dict], key: str = "median_s") -> Dict:
+    """The ratios of the interleaved measurement (:func:`run_paired`), if there is one: the
+    median over rounds of each round's ratio (wall clock, or CPU time for ``median_cpu_s``)."""
+    row = next((r for r in rows if r.get("kind") == "paired" and "times_s" in r), None)
+    if row is None:
+        return {}
+    times = row["cpu_times_s" if key == "median_cpu_s" else "times_s"]
+
+    def median_ratio(num, den, digits=3):
+        return round(statistics.median(a / b for a, b in zip(times[num], times[den])), digits)
+
+    out = {}
+    if "uplift_256" in times and "uplift_512" in times:
+        out["fast_time_512_over_256"] = median_ratio("uplift_512", "uplift_256", 2)
+    for side in row["sides"]:
+        out[f"fast_2x_step_{side}px_over_vae_decode_{2 * side}px"] = median_ratio(f"uplift_{side}", f"vae_{2 * side}")
+    return out
+
+
+def ratios(rows: List[Dict], key: str = "median_s", paired: bool = True) -> Dict:
+    """The headline ratios, from wall-clock medians (``median_s``) or CPU-time medians; with
+    ``paired``, those the interleaved measurement has come from it."""
     out = {}
     for side in (256, 512):
         eager, fast = find(rows, kind="uplift", mode="eager", side=side, steps=1), find(rows, kind="uplift", mode="fast", side=side, steps=1)
@@ -431,6 +509,8 @@ def ratios(rows: List[Dict], key: str = "median_s") -> Dict:
         up, vae = find(rows, kind="uplift", mode="fast", side=side, steps=1), find(rows, kind="vae", mode="eager", side=2 * side)
         if up and vae:
             out[f"fast_2x_step_{side}px_over_eager_fp32_vae_decode_{2 * side}px"] = round(up[key] / vae[key], 3)
+    if paired:
+        out.update(paired_ratios(rows, key))
     return out
 
 
@@ -572,6 +652,9 @@ def main(argv=None) -> Dict:
     tasks = []
     if "attender_memory" not in args.skip:
         tasks.append(dict(base, kind="attender_memory", mode="eager", side=None, repeats=min(args.repeats, 2)))
+    paired_sides = [side for side in (256, 512) if side in args.sides]
+    if "paired" not in args.skip and paired_sides:
+        tasks.append(dict(base, kind="paired", mode="fast", side=None, sides=paired_sides))
     if "encoder" not in args.skip:
         for mode in ("eager", "fast"):
             tasks.append(dict(base, kind="encoder", mode=mode, side=args.encoder_side, **(eager if mode == "eager" else {})))
@@ -626,6 +709,9 @@ def write_results(rows: List[Dict], meta: Dict, args, log) -> Dict:
         "ratios": measured,
         "targets": check_targets(measured, gpu=gpu),
         "ratios_from_cpu_time": measured_cpu,
+        # the same ratios from medians of separate measurements (minutes apart), for comparison
+        "ratios_unpaired": ratios(rows, paired=False),
+        "paired": sorted(paired_ratios(rows)),
         "targets_from_cpu_time": check_targets(measured_cpu, gpu=gpu),
         "results": rows,
     }
@@ -658,7 +744,8 @@ def markdown(result: Dict) -> str:
     lines += ["| ratio (one run) | target | measured | met | from CPU time |", "|---|---|---|---|---|"]
     for key, target in result["targets"].items():
         cpu = result["ratios_from_cpu_time"].get(key, "")
-        lines.append(f"| {TARGET_LABELS.get(key, key)} | {target['target']} | {target['measured']} | {'yes' if target['met'] else 'no'} | {cpu} |")
+        label = TARGET_LABELS.get(key, key) + (" (interleaved)" if key in result.get("paired", ()) else "")
+        lines.append(f"| {label} | {target['target']} | {target['measured']} | {'yes' if target['met'] else 'no'} | {cpu} |")
     lines += ["", "| image side | latent tokens | UPLiFT 1 step fast | 2 steps fast | 1 step eager fp32 | VAE decode at 2x side, bf16 | eager fp32 | cross-attention, bf16 |", "|---|---|---|---|---|---|---|---|"]
 
     def cell(**match):
@@ -672,6 +759,15 @@ def markdown(result: Dict) -> str:
             f"| {cell(kind='cross_attention', mode='fast', side=side)} |"
         )
     lines += ["", f"Each cell: median time / peak extra memory (peak memory: {meta['memory']})."]
+    if result.get("paired"):
+        rounds = next(len(t) for r in rows if r.get("kind") == "paired" for t in r["times_s"].values())
+        unpaired = ", ".join(f"{key} {result['ratios_unpaired'][key]}" for key in result["paired"] if key in result.get("ratios_unpaired", {}))
+        lines += [
+            "",
+            f"Ratios marked (interleaved): measured in one process, the step and the VAE decode at each side "
+            f"timed in turn, {rounds} rounds; the median of the per-round ratios. From the medians of the "
+            f"separate rows above instead (taken minutes apart): {unpaired or 'not measured'}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,31 @@ def test_ratios_and_targets_from_rows():
     assert bench.check_targets(ratios, gpu=True)["fast_4x_at_512px_ms"] == {"target": "<= 25.0", "measured": 20.4, "met": True}
 
 
+def test_paired_ratios_are_medians_of_per_round_ratios():
+    """The interleaved measurement gives the 512/256 and step/VAE ratios as medians of
+    per-round ratios, which replace the ratios of separate medians (kept as unpaired)."""
+    rows = [
+        row("uplift", "fast", 256, 2.0, steps=1),
+        row("uplift", "fast", 512, 10.0, steps=1),
+        row("vae", "fast", 512, 3.0),
+        dict(
+            kind="paired", sides=[256, 512],
+            # a slow spell in round 2 slows everything in it alike: per-round ratios stay put
+            times_s={"uplift_256": [1.0, 2.0, 1.1], "vae_512": [2.5, 5.0, 2.0], "uplift_512": [4.0, 8.0, 5.5], "vae_1024": [10.0, 20.0, 10.0]},
+            cpu_times_s={"uplift_256": [2.0, 2.0, 2.0], "vae_512": [4.0, 4.0, 4.0], "uplift_512": [8.0, 8.0, 8.0], "vae_1024": [16.0, 16.0, 16.0]},
+        ),
+    ]
+    ratios = bench.ratios(rows)
+    assert ratios["fast_time_512_over_256"] == 4.0  # median of 4.0, 4.0, 5.0
+    assert ratios["fast_2x_step_256px_over_vae_decode_512px"] == 0.4  # median of 0.4, 0.4, 0.55
+    assert ratios["fast_2x_step_512px_over_vae_decode_1024px"] == 0.4  # median of 0.4, 0.4, 0.55
+    assert bench.ratios(rows, paired=False)["fast_time_512_over_256"] == 5.0  # 10 / 2 from the separate rows
+    assert bench.ratios(rows, paired=False)["fast_2x_step_256px_over_vae_decode_512px"] == 0.667
+    cpu = bench.ratios(rows, key="median_cpu_s")
+    assert cpu["fast_time_512_over_256"] == 4.0 and cpu["fast_2x_step_256px_over_vae_decode_512px"] == 0.5
+    assert bench.paired_ratios([row("vae", "fast", 512, 3.0)]) == {}
+
+
 def run_worker(task):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--worker", json.dumps(task)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -72,6 +97,18 @@ def test_attender_memory_bound_measured_after_the_timings():
     naive = rows["naive"]
     assert not naive["within_bound"] and naive["peak_extra_mib"] > 10 * output_mib  # 17 x output
     assert all(len(r["times_s"]) == 1 and r["median_s"] > 0 for r in rows.values())
+
+
+def test_paired_worker_interleaves_the_step_and_the_vae():
+    """The interleaved worker times one fast 2x step and the VAE decode at twice the side in
+    every round (official-size model at 64 px, bf16, no compile)."""
+    task = dict(kind="paired", mode="fast", side=None, sides=[64], device="cpu", threads=1, repeats=2, warmup=0, dtype="bf16", compile=False)
+    (paired,) = run_worker(task)
+    assert paired["sides"] == [64] and paired["compiled"] is False
+    assert set(paired["times_s"]) == set(paired["cpu_times_s"]) == {"uplift_64", "vae_128"}
+    assert all(len(t) == 2 and min(t) > 0 for t in paired["times_s"].values())
+    ratio = bench.paired_ratios([dict(paired, kind="paired")])["fast_2x_step_64px_over_vae_decode_128px"]
+    assert 0 < ratio < 10
 
 
 def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):

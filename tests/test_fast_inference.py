@@ -221,6 +221,34 @@ def test_compile_failure_at_first_call_warns_and_runs_eagerly(monkeypatch):
         run(model, latents, image)
 
 
+@pytest.mark.parametrize("mode, frozen", [(None, True), ("max-autotune-no-cudagraphs", False)])
+def test_compiled_passes_run_with_inductor_freezing(monkeypatch, mode, frozen):
+    """Dynamo decides whether weights become graph constants (freezing: pre-packed for
+    oneDNN, residual adds fused) from Inductor's flag at call time, so the default mode
+    sets it around every compiled call; an explicit mode is left as torch.compile has it."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+
+    def recording_compile(fn, **kwargs):
+        def compiled(*args):
+            seen.append(inductor_config.freezing)
+            return fn(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = small_model()
+    latents, image = inputs()
+    reference = run(model, latents, image, num_steps=2)
+    state = model.enable_fast_inference(dtype=torch.float32, compile=True, compile_mode=mode)
+    assert state.freezing is frozen
+    out = run(model, latents, image, num_steps=2)
+    assert seen == [frozen] * 3  # the encoder, then two steps
+    assert inductor_config.freezing is False  # switched back after each call
+    assert (out - reference).abs().max().item() < 1e-5
+
+
 def test_compile_unavailable_warns(monkeypatch):
     monkeypatch.delattr(torch, "compile")
     model = small_model()

@@ -69,6 +69,12 @@ class FastInference:
         self.half_stream_from = widths.index(max(widths))
         self._eager = {"encode": self._encode, "step": self._step}
         self._compiled: Dict[str, Optional[Callable]] = {}
+        # freezing: weights become constants of the compiled graphs, which lets Inductor
+        # pre-pack them for oneDNN and fuse the residual add into the 1x1 convolution (CPU).
+        # Dynamo reads the flag while tracing and guards on it, so it is set around every
+        # call, not only passed as a compile option (which reaches Inductor alone: weights
+        # would stay graph inputs).
+        self.freezing = compile and compile_mode is None
         if compile:
             self._compiled = {name: _try_compile(fn, compile_mode) for name, fn in self._eager.items()}
 
@@ -108,6 +114,9 @@ class FastInference:
         compiled = self._compiled.get(name)
         if compiled is not None:
             try:
+                if self.freezing:
+                    with _freezing():
+                        return compiled(*args)
                 return compiled(*args)
             except Exception as error:  # a backend failure (e.g. no C compiler): run eagerly
                 warnings.warn(
@@ -173,6 +182,13 @@ def _floating_tensors(model):
             yield name, buffer
 
 
+def _freezing():
+    """Inductor's ``freezing`` switched on (see :attr:`FastInference.freezing`)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
 def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
     """``torch.compile(fn)``, or ``None`` with a warning when that is not possible."""
     compile_fn = getattr(torch, "compile", None)
@@ -184,10 +200,7 @@ def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
         )
         return None
     try:
-        # freezing: weights become constants of the graph (oneDNN pre-packs them on CPU);
-        # it is why a model must be re-enabled after its weights change.
-        options = {"freezing": True} if mode is None else None
-        return compile_fn(fn, mode=mode, dynamic=False, options=options)
+        return compile_fn(fn, mode=mode, dynamic=False)
     except Exception as error:
         warnings.warn(
             f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
