@@ -11,7 +11,12 @@ subprocess so that peak memory is that of the measurement alone):
 - ``encoder``: the encoder dense and with the exact savings (time, and FLOPs counted on the
   meta device);
 - ``attender_memory``: peak extra memory of the Local Attender (C = 512, 128 -> 256) against
-  a naive broadcast formulation that materialises n x output.
+  a naive broadcast formulation that materialises n x output;
+- ``paired``: the ratio targets "time(512 px) / time(256 px)" and "one step / VAE decode",
+  measured interleaved in one process (fast step and fast VAE decode at each of 256 / 512 px
+  timed in turn, ``--repeats`` rounds; each ratio is the median of the per-round ratios), so
+  that the machine's drift between separate measurements does not enter them. The ratios of
+  the separate rows are kept in the JSON as ``ratios_unpaired``.
 
 Times are medians of ``--repeats`` runs after ``--warmup`` runs (the warm-up includes
 compiling). Peak memory comes from one more run after all the timings: on CUDA
@@ -23,8 +28,8 @@ upscaler), hence the separate run.
 
 Example (the run recorded in ``evaluation/results``)::
 
-    python evaluation/benchmark_upscaler.py --sides 256 512 --steps 1 2 --repeats 3 \\
-        --skip-eager-above 512 --output evaluation/results/benchmark_upscaler.json
+    python evaluation/benchmark_upscaler.py --sides 256 512 768 1024 --steps 1 2 --eager-steps 1 \\
+        --repeats 7 --eager-repeats 2 --warmup 1 --skip-eager-above 512 --skip-eager-vae-above 1024
 """
 from __future__ import annotations
 

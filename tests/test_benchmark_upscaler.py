@@ -74,6 +74,17 @@ def test_paired_ratios_are_medians_of_per_round_ratios():
     cpu = bench.ratios(rows, key="median_cpu_s")
     assert cpu["fast_time_512_over_256"] == 4.0 and cpu["fast_2x_step_256px_over_vae_decode_512px"] == 0.5
     assert bench.paired_ratios([row("vae", "fast", 512, 3.0)]) == {}
+    result = dict(
+        meta=dict(device="cpu: test", threads=2, torch="x", fast_mode="bf16", memory="m"),
+        results=[dict(r, peak_extra_mib=1.0) for r in rows],
+        targets=bench.check_targets(ratios),
+        ratios_from_cpu_time=cpu,
+        ratios_unpaired=bench.ratios(rows, paired=False),
+        paired=sorted(bench.paired_ratios(rows)),
+    )
+    table = bench.markdown(result)
+    assert "| fast time(512 px) / time(256 px) (interleaved) | <= 4.4 | 4.0 | yes | 4.0 |" in table
+    assert "3 rounds" in table and "fast_time_512_over_256 5.0" in table  # the unpaired value, for comparison
 
 
 def run_worker(task):
