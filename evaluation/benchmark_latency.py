@@ -44,7 +44,7 @@ import torch
 
 from evaluation.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
 from evaluation.reports import write_report
-from evaluation.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG  # noqa: F401 (re-exported)
+from evaluation.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from uplift_diffusers.color_correction import color_correct
 
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -127,29 +127,26 @@ def add_peak_memory(measurements: List[Tuple[Dict, Callable]], device: str) -> L
     return [row for row, _ in measurements]
 
 
+def time_call(fn, device: str) -> Tuple[float, float]:
+    """One call of ``fn``: its wall and CPU times (s), CUDA work waited for."""
+    import torch
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
 def timed(fn, repeats: int, warmup: int, device: str) -> Dict:
     """Run ``fn`` ``warmup`` then ``repeats`` times: wall and CPU times (s). Memory is
     measured separately (:func:`add_peak_memory`), so that it does not slow the timings."""
-    import torch
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     first = None
     for index in range(warmup):
-        start = time.perf_counter()
-        fn()
-        sync()
+        wall, _ = time_call(fn, device)
         if index == 0:
-            first = time.perf_counter() - start
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+            first = wall
+    times, cpu_times = zip(*(time_call(fn, device) for _ in range(repeats)))
     return {
         "times_s": [round(t, 4) for t in times],
         "median_s": round(statistics.median(times), 4),
@@ -239,8 +236,6 @@ def run_paired(task) -> List[Dict]:
     A ratio is the median over rounds of the ratio of two times taken in the same round: on
     a shared machine, whose speed drifts by up to 2x over minutes, that is much steadier
     than the ratio of two medians taken minutes apart (a slow spell hits both)."""
-    import torch
-
     device = task["device"]
     model = make_upscaler(device)
     state = enable_fast(model, task)
@@ -256,19 +251,10 @@ def run_paired(task) -> List[Dict]:
     cpu_times = {name: [] for name in calls}
     for _ in range(task["repeats"]):
         for name, call in calls.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            call()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name].append(round(time.perf_counter() - start, 4))
-            cpu_times[name].append(round(time.process_time() - cpu_start, 4))
-    row = dict(
-        sides=sorted(task["sides"]),
-        compiled=bool(state.compiled),
-        times_s=times,
-        cpu_times_s=cpu_times,
-        medians_s={name: statistics.median(t) for name, t in times.items()},
-    )
+            wall, cpu = time_call(call, device)
+            times[name].append(round(wall, 4))
+            cpu_times[name].append(round(cpu, 4))
+    row = dict(sides=sorted(task["sides"]), compiled=bool(state.compiled), times_s=times, cpu_times_s=cpu_times)
     return [(row, None)]  # no memory run: the other rows measure memory one function at a time
 
 
@@ -473,10 +459,15 @@ def find(rows, **match) -> Optional[Dict]:
     return None
 
 
+def paired_row(rows: List[Dict]) -> Optional[Dict]:
+    """The interleaved measurement's row (:func:`run_paired`), if the run has one."""
+    return next((r for r in rows if r.get("kind") == "paired" and "times_s" in r), None)
+
+
 def paired_ratios(rows: List[Dict], key: str = "median_s") -> Dict:
     """The ratios of the interleaved measurement (:func:`run_paired`), if there is one: the
     median over rounds of each round's ratio (wall clock, or CPU time for ``median_cpu_s``)."""
-    row = next((r for r in rows if r.get("kind") == "paired" and "times_s" in r), None)
+    row = paired_row(rows)
     if row is None:
         return {}
     times = row["cpu_times_s" if key == "median_cpu_s" else "times_s"]
@@ -765,7 +756,7 @@ def markdown(result: Dict) -> str:
         )
     lines += ["", f"Each cell: median time / peak extra memory (peak memory: {meta['memory']})."]
     if result.get("paired"):
-        rounds = next(len(t) for r in rows if r.get("kind") == "paired" for t in r["times_s"].values())
+        rounds = len(next(iter(paired_row(rows)["times_s"].values())))
         unpaired = ", ".join(f"{key} {result['ratios_unpaired'][key]}" for key in result["paired"] if key in result.get("ratios_unpaired", {}))
         lines += [
             "",
