@@ -1,7 +1,8 @@
 """Latency of SD1.5 + latent upscaling, broken down by stage (the paper's Table 4).
 
-Protocol: optional ``torch.compile`` (``--compile``), ``--warmup`` (3) untimed batches, then the
-mean of the next ``--iters`` (10) batches; batch 4 for the COCO setting and 1 for reLAION
+Protocol: ``torch.compile`` of the UNet, the VAE decoder and UPLiFT (``--compile``, the default:
+the paper times compiled models; ``--no-compile`` times them eagerly), ``--warmup`` (3) untimed
+batches (compiling happens there), then the mean of the next ``--iters`` (10) batches; batch 4 for the COCO setting and 1 for reLAION
 (``--batch-size``). One timed batch runs, each stage timed separately (CUDA synchronised):
 
 * ``unet``: ``--steps`` denoising steps with classifier-free guidance (the UNet on 2B latents
@@ -23,7 +24,7 @@ Weights: ``--model`` (UNet, VAE and scheduler of a diffusers SD folder / Hub id)
 cached), models of the real SD1.5 / UPLiFT sizes are built with random weights; latency does
 not depend on the weights' values, and the output says so (``random_weights``, ``note``).
 Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. A CPU smoke run:
-``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1``.
+``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1 --no-compile``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -46,8 +46,9 @@ from evaluation.latent_baseline import LATENT_BASELINES, LatentInterpolationUpsc
 from evaluation.reports import write_report
 from evaluation.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from uplift_diffusers.color_correction import color_correct
+from uplift_diffusers.constants import SD15_MODEL_ID
 
-DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_SD_MODEL = SD15_MODEL_ID
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TEXT_TOKENS = 77  # CLIP context of SD1.5
 
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up batches (default 3)")
     parser.add_argument("--iters", type=int, default=10, help="timed batches averaged (default 10)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet, the VAE decoder and UPLiFT")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile the UNet, the VAE decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
     parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents / embeddings / random weights")
@@ -129,7 +131,9 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
     """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; raises HubUnavailableError offline."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
-    from uplift_diffusers.cli import dtype_kwargs, from_hub, load_upscaler
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.cli import dtype_kwargs, from_hub
+    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
 
     def load():
         unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", **dtype_kwargs(dtype))
@@ -138,11 +142,12 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
         return unet, vae, scheduler
 
     unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
-    if args.upscaler is not None and Path(args.upscaler).expanduser().is_file():
-        spec = SimpleNamespace(original_checkpoint=args.upscaler, original_config=args.upscaler_config, upscaler=None)
+    source = args.upscaler or UPLIFT_SD15_REPO_ID
+    if Path(source).expanduser().is_file():
+        upscaler = UPLiFTLatentUpscaler.from_single_file(source, config=args.upscaler_config, torch_dtype=dtype)
     else:
-        spec = SimpleNamespace(original_checkpoint=None, original_config=None, upscaler=args.upscaler)
-    upscaler = load_upscaler(spec, dtype if dtype != torch.float32 else None)
+        upscaler = from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE or --random-weights",
+                            lambda: UPLiFTLatentUpscaler.from_pretrained(source, **dtype_kwargs(dtype)))
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 

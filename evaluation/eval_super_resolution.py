@@ -10,15 +10,20 @@ resized on the fly. Each method maps LR to an image of the HR size:
   released model): ``UPLiFTSuperResolutionPipeline`` (encode with ``--vae``, UPLiFT, decode,
   colour correction);
 * ``bilinear`` / ``nearest``: encode, interpolate the unscaled latents
-  (``align_corners=False`` for bilinear), decode, colour correction (same as the pipeline);
+  (``align_corners=False`` for bilinear), decode; not colour-corrected (the paper applies colour
+  correction as part of UPLiFT), unless ``--color-correct-baselines`` (then as the pipeline);
 * ``bicubic``: PIL bicubic resize of the LR image in pixel space (no VAE);
 * ``vae``: encode and decode the HR image (the autoencoder's own ceiling, no upscaling).
 
 ``--upscaler`` may be repeated or comma-separated; ``NAME=SPEC`` names a row (a single model
-row is called ``uplift``). PSNR / SSIM are per image (data range 1) and averaged; FID compares
-the outputs with the HR images, patch-FID the same random ``--patch-size`` crops of both
-(``--no-fid`` skips both). Results go to ``OUTPUT/results.json`` (layout in
-:mod:`evaluation.reports`) and ``OUTPUT/results.md``.
+row is called ``uplift``). The metrics are the paper's (CFM's code; definitions in
+:mod:`evaluation.metrics`): PSNR (clamped to [0, 1]) and SSIM (torchmetrics,
+``data_range=1.0``) per image, averaged; FID of the outputs against the HR images (torchmetrics
+on CFM's uint8 images) and patch-FID on the same ``--num-patches`` random ``--patch-size`` crops
+(4 x 512) of both (``--no-fid`` skips both; ``--fid-backend clean-fid`` computes FID and KID with
+clean-fid instead). Results go to ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports`;
+``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
+``OUTPUT/results.md``.
 
 Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/eval_super_resolution.py ...``:
 every process evaluates a shard of the images; the numbers are gathered over all of them (on
@@ -43,7 +48,7 @@ import torch
 from PIL import Image
 
 from evaluation.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
-from evaluation.metric_setup import FEATURE_EXTRACTORS, build_fid, build_patch_fid
+from evaluation.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports import top_level_metrics, write_report
 from evaluation.sharding import gather_list, process_state, shard
 from evaluation.sr_protocol import bicubic_upscale, load_hr_lr
@@ -120,21 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr-size", type=int, default=256, help="side of the LR input (default 256)")
     parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
     parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the --data folder name)")
-    parser.add_argument("--no-fid", action="store_true", help="skip FID and patch-FID")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the UPLiFT noise (image i uses seed + i) and of the patch crops")
-    parser.add_argument("--patch-size", type=int, default=None, help="patch-FID crop side (default hr-size / 2)")
-    parser.add_argument("--num-patches", type=int, default=4, help="patch-FID crops per image (default 4)")
-    parser.add_argument("--feature-extractor", choices=FEATURE_EXTRACTORS, default="inception",
-                        help="FID features: 'inception' (default; eval extra) or 'tiny-random' (offline tests only)")
+    add_fid_arguments(parser)
+    parser.add_argument("--color-correct-baselines", action="store_true",
+                        help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def _check_args(args) -> None:
-    for name in ("hr_size", "lr_size", "batch_size", "num_patches"):
+    check_metric_arguments(args)
+    for name in ("hr_size", "lr_size", "batch_size"):
         value = getattr(args, name)
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
@@ -146,8 +150,11 @@ def _check_args(args) -> None:
         raise ValueError(
             f"--hr-size / --lr-size must be 2, 4 or 8, got {args.hr_size} / {args.lr_size}; e.g. --hr-size 1024 --lr-size 256."
         )
-    if args.patch_size is not None and not 1 <= args.patch_size <= args.hr_size:
-        raise ValueError(f"--patch-size must be between 1 and --hr-size ({args.hr_size}), got {args.patch_size}.")
+    if not args.no_fid and args.patch_size > args.hr_size:
+        raise ValueError(
+            f"--patch-size {args.patch_size} is larger than the --hr-size {args.hr_size} images (patch-FID crops must fit); "
+            f"pass --patch-size {args.hr_size // 2} or less."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,20 +211,32 @@ def _load_vae(spec: str):
 
 
 def _load_upscaler(source: Optional[str], config: Optional[str]):
-    from uplift_diffusers.cli import load_upscaler
+    """A model row's upscaler: the authors' checkpoint file (``config``: its YAML), a folder or
+    Hub id, or (``None``) the authors' release, from the Hub or its cache."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.cli import from_hub
+    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
 
     if source is not None and Path(source).expanduser().is_file():
-        args = SimpleNamespace(original_checkpoint=source, original_config=config, upscaler=None)
-    else:
-        args = SimpleNamespace(original_checkpoint=None, original_config=None, upscaler=source)
-    return load_upscaler(args, None).eval()
+        return UPLiFTLatentUpscaler.from_single_file(source, config=config)
+    source = source or UPLIFT_SD15_REPO_ID
+    return from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE", lambda: UPLiFTLatentUpscaler.from_pretrained(source))
 
 
 class SuperResolutionRunner:
     """Runs every method on a batch of (HR, LR) pairs; models are loaded once."""
 
-    def __init__(self, methods: Sequence[MethodSpec], vae_spec: Optional[str], upscaler_config: Optional[str], factor: int, device: torch.device):
+    def __init__(
+        self,
+        methods: Sequence[MethodSpec],
+        vae_spec: Optional[str],
+        upscaler_config: Optional[str],
+        factor: int,
+        device: torch.device,
+        color_correct_baselines: bool = False,
+    ):
         self.methods = list(methods)
+        self.color_correct_baselines = color_correct_baselines
         self.factor = factor
         self.num_steps = int(math.log2(factor))
         self.device = device
@@ -249,6 +268,13 @@ class SuperResolutionRunner:
         if any(m.kind == "vae" for m in self.methods) and hr_size % factor:
             raise ValueError(f"--hr-size {hr_size} is not a multiple of the VAE's factor {factor} needed by the 'vae' row.")
 
+    def color_correction(self, method: MethodSpec) -> bool:
+        """Whether ``method``'s output is colour-corrected: UPLiFT rows yes (the paper's), latent
+        baselines with ``--color-correct-baselines``, bicubic and the VAE reconstruction never."""
+        if method.kind == "model":
+            return True
+        return self.color_correct_baselines and method.kind in LATENT_BASELINES
+
     @torch.no_grad()
     def run(self, method: MethodSpec, hr: torch.Tensor, lr: torch.Tensor, lr_images: Sequence[Image.Image], indices: Sequence[int], seed: int) -> torch.Tensor:
         """``B x 3 x H x W`` output in [0, 1] (float32, on the device) of ``method`` for the batch."""
@@ -259,14 +285,14 @@ class SuperResolutionRunner:
             return torch.cat([bicubic_upscale(image, size) for image in lr_images]).to(self.device)
         if method.kind == "vae":
             latents = encode_latents(self.vae, hr * 2 - 1)
-            return decode_and_correct(self.vae, latents, hr, color_correction=False)
+            return decode_and_correct(self.vae, latents, hr, color_correction=self.color_correction(method))
         if method.kind in LATENT_BASELINES:
             latents = encode_latents(self.vae, lr * 2 - 1)
             upscaled = LatentInterpolationUpscaler(method.kind)(latents, lr, num_steps=self.num_steps).sample
-            return decode_and_correct(self.vae, upscaled, lr)
+            return decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
         generators = [torch.Generator().manual_seed(seed + index) for index in indices]
         pipe = self.pipelines[method.name]
-        output = pipe(lr, upscale_factor=self.factor, generator=generators, color_correction=True, output_type="pt")
+        output = pipe(lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method), output_type="pt")
         return output.images.to(self.device).float()
 
 
@@ -289,17 +315,23 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     compute_fid = not args.no_fid
     if compute_fid and len(items) < 2:
         raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
-    patch_size = args.patch_size or max(1, args.hr_size // 2)
-    runner = SuperResolutionRunner(methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device)
+    runner = SuperResolutionRunner(
+        methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
+    )
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
 
     indexed = list(enumerate(items))
     local = shard(indexed, state)
     scores = {m.name: {"psnr": [], "ssim": []} for m in methods}
-    fids = {m.name: build_fid(extractor, device) for m in methods} if compute_fid else {}
+    fids = {m.name: build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) for m in methods} if compute_fid else {}
     patch_fids = (
-        {m.name: build_patch_fid(extractor, device, patch_size, args.num_patches, args.seed + state.process_index) for m in methods}
+        {
+            m.name: build_patch_fid(
+                extractor, device, args.patch_size, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed
+            )
+            for m in methods
+        }
         if compute_fid
         else {}
     )
@@ -333,11 +365,11 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
             "count": len(psnrs),
             "kind": method.kind,
             "source": method.source,
+            "color_correction": runner.color_correction(method),
             "seconds_per_image_process0": seconds[method.name] / max(1, len(local)),
         }
         if compute_fid:
-            entry["fid"] = fids[method.name].compute()
-            entry["patch_fid"] = patch_fids[method.name].compute()
+            entry.update(fid_results(fids[method.name], patch_fids[method.name]))
         results[method.name] = entry
 
     settings = {
@@ -350,11 +382,11 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "fid": compute_fid,
-        "patch_size": patch_size if compute_fid else None,
+        "patch_size": args.patch_size if compute_fid else None,
         "num_patches": args.num_patches if compute_fid else None,
-        "feature_extractor": type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor,
+        "color_correct_baselines": args.color_correct_baselines,
+        "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
         "num_processes": state.num_processes,
-        "color_correction": True,
     }
     result = {
         "task": "super_resolution",
@@ -363,7 +395,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "count": len(items),
         "methods": results,
     }
-    top_level_metrics(result, ("psnr", "ssim", "fid", "patch_fid"))
+    top_level_metrics(result, ("psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"))
     if state.is_main_process:
         write_report(result, args.output_dir)
     state.wait_for_everyone()

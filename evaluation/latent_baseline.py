@@ -6,11 +6,13 @@ generator=g).sample``) but only resizes the *unscaled* latents by ``2 ** num_ste
 ``torch.nn.functional.interpolate`` (``bilinear`` with ``align_corners=False``, or
 ``nearest``); the guide image and the generator are accepted and ignored.
 
-:func:`decode_and_correct` finishes any latent upscale the way the pipelines do: decode with
-the VAE, map to [0, 1] and shift every channel's mean to the low-resolution reference image
+:func:`decode_and_correct` finishes any latent upscale: decode with the VAE, map to [0, 1] and,
+when asked, shift every channel's mean to the low-resolution reference image
 (:func:`~uplift_diffusers.color_correction.color_correct`). Both evaluation scripts use the
-pair for the ``bilinear`` / ``nearest`` rows, so those rows differ from the UPLiFT row only in
-how the latents are upsampled.
+pair for the ``bilinear`` / ``nearest`` rows. The paper applies colour correction as part of
+UPLiFT, not to the interpolation baselines, so the scripts decode those rows without it unless
+``--color-correct-baselines`` is given (then they differ from the UPLiFT row only in how the
+latents are upsampled); ``results.json`` records which was used per row.
 """
 from __future__ import annotations
 
@@ -84,14 +86,15 @@ class LatentInterpolationUpscaler:
         return UPLiFTOutput(sample=sample, intermediate=intermediate)
 
 
-def decode_and_correct(vae: Any, latents: torch.Tensor, reference: torch.Tensor, color_correction: bool = True) -> torch.Tensor:
-    """Decode *unscaled* upscaled latents and colour-correct them against ``reference``.
+def decode_and_correct(vae: Any, latents: torch.Tensor, reference: torch.Tensor, *, color_correction: bool) -> torch.Tensor:
+    """Decode *unscaled* upscaled latents and, when ``color_correction``, colour-correct them against ``reference``.
 
     Args:
         vae: the autoencoder the latents belong to (``decode_latents`` convention).
         latents: ``B x C x H x W`` unscaled latents.
         reference: ``B x 3 x h x w`` images in [0, 1] (the low-resolution input / base image).
-        color_correction: shift each channel's mean to ``reference``'s (the pipelines' default).
+        color_correction: shift each channel's mean to ``reference``'s (what the UPLiFT pipelines
+            do; the paper's interpolation baselines are not corrected). Required: say which.
 
     Returns:
         ``B x 3 x 8H x 8W`` float32 images in [0, 1] on the VAE's device.

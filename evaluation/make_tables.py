@@ -2,12 +2,15 @@
 
 * Table 2 (text-to-image): every ``eval_text_to_image.py`` result is one column group
   (FID, patch-FID, CLIP, time); the time comes from the ``benchmark_latency.py`` result with the
-  same dataset label (``--dataset-name``), seconds per batch of that run's batch size.
+  same dataset label (``--dataset-name``), seconds per batch of that run's batch size. The
+  paper's reference rows SDXL and LCM-LoRA SDXL come first when the results have them
+  (``--methods ...,sdxl,lcm-lora-sdxl``).
 * Table 3 (super-resolution): every ``eval_super_resolution.py`` result is one column group
   (PSNR, SSIM, FID, patch-FID).
 * Table 4 (latency): every ``benchmark_latency.py`` result is one column of stage times.
 
-Column groups appear in the order the files are given. Example::
+Column groups appear in the order the files are given. The end-to-end super-resolution latency
+(``benchmark_sr_latency.py``, Fig. 11) writes its own table beside its JSON. Example::
 
     python evaluation/make_tables.py results/coco/results.json results/relaion/results.json \\
         results/faceshq/results.json results/lhq/results.json \\

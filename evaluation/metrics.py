@@ -1,65 +1,108 @@
-"""Image metrics for the paper's tables: PSNR, SSIM, FID, patch-FID and CLIP score.
+"""Image metrics of the paper's tables, defined as the paper computed them.
+
+The paper computes FID, patch-FID, SSIM and PSNR "with the official code of CFM"
+(``CompVis/fm-boosting``, ``fmboost/metrics.py``) and the CLIP score with the ``clip-score``
+package. This module computes the same numbers with the same libraries (torchmetrics,
+torch-fidelity, transformers) and offers the design card's alternatives (clean-fid for FID / KID,
+open_clip for the CLIP score).
+
+The paper's protocol (the defaults)
+-----------------------------------
+* **uint8 images for FID** (:func:`to_uint8`, ``"cfm"``): an image ``x`` in [0, 1] is put in
+  CFM's [-1, 1] convention (``2x - 1``) and quantised like CFM's ``un_normalize_ims``:
+  ``(y * 127.5 + 127.5).clip(0, 255).to(torch.uint8)``, which *truncates* (it does not round).
+  Images read from 8-bit files come back bit-exactly.
+* **FID** (:class:`FIDAccumulator`): torchmetrics
+  ``FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=True)`` fed those
+  uint8 images, with ``antialias=False``: the authors ran torchmetrics 1.7.1 (``mwalmer-umd/UPLiFT``
+  ``requirements.txt``), which always resized the Inception input with torch-fidelity's
+  TF1-compatible bilinear resize; torchmetrics 1.9 offers that as ``antialias=False`` (its new
+  default ``True`` gives other numbers). The Frechet distance is torchmetrics'.
+* **patch-FID** (:class:`PatchFID`): every image pair is replaced by ``num_patches`` = 4 random
+  ``patch`` x ``patch`` = 512 x 512 crops, the same box in the generated and the real image, and
+  the FID is computed on the crops only. Boxes are drawn as torchvision's
+  ``RandomCrop.get_params`` draws them (per crop ``top`` then ``left``, each
+  ``randint(0, side - patch + 1)``; ``(0, 0)`` without drawing when the image is exactly
+  ``patch`` x ``patch``; an error when it is smaller), image by image, crop by crop.
+* **SSIM** (:func:`ssim`): torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1.0)``
+  with its defaults (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding, the
+  whole SSIM map averaged) per image; the scripts average over all images.
+* **PSNR** (:func:`psnr`): per image, both images clamped to [0, 1],
+  ``10 log10(1 / MSE)`` (= CFM's ``20 log10(1 / sqrt(MSE))``); averaged over all images.
+* **CLIP score** (:class:`CLIPScorer`): as the ``clip-score`` package (0.2.1 and the authors'
+  fork): ``openai/clip-vit-base-patch32`` with its transformers ``CLIPProcessor`` (PIL backend,
+  the processor transformers 4.48 used) on the 8-bit image (:func:`to_uint8` ``"round"``, what
+  the saved PNG holds) and its tokenizer (``padding=True, truncation=True``), the projected
+  embeddings L2-normalised, and ``100 x`` the mean cosine similarity (negative cosines are
+  not clamped).
+
+CFM averages SSIM and PSNR per batch and then over batches (and only on its own process);
+here they are averaged over all images of all processes, which is the same number whenever the
+batches have equal sizes and does not depend on the batching.
+
+Alternative backends
+--------------------
+* :class:`CleanFIDAccumulator`: FID and KID in clean-fid's ``clean`` mode: the 8-bit image
+  (``"round"``, what the saved PNG holds, as clean-fid reads files) resized to 299 x 299 with
+  clean-fid's resizer (PIL bicubic on float channels), its Inception features, and clean-fid's
+  ``frechet_distance`` / ``kernel_distance``: the numbers ``cleanfid.fid.compute_fid`` /
+  ``compute_kid`` give on folders of those PNGs.
+* :class:`OpenCLIPScorer`: the CLIP score with an open_clip model and its own preprocessing and
+  tokenizer (default ``ViT-B-32-quickgelu`` / ``openai``, the OpenAI ViT-B/32 weights).
 
 Conventions
 -----------
-* Images are ``B x 3 x H x W`` floating-point tensors with values in ``[0, 1]``. Nothing is
-  clamped, resized or cast behind your back: images out of range, with the wrong shape or with
-  non-finite values raise ``ValueError`` (clamp decoder outputs with ``x.clamp(0, 1)`` first).
-* PSNR and SSIM are computed per image (``data_range=1``; SSIM with the standard 11 x 11
-  Gaussian window, sigma 1.5, border excluded as in scikit-image) with ``torchmetrics``.
-* FID keeps running sums of features in float64 (``torchmetrics``' ``FrechetInceptionDistance``
-  states) and evaluates the Frechet distance in float64 with :func:`frechet_distance`.
-* Distributed evaluation: :class:`FIDAccumulator`, :class:`PatchFID` and :class:`CLIPScorer`
-  keep their statistics in ``torchmetrics`` metric states reduced with ``sum``. When
-  ``torch.distributed`` is initialised, ``compute()`` all-reduces those states over every
-  process before computing the result (and restores the local states afterwards), so every
-  rank feeds only its own shard of the images and all ranks get the same global number.
-  Call ``compute()`` on every rank: it is a collective operation.
+* Images are ``B x 3 x H x W`` floating-point tensors with values in ``[0, 1]`` (the pipelines'
+  ``output_type="pt"``). Images out of range, with the wrong shape or with non-finite values
+  raise ``ValueError``; nothing is resized behind your back.
+* Distributed evaluation: every accumulator keeps its statistics in ``torchmetrics`` metric
+  states; when ``torch.distributed`` is initialised, ``compute()`` gathers them over every
+  process first (and restores the local states afterwards), so each rank feeds its own shard and
+  all ranks get the global number. Call ``compute()`` on every rank: it is a collective call.
 
 Optional dependencies
 ---------------------
-The real feature extractors are imported only when used. The Inception network of the default
-FID comes from ``torch-fidelity`` and the default CLIP model from the Hugging Face Hub; both
-need the ``eval`` extra (``pip install "uplift-diffusers[eval]"``) or a cached model.
-Importing this module imports neither ``torchmetrics`` nor ``transformers`` (``torchmetrics``
-imports ``torchvision`` whenever it is installed), so it never loads ``torchvision``.
-Tests inject small feature extractors (``feature_extractor=``, ``model=``, ``tokenizer=``).
+Everything here needs the ``eval`` extra (``pip install "uplift-diffusers[eval]"``: torchmetrics,
+torch-fidelity, torchvision, clean-fid, open-clip-torch). Importing this module imports none of
+them (``torchmetrics`` imports ``torchvision`` whenever it is installed), so it never loads
+``torchvision``. Tests inject small feature extractors and random-weight CLIP models.
 """
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import warnings
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "to_uint8",
     "psnr",
     "ssim",
-    "frechet_distance",
     "FIDAccumulator",
+    "CleanFIDAccumulator",
     "random_patch_anchors",
     "extract_patches",
     "PatchFID",
-    "clip_preprocess",
     "CLIPScorer",
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "DEFAULT_CLIP_MODEL",
+    "OpenCLIPScorer",
+    "UINT8_METHODS",
+    "OPEN_CLIP_MODEL",
+    "OPEN_CLIP_PRETRAINED",
     "EVAL_INSTALL_HINT",
 ]
 
 EVAL_INSTALL_HINT = 'pip install "uplift-diffusers[eval]"'
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-# Normalisation constants of the OpenAI CLIP image encoders.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: open_clip's name and weights tag of the OpenAI ViT-B/32 (the network of openai/clip-vit-base-patch32).
+OPEN_CLIP_MODEL = "ViT-B-32-quickgelu"
+OPEN_CLIP_PRETRAINED = "openai"
+#: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
+UINT8_METHODS = ("cfm", "round")
 
 SSIM_KERNEL_SIZE = 11
-SSIM_SIGMA = 1.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,202 +172,158 @@ def _as_float_pair(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
     return pred.to(dtype), target.to(dtype)
 
 
+def _require(module: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"{what} needs the Python package {module!r}, which is not installed. Install the evaluation "
+            f"extra with `{EVAL_INSTALL_HINT}`."
+        )
+
+
+def _device_of(module: Any, default: torch.device) -> torch.device:
+    parameter = next(module.parameters(), None) if isinstance(module, nn.Module) else None
+    return parameter.device if parameter is not None else default
+
+
 # --------------------------------------------------------------------------------------------
-# PSNR / SSIM
+# uint8 conversion, PSNR, SSIM
 # --------------------------------------------------------------------------------------------
+def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
+    """Quantise B x 3 x H x W float images in [0, 1] to uint8 (same shape).
+
+    ``"cfm"``: CFM's ``un_normalize_ims`` applied to ``2x - 1``:
+    ``((2x - 1) * 127.5 + 127.5).clip(0, 255)`` cast with ``.to(torch.uint8)`` (truncation), in
+    float32. This is what the paper's FID / patch-FID see.
+    ``"round"``: ``round(255 x)``, what diffusers' ``numpy_to_pil`` and an 8-bit PNG of the image
+    hold (clean-fid and clip-score read such files).
+
+    Both give back ``k`` exactly for an image read from an 8-bit file (``x = k / 255``).
+    """
+    _check_images("images", images)
+    values = images.float()
+    if method == "cfm":
+        return ((values * 2 - 1) * 127.5 + 127.5).clip(0, 255).to(torch.uint8)
+    if method == "round":
+        return (values * 255).round().clip(0, 255).to(torch.uint8)
+    raise ValueError(f"method must be one of {UINT8_METHODS}, got {method!r}.")
+
+
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio of each image, in dB.
+    """Peak signal-to-noise ratio of each image, in dB (CFM's ``calculate_PSNR`` per image).
+
+    Both images are clamped to [0, 1] (data range 1) and ``10 * log10(1 / MSE)`` is computed over
+    all pixels and channels of each image, with torchmetrics' ``peak_signal_noise_ratio``
+    (``data_range=(0.0, 1.0)`` clamps). Identical images give ``inf``.
 
     Args:
         pred: B x 3 x H x W float images in [0, 1].
         target: reference images of the same shape.
 
     Returns:
-        Tensor of shape ``(B,)``: ``10 * log10(1 / MSE)`` over all pixels and channels of each
-        image (data range 1). Identical images give ``inf``.
+        Tensor of shape ``(B,)``.
     """
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _check_pair(pred, target)
     pred, target = _as_float_pair(pred, target)
-    return peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return peak_signal_noise_ratio(pred, target, data_range=(0.0, 1.0), reduction="none", dim=(1, 2, 3))
 
 
 def ssim(pred: Tensor, target: Tensor) -> Tensor:
-    """Structural similarity of each image (Wang et al. 2004, the standard settings).
+    """SSIM of each image as torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1.0)`` computes it.
 
-    Gaussian window of 11 x 11 pixels with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, data range 1,
-    computed per channel and averaged over channels and over the pixels whose whole window lies
-    inside the image (the 5-pixel border is left out, as in the reference MATLAB code). This
-    matches ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1, channel_axis=...)``.
-
-    The SSIM map comes from ``torchmetrics``' ``structural_similarity_index_measure``; its own
-    per-image average also counts the border pixels (computed on reflect-padded images), which
-    would differ from the reference values, so the map is cropped here before averaging.
+    The metric's defaults: 11 x 11 Gaussian window, sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``,
+    images reflect-padded and the whole SSIM map averaged over pixels and channels (torchmetrics
+    >= 1.4.3, including the 1.7.1 the authors ran; older releases, like scikit-image, left the
+    border out and give slightly different numbers). The metric object's own ``compute()`` is
+    the mean of these values.
 
     Args:
         pred: B x 3 x H x W float images in [0, 1], at least 11 x 11 pixels.
         target: reference images of the same shape.
 
     Returns:
-        Tensor of shape ``(B,)`` with one SSIM value per image.
+        Tensor of shape ``(B,)``.
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     _check_pair(pred, target, min_size=SSIM_KERNEL_SIZE)
     pred, target = _as_float_pair(pred, target)
-    _, ssim_map = structural_similarity_index_measure(
-        pred,
-        target,
-        gaussian_kernel=True,
-        sigma=SSIM_SIGMA,
-        kernel_size=SSIM_KERNEL_SIZE,
-        reduction="none",
-        data_range=1.0,
-        return_full_image=True,
-    )
-    border = (SSIM_KERNEL_SIZE - 1) // 2
-    return ssim_map[:, :, border:-border, border:-border].mean(dim=(1, 2, 3))
+    return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
 
 
 # --------------------------------------------------------------------------------------------
-# Frechet distance
+# FID (torchmetrics, the paper's) and FID / KID (clean-fid)
 # --------------------------------------------------------------------------------------------
-def _as_float64(name: str, value: Any) -> Tensor:
-    if isinstance(value, np.ndarray) or isinstance(value, Tensor):
-        tensor = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
-    else:
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}.")
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; recompute the feature statistics.")
-    return tensor
+def _check_extractor(feature_extractor: Any) -> nn.Module:
+    if not isinstance(feature_extractor, nn.Module):
+        raise ValueError(
+            f"feature_extractor must be a torch.nn.Module, got {type(feature_extractor).__name__}; "
+            "wrap a function in an nn.Module subclass."
+        )
+    return feature_extractor.eval()
 
 
-def _nonnegative_eigenvalues(eigenvalues: Tensor) -> Tensor:
-    """Zero the eigenvalues that are round-off (below ``max * dim * eps``, the numpy rank tolerance).
-
-    A covariance estimated from fewer samples than features is singular; its zero eigenvalues come
-    out of ``eigh`` as tiny numbers of either sign, and their square roots (about 1e-8 each) would
-    otherwise add up to a visible bias in the distance.
-    """
-    tolerance = float(eigenvalues.max().clamp(min=0.0)) * eigenvalues.shape[-1] * torch.finfo(eigenvalues.dtype).eps
-    return torch.where(eigenvalues > tolerance, eigenvalues, torch.zeros_like(eigenvalues))
-
-
-def _symmetric_sqrt(matrix: Tensor) -> Tensor:
-    """Square root of a symmetric positive semi-definite matrix."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    roots = _nonnegative_eigenvalues(eigenvalues).sqrt()
-    return (eigenvectors * roots) @ eigenvectors.T
-
-
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
-    """Frechet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64.
-
-    ``d^2 = ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2))``.
-
-    The trace of the matrix square root is computed as the sum of the square roots of the
-    eigenvalues of the symmetric matrix ``sigma1^(1/2) sigma2 sigma1^(1/2)``, which has the same
-    eigenvalues as ``sigma1 sigma2`` but is symmetric positive semi-definite, so it needs no
-    complex arithmetic and is stable for singular covariances (fewer samples than features).
-
-    Args:
-        mu1, mu2: mean feature vectors of shape ``(d,)`` (tensors or numpy arrays).
-        sigma1, sigma2: covariance matrices of shape ``(d, d)``, symmetric.
-
-    Returns:
-        The squared Frechet distance as a Python float (this is the number reported as FID).
-    """
-    mu1, mu2 = _as_float64("mu1", mu1), _as_float64("mu2", mu2)
-    sigma1, sigma2 = _as_float64("sigma1", sigma1), _as_float64("sigma2", sigma2)
-    if mu1.ndim != 1:
-        raise ValueError(f"mu1 must be a vector of shape (d,), got shape {tuple(mu1.shape)}.")
-    dim = mu1.shape[0]
-    if mu2.shape != (dim,):
-        raise ValueError(f"mu2 must have shape ({dim},) like mu1, got {tuple(mu2.shape)}; use features of the same extractor.")
-    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
-        if sigma.shape != (dim, dim):
-            raise ValueError(
-                f"{name} must be a ({dim}, {dim}) covariance matrix matching the mean vectors, got shape "
-                f"{tuple(sigma.shape)}."
-            )
-        scale = float(sigma.abs().max()) or 1.0
-        asymmetry = float((sigma - sigma.T).abs().max())
-        if asymmetry > 1e-6 * scale:
-            raise ValueError(
-                f"{name} must be symmetric, got max |{name} - {name}.T| = {asymmetry:.3g} (scale {scale:.3g}); "
-                "pass a covariance matrix, e.g. numpy.cov(features, rowvar=False)."
-            )
-    sigma1 = 0.5 * (sigma1 + sigma1.T)
-    sigma2 = 0.5 * (sigma2 + sigma2.T)
-    root1 = _symmetric_sqrt(sigma1)
-    middle = root1 @ sigma2 @ root1
-    middle = 0.5 * (middle + middle.T)
-    trace_covmean = _nonnegative_eigenvalues(torch.linalg.eigvalsh(middle)).sqrt().sum()
-    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2.0 * trace_covmean
-    return float(distance)
+def _checked_features(features: Any, count: int, num_features: Optional[int] = None) -> Tensor:
+    """``features`` must be a finite ``(count, d)`` tensor (``d = num_features`` when given)."""
+    expected = f"(N, {num_features})" if num_features is not None else "(N, d)"
+    if (
+        not isinstance(features, Tensor)
+        or features.ndim != 2
+        or features.shape[0] != count
+        or (num_features is not None and features.shape[1] != num_features)
+    ):
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(
+            f"feature_extractor must return a tensor of shape {expected} for N = {count} images, got {shape}; "
+            "flatten pooled features with .flatten(1)."
+        )
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("feature_extractor returned NaN or infinite features; check the extractor and its inputs.")
+    return features
 
 
-# --------------------------------------------------------------------------------------------
-# FID
-# --------------------------------------------------------------------------------------------
 class _CheckedFeatureExtractor(nn.Module):
-    """Runs an injected extractor without gradients and checks that it returns ``(N, d)`` features."""
+    """Runs an injected extractor on the uint8 batches FID feeds it, without gradients, checking ``(N, d)``."""
 
-    def __init__(self, extractor: nn.Module, num_features: int) -> None:
+    def __init__(self, extractor: nn.Module, num_features: Optional[int]) -> None:
         super().__init__()
         self.extractor = extractor
-        self.num_features = num_features
+        if num_features is None:
+            num_features = getattr(extractor, "num_features", None)
+        if num_features is None:  # probe like torchmetrics does for normalize=False
+            probe = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8, device=_device_of(extractor, torch.device("cpu")))
+            with torch.no_grad():
+                num_features = int(_checked_features(extractor(probe), 1).shape[1])
+        self.num_features = _check_positive_int("num_features", num_features)
 
     def forward(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            features = self.extractor(images)
-        if not isinstance(features, Tensor) or features.ndim != 2 or features.shape != (images.shape[0], self.num_features):
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(
-                f"feature_extractor must return a tensor of shape (N, {self.num_features}) for N = "
-                f"{images.shape[0]} images, got {shape}; flatten pooled features with .flatten(1)."
-            )
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("feature_extractor returned NaN or infinite features; check the extractor and its inputs.")
-        return features
+            return _checked_features(self.extractor(images), images.shape[0], self.num_features)
 
     def train(self, mode: bool = True) -> "_CheckedFeatureExtractor":
         """The extractor always stays in evaluation mode."""
         return super().train(False)
 
 
-def _require_torch_fidelity() -> None:
-    if importlib.util.find_spec("torch_fidelity") is None:
-        raise ImportError(
-            "The default FID feature extractor is the Inception-v3 network of torch-fidelity, which is "
-            f"not installed. Install the evaluation extra with `{EVAL_INSTALL_HINT}`, or pass your own "
-            "network as feature_extractor=."
-        )
-
-
 class FIDAccumulator(nn.Module):
-    """Accumulates feature statistics of real and generated images and computes the FID.
+    """The paper's FID: torchmetrics ``FrechetInceptionDistance`` on CFM's uint8 images.
 
-    Built on ``torchmetrics.image.fid.FrechetInceptionDistance``: its float64 running sums (sum of
-    features, sum of outer products, count) are the state, reduced with ``sum`` across processes
-    when ``torch.distributed`` is initialised (see the module docstring), and the distance is then
-    computed in float64 by :func:`frechet_distance`.
+    ``FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=...,
+    antialias=inception_antialias)``; :meth:`update` converts the [0, 1] images with
+    :func:`to_uint8` (``"cfm"``) and feeds them. States (float64 feature sums, outer-product sums,
+    counts) are summed across processes on :meth:`compute`.
 
     Args:
-        feature_extractor: an ``nn.Module`` mapping a B x 3 x H x W float batch in [0, 1] to
-            ``(B, d)`` features. ``None`` (default) uses the 2048-d pool features of the FID
-            Inception-v3 network from ``torch-fidelity`` (weights downloaded on first use); images
-            are then quantised to uint8 by rounding and resized to 299 x 299 by that network.
-        num_features: ``d``; read from ``feature_extractor.num_features`` when that exists,
-            otherwise found by running the extractor once on a random 1 x 3 x 299 x 299 batch.
-        reset_real_features: ``False`` keeps the real statistics across :meth:`reset`, so a
-            reference set is encoded once for several evaluated models.
-        inception_antialias: resize of the default Inception input to 299 x 299. ``False``
-            (default) is torch-fidelity's TensorFlow-1-compatible bilinear resize, the classic FID
-            protocol; ``True`` is torchmetrics' default antialiased bilinear resize (numbers differ
-            slightly). Ignored for an injected extractor.
+        feature_extractor: an ``nn.Module`` taking the uint8 ``B x 3 x H x W`` batch (as the
+            Inception network does) and returning ``(B, d)`` features. ``None`` (default): the
+            2048-d pool features of torch-fidelity's FID Inception-v3 (weights downloaded on first use).
+        num_features: ``d`` of an injected extractor (read from ``feature_extractor.num_features``
+            or found by running it once on a random uint8 1 x 3 x 299 x 299 image when omitted).
+        reset_real_features: ``False`` keeps the real statistics across :meth:`reset`.
+        inception_antialias: the Inception input resize. ``False`` (default, the paper's):
+            torch-fidelity's TF1-compatible bilinear, what torchmetrics <= 1.7 always did;
+            ``True``: torchmetrics 1.9's default antialiased bilinear.
     """
 
     def __init__(
@@ -335,47 +334,33 @@ class FIDAccumulator(nn.Module):
         inception_antialias: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(reset_real_features, bool):
-            raise ValueError(f"reset_real_features must be a bool, got {reset_real_features!r}.")
-        if not isinstance(inception_antialias, bool):
-            raise ValueError(f"inception_antialias must be a bool, got {inception_antialias!r}.")
+        for name, value in (("reset_real_features", reset_real_features), ("inception_antialias", inception_antialias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}.")
+        _require("torchmetrics", "FID")
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
         if feature_extractor is None:
             if num_features is not None:
                 raise ValueError(
                     f"num_features={num_features!r} only applies to an injected feature_extractor; the default "
                     "Inception extractor always gives 2048 features. Leave num_features unset."
                 )
-            _require_torch_fidelity()
-            from torchmetrics.image.fid import FrechetInceptionDistance
-
-            self.uses_default_inception = True
+            _require("torch_fidelity", "The default FID feature extractor (torch-fidelity's Inception-v3)")
+            options = {"antialias": inception_antialias}
+            if "antialias" not in inspect.signature(FrechetInceptionDistance.__init__).parameters:
+                if inception_antialias:  # older torchmetrics: always the TF1-compatible resize
+                    raise ValueError(
+                        "inception_antialias=True needs a torchmetrics with FrechetInceptionDistance(antialias=...); "
+                        "upgrade torchmetrics."
+                    )
+                options = {}
             self.metric = FrechetInceptionDistance(
-                feature=2048, reset_real_features=reset_real_features, normalize=False, antialias=inception_antialias
+                feature=2048, normalize=False, reset_real_features=reset_real_features, **options
             )
         else:
-            if not isinstance(feature_extractor, nn.Module):
-                raise ValueError(
-                    f"feature_extractor must be a torch.nn.Module, got {type(feature_extractor).__name__}; "
-                    "wrap a function in an nn.Module subclass."
-                )
-            feature_extractor.eval()
-            if num_features is None:
-                num_features = getattr(feature_extractor, "num_features", None)
-            if num_features is None:
-                parameter = next(feature_extractor.parameters(), None)
-                device = parameter.device if parameter is not None else torch.device("cpu")
-                with torch.no_grad():
-                    probe = feature_extractor(torch.rand(1, 3, 299, 299, device=device))
-                num_features = int(probe.shape[-1])
-            num_features = _check_positive_int("num_features", num_features)
-            from torchmetrics.image.fid import FrechetInceptionDistance
-
-            self.uses_default_inception = False
-            self.metric = FrechetInceptionDistance(
-                feature=_CheckedFeatureExtractor(feature_extractor, num_features),
-                reset_real_features=reset_real_features,
-                normalize=True,
-            )
+            extractor = _CheckedFeatureExtractor(_check_extractor(feature_extractor), num_features)
+            self.metric = FrechetInceptionDistance(feature=extractor, normalize=False, reset_real_features=reset_real_features)
 
     @property
     def num_real(self) -> int:
@@ -388,47 +373,113 @@ class FIDAccumulator(nn.Module):
         return int(self.metric.fake_features_num_samples)
 
     def update(self, images: Tensor, real: bool) -> None:
-        """Add a batch of B x 3 x H x W float images in [0, 1] to the real or the generated set.
-
-        The images must be on the same device as the accumulator (move it with ``.to(device)``).
-        """
+        """Add a batch of B x 3 x H x W float images in [0, 1] (on the accumulator's device) to one set."""
         if not isinstance(real, bool):
             raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
-        _check_images("images", images)
-        if self.uses_default_inception:
-            images = (images * 255.0).round().to(torch.uint8)
-        self.metric.update(images, real=real)
+        self.metric.update(to_uint8(images, "cfm"), real=real)
 
-    def statistics(self, real: bool) -> Tuple[Tensor, Tensor]:
-        """Mean ``(d,)`` and unbiased covariance ``(d, d)`` in float64 of the real or generated features.
-
-        Reduced across processes when ``torch.distributed`` is initialised (collective call).
-        """
-        if not isinstance(real, bool):
-            raise ValueError(f"real must be True or False, got {real!r}.")
-        prefix = "real" if real else "fake"
-        with self.metric.sync_context():
-            total = getattr(self.metric, f"{prefix}_features_sum").clone()
-            outer = getattr(self.metric, f"{prefix}_features_cov_sum").clone()
-            count = int(getattr(self.metric, f"{prefix}_features_num_samples"))
-        if count < 2:
-            which = "real" if real else "generated"
-            raise RuntimeError(
-                f"FID needs at least 2 {which} images, got {count}; call update(images, real={real}) with more images."
-            )
-        mean = total / count
-        covariance = (outer - count * torch.outer(mean, mean)) / (count - 1)
-        return mean, covariance
-
-    def compute(self) -> float:
-        """FID between the generated and the real images seen so far (all processes)."""
-        mu_real, sigma_real = self.statistics(real=True)
-        mu_fake, sigma_fake = self.statistics(real=False)
-        return frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
+    def compute(self) -> Dict[str, float]:
+        """``{"fid": ...}`` between the generated and the real images seen so far (all processes)."""
+        return {"fid": float(self.metric.compute())}
 
     def reset(self) -> None:
         """Forget the generated statistics, and the real ones unless ``reset_real_features=False``."""
         self.metric.reset()
+
+
+class CleanFIDAccumulator(nn.Module):
+    """FID and KID as clean-fid computes them in its ``clean`` mode.
+
+    Each image is quantised as its 8-bit PNG (:func:`to_uint8` ``"round"``), resized to
+    299 x 299 by ``cleanfid.resize.build_resizer("clean")`` (PIL bicubic on float channels, no
+    re-quantisation) and passed as a float ``[0, 255]`` batch to the feature extractor. The
+    features are kept (gathered across processes on :meth:`compute`); FID is
+    ``cleanfid.fid.frechet_distance`` of their means / covariances (``np.mean`` / ``np.cov``) and
+    KID is ``cleanfid.fid.kernel_distance(generated, real)`` (100 subsets of at most 1000
+    features, drawn from numpy's global generator, which is seeded with ``kid_seed`` for the call
+    and restored afterwards). These are the numbers ``cleanfid.fid.compute_fid`` /
+    ``compute_kid(generated_dir, real_dir, mode="clean")`` give on folders of the PNGs.
+
+    Args:
+        feature_extractor: an ``nn.Module`` taking the ``B x 3 x 299 x 299`` float batch in
+            ``[0, 255]`` and returning ``(B, d)``. ``None``: clean-fid's Inception
+            (``build_feature_extractor("clean")``, weights downloaded on first use) on ``device``.
+        device: where the default extractor runs (an injected one runs where its parameters are).
+        kid_seed: seed of the KID subsets.
+    """
+
+    def __init__(self, feature_extractor: Optional[nn.Module] = None, device: Any = "cpu", kid_seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(kid_seed, bool) or not isinstance(kid_seed, (int, np.integer)) or kid_seed < 0:
+            raise ValueError(f"kid_seed must be a non-negative integer, got {kid_seed!r}.")
+        _require("cleanfid", "clean-fid FID / KID")
+        from cleanfid.resize import build_resizer
+        from torchmetrics.aggregation import CatMetric
+
+        self.kid_seed = int(kid_seed)
+        self.resize = build_resizer("clean")
+        self.device = torch.device(device)
+        if feature_extractor is None:
+            from cleanfid.features import build_feature_extractor
+
+            self.extractor = build_feature_extractor("clean", self.device, use_dataparallel=False)
+        else:
+            self.extractor = _check_extractor(feature_extractor)
+        self.real_features = CatMetric(nan_strategy="error")
+        self.fake_features = CatMetric(nan_strategy="error")
+
+    @property
+    def num_real(self) -> int:
+        """Number of real images seen by this process."""
+        return sum(len(value) for value in self.real_features.value)
+
+    @property
+    def num_fake(self) -> int:
+        """Number of generated images seen by this process."""
+        return sum(len(value) for value in self.fake_features.value)
+
+    def features(self, images: Tensor) -> Tensor:
+        """clean-fid features ``(B, d)`` (float32, on this process's metric device) of B x 3 x H x W images in [0, 1]."""
+        arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
+        resized = np.stack([self.resize(array) for array in arrays])  # B x 299 x 299 x 3 float32 in [0, 255]
+        batch = torch.from_numpy(resized.transpose(0, 3, 1, 2).copy()).to(_device_of(self.extractor, self.device))
+        with torch.no_grad():
+            features = self.extractor(batch)
+        return _checked_features(features, images.shape[0]).float().to(images.device)
+
+    def update(self, images: Tensor, real: bool) -> None:
+        """Add a batch of B x 3 x H x W float images in [0, 1] to the real or the generated set."""
+        if not isinstance(real, bool):
+            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
+        (self.real_features if real else self.fake_features).update(self.features(images))
+
+    def compute(self) -> Dict[str, float]:
+        """``{"fid": ..., "kid": ...}`` of the generated against the real images (all processes)."""
+        from cleanfid.fid import frechet_distance, kernel_distance
+
+        gathered = []
+        for name, metric in (("generated", self.fake_features), ("real", self.real_features)):
+            with warnings.catch_warnings():  # a set without update() is reported below
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                values = metric.compute()  # concatenated over all processes
+            count = int(values.shape[0]) if isinstance(values, Tensor) else 0
+            if count < 2:
+                raise RuntimeError(f"FID / KID need at least 2 {name} images, got {count}; call update() with more images.")
+            gathered.append(values.cpu().numpy())
+        fake, real = gathered
+        fid = frechet_distance(np.mean(fake, axis=0), np.cov(fake, rowvar=False), np.mean(real, axis=0), np.cov(real, rowvar=False))
+        state = np.random.get_state()
+        np.random.seed(self.kid_seed)
+        try:
+            kid = kernel_distance(fake, real)
+        finally:
+            np.random.set_state(state)
+        return {"fid": float(fid), "kid": float(kid)}
+
+    def reset(self) -> None:
+        """Forget both sets."""
+        self.real_features.reset()
+        self.fake_features.reset()
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,10 +492,13 @@ def random_patch_anchors(
     num_patches: int = 4,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """Top-left corners of ``num_patches`` random ``patch`` x ``patch`` crops inside an image.
+    """Top-left corners of ``num_patches`` random ``patch`` x ``patch`` crops, drawn as CFM draws them.
 
-    Every crop lies fully inside the ``height`` x ``width`` image. Use the same anchors for a
-    generated image and its real counterpart (the patch-FID protocol).
+    Crop by crop, exactly as ``torchvision.transforms.RandomCrop.get_params(image, (patch, patch))``
+    does (CFM's patch-FID): ``top = randint(0, height - patch + 1)`` then
+    ``left = randint(0, width - patch + 1)``, each a ``(1,)`` draw from ``generator``; an image of
+    exactly ``patch`` x ``patch`` gives ``(0, 0)`` without drawing. With a generator seeded like
+    torch's global one, the boxes equal CFM's.
 
     Returns:
         int64 tensor of shape ``(num_patches, 2)`` holding ``(top, left)`` per crop.
@@ -460,9 +514,13 @@ def random_patch_anchors(
         )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
-    top = torch.randint(0, height - patch + 1, (num_patches,), generator=generator)
-    left = torch.randint(0, width - patch + 1, (num_patches,), generator=generator)
-    return torch.stack([top, left], dim=1)
+    anchors = torch.zeros(num_patches, 2, dtype=torch.int64)
+    if (height, width) == (patch, patch):
+        return anchors
+    for index in range(num_patches):
+        anchors[index, 0] = torch.randint(0, height - patch + 1, size=(1,), generator=generator)
+        anchors[index, 1] = torch.randint(0, width - patch + 1, size=(1,), generator=generator)
+    return anchors
 
 
 def extract_patches(images: Tensor, anchors: Tensor, patch: int) -> Tensor:
@@ -511,55 +569,48 @@ def extract_patches(images: Tensor, anchors: Tensor, patch: int) -> Tensor:
 
 
 class PatchFID(nn.Module):
-    """patch-FID: FID between random crops taken at the same places in generated and real images.
+    """patch-FID: FID on random crops cut at the same places from generated and real images (CFM's).
 
-    For each generated / real image pair, ``num_patches`` anchors are drawn with
-    :func:`random_patch_anchors` from this object's own seeded generator, the same crops are cut
-    out of both images and fed to an :class:`FIDAccumulator` (generated crops as fake, real crops
-    as real). The anchor sequence is deterministic for a given ``seed`` and order of updates; in
-    distributed evaluation pass a different seed per rank (e.g. ``seed + rank``) so that ranks do
-    not repeat each other's crops. The statistics are gathered across processes like FID's.
+    For each generated / real image pair, ``num_patches`` boxes are drawn with
+    :func:`random_patch_anchors` from this object's seeded generator (image by image, as CFM
+    draws its anchors for a batch), the same crops are cut from both images and only the crops
+    are fed to ``accumulator`` (generated as fake, real as real). The box sequence is
+    deterministic for a given ``seed`` and order of updates; in distributed evaluation pass a
+    different seed per rank (e.g. ``seed + rank``).
 
     Args:
-        feature_extractor, num_features, inception_antialias: as for :class:`FIDAccumulator`
-            (default Inception-v3, which resizes each crop to 299 x 299).
-        patch: side of the square crops in pixels (512 for 1024 x 1024 images).
-        num_patches: crops per image pair.
-        seed: seed of the anchor generator; :meth:`reset` restarts the sequence.
+        accumulator: a fresh :class:`FIDAccumulator` (the paper's) or :class:`CleanFIDAccumulator`.
+        patch: side of the square crops (CFM: 512).
+        num_patches: crops per image pair (CFM: 4).
+        seed: seed of the box generator; :meth:`reset` restarts the sequence.
     """
 
-    def __init__(
-        self,
-        feature_extractor: Optional[nn.Module] = None,
-        num_features: Optional[int] = None,
-        patch: int = 512,
-        num_patches: int = 4,
-        seed: int = 0,
-        inception_antialias: bool = False,
-    ) -> None:
+    def __init__(self, accumulator: nn.Module, patch: int = 512, num_patches: int = 4, seed: int = 0) -> None:
         super().__init__()
+        if not isinstance(accumulator, (FIDAccumulator, CleanFIDAccumulator)):
+            raise ValueError(
+                f"accumulator must be a FIDAccumulator or a CleanFIDAccumulator, got {type(accumulator).__name__}."
+            )
         self.patch = _check_positive_int("patch", patch)
         self.num_patches = _check_positive_int("num_patches", num_patches)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.fid = FIDAccumulator(
-            feature_extractor=feature_extractor, num_features=num_features, inception_antialias=inception_antialias
-        )
+        self.accumulator = accumulator
 
     def update(self, generated: Tensor, real: Tensor) -> Tensor:
         """Add a batch of generated images and their real counterparts (same shape, in [0, 1]).
 
         Returns:
-            The anchors used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
+            The boxes used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
         """
         _check_pair(generated, real, names=("generated", "real"))
         batch, _, height, width = generated.shape
         if self.patch > height or self.patch > width:
             raise ValueError(
-                f"patch={self.patch} is larger than the {height} x {width} images; build PatchFID with "
-                f"patch <= {min(height, width)}."
+                f"patch={self.patch} is larger than the {height} x {width} images (CFM's crops must fit); "
+                f"use a patch size of at most {min(height, width)}."
             )
         anchors = torch.stack(
             [
@@ -567,63 +618,23 @@ class PatchFID(nn.Module):
                 for _ in range(batch)
             ]
         )
-        self.fid.update(extract_patches(generated, anchors, self.patch), real=False)
-        self.fid.update(extract_patches(real, anchors, self.patch), real=True)
+        self.accumulator.update(extract_patches(generated, anchors, self.patch), real=False)
+        self.accumulator.update(extract_patches(real, anchors, self.patch), real=True)
         return anchors
 
-    def compute(self) -> float:
-        """patch-FID over all crops seen so far (all processes)."""
-        return self.fid.compute()
+    def compute(self) -> Dict[str, float]:
+        """The accumulator's numbers over all crops seen so far (all processes)."""
+        return self.accumulator.compute()
 
     def reset(self) -> None:
-        """Forget all crops and restart the anchor sequence from ``seed``."""
-        self.fid.reset()
+        """Forget all crops and restart the box sequence from ``seed``."""
+        self.accumulator.reset()
         self.generator.manual_seed(self.seed)
 
 
 # --------------------------------------------------------------------------------------------
 # CLIP score
 # --------------------------------------------------------------------------------------------
-def clip_preprocess(
-    images: Tensor,
-    size: int = 224,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-) -> Tensor:
-    """CLIP image preprocessing written with torch (the steps of ``CLIPImageProcessor``).
-
-    Resize so that the shorter side is ``size`` (bicubic, antialiased; the longer side becomes
-    ``int(size * long / short)``), clamp to [0, 1] as 8-bit pipelines do, centre-crop
-    ``size`` x ``size`` and normalise with the CLIP mean / std. Images already ``size`` x ``size``
-    are only normalised.
-
-    Args:
-        images: B x 3 x H x W float images in [0, 1].
-
-    Returns:
-        float32 tensor of shape ``B x 3 x size x size``.
-    """
-    size = _check_positive_int("size", size)
-    _check_images("images", images)
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ValueError(f"mean and std must hold 3 values (std > 0), got mean={mean!r}, std={std!r}.")
-    images = images.float()
-    height, width = images.shape[-2:]
-    if (height, width) != (size, size):
-        if height <= width:
-            new_height, new_width = size, int(size * width / height)
-        else:
-            new_height, new_width = int(size * height / width), size
-        images = F.interpolate(
-            images, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True
-        ).clamp(0.0, 1.0)
-        top, left = (new_height - size) // 2, (new_width - size) // 2
-        images = images[:, :, top : top + size, left : left + size]
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
-
-
 def _pooled(output: Any) -> Tensor:
     """Projected embeddings from ``get_*_features`` (a tensor, or an output with ``pooler_output``)."""
     if isinstance(output, Tensor):
@@ -637,100 +648,35 @@ def _pooled(output: Any) -> Tensor:
     )
 
 
-class CLIPScorer(nn.Module):
-    """CLIP score between images and their captions.
+class _CLIPScore(nn.Module):
+    """``100 x`` the mean cosine similarity of image and caption embeddings, accumulated over processes.
 
-    Per image: ``100 * max(cos(E_image, E_text), 0)`` with the CLIP image and text embeddings;
-    :meth:`compute` returns the average over all images seen (all processes). This is the
-    definition documented by ``torchmetrics.multimodal.CLIPScore`` and by Hessel et al. (2021)
-    with weight 100; torchmetrics' code clamps the average instead of each image, which gives the
-    same number whenever no cosine is negative (always the case for real CLIP models on
-    captioned images).
-
-    Args:
-        model: a ``transformers.CLIPModel`` (or another ``nn.Module`` with ``get_image_features``,
-            ``get_text_features`` and a CLIP ``config``). ``None`` loads ``model_id`` from the
-            Hub or the local cache on construction.
-        tokenizer: the matching tokenizer (e.g. ``transformers.CLIPTokenizer``); inject it
-            together with ``model``, or leave both ``None``.
-        model_id: Hub id used when ``model`` and ``tokenizer`` are ``None``.
-        truncate_captions: captions longer than the text encoder's context
-            (``max_position_embeddings``, 77 tokens for OpenAI CLIP) are truncated with a warning;
-            ``False`` raises ValueError instead.
-
-    Images are preprocessed by :func:`clip_preprocess` at the model's ``vision_config.image_size``.
-    The model is kept in evaluation mode and run without gradients.
+    Subclasses implement :meth:`_embed` (the backend's own preprocessing and model); images reach
+    it as the RGB PIL images of their 8-bit PNGs (:func:`to_uint8` ``"round"``).
     """
 
-    def __init__(
-        self,
-        model: Optional[nn.Module] = None,
-        tokenizer: Any = None,
-        model_id: str = DEFAULT_CLIP_MODEL,
-        truncate_captions: bool = True,
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if (model is None) != (tokenizer is None):
-            raise ValueError(
-                f"pass model and tokenizer together or neither (got model={type(model).__name__}, "
-                f"tokenizer={type(tokenizer).__name__}); a CLIP model needs its own tokenizer."
-            )
-        if not isinstance(truncate_captions, bool):
-            raise ValueError(f"truncate_captions must be a bool, got {truncate_captions!r}.")
-        if model is None:
-            if not isinstance(model_id, str) or not model_id:
-                raise ValueError(f"model_id must be a Hugging Face model id or local folder, got {model_id!r}.")
-            from transformers import CLIPModel, CLIPTokenizer
-
-            model = CLIPModel.from_pretrained(model_id)
-            tokenizer = CLIPTokenizer.from_pretrained(model_id)
-        for method in ("get_image_features", "get_text_features"):
-            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
-                raise ValueError(f"model must provide {method}() like transformers.CLIPModel, got {type(model).__name__}.")
-        config = getattr(model, "config", None)
-        try:
-            self.image_size = int(config.vision_config.image_size)
-            self.max_length = int(config.text_config.max_position_embeddings)
-        except AttributeError as error:
-            raise ValueError(
-                f"model.config must be a CLIPConfig with vision_config.image_size and "
-                f"text_config.max_position_embeddings, got {type(config).__name__}."
-            ) from error
-        if not callable(tokenizer):
-            raise ValueError(f"tokenizer must be callable like a transformers tokenizer, got {type(tokenizer).__name__}.")
+        _require("torchmetrics", "The CLIP score")
         from torchmetrics.aggregation import SumMetric
 
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.truncate_captions = truncate_captions
-        self._score_sum = SumMetric(nan_strategy="error").set_dtype(torch.float64)
+        self._cosine_sum = SumMetric(nan_strategy="error").set_dtype(torch.float64)
         self._count = SumMetric(nan_strategy="error").set_dtype(torch.float64)
 
-    def train(self, mode: bool = True) -> "CLIPScorer":
+    def train(self, mode: bool = True) -> "_CLIPScore":
         """The CLIP model always stays in evaluation mode."""
         return super().train(False)
 
     def _device(self) -> torch.device:
-        parameter = next(self.model.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
+        return _device_of(self.model, torch.device("cpu"))
 
-    def _tokenize(self, captions: Sequence[str]) -> Any:
-        lengths = [len(ids) for ids in self.tokenizer(list(captions))["input_ids"]]
-        too_long = [index for index, length in enumerate(lengths) if length > self.max_length]
-        if too_long:
-            message = (
-                f"captions {too_long[:5]} have {max(lengths)} tokens, more than the text encoder's "
-                f"{self.max_length}"
-            )
-            if not self.truncate_captions:
-                raise ValueError(f"{message}; shorten them or build CLIPScorer(truncate_captions=True).")
-            warnings.warn(f"{message}; they are truncated to {self.max_length} tokens.", stacklevel=3)
-        return self.tokenizer(
-            list(captions), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
 
     def cosine_similarity(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Cosine similarity between each image's and its caption's CLIP embedding, shape ``(B,)``."""
+        from PIL import Image
+
         _check_images("images", images)
         if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
             raise ValueError(
@@ -744,41 +690,182 @@ class CLIPScorer(nn.Module):
         bad = [index for index, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
         if bad:
             raise ValueError(f"captions {bad[:5]} are empty or not strings; every image needs a non-empty caption.")
-        device = self._device()
-        pixel_values = clip_preprocess(images, size=self.image_size).to(device)
-        tokens = self._tokenize(captions)
+        arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
+        pil_images = [Image.fromarray(array, "RGB") for array in arrays]
         with torch.no_grad():
-            image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values)).float()
-            text_embeds = _pooled(
-                self.model.get_text_features(
-                    input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-                )
-            ).float()
-        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
-        text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
-        return (image_embeds * text_embeds).sum(dim=-1)
+            image_embeds, text_embeds = self._embed(pil_images, list(captions))
+        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
+        text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
+        return (image_embeds.float() * text_embeds.float()).sum(dim=-1)
 
     def score(self, images: Tensor, captions: Sequence[str]) -> Tensor:
-        """Per-image CLIP score ``100 * max(cos, 0)``, shape ``(B,)``, without accumulating it."""
-        return 100.0 * self.cosine_similarity(images, captions).clamp(min=0.0)
+        """Per-image CLIP score ``100 * cos`` (not clamped), shape ``(B,)``, without accumulating it."""
+        return 100.0 * self.cosine_similarity(images, captions)
 
     def update(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Score a batch of B x 3 x H x W images in [0, 1] with one caption each; returns the per-image scores."""
         scores = self.score(images, captions)
-        self._score_sum.update(scores.double().sum())
+        self._cosine_sum.update(scores.double().sum() / 100.0)
         self._count.update(torch.tensor(float(scores.shape[0]), dtype=torch.float64))
         return scores
 
     def compute(self) -> float:
-        """Average CLIP score over all images seen so far (all processes; collective call)."""
-        with self._score_sum.sync_context(), self._count.sync_context():
-            total = float(self._score_sum.sum_value)
+        """``100 x`` the mean cosine over all images seen so far (all processes; collective call)."""
+        with self._cosine_sum.sync_context(), self._count.sync_context():
+            total = float(self._cosine_sum.sum_value)
             count = float(self._count.sum_value)
         if count == 0:
-            raise RuntimeError("CLIPScorer.compute() called before any update(images, captions).")
-        return total / count
+            raise RuntimeError(f"{type(self).__name__}.compute() called before any update(images, captions).")
+        return 100.0 * total / count
 
     def reset(self) -> None:
         """Forget all accumulated scores."""
-        self._score_sum.reset()
+        self._cosine_sum.reset()
         self._count.reset()
+
+
+class CLIPScorer(_CLIPScore):
+    """The paper's CLIP score (the ``clip-score`` package) with a transformers CLIP model.
+
+    Images: ``processor(images=...)`` (``CLIPProcessor``; loaded with ``backend="pil"``, the PIL
+    image processor of transformers 4.48 that the package used: shortest side to the model's size
+    with PIL bicubic, centre crop, /255, OpenAI mean / std) on the 8-bit images. Captions:
+    ``processor.tokenizer(captions, padding=True, truncation=True, max_length=...)``. Embeddings:
+    ``get_image_features`` / ``get_text_features``, L2-normalised; score ``100 x`` mean cosine.
+
+    Args:
+        model: a ``transformers.CLIPModel`` (or a module with ``get_image_features``,
+            ``get_text_features`` and a CLIP ``config``). ``None`` loads ``model_id``.
+        processor: the matching ``CLIPProcessor`` (``image_processor`` + ``tokenizer``); inject it
+            together with ``model``, or leave both ``None``.
+        model_id: Hub id or local folder used when ``model`` and ``processor`` are ``None``
+            (default ``openai/clip-vit-base-patch32``).
+        truncate_captions: captions longer than the text encoder's context
+            (``max_position_embeddings``, 77 tokens for OpenAI CLIP) are truncated, as the authors'
+            clip-score does, with a warning; ``False`` raises ValueError instead.
+    """
+
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        processor: Any = None,
+        model_id: Optional[str] = None,
+        truncate_captions: bool = True,
+    ) -> None:
+        super().__init__()
+        if (model is None) != (processor is None):
+            raise ValueError(
+                f"pass model and processor together or neither (got model={type(model).__name__}, "
+                f"processor={type(processor).__name__}); a CLIP model needs its own processor."
+            )
+        if not isinstance(truncate_captions, bool):
+            raise ValueError(f"truncate_captions must be a bool, got {truncate_captions!r}.")
+        if model is None:
+            from uplift_diffusers.constants import CLIP_MODEL_ID
+
+            model_id = CLIP_MODEL_ID if model_id is None else model_id
+            if not isinstance(model_id, str) or not model_id:
+                raise ValueError(f"model_id must be a Hugging Face model id or local folder, got {model_id!r}.")
+            from transformers import CLIPModel, CLIPProcessor
+
+            import transformers
+
+            model = CLIPModel.from_pretrained(model_id)
+            # the PIL image processor: transformers 5 names it backend="pil", 4.x use_fast=False
+            pil_backend = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
+            processor = CLIPProcessor.from_pretrained(model_id, **pil_backend)
+        for method in ("get_image_features", "get_text_features"):
+            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
+                raise ValueError(f"model must provide {method}() like transformers.CLIPModel, got {type(model).__name__}.")
+        try:
+            self.max_length = int(model.config.text_config.max_position_embeddings)
+        except AttributeError as error:
+            raise ValueError(
+                f"model.config must be a CLIPConfig with text_config.max_position_embeddings, got "
+                f"{type(getattr(model, 'config', None)).__name__}."
+            ) from error
+        if not callable(processor) or not callable(getattr(processor, "tokenizer", None)):
+            raise ValueError(
+                f"processor must be a transformers CLIPProcessor (callable, with .tokenizer), got {type(processor).__name__}."
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.truncate_captions = truncate_captions
+
+    def _tokenize(self, captions: List[str]) -> Any:
+        tokenizer = self.processor.tokenizer
+        lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
+        too_long = [index for index, length in enumerate(lengths) if length > self.max_length]
+        if too_long:
+            message = f"captions {too_long[:5]} have {max(lengths)} tokens, more than the text encoder's {self.max_length}"
+            if not self.truncate_captions:
+                raise ValueError(f"{message}; shorten them or build CLIPScorer(truncate_captions=True).")
+            warnings.warn(f"{message}; they are truncated to {self.max_length} tokens.", stacklevel=4)
+        return tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
+        device = self._device()
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+        tokens = self._tokenize(captions)
+        image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))
+        text_embeds = _pooled(
+            self.model.get_text_features(
+                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+            )
+        )
+        return image_embeds, text_embeds
+
+
+class OpenCLIPScorer(_CLIPScore):
+    """The CLIP score (``100 x`` mean cosine, not clamped) with an open_clip model.
+
+    Images go through the model's own evaluation transform (``create_model_and_transforms``'s
+    ``preprocess_val``: shortest side resize, centre crop, normalisation of the model's
+    pretrained configuration) and captions through ``open_clip.get_tokenizer`` (which truncates
+    to the model's context length); embeddings are ``encode_image`` / ``encode_text``.
+
+    Args:
+        model, preprocess, tokenizer: an open_clip model with its evaluation transform and
+            tokenizer; inject all three or none.
+        model_name: open_clip model name (or ``local-dir:`` / ``hf-hub:`` reference) used when none
+            is injected (default ``ViT-B-32-quickgelu``).
+        pretrained: open_clip weights tag or file for ``model_name`` (default ``openai``, the
+            OpenAI ViT-B/32 weights); ``None`` builds the model with random weights.
+    """
+
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        preprocess: Any = None,
+        tokenizer: Any = None,
+        model_name: str = OPEN_CLIP_MODEL,
+        pretrained: Optional[str] = OPEN_CLIP_PRETRAINED,
+    ) -> None:
+        super().__init__()
+        given = [part is not None for part in (model, preprocess, tokenizer)]
+        if any(given) and not all(given):
+            raise ValueError("pass model, preprocess and tokenizer together (an open_clip model needs its own) or none of them.")
+        if model is None:
+            if not isinstance(model_name, str) or not model_name:
+                raise ValueError(f"model_name must be an open_clip model name, got {model_name!r}.")
+            if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
+                raise ValueError(f"pretrained must be an open_clip weights tag / file or None, got {pretrained!r}.")
+            _require("open_clip", "The open_clip CLIP score")
+            import open_clip
+
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+            tokenizer = open_clip.get_tokenizer(model_name)
+        for method in ("encode_image", "encode_text"):
+            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
+                raise ValueError(f"model must provide {method}() like an open_clip model, got {type(model).__name__}.")
+        if not callable(preprocess) or not callable(tokenizer):
+            raise ValueError("preprocess and tokenizer must be callables (open_clip's transform and tokenizer).")
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+
+    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
+        device = self._device()
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(device)
+        tokens = self.tokenizer(captions).to(device)
+        return self.model.encode_image(pixels), self.model.encode_text(tokens)

@@ -9,12 +9,21 @@ paper's Tables 2-4 with one column group per dataset.
     {
       "task": "text_to_image" | "super_resolution" | "latency",
       "dataset": "coco",                      # label of the column group in the tables
-      "settings": {...},                      # the command-line settings of the run
+      "settings": {                           # the command-line settings of the run, and
+        "metrics": {                          # the metrics used (evaluation.metric_setup.metrics_record):
+          "fid_backend": "torchmetrics",      #   "clean-fid", or null without FID
+          "feature_extractor": "inception",   #   null without FID
+          "clip_backend": ..., "clip_model": ...,   # null without the CLIP score
+          "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
+          "library_versions": {...}
+        },
+        "color_correct_baselines": false, ...
+      },
       "count": 5000,                          # images evaluated (all processes)
       "methods": {                            # one entry per row of the table
-        "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, ...},   # text_to_image
-        "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000},  # super_resolution
-        ...
+        "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, "color_correction": true, ...},  # text_to_image
+        "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000, "color_correction": true},  # super_resolution
+        ...                                   # clean-fid adds "kid" and "patch_kid"
       },
       # with a single method its metric keys are repeated at the top level ("psnr", "ssim", ...)
     }
@@ -52,9 +61,11 @@ METHOD_LABELS = {
     "nearest": "Nearest latent upsampling",
     "bilinear": "Bilinear latent upsampling",
     "uplift": "UPLiFT",
+    "sdxl": "SDXL",  # the paper's reference rows (Tables 2-3), generated natively at 1024
+    "lcm-lora-sdxl": "LCM-LoRA SDXL",
 }
-# Row order of the tables: baselines first, then the upscalers, then anything else by name.
-_ROW_ORDER = ("base512", "bicubic", "vae", "nearest", "bilinear", "uplift")
+# Row order of the tables: native references and baselines first, then the upscalers, then anything else by name.
+_ROW_ORDER = ("sdxl", "lcm-lora-sdxl", "base512", "bicubic", "vae", "nearest", "bilinear", "uplift")
 
 LATENCY_STAGES = (
     ("unet", "UNet (all steps, CFG)"),

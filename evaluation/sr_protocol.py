@@ -2,8 +2,10 @@
 
 HR = centre crop of ``hr_size`` x ``hr_size``; LR = PIL bilinear resize of the HR crop to
 ``lr_size`` x ``lr_size``. Methods map the LR image to an image of the HR size, and are scored
-with PSNR / SSIM in [0, 1] per image (averaged). PSNR is :func:`evaluation.metrics.psnr`
-(re-exported here), the project's single PSNR implementation (it needs ``torchmetrics``).
+with PSNR / SSIM in [0, 1] per image (averaged over the images). PSNR is
+:func:`evaluation.metrics.psnr` (re-exported here; CFM's definition: both images clamped to
+[0, 1], ``10 log10(1 / MSE)`` per image), the project's single PSNR implementation (it needs
+``torchmetrics``).
 """
 from __future__ import annotations
 

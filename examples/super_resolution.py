@@ -3,19 +3,19 @@
     python examples/super_resolution.py photo.jpg --scale 4
     python examples/super_resolution.py photo.jpg --vae path/to/taesd_dir --upscaler path/to/uplift_dir
 
-Defaults download the Stable Diffusion 1.5 VAE and the authors' UPLiFT checkpoint from the Hub.
---vae also accepts a local diffusers VAE directory or a folder holding a TAESD-family
-encoder.pth + decoder.pth (the upscaler must be trained for that VAE's latent space).
+Defaults: the Stable Diffusion 1.5 VAE and the authors' released UPLiFT model, from the Hub or its
+cache (with both cached, ``HF_HUB_OFFLINE=1`` runs without network). --vae also accepts a local
+diffusers VAE directory or a folder holding a TAESD-family encoder.pth + decoder.pth (the
+upscaler must be trained for that VAE's latent space).
 """
 import argparse
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download
 from PIL import Image
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.conversion import ORIGINAL_CHECKPOINT_NAME, ORIGINAL_REPO_ID
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.vae_loading import load_vae
 
@@ -23,9 +23,9 @@ from uplift_diffusers.vae_loading import load_vae
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files (any size, any PIL mode)")
-    parser.add_argument("--vae", default="stable-diffusion-v1-5/stable-diffusion-v1-5", help="Hub id or local directory")
-    parser.add_argument("--upscaler", default=None, help="UPLiFT save_pretrained directory or Hub id")
-    parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file (default: from the Hub)")
+    parser.add_argument("--vae", default=SD15_MODEL_ID, help="Hub id or local directory (a pipeline's vae/ is found)")
+    parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help="UPLiFT folder or Hub id (default: the authors' release)")
+    parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file or its Hub URL")
     parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="uplift_outputs")
@@ -33,11 +33,10 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae = load_vae(args.vae)
-    if args.upscaler is not None:
-        upscaler = UPLiFTLatentUpscaler.from_pretrained(args.upscaler)
+    if args.original_checkpoint is not None:
+        upscaler = UPLiFTLatentUpscaler.from_single_file(args.original_checkpoint)
     else:
-        checkpoint = args.original_checkpoint or hf_hub_download(ORIGINAL_REPO_ID, ORIGINAL_CHECKPOINT_NAME)
-        upscaler = UPLiFTLatentUpscaler.from_original_checkpoint(checkpoint)
+        upscaler = UPLiFTLatentUpscaler.from_pretrained(args.upscaler)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
 
     images = [Image.open(path) for path in args.images]

@@ -5,9 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sd_components import build_sd_components, make_upscaler
+from sd_components import build_sd_components, make_upscaler, save_sd_pipeline
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.cli import _is_connection_error, build_parser, main, parse_size
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
+from uplift_diffusers.conversion import convert_to_original_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +121,129 @@ def test_default_hub_vae_offline_gives_one_line(tmp_path, upscaler_dir, inputs, 
     assert "cannot reach the Hugging Face Hub" in line and "--vae" in line
 
 
+# ------------------------------------------------------------------------------- every default from the Hub cache
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny Stable Diffusion pipeline in the SD1.5 layout (its VAE in vae/)."""
+    return save_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipeline")
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A tiny stand-in of the authors' release, saved as they save it (official keys, no config)."""
+    from safetensors.torch import save_file
+
+    model = make_upscaler(4, noise_scale=1.0)
+    save_file(convert_to_original_state_dict(model.state_dict()), str(tmp_path / UPLIFT_SD15_WEIGHTS_NAME))
+    return model, tmp_path / UPLIFT_SD15_WEIGHTS_NAME
+
+
+@pytest.fixture
+def defaults_cached(hub_cache, sd_folder, release):
+    """Both defaults in the (offline) Hub cache: the SD1.5 pipeline and the UPLiFT release."""
+    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)
+    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: release[1]})
+    return hub_cache
+
+
+def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, sd_folder, release, tmp_path, inputs):
+    """`upscale photo --scale 2` with no model flags: the SD1.5 VAE and the release from the cache."""
+    from diffusers import AutoencoderKL
+
+    from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+
+    out = tmp_path / "out"
+    assert main(["upscale", str(inputs / "square.jpg"), "--scale", "2", "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    with PIL.Image.open(out / "square_x2.png") as saved:
+        got = np.asarray(saved.convert("RGB"))
+    # the same as the pipeline on the same two models, same seed
+    vae = AutoencoderKL.from_pretrained(sd_folder, subfolder="vae")
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=release[0])
+    pipe.set_progress_bar_config(disable=True)
+    with PIL.Image.open(inputs / "square.jpg") as image:
+        expected = pipe(image, upscale_factor=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert got.shape == (32, 32, 3)
+    assert np.array_equal(got, np.asarray(expected))
+
+
+def test_upscale_defaults_offline_in_a_new_process(defaults_cached, tmp_path, inputs):
+    """What a new user runs: a fresh process, HF_HUB_OFFLINE=1, the defaults in the cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(defaults_cached.root), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "uplift_diffusers.cli", "upscale", str(inputs / "odd.png"), "--scale", "2", "-o", str(out), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    with PIL.Image.open(out / "odd_x2.png") as image:
+        assert image.size == (42, 26)
+
+
+def test_unreachable_hub_means_cache_only(defaults_cached, tmp_path, inputs, monkeypatch, capsys):
+    """Network off without HF_HUB_OFFLINE: one check, then the cache only (no retries per missing file)."""
+    import huggingface_hub.constants as hub_constants
+
+    import uplift_diffusers.cli as cli
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(cli, "hub_reachable", lambda: False)
+    offline_while_loading = []
+    load_upscaler = cli.load_upscaler
+
+    def recording_load_upscaler(args, dtype):
+        offline_while_loading.append(hub_constants.HF_HUB_OFFLINE)
+        return load_upscaler(args, dtype)
+
+    monkeypatch.setattr(cli, "load_upscaler", recording_load_upscaler)
+    assert main(["upscale", str(inputs / "square.jpg"), "-o", str(tmp_path / "o"), "--scale", "2", "--device", "cpu"]) == 0
+    assert "cannot be reached; using the local cache only" in capsys.readouterr().err
+    assert offline_while_loading == [True]
+    assert hub_constants.HF_HUB_OFFLINE is False  # restored after the command
+    assert (tmp_path / "o" / "square_x2.png").is_file()
+
+
+def test_hub_reachable_is_false_without_an_answer(monkeypatch):
+    import huggingface_hub.utils
+
+    import uplift_diffusers.cli as cli
+
+    class NoNetwork:
+        def head(self, url, timeout=None):
+            raise ConnectionError(f"cannot resolve {url}")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: NoNetwork())
+    assert cli.hub_reachable() is False
+
+
+def test_generate_defaults_run_offline_from_the_cache(defaults_cached, tmp_path, capsys):
+    target = tmp_path / "cat.png"
+    code = main(["generate", "a cat", "--size", "64", "--steps", "2", "-o", str(target), "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    with PIL.Image.open(target) as image:
+        assert image.size == (128, 128)
+
+
+def test_generate_scale_1_needs_no_upscaler(hub_cache, sd_folder, tmp_path, capsys):
+    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)  # the release is not cached
+    target = tmp_path / "cat.png"
+    code = main(["generate", "a cat", "--size", "64", "--scale", "1", "--steps", "2", "-o", str(target), "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    with PIL.Image.open(target) as image:
+        assert image.size == (64, 64)
+
+
+def test_release_missing_from_the_cache_is_one_line(hub_cache, sd_folder, tmp_path, inputs, capsys):
+    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)
+    code = main(["upscale", str(inputs / "square.jpg"), "-o", str(tmp_path / "o"), "--device", "cpu", "--quiet"])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert UPLIFT_SD15_REPO_ID in line and "not in the local cache" in line and "--original-checkpoint" in line
+
+
 # ------------------------------------------------------------------------------- generate
 def test_generate_with_local_model(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
@@ -185,9 +310,9 @@ def test_parse_size_and_parser_defaults():
     assert parse_size("512") == (512, 512)
     assert parse_size("768x512") == (768, 512)
     args = build_parser().parse_args(["generate", "x"])
-    assert args.size == (512, 512) and args.scale == 2 and args.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert args.size == (512, 512) and args.scale == 2 and args.model == SD15_MODEL_ID
     args = build_parser().parse_args(["upscale", "a.png", "-o", "o"])
-    assert args.vae == "stable-diffusion-v1-5/stable-diffusion-v1-5" and args.upscaler is None and args.scale == 4
+    assert args.vae == SD15_MODEL_ID and args.upscaler is None and args.scale == 4
 
 
 def test_connection_error_detection():

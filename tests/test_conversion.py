@@ -16,7 +16,14 @@ import yaml
 from safetensors.torch import load_file
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.conversion import config_from_original, convert_original_state_dict, load_state_dict_file
+from uplift_diffusers.conversion import (
+    OFFICIAL_FIELDS_NOT_IN_WEIGHTS,
+    config_from_original,
+    config_from_state_dict,
+    convert_original_state_dict,
+    convert_to_original_state_dict,
+    load_state_dict_file,
+)
 
 MINI = ("fixtures", "uplift-reference", "sd15vae-mini")
 CASES = ["square", "batch2_nonsquare"]
@@ -426,3 +433,77 @@ def test_bad_checkpoint_arguments(mini, tmp_path):
         load_state_dict_file(not_a_state_dict)
     with pytest.raises(ValueError, match=r"`config` must be a path to an official UPLiFT YAML or a dict, got list"):
         UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], [1, 2])
+
+
+# ----------------------------------------------------------------------------- the config read off the weights
+_NOISE_FIELDS = ("noise_scale", "refiner_noise_channels", "refiner_noise_scale")
+
+
+def _without_noise_fields(kwargs):
+    return {k: v for k, v in kwargs.items() if k not in _NOISE_FIELDS}
+
+
+def test_config_from_state_dict_of_the_mini_fixture_is_its_yaml(mini):
+    inferred = config_from_state_dict(mini["state_dict"])
+    from_yaml = config_from_original(mini["yaml"])
+    assert _without_noise_fields(inferred) == _without_noise_fields(from_yaml)
+    # the noise scale is not in the weights: the official value; the refiner's noise channels as the decoder's
+    assert (inferred["noise_scale"], inferred["refiner_noise_channels"], inferred["refiner_noise_scale"]) == (1.0, None, None)
+    assert from_yaml["refiner_noise_channels"] == inferred["noise_channels"] == 4
+    # without the YAML the fixture reproduces the official outputs once its noise scale (0) is given
+    model = UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"])
+    latents, image = mini["cases"]["batch2_nonsquare.latents"], mini["cases"]["batch2_nonsquare.image"]
+    with torch.no_grad():
+        steps = model(latents, image, num_steps=2, noise_scale=0.0, output_intermediate=True).intermediate
+    for step, got in enumerate(steps, start=1):
+        torch.testing.assert_close(got, mini["cases"][f"batch2_nonsquare.iters2.step{step}"], rtol=0, atol=1e-4)
+
+
+def test_config_from_state_dict_of_the_release_is_the_default_model():
+    with torch.device("meta"):
+        default = UPLiFTLatentUpscaler()
+    inferred = config_from_state_dict(convert_to_original_state_dict(default.state_dict()))
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in default.config.items() if not k.startswith("_")}
+    assert inferred == expected
+    assert {k: inferred[k] for k in OFFICIAL_FIELDS_NOT_IN_WEIGHTS} == OFFICIAL_FIELDS_NOT_IN_WEIGHTS
+
+
+def test_config_from_state_dict_of_a_variant(mini):
+    """A variant with uneven widths, 3 blocks per group, the 9-neighbourhood and ref_con -2."""
+    config = variant_config(mini["config"], "widths-attender9-refcon-2")
+    config["uplift"]["refiner"]["ncat_c"] = config["uplift"]["decoder"]["ncat_c"]  # as in the official configs
+    inferred = config_from_state_dict(official_state_dict(config, seed=4))
+    from_yaml = config_from_original(config)
+    assert _without_noise_fields(inferred) == _without_noise_fields(from_yaml)
+    assert inferred["refiner_encoder_group"] == -2 and inferred["encoder_blocks_per_group"] == 3
+
+
+@pytest.mark.parametrize("kind", ["widths-attender9-refcon-2", "no-bilinear-attender25-refcon0"])
+def test_config_from_state_dict_refuses_what_the_shapes_do_not_tell(mini, kind):
+    """Refiner noise channels unlike the decoder's: the YAML is needed, and the error says so."""
+    state_dict = official_state_dict(variant_config(mini["config"], kind), seed=4)
+    with pytest.raises(ValueError, match="refiner's input width .* matches no encoder group.*pass the official YAML"):
+        config_from_state_dict(state_dict)
+
+
+def test_config_from_state_dict_bad_layouts(mini):
+    state_dict = dict(mini["state_dict"])
+    del state_dict["ref_outc.weight"]
+    with pytest.raises(ValueError, match=r"no 'ref_outc\.weight' \(not the official key layout\?\)"):
+        config_from_state_dict(state_dict)
+    ours = convert_original_state_dict(mini["state_dict"])  # our key layout is not the official one
+    with pytest.raises(ValueError, match="not the official key layout"):
+        config_from_state_dict(ours)
+    state_dict = dict(mini["state_dict"])
+    state_dict["decoder.block_0.blocks.0.conv.0.weight"] = torch.zeros(64, 60, 3, 3)
+    with pytest.raises(ValueError, match=r"decoder's input widths \(60, 132\) do not fit"):
+        config_from_state_dict(state_dict)
+
+
+def test_convert_to_original_state_dict_inverts_the_renaming(mini):
+    ours = convert_original_state_dict(mini["state_dict"])
+    back = convert_to_original_state_dict(ours)
+    assert back.keys() == mini["state_dict"].keys()
+    assert all(back[k] is mini["state_dict"][k] for k in back)
+    with pytest.raises(ValueError, match=r"Keys without an official UPLiFT name .*\['ema'\]"):
+        convert_to_original_state_dict({**ours, "ema": torch.zeros(1)})

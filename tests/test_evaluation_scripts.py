@@ -76,6 +76,15 @@ def _write_coco(folder: Path, num_images: int = 6) -> Path:
     return path
 
 
+def _coco_prompts(tmp_path: Path) -> Path:
+    """A 3-caption set prepared from :func:`_write_coco` with 96 px reference images beside it."""
+    captions = _write_coco(tmp_path)
+    prompts = tmp_path / "coco" / "captions.jsonl"
+    assert prepare_coco.main(["--captions", str(captions), "--num", "3", "--output", str(prompts),
+                              "--images-dir", str(tmp_path / "val2014"), "--reference-size", "96"]) == 0
+    return prompts
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
@@ -298,7 +307,8 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, tiny_models):
     out = tmp_path / "sr"
     argv = ["--data", str(bsds), "--vae", str(taef2), "--upscaler", "bicubic,vae", "--upscaler", "bilinear,nearest",
             "--upscaler", str(tiny_models["upscaler32"]), "--hr-size", "64", "--lr-size", "16", "--limit", "3",
-            "--batch-size", "2", "--output-dir", str(out), "--feature-extractor", "tiny-random", "--quiet"]
+            "--batch-size", "2", "--output-dir", str(out), "--feature-extractor", "tiny-random", "--patch-size", "32",
+            "--color-correct-baselines", "--quiet"]
     assert eval_super_resolution.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["task"] == "super_resolution" and result["count"] == 3
@@ -314,18 +324,10 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, tiny_models):
     assert result["methods"]["bicubic"]["psnr"] == pytest.approx(bicubic["psnr"], abs=1e-5)
 
     # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
-    from uplift_diffusers.vae_loading import decode_latents, encode_latents, load_vae
+    from uplift_diffusers.vae_loading import load_vae
 
     vae = load_vae(str(taef2))
-    psnrs = []
-    for path in files:
-        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
-        lr_t, hr_t = pil_to_tensor(lr), pil_to_tensor(hr)
-        with torch.no_grad():
-            latents = F.interpolate(encode_latents(vae, lr_t * 2 - 1), scale_factor=4, mode="bilinear", align_corners=False)
-            image = color_correct((decode_latents(vae, latents) / 2 + 0.5).clamp(0, 1), lr_t)
-        psnrs.append(float(metrics_psnr(image, hr_t)))
-    assert result["methods"]["bilinear"]["psnr"] == pytest.approx(float(np.mean(psnrs)), abs=1e-4)
+    assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
     # the autoencoder's own reconstruction bounds the latent rows
     assert result["methods"]["vae"]["psnr"] > max(result["methods"][m]["psnr"] for m in ("bilinear", "nearest", "uplift"))
 
@@ -359,10 +361,7 @@ def _t2i_argv(tmp_path, tiny_models, prompts, refs, out):
 def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
     from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline
 
-    captions = _write_coco(tmp_path)
-    prompts = tmp_path / "coco" / "captions.jsonl"
-    assert prepare_coco.main(["--captions", str(captions), "--num", "3", "--output", str(prompts),
-                              "--images-dir", str(tmp_path / "val2014"), "--reference-size", "96"]) == 0
+    prompts = _coco_prompts(tmp_path)
     rows = read_caption_set(prompts)
     out = tmp_path / "t2i"
     argv = _t2i_argv(tmp_path, tiny_models, prompts, prompts.parent / "images", out)
@@ -373,7 +372,7 @@ def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
     assert list(result["methods"]) == ["uplift", "bilinear", "nearest", "base512"]
     for method, values in result["methods"].items():
         assert {"fid", "patch_fid", "clip", "count", "size"} <= set(values)
-        assert values["size"] == (64 if method == "base512" else 128) and 0 <= values["clip"] <= 100
+        assert values["size"] == (64 if method == "base512" else 128) and -100 <= values["clip"] <= 100
         for row in rows:
             with Image.open(out / "images" / method / f"{row.id}.png") as image:
                 assert image.size == (values["size"],) * 2
@@ -394,7 +393,8 @@ def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
     with torch.no_grad():
         base = uplift.base_images.float()
         bilinear = decode_and_correct(pipe.vae, F.interpolate(latents / pipe.vae.config.scaling_factor, scale_factor=2,
-                                                              mode="bilinear", align_corners=False), base)
+                                                              mode="bilinear", align_corners=False), base,
+                                      color_correction=False)
     for method, expected in (("uplift", uplift.images[0]), ("base512", base[0]), ("bilinear", bilinear[0])):
         saved = _png_array(out / "images" / method / f"{last.id}.png")
         assert np.abs(saved - _to_uint8(expected)).max() <= 1, method
@@ -426,7 +426,7 @@ def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
 # --------------------------------------------------------------------------------------------
 # Latency benchmark
 # --------------------------------------------------------------------------------------------
-TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2", "--batch-size", "1"]
+TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2", "--batch-size", "1", "--no-compile"]  # compiling is the default
 
 
 def test_benchmark_latency_breakdown(tmp_path):
@@ -497,3 +497,112 @@ def test_make_tables_layout(tmp_path):
     assert "| Stage | coco batch 4, 25 steps |" in text and "| UPLiFT | 0.0500 |" in text and "| Total: UPLiFT | 2.5510 |" in text
     # two results with the same label for one table are refused
     assert make_tables.main([paths[0], paths[0]]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Metric protocol of the scripts (issue #15 part 3): the paper's metrics by default, clean-fid /
+# open_clip selectable, latent baselines colour-corrected only on request, all recorded
+# --------------------------------------------------------------------------------------------
+def _baseline_psnr(vae, files, color_correction: bool) -> float:
+    """Mean PSNR of the bilinear latent baseline (64 <- 16): encode LR, interpolate the latents
+    (align_corners=False), decode, and colour-correct against LR when ``color_correction``."""
+    from uplift_diffusers.vae_loading import decode_latents, encode_latents
+
+    psnrs = []
+    for path in files:
+        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        lr_t, hr_t = pil_to_tensor(lr), pil_to_tensor(hr)
+        with torch.no_grad():
+            latents = F.interpolate(encode_latents(vae, lr_t * 2 - 1), scale_factor=4, mode="bilinear", align_corners=False)
+            image = (decode_latents(vae, latents) / 2 + 0.5).clamp(0, 1)
+            image = color_correct(image, lr_t) if color_correction else image
+        psnrs.append(float(metrics_psnr(image, hr_t)))
+    return float(np.mean(psnrs))
+
+
+def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tmp_path, shared_path):
+    from evaluation import metric_setup
+    from uplift_diffusers.vae_loading import load_vae
+
+    bsds = shared_path("data", "bsds500", "test")
+    taef2 = shared_path("models", "taef2")
+    common = ["--data", str(bsds), "--vae", str(taef2), "--upscaler", "bicubic,bilinear", "--hr-size", "64", "--lr-size", "16",
+              "--limit", "3", "--batch-size", "2", "--quiet"]
+    # the defaults are the paper's protocol
+    args = eval_super_resolution.build_parser().parse_args(common + ["--output-dir", str(tmp_path)])
+    assert (args.fid_backend, args.feature_extractor, args.patch_size, args.num_patches) == ("torchmetrics", "inception", 512, 4)
+    assert args.color_correct_baselines is False
+
+    # default: the bilinear row is not colour-corrected; clean-fid gives FID and KID
+    out = tmp_path / "plain"
+    assert eval_super_resolution.main(common + ["--output-dir", str(out), "--fid-backend", "clean-fid",
+                                                "--feature-extractor", "tiny-random", "--patch-size", "32"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    vae = load_vae(str(taef2))
+    files = list_images(bsds)[:3]
+    bilinear = result["methods"]["bilinear"]
+    assert bilinear["color_correction"] is False and result["methods"]["bicubic"]["color_correction"] is False
+    assert bilinear["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=False), abs=1e-4)
+    assert bilinear["psnr"] != pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-3)
+    for values in result["methods"].values():
+        assert {"fid", "kid", "patch_fid", "patch_kid"} <= set(values)
+        assert all(math.isfinite(values[key]) for key in ("fid", "kid", "patch_fid", "patch_kid"))
+    record = result["settings"]["metrics"]
+    assert result["settings"]["color_correct_baselines"] is False
+    assert (record["fid_backend"], record["feature_extractor"], record["clip_backend"]) == ("clean-fid", "tiny-random", None)
+    assert set(record["definitions"]) == {"psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"}
+    assert record["definitions"]["fid"] == metric_setup.DEFINITIONS["fid/clean-fid"]
+    assert "4 random 32 x 32 crops" in record["definitions"]["patch_fid"]
+    assert "StructuralSimilarityIndexMeasure(data_range=1.0)" in record["definitions"]["ssim"]
+    assert record["library_versions"]["clean-fid"]
+
+    # --color-correct-baselines: corrected like UPLiFT, and said so; without FID nothing claims a feature extractor
+    corrected = tmp_path / "corrected"
+    assert eval_super_resolution.main(common + ["--output-dir", str(corrected), "--color-correct-baselines", "--no-fid"]) == 0
+    result = json.loads((corrected / "results.json").read_text())
+    assert result["methods"]["bilinear"]["color_correction"] is True and result["settings"]["color_correct_baselines"] is True
+    assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
+    record = result["settings"]["metrics"]
+    assert record["fid_backend"] is None and record["feature_extractor"] is None and set(record["definitions"]) == {"psnr", "ssim"}
+    assert "fid" not in result["methods"]["bilinear"]
+    # the paper's 512 crops do not fit 64 px images: refused, not shrunk
+    assert eval_super_resolution.main(common + ["--output-dir", str(corrected), "--feature-extractor", "tiny-random"]) == 2
+
+
+def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny_models):
+    from evaluation.metrics import OpenCLIPScorer
+    from sd_components import save_tiny_open_clip
+
+    prompts = _coco_prompts(tmp_path)
+    rows = read_caption_set(prompts)
+    open_clip_name = save_tiny_open_clip(tmp_path / "open-clip")
+    out = tmp_path / "t2i"
+    argv = ["--prompts", str(prompts), "--output-dir", str(out), "--model", str(tiny_models["sd"]), "--steps", "2", "--size", "64",
+            "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-backend", "open_clip",
+            "--clip-model", open_clip_name, "--clip-pretrained", "none", "--quiet"]
+    defaults = eval_text_to_image.build_parser().parse_args(["--prompts", "p", "--output-dir", "o"])
+    assert (defaults.clip_backend, defaults.clip_model, defaults.fid_backend, defaults.patch_size) == ("transformers", None, "torchmetrics", 512)
+    assert eval_text_to_image.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    record = result["settings"]["metrics"]
+    assert (record["clip_backend"], record["clip_model"], record["clip_pretrained"]) == ("open_clip", open_clip_name, None)
+    assert record["fid_backend"] is None and record["feature_extractor"] is None and set(record["definitions"]) == {"clip"}
+    assert "open_clip" in record["definitions"]["clip"] and "not clamped" in record["definitions"]["clip"]
+    assert result["methods"]["bilinear"]["color_correction"] is False and result["methods"]["base512"]["color_correction"] is False
+    marker = out / "images" / "bilinear" / "color_correction.json"
+    assert json.loads(marker.read_text()) == {"color_correction": False}
+    # the CLIP score is the open_clip scorer's on the saved PNGs (the model's weights are in its folder)
+    scorer = OpenCLIPScorer(model_name=open_clip_name, pretrained=None)
+    for method in ("bilinear", "base512"):
+        scorer.reset()
+        size = result["methods"][method]["size"]
+        images = torch.cat([eval_text_to_image.load_generated(out / "images" / method / f"{row.id}.png", size) for row in rows])
+        scorer.update(images, [row.caption for row in rows])
+        assert result["methods"][method]["clip"] == pytest.approx(scorer.compute(), abs=1e-4)
+    # the saved baseline images were made without correction: a corrected rerun must not reuse them
+    assert eval_text_to_image.main(argv + ["--color-correct-baselines"]) == 2
+    assert eval_text_to_image.main(argv + ["--color-correct-baselines", "--metrics-only"]) == 2
+    assert eval_text_to_image.main(argv + ["--metrics-only"]) == 0
+    # --clip-pretrained belongs to open_clip
+    transformers_argv = [item for item in argv if item not in ("--clip-backend", "open_clip")]
+    assert eval_text_to_image.main(transformers_argv) == 2

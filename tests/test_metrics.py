@@ -1,10 +1,11 @@
-"""Tests of evaluation/metrics.py (offline, CPU, small).
+"""Tests of evaluation/metrics.py: the paper's metric definitions and the alternative backends.
 
-The real Inception / CLIP networks are never loaded: FID gets small random conv extractors and
-the CLIP score a tiny random ``CLIPModel`` with a tokenizer whose vocabulary the test writes.
-Reference numbers come from independent implementations: scipy.linalg.sqrtm for the Frechet
-distance, scikit-image for PSNR / SSIM, PIL for the CLIP resize, and the ``CLIPModel`` forward
-pass (its own normalised embeddings) for the CLIP cosine.
+Offline, CPU, small: FID gets small random conv extractors, the CLIP scores tiny random-weight
+transformers / open_clip models built here (nothing is downloaded). Reference numbers come from
+independent computations: CFM's formulas (``CompVis/fm-boosting`` ``fmboost/metrics.py``)
+written out in numpy / torch, scipy's ``sqrtm`` for the Frechet distance, a direct MMD for KID,
+scipy's Gaussian filter for SSIM, scikit-image for PSNR, PIL for the image resizes,
+torchvision's ``RandomCrop.get_params`` for the crop boxes and clean-fid's own folder functions.
 """
 from __future__ import annotations
 
@@ -19,33 +20,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.ndimage
 import torch
 from PIL import Image
 from torch import nn
 
 from evaluation import metrics
+from sd_components import save_tiny_open_clip
 from evaluation.metrics import (
-    CLIP_MEAN,
-    CLIP_STD,
+    OPEN_CLIP_MODEL,
+    OPEN_CLIP_PRETRAINED,
+    CleanFIDAccumulator,
     CLIPScorer,
     FIDAccumulator,
+    OpenCLIPScorer,
     PatchFID,
-    clip_preprocess,
     extract_patches,
-    frechet_distance,
     psnr,
     random_patch_anchors,
     ssim,
+    to_uint8,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 class TinyFeatures(nn.Module):
-    """Small random conv feature extractor: B x 3 x H x W -> B x 12."""
+    """Small random conv feature extractor: B x 3 x H x W (uint8 or float in [0, 255]) -> B x 12."""
 
     num_features = 12
 
@@ -60,7 +66,7 @@ class TinyFeatures(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(images.float() / 255.0)
 
 
 class RecordingFeatures(TinyFeatures):
@@ -89,31 +95,33 @@ def _degrade(images: torch.Tensor, seed: int) -> torch.Tensor:
     return (blurred + noise).clamp(0, 1)
 
 
-def _skimage_reference(pred: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnrs, ssims = [], []
-    for p, t in zip(pred.double().numpy(), target.double().numpy()):
-        p_hwc, t_hwc = p.transpose(1, 2, 0), t.transpose(1, 2, 0)
-        psnrs.append(peak_signal_noise_ratio(t_hwc, p_hwc, data_range=1.0))
-        ssims.append(
-            structural_similarity(
-                t_hwc,
-                p_hwc,
-                gaussian_weights=True,
-                sigma=1.5,
-                use_sample_covariance=False,
-                data_range=1.0,
-                channel_axis=2,
-            )
-        )
-    return np.array(psnrs), np.array(ssims)
+def _cfm_un_normalize(ims: torch.Tensor) -> torch.Tensor:
+    """CFM's ``un_normalize_ims``: [-1, 1] -> uint8 by ``(x * 127.5 + 127.5).clip(0, 255).to(uint8)``."""
+    return ((ims * 127.5) + 127.5).clip(0, 255).to(torch.uint8)
 
 
-def _scipy_frechet(mu1, sigma1, mu2, sigma2) -> float:
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    covmean = np.real(covmean)
+def _scipy_frechet(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    mu1, sigma1 = feats1.mean(0), np.cov(feats1, rowvar=False)
+    mu2, sigma2 = feats2.mean(0), np.cov(feats2, rowvar=False)
+    covmean = np.real(scipy.linalg.sqrtm(sigma1 @ sigma2))
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _ssim_reference(pred: np.ndarray, target: np.ndarray) -> float:
+    """SSIM of one C x H x W image pair: 11-tap Gaussian (sigma 1.5) on mirror-padded planes (torch's
+    reflect padding = scipy's "mirror"), C1 = 0.01^2, C2 = 0.03^2, the whole map averaged."""
+    def blur(plane):
+        return scipy.ndimage.gaussian_filter(plane, sigma=1.5, mode="mirror", truncate=5 / 1.5)
+
+    maps = []
+    for p, t in zip(pred.astype(np.float64), target.astype(np.float64)):
+        mu_p, mu_t = blur(p), blur(t)
+        var_p = np.maximum(blur(p * p) - mu_p**2, 0)
+        var_t = np.maximum(blur(t * t) - mu_t**2, 0)
+        cov = blur(p * t) - mu_p * mu_t
+        c1, c2 = 0.01**2, 0.03**2
+        maps.append(((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)))
+    return float(np.mean(maps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +142,7 @@ def test_import_does_not_load_torchvision(tmp_path):
         import importlib.util, sys
         assert importlib.util.find_spec("torchvision").origin.startswith({str(fake)!r})
         import evaluation.metrics
-        print(sorted(m for m in ("torchvision", "torchmetrics", "transformers") if m in sys.modules))
+        print(sorted(m for m in ("torchvision", "torchmetrics", "transformers", "cleanfid", "open_clip") if m in sys.modules))
         """
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), str(REPO_ROOT)]))
@@ -146,22 +154,72 @@ def test_import_does_not_load_torchvision(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# uint8 conversion
+# --------------------------------------------------------------------------------------------
+def test_to_uint8_cfm_is_un_normalize_ims_of_2x_minus_1():
+    images = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(0))
+    images[0, 0, 0, :5] = torch.tensor([0.0, 1.0, 0.5, 0.999, 254.6 / 255])
+    ours = to_uint8(images, "cfm")
+    assert ours.dtype == torch.uint8 and ours.shape == images.shape
+    assert torch.equal(ours, _cfm_un_normalize(images * 2 - 1))
+    # truncation, not rounding: 0.5 -> 127 (round: 128), 0.999 -> 254 (round: 255)
+    assert ours[0, 0, 0, :5].tolist() == [0, 255, 127, 254, 254]
+    assert to_uint8(images, "round")[0, 0, 0, :5].tolist() == [0, 255, 128, 255, 255]
+    # away from the ulp boundaries this is floor(255 x); rounding is what an 8-bit PNG stores
+    floor = np.floor(images.double().numpy() * 255)
+    assert np.mean(ours.numpy() == floor) > 0.999 and np.abs(ours.numpy() - floor).max() <= 1
+    assert np.array_equal(to_uint8(images, "round").numpy(), (images.numpy() * 255).round().astype(np.uint8))
+
+
+def test_to_uint8_gives_back_8bit_images_exactly():
+    levels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).reshape(1, 3, 16, 16)
+    as_float = levels.float() / 255  # what pil_to_tensor gives for an 8-bit file
+    assert torch.equal(to_uint8(as_float, "cfm"), levels)
+    assert torch.equal(to_uint8(as_float, "round"), levels)
+    with pytest.raises(ValueError, match="method must be one of"):
+        to_uint8(as_float, "floor")
+
+
+# --------------------------------------------------------------------------------------------
 # PSNR / SSIM
 # --------------------------------------------------------------------------------------------
-def test_psnr_ssim_match_skimage_on_synthetic_images():
+def test_psnr_is_cfm_calculate_psnr_per_image():
+    from skimage.metrics import peak_signal_noise_ratio
+
     target = _smooth_images(3, 40, 56, seed=1)
     pred = _degrade(target, seed=2)
-    ref_psnr, ref_ssim = _skimage_reference(pred, target)
-    ours_psnr, ours_ssim = psnr(pred, target), ssim(pred, target)
-    assert ours_psnr.shape == (3,) and ours_ssim.shape == (3,)
-    np.testing.assert_allclose(ours_psnr.double().numpy(), ref_psnr, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ours_ssim.double().numpy(), ref_ssim, rtol=0, atol=1e-4)
-    # sanity of the numbers themselves: noise of std 0.05 plus a blur -> PSNR in the 20s dB
-    assert np.all((ref_psnr > 20) & (ref_psnr < 30))
-    assert np.all((ref_ssim > 0.2) & (ref_ssim < 0.95))
+    ours = psnr(pred, target)
+    assert ours.shape == (3,)
+    # CFM: clamp to [0, 1], per-image MSE over C, H, W, 20 log10(1 / sqrt(MSE))
+    p, t = pred.double().clamp(0, 1), target.double().clamp(0, 1)
+    mse = ((p - t) ** 2).mean(dim=(1, 2, 3))
+    cfm = 20 * torch.log10(1 / torch.sqrt(mse))
+    np.testing.assert_allclose(ours.double().numpy(), cfm.numpy(), rtol=0, atol=1e-4)
+    skimage = [peak_signal_noise_ratio(t_.numpy(), p_.numpy(), data_range=1.0) for p_, t_ in zip(pred.double(), target.double())]
+    np.testing.assert_allclose(ours.double().numpy(), skimage, rtol=0, atol=1e-4)
+    assert np.all((cfm.numpy() > 20) & (cfm.numpy() < 30))  # noise of std 0.05 plus a blur
+    assert torch.isinf(psnr(target, target)).all()
 
 
-def test_psnr_ssim_match_skimage_on_photos(shared_path):
+def test_ssim_is_torchmetrics_ssim_with_data_range_1():
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    target = _smooth_images(5, 40, 56, seed=3)
+    pred = _degrade(target, seed=4)
+    ours = ssim(pred, target)
+    assert ours.shape == (5,)
+    expected = [_ssim_reference(p.numpy(), t.numpy()) for p, t in zip(pred, target)]
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=0, atol=1e-5)
+    # the metric object CFM uses, accumulated over uneven batches, averages these per-image values
+    metric = StructuralSimilarityIndexMeasure(data_range=1.0)
+    metric.update(pred[:3], target[:3])
+    metric.update(pred[3:], target[3:])
+    assert float(metric.compute()) == pytest.approx(float(ours.mean()), abs=1e-6)
+    torch.testing.assert_close(ssim(target, target), torch.ones(5), atol=1e-6, rtol=0)
+    assert np.all((np.array(expected) > 0.2) & (np.array(expected) < 0.95))
+
+
+def test_psnr_ssim_on_photos(shared_path):
     folder = shared_path("data", "bsds500", "test")
     files = sorted(folder.glob("*.jpg"))[:2]
     assert len(files) == 2
@@ -171,157 +229,88 @@ def test_psnr_ssim_match_skimage_on_photos(shared_path):
             array = np.asarray(image.convert("RGB"), dtype=np.float32)[:96, :128] / 255.0
         crops.append(torch.from_numpy(array).permute(2, 0, 1))
     target = torch.stack(crops)
-    pred = _degrade(target, seed=3)
-    ref_psnr, ref_ssim = _skimage_reference(pred, target)
-    np.testing.assert_allclose(psnr(pred, target).double().numpy(), ref_psnr, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(ssim(pred, target).double().numpy(), ref_ssim, rtol=0, atol=1e-4)
-
-
-def test_psnr_ssim_identity_and_known_mse():
-    target = _smooth_images(2, 32, 32, seed=4)
-    assert torch.isinf(psnr(target, target)).all()
-    torch.testing.assert_close(ssim(target, target), torch.ones(2), atol=1e-6, rtol=0)
-    shifted = (target * 0.5 + 0.1).clamp(0, 1)
-    mse = (shifted - target).square().mean(dim=(1, 2, 3))
-    torch.testing.assert_close(psnr(shifted, target), 10 * torch.log10(1 / mse), atol=1e-4, rtol=0)
+    pred = _degrade(target, seed=5)
+    expected = [_ssim_reference(p.numpy(), t.numpy()) for p, t in zip(pred, target)]
+    np.testing.assert_allclose(ssim(pred, target).double().numpy(), expected, rtol=0, atol=1e-5)
+    mse = ((pred.double() - target.double()) ** 2).mean(dim=(1, 2, 3))
+    np.testing.assert_allclose(psnr(pred, target).double().numpy(), (10 * torch.log10(1 / mse)).numpy(), atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
-# Frechet distance / FID
+# FID (torchmetrics, the paper's)
 # --------------------------------------------------------------------------------------------
-def test_frechet_distance_matches_scipy_sqrtm():
-    rng = np.random.default_rng(0)
-    dim = 16
-    mixing1, mixing2 = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
-    feats1 = rng.normal(size=(300, dim)) @ mixing1 + 0.5
-    feats2 = rng.normal(size=(300, dim)) @ mixing2 - 0.3
-    mu1, sigma1 = feats1.mean(0), np.cov(feats1, rowvar=False)
-    mu2, sigma2 = feats2.mean(0), np.cov(feats2, rowvar=False)
-    expected = _scipy_frechet(mu1, sigma1, mu2, sigma2)
-    ours = frechet_distance(mu1, sigma1, mu2, sigma2)
-    assert expected > 1.0
-    assert ours == pytest.approx(expected, rel=1e-6)
-    # tensors (any float dtype) give the same number, and the distance is symmetric
-    as_tensors = [torch.from_numpy(x).float() for x in (mu1, sigma1, mu2, sigma2)]
-    assert frechet_distance(*as_tensors) == pytest.approx(expected, rel=1e-5)
-    assert frechet_distance(mu2, sigma2, mu1, sigma1) == pytest.approx(ours, rel=1e-9)
-
-
-def test_frechet_distance_of_singular_covariances_is_finite():
-    rng = np.random.default_rng(1)
-    feats1, feats2 = rng.normal(size=(10, 32)), rng.normal(size=(10, 32))  # 10 samples < 32 dims
-    value = frechet_distance(feats1.mean(0), np.cov(feats1, rowvar=False), feats2.mean(0), np.cov(feats2, rowvar=False))
-    assert np.isfinite(value) and value > 0
-    same = frechet_distance(feats1.mean(0), np.cov(feats1, rowvar=False), feats1.mean(0), np.cov(feats1, rowvar=False))
-    assert abs(same) < 1e-9
-
-
-def test_fid_of_a_set_against_itself_is_zero():
-    images = _smooth_images(24, 32, 32, seed=5)
-    fid = FIDAccumulator(feature_extractor=TinyFeatures())
-    fid.update(images[:10], real=True)
-    fid.update(images[10:], real=True)
-    fid.update(images, real=False)
-    assert (fid.num_real, fid.num_fake) == (24, 24)
-    value = fid.compute()
-    mu, sigma = fid.statistics(real=True)
-    assert abs(value) < 1e-9 * max(1.0, float(sigma.trace()))
-
-
-def test_fid_equals_frechet_distance_of_extracted_features():
-    extractor = TinyFeatures()
+def test_fid_feeds_cfm_uint8_images_and_matches_scipy():
+    extractor = RecordingFeatures()
     real, fake = _smooth_images(30, 32, 32, seed=6), _smooth_images(30, 32, 32, seed=7).pow(2)
     fid = FIDAccumulator(feature_extractor=extractor)
     for start in range(0, 30, 8):  # uneven batches: accumulation must not depend on batching
         fid.update(real[start : start + 8], real=True)
         fid.update(fake[start : start + 8], real=False)
+    assert (fid.num_real, fid.num_fake) == (30, 30)
+    seen = torch.cat(extractor.seen[0::2]), torch.cat(extractor.seen[1::2])
+    assert seen[0].dtype == torch.uint8
+    assert torch.equal(seen[0], _cfm_un_normalize(real * 2 - 1)) and torch.equal(seen[1], _cfm_un_normalize(fake * 2 - 1))
     with torch.no_grad():
-        feats_real = extractor(real).double().numpy()
-        feats_fake = extractor(fake).double().numpy()
-    mu_r, sigma_r = fid.statistics(real=True)
-    np.testing.assert_allclose(mu_r.numpy(), feats_real.mean(0), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(sigma_r.numpy(), np.cov(feats_real, rowvar=False), rtol=1e-6, atol=1e-12)
-    expected = _scipy_frechet(feats_fake.mean(0), np.cov(feats_fake, rowvar=False), feats_real.mean(0), np.cov(feats_real, rowvar=False))
-    value = fid.compute()
+        feats_real = TinyFeatures.forward(extractor, seen[0]).double().numpy()
+        feats_fake = TinyFeatures.forward(extractor, seen[1]).double().numpy()
+    value = fid.compute()["fid"]
     assert value > 0
-    assert value == pytest.approx(expected, rel=1e-5)
-    # reset forgets both sets (reset_real_features=True by default)
-    fid.reset()
+    assert value == pytest.approx(_scipy_frechet(feats_fake, feats_real), rel=1e-4)
+    fid.reset()  # reset_real_features=True by default
     assert (fid.num_real, fid.num_fake) == (0, 0)
 
 
-_DISTRIBUTED_SCRIPT = """
-import sys
-import torch
-import torch.distributed as dist
-from torch import nn
-from evaluation.metrics import FIDAccumulator
-
-
-def extractor():
-    torch.manual_seed(0)  # identical weights on every rank
-    return nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-rank, store = int(sys.argv[1]), sys.argv[2]
-generator = torch.Generator().manual_seed(1)
-real, fake = torch.rand(16, 3, 16, 16, generator=generator), torch.rand(16, 3, 16, 16, generator=generator) ** 2
-dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
-fid = FIDAccumulator(feature_extractor=extractor(), num_features=6)
-fid.update(real[rank * 8 : rank * 8 + 8], real=True)  # each rank sees only its shard
-fid.update(fake[rank * 8 : rank * 8 + 8], real=False)
-value = fid.compute()  # collective
-dist.destroy_process_group()
-single = FIDAccumulator(feature_extractor=extractor(), num_features=6)  # one process, all images
-single.update(real, real=True)
-single.update(fake, real=False)
-print(repr((value, single.compute(), fid.num_real)))
-"""
-
-
-@pytest.mark.slow  # two extra interpreters importing torch + torchmetrics: ~10 CPU-seconds
-def test_fid_gathers_statistics_across_processes(tmp_path):
-    script = tmp_path / "fid_ddp.py"
-    script.write_text(_DISTRIBUTED_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    store = str(tmp_path / "store")
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), store],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [process.communicate(timeout=180) for process in ranks]
-    for process, (_, stderr) in zip(ranks, outputs):
-        assert process.returncode == 0, stderr[-3000:]
-    for stdout, _ in outputs:
-        gathered, single, local_real = eval(stdout.strip().splitlines()[-1])
-        assert single > 0
-        assert gathered == pytest.approx(single, rel=1e-9)  # both ranks get the FID of all 16 + 16 images
-        assert local_real == 8  # compute() restores the local (unsynced) states afterwards
-
-
-def test_fid_keeps_real_features_when_asked():
+def test_fid_of_a_set_against_itself_is_zero_and_real_features_can_be_kept():
+    images = _smooth_images(24, 32, 32, seed=8)
     fid = FIDAccumulator(feature_extractor=TinyFeatures(), reset_real_features=False)
-    images = _smooth_images(6, 32, 32, seed=8)
+    fid.update(images[:10], real=True)
+    fid.update(images[10:], real=True)
+    fid.update(images, real=False)
+    assert abs(fid.compute()["fid"]) < 1e-3
+    fid.reset()
+    assert (fid.num_real, fid.num_fake) == (24, 0)
+
+
+def test_fid_default_is_torchmetrics_inception_2048_without_antialias(monkeypatch):
+    """The paper's network: torchmetrics' NoTrainInceptionV3, 2048 features, the resize torchmetrics
+    1.7.1 (the authors' version) used (antialias=False); built here without its weights."""
+    import torchmetrics.image.fid as tm_fid
+
+    built = []
+
+    class FakeInception(nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, antialias=True):
+            super().__init__()
+            built.append(dict(name=name, features_list=features_list, antialias=antialias))
+
+        def forward(self, images):
+            assert images.dtype == torch.uint8
+            return images.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+    monkeypatch.setattr(tm_fid, "NoTrainInceptionV3", FakeInception)
+    fid = FIDAccumulator()
+    assert built == [dict(name="inception-v3-compat", features_list=["2048"], antialias=False)]
+    assert fid.metric.normalize is False and fid.metric.reset_real_features is True
+    images = _smooth_images(4, 16, 16, seed=9)
     fid.update(images, real=True)
     fid.update(images, real=False)
-    fid.reset()
-    assert (fid.num_real, fid.num_fake) == (6, 0)
+    assert np.isfinite(fid.compute()["fid"])  # fed uint8 (checked in forward), 2048 features
+    FIDAccumulator(inception_antialias=True)
+    assert built[-1]["antialias"] is True
 
 
-def test_fid_infers_num_features_by_probing():
+def test_fid_infers_num_features_by_probing_with_uint8():
     class NoAttribute(nn.Module):
         def forward(self, images):
-            return images.mean(dim=(2, 3))  # 3 features
+            assert images.dtype == torch.uint8
+            return images.float().mean(dim=(2, 3))  # 3 features
 
     fid = FIDAccumulator(feature_extractor=NoAttribute())
-    images = _smooth_images(5, 16, 16, seed=9)
+    images = _smooth_images(5, 16, 16, seed=10)
     fid.update(images, real=True)
     fid.update(images, real=False)
-    assert fid.statistics(real=True)[0].shape == (3,)
-    assert abs(fid.compute()) < 1e-12
+    assert fid.metric.real_features_sum.shape == (3,)
+    assert abs(fid.compute()["fid"]) < 1e-6
 
 
 def test_default_inception_without_torch_fidelity_says_how_to_install(monkeypatch):
@@ -335,27 +324,181 @@ def test_default_inception_without_torch_fidelity_says_how_to_install(monkeypatc
 
 def test_fid_compute_needs_two_images_per_set():
     fid = FIDAccumulator(feature_extractor=TinyFeatures())
-    fid.update(_smooth_images(1, 32, 32, seed=10), real=True)
-    fid.update(_smooth_images(3, 32, 32, seed=11), real=False)
-    with pytest.raises(RuntimeError, match="at least 2 real images, got 1"):
+    fid.update(_smooth_images(1, 32, 32, seed=11), real=True)
+    fid.update(_smooth_images(3, 32, 32, seed=12), real=False)
+    with pytest.raises(RuntimeError, match="More than one sample"):
         fid.compute()
+
+
+_DISTRIBUTED_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from torch import nn
+from evaluation.metrics import CleanFIDAccumulator, FIDAccumulator
+
+
+class Features(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)  # identical weights on every rank
+        self.net = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, images):
+        return self.net(images.float() / 255)
+
+
+rank, store = int(sys.argv[1]), sys.argv[2]
+generator = torch.Generator().manual_seed(1)
+real, fake = torch.rand(16, 3, 16, 16, generator=generator), torch.rand(16, 3, 16, 16, generator=generator) ** 2
+shard = slice(0, 10) if rank == 0 else slice(10, 16)  # uneven shards
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+values, locals_ = [], []
+for make in (lambda: FIDAccumulator(feature_extractor=Features(), num_features=6), lambda: CleanFIDAccumulator(feature_extractor=Features())):
+    metric = make()
+    metric.update(real[shard], real=True)  # each rank sees only its shard
+    metric.update(fake[shard], real=False)
+    values.append(metric.compute())  # collective
+    locals_.append(metric.num_real)
+dist.destroy_process_group()
+singles = []
+for make in (lambda: FIDAccumulator(feature_extractor=Features(), num_features=6), lambda: CleanFIDAccumulator(feature_extractor=Features())):
+    metric = make()  # one process, all images
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    singles.append(metric.compute())
+print(repr((values, singles, locals_)))
+"""
+
+
+@pytest.mark.slow  # two extra interpreters importing torch + torchmetrics + clean-fid: ~15 CPU-seconds
+def test_fid_and_clean_fid_gather_statistics_across_processes(tmp_path):
+    script = tmp_path / "fid_ddp.py"
+    script.write_text(_DISTRIBUTED_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    store = str(tmp_path / "store")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), store],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [process.communicate(timeout=240) for process in ranks]
+    for process, (_, stderr) in zip(ranks, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    for rank, (stdout, _) in enumerate(outputs):
+        gathered, single, local_real = eval(stdout.strip().splitlines()[-1])
+        for ours, reference in zip(gathered, single):  # both ranks get the numbers of all 16 + 16 images
+            assert reference["fid"] > 0 and set(ours) == set(reference)
+            for key in reference:
+                assert ours[key] == pytest.approx(reference[key], rel=1e-5)
+        assert local_real == [10 if rank == 0 else 6] * 2  # compute() restores the local states afterwards
+
+
+# --------------------------------------------------------------------------------------------
+# clean-fid FID / KID
+# --------------------------------------------------------------------------------------------
+def _save_pngs(images: torch.Tensor, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for index, array in enumerate(to_uint8(images, "round").permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(array).save(folder / f"{index:03d}.png")
+
+
+def test_clean_fid_equals_compute_fid_on_folders_and_scipy(tmp_path):
+    from cleanfid import fid as cleanfid_fid
+
+    real, fake = _smooth_images(8, 40, 48, seed=13), _smooth_images(8, 40, 48, seed=14).pow(2)
+    extractor = TinyFeatures()
+    accumulator = CleanFIDAccumulator(feature_extractor=extractor)
+    accumulator.update(real[:5], real=True)
+    accumulator.update(real[5:], real=True)
+    accumulator.update(fake, real=False)
+    assert (accumulator.num_real, accumulator.num_fake) == (8, 8)
+    values = accumulator.compute()
+    # clean-fid itself on folders of the PNGs (mode "clean", the same extractor)
+    _save_pngs(fake, tmp_path / "fake")
+    _save_pngs(real, tmp_path / "real")
+    reference = cleanfid_fid.compute_fid(
+        str(tmp_path / "fake"), str(tmp_path / "real"), mode="clean", custom_feat_extractor=extractor,
+        device=torch.device("cpu"), num_workers=0, batch_size=4, verbose=False,
+    )
+    assert values["fid"] > 0 and values["fid"] == pytest.approx(reference, rel=1e-6)
+
+    # independently: PIL bicubic on float channels to 299 x 299, features, scipy sqrtm
+    def features(images):
+        arrays = to_uint8(images, "round").permute(0, 2, 3, 1).numpy()
+        resized = [
+            np.stack([np.asarray(Image.fromarray(a[:, :, c].astype(np.float32), "F").resize((299, 299), Image.BICUBIC)) for c in range(3)])
+            for a in arrays
+        ]
+        with torch.no_grad():
+            return extractor(torch.from_numpy(np.clip(np.stack(resized), 0, 255))).double().numpy()
+
+    feats_fake, feats_real = features(fake), features(real)
+    assert values["fid"] == pytest.approx(_scipy_frechet(feats_fake, feats_real), rel=1e-4)
+    # KID: with equal set sizes below 1000 every subset is the whole set, so clean-fid's estimate is
+    # the unbiased MMD^2 with the cubic polynomial kernel over all features
+    d, m = feats_fake.shape[1], feats_fake.shape[0]
+
+    def kernel(a, b):
+        return (a @ b.T / d + 1) ** 3
+
+    kxx, kyy, kxy = kernel(feats_fake, feats_fake), kernel(feats_real, feats_real), kernel(feats_fake, feats_real)
+    mmd = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+    assert values["kid"] > 0 and values["kid"] == pytest.approx(mmd, rel=2e-3)  # clean-fid sums in float32
+
+
+def test_clean_fid_kid_seed_is_fixed_and_numpy_state_restored():
+    real, fake = _smooth_images(12, 24, 24, seed=15), _smooth_images(9, 24, 24, seed=16).pow(3)
+    kids, extractor = [], TinyFeatures()
+    for _ in range(2):
+        accumulator = CleanFIDAccumulator(feature_extractor=extractor, kid_seed=3)
+        accumulator.update(real, real=True)
+        accumulator.update(fake, real=False)
+        np.random.seed(123)
+        kids.append(accumulator.compute()["kid"])
+        assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)  # global state untouched
+    assert kids[0] == kids[1]
+    other = CleanFIDAccumulator(feature_extractor=extractor, kid_seed=4)  # 9 of the 12 real features per subset
+    other.update(real, real=True)
+    other.update(fake, real=False)
+    assert other.compute()["kid"] != kids[0]
+    accumulator.reset()
+    assert (accumulator.num_real, accumulator.num_fake) == (0, 0)
+    with pytest.raises(RuntimeError, match="at least 2 generated images, got 0"):
+        accumulator.compute()
 
 
 # --------------------------------------------------------------------------------------------
 # patch-FID
 # --------------------------------------------------------------------------------------------
-def test_random_patch_anchors_are_deterministic_and_inside():
+def test_patch_boxes_are_drawn_as_cfm_draws_them():
+    """CFM: for i in range(B * num_crops): RandomCrop.get_params(real_ims[0], (crop, crop)) on torch's global RNG."""
+    from torchvision import transforms
+
+    image = torch.zeros(3, 70, 100)
+    torch.manual_seed(11)
+    cfm = [transforms.RandomCrop.get_params(image, output_size=(32, 32)) for _ in range(3 * 4)]
+    patch_fid = PatchFID(FIDAccumulator(feature_extractor=TinyFeatures()), patch=32, num_patches=4, seed=11)
+    anchors = patch_fid.update(_smooth_images(3, 70, 100, seed=17), _smooth_images(3, 70, 100, seed=18))
+    assert anchors.shape == (3, 4, 2)
+    assert [tuple(a) for a in anchors.reshape(-1, 2).tolist()] == [(top, left) for top, left, _, _ in cfm]
+    # an image exactly crop x crop: (0, 0) without drawing, as get_params
+    torch.manual_seed(5)
+    assert transforms.RandomCrop.get_params(torch.zeros(3, 32, 32), (32, 32)) == (0, 0, 32, 32)
+    after_cfm = torch.randint(0, 1000, (1,))
+    generator = torch.Generator().manual_seed(5)
+    assert torch.equal(random_patch_anchors(32, 32, patch=32, num_patches=2, generator=generator), torch.zeros(2, 2, dtype=torch.int64))
+    assert torch.equal(torch.randint(0, 1000, (1,), generator=generator), after_cfm)
+
+
+def test_random_patch_anchors_cover_the_valid_range():
     anchors = random_patch_anchors(100, 70, patch=32, num_patches=500, generator=torch.Generator().manual_seed(3))
     again = random_patch_anchors(100, 70, patch=32, num_patches=500, generator=torch.Generator().manual_seed(3))
-    other = random_patch_anchors(100, 70, patch=32, num_patches=500, generator=torch.Generator().manual_seed(4))
-    assert anchors.shape == (500, 2) and anchors.dtype == torch.int64
-    assert torch.equal(anchors, again) and not torch.equal(anchors, other)
+    assert anchors.shape == (500, 2) and anchors.dtype == torch.int64 and torch.equal(anchors, again)
     tops, lefts = anchors[:, 0], anchors[:, 1]
-    assert tops.min() >= 0 and tops.max() <= 100 - 32 and lefts.min() >= 0 and lefts.max() <= 70 - 32
-    # the whole valid range is used (both extremes are reached with 500 draws)
     assert tops.min() == 0 and tops.max() == 68 and lefts.min() == 0 and lefts.max() == 38
-    # a patch as large as the image has a single possible anchor
-    assert torch.equal(random_patch_anchors(32, 32, patch=32, num_patches=2), torch.zeros(2, 2, dtype=torch.int64))
 
 
 def test_extract_patches_matches_slicing():
@@ -367,52 +510,55 @@ def test_extract_patches_matches_slicing():
         for k, (top, left) in enumerate(anchors.tolist()):
             assert torch.equal(crops[index * 3 + k], images[index, :, top : top + 4, left : left + 4])
     per_image = torch.tensor([[[1, 1]], [[2, 3]]])
-    crops = extract_patches(images, per_image, patch=4)
-    assert torch.equal(crops[1], images[1, :, 2:6, 3:7])
+    assert torch.equal(extract_patches(images, per_image, patch=4)[1], images[1, :, 2:6, 3:7])
 
 
-def test_patch_fid_uses_the_same_anchors_for_real_and_generated():
+def test_patch_fid_is_fid_of_the_same_crops_of_both_images():
     extractor = RecordingFeatures()
-    patch_fid = PatchFID(feature_extractor=extractor, patch=16, num_patches=4, seed=7)
-    generated, real = _smooth_images(3, 40, 48, seed=12), _smooth_images(3, 40, 48, seed=13)
+    patch_fid = PatchFID(FIDAccumulator(feature_extractor=extractor), patch=16, num_patches=4, seed=7)
+    generated, real = _smooth_images(3, 40, 48, seed=19), _smooth_images(3, 40, 48, seed=20)
     anchors = patch_fid.update(generated, real)
-    assert anchors.shape == (3, 4, 2)
-    assert not torch.equal(anchors[0], anchors[1])  # fresh anchors per image pair
     fake_batch, real_batch = extractor.seen
     assert fake_batch.shape == real_batch.shape == (12, 3, 16, 16)
     for index in range(3):
         for k, (top, left) in enumerate(anchors[index].tolist()):
-            assert torch.equal(fake_batch[index * 4 + k], generated[index, :, top : top + 16, left : left + 16])
-            assert torch.equal(real_batch[index * 4 + k], real[index, :, top : top + 16, left : left + 16])
+            assert torch.equal(fake_batch[index * 4 + k], to_uint8(generated[index : index + 1, :, top : top + 16, left : left + 16])[0])
+            assert torch.equal(real_batch[index * 4 + k], to_uint8(real[index : index + 1, :, top : top + 16, left : left + 16])[0])
+    # FID on the crops only: the same number as FID fed the crops directly
+    direct = FIDAccumulator(feature_extractor=extractor)
+    direct.update(extract_patches(generated, anchors, 16), real=False)
+    direct.update(extract_patches(real, anchors, 16), real=True)
+    assert patch_fid.compute()["fid"] == pytest.approx(direct.compute()["fid"], rel=1e-6)
     # deterministic per seed, and reset() restarts the sequence
-    twin = PatchFID(feature_extractor=TinyFeatures(), patch=16, num_patches=4, seed=7)
-    assert torch.equal(twin.update(generated, real), anchors)
+    assert torch.equal(PatchFID(FIDAccumulator(feature_extractor=TinyFeatures()), 16, 4, seed=7).update(generated, real), anchors)
     patch_fid.reset()
     assert torch.equal(patch_fid.update(generated, real), anchors)
-    different = PatchFID(feature_extractor=TinyFeatures(), patch=16, num_patches=4, seed=8)
-    assert not torch.equal(different.update(generated, real), anchors)
+    assert not torch.equal(PatchFID(FIDAccumulator(feature_extractor=TinyFeatures()), 16, 4, seed=8).update(generated, real), anchors)
 
 
-def test_patch_fid_of_identical_pairs_is_zero_and_positive_otherwise():
-    images = _smooth_images(6, 48, 48, seed=14)
-    same = PatchFID(feature_extractor=TinyFeatures(), patch=24, num_patches=4, seed=0)
+def test_patch_fid_with_clean_fid_and_identical_pairs():
+    images = _smooth_images(6, 48, 48, seed=21)
+    same = PatchFID(CleanFIDAccumulator(feature_extractor=TinyFeatures()), patch=24, num_patches=2, seed=0)
     same.update(images, images)
-    assert abs(same.compute()) < 1e-9
-    different = PatchFID(feature_extractor=TinyFeatures(), patch=24, num_patches=4, seed=0)
+    values = same.compute()
+    assert set(values) == {"fid", "kid"} and abs(values["fid"]) < 1e-6 and abs(values["kid"]) < 1e-3
+    different = PatchFID(CleanFIDAccumulator(feature_extractor=TinyFeatures()), patch=24, num_patches=2, seed=0)
     different.update(images.pow(3), images)
-    assert different.compute() > 1e-6
+    assert different.compute()["fid"] > 1e-6
 
 
 # --------------------------------------------------------------------------------------------
-# CLIP score
+# CLIP score: transformers (the paper's) and open_clip
 # --------------------------------------------------------------------------------------------
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "car", "on", "the", "road"]
+CAPTIONS = ["a photo of a cat", "a red car on the road", "blue dog", "the cat", "a photo of the road"]
 
 
 @pytest.fixture
 def tiny_clip(tmp_path):
-    """A tiny random CLIPModel and a CLIPTokenizer whose BPE vocabulary the test writes."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    """A tiny random CLIPModel and its CLIPProcessor: a BPE tokenizer whose vocabulary the test
+    writes and the PIL image processor at 32 px."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     vocab: dict[str, int] = {}
     for char in sorted(set("".join(WORDS))):
@@ -446,107 +592,111 @@ def tiny_clip(tmp_path):
         projection_dim=16,
     )
     torch.manual_seed(0)
-    return CLIPModel(config).eval(), tokenizer
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return CLIPModel(config).eval(), processor
 
 
-CAPTIONS = ["a photo of a cat", "a red car on the road", "blue dog", "the cat", "a photo of the road"]
+def _clip_score_package_cosines(model, tokenizer, images: torch.Tensor, captions) -> torch.Tensor:
+    """The clip-score package's computation written out: each image as its 8-bit PNG, PIL bicubic
+    resize of the shortest side to 32, centre crop, /255, OpenAI mean / std; each caption tokenized
+    on its own (padding=True, truncation=True); L2-normalised projected embeddings, their dot product."""
+    cosines = []
+    for image, caption in zip(images, captions):
+        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        height, width = array.shape[:2]
+        new = (32, int(32 * width / height)) if height <= width else (int(32 * height / width), 32)
+        resized = np.asarray(Image.fromarray(array).resize((new[1], new[0]), Image.BICUBIC)).astype(np.float64)
+        top, left = (new[0] - 32) // 2, (new[1] - 32) // 2
+        pixels = (resized[top : top + 32, left : left + 32] / 255.0 - OPENAI_MEAN) / OPENAI_STD
+        pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)).float()[None]
+        tokens = tokenizer(caption, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            image_embeds = model.get_image_features(pixel_values=pixel_values).pooler_output
+            text_embeds = model.get_text_features(**tokens).pooler_output
+        image_embeds = image_embeds / image_embeds.norm(dim=1, keepdim=True)
+        text_embeds = text_embeds / text_embeds.norm(dim=1, keepdim=True)
+        cosines.append((image_embeds * text_embeds).sum())
+    return torch.stack(cosines)
 
 
-def _manual_cosines(model, tokenizer, images, captions):
-    """Cosines from CLIPModel.forward's own normalised embeddings (images already 32 x 32)."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    tokens = tokenizer(captions, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=(images - mean) / std
-        )
-    return (out.image_embeds * out.text_embeds).sum(-1)
-
-
-def test_clip_score_equals_manual_cosine(tiny_clip):
-    model, tokenizer = tiny_clip
-    images = _smooth_images(5, 32, 32, seed=15)
-    expected_cos = _manual_cosines(model, tokenizer, images, CAPTIONS)
+def test_clip_score_is_the_clip_score_package_computation(tiny_clip):
+    model, processor = tiny_clip
+    images = _smooth_images(5, 40, 52, seed=22)
+    expected_cos = _clip_score_package_cosines(model, processor.tokenizer, images, CAPTIONS)
     assert (expected_cos.abs() > 1e-3).all()
-    # A twin whose text projection is negated has exactly the opposite cosines, so between the
-    # two models both signs occur whatever the random weights are (negatives are clamped to 0).
+    # A twin whose text projection is negated has exactly the opposite cosines: negative cosines
+    # are averaged as they are (the package does not clamp them).
     flipped = copy.deepcopy(model)
     with torch.no_grad():
         flipped.text_projection.weight.neg_()
+    means = []
     for clip_model, sign in ((model, 1.0), (flipped, -1.0)):
-        scorer = CLIPScorer(model=clip_model, tokenizer=tokenizer)
+        scorer = CLIPScorer(model=clip_model, processor=processor)
         torch.testing.assert_close(scorer.cosine_similarity(images, CAPTIONS), sign * expected_cos, atol=1e-5, rtol=0)
-        expected_scores = 100 * (sign * expected_cos).clamp(min=0)
-        scores = scorer.update(images[:2], CAPTIONS[:2])
-        scores = torch.cat([scores, scorer.update(images[2:], CAPTIONS[2:])])
-        torch.testing.assert_close(scores, expected_scores, atol=1e-3, rtol=0)
-        assert scorer.compute() == pytest.approx(float(expected_scores.mean()), abs=1e-3)
-    assert float(expected_scores.mean()) > 1.0  # the flipped model's scores are not all zero
+        scores = torch.cat([scorer.update(images[:2], CAPTIONS[:2]), scorer.update(images[2:], CAPTIONS[2:])])
+        torch.testing.assert_close(scores, 100 * sign * expected_cos, atol=1e-3, rtol=0)
+        assert scorer.compute() == pytest.approx(100 * sign * float(expected_cos.mean()), abs=1e-3)
+        means.append(scorer.compute())
+    assert min(means) < 0  # one of the twins has a negative mean: averaged as it is, not clamped
     scorer.reset()
     with pytest.raises(RuntimeError, match="before any update"):
         scorer.compute()
-    # train() must not switch the CLIP model out of evaluation mode
-    scorer.train()
+    scorer.train()  # must not switch the CLIP model out of evaluation mode
     assert not flipped.training
 
 
-def test_clip_preprocess_matches_pil_bicubic_and_centre_crop():
-    height, width, size = 48, 64, 32
-    rows, cols = np.mgrid[0:height, 0:width]
-    image = np.stack([0.5 + 0.4 * np.sin(cols / 5.0 + c) * np.cos(rows / 7.0) for c in range(3)]).astype(np.float32)
-    ours = clip_preprocess(torch.from_numpy(image)[None], size=size)
-    # reference: shorter side -> 32 (so 32 x 42), PIL bicubic on float planes, centre crop, normalise
-    resized = np.stack([np.asarray(Image.fromarray(plane, mode="F").resize((42, 32), Image.BICUBIC)) for plane in image])
-    cropped = np.clip(resized, 0, 1)[:, :, 5:37]
-    expected = (cropped - np.array(CLIP_MEAN)[:, None, None]) / np.array(CLIP_STD)[:, None, None]
-    assert ours.shape == (1, 3, size, size)
-    np.testing.assert_allclose(ours[0].numpy(), expected, atol=1e-5)
-    # a portrait image crops vertically; an image of the target size is only normalised
-    assert clip_preprocess(torch.rand(2, 3, 64, 40), size=size).shape == (2, 3, size, size)
-    flat = torch.full((1, 3, size, size), 0.25)
-    torch.testing.assert_close(clip_preprocess(flat, size=size)[0, :, 0, 0], (0.25 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
+def test_clip_scorer_loads_clip_processor_with_the_pil_backend(tiny_clip, tmp_path):
+    from transformers import CLIPImageProcessorPil
 
-
-def test_clip_scorer_resizes_large_images_like_clip_preprocess(tiny_clip):
-    model, tokenizer = tiny_clip
-    images = _smooth_images(2, 80, 96, seed=16)
-    scorer = CLIPScorer(model=model, tokenizer=tokenizer)
-    small = clip_preprocess(images, size=32) * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    expected = _manual_cosines(model, tokenizer, small, CAPTIONS[:2])
-    torch.testing.assert_close(scorer.cosine_similarity(images, CAPTIONS[:2]), expected, atol=1e-5, rtol=0)
-
-
-def test_clip_scorer_loads_model_and_tokenizer_from_a_folder(tiny_clip, tmp_path):
-    model, tokenizer = tiny_clip
+    model, processor = tiny_clip
     folder = tmp_path / "tiny-clip"
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    images = _smooth_images(2, 32, 32, seed=20)
+    processor.save_pretrained(folder)
     loaded = CLIPScorer(model_id=str(folder))
-    assert loaded.image_size == 32 and loaded.max_length == 16
-    expected = _manual_cosines(model, tokenizer, images, CAPTIONS[:2])
+    assert isinstance(loaded.processor.image_processor, CLIPImageProcessorPil) and loaded.max_length == 16
+    images = _smooth_images(2, 48, 32, seed=23)  # portrait: crops vertically
+    expected = _clip_score_package_cosines(model, processor.tokenizer, images, CAPTIONS[:2])
     torch.testing.assert_close(loaded.cosine_similarity(images, CAPTIONS[:2]), expected, atol=1e-5, rtol=0)
 
 
-def test_clip_long_captions_warn_or_raise(tiny_clip):
-    model, tokenizer = tiny_clip
+def test_clip_scorer_default_is_the_papers_model(monkeypatch):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from uplift_diffusers.constants import CLIP_MODEL_ID
+
+    calls = []
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(lambda cls, name, **kw: calls.append(("model", name, kw)) or 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        CLIPScorer()
+    assert calls == [("model", CLIP_MODEL_ID, {})] and CLIP_MODEL_ID == "openai/clip-vit-base-patch32"
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(lambda cls, name, **kw: nn.Linear(1, 1)))
+    monkeypatch.setattr(CLIPProcessor, "from_pretrained", classmethod(lambda cls, name, **kw: calls.append(("processor", name, kw)) or 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        CLIPScorer()
+    assert calls[-1] == ("processor", CLIP_MODEL_ID, {"backend": "pil"})
+
+
+def test_clip_long_captions_are_truncated_with_a_warning_or_refused(tiny_clip):
+    model, processor = tiny_clip
     long_caption = " ".join(["a red car on the road"] * 4)  # 24 words > 16 positions
-    images = _smooth_images(1, 32, 32, seed=17)
+    images = _smooth_images(1, 32, 32, seed=24)
     with pytest.warns(UserWarning, match="truncated to 16 tokens"):
-        cos = CLIPScorer(model=model, tokenizer=tokenizer).cosine_similarity(images, [long_caption])
+        cos = CLIPScorer(model=model, processor=processor).cosine_similarity(images, [long_caption])
     assert torch.isfinite(cos).all()
-    strict = CLIPScorer(model=model, tokenizer=tokenizer, truncate_captions=False)
+    strict = CLIPScorer(model=model, processor=processor, truncate_captions=False)
     with pytest.raises(ValueError, match="more than the text encoder's 16"):
         strict.cosine_similarity(images, [long_caption])
 
 
 def test_clip_scorer_rejects_bad_inputs(tiny_clip):
-    model, tokenizer = tiny_clip
-    with pytest.raises(ValueError, match="model and tokenizer together"):
+    model, processor = tiny_clip
+    with pytest.raises(ValueError, match="model and processor together"):
         CLIPScorer(model=model)
-    scorer = CLIPScorer(model=model, tokenizer=tokenizer)
-    images = _smooth_images(2, 32, 32, seed=18)
+    scorer = CLIPScorer(model=model, processor=processor)
+    images = _smooth_images(2, 32, 32, seed=25)
     with pytest.raises(ValueError, match="2 images"):
         scorer.update(images, ["a cat"])
     with pytest.raises(ValueError, match="list of strings"):
@@ -557,10 +707,53 @@ def test_clip_scorer_rejects_bad_inputs(tiny_clip):
         scorer.update(images * 255, CAPTIONS[:2])
 
 
+def test_open_clip_score_with_a_random_weight_model(tmp_path):
+    import open_clip
+
+    name = save_tiny_open_clip(tmp_path / "open-clip", weights=False)
+    torch.manual_seed(1)
+    scorer = OpenCLIPScorer(model_name=name, pretrained=None)
+    torch.manual_seed(1)
+    model = open_clip.create_model(name, pretrained=None).eval()  # the same random weights, built directly
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), scorer.model.state_dict().values()))
+    images = _smooth_images(3, 40, 52, seed=26)
+    # independently: PIL bicubic resize of the 8-bit image's shortest side, centre crop, normalise
+    pixels = []
+    for image in images:
+        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        resized = np.asarray(Image.fromarray(array).resize((41, 32), Image.BICUBIC)).astype(np.float64)  # 52 * 32 / 40
+        pixels.append(((resized[:, 4:36] / 255.0 - OPENAI_MEAN) / OPENAI_STD).transpose(2, 0, 1))
+    tokens = open_clip.get_tokenizer(name)(CAPTIONS[:3])
+    assert tokens.shape == (3, 77)
+    with torch.no_grad():
+        image_embeds = model.encode_image(torch.from_numpy(np.stack(pixels)).float())
+        text_embeds = model.encode_text(tokens)
+    expected = nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
+    scores = scorer.update(images, CAPTIONS[:3])
+    torch.testing.assert_close(scores, 100 * expected, atol=2e-3, rtol=0)  # PIL vs torchvision bicubic: tiny differences
+    assert scorer.compute() == pytest.approx(float(scores.mean()), abs=1e-4)
+    with pytest.raises(ValueError, match="together"):
+        OpenCLIPScorer(model=model)
+
+
+def test_open_clip_default_is_the_openai_vit_b_32(monkeypatch):
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    assert (OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED) == ("ViT-B-32-quickgelu", "openai")
+    config = get_pretrained_cfg(OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED)  # the OpenAI weights, QuickGELU as trained
+    assert config["quick_gelu"] is True and "openai" in config["hf_hub"]
+    calls = []
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda name, pretrained=None: calls.append((name, pretrained)) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        OpenCLIPScorer()
+    assert calls == [(OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED)]
+
+
 # --------------------------------------------------------------------------------------------
 # input validation
 # --------------------------------------------------------------------------------------------
-_GOOD = _smooth_images(2, 16, 16, seed=19)
+_GOOD = _smooth_images(2, 16, 16, seed=27)
 
 
 @pytest.mark.parametrize(
@@ -574,22 +767,22 @@ _GOOD = _smooth_images(2, 16, 16, seed=19)
         (lambda: psnr(_GOOD.clone().fill_(float("nan")), _GOOD), "NaN"),
         (lambda: psnr(_GOOD.numpy(), _GOOD), "torch.Tensor"),
         (lambda: ssim(_GOOD[..., :10, :10], _GOOD[..., :10, :10]), "at least 11 x 11"),
-        (lambda: frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)), "mu2 must have shape"),
-        (lambda: frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3)), "sigma1 must be a \\(3, 3\\)"),
-        (lambda: frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2)), "symmetric"),
-        (lambda: frechet_distance([0.0], np.eye(1), np.zeros(1), np.eye(1)), "mu1 must be a torch.Tensor"),
+        (lambda: to_uint8(_GOOD - 0.5), r"values in \[0, 1\]"),
         (lambda: random_patch_anchors(100, 60, patch=64), "patch=64 is larger than the 100 x 60"),
         (lambda: random_patch_anchors(100, 100, patch=0), "patch must be a positive integer"),
         (lambda: random_patch_anchors(100, 100, patch=8, num_patches=2.0), "num_patches must be a positive integer"),
         (lambda: extract_patches(_GOOD, torch.tensor([[10, 0]]), patch=8), "outside the 16 x 16"),
         (lambda: extract_patches(_GOOD, torch.tensor([[0.0, 0.0]]), patch=8), "integer tensor"),
         (lambda: extract_patches(_GOOD, torch.zeros(3, 1, 2, dtype=torch.long), patch=8), r"\(2, K, 2\)"),
-        (lambda: PatchFID(feature_extractor=TinyFeatures(), patch=8).update(_GOOD, _GOOD[..., :12, :12]), "same shape"),
-        (lambda: PatchFID(feature_extractor=TinyFeatures(), patch=32).update(_GOOD, _GOOD), "patch=32 is larger"),
+        (lambda: PatchFID(FIDAccumulator(feature_extractor=TinyFeatures()), patch=8).update(_GOOD, _GOOD[..., :12, :12]), "same shape"),
+        (lambda: PatchFID(FIDAccumulator(feature_extractor=TinyFeatures()), patch=32).update(_GOOD, _GOOD), "patch=32 is larger"),
+        (lambda: PatchFID(TinyFeatures()), "FIDAccumulator or a CleanFIDAccumulator"),
         (lambda: FIDAccumulator(feature_extractor=TinyFeatures()).update(_GOOD, real=1), "real must be True"),
         (lambda: FIDAccumulator(feature_extractor=lambda x: x), "nn.Module"),
         (lambda: FIDAccumulator(feature_extractor=TinyFeatures(), num_features=5).update(_GOOD, real=True), r"shape \(N, 5\)"),
-        (lambda: FIDAccumulator(feature_extractor=nn.Identity(), num_features=3).update(_GOOD, real=True), "flatten"),
+        (lambda: FIDAccumulator(feature_extractor=TinyFeatures(), inception_antialias=1), "inception_antialias must be a bool"),
+        (lambda: CleanFIDAccumulator(feature_extractor=nn.Identity()).update(_GOOD, real=True), "flatten"),
+        (lambda: CleanFIDAccumulator(feature_extractor=TinyFeatures(), kid_seed=-1), "kid_seed"),
     ],
 )
 def test_bad_inputs_raise_value_error(call, message):

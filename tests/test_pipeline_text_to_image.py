@@ -54,6 +54,15 @@ def test_non_square_and_default_factor(components):
     assert out.images[0].size == (192, 128)  # PIL size is (width, height): 2x by default
 
 
+def test_without_upscaler(components):
+    """upscaler=None: the default factor is 1 (plain Stable Diffusion); asking for more is an error."""
+    pipe = make_pipe(components, upscaler=None)
+    assert run(pipe, output_type="np").images.shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match=r"`upscale_factor`=4 needs an upscaler, but this pipeline has none"):
+        run(pipe, upscale_factor=4)
+    assert run(make_pipe(components), output_type="np").images.shape == (1, 128, 128, 3)  # with one: 2
+
+
 def test_factor_one_equals_stable_diffusion(components):
     """upscale_factor=1 is exactly the parent pipeline's output."""
     sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
@@ -152,8 +161,9 @@ def test_from_pretrained_sd_directory_with_upscaler(components, tmp_path):
     assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
 
 
-def test_from_pretrained_hub_repo_fetches_component_folders(components, tmp_path, monkeypatch):
-    """A Hub id whose model_index names uplift_diffusers components is fetched folder by folder."""
+def test_from_pretrained_hub_repo_fetches_component_folders(components, tmp_path, monkeypatch, hub_cache):
+    """A Hub id whose model_index names uplift_diffusers components is fetched folder by folder
+    (offline, with an empty cache: only the stand-ins below answer)."""
     import huggingface_hub
 
     pipe = make_pipe(components)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
-from uplift_diffusers import vae_loading
 from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
 from uplift_diffusers.vae_loading import decode_latents, encode_latents, load_vae, vae_scale_factor
 
@@ -428,28 +427,40 @@ def test_load_vae_missing_and_invalid_paths(tmp_path, monkeypatch):
 
 
 def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
-    class NotOnHub(Exception):
-        pass
+    """Online: a repository whose root has no config.json (the Hub answers "not found") is read
+    from vae/. (Offline, from the cache: tests/test_hub_loading.py.)"""
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub.errors import EntryNotFoundError
 
+    from uplift_diffusers import hub_utils
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"_class_name": "TinyAutoencoder"}))
     requests = []
 
-    def fake_download(repo_id, filename, subfolder=None):
-        requests.append((repo_id, filename, subfolder))
-        if subfolder is None:
-            raise NotOnHub("no root config")
+    def fake_download(repo_id, filename, **kwargs):
+        requests.append((repo_id, filename))
+        if filename == "config.json":
+            raise EntryNotFoundError("no root config")  # what the Hub answers for a missing file
         return str(config)
 
     calls = []
 
-    def fake_from_pretrained(cls, name, subfolder=None, torch_dtype=None):
+    def fake_from_pretrained(cls, name, subfolder=None, torch_dtype=None, **kwargs):
         calls.append((cls.__name__, name, subfolder, torch_dtype))
         return TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
 
-    monkeypatch.setattr(vae_loading, "hf_hub_download", fake_download)
-    monkeypatch.setattr(vae_loading, "_RemoteEntryNotFound", NotOnHub)
+    monkeypatch.setattr(hub_utils, "hf_hub_download", fake_download)
     monkeypatch.setattr(TinyAutoencoder, "from_pretrained", classmethod(fake_from_pretrained))
     assert isinstance(load_vae("someone/some-pipeline", torch_dtype=torch.float16), TinyAutoencoder)
-    assert requests == [("someone/some-pipeline", "config.json", None), ("someone/some-pipeline", "config.json", "vae")]
+    assert requests == [("someone/some-pipeline", "config.json"), ("someone/some-pipeline", "vae/config.json")]
     assert calls == [("TinyAutoencoder", "someone/some-pipeline", "vae", torch.float16)]
+    # a repository with neither: one error naming both places
+    def nothing_there(repo_id, filename, **kwargs):
+        raise EntryNotFoundError(filename)
+
+    monkeypatch.setattr(hub_utils, "hf_hub_download", nothing_there)
+    with pytest.raises(FileNotFoundError, match=r"'someone/empty' holds none of \['config.json', 'vae/config.json'\]"):
+        load_vae("someone/empty")

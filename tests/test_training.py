@@ -74,10 +74,11 @@ def read_log(output: Path) -> list:
 
 
 # ---------------------------------------------------------------------------- 1. a real tiny run
-def test_tiny_run_decreases_loss_and_saves_a_loadable_model(vae_dir, images, tmp_path):
+def test_tiny_run_decreases_loss_and_saves_a_loadable_model(vae_dir, images, tmp_path, capsys):
     from uplift_diffusers import UPLiFTLatentUpscaler
 
-    # unreadable and too-small files in the training folder are skipped, never crash the run
+    # unreadable and too-small files in the training folder are skipped, never crash the run,
+    # and the run says so when it starts
     (images / "garbage.jpg").write_bytes(b"this is not a JPEG")
     Image.new("RGB", (40, 40), (128, 64, 32)).save(images / "small.png")
     output = tmp_path / "run"
@@ -85,6 +86,16 @@ def test_tiny_run_decreases_loss_and_saves_a_loadable_model(vae_dir, images, tmp
                          "checkpointing.every_steps=0")
     result = train(config)
     assert result == {"step": 18, "stopped": False, "validation": {}}
+    printed = capsys.readouterr().out
+    assert (
+        "training data: 6 images usable (6 items per epoch, crop=random_resized at 64 px); "
+        "skipped 2: 1 shorter side < 64 px, 1 unreadable\n"
+    ) in printed
+    assert f"  shorter side < 64 px: {images / 'small.png'} (40 x 40 px)" in printed
+    assert f"  unreadable: {images / 'garbage.jpg'} (cannot identify image file" in printed
+    listed = (output / "skipped_images.tsv").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [
+        ["shorter side < 64 px", str(images / "small.png")], ["unreadable", str(images / "garbage.jpg")]]
 
     log = read_log(output)
     assert [r["step"] for r in log] == list(range(1, 19))
@@ -209,12 +220,44 @@ def test_multi_depth_loss_with_latent_noise_from_a_seeded_generator():
     assert again["loss"].item() == losses["loss"].item()
 
 
+def test_noisy_targets_reproduce_the_official_in_place_noise():
+    """The authors' loop noises the input latents in place (``feat_in += noise_aug``), and the
+    same tensors are the targets of the deeper depths' intermediate steps: re-enacted here."""
+    generator = torch.Generator().manual_seed(3)
+    latents = [torch.randn(2, 4, 16 >> j, 16 >> j, generator=generator) for j in range(4)]
+    images = [torch.rand(2, 3, 128 >> j, 128 >> j, generator=generator) for j in range(4)]
+    a = 1.0
+    feat_scales = {j: latents[j].clone() for j in range(4)}
+    reference = torch.Generator().manual_seed(11)
+    official, per_depth = 0.0, {}
+    for depth in (1, 2, 3):
+        feat_in = feat_scales[depth]
+        feat_in += a * torch.randn(feat_in.shape, generator=reference)
+        outputs = NearestStub()(feat_in, images[depth], num_steps=depth).intermediate
+        per_depth[depth] = sum(F.mse_loss(out, feat_scales[depth - k]) for k, out in enumerate(outputs, start=1))
+        official = official + per_depth[depth]
+    ours = multi_depth_loss(NearestStub(), latents, images, [1, 2, 3], lat_aug=a,
+                            generator=torch.Generator().manual_seed(11), noisy_targets=True)
+    assert ours["loss"].item() == pytest.approx(official.item(), rel=1e-6)
+    for depth in (1, 2, 3):
+        assert ours[f"loss_depth{depth}"].item() == pytest.approx(per_depth[depth].item(), rel=1e-6)
+    # clean targets (the default): the same inputs, only level 0 ... with the clean latents
+    clean = multi_depth_loss(NearestStub(), latents, images, [1, 2, 3], lat_aug=a, generator=torch.Generator().manual_seed(11))
+    assert clean["loss_depth1"].item() == pytest.approx(per_depth[1].item(), rel=1e-6)  # depth 1 targets only level 0
+    assert clean["loss_depth2"].item() < per_depth[2].item()  # the noisy level-1 target adds ~a**2
+    # without lat_aug the option changes nothing
+    plain = [multi_depth_loss(NearestStub(), latents, images, [1, 2, 3], noisy_targets=flag)["loss"].item() for flag in (False, True)]
+    assert plain[0] == plain[1]
+
+
 def test_multi_depth_loss_rejects_bad_depths():
     latents, images = _toy_levels()
     with pytest.raises(ValueError, match="depths"):
         multi_depth_loss(NearestStub(), latents, images, [3])
     with pytest.raises(ValueError, match="depths"):
         multi_depth_loss(NearestStub(), latents, images, [])
+    with pytest.raises(ValueError, match="repeats a depth"):
+        multi_depth_loss(NearestStub(), latents, images, [1, 1])
 
 
 def test_image_pyramid_is_antialiased_bilinear_per_level():
@@ -465,9 +508,15 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     item = dataset[1]
     assert item["pixel_values"] is None
     assert dataset.skipped.unreadable == [str(garbage), str(broken)]
+    assert dataset[1]["pixel_values"] is None and dataset.skipped.unreadable == [str(garbage), str(broken)]  # counted once
     batch = collate_skipping_failures([dataset[0], item, dataset[2]])
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["keys"]) == 2
-    assert collate_skipping_failures([item]) == {"pixel_values": None, "keys": []}
+    assert batch["failed"] == [(str(broken), item["error"])] and item["error"]
+    assert collate_skipping_failures([item]) == {"pixel_values": None, "keys": [], "failed": [(str(broken), item["error"])]}
+    report = dataset.describe()
+    assert report.startswith("3 images usable (3 items per epoch, crop=random_resized at 64 px); skipped 3: "
+                             "1 shorter side < 64 px, 2 unreadable\n")
+    assert f"shorter side < 64 px: {small} (80 x 40 px)" in report and str(broken) in report
 
 
 def test_validation_items_are_centre_crops(shared_path, tmp_path):
@@ -482,6 +531,82 @@ def test_validation_items_are_centre_crops(shared_path, tmp_path):
         params = dataset.crop_params(i)
         assert params["box"] == (left, top, left + 64, top + 64) and params["flip"] is False
         torch.testing.assert_close(dataset[i]["pixel_values"], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def _noise_image(path: Path, size, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# landscape, portrait, odd sizes (rounding of the longer side and of the centre offset), square
+CROP_SIZES = [(97, 64), (64, 131), (200, 150), (151, 300), (150, 150), (333, 65)]
+
+
+def test_center_crops_are_the_official_torchvision_preprocessing(tmp_path):
+    from torchvision import transforms
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, size in enumerate(CROP_SIZES):
+        _noise_image(folder / f"{i}.png", size, i)
+    official = transforms.Compose([  # mwalmer-umd/UPLiFT uplift/train_uplift.py, SD-VAE backbones
+        transforms.Resize(64, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(64),
+        transforms.ToTensor(),
+    ])
+    for dataset in (ImageFolderDataset(folder, 64, crop="center"), ImageFolderDataset(folder, 64, train=False)):
+        assert dataset.crop == "center" and len(dataset) == len(CROP_SIZES)
+        for i, path in enumerate(dataset.files):
+            with Image.open(path) as image:
+                expected = official(image.convert("RGB"))
+                assert dataset.crop_params(i)["resize"] == transforms.functional.resize(image, 64).size
+            assert torch.equal(dataset[i]["pixel_values"], expected), path.name
+
+
+def test_random_crops_cut_the_resized_image_at_seeded_positions(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, size in enumerate(CROP_SIZES[:4]):
+        _noise_image(folder / f"{i}.png", size, i)
+    fixed = ImageFolderDataset(folder, 64, crop="random", crops_per_image=4, seed=3)
+    again = ImageFolderDataset(folder, 64, crop="random", crops_per_image=4, seed=3)
+    center = ImageFolderDataset(folder, 64, crop="center")
+    assert len(fixed) == 16
+    boxes = []
+    for index in range(len(fixed)):
+        params = fixed.crop_params(index)
+        path = fixed.files[params["image_index"]]
+        with Image.open(path) as image:
+            resized = image.convert("RGB").resize(params["resize"], Image.BILINEAR)
+        left, top, right, bottom = params["box"]
+        assert right - left == bottom - top == 64 and 0 <= left and right <= resized.width and bottom <= resized.height
+        assert min(params["resize"]) == 64 and params["flip"] is False
+        expected = torch.from_numpy(np.asarray(resized.crop(params["box"]), dtype=np.float32) / 255).permute(2, 0, 1)
+        assert torch.equal(fixed[index]["pixel_values"], expected)
+        assert again.crop_params(index) == params
+        boxes.append(params["box"])
+    assert len(set(boxes)) > 4  # positions vary along the longer side
+    # cache keys tell the modes apart (same file and box, different pixels)
+    keys = {ImageFolderDataset(folder, 64, crop=mode).crop_params(0)["key"] for mode in ("center", "random_resized")}
+    assert center.crop_params(0)["key"] in keys and len(keys) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"crop": "middle"}, "`crop` must be one of center, random, random_resized, got 'middle'"),
+        ({"crop": "random", "max_upscale_crop": 0.5}, "applies to crop='random_resized' only"),
+        ({"crop": "center", "crops_per_image": 2}, "would repeat the same crop"),
+        ({"train": False, "crop": "random"}, "validation items"),
+        ({"max_upscale_crop": 1.5}, r"`max_upscale_crop` must be a number in \(0, 1\]"),
+        ({"crops_per_image": 0}, "`crops_per_image` must be an integer >= 1"),
+    ],
+)
+def test_dataset_rejects_bad_crop_options(tmp_path, kwargs, message):
+    _noise_image(tmp_path / "a.png", (80, 64), 0)
+    with pytest.raises(ValueError, match=message):
+        ImageFolderDataset(tmp_path, 64, **kwargs)
 
 
 def test_fixed_crops_are_deterministic_across_instances(shared_path, tmp_path):
@@ -541,6 +666,113 @@ def test_config_overrides_and_errors(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "--train-data" in err[0]
     assert main(base + ["--resolution", "48"]) == 2
     assert "32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("data.crop=middle", "data: `crop` must be one of center, random, random_resized"),
+        ("data.max_upscale_crop=0.5", None),  # fine with the default random_resized crops
+        ("optimization.max_grad_norm=0", "max_grad_norm must be a number > 0, or null for no gradient clipping"),
+        ("optimization.lat_aug_noisy_targets=yes please", "lat_aug_noisy_targets must be true or false"),
+        ("optimization.depths=[1, 1]", "repeats a depth"),
+    ],
+)
+def test_config_validates_the_recipe_options(tmp_path, setting, message):
+    argv = ["--config", str(TINY), "--train-data", str(tmp_path), "--set", setting]
+    if message is None:
+        build_config(parse_args(argv))
+        return
+    with pytest.raises(ValueError, match=message):
+        build_config(parse_args(argv))
+    with pytest.raises(ValueError, match="max_upscale_crop=0.5"):
+        build_config(parse_args(argv[:-1] + ["data.crop=center", "data.max_upscale_crop=0.5"]))
+
+
+def test_old_configs_keep_their_behaviour():
+    """New options default to the behaviour the committed runs were made with."""
+    for name in ("tiny.yaml", "taef2-bsds500.yaml"):
+        config = build_config(parse_args(["--config", str(TINY.parent / name), "--train-data", "x"]))
+        assert config["data"]["crop"] == "random_resized"
+        assert config["optimization"]["lat_aug_noisy_targets"] is False
+        assert config["optimization"]["max_grad_norm"] == 1.0
+
+
+def test_sd15_recipe_is_the_official_one(shared_path):
+    """training/configs/sd15-vae.yaml against the official YAML and the facts of the authors'
+    training loop (mwalmer-umd/UPLiFT uplift/train_uplift.py)."""
+    import yaml
+
+    from uplift_diffusers.constants import SD15_MODEL_ID
+
+    config = build_config(parse_args(["--config", str(TINY.parent / "sd15-vae.yaml")]))
+    official = yaml.safe_load(shared_path("fixtures", "uplift-reference", "uplift_sd1.5vae.yaml").read_text())
+    train_cfg = official["train"]
+    data, opt = config["data"], config["optimization"]
+    assert config["vae"] == official["backbone"]["diff_pipe_name"] == SD15_MODEL_ID
+    assert config["model"] == {}  # UPLiFTLatentUpscaler defaults = the official architecture
+    assert data["resolution"] == train_cfg["imsize"] == 1024
+    assert data["crop"] == "center" and data["crops_per_image"] is None and data["max_upscale_crop"] == 1.0
+    assert data["cache_dir"] is None and official["data"]["cache_dir"] is None
+    assert data["num_workers"] == 4
+    assert train_cfg["multi_step"] is True and train_cfg["only_deepest"] is False
+    assert opt["depths"] == list(range(1, train_cfg["down_steps"] + 1)) == [1, 2, 3, 4]
+    assert train_cfg["loss"] == "l2" and opt["pixel_loss_weight"] == 0.0
+    assert opt["lat_aug"] == train_cfg["lat_aug"] == 1 and opt["lat_aug_noisy_targets"] is True
+    assert opt["lr"] == train_cfg["lr"] and opt["batch_size"] == train_cfg["batch_size"] == 1
+    assert opt["epochs"] == train_cfg["epochs"] == 5 and opt["max_steps"] is None and opt["max_minutes"] is None
+    # torch.optim.Adam(params, lr) with its defaults, no scheduler, no clipping, no EMA, float32
+    assert opt["adam_betas"] == [0.9, 0.999] and opt["weight_decay"] == 0.0
+    assert opt["lr_scheduler"] == "constant" and opt["lr_warmup_steps"] == 0
+    assert opt["gradient_accumulation_steps"] == 1
+    assert opt["max_grad_norm"] is None and opt["ema_decay"] is None
+    assert opt["mixed_precision"] == "no" and opt["seed"] == 0
+    assert config["validation"]["dir"] is None and official["data"]["val_imgs"] is None
+
+
+def test_a_run_with_the_sd15_recipe_options(vae_dir, images, tmp_path, monkeypatch, capsys):
+    """The options of sd15-vae.yaml on the tiny model: centre crops, no clipping, noisy targets,
+    target latents encoded in float32 without autocast; an image that breaks mid-run is
+    reported and counted, not silently dropped."""
+    import uplift_diffusers.vae_loading as vae_loading
+
+    recipe = ("data.crop=center", "data.crops_per_image=null", "optimization.max_grad_norm=null",
+              "optimization.lat_aug_noisy_targets=true", "optimization.mixed_precision=no", "checkpointing.every_steps=0")
+    encodes, loss_kwargs = [], []
+    real_encode, real_loss = vae_loading.encode_latents, train_uplift.multi_depth_loss
+
+    def spy_encode(vae, images_minus1_1):
+        encodes.append((images_minus1_1.dtype, torch.is_autocast_enabled("cpu")))
+        return real_encode(vae, images_minus1_1)
+
+    def spy_loss(*args, **kwargs):
+        loss_kwargs.append(kwargs)
+        return real_loss(*args, **kwargs)
+
+    class BreakingDataset(train_uplift.ImageFolderDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.files[0].write_bytes(b"broken after indexing")  # e.g. a disk error
+
+    monkeypatch.setattr(vae_loading, "encode_latents", spy_encode)
+    monkeypatch.setattr(train_uplift, "multi_depth_loss", spy_loss)
+    monkeypatch.setattr(train_uplift, "ImageFolderDataset", BreakingDataset)
+    output = tmp_path / "run"
+    config = tiny_config(vae_dir, images, output, 6, *recipe, extra=["--batch-size", "1"])
+    assert config["optimization"]["max_grad_norm"] is None  # `--set KEY=null` sets null
+    assert config["optimization"]["mixed_precision"] == "no"  # YAML's unquoted `no` is false
+    result = train(config)
+    assert result["step"] == 6
+    log = read_log(output)
+    assert all(record["grad_norm"] is None for record in log)  # never clipped
+    assert encodes and set(encodes) == {(torch.float32, False)}
+    assert all(kwargs["noisy_targets"] is True for kwargs in loss_kwargs)
+    printed = capsys.readouterr().out
+    assert "training data: 6 images usable (6 items per epoch, crop=center at 64 px); skipped 0: " in printed
+    broken = sorted(images.iterdir())[0]
+    assert f"skipped an image that no longer loads: {broken}" in printed
+    assert "skipped images: 0 too small, 1 unreadable" in printed
+    assert "(6 items, 1 images skipped)" in (output / "model" / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------- 8. validation, EMA, trackers

@@ -1,16 +1,31 @@
-"""Training data: any folder of images (recursive), resized and cropped to a square resolution.
+"""Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
 
-Unreadable or too-small images are skipped and counted, never crash the run. Training items
-are random crops (random scale, position and horizontal flip); with ``crops_per_image`` the
-crops are a fixed, seeded set per image (so a latent cache hits in later epochs).
-Validation items are centre crops.
+How an image becomes a training item (``crop``):
+
+* ``center``: the authors' preprocessing (``mwalmer-umd/UPLiFT`` ``uplift/train_uplift.py``:
+  torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``). The shorter side
+  is resized to ``resolution`` with PIL bilinear (the longer side to ``int(resolution * long /
+  short)``, as torchvision computes it), then the centre square is cut (offset
+  ``int(round((side - resolution) / 2))``, as torchvision's ``CenterCrop``).
+* ``random``: the same resize, then a square at a random position (no flip).
+* ``random_resized`` (the default for training, the behaviour before ``crop`` existed): a random
+  square whose side lies between ``resolution`` and ``max_upscale_crop`` x the shorter side, at a
+  random position, cut from the original, resized to ``resolution`` (PIL bicubic) and flipped
+  horizontally with probability 1/2.
+
+With ``crops_per_image`` the random crops are a fixed, seeded set per image (so a latent cache
+hits in later epochs). Validation items (``train=False``) are ``center`` crops.
+
+Images whose shorter side is under ``resolution`` are skipped (never upscaled), unreadable files
+too; both are counted with the reason, :meth:`ImageFolderDataset.describe` reports them, and a
+file that breaks after indexing is counted when it fails to load.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,15 +34,71 @@ from torch.utils.data import Dataset
 
 from uplift_diffusers.image_io import list_images
 
+CROP_MODES = ("center", "random", "random_resized")
+
 
 @dataclass
 class SkipCounts:
+    """The files a dataset does not use, by reason; ``details[path]`` says why (size or error)."""
+
     too_small: List[str] = field(default_factory=list)
     unreadable: List[str] = field(default_factory=list)
+    details: Dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return len(self.too_small) + len(self.unreadable)
+
+    def add_unreadable(self, path: str, error: str) -> None:
+        """Count ``path`` as unreadable (once, however often it fails to load)."""
+        if path not in self.details:
+            self.unreadable.append(path)
+            self.details[path] = error
+
+    def add_too_small(self, path: str, size: Tuple[int, int]) -> None:
+        self.too_small.append(path)
+        self.details[path] = f"{size[0]} x {size[1]} px"
+
+    def rows(self, resolution: int) -> List[Tuple[str, str, str]]:
+        """``(reason, path, detail)`` for every skipped file, too small first."""
+        small = f"shorter side < {resolution} px"
+        return [(small, p, self.details[p]) for p in self.too_small] + [
+            ("unreadable", p, self.details[p]) for p in self.unreadable
+        ]
+
+
+def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``resolution`` as torchvision's
+    ``Resize(resolution)`` does: the longer side becomes ``int(resolution * long / short)``."""
+    if width <= height:
+        return resolution, int(resolution * height / width)
+    return int(resolution * width / height), resolution
+
+
+def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Optional[int], max_upscale_crop: float) -> str:
+    """Validate the cropping options of :class:`ImageFolderDataset` (ValueError naming the
+    option, its value and the fix) and return the crop mode (``None`` resolved)."""
+    if crops_per_image is not None and (isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1):
+        raise ValueError(f"`crops_per_image` must be an integer >= 1 or None, got {crops_per_image!r}.")
+    if crop is None:
+        crop = "random_resized" if train else "center"
+    if crop not in CROP_MODES:
+        raise ValueError(f"`crop` must be one of {', '.join(CROP_MODES)}, got {crop!r}.")
+    if not train and crop != "center":
+        raise ValueError(f"validation items (`train=False`) are centre crops; got `crop={crop!r}`: pass crop='center' or None.")
+    if isinstance(max_upscale_crop, bool) or not isinstance(max_upscale_crop, (int, float)) or not 0 < max_upscale_crop <= 1:
+        raise ValueError(f"`max_upscale_crop` must be a number in (0, 1], got {max_upscale_crop!r}.")
+    if crop != "random_resized" and max_upscale_crop != 1.0:
+        raise ValueError(
+            f"`max_upscale_crop={max_upscale_crop}` applies to crop='random_resized' only (crop={crop!r} always "
+            "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
+        )
+    if train and crop == "center" and crops_per_image not in (None, 1):
+        raise ValueError(
+            f"`crops_per_image={crops_per_image}` with crop='center' would repeat the same crop: "
+            "set it to None, or use crop='random'."
+        )
+    return crop
 
 
 class ImageFolderDataset(Dataset):
@@ -36,12 +107,14 @@ class ImageFolderDataset(Dataset):
     Args:
         folders: one or more directories, searched recursively.
         resolution: side of the crops (px).
-        train: random crops (True) or centre crops (False).
-        crops_per_image: with ``train``, a fixed number of seeded crops per image instead of
-            fresh random ones every time.
-        max_upscale_crop: the largest fraction of the shorter side a random crop may span
-            before being resized to ``resolution`` (1.0 = the whole shorter side).
+        train: training items (cropped as ``crop`` says) or validation items (``center`` crops).
+        crops_per_image: with ``train`` and a random ``crop``, a fixed number of seeded crops per
+            image instead of fresh random ones every time.
+        max_upscale_crop: with ``crop="random_resized"``, the largest fraction of the shorter side
+            a random crop may span before being resized to ``resolution`` (1.0 = the whole side).
         seed: seed of the fixed crops.
+        crop: ``"center"``, ``"random"`` or ``"random_resized"`` (see the module docstring);
+            ``None`` = ``"random_resized"`` for training, ``"center"`` otherwise.
     """
 
     def __init__(
@@ -52,14 +125,15 @@ class ImageFolderDataset(Dataset):
         crops_per_image: Optional[int] = None,
         max_upscale_crop: float = 1.0,
         seed: int = 0,
+        crop: Optional[str] = None,
     ):
-        if resolution < 8:
-            raise ValueError(f"`resolution` must be >= 8, got {resolution}.")
-        if crops_per_image is not None and crops_per_image < 1:
-            raise ValueError(f"`crops_per_image` must be >= 1 or None, got {crops_per_image}.")
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
+            raise ValueError(f"`resolution` must be an integer >= 8, got {resolution!r}.")
+        crop = check_crop_options(crop, train, crops_per_image, max_upscale_crop)
         self.resolution = resolution
         self.train = train
-        self.crops_per_image = crops_per_image if train else None
+        self.crop = crop
+        self.crops_per_image = crops_per_image if train and crop != "center" else None
         self.max_upscale_crop = max_upscale_crop
         self.seed = seed
         self.skipped = SkipCounts()
@@ -69,11 +143,11 @@ class ImageFolderDataset(Dataset):
             try:
                 with Image.open(path) as handle:
                     size = handle.size
-            except (OSError, UnidentifiedImageError):
-                self.skipped.unreadable.append(str(path))
+            except (OSError, UnidentifiedImageError) as error:
+                self.skipped.add_unreadable(str(path), str(error))
                 continue
             if min(size) < resolution:
-                self.skipped.too_small.append(str(path))
+                self.skipped.add_too_small(str(path), size)
                 continue
             self.files.append(path)
             self.sizes.append(size)
@@ -86,36 +160,66 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files) * (self.crops_per_image or 1)
 
+    def describe(self, examples: int = 3) -> str:
+        """How many images are used and how many are skipped, and why, e.g. ``"1240 images
+        usable (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side
+        < 1024 px, 2 unreadable"``, then up to ``examples`` files per reason."""
+        skipped = self.skipped
+        lines = [
+            f"{len(self.files)} images usable ({len(self)} items per epoch, crop={self.crop} at {self.resolution} px); "
+            f"skipped {skipped.total}: {len(skipped.too_small)} shorter side < {self.resolution} px, "
+            f"{len(skipped.unreadable)} unreadable"
+        ]
+        by_reason: Dict[str, List[str]] = {}
+        for reason, path, detail in skipped.rows(self.resolution):
+            by_reason.setdefault(reason, []).append(f"{path} ({detail})")
+        for reason, entries in by_reason.items():
+            more = f"; and {len(entries) - examples} more" if len(entries) > examples else ""
+            lines.append(f"  {reason}: " + "; ".join(entries[:examples]) + more)
+        return "\n".join(lines)
+
     def crop_params(self, index: int) -> Dict:
-        """Crop box (in original pixels), flip flag and key of item ``index``."""
+        """Resize (None or the (width, height) the whole image is resized to first), crop box
+        (in the pixels of the resized image, or of the original when ``resize`` is None), flip
+        flag and cache key of item ``index``."""
         image_index, crop_index = divmod(index, self.crops_per_image or 1)
         width, height = self.sizes[image_index]
-        short = min(width, height)
-        if not self.train:
-            side, flip = short, False
-            left, top = (width - side) // 2, (height - side) // 2
-        else:
-            rng = random.Random(hash((self.seed, image_index, crop_index))) if self.crops_per_image else random
-            low = self.resolution / short
-            side = int(round(short * rng.uniform(min(low, self.max_upscale_crop), self.max_upscale_crop)))
-            side = max(self.resolution, min(side, short))
-            left, top = rng.randint(0, width - side), rng.randint(0, height - side)
-            flip = rng.random() < 0.5
-        box = (left, top, left + side, top + side)
+        res = self.resolution
+        rng = random.Random(hash((self.seed, image_index, crop_index))) if self.crops_per_image else random
         path = self.files[image_index]
         stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|box={box}|flip={flip}|res={self.resolution}"
-        return {"image_index": image_index, "box": box, "flip": flip, "key": key}
+        identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if self.crop == "random_resized":
+            short = min(width, height)
+            low = res / short
+            side = int(round(short * rng.uniform(min(low, self.max_upscale_crop), self.max_upscale_crop)))
+            side = max(res, min(side, short))
+            left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+            flip = rng.random() < 0.5
+            box = (left, top, left + side, top + side)
+            key = f"{identity}|box={box}|flip={flip}|res={res}"
+            return {"image_index": image_index, "resize": None, "box": box, "flip": flip, "key": key}
+        resize = resized_size(width, height, res)
+        if self.crop == "center":
+            left, top = int(round((resize[0] - res) / 2.0)), int(round((resize[1] - res) / 2.0))
+        else:
+            left, top = rng.randint(0, resize[0] - res), rng.randint(0, resize[1] - res)
+        box = (left, top, left + res, top + res)
+        key = f"{identity}|resize={resize[0]}x{resize[1]}|box={box}|res={res}"
+        return {"image_index": image_index, "resize": resize, "box": box, "flip": False, "key": key}
 
     def __getitem__(self, index: int) -> Dict:
         params = self.crop_params(index)
         path = self.files[params["image_index"]]
         try:
             with Image.open(path) as handle:
-                image = handle.convert("RGB").crop(params["box"])
-        except (OSError, UnidentifiedImageError):
-            self.skipped.unreadable.append(str(path))
-            return {"pixel_values": None, "key": params["key"]}
+                image = handle.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            self.skipped.add_unreadable(str(path), str(error))
+            return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
+        if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call
+            image = image.resize(params["resize"], Image.BILINEAR)
+        image = image.crop(params["box"])
         if image.size != (self.resolution, self.resolution):
             image = image.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=None)
         if params["flip"]:
@@ -125,8 +229,15 @@ class ImageFolderDataset(Dataset):
 
 
 def collate_skipping_failures(items: List[Dict]) -> Dict:
-    """Stack a batch, dropping items whose image failed to load (counted by the dataset)."""
+    """Stack a batch, dropping items whose image failed to load; ``failed`` lists them as
+    ``(path, error)`` so that the training process counts them (DataLoader workers count in
+    their own copy of the dataset)."""
     good = [item for item in items if item["pixel_values"] is not None]
+    failed = [(item["path"], item["error"]) for item in items if item["pixel_values"] is None]
     if not good:
-        return {"pixel_values": None, "keys": []}
-    return {"pixel_values": torch.stack([item["pixel_values"] for item in good]), "keys": [item["key"] for item in good]}
+        return {"pixel_values": None, "keys": [], "failed": failed}
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in good]),
+        "keys": [item["key"] for item in good],
+        "failed": failed,
+    }

@@ -4,6 +4,13 @@ For a ground-truth image ``x`` and a depth ``d``, the input image is ``x`` downs
 ``2^d`` times (antialiased bilinear), the input latents are its VAE latents (plus Gaussian
 noise of std ``lat_aug``), and step ``k`` of a ``d``-step run is compared (MSE) with the
 latents of ``x`` downsampled ``2^(d-k)`` times. The loss is the sum over depths and steps.
+
+With ``noisy_targets`` the noise is kept, as in the authors' loop (``mwalmer-umd/UPLiFT``
+``uplift/train_uplift.py`` adds it in place, ``feat_in += noise_aug``, to the latents that
+also serve as targets): once depth ``j`` has used the noised latents of level ``j`` as its
+input, later depths compare their step at level ``j`` with those noised latents instead of the
+clean ones. The noise is independent of those steps' inputs, so the expected gradient is the
+same; the loss gains ``lat_aug**2`` per noisy target and the gradient some variance.
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ def multi_depth_loss(
     generator: Optional[torch.Generator] = None,
     vae=None,
     pixel_weight: float = 0.0,
+    noisy_targets: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Sum over ``depths`` and steps of the per-step MSE (plus an optional pixel term).
 
@@ -69,6 +77,8 @@ def multi_depth_loss(
         vae, pixel_weight: with ``pixel_weight > 0``, each depth's final latents are also
             decoded by ``vae`` and ``pixel_weight`` x :func:`pixel_loss` against ``images[0]``
             is added (latent MSE alone does not track pixel PSNR well for every VAE).
+        noisy_targets: keep each depth's noised input latents as the target of that level
+            for the depths after it (the authors' in-place noise, see the module docstring).
 
     Returns a dict with ``loss`` and ``loss_depth{d}`` (and ``pixel_depth{d}``) entries,
     the parts detached.
@@ -79,6 +89,9 @@ def multi_depth_loss(
         raise ValueError("`depths` is empty; give at least one depth, e.g. [1, 2].")
     if max(depths) >= len(latents) or min(depths) < 1:
         raise ValueError(f"`depths` {list(depths)} must lie in 1..{len(latents) - 1} for {len(latents)} latent levels.")
+    if len(set(depths)) != len(depths):
+        raise ValueError(f"`depths` {list(depths)} repeats a depth; list each depth once.")
+    targets = list(latents)
     total = 0.0
     parts = {}
     for depth in depths:
@@ -86,10 +99,12 @@ def multi_depth_loss(
         if lat_aug:
             noise = torch.randn(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
             inputs = inputs + lat_aug * noise
+            if noisy_targets:
+                targets[depth] = inputs
         out = model(inputs, images[depth], num_steps=depth, output_intermediate=True)
         depth_loss = 0.0
         for step, prediction in enumerate(out.intermediate, start=1):
-            depth_loss = depth_loss + F.mse_loss(prediction.float(), latents[depth - step].float())
+            depth_loss = depth_loss + F.mse_loss(prediction.float(), targets[depth - step].float())
         parts[f"loss_depth{depth}"] = depth_loss.detach()
         total = total + depth_loss
         if pixel_weight:

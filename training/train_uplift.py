@@ -2,7 +2,7 @@
 """Train an UPLiFT latent upscaler for any VAE, with accelerate.
 
     python training/train_uplift.py --config training/configs/sd15-vae.yaml \
-        --train-data /data/unsplash-lite/w1024 --output-dir runs/sd15
+        --train-data data/unsplash-lite/min-side-1024 --output-dir runs/sd15
     accelerate launch training/train_uplift.py --config ...        # several GPUs / nodes
 
 The configuration is a YAML file with sections ``model``, ``data``, ``optimization``,
@@ -32,17 +32,19 @@ import yaml  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from training.data import ImageFolderDataset, collate_skipping_failures  # noqa: E402
+from training.data import ImageFolderDataset, check_crop_options, collate_skipping_failures  # noqa: E402
 from training.latent_cache import LatentCache, vae_identity  # noqa: E402
 from training.objective import image_pyramid, multi_depth_loss  # noqa: E402
+from uplift_diffusers.constants import SD15_MODEL_ID  # noqa: E402
 
 DEFAULTS: Dict = {
-    "vae": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "vae": SD15_MODEL_ID,
     "output_dir": "runs/uplift",
     "model": {},
     "data": {
         "train_dirs": [],
         "resolution": 1024,
+        "crop": "random_resized",
         "crops_per_image": None,
         "max_upscale_crop": 1.0,
         "cache_dir": None,
@@ -51,6 +53,7 @@ DEFAULTS: Dict = {
     "optimization": {
         "depths": [1, 2, 3, 4],
         "lat_aug": 1.0,
+        "lat_aug_noisy_targets": False,
         "pixel_loss_weight": 0.0,
         "lr": 1e-3,
         "adam_betas": [0.9, 0.999],
@@ -121,16 +124,17 @@ def build_config(args: argparse.Namespace) -> Dict:
         ("optimization", "batch_size"): args.batch_size,
         ("checkpointing", "every_steps"): args.checkpointing_steps,
     }
-    for item in args.set:
+    flags = {keys: value for keys, value in flags.items() if value is not None}  # flags not given
+    for item in args.set:  # --set KEY=null sets null (e.g. optimization.max_grad_norm=null)
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
         dotted, value = item.split("=", 1)
         flags[tuple(dotted.split("."))] = yaml.safe_load(value)
     for keys, value in flags.items():
-        if value is None:
-            continue
         section = config
         for key in keys[:-1]:
+            if not isinstance(section.get(key), dict):
+                raise ValueError(f"unknown config key `{'.'.join(keys)}`; known sections: {sorted(config)}.")
             section = section[key]
         if len(keys) > 1 and keys[0] != "model" and keys[-1] not in section:
             raise ValueError(f"unknown config key `{'.'.join(keys)}`.")
@@ -147,6 +151,22 @@ def build_config(args: argparse.Namespace) -> Dict:
         raise ValueError(
             f"data.resolution {config['data']['resolution']} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(depths)}."
         )
+    if len(set(depths)) != len(depths):
+        raise ValueError(f"optimization.depths {depths!r} repeats a depth; list each depth once.")
+    data = config["data"]
+    try:
+        check_crop_options(data["crop"], True, data["crops_per_image"], data["max_upscale_crop"])
+    except ValueError as error:
+        raise ValueError(f"data: {error}") from None
+    if not isinstance(opt["lat_aug_noisy_targets"], bool):
+        raise ValueError(f"optimization.lat_aug_noisy_targets must be true or false, got {opt['lat_aug_noisy_targets']!r}.")
+    if opt["mixed_precision"] is False:  # YAML reads an unquoted `no` as false
+        opt["mixed_precision"] = "no"
+    if opt["mixed_precision"] not in ("no", "fp16", "bf16", "fp8"):
+        raise ValueError(f"optimization.mixed_precision must be no, fp16, bf16 or fp8, got {opt['mixed_precision']!r}.")
+    clip = opt["max_grad_norm"]
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ValueError(f"optimization.max_grad_norm must be a number > 0, or null for no gradient clipping; got {clip!r}.")
     return config
 
 
@@ -324,8 +344,13 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
 
     dataset = ImageFolderDataset(
         data["train_dirs"], data["resolution"], train=True, crops_per_image=data["crops_per_image"],
-        max_upscale_crop=data["max_upscale_crop"], seed=opt["seed"],
+        max_upscale_crop=data["max_upscale_crop"], seed=opt["seed"], crop=data["crop"],
     )
+    accelerator.print(f"training data: {dataset.describe()}")
+    if accelerator.is_main_process and dataset.skipped.total:
+        skipped_list = output_dir / "skipped_images.tsv"
+        skipped_list.write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in dataset.skipped.rows(data["resolution"])))
+        accelerator.print(f"  (every skipped file is listed in {skipped_list})")
     cache = LatentCache(data["cache_dir"]) if data["cache_dir"] else None
     batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt["batch_size"])
     steps_per_epoch = max(1, batches_per_epoch // opt["gradient_accumulation_steps"])
@@ -377,6 +402,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
 
     model.train()
     interval_start, interval_steps = time.time(), 0
+    reported_failures = set()
     while step < max_steps and stopper.signal is None:
         order = epoch_order(len(dataset), opt["seed"], epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
@@ -389,6 +415,11 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
         )
         for batch in loader:
             position += 1
+            for path, error in batch["failed"]:  # counted here too: workers count in their own copy
+                dataset.skipped.add_unreadable(path, error)
+                if path not in reported_failures:
+                    reported_failures.add(path)
+                    accelerator.print(f"skipped an image that no longer loads: {path} ({error})")
             if batch["pixel_values"] is None:
                 continue
             images = batch["pixel_values"].to(accelerator.device)
@@ -397,7 +428,8 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     losses = multi_depth_loss(
-                        model, latents, pyramid, depths, lat_aug=opt["lat_aug"], vae=vae, pixel_weight=opt["pixel_loss_weight"]
+                        model, latents, pyramid, depths, lat_aug=opt["lat_aug"], vae=vae, pixel_weight=opt["pixel_loss_weight"],
+                        noisy_targets=opt["lat_aug_noisy_targets"],
                     )
                 accelerator.backward(losses["loss"])
                 grad_norm = None

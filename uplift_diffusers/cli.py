@@ -5,20 +5,24 @@
 * ``convert``: the authors' checkpoint (``.safetensors`` / ``.pth`` + YAML) -> a diffusers
   directory (``save_pretrained``) that ``UPLiFTLatentUpscaler.from_pretrained`` loads.
 
-When the Hugging Face Hub cannot be reached and a default model is not cached, the command
-prints one line saying so (and how to pass local paths) and exits with status 2.
+Defaults: the Stable Diffusion 1.5 pipeline (``generate``) or its VAE (``upscale``) and the
+authors' released UPLiFT model, from the Hugging Face Hub or its local cache. With every default
+cached, the commands run offline (``HF_HUB_OFFLINE=1``). When the Hub cannot be reached (or
+offline mode is on) and a model is not cached, the command prints one line saying so (and how to
+pass local paths) and exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, TypeVar
 
+from .constants import SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
+
 PROG = "uplift-diffusers"
-DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_VAE = DEFAULT_SD_MODEL  # its vae/ subfolder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EXIT_ERROR = 2
@@ -72,13 +76,49 @@ def from_hub(what: str, flag: str, load: Callable[[], T]) -> T:
         return load()
     except Exception as error:  # noqa: BLE001 - classified below, re-raised otherwise
         if _is_connection_error(error):
+            offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
             raise HubUnavailableError(
-                f"cannot reach the Hugging Face Hub and {what} is not in the local cache; "
-                f"pass a local path with {flag} (or run once with network access)."
+                f"cannot reach the Hugging Face Hub{' (HF_HUB_OFFLINE=1)' if offline else ''} and {what} is not in the "
+                f"local cache; pass a local path with {flag} (or run once with network access)."
             ) from error
         raise
     finally:
         hub_logging.set_verbosity(verbosity)
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers at all (one HEAD request to its endpoint)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception:  # noqa: BLE001 - any failure means no answer
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def cache_only_when_hub_unreachable(quiet: bool):
+    """Within the block, use only the local cache when the Hub cannot be reached.
+
+    Without this, each file that diffusers merely checks for and the cache does not hold (e.g.
+    a sharded-weights index) waits through huggingface_hub's retries (about 23 s) before the
+    cached model is used. With ``HF_HUB_OFFLINE=1`` no check is made.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or hub_reachable():
+        yield
+        return
+    if not quiet:
+        print(f"{PROG}: the Hugging Face Hub cannot be reached; using the local cache only "
+              "(HF_HUB_OFFLINE=1 skips this check).", file=sys.stderr)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,46 +165,26 @@ def dtype_kwargs(dtype) -> dict:
 
 def load_upscaler(args, dtype):
     """The upscaler from --original-checkpoint, --upscaler, or by default the authors' released model."""
-    from .conversion import ORIGINAL_CHECKPOINT_NAME, ORIGINAL_REPO_ID
     from .modeling_uplift import UPLiFTLatentUpscaler
 
+    flags = "--upscaler DIR or --original-checkpoint FILE"
     if args.original_checkpoint is not None:
-        return UPLiFTLatentUpscaler.from_original_checkpoint(
-            args.original_checkpoint, config=args.original_config, torch_dtype=dtype
+        return from_hub(
+            f"the checkpoint {args.original_checkpoint!r}",
+            flags,
+            lambda: UPLiFTLatentUpscaler.from_original_checkpoint(args.original_checkpoint, args.original_config, torch_dtype=dtype),
         )
     if args.upscaler is None:
-        from huggingface_hub import hf_hub_download
-
-        path = from_hub(
-            f"the default UPLiFT checkpoint ({ORIGINAL_REPO_ID}/{ORIGINAL_CHECKPOINT_NAME})",
-            "--upscaler DIR or --original-checkpoint FILE",
-            lambda: hf_hub_download(ORIGINAL_REPO_ID, ORIGINAL_CHECKPOINT_NAME),
-        )
-        return UPLiFTLatentUpscaler.from_original_checkpoint(path, torch_dtype=dtype)
-
-    location = Path(args.upscaler).expanduser()
+        source, what = UPLIFT_SD15_REPO_ID, f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    else:
+        source, what = args.upscaler, f"the upscaler {args.upscaler!r}"
+    location = Path(source).expanduser()
     if location.is_file():
-        raise CLIError(
-            f"--upscaler {args.upscaler!r} is a file; pass a save_pretrained directory or Hub id, "
-            "or use --original-checkpoint FILE for the authors' checkpoint."
-        )
-    if location.is_dir():
-        subfolder = None
-        if not (location / "config.json").is_file():
-            if not (location / "upscaler" / "config.json").is_file():
-                raise CLIError(
-                    f"--upscaler {args.upscaler!r} holds no config.json (nor upscaler/config.json); pass a directory "
-                    "written by UPLiFTLatentUpscaler.save_pretrained or `uplift-diffusers convert`."
-                )
-            subfolder = "upscaler"
-        return UPLiFTLatentUpscaler.from_pretrained(str(location), subfolder=subfolder, **dtype_kwargs(dtype)).eval()
-    if args.upscaler.startswith((".", "/", "~")) or os.path.isabs(args.upscaler):
-        raise FileNotFoundError(f"--upscaler: local path not found: {args.upscaler!r}")
-    return from_hub(
-        f"the upscaler {args.upscaler!r}",
-        "--upscaler DIR or --original-checkpoint FILE",
-        lambda: UPLiFTLatentUpscaler.from_pretrained(args.upscaler, **dtype_kwargs(dtype)).eval(),
-    )
+        raise CLIError(f"--upscaler {source!r} is a file; pass it as --original-checkpoint FILE, or pass its folder.")
+    subfolder = None
+    if location.is_dir() and not (location / "config.json").is_file() and (location / "upscaler" / "config.json").is_file():
+        subfolder = "upscaler"  # a pipeline folder written by save_pretrained
+    return from_hub(what, flags, lambda: UPLiFTLatentUpscaler.from_pretrained(source, subfolder=subfolder, **dtype_kwargs(dtype)))
 
 
 def load_vae_arg(args, dtype):
@@ -296,7 +316,7 @@ def cmd_generate(args) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     width, height = args.size
-    upscaler = load_upscaler(args, dtype)
+    upscaler = load_upscaler(args, dtype) if args.scale > 1 else None
     extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker else {}
     pipe = from_hub(
         f"the Stable Diffusion model {args.model!r}",
@@ -347,11 +367,22 @@ def cmd_convert(args) -> int:
 # Parser and entry point
 # ---------------------------------------------------------------------------------------------
 def _add_upscaler_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("upscaler (default: the authors' released SD1.5-VAE model from the Hub)")
+    group = parser.add_argument_group(
+        f"upscaler (default: the authors' released SD1.5-VAE model {UPLIFT_SD15_REPO_ID}, from the Hub or its cache)"
+    )
     source = group.add_mutually_exclusive_group()
-    source.add_argument("--upscaler", metavar="ID|PATH", help="diffusers UPLiFT upscaler: save_pretrained directory or Hub id")
-    source.add_argument("--original-checkpoint", metavar="FILE", help="the authors' checkpoint file (.safetensors / .pth)")
-    group.add_argument("--original-config", metavar="YAML", help="the authors' YAML config for --original-checkpoint")
+    source.add_argument(
+        "--upscaler", metavar="ID|PATH",
+        help="UPLiFT upscaler: a save_pretrained folder, a folder holding the authors' single file, or a Hub id",
+    )
+    source.add_argument(
+        "--original-checkpoint", metavar="FILE|URL",
+        help="the authors' checkpoint: a .safetensors / .pth file, a Hub URL or ORG/REPO/FILE",
+    )
+    group.add_argument(
+        "--original-config", metavar="YAML",
+        help="the authors' YAML config for --original-checkpoint (default: read off the checkpoint's shapes)",
+    )
 
 
 def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,9 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale factor (default 4)")
     up.add_argument(
         "--vae",
-        default=DEFAULT_VAE,
+        default=SD15_MODEL_ID,
         metavar="ID|PATH",
-        help=f"VAE: Hub id, diffusers directory, or a directory with TAESD-family encoder.pth + decoder.pth (default: {DEFAULT_VAE}, vae/)",
+        help="VAE: Hub id, diffusers directory, or a directory with TAESD-family encoder.pth + decoder.pth "
+        f"(default: {SD15_MODEL_ID}, {SD15_VAE_SUBFOLDER}/)",
     )
     _add_upscaler_arguments(up)
     _add_runtime_arguments(up)
@@ -382,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="text-to-image with Stable Diffusion + UPLiFT", description="Generate at --size, then upscale by --scale.")
     gen.add_argument("prompt", metavar="PROMPT")
-    gen.add_argument("--model", default=DEFAULT_SD_MODEL, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {DEFAULT_SD_MODEL})")
+    gen.add_argument("--model", default=SD15_MODEL_ID, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {SD15_MODEL_ID})")
     gen.add_argument("--size", type=parse_size, default=(512, 512), metavar="N|WxH", help="base size before upscaling (default 512)")
     gen.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2, help="upscale factor (default 2)")
     gen.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
@@ -397,8 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=cmd_generate)
 
     conv = sub.add_parser("convert", help="authors' checkpoint -> diffusers directory", description="Convert the authors' UPLiFT checkpoint to a save_pretrained directory.")
-    conv.add_argument("checkpoint", metavar="CHECKPOINT", help="the authors' .safetensors / .pth file")
-    conv.add_argument("--config", metavar="YAML", default=None, help="the authors' YAML config (default: the released SD1.5-VAE model)")
+    conv.add_argument("checkpoint", metavar="CHECKPOINT", help="the authors' .safetensors / .pth file, a Hub URL or ORG/REPO/FILE")
+    conv.add_argument(
+        "--config", metavar="YAML", default=None,
+        help="the authors' YAML config (default: read off the checkpoint's shapes, the official noise scale)",
+    )
     conv.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory")
     conv.set_defaults(handler=cmd_convert)
     return parser
@@ -421,6 +456,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:  # argparse printed its message (or --help)
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
     try:
+        if args.command in ("upscale", "generate"):  # their defaults come from the Hub or its cache
+            with cache_only_when_hub_unreachable(args.quiet):
+                return args.handler(args)
         return args.handler(args)
     except Exception as error:  # noqa: BLE001 - user-facing errors become one line, others propagate
         if isinstance(error, HubUnavailableError):

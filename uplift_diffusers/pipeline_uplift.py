@@ -12,11 +12,15 @@ image's channel means::
            -> vae.decode -> color_correct(., base)                 image     8fh x 8fw
 
 Saving and loading (``save_pretrained`` / ``from_pretrained`` rebuilding ``upscaler`` without
-being passed) come from :class:`~uplift_diffusers.pipeline_utils.UPLiFTComponentsMixin`.
+being passed) come from :class:`~uplift_diffusers.pipeline_utils.UPLiFTComponentsMixin`. Loading a
+plain Stable Diffusion pipeline (``from_pretrained`` / ``from_pipe`` without ``upscaler=``) adds
+the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable Diffusion output.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -28,9 +32,12 @@ from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .color_correction import color_correct
+from .constants import UPLIFT_SD15_REPO_ID
+from .hub_utils import HUB_KWARGS, locate_hub_file
 from .modeling_uplift import UPLiFTLatentUpscaler
 from .pipeline_utils import (
     UPLiFTComponentsMixin,
@@ -45,6 +52,47 @@ __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput
 #: Upscale factors of the text-to-image pipeline (1: no upscaling).
 UPSCALE_FACTORS = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+_UPSCALER = "upscaler"
+
+logger = logging.get_logger(__name__)
+
+
+def _saved_upscaler_entry(pretrained_model_name_or_path, kwargs: Dict[str, Any]) -> Optional[list]:
+    """The ``upscaler`` entry of the pipeline's ``model_index.json``: ``[library, class]``,
+    ``[None, None]`` when it was saved without an upscaler, ``[]`` when the index has no such
+    entry (a plain Stable Diffusion pipeline), or ``None`` when the index cannot be read here
+    (``from_pretrained`` then reports that itself). A Hub index is read from the cache first."""
+    location = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
+    if os.path.isdir(location):
+        index_file = os.path.join(location, "model_index.json")
+    else:
+        hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+        try:
+            index_file = locate_hub_file(location, ["model_index.json"], **hub)[0]
+        except Exception:  # noqa: BLE001 - not found / unreachable: diffusers' own loading gives the error
+            return None
+    try:
+        with open(index_file, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    entry = index.get(_UPSCALER, []) if isinstance(index, dict) else None
+    return list(entry) if isinstance(entry, (list, tuple)) else None
+
+
+def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
+    """The authors' released UPLiFT model (:data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`),
+    for a pipeline given no ``upscaler``: ``dtype`` as the pipeline's (a per-component dict is
+    looked up under ``"upscaler"``, then ``"default"``), ``revision`` of the UPLiFT repository
+    (not the pipeline's), and the pipeline's cache / offline / token settings."""
+    if isinstance(dtype, dict):
+        dtype = dtype.get(_UPSCALER, dtype.get("default"))
+    logger.info(
+        f"No `upscaler` given: loading the authors' UPLiFT release {UPLIFT_SD15_REPO_ID}"
+        + (f" (revision {revision})" if revision else "")
+        + "; pass `upscaler=None` for plain Stable Diffusion output or `upscaler=...` for another model."
+    )
+    return UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,10 +121,18 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
     IP-Adapter loading, schedulers, offloading, ``from_pipe``) and adds the component
     ``upscaler``.
 
+    ``from_pretrained`` of a Stable Diffusion repository or folder without an ``upscaler``
+    component (e.g. ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) and ``from_pipe`` of a
+    pipeline without one load the authors' released UPLiFT model, with the same dtype, cache,
+    offline and token settings (``revision`` stays the pipeline's; ``upscaler_revision=`` pins the
+    UPLiFT repository's) and one log line (INFO) saying so. ``upscaler=...`` selects another model,
+    ``upscaler=None`` none (plain Stable Diffusion output).
+
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
-        upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler`): an UPLiFT model for this VAE's
-            latent space (e.g. the authors' SD1.5-VAE model).
+        upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler` or ``None``): an UPLiFT model for
+            this VAE's latent space (e.g. the authors' SD1.5-VAE model); ``None`` allows only
+            ``upscale_factor=1``.
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
@@ -113,6 +169,54 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(upscaler=upscaler)
 
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; without ``upscaler=`` and without an ``upscaler``
+        component in the folder / repository, the authors' released UPLiFT model is added (see
+        the class docstring).
+
+        Args:
+            upscaler_revision: revision of the UPLiFT repository for that default (``revision``
+                applies to the Stable Diffusion repository only).
+            **kwargs: every argument of ``DiffusionPipeline.from_pretrained``.
+        """
+        upscaler_revision = kwargs.pop("upscaler_revision", None)
+        no_default = "`upscaler` was passed" if _UPSCALER in kwargs else None
+        if no_default is None:
+            entry = _saved_upscaler_entry(pretrained_model_name_or_path, kwargs)
+            if entry == []:  # a plain Stable Diffusion pipeline
+                hub = {key: kwargs[key] for key in HUB_KWARGS if key != "revision" and kwargs.get(key) is not None}
+                dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
+                kwargs[_UPSCALER] = load_default_upscaler(dtype, upscaler_revision, **hub)
+            elif entry and entry[0] is None:
+                kwargs[_UPSCALER] = None  # diffusers needs a component saved as null passed explicitly
+                no_default = "the pipeline was saved without an upscaler"
+            elif entry:
+                no_default = "the pipeline has its own upscaler"
+        if upscaler_revision is not None and no_default is not None:
+            raise ValueError(
+                f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model, but {no_default}; "
+                "leave it out."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' ``from_pipe``; a source pipeline without an ``upscaler`` gets the authors'
+        released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
+        pins the UPLiFT repository's revision for that default."""
+        upscaler_revision = kwargs.pop("upscaler_revision", None)
+        if _UPSCALER not in kwargs:
+            if _UPSCALER in pipeline.components:
+                kwargs[_UPSCALER] = pipeline.components[_UPSCALER]
+            else:
+                kwargs[_UPSCALER] = load_default_upscaler(revision=upscaler_revision)
+                upscaler_revision = None
+        if upscaler_revision is not None:
+            raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
+        return super().from_pipe(pipeline, **kwargs)
+
     # ------------------------------------------------------------------ helpers
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled latents -> images in [-1, 1], like the parent pipeline's decode.
@@ -129,10 +233,11 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         return torch.float32
 
     def check_upscale_inputs(self, upscale_factor, color_correction, return_base_images, output_type) -> None:
-        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``."""
+        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``
+        (``upscale_factor`` already resolved: ``None`` is not accepted here)."""
         if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, int) or upscale_factor not in UPSCALE_FACTORS:
             raise ValueError(
-                f"`upscale_factor` must be one of {UPSCALE_FACTORS} (1: no upscaling), got {upscale_factor!r}."
+                f"`upscale_factor` must be one of {UPSCALE_FACTORS} (1: no upscaling) or None, got {upscale_factor!r}."
             )
         check_flag("color_correction", color_correction)
         check_flag("return_base_images", return_base_images)
@@ -140,7 +245,10 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if upscale_factor > 1:
             if self.upscaler is None:
-                raise ValueError("`upscale_factor` > 1 needs an `upscaler`; load one or pass upscale_factor=1.")
+                raise ValueError(
+                    f"`upscale_factor`={upscale_factor} needs an upscaler, but this pipeline has none (upscaler=None); "
+                    "pass upscale_factor=1 (or leave it out), or set `pipe.upscaler` to an UPLiFTLatentUpscaler."
+                )
             check_upscaler_matches_vae(self.vae, self.upscaler)
 
     def _postprocess(self, images: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
@@ -174,7 +282,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         clip_skip: Optional[int] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
-        upscale_factor: int = 2,
+        upscale_factor: Optional[int] = None,
         color_correction: bool = True,
         return_base_images: bool = False,
         **kwargs,
@@ -187,7 +295,8 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
 
         Args:
             upscale_factor: 1, 2, 4 or 8 (1: no upscaling). The output is ``upscale_factor *
-                height`` x ``upscale_factor * width``.
+                height`` x ``upscale_factor * width``. ``None`` (default): 2, or 1 for a pipeline
+                without an upscaler (``upscaler=None``).
             color_correction: shift each RGB channel of the upscaled image to the base image's
                 mean (the authors' post-processing).
             return_base_images: also return the base-size images in ``base_images``.
@@ -199,6 +308,8 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple
             ``(images, nsfw_content_detected)``, plus ``base_images`` when requested.
         """
+        if upscale_factor is None:
+            upscale_factor = 1 if self.upscaler is None else 2
         self.check_upscale_inputs(upscale_factor, color_correction, return_base_images, output_type)
         base = super().__call__(
             prompt=prompt,

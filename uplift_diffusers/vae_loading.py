@@ -16,16 +16,14 @@ from pathlib import Path
 
 import diffusers
 import torch
-from huggingface_hub import errors as hub_errors
-from huggingface_hub import hf_hub_download
 
+from .constants import SD15_VAE_SUBFOLDER as _VAE_SUBFOLDER
+from .hub_utils import locate_hub_file, looks_like_local_path
 from .tiny_autoencoder import TinyAutoencoder, _check_images, _check_latents
 
 __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "supported_vae_classes"]
 
 _CONFIG_NAME = "config.json"
-_VAE_SUBFOLDER = "vae"
-_RemoteEntryNotFound = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
 
 
 def supported_vae_classes() -> dict[str, type]:
@@ -72,25 +70,29 @@ def _class_for(config_file: str, source: str) -> type:
     return classes[name]
 
 
-def _looks_like_path(text: str) -> bool:
-    if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text) or text.count("/") > 1:
-        return True
-    parent = Path(text).parent
-    return parent != Path(".") and parent.exists()
+def _hub_config(repo_id: str, subfolder: str | None, hub: dict) -> tuple[str, str | None]:
+    """The VAE config of a Hub repository: ``(local file, subfolder it was found in)``.
 
-
-def _hub_config(repo_id: str, subfolder: str | None) -> tuple[str, str | None]:
-    """Download the VAE config of a Hub repository: ``(local file, subfolder it was found in)``."""
+    Without ``subfolder``, the root ``config.json`` or else ``vae/config.json`` (a pipeline
+    repository), whichever the local cache holds first: offline, a root config missing from the
+    cache does not hide a cached ``vae/`` one."""
     if subfolder is not None:
-        return hf_hub_download(repo_id, _CONFIG_NAME, subfolder=subfolder), subfolder
-    try:
-        return hf_hub_download(repo_id, _CONFIG_NAME), None
-    except _RemoteEntryNotFound:  # a pipeline repository: the VAE lives in vae/
-        return hf_hub_download(repo_id, _CONFIG_NAME, subfolder=_VAE_SUBFOLDER), _VAE_SUBFOLDER
+        names = [f"{subfolder}/{_CONFIG_NAME}"]
+    else:
+        names = [_CONFIG_NAME, f"{_VAE_SUBFOLDER}/{_CONFIG_NAME}"]
+    config_file, name = locate_hub_file(repo_id, names, **hub)
+    return config_file, (name.rpartition("/")[0] or None)
 
 
 def load_vae(
-    path_or_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, subfolder: str | None = None
+    path_or_id: str | os.PathLike,
+    torch_dtype: torch.dtype | None = None,
+    subfolder: str | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
 ) -> torch.nn.Module:
     """Load a VAE from a local directory or a Hub id.
 
@@ -105,13 +107,19 @@ def load_vae(
         path_or_id: local directory or Hub repository id.
         torch_dtype: dtype of the loaded model (floating), or None for the default (float32).
         subfolder: subfolder holding the VAE; by default the root, else ``vae/``.
+        revision, cache_dir, local_files_only, token: for a Hub id, as in ``from_pretrained``.
+            The local cache is read first: offline (``HF_HUB_OFFLINE=1`` or
+            ``local_files_only=True``) a cached pipeline repository's ``vae/`` loads without the
+            network, and a VAE missing from the cache is reported at once.
 
     Returns:
         The model in evaluation mode.
 
     Raises:
         FileNotFoundError: ``path_or_id`` looks like a local path (starts with ``.``, ``/`` or
-            ``~``, or its parent directory exists) but does not exist.
+            ``~``, or its parent directory exists) but does not exist; or a Hub repository
+            without a VAE config.
+        huggingface_hub.errors.LocalEntryNotFoundError: offline and the VAE is not in the cache.
         ValueError: a file instead of a directory, a directory without a VAE, an unsupported
             ``_class_name``, or a bad argument type.
     """
@@ -150,12 +158,13 @@ def load_vae(
         config_file = path / found / _CONFIG_NAME if found else path / _CONFIG_NAME
         cls = _class_for(str(config_file), text)
         return cls.from_pretrained(str(path), subfolder=found, torch_dtype=torch_dtype).eval()
-    if _looks_like_path(text):
+    if looks_like_local_path(text, max_slashes=1):
         raise FileNotFoundError(f"path_or_id: local path not found: {str(path)!r}")
 
-    config_file, found = _hub_config(text, subfolder)
+    hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    config_file, found = _hub_config(text, subfolder, hub)
     cls = _class_for(config_file, text)
-    return cls.from_pretrained(text, subfolder=found, torch_dtype=torch_dtype).eval()
+    return cls.from_pretrained(text, subfolder=found, torch_dtype=torch_dtype, **hub).eval()
 
 
 def vae_scale_factor(vae) -> int:

@@ -1,0 +1,18 @@
+"""Model ids and file names used across the package, its scripts and its documentation: defined once."""
+
+#: The authors' released UPLiFT for the Stable Diffusion 1.5 VAE: Hub repository and its single file
+#: (official key layout, float32, no ``config.json``; the configuration is the official YAML, which is
+#: this package's default ``UPLiFTLatentUpscaler()``).
+UPLIFT_SD15_REPO_ID = "UPLiFT-upsampler/uplift_sd1.5vae"
+UPLIFT_SD15_WEIGHTS_NAME = "uplift_sd1.5vae.safetensors"
+
+#: Stable Diffusion 1.5 pipeline repository (its VAE is in the ``vae/`` subfolder).
+SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_VAE_SUBFOLDER = "vae"
+
+#: The paper's comparison rows (Tables 2-3): SDXL base and the LCM-LoRA for SDXL.
+SDXL_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_LCM_LORA_ID = "latent-consistency/lcm-lora-sdxl"
+
+#: CLIP score model of the paper (the `clip-score` package's default).
+CLIP_MODEL_ID = "openai/clip-vit-base-patch32"
