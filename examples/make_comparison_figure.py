@@ -6,7 +6,7 @@
         --output examples/figures/comparison.png
 
 Uses the evaluation protocol (HR = centre crop, LR = PIL bilinear resize) and the same method
-implementations as ``evaluation/eval_super_resolution.py``; each row is one image, each
+implementations as ``evaluation/tasks/eval_super_resolution.py``; each row is one image, each
 column shows the centre ``--crop`` pixels of a method's output, enlarged ``--zoom`` times.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from evaluation.eval_super_resolution import SuperResolutionRunner, parse_methods  # noqa: E402
-from evaluation.sr_protocol import centre_crop, list_images, load_hr_lr, pil_to_tensor  # noqa: E402
+from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods  # noqa: E402
+from evaluation.tasks.sr_protocol import centre_crop, list_images, load_hr_lr, pil_to_tensor  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -16,8 +16,8 @@ from PIL import Image
 
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
-from uplift_diffusers.vae_loading import load_vae
+from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+from uplift_diffusers.loaders.vae import load_vae
 
 
 def main():

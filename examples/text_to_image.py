@@ -13,7 +13,7 @@ import torch
 
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID
-from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline
+from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
 
 
 def main():

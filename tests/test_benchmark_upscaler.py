@@ -1,4 +1,4 @@
-"""evaluation/benchmark_upscaler.py: the ratios, the targets, the memory measurement and a
+"""evaluation/benchmarks/benchmark_upscaler.py: the ratios, the targets, the memory measurement and a
 tiny end-to-end run (official-size model at 64 px, no compile)."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import benchmark_upscaler as bench
+from evaluation.benchmarks import benchmark_upscaler as bench
 
 SCRIPT = Path(bench.__file__)
 
@@ -88,7 +88,7 @@ def test_paired_ratios_are_medians_of_per_round_ratios():
 
 
 def run_worker(task):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--worker", json.dumps(task)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "evaluation.benchmarks.benchmark_upscaler", "--worker", json.dumps(task)], capture_output=True, text=True, timeout=600, cwd=SCRIPT.parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -143,7 +143,7 @@ def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):
     vae = [r for r in saved["results"] if r["kind"] == "vae"]
     assert all(r["side"] == 128 and r["upscaler_side"] == 64 and r["compile"] is False for r in vae)
     assert saved["meta"]["fast_mode"].startswith("bf16, channels_last, no compile")
-    assert saved["meta"]["command"].startswith("python evaluation/benchmark_upscaler.py --sides 64")
+    assert saved["meta"]["command"].startswith("python evaluation/benchmarks/benchmark_upscaler.py --sides 64")
     table = out.with_suffix(".md").read_text()
     assert "| fast time(512 px) / time(256 px) |" not in table  # only 64 px measured: no such ratio
     assert "| 64 | 64 | " in table and "peak extra memory" in table

@@ -9,7 +9,7 @@ from sd_components import build_sd_components, make_upscaler, save_sd_pipeline
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.cli import _is_connection_error, build_parser, main, parse_size
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
-from uplift_diffusers.conversion import convert_to_original_state_dict
+from uplift_diffusers.loaders.single_file import convert_to_original_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, sd_folder,
     """`upscale photo --scale 2` with no model flags: the SD1.5 VAE and the release from the cache."""
     from diffusers import AutoencoderKL
 
-    from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 
     out = tmp_path / "out"
     assert main(["upscale", str(inputs / "square.jpg"), "--scale", "2", "-o", str(out), "--device", "cpu", "--quiet"]) == 0

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from uplift_diffusers.color_correction import color_correct
+from uplift_diffusers.utils.color_correction import color_correct
 
 
 def test_means_match_reference_without_clamping():

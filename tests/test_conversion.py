@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.conversion import (
+from uplift_diffusers.loaders.single_file import (
     OFFICIAL_FIELDS_NOT_IN_WEIGHTS,
     config_from_original,
     config_from_state_dict,

@@ -24,24 +24,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation import (
-    benchmark_latency,
-    eval_super_resolution,
-    eval_text_to_image,
-    make_tables,
-    prepare_coco,
-    prepare_relaion,
-    prepare_sr,
-)
-from evaluation.caption_sets import read_caption_set
-from evaluation.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
-from evaluation.metrics import psnr as metrics_psnr
-from evaluation.reports import write_report
-from evaluation import sr_protocol
+from evaluation.benchmarks import benchmark_latency
+from evaluation.data import prepare_coco, prepare_relaion, prepare_sr
+from evaluation.reports import make_tables
+from evaluation.tasks import eval_super_resolution, eval_text_to_image
+from evaluation.data.caption_sets import read_caption_set
+from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
+from evaluation.metrics.image_metrics import psnr as metrics_psnr
+from evaluation.reports.tables import write_report
+from evaluation.tasks import sr_protocol
 from sd_components import make_upscaler, save_sd_pipeline, save_tiny_clip
-from uplift_diffusers.color_correction import color_correct
+from uplift_diffusers.utils.color_correction import color_correct
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.image_io import list_images, pil_to_tensor
+from uplift_diffusers.image_processor import list_images, pil_to_tensor
 
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
 
@@ -324,7 +319,7 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, tiny_models):
     assert result["methods"]["bicubic"]["psnr"] == pytest.approx(bicubic["psnr"], abs=1e-5)
 
     # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
-    from uplift_diffusers.vae_loading import load_vae
+    from uplift_diffusers.loaders.vae import load_vae
 
     vae = load_vae(str(taef2))
     assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
@@ -359,7 +354,7 @@ def _t2i_argv(tmp_path, tiny_models, prompts, refs, out):
 
 
 def test_eval_text_to_image_rows_and_resume(tmp_path, tiny_models):
-    from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline
+    from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
 
     prompts = _coco_prompts(tmp_path)
     rows = read_caption_set(prompts)
@@ -506,7 +501,7 @@ def test_make_tables_layout(tmp_path):
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
     """Mean PSNR of the bilinear latent baseline (64 <- 16): encode LR, interpolate the latents
     (align_corners=False), decode, and colour-correct against LR when ``color_correction``."""
-    from uplift_diffusers.vae_loading import decode_latents, encode_latents
+    from uplift_diffusers.loaders.vae import decode_latents, encode_latents
 
     psnrs = []
     for path in files:
@@ -521,8 +516,8 @@ def _baseline_psnr(vae, files, color_correction: bool) -> float:
 
 
 def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tmp_path, shared_path):
-    from evaluation import metric_setup
-    from uplift_diffusers.vae_loading import load_vae
+    from evaluation.metrics import metric_setup
+    from uplift_diffusers.loaders.vae import load_vae
 
     bsds = shared_path("data", "bsds500", "test")
     taef2 = shared_path("models", "taef2")
@@ -570,7 +565,7 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
 
 
 def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny_models):
-    from evaluation.metrics import OpenCLIPScorer
+    from evaluation.metrics.image_metrics import OpenCLIPScorer
     from sd_components import save_tiny_open_clip
 
     prompts = _coco_prompts(tmp_path)

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.fast_inference import disable_fast_inference, enable_fast_inference
-from uplift_diffusers.modeling_uplift import UPLiFTEncoder
+from uplift_diffusers.models.fast_inference import disable_fast_inference, enable_fast_inference
+from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder
 
 
 def small_model(**overrides):
@@ -85,7 +85,7 @@ def test_official_size_random_model_within_1e2_in_bf16(num_steps):
 def test_conv_block_keeps_a_float32_residual_stream_with_bf16_weights():
     """Fast mode's mixed precision: the block computes in its weights' dtype, the sum with
     the residual stays in the input's dtype."""
-    from uplift_diffusers.modeling_uplift import ConvBlock
+    from uplift_diffusers.models.modeling_uplift import ConvBlock
 
     torch.manual_seed(0)
     block = ConvBlock(16, 24).eval()
@@ -345,9 +345,9 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     (first encoder group kept in float32) within 1e-2 relative L2 of float32 eager."""
     from pathlib import Path
 
-    from evaluation.sr_protocol import load_hr_lr, pil_to_tensor
+    from evaluation.tasks.sr_protocol import load_hr_lr, pil_to_tensor
     from uplift_diffusers import load_vae
-    from uplift_diffusers.vae_loading import encode_latents
+    from uplift_diffusers.loaders.vae import encode_latents
 
     model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
     model = UPLiFTLatentUpscaler.from_pretrained(model_dir).eval()

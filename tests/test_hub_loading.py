@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from sd_components import make_upscaler, save_sd_pipeline
 from uplift_diffusers import UPLiFTLatentUpscaler, load_vae
 from uplift_diffusers.constants import SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
-from uplift_diffusers.conversion import convert_to_original_state_dict
-from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline
+from uplift_diffusers.loaders.single_file import convert_to_original_state_dict
+from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
 
 URL = f"https://huggingface.co/{UPLIFT_SD15_REPO_ID}/blob/main/{UPLIFT_SD15_WEIGHTS_NAME}"
 PROMPT = "a red cat"
@@ -193,11 +193,11 @@ def test_load_vae_pipeline_repository_offline(sd_cached, sd_folder, hub_cache, r
 
 # ------------------------------------------------------------------------------- the pipeline's default upscaler
 def test_pipeline_loads_the_release_by_default(sd_cached, uplift_cached, upscaler, caplog):
-    caplog.set_level(logging.INFO, logger="uplift_diffusers.pipeline_uplift")
+    caplog.set_level(logging.INFO, logger="uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift")
     pipe = StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, torch_dtype=torch.float64)
     assert same_weights(upscaler, pipe.upscaler)
     assert pipe.upscaler.dtype == torch.float64 and pipe.unet.dtype == torch.float64
-    lines = [r.getMessage() for r in caplog.records if r.name == "uplift_diffusers.pipeline_uplift"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift"]
     assert len(lines) == 1 and UPLIFT_SD15_REPO_ID in lines[0] and "upscaler=None" in lines[0]
     pipe.set_progress_bar_config(disable=True)
     out = pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")

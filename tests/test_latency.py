@@ -1,5 +1,5 @@
-"""Latency protocols: the end-to-end super-resolution timing (evaluation/benchmark_sr_latency.py,
-the paper's Fig. 11 / Table 4) and the compile default of evaluation/benchmark_latency.py."""
+"""Latency protocols: the end-to-end super-resolution timing (evaluation/benchmarks/benchmark_sr_latency.py,
+the paper's Fig. 11 / Table 4) and the compile default of evaluation/benchmarks/benchmark_latency.py."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation import benchmark_latency, benchmark_sr_latency
+from evaluation.benchmarks import benchmark_latency, benchmark_sr_latency
 from sd_components import build_sd_components, make_upscaler
 
 
@@ -62,8 +62,8 @@ def test_rounds_alternate_and_the_ratio_is_the_median_of_per_round_ratios(monkey
 
 
 def test_sr_latency_end_to_end_run(tmp_path, tiny_sr_models, monkeypatch):
-    from uplift_diffusers.color_correction import color_correct
-    from uplift_diffusers.vae_loading import decode_latents, encode_latents
+    from uplift_diffusers.utils.color_correction import color_correct
+    from uplift_diffusers.loaders.vae import decode_latents, encode_latents
 
     seen = []
     original = benchmark_sr_latency.super_resolve
@@ -80,7 +80,7 @@ def test_sr_latency_end_to_end_run(tmp_path, tiny_sr_models, monkeypatch):
     settings = result["settings"]
     assert (settings["lr_size"], settings["output_size"], settings["upscale_factor"], settings["batch_size"]) == (32, 128, 4, 2)
     assert settings["compile"] is False and settings["color_correction"] == {"uplift": True, "bilinear": False}
-    assert settings["command"].startswith("python evaluation/benchmark_sr_latency.py --vae ")
+    assert settings["command"].startswith("python evaluation/benchmarks/benchmark_sr_latency.py --vae ")
     for name in ("uplift", "bilinear"):
         values = result["methods"][name]
         assert len(values["times_s"]) == 3 and all(t > 0 for t in values["times_s"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from uplift_diffusers.local_attender import NEIGHBORHOODS, LocalAttender, attend, neighborhood_offsets
+from uplift_diffusers.models.local_attender import NEIGHBORHOODS, LocalAttender, attend, neighborhood_offsets
 
 
 # The architecture doc's definitions, written out literally (row by row: dy, then dx, ascending).

@@ -1,4 +1,4 @@
-"""Tests of evaluation/metrics.py: the paper's metric definitions and the alternative backends.
+"""Tests of evaluation/metrics/image_metrics.py: the paper's metric definitions and the alternative backends.
 
 Offline, CPU, small: FID gets small random conv extractors, the CLIP scores tiny random-weight
 transformers / open_clip models built here (nothing is downloaded). Reference numbers come from
@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from evaluation import metrics
+from evaluation.metrics import image_metrics as metrics
 from sd_components import save_tiny_open_clip
-from evaluation.metrics import (
+from evaluation.metrics.image_metrics import (
     OPEN_CLIP_MODEL,
     OPEN_CLIP_PRETRAINED,
     CleanFIDAccumulator,
@@ -141,7 +141,7 @@ def test_import_does_not_load_torchvision(tmp_path):
         f"""
         import importlib.util, sys
         assert importlib.util.find_spec("torchvision").origin.startswith({str(fake)!r})
-        import evaluation.metrics
+        import evaluation.metrics.image_metrics
         print(sorted(m for m in ("torchvision", "torchmetrics", "transformers", "cleanfid", "open_clip") if m in sys.modules))
         """
     )
@@ -335,7 +335,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from evaluation.metrics import CleanFIDAccumulator, FIDAccumulator
+from evaluation.metrics.image_metrics import CleanFIDAccumulator, FIDAccumulator
 
 
 class Features(nn.Module):

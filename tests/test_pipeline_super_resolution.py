@@ -11,9 +11,9 @@ import torch
 
 from sd_components import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.image_io import images_to_tensors, pad_to_multiple, pil_to_tensor, size_groups
-from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline, UPLiFTSuperResolutionPipelineOutput
-from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
+from uplift_diffusers.image_processor import images_to_tensors, pad_to_multiple, pil_to_tensor, size_groups
+from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline, UPLiFTSuperResolutionPipelineOutput
+from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
 
 TAEF2_CHANNELS = 32  # latent channels of the TAEF2 autoencoder
 
@@ -75,7 +75,7 @@ def test_color_correction_matches_input_means(pipe):
 
 def test_matches_manual_computation(pipe, taef2):
     """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct."""
-    from uplift_diffusers.color_correction import color_correct
+    from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
     padded = pad_to_multiple(image, 8)
@@ -205,8 +205,8 @@ def test_pil_to_tensor_agrees_with_images_to_tensors_on_rgb():
 def test_shared_modules_import_no_stable_diffusion_or_clip():
     """pipeline_utils, image_io and the SR pipeline import neither the SD pipeline nor CLIP classes."""
     script = (
-        "import sys, uplift_diffusers.pipeline_utils, uplift_diffusers.image_io\n"
-        "import uplift_diffusers.pipeline_super_resolution\n"
+        "import sys, uplift_diffusers.pipelines.pipeline_utils, uplift_diffusers.image_processor\n"
+        "import uplift_diffusers.pipelines.pipeline_uplift_super_resolution\n"
         "print(sorted(m for m in sys.modules if 'stable_diffusion' in m or m.startswith('transformers.models.clip')))"
     )
     repo_root = Path(__file__).resolve().parents[1]

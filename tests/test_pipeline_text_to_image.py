@@ -10,9 +10,9 @@ from transformers import CLIPImageProcessor
 
 from sd_components import build_sd_components, make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.color_correction import color_correct
-from uplift_diffusers.pipeline_utils import resolve_package_entries
-from uplift_diffusers.pipeline_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
+from uplift_diffusers.utils.color_correction import color_correct
+from uplift_diffusers.pipelines.pipeline_utils import resolve_package_entries
+from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
 
 PROMPT = "a red cat"
 
@@ -192,7 +192,7 @@ def test_from_pretrained_hub_repo_fetches_component_folders(components, tmp_path
 def test_resolve_package_entries():
     config = {"_class_name": "X", "upscaler": ["uplift_diffusers", "UPLiFTLatentUpscaler"], "vae": ["diffusers", "AutoencoderKL"]}
     resolved = resolve_package_entries(config)
-    assert resolved["upscaler"] == ["uplift_diffusers.modeling_uplift", "UPLiFTLatentUpscaler"]
+    assert resolved["upscaler"] == ["uplift_diffusers.models.modeling_uplift", "UPLiFTLatentUpscaler"]
     assert resolved["vae"] == ["diffusers", "AutoencoderKL"]
     with pytest.raises(ValueError, match="NoSuchClass"):
         resolve_package_entries({"upscaler": ["uplift_diffusers", "NoSuchClass"]})

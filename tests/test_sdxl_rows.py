@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation import eval_text_to_image
-from evaluation.caption_sets import CaptionRow, write_caption_set
+from evaluation.tasks import eval_text_to_image
+from evaluation.data.caption_sets import CaptionRow, write_caption_set
 from sd_components import SDXL_TINY_NATIVE_SIZE, save_sd_pipeline, save_sdxl_pipeline, save_tiny_clip, save_unet_lora
 
 CAPTIONS = ["a red cube.", "two dogs", "a house!"]  # <= 14 characters: the tiny tokenizers hold 16 tokens

@@ -1,4 +1,4 @@
-"""Tests for uplift_diffusers.tiny_autoencoder (TAESD-family model) and uplift_diffusers.vae_loading."""
+"""Tests for uplift_diffusers.models.autoencoder_tiny (TAESD-family model) and uplift_diffusers.loaders.vae."""
 import json
 import math
 from pathlib import Path
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
-from uplift_diffusers.tiny_autoencoder import TinyAutoencoder
-from uplift_diffusers.vae_loading import decode_latents, encode_latents, load_vae, vae_scale_factor
+from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
+from uplift_diffusers.loaders.vae import decode_latents, encode_latents, load_vae, vae_scale_factor
 
 TAEF2_ENCODER_PARAMS = 1_338_528
 TAEF2_DECODER_PARAMS = 1_338_499
@@ -432,7 +432,7 @@ def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
     from huggingface_hub.errors import EntryNotFoundError
 
-    from uplift_diffusers import hub_utils
+    from uplift_diffusers.loaders import hub as hub_utils
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached

@@ -456,7 +456,7 @@ def test_latent_cache_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_encode_levels_uses_the_cache_and_vae_identity_tracks_weights(vae_dir, images, tmp_path):
-    from uplift_diffusers.vae_loading import load_vae
+    from uplift_diffusers.loaders.vae import load_vae
 
     vae = load_vae(str(vae_dir)).eval()
     same = load_vae(str(vae_dir)).eval()
@@ -734,7 +734,7 @@ def test_a_run_with_the_sd15_recipe_options(vae_dir, images, tmp_path, monkeypat
     """The options of sd15-vae.yaml on the tiny model: centre crops, no clipping, noisy targets,
     target latents encoded in float32 without autocast; an image that breaks mid-run is
     reported and counted, not silently dropped."""
-    import uplift_diffusers.vae_loading as vae_loading
+    import uplift_diffusers.loaders.vae as vae_loading
 
     recipe = ("data.crop=center", "data.crops_per_image=null", "optimization.max_grad_norm=null",
               "optimization.lat_aug_noisy_targets=true", "optimization.mixed_precision=no", "checkpointing.every_steps=0")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uplift_diffusers.local_attender import LocalAttender, attend, triton_installed
+from uplift_diffusers.models.local_attender import LocalAttender, attend, triton_installed
 
 REPO = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not installed (pip install triton, or the dev extra)")
@@ -20,8 +20,8 @@ needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not 
 CHECK_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from uplift_diffusers.local_attender import LocalAttender, attend
-    from uplift_diffusers.triton_attender import fused_local_attention
+    from uplift_diffusers.models.local_attender import LocalAttender, attend
+    from uplift_diffusers.models.triton_local_attender import fused_local_attention
 
     torch.manual_seed(0)
     results = []
@@ -109,11 +109,11 @@ def test_cpu_tensors_use_pytorch_and_never_load_the_kernel():
     script = textwrap.dedent(
         """
         import sys, torch
-        from uplift_diffusers.local_attender import LocalAttender
+        from uplift_diffusers.models.local_attender import LocalAttender
         att = LocalAttender(24).eval()
         with torch.no_grad():
             att(torch.randn(1, 24, 8, 8), torch.randn(1, 4, 4, 4))
-        print("uplift_diffusers.triton_attender" in sys.modules, att._use_fused_kernel(torch.zeros(1), torch.zeros(1)))
+        print("uplift_diffusers.models.triton_local_attender" in sys.modules, att._use_fused_kernel(torch.zeros(1), torch.zeros(1)))
         """
     )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -128,19 +128,19 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
     class FakeCuda:
         is_cuda, requires_grad = True, False
 
-    monkeypatch.setattr("uplift_diffusers.local_attender.triton_installed", lambda: True)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
     cuda = FakeCuda()
     with torch.no_grad():
         assert att._use_fused_kernel(cuda, cuda)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         assert not att._use_fused_kernel(cuda, cuda)  # torch.compile fuses the PyTorch form itself
         monkeypatch.undo()
-    monkeypatch.setattr("uplift_diffusers.local_attender.triton_installed", lambda: True)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
     assert not att._use_fused_kernel(cuda, cuda)  # gradients wanted (parameters require grad)
     att.fused_kernel = False
     with torch.no_grad():
         assert not att._use_fused_kernel(cuda, cuda)
-    monkeypatch.setattr("uplift_diffusers.local_attender.triton_installed", lambda: False)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: False)
     att.fused_kernel = None
     with torch.no_grad():
         assert not att._use_fused_kernel(cuda, cuda)
@@ -149,13 +149,13 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
 def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
     import types
 
-    fake = types.ModuleType("uplift_diffusers.triton_attender")
+    fake = types.ModuleType("uplift_diffusers.models.triton_local_attender")
 
     def broken(*args, **kwargs):
         raise RuntimeError("no CUDA driver")
 
     fake.fused_local_attention = broken
-    monkeypatch.setitem(sys.modules, "uplift_diffusers.triton_attender", fake)
+    monkeypatch.setitem(sys.modules, "uplift_diffusers.models.triton_local_attender", fake)
     monkeypatch.setattr(LocalAttender, "_use_fused_kernel", lambda self, g, v: self.fused_kernel is not False)
     torch.manual_seed(0)
     att = LocalAttender(24).eval()
@@ -173,7 +173,7 @@ def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available() or not triton_installed(), reason="needs a CUDA GPU and Triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_kernel_matches_pytorch_and_allocates_only_the_output(dtype):
-    from uplift_diffusers.triton_attender import fused_local_attention
+    from uplift_diffusers.models.triton_local_attender import fused_local_attention
 
     torch.manual_seed(0)
     att = LocalAttender(512).cuda().eval()

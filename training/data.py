@@ -32,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from uplift_diffusers.image_io import list_images
+from uplift_diffusers.image_processor import list_images
 
 CROP_MODES = ("center", "random", "random_resized")
 

@@ -48,8 +48,8 @@ def pixel_loss(vae, latents: torch.Tensor, reference: torch.Tensor, target: torc
     colour correction is the pipelines' per-channel mean shift towards ``reference`` (the
     low-resolution input), without the final clamp so that it stays differentiable.
     """
-    from uplift_diffusers.color_correction import mean_shift
-    from uplift_diffusers.vae_loading import decode_latents
+    from uplift_diffusers.utils.color_correction import mean_shift
+    from uplift_diffusers.loaders.vae import decode_latents
 
     decoded = (decode_latents(vae, latents, clamp=False).float() + 1) / 2
     return F.mse_loss(mean_shift(decoded, reference), target.float())

@@ -198,7 +198,7 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
 
     ``autocast`` is the accelerator's autocast context factory (the VAE runs in the mixed
     precision of the run; the precision is part of ``vae_id`` so cached latents never mix)."""
-    from uplift_diffusers.vae_loading import encode_latents
+    from uplift_diffusers.loaders.vae import encode_latents
 
     def encode(images):
         with torch.no_grad(), autocast():
@@ -223,8 +223,8 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
 
 def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[str, float]:
     """PSNR of 4x (lr_size -> hr_size) super-resolution on the held-out folder; saves samples."""
-    from evaluation.sr_protocol import evaluate, list_images, load_hr_lr
-    from uplift_diffusers.pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+    from evaluation.tasks.sr_protocol import evaluate, list_images, load_hr_lr
+    from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 
     val = config["validation"]
     files = list_images(val["dir"])[: val["num_images"]]
@@ -310,7 +310,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
     from tqdm.auto import tqdm
 
     from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.vae_loading import load_vae
+    from uplift_diffusers.loaders.vae import load_vae
 
     opt, data, ckpt, val, log = (config[k] for k in ("optimization", "data", "checkpointing", "validation", "logging"))
     output_dir = Path(config["output_dir"]).expanduser()

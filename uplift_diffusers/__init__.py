@@ -3,19 +3,19 @@
 The pipelines are imported on first use: the Stable Diffusion pipeline pulls in
 transformers' CLIP classes, which `import uplift_diffusers` alone should not pay for.
 """
-from .color_correction import color_correct
-from .local_attender import LocalAttender
-from .modeling_uplift import UPLiFTLatentUpscaler, UPLiFTOutput
-from .tiny_autoencoder import TinyAutoencoder
-from .vae_loading import decode_latents, encode_latents, load_vae, vae_scale_factor
+from .utils.color_correction import color_correct
+from .models.local_attender import LocalAttender
+from .models.modeling_uplift import UPLiFTLatentUpscaler, UPLiFTOutput
+from .models.autoencoder_tiny import TinyAutoencoder
+from .loaders.vae import decode_latents, encode_latents, load_vae, vae_scale_factor
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "UPLiFTSuperResolutionPipeline": ".pipeline_super_resolution",
-    "UPLiFTSuperResolutionPipelineOutput": ".pipeline_super_resolution",
-    "StableDiffusionUPLiFTPipeline": ".pipeline_uplift",
-    "StableDiffusionUPLiFTPipelineOutput": ".pipeline_uplift",
+    "UPLiFTSuperResolutionPipeline": ".pipelines.pipeline_uplift_super_resolution",
+    "UPLiFTSuperResolutionPipelineOutput": ".pipelines.pipeline_uplift_super_resolution",
+    "StableDiffusionUPLiFTPipeline": ".pipelines.pipeline_stable_diffusion_uplift",
+    "StableDiffusionUPLiFTPipelineOutput": ".pipelines.pipeline_stable_diffusion_uplift",
 }
 
 

@@ -165,7 +165,7 @@ def dtype_kwargs(dtype) -> dict:
 
 def load_upscaler(args, dtype):
     """The upscaler from --original-checkpoint, --upscaler, or by default the authors' released model."""
-    from .modeling_uplift import UPLiFTLatentUpscaler
+    from .models.modeling_uplift import UPLiFTLatentUpscaler
 
     flags = "--upscaler DIR or --original-checkpoint FILE"
     if args.original_checkpoint is not None:
@@ -188,7 +188,7 @@ def load_upscaler(args, dtype):
 
 
 def load_vae_arg(args, dtype):
-    from .vae_loading import load_vae
+    from .loaders.vae import load_vae
 
     return from_hub(
         f"the VAE {args.vae!r}",
@@ -199,7 +199,7 @@ def load_vae_arg(args, dtype):
 
 def collect_inputs(inputs: Sequence[str]) -> List[Path]:
     """Image files named on the command line; directories contribute their images (recursively)."""
-    from .image_io import list_images
+    from .image_processor import list_images
 
     files: List[Path] = []
     for entry in inputs:
@@ -242,7 +242,7 @@ def cmd_upscale(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .pipeline_super_resolution import UPLiFTSuperResolutionPipeline
+    from .pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 
     files = collect_inputs(args.inputs)
     device = resolve_device(args.device)
@@ -302,7 +302,7 @@ def import_text_to_image_pipeline():
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        from .pipeline_uplift import StableDiffusionUPLiFTPipeline
+        from .pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
     finally:
         transformers_logging.set_verbosity(verbosity)
     return StableDiffusionUPLiFTPipeline
@@ -353,7 +353,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .modeling_uplift import UPLiFTLatentUpscaler
+    from .models.modeling_uplift import UPLiFTLatentUpscaler
 
     model = UPLiFTLatentUpscaler.from_original_checkpoint(args.checkpoint, config=args.config)
     output = Path(args.output).expanduser()

@@ -1,0 +1,316 @@
+"""Latency of SD1.5 + latent upscaling, broken down by stage (the paper's Table 4).
+
+Protocol: ``torch.compile`` of the UNet, the VAE decoder and UPLiFT (``--compile``, the default:
+the paper times compiled models; ``--no-compile`` times them eagerly), ``--warmup`` (3) untimed
+batches (compiling happens there), then the mean of the next ``--iters`` (10) batches; batch 4 for the COCO setting and 1 for reLAION
+(``--batch-size``). One timed batch runs, each stage timed separately (CUDA synchronised):
+
+* ``unet``: ``--steps`` denoising steps with classifier-free guidance (the UNet on 2B latents
+  and the scheduler step, the default SD1.5 PNDM scheduler) at ``--size``;
+* ``vae_decode_base``: decoding the base latents (needed as UPLiFT's guide and for colour
+  correction);
+* ``uplift``: the UPLiFT upscaler, ``--upscale-factor`` x;
+* ``bilinear`` / ``nearest``: the latent interpolation baselines;
+* ``vae_decode_upscaled``: decoding the upscaled latents;
+* ``color_correction``: the per-channel mean shift.
+
+``methods`` sums the stages of each text-to-image row (``base512`` = unet + base decode; the
+upscaling rows add their upscaler, the upscaled decode and colour correction). Text encoding
+is left out (random prompt embeddings of the real shape are used: it runs once per prompt and
+its cost does not depend on the method).
+
+Weights: ``--model`` (UNet, VAE and scheduler of a diffusers SD folder / Hub id) and
+``--upscaler``. With ``--random-weights``, or when the weights cannot be fetched (offline and not
+cached), models of the real SD1.5 / UPLiFT sizes are built with random weights; latency does
+not depend on the weights' values, and the output says so (``random_weights``, ``note``).
+Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. A CPU smoke run:
+``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1 --no-compile``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
+from evaluation.reports.tables import write_report
+from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
+from uplift_diffusers.utils.color_correction import color_correct
+from uplift_diffusers.constants import SD15_MODEL_ID
+
+DEFAULT_SD_MODEL = SD15_MODEL_ID
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TEXT_TOKENS = 77  # CLIP context of SD1.5
+
+# Test-only tiny models (CPU smoke runs of the protocol; their times mean nothing).
+_TINY_UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+    cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+)
+_TINY_VAE_CONFIG = dict(
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+    layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+)
+_TINY_UPSCALER_CONFIG = dict(
+    encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16, decoder_blocks_after_upsample=1,
+    refiner_channels=16, refiner_blocks=1,
+)
+
+STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Latency breakdown of SD1.5 + UPLiFT (the paper's Table 4).")
+    parser.add_argument("--output-dir", required=True, help="results.json and results.md go here")
+    parser.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
+    parser.add_argument("--model", default=DEFAULT_SD_MODEL, help="Stable Diffusion folder or Hub id (UNet, VAE, scheduler)")
+    parser.add_argument("--upscaler", default=None, help="UPLiFT folder / Hub id / official checkpoint file (default: the authors' model)")
+    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
+    parser.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
+    parser.add_argument("--tiny-random-models", action="store_true", help=argparse.SUPPRESS)  # offline tests only
+    parser.add_argument("--batch-size", type=int, default=4, help="images per batch (paper: 4 for COCO, 1 for reLAION)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--size", type=int, default=512, help="base image side (default 512)")
+    parser.add_argument("--upscale-factor", type=int, default=2, choices=(2, 4, 8), help="latent upscaling factor (default 2)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up batches (default 3)")
+    parser.add_argument("--iters", type=int, default=10, help="timed batches averaged (default 10)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile the UNet, the VAE decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents / embeddings / random weights")
+    return parser
+
+
+def _check_args(args) -> None:
+    for name in ("batch_size", "steps", "size", "iters"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
+    if args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
+    """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**(_TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG))
+        vae = AutoencoderKL(**(_TINY_VAE_CONFIG if tiny else SD15_VAE_CONFIG))
+        upscaler = UPLiFTLatentUpscaler(**(_TINY_UPSCALER_CONFIG if tiny else {}))
+    scheduler = PNDMScheduler(**SD15_SCHEDULER_CONFIG)
+    if dtype != torch.float32:
+        unet, vae, upscaler = unet.to(dtype=dtype), vae.to(dtype=dtype), upscaler.to(dtype=dtype)
+    return unet.eval(), vae.eval(), scheduler, upscaler.eval()
+
+
+def pretrained_models(args, device: torch.device, dtype: torch.dtype):
+    """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; raises HubUnavailableError offline."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.cli import dtype_kwargs, from_hub
+    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
+
+    def load():
+        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", **dtype_kwargs(dtype))
+        vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", **dtype_kwargs(dtype))
+        scheduler = PNDMScheduler.from_pretrained(args.model, subfolder="scheduler")
+        return unet, vae, scheduler
+
+    unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
+    source = args.upscaler or UPLIFT_SD15_REPO_ID
+    if Path(source).expanduser().is_file():
+        upscaler = UPLiFTLatentUpscaler.from_single_file(source, config=args.upscaler_config, torch_dtype=dtype)
+    else:
+        upscaler = from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE or --random-weights",
+                            lambda: UPLiFTLatentUpscaler.from_pretrained(source, **dtype_kwargs(dtype)))
+    return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+class StageTimer:
+    """Accumulates wall-clock seconds per stage; synchronises CUDA around every stage."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.current: Dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self._sync()
+        start = time.perf_counter()
+        result = function()
+        self._sync()
+        self.current[stage] = self.current.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.Generator, random_weights: bool) -> None:
+    """One batch through every stage (denoise, base decode, each upscaler, upscaled decode, colour correction)."""
+    unet, vae, scheduler, upscaler, decode = models
+    batch, latent_size = args.batch_size, args.size // 8
+    latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator).to(device=device, dtype=dtype)
+    embeddings = torch.randn((2 * batch, TEXT_TOKENS, unet.config.cross_attention_dim), generator=generator).to(device=device, dtype=dtype)
+    scheduler.set_timesteps(args.steps, device=device)
+    latents = latents * scheduler.init_noise_sigma
+
+    def denoise():
+        x = latents
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
+            noise = unet(model_input, t, encoder_hidden_states=embeddings).sample
+            uncond, text = noise.chunk(2)
+            x = scheduler.step(uncond + args.guidance_scale * (text - uncond), t, x).prev_sample
+        return x
+
+    final = timer.time("unet", denoise)
+    if random_weights:  # random weights may overflow; keep later stages on finite values (untimed)
+        final = torch.nan_to_num(final).clamp(-10, 10)
+    unscaled = final / vae.config.scaling_factor
+    base = timer.time("vae_decode_base", lambda: _unit(decode(unscaled)))
+    if random_weights:
+        base = torch.nan_to_num(base)
+    num_steps = int(math.log2(args.upscale_factor))
+    upscaled = timer.time("uplift", lambda: upscaler(unscaled, base.to(dtype), num_steps=num_steps, generator=generator).sample)
+    for mode in LATENT_BASELINES:
+        baseline = LatentInterpolationUpscaler(mode)
+        timer.time(mode, lambda: baseline(unscaled, num_steps=num_steps).sample)
+    if random_weights:
+        upscaled = torch.nan_to_num(upscaled).clamp(-10, 10)
+    image = timer.time("vae_decode_upscaled", lambda: _unit(decode(upscaled)))
+    if random_weights:
+        image = torch.nan_to_num(image)
+    timer.time("color_correction", lambda: color_correct(image, base))
+
+
+def benchmark(args) -> Dict:
+    """Run the protocol described by parsed ``args``; returns the results dict (also written to disk)."""
+    from uplift_diffusers.cli import HubUnavailableError
+
+    _check_args(args)
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype]
+    random_weights = args.random_weights or args.tiny_random_models
+    reason = "--tiny-random-models (test models)" if args.tiny_random_models else "--random-weights"
+    if not random_weights:
+        try:
+            unet, vae, scheduler, upscaler = pretrained_models(args, device, dtype)
+        except HubUnavailableError as error:
+            random_weights, reason = True, f"weights unavailable ({error})"
+            print(f"note: {reason}; timing models of the real SD1.5 / UPLiFT sizes with random weights.", file=sys.stderr)
+    if random_weights:
+        unet, vae, scheduler, upscaler = random_models(device, dtype, args.tiny_random_models, args.seed)
+    decode = lambda latents: vae.decode(latents).sample  # noqa: E731
+    if args.compile:
+        unet = torch.compile(unet)
+        decode = torch.compile(decode)
+        upscaler = torch.compile(upscaler)
+    models = (unet, vae, scheduler, upscaler, decode)
+    generator = torch.Generator().manual_seed(args.seed)
+    timer = StageTimer(device)
+    samples: Dict[str, List[float]] = {stage: [] for stage in STAGES}
+    for iteration in range(args.warmup + args.iters):
+        timer.current = {}
+        run_batch(models, args, device, dtype, timer, generator, random_weights)
+        if iteration >= args.warmup:
+            for stage in STAGES:
+                samples[stage].append(timer.current[stage])
+
+    stages = {stage: statistics.fmean(values) for stage, values in samples.items()}
+    common = stages["unet"] + stages["vae_decode_base"]
+    upscaled_tail = stages["vae_decode_upscaled"] + stages["color_correction"]
+    methods = {"base512": common}
+    for method in ("uplift",) + LATENT_BASELINES:
+        methods[method] = common + stages[method] + upscaled_tail
+    parameters = {
+        name: sum(p.numel() for p in model.parameters())
+        for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
+    }
+    note = (
+        f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
+        if random_weights and not args.tiny_random_models
+        else ("tiny random test models: the times mean nothing" if args.tiny_random_models else "pretrained weights")
+    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    result = {
+        "task": "latency",
+        "dataset": args.dataset_name,
+        "settings": {
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "size": args.size,
+            "upscale_factor": args.upscale_factor,
+            "guidance_scale": args.guidance_scale,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "compile": args.compile,
+            "dtype": args.dtype,
+            "device": str(device),
+            "device_name": device_name,
+            "torch": torch.__version__,
+            "model": None if random_weights else args.model,
+            "upscaler": None if random_weights else args.upscaler,
+        },
+        "random_weights": random_weights,
+        "note": note,
+        "parameters": parameters,
+        "stages": stages,
+        "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()},
+        "methods": methods,
+        "seconds_per_image": {method: value / args.batch_size for method, value in methods.items()},
+    }
+    write_report(result, args.output_dir)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (2 on a bad argument)."""
+    from uplift_diffusers.cli import CLIError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = benchmark(args)
+    except (ValueError, FileNotFoundError, CLIError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"note: {result['note']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Caption sets: the prompt / reference-image lists written by ``prepare_coco.py`` and
+``prepare_relaion.py`` and read by ``eval_text_to_image.py``.
+
+A caption set is a ``.jsonl`` file (one JSON object a line) or a ``.csv`` file (header row)
+with the fields
+
+* ``id``: a unique, file-name-safe key (letters, digits, ``_``, ``-``, ``.``); generated
+  images are stored as ``<method>/<id>.png``;
+* ``caption``: the prompt (non-empty);
+* ``file_name``: the reference image, relative to the reference folder (may be empty when no
+  reference image exists);
+
+plus any extra fields (``url``, ``width``, ``height``, ...), which are kept as strings.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+
+__all__ = ["CaptionRow", "read_caption_set", "write_caption_set", "ID_PATTERN", "clean_caption"]
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+REQUIRED_FIELDS = ("id", "caption", "file_name")
+SUFFIXES = (".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    """One prompt and its reference image."""
+
+    id: str
+    caption: str
+    file_name: str = ""
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, str]:
+        return {"id": self.id, "caption": self.caption, "file_name": self.file_name, **self.extra}
+
+
+def clean_caption(text: str) -> str:
+    """Collapse runs of whitespace (newlines, tabs) to single spaces and strip the ends."""
+    return " ".join(str(text).split())
+
+
+def _check_suffix(path: Path, what: str) -> None:
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{what} {str(path)!r} must end in {' or '.join(SUFFIXES)}, got {path.suffix!r}.")
+
+
+def _validate(rows: Sequence[CaptionRow], source: str) -> None:
+    seen = set()
+    for number, row in enumerate(rows, start=1):
+        if not ID_PATTERN.match(row.id):
+            raise ValueError(f"{source} row {number}: id {row.id!r} is empty or not file-name safe (letters, digits, _ - .).")
+        if row.id in seen:
+            raise ValueError(f"{source} row {number}: id {row.id!r} appears twice; ids must be unique.")
+        seen.add(row.id)
+        if not row.caption.strip():
+            raise ValueError(f"{source} row {number} (id {row.id!r}): the caption is empty.")
+
+
+def write_caption_set(rows: Sequence[CaptionRow], path) -> Path:
+    """Write ``rows`` to ``path`` (``.jsonl`` or ``.csv``, chosen by the suffix), atomically."""
+    path = Path(path)
+    _check_suffix(path, "caption set path")
+    rows = list(rows)
+    if not rows or not all(isinstance(row, CaptionRow) for row in rows):
+        raise ValueError("rows must be a non-empty list of CaptionRow.")
+    _validate(rows, str(path))
+    buffer = io.StringIO(newline="")
+    if path.suffix.lower() == ".jsonl":
+        for row in rows:
+            buffer.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        names = list(REQUIRED_FIELDS) + sorted({key for row in rows for key in row.extra})
+        writer = csv.DictWriter(buffer, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.as_dict())
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _row_from_dict(record: Dict, source: str, number: int) -> CaptionRow:
+    if not isinstance(record, dict):
+        raise ValueError(f"{source} line {number}: expected a JSON object, got {type(record).__name__}.")
+    missing = [name for name in ("id", "caption") if record.get(name) in (None, "")]
+    if missing:
+        raise ValueError(f"{source} line {number}: missing field(s) {missing}; every row needs id and caption.")
+    extra = {str(k): str(v) for k, v in record.items() if k not in REQUIRED_FIELDS}
+    return CaptionRow(str(record["id"]), str(record["caption"]), str(record.get("file_name") or ""), extra)
+
+
+def read_caption_set(path) -> List[CaptionRow]:
+    """Read a ``.jsonl`` / ``.csv`` caption set; checks ids (unique, file-name safe) and captions."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"caption set not found: {str(path)!r}; write one with prepare_coco.py or prepare_relaion.py.")
+    _check_suffix(path, "caption set")
+    rows: List[CaptionRow] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() == ".jsonl":
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path} line {number} is not valid JSON: {error}") from error
+                rows.append(_row_from_dict(record, str(path), number))
+        else:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "id" not in reader.fieldnames or "caption" not in reader.fieldnames:
+                raise ValueError(f"{path} must have a header row with the columns id, caption[, file_name]; got {reader.fieldnames}.")
+            for record in reader:
+                rows.append(_row_from_dict(dict(record), str(path), reader.line_num))
+    if not rows:
+        raise ValueError(f"caption set {str(path)!r} is empty.")
+    _validate(rows, str(path))
+    return rows

@@ -1,0 +1,131 @@
+"""COCO 2014 validation captions -> a caption set of ``--num`` (5000) random images, one caption each.
+
+Deterministic for a given ``--seed``: the images that have at least one caption are sorted by
+image id, ``random.Random(seed).sample`` picks ``--num`` of them, the picks are sorted by
+image id again, and the same generator then picks one caption per image (``choice`` among that
+image's captions sorted by annotation id). Captions are whitespace-normalised.
+
+Writes ``--output`` (``.jsonl`` or ``.csv``; see :mod:`evaluation.data.caption_sets`) with ``id``
+(the zero-padded COCO image id), ``caption``, ``file_name`` and the extra fields ``coco_id``,
+``width``, ``height``. With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
+also written to ``--reference-dir`` for the FID: copied unchanged, or with ``--reference-size N``
+centre-cropped to a square and resized to N x N (PIL bicubic, PNG); ``file_name`` then names
+the written file. Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
+from ``val2014`` (``eval_text_to_image.py --reference-dir val2014``).
+
+Example::
+
+    python evaluation/data/prepare_coco.py --captions annotations/captions_val2014.json \\
+        --output data/coco5k/captions.jsonl --images-dir val2014 \\
+        --reference-dir data/coco5k/images --reference-size 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
+from evaluation.data.reference_images import export_reference
+
+
+def load_coco_captions(path) -> Dict:
+    """Read a COCO captions json; checks that it has ``images`` and ``annotations`` lists."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--captions file not found: {str(path)!r}; pass annotations/captions_val2014.json.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--captions {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise ValueError(f"--captions {str(path)!r} must be a COCO captions file with 'images' and 'annotations' lists.")
+    return data
+
+
+def sample_caption_pairs(data: Dict, num: int, seed: int) -> List[CaptionRow]:
+    """``num`` random (image, one caption) pairs of a COCO captions dict; see the module docstring."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive int, got {num!r}.")
+    images = {}
+    for image in data["images"]:
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ValueError(f"every COCO image entry needs 'id' and 'file_name', got {image!r}.")
+        images[int(image["id"])] = image
+    captions: Dict[int, List[tuple]] = {}
+    for annotation in data["annotations"]:
+        if not isinstance(annotation, dict) or "image_id" not in annotation or "caption" not in annotation:
+            raise ValueError(f"every COCO annotation needs 'image_id' and 'caption', got {annotation!r}.")
+        text = clean_caption(annotation["caption"])
+        if text:
+            captions.setdefault(int(annotation["image_id"]), []).append((int(annotation.get("id", 0)), text))
+    unknown = sorted(set(captions) - set(images))
+    if unknown:
+        raise ValueError(f"annotations name image ids missing from 'images': {unknown[:5]}; the captions file is inconsistent.")
+    candidates = sorted(captions)
+    if num > len(candidates):
+        raise ValueError(f"--num {num} is more than the {len(candidates)} captioned images in the file; pass --num <= {len(candidates)}.")
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(candidates, num))
+    rows = []
+    for image_id in chosen:
+        _, caption = rng.choice(sorted(captions[image_id]))
+        image = images[image_id]
+        extra = {"coco_id": str(image_id), "width": str(image.get("width", "")), "height": str(image.get("height", ""))}
+        rows.append(CaptionRow(f"{image_id:012d}", caption, str(image["file_name"]), extra))
+    return rows
+
+
+def export_references(rows: Sequence[CaptionRow], images_dir, reference_dir, size: Optional[int]) -> List[CaptionRow]:
+    """Write the reference image of every row; returns the rows with ``file_name`` naming the written files."""
+    images_dir, reference_dir = Path(images_dir).expanduser(), Path(reference_dir).expanduser()
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"--images-dir not found: {str(images_dir)!r}; pass the COCO val2014 image folder.")
+    updated = []
+    for row in rows:
+        name = row.file_name if size is None else f"{row.id}.png"
+        export_reference(images_dir / row.file_name, reference_dir / name, size)
+        updated.append(CaptionRow(row.id, row.caption, name, {**row.extra, "source_file": row.file_name}))
+    return updated
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Sample the COCO 2014 val caption set (5k images, one caption each).")
+    parser.add_argument("--captions", required=True, help="annotations/captions_val2014.json")
+    parser.add_argument("--output", required=True, help="caption set to write (.jsonl or .csv)")
+    parser.add_argument("--num", type=int, default=5000, help="number of images / captions (default 5000)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--images-dir", default=None, help="val2014 image folder: also export the reference images")
+    parser.add_argument("--reference-dir", default=None, help="where the reference images go (default: OUTPUT's folder/images)")
+    parser.add_argument("--reference-size", type=int, default=None, help="store square N x N crops instead of copies")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.reference_size is not None and args.reference_size < 1:
+            raise ValueError(f"--reference-size must be >= 1, got {args.reference_size}.")
+        if args.images_dir is None and (args.reference_dir or args.reference_size):
+            raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
+        rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed)
+        if args.images_dir is not None:
+            reference_dir = args.reference_dir or Path(args.output).parent / "images"
+            rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)
+            print(f"reference images in {reference_dir}")
+        path = write_caption_set(rows, args.output)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(rows)} caption / image pairs written to {path} (seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

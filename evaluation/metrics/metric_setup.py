@@ -1,0 +1,280 @@
+"""The metric options of the evaluation scripts: command-line flags, metric objects, results record.
+
+Defaults are the paper's protocol (:mod:`evaluation.metrics.image_metrics`): FID and patch-FID (4 crops of
+512 x 512) with torchmetrics on CFM's uint8 images, CLIP score as the ``clip-score`` package with
+``openai/clip-vit-base-patch32``. Per script: ``--fid-backend clean-fid`` computes FID and KID in
+clean-fid's ``clean`` mode instead; ``--clip-backend open_clip`` scores with an open_clip model
+(``--clip-model`` / ``--clip-pretrained``). ``--feature-extractor tiny-random`` is a small seeded
+random network for offline tests only (its numbers mean nothing). A caller running a script
+in-process can pass its own ``nn.Module`` feature extractor or ready-made CLIP scorer instead.
+"""
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from evaluation.metrics.image_metrics import (
+    OPEN_CLIP_MODEL,
+    OPEN_CLIP_PRETRAINED,
+    CleanFIDAccumulator,
+    CLIPScorer,
+    FIDAccumulator,
+    OpenCLIPScorer,
+    PatchFID,
+)
+
+__all__ = [
+    "FEATURE_EXTRACTORS",
+    "FID_BACKENDS",
+    "CLIP_BACKENDS",
+    "TinyRandomFeatures",
+    "resolve_feature_extractor",
+    "add_fid_arguments",
+    "add_clip_arguments",
+    "check_metric_arguments",
+    "build_fid",
+    "build_patch_fid",
+    "build_clip_scorer",
+    "clip_model_and_weights",
+    "fid_results",
+    "metrics_record",
+]
+
+FEATURE_EXTRACTORS = ("inception", "tiny-random")
+FID_BACKENDS = ("torchmetrics", "clean-fid")
+CLIP_BACKENDS = ("transformers", "open_clip")
+#: CFM's patch-FID: 4 crops of 512 x 512 per image.
+PATCH_SIZE = 512
+NUM_PATCHES = 4
+
+_CFM = "CompVis/fm-boosting fmboost/metrics.py"
+DEFINITIONS = {
+    "fid/torchmetrics": (
+        "torchmetrics FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=True, "
+        "antialias=False) on uint8 images ((2x - 1) * 127.5 + 127.5 clipped to [0, 255] and truncated: CFM's "
+        f"un_normalize_ims) [{_CFM}; torchmetrics 1.7.1 resize as in mwalmer-umd/UPLiFT requirements.txt]"
+    ),
+    "fid/clean-fid": (
+        "clean-fid mode='clean': the 8-bit image (round(255 x)) resized to 299 x 299 by PIL bicubic on float "
+        "channels, clean-fid's Inception features, cleanfid.fid.frechet_distance of their means / covariances"
+    ),
+    "kid/clean-fid": (
+        "cleanfid.fid.kernel_distance(generated, real): 100 subsets of min(N, 1000) features, kernel "
+        "(x.y / d + 1)^3, subsets drawn from numpy seeded with {seed}"
+    ),
+    "patch": (
+        "the same as {metric} on {num_patches} random {patch} x {patch} crops per image pair, the same box in the "
+        "generated and the real image (torchvision RandomCrop.get_params order, seed {seed} + process index), "
+        f"crops only [{_CFM}]"
+    ),
+    "ssim": (
+        "torchmetrics StructuralSimilarityIndexMeasure(data_range=1.0) defaults (Gaussian 11 x 11, sigma 1.5, "
+        f"K1 0.01, K2 0.03, whole reflect-padded SSIM map) per image, mean over all images [{_CFM}]"
+    ),
+    "psnr": f"per image 10 log10(1 / MSE) after clamping both images to [0, 1], mean over all images [{_CFM} calculate_PSNR]",
+    "clip/transformers": (
+        "clip-score package: transformers CLIPModel {model}, CLIPProcessor (PIL backend) on the 8-bit image "
+        "(round(255 x)), tokenizer(padding=True, truncation=True); 100 x mean cosine of the L2-normalised "
+        "get_image_features / get_text_features, not clamped [PyPI clip-score 0.2.1, AniAggarwal/clip-score]"
+    ),
+    "clip/open_clip": (
+        "open_clip {model} (weights {pretrained}): its evaluation transform on the 8-bit image (round(255 x)), "
+        "open_clip tokenizer; 100 x mean cosine of the L2-normalised encode_image / encode_text, not clamped"
+    ),
+}
+
+
+class TinyRandomFeatures(nn.Module):
+    """A fixed random feature extractor for tests: strided conv, ReLU, global average pool.
+
+    Takes uint8 ``[0, 255]`` (torchmetrics) or float ``[0, 255]`` (clean-fid) batches. Seeded, so
+    every process and every run gets the same network. Not a meaningful metric.
+    """
+
+    num_features = 16
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, self.num_features, kernel_size=4, stride=4)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) * 0.5)
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=generator) * 0.1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(images.float() / 255.0)).mean(dim=(2, 3))
+
+
+def resolve_feature_extractor(spec: Union[str, nn.Module, None]) -> Optional[nn.Module]:
+    """``"inception"`` / None -> None (the backend's Inception); ``"tiny-random"`` -> a new
+    :class:`TinyRandomFeatures`; an ``nn.Module`` is returned as given."""
+    if spec is None or spec == "inception":
+        return None
+    if spec == "tiny-random":
+        return TinyRandomFeatures()
+    if isinstance(spec, nn.Module):
+        return spec
+    raise ValueError(f"feature extractor must be one of {FEATURE_EXTRACTORS} or an nn.Module, got {spec!r}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line flags
+# --------------------------------------------------------------------------------------------
+def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--no-fid``, ``--fid-backend``, ``--feature-extractor``, ``--patch-size``, ``--num-patches``."""
+    parser.add_argument("--no-fid", action="store_true", help="skip FID and patch-FID")
+    parser.add_argument("--fid-backend", choices=FID_BACKENDS, default="torchmetrics",
+                        help="'torchmetrics' (default, the paper's: CFM's FID) or 'clean-fid' (FID and KID, clean mode)")
+    parser.add_argument("--feature-extractor", choices=FEATURE_EXTRACTORS, default="inception",
+                        help="FID features: 'inception' (default; the backend's network) or 'tiny-random' (offline tests only)")
+    parser.add_argument("--patch-size", type=int, default=PATCH_SIZE,
+                        help=f"patch-FID crop side (default {PATCH_SIZE}, the paper's)")
+    parser.add_argument("--num-patches", type=int, default=NUM_PATCHES, help=f"patch-FID crops per image (default {NUM_PATCHES})")
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--no-clip``, ``--clip-backend``, ``--clip-model``, ``--clip-pretrained``."""
+    from uplift_diffusers.constants import CLIP_MODEL_ID
+
+    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
+    parser.add_argument("--clip-backend", choices=CLIP_BACKENDS, default="transformers",
+                        help="'transformers' (default, the paper's clip-score) or 'open_clip'")
+    parser.add_argument("--clip-model", default=None,
+                        help=f"transformers: Hub id / CLIPModel folder (default {CLIP_MODEL_ID}); "
+                        f"open_clip: model name or local-dir:/hf-hub: reference (default {OPEN_CLIP_MODEL})")
+    parser.add_argument("--clip-pretrained", default=None,
+                        help=f"open_clip weights tag or file (default {OPEN_CLIP_PRETRAINED}; 'none' = random weights)")
+
+
+def check_metric_arguments(args) -> None:
+    """ValueError for bad metric flags (those of :func:`add_fid_arguments` / :func:`add_clip_arguments`)."""
+    if hasattr(args, "num_patches"):
+        for name in ("patch_size", "num_patches"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if getattr(args, "clip_pretrained", None) is not None and args.clip_backend != "open_clip":
+        raise ValueError(f"--clip-pretrained {args.clip_pretrained!r} applies to --clip-backend open_clip only.")
+
+
+def clip_model_and_weights(args) -> tuple:
+    """``(model, pretrained)`` of the CLIP flags with the backend's defaults filled in."""
+    from uplift_diffusers.constants import CLIP_MODEL_ID
+
+    if args.clip_backend == "open_clip":
+        pretrained = OPEN_CLIP_PRETRAINED if args.clip_pretrained is None else args.clip_pretrained
+        return args.clip_model or OPEN_CLIP_MODEL, None if pretrained.lower() == "none" else pretrained
+    return args.clip_model or CLIP_MODEL_ID, None
+
+
+# --------------------------------------------------------------------------------------------
+# Metric objects
+# --------------------------------------------------------------------------------------------
+def build_fid(spec: Union[str, nn.Module, None], device: torch.device, backend: str = "torchmetrics", kid_seed: int = 0) -> nn.Module:
+    """A :class:`FIDAccumulator` (``"torchmetrics"``) or :class:`CleanFIDAccumulator` (``"clean-fid"``) on ``device``."""
+    extractor = resolve_feature_extractor(spec)
+    if backend == "torchmetrics":
+        return FIDAccumulator(feature_extractor=extractor).to(device)
+    if backend == "clean-fid":
+        return CleanFIDAccumulator(feature_extractor=extractor, device=device, kid_seed=kid_seed).to(device)
+    raise ValueError(f"FID backend must be one of {FID_BACKENDS}, got {backend!r}.")
+
+
+def build_patch_fid(
+    spec: Union[str, nn.Module, None],
+    device: torch.device,
+    patch: int,
+    num_patches: int,
+    seed: int,
+    backend: str = "torchmetrics",
+    kid_seed: int = 0,
+) -> PatchFID:
+    """A :class:`PatchFID` over a new accumulator of ``backend`` (crop side, crops per image, box seed).
+
+    ``seed`` draws the boxes (differs per process); ``kid_seed`` draws clean-fid's KID subsets of the
+    gathered features (the same on every process).
+    """
+    return PatchFID(build_fid(spec, device, backend, kid_seed=kid_seed), patch=patch, num_patches=num_patches, seed=seed)
+
+
+def build_clip_scorer(backend: str, model: str, pretrained: Optional[str], device: torch.device) -> nn.Module:
+    """:class:`CLIPScorer` (``"transformers"``, ``model`` = Hub id / folder) or :class:`OpenCLIPScorer`
+    (``"open_clip"``, ``model`` = open_clip name, ``pretrained`` = weights tag / file or None) on ``device``."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"--clip-model must be a model name / Hub id / folder, got {model!r}.")
+    if backend == "transformers":
+        return CLIPScorer(model_id=model).to(device)
+    if backend == "open_clip":
+        return OpenCLIPScorer(model_name=model, pretrained=pretrained).to(device)
+    raise ValueError(f"CLIP backend must be one of {CLIP_BACKENDS}, got {backend!r}.")
+
+
+def fid_results(fid: nn.Module, patch_fid: PatchFID) -> Dict[str, float]:
+    """``fid`` / ``patch_fid`` (and ``kid`` / ``patch_kid`` with clean-fid) of a row (collective call)."""
+    values = dict(fid.compute())
+    values.update({f"patch_{key}": value for key, value in patch_fid.compute().items()})
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Results record
+# --------------------------------------------------------------------------------------------
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def metrics_record(
+    args,
+    fid: bool,
+    clip: bool = False,
+    pixel: bool = False,
+    feature_extractor: Any = None,
+    clip_scorer: Any = None,
+) -> Dict[str, Any]:
+    """What ``results.json`` says about the metrics: backends, models and the definition of each metric.
+
+    Args:
+        args: the parsed flags of :func:`add_fid_arguments` (and :func:`add_clip_arguments`).
+        fid: FID / patch-FID were computed. ``clip``: the CLIP score was. ``pixel``: PSNR / SSIM were.
+        feature_extractor / clip_scorer: objects a caller injected instead of the flags (their class
+            name is recorded).
+    """
+    record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_backend": None, "clip_model": None}
+    definitions: Dict[str, str] = {}
+    versions = {"torchmetrics": _version("torchmetrics")}
+    if pixel:
+        definitions["psnr"] = DEFINITIONS["psnr"]
+        definitions["ssim"] = DEFINITIONS["ssim"]
+    if fid:
+        backend = args.fid_backend
+        record["fid_backend"] = backend
+        record["feature_extractor"] = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
+        definitions["fid"] = DEFINITIONS[f"fid/{backend}"]
+        patch = dict(num_patches=args.num_patches, patch=args.patch_size, seed=args.seed)
+        definitions["patch_fid"] = DEFINITIONS["patch"].format(metric="fid", **patch)
+        if backend == "clean-fid":
+            definitions["kid"] = DEFINITIONS["kid/clean-fid"].format(seed=args.seed)
+            definitions["patch_kid"] = DEFINITIONS["patch"].format(metric="kid", **patch)
+            versions["clean-fid"] = _version("clean-fid")
+        else:
+            versions["torch-fidelity"] = _version("torch-fidelity")
+    if clip:
+        backend = args.clip_backend
+        model, pretrained = clip_model_and_weights(args)
+        record["clip_backend"] = backend
+        record["clip_model"] = type(clip_scorer).__name__ if clip_scorer is not None else model
+        if backend == "open_clip":
+            record["clip_pretrained"] = pretrained
+            versions["open_clip_torch"] = _version("open_clip_torch")
+        else:
+            versions["transformers"] = _version("transformers")
+        definitions["clip"] = DEFINITIONS[f"clip/{backend}"].format(model=record["clip_model"], pretrained=pretrained)
+    record["definitions"] = definitions
+    record["library_versions"] = versions
+    return record

@@ -1,0 +1,77 @@
+"""Collect ``results.json`` files of the evaluation scripts into the paper's Tables 2, 3 and 4.
+
+* Table 2 (text-to-image): every ``eval_text_to_image.py`` result is one column group
+  (FID, patch-FID, CLIP, time); the time comes from the ``benchmark_latency.py`` result with the
+  same dataset label (``--dataset-name``), seconds per batch of that run's batch size. The
+  paper's reference rows SDXL and LCM-LoRA SDXL come first when the results have them
+  (``--methods ...,sdxl,lcm-lora-sdxl``).
+* Table 3 (super-resolution): every ``eval_super_resolution.py`` result is one column group
+  (PSNR, SSIM, FID, patch-FID).
+* Table 4 (latency): every ``benchmark_latency.py`` result is one column of stage times.
+
+Column groups appear in the order the files are given. The end-to-end super-resolution latency
+(``benchmark_sr_latency.py``, Fig. 11) writes its own table beside its JSON. Example::
+
+    python evaluation/reports/make_tables.py results/coco/results.json results/relaion/results.json \\
+        results/faceshq/results.json results/lhq/results.json \\
+        results/latency-coco/results.json results/latency-relaion/results.json --output tables.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
+
+
+def make_tables(paths: Sequence) -> str:
+    """The markdown of every table for which ``paths`` hold results (tables separated by blank lines)."""
+    if not paths:
+        raise ValueError("no results files given; pass the results.json files of the evaluation scripts.")
+    by_task: Dict[str, List[Dict]] = {"text_to_image": [], "super_resolution": [], "latency": []}
+    for path in paths:
+        result = load_result(path)
+        by_task[result["task"]].append(result)
+    for task, results in by_task.items():
+        labels = [r.get("dataset") for r in results]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1}, key=str)
+        if duplicates:
+            raise ValueError(f"several {task} results have the dataset label(s) {duplicates}; rerun with distinct --dataset-name.")
+    tables = []
+    if by_task["text_to_image"]:
+        tables.append(text_to_image_table(by_task["text_to_image"], by_task["latency"]))
+    if by_task["super_resolution"]:
+        tables.append(super_resolution_table(by_task["super_resolution"]))
+    if by_task["latency"]:
+        tables.append(latency_table(by_task["latency"]))
+    return "\n\n".join(tables) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Make the paper's Tables 2-4 (markdown) from results.json files.")
+    parser.add_argument("results", nargs="+", help="results.json files written by the evaluation scripts")
+    parser.add_argument("--output", default=None, help="also write the markdown to this file")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        markdown = make_tables(args.results)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.output:
+        atomic_write_text(args.output, markdown)
+    print(markdown, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Results files of the evaluation scripts and the markdown tables in the paper's layout.
+
+Every script writes ``results.json`` (layout below) and ``results.md`` (its table) into its
+output directory; ``evaluation/reports/make_tables.py`` reads several ``results.json`` and prints the
+paper's Tables 2-4 with one column group per dataset.
+
+``results.json`` layout (all numbers are floats; times in seconds)::
+
+    {
+      "task": "text_to_image" | "super_resolution" | "latency",
+      "dataset": "coco",                      # label of the column group in the tables
+      "settings": {                           # the command-line settings of the run, and
+        "metrics": {                          # the metrics used (evaluation.metrics.metric_setup.metrics_record):
+          "fid_backend": "torchmetrics",      #   "clean-fid", or null without FID
+          "feature_extractor": "inception",   #   null without FID
+          "clip_backend": ..., "clip_model": ...,   # null without the CLIP score
+          "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
+          "library_versions": {...}
+        },
+        "color_correct_baselines": false, ...
+      },
+      "count": 5000,                          # images evaluated (all processes)
+      "methods": {                            # one entry per row of the table
+        "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, "color_correction": true, ...},  # text_to_image
+        "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000, "color_correction": true},  # super_resolution
+        ...                                   # clean-fid adds "kid" and "patch_kid"
+      },
+      # with a single method its metric keys are repeated at the top level ("psnr", "ssim", ...)
+    }
+
+Latency results instead hold ``"stages"`` (mean seconds per batch of every stage),
+``"methods"`` (end-to-end seconds per batch of each text-to-image row), ``"random_weights"``
+and ``"note"``; see ``evaluation/benchmarks/benchmark_latency.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+
+__all__ = [
+    "TASKS",
+    "METHOD_LABELS",
+    "write_report",
+    "load_result",
+    "text_to_image_table",
+    "super_resolution_table",
+    "latency_table",
+    "table_for",
+]
+
+TASKS = ("text_to_image", "super_resolution", "latency")
+
+METHOD_LABELS = {
+    "base512": "SD1.5 base resolution (no upscaling)",
+    "bicubic": "Bicubic (pixel space)",
+    "vae": "VAE reconstruction (ceiling)",
+    "nearest": "Nearest latent upsampling",
+    "bilinear": "Bilinear latent upsampling",
+    "uplift": "UPLiFT",
+    "sdxl": "SDXL",  # the paper's reference rows (Tables 2-3), generated natively at 1024
+    "lcm-lora-sdxl": "LCM-LoRA SDXL",
+}
+# Row order of the tables: native references and baselines first, then the upscalers, then anything else by name.
+_ROW_ORDER = ("sdxl", "lcm-lora-sdxl", "base512", "bicubic", "vae", "nearest", "bilinear", "uplift")
+
+LATENCY_STAGES = (
+    ("unet", "UNet (all steps, CFG)"),
+    ("vae_decode_base", "VAE decode (base)"),
+    ("uplift", "UPLiFT"),
+    ("vae_decode_upscaled", "VAE decode (upscaled)"),
+    ("color_correction", "Colour correction"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def _json_safe(value):
+    """inf / nan are not valid JSON: they are written as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(result: Mapping, output_dir, name: str = "results") -> Tuple[Path, Path]:
+    """Write ``<output_dir>/<name>.json`` and ``<output_dir>/<name>.md`` (the table of ``result``'s task).
+
+    Returns the two paths. Files are replaced atomically.
+    """
+    if not isinstance(result, Mapping) or result.get("task") not in TASKS:
+        raise ValueError(f"result must be a dict with 'task' in {TASKS}, got {type(result).__name__} with task "
+                         f"{result.get('task') if isinstance(result, Mapping) else None!r}.")
+    output_dir = Path(output_dir)
+    json_path, md_path = output_dir / f"{name}.json", output_dir / f"{name}.md"
+    atomic_write_text(json_path, json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(md_path, table_for(result["task"], [result]) + "\n")
+    return json_path, md_path
+
+
+def load_result(path) -> Dict:
+    """Read a ``results.json`` written by one of the evaluation scripts (checks ``task`` and ``methods``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {str(path)!r}; pass the results.json an evaluation script wrote.")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(result, dict) or result.get("task") not in TASKS:
+        raise ValueError(f"results file {str(path)!r} has no 'task' in {TASKS}; pass a results.json of an evaluation script.")
+    key = "stages" if result["task"] == "latency" else "methods"
+    if not isinstance(result.get(key), dict):
+        raise ValueError(f"results file {str(path)!r} ({result['task']}) has no '{key}' mapping.")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def _number(value, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):  # "inf" / "nan" as written by write_report
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf"
+    return f"{value:.{digits}f}"
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _ordered_methods(results: Iterable[Mapping]) -> List[str]:
+    names: List[str] = []
+    for result in results:
+        for name in result.get("methods", {}):
+            if name not in names:
+                names.append(name)
+    rank = {name: index for index, name in enumerate(_ROW_ORDER)}
+    return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str) -> str:
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _check_task(results: Sequence[Mapping], task: str) -> None:
+    for result in results:
+        if result.get("task") != task:
+            raise ValueError(f"expected {task} results, got one with task={result.get('task')!r} (dataset {result.get('dataset')!r}).")
+
+
+def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
+    """Table 2: per dataset FID, patch-FID, CLIP score and time (seconds per batch) of every method.
+
+    ``latencies`` are latency results; the one whose ``dataset`` matches a column group's
+    (case-insensitively) fills its time column (``methods[<row>]``, seconds per batch of its ``settings.batch_size``).
+    """
+    _check_task(results, "text_to_image")
+    _check_task(latencies, "latency")
+    by_dataset = {str(latency.get("dataset")).lower(): latency for latency in latencies}
+    header = ["Method"]
+    for result in results:
+        name = result.get("dataset", "?")
+        batch = by_dataset.get(str(name).lower(), {}).get("settings", {}).get("batch_size")
+        time_header = f"{name} time (s/batch of {batch})" if batch else f"{name} time (s)"
+        header += [f"{name} FID", f"{name} patch-FID", f"{name} CLIP", time_header]
+    rows = []
+    for method in _ordered_methods(results):
+        row = [_label(method)]
+        for result in results:
+            values = result["methods"].get(method, {})
+            time = by_dataset.get(str(result.get("dataset")).lower(), {}).get("methods", {}).get(method)
+            row += [_number(values.get("fid"), 2), _number(values.get("patch_fid"), 2), _number(values.get("clip"), 2), _number(time, 3)]
+        rows.append(row)
+    setups = sorted(
+        {(r.get("settings", {}).get("size"), r.get("settings", {}).get("upscale_factor"), r.get("settings", {}).get("steps")) for r in results},
+        key=str,
+    )
+    what = "; ".join(f"base {size} px, latents upscaled {factor}x, {steps} steps" for size, factor, steps in setups)
+    return _markdown(header, rows, f"Table 2: text-to-image ({what})")
+
+
+def super_resolution_table(results: Sequence[Mapping]) -> str:
+    """Table 3: per dataset PSNR (dB), SSIM, FID and patch-FID of every method."""
+    _check_task(results, "super_resolution")
+    header = ["Method"]
+    for result in results:
+        name = result.get("dataset", "?")
+        header += [f"{name} PSNR", f"{name} SSIM", f"{name} FID", f"{name} patch-FID"]
+    rows = []
+    for method in _ordered_methods(results):
+        row = [_label(method)]
+        for result in results:
+            values = result["methods"].get(method, {})
+            row += [_number(values.get("psnr"), 2), _number(values.get("ssim"), 4), _number(values.get("fid"), 2), _number(values.get("patch_fid"), 2)]
+        rows.append(row)
+    sizes = sorted({(r.get("settings", {}).get("lr_size"), r.get("settings", {}).get("hr_size")) for r in results}, key=str)
+    what = ", ".join(f"{lr} -> {hr}" for lr, hr in sizes)
+    return _markdown(header, rows, f"Table 3: super-resolution ({what})")
+
+
+def latency_table(results: Sequence[Mapping]) -> str:
+    """Table 4: mean seconds per batch of every stage, one column per latency run."""
+    _check_task(results, "latency")
+    header = ["Stage"]
+    for result in results:
+        settings = result.get("settings", {})
+        note = " (random weights)" if result.get("random_weights") else ""
+        header.append(f"{result.get('dataset', '?')} batch {settings.get('batch_size')}, {settings.get('steps')} steps{note}")
+    rows = []
+    for key, label in LATENCY_STAGES:
+        rows.append([label] + [_number(result.get("stages", {}).get(key), 4) for result in results])
+    for method in ("base512", "bilinear", "uplift"):
+        rows.append([f"Total: {_label(method)}"] + [_number(result.get("methods", {}).get(method), 4) for result in results])
+    return _markdown(header, rows, "Table 4: latency breakdown (seconds per batch, mean of the timed iterations)")
+
+
+def table_for(task: str, results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
+    """The table of ``task`` for ``results`` (Table 2, 3 or 4)."""
+    if task == "text_to_image":
+        return text_to_image_table(results, latencies)
+    if task == "super_resolution":
+        return super_resolution_table(results)
+    if task == "latency":
+        return latency_table(results)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+
+
+def top_level_metrics(result: Dict, keys: Sequence[str]) -> Dict:
+    """With exactly one method, repeat its metric ``keys`` at the top level of ``result`` (in place)."""
+    methods = result.get("methods", {})
+    if len(methods) == 1:
+        (values,) = methods.values()
+        for key in keys:
+            if key in values:
+                result[key] = values[key]
+    return result
+

@@ -1,0 +1,422 @@
+"""Super-resolution evaluation (the paper's Table 3): PSNR, SSIM, FID and patch-FID.
+
+Protocol (:mod:`evaluation.tasks.sr_protocol`): HR = centre ``--hr-size`` crop of every image, LR =
+PIL bilinear resize of HR to ``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/``
+folders written by ``evaluation/data/prepare_sr.py`` those pairs are read as they are (their sizes
+must equal ``--hr-size`` / ``--lr-size``); any other folder is read recursively and cropped /
+resized on the fly. Each method maps LR to an image of the HR size:
+
+* a model (``--upscaler DIR|HUB_ID|FILE.safetensors|FILE.pth``, or ``uplift`` for the authors'
+  released model): ``UPLiFTSuperResolutionPipeline`` (encode with ``--vae``, UPLiFT, decode,
+  colour correction);
+* ``bilinear`` / ``nearest``: encode, interpolate the unscaled latents
+  (``align_corners=False`` for bilinear), decode; not colour-corrected (the paper applies colour
+  correction as part of UPLiFT), unless ``--color-correct-baselines`` (then as the pipeline);
+* ``bicubic``: PIL bicubic resize of the LR image in pixel space (no VAE);
+* ``vae``: encode and decode the HR image (the autoencoder's own ceiling, no upscaling).
+
+``--upscaler`` may be repeated or comma-separated; ``NAME=SPEC`` names a row (a single model
+row is called ``uplift``). The metrics are the paper's (CFM's code; definitions in
+:mod:`evaluation.metrics.image_metrics`): PSNR (clamped to [0, 1]) and SSIM (torchmetrics,
+``data_range=1.0``) per image, averaged; FID of the outputs against the HR images (torchmetrics
+on CFM's uint8 images) and patch-FID on the same ``--num-patches`` random ``--patch-size`` crops
+(4 x 512) of both (``--no-fid`` skips both; ``--fid-backend clean-fid`` computes FID and KID with
+clean-fid instead). Results go to ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
+``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
+``OUTPUT/results.md``.
+
+Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/tasks/eval_super_resolution.py ...``:
+every process evaluates a shard of the images; the numbers are gathered over all of them (on
+CPUs use ``torchrun --nproc_per_node N``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from PIL import Image
+
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
+from evaluation.reports.tables import top_level_metrics, write_report
+from evaluation.sharding import gather_list, process_state, shard
+from evaluation.tasks.sr_protocol import bicubic_upscale, load_hr_lr
+from uplift_diffusers.image_processor import list_images, pil_to_tensor
+
+PIXEL_METHODS = ("bicubic", "vae")
+UPLIFT_KEYWORD = "uplift"
+KEYWORDS = PIXEL_METHODS + LATENT_BASELINES + (UPLIFT_KEYWORD,)
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row: its name in the results, its kind and (for ``model``) where the upscaler comes from."""
+
+    name: str
+    kind: str  # "bicubic" | "vae" | "bilinear" | "nearest" | "model"
+    source: Optional[str] = None  # model path / Hub id; None with kind "model" = the authors' model
+
+
+@dataclass(frozen=True)
+class SRItem:
+    """One evaluation image: a key, its file, and the prepared LR file when ``--data`` has hr/ + lr/."""
+
+    key: str
+    hr_path: Path
+    lr_path: Optional[Path] = None
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
+    """``["bicubic,bilinear", "uplift=/models/x"]`` -> MethodSpecs (order kept, names unique)."""
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    if not items:
+        raise ValueError("--upscaler is empty; pass e.g. --upscaler bilinear,uplift=/path/to/model.")
+    parsed: List[Tuple[Optional[str], str]] = []
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if sep and _NAME_PATTERN.match(name) and spec:
+            parsed.append((name, spec))
+        else:
+            parsed.append((None, item))
+    model_count = sum(1 for _, spec in parsed if spec not in KEYWORDS or spec == UPLIFT_KEYWORD)
+    methods: List[MethodSpec] = []
+    for name, spec in parsed:
+        if spec in PIXEL_METHODS + LATENT_BASELINES:
+            methods.append(MethodSpec(name or spec, spec))
+            continue
+        source = None if spec == UPLIFT_KEYWORD else spec
+        default_name = UPLIFT_KEYWORD if model_count == 1 or source is None else f"uplift:{Path(spec).name}"
+        methods.append(MethodSpec(name or default_name, "model", source))
+    names = [method.name for method in methods]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"--upscaler gives the row names {duplicates} more than once; name rows with NAME=SPEC.")
+    return methods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate latent super-resolution (PSNR, SSIM, FID, patch-FID): the paper's Table 3.",
+    )
+    parser.add_argument("--data", required=True, help="folder of images, or the output of prepare_sr.py (hr/ and lr/)")
+    parser.add_argument("--vae", default=None, help="Hub id, diffusers VAE folder or TAESD-family folder (encoder.pth + decoder.pth)")
+    parser.add_argument(
+        "--upscaler", action="append", required=True,
+        help="row(s): a model folder / Hub id / official .safetensors|.pth file, 'uplift' (the authors' model), "
+        "'bilinear', 'nearest', 'bicubic' or 'vae'; repeat or comma-separate; NAME=SPEC names a row",
+    )
+    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file (default: SD1.5 model)")
+    parser.add_argument("--hr-size", type=int, default=1024, help="side of the HR centre crop (default 1024)")
+    parser.add_argument("--lr-size", type=int, default=256, help="side of the LR input (default 256)")
+    parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
+    parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the --data folder name)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the UPLiFT noise (image i uses seed + i) and of the patch crops")
+    add_fid_arguments(parser)
+    parser.add_argument("--color-correct-baselines", action="store_true",
+                        help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
+    parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check_args(args) -> None:
+    check_metric_arguments(args)
+    for name in ("hr_size", "lr_size", "batch_size"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if args.hr_size % args.lr_size or (args.hr_size // args.lr_size) not in (2, 4, 8):
+        raise ValueError(
+            f"--hr-size / --lr-size must be 2, 4 or 8, got {args.hr_size} / {args.lr_size}; e.g. --hr-size 1024 --lr-size 256."
+        )
+    if not args.no_fid and args.patch_size > args.hr_size:
+        raise ValueError(
+            f"--patch-size {args.patch_size} is larger than the --hr-size {args.hr_size} images (patch-FID crops must fit); "
+            f"pass --patch-size {args.hr_size // 2} or less."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def list_items(data, limit: Optional[int] = None) -> List[SRItem]:
+    """The evaluation images of ``data``: hr/ + lr/ pairs (matched by relative path without suffix) or all images."""
+    data = Path(data).expanduser()
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data folder not found: {str(data)!r}; pass a folder of images or the output of prepare_sr.py.")
+    hr_dir, lr_dir = data / "hr", data / "lr"
+    if hr_dir.is_dir() and lr_dir.is_dir():
+        lr_files = {str(p.relative_to(lr_dir).with_suffix("")): p for p in list_images(lr_dir)}
+        items = []
+        for hr_path in list_images(hr_dir):
+            key = str(hr_path.relative_to(hr_dir).with_suffix(""))
+            if key not in lr_files:
+                raise FileNotFoundError(f"--data {str(data)!r}: {hr_path} has no LR counterpart in {lr_dir}; rerun prepare_sr.py.")
+            items.append(SRItem(key, hr_path, lr_files.pop(key)))
+        if lr_files:
+            raise ValueError(f"--data {str(data)!r}: LR images without an HR counterpart: {sorted(lr_files)[:5]}; rerun prepare_sr.py.")
+    else:
+        items = [SRItem(str(p.relative_to(data).with_suffix("")), p) for p in list_images(data)]
+    if not items:
+        raise ValueError(f"--data {str(data)!r} holds no images ({', '.join(sorted(('.png', '.jpg', '.jpeg', '.webp')))} ...).")
+    return items[:limit] if limit is not None else items
+
+
+def load_pair(item: SRItem, hr_size: int, lr_size: int) -> Tuple[Image.Image, Image.Image]:
+    """(HR, LR) PIL images of ``item``; prepared pairs must already have the protocol's sizes."""
+    if item.lr_path is None:
+        return load_hr_lr(item.hr_path, hr_size, lr_size)
+    with Image.open(item.hr_path) as handle:
+        hr = handle.convert("RGB")
+    with Image.open(item.lr_path) as handle:
+        lr = handle.convert("RGB")
+    for what, image, size in (("HR", hr, hr_size), ("LR", lr, lr_size)):
+        if image.size != (size, size):
+            path = item.hr_path if what == "HR" else item.lr_path
+            raise ValueError(
+                f"{what} image {path} is {image.size[0]} x {image.size[1]}, expected {size} x {size} "
+                f"(--{what.lower()}-size); rerun prepare_sr.py with these sizes or pass matching sizes."
+            )
+    return hr, lr
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+def _load_vae(spec: str):
+    from uplift_diffusers.cli import load_vae_arg
+
+    return load_vae_arg(SimpleNamespace(vae=spec), None).eval()
+
+
+def _load_upscaler(source: Optional[str], config: Optional[str]):
+    """A model row's upscaler: the authors' checkpoint file (``config``: its YAML), a folder or
+    Hub id, or (``None``) the authors' release, from the Hub or its cache."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.cli import from_hub
+    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
+
+    if source is not None and Path(source).expanduser().is_file():
+        return UPLiFTLatentUpscaler.from_single_file(source, config=config)
+    source = source or UPLIFT_SD15_REPO_ID
+    return from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE", lambda: UPLiFTLatentUpscaler.from_pretrained(source))
+
+
+class SuperResolutionRunner:
+    """Runs every method on a batch of (HR, LR) pairs; models are loaded once."""
+
+    def __init__(
+        self,
+        methods: Sequence[MethodSpec],
+        vae_spec: Optional[str],
+        upscaler_config: Optional[str],
+        factor: int,
+        device: torch.device,
+        color_correct_baselines: bool = False,
+    ):
+        self.methods = list(methods)
+        self.color_correct_baselines = color_correct_baselines
+        self.factor = factor
+        self.num_steps = int(math.log2(factor))
+        self.device = device
+        needs_vae = any(m.kind != "bicubic" for m in self.methods)
+        if needs_vae and vae_spec is None:
+            rows = [m.name for m in self.methods if m.kind != "bicubic"]
+            raise ValueError(f"the rows {rows} need an autoencoder; pass --vae (Hub id, diffusers folder or TAESD-family folder).")
+        self.vae = _load_vae(vae_spec).to(device) if needs_vae else None
+        self.pipelines: Dict[str, object] = {}
+        for method in self.methods:
+            if method.kind == "model":
+                from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+
+                upscaler = _load_upscaler(method.source, upscaler_config)
+                pipe = UPLiFTSuperResolutionPipeline(vae=self.vae, upscaler=upscaler).to(device)
+                pipe.set_progress_bar_config(disable=True)
+                self.pipelines[method.name] = pipe
+
+    def check_sizes(self, lr_size: int, hr_size: int) -> None:
+        """Latent baselines need an LR side that the VAE encodes without padding (the pipeline pads)."""
+        if self.vae is None:
+            return
+        from uplift_diffusers.loaders.vae import vae_scale_factor
+
+        factor = vae_scale_factor(self.vae)
+        latent_rows = [m.name for m in self.methods if m.kind in LATENT_BASELINES]
+        if latent_rows and lr_size % factor:
+            raise ValueError(f"--lr-size {lr_size} is not a multiple of the VAE's factor {factor} needed by {latent_rows}.")
+        if any(m.kind == "vae" for m in self.methods) and hr_size % factor:
+            raise ValueError(f"--hr-size {hr_size} is not a multiple of the VAE's factor {factor} needed by the 'vae' row.")
+
+    def color_correction(self, method: MethodSpec) -> bool:
+        """Whether ``method``'s output is colour-corrected: UPLiFT rows yes (the paper's), latent
+        baselines with ``--color-correct-baselines``, bicubic and the VAE reconstruction never."""
+        if method.kind == "model":
+            return True
+        return self.color_correct_baselines and method.kind in LATENT_BASELINES
+
+    @torch.no_grad()
+    def run(self, method: MethodSpec, hr: torch.Tensor, lr: torch.Tensor, lr_images: Sequence[Image.Image], indices: Sequence[int], seed: int) -> torch.Tensor:
+        """``B x 3 x H x W`` output in [0, 1] (float32, on the device) of ``method`` for the batch."""
+        from uplift_diffusers.loaders.vae import encode_latents
+
+        if method.kind == "bicubic":
+            size = (hr.shape[-1], hr.shape[-2])
+            return torch.cat([bicubic_upscale(image, size) for image in lr_images]).to(self.device)
+        if method.kind == "vae":
+            latents = encode_latents(self.vae, hr * 2 - 1)
+            return decode_and_correct(self.vae, latents, hr, color_correction=self.color_correction(method))
+        if method.kind in LATENT_BASELINES:
+            latents = encode_latents(self.vae, lr * 2 - 1)
+            upscaled = LatentInterpolationUpscaler(method.kind)(latents, lr, num_steps=self.num_steps).sample
+            return decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
+        generators = [torch.Generator().manual_seed(seed + index) for index in indices]
+        pipe = self.pipelines[method.name]
+        output = pipe(lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method), output_type="pt")
+        return output.images.to(self.device).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
+    """Run the evaluation described by parsed ``args``; returns the results dict (also written to disk).
+
+    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor`` for FID / patch-FID.
+    """
+    from evaluation.metrics.image_metrics import psnr, ssim
+    from tqdm.auto import tqdm
+
+    _check_args(args)
+    methods = parse_methods(args.upscaler)
+    state = process_state()
+    device = torch.device(args.device) if args.device else state.device
+    items = list_items(args.data, args.limit)
+    compute_fid = not args.no_fid
+    if compute_fid and len(items) < 2:
+        raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
+    runner = SuperResolutionRunner(
+        methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
+    )
+    runner.check_sizes(args.lr_size, args.hr_size)
+    extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
+
+    indexed = list(enumerate(items))
+    local = shard(indexed, state)
+    scores = {m.name: {"psnr": [], "ssim": []} for m in methods}
+    fids = {m.name: build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) for m in methods} if compute_fid else {}
+    patch_fids = (
+        {
+            m.name: build_patch_fid(
+                extractor, device, args.patch_size, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed
+            )
+            for m in methods
+        }
+        if compute_fid
+        else {}
+    )
+    seconds = {m.name: 0.0 for m in methods}
+    batches = [local[i : i + args.batch_size] for i in range(0, len(local), args.batch_size)]
+    for batch in tqdm(batches, desc="super-resolution", disable=args.quiet or not state.is_main_process):
+        pairs = [load_pair(item, args.hr_size, args.lr_size) for _, item in batch]
+        hr = torch.cat([pil_to_tensor(h) for h, _ in pairs]).to(device)
+        lr = torch.cat([pil_to_tensor(l) for _, l in pairs]).to(device)
+        indices = [index for index, _ in batch]
+        for method in methods:
+            start = time.perf_counter()
+            output = runner.run(method, hr, lr, [l for _, l in pairs], indices, args.seed).clamp(0, 1)
+            seconds[method.name] += time.perf_counter() - start
+            if output.shape != hr.shape:
+                raise ValueError(f"row {method.name!r} returned {tuple(output.shape)}, expected {tuple(hr.shape)}.")
+            scores[method.name]["psnr"] += psnr(output, hr).tolist()
+            scores[method.name]["ssim"] += ssim(output, hr).tolist()
+            if compute_fid:
+                fids[method.name].update(hr, real=True)
+                fids[method.name].update(output, real=False)
+                patch_fids[method.name].update(output, hr)
+
+    results: Dict[str, Dict] = {}
+    for method in methods:
+        psnrs = gather_list(scores[method.name]["psnr"], state)
+        ssims = gather_list(scores[method.name]["ssim"], state)
+        entry = {
+            "psnr": float(sum(psnrs) / len(psnrs)),
+            "ssim": float(sum(ssims) / len(ssims)),
+            "count": len(psnrs),
+            "kind": method.kind,
+            "source": method.source,
+            "color_correction": runner.color_correction(method),
+            "seconds_per_image_process0": seconds[method.name] / max(1, len(local)),
+        }
+        if compute_fid:
+            entry.update(fid_results(fids[method.name], patch_fids[method.name]))
+        results[method.name] = entry
+
+    settings = {
+        "data": str(args.data),
+        "vae": args.vae,
+        "upscalers": [{"name": m.name, "kind": m.kind, "source": m.source} for m in methods],
+        "hr_size": args.hr_size,
+        "lr_size": args.lr_size,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "fid": compute_fid,
+        "patch_size": args.patch_size if compute_fid else None,
+        "num_patches": args.num_patches if compute_fid else None,
+        "color_correct_baselines": args.color_correct_baselines,
+        "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
+        "num_processes": state.num_processes,
+    }
+    result = {
+        "task": "super_resolution",
+        "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
+        "settings": settings,
+        "count": len(items),
+        "methods": results,
+    }
+    top_level_metrics(result, ("psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"))
+    if state.is_main_process:
+        write_report(result, args.output_dir)
+    state.wait_for_everyone()
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
+    """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
+    from uplift_diffusers.cli import CLIError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
+    except (ValueError, FileNotFoundError, CLIError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if process_state().is_main_process:
+        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+        print(f"{result['count']} images; results in {Path(args.output_dir) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

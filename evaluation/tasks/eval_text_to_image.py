@@ -1,0 +1,582 @@
+"""Text-to-image evaluation (the paper's Table 2): FID, patch-FID and CLIP score.
+
+For every caption of ``--prompts`` (a caption set from ``prepare_coco.py`` /
+``prepare_relaion.py``), Stable Diffusion (``--model``, its default scheduler, float32,
+``--steps`` denoising steps, guidance ``--guidance-scale``) generates a ``--size`` image with
+the seed ``--seed + i`` (i = the caption's position in the file), once; the rows of
+``--methods`` are all made from that one generation:
+
+* ``base512``: the base image (no upscaling);
+* ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``: UPLiFT ``--upscale-factor``
+  x, decode, colour correction against the base image;
+* ``bilinear`` / ``nearest``: the same final latents, interpolated (``align_corners=False`` for
+  bilinear; :mod:`evaluation.tasks.latent_baseline`) and decoded, not colour-corrected (the paper
+  applies colour correction as part of UPLiFT) unless ``--color-correct-baselines`` (then against
+  the base image like UPLiFT). ``images/<row>/color_correction.json`` records which, and a run
+  with the other setting refuses to mix the two.
+
+The paper's reference rows (Tables 2-3), generated natively at ``--sdxl-size`` (1024, SDXL's
+native size; checked against the model) in float32 with the same per-caption seeds, no
+upscaling; their step counts are the paper's, fixed, independent of ``--steps`` (which is the
+SD1.5 rows' setting):
+
+* ``sdxl``: ``--sdxl-model`` (SDXL base 1.0) with its default scheduler (SDXL base:
+  ``EulerDiscreteScheduler``), 50 steps, guidance 5.0 (``StableDiffusionXLPipeline``'s default);
+* ``lcm-lora-sdxl``: the same model with ``--lcm-lora`` loaded and fused, ``LCMScheduler``
+  (made from the model's scheduler config), 4 steps, guidance 1.0: the LCM-LoRA model card
+  asks to "either disable guidance_scale or use values between 1.0 and 2.0", and diffusers'
+  LCM inference guide uses 1.0 for SDXL; in diffusers any value <= 1 disables classifier-free
+  guidance, so 0 and 1.0 give the same images. Needs ``peft``.
+
+Not in the default ``--methods``: add them, e.g. ``--methods uplift,bilinear,nearest,base512,sdxl,lcm-lora-sdxl``.
+
+Images are written to ``OUTPUT/images/<method>/<id>.png``; a rerun skips every caption whose
+images all exist (resumable), and only writes missing files. The metrics are then computed
+from the saved PNGs: FID between the generated images and the reference images
+(``--reference-dir``/``file_name``, centre-cropped to a square and PIL-bicubic resized to the
+generated size), patch-FID on the same random ``--patch-size`` crops (``--num-patches`` per image,
+the paper's 4 x 512) of each generated / reference pair (a row smaller than ``--patch-size``
+uses crops of its own size; ``patch_size`` in the results says which), and the CLIP score of
+each image with its caption. The metrics are the paper's (definitions in
+:mod:`evaluation.metrics.image_metrics`): FID / patch-FID with torchmetrics on CFM's uint8 images, the CLIP
+score as the ``clip-score`` package with ``openai/clip-vit-base-patch32``;
+``--fid-backend clean-fid`` (FID and KID) and ``--clip-backend open_clip`` are the
+alternatives. Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
+``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
+``OUTPUT/results.md``.
+
+Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/tasks/eval_text_to_image.py ...``:
+every process generates and scores a shard of the captions; metrics are gathered (on CPUs
+use ``torchrun --nproc_per_node N``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
+from evaluation.data.caption_sets import CaptionRow, read_caption_set
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from evaluation.metrics.metric_setup import (
+    add_clip_arguments,
+    add_fid_arguments,
+    build_clip_scorer,
+    build_fid,
+    build_patch_fid,
+    check_metric_arguments,
+    clip_model_and_weights,
+    fid_results,
+    metrics_record,
+)
+from evaluation.reports.tables import top_level_metrics, write_report
+from evaluation.sharding import gather_list, process_state, shard
+from evaluation.data.reference_images import square_crop_resize
+from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.image_processor import pil_to_tensor
+
+#: The SD1.5 rows: one generation per caption, upscaled (or not) in latent space. The default.
+SD15_METHODS = ("uplift", "bilinear", "nearest", "base512")
+
+
+@dataclass(frozen=True)
+class NativeRow:
+    """A reference row of the paper generated natively at SDXL's size (no upscaling)."""
+
+    steps: int  # the paper's step count for the row (fixed)
+    guidance_scale: float
+    lcm_lora: bool  # load --lcm-lora into the model and sample with LCMScheduler
+
+
+#: The paper's SDXL reference rows (see the module docstring for the settings' sources).
+NATIVE_ROWS = {
+    "sdxl": NativeRow(steps=50, guidance_scale=5.0, lcm_lora=False),
+    "lcm-lora-sdxl": NativeRow(steps=4, guidance_scale=1.0, lcm_lora=True),
+}
+SDXL_NATIVE_SIZE = 1024
+METHODS = SD15_METHODS + tuple(NATIVE_ROWS)
+DEFAULT_SD_MODEL = SD15_MODEL_ID
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+def parse_method_list(text: str) -> List[str]:
+    """``"uplift,bilinear"`` -> ``["uplift", "bilinear"]`` (known names, no repeats)."""
+    methods = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {text!r}.")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods lists a method twice: {text!r}.")
+    return methods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Table 2.")
+    parser.add_argument("--prompts", required=True, help="caption set (.jsonl / .csv) from prepare_coco.py or prepare_relaion.py")
+    parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
+    parser.add_argument("--output-dir", required=True, help="images/<method>/<id>.png, results.json and results.md go here")
+    parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
+    parser.add_argument("--upscaler", default=None,
+                        help="UPLiFT model folder / Hub id / official .safetensors|.pth (default: the authors' SD1.5 model)")
+    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
+    parser.add_argument("--methods", default=",".join(SD15_METHODS),
+                        help=f"rows to produce, a subset of {','.join(METHODS)} (default {','.join(SD15_METHODS)})")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (the paper: 25 or 40)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument("--size", type=int, default=512, help="base image side (default 512)")
+    parser.add_argument("--upscale-factor", type=int, default=2, choices=(2, 4, 8), help="latent upscaling factor (default 2)")
+    parser.add_argument("--sdxl-model", default=SDXL_MODEL_ID, help=f"SDXL folder or Hub id of the sdxl rows (default {SDXL_MODEL_ID})")
+    parser.add_argument("--lcm-lora", default=SDXL_LCM_LORA_ID, help=f"LCM-LoRA folder or Hub id of lcm-lora-sdxl (default {SDXL_LCM_LORA_ID})")
+    parser.add_argument("--sdxl-size", type=int, default=SDXL_NATIVE_SIZE,
+                        help=f"image side of the sdxl rows: the model's native size (default {SDXL_NATIVE_SIZE})")
+    parser.add_argument("--seed", type=int, default=0, help="caption i is generated with seed + i")
+    parser.add_argument("--batch-size", type=int, default=4, help="captions per pipeline call (per process)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N captions")
+    parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the prompts file's folder name)")
+    add_fid_arguments(parser)
+    add_clip_arguments(parser)
+    parser.add_argument("--color-correct-baselines", action="store_true",
+                        help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
+    parser.add_argument("--metrics-only", action="store_true", help="do not generate; score the images already in OUTPUT/images")
+    parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _check_args(args) -> List[str]:
+    methods = parse_method_list(args.methods)
+    check_metric_arguments(args)
+    for name in ("steps", "size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
+    if any(m in NATIVE_ROWS for m in methods) and (args.sdxl_size < 8 or args.sdxl_size % 8):
+        raise ValueError(f"--sdxl-size must be a positive multiple of 8 (the VAE factor), got {args.sdxl_size}.")
+    if not args.metrics_only and any(NATIVE_ROWS[m].lcm_lora for m in methods if m in NATIVE_ROWS) and importlib.util.find_spec("peft") is None:
+        raise ValueError("the lcm-lora-sdxl row loads a LoRA, which needs the peft package: pip install peft (in the eval extra).")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    if not args.no_fid and args.reference_dir is None:
+        raise ValueError("FID needs the real images: pass --reference-dir (the folder prepare_*.py wrote) or --no-fid.")
+    if args.reference_dir is not None and not Path(args.reference_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"--reference-dir not found: {args.reference_dir!r}.")
+    return methods
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+def image_path(output_dir: Path, method: str, row: CaptionRow) -> Path:
+    return output_dir / "images" / method / f"{row.id}.png"
+
+
+def row_color_correction(args, method: str) -> bool:
+    """Whether a row is colour-corrected: UPLiFT yes (the paper's), the latent baselines with
+    ``--color-correct-baselines``, the base and native rows never."""
+    if method == "uplift":
+        return True
+    return method in LATENT_BASELINES and args.color_correct_baselines
+
+
+def check_baseline_images(args, methods: Sequence[str], state) -> None:
+    """Keep a folder of baseline images made with one colour-correction setting only.
+
+    ``images/<row>/color_correction.json`` records the setting of the bilinear / nearest images;
+    a run with the other setting (or a folder of images without the record) raises ValueError
+    instead of mixing or mislabelling them. Writes the record for new folders (main process).
+    """
+    for method in [m for m in methods if m in LATENT_BASELINES]:
+        folder = Path(args.output_dir) / "images" / method
+        record = folder / "color_correction.json"
+        wanted = row_color_correction(args, method)
+        if record.is_file():
+            made = json.loads(record.read_text(encoding="utf-8")).get("color_correction")
+            if made != wanted:
+                raise ValueError(
+                    f"the {method} images in {folder} were made with color_correction={made}, this run asks for "
+                    f"{wanted}; pass {'--color-correct-baselines' if made else 'no --color-correct-baselines'} or another --output-dir."
+                )
+            continue
+        if folder.is_dir() and any(folder.glob("*.png")):
+            raise ValueError(
+                f"{folder} holds images without a colour-correction record ({record.name}); they may have been made "
+                "with the other setting: delete the folder (they are regenerated) or use another --output-dir."
+            )
+        if args.metrics_only:
+            continue
+        if state.is_main_process:
+            atomic_write_text(record, json.dumps({"color_correction": wanted}) + "\n")
+    state.wait_for_everyone()
+
+
+def method_size(args, method: str) -> int:
+    """Image side of a row: the base size, the upscaled size, or SDXL's native size."""
+    if method in NATIVE_ROWS:
+        return args.sdxl_size
+    return args.size if method == "base512" else args.size * args.upscale_factor
+
+
+def caption_generators(indices: Sequence[int], args) -> List[torch.Generator]:
+    """One generator per caption, seeded ``--seed + i`` (i = the caption's position): every row uses these."""
+    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
+
+
+def save_png(tensor: torch.Tensor, path: Path) -> None:
+    """Save a ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, atomically (never a half-written file)."""
+    array = (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    atomic_save_image(Image.fromarray(array, "RGB"), path, format="PNG")
+
+
+def load_pipeline(args, methods: Sequence[str], device: torch.device):
+    """``StableDiffusionUPLiFTPipeline`` from ``--model`` (float32, no safety checker) with the upscaler when needed."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.cli import from_hub, import_text_to_image_pipeline
+
+    pipeline_class = import_text_to_image_pipeline()
+    upscaler = None
+    if "uplift" in methods:
+        source = args.upscaler or UPLIFT_SD15_REPO_ID
+        if Path(source).expanduser().is_file():
+            upscaler = UPLiFTLatentUpscaler.from_single_file(source, config=args.upscaler_config)
+        else:
+            upscaler = from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE", lambda: UPLiFTLatentUpscaler.from_pretrained(source))
+    pipe = from_hub(
+        f"the Stable Diffusion model {args.model!r}",
+        "--model DIR (a diffusers Stable Diffusion folder)",
+        lambda: pipeline_class.from_pretrained(args.model, upscaler=upscaler, safety_checker=None, requires_safety_checker=False),
+    )
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], methods: Sequence[str], args) -> Dict[str, torch.Tensor]:
+    """All requested rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
+    final = {}
+
+    def keep_latents(pipeline, step, timestep, tensors):
+        final["latents"] = tensors["latents"]  # after the last step: the latents the base image is decoded from
+        return tensors
+
+    factor = args.upscale_factor if "uplift" in methods else 1
+    output = pipe(
+        [row.caption for row in rows],
+        height=args.size,
+        width=args.size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        generator=caption_generators(indices, args),
+        upscale_factor=factor,
+        color_correction=True,
+        return_base_images=factor > 1,
+        output_type="pt",
+        callback_on_step_end=keep_latents,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    base = (output.base_images if factor > 1 else output.images).float()
+    images = {}
+    if "uplift" in methods:
+        images["uplift"] = output.images.float()
+    if "base512" in methods:
+        images["base512"] = base
+    num_steps = int(math.log2(args.upscale_factor))
+    for mode in LATENT_BASELINES:
+        if mode in methods:
+            unscaled = final["latents"] / pipe.vae.config.scaling_factor
+            upscaled = LatentInterpolationUpscaler(mode)(unscaled, base, num_steps=num_steps).sample
+            images[mode] = decode_and_correct(pipe.vae, upscaled, base, color_correction=row_color_correction(args, mode))
+    return images
+
+
+def load_sdxl_pipeline(args, device: torch.device):
+    """``StableDiffusionXLPipeline`` from ``--sdxl-model``: float32, its default scheduler, no watermark.
+
+    Raises ValueError when ``--sdxl-size`` is not the model's native size (the paper's SDXL rows
+    are generated natively).
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    from uplift_diffusers.cli import from_hub
+
+    pipe = from_hub(
+        f"the SDXL model {args.sdxl_model!r}",
+        "--sdxl-model DIR (a diffusers SDXL folder)",
+        lambda: StableDiffusionXLPipeline.from_pretrained(args.sdxl_model, add_watermarker=False),  # float32: the default
+    )
+    native = pipe.default_sample_size * pipe.vae_scale_factor
+    if args.sdxl_size != native:
+        raise ValueError(
+            f"--sdxl-size {args.sdxl_size} is not the native size of --sdxl-model {args.sdxl_model!r} ({native} px); "
+            f"the SDXL rows are generated natively: pass --sdxl-size {native}."
+        )
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def add_lcm_lora(pipe, args) -> None:
+    """Load ``--lcm-lora`` into ``pipe``'s UNet, fuse it and sample with ``LCMScheduler`` (the model card's recipe)."""
+    from diffusers import LCMScheduler
+
+    from uplift_diffusers.cli import from_hub
+
+    from_hub(
+        f"the LCM-LoRA {args.lcm_lora!r}",
+        "--lcm-lora DIR (a folder holding pytorch_lora_weights.safetensors)",
+        lambda: pipe.load_lora_weights(args.lcm_lora),
+    )
+    pipe.fuse_lora()
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], row: NativeRow, args) -> torch.Tensor:
+    """One SDXL row for a batch of captions: ``B x 3 x S x S`` in [0, 1], S = ``--sdxl-size``."""
+    output = pipe(
+        [caption.caption for caption in rows],
+        height=args.sdxl_size,
+        width=args.sdxl_size,
+        num_inference_steps=row.steps,
+        guidance_scale=row.guidance_scale,
+        generator=caption_generators(indices, args),
+        output_type="pt",
+    )
+    return output.images.float()
+
+
+def _missing(output_dir: Path, local, methods: Sequence[str]):
+    """The (index, caption) pairs of ``local`` lacking an image of one of ``methods``."""
+    return [(i, row) for i, row in local if not all(image_path(output_dir, m, row).is_file() for m in methods)]
+
+
+def _generate_and_save(todo, methods: Sequence[str], make_images, args, state, output_dir: Path, desc: str) -> int:
+    """Run ``make_images(batch) -> {method: images}`` over ``todo`` in batches; save the missing PNGs; returns files written."""
+    from tqdm.auto import tqdm
+
+    written = 0
+    batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=args.quiet or not state.is_main_process):
+        images = make_images(batch)
+        for position, (_, row) in enumerate(batch):
+            for method in methods:
+                path = image_path(output_dir, method, row)
+                if not path.is_file():
+                    save_png(images[method][position], path)
+                    written += 1
+    return written
+
+
+def generate(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, device) -> Dict[str, int]:
+    """Generate the missing images of this process's shard; returns counts (this process).
+
+    The SD1.5 rows come from one pipeline run per caption; each SDXL row from its own run of
+    one SDXL pipeline (``sdxl`` first: ``lcm-lora-sdxl`` then fuses the LoRA into it).
+    """
+    output_dir = Path(args.output_dir)
+    local = shard(list(enumerate(rows)), state)
+    pending = _missing(output_dir, local, methods)
+    counts = {"generated": len(pending), "skipped": len(local) - len(pending), "files_written": 0}
+    sd15 = [m for m in methods if m in SD15_METHODS]
+    todo = _missing(output_dir, local, sd15)
+    if sd15 and todo:
+        pipe = load_pipeline(args, sd15, device)
+
+        def sd15_images(batch):
+            return generate_batch(pipe, [row for _, row in batch], [i for i, _ in batch], sd15, args)
+
+        counts["files_written"] += _generate_and_save(todo, sd15, sd15_images, args, state, output_dir, "generating SD1.5")
+        del pipe
+    sdxl = None
+    for method in [m for m in NATIVE_ROWS if m in methods]:  # NATIVE_ROWS order: the LoRA comes last
+        todo = _missing(output_dir, local, [method])
+        if not todo:
+            continue
+        sdxl = sdxl if sdxl is not None else load_sdxl_pipeline(args, device)
+        if NATIVE_ROWS[method].lcm_lora:
+            add_lcm_lora(sdxl, args)
+
+        def native_images(batch, method=method):
+            return {method: generate_native_batch(sdxl, [row for _, row in batch], [i for i, _ in batch], NATIVE_ROWS[method], args)}
+
+        counts["files_written"] += _generate_and_save(todo, [method], native_images, args, state, output_dir, f"generating {method}")
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+def load_reference(path: Path, size: int) -> torch.Tensor:
+    """Reference image as ``1 x 3 x size x size`` (:func:`~evaluation.data.reference_images.square_crop_resize`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"reference image not found: {str(path)!r}; check --reference-dir and the caption set's file_name.")
+    with Image.open(path) as handle:
+        return pil_to_tensor(square_crop_resize(handle, size))
+
+
+def load_generated(path: Path, size: int) -> torch.Tensor:
+    if not path.is_file():
+        raise FileNotFoundError(f"generated image missing: {str(path)!r}; run without --metrics-only to generate it.")
+    with Image.open(path) as handle:
+        image = handle.convert("RGB")
+    if image.size != (size, size):
+        raise ValueError(f"generated image {path} is {image.size}, expected {size} x {size}; it comes from other settings.")
+    return pil_to_tensor(image)
+
+
+def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, device, feature_extractor=None, clip_scorer=None) -> Dict[str, Dict]:
+    """FID / patch-FID / CLIP of every method over all captions (all processes)."""
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir)
+    local = shard(list(enumerate(rows)), state)
+    extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
+    compute_fid = not args.no_fid
+    if compute_fid and len(rows) < 2:
+        raise ValueError(f"FID needs at least 2 images, the caption set gives {len(rows)}; add captions or pass --no-fid.")
+    clip = None
+    if not args.no_clip:
+        clip = clip_scorer if clip_scorer is not None else build_clip_scorer(args.clip_backend, *clip_model_and_weights(args), device)
+    reference_dir = Path(args.reference_dir).expanduser() if compute_fid else None
+    results: Dict[str, Dict] = {}
+    for method in methods:
+        size = method_size(args, method)
+        patch = min(args.patch_size, size)
+        fid = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) if compute_fid else None
+        patch_fid = (
+            build_patch_fid(extractor, device, patch, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed)
+            if compute_fid
+            else None
+        )
+        if clip is not None:
+            clip.reset()
+        batches = [local[i : i + args.batch_size] for i in range(0, len(local), args.batch_size)]
+        for batch in tqdm(batches, desc=f"scoring {method}", disable=args.quiet or not state.is_main_process):
+            generated = torch.cat([load_generated(image_path(output_dir, method, row), size) for _, row in batch]).to(device)
+            if compute_fid:
+                for _, row in batch:
+                    if not row.file_name:
+                        raise ValueError(f"caption {row.id!r} has no file_name (reference image); FID needs one per caption, or pass --no-fid.")
+                real = torch.cat([load_reference(reference_dir / row.file_name, size) for _, row in batch]).to(device)
+                fid.update(real, real=True)
+                fid.update(generated, real=False)
+                patch_fid.update(generated, real)
+            if clip is not None:
+                clip.update(generated, [row.caption for _, row in batch])
+        entry = {"count": len(rows), "size": size, "color_correction": row_color_correction(args, method)}
+        if compute_fid:
+            entry.update(fid_results(fid, patch_fid), patch_size=patch)
+        if clip is not None:
+            entry["clip"] = clip.compute()
+        results[method] = entry
+    return results
+
+
+def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Dict:
+    """Generate (resumably) and score; returns the results dict (also written to OUTPUT/results.json).
+
+    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor``; ``clip_scorer`` (a
+    :class:`~evaluation.metrics.image_metrics.CLIPScorer` or :class:`~evaluation.metrics.image_metrics.OpenCLIPScorer`)
+    overrides ``--clip-backend`` / ``--clip-model``.
+    """
+    methods = _check_args(args)
+    rows = read_caption_set(args.prompts)
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    state = process_state()
+    device = torch.device(args.device) if args.device else state.device
+    check_baseline_images(args, methods, state)
+    counts = {"generated": 0, "skipped": 0, "files_written": 0}
+    if not args.metrics_only:
+        counts = generate(args, rows, methods, state, device)
+    state.wait_for_everyone()
+    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+    metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
+    settings = {
+        "prompts": str(args.prompts),
+        "reference_dir": args.reference_dir,
+        "model": args.model,
+        "upscaler": args.upscaler,
+        "methods": list(methods),
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "size": args.size,
+        "upscale_factor": args.upscale_factor,
+        "native_rows": {
+            method: {
+                "model": args.sdxl_model,
+                "lora": args.lcm_lora if NATIVE_ROWS[method].lcm_lora else None,
+                "scheduler": "LCMScheduler" if NATIVE_ROWS[method].lcm_lora else "the model's default",
+                "steps": NATIVE_ROWS[method].steps,
+                "guidance_scale": NATIVE_ROWS[method].guidance_scale,
+                "size": args.sdxl_size,
+            }
+            for method in methods
+            if method in NATIVE_ROWS
+        },
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "dtype": "float32",
+        "fid": not args.no_fid,
+        "num_patches": None if args.no_fid else args.num_patches,
+        "color_correct_baselines": args.color_correct_baselines,
+        "metrics": metrics_record(
+            args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer
+        ),
+        "num_processes": state.num_processes,
+    }
+    result = {
+        "task": "text_to_image",
+        "dataset": args.dataset_name or Path(args.prompts).expanduser().resolve().parent.name,
+        "settings": settings,
+        "count": len(rows),
+        "generation": totals,
+        "methods": metrics,
+    }
+    top_level_metrics(result, ("fid", "patch_fid", "kid", "patch_kid", "clip"))
+    if state.is_main_process:
+        write_report(result, args.output_dir)
+    state.wait_for_everyone()
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scorer=None) -> int:
+    """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
+    from uplift_diffusers.cli import CLIError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
+    except (ValueError, FileNotFoundError, CLIError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if process_state().is_main_process:
+        generation = result["generation"]
+        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+        print(
+            f"{result['count']} captions: {generation['generated']} generated, {generation['skipped']} already done; "
+            f"results in {Path(args.output_dir) / 'results.json'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

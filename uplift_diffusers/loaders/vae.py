@@ -1,0 +1,226 @@
+"""Load a VAE from a local path or Hub id, and encode / decode with it uniformly.
+
+Used by the pipelines, the training script and the evaluation code so that they work the
+same with diffusers' ``AutoencoderKL`` (and ``AutoencoderKLFlux2``), diffusers'
+``AutoencoderTiny`` and :class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`.
+
+Latents are always *unscaled*: :func:`encode_latents` returns the raw encoder output (the
+posterior mode for KL autoencoders) without applying ``scaling_factor`` / ``shift_factor``,
+and :func:`decode_latents` expects the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import diffusers
+import torch
+
+from ..constants import SD15_VAE_SUBFOLDER as _VAE_SUBFOLDER
+from .hub import locate_hub_file, looks_like_local_path
+from ..models.autoencoder_tiny import TinyAutoencoder, _check_images, _check_latents
+
+__all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "supported_vae_classes"]
+
+_CONFIG_NAME = "config.json"
+
+
+def supported_vae_classes() -> dict[str, type]:
+    """Map of the ``_class_name`` values :func:`load_vae` accepts to their classes."""
+    classes = {"TinyAutoencoder": TinyAutoencoder}
+    for name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny"):
+        cls = getattr(diffusers, name, None)  # AutoencoderKLFlux2 needs a recent diffusers
+        if cls is not None:
+            classes[name] = cls
+    return classes
+
+
+def _find_pth_pair(directory: Path) -> tuple[Path, Path] | None:
+    """Return the (encoder, decoder) .pth files of ``directory``, or None when it holds none."""
+    encoder, decoder = directory / "encoder.pth", directory / "decoder.pth"
+    if encoder.is_file() and decoder.is_file():
+        return encoder, decoder
+    encoders = sorted(p for p in directory.glob("*encoder*.pth") if p.is_file())
+    decoders = sorted(p for p in directory.glob("*decoder*.pth") if p.is_file())
+    if not encoders and not decoders:
+        return None
+    if len(encoders) != 1 or len(decoders) != 1:
+        raise ValueError(
+            f"path_or_id {str(directory)!r} must hold exactly one *encoder*.pth and one *decoder*.pth, "
+            f"found encoders {[p.name for p in encoders]} and decoders {[p.name for p in decoders]}; "
+            "remove the extra files or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path)"
+        )
+    return encoders[0], decoders[0]
+
+
+def _class_for(config_file: str, source: str) -> type:
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"path_or_id {source!r}: could not read the VAE config {config_file}: {exc}") from exc
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    classes = supported_vae_classes()
+    if name not in classes:
+        raise ValueError(
+            f"path_or_id {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
+            f"classes are {sorted(classes)}"
+        )
+    return classes[name]
+
+
+def _hub_config(repo_id: str, subfolder: str | None, hub: dict) -> tuple[str, str | None]:
+    """The VAE config of a Hub repository: ``(local file, subfolder it was found in)``.
+
+    Without ``subfolder``, the root ``config.json`` or else ``vae/config.json`` (a pipeline
+    repository), whichever the local cache holds first: offline, a root config missing from the
+    cache does not hide a cached ``vae/`` one."""
+    if subfolder is not None:
+        names = [f"{subfolder}/{_CONFIG_NAME}"]
+    else:
+        names = [_CONFIG_NAME, f"{_VAE_SUBFOLDER}/{_CONFIG_NAME}"]
+    config_file, name = locate_hub_file(repo_id, names, **hub)
+    return config_file, (name.rpartition("/")[0] or None)
+
+
+def load_vae(
+    path_or_id: str | os.PathLike,
+    torch_dtype: torch.dtype | None = None,
+    subfolder: str | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+) -> torch.nn.Module:
+    """Load a VAE from a local directory or a Hub id.
+
+    * A directory holding ``encoder.pth`` and ``decoder.pth`` (or exactly one ``*encoder*.pth``
+      and one ``*decoder*.pth``, e.g. ``taef2_encoder.pth``) is loaded with
+      :meth:`TinyAutoencoder.from_original_checkpoint`.
+    * A diffusers directory (``config.json`` at its root, or a pipeline directory with the VAE in
+      ``vae/``) or a Hub id is loaded with the ``from_pretrained`` of the class its config names
+      in ``_class_name`` (see :func:`supported_vae_classes`).
+
+    Args:
+        path_or_id: local directory or Hub repository id.
+        torch_dtype: dtype of the loaded model (floating), or None for the default (float32).
+        subfolder: subfolder holding the VAE; by default the root, else ``vae/``.
+        revision, cache_dir, local_files_only, token: for a Hub id, as in ``from_pretrained``.
+            The local cache is read first: offline (``HF_HUB_OFFLINE=1`` or
+            ``local_files_only=True``) a cached pipeline repository's ``vae/`` loads without the
+            network, and a VAE missing from the cache is reported at once.
+
+    Returns:
+        The model in evaluation mode.
+
+    Raises:
+        FileNotFoundError: ``path_or_id`` looks like a local path (starts with ``.``, ``/`` or
+            ``~``, or its parent directory exists) but does not exist; or a Hub repository
+            without a VAE config.
+        huggingface_hub.errors.LocalEntryNotFoundError: offline and the VAE is not in the cache.
+        ValueError: a file instead of a directory, a directory without a VAE, an unsupported
+            ``_class_name``, or a bad argument type.
+    """
+    if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
+        raise ValueError(f"path_or_id must be a non-empty path or Hub id string, got {path_or_id!r}")
+    if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
+        raise ValueError(f"torch_dtype must be a floating torch.dtype or None, got {torch_dtype!r}")
+    if subfolder is not None and (not isinstance(subfolder, str) or not subfolder):
+        raise ValueError(f"subfolder must be a non-empty string or None, got {subfolder!r}")
+    text = os.fspath(path_or_id)
+    path = Path(os.path.expanduser(text))
+
+    if path.is_file():
+        raise ValueError(
+            f"path_or_id must be a directory or a Hub id, got the file {str(path)!r}; pass its directory, "
+            "or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair"
+        )
+    if path.is_dir():
+        if subfolder is None:
+            pair = _find_pth_pair(path)
+            if pair is not None:
+                return TinyAutoencoder.from_original_checkpoint(*pair, torch_dtype=torch_dtype)
+            if (path / _CONFIG_NAME).is_file():
+                found = None
+            elif (path / _VAE_SUBFOLDER / _CONFIG_NAME).is_file():
+                found = _VAE_SUBFOLDER
+            else:
+                raise ValueError(
+                    f"path_or_id {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
+                    f"{_CONFIG_NAME} (at its root or in {_VAE_SUBFOLDER}/); point it at a VAE directory"
+                )
+        else:
+            if not (path / subfolder / _CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"path_or_id {text!r}: no {_CONFIG_NAME} in subfolder {subfolder!r}")
+            found = subfolder
+        config_file = path / found / _CONFIG_NAME if found else path / _CONFIG_NAME
+        cls = _class_for(str(config_file), text)
+        return cls.from_pretrained(str(path), subfolder=found, torch_dtype=torch_dtype).eval()
+    if looks_like_local_path(text, max_slashes=1):
+        raise FileNotFoundError(f"path_or_id: local path not found: {str(path)!r}")
+
+    hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    config_file, found = _hub_config(text, subfolder, hub)
+    cls = _class_for(config_file, text)
+    return cls.from_pretrained(text, subfolder=found, torch_dtype=torch_dtype, **hub).eval()
+
+
+def vae_scale_factor(vae) -> int:
+    """Spatial down-sampling factor of ``vae``: ``2 ** (len(vae.config.block_out_channels) - 1)``."""
+    channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    if not channels:
+        raise ValueError(
+            f"vae must be a diffusers autoencoder whose config has block_out_channels, got {type(vae).__name__}"
+        )
+    return 2 ** (len(channels) - 1)
+
+
+def _model_dtype_device(vae) -> tuple[torch.dtype, torch.device]:
+    if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "encode") or not hasattr(vae, "decode"):
+        raise ValueError(f"vae must be an autoencoder module with encode/decode, got {type(vae).__name__}")
+    parameter = next(vae.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"vae ({type(vae).__name__}) has no parameters")
+    # under accelerate's CPU offload the weights rest on the CPU and the hook moves them to
+    # its execution device for the call: the inputs must go there
+    execution_device = getattr(getattr(vae, "_hf_hook", None), "execution_device", None)
+    return parameter.dtype, torch.device(execution_device) if execution_device is not None else parameter.device
+
+
+def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
+    """Encode images in [-1, 1] of shape (batch, 3, H, W) into *unscaled* latents.
+
+    KL autoencoders return the posterior mode (``vae.encode(x).latent_dist.mode()``), tiny
+    autoencoders their ``.latents``. H and W must be multiples of :func:`vae_scale_factor`.
+    The images are moved to the VAE's device and dtype. Gradients follow the caller's mode:
+    wrap the call in ``torch.no_grad()`` for a frozen VAE.
+    """
+    dtype, device = _model_dtype_device(vae)
+    channels = getattr(vae.config, "in_channels", 3)
+    _check_images("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
+    output = vae.encode(images_minus1_1.to(device=device, dtype=dtype))
+    if hasattr(output, "latent_dist"):
+        return output.latent_dist.mode()
+    if hasattr(output, "latents"):
+        return output.latents
+    raise ValueError(
+        f"vae ({type(vae).__name__}).encode returned {type(output).__name__} with neither latent_dist nor latents"
+    )
+
+
+def decode_latents(vae, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Decode *unscaled* latents (batch, latent_channels, h, w) into images in [-1, 1].
+
+    The latents are moved to the VAE's device and dtype. With ``clamp=True`` (default) the
+    images are clamped to [-1, 1]; pass ``clamp=False`` for the raw decoder output. Gradients
+    follow the caller's mode.
+    """
+    dtype, device = _model_dtype_device(vae)
+    channels = getattr(vae.config, "latent_channels", None)
+    if channels is None:
+        raise ValueError(f"vae ({type(vae).__name__}) config has no latent_channels")
+    _check_latents("latents", latents, channels=channels)
+    images = vae.decode(latents.to(device=device, dtype=dtype)).sample
+    return images.clamp(-1, 1) if clamp else images

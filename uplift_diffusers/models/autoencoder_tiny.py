@@ -1,0 +1,481 @@
+"""A diffusers model for the TAESD family of tiny autoencoders (TAESD, TAESDXL, TAEF1, TAEF2, ...).
+
+The original madebyollin/taesd checkpoints are two plain PyTorch state dicts,
+``encoder.pth`` and ``decoder.pth``, each indexing one ``nn.Sequential``:
+
+Encoder (images in [0, 1] -> latents, 8x smaller)::
+
+    0 conv(3, 64); 1 Block; 2 conv(64, 64, stride 2, no bias); 3-5 Block x3;
+    6 conv(stride 2, no bias); 7-9 Block x3; 10 conv(stride 2, no bias); 11-13 Block x3;
+    14 conv(64, C)
+
+Decoder (latents -> images in [0, 1])::
+
+    0 clamp x -> 3 tanh(x / 3); 1 conv(C, 64); 2 ReLU; 3-5 Block x3; 6 nearest 2x upsample;
+    7 conv(no bias); 8-10 Block x3; 11 upsample; 12 conv(no bias); 13-15 Block x3;
+    16 upsample; 17 conv(no bias); 18 Block; 19 conv(64, 3)
+
+``conv(a, b)`` is a 3x3 convolution with padding 1. A Block is the residual
+``ReLU(body(x) + x)`` with ``body = conv, ReLU, conv, ReLU, conv`` (keys ``conv.0``,
+``conv.2``, ``conv.4``). Newer variants (TAEF2) make some blocks "pooled": before the body
+``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias), GroupNorm(4, 256), ReLU,
+Conv1x1(256, 64, no bias)`` (keys ``pool.0``, ``pool.1``, ``pool.3``).
+
+:class:`TinyAutoencoder` keeps that key layout under the prefixes ``encoder.layers.`` and
+``decoder.layers.``, so converting an original checkpoint is a direct prefix mapping. The
+latent channel count and which blocks are pooled are read from the state-dict keys and
+stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip any variant.
+
+The public methods follow diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode`
+takes images in [-1, 1] and :meth:`TinyAutoencoder.decode` returns images in [-1, 1]; the
+conversion to the [0, 1] range of the original modules happens inside. The latents are used
+unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from torch import nn
+
+from ..utils.state_dicts import state_dict_differences
+
+__all__ = ["TinyAutoencoder", "ENCODER_BLOCK_POSITIONS", "DECODER_BLOCK_POSITIONS"]
+
+#: Indices of the residual blocks in the original encoder ``nn.Sequential``.
+ENCODER_BLOCK_POSITIONS = (1, 3, 4, 5, 7, 8, 9, 11, 12, 13)
+#: Indices of the residual blocks in the original decoder ``nn.Sequential``.
+DECODER_BLOCK_POSITIONS = (3, 4, 5, 8, 9, 10, 13, 14, 15, 18)
+_ENCODER_OUT_INDEX = 14  # conv(64, latent_channels)
+_DECODER_IN_INDEX = 1  # conv(latent_channels, 64)
+_DECODER_OUT_INDEX = 19  # conv(64, 3)
+_LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
+_SPATIAL_FACTOR = 8
+# Images handed to ``encode`` may overshoot [-1, 1] a little (e.g. after bicubic resizing);
+# anything further out means the caller used another convention ([0, 255], ...).
+_RANGE_TOLERANCE = 0.05
+_MAX_LISTED = 12
+
+
+def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+
+
+class _TanhClamp(nn.Module):
+    """Soft clamp ``x -> m * tanh(x / m)`` applied to latents before decoding."""
+
+    def __init__(self, magnitude: float = _LATENT_CLAMP):
+        super().__init__()
+        self.magnitude = magnitude
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / self.magnitude) * self.magnitude
+
+
+class _Block(nn.Module):
+    """Residual block ``ReLU(body(x) + x)``, optionally preceded by ``x = x + pool(x)``."""
+
+    def __init__(self, channels: int, pooled: bool, pool_hidden_channels: int, pool_num_groups: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            _conv(channels, channels),
+            nn.ReLU(inplace=True),
+            _conv(channels, channels),
+            nn.ReLU(inplace=True),
+            _conv(channels, channels),
+        )
+        self.pool = (
+            nn.Sequential(
+                nn.Conv2d(channels, pool_hidden_channels, 1, bias=False),
+                nn.GroupNorm(pool_num_groups, pool_hidden_channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(pool_hidden_channels, channels, 1, bias=False),
+            )
+            if pooled
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = x + self.pool(x)
+        return F.relu(self.conv(x) + x, inplace=True)
+
+
+class _TinyEncoder(nn.Module):
+    """The original encoder ``nn.Sequential`` (images in [0, 1] -> latents) as ``self.layers``."""
+
+    def __init__(self, in_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
+        super().__init__()
+
+        def block(index: int) -> _Block:
+            return _Block(width, index in pooled, pool_hidden, pool_groups)
+
+        layers: list[nn.Module] = [_conv(in_channels, width), block(1)]
+        for first in (2, 6, 10):  # three stride-2 stages of three blocks each
+            layers.append(_conv(width, width, stride=2, bias=False))
+            layers.extend(block(first + k) for k in (1, 2, 3))
+        layers.append(_conv(width, latent_channels))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _TinyDecoder(nn.Module):
+    """The original decoder ``nn.Sequential`` (latents -> images in [0, 1]) as ``self.layers``."""
+
+    def __init__(self, out_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
+        super().__init__()
+
+        def block(index: int) -> _Block:
+            return _Block(width, index in pooled, pool_hidden, pool_groups)
+
+        layers: list[nn.Module] = [_TanhClamp(), _conv(latent_channels, width), nn.ReLU(inplace=True)]
+        layers.extend(block(i) for i in (3, 4, 5))
+        for first, count in ((6, 3), (11, 3), (16, 1)):  # upsample, conv, blocks
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(_conv(width, width, bias=False))
+            layers.extend(block(first + 2 + k) for k in range(count))
+        layers.append(_conv(width, out_channels))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of block indices out of {list(allowed)}, got {value!r}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v not in allowed]
+    if bad or len(set(value)) != len(value):
+        raise ValueError(
+            f"{name} must list distinct block indices out of {list(allowed)}, got {list(value)!r} "
+            f"(invalid: {bad!r})"
+        )
+    return sorted(value)
+
+
+def _check_tensor_batch(name: str, x, *, channels: int, multiple: int, dtype: torch.dtype | None) -> None:
+    """Shape / dtype checks shared by ``encode``, ``decode`` and :mod:`uplift_diffusers.loaders.vae`."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape (batch, {channels}, height, width), got {type(x).__name__}"
+        )
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} must be 4-D (batch, {channels}, height, width), got shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) for a single item"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one item")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    h, w = x.shape[-2:]
+    if multiple > 1 and (h % multiple or w % multiple):
+        raise ValueError(
+            f"{name} height and width must be multiples of {multiple}, got {h} x {w}; pad (or crop) "
+            f"the images to {-(-h // multiple) * multiple} x {-(-w // multiple) * multiple} first, "
+            "e.g. with torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='replicate')"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} has dtype {x.dtype} but the model runs in {dtype}; convert it with x.to({dtype})")
+
+
+def _value_range(name: str, x: torch.Tensor) -> tuple[float, float]:
+    """Return (min, max) of ``x``; ValueError when it holds NaN or infinity (one reduction, one sync)."""
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or infinite values (min {lo}, max {hi}); check the data producing it")
+    return lo, hi
+
+
+def _check_images(name: str, x, *, channels: int, multiple: int, dtype: torch.dtype | None = None) -> None:
+    """Validate a batch of images in [-1, 1] (shape, dtype, finiteness, range)."""
+    _check_tensor_batch(name, x, channels=channels, multiple=multiple, dtype=dtype)
+    lo, hi = _value_range(name, x)
+    if lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} must hold images in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; convert [0, 1] "
+            "images with x * 2 - 1 and [0, 255] images with x / 127.5 - 1"
+        )
+
+
+def _check_latents(name: str, z, *, channels: int, dtype: torch.dtype | None = None) -> None:
+    """Validate a batch of latents (shape, channel count, dtype, finiteness)."""
+    _check_tensor_batch(name, z, channels=channels, multiple=1, dtype=dtype)
+    _value_range(name, z)
+
+
+def _resolve_file(name: str, path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    resolved = Path(os.path.expanduser(os.fspath(path)))
+    if not resolved.exists():
+        raise FileNotFoundError(f"{name}: file not found: {resolved}")
+    if not resolved.is_file():
+        raise ValueError(f"{name} must be a .pth file, got the directory {resolved}; pass the file inside it")
+    return resolved
+
+
+def _load_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable / not a weights-only pickle
+        raise ValueError(f"{name}: could not read {path} as a PyTorch state dict: {exc}") from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{name}: {path} must hold a plain state dict (str -> tensor), got {type(state).__name__}")
+    return dict(state)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int) -> int | None:
+    tensor = state.get(key)
+    return int(tensor.shape[dim]) if tensor is not None and tensor.ndim > dim else None
+
+
+def _pooled_indices(state: Mapping[str, torch.Tensor], allowed: Sequence[int]) -> list[int]:
+    return sorted(i for i in allowed if f"{i}.pool.0.weight" in state)
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+class TinyAutoencoder(ModelMixin, ConfigMixin):
+    r"""TAESD-family tiny autoencoder (8x spatial compression) as a diffusers model.
+
+    Use :meth:`from_original_checkpoint` for the original ``encoder.pth`` / ``decoder.pth``
+    pairs and ``from_pretrained`` for a directory written by ``save_pretrained``.
+
+    Parameters:
+        latent_channels (`int`, defaults to 4): channels of the latent space (4 for TAESD,
+            16 for TAEF1 / TAESD3, 32 for TAEF2).
+        encoder_pooled_blocks (`list[int]`, defaults to `[]`): indices (in the encoder
+            ``nn.Sequential``) of the blocks with a pooling branch; a subset of
+            ``ENCODER_BLOCK_POSITIONS``.
+        decoder_pooled_blocks (`list[int]`, defaults to `[]`): the same for the decoder, a
+            subset of ``DECODER_BLOCK_POSITIONS``.
+        block_out_channels (`list[int]`, defaults to `[64, 64, 64, 64]`): width of the four
+            resolution stages. The architecture uses one width throughout, so all entries must
+            be equal; the list has four entries so that pipelines computing
+            ``2 ** (len(block_out_channels) - 1)`` get the spatial factor 8.
+        in_channels / out_channels (`int`, defaults to 3): image channels.
+        pool_hidden_channels (`int`, defaults to 256), pool_num_groups (`int`, defaults to 4):
+            width and GroupNorm groups of the pooling branch.
+        scaling_factor (`float`, defaults to 1.0), shift_factor (`float`, defaults to 0.0):
+            latents are used unscaled; present for pipelines that read them.
+        force_upcast (`bool`, defaults to False): read by some pipelines; the model runs in
+            half precision without trouble.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        encoder_pooled_blocks: Sequence[int] = (),
+        decoder_pooled_blocks: Sequence[int] = (),
+        block_out_channels: Sequence[int] = (64, 64, 64, 64),
+        in_channels: int = 3,
+        out_channels: int = 3,
+        pool_hidden_channels: int = 256,
+        pool_num_groups: int = 4,
+        scaling_factor: float = 1.0,
+        shift_factor: float = 0.0,
+        force_upcast: bool = False,
+    ):
+        super().__init__()
+        for name, value in (
+            ("latent_channels", latent_channels),
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("pool_hidden_channels", pool_hidden_channels),
+            ("pool_num_groups", pool_num_groups),
+        ):
+            _check_positive_int(name, value)
+        if (
+            isinstance(block_out_channels, (str, bytes))
+            or not isinstance(block_out_channels, Sequence)
+            or len(block_out_channels) != 4
+            or len(set(block_out_channels)) != 1
+        ):
+            raise ValueError(
+                "block_out_channels must list four equal widths (one per resolution stage, e.g. "
+                f"[64, 64, 64, 64]), got {block_out_channels!r}"
+            )
+        width = block_out_channels[0]
+        _check_positive_int("block_out_channels[0]", width)
+        if pool_hidden_channels % pool_num_groups:
+            raise ValueError(
+                f"pool_hidden_channels ({pool_hidden_channels}) must be divisible by "
+                f"pool_num_groups ({pool_num_groups})"
+            )
+        enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
+        dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
+
+        pool = (pool_hidden_channels, pool_num_groups)
+        self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, *pool)
+        self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, *pool)
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_original_checkpoint(
+        cls,
+        encoder_path: str | os.PathLike,
+        decoder_path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+    ) -> "TinyAutoencoder":
+        """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair.
+
+        The latent channel count, the pooled blocks and the widths are read from the state-dict
+        keys and shapes. Missing or unexpected keys and shape mismatches raise ``ValueError``
+        listing them; a missing file raises ``FileNotFoundError`` naming the argument.
+
+        Args:
+            encoder_path: path of the encoder state dict (``encoder.pth``, ``taef2_encoder.pth``, ...).
+            decoder_path: path of the decoder state dict.
+            torch_dtype: dtype of the returned model (a floating dtype); float32 when None
+                (the original files store float16).
+
+        Returns:
+            The model in evaluation mode.
+        """
+        if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
+            raise ValueError(
+                f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}"
+            )
+        enc_path = _resolve_file("encoder_path", encoder_path)
+        dec_path = _resolve_file("decoder_path", decoder_path)
+        enc_sd = _load_state_dict("encoder_path", enc_path)
+        dec_sd = _load_state_dict("decoder_path", dec_path)
+
+        enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
+        dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
+        if enc_latent is None and dec_latent is None:
+            raise ValueError(
+                f"cannot detect the latent channel count: neither encoder_path ({enc_path}) holds "
+                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({dec_path}) holds '{_DECODER_IN_INDEX}.weight'; "
+                "are these TAESD-family checkpoints?"
+            )
+        if enc_latent is not None and dec_latent is not None and enc_latent != dec_latent:
+            raise ValueError(
+                f"encoder_path ({enc_path}) produces {enc_latent} latent channels but decoder_path ({dec_path}) "
+                f"expects {dec_latent}; pass the encoder and decoder of the same variant"
+            )
+        latent_channels = enc_latent if enc_latent is not None else dec_latent
+        width = _shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64
+        pool_hidden = next(
+            (
+                int(state[k].shape[0])
+                for state in (enc_sd, dec_sd)
+                for k in sorted(state)
+                if k.endswith(".pool.0.weight") and state[k].ndim > 0
+            ),
+            256,
+        )
+        model = cls(
+            latent_channels=latent_channels,
+            encoder_pooled_blocks=_pooled_indices(enc_sd, ENCODER_BLOCK_POSITIONS),
+            decoder_pooled_blocks=_pooled_indices(dec_sd, DECODER_BLOCK_POSITIONS),
+            block_out_channels=[width] * 4,
+            in_channels=_shape(enc_sd, "0.weight", 1) or 3,
+            out_channels=_shape(dec_sd, f"{_DECODER_OUT_INDEX}.weight", 0) or 3,
+            pool_hidden_channels=pool_hidden,
+        )
+        model._load_original(enc_sd, dec_sd, str(enc_path), str(dec_path))
+        if torch_dtype is not None:
+            # Cast the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning.
+            model.encoder.to(torch_dtype)
+            model.decoder.to(torch_dtype)
+        return model.eval()
+
+    def _load_original(self, enc_sd, dec_sd, enc_name: str, dec_name: str) -> None:
+        problems = []
+        for arg, name, given, module in (
+            ("encoder_path", enc_name, enc_sd, self.encoder.layers),
+            ("decoder_path", dec_name, dec_sd, self.decoder.layers),
+        ):
+            missing, unexpected, mismatched = state_dict_differences(given, module.state_dict())
+            mismatched = [f"{k}: file {have} vs model {want}" for k, have, want in mismatched]
+            parts = []
+            if missing:
+                parts.append(f"missing keys [{_listed(missing)}]")
+            if unexpected:
+                parts.append(f"unexpected keys [{_listed(unexpected)}]")
+            if mismatched:
+                parts.append(f"shape mismatches [{_listed(mismatched)}]")
+            if parts:
+                problems.append(f"{arg} ({name}): " + "; ".join(parts))
+        if problems:
+            detected = {
+                key: self.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")
+            }
+            raise ValueError(
+                f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems)
+            )
+        self.encoder.layers.load_state_dict(enc_sd, strict=True)
+        self.decoder.layers.load_state_dict(dec_sd, strict=True)
+
+    def original_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Return ``(encoder_state_dict, decoder_state_dict)`` in the original file layout (detached copies)."""
+        return (
+            {k: v.detach().clone() for k, v in self.encoder.layers.state_dict().items()},
+            {k: v.detach().clone() for k, v in self.decoder.layers.state_dict().items()},
+        )
+
+    # ------------------------------------------------------------------ inference
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
+        """Encode images in [-1, 1] of shape (batch, 3, H, W), H and W multiples of 8.
+
+        Returns an ``AutoencoderTinyOutput`` whose ``latents`` have shape
+        (batch, latent_channels, H / 8, W / 8), or the tuple ``(latents,)``. Gradients follow
+        the caller's mode: wrap calls in ``torch.no_grad()`` when none are needed.
+        """
+        _check_images("x", x, channels=self.config.in_channels, multiple=_SPATIAL_FACTOR, dtype=self.dtype)
+        latents = self.encoder(x * 0.5 + 0.5)
+        if not return_dict:
+            return (latents,)
+        return AutoencoderTinyOutput(latents=latents)
+
+    @apply_forward_hook
+    def decode(
+        self, z: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Decode latents of shape (batch, latent_channels, h, w) into images (batch, 3, 8h, 8w).
+
+        The images are in [-1, 1] up to the decoder's small overshoot; like diffusers'
+        autoencoders the output is not clamped (image post-processing clamps). ``generator`` is
+        accepted for signature compatibility with diffusers and unused (decoding is
+        deterministic).
+        """
+        _check_latents("z", z, channels=self.config.latent_channels, dtype=self.dtype)
+        images = self.decoder(z).mul(2).sub_(1)
+        if not return_dict:
+            return (images,)
+        return DecoderOutput(sample=images)
+
+    def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+        """Reconstruct images in [-1, 1]: ``decode(encode(sample).latents)`` (no latent quantisation)."""
+        images = self.decode(self.encode(sample).latents).sample
+        if not return_dict:
+            return (images,)
+        return DecoderOutput(sample=images)

@@ -1,0 +1,189 @@
+"""The Local Attender: UPLiFT's last operator.
+
+Every output pixel is re-expressed as a softmax-weighted mix of a fixed neighbourhood of
+input pixels. The guide (high resolution features) predicts, per output pixel, one logit per
+neighbourhood offset; the value (low resolution latents) is read at those offsets around the
+output pixel's parent. Because the output is a convex combination of input latents, the
+latent distribution is kept intact.
+
+The computation loops over the offsets and accumulates into the output in place, so it
+never holds a tensor of ``n`` times the output size: peak extra memory is the attention
+weights (``n`` channels at output resolution, no larger than the guide when ``n`` does not
+exceed its channel count) plus one output.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Offsets = List[Tuple[int, int]]
+
+#: The paper's neighbourhoods, listed row by row (dy, then dx, ascending).
+NEIGHBORHOODS = {
+    5: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if abs(dy) + abs(dx) <= 1],
+    9: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)],
+    13: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2],
+    17: [
+        (-2, -2), (-2, 0), (-2, 2),
+        (-1, -1), (-1, 0), (-1, 1),
+        (0, -2), (0, -1), (0, 0), (0, 1), (0, 2),
+        (1, -1), (1, 0), (1, 1),
+        (2, -2), (2, 0), (2, 2),
+    ],
+    25: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
+}
+
+
+def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> Offsets:
+    """Return the list of (dy, dx) offsets for a neighbourhood size or an explicit list."""
+    if isinstance(neighborhood, bool):
+        raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
+    if isinstance(neighborhood, int):
+        if neighborhood not in NEIGHBORHOODS:
+            raise ValueError(
+                f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, "
+                f"got {neighborhood}."
+            )
+        return list(NEIGHBORHOODS[neighborhood])
+    try:
+        offsets = [tuple(int(v) for v in pair) for pair in neighborhood]
+    except TypeError as error:
+        raise ValueError(
+            f"`neighborhood` must be an int or a list of (dy, dx) integer pairs, got {neighborhood!r}."
+        ) from error
+    if not offsets or any(len(pair) != 2 for pair in offsets):
+        raise ValueError(f"`neighborhood` must be a non-empty list of (dy, dx) pairs, got {neighborhood!r}.")
+    if len(set(offsets)) != len(offsets):
+        raise ValueError(f"`neighborhood` lists an offset twice: {offsets}; give each (dy, dx) once.")
+    return offsets
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be imported (it is not imported here)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """UPLiFT's residual rule for mismatched widths: keep the first ``channels`` channels
+    of ``x`` when it has more, zero-pad at the end when it has fewer."""
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have > channels:
+        return x[:, :channels]
+    return F.pad(x, (0, 0, 0, 0, 0, channels - have))
+
+
+class LocalAttender(nn.Module):
+    """Softmax-weighted mix of a fixed neighbourhood of ``value`` pixels, guided by ``guide``.
+
+    Args:
+        guide_channels: channels of the guide features.
+        neighborhood: 5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of
+            (dy, dx) offsets.
+
+    ``forward(guide, value)``: guide ``B x Cg x sH x sW``, value ``B x Cv x H x W`` for any
+    integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. On CUDA
+    (inference, Triton installed) it runs as one fused kernel, see ``fused_kernel``.
+    """
+
+    def __init__(self, guide_channels: int, neighborhood: Union[int, Sequence[Sequence[int]]] = 17):
+        super().__init__()
+        if not isinstance(guide_channels, int) or guide_channels < 1:
+            raise ValueError(f"`guide_channels` must be a positive int, got {guide_channels!r}.")
+        self.offsets = neighborhood_offsets(neighborhood)
+        self.padding = max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
+        self.to_logits = nn.Conv2d(guide_channels, len(self.offsets), kernel_size=1)
+        #: The fused Triton kernel (:mod:`uplift_diffusers.models.triton_local_attender`): ``None``
+        #: chooses (CUDA, Triton installed, inference), ``True`` forces it, ``False`` never.
+        self.fused_kernel: Optional[bool] = None
+
+    @property
+    def num_offsets(self) -> int:
+        return len(self.offsets)
+
+    def logits(self, guide: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits over the neighbourhood, ``B x n x sH x sW``: a 1x1 convolution
+        (in its weights' dtype) plus the guide's first ``n`` channels (in the guide's)."""
+        return self.to_logits(guide.to(self.to_logits.weight.dtype)).to(guide.dtype) + channel_residual(guide, self.num_offsets)
+
+    def attention(self, guide: torch.Tensor) -> torch.Tensor:
+        """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
+        logits = self.logits(guide)
+        # at least float32 for the softmax (half precision is upcast; float64 stays float64)
+        softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
+        return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(guide.dtype)
+
+    def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        scale = self._check_inputs(guide, value)
+        if self._use_fused_kernel(guide, value):
+            try:
+                from .triton_local_attender import fused_local_attention
+
+                return fused_local_attention(self.logits(guide), value, self.offsets, scale)
+            except Exception as error:  # a Triton / driver failure: never a crash
+                if self.fused_kernel:
+                    raise
+                warnings.warn(
+                    f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
+                    "using the PyTorch formulation from now on. Set `fused_kernel = False` to skip it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.fused_kernel = False
+        return attend(self.attention(guide), value, self.offsets, self.padding, scale)
+
+    def _use_fused_kernel(self, guide: torch.Tensor, value: torch.Tensor) -> bool:
+        """``fused_kernel`` True: always; False: never; None (default): for CUDA tensors
+        when Triton is installed, no gradient is needed and ``torch.compile`` is not tracing."""
+        if self.fused_kernel is not None:
+            return bool(self.fused_kernel)
+        if torch.compiler.is_compiling() or not (value.is_cuda and guide.is_cuda):
+            return False
+        if torch.is_grad_enabled() and (guide.requires_grad or value.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return triton_installed()
+
+    def _check_inputs(self, guide: torch.Tensor, value: torch.Tensor) -> int:
+        for name, tensor in (("guide", guide), ("value", value)):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"`{name}` must be a 4-D tensor B x C x H x W, got {got}.")
+        if guide.shape[1] != self.to_logits.in_channels:
+            raise ValueError(
+                f"`guide` has {guide.shape[1]} channels but this LocalAttender was built for "
+                f"{self.to_logits.in_channels}; pass guide features of that width."
+            )
+        if guide.shape[0] != value.shape[0]:
+            raise ValueError(f"`guide` batch {guide.shape[0]} and `value` batch {value.shape[0]} differ; pass equal batches.")
+        (gh, gw), (vh, vw) = guide.shape[-2:], value.shape[-2:]
+        if vh == 0 or vw == 0 or gh % vh or gw % vw or gh // vh != gw // vw or gh < vh:
+            raise ValueError(
+                f"`guide` size {gh} x {gw} must be the same integer multiple s >= 1 of the `value` size "
+                f"{vh} x {vw} in both dimensions (e.g. {2 * vh} x {2 * vw} for s = 2)."
+            )
+        return gh // vh
+
+
+def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding: int, scale: int) -> torch.Tensor:
+    """``out[:, :, s*y+i, s*x+j] = sum_k weights[:, k, s*y+i, s*x+j] * value_pad[:, :, y+dy_k, x+dx_k]``.
+
+    Accumulates one offset at a time into a view of the output shaped
+    ``B x C x H x s x W x s``, so nothing of ``n`` times the output size is ever held.
+    """
+    batch, channels, height, width = value.shape
+    padded = F.pad(value, (padding,) * 4, mode="replicate") if padding else value
+    out = value.new_zeros(batch, channels, height * scale, width * scale, dtype=torch.promote_types(weights.dtype, value.dtype))
+    out_view = out.view(batch, channels, height, scale, width, scale)
+    weights_view = weights.reshape(batch, len(offsets), 1, height, scale, width, scale)
+    for k, (dy, dx) in enumerate(offsets):
+        shifted = padded[:, :, padding + dy : padding + dy + height, padding + dx : padding + dx + width]
+        out_view.addcmul_(weights_view[:, k], shifted[:, :, :, None, :, None])
+    return out
