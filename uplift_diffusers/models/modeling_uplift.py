@@ -16,24 +16,20 @@ refiner); :mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoi
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..constants import UPLIFT_SD15_WEIGHTS_NAME
-from ..loaders.hub import hub_kwargs_of, locate_hub_file, looks_like_local_path, pick_dtype, single_file_options, single_file_path
+from ..loaders.single_file_model import FromOriginalUPLiFTMixin
 from .local_attender import LocalAttender, channel_residual
 
-logger = logging.get_logger(__name__)
 
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 
@@ -242,7 +238,7 @@ class UPLiFTRefiner(nn.Module):
         return self.out(x.to(self.out.weight.dtype))
 
 
-class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
+class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
     """UPLiFT latent upscaler: 2x per step, guided by the image the latents came from.
 
     The defaults are the authors' released model for the Stable Diffusion 1.5 VAE
@@ -312,150 +308,6 @@ class UPLiFTLatentUpscaler(ModelMixin, ConfigMixin):
         )
         self.attender = LocalAttender(decoder_channels, neighborhood)
         self.refiner = UPLiFTRefiner(latent_channels + ref_skip + ref_noise, refiner_channels, refiner_blocks, latent_channels)
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_single_file(
-        cls,
-        pretrained_model_link_or_path: Union[str, "os.PathLike", Mapping[str, torch.Tensor]],
-        config: Union[str, "os.PathLike", Mapping, None] = None,
-        torch_dtype: Optional[torch.dtype] = None,
-        cache_dir: Union[str, "os.PathLike", None] = None,
-        revision: Optional[str] = None,
-        local_files_only: Optional[bool] = None,
-        token: Union[str, bool, None] = None,
-        force_download: bool = False,
-        proxies: Optional[dict] = None,
-        subfolder: Optional[str] = None,
-        *,
-        original_config: Union[str, "os.PathLike", Mapping, None] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> "UPLiFTLatentUpscaler":
-        """Load the authors' single-file checkpoint (official key layout), like diffusers' ``from_single_file``.
-
-        >>> UPLiFTLatentUpscaler.from_single_file(
-        ...     "https://huggingface.co/UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")
-
-        Args:
-            pretrained_model_link_or_path: a local ``.safetensors`` / ``.pth`` file (read without
-                executing pickled code); a Hub URL (``https://huggingface.co/<org>/<repo>/blob/<revision>/<file>``,
-                also ``resolve/`` or ``hf.co``); ``"<org>/<repo>/<file>"``; or an official state dict.
-            config: the official YAML (path or parsed dict). ``None``: read off the weights'
-                shapes (:func:`~uplift_diffusers.loaders.single_file.config_from_state_dict`), which for
-                the authors' release is exactly the default ``UPLiFTLatentUpscaler()``.
-            original_config: diffusers' name for ``config``; pass one of the two.
-            torch_dtype, dtype: cast the weights to this floating dtype (``dtype`` is diffusers' newer name).
-            cache_dir, revision, local_files_only, token, force_download, proxies, subfolder: where
-                and how to fetch a Hub file, as in ``hf_hub_download`` (the cache is read first;
-                offline, ``HF_HUB_OFFLINE=1``, it is the only source). A revision in the URL is used
-                when ``revision`` is not given.
-
-        Raises:
-            FileNotFoundError: a local path that does not exist.
-            ValueError: listing missing / unexpected keys and shape mismatches, or a bad argument.
-        """
-        if config is not None and original_config is not None:
-            raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
-        hub = dict(cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token,
-                   force_download=force_download, proxies=proxies, subfolder=subfolder)
-        return cls._load_original(pretrained_model_link_or_path, "pretrained_model_link_or_path",
-                                  original_config if config is None else config, pick_dtype(torch_dtype, dtype), hub)
-
-    @classmethod
-    def from_original_checkpoint(
-        cls,
-        checkpoint: Union[str, "os.PathLike", Mapping[str, torch.Tensor]],
-        config: Union[str, "os.PathLike", Mapping, None] = None,
-        torch_dtype: Optional[torch.dtype] = None,
-    ) -> "UPLiFTLatentUpscaler":
-        """Alias of :meth:`from_single_file` (``checkpoint``: a file, a Hub URL or an official state dict)."""
-        return cls._load_original(checkpoint, "checkpoint", config, pick_dtype(torch_dtype, None), {})
-
-    @classmethod
-    def _load_original(cls, source, argument: str, config, torch_dtype, hub: dict) -> "UPLiFTLatentUpscaler":
-        from ..loaders.single_file import config_from_original, config_from_state_dict, load_original_into, load_state_dict_file
-
-        if isinstance(source, Mapping):
-            state_dict = dict(source)
-        elif isinstance(source, (str, os.PathLike)):
-            state_dict = load_state_dict_file(single_file_path(source, argument, **hub), argument)
-        else:
-            raise ValueError(
-                f"`{argument}` must be a file path or a state dict, got {type(source).__name__}; "
-                "(a Hub file may also be given as its URL or as 'org/repo/file')."
-            )
-        model = cls(**(config_from_state_dict(state_dict) if config is None else config_from_original(config)))
-        load_original_into(model, state_dict)
-        if torch_dtype is not None:
-            # nn.Module.to: diffusers' ModelMixin.to warns about float32-kept modules on every
-            # dtype cast, even when a model (as this one) keeps none
-            model = nn.Module.to(model, torch_dtype)
-        return model.eval()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, "os.PathLike"], **kwargs) -> "UPLiFTLatentUpscaler":
-        """diffusers' ``from_pretrained``, also for the authors' single-file layout.
-
-        A folder or Hub repository holding a diffusers ``config.json`` (``save_pretrained``,
-        ``uplift-diffusers convert``) loads as in diffusers, unchanged. One holding instead the
-        authors' single file (the official release, :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`
-        holding :data:`~uplift_diffusers.constants.UPLIFT_SD15_WEIGHTS_NAME`) loads it with
-        :meth:`from_single_file`, honouring ``torch_dtype`` / ``dtype``, ``cache_dir``, ``revision``,
-        ``local_files_only``, ``token``, ``subfolder``, ``force_download``, ``proxies`` and
-        ``device_map`` (a device); ``low_cpu_mem_usage``, ``disable_mmap`` and ``use_safetensors``
-        have no effect there, other diffusers options are refused.
-
-        Which layout a Hub repository has is read from the local cache first, so offline
-        (``HF_HUB_OFFLINE=1`` / ``local_files_only=True``) nothing waits on the network.
-
-        Args:
-            pretrained_model_name_or_path: a folder or a Hub repository id.
-            weight_name: the single file's name (default ``uplift_sd1.5vae.safetensors``).
-            original_config: the official YAML for a single file not trained with the official
-                configuration (by default the configuration is read off the weights' shapes).
-            **kwargs: every other argument of diffusers' ``ModelMixin.from_pretrained``.
-        """
-        weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
-        original_config = kwargs.pop("original_config", None)
-        if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)) or not os.fspath(pretrained_model_name_or_path):
-            raise ValueError(
-                f"`pretrained_model_name_or_path` must be a folder or a Hub repository id, got {pretrained_model_name_or_path!r}."
-            )
-        text = os.fspath(pretrained_model_name_or_path)
-        subfolder = kwargs.get("subfolder") or ""
-        path = Path(text).expanduser()
-        where = repr(text) + (f" (subfolder {subfolder!r})" if subfolder else "")
-        if path.is_file():
-            raise ValueError(
-                f"`pretrained_model_name_or_path` {text!r} is a file; load it with UPLiFTLatentUpscaler.from_single_file."
-            )
-        if path.is_dir():
-            folder = path / subfolder
-            if (folder / "config.json").is_file():
-                single_file = None
-            elif (folder / weight_name).is_file():
-                single_file = str(folder / weight_name)
-            else:
-                raise FileNotFoundError(
-                    f"`pretrained_model_name_or_path` {where} holds neither a diffusers config.json nor the authors' "
-                    f"single file {weight_name!r}; pass a folder written by save_pretrained, or one holding that file."
-                )
-        elif looks_like_local_path(text, max_slashes=1):
-            raise FileNotFoundError(f"`pretrained_model_name_or_path`: local path not found: {text!r}.")
-        else:
-            prefix = f"{subfolder}/" if subfolder else ""
-            found, name = locate_hub_file(text, [f"{prefix}config.json", f"{prefix}{weight_name}"], **hub_kwargs_of(kwargs))
-            single_file = None if name == f"{prefix}config.json" else found
-        if single_file is None:
-            if original_config is not None:
-                raise ValueError(
-                    f"`original_config` is for the authors' single file, but {where} holds a diffusers config.json; leave it out."
-                )
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        logger.info(f"{where} holds the authors' single file {weight_name} (no config.json): loading it with from_single_file.")
-        torch_dtype, device = single_file_options(kwargs, single_file)
-        model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=torch_dtype)
-        return model if device is None else model.to(device)
 
     # ------------------------------------------------------------------ fast inference
     def enable_fast_inference(self, dtype: torch.dtype = torch.bfloat16, compile: bool = True, compile_mode: Optional[str] = None, channels_last: bool = True):
