@@ -1,8 +1,8 @@
 """Split work over the processes of ``accelerate launch`` and gather per-item results.
 
-With a plain ``python script.py`` there is one process and these are no-ops. Under
-``accelerate launch --multi_gpu --num_processes N script.py ...`` (GPUs) or
-``torchrun --nproc_per_node N script.py ...`` (also CPUs) every process takes a contiguous shard
+With a plain ``python -m evaluation.tasks.<script>`` there is one process and these are no-ops.
+Under ``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.<script> ...`` (GPUs) or
+``torchrun --nproc_per_node N -m evaluation.tasks.<script> ...`` (also CPUs) every process takes a contiguous shard
 of the items (``PartialState().split_between_processes``), and per-item values (PSNR / SSIM
 lists, counts) are gathered back in item order with ``accelerate.utils.gather_object``. The
 FID / patch-FID / CLIP metric objects synchronise themselves (torchmetrics states).

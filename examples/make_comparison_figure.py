@@ -1,13 +1,15 @@
-#!/usr/bin/env python
 """Side-by-side 4x super-resolution crops: bicubic | bilinear-latent | UPLiFT | ground truth.
 
-    python examples/make_comparison_figure.py --data ../shared/data/bsds500/test \
-        --vae ../shared/models/taef2 --upscaler examples/models/uplift-taef2-bsds500 \
-        --output examples/figures/comparison.png
+Run from the repository root (the figure shows rows of the evaluation, so it imports ``evaluation``)::
 
-Uses the evaluation protocol (HR = centre crop, LR = PIL bilinear resize) and the same method
-implementations as ``evaluation/tasks/eval_super_resolution.py``; each row is one image, each
-column shows the centre ``--crop`` pixels of a method's output, enlarged ``--zoom`` times.
+    python -m examples.make_comparison_figure --data ../shared/data/bsds500/test \
+        --vae ../shared/models/taef2 --upscaler examples/models/uplift-taef2-bsds500 \
+        --output examples/figures/comparison.png --color-correct-baselines
+
+Uses the super-resolution protocol (:mod:`uplift_diffusers.utils.sr_protocol`: HR = centre crop,
+LR = PIL bilinear resize) and the rows of ``python -m evaluation.tasks.eval_super_resolution``
+(its ``SuperResolutionRunner``); each row of the figure is one image, each column shows the centre
+``--crop`` pixels of a method's output, enlarged ``--zoom`` times.
 """
 from __future__ import annotations
 
@@ -15,15 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image, ImageDraw
 
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods  # noqa: E402
-from evaluation.tasks.sr_protocol import centre_crop, list_images, load_hr_lr, pil_to_tensor  # noqa: E402
+from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods
+from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.utils.sr_protocol import SRPairs, centre_crop
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=96, help="side of the shown centre crop, in output pixels")
     parser.add_argument("--zoom", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--color-correct-baselines", action="store_true",
+                        help="colour-correct the bilinear column like UPLiFT (as the committed figure; default: not, as the paper)")
     args = parser.parse_args(argv)
     if args.hr_size % args.lr_size or args.crop > args.hr_size or args.images < 1:
         parser.error("need --hr-size a multiple of --lr-size, --crop <= --hr-size and --images >= 1")
@@ -47,22 +49,18 @@ def main(argv=None) -> int:
     if not files:
         parser.error(f"no images in {args.data} from index {args.first}")
     methods = parse_methods(["bicubic", "bilinear", f"uplift={args.upscaler}"])
-    runner = SuperResolutionRunner(methods, args.vae, None, args.hr_size // args.lr_size, torch.device("cpu"))
+    runner = SuperResolutionRunner(
+        methods, args.vae, None, args.hr_size // args.lr_size, torch.device("cpu"), args.color_correct_baselines
+    )
     labels = ["bicubic", "bilinear latent", "UPLiFT", "ground truth"]
     side = args.crop * args.zoom
     sheet = Image.new("RGB", (len(labels) * side, 20 + len(files) * side), "white")
     draw = ImageDraw.Draw(sheet)
     for col, label in enumerate(labels):
         draw.text((col * side + 4, 4), label, fill="black")
-    for row, path in enumerate(files):
-        hr, lr = load_hr_lr(path, args.hr_size, args.lr_size)
-        hr_t, lr_t = pil_to_tensor(hr), pil_to_tensor(lr)
-        tiles = []
-        for method in methods:
-            out = runner.run(method, hr_t, lr_t, [lr], [row], args.seed)[0].clamp(0, 1)
-            array = (out.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            tiles.append(Image.fromarray(array))
-        tiles.append(hr)
+    for row, batch in enumerate(SRPairs(files, args.hr_size, args.lr_size)):
+        outputs = [runner.run(method, batch, args.seed).clamp(0, 1) for method in methods]
+        tiles = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(torch.cat(outputs + [batch.hr])))
         for col, tile in enumerate(tiles):
             crop = centre_crop(tile, args.crop).resize((side, side), Image.NEAREST)
             sheet.paste(crop, (col * side, 20 + row * side))

@@ -110,6 +110,19 @@ def test_attender_memory_bound_measured_after_the_timings():
     assert all(len(r["times_s"]) == 1 and r["median_s"] > 0 for r in rows.values())
 
 
+@pytest.mark.parametrize("mode, phases", [("eager", True), ("fast", False)])
+def test_encoder_worker_counts_the_savings(mode, phases):
+    """The encoder rows run fast inference's encoder pass (float32 in eager mode, where the
+    strided last group uses phases; bf16 in fast mode, where it does not) and count FLOPs:
+    the savings of 1 step (stride 4) exceed those of 2 steps (stride 2)."""
+    pytest.importorskip("psutil")
+    task = dict(kind="encoder", mode=mode, side=64, device="cpu", threads=1, repeats=1, warmup=0, dtype="bf16", compile=False)
+    rows = {r["stride"]: r for r in run_worker(task)}
+    assert sorted(rows) == [1, 2, 4] and [rows[s]["phases"] for s in (1, 2, 4)] == [False, phases, phases]
+    assert rows[1]["tflops"] > rows[2]["tflops"] > rows[4]["tflops"] > 0.5 * rows[1]["tflops"]
+    assert all(r["median_s"] > 0 and r["peak_extra_mib"] >= 0 for r in rows.values())
+
+
 def test_paired_worker_interleaves_the_step_and_the_vae():
     """The interleaved worker times one fast 2x step and the VAE decode at twice the side in
     every round (official-size model at 64 px, bf16, no compile)."""
@@ -143,7 +156,7 @@ def test_end_to_end_tiny_run_writes_json_and_plot(tmp_path):
     vae = [r for r in saved["results"] if r["kind"] == "vae"]
     assert all(r["side"] == 128 and r["upscaler_side"] == 64 and r["compile"] is False for r in vae)
     assert saved["meta"]["fast_mode"].startswith("bf16, channels_last, no compile")
-    assert saved["meta"]["command"].startswith("python evaluation/benchmarks/benchmark_upscaler.py --sides 64")
+    assert saved["meta"]["command"].startswith("python -m evaluation.benchmarks.benchmark_upscaler --sides 64")
     table = out.with_suffix(".md").read_text()
     assert "| fast time(512 px) / time(256 px) |" not in table  # only 64 px measured: no such ratio
     assert "| 64 | 64 | " in table and "peak extra memory" in table

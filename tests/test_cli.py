@@ -301,6 +301,20 @@ def test_unreadable_image_is_one_line(shared_path, tmp_path, upscaler_dir, capsy
     assert "cannot read" in one_error_line(capsys)
 
 
+def test_nan_image_file_is_one_line_naming_it(shared_path, tmp_path, upscaler_dir, capsys):
+    """A 32-bit float TIFF holding NaN: the values are checked where the image enters."""
+    values = np.full((8, 8), 100.0, dtype=np.float32)
+    values[2, 3] = np.nan
+    bad = tmp_path / "nan.tif"
+    PIL.Image.fromarray(values, "F").save(bad)
+    code = main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
+                 "--upscaler", str(upscaler_dir), "--device", "cpu", "--quiet"])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "nan.tif" in line and "NaN" in line
+    assert not (tmp_path / "o" / "nan_x4.png").exists()
+
+
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "upscale" in capsys.readouterr().out

@@ -46,9 +46,9 @@ def test_half_precision_keeps_dtype():
     "image, reference, match",
     [
         (torch.rand(3, 8, 8), torch.rand(1, 3, 8, 8), "`image` must have shape B x 3"),
-        (torch.rand(1, 4, 8, 8), torch.rand(1, 3, 8, 8), "`image` must have shape B x 3"),
-        (torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8), "`reference` must have shape B x 3"),
-        (torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8), "batch size 1 but `image` has 2"),
+        (torch.rand(1, 4, 8, 8), torch.rand(1, 3, 8, 8), "`image` must have 3 channels, got 4"),
+        (torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8), "`reference` must have 3 channels, got 1"),
+        (torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8), "`reference` has batch size 1, expected 2"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.rand(1, 3, 8, 8), "floating-point"),
         (torch.rand(1, 3, 0, 8), torch.rand(1, 3, 8, 8), "empty"),
         (torch.full((1, 3, 2, 2), float("nan")), torch.rand(1, 3, 8, 8), "NaN"),

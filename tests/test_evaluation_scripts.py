@@ -32,11 +32,11 @@ from evaluation.data.caption_sets import read_caption_set
 from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from evaluation.metrics.image_metrics import psnr as metrics_psnr
 from evaluation.reports.tables import write_report
-from evaluation.tasks import sr_protocol
 from sd_components import make_upscaler, save_sd_pipeline, save_tiny_clip
-from uplift_diffusers.utils.color_correction import color_correct
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.image_processor import list_images, pil_to_tensor
+from uplift_diffusers.utils import sr_protocol
+from uplift_diffusers.utils.color_correction import color_correct
 
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
 
@@ -115,7 +115,51 @@ def test_latent_baseline_is_plain_interpolation():
 
 
 def test_sr_protocol_uses_the_project_psnr():
-    assert sr_protocol.psnr is metrics_psnr
+    assert sr_protocol.psnr is metrics_psnr  # one PSNR: the evaluation's metrics and the training's validation
+
+
+def _bicubic_psnr(files, hr_size: int, lr_size: int) -> float:
+    """Mean PSNR of PIL bicubic 4x on the protocol's pairs, computed image by image (the reference)."""
+    values = []
+    for path in files:
+        hr, lr = sr_protocol.load_hr_lr(path, hr_size, lr_size)
+        values.append(float(metrics_psnr(pil_to_tensor(lr.resize(hr.size, Image.BICUBIC)), pil_to_tensor(hr))))
+    return float(np.mean(values))
+
+
+def test_score_super_resolution_batches_metrics_and_outputs(tmp_path):
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(5):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(rng.integers(0, 256, (40 + index, 36, 3), dtype=np.uint8)).save(files[-1])
+    pairs = sr_protocol.SRPairs(files, 32, 8, batch_size=2, indices=[10, 11, 12, 13, 14])
+    assert len(pairs) == 3
+    seen = []
+
+    def bicubic(batch):
+        size = (batch.hr.shape[-1], batch.hr.shape[-2])
+        return torch.cat([sr_protocol.bicubic_upscale(image, size) for image in batch.lr_images])
+
+    scores = sr_protocol.score_super_resolution(
+        {"bicubic": bicubic, "overshoot": lambda batch: batch.hr * 1.5},
+        pairs, metrics={"psnr": sr_protocol.psnr, "mae": lambda p, t: (p - t).abs().mean(dim=(1, 2, 3))},
+        on_output=lambda name, output, batch: seen.append((name, batch.indices, float(output.max()))),
+    )
+    # the bicubic row is the reference computed image by image; outputs are clamped to [0, 1] before scoring
+    assert scores["bicubic"].count == 5 and scores["bicubic"].mean("psnr") == pytest.approx(_bicubic_psnr(files, 32, 8), abs=1e-5)
+    assert scores["bicubic"].seconds > 0 and set(scores["bicubic"].values) == {"psnr", "mae"}
+    assert [(name, indices) for name, indices, _ in seen] == [
+        ("bicubic", [10, 11]), ("overshoot", [10, 11]), ("bicubic", [12, 13]), ("overshoot", [12, 13]),
+        ("bicubic", [14]), ("overshoot", [14]),
+    ]
+    assert max(peak for *_, peak in seen) <= 1.0
+    hr = torch.cat([pil_to_tensor(sr_protocol.load_hr_lr(f, 32, 8)[0]) for f in files])
+    assert scores["overshoot"].values["mae"] == pytest.approx(((hr * 1.5).clamp(0, 1) - hr).abs().mean(dim=(1, 2, 3)).tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"method 'small' returned \(2, 3, 8, 8\) for the images \[10, 11\], expected \(2, 3, 32, 32\)"):
+        sr_protocol.score_super_resolution({"small": lambda batch: batch.lr}, pairs)
+    with pytest.raises(ValueError, match="smaller than the crop size 64"):
+        sr_protocol.score_super_resolution({"bicubic": bicubic}, sr_protocol.SRPairs(files, 64, 16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,10 +218,7 @@ def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
     assert eval_super_resolution.main(["--data", str(out), "--upscaler", "bicubic", "--hr-size", "64", "--lr-size", "16",
                                        "--output-dir", str(results), "--no-fid", "--quiet"]) == 0
     result = json.loads((results / "results.json").read_text())
-    expected = sr_protocol.evaluate(
-        lambda lr, size: sr_protocol.bicubic_upscale(lr, size), [p["source"] for p in manifest["pairs"]], 64, 16
-    )
-    assert result["psnr"] == pytest.approx(expected["psnr"], abs=1e-5)
+    assert result["psnr"] == pytest.approx(_bicubic_psnr([p["source"] for p in manifest["pairs"]], 64, 16), abs=1e-5)
     assert result["methods"]["bicubic"]["count"] == 3 and "fid" not in result and "fid" not in result["methods"]["bicubic"]
     # wrong sizes for prepared pairs are refused, not resized
     assert eval_super_resolution.main(["--data", str(out), "--upscaler", "bicubic", "--hr-size", "128", "--lr-size", "32",
@@ -315,8 +356,7 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, tiny_models):
     assert result["settings"]["hr_size"] == 64 and result["settings"]["patch_size"] == 32
 
     files = list_images(bsds)[:3]
-    bicubic = sr_protocol.evaluate(lambda lr, size: sr_protocol.bicubic_upscale(lr, size), files, 64, 16)
-    assert result["methods"]["bicubic"]["psnr"] == pytest.approx(bicubic["psnr"], abs=1e-5)
+    assert result["methods"]["bicubic"]["psnr"] == pytest.approx(_bicubic_psnr(files, 64, 16), abs=1e-5)
 
     # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
     from uplift_diffusers.loaders.vae import load_vae
@@ -441,7 +481,7 @@ def test_benchmark_latency_breakdown(tmp_path):
 
 
 def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkeypatch, capsys):
-    from uplift_diffusers.cli import HubUnavailableError
+    from uplift_diffusers.loaders.hub import HubUnavailableError
 
     def offline(*args, **kwargs):
         raise HubUnavailableError("cannot reach the Hugging Face Hub")
@@ -478,7 +518,7 @@ def test_make_tables_layout(tmp_path):
     output = tmp_path / "tables.md"
     assert make_tables.main(paths + ["--output", str(output)]) == 0
     lines = output.read_text().splitlines()
-    assert lines[0] == "Table 2: text-to-image (base 512 px, latents upscaled 2x, 25 steps)"
+    assert lines[0] == "Tables 2-3: text-to-image (base 512 px, latents upscaled 2x, 25 steps)"
     assert lines[2] == ("| Method | COCO FID | COCO patch-FID | COCO CLIP | COCO time (s/batch of 4) | reLAION FID | reLAION patch-FID "
                         "| reLAION CLIP | reLAION time (s) |")
     # rows: base resolution first, then the baselines, then UPLiFT
@@ -486,7 +526,8 @@ def test_make_tables_layout(tmp_path):
     assert lines[5] == "| Bilinear latent upsampling | 22.00 | 42.00 | 32.00 | 2.500 | 32.00 | 62.00 | 32.00 | - |"
     assert lines[6] == "| UPLiFT | 20.00 | 40.00 | 30.00 | 2.551 | 30.00 | 60.00 | 30.00 | - |"
     text = "\n".join(lines)
-    assert "Table 3: super-resolution (256 -> 1024)" in text
+    assert "Table 4: super-resolution (256 -> 1024)" in text
+    assert "Text-to-image latency breakdown (seconds per batch" in text
     assert "| Method | FacesHQ PSNR | FacesHQ SSIM | FacesHQ FID | FacesHQ patch-FID |" in text
     assert "| Bicubic (pixel space) | 28.00 | 0.7000 | - | - |" in text and "| UPLiFT | 30.12 | 0.8123 | 5.50 | 6.25 |" in text
     assert "| Stage | coco batch 4, 25 steps |" in text and "| UPLiFT | 0.0500 |" in text and "| Total: UPLiFT | 2.5510 |" in text

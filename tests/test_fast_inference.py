@@ -8,7 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.models.fast_inference import disable_fast_inference, enable_fast_inference
+from uplift_diffusers.models.fast_inference import (
+    disable_fast_inference,
+    enable_fast_inference,
+    encoder_read_stride,
+    last_group_strided,
+)
 from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder
 
 
@@ -43,14 +48,18 @@ def rel_l2(a, b):
 
 
 def dense_forward(model, latents, image, num_steps, seed=7):
-    """The upscaler with every encoder map dense (no savings), same noise stream."""
+    """The upscaler's own blocks with every encoder map dense (no savings), same noise stream."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        features = model.encode(image)
+        features = model.encoder(image)
         z = latents
         for _ in range(num_steps):
-            z = model.upscale_step(z, features, generator)
+            z = model.upscale_step(z, features, model.step_noise(z, generator))
     return z
+
+
+def weights(model):
+    return {name: (t.dtype, t.data_ptr(), t.is_contiguous()) for name, t in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- fast mode
@@ -82,9 +91,9 @@ def test_official_size_random_model_within_1e2_in_bf16(num_steps):
     assert 1e-3 < rel_l2(fast, reference) < 1e-2
 
 
-def test_conv_block_keeps_a_float32_residual_stream_with_bf16_weights():
-    """Fast mode's mixed precision: the block computes in its weights' dtype, the sum with
-    the residual stays in the input's dtype."""
+def test_conv_block_keeps_a_float32_residual_stream_under_autocast():
+    """Fast mode's mixed precision: under bf16 autocast the block's convolutions compute in
+    bf16 while the sum with a float32 residual stays float32."""
     from uplift_diffusers.models.modeling_uplift import ConvBlock
 
     torch.manual_seed(0)
@@ -92,10 +101,8 @@ def test_conv_block_keeps_a_float32_residual_stream_with_bf16_weights():
     x = torch.randn(2, 16, 9, 11)
     with torch.no_grad():
         reference = block(x)
-        half = ConvBlock(16, 24).eval()
-        half.load_state_dict(block.state_dict())
-        half.to(torch.bfloat16)
-        mixed, pure = half(x), half(x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, pure = block(x), block(x.bfloat16())
     assert mixed.dtype == torch.float32 and pure.dtype == torch.bfloat16
     # the first 16 channels carry the exact float32 input through the residual
     assert rel_l2(mixed, reference) < rel_l2(pure.float(), reference)
@@ -110,10 +117,6 @@ def test_output_comes_back_in_the_latents_dtype():
     out = run(model, latents.half(), image.half())
     assert out.dtype == torch.float16
     assert rel_l2(out.float(), run(model, latents, image)) < 1e-2
-    assert model.refiner.out.weight.dtype == torch.bfloat16
-    assert model.encoder.groups[1][0].conv.weight.dtype == torch.bfloat16
-    # the first encoder group reads the raw image and stays in float32
-    assert model.encoder.groups[0][0].conv.weight.dtype == torch.float32
 
 
 def test_float32_fast_mode_matches_eager_including_noise():
@@ -138,33 +141,66 @@ def test_intermediate_and_tuple_output_in_fast_mode():
     assert torch.equal(steps[-1], sample) and sample.dtype == torch.float32
 
 
-def test_disable_restores_fp32_eager_exactly():
-    model = small_model()
+def test_fast_mode_leaves_the_weights_alone_and_disable_gives_the_eager_model_back():
+    """No weight is converted, moved or swapped (same tensors, dtype and layout while fast
+    mode is on); after disabling, the output is bit-identical to a model never switched."""
+    model, never_switched = small_model(), small_model()
     latents, image = inputs()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    reference = run(model, latents, image, num_steps=2)
+    before = weights(model)
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = run(never_switched, latents, image, num_steps=2)
     model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
-    assert model.refiner.out.weight.dtype == torch.bfloat16
-    assert model.encoder.groups[1][0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-    run(model, latents, image)
+    fast = run(model, latents, image, num_steps=2)
+    assert weights(model) == before
+    assert 0 < rel_l2(fast, reference) < 1e-2  # the fast path did run, in bf16
     model.disable_fast_inference()
-    assert model._fast_inference is None
-    for name, value in model.state_dict().items():
-        assert value.dtype == before[name].dtype and value.is_contiguous(), name
-        assert torch.equal(value, before[name]), name
+    assert model._fast_inference is None and "forward" not in vars(model)
+    assert weights(model) == before
+    assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
     assert torch.equal(run(model, latents, image, num_steps=2), reference)
     model.disable_fast_inference()  # a second disable is harmless
 
 
-def test_enable_twice_then_disable_restores_original_weights():
+def test_enable_twice_replaces_the_settings():
     model = small_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    enable_fast_inference(model, dtype=torch.bfloat16, compile=False)
-    enable_fast_inference(model, dtype=torch.float16, compile=False)
-    assert model.refiner.out.weight.dtype == torch.float16
-    assert model.encoder.groups[0][0].conv.weight.dtype == torch.float32
+    latents, image = inputs()
+    first = enable_fast_inference(model, dtype=torch.bfloat16, compile=False)
+    second = enable_fast_inference(model, dtype=torch.float32, compile=False)
+    assert model._fast_inference is second and first.model is model
+    reference = dense_forward(model, latents, image, 1)
+    assert (run(model, latents, image) - reference).abs().max().item() < 1e-5  # float32 now
     disable_fast_inference(model)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model)
+
+
+def test_fast_mode_under_an_accelerate_hook():
+    """accelerate's CPU offload wraps ``forward`` on the instance: fast mode goes beneath
+    the hook (enabled before or after it), so the hook still runs first on every call."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    class Counting(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Counting.calls += 1
+            return args, kwargs
+
+    latents, image = inputs()
+    model = small_model()
+    reference = run(model, latents, image)
+    for enable_first in (True, False):
+        Counting.calls = 0
+        if enable_first:
+            model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+        add_hook_to_module(model, Counting())
+        if not enable_first:
+            model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+        fast = run(model, latents, image)
+        assert Counting.calls == 1 and 0 < rel_l2(fast, reference) < 1e-2
+        model.disable_fast_inference()
+        assert torch.equal(run(model, latents, image), reference) and Counting.calls == 2
+        remove_hook_from_module(model)
+        assert torch.equal(run(model, latents, image), reference)
 
 
 @pytest.mark.parametrize("bad", [torch.int8, torch.float64, "bf16", None, 16])
@@ -290,39 +326,30 @@ def test_strided_last_map_equals_dense_subsampling(stride, size, phases):
     image = torch.rand(2, 3, *size)
     with torch.no_grad():
         dense = encoder(image)
-        x = image
-        for group in encoder.groups[:-1]:
-            for block in group:
-                x = block(x)
-        strided = encoder.last_group_strided(x, stride, phases=phases)
-        via_forward = encoder(image, last_map_stride=stride)
+        strided = last_group_strided(encoder.groups[-1], dense[-2], stride, phases=phases)
     expected = dense[-1][..., ::stride, ::stride]
     assert strided.shape == expected.shape
     assert (strided - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())
-    assert via_forward[-1].shape == expected.shape
-    assert all(torch.equal(a, b) for a, b in zip(via_forward[:-1], dense[:-1]))  # only the last map changes
 
 
 def test_encoder_read_stride():
     model = small_model()
-    assert [model.encoder_read_stride(n) for n in (1, 2, 3, 4)] == [4, 2, 1, 1]
+    assert [encoder_read_stride(model, n) for n in (1, 2, 3, 4)] == [4, 2, 1, 1]
     no_refiner_link = small_model(refiner_encoder_group=None)
-    assert [no_refiner_link.encoder_read_stride(n) for n in (1, 2, 3, 4)] == [8, 4, 2, 1]
+    assert [encoder_read_stride(no_refiner_link, n) for n in (1, 2, 3, 4)] == [8, 4, 2, 1]
     other_group = small_model(refiner_encoder_group=2)
-    assert other_group.encoder_read_stride(1) == 8
-
-
-def test_encoder_rejects_bad_stride():
-    with pytest.raises(ValueError, match="last_map_stride"):
-        random_encoder()(torch.rand(1, 3, 8, 8), last_map_stride=0)
+    assert encoder_read_stride(other_group, 1) == 8
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 3])
 def test_upscaler_with_savings_equals_dense_encoder(num_steps):
+    """float32 fast mode (strided last encoder map, no autocast) equals the dense eager model."""
     model = small_model(encoder_blocks_per_group=2)
     latents, image = inputs(batch=2, h=3, w=5)
+    dense = run(model, latents, image, num_steps)
+    assert torch.equal(dense, dense_forward(model, latents, image, num_steps))  # the step reused as is
+    model.enable_fast_inference(dtype=torch.float32, compile=False)
     saved = run(model, latents, image, num_steps)
-    dense = dense_forward(model, latents, image, num_steps)
     assert (saved - dense).abs().max().item() < 1e-5
 
 
@@ -331,6 +358,7 @@ def test_savings_exact_on_the_reference_fixture(shared_path, num_steps):
     folder = shared_path("fixtures", "uplift-reference", "sd15vae-mini")
     model = UPLiFTLatentUpscaler.from_original_checkpoint(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
     cases = load_file(str(folder / "cases.safetensors"))
+    model.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
     for case in ("square", "batch2_nonsquare") if num_steps < 3 else ("batch2_nonsquare",):
         latents, image = cases[f"{case}.latents"], cases[f"{case}.image"]
         saved = run(model, latents, image, num_steps)
@@ -345,8 +373,9 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     (first encoder group kept in float32) within 1e-2 relative L2 of float32 eager."""
     from pathlib import Path
 
-    from evaluation.tasks.sr_protocol import load_hr_lr, pil_to_tensor
     from uplift_diffusers import load_vae
+    from uplift_diffusers.image_processor import pil_to_tensor
+    from uplift_diffusers.utils.sr_protocol import load_hr_lr
     from uplift_diffusers.loaders.vae import encode_latents
 
     model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
@@ -364,18 +393,22 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     assert rel_l2(fast, reference) < 1e-2
 
 
-def test_encoder_feature_dtype_and_half_precision_stream():
-    """Maps returned in ``feature_dtype``; the stream switches to it only from the given group."""
+def test_fast_encoder_precision_by_group():
+    """The fast encoder pass: maps stored in bf16; the first group in float32 (no autocast);
+    a float32 stream through the narrower groups; a bf16 stream in the widest ones."""
     model = small_model(encoder_blocks_per_group=2)
     _, image = inputs()
-    encoder = model.encoder
+    state = enable_fast_inference(model, dtype=torch.bfloat16, compile=False, channels_last=False)
+    assert state.half_stream_from == 3  # widths (8, 16, 16, 32, 32): the first 32-wide group
     with torch.no_grad():
-        reference = encoder(image)
-        stored = encoder(image, feature_dtype=torch.bfloat16)
-        switched = encoder(image, feature_dtype=torch.bfloat16, feature_dtype_stream_from=3)
-    assert all(f.dtype == torch.bfloat16 for f in stored + switched)
-    # float32 stream, bf16 storage: the maps are the float32 maps rounded once
-    assert all(torch.equal(s, r.bfloat16()) for s, r in zip(stored, reference))
-    # a bf16 stream from group 3 on: groups 0-2 unchanged, 3-4 computed in bf16
-    assert all(torch.equal(a, b) for a, b in zip(switched[:3], stored[:3]))
-    assert not torch.equal(switched[4], stored[4]) and rel_l2(switched[4].float(), reference[4]) < 2e-2
+        reference = model.encoder(image)
+        maps = state.encode(image, 1)
+        group0 = model.encoder.groups[0](image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            group1 = model.encoder.groups[1](group0)
+            group3 = model.encoder.groups[3](model.encoder.groups[2](group1).bfloat16())
+    assert all(f.dtype == torch.bfloat16 for f in maps)
+    assert torch.equal(maps[0], reference[0].bfloat16())  # float32 computation, rounded once
+    assert group1.dtype == torch.float32 and torch.equal(maps[1], group1.bfloat16())
+    assert group3.dtype == torch.bfloat16 and torch.equal(maps[3], group3)
+    assert all(0 < rel_l2(m.float(), r) < 2e-2 for m, r in zip(maps[1:], reference[1:]))

@@ -179,6 +179,40 @@ def test_from_single_file_bad_sources(uplift_cached, tmp_path):
         UPLiFTLatentUpscaler.from_single_file(f"{UPLIFT_SD15_REPO_ID}/other.safetensors")
 
 
+# ------------------------------------------------------------------------------- load_upscaler
+def test_load_upscaler_every_kind_of_source(uplift_cached, upscaler, hub_cache, tmp_path):
+    """One function from a model string: the release, single files, folders, pipelines, Hub ids."""
+    from uplift_diffusers.loaders import load_upscaler
+    from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
+
+    upscaler.save_pretrained(tmp_path / "saved")
+    hub_cache.add_folder("someone/uplift-diffusers", tmp_path / "saved")
+    vae = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
+    UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).save_pretrained(tmp_path / "pipeline")
+    sources = [
+        None,  # the authors' release
+        UPLIFT_SD15_REPO_ID,
+        URL,
+        f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}",
+        official_file(upscaler, tmp_path / "file.safetensors"),
+        uplift_cached,  # a folder holding the single file
+        tmp_path / "saved",  # save_pretrained
+        tmp_path / "pipeline",  # a pipeline's upscaler/
+        "someone/uplift-diffusers",
+    ]
+    for source in sources:
+        model = load_upscaler(source)
+        assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, upscaler), source
+        assert config_of(model) == config_of(upscaler), source
+    assert load_upscaler(URL, torch.float16).dtype == torch.float16
+    assert load_upscaler("someone/uplift-diffusers", torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"unknown arguments \['variant'\]"):
+        load_upscaler(None, variant="fp16")
+    with pytest.raises(FileNotFoundError, match="local path not found"):
+        load_upscaler(tmp_path / "missing")
+
+
 # ------------------------------------------------------------------------------- load_vae
 @pytest.mark.parametrize("root_config_recorded_absent", [False, True])
 def test_load_vae_pipeline_repository_offline(sd_cached, sd_folder, hub_cache, root_config_recorded_absent):

@@ -1,5 +1,5 @@
-"""Latency protocols: the end-to-end super-resolution timing (evaluation/benchmarks/benchmark_sr_latency.py,
-the paper's Fig. 11 / Table 4) and the compile default of evaluation/benchmarks/benchmark_latency.py."""
+"""Latency protocols: the end-to-end super-resolution timing (evaluation.benchmarks.benchmark_sr_latency,
+the paper's Fig. 11 / Table 4) and the compile default of evaluation.benchmarks.benchmark_latency."""
 from __future__ import annotations
 
 import json
@@ -80,7 +80,7 @@ def test_sr_latency_end_to_end_run(tmp_path, tiny_sr_models, monkeypatch):
     settings = result["settings"]
     assert (settings["lr_size"], settings["output_size"], settings["upscale_factor"], settings["batch_size"]) == (32, 128, 4, 2)
     assert settings["compile"] is False and settings["color_correction"] == {"uplift": True, "bilinear": False}
-    assert settings["command"].startswith("python evaluation/benchmarks/benchmark_sr_latency.py --vae ")
+    assert settings["command"].startswith("python -m evaluation.benchmarks.benchmark_sr_latency --vae ")
     for name in ("uplift", "bilinear"):
         values = result["methods"][name]
         assert len(values["times_s"]) == 3 and all(t > 0 for t in values["times_s"])

@@ -230,15 +230,21 @@ def test_seeded_reproducibility(taef2):
 
 
 def test_save_pretrained_round_trip(pipe, tmp_path):
+    """diffusers' own saving and loading (no hook needed in a local folder), after reassigning the
+    upscaler; from_pipe shares the components."""
+    pipe.upscaler = make_upscaler(TAEF2_CHANNELS, seed=3)
     image = gradient_image(16, 8)
     expected = pipe(image, upscale_factor=2, output_type="np").images
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["upscaler"] == ["uplift_diffusers", "UPLiFTLatentUpscaler"]
+    assert index["upscaler"] == [UPLiFTLatentUpscaler.__module__, "UPLiFTLatentUpscaler"]
+    assert index["vae"] == [TinyAutoencoder.__module__, "TinyAutoencoder"]
     loaded = UPLiFTSuperResolutionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.vae, TinyAutoencoder) and isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
     np.testing.assert_array_equal(loaded(image, upscale_factor=2, output_type="np").images, expected)
+    shared = UPLiFTSuperResolutionPipeline.from_pipe(loaded)
+    assert shared.vae is loaded.vae and shared.upscaler is loaded.upscaler
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -268,6 +274,19 @@ def test_bad_factor(pipe, factor):
 )
 def test_bad_images(pipe, image, match):
     with pytest.raises(ValueError, match=match):
+        pipe(image, upscale_factor=2)
+
+
+@pytest.mark.parametrize(
+    "image, name",
+    [
+        (torch.full((1, 3, 8, 8), float("nan")), "image"),
+        ([torch.rand(3, 8, 8), torch.full((3, 8, 8), float("inf"))], r"image\[1\]"),
+        (np.full((8, 8, 3), np.nan, dtype=np.float32), "image"),
+    ],
+)
+def test_nan_images_are_refused_at_entry(pipe, image, name):
+    with pytest.raises(ValueError, match=f"`{name}` contains NaN or infinite values"):
         pipe(image, upscale_factor=2)
 
 

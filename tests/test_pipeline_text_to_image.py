@@ -12,6 +12,7 @@ from sd_components import build_sd_components, make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.utils.color_correction import color_correct
 from uplift_diffusers.pipelines.pipeline_utils import resolve_package_entries
+from uplift_diffusers.models.modeling_uplift import __name__ as UPSCALER_MODULE
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
 
 PROMPT = "a red cat"
@@ -135,7 +136,7 @@ def test_save_pretrained_round_trip(components, tmp_path):
     expected = run(pipe, output_type="np").images
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["upscaler"] == ["uplift_diffusers", "UPLiFTLatentUpscaler"]
+    assert index["upscaler"] == [UPSCALER_MODULE, "UPLiFTLatentUpscaler"]  # what diffusers writes for it
     assert index["_class_name"] == "StableDiffusionUPLiFTPipeline"
 
     loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path)
@@ -161,32 +162,52 @@ def test_from_pretrained_sd_directory_with_upscaler(components, tmp_path):
     assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
 
 
-def test_from_pretrained_hub_repo_fetches_component_folders(components, tmp_path, monkeypatch, hub_cache):
-    """A Hub id whose model_index names uplift_diffusers components is fetched folder by folder
-    (offline, with an empty cache: only the stand-ins below answer)."""
-    import huggingface_hub
+def cache_with_tree_listing(hub_cache, repo_id, folder):
+    """Cache ``folder`` as ``repo_id`` together with the file listing (``trees/<commit>.json``) that
+    huggingface_hub's snapshot_download leaves in the cache; diffusers reads it offline."""
+    import hashlib
 
+    tree_cache = pytest.importorskip("huggingface_hub._tree_cache", reason="huggingface_hub without a tree cache")
+    snapshot = hub_cache.add_folder(repo_id, folder)
+    files = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
+    entries = {
+        name: tree_cache.TreeCacheEntry(size=p.stat().st_size, blob_id=hashlib.sha1(p.read_bytes()).hexdigest())
+        for name, p in files.items()
+    }
+    tree_cache.write_tree_cache(str(hub_cache.repo_folder(repo_id)), snapshot.name, entries)
+    return snapshot
+
+
+def test_from_pretrained_hub_cache_offline(components, tmp_path, hub_cache):
+    """A Hub repository holding this package's components, cached as a download leaves it (with
+    its file listing), loads offline; diffusers' own download refuses the component's library
+    (it looks for its code in the repository): UPLiFTComponentsMixin.download is needed."""
+    from diffusers import DiffusionPipeline
+
+    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+    expected = run(pipe, output_type="np").images
+    pipe.save_pretrained(tmp_path / "saved")
+    cache_with_tree_listing(hub_cache, "someone/sd-uplift", tmp_path / "saved")
+    with pytest.raises(ValueError, match="upscaler/uplift_diffusers.* does not exist in someone/sd-uplift"):
+        DiffusionPipeline.download.__func__(StableDiffusionUPLiFTPipeline, "someone/sd-uplift")
+    loaded = StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift")
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded, output_type="np").images, expected)
+    # components passed as arguments are neither fetched nor loaded
+    other = make_upscaler(noise_scale=0.0)
+    assert StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift", upscaler=other).upscaler is other
+
+
+def test_pipeline_saved_by_earlier_versions_loads(components, tmp_path):
+    """Earlier versions recorded ["uplift_diffusers", "<Class>"]; diffusers alone cannot load that entry."""
     pipe = make_pipe(components)
     pipe.save_pretrained(tmp_path)
-    calls = {}
-
-    def fake_hf_hub_download(repo_id, filename, **kwargs):
-        calls["index"] = (repo_id, filename)
-        return str(tmp_path / filename)
-
-    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
-        calls["snapshot"] = (repo_id, sorted(allow_patterns))
-        return str(tmp_path)
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    loaded = StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift")
-    assert calls["index"] == ("someone/sd-uplift", "model_index.json")
-    assert calls["snapshot"] == (
-        "someone/sd-uplift",
-        sorted(["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "unet/*", "upscaler/*", "vae/*"]),
-    )
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["upscaler"] = ["uplift_diffusers", "UPLiFTLatentUpscaler"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path)
     assert isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.upscaler.state_dict().values(), pipe.upscaler.state_dict().values()))
 
 
 def test_resolve_package_entries():
@@ -206,14 +227,23 @@ def test_from_pipe(components):
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe, StableDiffusionUPLiFTPipeline)
     assert pipe.unet is sd.unet and pipe.vae is sd.vae and pipe.upscaler is upscaler
-    assert pipe.config["upscaler"] == ("uplift_diffusers", "UPLiFTLatentUpscaler")
+    assert tuple(pipe.config["upscaler"]) == (UPSCALER_MODULE, "UPLiFTLatentUpscaler")
     assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
 
 
-def test_reassigning_upscaler_keeps_library(components):
-    pipe = make_pipe(components)
-    pipe.upscaler = make_upscaler()
-    assert tuple(pipe.config["upscaler"]) == ("uplift_diffusers", "UPLiFTLatentUpscaler")
+def test_assigned_upscaler_is_saved(components, tmp_path):
+    """`pipe.upscaler = model` on a pipeline built without one is saved and reloaded: diffusers
+    alone keeps the null model_index entry (and reloads without the upscaler)."""
+    pipe = make_pipe(components, upscaler=None)
+    pipe.upscaler = make_upscaler(noise_scale=1.0)
+    assert tuple(pipe.config["upscaler"]) == (UPSCALER_MODULE, "UPLiFTLatentUpscaler")
+    pipe.save_pretrained(tmp_path / "assigned")
+    loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "assigned")
+    assert isinstance(loaded.upscaler, UPLiFTLatentUpscaler) and loaded.upscaler.config.noise_scale == 1.0
+    # and back: assigning None saves a pipeline without one
+    loaded.upscaler = None
+    loaded.save_pretrained(tmp_path / "removed")
+    assert StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "removed").upscaler is None
 
 
 # ------------------------------------------------------------------------------- VAE tiling
@@ -294,6 +324,17 @@ def test_bad_flags_and_output_type(components):
         run(pipe, return_base_images=1)
     with pytest.raises(ValueError, match="output_type"):
         run(pipe, output_type="jpeg")
+
+
+@pytest.mark.parametrize("name", ["latents", "prompt_embeds"])
+def test_nan_inputs_are_refused_at_entry(components, name):
+    pipe = make_pipe(components)
+    shapes = {"latents": (1, 4, 8, 8), "prompt_embeds": (1, 16, 16)}
+    bad = torch.randn(shapes[name])
+    bad[0, 0, 0] = float("nan")
+    kwargs = {name: bad, **({"prompt": None} if name == "prompt_embeds" else {})}
+    with pytest.raises(ValueError, match=f"`{name}` contains NaN or infinite values"):
+        pipe(**{"prompt": PROMPT, **kwargs}, num_inference_steps=2)
 
 
 def test_upscaler_channels_must_match_vae(components):

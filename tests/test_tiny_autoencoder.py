@@ -291,23 +291,22 @@ def test_bad_inputs_raise():
     model = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
     good = torch.zeros(1, 3, 16, 16)
     bad_images = [
-        (good[0], "4-D"),
-        (torch.zeros(1, 1, 16, 16), "3 channels"),
+        (good[0], r"`x` must have shape B x 3 x H x W, got \(3, 16, 16\)"),
+        (torch.zeros(1, 1, 16, 16), "`x` must have 3 channels, got 1"),
         (torch.zeros(1, 3, 20, 16), "multiples of 8.*pad"),
         (torch.zeros(0, 3, 16, 16), "empty"),
         (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), "floating"),
-        (torch.full((1, 3, 16, 16), float("nan")), "NaN"),
-        (torch.full((1, 3, 16, 16), 255.0), r"\[-1, 1\]"),
         (good.double(), "dtype"),
     ]
     for tensor, pattern in bad_images:
         with pytest.raises(ValueError, match=pattern):
             model.encode(tensor)
-    with pytest.raises(ValueError, match="4 channels, got 3"):
+    with pytest.raises(ValueError, match="`z` must have 4 channels, got 3"):
         model.decode(torch.zeros(1, 3, 2, 2))
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        model.decode(torch.full((1, 4, 2, 2), float("inf")))
     assert model.decode(torch.zeros(1, 4, 3, 5)).sample.shape == (1, 3, 24, 40)
+    # values are not checked here (a device synchronisation per call): the pipelines check their inputs
+    with torch.no_grad():
+        assert torch.isnan(model.encode(torch.full((1, 3, 16, 16), float("nan"))).latents).all()
 
 
 def test_grad_modes():
@@ -448,8 +447,8 @@ def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_from_pretrained(cls, name, subfolder=None, torch_dtype=None, **kwargs):
-        calls.append((cls.__name__, name, subfolder, torch_dtype))
+    def fake_from_pretrained(cls, name, subfolder=None, dtype=None, **kwargs):
+        calls.append((cls.__name__, name, subfolder, dtype))
         return TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
 
     monkeypatch.setattr(hub_utils, "hf_hub_download", fake_download)

@@ -1,6 +1,6 @@
 """Tests of the training code in training/: objective, data, latent cache, checkpoints and the
-`train_uplift.py` script (config handling, a real tiny run on TAEF2, exact resume, SIGTERM,
-validation, EMA).
+`python -m training.train_uplift` script (config handling, a real tiny run on TAEF2, exact resume,
+SIGTERM, validation, EMA).
 
 CI-sized: the tiny config (training/configs/tiny.yaml) at 64 px on six BSDS500 photos shrunk
 to 96 x 64 in ``tmp_path``; every run is a few optimiser steps.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,13 +26,12 @@ from PIL import Image
 
 from training import train_uplift
 from training.checkpointing import checkpoint_dirs, find_checkpoint
-from training.data import ImageFolderDataset, collate_skipping_failures
+from training.data import ImageFolderDataset, collate_skipping_failures, load_rgb
 from training.latent_cache import LatentCache, vae_identity
 from training.objective import image_pyramid, multi_depth_loss
 from training.train_uplift import build_config, encode_levels, main, parse_args, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "training" / "train_uplift.py"
 TINY = REPO_ROOT / "training" / "configs" / "tiny.yaml"
 
 
@@ -364,12 +364,12 @@ def test_signal_handlers_are_restored_after_training(vae_dir, images, tmp_path):
 # ---------------------------------------------------------------------------- 4. SIGTERM
 def test_sigterm_saves_a_checkpoint_and_prints_the_resume_hint(vae_dir, images, tmp_path):
     output = tmp_path / "run"
-    command = [
-        sys.executable, str(SCRIPT), "--config", str(TINY), "--vae", str(vae_dir), "--train-data", str(images),
+    command = [  # as documented: `python -m training.train_uplift` from the repository root
+        sys.executable, "-m", "training.train_uplift", "--config", str(TINY), "--vae", str(vae_dir), "--train-data", str(images),
         "--output-dir", str(output), "--max-steps", "100000", "--checkpointing-steps", "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         log_path = output / "train_log.jsonl"
         deadline = time.time() + 240
@@ -517,6 +517,32 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     assert report.startswith("3 images usable (3 items per epoch, crop=random_resized at 64 px); skipped 3: "
                              "1 shorter side < 64 px, 2 unreadable\n")
     assert f"shorter side < 64 px: {small} (80 x 40 px)" in report and str(broken) in report
+
+
+def test_high_depth_images_are_read_by_value_and_bad_values_rejected(tmp_path):
+    # 16-bit and float images: PIL's convert("RGB") would saturate them (and turn NaN into 0)
+    ramp = np.linspace(0, 65535, 72 * 64).reshape(64, 72).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "sixteen.png")
+    Image.fromarray((ramp / 257.0).astype(np.float32), "F").save(tmp_path / "float.tif")
+    bad = np.full((64, 72), 100.0, dtype=np.float32)
+    bad[3, 5] = np.nan
+    Image.fromarray(bad, "F").save(tmp_path / "nan.tif")
+    Image.fromarray(np.full((64, 72), 300.0, dtype=np.float32), "F").save(tmp_path / "range.tif")
+    with Image.open(tmp_path / "sixteen.png") as image:
+        assert image.mode in ("I;16", "I") and np.asarray(image.convert("RGB")).max() == 255  # PIL: saturated
+    expected = torch.from_numpy(np.round(ramp / 257.0).astype(np.float32) / 255)[None].expand(3, -1, -1)
+    dataset = ImageFolderDataset(tmp_path, 64, train=False)
+    by_name = {path.name: dataset[i] for i, path in enumerate(dataset.files)}
+    for name in ("sixteen.png", "float.tif"):
+        values = by_name[name]["pixel_values"]
+        assert values.shape == (3, 64, 64) and torch.equal(values, expected[:, :, 4:68]), name
+    for name, message in (("nan.tif", "NaN or infinite"), ("range.tif", r"\[0, 255\]")):
+        item = by_name[name]
+        assert item["pixel_values"] is None and name in item["error"] and "training image" in item["error"]
+        assert re.search(message, item["error"]), item["error"]
+        assert str(tmp_path / name) in dataset.skipped.unreadable
+    with pytest.raises(ValueError, match="nan.tif"):
+        load_rgb(tmp_path / "nan.tif")
 
 
 def test_validation_items_are_centre_crops(shared_path, tmp_path):

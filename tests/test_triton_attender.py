@@ -5,12 +5,20 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from uplift_diffusers.models.local_attender import LocalAttender, attend, triton_installed
+from uplift_diffusers.models.local_attender import (
+    AutoLocalAttenderProcessor,
+    FusedLocalAttenderProcessor,
+    LocalAttender,
+    LocalAttenderProcessor,
+    attend,
+    triton_installed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not installed (pip install triton, or the dev extra)")
@@ -113,7 +121,7 @@ def test_cpu_tensors_use_pytorch_and_never_load_the_kernel():
         att = LocalAttender(24).eval()
         with torch.no_grad():
             att(torch.randn(1, 24, 8, 8), torch.randn(1, 4, 4, 4))
-        print("uplift_diffusers.models.triton_local_attender" in sys.modules, att._use_fused_kernel(torch.zeros(1), torch.zeros(1)))
+        print("uplift_diffusers.models.triton_local_attender" in sys.modules, att.processor.use_fused(att, torch.zeros(1), torch.zeros(1)))
         """
     )
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -124,6 +132,8 @@ def test_cpu_tensors_use_pytorch_and_never_load_the_kernel():
 
 def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
     att = LocalAttender(24)
+    auto = att.processor
+    assert isinstance(auto, AutoLocalAttenderProcessor) and att.fused_kernel is None
 
     class FakeCuda:
         is_cuda, requires_grad = True, False
@@ -131,19 +141,33 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
     monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
     cuda = FakeCuda()
     with torch.no_grad():
-        assert att._use_fused_kernel(cuda, cuda)
+        assert auto.use_fused(att, cuda, cuda)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-        assert not att._use_fused_kernel(cuda, cuda)  # torch.compile fuses the PyTorch form itself
+        assert not auto.use_fused(att, cuda, cuda)  # torch.compile fuses the PyTorch form itself
         monkeypatch.undo()
     monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
-    assert not att._use_fused_kernel(cuda, cuda)  # gradients wanted (parameters require grad)
-    att.fused_kernel = False
-    with torch.no_grad():
-        assert not att._use_fused_kernel(cuda, cuda)
+    assert not auto.use_fused(att, cuda, cuda)  # gradients wanted (parameters require grad)
     monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: False)
-    att.fused_kernel = None
     with torch.no_grad():
-        assert not att._use_fused_kernel(cuda, cuda)
+        assert not auto.use_fused(att, cuda, cuda)
+
+
+def test_processor_is_swappable_and_fused_kernel_flag_names_it():
+    att = LocalAttender(24)
+    att.fused_kernel = True
+    assert isinstance(att.processor, FusedLocalAttenderProcessor) and att.fused_kernel is True
+    att.fused_kernel = False
+    assert isinstance(att.processor, LocalAttenderProcessor) and att.fused_kernel is False
+    att.set_processor(AutoLocalAttenderProcessor())
+    assert att.fused_kernel is None
+    calls = []
+    att.set_processor(lambda attender, guide, value, scale: calls.append(scale) or value.repeat_interleave(scale, -1).repeat_interleave(scale, -2))
+    out = att(torch.randn(1, 24, 9, 9), torch.randn(1, 4, 3, 3))
+    assert calls == [3] and out.shape == (1, 4, 9, 9)
+    with pytest.raises(ValueError, match="processor"):
+        att.set_processor("pytorch")
+    with pytest.raises(ValueError, match="fused_kernel"):
+        att.fused_kernel = "yes"
 
 
 def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
@@ -156,7 +180,7 @@ def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
 
     fake.fused_local_attention = broken
     monkeypatch.setitem(sys.modules, "uplift_diffusers.models.triton_local_attender", fake)
-    monkeypatch.setattr(LocalAttender, "_use_fused_kernel", lambda self, g, v: self.fused_kernel is not False)
+    monkeypatch.setattr(AutoLocalAttenderProcessor, "use_fused", lambda self, a, g, v: not self.kernel_failed)
     torch.manual_seed(0)
     att = LocalAttender(24).eval()
     guide, value = torch.randn(1, 24, 8, 8), torch.randn(1, 4, 4, 4)
@@ -164,7 +188,11 @@ def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
         reference = attend(att.attention(guide), value, att.offsets, att.padding, 2)
         with pytest.warns(RuntimeWarning, match="fused Triton Local Attender failed.*no CUDA driver"):
             out = att(guide, value)
-    assert torch.equal(out, reference) and att.fused_kernel is False
+    assert torch.equal(out, reference) and att.processor.kernel_failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: PyTorch from then on
+        with torch.no_grad():
+            assert torch.equal(att(guide, value), reference)
     att.fused_kernel = True  # forced: the error is raised, not hidden
     with pytest.raises(RuntimeError, match="no CUDA driver"), torch.no_grad():
         att(guide, value)

@@ -92,7 +92,8 @@ def test_steps_share_weights_and_encoder_maps(model):
     with torch.no_grad():
         two = model(latents, image, num_steps=2, noise_scale=0.0).sample
         features = model.encoder(image)
-        chained = model.upscale_step(model.upscale_step(latents, features, noise_scale=0.0), features, noise_scale=0.0)
+        once = model.upscale_step(latents, features, model.step_noise(latents, noise_scale=0.0))
+        chained = model.upscale_step(once, features, model.step_noise(once, noise_scale=0.0))
     torch.testing.assert_close(two, chained, rtol=0, atol=1e-6)
 
 
@@ -162,10 +163,6 @@ def test_float64_model_accepts_float32_inputs():
 # ----------------------------------------------------------------------------- bad inputs
 def _bad_cases():
     latents, image = torch.randn(2, 4, 4, 6), torch.rand(2, 3, 32, 48)
-    nan_latents = latents.clone()
-    nan_latents[0, 0, 0, 0] = float("nan")
-    inf_image = image.clone()
-    inf_image[1, 2, 3, 4] = float("inf")
     gens = [torch.Generator().manual_seed(0)]
     return [
         ("latents 3-D", dict(latents=latents[0]), r"`latents` must be a 4-D tensor B x 4 x h x w, got \(4, 4, 6\)"),
@@ -175,8 +172,6 @@ def _bad_cases():
         ("image channels", dict(image=torch.rand(2, 4, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
         ("image 3-D", dict(image=torch.rand(3, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
         ("image batch", dict(image=torch.rand(3, 3, 32, 48)), r"`image` batch 3 differs from `latents` batch 2"),
-        ("nan latents", dict(latents=nan_latents), r"`latents` contains NaN or infinite values"),
-        ("inf image", dict(image=inf_image), r"`image` contains NaN or infinite values"),
         ("integer latents", dict(latents=torch.zeros(2, 4, 4, 6, dtype=torch.int64)), r"`latents` must be a floating-point"),
         ("num_steps 0", dict(num_steps=0), r"`num_steps` must be an int >= 1.*got 0"),
         ("num_steps negative", dict(num_steps=-1), r"`num_steps` must be an int >= 1"),
@@ -196,6 +191,21 @@ def test_bad_inputs_raise_value_error_naming_the_argument(model, name, override,
     kwargs.update(override)
     with pytest.raises(ValueError, match=match):
         model(**kwargs)
+
+
+def test_forward_reads_no_tensor_values():
+    """The checks look at shapes, dtypes and devices only: the whole forward runs on the meta
+    device, where no value can be read (no host synchronisation per call, no graph break
+    under torch.compile). Value checks (NaN, range) belong where data enters."""
+    with torch.device("meta"):
+        model = small_model()
+        latents, image = torch.empty(2, 4, 3, 5), torch.empty(2, 3, 24, 40)
+        with torch.no_grad():
+            out = model(latents, image, num_steps=2, output_intermediate=True)
+    assert out.sample.device.type == "meta" and out.sample.shape == (2, 4, 12, 20)
+    nan_latents = torch.full((1, 4, 2, 2), float("nan"))
+    with torch.no_grad():
+        assert torch.isnan(small_model()(nan_latents, torch.rand(1, 3, 16, 16)).sample).all()  # passed through, not checked
 
 
 def test_bad_config_values():

@@ -1,1 +1,1 @@
-"""Training UPLiFT latent upscalers with accelerate (run `python training/train_uplift.py`)."""
+"""Training UPLiFT latent upscalers with accelerate (run `python -m training.train_uplift` from the repository root)."""

@@ -19,6 +19,13 @@ hits in later epochs). Validation items (``train=False``) are ``center`` crops.
 Images whose shorter side is under ``resolution`` are skipped (never upscaled), unreadable files
 too; both are counted with the reason, :meth:`ImageFolderDataset.describe` reports them, and a
 file that breaks after indexing is counted when it fails to load.
+
+Pixel values are checked where they enter (:func:`load_rgb`): 8-bit images are exact by
+construction; 16-bit and float images (PIL modes ``I;16``, ``I``, ``F``), which PIL's
+``convert("RGB")`` would silently saturate (and turn NaN into 0), are converted by value with the
+library's :func:`~uplift_diffusers.image_processor.images_to_tensors`, and one with non-finite
+values or values outside its mode's range is rejected with an error naming the file (the item is
+skipped and counted like an unreadable file).
 """
 from __future__ import annotations
 
@@ -32,9 +39,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import images_to_tensors, list_images
 
 CROP_MODES = ("center", "random", "random_resized")
+#: PIL modes with more than 8 bits per value: converted by value, and checked (see :func:`load_rgb`).
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 @dataclass
@@ -99,6 +108,25 @@ def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Option
             "set it to None, or use crop='random'."
         )
     return crop
+
+
+def load_rgb(path: Union[str, Path]) -> Image.Image:
+    """The image file ``path`` as an 8-bit RGB PIL image.
+
+    Raises:
+        ValueError: a 16-bit or float image with NaN / infinite values or values outside its
+            mode's range (naming the file).
+        OSError: the file cannot be read as an image.
+    """
+    with Image.open(path) as handle:
+        if handle.mode not in HIGH_DEPTH_MODES:
+            return handle.convert("RGB")
+        try:
+            (tensor,) = images_to_tensors(handle)
+        except ValueError as error:
+            raise ValueError(f"training image {str(path)!r}: {error}") from None
+    array = (tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array, "RGB")
 
 
 class ImageFolderDataset(Dataset):
@@ -212,9 +240,8 @@ class ImageFolderDataset(Dataset):
         params = self.crop_params(index)
         path = self.files[params["image_index"]]
         try:
-            with Image.open(path) as handle:
-                image = handle.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
+            image = load_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
             self.skipped.add_unreadable(str(path), str(error))
             return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
         if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call

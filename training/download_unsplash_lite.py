@@ -36,25 +36,21 @@ Behaviour:
 
 Example::
 
-    python training/download_unsplash_lite.py /data/unsplash-lite \\
+    python -m training.download_unsplash_lite /data/unsplash-lite \\
         --output-dir data/unsplash-lite/min-side-1024 --min-side 1024 --workers 16
 
 The exit status is 0 when at least one photo was downloaded or skipped, 1 when every photo
-failed, and 2 when the input is bad (missing file, missing column, invalid option).
-Only the standard library, Pillow and tqdm are used.
+failed, and 2 when the input is bad (missing file, missing column, invalid option). The
+downloads themselves are :mod:`uplift_diffusers.utils.downloads` (standard library and Pillow).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import math
 import os
 import re
 import sys
-import tempfile
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -62,8 +58,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from PIL import Image
 from tqdm import tqdm
+
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+from uplift_diffusers.utils.downloads import (  # noqa: F401 (decoded_size, is_complete_image: re-exported)
+    DOWNLOADED,
+    FAILED,
+    SKIPPED,
+    DownloadResult,
+    check_http_url,
+    decoded_size,
+    download_image,
+    is_complete_image,
+)
 
 REQUIRED_COLUMNS = ("photo_id", "photo_image_url")
 SIZE_COLUMNS = ("photo_width", "photo_height")  # optional for --width, needed per row for --min-side
@@ -73,13 +80,6 @@ CDN_MAX_SIDE = 8192
 TSV_NAME_PATTERN = re.compile(r"^photos\.tsv\d*$")
 PHOTO_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 FAILED_LIST_NAME = "failed.txt"
-USER_AGENT = "uplift-diffusers-unsplash-lite-downloader/0.1"
-RETRYABLE_HTTP_CODES = frozenset({408, 429})
-_TEMP_SUFFIX = ".part"
-
-DOWNLOADED = "downloaded"
-SKIPPED = "skipped"
-FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -91,16 +91,6 @@ class PhotoRow:
     image_url: str
     photo_width: str = ""
     photo_height: str = ""
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """What happened to one photo: ``status`` is ``downloaded``, ``skipped`` or ``failed``."""
-
-    photo_id: str
-    status: str
-    attempts: int = 0
-    reason: str = ""
 
 
 @dataclass
@@ -138,14 +128,6 @@ class DownloadSummary:
         if len(self.failed_ids) > max_reasons:
             lines.append(f"    ... and {len(self.failed_ids) - max_reasons} more")
         return "\n".join(lines)
-
-
-class _RetryableError(Exception):
-    """A transient download problem (connection, timeout, 5xx, truncated body)."""
-
-
-class _PermanentError(Exception):
-    """A download problem that retrying will not fix (404 and other 4xx answers)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -259,9 +241,7 @@ def read_photo_rows(
 def _with_query_size(url: str, drop: tuple[str, ...], param: str, pixels: int) -> str:
     """``url`` without its ``drop`` query parameters, then with ``param=pixels`` appended; the
     other parameters are kept in their order."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"url {url!r} is not an http(s) URL; check the photo_image_url column")
+    parts = check_http_url(url, "photo_image_url")
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in drop]
     query.append((param, str(pixels)))
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
@@ -322,29 +302,6 @@ def min_side_request(row: PhotoRow, min_side: int) -> tuple[str, int]:
 # --------------------------------------------------------------------------- one photo
 
 
-def decoded_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) of ``path`` when it exists and decodes completely with PIL
-    (``Image.open(path).load()``), else None.
-
-    Note: this relies on PIL raising for truncated data, i.e. on
-    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` being left at its default (False).
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.size
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
-        return None
-
-
-def is_complete_image(path: str | os.PathLike) -> bool:
-    """True when ``path`` exists and decodes completely with PIL (see :func:`decoded_size`)."""
-    return decoded_size(path) is not None
-
-
 def _size_problem(size: tuple[int, int], min_side: int | None) -> str:
     """'' when ``size`` is what ``min_side`` asks for (or there is no ``min_side``), else why not."""
     if min_side is None or min(size) == min_side:
@@ -355,55 +312,6 @@ def _size_problem(size: tuple[int, int], min_side: int | None) -> str:
 def output_path(output_dir: str | os.PathLike, photo_id: str) -> Path:
     """The file a photo is stored in: ``<output_dir>/<photo_id>.jpg``."""
     return Path(output_dir) / f"{photo_id}.jpg"
-
-
-def _fetch(opener: urllib.request.OpenerDirector, url: str, timeout: float) -> bytes:
-    """GET ``url`` and return the complete body, mapping errors to retryable / permanent."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            expected = response.headers.get("Content-Length")
-            body = response.read()
-    except urllib.error.HTTPError as err:
-        err.close()
-        message = f"HTTP {err.code} {err.reason}"
-        if err.code >= 500 or err.code in RETRYABLE_HTTP_CODES:
-            raise _RetryableError(message) from err
-        raise _PermanentError(message) from err
-    except http.client.IncompleteRead as err:
-        raise _RetryableError(
-            f"truncated body: got {len(err.partial)} bytes, expected {len(err.partial) + (err.expected or 0)}"
-        ) from err
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        # OSError covers TimeoutError / socket.timeout and ConnectionError.
-        reason = err.reason if isinstance(err, urllib.error.URLError) else err
-        raise _RetryableError(f"{type(reason).__name__}: {reason}") from err
-    if expected is not None and expected.isdigit() and len(body) != int(expected):
-        raise _RetryableError(f"truncated body: got {len(body)} bytes, Content-Length {expected}")
-    return body
-
-
-def _write_verified(body: bytes, destination: Path, min_side: int | None = None) -> str:
-    """Write ``body`` atomically to ``destination`` if it decodes (with ``min_side``: to an
-    image whose shorter side is ``min_side`` px); return '' or the reason."""
-    fd, temp_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.stem}.", suffix=_TEMP_SUFFIX
-    )
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        size = decoded_size(temp)
-        if size is None:
-            return f"body of {len(body)} bytes does not decode as an image"
-        problem = _size_problem(size, min_side)
-        if problem:
-            return problem
-        os.replace(temp, destination)
-        return ""
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def _check_size_choice(width, min_side) -> None:
@@ -432,45 +340,24 @@ def download_photo(
     """Download one photo into ``<output_dir>/<photo_id>.jpg``, either ``width`` px wide or with
     its shorter side at ``min_side`` px (aspect kept, see :func:`min_side_request`): exactly one.
 
-    Skips a photo whose file already decodes (with ``min_side``: and has that shorter side).
-    Retries transient errors (connection errors, timeouts, HTTP 5xx / 408 / 429, truncated
-    bodies) up to ``retries`` times, sleeping ``backoff_base * 2**k`` seconds before retry k
-    (k = 0, 1, ...). A 404 or other 4xx answer, a body that does not decode, an image of the
-    wrong shorter side, and (with ``min_side``) a row without a valid size fail without retry.
+    Fetched with :func:`uplift_diffusers.utils.downloads.download_image`: skips a photo whose
+    file already decodes (with ``min_side``: and has that shorter side); retries transient errors
+    (connection errors, timeouts, HTTP 5xx / 408 / 429, truncated bodies) up to ``retries``
+    times, sleeping ``backoff_base * 2**k`` seconds before retry k (k = 0, 1, ...). A 404 or other 4xx answer, a body that does not decode, an image of the
+    wrong shorter side, and (with ``min_side``) a row without a valid size fail without retry
+    (such a row fails even when its file exists: its size cannot be checked against the tsv).
     Never raises for a download problem: the outcome is in the returned DownloadResult.
     """
     _check_size_choice(width, min_side)
-    destination = output_path(output_dir, row.photo_id)
-    existing = decoded_size(destination)
-    if existing is not None and not _size_problem(existing, min_side):
-        return DownloadResult(row.photo_id, SKIPPED)
-    if min_side is None:
-        url = with_width(row.image_url, width)
-    else:
-        try:
-            url = with_size(row.image_url, *min_side_request(row, min_side))
-        except ValueError as err:
-            return DownloadResult(row.photo_id, FAILED, 0, str(err))
-    opener = opener or urllib.request.build_opener()
-    reason = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_base * 2 ** (attempt - 1))
-        try:
-            body = _fetch(opener, url, timeout)
-        except _PermanentError as err:
-            return DownloadResult(row.photo_id, FAILED, attempt + 1, str(err))
-        except _RetryableError as err:
-            reason = str(err)
-            continue
-        try:
-            problem = _write_verified(body, destination, min_side)
-        except OSError as err:
-            return DownloadResult(row.photo_id, FAILED, attempt + 1, f"could not write {destination}: {err}")
-        if problem:
-            return DownloadResult(row.photo_id, FAILED, attempt + 1, problem)
-        return DownloadResult(row.photo_id, DOWNLOADED, attempt + 1)
-    return DownloadResult(row.photo_id, FAILED, retries + 1, f"{reason} (after {retries + 1} attempts)")
+    try:
+        url = with_width(row.image_url, width) if min_side is None else with_size(row.image_url, *min_side_request(row, min_side))
+    except ValueError as err:
+        return DownloadResult(row.photo_id, FAILED, 0, str(err))
+    return download_image(
+        url, output_path(output_dir, row.photo_id), name=row.photo_id,
+        size_problem=None if min_side is None else lambda size: _size_problem(size, min_side),
+        timeout=timeout, retries=retries, backoff_base=backoff_base, opener=opener,
+    )
 
 
 # --------------------------------------------------------------------------- all photos
@@ -487,17 +374,6 @@ def _check_number(name: str, value, minimum: float, strict: bool, fix: str) -> N
     if not ok:
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be a number {relation} {minimum}, got {value!r}: {fix}")
-
-
-def _write_failed_list(path: Path, failed_ids: Sequence[str]) -> None:
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(f"{photo_id}\n" for photo_id in failed_ids)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
 
 
 def download_photos(
@@ -563,7 +439,7 @@ def download_photos(
             row.photo_id for row in rows if results[row.photo_id].status == DOWNLOADED and min(tsv_size(row)) < min_side
         ]
     failed_list = out / FAILED_LIST_NAME
-    _write_failed_list(failed_list, failed_ids)
+    atomic_write_text(failed_list, "".join(f"{photo_id}\n" for photo_id in failed_ids))
     return DownloadSummary(
         total=len(rows),
         downloaded=counts[DOWNLOADED],

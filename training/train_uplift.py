@@ -1,15 +1,16 @@
-#!/usr/bin/env python
-"""Train an UPLiFT latent upscaler for any VAE, with accelerate.
+"""Train an UPLiFT latent upscaler for any VAE, with accelerate. Run from the repository root:
 
-    python training/train_uplift.py --config training/configs/sd15-vae.yaml \
+    python -m training.train_uplift --config training/configs/sd15-vae.yaml \
         --train-data data/unsplash-lite/min-side-1024 --output-dir runs/sd15
-    accelerate launch training/train_uplift.py --config ...        # several GPUs / nodes
+    accelerate launch -m training.train_uplift --config ...        # several GPUs / nodes
 
 The configuration is a YAML file with sections ``model``, ``data``, ``optimization``,
 ``checkpointing``, ``validation`` and ``logging`` (see training/configs/); command-line
 flags override it. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step),
 ``OUTPUT/checkpoints/checkpoint-{step}`` (resumable with ``--resume latest``), validation
 samples and metrics, and finally ``OUTPUT/model`` in diffusers format with a model card.
+Validation scores super-resolution with the protocol and scoring loop of the evaluation
+(:mod:`uplift_diffusers.utils.sr_protocol`).
 """
 from __future__ import annotations
 
@@ -23,19 +24,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+import yaml
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from training.data import ImageFolderDataset, check_crop_options, collate_skipping_failures  # noqa: E402
-from training.latent_cache import LatentCache, vae_identity  # noqa: E402
-from training.objective import image_pyramid, multi_depth_loss  # noqa: E402
-from uplift_diffusers.constants import SD15_MODEL_ID  # noqa: E402
+from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
+from training.data import ImageFolderDataset, check_crop_options, collate_skipping_failures
+from training.latent_cache import LatentCache, vae_identity
+from training.objective import image_pyramid, multi_depth_loss
+from uplift_diffusers.constants import SD15_MODEL_ID
 
 DEFAULTS: Dict = {
     "vae": SD15_MODEL_ID,
@@ -222,42 +219,50 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
 
 
 def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[str, float]:
-    """PSNR of 4x (lr_size -> hr_size) super-resolution on the held-out folder; saves samples."""
-    from evaluation.tasks.sr_protocol import evaluate, list_images, load_hr_lr
+    """PSNR of super-resolution (``lr_size`` -> ``hr_size``) on the held-out folder, with the
+    evaluation's protocol and scoring loop; saves a sheet of the first ``num_samples`` images
+    (bicubic | UPLiFT | HR)."""
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    from uplift_diffusers.image_processor import list_images
     from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.utils.sr_protocol import SRPairs, score_super_resolution
 
     val = config["validation"]
     files = list_images(val["dir"])[: val["num_images"]]
+    if not files:
+        raise ValueError(f"validation.dir {val['dir']!r} holds no images; pass a folder of held-out images (--validation-data).")
     factor = val["hr_size"] // val["lr_size"]
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
+    tiles = []
 
-    def method(lr, size):
-        return pipe(lr, upscale_factor=factor, generator=generator, output_type="pt").images
+    def keep_sample(name, output, batch) -> None:
+        if len(tiles) < val["num_samples"]:
+            hr, sr = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(torch.cat([batch.hr, output]).cpu()))
+            tiles.append([batch.lr_images[0].resize(hr.size, Image.BICUBIC), sr, hr])
 
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
-        metrics = evaluate(method, files, val["hr_size"], val["lr_size"])
+        scores = score_super_resolution(
+            {"uplift": lambda batch: pipe(batch.lr, upscale_factor=factor, generator=generator, output_type="pt").images},
+            SRPairs(files, val["hr_size"], val["lr_size"]),
+            on_output=keep_sample,
+        )["uplift"]
+    upscaler.train(was_training)
+    if tiles:
         samples_dir = output_dir / "samples"
         samples_dir.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
-        tiles = []
-        for path in files[: val["num_samples"]]:
-            hr, lr = load_hr_lr(path, val["hr_size"], val["lr_size"])
-            sr = pipe(lr, upscale_factor=factor, generator=generator, output_type="pil").images[0]
-            tiles.append([lr.resize(hr.size, Image.BICUBIC), sr, hr])
-        if tiles:
-            side = val["hr_size"]
-            sheet = Image.new("RGB", (3 * side, len(tiles) * side))
-            for row, images in enumerate(tiles):
-                for col, image in enumerate(images):
-                    sheet.paste(image, (col * side, row * side))
-            sheet.save(samples_dir / f"step-{step:07d}.png")
-    upscaler.train(was_training)
-    return metrics
+        side = val["hr_size"]
+        sheet = Image.new("RGB", (3 * side, len(tiles) * side))
+        for row, images in enumerate(tiles):
+            for col, image in enumerate(images):
+                sheet.paste(image, (col * side, row * side))
+        sheet.save(samples_dir / f"step-{step:07d}.png")
+    return {"psnr": scores.mean("psnr"), "count": scores.count}
 
 
 def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
@@ -269,7 +274,7 @@ def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, se
         "",
         "# UPLiFT latent upscaler",
         "",
-        "Trained with `training/train_uplift.py` of uplift-diffusers.",
+        "Trained with `python -m training.train_uplift` of uplift-diffusers.",
         "",
         f"- VAE: `{config['vae']}`",
         f"- Training data: {', '.join(map(str, config['data']['train_dirs']))} ({num_items} items, {skipped} images skipped)",

@@ -15,77 +15,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, TypeVar
+from typing import List, Optional, Sequence
 
-from .constants import SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
+from .constants import IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 
 PROG = "uplift-diffusers"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EXIT_ERROR = 2
-
-T = TypeVar("T")
 
 
 class CLIError(Exception):
     """An error reported to the user as one line (exit status 2)."""
 
 
-class HubUnavailableError(CLIError):
-    """A model had to come from the Hugging Face Hub, which could not be reached."""
+# The library's Hub helpers under the names this module had, imported on first use (this module's
+# own imports stay light for `--help`): HubUnavailableError, from_hub, dtype_kwargs, _is_connection_error.
+_LIBRARY_NAMES = {
+    "HubUnavailableError": "HubUnavailableError",
+    "from_hub": "from_hub",
+    "dtype_kwargs": "dtype_kwargs",
+    "_is_connection_error": "is_connection_error",
+}
+
+
+def __getattr__(name):
+    if name in _LIBRARY_NAMES:
+        from .loaders import hub
+
+        return getattr(hub, _LIBRARY_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Hub access
 # ---------------------------------------------------------------------------------------------
-_CONNECTION_WORDS = ("connect", "offline", "network", "resolve host", "timed out", "unreachable")
-
-
-def _is_connection_error(error: BaseException) -> bool:
-    """Whether ``error`` (or an error it was raised from) means the Hub could not be reached."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
-            return True
-        module = type(error).__module__.split(".")[0]
-        name = type(error).__name__
-        if module in ("requests", "httpx", "httpx2", "httpcore", "urllib3") and any(
-            word in name for word in ("Connect", "Timeout", "Network", "Transport", "Proxy")
-        ):
-            return True
-        if isinstance(error, OSError) and any(word in str(error).lower() for word in _CONNECTION_WORDS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def from_hub(what: str, flag: str, load: Callable[[], T]) -> T:
-    """Run ``load``; turn "Hub unreachable and not cached" errors into :class:`HubUnavailableError`."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    # huggingface_hub logs every retry of an unreachable Hub; the outcome is reported as one line.
-    verbosity = hub_logging.get_verbosity()
-    hub_logging.set_verbosity_error()
-    try:
-        return load()
-    except Exception as error:  # noqa: BLE001 - classified below, re-raised otherwise
-        if _is_connection_error(error):
-            offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-            raise HubUnavailableError(
-                f"cannot reach the Hugging Face Hub{' (HF_HUB_OFFLINE=1)' if offline else ''} and {what} is not in the "
-                f"local cache; pass a local path with {flag} (or run once with network access)."
-            ) from error
-        raise
-    finally:
-        hub_logging.set_verbosity(verbosity)
-
-
 def hub_reachable() -> bool:
     """Whether the Hugging Face Hub answers at all (one HEAD request to its endpoint)."""
     from huggingface_hub import constants
@@ -152,42 +117,24 @@ def resolve_dtype(name: str, device):
     return None if dtype == torch.float32 else dtype
 
 
-def dtype_kwargs(dtype) -> dict:
-    """``from_pretrained`` keyword for a dtype: ``dtype=`` where diffusers has it, else ``torch_dtype=``."""
-    if dtype is None:
-        return {}
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present once `dtype=` exists
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
-
-
 def load_upscaler(args, dtype):
-    """The upscaler from --original-checkpoint, --upscaler, or by default the authors' released model."""
-    from .models.modeling_uplift import UPLiFTLatentUpscaler
+    """The upscaler of --original-checkpoint or --upscaler, by default the authors' release:
+    :func:`uplift_diffusers.loaders.load_upscaler`, with "Hub unreachable" as one line."""
+    from .loaders.hub import from_hub
+    from .loaders.upscaler import load_upscaler as load
 
-    flags = "--upscaler DIR or --original-checkpoint FILE"
-    if args.original_checkpoint is not None:
-        return from_hub(
-            f"the checkpoint {args.original_checkpoint!r}",
-            flags,
-            lambda: UPLiFTLatentUpscaler.from_original_checkpoint(args.original_checkpoint, args.original_config, torch_dtype=dtype),
-        )
-    if args.upscaler is None:
-        source, what = UPLIFT_SD15_REPO_ID, f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    source = args.original_checkpoint if args.original_checkpoint is not None else args.upscaler
+    if source is None:
+        what = f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
     else:
-        source, what = args.upscaler, f"the upscaler {args.upscaler!r}"
-    location = Path(source).expanduser()
-    if location.is_file():
-        raise CLIError(f"--upscaler {source!r} is a file; pass it as --original-checkpoint FILE, or pass its folder.")
-    subfolder = None
-    if location.is_dir() and not (location / "config.json").is_file() and (location / "upscaler" / "config.json").is_file():
-        subfolder = "upscaler"  # a pipeline folder written by save_pretrained
-    return from_hub(what, flags, lambda: UPLiFTLatentUpscaler.from_pretrained(source, subfolder=subfolder, **dtype_kwargs(dtype)))
+        what = f"the upscaler {source!r}"
+    flags = "--upscaler DIR or --original-checkpoint FILE"
+    return from_hub(what, flags, lambda: load(source, dtype, original_config=args.original_config))
 
 
 def load_vae_arg(args, dtype):
+    """The VAE of --vae: :func:`uplift_diffusers.load_vae`, with "Hub unreachable" as one line."""
+    from .loaders.hub import from_hub
     from .loaders.vae import load_vae
 
     return from_hub(
@@ -258,7 +205,12 @@ def cmd_upscale(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     for path in tqdm(files, desc="Upscaling", unit="image", disable=args.quiet):
         image = open_image(path)
-        result = pipe(image, upscale_factor=args.scale, generator=generator).images[0]
+        try:  # the pipeline checks the image's values where it enters; the error names the file
+            result = pipe(image, upscale_factor=args.scale, generator=generator).images[0]
+        except ValueError as error:
+            if "`image`" not in str(error):
+                raise
+            raise CLIError(f"{str(path)!r}: {error}") from error
         target = output / f"{path.stem}_x{args.scale}.png"
         result.save(target)
         if not args.quiet:
@@ -292,24 +244,16 @@ def generate_targets(output: str, count: int, seed: int) -> List[Path]:
 
 
 def import_text_to_image_pipeline():
-    """Import the Stable Diffusion pipeline with transformers' import-time notices silenced.
+    """``StableDiffusionUPLiFTPipeline`` (imported on first use, transformers' import notices silenced)."""
+    from .pipelines import StableDiffusionUPLiFTPipeline
 
-    Without torchvision, transformers logs two lines about image-processor fallbacks when the
-    Stable Diffusion modules are imported; they say nothing about this command.
-    """
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        from .pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
-    finally:
-        transformers_logging.set_verbosity(verbosity)
     return StableDiffusionUPLiFTPipeline
 
 
 def cmd_generate(args) -> int:
     import torch
+
+    from .loaders.hub import dtype_kwargs, from_hub
 
     StableDiffusionUPLiFTPipeline = import_text_to_image_pipeline()
 
@@ -355,7 +299,7 @@ def cmd_generate(args) -> int:
 def cmd_convert(args) -> int:
     from .models.modeling_uplift import UPLiFTLatentUpscaler
 
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(args.checkpoint, config=args.config)
+    model = UPLiFTLatentUpscaler.from_single_file(args.checkpoint, config=args.config)
     output = Path(args.output).expanduser()
     model.save_pretrained(str(output))
     parameters = sum(p.numel() for p in model.parameters())
@@ -373,7 +317,8 @@ def _add_upscaler_arguments(parser: argparse.ArgumentParser) -> None:
     source = group.add_mutually_exclusive_group()
     source.add_argument(
         "--upscaler", metavar="ID|PATH",
-        help="UPLiFT upscaler: a save_pretrained folder, a folder holding the authors' single file, or a Hub id",
+        help="UPLiFT upscaler: a save_pretrained folder (model or pipeline), a folder or file holding the authors' "
+        "single file, or a Hub id",
     )
     source.add_argument(
         "--original-checkpoint", metavar="FILE|URL",
@@ -461,9 +406,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return args.handler(args)
         return args.handler(args)
     except Exception as error:  # noqa: BLE001 - user-facing errors become one line, others propagate
+        from .loaders.hub import HubUnavailableError, is_connection_error
+
         if isinstance(error, HubUnavailableError):
             message = str(error)
-        elif _is_connection_error(error):
+        elif is_connection_error(error):
             message = (
                 "cannot reach the Hugging Face Hub and a model is not in the local cache; pass local paths "
                 "(--vae, --upscaler or --original-checkpoint, --model)."
@@ -474,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -16,3 +16,9 @@ SDXL_LCM_LORA_ID = "latent-consistency/lcm-lora-sdxl"
 
 #: CLIP score model of the paper (the `clip-score` package's default).
 CLIP_MODEL_ID = "openai/clip-vit-base-patch32"
+
+#: File suffixes read as images (lower case): the CLI's inputs and every image folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+#: The upscaler's component (and folder) name in this package's pipelines.
+UPSCALER_SUBFOLDER = "upscaler"

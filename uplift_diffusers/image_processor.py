@@ -6,6 +6,12 @@ of any mode, numpy arrays, tensors, or lists of them) to ``1 x 3 x H x W`` float
 [0, 1]: gray is replicated to RGB and transparent images are composited on a white background.
 :func:`size_groups` groups them by size for batching, and :func:`pad_to_multiple` pads them
 (reflection, or replication where reflection is undefined) to the VAE's multiple.
+
+8-bit RGB goes through diffusers' ``VaeImageProcessor`` (``pil_to_numpy`` / ``numpy_to_pt``).
+The rest is ours because ``VaeImageProcessor.preprocess`` does something else: it resizes to the
+VAE's multiple (we pad and crop back, so outputs are exactly ``factor`` times the input), drops
+alpha instead of compositing it, reads 16-bit and float PIL modes as 8-bit, and needs one size
+per batch (we accept mixed sizes).
 """
 from __future__ import annotations
 
@@ -15,7 +21,11 @@ from typing import Dict, List, Sequence, Tuple, TypeVar, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
+
+from .constants import IMAGE_SUFFIXES
+from .utils.validation import UNIT_RANGE_TOLERANCE, check_values
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -27,14 +37,11 @@ __all__ = [
     "pad_to_multiple",
 ]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 #: One image as the super-resolution pipeline accepts it.
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
-# Float values this far outside [0, 1] are accepted (and clamped): rounding of resampled images
-# and of half-precision decoders.
-RANGE_TOLERANCE = 1e-3
+_RANGE_HINT = "divide 8-bit values by 255 (or pass uint8), convert [-1, 1] images with x / 2 + 0.5."
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 _PREMULTIPLIED_MODES = ("RGBa", "La")
@@ -72,12 +79,12 @@ def _over_white(colour: ArrayOrTensor, alpha: ArrayOrTensor) -> ArrayOrTensor:
 
 def _rgb8_to_array(image: Image.Image) -> np.ndarray:
     """A PIL image converted by PIL to 8-bit RGB -> H x W x 3 float32 in [0, 1] (alpha dropped)."""
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return VaeImageProcessor.pil_to_numpy(image.convert("RGB"))[0]
 
 
 def _hwc_to_tensor(array: np.ndarray) -> torch.Tensor:
     """H x W x C numpy array -> contiguous 1 x C x H x W tensor."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].contiguous()
+    return VaeImageProcessor.numpy_to_pt(np.ascontiguousarray(array)[None]).contiguous()
 
 
 def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
@@ -91,18 +98,18 @@ def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
         low, high = int(values.min()), int(values.max())
         if low < 0 or high > 65535:
             raise ValueError(
-                f"{where}: a mode 'I' image must hold 16-bit values in [0, 65535], got [{low}, {high}]; "
+                f"`{where}`: a mode 'I' image must hold 16-bit values in [0, 65535], got [{low}, {high}]; "
                 "rescale it, or pass a float array in [0, 1]."
             )
         return np.repeat((values.astype(np.float32) / 65535.0)[..., None], 3, axis=2)
     if mode == "F":  # PIL's convention for float images: the 0..255 scale of mode "L"
         values = np.asarray(image).astype(np.float32)
         if not np.isfinite(values).all():
-            raise ValueError(f"{where}: the mode 'F' image holds NaN or infinite values.")
+            raise ValueError(f"`{where}`: the mode 'F' image holds NaN or infinite values.")
         low, high = float(values.min()), float(values.max())
         if low < 0 or high > 255:
             raise ValueError(
-                f"{where}: a mode 'F' image must hold values in [0, 255] (PIL's scale), got [{low:.4g}, {high:.4g}]; "
+                f"`{where}`: a mode 'F' image must hold values in [0, 255] (PIL's scale), got [{low:.4g}, {high:.4g}]; "
                 "pass a float numpy array in [0, 1] instead."
             )
         return np.repeat((values / 255.0)[..., None], 3, axis=2)
@@ -118,21 +125,6 @@ def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
     return _rgb8_to_array(image)
 
 
-def check_unit_range(values: torch.Tensor, name: str, hint: str) -> None:
-    """ValueError unless ``values`` are finite and within [0, 1] (up to a rounding tolerance of
-    ``RANGE_TOLERANCE``); the message names ``name``, the range found and the ``hint``."""
-    if not torch.isfinite(values).all():
-        raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1].")
-    low, high = float(values.min()), float(values.max())
-    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
-        raise ValueError(f"{name} must hold values in [0, 1], got the range [{low:.4g}, {high:.4g}]; {hint}")
-
-
-def _check_float_range(values: torch.Tensor, where: str) -> torch.Tensor:
-    check_unit_range(values, where, "divide 8-bit values by 255 (or pass uint8), convert [-1, 1] images with x / 2 + 0.5.")
-    return values.clamp(0.0, 1.0)
-
-
 def _to_unit_float(values: torch.Tensor, where: str) -> torch.Tensor:
     """uint8 / uint16 / floating tensor -> float32 in [0, 1]."""
     if values.dtype == torch.uint8:
@@ -140,8 +132,10 @@ def _to_unit_float(values: torch.Tensor, where: str) -> torch.Tensor:
     if values.dtype == torch.uint16:
         return values.float() / 65535.0
     if values.is_floating_point():
-        return _check_float_range(values.float(), where)
-    raise ValueError(f"{where} has dtype {values.dtype}; pass uint8, uint16 or floating-point values in [0, 1].")
+        values = values.float()
+        check_values(where, values, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE, hint=_RANGE_HINT)
+        return values.clamp(0.0, 1.0)
+    raise ValueError(f"`{where}` has dtype {values.dtype}; pass uint8, uint16 or floating-point values in [0, 1].")
 
 
 def _channels_to_rgb(batch: torch.Tensor, where: str) -> torch.Tensor:
@@ -154,33 +148,33 @@ def _channels_to_rgb(batch: torch.Tensor, where: str) -> torch.Tensor:
     if channels == 4:
         return _over_white(batch[:, :3], batch[:, 3:4])
     raise ValueError(
-        f"{where} has {channels} channels; pass 1 (gray), 3 (RGB) or 4 (RGBA) channels."
+        f"`{where}` has {channels} channels; pass 1 (gray), 3 (RGB) or 4 (RGBA) channels."
     )
 
 
 def _check_size(height: int, width: int, where: str) -> None:
     if height < 1 or width < 1:
-        raise ValueError(f"{where} has zero size ({height} x {width}); pass images of at least 1 x 1 pixels.")
+        raise ValueError(f"`{where}` has zero size ({height} x {width}); pass images of at least 1 x 1 pixels.")
 
 
 def _numpy_to_tensors(array: np.ndarray, where: str) -> List[torch.Tensor]:
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating) or array.dtype in (np.uint8, np.uint16)):
-        raise ValueError(f"{where} has dtype {array.dtype}; pass uint8, uint16 or float arrays in [0, 1].")
+        raise ValueError(f"`{where}` has dtype {array.dtype}; pass uint8, uint16 or float arrays in [0, 1].")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4:
         raise ValueError(
-            f"{where} has shape {array.shape}; numpy images are H x W, H x W x C or B x H x W x C."
+            f"`{where}` has shape {array.shape}; numpy images are H x W, H x W x C or B x H x W x C."
         )
     if array.shape[-1] not in (1, 3, 4):
         raise ValueError(
-            f"{where} has shape {array.shape}: the last axis must be the channels (1, 3 or 4); numpy images are "
+            f"`{where}` has shape {array.shape}: the last axis must be the channels (1, 3 or 4); numpy images are "
             "H x W x C (pass a torch tensor for C x H x W)."
         )
     if array.shape[0] == 0:
-        raise ValueError(f"{where} is an empty batch (shape {array.shape}); pass at least one image.")
+        raise ValueError(f"`{where}` is an empty batch (shape {array.shape}); pass at least one image.")
     _check_size(array.shape[1], array.shape[2], where)
     if array.dtype == np.uint16:
         tensor = torch.from_numpy(array.astype(np.float32) / 65535.0)
@@ -195,13 +189,13 @@ def _tensor_to_tensors(tensor: torch.Tensor, where: str) -> List[torch.Tensor]:
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4:
-        raise ValueError(f"{where} has shape {tuple(tensor.shape)}; tensors are C x H x W or B x C x H x W.")
+        raise ValueError(f"`{where}` has shape {tuple(tensor.shape)}; tensors are C x H x W or B x C x H x W.")
     if tensor.shape[0] == 0:
-        raise ValueError(f"{where} is an empty batch (shape {tuple(tensor.shape)}); pass at least one image.")
+        raise ValueError(f"`{where}` is an empty batch (shape {tuple(tensor.shape)}); pass at least one image.")
     _check_size(tensor.shape[2], tensor.shape[3], where)
     if tensor.shape[1] not in (1, 3, 4):
         raise ValueError(
-            f"{where} has shape {tuple(tensor.shape)}: dimension 1 must be the channels (1, 3 or 4); tensors are "
+            f"`{where}` has shape {tuple(tensor.shape)}: dimension 1 must be the channels (1, 3 or 4); tensors are "
             "C x H x W or B x C x H x W (pass a numpy array for H x W x C)."
         )
     batch = _channels_to_rgb(_to_unit_float(tensor.detach().cpu(), where), where)
@@ -225,7 +219,7 @@ def images_to_tensors(image: Union[ImageInput, Sequence[ImageInput]]) -> List[to
         raise ValueError("`image` is an empty list; pass at least one image.")
     tensors: List[torch.Tensor] = []
     for index, item in enumerate(items):
-        where = "`image`" if len(items) == 1 and not isinstance(image, (list, tuple)) else f"`image[{index}]`"
+        where = "image" if len(items) == 1 and not isinstance(image, (list, tuple)) else f"image[{index}]"
         if isinstance(item, Image.Image):
             _check_size(item.height, item.width, where)
             array = _pil_to_array(item, where)
@@ -236,7 +230,7 @@ def images_to_tensors(image: Union[ImageInput, Sequence[ImageInput]]) -> List[to
             tensors.extend(_tensor_to_tensors(item, where))
         else:
             raise ValueError(
-                f"{where} has type {type(item).__name__}; pass a PIL image, a numpy array, a torch tensor or a list of them."
+                f"`{where}` has type {type(item).__name__}; pass a PIL image, a numpy array, a torch tensor or a list of them."
             )
     return tensors
 

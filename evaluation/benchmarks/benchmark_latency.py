@@ -1,4 +1,4 @@
-"""Latency of SD1.5 + latent upscaling, broken down by stage (the paper's Table 4).
+"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's Tables 2-3).
 
 Protocol: ``torch.compile`` of the UNet, the VAE decoder and UPLiFT (``--compile``, the default:
 the paper times compiled models; ``--no-compile`` times them eagerly), ``--warmup`` (3) untimed
@@ -23,8 +23,11 @@ Weights: ``--model`` (UNet, VAE and scheduler of a diffusers SD folder / Hub id)
 ``--upscaler``. With ``--random-weights``, or when the weights cannot be fetched (offline and not
 cached), models of the real SD1.5 / UPLiFT sizes are built with random weights; latency does
 not depend on the weights' values, and the output says so (``random_weights``, ``note``).
-Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. A CPU smoke run:
-``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1 --no-compile``.
+Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. Run from the repository root::
+
+    python -m evaluation.benchmarks.benchmark_latency --output-dir results/latency-coco --dataset-name COCO --batch-size 4
+
+A CPU smoke run: ``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1 --no-compile``.
 """
 from __future__ import annotations
 
@@ -37,16 +40,15 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
-from evaluation.reports.tables import write_report
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
-from uplift_diffusers.utils.color_correction import color_correct
+from evaluation.loading import load_upscaler
+from evaluation.reports.tables import write_report
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID
+from uplift_diffusers.loaders.hub import HubUnavailableError, dtype_kwargs, from_hub
+from uplift_diffusers.utils.color_correction import color_correct
 
 DEFAULT_SD_MODEL = SD15_MODEL_ID
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -74,7 +76,7 @@ STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decod
 # Arguments
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Latency breakdown of SD1.5 + UPLiFT (the paper's Table 4).")
+    parser = argparse.ArgumentParser(description="Latency breakdown of SD1.5 + UPLiFT (the time columns of the paper's Tables 2-3).")
     parser.add_argument("--output-dir", required=True, help="results.json and results.md go here")
     parser.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
     parser.add_argument("--model", default=DEFAULT_SD_MODEL, help="Stable Diffusion folder or Hub id (UNet, VAE, scheduler)")
@@ -131,10 +133,6 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
     """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; raises HubUnavailableError offline."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
-    from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.cli import dtype_kwargs, from_hub
-    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
-
     def load():
         unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", **dtype_kwargs(dtype))
         vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", **dtype_kwargs(dtype))
@@ -142,12 +140,7 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
         return unet, vae, scheduler
 
     unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
-    source = args.upscaler or UPLIFT_SD15_REPO_ID
-    if Path(source).expanduser().is_file():
-        upscaler = UPLiFTLatentUpscaler.from_single_file(source, config=args.upscaler_config, torch_dtype=dtype)
-    else:
-        upscaler = from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE or --random-weights",
-                            lambda: UPLiFTLatentUpscaler.from_pretrained(source, **dtype_kwargs(dtype)))
+    upscaler = load_upscaler(args.upscaler, args.upscaler_config, "--upscaler DIR|FILE or --random-weights", dtype)
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
@@ -219,8 +212,6 @@ def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.G
 
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results dict (also written to disk)."""
-    from uplift_diffusers.cli import HubUnavailableError
-
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
@@ -299,12 +290,10 @@ def benchmark(args) -> Dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument)."""
-    from uplift_diffusers.cli import CLIError
-
     args = build_parser().parse_args(argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, CLIError) as error:
+    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))

@@ -4,7 +4,7 @@ than bilinear latent upsampling).
 
 Each method maps a batch of ``--batch-size`` ``--lr-size`` images (random pixels: latency does
 not depend on the content) to ``--upscale-factor`` times their size, end to end, as
-``eval_super_resolution.py``'s rows do:
+``python -m evaluation.tasks.eval_super_resolution``'s rows do:
 
     VAE encode (posterior mode) -> upscale -> VAE decode [-> colour correction]
 
@@ -26,20 +26,20 @@ seconds apart: a machine whose speed drifts, like a shared CPU, slows both alike
 the ratio of the means.
 
 Weights: ``--vae`` (a diffusers VAE / SD pipeline folder or Hub id, or a TAESD-family folder;
-default SD1.5's VAE) and ``--upscaler`` (a folder or Hub id; default the authors' SD1.5 model),
+default SD1.5's VAE) and ``--upscaler`` (a folder, Hub id or the authors' file; default the authors' SD1.5 model),
 or ``--random-weights``: models of the real SD1.5 VAE / official UPLiFT sizes with random
 weights (latency does not depend on the weights' values). Results: ``--output`` (JSON) and the
 same path with ``.md`` (the table).
 
 The run recorded in ``evaluation/results`` (CPU, the TAEF2 model trained here)::
 
-    python evaluation/benchmarks/benchmark_sr_latency.py --vae ../shared/models/taef2 \\
+    python -m evaluation.benchmarks.benchmark_sr_latency --vae ../shared/models/taef2 \\
         --upscaler examples/models/uplift-taef2-bsds500 --lr-size 256 --iters 15 --threads 2 \\
         --output evaluation/results/sr_latency_taef2_cpu.json
 
 The paper's setting on a GPU (SD1.5 VAE, the authors' UPLiFT, 256 -> 1024)::
 
-    python evaluation/benchmarks/benchmark_sr_latency.py --device cuda --compile-mode max-autotune \\
+    python -m evaluation.benchmarks.benchmark_sr_latency --device cuda --compile-mode max-autotune \\
         --output results/sr-latency/results.json
 """
 from __future__ import annotations
@@ -53,16 +53,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from uplift_diffusers.utils.atomic_files import atomic_write_text
 from evaluation.benchmarks.benchmark_upscaler import time_call
-from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
+from evaluation.loading import load_upscaler, load_vae_from
+from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -80,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="End-to-end latency of 4x latent super-resolution, UPLiFT vs bilinear latent upsampling (Fig. 11 / Table 4)."
     )
     parser.add_argument("--vae", default=SD15_MODEL_ID, help=f"VAE folder / Hub id / TAESD-family folder (default {SD15_MODEL_ID})")
-    parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help=f"UPLiFT folder or Hub id (default {UPLIFT_SD15_REPO_ID})")
+    parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help=f"UPLiFT folder, Hub id or the authors' file (default {UPLIFT_SD15_REPO_ID})")
     parser.add_argument("--random-weights", action="store_true", help="no weights: random models of the SD1.5 VAE / official UPLiFT sizes")
     parser.add_argument("--lr-size", type=int, default=256, help="input image side (default 256)")
     parser.add_argument("--upscale-factor", type=int, default=4, choices=FACTORS, help="upscaling factor (default 4)")
@@ -121,8 +119,6 @@ def load_models(args, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
     from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.cli import from_hub
-    from uplift_diffusers.loaders.vae import load_vae
 
     if args.random_weights:
         torch.manual_seed(args.seed)
@@ -130,9 +126,8 @@ def load_models(args, dtype: torch.dtype):
         if dtype != torch.float32:
             vae, upscaler = vae.to(dtype=dtype), upscaler.to(dtype=dtype)
     else:
-        vae = from_hub(f"the VAE {args.vae!r}", "--vae DIR or --random-weights", lambda: load_vae(args.vae, torch_dtype=dtype))
-        upscaler = from_hub(f"the upscaler {args.upscaler!r}", "--upscaler DIR or --random-weights",
-                            lambda: UPLiFTLatentUpscaler.from_pretrained(args.upscaler, torch_dtype=dtype))
+        vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
+        upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)
     return vae.eval(), upscaler.eval()
 
 
@@ -302,13 +297,11 @@ def markdown(result: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
-    from uplift_diffusers.cli import CLIError
-
     args = build_parser().parse_args(argv)
-    args.command = "python evaluation/benchmarks/benchmark_sr_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = "python -m evaluation.benchmarks.benchmark_sr_latency " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, CLIError) as error:
+    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown(result))

@@ -28,7 +28,7 @@ upscaler), hence the separate run.
 
 Example (the run recorded in ``evaluation/results``)::
 
-    python evaluation/benchmarks/benchmark_upscaler.py --sides 256 512 768 1024 --steps 1 2 --eager-steps 1 \\
+    python -m evaluation.benchmarks.benchmark_upscaler --sides 256 512 768 1024 --steps 1 2 --eager-steps 1 \\
         --repeats 7 --eager-repeats 2 --warmup 1 --skip-eager-above 512 --skip-eager-vae-above 1024
 """
 from __future__ import annotations
@@ -297,26 +297,21 @@ def run_cross_attention(task) -> List[Dict]:
 
 
 def run_encoder(task) -> List[Dict]:
-    """Encoder time dense and with the savings of 1 and 2 steps, plus counted FLOPs."""
+    """Encoder time dense and with the savings of 1 and 2 steps, plus counted FLOPs. The
+    encoder pass of fast inference (eager, no compile): in fast mode its dtype and memory
+    format, in eager mode float32 (the dense row is then the eager model's encoder)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from uplift_diffusers.models.modeling_uplift import run_blocks
+    from uplift_diffusers.models.fast_inference import enable_fast_inference, last_group_strided
 
     device, side = task["device"], task["side"]
     model = make_upscaler(device)
-    dtype = torch.float32
-    if task["mode"] == "fast":  # the fast dtype and memory format, eager (no compile)
-        dtype = enable_fast(model, dict(task, compile=False)).dtype
-    fmt = torch.channels_last if task["mode"] == "fast" else torch.contiguous_format
-    image = torch.rand(1, 3, side, side, device=device).to(dtype=dtype, memory_format=fmt)
-    encoder = model.encoder
-
-    def encode(stride, phases):
-        x = image
-        for group in encoder.groups[:-1]:
-            x = run_blocks(group, x)
-        return run_blocks(encoder.groups[-1], x) if stride == 1 else encoder.last_group_strided(x, stride, phases=phases)
+    if task["mode"] == "fast":
+        state = enable_fast(model, dict(task, compile=False))
+    else:
+        state = enable_fast_inference(model, dtype=torch.float32, compile=False, channels_last=False)
+    image = torch.rand(1, 3, side, side, device=device).to(memory_format=state.memory_format)
 
     with torch.device("meta"):
         meta_encoder = make_upscaler("meta").encoder
@@ -326,19 +321,17 @@ def run_encoder(task) -> List[Dict]:
         with FlopCounterMode(display=False) as counter:
             x = meta_image
             for group in meta_encoder.groups[:-1]:
-                x = run_blocks(group, x)
-            if stride == 1:
-                run_blocks(meta_encoder.groups[-1], x)
-            else:
-                meta_encoder.last_group_strided(x, stride, phases=phases)
+                x = group(x)
+            last_group_strided(meta_encoder.groups[-1], x, stride, phases)
         return counter.get_total_flops()
 
     rows = []
-    phases_auto = dtype in (torch.float32, torch.float64)
-    for label, stride, phases in (("dense", 1, False), ("1 step (stride 4)", 4, phases_auto), ("2 steps (stride 2)", 2, phases_auto)):
-        def call(stride=stride, phases=phases):
+    for label, stride in (("dense", 1), ("1 step (stride 4)", 4), ("2 steps (stride 2)", 2)):
+        phases = state.phases and stride > 1
+
+        def call(stride=stride):
             with torch.no_grad():
-                encode(stride, phases)
+                state.encode(image, stride)
 
         row = timed(call, task["repeats"], task["warmup"], device)
         row.update(variant=label, stride=stride, phases=phases, tflops=round(flops(stride, phases) / 1e12, 4), compile=False)
@@ -424,11 +417,11 @@ def worker_main(task_json: str) -> None:
 # =============================================================================== driver side
 def run_task(task: Dict, log) -> List[Dict]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     label = {k: v for k, v in task.items() if k in ("kind", "mode", "side", "steps")}
     log(f"running {label}")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "evaluation.benchmarks.benchmark_upscaler", "--worker", json.dumps(task)], capture_output=True, text=True, env=env)
+    # run from the repository root, as documented: `python -m` makes it importable (no path edits)
+    proc = subprocess.run([sys.executable, "-m", "evaluation.benchmarks.benchmark_upscaler", "--worker", json.dumps(task)], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         log(f"  FAILED ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -681,7 +674,7 @@ def main(argv=None) -> Dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "memory": MEMORY_METHOD,
-        "command": "python evaluation/benchmarks/benchmark_upscaler.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m evaluation.benchmarks.benchmark_upscaler " + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_s": round(time.time() - started, 1),
     }
     return write_results(rows, meta, args, log)

@@ -1,5 +1,5 @@
-"""Caption sets: the prompt / reference-image lists written by ``prepare_coco.py`` and
-``prepare_relaion.py`` and read by ``eval_text_to_image.py``.
+"""Caption sets: the prompt / reference-image lists written by ``evaluation.data.prepare_coco`` and
+``evaluation.data.prepare_relaion`` and read by ``evaluation.tasks.eval_text_to_image``.
 
 A caption set is a ``.jsonl`` file (one JSON object a line) or a ``.csv`` file (header row)
 with the fields
@@ -102,7 +102,7 @@ def read_caption_set(path) -> List[CaptionRow]:
     """Read a ``.jsonl`` / ``.csv`` caption set; checks ids (unique, file-name safe) and captions."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"caption set not found: {str(path)!r}; write one with prepare_coco.py or prepare_relaion.py.")
+        raise FileNotFoundError(f"caption set not found: {str(path)!r}; write one with python -m evaluation.data.prepare_coco or evaluation.data.prepare_relaion.")
     _check_suffix(path, "caption set")
     rows: List[CaptionRow] = []
     with path.open(encoding="utf-8", newline="") as handle:

@@ -11,11 +11,11 @@ Writes ``--output`` (``.jsonl`` or ``.csv``; see :mod:`evaluation.data.caption_s
 also written to ``--reference-dir`` for the FID: copied unchanged, or with ``--reference-size N``
 centre-cropped to a square and resized to N x N (PIL bicubic, PNG); ``file_name`` then names
 the written file. Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
-from ``val2014`` (``eval_text_to_image.py --reference-dir val2014``).
+from ``val2014`` (``python -m evaluation.tasks.eval_text_to_image --reference-dir val2014``).
 
 Example::
 
-    python evaluation/data/prepare_coco.py --captions annotations/captions_val2014.json \\
+    python -m evaluation.data.prepare_coco --captions annotations/captions_val2014.json \\
         --output data/coco5k/captions.jsonl --images-dir val2014 \\
         --reference-dir data/coco5k/images --reference-size 1024
 """
@@ -27,9 +27,6 @@ import random
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference

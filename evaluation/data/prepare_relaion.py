@@ -13,7 +13,7 @@ Metadata: ``.parquet`` files (read with ``pyarrow``, imported only for them), or
 ``.tsv`` / ``.jsonl`` files, or folders of them. Column names are matched case-insensitively:
 URL ``url``; caption ``caption`` or ``text``; ``width``; ``height``.
 
-Downloads reuse ``training/download_unsplash_lite.py`` (``download_photo``: retries with
+Downloads use the library's :func:`uplift_diffusers.utils.downloads.download_image` (retries with
 backoff, timeouts, decode check, atomic writes, resume by skipping complete files); URLs are
 requested exactly as given in the metadata. Output::
 
@@ -23,7 +23,11 @@ requested exactly as given in the metadata. Output::
     OUTPUT/selection.json        settings, counts and the rejected candidates
 
 ``file_name`` is relative to ``OUTPUT/images`` with ``--reference-size``, else to ``OUTPUT/raw``
-(pass that folder as ``eval_text_to_image.py --reference-dir``).
+(pass that folder as ``python -m evaluation.tasks.eval_text_to_image --reference-dir``).
+
+Example::
+
+    python -m evaluation.data.prepare_relaion --metadata /data/relaion400m/ --output-dir data/relaion --reference-size 1024
 """
 from __future__ import annotations
 
@@ -34,26 +38,20 @@ import heapq
 import json
 import math
 import sys
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from PIL import Image
 
-from uplift_diffusers.utils.atomic_files import atomic_write_text
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
-from training import download_unsplash_lite as downloader
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+from uplift_diffusers.utils.downloads import FAILED, DownloadResult, check_http_url, download_image
 
 COLUMN_NAMES = {"url": ("url",), "caption": ("caption", "text"), "width": ("width",), "height": ("height",)}
 METADATA_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
-# download_photo asks for "<url>&w=<width>" (Unsplash); the opener below requests the original URL.
-_PLACEHOLDER_WIDTH = 1
 
 
 @dataclass(frozen=True)
@@ -175,7 +173,7 @@ def select_candidates(rows: Iterable[Mapping], count: int, seed: int, min_size: 
         url = str(row.get("url") or "").strip()
         caption = clean_caption(row.get("caption") or "")
         try:
-            downloader.with_width(url, _PLACEHOLDER_WIDTH)  # http(s) URL check of the downloader
+            check_http_url(url)
         except ValueError:
             url = ""
         if not url or not caption:
@@ -199,59 +197,27 @@ def select_candidates(rows: Iterable[Mapping], count: int, seed: int, min_size: 
 # --------------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------------
-class OriginalURLOpener:
-    """Opener for ``download_photo`` that requests each URL exactly as in the metadata.
-
-    ``download_photo`` adds the Unsplash width parameter (``w=``) to every URL; this maps each
-    such URL back to the original (an exact lookup), keeping the request headers.
-    """
-
-    def __init__(self, urls: Iterable[str], base: Optional[urllib.request.OpenerDirector] = None):
-        self.base = base or urllib.request.build_opener()
-        self.originals = {}
-        for url in urls:
-            widened = downloader.with_width(url, _PLACEHOLDER_WIDTH)
-            if self.originals.get(widened, url) != url:
-                raise ValueError(f"URLs {self.originals[widened]!r} and {url!r} differ only in their w= parameter.")
-            self.originals[widened] = url
-
-    def open(self, request, timeout=None):
-        original = self.originals.get(request.full_url)
-        if original is None:
-            raise ValueError(f"unexpected URL {request.full_url!r}: not one of the candidates.")
-        headers = dict(request.header_items())
-        return self.base.open(urllib.request.Request(original, headers=headers), timeout=timeout)
+def raw_path(raw_dir: Path, candidate: Candidate) -> Path:
+    """Where a candidate's download is stored: ``raw_dir/<id>.jpg`` (whatever format the server sent)."""
+    return raw_dir / f"{candidate.id}.jpg"
 
 
-def _drop_w_collisions(candidates: Sequence[Candidate]) -> Tuple[List[Candidate], List[Dict]]:
-    """Keep the first of candidates whose URLs differ only in a ``w=`` parameter (rare); report the rest."""
-    seen, kept, rejected = set(), [], []
-    for candidate in candidates:
-        widened = downloader.with_width(candidate.url, _PLACEHOLDER_WIDTH)
-        if widened in seen:
-            rejected.append({"id": candidate.id, "url": candidate.url, "reason": "same URL as another candidate up to w="})
-            continue
-        seen.add(widened)
-        kept.append(candidate)
-    return kept, rejected
-
-
-def download_candidates(candidates: Sequence[Candidate], raw_dir: Path, workers: int, timeout: float, retries: int, backoff: float, progress: bool):
-    """Download every candidate to ``raw_dir/<id>.jpg`` with the project's downloader; returns {id: DownloadResult}."""
+def download_candidates(
+    candidates: Sequence[Candidate], raw_dir: Path, workers: int, timeout: float, retries: int, backoff: float, progress: bool
+) -> Dict[str, DownloadResult]:
+    """Download every candidate's URL, as given, to :func:`raw_path`; returns {id: DownloadResult}."""
     from tqdm.auto import tqdm
 
     raw_dir.mkdir(parents=True, exist_ok=True)
-    opener = OriginalURLOpener(c.url for c in candidates)
 
-    def fetch(candidate: Candidate):
-        row = downloader.PhotoRow(photo_id=candidate.id, image_url=candidate.url)
-        return downloader.download_photo(
-            row, raw_dir, _PLACEHOLDER_WIDTH, timeout=timeout, retries=retries, backoff_base=backoff, opener=opener
+    def fetch(candidate: Candidate) -> DownloadResult:
+        return download_image(
+            candidate.url, raw_path(raw_dir, candidate), name=candidate.id, timeout=timeout, retries=retries, backoff_base=backoff
         )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(tqdm(pool.map(fetch, candidates), total=len(candidates), desc="relaion", disable=not progress))
-    return {result.photo_id: result for result in results}
+    return {result.name: result for result in results}
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +236,7 @@ def prepare(args) -> Dict:
     count = math.ceil(args.num * (1 + args.oversample))
     rows = (row for path in files for row in read_metadata(path))
     candidates, stats = select_candidates(rows, count, args.seed, args.min_size)
-    candidates, rejected = _drop_w_collisions(candidates)
+    rejected: List[Dict] = []
     output = Path(args.output_dir)
     raw_dir = output / "raw"
     results = download_candidates(candidates, raw_dir, args.workers, args.timeout, args.retries, args.backoff, not args.quiet)
@@ -280,8 +246,8 @@ def prepare(args) -> Dict:
         if len(chosen) == args.num:
             break
         result = results[candidate.id]
-        path = downloader.output_path(raw_dir, candidate.id)
-        if result.status == downloader.FAILED:
+        path = raw_path(raw_dir, candidate)
+        if result.status == FAILED:
             rejected.append({"id": candidate.id, "url": candidate.url, "reason": f"download failed: {result.reason}"})
             continue
         with Image.open(path) as handle:

@@ -3,7 +3,7 @@
 Deterministic for a given ``--seed``: all images under the ``--inputs`` folders are listed
 (recursively, sorted by path), ``random.Random(seed)`` shuffles that list, and the first
 ``--num`` images whose shorter side is at least ``--hr-size`` are taken (smaller ones are
-skipped and listed in the manifest). Each pair follows :mod:`evaluation.tasks.sr_protocol`: HR =
+skipped and listed in the manifest). Each pair follows :mod:`uplift_diffusers.utils.sr_protocol`: HR =
 centre ``--hr-size`` crop, LR = PIL bilinear resize of HR to ``--lr-size``.
 
 Output (PNG, lossless; a rerun keeps pairs already written)::
@@ -11,11 +11,11 @@ Output (PNG, lossless; a rerun keeps pairs already written)::
     OUTPUT/hr/00000.png ...   OUTPUT/lr/00000.png ...
     OUTPUT/manifest.json      seed, sizes, inputs, the source file of every pair, skipped files
 
-``eval_super_resolution.py --data OUTPUT`` reads these pairs as they are.
+``python -m evaluation.tasks.eval_super_resolution --data OUTPUT`` reads these pairs as they are.
 
 Example (FacesHQ)::
 
-    python evaluation/data/prepare_sr.py --inputs /data/celeba_hq /data/ffhq --output-dir data/faceshq
+    python -m evaluation.data.prepare_sr --inputs /data/celeba_hq /data/ffhq --output-dir data/faceshq
 """
 from __future__ import annotations
 
@@ -26,14 +26,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from PIL import Image
 
-from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
-from evaluation.tasks.sr_protocol import load_hr_lr
 from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 
 def select_images(files: Sequence[Path], num: int, seed: int, hr_size: int) -> Dict[str, List[Path]]:

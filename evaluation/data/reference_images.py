@@ -3,8 +3,8 @@
 The text-to-image protocol compares square generated images with real photographs of any
 aspect ratio: every real image is centre-cropped to a square (side = its shorter side) and
 resized with PIL bicubic (antialiased when shrinking) to the generated size.
-``prepare_coco.py`` / ``prepare_relaion.py`` can store them at that size once
-(``--reference-size``); ``eval_text_to_image.py`` applies the same function on the fly.
+``evaluation.data.prepare_coco`` / ``evaluation.data.prepare_relaion`` can store them at that size
+once (``--reference-size``); ``evaluation.tasks.eval_text_to_image`` applies the same function on the fly.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional
 from PIL import Image
 
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write
-from evaluation.tasks.sr_protocol import centre_crop
+from uplift_diffusers.utils.sr_protocol import centre_crop
 
 __all__ = ["square_crop_resize", "export_reference"]
 

@@ -28,7 +28,9 @@ The paper's protocol (the defaults)
   with its defaults (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding, the
   whole SSIM map averaged) per image; the scripts average over all images.
 * **PSNR** (:func:`psnr`): per image, both images clamped to [0, 1],
-  ``10 log10(1 / MSE)`` (= CFM's ``20 log10(1 / sqrt(MSE))``); averaged over all images.
+  ``10 log10(1 / MSE)`` (= CFM's ``20 log10(1 / sqrt(MSE))``); averaged over all images. It is
+  the library's :func:`uplift_diffusers.utils.sr_protocol.psnr` (training validates with it too),
+  as are the image checks every metric here applies.
 * **CLIP score** (:class:`CLIPScorer`): as the ``clip-score`` package (0.2.1 and the authors'
   fork): ``openai/clip-vit-base-patch32`` with its transformers ``CLIPProcessor`` (PIL backend,
   the processor transformers 4.48 used) on the 8-bit image (:func:`to_uint8` ``"round"``, what
@@ -64,8 +66,8 @@ Optional dependencies
 ---------------------
 Everything here needs the ``eval`` extra (``pip install "uplift-diffusers[eval]"``: torchmetrics,
 torch-fidelity, torchvision, clean-fid, open-clip-torch). Importing this module imports none of
-them (``torchmetrics`` imports ``torchvision`` whenever it is installed), so it never loads
-``torchvision``. Tests inject small feature extractors and random-weight CLIP models.
+the metric back-ends (torchmetrics, torch-fidelity, clean-fid, open_clip): each is imported when a
+metric first needs it. Tests inject small feature extractors and random-weight CLIP models.
 """
 from __future__ import annotations
 
@@ -77,6 +79,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from uplift_diffusers.utils.sr_protocol import as_float_pair, check_unit_images, check_image_pair, psnr
 
 __all__ = [
     "to_uint8",
@@ -108,68 +112,10 @@ SSIM_KERNEL_SIZE = 11
 # --------------------------------------------------------------------------------------------
 # Input validation
 # --------------------------------------------------------------------------------------------
-def _check_images(name: str, images: Any, min_size: int = 1) -> None:
-    """Raise ValueError unless ``images`` is a finite float B x 3 x H x W tensor in [0, 1]."""
-    if not isinstance(images, Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape B x 3 x H x W, got {type(images).__name__}; "
-            "convert the images with torch.as_tensor and permute them to channels-first."
-        )
-    if images.ndim != 4:
-        raise ValueError(
-            f"{name} must have 4 dimensions (B x 3 x H x W), got shape {tuple(images.shape)}; "
-            "add a batch dimension with images.unsqueeze(0) for a single image."
-        )
-    if images.shape[1] != 3:
-        raise ValueError(
-            f"{name} must have 3 (RGB) channels in dimension 1, got shape {tuple(images.shape)}; "
-            "pass channels-first RGB images (convert grey or RGBA images to RGB first)."
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image.")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}; "
-            "for uint8 images use images.float() / 255."
-        )
-    height, width = images.shape[-2:]
-    if min(height, width) < min_size:
-        raise ValueError(
-            f"{name} must be at least {min_size} x {min_size} pixels, got {height} x {width}; "
-            "pass larger images."
-        )
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; check the model that produced the images.")
-    low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} must have values in [0, 1], got values in [{low:.6g}, {high:.6g}]; "
-            "map [-1, 1] images with (x + 1) / 2 and clamp small overshoots with x.clamp(0, 1)."
-        )
-
-
-def _check_pair(pred: Tensor, target: Tensor, min_size: int = 1, names: Tuple[str, str] = ("pred", "target")) -> None:
-    _check_images(names[0], pred, min_size)
-    _check_images(names[1], target, min_size)
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same shape, got {tuple(pred.shape)} and "
-            f"{tuple(target.shape)}; nothing is resized here, bring both to the same size first."
-        )
-
-
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
-
-
-def _as_float_pair(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
-    """Half-precision inputs are computed in float32; float32 / float64 are kept."""
-    dtype = torch.promote_types(pred.dtype, target.dtype)
-    if dtype not in (torch.float32, torch.float64):
-        dtype = torch.float32
-    return pred.to(dtype), target.to(dtype)
 
 
 def _require(module: str, what: str) -> None:
@@ -199,34 +145,13 @@ def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
 
     Both give back ``k`` exactly for an image read from an 8-bit file (``x = k / 255``).
     """
-    _check_images("images", images)
+    check_unit_images("images", images)
     values = images.float()
     if method == "cfm":
         return ((values * 2 - 1) * 127.5 + 127.5).clip(0, 255).to(torch.uint8)
     if method == "round":
         return (values * 255).round().clip(0, 255).to(torch.uint8)
     raise ValueError(f"method must be one of {UINT8_METHODS}, got {method!r}.")
-
-
-def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio of each image, in dB (CFM's ``calculate_PSNR`` per image).
-
-    Both images are clamped to [0, 1] (data range 1) and ``10 * log10(1 / MSE)`` is computed over
-    all pixels and channels of each image, with torchmetrics' ``peak_signal_noise_ratio``
-    (``data_range=(0.0, 1.0)`` clamps). Identical images give ``inf``.
-
-    Args:
-        pred: B x 3 x H x W float images in [0, 1].
-        target: reference images of the same shape.
-
-    Returns:
-        Tensor of shape ``(B,)``.
-    """
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    _check_pair(pred, target)
-    pred, target = _as_float_pair(pred, target)
-    return peak_signal_noise_ratio(pred, target, data_range=(0.0, 1.0), reduction="none", dim=(1, 2, 3))
 
 
 def ssim(pred: Tensor, target: Tensor) -> Tensor:
@@ -247,8 +172,8 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    _check_pair(pred, target, min_size=SSIM_KERNEL_SIZE)
-    pred, target = _as_float_pair(pred, target)
+    check_image_pair(pred, target, min_size=SSIM_KERNEL_SIZE)
+    pred, target = as_float_pair(pred, target)
     return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
 
 
@@ -605,7 +530,7 @@ class PatchFID(nn.Module):
         Returns:
             The boxes used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
         """
-        _check_pair(generated, real, names=("generated", "real"))
+        check_image_pair(generated, real, names=("generated", "real"))
         batch, _, height, width = generated.shape
         if self.patch > height or self.patch > width:
             raise ValueError(
@@ -677,7 +602,7 @@ class _CLIPScore(nn.Module):
         """Cosine similarity between each image's and its caption's CLIP embedding, shape ``(B,)``."""
         from PIL import Image
 
-        _check_images("images", images)
+        check_unit_images("images", images)
         if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
             raise ValueError(
                 f"captions must be a list of strings (one per image), got {type(captions).__name__}; "

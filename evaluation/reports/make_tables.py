@@ -1,18 +1,18 @@
-"""Collect ``results.json`` files of the evaluation scripts into the paper's Tables 2, 3 and 4.
+"""Collect ``results.json`` files of the evaluation scripts into the paper's tables.
 
-* Table 2 (text-to-image): every ``eval_text_to_image.py`` result is one column group
+* Tables 2-3 (text-to-image): every ``eval_text_to_image.py`` result is one column group
   (FID, patch-FID, CLIP, time); the time comes from the ``benchmark_latency.py`` result with the
   same dataset label (``--dataset-name``), seconds per batch of that run's batch size. The
   paper's reference rows SDXL and LCM-LoRA SDXL come first when the results have them
   (``--methods ...,sdxl,lcm-lora-sdxl``).
-* Table 3 (super-resolution): every ``eval_super_resolution.py`` result is one column group
+* Table 4 (super-resolution): every ``eval_super_resolution.py`` result is one column group
   (PSNR, SSIM, FID, patch-FID).
-* Table 4 (latency): every ``benchmark_latency.py`` result is one column of stage times.
+* Text-to-image latency breakdown: every ``benchmark_latency.py`` result is one column of stage times.
 
 Column groups appear in the order the files are given. The end-to-end super-resolution latency
-(``benchmark_sr_latency.py``, Fig. 11) writes its own table beside its JSON. Example::
+(``benchmark_sr_latency.py``, Fig. 11 / Table 4) writes its own table beside its JSON. Example::
 
-    python evaluation/reports/make_tables.py results/coco/results.json results/relaion/results.json \\
+    python -m evaluation.reports.make_tables results/coco/results.json results/relaion/results.json \\
         results/faceshq/results.json results/lhq/results.json \\
         results/latency-coco/results.json results/latency-relaion/results.json --output tables.md
 """
@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from uplift_diffusers.utils.atomic_files import atomic_write_text
 from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
+from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 
 def make_tables(paths: Sequence) -> str:
@@ -54,7 +50,10 @@ def make_tables(paths: Sequence) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Make the paper's Tables 2-4 (markdown) from results.json files.")
+    parser = argparse.ArgumentParser(
+        description="Make the paper's tables (markdown) from results.json files: text-to-image (Tables 2-3), "
+        "super-resolution (Table 4) and the text-to-image latency breakdown."
+    )
     parser.add_argument("results", nargs="+", help="results.json files written by the evaluation scripts")
     parser.add_argument("--output", default=None, help="also write the markdown to this file")
     return parser

@@ -1,8 +1,9 @@
 """Results files of the evaluation scripts and the markdown tables in the paper's layout.
 
 Every script writes ``results.json`` (layout below) and ``results.md`` (its table) into its
-output directory; ``evaluation/reports/make_tables.py`` reads several ``results.json`` and prints the
-paper's Tables 2-4 with one column group per dataset.
+output directory; ``python -m evaluation.reports.make_tables`` reads several ``results.json`` and
+prints the paper's tables with one column group per dataset: text-to-image (Tables 2-3),
+super-resolution (Table 4) and the text-to-image latency breakdown (the time columns of Tables 2-3).
 
 ``results.json`` layout (all numbers are floats; times in seconds)::
 
@@ -30,7 +31,7 @@ paper's Tables 2-4 with one column group per dataset.
 
 Latency results instead hold ``"stages"`` (mean seconds per batch of every stage),
 ``"methods"`` (end-to-end seconds per batch of each text-to-image row), ``"random_weights"``
-and ``"note"``; see ``evaluation/benchmarks/benchmark_latency.py``.
+and ``"note"``; see :mod:`evaluation.benchmarks.benchmark_latency`.
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def _check_task(results: Sequence[Mapping], task: str) -> None:
 
 
 def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
-    """Table 2: per dataset FID, patch-FID, CLIP score and time (seconds per batch) of every method.
+    """Tables 2-3: per dataset FID, patch-FID, CLIP score and time (seconds per batch) of every method.
 
     ``latencies`` are latency results; the one whose ``dataset`` matches a column group's
     (case-insensitively) fills its time column (``methods[<row>]``, seconds per batch of its ``settings.batch_size``).
@@ -189,11 +190,11 @@ def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping]
         key=str,
     )
     what = "; ".join(f"base {size} px, latents upscaled {factor}x, {steps} steps" for size, factor, steps in setups)
-    return _markdown(header, rows, f"Table 2: text-to-image ({what})")
+    return _markdown(header, rows, f"Tables 2-3: text-to-image ({what})")
 
 
 def super_resolution_table(results: Sequence[Mapping]) -> str:
-    """Table 3: per dataset PSNR (dB), SSIM, FID and patch-FID of every method."""
+    """Table 4: per dataset PSNR (dB), SSIM, FID and patch-FID of every method."""
     _check_task(results, "super_resolution")
     header = ["Method"]
     for result in results:
@@ -208,11 +209,11 @@ def super_resolution_table(results: Sequence[Mapping]) -> str:
         rows.append(row)
     sizes = sorted({(r.get("settings", {}).get("lr_size"), r.get("settings", {}).get("hr_size")) for r in results}, key=str)
     what = ", ".join(f"{lr} -> {hr}" for lr, hr in sizes)
-    return _markdown(header, rows, f"Table 3: super-resolution ({what})")
+    return _markdown(header, rows, f"Table 4: super-resolution ({what})")
 
 
 def latency_table(results: Sequence[Mapping]) -> str:
-    """Table 4: mean seconds per batch of every stage, one column per latency run."""
+    """The text-to-image latency breakdown: mean seconds per batch of every stage, one column per latency run."""
     _check_task(results, "latency")
     header = ["Stage"]
     for result in results:
@@ -224,11 +225,11 @@ def latency_table(results: Sequence[Mapping]) -> str:
         rows.append([label] + [_number(result.get("stages", {}).get(key), 4) for result in results])
     for method in ("base512", "bilinear", "uplift"):
         rows.append([f"Total: {_label(method)}"] + [_number(result.get("methods", {}).get(method), 4) for result in results])
-    return _markdown(header, rows, "Table 4: latency breakdown (seconds per batch, mean of the timed iterations)")
+    return _markdown(header, rows, "Text-to-image latency breakdown (seconds per batch, mean of the timed iterations)")
 
 
 def table_for(task: str, results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
-    """The table of ``task`` for ``results`` (Table 2, 3 or 4)."""
+    """The table of ``task`` for ``results`` (text-to-image, super-resolution or latency)."""
     if task == "text_to_image":
         return text_to_image_table(results, latencies)
     if task == "super_resolution":

@@ -1,8 +1,9 @@
-"""Super-resolution evaluation (the paper's Table 3): PSNR, SSIM, FID and patch-FID.
+"""Super-resolution evaluation (the paper's Table 4): PSNR, SSIM, FID and patch-FID.
 
-Protocol (:mod:`evaluation.tasks.sr_protocol`): HR = centre ``--hr-size`` crop of every image, LR =
-PIL bilinear resize of HR to ``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/``
-folders written by ``evaluation/data/prepare_sr.py`` those pairs are read as they are (their sizes
+Protocol and scoring loop (:mod:`uplift_diffusers.utils.sr_protocol`, shared with the training's
+validation): HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to
+``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/`` folders written by
+``python -m evaluation.data.prepare_sr`` those pairs are read as they are (their sizes
 must equal ``--hr-size`` / ``--lr-size``); any other folder is read recursively and cropped /
 resized on the fly. Each method maps LR to an image of the HR size:
 
@@ -25,9 +26,14 @@ clean-fid instead). Results go to ``OUTPUT/results.json`` (layout in :mod:`evalu
 ``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
 ``OUTPUT/results.md``.
 
-Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/tasks/eval_super_resolution.py ...``:
+Run from the repository root::
+
+    python -m evaluation.tasks.eval_super_resolution --data data/faceshq --vae stable-diffusion-v1-5/stable-diffusion-v1-5 \
+        --upscaler bicubic,vae,nearest,bilinear,uplift --hr-size 1024 --lr-size 256 --output-dir results/faceshq
+
+Scale out with ``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_super_resolution ...``:
 every process evaluates a shard of the images; the numbers are gathered over all of them (on
-CPUs use ``torchrun --nproc_per_node N``).
+CPUs use ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_resolution ...``).
 """
 from __future__ import annotations
 
@@ -35,24 +41,20 @@ import argparse
 import math
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from evaluation.loading import load_upscaler, load_vae_from
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import gather_list, process_state, shard
-from evaluation.tasks.sr_protocol import bicubic_upscale, load_hr_lr
-from uplift_diffusers.image_processor import list_images, pil_to_tensor
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
 
 PIXEL_METHODS = ("bicubic", "vae")
 UPLIFT_KEYWORD = "uplift"
@@ -111,16 +113,16 @@ def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Evaluate latent super-resolution (PSNR, SSIM, FID, patch-FID): the paper's Table 3.",
+        description="Evaluate latent super-resolution (PSNR, SSIM, FID, patch-FID): the paper's Table 4.",
     )
-    parser.add_argument("--data", required=True, help="folder of images, or the output of prepare_sr.py (hr/ and lr/)")
+    parser.add_argument("--data", required=True, help="folder of images, or the output of evaluation.data.prepare_sr (hr/ and lr/)")
     parser.add_argument("--vae", default=None, help="Hub id, diffusers VAE folder or TAESD-family folder (encoder.pth + decoder.pth)")
     parser.add_argument(
         "--upscaler", action="append", required=True,
         help="row(s): a model folder / Hub id / official .safetensors|.pth file, 'uplift' (the authors' model), "
         "'bilinear', 'nearest', 'bicubic' or 'vae'; repeat or comma-separate; NAME=SPEC names a row",
     )
-    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file (default: SD1.5 model)")
+    parser.add_argument("--upscaler-config", default=None, help="the authors' YAML for an authors' checkpoint file (default: read off the weights)")
     parser.add_argument("--hr-size", type=int, default=1024, help="side of the HR centre crop (default 1024)")
     parser.add_argument("--lr-size", type=int, default=256, help="side of the LR input (default 256)")
     parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
@@ -164,7 +166,7 @@ def list_items(data, limit: Optional[int] = None) -> List[SRItem]:
     """The evaluation images of ``data``: hr/ + lr/ pairs (matched by relative path without suffix) or all images."""
     data = Path(data).expanduser()
     if not data.is_dir():
-        raise FileNotFoundError(f"--data folder not found: {str(data)!r}; pass a folder of images or the output of prepare_sr.py.")
+        raise FileNotFoundError(f"--data folder not found: {str(data)!r}; pass a folder of images or the output of evaluation.data.prepare_sr.")
     hr_dir, lr_dir = data / "hr", data / "lr"
     if hr_dir.is_dir() and lr_dir.is_dir():
         lr_files = {str(p.relative_to(lr_dir).with_suffix("")): p for p in list_images(lr_dir)}
@@ -172,10 +174,10 @@ def list_items(data, limit: Optional[int] = None) -> List[SRItem]:
         for hr_path in list_images(hr_dir):
             key = str(hr_path.relative_to(hr_dir).with_suffix(""))
             if key not in lr_files:
-                raise FileNotFoundError(f"--data {str(data)!r}: {hr_path} has no LR counterpart in {lr_dir}; rerun prepare_sr.py.")
+                raise FileNotFoundError(f"--data {str(data)!r}: {hr_path} has no LR counterpart in {lr_dir}; rerun evaluation.data.prepare_sr.")
             items.append(SRItem(key, hr_path, lr_files.pop(key)))
         if lr_files:
-            raise ValueError(f"--data {str(data)!r}: LR images without an HR counterpart: {sorted(lr_files)[:5]}; rerun prepare_sr.py.")
+            raise ValueError(f"--data {str(data)!r}: LR images without an HR counterpart: {sorted(lr_files)[:5]}; rerun evaluation.data.prepare_sr.")
     else:
         items = [SRItem(str(p.relative_to(data).with_suffix("")), p) for p in list_images(data)]
     if not items:
@@ -196,7 +198,7 @@ def load_pair(item: SRItem, hr_size: int, lr_size: int) -> Tuple[Image.Image, Im
             path = item.hr_path if what == "HR" else item.lr_path
             raise ValueError(
                 f"{what} image {path} is {image.size[0]} x {image.size[1]}, expected {size} x {size} "
-                f"(--{what.lower()}-size); rerun prepare_sr.py with these sizes or pass matching sizes."
+                f"(--{what.lower()}-size); rerun evaluation.data.prepare_sr with these sizes or pass matching sizes."
             )
     return hr, lr
 
@@ -204,25 +206,6 @@ def load_pair(item: SRItem, hr_size: int, lr_size: int) -> Tuple[Image.Image, Im
 # --------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------
-def _load_vae(spec: str):
-    from uplift_diffusers.cli import load_vae_arg
-
-    return load_vae_arg(SimpleNamespace(vae=spec), None).eval()
-
-
-def _load_upscaler(source: Optional[str], config: Optional[str]):
-    """A model row's upscaler: the authors' checkpoint file (``config``: its YAML), a folder or
-    Hub id, or (``None``) the authors' release, from the Hub or its cache."""
-    from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.cli import from_hub
-    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
-
-    if source is not None and Path(source).expanduser().is_file():
-        return UPLiFTLatentUpscaler.from_single_file(source, config=config)
-    source = source or UPLIFT_SD15_REPO_ID
-    return from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE", lambda: UPLiFTLatentUpscaler.from_pretrained(source))
-
-
 class SuperResolutionRunner:
     """Runs every method on a batch of (HR, LR) pairs; models are loaded once."""
 
@@ -244,13 +227,13 @@ class SuperResolutionRunner:
         if needs_vae and vae_spec is None:
             rows = [m.name for m in self.methods if m.kind != "bicubic"]
             raise ValueError(f"the rows {rows} need an autoencoder; pass --vae (Hub id, diffusers folder or TAESD-family folder).")
-        self.vae = _load_vae(vae_spec).to(device) if needs_vae else None
+        self.vae = load_vae_from(vae_spec, "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)").to(device) if needs_vae else None
         self.pipelines: Dict[str, object] = {}
         for method in self.methods:
             if method.kind == "model":
                 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 
-                upscaler = _load_upscaler(method.source, upscaler_config)
+                upscaler = load_upscaler(method.source, upscaler_config)
                 pipe = UPLiFTSuperResolutionPipeline(vae=self.vae, upscaler=upscaler).to(device)
                 pipe.set_progress_bar_config(disable=True)
                 self.pipelines[method.name] = pipe
@@ -276,13 +259,15 @@ class SuperResolutionRunner:
         return self.color_correct_baselines and method.kind in LATENT_BASELINES
 
     @torch.no_grad()
-    def run(self, method: MethodSpec, hr: torch.Tensor, lr: torch.Tensor, lr_images: Sequence[Image.Image], indices: Sequence[int], seed: int) -> torch.Tensor:
-        """``B x 3 x H x W`` output in [0, 1] (float32, on the device) of ``method`` for the batch."""
+    def run(self, method: MethodSpec, batch: SRBatch, seed: int) -> torch.Tensor:
+        """``B x 3 x H x W`` output in [0, 1] (float32, on the device) of ``method`` for the batch;
+        the UPLiFT noise of image ``i`` is seeded ``seed + i`` (``i`` = its position in the whole list)."""
         from uplift_diffusers.loaders.vae import encode_latents
 
+        hr, lr = batch.hr, batch.lr
         if method.kind == "bicubic":
             size = (hr.shape[-1], hr.shape[-2])
-            return torch.cat([bicubic_upscale(image, size) for image in lr_images]).to(self.device)
+            return torch.cat([bicubic_upscale(image, size) for image in batch.lr_images]).to(self.device)
         if method.kind == "vae":
             latents = encode_latents(self.vae, hr * 2 - 1)
             return decode_and_correct(self.vae, latents, hr, color_correction=self.color_correction(method))
@@ -290,10 +275,14 @@ class SuperResolutionRunner:
             latents = encode_latents(self.vae, lr * 2 - 1)
             upscaled = LatentInterpolationUpscaler(method.kind)(latents, lr, num_steps=self.num_steps).sample
             return decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
-        generators = [torch.Generator().manual_seed(seed + index) for index in indices]
+        generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
         pipe = self.pipelines[method.name]
         output = pipe(lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method), output_type="pt")
         return output.images.to(self.device).float()
+
+    def method(self, method: MethodSpec, seed: int) -> Callable[[SRBatch], torch.Tensor]:
+        """``method`` as a function of a batch, for :func:`~uplift_diffusers.utils.sr_protocol.score_super_resolution`."""
+        return lambda batch: self.run(method, batch, seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +293,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
 
     ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor`` for FID / patch-FID.
     """
-    from evaluation.metrics.image_metrics import psnr, ssim
-    from tqdm.auto import tqdm
+    from evaluation.metrics.image_metrics import ssim
 
     _check_args(args)
     methods = parse_methods(args.upscaler)
@@ -321,44 +309,33 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
 
-    indexed = list(enumerate(items))
-    local = shard(indexed, state)
-    scores = {m.name: {"psnr": [], "ssim": []} for m in methods}
-    fids = {m.name: build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) for m in methods} if compute_fid else {}
-    patch_fids = (
-        {
-            m.name: build_patch_fid(
+    local = shard(list(enumerate(items)), state)
+    pairs = SRPairs(
+        [item for _, item in local], batch_size=args.batch_size, device=device,
+        load=lambda item: load_pair(item, args.hr_size, args.lr_size), indices=[index for index, _ in local],
+    )
+    fids, patch_fids = {}, {}
+    if compute_fid:
+        for m in methods:
+            fids[m.name] = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed)
+            patch_fids[m.name] = build_patch_fid(
                 extractor, device, args.patch_size, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed
             )
-            for m in methods
-        }
-        if compute_fid
-        else {}
+
+    def update_fid(name: str, output: torch.Tensor, batch: SRBatch) -> None:
+        fids[name].update(batch.hr, real=True)
+        fids[name].update(output, real=False)
+        patch_fids[name].update(output, batch.hr)
+
+    scores = score_super_resolution(
+        {m.name: runner.method(m, args.seed) for m in methods}, pairs, metrics={"psnr": psnr, "ssim": ssim},
+        on_output=update_fid if compute_fid else None, progress=not args.quiet and state.is_main_process,
     )
-    seconds = {m.name: 0.0 for m in methods}
-    batches = [local[i : i + args.batch_size] for i in range(0, len(local), args.batch_size)]
-    for batch in tqdm(batches, desc="super-resolution", disable=args.quiet or not state.is_main_process):
-        pairs = [load_pair(item, args.hr_size, args.lr_size) for _, item in batch]
-        hr = torch.cat([pil_to_tensor(h) for h, _ in pairs]).to(device)
-        lr = torch.cat([pil_to_tensor(l) for _, l in pairs]).to(device)
-        indices = [index for index, _ in batch]
-        for method in methods:
-            start = time.perf_counter()
-            output = runner.run(method, hr, lr, [l for _, l in pairs], indices, args.seed).clamp(0, 1)
-            seconds[method.name] += time.perf_counter() - start
-            if output.shape != hr.shape:
-                raise ValueError(f"row {method.name!r} returned {tuple(output.shape)}, expected {tuple(hr.shape)}.")
-            scores[method.name]["psnr"] += psnr(output, hr).tolist()
-            scores[method.name]["ssim"] += ssim(output, hr).tolist()
-            if compute_fid:
-                fids[method.name].update(hr, real=True)
-                fids[method.name].update(output, real=False)
-                patch_fids[method.name].update(output, hr)
 
     results: Dict[str, Dict] = {}
     for method in methods:
-        psnrs = gather_list(scores[method.name]["psnr"], state)
-        ssims = gather_list(scores[method.name]["ssim"], state)
+        psnrs = gather_list(scores[method.name].values["psnr"], state)
+        ssims = gather_list(scores[method.name].values["ssim"], state)
         entry = {
             "psnr": float(sum(psnrs) / len(psnrs)),
             "ssim": float(sum(ssims) / len(ssims)),
@@ -366,7 +343,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
             "kind": method.kind,
             "source": method.source,
             "color_correction": runner.color_correction(method),
-            "seconds_per_image_process0": seconds[method.name] / max(1, len(local)),
+            "seconds_per_image_process0": scores[method.name].seconds / max(1, len(local)),
         }
         if compute_fid:
             entry.update(fid_results(fids[method.name], patch_fids[method.name]))
@@ -404,12 +381,10 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
 
 def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
-    from uplift_diffusers.cli import CLIError
-
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
-    except (ValueError, FileNotFoundError, CLIError) as error:
+    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:

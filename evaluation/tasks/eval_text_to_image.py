@@ -1,7 +1,7 @@
-"""Text-to-image evaluation (the paper's Table 2): FID, patch-FID and CLIP score.
+"""Text-to-image evaluation (the paper's Tables 2-3): FID, patch-FID and CLIP score.
 
-For every caption of ``--prompts`` (a caption set from ``prepare_coco.py`` /
-``prepare_relaion.py``), Stable Diffusion (``--model``, its default scheduler, float32,
+For every caption of ``--prompts`` (a caption set from ``python -m evaluation.data.prepare_coco`` /
+``python -m evaluation.data.prepare_relaion``), Stable Diffusion (``--model``, its default scheduler, float32,
 ``--steps`` denoising steps, guidance ``--guidance-scale``) generates a ``--size`` image with
 the seed ``--seed + i`` (i = the caption's position in the file), once; the rows of
 ``--methods`` are all made from that one generation:
@@ -45,9 +45,14 @@ alternatives. Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.repor
 ``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
 ``OUTPUT/results.md``.
 
-Scale out with ``accelerate launch --multi_gpu --num_processes N evaluation/tasks/eval_text_to_image.py ...``:
+Run from the repository root::
+
+    python -m evaluation.tasks.eval_text_to_image --prompts data/coco/captions.jsonl --reference-dir data/coco/images \
+        --output-dir results/coco --dataset-name COCO --steps 25 --batch-size 4
+
+Scale out with ``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_text_to_image ...``:
 every process generates and scores a shard of the captions; metrics are gathered (on CPUs
-use ``torchrun --nproc_per_node N``).
+use ``torchrun --nproc_per_node N -m evaluation.tasks.eval_text_to_image ...``).
 """
 from __future__ import annotations
 
@@ -60,16 +65,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 from PIL import Image
 
-from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 from evaluation.data.caption_sets import CaptionRow, read_caption_set
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from evaluation.data.reference_images import square_crop_resize
+from evaluation.loading import load_upscaler
 from evaluation.metrics.metric_setup import (
     add_clip_arguments,
     add_fid_arguments,
@@ -83,9 +85,11 @@ from evaluation.metrics.metric_setup import (
 )
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import gather_list, process_state, shard
-from evaluation.data.reference_images import square_crop_resize
-from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID, UPLIFT_SD15_REPO_ID
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
+from uplift_diffusers.loaders.hub import from_hub
+from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 
 #: The SD1.5 rows: one generation per caption, upscaled (or not) in latent space. The default.
 SD15_METHODS = ("uplift", "bilinear", "nearest", "base512")
@@ -125,8 +129,8 @@ def parse_method_list(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Table 2.")
-    parser.add_argument("--prompts", required=True, help="caption set (.jsonl / .csv) from prepare_coco.py or prepare_relaion.py")
+    parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Tables 2-3.")
+    parser.add_argument("--prompts", required=True, help="caption set (.jsonl / .csv) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
     parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
     parser.add_argument("--output-dir", required=True, help="images/<method>/<id>.png, results.json and results.md go here")
     parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
@@ -174,7 +178,7 @@ def _check_args(args) -> List[str]:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}.")
     if not args.no_fid and args.reference_dir is None:
-        raise ValueError("FID needs the real images: pass --reference-dir (the folder prepare_*.py wrote) or --no-fid.")
+        raise ValueError("FID needs the real images: pass --reference-dir (the folder evaluation.data.prepare_* wrote) or --no-fid.")
     if args.reference_dir is not None and not Path(args.reference_dir).expanduser().is_dir():
         raise FileNotFoundError(f"--reference-dir not found: {args.reference_dir!r}.")
     return methods
@@ -246,21 +250,13 @@ def save_png(tensor: torch.Tensor, path: Path) -> None:
 
 def load_pipeline(args, methods: Sequence[str], device: torch.device):
     """``StableDiffusionUPLiFTPipeline`` from ``--model`` (float32, no safety checker) with the upscaler when needed."""
-    from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.cli import from_hub, import_text_to_image_pipeline
+    from uplift_diffusers import StableDiffusionUPLiFTPipeline
 
-    pipeline_class = import_text_to_image_pipeline()
-    upscaler = None
-    if "uplift" in methods:
-        source = args.upscaler or UPLIFT_SD15_REPO_ID
-        if Path(source).expanduser().is_file():
-            upscaler = UPLiFTLatentUpscaler.from_single_file(source, config=args.upscaler_config)
-        else:
-            upscaler = from_hub(f"the upscaler {source!r}", "--upscaler DIR|FILE", lambda: UPLiFTLatentUpscaler.from_pretrained(source))
+    upscaler = load_upscaler(args.upscaler, args.upscaler_config) if "uplift" in methods else None
     pipe = from_hub(
         f"the Stable Diffusion model {args.model!r}",
         "--model DIR (a diffusers Stable Diffusion folder)",
-        lambda: pipeline_class.from_pretrained(args.model, upscaler=upscaler, safety_checker=None, requires_safety_checker=False),
+        lambda: StableDiffusionUPLiFTPipeline.from_pretrained(args.model, upscaler=upscaler, safety_checker=None, requires_safety_checker=False),
     )
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -314,8 +310,6 @@ def load_sdxl_pipeline(args, device: torch.device):
     """
     from diffusers import StableDiffusionXLPipeline
 
-    from uplift_diffusers.cli import from_hub
-
     pipe = from_hub(
         f"the SDXL model {args.sdxl_model!r}",
         "--sdxl-model DIR (a diffusers SDXL folder)",
@@ -335,8 +329,6 @@ def load_sdxl_pipeline(args, device: torch.device):
 def add_lcm_lora(pipe, args) -> None:
     """Load ``--lcm-lora`` into ``pipe``'s UNet, fuse it and sample with ``LCMScheduler`` (the model card's recipe)."""
     from diffusers import LCMScheduler
-
-    from uplift_diffusers.cli import from_hub
 
     from_hub(
         f"the LCM-LoRA {args.lcm_lora!r}",
@@ -560,12 +552,10 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
 
 def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scorer=None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
-    from uplift_diffusers.cli import CLIError
-
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
-    except (ValueError, FileNotFoundError, CLIError) as error:
+    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:

@@ -7,22 +7,29 @@ repository has. :func:`locate_hub_file` answers from the local cache first (as
 ``local_files_only=True``) the choice needs no network and a file missing from the cache is
 reported at once, and a local "not in the cache" is never mistaken for "not in the repository".
 :func:`single_file_path` resolves a single-file checkpoint given as a path, a Hub URL or
-``org/repo/file``; :func:`pick_dtype` checks the ``torch_dtype`` / ``dtype`` pair of diffusers.
+``org/repo/file``; :func:`pick_dtype` checks the ``torch_dtype`` / ``dtype`` pair of diffusers and
+:func:`dtype_kwargs` passes a dtype under the name the installed diffusers expects.
+:func:`from_hub` turns "the Hub cannot be reached and the model is not cached" into one
+:class:`HubUnavailableError` saying what to pass instead.
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
 from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 __all__ = [
     "HUB_KWARGS",
+    "HubUnavailableError",
+    "is_connection_error",
+    "from_hub",
+    "dtype_kwargs",
     "hub_offline",
     "hub_kwargs_of",
     "locate_hub_file",
@@ -37,6 +44,70 @@ HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "tok
 #: Further ``from_pretrained`` arguments applied to a single-file checkpoint, and those that change nothing there.
 _SINGLE_FILE_APPLIED = ("subfolder", "torch_dtype", "dtype", "device_map")
 _SINGLE_FILE_NO_EFFECT = ("low_cpu_mem_usage", "disable_mmap", "use_safetensors")
+_CONNECTION_WORDS = ("connect", "offline", "network", "resolve host", "timed out", "unreachable")
+
+T = TypeVar("T")
+
+
+class HubUnavailableError(FileNotFoundError):
+    """A model had to come from the Hugging Face Hub, which cannot be reached (or may not be
+    contacted: ``HF_HUB_OFFLINE=1``), and it is not in the local cache."""
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) means the Hub could not be reached."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        module = type(error).__module__.split(".")[0]
+        name = type(error).__name__
+        if module in ("requests", "httpx", "httpx2", "httpcore", "urllib3") and any(
+            word in name for word in ("Connect", "Timeout", "Network", "Transport", "Proxy")
+        ):
+            return True
+        if isinstance(error, OSError) and any(word in str(error).lower() for word in _CONNECTION_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def from_hub(what: str, hint: str, load: Callable[[], T]) -> T:
+    """Run ``load``; when it fails because the Hub cannot be reached and the files are not cached,
+    raise one :class:`HubUnavailableError` naming ``what`` (e.g. ``"the VAE 'org/name'"``) and
+    ``hint`` (what to pass instead, e.g. a command-line flag). huggingface_hub's log line per
+    retry is silenced meanwhile; other errors pass through unchanged."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        return load()
+    except HubUnavailableError:
+        raise
+    except Exception as error:  # noqa: BLE001 - classified below, re-raised otherwise
+        if not is_connection_error(error):
+            raise
+        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") else ""
+        raise HubUnavailableError(
+            f"cannot reach the Hugging Face Hub{offline} and {what} is not in the local cache; pass a local path "
+            f"with {hint} (or run once with network access)."
+        ) from error
+    finally:
+        hub_logging.set_verbosity(verbosity)
+
+
+def dtype_kwargs(dtype: Optional[torch.dtype]) -> dict:
+    """``from_pretrained`` keyword for ``dtype``: ``dtype=`` where diffusers has it (``torch_dtype``
+    is deprecated there), else ``torch_dtype=``; ``{}`` for None."""
+    if dtype is None:
+        return {}
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present once `dtype=` exists
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
 
 
 def hub_offline(local_files_only: Optional[bool] = None) -> bool:

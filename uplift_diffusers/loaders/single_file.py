@@ -4,8 +4,8 @@ The official config's ``uplift:`` section becomes an :class:`UPLiFTLatentUpscale
 (:func:`config_from_original`); without it, the config is read off the checkpoint's shapes
 (:func:`config_from_state_dict`). The official state-dict keys are renamed to ours
 (:func:`convert_original_state_dict`, and back with :func:`convert_to_original_state_dict`).
-Checkpoints are read without executing pickled code: ``.safetensors`` directly, ``.pth`` /
-``.pt`` / ``.ckpt`` with ``torch.load(weights_only=True)``.
+Checkpoints are read without executing pickled code
+(:func:`~uplift_diffusers.utils.state_dicts.load_state_dict_file`).
 """
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 import yaml
 
-from ..constants import UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
-from ..utils.state_dicts import state_dict_differences
+from ..utils.state_dicts import load_state_dict_file, state_dict_problems
+
+__all__ = [
+    "config_from_original",
+    "config_from_state_dict",
+    "convert_original_state_dict",
+    "convert_to_original_state_dict",
+    "load_original_into",
+    "load_state_dict_file",
+    "OFFICIAL_FIELDS_NOT_IN_WEIGHTS",
+]
 
 PathLike = Union[str, os.PathLike]
-
-#: Hub location of the authors' released SD1.5-VAE model (aliases of the constants).
-ORIGINAL_REPO_ID = UPLIFT_SD15_REPO_ID
-ORIGINAL_CHECKPOINT_NAME = UPLIFT_SD15_WEIGHTS_NAME
 
 # official key (regex) -> our key (format string); ConvBlock keys end in `.conv.<index>.<param>`
 _KEY_RULES = [
@@ -111,31 +116,6 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Di
         ValueError: listing the keys that have no official name.
     """
     return _rename_keys(state_dict, _official_key, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
-
-
-def load_state_dict_file(path: PathLike, argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt`` state dict without running pickled code.
-
-    A ``.pth`` holding ``{"state_dict": ...}`` / ``{"model": ...}`` is unwrapped, and a
-    ``module.`` prefix (DataParallel) is removed. ``argument`` is the name errors give the path.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"`{argument}` file not found: {str(path)!r}; pass the path to the .safetensors or .pth file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path))
-    elif path.suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model", "uplift"):
-            if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
-    else:
-        raise ValueError(f"`{argument}` {str(path)!r} has suffix {path.suffix!r}; expected .safetensors, .pth, .pt, .ckpt or .bin.")
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"`{argument}` {str(path)!r} does not hold a state dict of tensors.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def _require(section: Mapping, key: str, where: str, allowed=None) -> Any:
@@ -317,21 +297,10 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
 
 def load_original_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Copy an official state dict into ``model``; any missing / unexpected key or shape mismatch
-    raises one ValueError listing all of them."""
+    raises one ValueError listing all of them (under the official key names, as the user's
+    checkpoint spells them)."""
     converted = convert_original_state_dict(state_dict)
-    expected = model.state_dict()
-    missing, unexpected, mismatched = state_dict_differences(converted, expected)
-    # problems are listed under the official key names, as the user's checkpoint spells them
-    missing = sorted(_official_name(k) for k in missing)
-    unexpected = sorted(_official_name(k) for k in unexpected)
-    mismatched = [f"{_official_name(k)}: checkpoint {have} vs model {want}" for k, have, want in mismatched]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
+    problems = state_dict_problems(converted, model.state_dict(), display=_official_name)
     if problems:
         raise ValueError(
             "The UPLiFT checkpoint does not match the config (pass the YAML the checkpoint was trained with): "

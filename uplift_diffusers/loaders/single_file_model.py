@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
-from diffusers.utils import logging
+from diffusers.utils import CONFIG_NAME, logging
 from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
@@ -140,7 +140,7 @@ class FromOriginalUPLiFTMixin:
             )
         if path.is_dir():
             folder = path / subfolder
-            if (folder / "config.json").is_file():
+            if (folder / CONFIG_NAME).is_file():
                 single_file = None
             elif (folder / weight_name).is_file():
                 single_file = str(folder / weight_name)
@@ -153,8 +153,8 @@ class FromOriginalUPLiFTMixin:
             raise FileNotFoundError(f"`pretrained_model_name_or_path`: local path not found: {text!r}.")
         else:
             prefix = f"{subfolder}/" if subfolder else ""
-            found, name = locate_hub_file(text, [f"{prefix}config.json", f"{prefix}{weight_name}"], **hub_kwargs_of(kwargs))
-            single_file = None if name == f"{prefix}config.json" else found
+            found, name = locate_hub_file(text, [prefix + CONFIG_NAME, prefix + weight_name], **hub_kwargs_of(kwargs))
+            single_file = None if name == prefix + CONFIG_NAME else found
         if single_file is None:
             if original_config is not None:
                 raise ValueError(

@@ -16,24 +16,18 @@ from pathlib import Path
 
 import diffusers
 import torch
+from diffusers.utils import CONFIG_NAME
 
 from ..constants import SD15_VAE_SUBFOLDER as _VAE_SUBFOLDER
-from .hub import locate_hub_file, looks_like_local_path
-from ..models.autoencoder_tiny import TinyAutoencoder, _check_images, _check_latents
+from ..models.autoencoder_tiny import TinyAutoencoder
+from ..utils.validation import check_image_batch
+from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path
 
-__all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "supported_vae_classes"]
+__all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
-_CONFIG_NAME = "config.json"
-
-
-def supported_vae_classes() -> dict[str, type]:
-    """Map of the ``_class_name`` values :func:`load_vae` accepts to their classes."""
-    classes = {"TinyAutoencoder": TinyAutoencoder}
-    for name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny"):
-        cls = getattr(diffusers, name, None)  # AutoencoderKLFlux2 needs a recent diffusers
-        if cls is not None:
-            classes[name] = cls
-    return classes
+#: The ``_class_name`` values :func:`load_vae` accepts: diffusers' autoencoders (loaded with
+#: ``diffusers.AutoModel``) and this package's TinyAutoencoder (which AutoModel does not know).
+SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
 
 
 def _find_pth_pair(directory: Path) -> tuple[Path, Path] | None:
@@ -61,13 +55,12 @@ def _class_for(config_file: str, source: str) -> type:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"path_or_id {source!r}: could not read the VAE config {config_file}: {exc}") from exc
     name = config.get("_class_name") if isinstance(config, dict) else None
-    classes = supported_vae_classes()
-    if name not in classes:
+    if name not in SUPPORTED_VAE_CLASSES:
         raise ValueError(
             f"path_or_id {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
-            f"classes are {sorted(classes)}"
+            f"classes are {list(SUPPORTED_VAE_CLASSES)}"
         )
-    return classes[name]
+    return TinyAutoencoder if name == TinyAutoencoder.__name__ else diffusers.AutoModel
 
 
 def _hub_config(repo_id: str, subfolder: str | None, hub: dict) -> tuple[str, str | None]:
@@ -77,9 +70,9 @@ def _hub_config(repo_id: str, subfolder: str | None, hub: dict) -> tuple[str, st
     repository), whichever the local cache holds first: offline, a root config missing from the
     cache does not hide a cached ``vae/`` one."""
     if subfolder is not None:
-        names = [f"{subfolder}/{_CONFIG_NAME}"]
+        names = [f"{subfolder}/{CONFIG_NAME}"]
     else:
-        names = [_CONFIG_NAME, f"{_VAE_SUBFOLDER}/{_CONFIG_NAME}"]
+        names = [CONFIG_NAME, f"{_VAE_SUBFOLDER}/{CONFIG_NAME}"]
     config_file, name = locate_hub_file(repo_id, names, **hub)
     return config_file, (name.rpartition("/")[0] or None)
 
@@ -100,8 +93,9 @@ def load_vae(
       and one ``*decoder*.pth``, e.g. ``taef2_encoder.pth``) is loaded with
       :meth:`TinyAutoencoder.from_original_checkpoint`.
     * A diffusers directory (``config.json`` at its root, or a pipeline directory with the VAE in
-      ``vae/``) or a Hub id is loaded with the ``from_pretrained`` of the class its config names
-      in ``_class_name`` (see :func:`supported_vae_classes`).
+      ``vae/``) or a Hub id is loaded by the class its config names in ``_class_name`` (one of
+      :data:`SUPPORTED_VAE_CLASSES`): diffusers' autoencoders with ``diffusers.AutoModel``, this
+      package's TinyAutoencoder with its ``from_pretrained``.
 
     Args:
         path_or_id: local directory or Hub repository id.
@@ -142,29 +136,29 @@ def load_vae(
             pair = _find_pth_pair(path)
             if pair is not None:
                 return TinyAutoencoder.from_original_checkpoint(*pair, torch_dtype=torch_dtype)
-            if (path / _CONFIG_NAME).is_file():
+            if (path / CONFIG_NAME).is_file():
                 found = None
-            elif (path / _VAE_SUBFOLDER / _CONFIG_NAME).is_file():
+            elif (path / _VAE_SUBFOLDER / CONFIG_NAME).is_file():
                 found = _VAE_SUBFOLDER
             else:
                 raise ValueError(
                     f"path_or_id {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
-                    f"{_CONFIG_NAME} (at its root or in {_VAE_SUBFOLDER}/); point it at a VAE directory"
+                    f"{CONFIG_NAME} (at its root or in {_VAE_SUBFOLDER}/); point it at a VAE directory"
                 )
         else:
-            if not (path / subfolder / _CONFIG_NAME).is_file():
-                raise FileNotFoundError(f"path_or_id {text!r}: no {_CONFIG_NAME} in subfolder {subfolder!r}")
+            if not (path / subfolder / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"path_or_id {text!r}: no {CONFIG_NAME} in subfolder {subfolder!r}")
             found = subfolder
-        config_file = path / found / _CONFIG_NAME if found else path / _CONFIG_NAME
+        config_file = path / found / CONFIG_NAME if found else path / CONFIG_NAME
         cls = _class_for(str(config_file), text)
-        return cls.from_pretrained(str(path), subfolder=found, torch_dtype=torch_dtype).eval()
+        return cls.from_pretrained(str(path), subfolder=found, **dtype_kwargs(torch_dtype)).eval()
     if looks_like_local_path(text, max_slashes=1):
         raise FileNotFoundError(f"path_or_id: local path not found: {str(path)!r}")
 
     hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     config_file, found = _hub_config(text, subfolder, hub)
     cls = _class_for(config_file, text)
-    return cls.from_pretrained(text, subfolder=found, torch_dtype=torch_dtype, **hub).eval()
+    return cls.from_pretrained(text, subfolder=found, **dtype_kwargs(torch_dtype), **hub).eval()
 
 
 def vae_scale_factor(vae) -> int:
@@ -195,11 +189,13 @@ def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
     KL autoencoders return the posterior mode (``vae.encode(x).latent_dist.mode()``), tiny
     autoencoders their ``.latents``. H and W must be multiples of :func:`vae_scale_factor`.
     The images are moved to the VAE's device and dtype. Gradients follow the caller's mode:
-    wrap the call in ``torch.no_grad()`` for a frozen VAE.
+    wrap the call in ``torch.no_grad()`` for a frozen VAE. Shapes are checked, values are not
+    (no device synchronisation per call): check data where it enters, with
+    :func:`uplift_diffusers.utils.validation.check_values`.
     """
     dtype, device = _model_dtype_device(vae)
     channels = getattr(vae.config, "in_channels", 3)
-    _check_images("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
+    check_image_batch("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
     output = vae.encode(images_minus1_1.to(device=device, dtype=dtype))
     if hasattr(output, "latent_dist"):
         return output.latent_dist.mode()
@@ -221,6 +217,6 @@ def decode_latents(vae, latents: torch.Tensor, clamp: bool = True) -> torch.Tens
     channels = getattr(vae.config, "latent_channels", None)
     if channels is None:
         raise ValueError(f"vae ({type(vae).__name__}) config has no latent_channels")
-    _check_latents("latents", latents, channels=channels)
+    check_image_batch("latents", latents, channels=channels)
     images = vae.decode(latents.to(device=device, dtype=dtype)).sample
     return images.clamp(-1, 1) if clamp else images

@@ -33,7 +33,6 @@ unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +46,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
-from ..utils.state_dicts import state_dict_differences
+from ..utils.state_dicts import load_state_dict_file, state_dict_problems
+from ..utils.validation import check_image_batch
 
 __all__ = ["TinyAutoencoder", "ENCODER_BLOCK_POSITIONS", "DECODER_BLOCK_POSITIONS"]
 
@@ -60,10 +60,7 @@ _DECODER_IN_INDEX = 1  # conv(latent_channels, 64)
 _DECODER_OUT_INDEX = 19  # conv(64, 3)
 _LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
 _SPATIAL_FACTOR = 8
-# Images handed to ``encode`` may overshoot [-1, 1] a little (e.g. after bicubic resizing);
-# anything further out means the caller used another convention ([0, 255], ...).
-_RANGE_TOLERANCE = 0.05
-_MAX_LISTED = 12
+_MAX_LISTED = 12  # keys listed per kind of problem in a checkpoint error
 
 
 def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -169,83 +166,6 @@ def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
     return sorted(value)
 
 
-def _check_tensor_batch(name: str, x, *, channels: int, multiple: int, dtype: torch.dtype | None) -> None:
-    """Shape / dtype checks shared by ``encode``, ``decode`` and :mod:`uplift_diffusers.loaders.vae`."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape (batch, {channels}, height, width), got {type(x).__name__}"
-        )
-    if x.ndim != 4:
-        raise ValueError(
-            f"{name} must be 4-D (batch, {channels}, height, width), got shape {tuple(x.shape)}; "
-            "add a batch dimension with x.unsqueeze(0) for a single item"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one item")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    h, w = x.shape[-2:]
-    if multiple > 1 and (h % multiple or w % multiple):
-        raise ValueError(
-            f"{name} height and width must be multiples of {multiple}, got {h} x {w}; pad (or crop) "
-            f"the images to {-(-h // multiple) * multiple} x {-(-w // multiple) * multiple} first, "
-            "e.g. with torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='replicate')"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if dtype is not None and x.dtype != dtype:
-        raise ValueError(f"{name} has dtype {x.dtype} but the model runs in {dtype}; convert it with x.to({dtype})")
-
-
-def _value_range(name: str, x: torch.Tensor) -> tuple[float, float]:
-    """Return (min, max) of ``x``; ValueError when it holds NaN or infinity (one reduction, one sync)."""
-    lo, hi = torch.aminmax(x.detach())
-    lo, hi = float(lo), float(hi)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or infinite values (min {lo}, max {hi}); check the data producing it")
-    return lo, hi
-
-
-def _check_images(name: str, x, *, channels: int, multiple: int, dtype: torch.dtype | None = None) -> None:
-    """Validate a batch of images in [-1, 1] (shape, dtype, finiteness, range)."""
-    _check_tensor_batch(name, x, channels=channels, multiple=multiple, dtype=dtype)
-    lo, hi = _value_range(name, x)
-    if lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
-        raise ValueError(
-            f"{name} must hold images in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; convert [0, 1] "
-            "images with x * 2 - 1 and [0, 255] images with x / 127.5 - 1"
-        )
-
-
-def _check_latents(name: str, z, *, channels: int, dtype: torch.dtype | None = None) -> None:
-    """Validate a batch of latents (shape, channel count, dtype, finiteness)."""
-    _check_tensor_batch(name, z, channels=channels, multiple=1, dtype=dtype)
-    _value_range(name, z)
-
-
-def _resolve_file(name: str, path) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
-    resolved = Path(os.path.expanduser(os.fspath(path)))
-    if not resolved.exists():
-        raise FileNotFoundError(f"{name}: file not found: {resolved}")
-    if not resolved.is_file():
-        raise ValueError(f"{name} must be a .pth file, got the directory {resolved}; pass the file inside it")
-    return resolved
-
-
-def _load_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable / not a weights-only pickle
-        raise ValueError(f"{name}: could not read {path} as a PyTorch state dict: {exc}") from exc
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"{name}: {path} must hold a plain state dict (str -> tensor), got {type(state).__name__}")
-    return dict(state)
-
-
 def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int) -> int | None:
     tensor = state.get(key)
     return int(tensor.shape[dim]) if tensor is not None and tensor.ndim > dim else None
@@ -253,11 +173,6 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int) -> int | None:
 
 def _pooled_indices(state: Mapping[str, torch.Tensor], allowed: Sequence[int]) -> list[int]:
     return sorted(i for i in allowed if f"{i}.pool.0.weight" in state)
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
 class TinyAutoencoder(ModelMixin, ConfigMixin):
@@ -362,10 +277,12 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}"
             )
-        enc_path = _resolve_file("encoder_path", encoder_path)
-        dec_path = _resolve_file("decoder_path", decoder_path)
-        enc_sd = _load_state_dict("encoder_path", enc_path)
-        dec_sd = _load_state_dict("decoder_path", dec_path)
+        for name, path in (("encoder_path", encoder_path), ("decoder_path", decoder_path)):
+            if not isinstance(path, (str, os.PathLike)):
+                raise ValueError(f"`{name}` must be a path (str or os.PathLike), got {type(path).__name__}")
+        enc_path, dec_path = Path(encoder_path).expanduser(), Path(decoder_path).expanduser()
+        enc_sd = load_state_dict_file(enc_path, "encoder_path")
+        dec_sd = load_state_dict_file(dec_path, "decoder_path")
 
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
         dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
@@ -413,15 +330,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             ("encoder_path", enc_name, enc_sd, self.encoder.layers),
             ("decoder_path", dec_name, dec_sd, self.decoder.layers),
         ):
-            missing, unexpected, mismatched = state_dict_differences(given, module.state_dict())
-            mismatched = [f"{k}: file {have} vs model {want}" for k, have, want in mismatched]
-            parts = []
-            if missing:
-                parts.append(f"missing keys [{_listed(missing)}]")
-            if unexpected:
-                parts.append(f"unexpected keys [{_listed(unexpected)}]")
-            if mismatched:
-                parts.append(f"shape mismatches [{_listed(mismatched)}]")
+            parts = state_dict_problems(given, module.state_dict(), limit=_MAX_LISTED)
             if parts:
                 problems.append(f"{arg} ({name}): " + "; ".join(parts))
         if problems:
@@ -448,9 +357,11 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
 
         Returns an ``AutoencoderTinyOutput`` whose ``latents`` have shape
         (batch, latent_channels, H / 8, W / 8), or the tuple ``(latents,)``. Gradients follow
-        the caller's mode: wrap calls in ``torch.no_grad()`` when none are needed.
+        the caller's mode: wrap calls in ``torch.no_grad()`` when none are needed. Shapes and
+        dtypes are checked, values are not (that would wait for the device on every call; the
+        pipelines check their inputs where they enter).
         """
-        _check_images("x", x, channels=self.config.in_channels, multiple=_SPATIAL_FACTOR, dtype=self.dtype)
+        check_image_batch("x", x, channels=self.config.in_channels, multiple=_SPATIAL_FACTOR, dtype=self.dtype)
         latents = self.encoder(x * 0.5 + 0.5)
         if not return_dict:
             return (latents,)
@@ -467,7 +378,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         accepted for signature compatibility with diffusers and unused (decoding is
         deterministic).
         """
-        _check_latents("z", z, channels=self.config.latent_channels, dtype=self.dtype)
+        check_image_batch("z", z, channels=self.config.latent_channels, dtype=self.dtype)
         images = self.decoder(z).mul(2).sub_(1)
         if not return_dict:
             return (images,)

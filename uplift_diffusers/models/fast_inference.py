@@ -1,81 +1,151 @@
-"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
+"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, beside the model.
 
-``enable_fast_inference(model, dtype=torch.bfloat16, compile=True)`` switches a model to:
+``enable_fast_inference(model, dtype=torch.bfloat16, compile=True)`` makes ``model(...)`` run
+the model's own encoder groups and :meth:`~UPLiFTLatentUpscaler.upscale_step` (no second
+copy of them here) with:
 
-- weights in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86 CPUs, tensor
-  cores on CUDA), except the first encoder group, which reads the raw image and stays in
-  float32 (about 3% of the encoder's work; in bf16 it alone costs a trained model about 3%
-  relative error), 4-D weights in ``channels_last``;
-- mixed precision: every convolution computes in ``dtype``, while the residual stream
-  (the sums of the ConvBlocks, the concatenations, the latents between steps, the Local
-  Attender's softmax and mixing) stays float32, so that each block rounds only its own
-  update, not the running sum; except in the widest encoder groups (512 channels at full
-  image resolution), whose stream is in ``dtype``: they set the peak memory, which a
-  float32 stream there would double. The encoder maps are stored in ``dtype``. On the
-  official-size model with random weights this takes the relative error from 1.1%
-  (everything in bf16) to 0.89% / 0.83% (1 / 2 steps), with the same time and peak memory;
-- inputs converted to ``channels_last`` automatically, the output returned in the dtype of
-  the caller's ``latents`` (standard memory format);
+- ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86
+  CPUs, tensor cores on CUDA): every convolution computes in ``dtype``, while the residual
+  stream (the ConvBlock sums, the concatenations, the Local Attender's softmax and mixing)
+  stays float32, so that each block rounds only its own update, not the running sum. Two
+  exceptions, both chosen by measurement on the official-size model: the first encoder group,
+  which reads the raw image, runs without autocast (about 3% of the encoder's work; in bf16
+  it alone costs a trained model about 3% relative error); and the widest encoder groups
+  (512 channels at full image resolution) carry their stream in ``dtype``: they set the peak
+  memory, which a float32 stream there would double. The encoder maps are stored in
+  ``dtype``. The weights themselves are never changed: autocast casts them on the fly, and
+  a compiled graph folds those casts into constants (Inductor freezing);
+- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`):
+  the steps read the last encoder map only through nearest resampling on a grid of every
+  s-th pixel, so only those pixels are computed (equal to the dense map to float rounding);
+- inputs in ``channels_last`` (when asked), the output returned in the dtype of the caller's
+  ``latents`` (standard memory format);
 - the encoder and the 2x step wrapped in ``torch.compile`` when it is available, with
   Inductor's weight freezing in the default mode (weights become graph constants: oneDNN
-  pre-packs them and fuses residual adds into the 1x1 convolutions on CPU). If
-  compiling is not possible (no ``torch.compile``, no C compiler for the CPU backend, a
-  backend error), a ``RuntimeWarning`` says so and the model runs eagerly: never a crash;
-- noise drawn exactly as the eager model draws it (same generator calls, same order, in the
-  weights' original dtype), so both modes see the same noise.
+  pre-packs them and fuses residual adds into the 1x1 convolutions on CPU). If compiling is
+  not possible (no ``torch.compile``, no C compiler for the CPU backend, a backend error), a
+  ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
+- noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise` (same generator
+  calls, same order, same dtype as the eager model), outside the compiled graphs;
+- ``torch.no_grad()`` (inference only).
 
-The forward pass runs under ``torch.no_grad()`` (inference only). The original weights are
-kept aside (no copy is made of them) and :func:`disable_fast_inference` puts them back, so the
-model is bit-for-bit the float32 eager model again.
+While it is enabled, the model's ``forward`` is this module's (set on the instance, beneath
+accelerate's hooks when the model has them); :func:`disable_fast_inference` removes it.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
-from .modeling_uplift import UPLiFTOutput, run_blocks
-
-#: Parameters kept in the original dtype in fast mode (the first encoder group).
-FULL_PRECISION_PREFIX = "encoder.groups.0."
+from .modeling_uplift import ConvBlock, UPLiFTOutput
 
 #: dtypes accepted by :func:`enable_fast_inference`.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+# =============================================================================== the encoder's last group, strided
+def encoder_read_stride(model, num_steps: int) -> int:
+    """Stride of the grid on which ``num_steps`` steps of ``model`` read the last encoder map.
+
+    The map is at image size ``f * h`` (``f = vae_scale_factor``) and is read by nearest
+    resampling at ``2**k * h`` for ``k = 0 .. K`` (``K = num_steps`` when the refiner reads
+    it, else ``num_steps - 1``): source pixel ``dst * f / 2**k``. When ``2**K`` divides ``f``
+    all reads fall on every ``f / 2**K``-th pixel; otherwise 1 (dense)."""
+    groups = len(model.encoder.groups)
+    group = model.config.refiner_encoder_group
+    refiner_reads_last = group is not None and group % groups == groups - 1
+    finest = 2 ** (num_steps if refiner_reads_last else num_steps - 1)
+    factor = model.config.vae_scale_factor
+    return factor // finest if factor % finest == 0 else 1
+
+
+def strided_conv_block(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``block(x)[..., ::stride, ::stride]``, computing only those pixels: the 3x3 convolution
+    runs with ``stride`` (same zero padding) on the dense input; the rest is per pixel."""
+    if stride == 1:
+        return block(x)
+    conv_out = F.conv2d(x, block.conv.weight, None, stride=stride, padding=1)
+    return block.pointwise(conv_out, x[:, :, ::stride, ::stride])
+
+
+#: The nine (dy, dx) around a strided pixel that a 3x3 convolution reads.
+PHASE_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def conv_block_phases(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``block(x)`` at the pixels ``(stride * i + dy, stride * j + dx)`` for the nine
+    ``(dy, dx)`` in :data:`PHASE_OFFSETS`, with ``i, j`` running over ``ceil(H / stride)``,
+    ``ceil(W / stride)``; pixels outside the image are zero (the next block's zero padding).
+    Returns ``B x 9 x C_out x ceil(H / stride) x ceil(W / stride)``."""
+    batch, _, height, width = x.shape
+    rows, cols = -(-height // stride), -(-width // stride)
+    padded = F.pad(x, (2, 2, 2, 2))  # padded[r + 2] = x[r]; zeros outside
+    phases = []
+    for dy, dx in PHASE_OFFSETS:
+        # the 3x3 window centred at x[stride*i + dy] starts at padded[stride*i + dy + 1]
+        window = padded[:, :, dy + 1 :, dx + 1 :]
+        conv_out = F.conv2d(window, block.conv.weight, None, stride=stride)[:, :, :rows, :cols]
+        residual = padded[:, :, dy + 2 :: stride, dx + 2 :: stride][:, :, :rows, :cols]
+        out = block.pointwise(conv_out, residual)
+        row_pos = torch.arange(rows, device=x.device) * stride + dy
+        col_pos = torch.arange(cols, device=x.device) * stride + dx
+        inside = ((row_pos >= 0) & (row_pos < height))[:, None] & ((col_pos >= 0) & (col_pos < width))[None, :]
+        phases.append(out * inside.to(out.dtype))
+    return torch.stack(phases, dim=1)
+
+
+def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int, phases: bool) -> torch.Tensor:
+    """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input.
+
+    The last block runs as a strided ConvBlock. Its 3x3 convolution reads the block before
+    it only at rows and columns ``stride * i + {-1, 0, 1}``; for ``stride >= 3`` those are
+    fewer than all pixels, so with ``phases`` that block is evaluated only there, as nine
+    strided "phases" (:func:`conv_block_phases`: 9 / stride**2 of its work), and the last
+    block's 3x3 convolution becomes one 1x1 convolution over the nine phases stacked as
+    channels. That pays in float32; in half precision (AMX / tensor cores) the nine strided
+    phase convolutions and their input copies cost more than the dense block (measured on an
+    AMX CPU), so :class:`FastInference` uses phases only in float32."""
+    if stride == 1:
+        return group(x)
+    if stride < 3 or len(group) < 2 or not phases:
+        return strided_conv_block(group[-1], group[:-1](x), stride)
+    stacked = conv_block_phases(group[-2], group[:-2](x), stride)  # B x 9 x C x H/s x W/s
+    last = group[-1]
+    batch, _, channels, height, width = stacked.shape
+    weight = last.conv.weight.permute(0, 2, 3, 1).reshape(last.out_channels, 9 * channels, 1, 1)
+    conv_out = F.conv2d(stacked.reshape(batch, 9 * channels, height, width), weight)
+    return last.pointwise(conv_out, stacked[:, 4])  # phase 4 is the offset (0, 0)
+
+
+# =============================================================================== the fast forward
 class FastInference:
-    """The fast-inference state of one model: the original weights, the compiled functions
-    and the forward pass that uses them. Made by :func:`enable_fast_inference`."""
+    """The fast-inference state of one model: settings, compiled passes and the forward pass
+    that uses them. Made by :func:`enable_fast_inference`; holds no copy of the weights."""
 
     def __init__(self, model, dtype: torch.dtype, compile: bool, compile_mode: Optional[str], channels_last: bool):
         self.model = model
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.original_dtype = model.dtype
-        self._saved = {}
-        for name, tensor in _floating_tensors(model):
-            self._saved[name] = tensor.data
-            fmt = self.memory_format if tensor.ndim == 4 else torch.contiguous_format
-            # the first encoder group reads the raw image and stays in the original dtype: it is
-            # ~3% of the encoder's work, and in bf16 it costs a trained model ~3% relative error
-            keep = name.startswith(FULL_PRECISION_PREFIX)
-            tensor.data = tensor.data.to(dtype=self.original_dtype if keep else dtype, memory_format=fmt)
         # the encoder groups from the first one as wide as the widest (full resolution: they
         # set the peak memory) keep their residual stream in `dtype`; a float32 stream there
         # doubled the peak memory (276 -> 613 MiB at 256 px) for 0.89% -> 0.79% error
         # (official-size model, random weights)
         widths = [group[-1].out_channels for group in model.encoder.groups]
         self.half_stream_from = widths.index(max(widths))
-        self._eager = {"encode": self._encode, "step": self._step}
+        #: the strided last encoder group with phases (:func:`last_group_strided`): in float32 only
+        self.phases = dtype == torch.float32
+        self._eager = {"encode": self.encode, "step": self.step}
         self._compiled: Dict[str, Optional[Callable]] = {}
-        # freezing: weights become constants of the compiled graphs, which lets Inductor
-        # pre-pack them for oneDNN and fuse the residual add into the 1x1 convolution (CPU).
-        # Dynamo reads the flag while tracing and guards on it, so it is set around every
-        # call, not only passed as a compile option (which reaches Inductor alone: weights
-        # would stay graph inputs).
+        # freezing: weights become constants of the compiled graphs (autocast's weight casts
+        # folded), which lets Inductor pre-pack them for oneDNN and fuse the residual add into
+        # the 1x1 convolution (CPU). Dynamo reads the flag while tracing and guards on it, so
+        # it is set around every call, not only passed as a compile option (which reaches
+        # Inductor alone: weights would stay graph inputs).
         self.freezing = compile and compile_mode is None
         if compile:
             self._compiled = {name: _try_compile(fn, compile_mode) for name, fn in self._eager.items()}
@@ -85,32 +155,32 @@ class FastInference:
         """Whether compiled functions are in use (False after a fallback to eager)."""
         return any(fn is not None for fn in self._compiled.values())
 
-    def restore(self) -> None:
-        """Put the original weights back (exactly) and drop the compiled functions."""
-        for name, tensor in _floating_tensors(self.model):
-            original = self._saved[name]
-            tensor.data = original if original.device == tensor.device else original.to(tensor.device)
-        self._saved.clear()
-        self._compiled.clear()
+    def _autocast(self, device_type: str, enabled: bool = True):
+        if not enabled or self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.dtype)
 
     # ----------------------------------------------------------------- the passes
-    def _encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
-        """The encoder maps, stored in ``dtype`` (float32 residual stream inside)."""
-        features = self.model.encoder(image, last_map_stride=stride, feature_dtype=self.dtype, feature_dtype_stream_from=self.half_stream_from)
-        return [f.contiguous(memory_format=self.memory_format) for f in features]
+    def encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
+        """The eager encoder pass: the encoder's maps (the last one on the grid the steps read), stored in ``dtype``."""
+        groups = self.model.encoder.groups
+        maps, x = [], image
+        for index, group in enumerate(groups):
+            if index >= self.half_stream_from:
+                x = x.to(self.dtype)
+            with self._autocast(image.device.type, enabled=index > 0):  # the first group reads the raw image
+                if index < len(groups) - 1:
+                    x = group(x)
+                else:
+                    x = last_group_strided(group, x, stride, self.phases)
+            maps.append(x.to(self.dtype).contiguous(memory_format=self.memory_format))
+        return maps
 
-    def _step(self, latents: torch.Tensor, features: List[torch.Tensor], noises: List[Optional[torch.Tensor]]) -> torch.Tensor:
-        """:meth:`UPLiFTLatentUpscaler.upscale_step` with the noise given (drawn outside, so
-        that a compiled graph contains no random number generation)."""
-        model = self.model
-        decoder = model.decoder
-        x = run_blocks(decoder.in_blocks, _concat(latents, features[-1], noises[0]))
-        x = decoder.upsample2x(x)
-        guide = run_blocks(decoder.out_blocks, _concat(x, features[-2], noises[1]))
-        attended = model.attender(guide, latents)
-        group = model.config.refiner_encoder_group
-        skip = None if group is None else features[group]
-        return model.refiner(_concat(attended, skip, noises[2]))
+    def step(self, latents: torch.Tensor, features: List[torch.Tensor], noise) -> torch.Tensor:
+        """The eager step pass: the model's own 2x step under autocast (the noise is drawn outside, so that a
+        compiled graph contains no random number generation)."""
+        with self._autocast(latents.device.type):
+            return self.model.upscale_step(latents, features, noise)
 
     def _call(self, name: str, *args):
         compiled = self._compiled.get(name)
@@ -131,33 +201,19 @@ class FastInference:
                 self._compiled[name] = None
         return self._eager[name](*args)
 
-    def _noises(self, latents: torch.Tensor, noise_scale: Optional[float], generator) -> List[Optional[torch.Tensor]]:
-        """The three noise tensors of one step, drawn as the eager model draws them."""
-        dec_noise, ref_noise = self.model._noise_settings(noise_scale)
-        batch, _, h, w = latents.shape
-        noises = []
-        for (channels, scale), (nh, nw) in ((dec_noise, (h, w)), (dec_noise, (2 * h, 2 * w)), (ref_noise, (2 * h, 2 * w))):
-            if not channels:
-                noises.append(None)
-                continue
-            shape = (batch, channels, nh, nw)
-            if scale == 0.0:
-                noise = torch.zeros(shape, device=latents.device, dtype=self.original_dtype)
-            else:
-                noise = randn_tensor(shape, generator=generator, device=latents.device, dtype=self.original_dtype) * scale
-            noises.append(noise.to(memory_format=self.memory_format))
-        return noises
-
-    def forward(self, latents, image, num_steps, generator, noise_scale, output_intermediate, return_dict):
-        """The model's forward pass in fast mode (inputs already validated by the model)."""
+    def forward(self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True):
+        """:meth:`UPLiFTLatentUpscaler.forward` (same arguments, same checks) in fast mode."""
+        model = self.model
+        model.check_inputs(latents, image, num_steps, generator, noise_scale)
         out_dtype = latents.dtype
         with torch.no_grad():
-            image = image.to(dtype=self.original_dtype, memory_format=self.memory_format)
-            z = latents.to(dtype=self.original_dtype, memory_format=self.memory_format)
-            features = self._call("encode", image, self.model.encoder_read_stride(num_steps))
+            image = image.to(dtype=model.dtype, memory_format=self.memory_format)
+            z = latents.to(dtype=model.dtype, memory_format=self.memory_format)
+            features = self._call("encode", image, encoder_read_stride(model, num_steps))
             steps = []
             for _ in range(num_steps):
-                z = self._call("step", z, features, self._noises(z, noise_scale, generator))
+                noise = tuple(n if n is None else n.contiguous(memory_format=self.memory_format) for n in model.step_noise(z, generator, noise_scale))
+                z = self._call("step", z, features, noise)
                 steps.append(z)
         steps = [s.to(dtype=out_dtype, memory_format=torch.contiguous_format) for s in steps]
         intermediate = steps if output_intermediate else None
@@ -165,23 +221,30 @@ class FastInference:
             return (steps[-1], intermediate)
         return UPLiFTOutput(sample=steps[-1], intermediate=intermediate)
 
+    # ----------------------------------------------------------------- switching
+    def install(self) -> None:
+        """Make ``model(...)`` call :meth:`forward`. accelerate's hooks (CPU offload) replace
+        ``forward`` on the instance and call ``_old_forward``: then that is replaced, so the
+        hook still moves the weights first."""
+        setattr(self.model, _forward_slot(self.model), self.forward)
+        self.model._fast_inference = self
 
-def _concat(x: torch.Tensor, skip: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> torch.Tensor:
-    parts = [x]
-    if skip is not None:
-        parts.append(F.interpolate(skip, size=x.shape[-2:], mode="nearest"))
-    if noise is not None:
-        parts.append(noise)
-    return torch.cat(parts, dim=1)
+    def remove(self) -> None:
+        """Give the model its own ``forward`` back and drop the compiled passes."""
+        model = self.model
+        for slot in ("forward", "_old_forward"):
+            installed = model.__dict__.get(slot)
+            if getattr(installed, "__self__", None) is self:
+                if slot == "forward":
+                    del model.forward
+                else:  # under an accelerate hook: the hook calls the model's own forward again
+                    model._old_forward = type(model).forward.__get__(model)
+        model._fast_inference = None
+        self._compiled.clear()
 
 
-def _floating_tensors(model):
-    for name, param in model.named_parameters():
-        if param.is_floating_point():
-            yield name, param
-    for name, buffer in model.named_buffers():
-        if buffer.is_floating_point():
-            yield name, buffer
+def _forward_slot(model) -> str:
+    return "_old_forward" if hasattr(model, "_hf_hook") and hasattr(model, "_old_forward") else "forward"
 
 
 def _freezing():
@@ -222,9 +285,10 @@ def enable_fast_inference(
     """Switch ``model`` (an :class:`UPLiFTLatentUpscaler`) to fast inference.
 
     Args:
-        model: the upscaler.
-        dtype: compute dtype of the weights and activations: ``torch.bfloat16`` (default),
-            ``torch.float16`` or ``torch.float32``.
+        model: the upscaler (float32 weights for the mixed precision described above).
+        dtype: compute dtype of the convolutions: ``torch.bfloat16`` (default),
+            ``torch.float16`` or ``torch.float32`` (no autocast: the exact model, with only
+            the strided encoder evaluation and compiling).
         compile: wrap the encoder and the 2x step in ``torch.compile`` (falls back to eager
             with a ``RuntimeWarning`` when compiling is not possible). Each new input size
             compiles again (``dynamic=False``): the first call at a size is slow (about a
@@ -232,11 +296,11 @@ def enable_fast_inference(
             changing them, call this again.
         compile_mode: ``mode`` passed to ``torch.compile`` (``None``: its default; e.g.
             ``"max-autotune-no-cudagraphs"``).
-        channels_last: put 4-D weights and inputs in ``channels_last`` memory format.
+        channels_last: pass the inputs and the encoder maps in ``channels_last`` memory format.
 
     Returns:
-        The :class:`FastInference` state (also stored on the model). Calling this again
-        first restores the original weights, then applies the new settings.
+        The :class:`FastInference` state (also ``model._fast_inference``). Calling this
+        again replaces the previous state.
 
     Raises:
         ValueError: for an unsupported ``dtype`` or a non-bool ``compile``/``channels_last``.
@@ -253,14 +317,13 @@ def enable_fast_inference(
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
     disable_fast_inference(model)
     state = FastInference(model, dtype, compile, compile_mode, channels_last)
-    model._fast_inference = state
+    state.install()
     return state
 
 
 def disable_fast_inference(model) -> None:
-    """Undo :func:`enable_fast_inference`: the original weights (dtype, memory format, values)
-    and the eager forward pass. Does nothing when fast inference is not enabled."""
+    """Undo :func:`enable_fast_inference`: the model's own (float32 eager) forward again.
+    Does nothing when fast inference is not enabled."""
     state = getattr(model, "_fast_inference", None)
     if state is not None:
-        state.restore()
-        model._fast_inference = None
+        state.remove()

@@ -90,8 +90,10 @@ class LocalAttender(nn.Module):
             (dy, dx) offsets.
 
     ``forward(guide, value)``: guide ``B x Cg x sH x sW``, value ``B x Cv x H x W`` for any
-    integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. On CUDA
-    (inference, Triton installed) it runs as one fused kernel, see ``fused_kernel``.
+    integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. How it is
+    computed is the ``processor``'s choice, as with diffusers' attention processors
+    (:meth:`set_processor`): by default :class:`AutoLocalAttenderProcessor`, the PyTorch
+    formulation, or the fused Triton kernel on CUDA for inference.
     """
 
     def __init__(self, guide_channels: int, neighborhood: Union[int, Sequence[Sequence[int]]] = 17):
@@ -101,9 +103,7 @@ class LocalAttender(nn.Module):
         self.offsets = neighborhood_offsets(neighborhood)
         self.padding = max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
         self.to_logits = nn.Conv2d(guide_channels, len(self.offsets), kernel_size=1)
-        #: The fused Triton kernel (:mod:`uplift_diffusers.models.triton_local_attender`): ``None``
-        #: chooses (CUDA, Triton installed, inference), ``True`` forces it, ``False`` never.
-        self.fused_kernel: Optional[bool] = None
+        self.processor = AutoLocalAttenderProcessor()
 
     @property
     def num_offsets(self) -> int:
@@ -111,45 +111,39 @@ class LocalAttender(nn.Module):
 
     def logits(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits over the neighbourhood, ``B x n x sH x sW``: a 1x1 convolution
-        (in its weights' dtype) plus the guide's first ``n`` channels (in the guide's)."""
-        return self.to_logits(guide.to(self.to_logits.weight.dtype)).to(guide.dtype) + channel_residual(guide, self.num_offsets)
+        plus the guide's first ``n`` channels."""
+        return self.to_logits(guide) + channel_residual(guide, self.num_offsets)
 
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
         logits = self.logits(guide)
         # at least float32 for the softmax (half precision is upcast; float64 stays float64)
         softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
-        return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(guide.dtype)
+        return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(logits.dtype)
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         scale = self._check_inputs(guide, value)
-        if self._use_fused_kernel(guide, value):
-            try:
-                from .triton_local_attender import fused_local_attention
+        return self.processor(self, guide, value, scale)
 
-                return fused_local_attention(self.logits(guide), value, self.offsets, scale)
-            except Exception as error:  # a Triton / driver failure: never a crash
-                if self.fused_kernel:
-                    raise
-                warnings.warn(
-                    f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
-                    "using the PyTorch formulation from now on. Set `fused_kernel = False` to skip it.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.fused_kernel = False
-        return attend(self.attention(guide), value, self.offsets, self.padding, scale)
+    def set_processor(self, processor: "LocalAttenderProcessor") -> None:
+        """Choose how the operator is computed: :class:`LocalAttenderProcessor` (PyTorch),
+        :class:`FusedLocalAttenderProcessor` (Triton, CUDA) or :class:`AutoLocalAttenderProcessor`."""
+        if not callable(processor):
+            raise ValueError(f"`processor` must be callable as processor(attender, guide, value, scale), got {processor!r}.")
+        self.processor = processor
 
-    def _use_fused_kernel(self, guide: torch.Tensor, value: torch.Tensor) -> bool:
-        """``fused_kernel`` True: always; False: never; None (default): for CUDA tensors
-        when Triton is installed, no gradient is needed and ``torch.compile`` is not tracing."""
-        if self.fused_kernel is not None:
-            return bool(self.fused_kernel)
-        if torch.compiler.is_compiling() or not (value.is_cuda and guide.is_cuda):
-            return False
-        if torch.is_grad_enabled() and (guide.requires_grad or value.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
-        return triton_installed()
+    @property
+    def fused_kernel(self) -> Optional[bool]:
+        """The processor as a flag: ``True`` the fused kernel, ``False`` PyTorch, ``None`` automatic."""
+        if isinstance(self.processor, FusedLocalAttenderProcessor):
+            return True
+        return None if isinstance(self.processor, AutoLocalAttenderProcessor) else False
+
+    @fused_kernel.setter
+    def fused_kernel(self, value: Optional[bool]) -> None:
+        if value not in (True, False, None):
+            raise ValueError(f"`fused_kernel` must be True, False or None, got {value!r}.")
+        self.set_processor({True: FusedLocalAttenderProcessor, False: LocalAttenderProcessor, None: AutoLocalAttenderProcessor}[value]())
 
     def _check_inputs(self, guide: torch.Tensor, value: torch.Tensor) -> int:
         for name, tensor in (("guide", guide), ("value", value)):
@@ -170,6 +164,56 @@ class LocalAttender(nn.Module):
                 f"{vh} x {vw} in both dimensions (e.g. {2 * vh} x {2 * vw} for s = 2)."
             )
         return gh // vh
+
+
+# =============================================================================== processors
+class LocalAttenderProcessor:
+    """The PyTorch formulation: softmax weights, then :func:`attend` (offset by offset, in place)."""
+
+    def __call__(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor, scale: int) -> torch.Tensor:
+        return attend(attender.attention(guide), value, attender.offsets, attender.padding, scale)
+
+
+class FusedLocalAttenderProcessor:
+    """Softmax and mix in one Triton kernel (:mod:`uplift_diffusers.models.triton_local_attender`),
+    allocating only the output. CUDA tensors (or ``TRITON_INTERPRET=1`` on CPU); no gradient."""
+
+    def __call__(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor, scale: int) -> torch.Tensor:
+        from .triton_local_attender import fused_local_attention
+
+        return fused_local_attention(attender.logits(guide), value, attender.offsets, scale)
+
+
+class AutoLocalAttenderProcessor:
+    """The default: the fused kernel for CUDA tensors when Triton is installed, no gradient is
+    needed and ``torch.compile`` is not tracing (it fuses the PyTorch form itself); PyTorch
+    everywhere else. If the kernel fails (Triton / driver), one ``RuntimeWarning`` and PyTorch
+    from then on: never a crash."""
+
+    def __init__(self):
+        self.fused, self.pytorch = FusedLocalAttenderProcessor(), LocalAttenderProcessor()
+        self.kernel_failed = False
+
+    def use_fused(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor) -> bool:
+        if self.kernel_failed or torch.compiler.is_compiling() or not (value.is_cuda and guide.is_cuda):
+            return False
+        if torch.is_grad_enabled() and (guide.requires_grad or value.requires_grad or any(p.requires_grad for p in attender.parameters())):
+            return False
+        return triton_installed()
+
+    def __call__(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor, scale: int) -> torch.Tensor:
+        if self.use_fused(attender, guide, value):
+            try:
+                return self.fused(attender, guide, value, scale)
+            except Exception as error:  # a Triton / driver failure: never a crash
+                warnings.warn(
+                    f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
+                    "using the PyTorch formulation from now on. Set `fused_kernel = False` to skip it.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.kernel_failed = True
+        return self.pytorch(attender, guide, value, scale)
 
 
 def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding: int, scale: int) -> torch.Tensor:

@@ -7,10 +7,11 @@ allocated: neither the softmax weights nor any ``n x output`` tensor, and the ou
 written once instead of being read and written once per offset as in
 :func:`~uplift_diffusers.models.local_attender.attend`.
 
-:class:`~uplift_diffusers.models.local_attender.LocalAttender` uses it automatically for CUDA
-tensors when Triton is installed (it comes with PyTorch's CUDA builds), no gradient is
-needed and the call is not being traced by ``torch.compile`` (which fuses the PyTorch
-formulation by itself); everywhere else the PyTorch formulation runs. ``TRITON_INTERPRET=1``
+:class:`~uplift_diffusers.models.local_attender.LocalAttender` runs it through its processor
+(:class:`~uplift_diffusers.models.local_attender.FusedLocalAttenderProcessor`); the default
+processor chooses it for CUDA tensors when Triton is installed (it comes with PyTorch's CUDA
+builds), no gradient is needed and the call is not being traced by ``torch.compile`` (which
+fuses the PyTorch formulation by itself); everywhere else the PyTorch formulation runs. ``TRITON_INTERPRET=1``
 (set before this module is imported) runs the kernel on CPU tensors, which is how it is
 tested on machines without a GPU.
 

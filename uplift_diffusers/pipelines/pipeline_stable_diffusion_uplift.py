@@ -18,9 +18,7 @@ the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable Diffusi
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -28,6 +26,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -35,24 +34,18 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from ..utils.color_correction import color_correct
-from ..constants import UPLIFT_SD15_REPO_ID
-from ..loaders.hub import HUB_KWARGS, locate_hub_file
+from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
+from ..loaders.hub import hub_kwargs_of
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from .pipeline_utils import (
-    UPLiFTComponentsMixin,
-    VAETilingMixin,
-    check_flag,
-    check_upscaler_matches_vae,
-    to_unit_range,
-)
+from ..utils.color_correction import color_correct
+from ..utils.validation import check_flag, check_values
+from .pipeline_utils import UPLiFTComponentsMixin, VAETilingMixin, check_upscaler_matches_vae, read_model_index
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
 #: Upscale factors of the text-to-image pipeline (1: no upscaling).
 UPSCALE_FACTORS = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-_UPSCALER = "upscaler"
 
 logger = logging.get_logger(__name__)
 
@@ -60,23 +53,9 @@ logger = logging.get_logger(__name__)
 def _saved_upscaler_entry(pretrained_model_name_or_path, kwargs: Dict[str, Any]) -> Optional[list]:
     """The ``upscaler`` entry of the pipeline's ``model_index.json``: ``[library, class]``,
     ``[None, None]`` when it was saved without an upscaler, ``[]`` when the index has no such
-    entry (a plain Stable Diffusion pipeline), or ``None`` when the index cannot be read here
-    (``from_pretrained`` then reports that itself). A Hub index is read from the cache first."""
-    location = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
-    if os.path.isdir(location):
-        index_file = os.path.join(location, "model_index.json")
-    else:
-        hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
-        try:
-            index_file = locate_hub_file(location, ["model_index.json"], **hub)[0]
-        except Exception:  # noqa: BLE001 - not found / unreachable: diffusers' own loading gives the error
-            return None
-    try:
-        with open(index_file, encoding="utf-8") as handle:
-            index = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    entry = index.get(_UPSCALER, []) if isinstance(index, dict) else None
+    entry (a plain Stable Diffusion pipeline), or ``None`` when the index cannot be read here."""
+    index = read_model_index(pretrained_model_name_or_path, kwargs)
+    entry = None if index is None else index.get(UPSCALER_SUBFOLDER, [])
     return list(entry) if isinstance(entry, (list, tuple)) else None
 
 
@@ -86,7 +65,7 @@ def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwar
     looked up under ``"upscaler"``, then ``"default"``), ``revision`` of the UPLiFT repository
     (not the pipeline's), and the pipeline's cache / offline / token settings."""
     if isinstance(dtype, dict):
-        dtype = dtype.get(_UPSCALER, dtype.get("default"))
+        dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
     logger.info(
         f"No `upscaler` given: loading the authors' UPLiFT release {UPLIFT_SD15_REPO_ID}"
         + (f" (revision {revision})" if revision else "")
@@ -182,15 +161,15 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
             **kwargs: every argument of ``DiffusionPipeline.from_pretrained``.
         """
         upscaler_revision = kwargs.pop("upscaler_revision", None)
-        no_default = "`upscaler` was passed" if _UPSCALER in kwargs else None
+        no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
         if no_default is None:
             entry = _saved_upscaler_entry(pretrained_model_name_or_path, kwargs)
             if entry == []:  # a plain Stable Diffusion pipeline
-                hub = {key: kwargs[key] for key in HUB_KWARGS if key != "revision" and kwargs.get(key) is not None}
+                hub = {key: value for key, value in hub_kwargs_of(kwargs).items() if key != "revision"}
                 dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
-                kwargs[_UPSCALER] = load_default_upscaler(dtype, upscaler_revision, **hub)
+                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(dtype, upscaler_revision, **hub)
             elif entry and entry[0] is None:
-                kwargs[_UPSCALER] = None  # diffusers needs a component saved as null passed explicitly
+                kwargs[UPSCALER_SUBFOLDER] = None  # diffusers needs a component saved as null passed explicitly
                 no_default = "the pipeline was saved without an upscaler"
             elif entry:
                 no_default = "the pipeline has its own upscaler"
@@ -207,11 +186,11 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
         pins the UPLiFT repository's revision for that default."""
         upscaler_revision = kwargs.pop("upscaler_revision", None)
-        if _UPSCALER not in kwargs:
-            if _UPSCALER in pipeline.components:
-                kwargs[_UPSCALER] = pipeline.components[_UPSCALER]
+        if UPSCALER_SUBFOLDER not in kwargs:
+            if UPSCALER_SUBFOLDER in pipeline.components:
+                kwargs[UPSCALER_SUBFOLDER] = pipeline.components[UPSCALER_SUBFOLDER]
             else:
-                kwargs[_UPSCALER] = load_default_upscaler(revision=upscaler_revision)
+                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(revision=upscaler_revision)
                 upscaler_revision = None
         if upscaler_revision is not None:
             raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
@@ -250,6 +229,16 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
                     "pass upscale_factor=1 (or leave it out), or set `pipe.upscaler` to an UPLiFTLatentUpscaler."
                 )
             check_upscaler_matches_vae(self.vae, self.upscaler)
+
+    @staticmethod
+    def check_input_values(**tensors) -> None:
+        """Raise ValueError naming the first of the given tensors (``latents``, ``prompt_embeds``,
+        ...; None or a list of tensors allowed) that holds NaN or infinite values: checked once,
+        where the data enters (the denoising, the upscaler and the decoder do not check values)."""
+        for name, value in tensors.items():
+            for index, tensor in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(tensor, torch.Tensor):
+                    check_values(name if not isinstance(value, (list, tuple)) else f"{name}[{index}]", tensor)
 
     def _postprocess(self, images: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
         denormalize = None if nsfw is None else [not flagged for flagged in nsfw]
@@ -311,6 +300,12 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         if upscale_factor is None:
             upscale_factor = 1 if self.upscaler is None else 2
         self.check_upscale_inputs(upscale_factor, color_correction, return_base_images, output_type)
+        self.check_input_values(
+            latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+        )
         base = super().__call__(
             prompt=prompt,
             height=height,
@@ -356,7 +351,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
                 device = self._execution_device
                 upscaled = self.upscaler(
                     unscaled.to(device=device),
-                    to_unit_range(base_image).to(device=device),
+                    VaeImageProcessor.denormalize(base_image).to(device=device),
                     num_steps=num_steps,
                     generator=generator,
                 ).sample
@@ -364,8 +359,10 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
                 if not latent_output:
                     image = self._decode(upscaled)
                     if color_correction:
-                        corrected = color_correct(to_unit_range(image.float()), to_unit_range(base_image.float()))
-                        image = (corrected * 2 - 1).to(image.dtype)
+                        corrected = color_correct(
+                            VaeImageProcessor.denormalize(image.float()), VaeImageProcessor.denormalize(base_image.float())
+                        )
+                        image = VaeImageProcessor.normalize(corrected).to(image.dtype)
                     progress.update()
             elif not latent_output:
                 image = base_image

@@ -23,12 +23,13 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..utils.color_correction import color_correct
 from ..image_processor import ImageInput, images_to_tensors, pad_to_multiple, size_groups
-from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from .pipeline_utils import UPLiFTComponentsMixin, VAETilingMixin, check_flag, check_upscaler_matches_vae, to_unit_range
-from ..models.autoencoder_tiny import TinyAutoencoder
 from ..loaders.vae import decode_latents, encode_latents, vae_scale_factor
+from ..models.autoencoder_tiny import TinyAutoencoder
+from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..utils.color_correction import color_correct
+from ..utils.validation import check_flag
+from .pipeline_utils import UPLiFTComponentsMixin, VAETilingMixin, check_upscaler_matches_vae
 
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
@@ -101,14 +102,14 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
         images = images.to(device=device, dtype=torch.float32)
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, vae_scale_factor(self.vae))
-        latents = encode_latents(self.vae, padded * 2 - 1)
+        latents = encode_latents(self.vae, VaeImageProcessor.normalize(padded))
         upscaled = self.upscaler(
             latents.to(device=device),
             padded,
             num_steps=int(math.log2(upscale_factor)),
             generator=generator,
         ).sample
-        decoded = to_unit_range(decode_latents(self.vae, upscaled).float())
+        decoded = VaeImageProcessor.denormalize(decode_latents(self.vae, upscaled).float())
         result = decoded[:, :, : upscale_factor * height, : upscale_factor * width].to(device)
         if color_correction:
             result = color_correct(result, images)
@@ -140,6 +141,11 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
 
         Sizes that are not multiples of 8 are padded (reflection) for the VAE and the result is
         cropped. Images of the same size are processed as one batch, others one size at a time.
+
+        Raises:
+            ValueError: naming ``image`` (or ``image[i]``) for a wrong type, layout, dtype or size,
+                NaN / infinite values, or float values outside [0, 1]: the values are checked here,
+                once, where they enter (the VAE and the upscaler do not check them).
         """
         tensors = images_to_tensors(image)
         self.check_inputs(upscale_factor, generator, color_correction, output_type, len(tensors))
@@ -161,11 +167,12 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
 
     @staticmethod
     def _postprocess(results: List[torch.Tensor], output_type: str):
-        """Per-image ``3 x H x W`` tensors in [0, 1] -> the requested output type."""
+        """Per-image ``3 x H x W`` tensors in [0, 1] -> the requested output type, converted by
+        ``VaeImageProcessor``; a batch when all share a size, else a list (PIL: always a list)."""
         same_size = len({tuple(r.shape) for r in results}) == 1
         if output_type == "pt":
             return torch.stack(results) if same_size else results
-        arrays = [r.permute(1, 2, 0).float().numpy() for r in results]
+        arrays = [VaeImageProcessor.pt_to_numpy(r[None])[0] for r in results]
         if output_type == "np":
             return np.stack(arrays) if same_size else arrays
-        return [VaeImageProcessor.numpy_to_pil(array[None])[0] for array in arrays]
+        return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]

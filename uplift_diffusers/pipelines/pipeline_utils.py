@@ -1,51 +1,39 @@
 """What both pipelines of the package share; it imports no Stable Diffusion or CLIP code.
 
-- :class:`UPLiFTComponentsMixin` makes ``save_pretrained`` record this package's components as
-  ``["uplift_diffusers", "<Class>"]`` in ``model_index.json``, rewrites those entries on loading
-  (:func:`resolve_package_entries`) and makes ``from_pretrained`` fetch Hub repositories that hold
-  such components.
+- :class:`UPLiFTComponentsMixin`: the three hooks that saving and loading a pipeline with this
+  package's components needs on top of diffusers' own (each is tested by a round trip that fails
+  without it). diffusers records such a component as ``[<defining module>, "<Class>"]`` in
+  ``model_index.json`` and loads it back from a local folder unaided.
 - :class:`VAETilingMixin` adds ``enable_vae_tiling`` / ``disable_vae_tiling``.
 - :func:`check_upscaler_matches_vae` checks that an upscaler works in a VAE's latent space.
-- :func:`check_flag` and :func:`to_unit_range`: small argument and output helpers.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
-import torch
-
-from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..loaders.hub import hub_kwargs_of, locate_hub_file
 from ..loaders.vae import vae_scale_factor
+from ..models.modeling_uplift import UPLiFTLatentUpscaler
 
 __all__ = [
     "LIBRARY_NAME",
     "UPLiFTComponentsMixin",
     "VAETilingMixin",
     "resolve_package_entries",
+    "read_model_index",
     "vae_latent_channels",
     "check_upscaler_matches_vae",
-    "check_flag",
-    "to_unit_range",
 ]
 
 LIBRARY_NAME = "uplift_diffusers"
+_INDEX_NAME = "model_index.json"
 
 
 # ---------------------------------------------------------------------------------------------
 # Saving / loading this package's components inside diffusers pipelines
 # ---------------------------------------------------------------------------------------------
-def _package_library_tuple(module: Any) -> Optional[Tuple[str, str]]:
-    """``("uplift_diffusers", class name)`` when ``module``'s class is exported by this package."""
-    import uplift_diffusers
-
-    cls = type(module)
-    if cls.__module__.split(".")[0] == LIBRARY_NAME and getattr(uplift_diffusers, cls.__name__, None) is cls:
-        return (LIBRARY_NAME, cls.__name__)
-    return None
-
-
 def _package_entries(config: Mapping[str, Any]) -> List[str]:
     """Names of the components that ``model_index.json`` records as defined in this package."""
     return [
@@ -59,13 +47,27 @@ def _package_entries(config: Mapping[str, Any]) -> List[str]:
     ]
 
 
-def resolve_package_entries(config: Mapping[str, Any], source: str = "model_index.json") -> Dict[str, Any]:
-    """Rewrite ``["uplift_diffusers", "<Class>"]`` entries to ``[<defining module>, "<Class>"]``.
+def read_model_index(pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``model_index.json`` of a pipeline folder or Hub repository (the cache first, with the
+    Hub arguments in ``kwargs``), or None when it cannot be read here (``from_pretrained`` then
+    reports why itself)."""
+    location = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
+    try:
+        if os.path.isdir(location):
+            index_file = os.path.join(location, _INDEX_NAME)
+        else:
+            index_file = locate_hub_file(location, [_INDEX_NAME], **hub_kwargs_of(dict(kwargs)))[0]
+        with open(index_file, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except Exception:  # noqa: BLE001 - missing, unreachable or unreadable: diffusers gives the error
+        return None
+    return index if isinstance(index, dict) else None
 
-    diffusers resolves a component's save / load methods in the namespace of the library named
-    in ``model_index.json``; the defining module (e.g. ``uplift_diffusers.models.modeling_uplift``)
-    has ``ModelMixin`` in its namespace, the package root does not.
-    """
+
+def resolve_package_entries(config: Mapping[str, Any], source: str = _INDEX_NAME) -> Dict[str, Any]:
+    """Rewrite the ``["uplift_diffusers", "<Class>"]`` entries that earlier versions of this package
+    saved to ``[<defining module>, "<Class>"]``, the form diffusers writes and can load (it looks
+    for ``ModelMixin`` in the named module, which the package root does not export)."""
     import uplift_diffusers
 
     resolved = dict(config)
@@ -83,76 +85,49 @@ def resolve_package_entries(config: Mapping[str, Any], source: str = "model_inde
     return resolved
 
 
-def _download_package_pipeline(repo_id: str, kwargs: Mapping[str, Any]) -> Optional[str]:
-    """Fetch a Hub pipeline whose ``model_index.json`` names components of this package.
-
-    diffusers' own download refuses component libraries it does not know, so the component
-    folders are fetched here (only ``model_index.json`` and the listed folders, not the
-    repository root) and the local snapshot path is returned. Returns ``None`` when the
-    repository has no such component (then diffusers downloads it as usual).
-    """
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    hub_kwargs = {
-        key: kwargs[key]
-        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision")
-        if kwargs.get(key) is not None
-    }
-    index_file = hf_hub_download(repo_id, "model_index.json", **hub_kwargs)
-    with open(index_file, encoding="utf-8") as handle:
-        config = json.load(handle)
-    if not _package_entries(config):
-        return None
-    folders = [
-        name
-        for name, entry in config.items()
-        if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry and entry[0] is not None and name not in kwargs
-    ]
-    patterns = ["model_index.json"] + [f"{folder}/*" for folder in folders]
-    return snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs)
-
-
 class UPLiFTComponentsMixin:
     """Pipeline mixin: save and reload components defined in ``uplift_diffusers``.
 
-    ``save_pretrained`` records this package's exported classes as ``["uplift_diffusers",
-    "<Class>"]`` in ``model_index.json``; ``from_pretrained`` (local directory or Hub id) rebuilds
-    them without being passed.
+    - ``__setattr__``: a component assigned where there was none (``pipe.upscaler = model`` after
+      ``upscaler=None``) is recorded; diffusers keeps the null entry, and ``save_pretrained`` then
+      writes a pipeline that reloads without it.
+    - ``_dict_from_json_file``: reads the ``["uplift_diffusers", "<Class>"]`` entries of pipelines
+      saved by earlier versions (:func:`resolve_package_entries`).
+    - ``download``: fetches Hub repositories holding such components; diffusers' download refuses
+      a component library it does not know (it looks for the library's code in the repository).
     """
 
-    def register_modules(self, **kwargs):
-        super().register_modules(**kwargs)
-        for name, module in kwargs.items():
-            entry = None if module is None else _package_library_tuple(module)
-            if entry is not None:
-                self.register_to_config(**{name: entry})
-
     def __setattr__(self, name: str, value: Any):
-        super().__setattr__(name, value)
-        # Reassigning a registered component (pipe.upscaler = ...) re-records its library.
         config = self.__dict__.get("_internal_dict")
-        if value is not None and config is not None and isinstance(config.get(name), (list, tuple)):
-            entry = _package_library_tuple(value)
-            if entry is not None:
-                self.register_to_config(**{name: entry})
+        entry = None if config is None else config.get(name)
+        if value is not None and name in self.__dict__ and isinstance(entry, (list, tuple)) and entry[0] is None:
+            self.register_modules(**{name: value})  # records [library, class], then sets the attribute
+            return
+        super().__setattr__(name, value)
 
     @classmethod
     def _dict_from_json_file(cls, json_file):
         return resolve_package_entries(super()._dict_from_json_file(json_file), source=str(json_file))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``; also fetches Hub repositories holding this package's components.
+    def download(cls, pretrained_model_name, **kwargs):
+        """diffusers' ``DiffusionPipeline.download``; a repository whose ``model_index.json`` names
+        components of this package is fetched here instead: ``model_index.json`` and the folders
+        of the components not passed as keyword arguments (the Hub cache first, as diffusers)."""
+        from huggingface_hub import snapshot_download
 
-        Accepts every argument of ``DiffusionPipeline.from_pretrained``; components passed as
-        keyword arguments (e.g. ``upscaler=...``) are used as given.
-        """
-        location = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(os.path.expanduser(location)):
-            snapshot = _download_package_pipeline(location, kwargs)
-            if snapshot is not None:
-                pretrained_model_name_or_path = snapshot
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = read_model_index(pretrained_model_name, kwargs)
+        if config is None or not _package_entries(config):
+            return super().download(pretrained_model_name, **kwargs)
+        folders = [
+            name
+            for name, entry in config.items()
+            if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry and entry[0] is not None
+            and name not in kwargs
+        ]
+        return snapshot_download(
+            pretrained_model_name, allow_patterns=[_INDEX_NAME] + [f"{folder}/*" for folder in folders], **hub_kwargs_of(kwargs)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,14 +181,3 @@ def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
             f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
             f"({type(vae).__name__}) has {vae_factor}; use an UPLiFT model trained for this VAE."
         )
-
-
-def check_flag(name: str, value: Any) -> None:
-    """Raise ValueError unless the argument ``name`` is exactly ``True`` or ``False``."""
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-
-
-def to_unit_range(image: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] (VAE convention) -> [0, 1], clamped."""
-    return (image / 2 + 0.5).clamp(0, 1)

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ..image_processor import check_unit_range
+from .validation import UNIT_RANGE_TOLERANCE, check_image_batch, check_values
 
-__all__ = ["color_correct"]
+__all__ = ["color_correct", "mean_shift"]
 
-
-def _check_image(name: str, tensor, batch: int = None) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor of shape B x 3 x H x W in [0, 1], got {type(tensor).__name__}.")
-    if tensor.ndim != 4 or tensor.shape[1] != 3:
-        raise ValueError(
-            f"`{name}` must have shape B x 3 x H x W (RGB), got {tuple(tensor.shape)}; "
-            "add a batch dimension with `.unsqueeze(0)` or convert the image to RGB."
-        )
-    if tensor.shape[0] < 1 or tensor.shape[2] < 1 or tensor.shape[3] < 1:
-        raise ValueError(f"`{name}` is empty (shape {tuple(tensor.shape)}); pass at least one pixel per image.")
-    if not tensor.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor in [0, 1], got dtype {tensor.dtype}; divide uint8 images by 255.")
-    check_unit_range(tensor, f"`{name}`", "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`.")
-    if batch is not None and tensor.shape[0] != batch:
-        raise ValueError(f"`{name}` has batch size {tensor.shape[0]} but `image` has {batch}; pass one reference per image.")
+_HINT = "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`."
 
 
 def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -51,8 +36,10 @@ def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         ValueError: when either argument is not a finite floating-point ``B x 3 x H x W``
             tensor, or the batch sizes differ.
     """
-    _check_image("image", image)
-    _check_image("reference", reference, batch=image.shape[0])
+    check_image_batch("image", image)
+    check_image_batch("reference", reference, batch=image.shape[0])
+    for name, tensor in (("image", image), ("reference", reference)):
+        check_values(name, tensor, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE, hint=_HINT)
     return mean_shift(image, reference).clamp(0.0, 1.0).to(image.dtype)
 
 
