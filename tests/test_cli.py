@@ -5,30 +5,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sd_components import build_sd_components, make_upscaler, save_sd_pipeline
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.cli import _is_connection_error, build_parser, main, parse_size
-from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
-from uplift_diffusers.loaders.single_file import convert_to_original_state_dict
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path_factory):
-    """No test may reach the network or a user's Hub cache."""
-    import huggingface_hub.constants as hub_constants
-
-    cache = tmp_path_factory.mktemp("hf-cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read at import time by huggingface_hub
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache / "hub"))
+# No test may reach the network or a user's Hub cache: each runs on an empty, offline one.
+pytestmark = pytest.mark.usefixtures("hub_cache")
 
 
 @pytest.fixture
-def upscaler_dir(tmp_path):
-    folder = tmp_path / "upscaler32"
-    make_upscaler(32, noise_scale=1.0).save_pretrained(folder)
-    return folder
+def upscaler_dir(tiny_dirs):
+    """A 32-channel upscaler (TAEF2's latents)."""
+    return tiny_dirs.upscaler(32, noise_scale=1.0)
 
 
 @pytest.fixture
@@ -72,12 +60,11 @@ def test_convert_missing_checkpoint(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- upscale
-def test_upscale_with_taef2_directory(shared_path, tmp_path, upscaler_dir, inputs, capsys):
-    taef2 = shared_path("models", "taef2")
+def test_upscale_with_taef2_directory(taef2_dir, tmp_path, upscaler_dir, inputs, capsys):
     out = tmp_path / "out"
     code = main([
         "upscale", str(inputs / "odd.png"), str(inputs / "square.jpg"), "--output", str(out), "--scale", "2",
-        "--vae", str(taef2), "--upscaler", str(upscaler_dir), "--device", "cpu", "--seed", "3",
+        "--vae", str(taef2_dir), "--upscaler", str(upscaler_dir), "--device", "cpu", "--seed", "3",
     ])
     assert code == 0
     with PIL.Image.open(out / "odd_x2.png") as image:
@@ -87,9 +74,9 @@ def test_upscale_with_taef2_directory(shared_path, tmp_path, upscaler_dir, input
     assert "odd_x2.png (42x26)" in capsys.readouterr().out  # one line per file (tqdm.write)
 
 
-def test_upscale_directory_input_and_scale_4(shared_path, tmp_path, upscaler_dir, inputs):
+def test_upscale_directory_input_and_scale_4(taef2_dir, tmp_path, upscaler_dir, inputs):
     out = tmp_path / "out4"
-    code = main(["upscale", str(inputs), "-o", str(out), "--scale", "4", "--vae", str(shared_path("models", "taef2")),
+    code = main(["upscale", str(inputs), "-o", str(out), "--scale", "4", "--vae", str(taef2_dir),
                  "--upscaler", str(upscaler_dir), "--device", "cpu", "--quiet"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["odd_x4.png", "square_x4.png"]
@@ -97,17 +84,16 @@ def test_upscale_directory_input_and_scale_4(shared_path, tmp_path, upscaler_dir
         assert image.size == (84, 52)
 
 
-def test_upscale_channel_mismatch_is_one_line(shared_path, tmp_path, inputs, capsys):
-    folder = tmp_path / "upscaler4"
-    make_upscaler(4, noise_scale=1.0).save_pretrained(folder)
-    code = main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
+def test_upscale_channel_mismatch_is_one_line(taef2_dir, tiny_dirs, tmp_path, inputs, capsys):
+    folder = tiny_dirs.upscaler(4)
+    code = main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), "--vae", str(taef2_dir),
                  "--upscaler", str(folder), "--device", "cpu", "--quiet"])
     assert code == 2
     assert "latent_channels=4" in one_error_line(capsys)
 
 
-def test_default_hub_upscaler_offline_gives_one_line(shared_path, tmp_path, inputs, capsys):
-    code = main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
+def test_default_hub_upscaler_offline_gives_one_line(taef2_dir, tmp_path, inputs, capsys):
+    code = main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), "--vae", str(taef2_dir),
                  "--device", "cpu", "--quiet"])
     assert code == 2
     line = one_error_line(capsys)
@@ -122,31 +108,13 @@ def test_default_hub_vae_offline_gives_one_line(tmp_path, upscaler_dir, inputs, 
 
 
 # ------------------------------------------------------------------------------- every default from the Hub cache
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    """A tiny Stable Diffusion pipeline in the SD1.5 layout (its VAE in vae/)."""
-    return save_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipeline")
-
-
 @pytest.fixture
-def release(tmp_path):
-    """A tiny stand-in of the authors' release, saved as they save it (official keys, no config)."""
-    from safetensors.torch import save_file
-
-    model = make_upscaler(4, noise_scale=1.0)
-    save_file(convert_to_original_state_dict(model.state_dict()), str(tmp_path / UPLIFT_SD15_WEIGHTS_NAME))
-    return model, tmp_path / UPLIFT_SD15_WEIGHTS_NAME
-
-
-@pytest.fixture
-def defaults_cached(hub_cache, sd_folder, release):
-    """Both defaults in the (offline) Hub cache: the SD1.5 pipeline and the UPLiFT release."""
-    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)
-    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: release[1]})
+def defaults_cached(hub_cache, sd15_cached, release_cached):
+    """Both defaults in the (offline) Hub cache: the SD1.5 pipeline and the UPLiFT release (``tiny_upscaler``)."""
     return hub_cache
 
 
-def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, sd_folder, release, tmp_path, inputs):
+def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, tiny_dirs, tiny_upscaler, tmp_path, inputs):
     """`upscale photo --scale 2` with no model flags: the SD1.5 VAE and the release from the cache."""
     from diffusers import AutoencoderKL
 
@@ -157,8 +125,8 @@ def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, sd_folder,
     with PIL.Image.open(out / "square_x2.png") as saved:
         got = np.asarray(saved.convert("RGB"))
     # the same as the pipeline on the same two models, same seed
-    vae = AutoencoderKL.from_pretrained(sd_folder, subfolder="vae")
-    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=release[0])
+    vae = AutoencoderKL.from_pretrained(tiny_dirs.sd_pipeline(), subfolder="vae")
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=tiny_upscaler)
     pipe.set_progress_bar_config(disable=True)
     with PIL.Image.open(inputs / "square.jpg") as image:
         expected = pipe(image, upscale_factor=2, generator=torch.Generator().manual_seed(0)).images[0]
@@ -166,6 +134,7 @@ def test_upscale_defaults_run_offline_from_the_cache(defaults_cached, sd_folder,
     assert np.array_equal(got, np.asarray(expected))
 
 
+@pytest.mark.slow  # a new interpreter importing the CLI and its models: 5.6 s (measured)
 def test_upscale_defaults_offline_in_a_new_process(defaults_cached, tmp_path, inputs):
     """What a new user runs: a fresh process, HF_HUB_OFFLINE=1, the defaults in the cache."""
     import os
@@ -227,8 +196,7 @@ def test_generate_defaults_run_offline_from_the_cache(defaults_cached, tmp_path,
         assert image.size == (128, 128)
 
 
-def test_generate_scale_1_needs_no_upscaler(hub_cache, sd_folder, tmp_path, capsys):
-    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)  # the release is not cached
+def test_generate_scale_1_needs_no_upscaler(sd15_cached, tmp_path, capsys):  # the release is not cached
     target = tmp_path / "cat.png"
     code = main(["generate", "a cat", "--size", "64", "--scale", "1", "--steps", "2", "-o", str(target), "--device", "cpu", "--quiet"])
     assert code == 0, capsys.readouterr().err
@@ -236,8 +204,7 @@ def test_generate_scale_1_needs_no_upscaler(hub_cache, sd_folder, tmp_path, caps
         assert image.size == (64, 64)
 
 
-def test_release_missing_from_the_cache_is_one_line(hub_cache, sd_folder, tmp_path, inputs, capsys):
-    hub_cache.add_folder(SD15_MODEL_ID, sd_folder)
+def test_release_missing_from_the_cache_is_one_line(sd15_cached, tmp_path, inputs, capsys):
     code = main(["upscale", str(inputs / "square.jpg"), "-o", str(tmp_path / "o"), "--device", "cpu", "--quiet"])
     assert code == 2
     line = one_error_line(capsys)
@@ -245,14 +212,9 @@ def test_release_missing_from_the_cache_is_one_line(hub_cache, sd_folder, tmp_pa
 
 
 # ------------------------------------------------------------------------------- generate
-def test_generate_with_local_model(tmp_path, capsys):
-    from diffusers import StableDiffusionPipeline
-    components = build_sd_components(tmp_path / "tokenizer", scheduler="ddim", with_upscaler=True)  # built offline
-    upscaler = components.pop("upscaler")
-    StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "sd")
-    upscaler.save_pretrained(tmp_path / "up")
+def test_generate_with_local_model(tiny_dirs, tmp_path, capsys):
     target = tmp_path / "gen" / "cat.png"
-    code = main(["generate", "a cat", "--model", str(tmp_path / "sd"), "--upscaler", str(tmp_path / "up"), "--size", "64x48",
+    code = main(["generate", "a cat", "--model", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--size", "64x48",
                  "--scale", "2", "--steps", "2", "--output", str(target), "--device", "cpu", "--save-base", "--quiet"])
     assert code == 0, capsys.readouterr().err
     with PIL.Image.open(target) as image:
@@ -292,22 +254,22 @@ def test_missing_input_is_one_line(tmp_path, capsys):
     assert "not found" in one_error_line(capsys)
 
 
-def test_unreadable_image_is_one_line(shared_path, tmp_path, upscaler_dir, capsys):
+def test_unreadable_image_is_one_line(taef2_dir, tmp_path, upscaler_dir, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    code = main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
+    code = main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--vae", str(taef2_dir),
                  "--upscaler", str(upscaler_dir), "--device", "cpu", "--quiet"])
     assert code == 2
     assert "cannot read" in one_error_line(capsys)
 
 
-def test_nan_image_file_is_one_line_naming_it(shared_path, tmp_path, upscaler_dir, capsys):
+def test_nan_image_file_is_one_line_naming_it(taef2_dir, tmp_path, upscaler_dir, capsys):
     """A 32-bit float TIFF holding NaN: the values are checked where the image enters."""
     values = np.full((8, 8), 100.0, dtype=np.float32)
     values[2, 3] = np.nan
     bad = tmp_path / "nan.tif"
     PIL.Image.fromarray(values, "F").save(bad)
-    code = main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--vae", str(shared_path("models", "taef2")),
+    code = main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--vae", str(taef2_dir),
                  "--upscaler", str(upscaler_dir), "--device", "cpu", "--quiet"])
     assert code == 2
     line = one_error_line(capsys)

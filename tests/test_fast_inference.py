@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_models import make_small_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.models.fast_inference import (
     disable_fast_inference,
@@ -15,21 +16,6 @@ from uplift_diffusers.models.fast_inference import (
     last_group_strided,
 )
 from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder
-
-
-def small_model(**overrides):
-    config = dict(
-        encoder_channels=(8, 16, 16, 32, 32),
-        encoder_blocks_per_group=1,
-        decoder_channels=32,
-        decoder_blocks_before_upsample=1,
-        decoder_blocks_after_upsample=1,
-        refiner_channels=32,
-        refiner_blocks=2,
-    )
-    config.update(overrides)
-    torch.manual_seed(0)
-    return UPLiFTLatentUpscaler(**config).eval()
 
 
 def inputs(batch=1, h=6, w=8, seed=1):
@@ -65,7 +51,7 @@ def weights(model):
 # ----------------------------------------------------------------------------- fast mode
 @pytest.mark.parametrize("num_steps", [1, 2])
 def test_bf16_fast_inference_within_1e2_of_fp32_eager(num_steps):
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps)
     model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
@@ -111,7 +97,7 @@ def test_conv_block_keeps_a_float32_residual_stream_under_autocast():
 
 
 def test_output_comes_back_in_the_latents_dtype():
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     model.enable_fast_inference(compile=False)
     out = run(model, latents.half(), image.half())
@@ -121,7 +107,7 @@ def test_output_comes_back_in_the_latents_dtype():
 
 def test_float32_fast_mode_matches_eager_including_noise():
     """Same generator -> the fast path draws the very same noise as the eager model."""
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs(batch=2, h=5, w=7)
     reference = run(model, latents, image, num_steps=2, output_intermediate=False)
     model.enable_fast_inference(dtype=torch.float32, compile=False)
@@ -132,7 +118,7 @@ def test_float32_fast_mode_matches_eager_including_noise():
 
 
 def test_intermediate_and_tuple_output_in_fast_mode():
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     model.enable_fast_inference(compile=False)
     with torch.no_grad():
@@ -144,7 +130,7 @@ def test_intermediate_and_tuple_output_in_fast_mode():
 def test_fast_mode_leaves_the_weights_alone_and_disable_gives_the_eager_model_back():
     """No weight is converted, moved or swapped (same tensors, dtype and layout while fast
     mode is on); after disabling, the output is bit-identical to a model never switched."""
-    model, never_switched = small_model(), small_model()
+    model, never_switched = make_small_upscaler(), make_small_upscaler()
     latents, image = inputs()
     before = weights(model)
     values = {k: v.clone() for k, v in model.state_dict().items()}
@@ -162,7 +148,7 @@ def test_fast_mode_leaves_the_weights_alone_and_disable_gives_the_eager_model_ba
 
 
 def test_enable_twice_replaces_the_settings():
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     first = enable_fast_inference(model, dtype=torch.bfloat16, compile=False)
     second = enable_fast_inference(model, dtype=torch.float32, compile=False)
@@ -186,7 +172,7 @@ def test_fast_mode_under_an_accelerate_hook():
             return args, kwargs
 
     latents, image = inputs()
-    model = small_model()
+    model = make_small_upscaler()
     reference = run(model, latents, image)
     for enable_first in (True, False):
         Counting.calls = 0
@@ -205,14 +191,14 @@ def test_fast_mode_under_an_accelerate_hook():
 
 @pytest.mark.parametrize("bad", [torch.int8, torch.float64, "bf16", None, 16])
 def test_bad_dtype_raises_value_error(bad):
-    model = small_model()
+    model = make_small_upscaler()
     with pytest.raises(ValueError, match="dtype"):
         model.enable_fast_inference(dtype=bad, compile=False)
     assert getattr(model, "_fast_inference", None) is None
 
 
 def test_bad_flags_raise_value_error():
-    model = small_model()
+    model = make_small_upscaler()
     with pytest.raises(ValueError, match="compile"):
         model.enable_fast_inference(compile="yes")
     with pytest.raises(ValueError, match="channels_last"):
@@ -224,7 +210,7 @@ def test_compile_failure_at_enable_warns_and_runs_eagerly(monkeypatch):
         raise RuntimeError("no C compiler found")
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image)
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C compiler"):
@@ -243,7 +229,7 @@ def test_compile_failure_at_first_call_warns_and_runs_eagerly(monkeypatch):
         return compiled
 
     monkeypatch.setattr(torch, "compile", lazy_broken_compile)
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps=2)
     state = model.enable_fast_inference(dtype=torch.float32, compile=True)
@@ -274,7 +260,7 @@ def test_compiled_passes_run_with_inductor_freezing(monkeypatch, mode, frozen):
         return compiled
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps=2)
     state = model.enable_fast_inference(dtype=torch.float32, compile=True, compile_mode=mode)
@@ -287,7 +273,7 @@ def test_compiled_passes_run_with_inductor_freezing(monkeypatch, mode, frozen):
 
 def test_compile_unavailable_warns(monkeypatch):
     monkeypatch.delattr(torch, "compile")
-    model = small_model()
+    model = make_small_upscaler()
     with pytest.warns(RuntimeWarning, match="not available"):
         state = model.enable_fast_inference(compile=True)
     assert not state.compiled
@@ -296,7 +282,7 @@ def test_compile_unavailable_warns(monkeypatch):
 @pytest.mark.slow  # about 35 s of compiling on a shared 2-core CPU (measured)
 @pytest.mark.skipif(os.environ.get("UPLIFT_SKIP_COMPILE_TESTS") == "1", reason="UPLIFT_SKIP_COMPILE_TESTS=1")
 def test_compiled_bf16_matches_eager():
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image)
     with warnings.catch_warnings():
@@ -333,18 +319,18 @@ def test_strided_last_map_equals_dense_subsampling(stride, size, phases):
 
 
 def test_encoder_read_stride():
-    model = small_model()
+    model = make_small_upscaler()
     assert [encoder_read_stride(model, n) for n in (1, 2, 3, 4)] == [4, 2, 1, 1]
-    no_refiner_link = small_model(refiner_encoder_group=None)
+    no_refiner_link = make_small_upscaler(refiner_encoder_group=None)
     assert [encoder_read_stride(no_refiner_link, n) for n in (1, 2, 3, 4)] == [8, 4, 2, 1]
-    other_group = small_model(refiner_encoder_group=2)
+    other_group = make_small_upscaler(refiner_encoder_group=2)
     assert encoder_read_stride(other_group, 1) == 8
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 3])
 def test_upscaler_with_savings_equals_dense_encoder(num_steps):
     """float32 fast mode (strided last encoder map, no autocast) equals the dense eager model."""
-    model = small_model(encoder_blocks_per_group=2)
+    model = make_small_upscaler(encoder_blocks_per_group=2)
     latents, image = inputs(batch=2, h=3, w=5)
     dense = run(model, latents, image, num_steps)
     assert torch.equal(dense, dense_forward(model, latents, image, num_steps))  # the step reused as is
@@ -396,7 +382,7 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
 def test_fast_encoder_precision_by_group():
     """The fast encoder pass: maps stored in bf16; the first group in float32 (no autocast);
     a float32 stream through the narrower groups; a bf16 stream in the widest ones."""
-    model = small_model(encoder_blocks_per_group=2)
+    model = make_small_upscaler(encoder_blocks_per_group=2)
     _, image = inputs()
     state = enable_fast_inference(model, dtype=torch.bfloat16, compile=False, channels_last=False)
     assert state.half_stream_from == 3  # widths (8, 16, 16, 32, 32): the first 32-wide group

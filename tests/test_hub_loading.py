@@ -1,7 +1,8 @@
 """The authors' release from the Hub cache: ``UPLiFTLatentUpscaler.from_pretrained`` /
 ``from_single_file``, ``load_vae`` of a pipeline repository, and the text-to-image pipeline's
 default upscaler, all offline from a local cache laid out as huggingface_hub lays it out (the
-``hub_cache`` fixture of conftest.py), with tiny random models in the official layouts."""
+``hub_cache`` fixture of conftest.py), with tiny random models in the official layouts
+(``release_cached``: ``tiny_upscaler`` as the release; ``sd15_cached``: the tiny SD pipeline as SD1.5)."""
 import logging
 import time
 
@@ -10,9 +11,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from huggingface_hub.errors import LocalEntryNotFoundError
-from safetensors.torch import save_file
 
-from sd_components import make_upscaler, save_sd_pipeline
+from tiny_models import make_upscaler, save_original_file
 from uplift_diffusers import UPLiFTLatentUpscaler, load_vae
 from uplift_diffusers.constants import SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 from uplift_diffusers.loaders.single_file import convert_to_original_state_dict
@@ -20,13 +20,6 @@ from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDi
 
 URL = f"https://huggingface.co/{UPLIFT_SD15_REPO_ID}/blob/main/{UPLIFT_SD15_WEIGHTS_NAME}"
 PROMPT = "a red cat"
-
-
-def official_file(model, path):
-    """Save ``model`` as the authors save their release: official keys, one .safetensors, no config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(convert_to_original_state_dict(model.state_dict()), str(path))
-    return path
 
 
 def config_of(model):
@@ -39,43 +32,20 @@ def same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].to(sb[k].dtype), sb[k]) for k in sa)
 
 
-@pytest.fixture
-def upscaler():
-    """The tiny stand-in of the release (noise scale 1, as the official model: inferable from its shapes)."""
-    return make_upscaler(4, noise_scale=1.0)
-
-
-@pytest.fixture
-def uplift_cached(hub_cache, upscaler, tmp_path):
-    """The release cached as ``UPLiFT-upsampler/uplift_sd1.5vae`` (main); returns the snapshot folder."""
-    return hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: official_file(upscaler, tmp_path / "w.safetensors")})
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    """A tiny Stable Diffusion pipeline saved as diffusers saves SD1.5 (VAE in vae/)."""
-    return save_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipeline")
-
-
-@pytest.fixture
-def sd_cached(hub_cache, sd_folder):
-    return hub_cache.add_folder(SD15_MODEL_ID, sd_folder)
-
-
 # ------------------------------------------------------------------------------- from_pretrained
-def test_from_pretrained_official_repo_offline(uplift_cached, upscaler):
+def test_from_pretrained_official_repo_offline(release_cached, tiny_upscaler):
     model = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID)
-    assert same_weights(model, upscaler) and not model.training
-    assert config_of(model) == config_of(upscaler)  # config read off the shapes
+    assert same_weights(model, tiny_upscaler) and not model.training
+    assert config_of(model) == config_of(tiny_upscaler)  # config read off the shapes
     latents, image = torch.randn(1, 4, 3, 5), torch.rand(1, 3, 24, 40)
     with torch.no_grad():
-        expected = upscaler(latents, image, generator=torch.Generator().manual_seed(1)).sample
+        expected = tiny_upscaler(latents, image, generator=torch.Generator().manual_seed(1)).sample
         got = model(latents, image, generator=torch.Generator().manual_seed(1)).sample
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
     typed = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, torch_dtype=torch.float64, device_map="cpu",
                                                  low_cpu_mem_usage=True)
-    assert typed.dtype == torch.float64 and same_weights(upscaler, typed)
+    assert typed.dtype == torch.float64 and same_weights(tiny_upscaler, typed)
     assert UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
@@ -88,9 +58,9 @@ def test_from_pretrained_revision_cache_dir_and_local_files_only(hub_cache, tmp_
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # local_files_only=True alone keeps it offline
     other = HubCache(tmp_path / "other-cache")
     main_model, pinned_model = make_upscaler(4, seed=1), make_upscaler(4, seed=2)
-    other.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: official_file(main_model, tmp_path / "a.safetensors")})
+    other.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: save_original_file(main_model, tmp_path / "a.safetensors")})
     commit = "b" * 40
-    other.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: official_file(pinned_model, tmp_path / "b.safetensors")},
+    other.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: save_original_file(pinned_model, tmp_path / "b.safetensors")},
               revision=None, commit=commit)
     kwargs = dict(cache_dir=str(other.root), local_files_only=True, token=False, force_download=False, proxies=None)
     assert same_weights(UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, **kwargs), main_model)
@@ -99,13 +69,13 @@ def test_from_pretrained_revision_cache_dir_and_local_files_only(hub_cache, tmp_
         UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, local_files_only=True)
 
 
-def test_from_pretrained_local_folders(uplift_cached, upscaler, tmp_path):
+def test_from_pretrained_local_folders(release_cached, tiny_upscaler, tmp_path):
     # the snapshot folder is a local folder laid out as the Hub repository
-    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(uplift_cached), upscaler)
-    nested = official_file(upscaler, tmp_path / "repo" / "sd15" / UPLIFT_SD15_WEIGHTS_NAME)
-    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(tmp_path / "repo", subfolder="sd15"), upscaler)
+    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(release_cached), tiny_upscaler)
+    nested = save_original_file(tiny_upscaler, tmp_path / "repo" / "sd15" / UPLIFT_SD15_WEIGHTS_NAME)
+    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(tmp_path / "repo", subfolder="sd15"), tiny_upscaler)
     renamed = nested.rename(nested.with_name("mine.safetensors"))
-    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(renamed.parent, weight_name="mine.safetensors"), upscaler)
+    assert same_weights(UPLiFTLatentUpscaler.from_pretrained(renamed.parent, weight_name="mine.safetensors"), tiny_upscaler)
     with pytest.raises(FileNotFoundError, match=r"neither a diffusers config.json nor the authors' single file 'uplift_sd1.5vae"):
         UPLiFTLatentUpscaler.from_pretrained(renamed.parent)
     with pytest.raises(ValueError, match="is a file; load it with UPLiFTLatentUpscaler.from_single_file"):
@@ -114,17 +84,17 @@ def test_from_pretrained_local_folders(uplift_cached, upscaler, tmp_path):
         UPLiFTLatentUpscaler.from_pretrained(tmp_path / "missing")
 
 
-def test_from_pretrained_diffusers_repo_unchanged(hub_cache, upscaler, tmp_path):
+def test_from_pretrained_diffusers_repo_unchanged(hub_cache, tiny_upscaler, tmp_path):
     """A repository with a diffusers config.json loads through diffusers, also from the cache."""
-    upscaler.save_pretrained(tmp_path / "saved")
+    tiny_upscaler.save_pretrained(tmp_path / "saved")
     hub_cache.add_folder("someone/uplift-diffusers", tmp_path / "saved")
     model = UPLiFTLatentUpscaler.from_pretrained("someone/uplift-diffusers", torch_dtype=torch.float64)
-    assert model.dtype == torch.float64 and same_weights(upscaler, model)
+    assert model.dtype == torch.float64 and same_weights(tiny_upscaler, model)
     with pytest.raises(ValueError, match="`original_config` is for the authors' single file"):
         UPLiFTLatentUpscaler.from_pretrained("someone/uplift-diffusers", original_config={"uplift": {}})
 
 
-def test_from_pretrained_refuses_options_that_do_not_apply(uplift_cached):
+def test_from_pretrained_refuses_options_that_do_not_apply(release_cached):
     with pytest.raises(ValueError, match=r"arguments \['variant'\] do not apply to the authors' single-file checkpoint"):
         UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, variant="fp16")
     with pytest.raises(ValueError, match="`device_map` must be one device"):
@@ -143,9 +113,9 @@ def test_missing_from_the_cache_is_reported_at_once(hub_cache):
 
 
 # ------------------------------------------------------------------------------- from_single_file
-def test_from_single_file_sources(uplift_cached, upscaler, tmp_path):
-    local = official_file(upscaler, tmp_path / "local.safetensors")
-    commit = uplift_cached.name
+def test_from_single_file_sources(release_cached, tiny_upscaler, tmp_path):
+    local = save_original_file(tiny_upscaler, tmp_path / "local.safetensors")
+    commit = release_cached.name
     sources = [
         local,
         str(local),
@@ -153,18 +123,18 @@ def test_from_single_file_sources(uplift_cached, upscaler, tmp_path):
         URL.replace("https://huggingface.co/", "hf.co/"),
         f"https://huggingface.co/{UPLIFT_SD15_REPO_ID}/resolve/{commit}/{UPLIFT_SD15_WEIGHTS_NAME}",
         f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}",
-        dict(convert_to_original_state_dict(upscaler.state_dict())),
+        dict(convert_to_original_state_dict(tiny_upscaler.state_dict())),
     ]
     for source in sources:
         model = UPLiFTLatentUpscaler.from_single_file(source)
-        assert same_weights(model, upscaler) and config_of(model) == config_of(upscaler), source
+        assert same_weights(model, tiny_upscaler) and config_of(model) == config_of(tiny_upscaler), source
     model = UPLiFTLatentUpscaler.from_single_file(URL, torch_dtype=torch.float16, revision="main", local_files_only=True)
     assert model.dtype == torch.float16
     # the old name is an alias
-    assert same_weights(UPLiFTLatentUpscaler.from_original_checkpoint(URL), upscaler)
+    assert same_weights(UPLiFTLatentUpscaler.from_original_checkpoint(URL), tiny_upscaler)
 
 
-def test_from_single_file_bad_sources(uplift_cached, tmp_path):
+def test_from_single_file_bad_sources(release_cached, tmp_path):
     with pytest.raises(ValueError, match="differs from the revision 'abc'"):
         UPLiFTLatentUpscaler.from_single_file(URL.replace("blob/main", "blob/abc"), revision="main")
     with pytest.raises(FileNotFoundError, match="`pretrained_model_link_or_path` file not found"):
@@ -180,31 +150,29 @@ def test_from_single_file_bad_sources(uplift_cached, tmp_path):
 
 
 # ------------------------------------------------------------------------------- load_upscaler
-def test_load_upscaler_every_kind_of_source(uplift_cached, upscaler, hub_cache, tmp_path):
+def test_load_upscaler_every_kind_of_source(release_cached, tiny_upscaler, tiny_autoencoder, hub_cache, tmp_path):
     """One function from a model string: the release, single files, folders, pipelines, Hub ids."""
     from uplift_diffusers.loaders import load_upscaler
     from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
-    from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
 
-    upscaler.save_pretrained(tmp_path / "saved")
+    tiny_upscaler.save_pretrained(tmp_path / "saved")
     hub_cache.add_folder("someone/uplift-diffusers", tmp_path / "saved")
-    vae = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
-    UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).save_pretrained(tmp_path / "pipeline")
+    UPLiFTSuperResolutionPipeline(vae=tiny_autoencoder, upscaler=tiny_upscaler).save_pretrained(tmp_path / "pipeline")
     sources = [
         None,  # the authors' release
         UPLIFT_SD15_REPO_ID,
         URL,
         f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}",
-        official_file(upscaler, tmp_path / "file.safetensors"),
-        uplift_cached,  # a folder holding the single file
+        save_original_file(tiny_upscaler, tmp_path / "file.safetensors"),
+        release_cached,  # a folder holding the single file
         tmp_path / "saved",  # save_pretrained
         tmp_path / "pipeline",  # a pipeline's upscaler/
         "someone/uplift-diffusers",
     ]
     for source in sources:
         model = load_upscaler(source)
-        assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, upscaler), source
-        assert config_of(model) == config_of(upscaler), source
+        assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, tiny_upscaler), source
+        assert config_of(model) == config_of(tiny_upscaler), source
     assert load_upscaler(URL, torch.float16).dtype == torch.float16
     assert load_upscaler("someone/uplift-diffusers", torch.float64).dtype == torch.float64
     with pytest.raises(ValueError, match=r"unknown arguments \['variant'\]"):
@@ -215,21 +183,21 @@ def test_load_upscaler_every_kind_of_source(uplift_cached, upscaler, hub_cache, 
 
 # ------------------------------------------------------------------------------- load_vae
 @pytest.mark.parametrize("root_config_recorded_absent", [False, True])
-def test_load_vae_pipeline_repository_offline(sd_cached, sd_folder, hub_cache, root_config_recorded_absent):
+def test_load_vae_pipeline_repository_offline(sd15_cached, tiny_dirs, hub_cache, root_config_recorded_absent):
     """A local "not found" of the root config.json must not hide the cached vae/."""
     if root_config_recorded_absent:  # what an earlier online lookup leaves in the cache
         hub_cache.mark_absent(SD15_MODEL_ID, "config.json")
     vae = load_vae(SD15_MODEL_ID, torch_dtype=torch.float64)
-    expected = AutoencoderKL.from_pretrained(sd_folder, subfolder=SD15_VAE_SUBFOLDER)
+    expected = AutoencoderKL.from_pretrained(tiny_dirs.sd_pipeline(), subfolder=SD15_VAE_SUBFOLDER)
     assert type(vae) is AutoencoderKL and vae.dtype == torch.float64 and same_weights(expected, vae)
-    assert same_weights(expected, load_vae(SD15_MODEL_ID, subfolder=SD15_VAE_SUBFOLDER, revision=sd_cached.name))
+    assert same_weights(expected, load_vae(SD15_MODEL_ID, subfolder=SD15_VAE_SUBFOLDER, revision=sd15_cached.name))
 
 
 # ------------------------------------------------------------------------------- the pipeline's default upscaler
-def test_pipeline_loads_the_release_by_default(sd_cached, uplift_cached, upscaler, caplog):
+def test_pipeline_loads_the_release_by_default(sd15_cached, release_cached, tiny_upscaler, caplog):
     caplog.set_level(logging.INFO, logger="uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift")
     pipe = StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, torch_dtype=torch.float64)
-    assert same_weights(upscaler, pipe.upscaler)
+    assert same_weights(tiny_upscaler, pipe.upscaler)
     assert pipe.upscaler.dtype == torch.float64 and pipe.unet.dtype == torch.float64
     lines = [r.getMessage() for r in caplog.records if r.name == "uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift"]
     assert len(lines) == 1 and UPLIFT_SD15_REPO_ID in lines[0] and "upscaler=None" in lines[0]
@@ -238,11 +206,11 @@ def test_pipeline_loads_the_release_by_default(sd_cached, uplift_cached, upscale
     assert out.images.shape == (1, 128, 128, 3)  # 64 px base, 2x by default
 
 
-def test_pipeline_upscaler_none_is_plain_stable_diffusion(sd_cached, sd_folder):
+def test_pipeline_upscaler_none_is_plain_stable_diffusion(sd15_cached, tiny_dirs):
     pipe = StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, upscaler=None)  # the release is not cached: not needed
     assert pipe.upscaler is None
     pipe.set_progress_bar_config(disable=True)
-    plain = StableDiffusionPipeline.from_pretrained(sd_folder)
+    plain = StableDiffusionPipeline.from_pretrained(tiny_dirs.sd_pipeline())
     plain.set_progress_bar_config(disable=True)
     expected = plain(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="np").images
     ours = pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="np").images
@@ -251,47 +219,47 @@ def test_pipeline_upscaler_none_is_plain_stable_diffusion(sd_cached, sd_folder):
         pipe(PROMPT, num_inference_steps=2, upscale_factor=2)
 
 
-def test_pipeline_revision_is_not_applied_to_the_release(hub_cache, sd_folder, upscaler, tmp_path):
+def test_pipeline_revision_is_not_applied_to_the_release(hub_cache, tiny_dirs, tiny_upscaler, tmp_path):
     sd_commit = "c" * 40
-    hub_cache.add_folder(SD15_MODEL_ID, sd_folder, revision=None, commit=sd_commit)  # reachable by its hash only
-    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: official_file(upscaler, tmp_path / "main.safetensors")})
+    hub_cache.add_folder(SD15_MODEL_ID, tiny_dirs.sd_pipeline(), revision=None, commit=sd_commit)  # reachable by its hash only
+    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: save_original_file(tiny_upscaler, tmp_path / "main.safetensors")})
     pinned = make_upscaler(4, seed=5)
     uplift_commit = "d" * 40
-    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: official_file(pinned, tmp_path / "d.safetensors")},
+    hub_cache.add(UPLIFT_SD15_REPO_ID, {UPLIFT_SD15_WEIGHTS_NAME: save_original_file(pinned, tmp_path / "d.safetensors")},
                   revision=None, commit=uplift_commit)
     pipe = StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, revision=sd_commit)
-    assert same_weights(upscaler, pipe.upscaler)  # the release's main, not the SD commit
+    assert same_weights(tiny_upscaler, pipe.upscaler)  # the release's main, not the SD commit
     pipe = StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, revision=sd_commit, upscaler_revision=uplift_commit)
     assert same_weights(pinned, pipe.upscaler)
     with pytest.raises(ValueError, match="`upscaler_revision`.* applies only to the default UPLiFT model, but `upscaler` was passed"):
-        StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, revision=sd_commit, upscaler=upscaler, upscaler_revision="x")
+        StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID, revision=sd_commit, upscaler=tiny_upscaler, upscaler_revision="x")
 
 
-def test_pipeline_local_folders(sd_folder, uplift_cached, upscaler, tmp_path):
+def test_pipeline_local_folders(tiny_dirs, release_cached, tiny_upscaler, tmp_path):
     # a local Stable Diffusion folder without upscaler/: the release from the cache
-    assert same_weights(upscaler, StableDiffusionUPLiFTPipeline.from_pretrained(sd_folder).upscaler)
+    assert same_weights(tiny_upscaler, StableDiffusionUPLiFTPipeline.from_pretrained(tiny_dirs.sd_pipeline()).upscaler)
     # a folder saved with its own upscaler: that one (not the release)
     own = make_upscaler(4, seed=7)
-    StableDiffusionUPLiFTPipeline.from_pretrained(sd_folder, upscaler=own).save_pretrained(tmp_path / "with")
+    StableDiffusionUPLiFTPipeline.from_pretrained(tiny_dirs.sd_pipeline(), upscaler=own).save_pretrained(tmp_path / "with")
     assert same_weights(own, StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "with").upscaler)
     with pytest.raises(ValueError, match="the pipeline has its own upscaler"):
         StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "with", upscaler_revision="x")
     # a folder saved without one reloads without one
-    StableDiffusionUPLiFTPipeline.from_pretrained(sd_folder, upscaler=None).save_pretrained(tmp_path / "without")
+    StableDiffusionUPLiFTPipeline.from_pretrained(tiny_dirs.sd_pipeline(), upscaler=None).save_pretrained(tmp_path / "without")
     assert StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "without").upscaler is None
 
 
-def test_pipeline_default_missing_offline_is_reported(sd_cached):
+def test_pipeline_default_missing_offline_is_reported(sd15_cached):
     start = time.perf_counter()
     with pytest.raises(LocalEntryNotFoundError, match="uplift_sd1.5vae"):
         StableDiffusionUPLiFTPipeline.from_pretrained(SD15_MODEL_ID)
     assert time.perf_counter() - start < 5
 
 
-def test_from_pipe(sd_folder, uplift_cached, upscaler):
-    sd = StableDiffusionPipeline.from_pretrained(sd_folder)
+def test_from_pipe(tiny_dirs, release_cached, tiny_upscaler):
+    sd = StableDiffusionPipeline.from_pretrained(tiny_dirs.sd_pipeline())
     pipe = StableDiffusionUPLiFTPipeline.from_pipe(sd)
-    assert pipe.unet is sd.unet and same_weights(upscaler, pipe.upscaler)
+    assert pipe.unet is sd.unet and same_weights(tiny_upscaler, pipe.upscaler)
     assert StableDiffusionUPLiFTPipeline.from_pipe(sd, upscaler=None).upscaler is None
     # from a pipeline that has an upscaler (or deliberately none), that one is kept
     assert StableDiffusionUPLiFTPipeline.from_pipe(pipe).upscaler is pipe.upscaler

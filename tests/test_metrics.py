@@ -10,7 +10,6 @@ torchvision's ``RandomCrop.get_params`` for the crop boxes and clean-fid's own f
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from evaluation.metrics import image_metrics as metrics
-from sd_components import save_tiny_open_clip
+from tiny_models import clip_image_processor, make_tiny_clip, make_tokenizer, save_tiny_open_clip
 from evaluation.metrics.image_metrics import (
     OPEN_CLIP_MODEL,
     OPEN_CLIP_PRETRAINED,
@@ -127,6 +126,7 @@ def _ssim_reference(pred: np.ndarray, target: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 # import hygiene
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a new interpreter importing the library: 5.4 s (measured)
 def test_import_does_not_load_the_metric_backends():
     # The metric back-ends are imported when a metric first needs them. (torchvision and
     # transformers do load: the module rests on the library, whose diffusers import brings them.)
@@ -545,47 +545,15 @@ CAPTIONS = ["a photo of a cat", "a red car on the road", "blue dog", "the cat", 
 
 @pytest.fixture
 def tiny_clip(tmp_path):
-    """A tiny random CLIPModel and its CLIPProcessor: a BPE tokenizer whose vocabulary the test
-    writes and the PIL image processor at 32 px."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+    """The tiny random CLIPModel (tests/tiny_models.py) and its CLIPProcessor, with a tokenizer
+    that reads each of ``WORDS`` as one token (as CLIP's own reads common words)."""
+    from transformers import CLIPProcessor
 
-    vocab: dict[str, int] = {}
-    for char in sorted(set("".join(WORDS))):
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    merges = ["#version: 0.2"]
-    for word in WORDS:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    vocab.setdefault("<|startoftext|>", len(vocab))
-    vocab.setdefault("<|endoftext|>", len(vocab))
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path))
+    tokenizer, vocab_size = make_tokenizer(tmp_path, words=WORDS)
     assert tokenizer.convert_ids_to_tokens(tokenizer("a photo of a cat")["input_ids"]) == [
         "<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>", "<|endoftext|>",
     ]
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            image_size=32, patch_size=8, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    return CLIPModel(config).eval(), processor
+    return make_tiny_clip(vocab_size), CLIPProcessor(image_processor=clip_image_processor(), tokenizer=tokenizer)
 
 
 def _clip_score_package_cosines(model, tokenizer, images: torch.Tensor, captions) -> torch.Tensor:

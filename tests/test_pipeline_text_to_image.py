@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPImageProcessor
 
-from sd_components import build_sd_components, make_upscaler
+from tiny_models import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.utils.color_correction import color_correct
 from uplift_diffusers.pipelines.pipeline_utils import resolve_package_entries
@@ -18,13 +18,8 @@ from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDi
 PROMPT = "a red cat"
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    """Tiny random SD components (DDIM scheduler) plus a 4-channel upscaler."""
-    return build_sd_components(tmp_path_factory.mktemp("tokenizer"), scheduler="ddim", with_upscaler=True)
-
-
 def make_pipe(components, **overrides):
+    """The UPLiFT pipeline on ``tiny_sd_components`` (conftest.py), any of them replaced by ``overrides``."""
     pipe = StableDiffusionUPLiFTPipeline(**{**components, **overrides})
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -41,43 +36,43 @@ def unit(images):
 
 # ------------------------------------------------------------------------------- sizes / types
 @pytest.mark.parametrize("factor", [1, 2, 4])
-def test_output_size_per_factor(components, factor):
-    out = run(make_pipe(components), upscale_factor=factor, output_type="np")
+def test_output_size_per_factor(tiny_sd_components, factor):
+    out = run(make_pipe(tiny_sd_components), upscale_factor=factor, output_type="np")
     assert isinstance(out, StableDiffusionUPLiFTPipelineOutput)
     assert out.images.shape == (1, 64 * factor, 64 * factor, 3)
     assert out.images.dtype == np.float32 and 0.0 <= out.images.min() and out.images.max() <= 1.0
     assert out.base_images is None and out.nsfw_content_detected is None
 
 
-def test_non_square_and_default_factor(components):
-    out = run(make_pipe(components), height=64, width=96, output_type="pil")
+def test_non_square_and_default_factor(tiny_sd_components):
+    out = run(make_pipe(tiny_sd_components), height=64, width=96, output_type="pil")
     assert len(out.images) == 1 and isinstance(out.images[0], PIL.Image.Image)
     assert out.images[0].size == (192, 128)  # PIL size is (width, height): 2x by default
 
 
-def test_without_upscaler(components):
+def test_without_upscaler(tiny_sd_components):
     """upscaler=None: the default factor is 1 (plain Stable Diffusion); asking for more is an error."""
-    pipe = make_pipe(components, upscaler=None)
+    pipe = make_pipe(tiny_sd_components, upscaler=None)
     assert run(pipe, output_type="np").images.shape == (1, 64, 64, 3)
     with pytest.raises(ValueError, match=r"`upscale_factor`=4 needs an upscaler, but this pipeline has none"):
         run(pipe, upscale_factor=4)
-    assert run(make_pipe(components), output_type="np").images.shape == (1, 128, 128, 3)  # with one: 2
+    assert run(make_pipe(tiny_sd_components), output_type="np").images.shape == (1, 128, 128, 3)  # with one: 2
 
 
-def test_factor_one_equals_stable_diffusion(components):
+def test_factor_one_equals_stable_diffusion(tiny_sd_components):
     """upscale_factor=1 is exactly the parent pipeline's output."""
-    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+    sd = StableDiffusionPipeline(**{k: v for k, v in tiny_sd_components.items() if k != "upscaler"},
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.set_progress_bar_config(disable=True)
     expected = sd(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt").images
-    ours = run(make_pipe(components), seed=3, upscale_factor=1, output_type="pt").images
+    ours = run(make_pipe(tiny_sd_components), seed=3, upscale_factor=1, output_type="pt").images
     assert torch.equal(ours, expected)
 
 
-def test_output_types_and_latent_scaling(components):
+def test_output_types_and_latent_scaling(tiny_sd_components):
     """'latent' returns the upscaled latents x scaling_factor; 'pt' is their colour-corrected decode."""
-    pipe = make_pipe(components)
-    vae, upscaler = components["vae"], components["upscaler"]
+    pipe = make_pipe(tiny_sd_components)
+    vae, upscaler = tiny_sd_components["vae"], tiny_sd_components["upscaler"]
     scaling = vae.config.scaling_factor
     latent = run(pipe, output_type="latent", return_base_images=True)
     assert latent.images.shape == (1, 4, 16, 16) and latent.base_images.shape == (1, 4, 8, 8)
@@ -100,8 +95,8 @@ def test_output_types_and_latent_scaling(components):
     assert pil.images[0].mode == "RGB"
 
 
-def test_color_correction_matches_base_means(components):
-    pipe = make_pipe(components)
+def test_color_correction_matches_base_means(tiny_sd_components):
+    pipe = make_pipe(tiny_sd_components)
     out = run(pipe, output_type="pt", return_base_images=True)
     raw = run(pipe, output_type="pt", color_correction=False)
     base_means = out.base_images.mean(dim=(2, 3))
@@ -113,16 +108,16 @@ def test_color_correction_matches_base_means(components):
     assert not torch.allclose(raw.images, out.images)
 
 
-def test_batch_and_return_tuple(components):
-    out = run(make_pipe(components), num_images_per_prompt=2, output_type="np", return_dict=False, return_base_images=True)
+def test_batch_and_return_tuple(tiny_sd_components):
+    out = run(make_pipe(tiny_sd_components), num_images_per_prompt=2, output_type="np", return_dict=False, return_base_images=True)
     images, nsfw, base = out
     assert images.shape == (2, 128, 128, 3) and base.shape == (2, 64, 64, 3) and nsfw is None
-    assert len(run(make_pipe(components), output_type="np", return_dict=False)) == 2
+    assert len(run(make_pipe(tiny_sd_components), output_type="np", return_dict=False)) == 2
 
 
 # ------------------------------------------------------------------------------- determinism
-def test_seeded_reproducibility(components):
-    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+def test_seeded_reproducibility(tiny_sd_components):
+    pipe = make_pipe(tiny_sd_components, upscaler=make_upscaler(noise_scale=1.0))
     first = run(pipe, seed=7, output_type="np").images
     second = run(pipe, seed=7, output_type="np").images
     other = run(pipe, seed=8, output_type="np").images
@@ -131,8 +126,8 @@ def test_seeded_reproducibility(components):
 
 
 # ------------------------------------------------------------------------------- save / load
-def test_save_pretrained_round_trip(components, tmp_path):
-    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+def test_save_pretrained_round_trip(tiny_sd_components, tmp_path):
+    pipe = make_pipe(tiny_sd_components, upscaler=make_upscaler(noise_scale=1.0))
     expected = run(pipe, output_type="np").images
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
@@ -151,8 +146,8 @@ def test_save_pretrained_round_trip(components, tmp_path):
     assert with_passed.upscaler is other
 
 
-def test_from_pretrained_sd_directory_with_upscaler(components, tmp_path):
-    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+def test_from_pretrained_sd_directory_with_upscaler(tiny_sd_components, tmp_path):
+    sd = StableDiffusionPipeline(**{k: v for k, v in tiny_sd_components.items() if k != "upscaler"},
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.save_pretrained(tmp_path)
     upscaler = make_upscaler()
@@ -178,13 +173,13 @@ def cache_with_tree_listing(hub_cache, repo_id, folder):
     return snapshot
 
 
-def test_from_pretrained_hub_cache_offline(components, tmp_path, hub_cache):
+def test_from_pretrained_hub_cache_offline(tiny_sd_components, tmp_path, hub_cache):
     """A Hub repository holding this package's components, cached as a download leaves it (with
     its file listing), loads offline; diffusers' own download refuses the component's library
     (it looks for its code in the repository): UPLiFTComponentsMixin.download is needed."""
     from diffusers import DiffusionPipeline
 
-    pipe = make_pipe(components, upscaler=make_upscaler(noise_scale=1.0))
+    pipe = make_pipe(tiny_sd_components, upscaler=make_upscaler(noise_scale=1.0))
     expected = run(pipe, output_type="np").images
     pipe.save_pretrained(tmp_path / "saved")
     cache_with_tree_listing(hub_cache, "someone/sd-uplift", tmp_path / "saved")
@@ -198,9 +193,9 @@ def test_from_pretrained_hub_cache_offline(components, tmp_path, hub_cache):
     assert StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift", upscaler=other).upscaler is other
 
 
-def test_pipeline_saved_by_earlier_versions_loads(components, tmp_path):
+def test_pipeline_saved_by_earlier_versions_loads(tiny_sd_components, tmp_path):
     """Earlier versions recorded ["uplift_diffusers", "<Class>"]; diffusers alone cannot load that entry."""
-    pipe = make_pipe(components)
+    pipe = make_pipe(tiny_sd_components)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     index["upscaler"] = ["uplift_diffusers", "UPLiFTLatentUpscaler"]
@@ -219,8 +214,8 @@ def test_resolve_package_entries():
         resolve_package_entries({"upscaler": ["uplift_diffusers", "NoSuchClass"]})
 
 
-def test_from_pipe(components):
-    sd = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "upscaler"},
+def test_from_pipe(tiny_sd_components):
+    sd = StableDiffusionPipeline(**{k: v for k, v in tiny_sd_components.items() if k != "upscaler"},
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     upscaler = make_upscaler()
     pipe = StableDiffusionUPLiFTPipeline.from_pipe(sd, upscaler=upscaler)
@@ -231,10 +226,10 @@ def test_from_pipe(components):
     assert run(pipe, output_type="np").images.shape == (1, 128, 128, 3)
 
 
-def test_assigned_upscaler_is_saved(components, tmp_path):
+def test_assigned_upscaler_is_saved(tiny_sd_components, tmp_path):
     """`pipe.upscaler = model` on a pipeline built without one is saved and reloaded: diffusers
     alone keeps the null model_index entry (and reloads without the upscaler)."""
-    pipe = make_pipe(components, upscaler=None)
+    pipe = make_pipe(tiny_sd_components, upscaler=None)
     pipe.upscaler = make_upscaler(noise_scale=1.0)
     assert tuple(pipe.config["upscaler"]) == (UPSCALER_MODULE, "UPLiFTLatentUpscaler")
     pipe.save_pretrained(tmp_path / "assigned")
@@ -247,9 +242,9 @@ def test_assigned_upscaler_is_saved(components, tmp_path):
 
 
 # ------------------------------------------------------------------------------- VAE tiling
-def test_enable_vae_tiling(components, monkeypatch):
-    pipe = make_pipe(components)
-    vae = components["vae"]
+def test_enable_vae_tiling(tiny_sd_components, monkeypatch):
+    pipe = make_pipe(tiny_sd_components)
+    vae = tiny_sd_components["vae"]
     calls = []
     original = vae.tiled_decode
 
@@ -290,9 +285,9 @@ class FlagEverything(torch.nn.Module):
         return torch.zeros_like(images), [True] * images.shape[0]
 
 
-def test_safety_checker_runs_on_final_images(components):
+def test_safety_checker_runs_on_final_images(tiny_sd_components):
     extractor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
-    pipe = make_pipe(components, safety_checker=FlagEverything(), feature_extractor=extractor)
+    pipe = make_pipe(tiny_sd_components, safety_checker=FlagEverything(), feature_extractor=extractor)
     out = run(pipe, output_type="np", return_base_images=True)
     assert out.nsfw_content_detected == [True]
     assert out.images.shape == (1, 128, 128, 3) and out.images.max() == 0
@@ -300,8 +295,8 @@ def test_safety_checker_runs_on_final_images(components):
 
 
 # ------------------------------------------------------------------------------- progress bar
-def test_progress_bar_covers_upscaling(components, capsys):
-    pipe = make_pipe(components)
+def test_progress_bar_covers_upscaling(tiny_sd_components, capsys):
+    pipe = make_pipe(tiny_sd_components)
     pipe.set_progress_bar_config(disable=False)
     run(pipe, output_type="np")
     err = capsys.readouterr().err
@@ -311,13 +306,13 @@ def test_progress_bar_covers_upscaling(components, capsys):
 
 # ------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("factor", [0, 3, 16, 2.0, True])
-def test_bad_upscale_factor(components, factor):
+def test_bad_upscale_factor(tiny_sd_components, factor):
     with pytest.raises(ValueError, match="upscale_factor"):
-        run(make_pipe(components), upscale_factor=factor)
+        run(make_pipe(tiny_sd_components), upscale_factor=factor)
 
 
-def test_bad_flags_and_output_type(components):
-    pipe = make_pipe(components)
+def test_bad_flags_and_output_type(tiny_sd_components):
+    pipe = make_pipe(tiny_sd_components)
     with pytest.raises(ValueError, match="color_correction"):
         run(pipe, color_correction="yes")
     with pytest.raises(ValueError, match="return_base_images"):
@@ -327,8 +322,8 @@ def test_bad_flags_and_output_type(components):
 
 
 @pytest.mark.parametrize("name", ["latents", "prompt_embeds"])
-def test_nan_inputs_are_refused_at_entry(components, name):
-    pipe = make_pipe(components)
+def test_nan_inputs_are_refused_at_entry(tiny_sd_components, name):
+    pipe = make_pipe(tiny_sd_components)
     shapes = {"latents": (1, 4, 8, 8), "prompt_embeds": (1, 16, 16)}
     bad = torch.randn(shapes[name])
     bad[0, 0, 0] = float("nan")
@@ -337,10 +332,10 @@ def test_nan_inputs_are_refused_at_entry(components, name):
         pipe(**{"prompt": PROMPT, **kwargs}, num_inference_steps=2)
 
 
-def test_upscaler_channels_must_match_vae(components):
+def test_upscaler_channels_must_match_vae(tiny_sd_components):
     with pytest.raises(ValueError, match="latent_channels=32"):
-        make_pipe(components, upscaler=make_upscaler(latent_channels=32))
-    pipe = make_pipe(components)
+        make_pipe(tiny_sd_components, upscaler=make_upscaler(latent_channels=32))
+    pipe = make_pipe(tiny_sd_components)
     pipe.upscaler = make_upscaler(latent_channels=16)  # swapped after construction: caught at call
     with pytest.raises(ValueError, match="latent_channels=16"):
         run(pipe)

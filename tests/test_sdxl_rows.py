@@ -1,6 +1,6 @@
 """The paper's SDXL reference rows of eval_text_to_image.py (``sdxl``, ``lcm-lora-sdxl``).
 
-Tiny SDXL components built here (tests/sd_components.py): a UNet with SDXL's ``text_time``
+Tiny SDXL components (``tiny_dirs``, tests/tiny_models.py): a UNet with SDXL's ``text_time``
 conditioning, two CLIP text encoders (the second with a projection), character tokenizers,
 SDXL base's default Euler scheduler; and a random peft LoRA saved the way the Hub's LCM-LoRA is.
 The tiny model's native size (64 px) plays SDXL's 1024.
@@ -17,17 +17,9 @@ from PIL import Image
 
 from evaluation.tasks import eval_text_to_image
 from evaluation.data.caption_sets import CaptionRow, write_caption_set
-from sd_components import SDXL_TINY_NATIVE_SIZE, save_sd_pipeline, save_sdxl_pipeline, save_tiny_clip, save_unet_lora
+from tiny_models import SDXL_TINY_NATIVE_SIZE
 
 CAPTIONS = ["a red cube.", "two dogs", "a house!"]  # <= 14 characters: the tiny tokenizers hold 16 tokens
-
-
-@pytest.fixture(scope="module")
-def sdxl_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sdxl-models")
-    sdxl = save_sdxl_pipeline(root / "sdxl")
-    return {"sd": save_sd_pipeline(root / "sd"), "sdxl": sdxl, "lora": save_unet_lora(root / "lcm-lora", sdxl / "unet"),
-            "clip": save_tiny_clip(root / "clip")}
 
 
 @pytest.fixture
@@ -71,11 +63,11 @@ def pipeline_calls(monkeypatch):
     return calls
 
 
-def _argv(models, prompts, references, out, *extra):
-    return ["--prompts", str(prompts), "--reference-dir", str(references), "--output-dir", str(out),
-            "--model", str(models["sd"]), "--sdxl-model", str(models["sdxl"]), "--lcm-lora", str(models["lora"]),
+def _argv(tiny_dirs, prompts, references, out, *extra):
+    return ["--prompts", str(prompts), "--reference-dir", str(references), "--output-dir", str(out), "--model", str(tiny_dirs.sd_pipeline()),
+            "--sdxl-model", str(tiny_dirs.sdxl_pipeline()), "--lcm-lora", str(tiny_dirs.sdxl_lora()),
             "--sdxl-size", str(SDXL_TINY_NATIVE_SIZE), "--size", "32", "--steps", "2", "--batch-size", "2", "--seed", "3",
-            "--clip-model", str(models["clip"]), "--feature-extractor", "tiny-random", "--patch-size", "16", "--quiet", *extra]
+            "--clip-model", str(tiny_dirs.clip()), "--feature-extractor", "tiny-random", "--patch-size", "16", "--quiet", *extra]
 
 
 def _png(path: Path) -> np.ndarray:
@@ -83,12 +75,12 @@ def _png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
-def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, sdxl_models, caption_set, pipeline_calls):
+def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, tiny_dirs, caption_set, pipeline_calls):
     from diffusers import LCMScheduler, StableDiffusionXLPipeline
 
     prompts, references = caption_set
     out = tmp_path / "t2i"
-    argv = _argv(sdxl_models, prompts, references, out, "--methods", "base512,sdxl,lcm-lora-sdxl")
+    argv = _argv(tiny_dirs, prompts, references, out, "--methods", "base512,sdxl,lcm-lora-sdxl")
     assert eval_text_to_image.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     assert list(result["methods"]) == ["base512", "sdxl", "lcm-lora-sdxl"]
@@ -114,11 +106,11 @@ def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, sdxl_models, 
         assert call["guidance_scale"] == 1.0 and not call["cfg"] and call["size"] == (native, native)
     rows = result["settings"]["native_rows"]
     assert rows["sdxl"]["steps"] == 50 and rows["lcm-lora-sdxl"]["steps"] == 4 and rows["lcm-lora-sdxl"]["scheduler"] == "LCMScheduler"
-    assert rows["lcm-lora-sdxl"]["lora"] == str(sdxl_models["lora"]) and rows["sdxl"]["lora"] is None
+    assert rows["lcm-lora-sdxl"]["lora"] == str(tiny_dirs.sdxl_lora()) and rows["sdxl"]["lora"] is None
     assert result["settings"]["steps"] == 2  # the SD1.5 rows' setting, recorded apart
 
     # the rows are what they claim: caption 2 (alone in its batch) with seed 3 + 2
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_models["sdxl"]), add_watermarker=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_dirs.sdxl_pipeline()), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
 
     def call(steps, guidance):
@@ -127,7 +119,7 @@ def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, sdxl_models, 
         return (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
 
     assert np.abs(_png(out / "images" / "sdxl" / "c2.png") - call(50, 5.0)).max() <= 1
-    pipe.load_lora_weights(str(sdxl_models["lora"]))
+    pipe.load_lora_weights(str(tiny_dirs.sdxl_lora()))
     pipe.fuse_lora()
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     assert np.abs(_png(out / "images" / "lcm-lora-sdxl" / "c2.png") - call(4, 1.0)).max() <= 1
@@ -145,10 +137,10 @@ def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, sdxl_models, 
     assert len(pipeline_calls) == calls_before and again["methods"] == result["methods"]
 
 
-def test_sdxl_rows_refuse_a_non_native_size_and_bad_values(tmp_path, sdxl_models, caption_set, capsys):
+def test_sdxl_rows_refuse_a_non_native_size_and_bad_values(tmp_path, tiny_dirs, caption_set, capsys):
     prompts, references = caption_set
     out = tmp_path / "t2i"
-    argv = _argv(sdxl_models, prompts, references, out, "--methods", "sdxl", "--no-fid", "--no-clip")
+    argv = _argv(tiny_dirs, prompts, references, out, "--methods", "sdxl", "--no-fid", "--no-clip")
     argv[argv.index("--sdxl-size") + 1] = "128"
     assert eval_text_to_image.main(argv) == 2
     error = capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 
+from tiny_models import make_kl_vae, make_tiny_autoencoder
 from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
 from uplift_diffusers.loaders.vae import decode_latents, encode_latents, load_vae, vae_scale_factor
 
@@ -106,12 +107,6 @@ def save_pair(directory: Path, enc, dec, enc_name="encoder.pth", dec_name="decod
 
 
 @pytest.fixture
-def taef2(shared_path):
-    d = shared_path("models", "taef2")
-    return TinyAutoencoder.from_original_checkpoint(d / "encoder.pth", d / "decoder.pth")
-
-
-@pytest.fixture
 def classic_pair(tmp_path):
     enc, dec = make_original_state_dicts(latent=4, width=64)
     return (*save_pair(tmp_path / "taesd", enc, dec), enc, dec)
@@ -145,8 +140,8 @@ def test_taef2_detects_variant_and_parameter_counts(taef2):
     assert latents.shape == (2, 32, 6, 8)
 
 
-def test_taef2_state_dict_is_a_prefix_mapping_of_the_files(taef2, shared_path):
-    d = shared_path("models", "taef2")
+def test_taef2_state_dict_is_a_prefix_mapping_of_the_files(taef2, taef2_dir):
+    d = taef2_dir
     enc_file = torch.load(d / "encoder.pth", map_location="cpu", weights_only=True)
     state = taef2.state_dict()
     assert set(state) == {f"encoder.layers.{k}" for k in enc_file} | {
@@ -158,8 +153,8 @@ def test_taef2_state_dict_is_a_prefix_mapping_of_the_files(taef2, shared_path):
         assert torch.equal(enc_back[key].half(), value), key
 
 
-def test_taef2_matches_functional_reference(taef2, shared_path):
-    d = shared_path("models", "taef2")
+def test_taef2_matches_functional_reference(taef2, taef2_dir):
+    d = taef2_dir
     enc = torch.load(d / "encoder.pth", map_location="cpu", weights_only=True)
     dec = torch.load(d / "decoder.pth", map_location="cpu", weights_only=True)
     x01 = torch.rand(1, 3, 64, 64)
@@ -199,8 +194,8 @@ def test_save_pretrained_round_trip(taef2, tmp_path):
         assert torch.equal(loaded.decode(z).sample, taef2.decode(z).sample)
 
 
-def test_torch_dtype_bfloat16(shared_path, taef2):
-    d = shared_path("models", "taef2")
+def test_torch_dtype_bfloat16(taef2_dir, taef2):
+    d = taef2_dir
     half = TinyAutoencoder.from_original_checkpoint(d / "encoder.pth", d / "decoder.pth", torch_dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
     x = torch.rand(1, 3, 16, 16) * 2 - 1
@@ -287,8 +282,8 @@ def test_bad_config_values():
         TinyAutoencoder(latent_channels=0)
 
 
-def test_bad_inputs_raise():
-    model = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
+def test_bad_inputs_raise(tiny_autoencoder):
+    model = tiny_autoencoder
     good = torch.zeros(1, 3, 16, 16)
     bad_images = [
         (good[0], r"`x` must have shape B x 3 x H x W, got \(3, 16, 16\)"),
@@ -310,8 +305,7 @@ def test_bad_inputs_raise():
 
 
 def test_grad_modes():
-    model = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16,
-                            encoder_pooled_blocks=[11], decoder_pooled_blocks=[3])
+    model = make_tiny_autoencoder(encoder_pooled_blocks=[11], decoder_pooled_blocks=[3])
     x = (torch.rand(1, 3, 16, 16) * 2 - 1).requires_grad_()
     with torch.no_grad():
         out = model(x).sample
@@ -321,14 +315,7 @@ def test_grad_modes():
 
 
 # --------------------------------------------------------------------------- vae_loading
-def _tiny_kl():
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    ).eval()
-
-
-def test_load_vae_pth_pair_directories(tmp_path, classic_pair, shared_path):
+def test_load_vae_pth_pair_directories(tmp_path, classic_pair, taef2_dir):
     enc_path, dec_path, enc, _ = classic_pair
     vae = load_vae(enc_path.parent)
     assert isinstance(vae, TinyAutoencoder) and vae.config.latent_channels == 4
@@ -344,21 +331,20 @@ def test_load_vae_pth_pair_directories(tmp_path, classic_pair, shared_path):
         load_vae(named)
     real = tmp_path / "taef2"
     real.mkdir()
-    d = shared_path("models", "taef2")
     for name in ("encoder.pth", "decoder.pth"):
-        (real / name).symlink_to(d / name)
+        (real / name).symlink_to(taef2_dir / name)
     assert load_vae(real).config.latent_channels == 32
 
 
-def test_load_vae_diffusers_directories(tmp_path):
-    kl = _tiny_kl()
+def test_load_vae_diffusers_directories(tmp_path, tiny_autoencoder):
+    kl = make_kl_vae(blocks=2)  # factor 2: the factor is read from the config, not assumed to be 8
     kl.save_pretrained(tmp_path / "pipeline" / "vae")  # pipeline layout: VAE under vae/
     (tmp_path / "pipeline" / "model_index.json").write_text("{}")
     loaded = load_vae(tmp_path / "pipeline")
     assert type(loaded) is AutoencoderKL
     assert vae_scale_factor(loaded) == 2
 
-    tiny = TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
+    tiny = tiny_autoencoder
     tiny.save_pretrained(tmp_path / "ours")
     assert type(load_vae(tmp_path / "ours")) is TinyAutoencoder
 
@@ -374,8 +360,7 @@ def test_load_vae_diffusers_directories(tmp_path):
 
 
 def test_encode_latents_returns_kl_posterior_mode(tmp_path):
-    torch.manual_seed(0)
-    kl = _tiny_kl()
+    kl = make_kl_vae(blocks=2)
     kl.save_pretrained(tmp_path / "kl")
     vae = load_vae(tmp_path / "kl")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
@@ -449,7 +434,7 @@ def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
 
     def fake_from_pretrained(cls, name, subfolder=None, dtype=None, **kwargs):
         calls.append((cls.__name__, name, subfolder, dtype))
-        return TinyAutoencoder(latent_channels=4, block_out_channels=[8] * 4, pool_hidden_channels=16)
+        return make_tiny_autoencoder()
 
     monkeypatch.setattr(hub_utils, "hf_hub_download", fake_download)
     monkeypatch.setattr(TinyAutoencoder, "from_pretrained", classmethod(fake_from_pretrained))

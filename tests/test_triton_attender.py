@@ -76,6 +76,8 @@ CHECK_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def interpreted():
+    """Every kernel check of CHECK_SCRIPT, run once in a TRITON_INTERPRET=1 interpreter (about 10 s:
+    the tests that read it are marked slow)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", CHECK_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,6 +85,7 @@ def interpreted():
     return {r["name"]: r for r in json.loads(line[len("RESULT "):])}
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_kernel_matches_pytorch_for_every_neighbourhood_and_scale(interpreted):
     for n in (5, 9, 13, 17, 25):
@@ -92,6 +95,7 @@ def test_interpreted_kernel_matches_pytorch_for_every_neighbourhood_and_scale(in
             assert row["max_err"] < 1e-5 and row["forward_err"] < 1e-5, row
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("case", ["channels_last", "strided_value", "batch3_1x1", "explicit_offsets", "many_offsets", "wide_value"])
 def test_interpreted_kernel_layouts_and_neighbourhoods(interpreted, case):
@@ -100,6 +104,7 @@ def test_interpreted_kernel_layouts_and_neighbourhoods(interpreted, case):
     assert row["max_err"] < 1e-5 and row["forward_err"] < 1e-5, row
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_kernel_in_bfloat16(interpreted):
     row = interpreted["bfloat16"]
@@ -107,12 +112,14 @@ def test_interpreted_kernel_in_bfloat16(interpreted):
     assert row["max_err"] < 3e-2  # inputs and output rounded to bf16, float32 inside
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_kernel_rejects_a_mismatched_logits_shape(interpreted):
     row = interpreted["bad_shape"]
     assert row["raised"] and "logits" in row["message"] and "(1, 17, 8, 8)" in row["message"]
 
 
+@pytest.mark.slow  # a new interpreter importing the library: 5.9 s (measured)
 def test_cpu_tensors_use_pytorch_and_never_load_the_kernel():
     script = textwrap.dedent(
         """

@@ -2,20 +2,8 @@
 import pytest
 import torch
 
+from tiny_models import make_small_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTOutput
-
-
-# Narrow widths so that every test runs in a fraction of a second.
-SMALL = dict(
-    encoder_channels=(4, 6, 8, 8, 12),
-    decoder_channels=20,
-    refiner_channels=12,
-    refiner_blocks=2,
-)
-
-
-def small_model(**overrides) -> UPLiFTLatentUpscaler:
-    return UPLiFTLatentUpscaler(**{**SMALL, **overrides}).eval()
 
 
 def inputs(batch=1, h=4, w=6, channels=4):
@@ -26,8 +14,7 @@ def inputs(batch=1, h=4, w=6, channels=4):
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return small_model()
+    return make_small_upscaler()
 
 
 # ----------------------------------------------------------------------------- size and shapes
@@ -67,7 +54,7 @@ def test_no_intermediates_by_default_and_tuple_output(model):
 
 
 def test_other_latent_channels():
-    model = small_model(latent_channels=16)
+    model = make_small_upscaler(latent_channels=16)
     latents, image = inputs(1, 3, 4, channels=16)
     with torch.no_grad():
         out = model(latents, image, num_steps=2)
@@ -132,7 +119,7 @@ def test_noise_scale_zero_is_deterministic_and_matters(model):
 
 
 def test_zero_configured_noise_scale_is_deterministic():
-    model = small_model(noise_scale=0.0)
+    model = make_small_upscaler(noise_scale=0.0)
     latents, image = inputs()
     with torch.no_grad():
         torch.testing.assert_close(model(latents, image).sample, model(latents, image).sample, rtol=0, atol=0)
@@ -140,7 +127,7 @@ def test_zero_configured_noise_scale_is_deterministic():
 
 # ----------------------------------------------------------------------------- dtypes
 def test_bfloat16_on_cpu_stays_close_to_float32():
-    model = small_model()
+    model = make_small_upscaler()
     latents, image = inputs(2, 4, 4)
     with torch.no_grad():
         reference = model(latents, image, num_steps=2, noise_scale=0.0).sample
@@ -153,7 +140,7 @@ def test_bfloat16_on_cpu_stays_close_to_float32():
 
 
 def test_float64_model_accepts_float32_inputs():
-    model = small_model().double()
+    model = make_small_upscaler().double()
     latents, image = inputs()
     with torch.no_grad():
         out = model(latents, image, noise_scale=0.0).sample
@@ -198,23 +185,23 @@ def test_forward_reads_no_tensor_values():
     device, where no value can be read (no host synchronisation per call, no graph break
     under torch.compile). Value checks (NaN, range) belong where data enters."""
     with torch.device("meta"):
-        model = small_model()
+        model = make_small_upscaler()
         latents, image = torch.empty(2, 4, 3, 5), torch.empty(2, 3, 24, 40)
         with torch.no_grad():
             out = model(latents, image, num_steps=2, output_intermediate=True)
     assert out.sample.device.type == "meta" and out.sample.shape == (2, 4, 12, 20)
     nan_latents = torch.full((1, 4, 2, 2), float("nan"))
     with torch.no_grad():
-        assert torch.isnan(small_model()(nan_latents, torch.rand(1, 3, 16, 16)).sample).all()  # passed through, not checked
+        assert torch.isnan(make_small_upscaler()(nan_latents, torch.rand(1, 3, 16, 16)).sample).all()  # passed through, not checked
 
 
 def test_bad_config_values():
     with pytest.raises(ValueError, match="`encoder_channels` needs at least 2 groups"):
         UPLiFTLatentUpscaler(encoder_channels=(8,), decoder_channels=8, refiner_channels=8)
     with pytest.raises(ValueError, match="`refiner_blocks` must be >= 1"):
-        small_model(refiner_blocks=0)
+        make_small_upscaler(refiner_blocks=0)
     with pytest.raises(ValueError, match="`neighborhood` must be one of"):
-        small_model(neighborhood=7)
+        make_small_upscaler(neighborhood=7)
 
 
 # ----------------------------------------------------------------------------- saving and loading
@@ -228,7 +215,7 @@ def test_bad_config_values():
     ids=["default-small", "offsets-no-refiner-skip", "per-block-widths"],
 )
 def test_save_pretrained_round_trip(tmp_path, overrides):
-    model = small_model(**overrides)
+    model = make_small_upscaler(**overrides)
     channels = model.config.latent_channels
     latents, image = inputs(2, 3, 4, channels=channels)
     model.save_pretrained(tmp_path)

@@ -130,6 +130,7 @@ class FastInference:
     def __init__(self, model, dtype: torch.dtype, compile: bool, compile_mode: Optional[str], channels_last: bool):
         self.model = model
         self.dtype = dtype
+        self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # the encoder groups from the first one as wide as the widest (full resolution: they
         # set the peak memory) keep their residual stream in `dtype`; a float32 stream there
@@ -155,6 +156,12 @@ class FastInference:
         """Whether compiled functions are in use (False after a fallback to eager)."""
         return any(fn is not None for fn in self._compiled.values())
 
+    def _layout(self, tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``tensor`` in channels_last when asked; otherwise as it is (no copy)."""
+        if tensor is None or not self.channels_last:
+            return tensor
+        return tensor.contiguous(memory_format=torch.channels_last)
+
     def _autocast(self, device_type: str, enabled: bool = True):
         if not enabled or self.dtype == torch.float32:
             return contextlib.nullcontext()
@@ -162,7 +169,8 @@ class FastInference:
 
     # ----------------------------------------------------------------- the passes
     def encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
-        """The eager encoder pass: the encoder's maps (the last one on the grid the steps read), stored in ``dtype``."""
+        """The encoder pass (eager; :meth:`forward` may run it compiled): the maps of the
+        model's own encoder groups, the last one on the grid the steps read, stored in ``dtype``."""
         groups = self.model.encoder.groups
         maps, x = [], image
         for index, group in enumerate(groups):
@@ -173,12 +181,12 @@ class FastInference:
                     x = group(x)
                 else:
                     x = last_group_strided(group, x, stride, self.phases)
-            maps.append(x.to(self.dtype).contiguous(memory_format=self.memory_format))
+            maps.append(self._layout(x.to(self.dtype)))
         return maps
 
     def step(self, latents: torch.Tensor, features: List[torch.Tensor], noise) -> torch.Tensor:
-        """The eager step pass: the model's own 2x step under autocast (the noise is drawn outside, so that a
-        compiled graph contains no random number generation)."""
+        """The step pass (eager; :meth:`forward` may run it compiled): the model's own 2x step
+        under autocast, with the noise drawn outside (a compiled graph holds no random numbers)."""
         with self._autocast(latents.device.type):
             return self.model.upscale_step(latents, features, noise)
 
@@ -207,12 +215,12 @@ class FastInference:
         model.check_inputs(latents, image, num_steps, generator, noise_scale)
         out_dtype = latents.dtype
         with torch.no_grad():
-            image = image.to(dtype=model.dtype, memory_format=self.memory_format)
-            z = latents.to(dtype=model.dtype, memory_format=self.memory_format)
+            image = self._layout(image.to(dtype=model.dtype))
+            z = self._layout(latents.to(dtype=model.dtype))
             features = self._call("encode", image, encoder_read_stride(model, num_steps))
             steps = []
             for _ in range(num_steps):
-                noise = tuple(n if n is None else n.contiguous(memory_format=self.memory_format) for n in model.step_noise(z, generator, noise_scale))
+                noise = tuple(self._layout(n) for n in model.step_noise(z, generator, noise_scale))
                 z = self._call("step", z, features, noise)
                 steps.append(z)
         steps = [s.to(dtype=out_dtype, memory_format=torch.contiguous_format) for s in steps]

@@ -1,0 +1,338 @@
+"""The one definition of every tiny, randomly initialised model the tests use.
+
+Test helper (not a test module). conftest.py turns the common ones into fixtures; a test imports
+a builder from here (``from tiny_models import make_upscaler``) only when it needs a parameter:
+another width, seed or noise scale is an argument of the builder, never a second copy of it.
+
+- :func:`make_upscaler`: a tiny UPLiFT upscaler (any number of latent channels);
+  :func:`make_small_upscaler`: the released layout at small widths, for the model's own tests.
+- :func:`save_original_file`: an upscaler saved as the authors save their release.
+- :func:`make_kl_vae` (an ``AutoencoderKL``, 8x by default) and :func:`make_tiny_autoencoder`
+  (our TAESD-family ``TinyAutoencoder``, 4 latent channels).
+- Stable Diffusion: :func:`make_tokenizer` (character level), :func:`make_unet`,
+  :func:`make_scheduler`, :func:`build_sd_components`, :func:`save_sd_pipeline`.
+- CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers), :func:`save_tiny_open_clip`.
+- SDXL rows: :func:`build_sdxl_components`, :func:`save_sdxl_pipeline` and :func:`save_unet_lora`.
+
+The builders of whole models and folders seed torch themselves (``seed``), so the same call gives
+the same weights in any test order; the component builders used inside them (:func:`make_kl_vae`,
+:func:`make_tiny_autoencoder`, :func:`make_unet`) draw from torch's generator as it stands (seeded 0
+at the start of every test by conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+#: The tiny upscaler's architecture (a few thousand parameters): 3 encoder groups, one block each.
+TINY_UPSCALER = dict(
+    encoder_channels=(8, 8, 16),
+    encoder_blocks_per_group=1,
+    decoder_channels=16,
+    decoder_blocks_after_upsample=1,
+    refiner_channels=16,
+    refiner_blocks=1,
+)
+#: The released architecture's layout (5 encoder groups, a decoder block before the upsampling,
+#: noise scale 1) at small widths, one block per group: for the tests of the model itself.
+SMALL_RELEASED_LAYOUT = dict(
+    encoder_channels=(8, 16, 16, 32, 32),
+    encoder_blocks_per_group=1,
+    decoder_channels=32,
+    decoder_blocks_before_upsample=1,
+    decoder_blocks_after_upsample=1,
+    refiner_channels=32,
+    refiner_blocks=2,
+    noise_scale=1.0,
+)
+#: The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score): 16 positions.
+TINY_CLIP_TEXT = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16)
+#: Native image side of the tiny SDXL pipeline (UNet sample_size 8 x VAE factor 8), its "1024".
+SDXL_TINY_NATIVE_SIZE = 64
+
+
+# ------------------------------------------------------------------------------------ UPLiFT
+def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
+    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode.
+
+    ``seed=None`` draws the weights from torch's global generator as it stands (to continue the
+    stream of :func:`build_sd_components`) instead of reseeding it.
+    """
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = {**TINY_UPSCALER, **architecture}
+    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **config).eval()
+
+
+def make_small_upscaler(**overrides):
+    """:func:`make_upscaler` with :data:`SMALL_RELEASED_LAYOUT` (any key overridden), seed 0 unless ``seed`` is given."""
+    return make_upscaler(**{**SMALL_RELEASED_LAYOUT, **overrides})
+
+
+def save_original_file(model, path) -> Path:
+    """Save ``model`` as the authors save their release: official keys, one .safetensors file, no config."""
+    from safetensors.torch import save_file
+
+    from uplift_diffusers.loaders.single_file import convert_to_original_state_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(convert_to_original_state_dict(model.state_dict()), str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------ VAEs
+def make_kl_vae(blocks: int = 4, sample_size: int = 32):
+    """An ``AutoencoderKL`` with 4 latent channels and ``blocks`` 8-channel blocks: a factor of
+    ``2 ** (blocks - 1)`` (8, as SD's, by default), in eval mode."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=sample_size,
+    ).eval()
+
+
+def make_tiny_autoencoder(**overrides):
+    """Our ``TinyAutoencoder`` (TAESD layout, factor 8) with 4 latent channels and 8-channel blocks."""
+    from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
+
+    return TinyAutoencoder(**{"latent_channels": 4, "block_out_channels": [8] * 4, "pool_hidden_channels": 16, **overrides})
+
+
+# ------------------------------------------------------------------------------------ text
+def make_tokenizer(folder, max_length: int = 16, words=()):
+    """A CLIPTokenizer saved in ``folder``: lower-case letters and ``!.,`` one token each, plus
+    BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + "!.,":
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    merges = ["#version: 0.2"]
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length), len(vocab)
+
+
+def tiny_text_config(vocab_size: int, **overrides) -> dict:
+    """:data:`TINY_CLIP_TEXT` for a :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
+    return dict(TINY_CLIP_TEXT, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
+
+
+def make_tiny_clip(vocab_size: int, seed: int = 0):
+    """A tiny random ``CLIPModel`` (text :func:`tiny_text_config`, 32 px images in 8 px patches,
+    projection 16), in eval mode."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=tiny_text_config(vocab_size),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    return CLIPModel(config).eval()
+
+
+def clip_image_processor():
+    """The PIL ``CLIPImageProcessorPil`` of the tiny CLIP models: shortest side 32, centre crop 32."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def save_tiny_clip(folder, seed: int = 0) -> Path:
+    """Save :func:`make_tiny_clip`, the character tokenizer and :func:`clip_image_processor` to
+    ``folder``: a ``CLIPProcessor`` folder."""
+    folder = Path(folder)
+    tokenizer, vocab_size = make_tokenizer(folder)
+    make_tiny_clip(vocab_size, seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    clip_image_processor().save_pretrained(folder)
+    return folder
+
+
+def save_tiny_open_clip(folder, weights: bool = True, seed: int = 0) -> str:
+    """A tiny open_clip model (32 px images, OpenAI mean / std, open_clip's own tokenizer) as a
+    ``local-dir:`` folder; returns its ``local-dir:...`` name. ``weights``: save random weights
+    (seeded) as ``open_clip_model.safetensors``, so every load gives the same model; otherwise
+    open_clip initialises it randomly on each load."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "quick_gelu": True,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        },
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    name = f"local-dir:{folder}"
+    if weights:
+        import open_clip
+        from safetensors.torch import save_file
+
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=None)
+        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return name
+
+
+# ------------------------------------------------------------------------------------ Stable Diffusion
+def make_unet(**overrides):
+    """A 2-block ``UNet2DConditionModel`` (8 and 16 channels, cross-attention in the second block)
+    for 4-channel latents, in eval mode; SDXL's passes its conditioning as ``overrides``."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**{
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 16,
+        "norm_num_groups": 4,
+        "attention_head_dim": 2,
+        **overrides,
+    }).eval()
+
+
+def make_scheduler(kind: str = "pndm"):
+    """The SD1.5 noise schedule in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` scheduler."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    if kind == "pndm":
+        return PNDMScheduler(**schedule, skip_prk_steps=True)
+    if kind == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
+    raise ValueError(f"`kind` must be 'pndm' or 'ddim', got {kind!r}; pass one of these scheduler names.")
+
+
+def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
+    """vae (:func:`make_kl_vae`), text_encoder, tokenizer, unet and scheduler (see
+    :func:`make_scheduler`) of a tiny SD model: 64 px images, 8 x 8 latents.
+
+    With ``with_upscaler=True`` the dict also holds ``upscaler``: a 4-channel :func:`make_upscaler`
+    whose weights continue the same seeded random stream.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
+    unet = make_unet()
+    vae = make_kl_vae(sample_size=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
+    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(scheduler))
+    if with_upscaler:
+        components["upscaler"] = make_upscaler(seed=None)
+    return components
+
+
+def save_sd_pipeline(folder, seed: int = 0) -> Path:
+    """Save a tiny ``StableDiffusionPipeline`` (no safety checker, PNDM) to ``folder``; returns it."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    components = build_sd_components(folder.parent / f"{folder.name}-tokenizer", seed=seed)
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------ SDXL
+def build_sdxl_components(tokenizer_dir, seed: int = 0) -> dict:
+    """The components of a tiny ``StableDiffusionXLPipeline``, laid out as SDXL's are.
+
+    UNet: ``addition_embed_type="text_time"`` (pooled text embedding + the six size / crop
+    numbers, 4 features each), cross-attention over both encoders' hidden states (16 + 16);
+    ``text_encoder`` a ``CLIPTextModel``, ``text_encoder_2`` a ``CLIPTextModelWithProjection``
+    (projection 16 = the pooled embedding); the character tokenizer twice (``tokenizer_dir`` /
+    ``1`` and ``/ 2``); SDXL base's default scheduler, ``EulerDiscreteScheduler`` with its
+    schedule. Native size :data:`SDXL_TINY_NATIVE_SIZE`.
+    """
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer_dir = Path(tokenizer_dir)
+    tokenizer, vocab_size = make_tokenizer(tokenizer_dir / "1")
+    tokenizer_2, _ = make_tokenizer(tokenizer_dir / "2")
+    time_embed_dim, pooled_dim = 4, 16
+    unet = make_unet(
+        sample_size=SDXL_TINY_NATIVE_SIZE // 8,
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + pooled_dim,
+    )
+    text_config = tiny_text_config(vocab_size, hidden_act="gelu")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config, projection_dim=pooled_dim))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return dict(
+        vae=make_kl_vae(sample_size=SDXL_TINY_NATIVE_SIZE), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+    )
+
+
+def save_sdxl_pipeline(folder, seed: int = 0) -> Path:
+    """Save a tiny ``StableDiffusionXLPipeline`` (:func:`build_sdxl_components`) to ``folder``; returns it."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    components = build_sdxl_components(folder.parent / f"{folder.name}-tokenizers", seed=seed)
+    StableDiffusionXLPipeline(**components).save_pretrained(folder)
+    return folder
+
+
+def save_unet_lora(folder, unet_folder, rank: int = 2, seed: int = 0) -> Path:
+    """Save a random LoRA (peft, attention projections, rank ``rank``) for the UNet in
+    ``unet_folder`` as ``folder/pytorch_lora_weights.safetensors``, the layout of the Hub's
+    LCM-LoRA (what ``load_lora_weights(folder)`` reads); returns ``folder``.
+
+    Both LoRA matrices are random (peft's ``init_lora_weights=False``), so the LoRA changes the UNet.
+    """
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(unet_folder))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
+    return Path(folder)
