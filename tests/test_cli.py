@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.cli import _is_connection_error, build_parser, main, parse_size
+from uplift_diffusers.cli import build_parser, main, parse_size
+from uplift_diffusers.loaders.hub import is_connection_error
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 
 # No test may reach the network or a user's Hub cache: each runs on an empty, offline one.
@@ -294,11 +295,11 @@ def test_parse_size_and_parser_defaults():
 def test_connection_error_detection():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    assert _is_connection_error(LocalEntryNotFoundError("not cached"))
-    assert _is_connection_error(ConnectionError("refused"))
+    assert is_connection_error(LocalEntryNotFoundError("not cached"))
+    assert is_connection_error(ConnectionError("refused"))
     wrapped = OSError("could not load the model")
     wrapped.__cause__ = ConnectionError("refused")
-    assert _is_connection_error(wrapped)
-    assert _is_connection_error(OSError("We couldn't connect to 'https://huggingface.co'"))
-    assert not _is_connection_error(FileNotFoundError("local file missing"))
-    assert not _is_connection_error(ValueError("bad shape"))
+    assert is_connection_error(wrapped)
+    assert is_connection_error(OSError("We couldn't connect to 'https://huggingface.co'"))
+    assert not is_connection_error(FileNotFoundError("local file missing"))
+    assert not is_connection_error(ValueError("bad shape"))

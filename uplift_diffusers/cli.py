@@ -30,24 +30,6 @@ class CLIError(Exception):
     """An error reported to the user as one line (exit status 2)."""
 
 
-# The library's Hub helpers under the names this module had, imported on first use (this module's
-# own imports stay light for `--help`): HubUnavailableError, from_hub, dtype_kwargs, _is_connection_error.
-_LIBRARY_NAMES = {
-    "HubUnavailableError": "HubUnavailableError",
-    "from_hub": "from_hub",
-    "dtype_kwargs": "dtype_kwargs",
-    "_is_connection_error": "is_connection_error",
-}
-
-
-def __getattr__(name):
-    if name in _LIBRARY_NAMES:
-        from .loaders import hub
-
-        return getattr(hub, _LIBRARY_NAMES[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Hub access
 # ---------------------------------------------------------------------------------------------
