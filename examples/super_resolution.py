@@ -4,41 +4,43 @@
     python examples/super_resolution.py photo.jpg --vae path/to/taesd_dir --upscaler path/to/uplift_dir
 
 Defaults: the Stable Diffusion 1.5 VAE and the authors' released UPLiFT model, from the Hub or its
-cache (with both cached, ``HF_HUB_OFFLINE=1`` runs without network). --vae also accepts a local
-diffusers VAE directory or a folder holding a TAESD-family encoder.pth + decoder.pth (the
-upscaler must be trained for that VAE's latent space).
+cache. Offline: with both cached, ``HF_HUB_OFFLINE=1`` runs without network (and without waiting
+for the Hub); a missing model ends in one line naming every missing model and the flag that takes
+a local copy. --vae also accepts a local diffusers VAE directory or a folder holding a TAESD-family
+encoder.pth + decoder.pth (the upscaler must be trained for that VAE's latent space); --upscaler a
+folder, a Hub id or the authors' .safetensors / .pth file (or its Hub URL). Results go to
+``outputs/super_resolution/`` (ignored by git) unless --output-dir says otherwise.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
+from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.loaders.vae import load_vae
+from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+
+DEFAULT_OUTPUT_DIR = Path("outputs") / "super_resolution"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files (any size, any PIL mode)")
-    parser.add_argument("--vae", default=SD15_MODEL_ID, help="Hub id or local directory (a pipeline's vae/ is found)")
-    parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help="UPLiFT folder or Hub id (default: the authors' release)")
-    parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file or its Hub URL")
-    parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default="uplift_outputs")
-    args = parser.parse_args()
-
+def run(args) -> None:
+    models = [
+        HubModel(args.vae, ("config.json", "vae/config.json"), what=f"the VAE {args.vae!r}", hint="--vae DIR"),
+        HubModel(args.upscaler, what=f"the upscaler {args.upscaler!r}", hint="--upscaler DIR|FILE"),
+    ]
+    with hub_models_available(models, notify=lambda message: print(f"note: {message}", file=sys.stderr)):
+        vae = from_hub(f"the VAE {args.vae!r}", "--vae DIR", lambda: load_vae(args.vae))
+        upscaler = from_hub(f"the upscaler {args.upscaler!r}", "--upscaler DIR|FILE", lambda: load_upscaler(args.upscaler, argument="--upscaler"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae = load_vae(args.vae)
-    if args.original_checkpoint is not None:
-        upscaler = UPLiFTLatentUpscaler.from_single_file(args.original_checkpoint)
-    else:
-        upscaler = UPLiFTLatentUpscaler.from_pretrained(args.upscaler)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
 
+    for path in args.images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path!r}")
     images = [Image.open(path) for path in args.images]
     result = pipe(images, upscale_factor=args.scale, generator=torch.Generator().manual_seed(args.seed))
     output_dir = Path(args.output_dir)
@@ -49,5 +51,23 @@ def main():
         print(f"{path} {image.size} -> {target} {upscaled.size}")
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files (any size, any PIL mode)")
+    parser.add_argument("--vae", default=SD15_MODEL_ID, help="Hub id or local directory (a pipeline's vae/ is found)")
+    parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID,
+                        help="UPLiFT folder, Hub id or the authors' .safetensors / .pth file or its Hub URL (default: the authors' release)")
+    parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help=f"where the results go (default {DEFAULT_OUTPUT_DIR})")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:  # a missing model (offline) is a FileNotFoundError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,40 +4,43 @@
 
 Defaults: Stable Diffusion 1.5 with the authors' released UPLiFT model, which
 ``StableDiffusionUPLiFTPipeline.from_pretrained`` adds by itself, from the Hugging Face Hub or its
-cache (with both cached, ``HF_HUB_OFFLINE=1`` runs without network). Pass --model DIR and
---upscaler DIR|ID (or --original-checkpoint FILE|URL) to use other or local files.
+cache. Offline: with both cached, ``HF_HUB_OFFLINE=1`` runs without network (and without waiting
+for the Hub); a missing model ends in one line naming every missing model and the flag that takes
+a local copy. Pass --model DIR and --upscaler DIR|ID (or --original-checkpoint FILE|URL) to use
+other or local files. The image goes to ``outputs/text_to_image.png`` (ignored by git) unless
+--output says otherwise, its base image beside it (``*_base.png``).
 """
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.constants import SD15_MODEL_ID
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
+from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
 
+DEFAULT_OUTPUT = Path("outputs") / "text_to_image.png"
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prompt")
-    parser.add_argument("--model", default=SD15_MODEL_ID, help="SD 1.5 Hub id or local directory")
-    parser.add_argument("--upscaler", default=None, help="UPLiFT folder or Hub id (default: the authors' release)")
-    parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file or its Hub URL")
-    parser.add_argument("--size", type=int, default=512, help="base size in pixels")
-    parser.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="uplift_text_to_image.png")
-    args = parser.parse_args()
 
+def run(args) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-
-    kwargs = {}  # no upscaler= : the pipeline loads the authors' release with the same dtype and cache
-    if args.upscaler is not None:
-        kwargs["upscaler"] = UPLiFTLatentUpscaler.from_pretrained(args.upscaler, torch_dtype=dtype)
-    elif args.original_checkpoint is not None:
-        kwargs["upscaler"] = UPLiFTLatentUpscaler.from_single_file(args.original_checkpoint, torch_dtype=dtype)
-    pipe = StableDiffusionUPLiFTPipeline.from_pretrained(args.model, torch_dtype=dtype, **kwargs)
+    source = args.original_checkpoint if args.original_checkpoint is not None else args.upscaler
+    flag = "--original-checkpoint FILE" if args.original_checkpoint is not None else "--upscaler DIR"
+    models = [
+        HubModel(args.model, ("model_index.json",), what=f"the Stable Diffusion model {args.model!r}", hint="--model DIR"),
+        HubModel(source or UPLIFT_SD15_REPO_ID, what=f"the upscaler {source or UPLIFT_SD15_REPO_ID!r}", hint=flag),
+    ]
+    with hub_models_available(models, notify=lambda message: print(f"note: {message}", file=sys.stderr)):
+        kwargs = {}  # no upscaler= : the pipeline loads the authors' release with the same dtype and cache
+        if source is not None:
+            kwargs["upscaler"] = from_hub(f"the upscaler {source!r}", flag, lambda: load_upscaler(source, dtype, argument=flag.split()[0]))
+        pipe = from_hub(
+            f"the Stable Diffusion model {args.model!r} (or the authors' upscaler {UPLIFT_SD15_REPO_ID!r})", "--model DIR and --upscaler DIR",
+            lambda: StableDiffusionUPLiFTPipeline.from_pretrained(args.model, torch_dtype=dtype, **kwargs),
+        )
     pipe = pipe.to(device)
     if args.size * args.scale >= 2048:
         pipe.enable_vae_tiling()  # a single-pass VAE decode at 2048 px needs tens of GB
@@ -51,11 +54,34 @@ def main():
         generator=torch.Generator().manual_seed(args.seed),
         return_base_images=True,
     )
-    result.images[0].save(args.output)
-    base_path = args.output.rsplit(".", 1)[0] + "_base.png"
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.images[0].save(output)
+    base_path = output.with_name(output.stem + "_base" + output.suffix)
     result.base_images[0].save(base_path)
-    print(f"saved {args.output} ({result.images[0].size}) and the base image {base_path}")
+    print(f"saved {output} ({result.images[0].size}) and the base image {base_path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt")
+    parser.add_argument("--model", default=SD15_MODEL_ID, help="SD 1.5 Hub id or local directory")
+    parser.add_argument("--upscaler", default=None, help="UPLiFT folder or Hub id (default: the authors' release)")
+    parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file or its Hub URL")
+    parser.add_argument("--size", type=int, default=512, help="base size in pixels")
+    parser.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help=f"the upscaled image (default {DEFAULT_OUTPUT})")
+    args = parser.parse_args(argv)
+    if args.upscaler is not None and args.original_checkpoint is not None:
+        parser.error("pass --upscaler or --original-checkpoint, not both")
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:  # a missing model (offline) is a FileNotFoundError
+        parser.exit(2, f"error: {error}\n")  # one line, exit status 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

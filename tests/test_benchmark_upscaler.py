@@ -88,15 +88,12 @@ def test_paired_worker_interleaves_the_step_and_the_vae(monkeypatch):
 
 @pytest.mark.slow  # six worker processes with the official-size models: 31 s (measured)
 def test_end_to_end_tiny_run_measures_every_row(tmp_path):
-    """Official-size model at 64 px, eager and bf16 fast (no compile), SD1.5-size VAE decode at
+    """--smoke-test: official-size model at 64 px, eager and bf16 fast (no compile), SD1.5-size VAE decode at
     128 px, the cross-attention contrast: every row kind is measured (a time and a peak memory, no
     error), the VAE decodes at the size the 2x step outputs, and nothing is compiled."""
     pytest.importorskip("matplotlib")  # the run also draws its plot
     pytest.importorskip("psutil")
-    result = bench.main([
-        "--sides", "64", "--steps", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
-        "--no-compile", "--skip", "encoder", "attender_memory", "--output", str(tmp_path / "bench.json"),
-    ])
+    result = bench.main(["--smoke-test", "--output", str(tmp_path / "bench.json")])  # the shortest run of every row kind
     rows = result["results"]
     kinds = sorted((r["kind"], r["mode"]) for r in rows)
     assert kinds == [("cross_attention", "eager"), ("cross_attention", "fast"), ("uplift", "eager"), ("uplift", "fast"), ("vae", "eager"), ("vae", "fast")]

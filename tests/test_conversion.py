@@ -290,9 +290,11 @@ def test_official_sd15_yaml_is_the_default_config(shared_path):
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
         out.pop("refiner_noise_channels")  # compared above through the resolved noise settings
         out.pop("refiner_noise_scale")
+        out.pop("trained_upscale_factors")  # the class default is None (unknown); the YAML says
         return out
 
     assert normalised(converted.config) == normalised(default.config)
+    assert converted.config.trained_upscale_factors == [2, 4, 8, 16]  # down_steps 4, multi_step: every depth
     assert converted.attender.offsets == OFFSETS[17]
 
 
@@ -459,12 +461,19 @@ def test_config_from_state_dict_of_the_mini_fixture_is_its_yaml(mini):
         torch.testing.assert_close(got, mini["cases"][f"batch2_nonsquare.iters2.step{step}"], rtol=0, atol=1e-4)
 
 
+def config_fields(model):
+    """The model's config without diffusers' bookkeeping, sequences as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items() if not k.startswith("_")}
+
+
 def test_config_from_state_dict_of_the_release_is_the_default_model():
     with torch.device("meta"):
         default = UPLiFTLatentUpscaler()
     inferred = config_from_state_dict(convert_to_original_state_dict(default.state_dict()))
-    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in default.config.items() if not k.startswith("_")}
-    assert inferred == expected
+    with torch.device("meta"):
+        rebuilt = UPLiFTLatentUpscaler(**inferred)
+    # every field is inferred or the official value; the trained factors stay unknown (None, the default)
+    assert config_fields(rebuilt) == config_fields(default)
     assert {k: inferred[k] for k in OFFICIAL_FIELDS_NOT_IN_WEIGHTS} == OFFICIAL_FIELDS_NOT_IN_WEIGHTS
 
 
@@ -507,3 +516,57 @@ def test_convert_to_original_state_dict_inverts_the_renaming(mini):
     assert all(back[k] is mini["state_dict"][k] for k in back)
     with pytest.raises(ValueError, match=r"Keys without an official UPLiFT name .*\['ema'\]"):
         convert_to_original_state_dict({**ours, "ema": torch.zeros(1)})
+
+
+# ----------------------------------------------------------------------------- files that are no checkpoint (issue #12)
+@pytest.mark.parametrize(
+    "train, factors",
+    [({}, None), ({"down_steps": 3, "multi_step": True}, [2, 4, 8]), ({"down_steps": 3, "multi_step": True, "only_deepest": True}, [2, 4, 8]),
+     ({"down_steps": 4, "multi_step": False}, [2])],
+)
+def test_trained_factors_from_the_yaml(train, factors):
+    from uplift_diffusers.loaders.single_file import trained_factors_from_original
+
+    assert trained_factors_from_original(train) == factors
+
+
+def test_unreadable_files_are_named_without_unsafe_advice(tmp_path):
+    junk = bytes(range(256)) * 16
+    (tmp_path / "junk.pth").write_bytes(junk)
+    (tmp_path / "junk.safetensors").write_bytes(junk)
+    with pytest.raises(ValueError, match=r"`ckpt` '.*junk\.pth' is not a PyTorch checkpoint: it is neither"):
+        load_state_dict_file(tmp_path / "junk.pth", "ckpt")
+    with pytest.raises(ValueError, match=r"'.*junk\.safetensors' is not a readable \.safetensors file \(.*\): it is corrupt"):
+        load_state_dict_file(tmp_path / "junk.safetensors")
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.zeros(64)}, whole)
+    (tmp_path / "cut.pth").write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"'.*cut\.pth' is corrupt or truncated") as raised:
+        load_state_dict_file(tmp_path / "cut.pth")
+    assert "weights_only" not in str(raised.value)
+
+
+class _Pickled:
+    pass
+
+
+def test_pickled_objects_are_refused_for_safety(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"w": torch.zeros(2), "object": _Pickled()}, path)
+    with pytest.raises(ValueError) as raised:
+        load_state_dict_file(path)
+    message = str(raised.value)
+    assert "was refused for safety" in message and "_Pickled" in message and "safetensors.torch.save_file" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_an_already_converted_state_dict_is_recognised(tmp_path):
+    from tiny_models import make_upscaler
+
+    model = make_upscaler(4)
+    model.save_pretrained(tmp_path / "converted")
+    with pytest.raises(ValueError, match=r"`pretrained_model_link_or_path` '.*converted.*' is already converted.*"
+                                         r"load its folder '.*converted' with UPLiFTLatentUpscaler.from_pretrained"):
+        UPLiFTLatentUpscaler.from_single_file(next((tmp_path / "converted").glob("*.safetensors")))
+    with pytest.raises(ValueError, match="`checkpoint` 'the state dict' is already converted"):
+        UPLiFTLatentUpscaler.from_original_checkpoint(model.state_dict())

@@ -448,9 +448,10 @@ TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2",
 def test_benchmark_latency_times_every_stage_of_a_generation(tmp_path):
     """Each stage of a generation is timed, and a method's time is the sum of the stages it runs."""
     out = tmp_path / "latency"
-    assert benchmark_latency.main(["--output-dir", str(out), "--tiny-random-models"] + TINY_LATENCY) == 0
+    assert benchmark_latency.main(["--output-dir", str(out), "--smoke-test"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["task"] == "latency" and result["random_weights"] is True and "tiny" in result["note"]
+    assert result["settings"]["smoke_test"] is True and result["settings"]["size"] == 64 and result["settings"]["compile"] is False
     stages = result["stages"]
     assert set(stages) == {"unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction"}
     assert all(value > 0 for value in stages.values())
@@ -501,7 +502,7 @@ def test_make_tables_layout(tmp_path):
     assert lines[2] == ("| Method | COCO FID | COCO patch-FID | COCO CLIP | COCO time (s/batch of 4) | reLAION FID | reLAION patch-FID "
                         "| reLAION CLIP | reLAION time (s) |")
     # rows: base resolution first, then the baselines, then UPLiFT
-    assert lines[4] == "| SD1.5 base resolution (no upscaling) | 21.00 | 41.00 | 31.00 | 2.100 | 31.00 | 61.00 | 31.00 | - |"
+    assert lines[4] == "| SD1.5 base resolution, 512 px (no upscaling) | 21.00 | 41.00 | 31.00 | 2.100 | 31.00 | 61.00 | 31.00 | - |"
     assert lines[5] == "| Bilinear latent upsampling | 22.00 | 42.00 | 32.00 | 2.500 | 32.00 | 62.00 | 32.00 | - |"
     assert lines[6] == "| UPLiFT | 20.00 | 40.00 | 30.00 | 2.551 | 30.00 | 60.00 | 30.00 | - |"
     text = "\n".join(lines)
@@ -510,8 +511,39 @@ def test_make_tables_layout(tmp_path):
     assert "| Method | FacesHQ PSNR | FacesHQ SSIM | FacesHQ FID | FacesHQ patch-FID |" in text
     assert "| Bicubic (pixel space) | 28.00 | 0.7000 | - | - |" in text and "| UPLiFT | 30.12 | 0.8123 | 5.50 | 6.25 |" in text
     assert "| Stage | coco batch 4, 25 steps |" in text and "| UPLiFT | 0.0500 |" in text and "| Total: UPLiFT | 2.5510 |" in text
-    # two results with the same label for one table are refused
-    assert make_tables.main([paths[0], paths[0]]) == 2
+    with pytest.raises(ValueError, match="no results files"):
+        make_tables.make_tables([])
+
+
+def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_size(tmp_path, capsys):
+    """Two results with the same dataset label are two column groups named by their folders, with
+    a note saying how to merge them; the base row names the base size actually used."""
+    def t2i(fid, size):
+        methods = {"base512": {"fid": fid, "patch_fid": fid, "clip": 30.0}, "uplift": {"fid": fid + 1, "patch_fid": fid, "clip": 31.0}}
+        return {"task": "text_to_image", "dataset": "COCO", "settings": {"size": size, "upscale_factor": 2, "steps": 25}, "methods": methods}
+
+    latency = {"task": "latency", "dataset": "coco", "settings": {"batch_size": 4, "steps": 25}, "random_weights": False,
+               "stages": {"unet": 2.0}, "methods": {"base512": 2.1, "uplift": 2.5}}
+    paths = []
+    for name, result in (("steps25", t2i(20.0, 768)), ("steps40", t2i(25.0, 768)), ("latency", latency)):
+        write_report(result, tmp_path / name)
+        paths.append(str(tmp_path / name / "results.json"))
+    assert make_tables.main(paths) == 0
+    out = capsys.readouterr().out
+    assert "| Method | COCO (steps25) FID | COCO (steps25) patch-FID | COCO (steps25) CLIP | COCO (steps25) time (s/batch of 4) " \
+           "| COCO (steps40) FID |" in out
+    assert "| SD1.5 base resolution, 768 px (no upscaling) | 20.00 | 20.00 | 30.00 | 2.100 | 25.00 | 25.00 | 30.00 | 2.100 |" in out
+    assert "Note: 2 text_to_image results have the dataset label 'COCO'; they are shown as separate runs" in out
+    assert f"COCO (steps40) = {paths[1]}" in out and "To merge them into one column, evaluate the data set in one run." in out
+    # the same folder name twice: numbered runs; the results themselves are not changed
+    (tmp_path / "a").mkdir()
+    write_report(t2i(20.0, 512), tmp_path / "a" / "run")
+    write_report(t2i(21.0, 1024), tmp_path / "run")
+    assert make_tables.main([str(tmp_path / "a" / "run" / "results.json"), str(tmp_path / "run" / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| COCO (run 1) FID |" in out and "| COCO (run 2) FID |" in out
+    assert "| SD1.5 base resolution, 512 / 1024 px (no upscaling) |" in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "COCO"
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,3 +652,307 @@ def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny
     # --clip-pretrained belongs to open_clip
     transformers_argv = [item for item in argv if item not in ("--clip-backend", "open_clip")]
     assert eval_text_to_image.main(transformers_argv) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #14: smoke-test mode, resuming, several processes, offline, smaller defects
+# --------------------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_builders_have_one_definition_in_the_library():
+    """tests/tiny_models.py re-exports the library's builders (the smoke-test mode uses them): one definition each."""
+    import tiny_models
+
+    from uplift_diffusers.utils import testing_utils
+
+    for name in testing_utils.__all__:
+        assert getattr(tiny_models, name) is getattr(testing_utils, name), name
+    import evaluation.benchmarks.benchmark_latency as latency_module
+
+    assert not any(name.startswith("_TINY") for name in vars(latency_module))  # no second copy of the tiny configs
+    assert "--tiny-random-models" not in benchmark_latency.build_parser().format_help()
+
+
+def _sr_smoke(out, *extra):
+    return eval_super_resolution.main(["--smoke-test", "--quiet", "--output-dir", str(out), *extra])
+
+
+def test_eval_super_resolution_smoke_test_runs_every_row_offline(tmp_path, hub_cache, capsys):
+    """--smoke-test needs no argument and no download (empty offline Hub cache): tiny random
+    models saved under OUTPUT/smoke-inputs, every kind of row, all metrics."""
+    out = tmp_path / "sr"
+    assert _sr_smoke(out) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["settings"]["smoke_test"] is True and result["dataset"] == "smoke-test" and result["count"] == 4
+    assert list(result["methods"]) == ["bicubic", "vae", "bilinear", "nearest", "uplift"]
+    for values in result["methods"].values():
+        assert values["count"] == 4 and math.isfinite(values["fid"]) and math.isfinite(values["patch_fid"]) and 0 < values["psnr"] < 100
+    assert (out / "smoke-inputs" / "models" / "upscaler" / "config.json").is_file()
+    assert "the numbers mean nothing" in capsys.readouterr().out
+    # without --smoke-test the inputs are required, named in one line
+    assert eval_super_resolution.main(["--output-dir", str(out)]) == 2
+    assert "--data, --upscaler are required (or pass --smoke-test" in capsys.readouterr().err
+
+
+def test_eval_super_resolution_resumes_per_image_and_refuses_other_settings(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sr"
+    calls = []
+    original = eval_super_resolution.SuperResolutionRunner.run
+
+    def interrupted(self, method, batch, seed):  # the run stops (Ctrl-C) in its third batch
+        calls.append(method.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, method, batch, seed)
+
+    monkeypatch.setattr(eval_super_resolution.SuperResolutionRunner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _sr_smoke(out)
+    kept = sorted(p.relative_to(out / "per_image").as_posix() for p in (out / "per_image").rglob("*.pt"))
+    assert kept == ["bicubic/smoke_00.pt", "bicubic/smoke_01.pt", "bicubic/smoke_02.pt", "bicubic/smoke_03.pt"]  # two whole batches
+    monkeypatch.setattr(eval_super_resolution.SuperResolutionRunner, "run", original)
+
+    calls.clear()
+    assert _sr_smoke(out) == 0  # resumes: the bicubic row is not run again
+    first = json.loads((out / "results.json").read_text())
+    assert first["resumed"]["skipped"] == {"bicubic": 4, "vae": 0, "bilinear": 0, "nearest": 0, "uplift": 0}
+    printed = capsys.readouterr().out
+    assert f"resumed: skipped the images already scored in {out / 'per_image'} (bicubic: 4 of 4)" in printed
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "per_image").rglob("*.pt")}
+    assert len(stamps) == 20
+
+    # an uninterrupted run in another folder gives the same numbers
+    fresh = tmp_path / "fresh"
+    assert _sr_smoke(fresh) == 0
+    expected = json.loads((fresh / "results.json").read_text())["methods"]
+    for name, values in expected.items():
+        for key in ("psnr", "ssim", "fid", "patch_fid"):
+            assert first["methods"][name][key] == pytest.approx(values[key], rel=1e-6, abs=1e-9), (name, key)
+
+    # a rerun computes nothing and rewrites no per-image result; one lost result is redone alone
+    calls.clear()
+    monkeypatch.setattr(eval_super_resolution.SuperResolutionRunner, "run", interrupted)
+    assert _sr_smoke(out) == 0
+    assert calls == [] and {p: p.stat().st_mtime_ns for p in (out / "per_image").rglob("*.pt")} == stamps
+    again = json.loads((out / "results.json").read_text())
+    assert again["resumed"]["skipped"] == {name: 4 for name in expected}
+    for name in expected:
+        assert again["methods"][name]["psnr"] == pytest.approx(first["methods"][name]["psnr"], rel=1e-9)
+    (out / "per_image" / "uplift" / "smoke_02.pt").unlink()
+    assert _sr_smoke(out) == 0
+    assert calls == ["uplift"] and json.loads((out / "results.json").read_text())["resumed"]["skipped"]["uplift"] == 3
+    monkeypatch.setattr(eval_super_resolution.SuperResolutionRunner, "run", original)
+
+    # another setting that changes per-image results: refused, naming the row, the setting and the way out
+    capsys.readouterr()
+    assert _sr_smoke(out, "--color-correct-baselines") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "per-image results of the row 'bilinear' made with other settings" in error
+    assert "color_correction: False -> True" in error and "another --output-dir" in error
+    assert _sr_smoke(out, "--no-fid") == 2 and "fid: {" in capsys.readouterr().err
+    # a different batch size, process count or --limit does not change per-image results: accepted
+    assert _sr_smoke(out, "--batch-size", "3") == 0
+
+
+def test_eval_super_resolution_no_fid_records_no_feature_extractor(tmp_path):
+    out = tmp_path / "sr"
+    assert _sr_smoke(out, "--no-fid") == 0
+    result = json.loads((out / "results.json").read_text())
+    metrics = result["settings"]["metrics"]
+    assert metrics["feature_extractor"] is None and metrics["fid_backend"] is None and "fid" not in metrics["definitions"]
+    assert all("fid" not in values for values in result["methods"].values())
+    record = torch.load(out / "per_image" / "uplift" / "smoke_00.pt", weights_only=True)
+    assert set(record) == {"psnr", "ssim"}
+
+
+def _torchrun(tmp_path, nproc, *argv, env=None):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a free port for the rendezvous (loopback)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+               "--master_port", str(port), *argv]
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # two processes of torchrun (gloo on loopback) plus a one-process run: 20-45 s (measured)
+def test_eval_super_resolution_two_processes_equal_one(tmp_path):
+    """torchrun --nproc_per_node 2 on a CPU-only machine forms ONE 2-process group: every process
+    scores its shard, the metrics gathered over both equal a one-process run's, and the results
+    are written once."""
+    two = tmp_path / "two"
+    run = _torchrun(tmp_path, 2, "-m", "evaluation.tasks.eval_super_resolution", "--smoke-test", "--quiet", "--output-dir", str(two))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("Table 4: super-resolution") == 1 and run.stdout.count("results in") == 1  # printed once
+    result = json.loads((two / "results.json").read_text())
+    assert result["settings"]["num_processes"] == 2
+    one = tmp_path / "one"
+    assert _sr_smoke(one) == 0
+    single = json.loads((one / "results.json").read_text())
+    assert single["settings"]["num_processes"] == 1
+    for name, values in single["methods"].items():
+        assert result["methods"][name]["count"] == values["count"] == 4
+        for key in ("psnr", "ssim", "fid", "patch_fid"):
+            assert result["methods"][name][key] == pytest.approx(values[key], rel=1e-5, abs=1e-7), (name, key)
+    # each process wrote its own shard's per-image results, each once
+    assert sorted(p.name for p in (two / "per_image" / "uplift").glob("*.pt")) == [f"smoke_0{i}.pt" for i in range(4)]
+    assert not list(two.rglob("*.part"))
+
+
+def test_a_launch_that_would_give_independent_runs_is_one_line_error(tmp_path, monkeypatch, capsys):
+    """`accelerate launch --cpu --num_processes 2` starts one process: an error before any work."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "sr"
+    assert _sr_smoke(out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: `accelerate launch --cpu --num_processes N` started ONE process") and error.count("\n") == 1
+    assert not out.exists()  # nothing written
+
+
+def test_eval_text_to_image_smoke_test_offline(tmp_path, hub_cache, capsys):
+    out = tmp_path / "t2i"
+    assert eval_text_to_image.main(["--smoke-test", "--quiet", "--output-dir", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["settings"]["smoke_test"] is True and result["count"] == 4
+    assert result["generation"] == {"generated": 4, "skipped": 0, "files_written": 16}
+    assert list(result["methods"]) == ["uplift", "bilinear", "nearest", "base512"]
+    for method, values in result["methods"].items():
+        assert values["size"] == (64 if method == "base512" else 128)
+        assert math.isfinite(values["fid"]) and math.isfinite(values["patch_fid"]) and -100 <= values["clip"] <= 100
+    assert "SD1.5 base resolution, 64 px (no upscaling)" in (out / "results.md").read_text()
+    from diffusers.utils import logging as diffusers_logging
+
+    assert diffusers_logging.is_progress_bar_enabled()  # --quiet silenced the loading bars during the run only
+    assert eval_text_to_image.main(["--output-dir", str(out)]) == 2
+    assert "--prompts is required (or pass --smoke-test" in capsys.readouterr().err
+
+
+def test_sr_latency_smoke_test(tmp_path, hub_cache):
+    from evaluation.benchmarks import benchmark_sr_latency
+
+    output = tmp_path / "latency.json"
+    assert benchmark_sr_latency.main(["--smoke-test", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["settings"]["smoke_test"] is True and result["settings"]["random_weights"] is True
+    assert result["settings"]["lr_size"] == 64 and result["settings"]["output_size"] == 256 and result["settings"]["compile"] is False
+    assert all(len(values["times_s"]) == 2 and min(values["times_s"]) > 0 for values in result["methods"].values())
+    assert output.with_suffix(".md").is_file()
+
+
+def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cache, capsys):
+    """Offline with an empty cache: one line naming every missing model and the flags that take
+    local copies (no flag the script does not have), at once, no Hub time-outs."""
+    import time
+
+    prompts = tmp_path / "captions.jsonl"
+    prompts.write_text('{"id": "a", "caption": "a cat", "file_name": "a.png"}\n')
+    start = time.perf_counter()
+    assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert time.perf_counter() - start < 10
+    assert error.count("\n") == 1 and "HF_HUB_OFFLINE is set" in error and "--original-checkpoint" not in error
+    for name, flag in (("stable-diffusion-v1-5/stable-diffusion-v1-5", "--model DIR"), ("UPLiFT-upsampler/uplift_sd1.5vae", "--upscaler DIR|FILE"),
+                       ("openai/clip-vit-base-patch32", "--clip-model DIR")):
+        assert name in error and flag in error
+    images = tmp_path / "images"
+    from evaluation.smoke import write_smoke_images
+
+    write_smoke_images(images, 2, 64)
+    assert eval_super_resolution.main(["--data", str(images), "--vae", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--upscaler", "uplift,bilinear",
+                                       "--output-dir", str(tmp_path / "sr"), "--no-fid", "--hr-size", "64", "--lr-size", "16", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "UPLiFT-upsampler/uplift_sd1.5vae" in error
+    assert "--vae DIR" in error and "--upscaler DIR|FILE" in error
+
+
+def _example(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_end_in_one_line_offline(tmp_path, hub_cache, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(photo)
+    assert _example("super_resolution").main([str(photo), "--output-dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: HF_HUB_OFFLINE is set") and "--vae DIR" in error and "--upscaler DIR|FILE" in error
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_status:
+        _example("text_to_image").main(["a cat", "--output", str(tmp_path / "cat.png")])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "UPLiFT-upsampler/uplift_sd1.5vae" in error
+    assert "--original-checkpoint" not in error  # not asked for: the default release is named with --upscaler DIR
+    with pytest.raises(SystemExit):
+        _example("text_to_image").main(["a cat", "--original-checkpoint", "org/repo/file.safetensors"])
+    assert "--original-checkpoint FILE" in capsys.readouterr().err
+
+
+def test_example_super_resolution_runs_on_local_models_and_writes_where_git_ignores(tmp_path, hub_cache, tiny_dirs, monkeypatch, capsys):
+    import subprocess
+
+    module = _example("super_resolution")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(photo)
+    monkeypatch.chdir(tmp_path)
+    assert module.main([str(photo), "--vae", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--scale", "2"]) == 0
+    written = tmp_path / module.DEFAULT_OUTPUT_DIR / "photo_x2.png"
+    with Image.open(written) as image:
+        assert image.size == (48, 32)
+    # the default output folders of both examples are ignored by git in the repository
+    for path in (module.DEFAULT_OUTPUT_DIR / "photo_x2.png", _example("text_to_image").DEFAULT_OUTPUT, Path("uplift_outputs/x.png")):
+        check = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO_ROOT)
+        assert check.returncode == 0, path
+
+
+def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_path, capsys):
+    captions = _write_coco(tmp_path)  # images 40 x 30..35
+    out = tmp_path / "coco.jsonl"
+    argv = ["--captions", str(captions), "--num", "3", "--images-dir", str(tmp_path / "val2014"), "--reference-dir", str(tmp_path / "refs")]
+    assert prepare_coco.main(argv + ["--output", str(out), "--reference-size", "36"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 3 of 3 reference images have a shorter side below --reference-size 36 and were ENLARGED" in err
+    rows = read_caption_set(out)
+    assert all(row.extra["reference_enlarged"] is True for row in rows)
+    assert all(isinstance(row.extra[key], int) for row in rows for key in ("width", "height", "coco_id"))
+    assert prepare_coco.main(argv + ["--output", str(tmp_path / "small.jsonl"), "--reference-dir", str(tmp_path / "refs16"), "--reference-size", "16"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert not any(row.extra["reference_enlarged"] for row in read_caption_set(tmp_path / "small.jsonl"))
+    # --skip-smaller samples only images at least that large (not the paper's protocol: said in the help)
+    assert prepare_coco.main(["--captions", str(captions), "--num", "2", "--skip-smaller", "34", "--output", str(tmp_path / "big.jsonl")]) == 0
+    assert all(min(r.extra["width"], r.extra["height"]) >= 34 for r in read_caption_set(tmp_path / "big.jsonl"))
+    assert prepare_coco.main(["--captions", str(captions), "--num", "3", "--skip-smaller", "34", "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert "more than the 2 captioned images of at least 34 px" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["benchmark_latency", "benchmark_sr_latency", "benchmark_upscaler"])
+def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, capsys):
+    """A benchmark times one process: under `torchrun --nproc_per_node 2` it stops before any work
+    instead of running two copies that disturb each other and write the same files."""
+    import importlib
+
+    from evaluation.sharding import LaunchMismatchError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    script = importlib.import_module(f"evaluation.benchmarks.{module}")
+    argv = ["--smoke-test", "--output" if module != "benchmark_latency" else "--output-dir", str(tmp_path / "out.json")]
+    if module == "benchmark_upscaler":
+        with pytest.raises(LaunchMismatchError, match="times ONE process, but the launcher started 2"):
+            script.main(argv)
+    else:
+        assert script.main(argv) == 2
+        assert f"evaluation.benchmarks.{module} times ONE process, but the launcher started 2" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

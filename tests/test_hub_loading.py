@@ -264,3 +264,110 @@ def test_from_pipe(tiny_dirs, release_cached, tiny_upscaler):
     # from a pipeline that has an upscaler (or deliberately none), that one is kept
     assert StableDiffusionUPLiFTPipeline.from_pipe(pipe).upscaler is pipe.upscaler
     assert StableDiffusionUPLiFTPipeline.from_pipe(StableDiffusionUPLiFTPipeline.from_pipe(sd, upscaler=None)).upscaler is None
+
+
+# ------------------------------------------------------------------------------- every model checked at once (contract 8)
+def test_hub_file_of_parses_hub_files_only():
+    from uplift_diffusers.loaders.hub import hub_file_of
+
+    assert hub_file_of(URL) == (UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME, "main")
+    assert hub_file_of("https://hf.co/org/repo/resolve/v1.0/sub/w.pth") == ("org/repo", "sub/w.pth", "v1.0")
+    assert hub_file_of("org/repo/w.safetensors") == ("org/repo", "w.safetensors", None)
+    assert hub_file_of("org/repo") is None and hub_file_of("./a/b/c.pth") is None
+    with pytest.raises(ValueError, match="`--x` 'https://example.com/w.pth' is not a Hugging Face Hub file URL"):
+        hub_file_of("https://example.com/w.pth", "--x")
+
+
+def test_missing_from_cache(release_cached, sd15_cached, tmp_path):
+    from uplift_diffusers.loaders.hub import HubModel, missing_from_cache
+
+    sd = HubModel(SD15_MODEL_ID, ("model_index.json",), hint="--model DIR")
+    vae_only = HubModel(SD15_MODEL_ID, ("config.json",))  # the root config.json: SD1.5 has none
+    models = [sd, vae_only, UPLIFT_SD15_REPO_ID, URL, f"{UPLIFT_SD15_REPO_ID}/other.safetensors", "org/absent",
+              str(tmp_path), "./not/here"]
+    missing = missing_from_cache(models)
+    assert [m.source for m in missing] == [SD15_MODEL_ID, f"{UPLIFT_SD15_REPO_ID}/other.safetensors", "org/absent"]
+    assert missing[0] is vae_only
+
+
+def test_check_models_available(release_cached, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    import uplift_diffusers.loaders.hub as hub
+
+    asked = []
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.QUICK_TIMEOUT: asked.append(timeout) or answer)
+    answer = True
+    # offline (the fixture): cached -> the cache only; missing -> one error naming every missing model
+    assert hub.check_models_available([UPLIFT_SD15_REPO_ID]) is False
+    with pytest.raises(hub.MissingModelsError) as raised:
+        hub.check_models_available([UPLIFT_SD15_REPO_ID, hub.HubModel("a/b", what="the model A", hint="--a"), "c/d"])
+    assert [m.source for m in raised.value.missing] == ["a/b", "c/d"]
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("HF_HUB_OFFLINE is set and 2 models it needs are not in the local Hub cache")
+    assert "the model A (or pass --a); 'c/d'." in message and "HF_HOME" in message
+    assert isinstance(raised.value, FileNotFoundError)
+    assert asked == []  # offline: the Hub is not asked
+    # online: reachable -> the Hub may be used (missing models get downloaded)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    assert hub.check_models_available(["a/b"]) is True and asked == [hub.QUICK_TIMEOUT]
+    # unreachable: cached -> the cache only; missing -> the error, which says the Hub cannot be reached
+    answer = False
+    assert hub.check_models_available([UPLIFT_SD15_REPO_ID], timeout=1.0) is False and asked[-1] == 1.0
+    with pytest.raises(hub.MissingModelsError, match="^the Hugging Face Hub cannot be reached and a model it needs is"):
+        hub.check_models_available(["a/b"])
+    # nothing from the Hub: not asked at all
+    count = len(asked)
+    assert hub.check_models_available([str(tmp_path)]) is True and len(asked) == count
+
+
+def test_hub_models_available_uses_the_cache_only_when_unreachable(release_cached, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    import uplift_diffusers.loaders.hub as hub
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=None: False)
+    notices = []
+    with hub.hub_models_available([UPLIFT_SD15_REPO_ID], notify=notices.append) as online:
+        assert online is False and hub_constants.HF_HUB_OFFLINE is True
+        model = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID)
+    assert hub_constants.HF_HUB_OFFLINE is False  # restored
+    assert model.config.latent_channels == 4
+    assert len(notices) == 1 and "cannot be reached; using the local cache only" in notices[0]
+
+
+@pytest.mark.parametrize("status, reachable", [(200, True), (302, True), (404, False), (502, False)])
+def test_hub_reachable_needs_a_success(monkeypatch, status, reachable):
+    """A proxy's or firewall's error page is no answer from the Hub."""
+    import huggingface_hub.constants as hub_constants
+    import huggingface_hub.utils
+
+    from uplift_diffusers.loaders.hub import hub_reachable
+
+    class Session:
+        def head(self, url, timeout=None):
+            return type("Response", (), {"status_code": status})()
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Session())
+    assert hub_reachable() is reachable
+
+
+def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
+    import shutil
+
+    from uplift_diffusers.loaders import load_upscaler
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dirs.upscaler(4), broken)
+    (broken / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"`--upscaler` '.*broken': its config.json .* is not valid JSON"):
+        load_upscaler(str(broken), argument="--upscaler")
+    (broken / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list, not a model config object"):
+        load_upscaler(str(broken))
+    with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
+        load_vae("./no/such/vae", argument="--vae")
+    with pytest.raises(ValueError, match=r"^path_or_id must be a directory"):  # the function's own name by default
+        load_vae(str(broken / "config.json"))

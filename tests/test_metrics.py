@@ -745,3 +745,37 @@ _GOOD = _smooth_images(2, 16, 16, seed=27)
 def test_bad_inputs_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("backend", ["torchmetrics", "clean-fid"])
+def test_kept_features_give_the_same_fid_and_patch_boxes_follow_per_image_seeds(backend):
+    """What makes per-image results keepable (resumed evaluations): features taken image by image
+    and added later give the FID of feeding the batch at once, and with per-image seeds an image's
+    patch boxes do not depend on its batch."""
+    if backend == "clean-fid":
+        pytest.importorskip("cleanfid")
+    from evaluation.metrics.metric_setup import TinyRandomFeatures, build_fid, build_patch_fid
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(4, 3, 40, 40, generator=generator), torch.rand(4, 3, 40, 40, generator=generator)
+    direct, kept = build_fid(TinyRandomFeatures(), "cpu", backend), build_fid(TinyRandomFeatures(), "cpu", backend)
+    direct.update(real, real=True)
+    direct.update(fake, real=False)
+    for index in range(4):  # one image at a time, as kept per image
+        kept.add_features(kept.features(real[index : index + 1]), real=True)
+        kept.add_features(kept.features(fake[index : index + 1]), real=False)
+    assert kept.compute()["fid"] == pytest.approx(direct.compute()["fid"], rel=1e-9)
+
+    patches = build_patch_fid(TinyRandomFeatures(), "cpu", 16, 3, seed=7, backend=backend)
+    seeds = [7 + i for i in range(4)]
+    together = patches.anchors(fake, real, seeds)
+    alone = torch.cat([patches.anchors(fake[i : i + 1], real[i : i + 1], seeds[i : i + 1]) for i in (2, 0, 3, 1)])
+    assert torch.equal(together[[2, 0, 3, 1]], alone) and not torch.equal(together[0], together[1])
+    fake_features, real_features = patches.features(fake, real, seeds)
+    assert fake_features.shape[0] == real_features.shape[0] == 12
+    patches.add_features(fake_features, real_features)
+    reference = build_patch_fid(TinyRandomFeatures(), "cpu", 16, 3, seed=7, backend=backend)
+    reference.update(fake, real, seeds=seeds)
+    assert patches.compute()["fid"] == pytest.approx(reference.compute()["fid"], rel=1e-9)
+    with pytest.raises(ValueError, match="seeds has 2 entries for a batch of 4 images"):
+        patches.anchors(fake, real, seeds[:2])

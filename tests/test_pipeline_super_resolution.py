@@ -88,7 +88,10 @@ def test_every_pil_mode(pipe):
     assert [im.mode for im in images] == ALL_MODES
     out = pipe(images, upscale_factor=2)
     assert len(out.images) == len(ALL_MODES)
-    assert all(im.size == (26, 18) and im.mode == "RGB" for im in out.images)
+    # the input's mode is kept: gray -> L, gray + alpha -> LA, transparent colour -> RGBA (#12)
+    expected = ["L", "L", "LA", "RGB", "RGBA", "RGB", "RGBA", "L", "L", "L", "RGB", "RGB", "RGB", "RGB", "RGBA", "LA"]
+    assert [im.mode for im in out.images] == expected
+    assert all(im.size == (26, 18) for im in out.images)
 
 
 def test_mode_conversion_numbers():
@@ -110,20 +113,12 @@ def test_mode_conversion_numbers():
     assert value(palette) == pytest.approx([1.0] * 3)
 
 
-def test_transparent_pixels_become_white(pipe):
-    transparent = PIL.Image.new("RGBA", (16, 16), (255, 0, 0, 0))
-    white = PIL.Image.new("RGB", (16, 16), (255, 255, 255))
-    out = pipe([transparent, white], upscale_factor=2, output_type="np").images
-    np.testing.assert_array_equal(out[0], out[1])
-
-
 def test_numpy_and_tensor_inputs_agree(pipe):
     rgb = np.array(gradient_image(16, 8))
     as_float = rgb.astype(np.float32) / 255.0
     inputs = [
         rgb,  # H x W x 3 uint8
         as_float,  # H x W x 3 float
-        np.concatenate([as_float, np.ones_like(as_float[..., :1])], -1),  # opaque RGBA
         torch.from_numpy(as_float).permute(2, 0, 1),  # C x H x W
         torch.from_numpy(as_float).permute(2, 0, 1)[None],  # B x C x H x W
         torch.from_numpy(rgb).permute(2, 0, 1),  # uint8 tensor
@@ -134,7 +129,7 @@ def test_numpy_and_tensor_inputs_agree(pipe):
     for other in out[1:]:
         np.testing.assert_allclose(other, out[0], atol=1e-5)
     gray = pipe(np.full((8, 8), 0.5, dtype=np.float32), upscale_factor=2, output_type="np").images
-    assert gray.shape == (1, 16, 16, 3)
+    assert gray.shape == (1, 16, 16, 1)  # gray in, gray out (#12)
     assert pipe(np.zeros((8, 8, 3), dtype=np.uint16), upscale_factor=2, output_type="np").images.shape == (1, 16, 16, 3)
 
 
@@ -239,10 +234,24 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
 
 
 # ------------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("factor", [1, 3, 16, 2.0, True, "4"])
-def test_bad_factor(pipe, factor):
-    with pytest.raises(ValueError, match="upscale_factor"):
-        pipe(gradient_image(8, 8), upscale_factor=factor)
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(upscale_factor=0.5), r"`upscale_factor` must be a finite number >= 1"),
+        (dict(upscale_factor=float("nan")), r"`upscale_factor` must be a finite number >= 1"),
+        (dict(upscale_factor=float("inf")), r"`upscale_factor` must be a finite number >= 1"),
+        (dict(upscale_factor=True), r"`upscale_factor` must be a real number"),
+        (dict(upscale_factor="4"), r"`upscale_factor` must be a real number"),
+        (dict(upscale_factor=2, height=32), r"either `upscale_factor` or `height` / `width`, not both"),
+        (dict(height=7), r"`height`=7 is smaller than the input's 8 pixels"),
+        (dict(width=8, height=4), r"`height`=4 is smaller"),
+        (dict(width=20.0), r"`width` must be an int"),
+        (dict(height=0), r"`height`=0 is smaller"),
+    ],
+)
+def test_bad_factor_or_size(tiny_pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_pipe(gradient_image(8, 8), **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +265,6 @@ def test_bad_factor(pipe, factor):
         ("image.png", "type str"),
         (np.full((4, 4, 3), 2.0), r"\[0, 1\]"),
         (torch.full((3, 4, 4), -0.5), r"\[0, 1\]"),
-        (np.zeros((4, 4, 2), dtype=np.uint8), "channels"),
         (torch.zeros(5, 4, 4), "channels"),
         (np.zeros((4, 4, 3), dtype=np.int32), "dtype int32"),
         (PIL.Image.new("F", (2, 2), 300.0), r"\[0, 255\]"),
@@ -295,3 +303,198 @@ def test_latent_channel_mismatch(taef2):
     pipeline.upscaler = make_upscaler(latent_channels=16)
     with pytest.raises(ValueError, match="latent_channels=16"):
         pipeline(gradient_image(8, 8), upscale_factor=2)
+
+
+# ------------------------------------------------------------------------------- any output size (#13.1)
+from uplift_diffusers.models.fast_inference import enable_fast_inference  # noqa: E402
+from uplift_diffusers.pipelines.upscale_decode import UPSCALE_METHODS, output_size_for, upscale_steps  # noqa: E402
+
+
+@pytest.fixture
+def tiny_pipe(tiny_autoencoder, tiny_upscaler):
+    """The pipeline on the tiny 4-channel autoencoder and upscaler (no shared material needed)."""
+    pipeline = UPLiFTSuperResolutionPipeline(vae=tiny_autoencoder, upscaler=tiny_upscaler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize("factor", [1, 1.5, 2.5, 3, 6])
+@pytest.mark.parametrize("method", UPSCALE_METHODS)
+def test_any_factor_gives_the_exact_size(tiny_pipe, factor, method):
+    tiny_pipe.upscale_method = method
+    images = [gradient_image(13, 9), gradient_image(16, 24)]
+    out = tiny_pipe(images, upscale_factor=factor, output_type="pt").images
+    expected = [(int(np.floor(factor * h + 0.5)), int(np.floor(factor * w + 0.5))) for w, h in ((13, 9), (16, 24))]
+    assert [tuple(o.shape[-2:]) for o in out] == expected
+    assert all(torch.isfinite(o).all() and o.min() >= 0 and o.max() <= 1 for o in out)
+
+
+@pytest.mark.parametrize(
+    "height, width, expected",
+    [(30, None, [(30, 43), (30, 20)]), (None, 39, [(27, 39), (59, 39)]), (37, 61, [(37, 61), (37, 61)])],
+)
+def test_exact_height_width(tiny_pipe, height, width, expected):
+    """``height`` / ``width`` apply to every image; with one of them each image keeps its aspect ratio."""
+    images = [gradient_image(13, 9), gradient_image(16, 24)]  # (width, height)
+    out = tiny_pipe(images, height=height, width=width, output_type="np").images
+    assert [o.shape[:2] for o in out] == expected
+
+
+def test_output_size_rule():
+    assert output_size_for(9, 13, 1.5) == (14, 20)  # 13.5 -> 14, 19.5 -> 20: halves up
+    assert output_size_for(360, 640, out_width=1920) == (1080, 1920)
+    assert output_size_for(360, 640, out_height=1080, out_width=1920) == (1080, 1920)
+    assert output_size_for(10, 10, 2.0) == output_size_for(10, 10, 2) == (20, 20)
+    with pytest.raises(ValueError, match="`--scale` must be a finite number >= 1"):
+        output_size_for(9, 13, 0.9, names=("--scale", "--size height", "--size width"))
+    with pytest.raises(ValueError, match="pass `upscale_factor` or an output size"):
+        output_size_for(9, 13)
+    assert UPSCALE_METHODS == ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
+    assert [upscale_steps((3 * 16, 3 * 16), (16, 16), m) for m in UPSCALE_METHODS] == [2, 2, 2, 1, 2]
+    assert [upscale_steps((24, 24), (16, 16), m) for m in UPSCALE_METHODS] == [1, 1, 1, 0, 1]
+    assert [upscale_steps((64, 64), (16, 16), m) for m in UPSCALE_METHODS] == [2, 2, 2, 2, 2]
+    # "auto" never steps past the trained depth for other factors; powers of two keep log2(f) steps
+    assert [upscale_steps((6 * 16, 6 * 16), (16, 16), "auto", t) for t in (None, [2, 4], [2, 4, 8])] == [3, 2, 3]
+    assert upscale_steps((12 * 16, 12 * 16), (16, 16), "auto", [2]) == 1
+    assert upscale_steps((8 * 16, 8 * 16), (16, 16), "auto", [2, 4]) == 3
+
+
+def test_auto_method_follows_the_trained_factors(tiny_autoencoder, tiny_upscaler, monkeypatch):
+    """6x with a model trained for 2x and 4x: two steps, then upsampling of the decoded image."""
+    tiny_upscaler.register_to_config(trained_upscale_factors=[2, 4])
+    pipe = UPLiFTSuperResolutionPipeline(vae=tiny_autoencoder, upscaler=tiny_upscaler)
+    pipe.set_progress_bar_config(disable=True)
+    steps = []
+    original = pipe.run_upscaler
+    monkeypatch.setattr(pipe, "run_upscaler", lambda latents, guide, num_steps, **kw: steps.append(num_steps) or original(latents, guide, num_steps, **kw))
+    out = pipe(gradient_image(16, 8), upscale_factor=6, output_type="pt").images
+    assert steps == [2] and out.shape == (1, 3, 48, 96)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_powers_of_two_are_a_direct_model_call(tiny_pipe, tiny_autoencoder, tiny_upscaler, factor):
+    """Factors 2, 4, 8 (also as floats or as an exact size) are bit-identical to encode -> UPLiFT
+    (log2 f steps) -> decode -> crop -> colour correction, whatever the resampling method."""
+    from uplift_diffusers.utils.color_correction import color_correct
+
+    image = torch.rand(1, 3, 12, 20)
+    padded = pad_to_multiple(image, 8)
+    with torch.no_grad():
+        latents = tiny_autoencoder.encode(padded * 2 - 1).latents
+        upscaled = tiny_upscaler(latents, padded, num_steps=int(np.log2(factor)), generator=torch.Generator().manual_seed(1)).sample
+        decoded = (tiny_autoencoder.decode(upscaled).sample / 2 + 0.5).clamp(0, 1)[:, :, : 12 * factor, : 20 * factor]
+    expected = color_correct(decoded, image)
+    for method in UPSCALE_METHODS:
+        tiny_pipe.upscale_method = method
+        for kwargs in (dict(upscale_factor=factor), dict(upscale_factor=float(factor)), dict(height=12 * factor)):
+            out = tiny_pipe(image, generator=torch.Generator().manual_seed(1), output_type="pt", **kwargs).images
+            assert torch.equal(out, expected), (method, kwargs)
+
+
+class CountingBar:
+    """A stand-in for ``pipe.progress_bar(total=...)``: records the total and the updates."""
+
+    def __init__(self, total=None, **_):
+        self.total, self.n = total, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+
+
+@pytest.mark.parametrize(
+    "sizes, kwargs, updates",
+    [
+        ([(16, 16)], dict(upscale_factor=4), 1 + 2 + 1),  # encode, two 2x steps, decode
+        ([(16, 16)], dict(upscale_factor=3), 1 + 2 + 1),
+        ([(16, 16)], dict(upscale_factor=1), 1 + 0 + 1),
+        ([(16, 16), (8, 24), (16, 16)], dict(upscale_factor=2), 2 * (1 + 1 + 1)),  # two sizes
+    ],
+)
+def test_progress_bar_counts_stages(tiny_pipe, monkeypatch, sizes, kwargs, updates):
+    bars = []
+    monkeypatch.setattr(tiny_pipe, "progress_bar", lambda **kw: bars.append(CountingBar(**kw)) or bars[-1])
+    tiny_pipe([gradient_image(w, h) for w, h in sizes], **kwargs)
+    assert len(bars) == 1 and bars[0].total == updates and bars[0].n == updates
+
+
+def test_progress_bar_counts_tiles_and_any_size_with_tiling(tiny_pipe, monkeypatch):
+    """Tiled: every 2x step of every tile advances the bar; 3x still gives the exact size."""
+    tiny_pipe.enable_tiling(tile_size=2, overlap=1)  # 24 x 32 px -> 3 x 4 latents -> 2 x 3 tiles
+    bars = []
+    monkeypatch.setattr(tiny_pipe, "progress_bar", lambda **kw: bars.append(CountingBar(**kw)) or bars[-1])
+    out = tiny_pipe(gradient_image(32, 24), upscale_factor=3, output_type="pt").images
+    assert out.shape == (1, 3, 72, 96)
+    assert bars[0].total == bars[0].n == 1 + 6 * 2 + 1
+
+
+def test_progress_bar_real_tqdm_reaches_total(tiny_pipe, capsys):
+    tiny_pipe.set_progress_bar_config(disable=False)
+    tiny_pipe(gradient_image(16, 16), upscale_factor=8)
+    assert "5/5" in capsys.readouterr().err  # encode, three 2x steps, decode
+
+
+def test_model_step_callback(tiny_upscaler):
+    latents, image = torch.randn(1, 4, 3, 5), torch.rand(1, 3, 24, 40)
+    calls = []
+    with torch.no_grad():
+        out = tiny_upscaler(latents, image, num_steps=3, output_intermediate=True, callback=lambda i, z: calls.append((i, z)))
+    assert [i for i, _ in calls] == [0, 1, 2]
+    assert all(torch.equal(z, step) for (_, z), step in zip(calls, out.intermediate))
+    with pytest.raises(ValueError, match="`callback` must be None or a function"):
+        tiny_upscaler(latents, image, callback="print")
+    enable_fast_inference(tiny_upscaler, dtype=torch.float32, compile=False, channels_last=False)
+    fast_calls = []
+    tiny_upscaler(latents, image, num_steps=2, callback=lambda i, z: fast_calls.append(i))
+    assert fast_calls == [0, 1]
+    with pytest.raises(ValueError, match="`callback` must be None or a function"):
+        tiny_upscaler(latents, image, callback=3)
+    tiny_upscaler.disable_fast_inference()
+
+
+@pytest.mark.slow
+def test_three_x_at_least_bicubic_with_the_committed_taef2_model(taef2, shared_path):
+    """Issue #13 bar: 3x through the committed TAEF2 model >= PIL bicubic (PSNR), on the first four
+    BSDS500 test images (centre 192 px crops, LR 64 px = PIL bilinear), with the default method."""
+    from uplift_diffusers.image_processor import list_images
+    from uplift_diffusers.utils.sr_protocol import bicubic_upscale, load_hr_lr, psnr
+
+    model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
+    files = list_images(shared_path("data", "bsds500", "test"))[:4]
+    pairs = [load_hr_lr(path, 192, 64) for path in files]
+    hr = torch.cat([pil_to_tensor(h) for h, _ in pairs])
+    pipeline = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=UPLiFTLatentUpscaler.from_pretrained(model_dir))
+    pipeline.set_progress_bar_config(disable=True)
+    ours = pipeline([lr for _, lr in pairs], upscale_factor=3, output_type="pt").images
+    bicubic = torch.cat([bicubic_upscale(lr, (192, 192)) for _, lr in pairs])
+    assert ours.shape == hr.shape
+    assert psnr(ours, hr).mean() >= psnr(bicubic, hr).mean()
+
+
+def test_any_size_study_script(tmp_path, tiny_autoencoder, tiny_upscaler):
+    """The study runs end to end on tiny models and writes its JSON and table; at 2x (a power of
+    two) every UPLiFT method is the same computation, so they score the same."""
+    from evaluation.benchmarks import any_size_study
+
+    tiny_autoencoder.save_pretrained(tmp_path / "vae")
+    tiny_upscaler.save_pretrained(tmp_path / "upscaler")
+    (tmp_path / "data").mkdir()
+    for index in range(2):
+        gradient_image(40 + index, 36).save(tmp_path / "data" / f"{index}.png")
+    output = tmp_path / "out" / "study.json"
+    argv = ["--model", str(tmp_path / "upscaler"), "--vae", str(tmp_path / "vae"), "--data", str(tmp_path / "data"),
+            "--factors", "2", "3", "--hr-size", "24", "--output", str(output)]
+    assert any_size_study.main(argv) == 0
+    result = json.loads(output.read_text())
+    rows = {(row["factor"], row["method"]): row for row in result["rows"]}
+    assert len(rows) == 2 * (len(UPSCALE_METHODS) + 1) and all(row["images"] == 2 for row in rows.values())
+    assert len({rows[(2.0, method)]["psnr"] for method in UPSCALE_METHODS}) == 1
+    assert result["best"]["overall"] in UPSCALE_METHODS
+    assert "| `bicubic`: PIL bicubic in pixel space |" in output.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        any_size_study.main(argv[:-4] + ["--factors", "5", "--output", str(output)])  # 24 / 5 is no integer side

@@ -1,4 +1,5 @@
 """StableDiffusionUPLiFTPipeline with tiny, randomly initialised SD components (offline)."""
+import io
 import json
 
 import numpy as np
@@ -35,11 +36,11 @@ def unit(images):
 
 
 # ------------------------------------------------------------------------------- sizes / types
-@pytest.mark.parametrize("factor", [1, 2, 4])
-def test_output_size_per_factor(tiny_sd_components, factor):
+@pytest.mark.parametrize("factor, side", [(1, 64), (2, 128), (4, 256), (1.5, 96), (2.5, 160), (3, 192), (1.01, 65)])
+def test_output_size_per_factor(tiny_sd_components, factor, side):
     out = run(make_pipe(tiny_sd_components), upscale_factor=factor, output_type="np")
     assert isinstance(out, StableDiffusionUPLiFTPipelineOutput)
-    assert out.images.shape == (1, 64 * factor, 64 * factor, 3)
+    assert out.images.shape == (1, side, side, 3)
     assert out.images.dtype == np.float32 and 0.0 <= out.images.min() and out.images.max() <= 1.0
     assert out.base_images is None and out.nsfw_content_detected is None
 
@@ -301,14 +302,57 @@ def test_progress_bar_covers_upscaling(tiny_sd_components, capsys):
     run(pipe, output_type="np")
     err = capsys.readouterr().err
     assert "2/2" in err  # denoising steps
-    assert "3/3" in err  # decode base, upscale, decode
+    assert "3/3" in err  # decode base, one 2x step, decode
+
+
+@pytest.mark.parametrize("factor, output_type, stages", [(4, "np", 4), (3, "np", 4), (1, "np", 1), (4, "latent", 3), (1, "latent", 1)])
+def test_progress_bar_counts_stages(tiny_sd_components, monkeypatch, factor, output_type, stages):
+    """The bar after denoising: decode of the base image, every 2x step, the final decode."""
+    pipe = make_pipe(tiny_sd_components)
+    pipe.set_progress_bar_config(disable=False, file=io.StringIO())  # a disabled tqdm does not count
+    bars = []
+    original = pipe.progress_bar
+
+    def spy(iterable=None, total=None):
+        bar = original(iterable=iterable, total=total)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(pipe, "progress_bar", spy)
+    run(pipe, upscale_factor=factor, output_type=output_type)
+    upscale_bar = bars[-1]
+    assert upscale_bar.total == stages and upscale_bar.n == stages
 
 
 # ------------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("factor", [0, 3, 16, 2.0, True])
+@pytest.mark.parametrize("factor", [0, 0.99, float("nan"), float("inf"), True, "2"])
 def test_bad_upscale_factor(tiny_sd_components, factor):
-    with pytest.raises(ValueError, match="upscale_factor"):
+    with pytest.raises(ValueError, match="`upscale_factor` must be a"):
         run(make_pipe(tiny_sd_components), upscale_factor=factor)
+
+
+def test_latent_output_needs_a_power_of_two(tiny_sd_components):
+    pipe = make_pipe(tiny_sd_components)
+    with pytest.raises(ValueError, match=r"`upscale_factor`=3 with output_type='latent'"):
+        run(pipe, upscale_factor=3, output_type="latent")
+    assert run(pipe, upscale_factor=4.0, output_type="latent").images.shape == (1, 4, 32, 32)
+
+
+def test_non_integer_factor_is_the_shared_upscale_stage(tiny_sd_components, monkeypatch):
+    """3x runs the one upscale-and-decode stage (2 steps, then the chosen resampling) on the base
+    latents, guided by the base image, and its colour correction."""
+    pipe = make_pipe(tiny_sd_components)
+    calls = []
+    original = pipe.upscale_and_decode
+
+    def spy(latents, guide, output_size, *args, **kwargs):
+        calls.append((tuple(latents.shape), tuple(guide.shape), output_size))
+        return original(latents, guide, output_size, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "upscale_and_decode", spy)
+    out = run(pipe, upscale_factor=3, output_type="pt", return_base_images=True)
+    assert calls == [((1, 4, 8, 8), (1, 3, 64, 64), (192, 192))]
+    torch.testing.assert_close(out.images.mean(dim=(2, 3)), out.base_images.mean(dim=(2, 3)), atol=2e-3, rtol=0)
 
 
 def test_bad_flags_and_output_type(tiny_sd_components):

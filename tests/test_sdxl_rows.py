@@ -127,7 +127,7 @@ def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, tiny_dirs, ca
     # the tables name the rows as the paper does, references first
     table = (out / "results.md").read_text().splitlines()
     labels = [line.split("|")[1].strip() for line in table[4:]]
-    assert labels == ["SDXL", "LCM-LoRA SDXL", "SD1.5 base resolution (no upscaling)"]
+    assert labels == ["SDXL", "LCM-LoRA SDXL", "SD1.5 base resolution, 32 px (no upscaling)"]  # named by the base size used
 
     # resumable: nothing is generated again, no pipeline is even called
     calls_before = len(pipeline_calls)

@@ -1,6 +1,7 @@
 """Tests of the training code in training/: objective, data, latent cache, checkpoints and the
-`python -m training.train_uplift` script (config handling, a real tiny run on TAEF2, exact resume,
-SIGTERM, validation, EMA).
+`python -m training.train_uplift` script (config handling and one-line errors, a real tiny run on
+TAEF2, exact resume, SIGTERM / Ctrl-C exit statuses and the resume command, cumulative time, the
+logged lr, validation, EMA, the ``--smoke-test`` mode). Multi-process runs: test_distributed_training.py.
 
 CI-sized: the tiny config (training/configs/tiny.yaml) at 64 px on six BSDS500 photos shrunk
 to 96 x 64 in ``tmp_path``; every run is a few optimiser steps.
@@ -11,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from training import train_uplift
@@ -68,6 +71,25 @@ def read_log(output: Path) -> list:
     return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
 
 
+@contextlib.contextmanager
+def training_process(command, output: Path, env: dict, timeout: float = 240):
+    """Start a training command in the repository root, wait until it has logged its first step
+    in ``output``, yield the ``Popen`` (pipes for stdout / stderr); killed if still alive at exit."""
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log_path = output / "train_log.jsonl"
+        deadline = time.time() + timeout
+        while not (log_path.is_file() and log_path.read_text().strip()):
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, f"no training step logged within {timeout} s"
+            time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 # ---------------------------------------------------------------------------- 1. a real tiny run
 def test_tiny_run_decreases_loss_and_saves_a_loadable_model(taef2_dir, images, tmp_path, capsys):
     from uplift_diffusers import UPLiFTLatentUpscaler
@@ -80,7 +102,7 @@ def test_tiny_run_decreases_loss_and_saves_a_loadable_model(taef2_dir, images, t
     config = tiny_config(taef2_dir, images, output, 18, "optimization.lr=0.003", "optimization.lat_aug=0",
                          "checkpointing.every_steps=0")
     result = train(config)
-    assert result == {"step": 18, "stopped": False, "validation": {}}
+    assert {k: result[k] for k in ("step", "stopped", "validation")} == {"step": 18, "stopped": False, "validation": {}}
     printed = capsys.readouterr().out
     assert (
         "training data: 6 images usable (6 items per epoch, crop=random_resized at 64 px); "
@@ -106,6 +128,8 @@ def test_tiny_run_decreases_loss_and_saves_a_loadable_model(taef2_dir, images, t
     model = UPLiFTLatentUpscaler.from_pretrained(model_dir)
     assert model.config.latent_channels == 32  # taken from the VAE
     assert list(model.config.encoder_channels) == [8, 8, 16, 16, 16]  # tiny.yaml
+    assert model.config.trained_upscale_factors == [2, 4]  # depths [1, 2]
+    assert result["checksums"] == [pytest.approx(train_uplift.parameter_checksum(model), rel=1e-12)]
     card = (model_dir / "README.md").read_text()
     assert "Optimiser steps: 18" in card
     assert "(6 items, 2 images skipped)" in card
@@ -357,7 +381,7 @@ def test_signal_handlers_are_restored_after_training(taef2_dir, images, tmp_path
 
 
 # ---------------------------------------------------------------------------- 4. SIGTERM
-@pytest.mark.slow  # a training run in a new interpreter, stopped by SIGTERM: 6.3 s (measured)
+@pytest.mark.slow  # a training run in a new interpreter, stopped by SIGTERM: 6.3 s (measured; 22 s at load 10)
 def test_sigterm_saves_a_checkpoint_and_prints_the_resume_hint(taef2_dir, images, tmp_path):
     output = tmp_path / "run"
     command = [  # as documented: `python -m training.train_uplift` from the repository root
@@ -365,23 +389,15 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_resume_hint(taef2_dir, images
         "--output-dir", str(output), "--max-steps", "100000", "--checkpointing-steps", "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        log_path = output / "train_log.jsonl"
-        deadline = time.time() + 240
-        while not (log_path.is_file() and log_path.read_text().strip()):
-            assert process.poll() is None, process.communicate()
-            assert time.time() < deadline, "no training step logged within 240 s"
-            time.sleep(0.2)
+    with training_process(command, output, env) as process:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 143, stderr[-3000:]  # 128 + SIGTERM: a scheduler sees it did not finish
     last_step = read_log(output)[-1]["step"]
-    assert f"stopped by signal {int(signal.SIGTERM)} at step {last_step}; resume with --resume latest" in stdout
+    hint = f"stopped by signal {int(signal.SIGTERM)} at step {last_step}; resume with: "
+    assert hint in stdout
+    printed = stdout.split(hint, 1)[1].splitlines()[0]
+    assert shlex.split(printed) == command[:1] + command[1:] + ["--resume", "latest"]  # the full command
     assert [p.name for p in checkpoint_dirs(output)] == [f"checkpoint-{last_step}"]
     state = json.loads((output / "checkpoints" / f"checkpoint-{last_step}" / "training_state.json").read_text())
     assert state["step"] == last_step
@@ -843,3 +859,150 @@ def test_tensorboard_logging(taef2_dir, images, tmp_path):
     output = tmp_path / "run"
     train(tiny_config(taef2_dir, images, output, 2, "logging.report_to=tensorboard"))
     assert list((output / "logs").rglob("events.out.tfevents.*"))
+
+
+# ---------------------------------------------------------------------------- 9. exit status, resume, lr, config errors, smoke test
+def _tiny_argv(taef2_dir, images, output, max_steps, *sets):
+    argv = ["--config", str(TINY), "--vae", str(taef2_dir), "--train-data", str(images), "--output-dir", str(output),
+            "--max-steps", str(max_steps)]
+    return argv + (["--set", *sets] if sets else [])
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_with_its_exit_status_and_the_resumed_time_is_cumulative(taef2_dir, images, tmp_path, monkeypatch, capsys, signum, status):
+    output = tmp_path / "run"
+    argv = _tiny_argv(taef2_dir, images, output, 4, "checkpointing.every_steps=0")
+    real_loss, calls = train_uplift.multi_depth_loss, {"n": 0}
+
+    def loss_then_signal(*args, **kwargs):  # the signal arrives during step 2, as from a scheduler / Ctrl-C
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signum)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_uplift, "multi_depth_loss", loss_then_signal)
+    assert main(argv) == status
+    printed = capsys.readouterr().out
+    assert f"stopped by signal {int(signum)} at step 2; resume with: " in printed
+    command = shlex.split(printed.split("resume with: ", 1)[1].splitlines()[0])
+    assert command == [sys.executable, "-m", "training.train_uplift", *argv, "--resume", "latest"]
+    assert [p.name for p in checkpoint_dirs(output)] == ["checkpoint-2"]
+    state_file = output / "checkpoints" / "checkpoint-2" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["elapsed"] == pytest.approx(read_log(output)[-1]["time"], abs=0.5)
+    assert not (output / "model").exists()
+
+    # pretend the first segment took 50 minutes: the resumed log and the card count on from there
+    state_file.write_text(json.dumps({**state, "elapsed": 3000.0}))
+    monkeypatch.setattr(train_uplift, "multi_depth_loss", real_loss)
+    assert main(command[3:]) == 0
+    log = read_log(output)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert 3000 <= log[2]["time"] <= log[3]["time"] < 3000 + 120
+    minutes = float(re.search(r"Optimiser steps: 4 \((\d+\.\d) min\)", (output / "model" / "README.md").read_text()).group(1))
+    assert 50.0 <= minutes < 52.0
+
+
+def test_elapsed_time_of_a_checkpoint_written_by_an_older_version(tmp_path):
+    # older checkpoints have no `elapsed`: the log's time of their step is used
+    (tmp_path / "train_log.jsonl").write_text(
+        "\n".join(json.dumps({"step": step, "time": 10.0 * step}) for step in (1, 2, 3)) + "\n")
+    assert train_uplift.elapsed_at_checkpoint({"step": 2, "epoch": 0, "position": 2}, tmp_path) == 20.0
+    assert train_uplift.elapsed_at_checkpoint({"step": 2, "elapsed": 7.5}, tmp_path) == 7.5
+    assert train_uplift.elapsed_at_checkpoint({"step": 9}, tmp_path / "elsewhere") == 0.0
+
+
+def test_resume_latest_without_a_checkpoint_says_so_and_require_resume_makes_it_an_error(taef2_dir, images, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(_tiny_argv(taef2_dir, images, output, 4) + ["--require-resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --require-resume: no checkpoint to resume from in ")
+    assert str(output / "checkpoints") in err[0]
+    assert not output.exists()  # checked before anything is written
+
+    result = train(tiny_config(taef2_dir, images, output, 1), resume="latest")
+    assert result["step"] == 1
+    assert f"--resume latest: no checkpoint in {output / 'checkpoints'} yet; starting from scratch" in capsys.readouterr().out
+    # with a checkpoint present, --require-resume continues from it
+    assert main(_tiny_argv(taef2_dir, images, output, 2) + ["--require-resume"]) == 0
+    assert f"resumed from {output / 'checkpoints' / 'checkpoint-1'} at step 1" in capsys.readouterr().out
+    assert [r["step"] for r in read_log(output)] == [1, 2]
+
+
+def test_the_logged_lr_is_the_one_each_step_used(taef2_dir, images, tmp_path):
+    output = tmp_path / "run"
+    # linear warmup over 2 steps then linear decay to 0 at step 4: factors 0, 1/2, 1, 1/2 for steps 1..4
+    train(tiny_config(taef2_dir, images, output, 4, "optimization.lr=0.002", "optimization.lr_scheduler=linear",
+                      "optimization.lr_warmup_steps=2", "checkpointing.every_steps=0"))
+    assert [r["lr"] for r in read_log(output)] == pytest.approx([0.0, 0.001, 0.002, 0.001])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "model.foo=1"], "error: unknown config key `model.foo`; known keys of model: bilinear_residual, decoder_blocks_after_upsample,"),
+        (["--set", "optimisation.lr=0.01"], "error: unknown config key `optimisation` (did you mean `optimization`?); known sections: checkpointing, data,"),
+        (["--set", "optimization.lr=-0.001"], "error: config key `optimization.lr` must be a number > 0, got -0.001 (float)."),
+        (["--batch-size", "0"], "error: config key `optimization.batch_size` must be an integer >= 1, got 0 (int)."),
+        (["--set", "optimization.lr=abc"], "error: config key `optimization.lr` must be a number > 0, got 'abc' (str)."),
+        (["--set", "model.refiner_blocks=abc"], "error: config key `model.refiner_blocks` must be an integer, got 'abc'."),
+        (["--set", "model.refiner_blocks=0"], "error: config section `model`: `refiner_blocks` must be >= 1, got 0."),
+        (["--set", "model.trained_upscale_factors=[2]"], "error: config key `model.trained_upscale_factors` cannot be set: it is set from optimization.depths."),
+        (["--set", "optimization.lr_scheduler=cosinus"], "error: config key `optimization.lr_scheduler` must be one of linear, cosine,"),
+        (["--set", "optimization.adam_betas=[0.9]"], "error: config key `optimization.adam_betas` must be a list of two numbers in [0, 1)"),
+        (["--set", "validation.lr_size=48"], "error: validation.hr_size 256 must be a multiple of validation.lr_size 48."),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key_before_anything_is_written(tmp_path, capsys, argv, message):
+    output = tmp_path / "run"
+    base = ["--train-data", str(tmp_path), "--output-dir", str(output)]  # the defaults: nothing loaded before the check
+    assert main(base + argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, captured.err
+    assert err[0].startswith(message), err[0]
+    assert captured.out == ""
+    assert not output.exists()
+
+
+def test_help_keeps_the_line_continuation(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--config training/configs/sd15-vae.yaml \\\n        --train-data data/unsplash-lite/min-side-1024" in text
+    assert "--smoke-test" in text and "--require-resume" in text
+    assert "143 stopped by SIGTERM, 130 stopped by Ctrl-C" in text
+
+
+def test_trained_upscale_factors_follow_the_depths():
+    assert train_uplift.trained_upscale_factors([1, 2]) == [2, 4]
+    assert train_uplift.trained_upscale_factors([3]) == [2, 4, 8]  # a 3-step run trains every step on the way
+    assert train_uplift.trained_upscale_factors([1, 2, 3, 4]) == [2, 4, 8, 16]
+
+
+def test_epoch_shards_are_disjoint_equal_sized_and_cover_the_data():
+    single = train_uplift.epoch_order(7, seed=0, epoch=3, rank=0, world=1)
+    assert sorted(single) == list(range(7))
+    assert single == torch.randperm(7, generator=torch.Generator().manual_seed(3)).tolist()  # unchanged for one process
+    shards = [train_uplift.epoch_order(7, seed=0, epoch=3, rank=rank, world=2) for rank in (0, 1)]
+    assert [len(shard) for shard in shards] == [4, 4]  # padded: the processes step together
+    assert sorted(set(shards[0] + shards[1])) == list(range(7))
+    assert len(set(shards[0]) & set(shards[1])) == 1  # only the one padding item repeats
+
+
+def test_smoke_test_trains_tiny_random_components_without_downloads(tmp_path, monkeypatch, capsys):
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "smoke"
+    assert main(["--smoke-test", "--output-dir", str(output), "--max-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "training data: 6 images usable (6 items per epoch, crop=random_resized at 64 px)" in printed
+    assert "step 2: validation {'psnr': " in printed  # the validation path runs too, on the generated images
+    assert [r["step"] for r in read_log(output)] == [1, 2]
+    assert sorted(p.name for p in (output / "smoke-test").iterdir()) == ["images", "vae"]
+    model = UPLiFTLatentUpscaler.from_pretrained(output / "model")
+    assert model.config.latent_channels == 4 and model.config.trained_upscale_factors == [2, 4]
+    config = yaml.safe_load((output / "config.yaml").read_text())
+    assert config["vae"] == str(output / "smoke-test" / "vae")
+    assert config["data"]["resolution"] == 64 and config["optimization"]["depths"] == [1, 2]

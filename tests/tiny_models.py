@@ -1,6 +1,8 @@
 """The one definition of every tiny, randomly initialised model the tests use.
 
-Test helper (not a test module). conftest.py turns the common ones into fixtures; a test imports
+The builders the evaluation scripts' ``--smoke-test`` mode also needs live in the library,
+:mod:`uplift_diffusers.utils.testing_utils`, and are re-exported here; the test-only ones are
+defined below. Test helper (not a test module). conftest.py turns the common ones into fixtures; a test imports
 a builder from here (``from tiny_models import make_upscaler``) only when it needs a parameter:
 another width, seed or noise scale is an argument of the builder, never a second copy of it.
 
@@ -22,21 +24,26 @@ at the start of every test by conftest.py).
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-#: The tiny upscaler's architecture (a few thousand parameters): 3 encoder groups, one block each.
-TINY_UPSCALER = dict(
-    encoder_channels=(8, 8, 16),
-    encoder_blocks_per_group=1,
-    decoder_channels=16,
-    decoder_blocks_after_upsample=1,
-    refiner_channels=16,
-    refiner_blocks=1,
+from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's tiny builders, re-exported for the tests
+    TINY_CLIP_TEXT,
+    TINY_UPSCALER,
+    build_sd_components,
+    clip_image_processor,
+    make_kl_vae,
+    make_scheduler,
+    make_tiny_clip,
+    make_tokenizer,
+    make_unet,
+    make_upscaler,
+    save_sd_pipeline,
+    save_tiny_clip,
+    tiny_text_config,
 )
+
 #: The released architecture's layout (5 encoder groups, a decoder block before the upsampling,
 #: noise scale 1) at small widths, one block per group: for the tests of the model itself.
 SMALL_RELEASED_LAYOUT = dict(
@@ -49,27 +56,11 @@ SMALL_RELEASED_LAYOUT = dict(
     refiner_blocks=2,
     noise_scale=1.0,
 )
-#: The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score): 16 positions.
-TINY_CLIP_TEXT = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16)
 #: Native image side of the tiny SDXL pipeline (UNet sample_size 8 x VAE factor 8), its "1024".
 SDXL_TINY_NATIVE_SIZE = 64
 
 
 # ------------------------------------------------------------------------------------ UPLiFT
-def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode.
-
-    ``seed=None`` draws the weights from torch's global generator as it stands (to continue the
-    stream of :func:`build_sd_components`) instead of reseeding it.
-    """
-    from uplift_diffusers import UPLiFTLatentUpscaler
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    config = {**TINY_UPSCALER, **architecture}
-    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **config).eval()
-
-
 def make_small_upscaler(**overrides):
     """:func:`make_upscaler` with :data:`SMALL_RELEASED_LAYOUT` (any key overridden), seed 0 unless ``seed`` is given."""
     return make_upscaler(**{**SMALL_RELEASED_LAYOUT, **overrides})
@@ -88,22 +79,6 @@ def save_original_file(model, path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ VAEs
-def make_kl_vae(blocks: int = 4, sample_size: int = 32):
-    """An ``AutoencoderKL`` with 4 latent channels and ``blocks`` 8-channel blocks: a factor of
-    ``2 ** (blocks - 1)`` (8, as SD's, by default), in eval mode."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(8,) * blocks,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=sample_size,
-    ).eval()
-
-
 def make_tiny_autoencoder(**overrides):
     """Our ``TinyAutoencoder`` (TAESD layout, factor 8) with 4 latent channels and 8-channel blocks."""
     from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
@@ -112,66 +87,6 @@ def make_tiny_autoencoder(**overrides):
 
 
 # ------------------------------------------------------------------------------------ text
-def make_tokenizer(folder, max_length: int = 16, words=()):
-    """A CLIPTokenizer saved in ``folder``: lower-case letters and ``!.,`` one token each, plus
-    BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase + "!.,":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    merges = ["#version: 0.2"]
-    for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length), len(vocab)
-
-
-def tiny_text_config(vocab_size: int, **overrides) -> dict:
-    """:data:`TINY_CLIP_TEXT` for a :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
-    return dict(TINY_CLIP_TEXT, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
-
-
-def make_tiny_clip(vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (text :func:`tiny_text_config`, 32 px images in 8 px patches,
-    projection 16), in eval mode."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=tiny_text_config(vocab_size),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    return CLIPModel(config).eval()
-
-
-def clip_image_processor():
-    """The PIL ``CLIPImageProcessorPil`` of the tiny CLIP models: shortest side 32, centre crop 32."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-
-
-def save_tiny_clip(folder, seed: int = 0) -> Path:
-    """Save :func:`make_tiny_clip`, the character tokenizer and :func:`clip_image_processor` to
-    ``folder``: a ``CLIPProcessor`` folder."""
-    folder = Path(folder)
-    tokenizer, vocab_size = make_tokenizer(folder)
-    make_tiny_clip(vocab_size, seed).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    clip_image_processor().save_pretrained(folder)
-    return folder
-
-
 def save_tiny_open_clip(folder, weights: bool = True, seed: int = 0) -> str:
     """A tiny open_clip model (32 px images, OpenAI mean / std, open_clip's own tokenizer) as a
     ``local-dir:`` folder; returns its ``local-dir:...`` name. ``weights``: save random weights
@@ -203,70 +118,6 @@ def save_tiny_open_clip(folder, weights: bool = True, seed: int = 0) -> str:
         model = open_clip.create_model(name, pretrained=None)
         save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return name
-
-
-# ------------------------------------------------------------------------------------ Stable Diffusion
-def make_unet(**overrides):
-    """A 2-block ``UNet2DConditionModel`` (8 and 16 channels, cross-attention in the second block)
-    for 4-channel latents, in eval mode; SDXL's passes its conditioning as ``overrides``."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**{
-        "block_out_channels": (8, 16),
-        "layers_per_block": 1,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 16,
-        "norm_num_groups": 4,
-        "attention_head_dim": 2,
-        **overrides,
-    }).eval()
-
-
-def make_scheduler(kind: str = "pndm"):
-    """The SD1.5 noise schedule in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` scheduler."""
-    from diffusers import DDIMScheduler, PNDMScheduler
-
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if kind == "pndm":
-        return PNDMScheduler(**schedule, skip_prk_steps=True)
-    if kind == "ddim":
-        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
-    raise ValueError(f"`kind` must be 'pndm' or 'ddim', got {kind!r}; pass one of these scheduler names.")
-
-
-def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """vae (:func:`make_kl_vae`), text_encoder, tokenizer, unet and scheduler (see
-    :func:`make_scheduler`) of a tiny SD model: 64 px images, 8 x 8 latents.
-
-    With ``with_upscaler=True`` the dict also holds ``upscaler``: a 4-channel :func:`make_upscaler`
-    whose weights continue the same seeded random stream.
-    """
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
-    unet = make_unet()
-    vae = make_kl_vae(sample_size=32)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
-    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(scheduler))
-    if with_upscaler:
-        components["upscaler"] = make_upscaler(seed=None)
-    return components
-
-
-def save_sd_pipeline(folder, seed: int = 0) -> Path:
-    """Save a tiny ``StableDiffusionPipeline`` (no safety checker, PNDM) to ``folder``; returns it."""
-    from diffusers import StableDiffusionPipeline
-
-    folder = Path(folder)
-    components = build_sd_components(folder.parent / f"{folder.name}-tokenizer", seed=seed)
-    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 # ------------------------------------------------------------------------------------ SDXL

@@ -52,6 +52,7 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, state:
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's files (its random state) are in `tmp` before the rename
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None

@@ -1,28 +1,45 @@
-"""Train an UPLiFT latent upscaler for any VAE, with accelerate. Run from the repository root:
+r"""Train an UPLiFT latent upscaler for any VAE, with accelerate. Run from the repository root:
 
     python -m training.train_uplift --config training/configs/sd15-vae.yaml \
         --train-data data/unsplash-lite/min-side-1024 --output-dir runs/sd15
-    accelerate launch -m training.train_uplift --config ...        # several GPUs / nodes
+    python -m training.train_uplift --smoke-test      # tiny random VAE + model, no download, seconds
+
+Several processes (one group; each process trains on its own shard of every epoch):
+
+    torchrun --nproc_per_node N -m training.train_uplift --config ...              # GPUs or CPUs
+    accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...   # GPUs or CPUs
+
+(on a machine without GPUs the script joins the processes into one CPU / gloo group itself;
+``accelerate launch --cpu --num_processes N`` starts ONE process and is refused with a message).
 
 The configuration is a YAML file with sections ``model``, ``data``, ``optimization``,
 ``checkpointing``, ``validation`` and ``logging`` (see training/configs/); command-line
-flags override it. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step),
-``OUTPUT/checkpoints/checkpoint-{step}`` (resumable with ``--resume latest``), validation
-samples and metrics, and finally ``OUTPUT/model`` in diffusers format with a model card.
-Validation scores super-resolution with the protocol and scoring loop of the evaluation
-(:mod:`uplift_diffusers.utils.sr_protocol`).
+flags override it, and every value is checked before anything is written. Writes
+``OUTPUT/train_log.jsonl`` (one line per optimiser step: the ``lr`` used by that step, ``time``
+= training seconds, cumulative across resumes), ``OUTPUT/checkpoints/checkpoint-{step}``
+(resumable with ``--resume latest``), validation samples and metrics, and finally
+``OUTPUT/model`` in diffusers format with a model card. Validation scores super-resolution
+with the protocol and scoring loop of the evaluation (:mod:`uplift_diffusers.utils.sr_protocol`).
+
+Exit status: 0 finished; 2 bad arguments / configuration / launch (one line, nothing written);
+143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT) -- both after saving a checkpoint and
+printing the full command that resumes the run.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import difflib
+import inspect
 import json
 import math
+import os
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -34,6 +51,7 @@ from training.latent_cache import LatentCache, vae_identity
 from training.objective import image_pyramid, multi_depth_loss
 from uplift_diffusers.constants import SD15_MODEL_ID
 
+MODULE = "training.train_uplift"
 DEFAULTS: Dict = {
     "vae": SD15_MODEL_ID,
     "output_dir": "runs/uplift",
@@ -72,15 +90,41 @@ DEFAULTS: Dict = {
     "logging": {"report_to": "none", "log_every": 1},
 }
 
+#: ``--smoke-test``: a tiny random VAE (factor 8, 4 latent channels) and a tiny upscaler trained
+#: for a few steps on generated images at 64 px, all under ``OUTPUT/smoke-test/``; any flag or
+#: ``--config`` value still overrides it.
+SMOKE_TEST: Dict = {
+    "output_dir": "runs/smoke-test",
+    "data": {"resolution": 64, "crops_per_image": 1},
+    "optimization": {"depths": [1, 2], "lat_aug": 0.1, "batch_size": 2, "max_steps": 4},
+    "checkpointing": {"every_steps": 2, "keep_last": 2},
+    "validation": {"every_steps": 0, "num_images": 2, "hr_size": 64, "lr_size": 16, "num_samples": 1},
+}
+SMOKE_TEST_IMAGES = 6
+
 
 # ---------------------------------------------------------------------------- configuration
+def _known(where: str, choices) -> str:
+    return f"known {'keys of ' + where if where else 'sections'}: {', '.join(sorted(choices))}"
+
+
+def _unknown_key(dotted: str, where: str, choices) -> ValueError:
+    name = dotted.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f" (did you mean `{(where + '.') if where else ''}{close[0]}`?)" if close else ""
+    return ValueError(f"unknown config key `{dotted}`{hint}; {_known(where, choices)}.")
+
+
 def merge(base: Dict, override: Dict, where: str = "") -> Dict:
-    """Deep-merge ``override`` into a copy of ``base``; unknown keys are an error."""
+    """Deep-merge ``override`` into a copy of ``base``; unknown keys are an error (the ``model``
+    section is checked against the model's arguments by :func:`check_config`)."""
     out = copy.deepcopy(base)
+    if not isinstance(override or {}, dict):
+        raise ValueError(f"config section `{where}` must be a mapping of keys to values, got {override!r}.")
     for key, value in (override or {}).items():
         if key not in out and where != "model":
-            raise ValueError(f"unknown config key `{where + '.' if where else ''}{key}`; known: {sorted(out)}.")
-        if isinstance(out.get(key), dict) and isinstance(value, dict) and key != "model":
+            raise _unknown_key(f"{where + '.' if where else ''}{key}", where, out)
+        if isinstance(out.get(key), dict) and key != "model":
             out[key] = merge(out[key], value, key)
         else:
             out[key] = value
@@ -88,7 +132,7 @@ def merge(base: Dict, override: Dict, where: str = "") -> Dict:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML configuration (sections: model, data, optimization, ...)")
     parser.add_argument("--vae", help="Hub id or diffusers directory (AutoencoderKL / AutoencoderTiny), or a directory with TAESD-family encoder.pth + decoder.pth")
     parser.add_argument("--train-data", nargs="+", help="folders of training images (recursive)")
@@ -98,19 +142,167 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpointing-steps", type=int)
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--resume", help="'latest' or a checkpoint directory")
+    parser.add_argument("--resume", help="'latest' (the newest checkpoint in OUTPUT/checkpoints; says so and starts from scratch when there is none) or a checkpoint directory")
+    parser.add_argument("--require-resume", action="store_true", help="resume from --resume (default: latest) and make a missing checkpoint an error")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="check an installation in seconds: a tiny random VAE and model trained for a few steps on generated images (no download, no data needed); outputs mean nothing")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="any other override, value parsed as YAML")
     return parser.parse_args(argv)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(low: int, optional: bool = False) -> Tuple[Callable, str]:
+    return (lambda v: (optional and v is None) or (_is_int(v) and v >= low)), ("null or " if optional else "") + f"an integer >= {low}"
+
+
+def _number_above(low: float, inclusive: bool = False, optional: bool = False) -> Tuple[Callable, str]:
+    check = (lambda v: (optional and v is None) or (_is_number(v) and (v >= low if inclusive else v > low)))
+    return check, ("null or " if optional else "") + f"a number {'>=' if inclusive else '>'} {low:g}"
+
+
+def _scheduler_names() -> List[str]:
+    from diffusers.optimization import SchedulerType
+
+    return [kind.value for kind in SchedulerType]
+
+
+#: the type / range of every scalar config value (the rest are checked in :func:`check_config`)
+CHECKS: Dict[str, Tuple[Callable, str]] = {
+    "vae": (lambda v: isinstance(v, str) and bool(v), "a Hub id or a folder"),
+    "output_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
+    "data.resolution": _int_at_least(8),
+    "data.cache_dir": (lambda v: v is None or isinstance(v, str), "null or a folder path"),
+    "data.num_workers": _int_at_least(0),
+    "optimization.lat_aug": _number_above(0, inclusive=True),
+    "optimization.pixel_loss_weight": _number_above(0, inclusive=True),
+    "optimization.lr": _number_above(0),
+    "optimization.adam_betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+                                "a list of two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    "optimization.weight_decay": _number_above(0, inclusive=True),
+    "optimization.batch_size": _int_at_least(1),
+    "optimization.epochs": _int_at_least(1),
+    "optimization.max_steps": _int_at_least(0, optional=True),
+    "optimization.max_minutes": _number_above(0, optional=True),
+    "optimization.gradient_accumulation_steps": _int_at_least(1),
+    "optimization.lr_warmup_steps": _int_at_least(0),
+    "optimization.ema_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1) (0 / null = no EMA)"),
+    "optimization.seed": _int_at_least(0),
+    "checkpointing.every_steps": _int_at_least(0, optional=True),
+    "checkpointing.keep_last": _int_at_least(0, optional=True),
+    "validation.dir": (lambda v: v is None or isinstance(v, str), "null or a folder of held-out images"),
+    "validation.every_steps": _int_at_least(0, optional=True),
+    "validation.num_images": _int_at_least(1),
+    "validation.hr_size": _int_at_least(8),
+    "validation.lr_size": _int_at_least(8),
+    "validation.num_samples": _int_at_least(0),
+    "logging.report_to": (lambda v: v is None or isinstance(v, str), "null, none, tensorboard, wandb, ... (accelerate trackers)"),
+    "logging.log_every": _int_at_least(1),
+}
+#: model arguments the script sets itself
+SET_BY_THE_SCRIPT = {"trained_upscale_factors": "it is set from optimization.depths"}
+
+
+def model_arguments() -> Dict[str, inspect.Parameter]:
+    """The keyword arguments of ``UPLiFTLatentUpscaler`` (the allowed keys of the ``model`` section)."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    parameters = inspect.signature(UPLiFTLatentUpscaler.__init__).parameters
+    return {name: p for name, p in parameters.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def trained_upscale_factors(depths) -> List[int]:
+    """The factors a run with these depths trains: depth d trains 2**d, and its multi-step loss
+    every step 2**1 ... 2**d on the way."""
+    return [2**k for k in range(1, max(depths) + 1)]
+
+
+def check_model_section(model: Dict) -> None:
+    """Unknown keys, wrong scalar types and anything the model itself refuses, as one line."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    if not isinstance(model, dict):
+        raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
+    allowed = {name: p for name, p in model_arguments().items() if name not in SET_BY_THE_SCRIPT}
+    for key, value in model.items():
+        if key in SET_BY_THE_SCRIPT:
+            raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
+        if key not in allowed:
+            raise _unknown_key(f"model.{key}", "model", allowed)
+        annotation = str(allowed[key].annotation)
+        expected = {"int": (_is_int, "an integer"), "float": (_is_number, "a number"),
+                    "bool": (lambda v: isinstance(v, bool), "true or false")}.get(annotation)
+        if expected and not expected[0](value):
+            raise ValueError(f"config key `model.{key}` must be {expected[1]}, got {value!r}.")
+    try:  # the model's own checks, without allocating its weights
+        with torch.device("meta"):
+            UPLiFTLatentUpscaler(**{"latent_channels": 4, **model})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config section `model`: {error}") from None
+
+
+def check_config(config: Dict) -> Dict:
+    """Every key known and every value of the right type and range, as ONE-line ValueErrors
+    naming the key; normalises a few spellings. Runs before anything is written."""
+    for dotted, (check, expected) in CHECKS.items():
+        section, _, key = dotted.rpartition(".")
+        value = config[section][key] if section else config[key]
+        if not check(value):
+            raise ValueError(f"config key `{dotted}` must be {expected}, got {value!r} ({type(value).__name__}).")
+    data, opt = config["data"], config["optimization"]
+    if isinstance(data["train_dirs"], str):
+        data["train_dirs"] = [data["train_dirs"]]
+    if not data["train_dirs"]:
+        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
+    if not isinstance(data["train_dirs"], list) or not all(isinstance(d, str) and d for d in data["train_dirs"]):
+        raise ValueError(f"config key `data.train_dirs` must be a folder or a list of folders, got {data['train_dirs']!r}.")
+    depths = opt["depths"]
+    if not isinstance(depths, list) or not depths or any((not _is_int(d)) or d < 1 for d in depths):
+        raise ValueError(f"optimization.depths must be a non-empty list of ints >= 1, got {depths!r}.")
+    if data["resolution"] % (8 * 2 ** max(depths)):
+        raise ValueError(f"data.resolution {data['resolution']} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(depths)}.")
+    if len(set(depths)) != len(depths):
+        raise ValueError(f"optimization.depths {depths!r} repeats a depth; list each depth once.")
+    try:
+        check_crop_options(data["crop"], True, data["crops_per_image"], data["max_upscale_crop"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"data: {error}") from None
+    if not isinstance(opt["lat_aug_noisy_targets"], bool):
+        raise ValueError(f"optimization.lat_aug_noisy_targets must be true or false, got {opt['lat_aug_noisy_targets']!r}.")
+    if opt["mixed_precision"] is False:  # YAML reads an unquoted `no` as false
+        opt["mixed_precision"] = "no"
+    if opt["mixed_precision"] not in ("no", "fp16", "bf16", "fp8"):
+        raise ValueError(f"optimization.mixed_precision must be no, fp16, bf16 or fp8, got {opt['mixed_precision']!r}.")
+    clip = opt["max_grad_norm"]
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ValueError(f"optimization.max_grad_norm must be a number > 0, or null for no gradient clipping; got {clip!r}.")
+    if opt["lr_scheduler"] not in _scheduler_names():
+        raise ValueError(f"config key `optimization.lr_scheduler` must be one of {', '.join(_scheduler_names())}; got {opt['lr_scheduler']!r}.")
+    val = config["validation"]
+    if val["hr_size"] % val["lr_size"]:
+        raise ValueError(f"validation.hr_size {val['hr_size']} must be a multiple of validation.lr_size {val['lr_size']}.")
+    check_model_section(config["model"])
+    return config
+
+
 def build_config(args: argparse.Namespace) -> Dict:
+    base = merge(DEFAULTS, SMOKE_TEST) if getattr(args, "smoke_test", False) else DEFAULTS
     user: Dict = {}
     if args.config:
         path = Path(args.config).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--config file not found: {str(path)!r}.")
-        user = yaml.safe_load(path.read_text()) or {}
-    config = merge(DEFAULTS, user)
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+    config = merge(base, user)
     flags = {
         ("vae",): args.vae,
         ("output_dir",): args.output_dir,
@@ -126,45 +318,102 @@ def build_config(args: argparse.Namespace) -> Dict:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
         dotted, value = item.split("=", 1)
-        flags[tuple(dotted.split("."))] = yaml.safe_load(value)
+        try:
+            flags[tuple(dotted.split("."))] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML; quote strings, e.g. {dotted}='\"text\"'.") from None
     for keys, value in flags.items():
         section = config
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             if not isinstance(section.get(key), dict):
-                raise ValueError(f"unknown config key `{'.'.join(keys)}`; known sections: {sorted(config)}.")
+                where = ".".join(keys[:depth])
+                raise _unknown_key(".".join(keys[: depth + 1]), where, [k for k, v in section.items() if isinstance(v, dict)])
             section = section[key]
         if len(keys) > 1 and keys[0] != "model" and keys[-1] not in section:
-            raise ValueError(f"unknown config key `{'.'.join(keys)}`.")
+            raise _unknown_key(".".join(keys), ".".join(keys[:-1]), section)
         section[keys[-1]] = value
-    if not config["data"]["train_dirs"]:
-        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
-    if isinstance(config["data"]["train_dirs"], str):
-        config["data"]["train_dirs"] = [config["data"]["train_dirs"]]
-    opt = config["optimization"]
-    depths = opt["depths"]
-    if not depths or any((not isinstance(d, int)) or d < 1 for d in depths):
-        raise ValueError(f"optimization.depths must be a non-empty list of ints >= 1, got {depths!r}.")
-    if config["data"]["resolution"] % (8 * 2 ** max(depths)):
-        raise ValueError(
-            f"data.resolution {config['data']['resolution']} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(depths)}."
+    if getattr(args, "smoke_test", False):
+        smoke = Path(config["output_dir"]).expanduser() / "smoke-test"
+        if args.vae is None:
+            config["vae"] = str(smoke / "vae")
+        if not config["data"]["train_dirs"]:
+            config["data"]["train_dirs"] = [str(smoke / "images")]
+            if ("validation", "dir") not in flags and "dir" not in (user.get("validation") or {}):
+                config["validation"]["dir"] = str(smoke / "images")  # validation on the generated images
+        config["model"] = {**_smoke_test_model(), **config["model"]}
+    return check_config(config)
+
+
+def _smoke_test_model() -> Dict:
+    from uplift_diffusers.utils.testing_utils import TINY_UPSCALER
+
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_UPSCALER.items()}
+
+
+def prepare_smoke_test(config: Dict) -> None:
+    """Write the smoke test's random VAE and generated images where ``config`` expects them (if absent)."""
+    from PIL import Image
+
+    from uplift_diffusers.utils.testing_utils import make_kl_vae
+
+    smoke = Path(config["output_dir"]).expanduser() / "smoke-test"
+    vae_dir = smoke / "vae"
+    if Path(config["vae"]) == vae_dir and not (vae_dir / "config.json").is_file():
+        torch.manual_seed(0)
+        make_kl_vae().save_pretrained(vae_dir)
+    images = smoke / "images"
+    if str(images) in config["data"]["train_dirs"] and not images.is_dir():
+        images.mkdir(parents=True)
+        generator = torch.Generator().manual_seed(0)
+        side = config["data"]["resolution"]
+        ramp = torch.linspace(0, 1, side)
+        for index in range(SMOKE_TEST_IMAGES):  # smooth colour ramps + a little noise
+            weights = torch.rand(3, 3, generator=generator)
+            pixels = weights[:, 0, None, None] * ramp[None, :, None] + weights[:, 1, None, None] * ramp[None, None, :]
+            pixels = (pixels / 2 + weights[:, 2, None, None] / 2 + 0.05 * torch.randn(3, side, side, generator=generator)).clamp(0, 1)
+            Image.fromarray((pixels.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"smoke-{index}.png")
+
+
+def resolve_resume(config: Dict, resume: Optional[str], require: bool = False) -> Optional[Path]:
+    """The checkpoint to resume from (None = start from scratch), checked before anything is
+    written: a bad path, or ``require`` with no checkpoint, is an error."""
+    if require and not resume:
+        resume = "latest"
+    if not resume:
+        return None
+    path = find_checkpoint(config["output_dir"], resume)  # FileNotFoundError for a bad path
+    if path is None and require:
+        raise FileNotFoundError(
+            f"--require-resume: no checkpoint to resume from in {str(Path(config['output_dir']).expanduser() / 'checkpoints')!r}; "
+            "check --output-dir, or drop --require-resume to start from scratch."
         )
-    if len(set(depths)) != len(depths):
-        raise ValueError(f"optimization.depths {depths!r} repeats a depth; list each depth once.")
-    data = config["data"]
-    try:
-        check_crop_options(data["crop"], True, data["crops_per_image"], data["max_upscale_crop"])
-    except ValueError as error:
-        raise ValueError(f"data: {error}") from None
-    if not isinstance(opt["lat_aug_noisy_targets"], bool):
-        raise ValueError(f"optimization.lat_aug_noisy_targets must be true or false, got {opt['lat_aug_noisy_targets']!r}.")
-    if opt["mixed_precision"] is False:  # YAML reads an unquoted `no` as false
-        opt["mixed_precision"] = "no"
-    if opt["mixed_precision"] not in ("no", "fp16", "bf16", "fp8"):
-        raise ValueError(f"optimization.mixed_precision must be no, fp16, bf16 or fp8, got {opt['mixed_precision']!r}.")
-    clip = opt["max_grad_norm"]
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
-        raise ValueError(f"optimization.max_grad_norm must be a number > 0, or null for no gradient clipping; got {clip!r}.")
-    return config
+    return path
+
+
+def resume_command(argv: List[str], environ=None) -> str:
+    """The command line that resumes this run: the same arguments with ``--resume latest``, under
+    the same kind of launcher."""
+    environ = os.environ if environ is None else environ
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--resume":
+            skip = True
+            continue
+        if item.startswith("--resume=") or item == "--require-resume":
+            continue
+        kept.append(item)
+    world = int(environ.get("WORLD_SIZE", "1") or 1)
+    local = int(environ.get("LOCAL_WORLD_SIZE", world) or world)
+    if world == 1:
+        launcher = [sys.executable, "-m"]
+    elif local == world:
+        launcher = ["torchrun", "--nproc_per_node", str(world), "-m"]
+    else:
+        launcher = ["torchrun", "--nnodes", str(world // max(local, 1)), "--nproc_per_node", str(local), "...", "-m"]
+    return shlex.join([*launcher, MODULE, *kept, "--resume", "latest"])
 
 
 # ---------------------------------------------------------------------------- training pieces
@@ -185,9 +434,50 @@ class StopRequest:
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) -> List[int]:
-    """This process's share of a seeded permutation of the dataset for one epoch."""
+    """This process's share of a seeded permutation of the dataset for one epoch. With several
+    processes the permutation is padded with its first items (as ``DistributedSampler`` does) so
+    that every process has the same number of batches: the processes step together."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_items, generator=generator)[rank::world].tolist()
+    order = torch.randperm(num_items, generator=generator)
+    if world > 1 and num_items % world:
+        order = torch.cat([order, order[: world - num_items % world]])
+    return order[rank::world].tolist()
+
+
+def any_process(accelerator, *values: float) -> List[float]:
+    """The maximum of each value over all processes (the processes agree on stopping)."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    gathered = accelerator.gather(torch.tensor([list(values)], dtype=torch.float64, device=accelerator.device))
+    return gathered.max(dim=0).values.tolist()
+
+
+def parameter_checksum(model) -> float:
+    """A float64 fingerprint of the weights (sum of every parameter times a fixed ramp)."""
+    total = 0.0
+    for index, parameter in enumerate(model.parameters()):
+        values = parameter.detach().double().flatten()
+        ramp = torch.linspace(1.0, 2.0, values.numel(), dtype=torch.float64, device=values.device)
+        total += float((values * ramp).sum()) * (1 + index % 7)
+    return total
+
+
+def elapsed_at_checkpoint(state: Dict, output_dir: Path) -> float:
+    """Training seconds up to a checkpoint: saved in it, or (checkpoints of older versions) the
+    ``time`` the log recorded for its step."""
+    if "elapsed" in state:
+        return float(state["elapsed"])
+    log_path = output_dir / "train_log.jsonl"
+    seconds = 0.0
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step") == state["step"] and isinstance(record.get("time"), (int, float)):
+                seconds = float(record["time"])
+    return seconds
 
 
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
@@ -297,18 +587,20 @@ def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, se
     (model_dir / "README.md").write_text("\n".join(lines))
 
 
-def train(config: Dict, resume: Optional[str] = None) -> Dict:
+def train(config: Dict, resume: Optional[str] = None, resume_hint: Optional[str] = None) -> Dict:
     """Run the training described by ``config`` (see :func:`build_config`); ``resume`` is
-    "latest" or a checkpoint directory. SIGTERM / SIGINT stop it after the current step with a
-    checkpoint; the previous signal handlers are restored when it returns or fails."""
+    "latest" or a checkpoint directory ("latest" with no checkpoint yet says so and starts from
+    scratch). SIGTERM / SIGINT stop it after the current step with a checkpoint (the result has
+    ``stopped: True`` and ``signal``) and print ``resume_hint`` (the command that resumes); the
+    previous signal handlers are restored when it returns or fails."""
     stopper = StopRequest()
     try:
-        return _train(config, resume, stopper)
+        return _train(config, resume, stopper, resume_hint or "the same command with --resume latest")
     finally:
         stopper.restore()
 
 
-def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
+def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hint: str) -> Dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -316,11 +608,14 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
 
     from uplift_diffusers import UPLiFTLatentUpscaler
     from uplift_diffusers.loaders.vae import load_vae
+    from uplift_diffusers.utils.distributed import accelerator_kwargs, init_process_group_state
 
+    init_process_group_state()  # one group for torchrun / accelerate launch, or a clear error
     opt, data, ckpt, val, log = (config[k] for k in ("optimization", "data", "checkpointing", "validation", "logging"))
     output_dir = Path(config["output_dir"]).expanduser()
     report_to = log["report_to"] if log["report_to"] not in (None, "none") else None
     accelerator = Accelerator(
+        **accelerator_kwargs(),
         mixed_precision=opt["mixed_precision"],
         gradient_accumulation_steps=opt["gradient_accumulation_steps"],
         log_with=report_to,
@@ -340,7 +635,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
     model_config.setdefault("latent_channels", vae_channels)
     if model_config["latent_channels"] != vae_channels:
         raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
-    model = UPLiFTLatentUpscaler(**model_config)
+    model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt["depths"]))
     ema = None
     if opt["ema_decay"]:
         from diffusers.training_utils import EMAModel
@@ -362,29 +657,41 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
     max_steps = opt["max_steps"] or opt["epochs"] * steps_per_epoch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=opt["lr"], betas=tuple(opt["adam_betas"]), weight_decay=opt["weight_decay"])
-    scheduler = get_scheduler(opt["lr_scheduler"], optimizer, num_warmup_steps=opt["lr_warmup_steps"], num_training_steps=max_steps)
+    # accelerate steps a prepared scheduler once per process at every optimiser step: count in those units
+    scheduler = get_scheduler(
+        opt["lr_scheduler"], optimizer, num_warmup_steps=opt["lr_warmup_steps"] * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
-    step, epoch, position = 0, 0, 0
+    step, epoch, position, elapsed_before = 0, 0, 0, 0.0
     if resume:
         path = find_checkpoint(output_dir, resume)
         if path is not None:
             state = load_checkpoint(accelerator, path)
             step, epoch, position = state["step"], state["epoch"], state["position"]
+            elapsed_before = elapsed_at_checkpoint(state, output_dir)
             accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
+        else:
+            accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
     log_path = output_dir / "train_log.jsonl"
     val_csv = output_dir / "validation.csv"
     depths = list(opt["depths"])
     last_metrics: Dict = {}
     started = time.time()
+
+    def elapsed() -> float:  # training seconds, cumulative across resumes
+        return elapsed_before + time.time() - started
+
     progress = tqdm(total=max_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
     def checkpoint() -> None:
-        save_checkpoint(accelerator, output_dir, step, {"epoch": epoch, "position": position}, keep_last=ckpt["keep_last"])
+        save_checkpoint(accelerator, output_dir, step, {"epoch": epoch, "position": position, "elapsed": round(elapsed(), 2)},
+                        keep_last=ckpt["keep_last"])
 
     def run_validation() -> None:
         nonlocal last_metrics
@@ -405,10 +712,15 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
         accelerator.log({f"val/{k}": v for k, v in last_metrics.items()}, step=step)
         accelerator.print(f"step {step}: validation {last_metrics}")
 
+    if accelerator.num_processes > 1 and step == 0:
+        # the model and EMA were built from the same seed everywhere; from here on each process
+        # draws its own noise (seed + process index; a resumed run restores each process's state)
+        set_seed(opt["seed"], device_specific=True)
     model.train()
     interval_start, interval_steps = time.time(), 0
     reported_failures = set()
-    while step < max_steps and stopper.signal is None:
+    stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
+    while step < max_steps and not stop_signal:
         order = epoch_order(len(dataset), opt["seed"], epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
             torch.utils.data.Subset(dataset, order[position * opt["batch_size"] :]),
@@ -424,9 +736,9 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
                 dataset.skipped.add_unreadable(path, error)
                 if path not in reported_failures:
                     reported_failures.add(path)
-                    accelerator.print(f"skipped an image that no longer loads: {path} ({error})")
-            if batch["pixel_values"] is None:
-                continue
+                    print(f"skipped an image that no longer loads: {path} ({error})", flush=True)  # by the process that met it
+            if any_process(accelerator, batch["pixel_values"] is None)[0]:
+                continue  # no image left in a process's batch: every process skips it, so they keep stepping together
             images = batch["pixel_values"].to(accelerator.device)
             pyramid = image_pyramid(images, max(depths), multiple=8)
             latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, accelerator.autocast)
@@ -440,6 +752,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
                 grad_norm = None
                 if accelerator.sync_gradients and opt["max_grad_norm"]:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt["max_grad_norm"])
+                lr_used = optimizer.param_groups[0]["lr"]  # the scheduler steps after the optimiser
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -454,9 +767,9 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
                 "epoch": epoch,
                 "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean()),
                 **{k: float(v) for k, v in losses.items() if k != "loss"},
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr_used,
                 "grad_norm": None if grad_norm is None else float(grad_norm),
-                "time": round(time.time() - started, 2),
+                "time": round(elapsed(), 2),
             }
             if accelerator.is_main_process:
                 with open(log_path, "a") as handle:
@@ -469,52 +782,75 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest) -> Dict:
                 checkpoint()
             if val.get("dir") and val["every_steps"] and step % val["every_steps"] == 0:
                 run_validation()
-            if opt["max_minutes"] and time.time() - started > 60 * opt["max_minutes"]:
+            out_of_time = bool(opt["max_minutes"]) and time.time() - started > 60 * opt["max_minutes"]
+            stop_signal, out_of_time = (int(v) for v in any_process(accelerator, stopper.signal or 0, out_of_time))
+            if out_of_time:
                 accelerator.print(f"time budget of {opt['max_minutes']} min reached at step {step}")
                 max_steps = step
-            if step >= max_steps or stopper.signal is not None:
+            if step >= max_steps or stop_signal:
                 break
         else:
             epoch, position = epoch + 1, 0
     progress.close()
 
-    if stopper.signal is not None:
+    if stop_signal:
         checkpoint()
-        accelerator.print(f"stopped by signal {stopper.signal} at step {step}; resume with --resume latest")
+        accelerator.print(f"stopped by signal {stop_signal} at step {step}; resume with: {resume_hint}")
         accelerator.end_training()
-        return {"step": step, "stopped": True}
+        return {"step": step, "stopped": True, "signal": stop_signal}
 
     if not ckpt["every_steps"] or step % ckpt["every_steps"]:
         checkpoint()
     if val.get("dir") and (not val["every_steps"] or step % val["every_steps"]):
         run_validation()
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(unwrapped.parameters())
+    checksums = [parameter_checksum(unwrapped)]
+    if accelerator.num_processes > 1:  # the replicas must hold the same weights
+        checksums = accelerator.gather(torch.tensor(checksums, dtype=torch.float64, device=accelerator.device)).tolist()
+        if len(set(checksums)) != 1:
+            raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights (checksums {checksums}).")
+        accelerator.print(f"the {accelerator.num_processes} processes hold the same weights: parameter checksums {checksums}")
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(unwrapped.parameters())
         model_dir = output_dir / "model"
         unwrapped.save_pretrained(model_dir)
-        write_model_card(model_dir, config, step, last_metrics, time.time() - started, dataset.skipped.total, len(dataset))
+        write_model_card(model_dir, config, step, last_metrics, elapsed(), dataset.skipped.total, len(dataset))
         accelerator.print(
             f"saved {model_dir} after {step} steps; skipped images: {len(dataset.skipped.too_small)} too small, "
             f"{len(dataset.skipped.unreadable)} unreadable"
             + (f"; latent cache {cache.hits} hits / {cache.misses} misses" if cache else "")
         )
+    accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"step": step, "stopped": False, "validation": last_metrics}
+    return {"step": step, "stopped": False, "validation": last_metrics, "checksums": checksums}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; returns the exit status (see the module docstring)."""
+    from uplift_diffusers.utils.distributed import LaunchMismatchError, init_process_group_state
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    try:
+    try:  # everything checked before anything is written
         config = build_config(args)
-        if args.resume and args.resume != "latest":
-            find_checkpoint(config["output_dir"], args.resume)  # fail early on a bad path
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        checkpoint = resolve_resume(config, args.resume, args.require_resume)
+        state = init_process_group_state()
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+            print(f"error: {error}", file=sys.stderr)
         return 2
-    train(config, resume=args.resume)
+    if args.smoke_test:
+        if state.is_main_process:
+            prepare_smoke_test(config)
+        state.wait_for_everyone()
+    resume = args.resume or ("latest" if args.require_resume else None)
+    if checkpoint is not None:
+        resume = str(checkpoint)
+    result = train(config, resume=resume, resume_hint=resume_command(argv))
+    if result["stopped"]:
+        return 128 + result["signal"]  # 143 = SIGTERM, 130 = SIGINT (Ctrl-C), as shells report them
     return 0
 
 

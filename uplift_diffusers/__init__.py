@@ -1,32 +1,25 @@
 """UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem.
 
-The pipelines are imported on first use: the Stable Diffusion pipeline pulls in transformers'
-CLIP classes, which `import uplift_diffusers` alone should not pay for.
+Names are imported on first use (:func:`~uplift_diffusers.utils.lazy_exports.lazy_exports`): ``import
+uplift_diffusers`` and the command line's ``--help`` import neither torch nor diffusers.
 """
-from . import pipelines
-from .loaders import decode_latents, encode_latents, load_vae, vae_scale_factor
-from .models import LocalAttender, TinyAutoencoder, UPLiFTLatentUpscaler, UPLiFTOutput
-from .utils.color_correction import color_correct
+from . import pipelines  # lazy itself
+from .utils.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
+_MODULES = {
+    ".models": ("LocalAttender", "UPLiFTLatentUpscaler", "UPLiFTOutput", "TinyAutoencoder"),
+    ".loaders": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
+    ".utils.color_correction": ("color_correct",),
+}
+_lazy = lazy_exports(__name__, globals(), _MODULES)
+
 
 def __getattr__(name):
-    if name in pipelines.__all__:
+    if name in pipelines.__all__:  # one pipeline module at a time (pipelines/__init__ is lazy)
         return getattr(pipelines, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy(name)
 
 
-__all__ = [
-    "LocalAttender",
-    "UPLiFTLatentUpscaler",
-    "UPLiFTOutput",
-    "TinyAutoencoder",
-    "color_correct",
-    "load_vae",
-    "encode_latents",
-    "decode_latents",
-    "vae_scale_factor",
-    *pipelines.__all__,
-    "__version__",
-]
+__all__ = [name for names in _MODULES.values() for name in names] + [*pipelines.__all__, "__version__"]

@@ -6,66 +6,189 @@
   directory (``save_pretrained``) that ``UPLiFTLatentUpscaler.from_pretrained`` loads.
 
 Defaults: the Stable Diffusion 1.5 pipeline (``generate``) or its VAE (``upscale``) and the
-authors' released UPLiFT model, from the Hugging Face Hub or its local cache. With every default
-cached, the commands run offline (``HF_HUB_OFFLINE=1``). When the Hub cannot be reached (or
-offline mode is on) and a model is not cached, the command prints one line saying so (and how to
-pass local paths) and exits with status 2.
+authors' released UPLiFT model, from the Hugging Face Hub or its local cache. Before loading
+anything, every model of the command is looked up in the local cache; when the Hub may not be
+used (``HF_HUB_OFFLINE=1``) or does not answer within a few seconds, the models missing from the
+cache are named together in one line.
+
+Errors are one line on stderr. Exit statuses (:data:`EXIT_STATUSES`): 0 done; 1 some inputs of a
+batch failed (the others were written; each failure is listed at the end); 2 the command could
+not run (bad argument, missing file or model, unwritable output, unreadable checkpoint; nothing
+written); 3 an unexpected internal error (``UPLIFT_DIFFUSERS_TRACEBACK=1`` shows the traceback);
+130 interrupted (Ctrl-C; outputs already written are complete, none is partial).
+
+Start-up is fast: torch, diffusers and the models are imported inside the commands only, so
+``--help`` and argument errors answer at once.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import logging
+import math
+import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .constants import IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 
 PROG = "uplift-diffusers"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+EXIT_OK = 0
+EXIT_INPUTS_FAILED = 1
 EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+#: Exit status -> meaning (the README's table).
+EXIT_STATUSES = {
+    EXIT_OK: "done",
+    EXIT_INPUTS_FAILED: "some inputs failed (the others were written; each failure is listed at the end)",
+    EXIT_ERROR: "the command could not run: bad argument, missing file or model, unwritable output, "
+    "unreadable checkpoint (nothing written)",
+    EXIT_INTERNAL: "unexpected internal error (set UPLIFT_DIFFUSERS_TRACEBACK=1 to see the traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); outputs already written are complete",
+}
+TRACEBACK_ENV = "UPLIFT_DIFFUSERS_TRACEBACK"
+DEFAULT_UPSCALE = 4.0
+DEFAULT_GENERATE_SCALE = 2.0
 
 
 class CLIError(Exception):
     """An error reported to the user as one line (exit status 2)."""
 
 
+class InputError(Exception):
+    """One input of a batch failed; the others go on (exit status 1 at the end)."""
+
+
 # ---------------------------------------------------------------------------------------------
-# Hub access
+# Argument types (no heavy imports)
 # ---------------------------------------------------------------------------------------------
-def hub_reachable() -> bool:
-    """Whether the Hugging Face Hub answers at all (one HEAD request to its endpoint)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
+def parse_scale(text: str) -> float:
+    """``--scale``: any finite real number >= 1 (``"3"``, ``"1.5"``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)")
+    return value
+
+
+def parse_output_size(text: str) -> Tuple[Optional[int], Optional[int]]:
+    """``upscale --size``: ``"1920x1080"`` -> (1920, 1080) exactly; ``"1920x"`` / ``"x1080"``: that
+    side, the other keeps the aspect ratio. Returns ``(width, height)``, None for a kept side."""
+    parts = text.lower().split("x")
+    values: List[Optional[int]] = []
+    if len(parts) == 2:
+        for part in parts:
+            if part == "":
+                values.append(None)
+            elif part.isdigit() and int(part) >= 1:
+                values.append(int(part))
+    if len(values) != 2 or values == [None, None]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an output size: use WIDTHxHEIGHT (e.g. 1920x1080), or one side (1920x or x1080) "
+            "to keep the aspect ratio"
+        )
+    return values[0], values[1]
+
+
+def parse_size(text: str):
+    """``generate --size``: ``"512"`` -> (512, 512); ``"768x512"`` -> width 768, height 512."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or any(v < 8 or v % 8 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: use N or WIDTHxHEIGHT with multiples of 8 (e.g. 512 or 768x512)"
+        )
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def scale_suffix(args) -> str:
+    """The output name's suffix: ``_x4``, ``_x1.5``, or ``_1920x1080`` / ``_1920x`` for ``--size``."""
+    if args.size is not None:
+        width, height = args.size
+        return f"_{width or ''}x{height or ''}"
+    return f"_x{args.scale:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before any work: inputs, outputs, models
+# ---------------------------------------------------------------------------------------------
+def check_input_paths(inputs: Sequence[str]) -> None:
+    missing = [entry for entry in inputs if not Path(entry).expanduser().exists()]
+    if missing:
+        raise CLIError(f"INPUT not found: {', '.join(repr(m) for m in missing)}.")
+
+
+def collect_inputs(inputs: Sequence[str]) -> List[Path]:
+    """Image files named on the command line; directories contribute their images (recursively)."""
+    from .image_processor import list_images
+
+    check_input_paths(inputs)
+    files: List[Path] = []
+    for entry in inputs:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise CLIError(f"input directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            files.extend(found)
+        else:
+            files.append(path)
+    stems = {}
+    for path in files:
+        if path.stem in stems:
+            raise CLIError(
+                f"inputs {str(stems[path.stem])!r} and {str(path)!r} would both be written as {path.stem}_x*.png; "
+                "upscale them into different --output directories."
+            )
+        stems[path.stem] = path
+    return files
+
+
+def writable_directory(path: str, flag: str = "--output") -> Path:
+    """``path`` as a folder files can be written in (created if needed), checked before any work."""
+    from .utils.atomic_files import check_writable_directory
 
     try:
-        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except Exception:  # noqa: BLE001 - any failure means no answer
-        return False
-    return True
+        return check_writable_directory(path, flag)
+    except ValueError as error:
+        raise CLIError(str(error).replace(f"`{flag}`", flag)) from error
 
 
-@contextlib.contextmanager
-def cache_only_when_hub_unreachable(quiet: bool):
-    """Within the block, use only the local cache when the Hub cannot be reached.
+def check_targets(targets: Sequence[Path], flag: str = "--output") -> None:
+    folders = [t for t in targets if t.is_dir()]
+    if folders:
+        raise CLIError(f"{flag}: {str(folders[0])!r} is a folder; it would be replaced by an output image. Move it away.")
 
-    Without this, each file that diffusers merely checks for and the cache does not hold (e.g.
-    a sharded-weights index) waits through huggingface_hub's retries (about 23 s) before the
-    cached model is used. With ``HF_HUB_OFFLINE=1`` no check is made.
-    """
-    from huggingface_hub import constants
 
-    if constants.is_offline_mode() or hub_reachable():
-        yield
-        return
-    if not quiet:
-        print(f"{PROG}: the Hugging Face Hub cannot be reached; using the local cache only "
-              "(HF_HUB_OFFLINE=1 skips this check).", file=sys.stderr)
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = False
+def upscaler_model(args):
+    """The upscaler the command loads, as :class:`~uplift_diffusers.loaders.hub.HubModel`."""
+    from .loaders.hub import HubModel
+
+    hint = "--upscaler DIR or --original-checkpoint FILE"
+    if args.original_checkpoint is not None:
+        return HubModel(args.original_checkpoint, what=f"the checkpoint {args.original_checkpoint!r}", hint=hint)
+    source = args.upscaler or UPLIFT_SD15_REPO_ID
+    what = f"the upscaler {source!r}" if args.upscaler else f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    return HubModel(source, ("config.json", UPLIFT_SD15_WEIGHTS_NAME, "upscaler/config.json"), what=what, hint=hint)
+
+
+def command_models(args) -> list:
+    """Every model the command loads (the missing ones are reported together)."""
+    from .loaders.hub import HubModel
+
+    if args.command == "upscale":
+        vae = HubModel(args.vae, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), what=f"the VAE {args.vae!r}",
+                       hint="--vae DIR")
+        return [vae, upscaler_model(args)]
+    model = HubModel(args.model, ("model_index.json",), what=f"the Stable Diffusion model {args.model!r}", hint="--model DIR")
+    return [model, upscaler_model(args)] if args.scale > 1 else [model]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,13 +228,12 @@ def load_upscaler(args, dtype):
     from .loaders.hub import from_hub
     from .loaders.upscaler import load_upscaler as load
 
-    source = args.original_checkpoint if args.original_checkpoint is not None else args.upscaler
-    if source is None:
-        what = f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    model = upscaler_model(args)
+    if args.original_checkpoint is not None:
+        source, flag = args.original_checkpoint, "--original-checkpoint"
     else:
-        what = f"the upscaler {source!r}"
-    flags = "--upscaler DIR or --original-checkpoint FILE"
-    return from_hub(what, flags, lambda: load(source, dtype, original_config=args.original_config))
+        source, flag = args.upscaler, "--upscaler"
+    return from_hub(model.label, model.hint, lambda: load(source, dtype, original_config=args.original_config, argument=flag))
 
 
 def load_vae_arg(args, dtype):
@@ -122,35 +244,8 @@ def load_vae_arg(args, dtype):
     return from_hub(
         f"the VAE {args.vae!r}",
         "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)",
-        lambda: load_vae(args.vae, torch_dtype=dtype),
+        lambda: load_vae(args.vae, torch_dtype=dtype, argument="--vae"),
     )
-
-
-def collect_inputs(inputs: Sequence[str]) -> List[Path]:
-    """Image files named on the command line; directories contribute their images (recursively)."""
-    from .image_processor import list_images
-
-    files: List[Path] = []
-    for entry in inputs:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise CLIError(f"input directory {entry!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"INPUT: file or directory not found: {entry!r}")
-    stems = {}
-    for path in files:
-        if path.stem in stems:
-            raise CLIError(
-                f"inputs {str(stems[path.stem])!r} and {str(path)!r} would both be written as {path.stem}_x*.png; "
-                "upscale them into different --output directories."
-            )
-        stems[path.stem] = path
-    return files
 
 
 def open_image(path: Path):
@@ -160,69 +255,95 @@ def open_image(path: Path):
         with PIL.Image.open(path) as image:
             image.load()
             return image
-    except (PIL.UnidentifiedImageError, OSError) as error:
-        raise CLIError(f"cannot read {str(path)!r} as an image: {error}") from error
+    except (PIL.UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"cannot read it as an image: {' '.join(str(error).split())}") from error
+
+
+def configure_progress(pipe, args, **config) -> None:
+    """Show the pipeline's own progress bar (its stages) unless --quiet, below the per-file bar."""
+    pipe.set_progress_bar_config(disable=args.quiet, leave=False, dynamic_ncols=True, **config)
+
+
+def enable_tiling(pipe, args) -> None:
+    if args.tiling:
+        pipe.enable_tiling() if hasattr(pipe, "enable_tiling") else pipe.enable_vae_tiling()
 
 
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 # ---------------------------------------------------------------------------------------------
-def cmd_upscale(args) -> int:
+def upscale_one(pipe, path: Path, target: Path, args, generator) -> str:
+    """Upscale one file to ``target`` (written atomically); InputError for problems of this file."""
     import torch
-    from tqdm.auto import tqdm
 
-    from .pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+    from .pipelines.upscale_decode import output_size_for
+    from .utils.atomic_files import atomic_save_image
 
-    files = collect_inputs(args.inputs)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    vae = load_vae_arg(args, dtype)
-    upscaler = load_upscaler(args, dtype)
+    image = open_image(path)
+    out_width, out_height = args.size if args.size is not None else (None, None)
+    factor = None if args.size is not None else args.scale
+    try:  # the one size rule, with errors naming the flags
+        output_size_for(image.height, image.width, factor, out_height, out_width, names=("--scale", "--size height", "--size width"))
+    except ValueError as error:
+        raise InputError(f"({image.width}x{image.height}): {error}") from error
+    try:  # the pipeline checks the image's values where it enters; those errors are this file's
+        result = pipe(image, upscale_factor=factor, height=out_height, width=out_width, generator=generator).images[0]
+    except ValueError as error:
+        if "`image`" not in str(error):
+            raise
+        raise InputError(str(error)) from error
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise InputError(f"out of memory ({image.width}x{image.height}); try --tiling") from error
+    atomic_save_image(result, target)
+    return f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})"
+
+
+def cmd_upscale(args, report) -> int:
+    check_input_paths(args.inputs)
+    output = writable_directory(args.output)
+    with models_available(args):
+        notice(args, "loading the VAE and the upscaler ...")
+        import torch
+        from tqdm.auto import tqdm
+
+        from .pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+
+        files = collect_inputs(args.inputs)
+        targets = [output / f"{path.stem}{scale_suffix(args)}.png" for path in files]
+        check_targets(targets)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        vae = load_vae_arg(args, dtype)
+        upscaler = load_upscaler(args, dtype)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if args.vae_tiling:
-        pipe.enable_vae_tiling()
-    output = Path(args.output).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+    enable_tiling(pipe, args)
     generator = torch.Generator().manual_seed(args.seed)
-    for path in tqdm(files, desc="Upscaling", unit="image", disable=args.quiet):
-        image = open_image(path)
-        try:  # the pipeline checks the image's values where it enters; the error names the file
-            result = pipe(image, upscale_factor=args.scale, generator=generator).images[0]
-        except ValueError as error:
-            if "`image`" not in str(error):
-                raise
-            raise CLIError(f"{str(path)!r}: {error}") from error
-        target = output / f"{path.stem}_x{args.scale}.png"
-        result.save(target)
+    report.total = len(files)
+    bar = tqdm(list(zip(files, targets)), desc="Upscaling", unit="image", disable=args.quiet or len(files) == 1, dynamic_ncols=True)
+    for path, target in bar:
+        configure_progress(pipe, args, desc=path.name, position=0 if len(files) == 1 else 1)
+        try:
+            line = upscale_one(pipe, path, target, args, generator)
+        except InputError as error:
+            report.failed.append((path, str(error)))
+            continue
+        report.written.append(target)
         if not args.quiet:
-            tqdm.write(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
-    return 0
-
-
-def parse_size(text: str):
-    """``"512"`` -> (512, 512); ``"768x512"`` -> width 768, height 512."""
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or any(v < 8 or v % 8 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size: use N or WIDTHxHEIGHT with multiples of 8 (e.g. 512 or 768x512)"
-        )
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+            tqdm.write(line)
+    return report.status()
 
 
 def generate_targets(output: str, count: int, seed: int) -> List[Path]:
+    """The output files of ``generate`` (an image file name, or a folder), the folder checked writable."""
     path = Path(output).expanduser()
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if count == 1:
-            return [path]
-        return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
-    path.mkdir(parents=True, exist_ok=True)
-    return [path / f"uplift_{seed}_{i}.png" for i in range(count)]
+    if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+        writable_directory(str(path.parent) if str(path.parent) else ".", "--output")
+        targets = [path] if count == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+    else:
+        folder = writable_directory(output)
+        targets = [folder / f"uplift_{seed}_{i}.png" for i in range(count)]
+    check_targets(targets)
+    return targets
 
 
 def import_text_to_image_pipeline():
@@ -232,29 +353,34 @@ def import_text_to_image_pipeline():
     return StableDiffusionUPLiFTPipeline
 
 
-def cmd_generate(args) -> int:
-    import torch
+def cmd_generate(args, report) -> int:
+    targets = generate_targets(args.output, args.num_images, args.seed)
+    base_targets = [t.with_name(f"{t.stem}_base{t.suffix}") for t in targets] if args.save_base else []
+    check_targets(base_targets)
+    with models_available(args):
+        notice(args, "loading the Stable Diffusion model" + (" and the upscaler ..." if args.scale > 1 else " ..."))
+        import torch
 
-    from .loaders.hub import dtype_kwargs, from_hub
+        from .loaders.hub import dtype_kwargs, from_hub
+        from .utils.atomic_files import atomic_save_image
 
-    StableDiffusionUPLiFTPipeline = import_text_to_image_pipeline()
-
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    width, height = args.size
-    upscaler = load_upscaler(args, dtype) if args.scale > 1 else None
-    extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker else {}
-    pipe = from_hub(
-        f"the Stable Diffusion model {args.model!r}",
-        "--model DIR (a diffusers Stable Diffusion folder)",
-        lambda: StableDiffusionUPLiFTPipeline.from_pretrained(
-            args.model, upscaler=upscaler, **dtype_kwargs(dtype), **extra
-        ),
-    )
+        StableDiffusionUPLiFTPipeline = import_text_to_image_pipeline()
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        upscaler = load_upscaler(args, dtype) if args.scale > 1 else None
+        extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker else {}
+        pipe = from_hub(
+            f"the Stable Diffusion model {args.model!r}",
+            "--model DIR (a diffusers Stable Diffusion folder)",
+            lambda: StableDiffusionUPLiFTPipeline.from_pretrained(
+                args.model, upscaler=upscaler, **dtype_kwargs(dtype), **extra
+            ),
+        )
     pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    if args.vae_tiling:
-        pipe.enable_vae_tiling()
+    configure_progress(pipe, args)
+    enable_tiling(pipe, args)
+    width, height = args.size
+    report.total = len(targets)
     result = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -267,26 +393,147 @@ def cmd_generate(args) -> int:
         upscale_factor=args.scale,
         return_base_images=args.save_base,
     )
-    targets = generate_targets(args.output, len(result.images), args.seed)
     for index, (image, target) in enumerate(zip(result.images, targets)):
-        image.save(target)
+        atomic_save_image(image, target, format=_image_format(target))
+        report.written.append(target)
         print(f"{target} ({image.width}x{image.height})")
         if args.save_base:
-            base_target = target.with_name(f"{target.stem}_base{target.suffix}")
-            result.base_images[index].save(base_target)
-            print(f"{base_target} ({width}x{height}, before upscaling)")
-    return 0
+            atomic_save_image(result.base_images[index], base_targets[index], format=_image_format(target))
+            report.written.append(base_targets[index])
+            print(f"{base_targets[index]} ({width}x{height}, before upscaling)")
+    return report.status()
 
 
-def cmd_convert(args) -> int:
-    from .models.modeling_uplift import UPLiFTLatentUpscaler
+def _image_format(path: Path) -> str:
+    from PIL import Image
 
-    model = UPLiFTLatentUpscaler.from_single_file(args.checkpoint, config=args.config)
-    output = Path(args.output).expanduser()
-    model.save_pretrained(str(output))
+    Image.init()
+    return Image.EXTENSION.get(path.suffix.lower(), "PNG")
+
+
+def cmd_convert(args, report) -> int:
+    import shutil
+    import tempfile
+
+    output = writable_directory(args.output)
+    from .loaders.hub import HubModel
+
+    checkpoint = HubModel(args.checkpoint, what=f"CHECKPOINT {args.checkpoint!r}",
+                          hint="a .safetensors / .pth file, a Hub URL or ORG/REPO/FILE")
+    with models_available(args, [checkpoint]):
+        from .loaders.hub import single_file_path
+        from .loaders.single_file import load_state_dict_file
+
+        path = single_file_path(args.checkpoint, "CHECKPOINT")
+    model = _convert(path, load_state_dict_file(path, "CHECKPOINT"), args.config)
+    # save_pretrained into a temporary folder next to the output, then move each file in atomically
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=output))
+    try:
+        model.save_pretrained(str(staging))
+        for file in sorted(staging.iterdir()):
+            os.replace(file, output / file.name)
+            report.written.append(output / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"saved {parameters:,} parameters ({model.config.latent_channels} latent channels) to {output}")
-    return 0
+    return report.status()
+
+
+def _convert(path: str, state_dict, config):
+    """The model of the authors' ``state_dict`` (read from ``path``), errors naming CHECKPOINT."""
+    from .loaders.single_file import already_converted_error
+    from .models.modeling_uplift import UPLiFTLatentUpscaler
+
+    converted = already_converted_error(state_dict, "CHECKPOINT", path)
+    if converted is not None:
+        raise converted
+    return UPLiFTLatentUpscaler.from_single_file(state_dict, config=config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a command: models check, warnings, failures, interruption
+# ---------------------------------------------------------------------------------------------
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+class RunReport:
+    """What a command wrote and which inputs failed (the summary printed at the end)."""
+
+    def __init__(self):
+        self.total = 0
+        self.written: List[Path] = []
+        self.failed: List[Tuple[Path, str]] = []
+
+    def status(self) -> int:
+        return EXIT_INPUTS_FAILED if self.failed else EXIT_OK
+
+    def print_failures(self) -> None:
+        for path, reason in self.failed:
+            print(f"{PROG}: error: {str(path)!r}: {reason}", file=sys.stderr)
+        if self.failed and self.total > 1:
+            print(
+                f"{PROG}: {len(self.failed)} of {self.total} inputs failed (listed above); "
+                f"{_count(len(self.written), 'output')} written.",
+                file=sys.stderr,
+            )
+
+
+def notice(args, message: str) -> None:
+    """One line on stderr unless --quiet (feedback before the slow imports and loading)."""
+    if not args.quiet:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def models_available(args, models=None):
+    """Context: every model of the command checked at once (the cache first, one quick Hub check);
+    inside, the cache only when the Hub does not answer."""
+    from .loaders.hub import hub_models_available, looks_like_local_path, not_found_anywhere
+
+    models = command_models(args) if models is None else models
+    nowhere = not_found_anywhere(models)
+    if nowhere:
+        raise CLIError("; ".join(
+            f"{m.label} not found: "
+            + ("no such file or folder" if looks_like_local_path(m.source) else "neither a file or folder nor a Hub name (org/name)")
+            + (f" (pass {m.hint})" if m.hint else "")
+            for m in nowhere
+        ) + ".")
+    return hub_models_available(models, notify=lambda message: notice(args, message))
+
+
+class _WarningHandler(logging.Handler):
+    """This package's warnings (e.g. an upscale factor beyond the model's training) as one
+    ``uplift-diffusers: warning: ...`` line on the current stderr, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(f"{PROG}: warning: {' '.join(record.getMessage().split())}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _user_message(error: Exception) -> Optional[str]:
+    """The one line for an error the user can fix, or None for an unexpected one."""
+    from .loaders.hub import HubUnavailableError, is_connection_error
+
+    if isinstance(error, HubUnavailableError):
+        return _one_line(error)
+    if is_connection_error(error):
+        return (
+            "cannot reach the Hugging Face Hub and a model is not in the local cache; pass local paths "
+            "(--vae, --upscaler or --original-checkpoint, --model)."
+        )
+    if isinstance(error, (CLIError, ValueError, OSError)):
+        return _one_line(error)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,18 +563,38 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: float16 on CUDA, else float32)")
-    parser.add_argument("--vae-tiling", action="store_true", help="decode in tiles (saves memory; for outputs of about 2048 px and more)")
+    parser.add_argument(
+        "--tiling", "--vae-tiling", dest="tiling", action="store_true",
+        help="upscale and decode in overlapping tiles: bounded memory for large outputs (--vae-tiling: the same)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _epilog() -> str:
+    rows = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_STATUSES.items())
+    return f"exit statuses:\n{rows}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="UPLiFT latent upscaling for diffusers.")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="UPLiFT latent upscaling for diffusers.", epilog=_epilog(), formatter_class=formatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,generate,convert}")
 
-    up = sub.add_parser("upscale", help="super-resolve image files", description="Super-resolve images: VAE encode -> UPLiFT -> VAE decode.")
+    up = sub.add_parser(
+        "upscale", help="super-resolve image files", epilog=_epilog(), formatter_class=formatter,
+        description="Super-resolve images: VAE encode -> UPLiFT -> VAE decode. A file that fails does not stop "
+        "the others; failures are listed at the end (exit status 1).",
+    )
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or directories of images")
     up.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory (<name>_x<scale>.png)")
-    up.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale factor (default 4)")
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=parse_scale, default=None, metavar="FACTOR",
+                      help=f"upscale factor, any number >= 1 (e.g. 2, 3, 1.5; default {DEFAULT_UPSCALE:g})")
+    size.add_argument("--size", type=parse_output_size, default=None, metavar="WxH",
+                      help="exact output size, e.g. 1920x1080; one side (1920x or x1080) keeps the aspect ratio "
+                      "(output <name>_<WxH>.png)")
     up.add_argument(
         "--vae",
         default=SD15_MODEL_ID,
@@ -339,11 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_arguments(up)
     up.set_defaults(handler=cmd_upscale)
 
-    gen = sub.add_parser("generate", help="text-to-image with Stable Diffusion + UPLiFT", description="Generate at --size, then upscale by --scale.")
+    gen = sub.add_parser(
+        "generate", help="text-to-image with Stable Diffusion + UPLiFT", epilog=_epilog(), formatter_class=formatter,
+        description="Generate at --size, then upscale by --scale.",
+    )
     gen.add_argument("prompt", metavar="PROMPT")
     gen.add_argument("--model", default=SD15_MODEL_ID, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {SD15_MODEL_ID})")
     gen.add_argument("--size", type=parse_size, default=(512, 512), metavar="N|WxH", help="base size before upscaling (default 512)")
-    gen.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2, help="upscale factor (default 2)")
+    gen.add_argument("--scale", type=parse_scale, default=DEFAULT_GENERATE_SCALE, metavar="FACTOR",
+                     help=f"upscale factor, any number >= 1 (1: no upscaling; default {DEFAULT_GENERATE_SCALE:g})")
     gen.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     gen.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     gen.add_argument("--negative-prompt", default=None)
@@ -355,13 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_arguments(gen)
     gen.set_defaults(handler=cmd_generate)
 
-    conv = sub.add_parser("convert", help="authors' checkpoint -> diffusers directory", description="Convert the authors' UPLiFT checkpoint to a save_pretrained directory.")
+    conv = sub.add_parser(
+        "convert", help="authors' checkpoint -> diffusers directory", epilog=_epilog(), formatter_class=formatter,
+        description="Convert the authors' UPLiFT checkpoint to a save_pretrained directory.",
+    )
     conv.add_argument("checkpoint", metavar="CHECKPOINT", help="the authors' .safetensors / .pth file, a Hub URL or ORG/REPO/FILE")
     conv.add_argument(
         "--config", metavar="YAML", default=None,
         help="the authors' YAML config (default: read off the checkpoint's shapes, the official noise scale)",
     )
     conv.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory")
+    conv.add_argument("--quiet", action="store_true", help="no notices")
     conv.set_defaults(handler=cmd_convert)
     return parser
 
@@ -372,37 +647,47 @@ def _check_arguments(parser: argparse.ArgumentParser, args) -> None:
     for name in ("steps", "num_images"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.command == "upscale" and args.scale is None and args.size is None:
+        args.scale = DEFAULT_UPSCALE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI; returns the exit status (0 on success, 2 on errors)."""
+    """Run the CLI; returns the exit status (:data:`EXIT_STATUSES`)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         _check_arguments(parser, args)
     except SystemExit as exit_:  # argparse printed its message (or --help)
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    report = RunReport()
+    package_logger = logging.getLogger(__package__)
+    handler = _WarningHandler(logging.WARNING)
+    package_logger.addHandler(handler)
     try:
-        if args.command in ("upscale", "generate"):  # their defaults come from the Hub or its cache
-            with cache_only_when_hub_unreachable(args.quiet):
-                return args.handler(args)
-        return args.handler(args)
-    except Exception as error:  # noqa: BLE001 - user-facing errors become one line, others propagate
-        from .loaders.hub import HubUnavailableError, is_connection_error
-
-        if isinstance(error, HubUnavailableError):
-            message = str(error)
-        elif is_connection_error(error):
+        status = args.handler(args, report)
+    except KeyboardInterrupt:
+        report.print_failures()
+        print(f"{PROG}: interrupted; {_count(len(report.written), 'output')} written completely, none partially.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - every error becomes one line
+        report.print_failures()
+        message = _user_message(error)
+        if message is None:
+            if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                raise
             message = (
-                "cannot reach the Hugging Face Hub and a model is not in the local cache; pass local paths "
-                "(--vae, --upscaler or --original-checkpoint, --model)."
+                f"internal error: {type(error).__name__}: {_one_line(error)} (set {TRACEBACK_ENV}=1 for the "
+                "traceback and please report it)"
             )
-        elif isinstance(error, (CLIError, ValueError, FileNotFoundError)):
-            message = " ".join(str(error).split())
+            status = EXIT_INTERNAL
         else:
-            raise
+            status = EXIT_ERROR
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return status
+    finally:
+        package_logger.removeHandler(handler)
+    report.print_failures()
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

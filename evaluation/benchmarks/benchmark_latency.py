@@ -27,7 +27,9 @@ Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. Run from the reposit
 
     python -m evaluation.benchmarks.benchmark_latency --output-dir results/latency-coco --dataset-name COCO --batch-size 4
 
-A CPU smoke run: ``--tiny-random-models --size 64 --steps 2 --warmup 1 --iters 2 --batch-size 1 --no-compile``.
+``--smoke-test`` checks an installation in seconds: tiny random models
+(:mod:`uplift_diffusers.utils.testing_utils`), 64 px, 2 steps, 1 warm-up and 2 timed batches of 1, eager;
+no download, and the times mean nothing.
 """
 from __future__ import annotations
 
@@ -43,8 +45,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
-from evaluation.loading import load_upscaler
+from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.reports.tables import write_report
+from evaluation.sharding import LaunchMismatchError, require_one_process
+from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID
 from uplift_diffusers.loaders.hub import HubUnavailableError, dtype_kwargs, from_hub
@@ -54,21 +58,6 @@ DEFAULT_SD_MODEL = SD15_MODEL_ID
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TEXT_TOKENS = 77  # CLIP context of SD1.5
 
-# Test-only tiny models (CPU smoke runs of the protocol; their times mean nothing).
-_TINY_UNET_CONFIG = dict(
-    sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
-    cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
-)
-_TINY_VAE_CONFIG = dict(
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
-    layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
-)
-_TINY_UPSCALER_CONFIG = dict(
-    encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16, decoder_blocks_after_upsample=1,
-    refiner_channels=16, refiner_blocks=1,
-)
-
 STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
 
 
@@ -77,13 +66,12 @@ STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decod
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Latency breakdown of SD1.5 + UPLiFT (the time columns of the paper's Tables 2-3).")
-    parser.add_argument("--output-dir", required=True, help="results.json and results.md go here")
+    parser.add_argument("--output-dir", default=None, help="results.json and results.md go here (required unless --smoke-test)")
     parser.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
     parser.add_argument("--model", default=DEFAULT_SD_MODEL, help="Stable Diffusion folder or Hub id (UNet, VAE, scheduler)")
     parser.add_argument("--upscaler", default=None, help="UPLiFT folder / Hub id / official checkpoint file (default: the authors' model)")
     parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
     parser.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
-    parser.add_argument("--tiny-random-models", action="store_true", help=argparse.SUPPRESS)  # offline tests only
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (paper: 4 for COCO, 1 for reLAION)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--size", type=int, default=512, help="base image side (default 512)")
@@ -96,10 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
     parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents / embeddings / random weights")
+    add_smoke_test_argument(parser)
     return parser
 
 
 def _check_args(args) -> None:
+    if not args.output_dir:
+        raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
     for name in ("batch_size", "steps", "size", "iters"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
@@ -113,16 +104,20 @@ def _check_args(args) -> None:
 # Models
 # --------------------------------------------------------------------------------------------
 def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
-    """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``."""
+    """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``: of the real
+    SD1.5 / UPLiFT sizes, or (``tiny``, ``--smoke-test``) the tiny models of
+    :mod:`uplift_diffusers.utils.testing_utils`."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
     from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.utils import testing_utils
 
     torch.manual_seed(seed)
     with torch.device(device):
-        unet = UNet2DConditionModel(**(_TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG))
-        vae = AutoencoderKL(**(_TINY_VAE_CONFIG if tiny else SD15_VAE_CONFIG))
-        upscaler = UPLiFTLatentUpscaler(**(_TINY_UPSCALER_CONFIG if tiny else {}))
+        if tiny:
+            unet, vae, upscaler = testing_utils.make_unet(), testing_utils.make_kl_vae(), testing_utils.make_upscaler(seed=None)
+        else:
+            unet, vae, upscaler = UNet2DConditionModel(**SD15_UNET_CONFIG), AutoencoderKL(**SD15_VAE_CONFIG), UPLiFTLatentUpscaler()
     scheduler = PNDMScheduler(**SD15_SCHEDULER_CONFIG)
     if dtype != torch.float32:
         unet, vae, upscaler = unet.to(dtype=dtype), vae.to(dtype=dtype), upscaler.to(dtype=dtype)
@@ -139,8 +134,11 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
         scheduler = PNDMScheduler.from_pretrained(args.model, subfolder="scheduler")
         return unet, vae, scheduler
 
-    unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
-    upscaler = load_upscaler(args.upscaler, args.upscaler_config, "--upscaler DIR|FILE or --random-weights", dtype)
+    models = [hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("unet/config.json",)),
+              upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
+    with models_available(models):
+        unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
+        upscaler = load_upscaler(args.upscaler, args.upscaler_config, "--upscaler DIR|FILE or --random-weights", dtype)
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
@@ -210,13 +208,27 @@ def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.G
     timer.time("color_correction", lambda: color_correct(image, base))
 
 
+def prepare_smoke_test(args) -> None:
+    """``--smoke-test``: the tiny random models at 64 px, 2 steps, 1 warm-up and 2 timed batches of 1, eager."""
+    import tempfile
+
+    use_one_thread()
+    if args.output_dir is None:
+        args.output_dir = tempfile.mkdtemp(prefix="uplift-smoke-latency-")
+    args.size, args.steps, args.warmup, args.iters, args.batch_size, args.compile = 64, 2, 1, 2, 1, False
+    args.upscale_factor, args.dtype = 2, "float32"
+
+
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results dict (also written to disk)."""
+    require_one_process("evaluation.benchmarks.benchmark_latency")
+    if args.smoke_test:
+        prepare_smoke_test(args)
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
-    random_weights = args.random_weights or args.tiny_random_models
-    reason = "--tiny-random-models (test models)" if args.tiny_random_models else "--random-weights"
+    random_weights = args.random_weights or args.smoke_test
+    reason = "--smoke-test (tiny models)" if args.smoke_test else "--random-weights"
     if not random_weights:
         try:
             unet, vae, scheduler, upscaler = pretrained_models(args, device, dtype)
@@ -224,7 +236,7 @@ def benchmark(args) -> Dict:
             random_weights, reason = True, f"weights unavailable ({error})"
             print(f"note: {reason}; timing models of the real SD1.5 / UPLiFT sizes with random weights.", file=sys.stderr)
     if random_weights:
-        unet, vae, scheduler, upscaler = random_models(device, dtype, args.tiny_random_models, args.seed)
+        unet, vae, scheduler, upscaler = random_models(device, dtype, args.smoke_test, args.seed)
     decode = lambda latents: vae.decode(latents).sample  # noqa: E731
     if args.compile:
         unet = torch.compile(unet)
@@ -253,8 +265,8 @@ def benchmark(args) -> Dict:
     }
     note = (
         f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
-        if random_weights and not args.tiny_random_models
-        else ("tiny random test models: the times mean nothing" if args.tiny_random_models else "pretrained weights")
+        if random_weights and not args.smoke_test
+        else ("--smoke-test: tiny random models, the times mean nothing" if args.smoke_test else "pretrained weights")
     )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     result = {
@@ -275,6 +287,7 @@ def benchmark(args) -> Dict:
             "torch": torch.__version__,
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,
+            "smoke_test": bool(args.smoke_test),
         },
         "random_weights": random_weights,
         "note": note,
@@ -293,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))

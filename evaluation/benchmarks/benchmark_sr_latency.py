@@ -37,6 +37,10 @@ The run recorded in ``evaluation/results`` (CPU, the TAEF2 model trained here)::
         --upscaler examples/models/uplift-taef2-bsds500 --lr-size 256 --iters 15 --threads 2 \\
         --output evaluation/results/sr_latency_taef2_cpu.json
 
+``--smoke-test`` checks an installation in seconds: tiny random VAE and upscaler
+(:mod:`uplift_diffusers.utils.testing_utils`), 64 -> 256 px, 1 warm-up and 2 timed rounds, eager; no
+download, and the times mean nothing (results in a temporary folder unless ``--output`` is given).
+
 The paper's setting on a GPU (SD1.5 VAE, the authors' UPLiFT, 256 -> 1024)::
 
     python -m evaluation.benchmarks.benchmark_sr_latency --device cuda --compile-mode max-autotune \\
@@ -57,7 +61,9 @@ import torch
 
 from evaluation.benchmarks.benchmark_upscaler import time_call
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
-from evaluation.loading import load_upscaler, load_vae_from
+from evaluation.loading import hub_model, load_upscaler, load_vae_from, models_available, upscaler_model
+from evaluation.sharding import LaunchMismatchError, require_one_process
+from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.utils.atomic_files import atomic_write_text
@@ -94,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input images and of random weights")
     parser.add_argument("--note", default="", help="free text stored in the results")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "benchmark_sr_latency.json",
-                        help="results JSON; the table goes to the same path with .md")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results JSON; the table goes to the same path with .md (default "
+                        "evaluation/results/benchmark_sr_latency.json; with --smoke-test a temporary folder)")
+    add_smoke_test_argument(parser)
     return parser
 
 
@@ -120,14 +128,21 @@ def load_models(args, dtype: torch.dtype):
 
     from uplift_diffusers import UPLiFTLatentUpscaler
 
-    if args.random_weights:
+    if args.smoke_test:
+        from uplift_diffusers.utils import testing_utils
+
+        torch.manual_seed(args.seed)
+        vae, upscaler = testing_utils.make_kl_vae(), testing_utils.make_upscaler(seed=None)
+    elif args.random_weights:
         torch.manual_seed(args.seed)
         vae, upscaler = AutoencoderKL(**SD15_VAE_CONFIG), UPLiFTLatentUpscaler()
         if dtype != torch.float32:
             vae, upscaler = vae.to(dtype=dtype), upscaler.to(dtype=dtype)
     else:
-        vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
-        upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)
+        models = [hub_model(args.vae, "the VAE", "--vae DIR", ("config.json", "vae/config.json")), upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
+        with models_available(models):
+            vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
+            upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)
     return vae.eval(), upscaler.eval()
 
 
@@ -202,11 +217,27 @@ def summarise(measured: Dict[str, Dict[str, List[float]]], batch_size: int) -> D
     }
 
 
+def prepare_smoke_test(args) -> None:
+    """``--smoke-test``: tiny random models (:func:`load_models`), 64 -> 256 px, 1 warm-up and 2 timed rounds, eager."""
+    import tempfile
+
+    use_one_thread()
+    if args.output is None:
+        args.output = Path(tempfile.mkdtemp(prefix="uplift-smoke-sr-latency-")) / "results.json"
+    args.lr_size, args.upscale_factor, args.batch_size, args.warmup, args.iters, args.compile = 64, 4, 1, 1, 2, False
+    args.dtype, args.note = "float32", "--smoke-test: tiny random models, the times mean nothing"
+
+
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results (also written to ``--output`` and .md)."""
     from uplift_diffusers.pipelines.pipeline_utils import check_upscaler_matches_vae
     from uplift_diffusers.loaders.vae import vae_scale_factor
 
+    require_one_process("evaluation.benchmarks.benchmark_sr_latency")
+    if args.smoke_test:
+        prepare_smoke_test(args)
+    elif args.output is None:
+        args.output = RESULTS_DIR / "benchmark_sr_latency.json"
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads is not None:
@@ -234,9 +265,10 @@ def benchmark(args) -> Dict:
     result = {
         "task": "sr_latency",
         "settings": {
-            "vae": None if args.random_weights else args.vae,
-            "upscaler": None if args.random_weights else args.upscaler,
-            "random_weights": args.random_weights,
+            "vae": None if args.random_weights or args.smoke_test else args.vae,
+            "upscaler": None if args.random_weights or args.smoke_test else args.upscaler,
+            "random_weights": args.random_weights or args.smoke_test,
+            "smoke_test": bool(args.smoke_test),
             "vae_class": type(vae).__name__,
             "upscaler_parameters": sum(p.numel() for p in upscaler.parameters()),
             "lr_size": args.lr_size,
@@ -301,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command = "python -m evaluation.benchmarks.benchmark_sr_latency " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown(result))

@@ -49,6 +49,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "evaluation" / "results"
 
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
+from evaluation.sharding import require_one_process
+from evaluation.smoke import add_smoke_test_argument
+
+#: This script's models are random (official sizes) anyway: its smoke test is the shortest run of every row kind.
+SMOKE_HELP = ("check the installation: one short run of every row kind (64 px, 1 step, 1 repeat, eager, 1 thread; "
+              "about 30 s: six worker processes), results in a temporary folder unless --output is given; the times mean nothing")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -613,7 +619,16 @@ def parse_args(argv=None):
     parser.add_argument("--plot", type=Path, default=None, help="PNG file (default: the JSON path with .png)")
     parser.add_argument("--from-json", type=Path, default=None, help="recompute ratios, targets, plot and table from a saved JSON (no measuring)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_smoke_test_argument(parser, SMOKE_HELP)
     args = parser.parse_args(argv)
+    if args.smoke_test:  # one of every row kind, as small and short as the protocol allows
+        import tempfile
+
+        args.sides, args.steps, args.repeats, args.warmup, args.threads, args.no_compile = [64], [1], 1, 0, 1, True
+        args.eager_steps, args.eager_repeats, args.eager_warmup, args.skip = None, None, None, ["encoder", "attender_memory"]
+        if "--output" not in (argv if argv is not None else sys.argv[1:]):
+            args.output = Path(tempfile.mkdtemp(prefix="uplift-smoke-benchmark-upscaler-")) / "benchmark_upscaler.json"
+        args.note = "--smoke-test: the times mean nothing"
     for side in args.sides:
         if side < 64 or side % 8:
             parser.error(f"--sides: {side} is not a multiple of 8 of at least 64")
@@ -627,6 +642,7 @@ def main(argv=None) -> Dict:
     if args.worker is not None:
         worker_main(args.worker)
         return {}
+    require_one_process("evaluation.benchmarks.benchmark_upscaler")
 
     def log(message):
         print(message, flush=True)
@@ -766,4 +782,10 @@ def markdown(result: Dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from evaluation.sharding import LaunchMismatchError
+
+    try:
+        main()
+    except (LaunchMismatchError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -10,7 +10,9 @@ with the fields
 * ``file_name``: the reference image, relative to the reference folder (may be empty when no
   reference image exists);
 
-plus any extra fields (``url``, ``width``, ``height``, ...), which are kept as strings.
+plus any extra fields (``url``, ``width``, ``height``, ...): JSON scalars (strings, numbers,
+booleans) in ``.jsonl``, read back with their types; a ``.csv`` file stores text, so there they
+come back as strings.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
@@ -38,9 +40,9 @@ class CaptionRow:
     id: str
     caption: str
     file_name: str = ""
-    extra: Dict[str, str] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> Dict[str, str]:
+    def as_dict(self) -> Dict[str, Any]:
         return {"id": self.id, "caption": self.caption, "file_name": self.file_name, **self.extra}
 
 
@@ -94,7 +96,7 @@ def _row_from_dict(record: Dict, source: str, number: int) -> CaptionRow:
     missing = [name for name in ("id", "caption") if record.get(name) in (None, "")]
     if missing:
         raise ValueError(f"{source} line {number}: missing field(s) {missing}; every row needs id and caption.")
-    extra = {str(k): str(v) for k, v in record.items() if k not in REQUIRED_FIELDS}
+    extra = {str(k): v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v) for k, v in record.items() if k not in REQUIRED_FIELDS}
     return CaptionRow(str(record["id"]), str(record["caption"]), str(record.get("file_name") or ""), extra)
 
 

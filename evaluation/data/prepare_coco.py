@@ -7,17 +7,20 @@ image's captions sorted by annotation id). Captions are whitespace-normalised.
 
 Writes ``--output`` (``.jsonl`` or ``.csv``; see :mod:`evaluation.data.caption_sets`) with ``id``
 (the zero-padded COCO image id), ``caption``, ``file_name`` and the extra fields ``coco_id``,
-``width``, ``height``. With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
-also written to ``--reference-dir`` for the FID: copied unchanged, or with ``--reference-size N``
-centre-cropped to a square and resized to N x N (PIL bicubic, PNG); ``file_name`` then names
-the written file. Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
+``width``, ``height`` (numbers). With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
+also written to ``--reference-dir`` for the FID: copied unchanged (the default, and the better
+choice: the evaluation crops and resizes each reference once, to each row's size), or with
+``--reference-size N`` centre-cropped to a square and resized to N x N (PIL bicubic, PNG);
+``file_name`` then names the written file. The protocol takes 5k random pairs whatever their size
+(COCO photos are about 640 x 480), so ``--reference-size`` larger than an image's shorter side
+ENLARGES it: the script warns with the count (and the rows get ``reference_enlarged: true``);
+``--skip-smaller`` instead leaves such images out of the sampling (a different set than the paper's). Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
 from ``val2014`` (``python -m evaluation.tasks.eval_text_to_image --reference-dir val2014``).
 
 Example::
 
     python -m evaluation.data.prepare_coco --captions annotations/captions_val2014.json \\
-        --output data/coco5k/captions.jsonl --images-dir val2014 \\
-        --reference-dir data/coco5k/images --reference-size 1024
+        --output data/coco5k/captions.jsonl --images-dir val2014 --reference-dir data/coco5k/images
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import random
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+from PIL import Image
 
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
@@ -46,8 +51,9 @@ def load_coco_captions(path) -> Dict:
     return data
 
 
-def sample_caption_pairs(data: Dict, num: int, seed: int) -> List[CaptionRow]:
-    """``num`` random (image, one caption) pairs of a COCO captions dict; see the module docstring."""
+def sample_caption_pairs(data: Dict, num: int, seed: int, min_side: Optional[int] = None) -> List[CaptionRow]:
+    """``num`` random (image, one caption) pairs of a COCO captions dict; see the module docstring.
+    ``min_side``: sample only images whose ``width`` and ``height`` are at least this (``--skip-smaller``)."""
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}.")
     images = {}
@@ -66,15 +72,18 @@ def sample_caption_pairs(data: Dict, num: int, seed: int) -> List[CaptionRow]:
     if unknown:
         raise ValueError(f"annotations name image ids missing from 'images': {unknown[:5]}; the captions file is inconsistent.")
     candidates = sorted(captions)
+    if min_side is not None:
+        candidates = [i for i in candidates if min(int(images[i].get("width") or 0), int(images[i].get("height") or 0)) >= min_side]
     if num > len(candidates):
-        raise ValueError(f"--num {num} is more than the {len(candidates)} captioned images in the file; pass --num <= {len(candidates)}.")
+        large = f" of at least {min_side} px" if min_side is not None else ""
+        raise ValueError(f"--num {num} is more than the {len(candidates)} captioned images{large} in the file; pass --num <= {len(candidates)}.")
     rng = random.Random(seed)
     chosen = sorted(rng.sample(candidates, num))
     rows = []
     for image_id in chosen:
         _, caption = rng.choice(sorted(captions[image_id]))
         image = images[image_id]
-        extra = {"coco_id": str(image_id), "width": str(image.get("width", "")), "height": str(image.get("height", ""))}
+        extra = {"coco_id": image_id, **{key: int(image[key]) for key in ("width", "height") if image.get(key) not in (None, "")}}
         rows.append(CaptionRow(f"{image_id:012d}", caption, str(image["file_name"]), extra))
     return rows
 
@@ -84,11 +93,23 @@ def export_references(rows: Sequence[CaptionRow], images_dir, reference_dir, siz
     images_dir, reference_dir = Path(images_dir).expanduser(), Path(reference_dir).expanduser()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"--images-dir not found: {str(images_dir)!r}; pass the COCO val2014 image folder.")
-    updated = []
+    updated, enlarged = [], 0
     for row in rows:
         name = row.file_name if size is None else f"{row.id}.png"
+        extra = {**row.extra, "source_file": row.file_name}
+        if size is not None:
+            with Image.open(images_dir / row.file_name) as image:
+                extra["reference_enlarged"] = min(image.size) < size
+            enlarged += extra["reference_enlarged"]
         export_reference(images_dir / row.file_name, reference_dir / name, size)
-        updated.append(CaptionRow(row.id, row.caption, name, {**row.extra, "source_file": row.file_name}))
+        updated.append(CaptionRow(row.id, row.caption, name, extra))
+    if enlarged:
+        print(
+            f"warning: {enlarged} of {len(rows)} reference images have a shorter side below --reference-size {size} and were "
+            "ENLARGED (bicubic; rows marked reference_enlarged). Omit --reference-size to keep the originals (the evaluation "
+            "resizes them once, to each row's size), or pass --skip-smaller to sample only images at least that large.",
+            file=sys.stderr,
+        )
     return updated
 
 
@@ -100,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--images-dir", default=None, help="val2014 image folder: also export the reference images")
     parser.add_argument("--reference-dir", default=None, help="where the reference images go (default: OUTPUT's folder/images)")
-    parser.add_argument("--reference-size", type=int, default=None, help="store square N x N crops instead of copies")
+    parser.add_argument("--reference-size", type=int, default=None,
+                        help="store square N x N crops instead of copies (smaller images are enlarged, with a warning)")
+    parser.add_argument("--skip-smaller", type=int, default=None, metavar="N",
+                        help="sample only images whose width and height are >= N (not the paper's protocol, which takes any size)")
     return parser
 
 
@@ -111,7 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--reference-size must be >= 1, got {args.reference_size}.")
         if args.images_dir is None and (args.reference_dir or args.reference_size):
             raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
-        rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed)
+        if args.skip_smaller is not None and args.skip_smaller < 1:
+            raise ValueError(f"--skip-smaller must be >= 1, got {args.skip_smaller}.")
+        rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
         if args.images_dir is not None:
             reference_dir = args.reference_dir or Path(args.output).parent / "images"
             rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)

@@ -297,6 +297,26 @@ class FIDAccumulator(nn.Module):
         """Number of generated images seen by this process (before any cross-process reduction)."""
         return int(self.metric.fake_features_num_samples)
 
+    def features(self, images: Tensor) -> Tensor:
+        """The ``(B, d)`` features (the extractor's dtype) of B x 3 x H x W float images in [0, 1]:
+        what :meth:`update` adds, for keeping per-image results and adding them later (:meth:`add_features`)."""
+        with torch.no_grad():
+            return self.metric.inception(to_uint8(images, "cfm"))
+
+    def add_features(self, features: Tensor, real: bool) -> None:
+        """Add ``(B, d)`` features from :meth:`features` to the real or the generated set (as torchmetrics' update does)."""
+        if not isinstance(real, bool):
+            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
+        metric = self.metric
+        metric.orig_dtype = features.dtype
+        features = features.to(metric.real_features_sum.device).double()
+        prefix = "real" if real else "fake"
+        setattr(metric, f"{prefix}_features_sum", getattr(metric, f"{prefix}_features_sum") + features.sum(dim=0))
+        setattr(metric, f"{prefix}_features_cov_sum", getattr(metric, f"{prefix}_features_cov_sum") + features.t().mm(features))
+        setattr(metric, f"{prefix}_features_num_samples", getattr(metric, f"{prefix}_features_num_samples") + features.shape[0])
+        metric._update_count += 1  # as Metric.update does: compute() knows the states were updated
+        metric._computed = None
+
     def update(self, images: Tensor, real: bool) -> None:
         """Add a batch of B x 3 x H x W float images in [0, 1] (on the accumulator's device) to one set."""
         if not isinstance(real, bool):
@@ -376,7 +396,13 @@ class CleanFIDAccumulator(nn.Module):
         """Add a batch of B x 3 x H x W float images in [0, 1] to the real or the generated set."""
         if not isinstance(real, bool):
             raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
-        (self.real_features if real else self.fake_features).update(self.features(images))
+        self.add_features(self.features(images), real)
+
+    def add_features(self, features: Tensor, real: bool) -> None:
+        """Add ``(B, d)`` features from :meth:`features` to the real or the generated set."""
+        if not isinstance(real, bool):
+            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
+        (self.real_features if real else self.fake_features).update(features)
 
     def compute(self) -> Dict[str, float]:
         """``{"fid": ..., "kid": ...}`` of the generated against the real images (all processes)."""
@@ -500,8 +526,9 @@ class PatchFID(nn.Module):
     :func:`random_patch_anchors` from this object's seeded generator (image by image, as CFM
     draws its anchors for a batch), the same crops are cut from both images and only the crops
     are fed to ``accumulator`` (generated as fake, real as real). The box sequence is
-    deterministic for a given ``seed`` and order of updates; in distributed evaluation pass a
-    different seed per rank (e.g. ``seed + rank``).
+    deterministic for a given ``seed`` and order of updates. With ``seeds`` (one per image, e.g.
+    ``seed + image index``, as the evaluation scripts pass) an image's boxes depend on nothing else:
+    not its batch, its process in a distributed evaluation, or a resumed run.
 
     Args:
         accumulator: a fresh :class:`FIDAccumulator` (the paper's) or :class:`CleanFIDAccumulator`.
@@ -524,12 +551,10 @@ class PatchFID(nn.Module):
         self.generator = torch.Generator().manual_seed(self.seed)
         self.accumulator = accumulator
 
-    def update(self, generated: Tensor, real: Tensor) -> Tensor:
-        """Add a batch of generated images and their real counterparts (same shape, in [0, 1]).
-
-        Returns:
-            The boxes used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
-        """
+    def anchors(self, generated: Tensor, real: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
+        """The boxes of a batch, ``(B, num_patches, 2)``: drawn from this object's generator in turn,
+        or with ``seeds`` (one per image) from a generator seeded with the image's seed, so that
+        an image's boxes depend on nothing else (not its batch, process or a resumed run)."""
         check_image_pair(generated, real, names=("generated", "real"))
         batch, _, height, width = generated.shape
         if self.patch > height or self.patch > width:
@@ -537,12 +562,33 @@ class PatchFID(nn.Module):
                 f"patch={self.patch} is larger than the {height} x {width} images (CFM's crops must fit); "
                 f"use a patch size of at most {min(height, width)}."
             )
-        anchors = torch.stack(
-            [
-                random_patch_anchors(height, width, self.patch, self.num_patches, generator=self.generator)
-                for _ in range(batch)
-            ]
+        if seeds is not None and len(seeds) != batch:
+            raise ValueError(f"seeds has {len(seeds)} entries for a batch of {batch} images; pass one seed per image.")
+        generators = [self.generator] * batch if seeds is None else [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return torch.stack(
+            [random_patch_anchors(height, width, self.patch, self.num_patches, generator=g) for g in generators]
         )
+
+    def features(self, generated: Tensor, real: Tensor, seeds: Optional[Sequence[int]] = None) -> Tuple[Tensor, Tensor]:
+        """``(generated, real)`` crop features, ``(B * num_patches, d)`` each (image by image), of the
+        boxes of :meth:`anchors`; :meth:`add_features` adds them."""
+        anchors = self.anchors(generated, real, seeds)
+        features = self.accumulator.features
+        return features(extract_patches(generated, anchors, self.patch)), features(extract_patches(real, anchors, self.patch))
+
+    def add_features(self, generated: Tensor, real: Tensor) -> None:
+        """Add crop features from :meth:`features` (generated as fake, real as real)."""
+        self.accumulator.add_features(generated, real=False)
+        self.accumulator.add_features(real, real=True)
+
+    def update(self, generated: Tensor, real: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
+        """Add a batch of generated images and their real counterparts (same shape, in [0, 1]);
+        ``seeds``: see :meth:`anchors`.
+
+        Returns:
+            The boxes used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
+        """
+        anchors = self.anchors(generated, real, seeds)
         self.accumulator.update(extract_patches(generated, anchors, self.patch), real=False)
         self.accumulator.update(extract_patches(real, anchors, self.patch), real=True)
         return anchors

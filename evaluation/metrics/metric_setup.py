@@ -68,7 +68,7 @@ DEFINITIONS = {
     ),
     "patch": (
         "the same as {metric} on {num_patches} random {patch} x {patch} crops per image pair, the same box in the "
-        "generated and the real image (torchvision RandomCrop.get_params order, seed {seed} + process index), "
+        "generated and the real image (torchvision RandomCrop.get_params order, image i's boxes drawn with seed {seed} + i), "
         f"crops only [{_CFM}]"
     ),
     "ssim": (
@@ -194,8 +194,9 @@ def build_patch_fid(
 ) -> PatchFID:
     """A :class:`PatchFID` over a new accumulator of ``backend`` (crop side, crops per image, box seed).
 
-    ``seed`` draws the boxes (differs per process); ``kid_seed`` draws clean-fid's KID subsets of the
-    gathered features (the same on every process).
+    ``seed`` draws the boxes when :meth:`PatchFID.update` gets no per-image ``seeds`` (the evaluation
+    scripts pass ``--seed + i`` for image i, so that the boxes do not depend on batches, processes or
+    resuming); ``kid_seed`` draws clean-fid's KID subsets of the gathered features (the same on every process).
     """
     return PatchFID(build_fid(spec, device, backend, kid_seed=kid_seed), patch=patch, num_patches=num_patches, seed=seed)
 

@@ -9,7 +9,11 @@
   (PSNR, SSIM, FID, patch-FID).
 * Text-to-image latency breakdown: every ``benchmark_latency.py`` result is one column of stage times.
 
-Column groups appear in the order the files are given. The end-to-end super-resolution latency
+Column groups appear in the order the files are given. Several results of one task with the
+same dataset label (``--dataset-name``) are separate runs: each gets its own column group,
+labelled ``LABEL (FOLDER)`` by the folder of its ``results.json`` (``LABEL (run K)`` when those
+coincide), and a note says so; to have one column, evaluate the data set in one run (the
+evaluation scripts resume into one ``--output-dir``). The end-to-end super-resolution latency
 (``benchmark_sr_latency.py``, Fig. 11 / Table 4) writes its own table beside its JSON. Example::
 
     python -m evaluation.reports.make_tables results/coco/results.json results/relaion/results.json \\
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
@@ -31,14 +36,15 @@ def make_tables(paths: Sequence) -> str:
     if not paths:
         raise ValueError("no results files given; pass the results.json files of the evaluation scripts.")
     by_task: Dict[str, List[Dict]] = {"text_to_image": [], "super_resolution": [], "latency": []}
+    sources: Dict[int, Path] = {}
     for path in paths:
         result = load_result(path)
+        sources[id(result)] = Path(path)
         by_task[result["task"]].append(result)
+    notes = []
     for task, results in by_task.items():
-        labels = [r.get("dataset") for r in results]
-        duplicates = sorted({label for label in labels if labels.count(label) > 1}, key=str)
-        if duplicates:
-            raise ValueError(f"several {task} results have the dataset label(s) {duplicates}; rerun with distinct --dataset-name.")
+        by_task[task], note = separate_runs(results, [sources[id(r)] for r in results], task)
+        notes += note
     tables = []
     if by_task["text_to_image"]:
         tables.append(text_to_image_table(by_task["text_to_image"], by_task["latency"]))
@@ -46,7 +52,27 @@ def make_tables(paths: Sequence) -> str:
         tables.append(super_resolution_table(by_task["super_resolution"]))
     if by_task["latency"]:
         tables.append(latency_table(by_task["latency"]))
-    return "\n\n".join(tables) + "\n"
+    return "\n\n".join(tables + notes) + "\n"
+
+
+def separate_runs(results: Sequence[Dict], paths: Sequence[Path], task: str):
+    """``(results, notes)``: results sharing a dataset label relabelled ``LABEL (FOLDER)`` (or
+    ``LABEL (run K)``), each keeping its original label as ``dataset_group``; one note per label."""
+    labels = [r.get("dataset") for r in results]
+    relabelled, notes = [], []
+    for label in sorted({label for label in labels if labels.count(label) > 1}, key=str):
+        members = [i for i, other in enumerate(labels) if other == label]
+        folders = [paths[i].resolve().parent.name for i in members]
+        names = folders if len(set(folders)) == len(folders) else [f"run {k}" for k in range(1, len(members) + 1)]
+        for i, name in zip(members, names):
+            relabelled.append((i, f"{label} ({name})"))
+        listed = ", ".join(f"{label} ({name}) = {paths[i]}" for i, name in zip(members, names))
+        notes.append(f"Note: {len(members)} {task} results have the dataset label {label!r}; they are shown as separate runs: "
+                     f"{listed}. To merge them into one column, evaluate the data set in one run.")
+    new = list(results)
+    for i, name in relabelled:
+        new[i] = dict(results[i], dataset=name, dataset_group=results[i].get("dataset"))
+    return new, notes
 
 
 def build_parser() -> argparse.ArgumentParser:

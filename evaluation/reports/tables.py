@@ -162,6 +162,17 @@ def _check_task(results: Sequence[Mapping], task: str) -> None:
             raise ValueError(f"expected {task} results, got one with task={result.get('task')!r} (dataset {result.get('dataset')!r}).")
 
 
+def _group(result: Mapping):
+    """The dataset label a result was written with (``make_tables`` may relabel its column group)."""
+    return result.get("dataset_group", result.get("dataset"))
+
+
+def _base_label(sizes: Sequence) -> str:
+    """The ``base512`` row (SD1.5 at its base size, not upscaled), named by the base size(s) actually used."""
+    known = [str(size) for size in sizes]
+    return f"SD1.5 base resolution, {' / '.join(known)} px (no upscaling)" if known else _label("base512")
+
+
 def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
     """Tables 2-3: per dataset FID, patch-FID, CLIP score and time (seconds per batch) of every method.
 
@@ -170,19 +181,20 @@ def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping]
     """
     _check_task(results, "text_to_image")
     _check_task(latencies, "latency")
-    by_dataset = {str(latency.get("dataset")).lower(): latency for latency in latencies}
+    by_dataset = {str(_group(latency)).lower(): latency for latency in latencies}
     header = ["Method"]
     for result in results:
         name = result.get("dataset", "?")
-        batch = by_dataset.get(str(name).lower(), {}).get("settings", {}).get("batch_size")
+        batch = by_dataset.get(str(_group(result)).lower(), {}).get("settings", {}).get("batch_size")
         time_header = f"{name} time (s/batch of {batch})" if batch else f"{name} time (s)"
         header += [f"{name} FID", f"{name} patch-FID", f"{name} CLIP", time_header]
     rows = []
+    base_sizes = sorted({r.get("settings", {}).get("size") for r in results if "base512" in r.get("methods", {})} - {None})
     for method in _ordered_methods(results):
-        row = [_label(method)]
+        row = [_base_label(base_sizes) if method == "base512" else _label(method)]
         for result in results:
             values = result["methods"].get(method, {})
-            time = by_dataset.get(str(result.get("dataset")).lower(), {}).get("methods", {}).get(method)
+            time = by_dataset.get(str(_group(result)).lower(), {}).get("methods", {}).get(method)
             row += [_number(values.get("fid"), 2), _number(values.get("patch_fid"), 2), _number(values.get("clip"), 2), _number(time, 3)]
         rows.append(row)
     setups = sorted(

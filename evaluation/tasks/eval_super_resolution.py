@@ -31,13 +31,27 @@ Run from the repository root::
     python -m evaluation.tasks.eval_super_resolution --data data/faceshq --vae stable-diffusion-v1-5/stable-diffusion-v1-5 \
         --upscaler bicubic,vae,nearest,bilinear,uplift --hr-size 1024 --lr-size 256 --output-dir results/faceshq
 
-Scale out with ``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_super_resolution ...``:
-every process evaluates a shard of the images; the numbers are gathered over all of them (on
-CPUs use ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_resolution ...``).
+Resumable: every image's results (PSNR, SSIM and, with FID, its FID / patch-FID features; patch
+boxes seeded per image, ``--seed + i``) are written to ``OUTPUT/per_image/<row>/<image>.pt``
+(atomically) as soon as its batch is scored; a rerun skips the images already scored, says so, and
+adds their kept results. ``OUTPUT/per_image/<row>/settings.json`` records what they depend on; a
+rerun with other settings (data, sizes, model, seed, colour correction, FID options) stops with an
+error naming the differences instead of mixing results (the batch size, ``--limit`` and the
+number of processes may change).
+
+Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_resolution ...`` or
+``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_super_resolution ...``
+(GPUs, or CPU processes on a machine without GPUs: one gloo group): every process evaluates a
+shard of the images; the numbers are gathered over all of them and written once.
+
+``--smoke-test`` checks an installation in seconds (tiny random models, 4 synthetic images, every
+kind of row, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or the Hub not
+answering within a few seconds) every model missing from the local cache is named at once, in one line.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -48,12 +62,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from evaluation.loading import load_upscaler, load_vae_from
+from evaluation.loading import hub_model, load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
+from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
 
 PIXEL_METHODS = ("bicubic", "vae")
@@ -115,17 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate latent super-resolution (PSNR, SSIM, FID, patch-FID): the paper's Table 4.",
     )
-    parser.add_argument("--data", required=True, help="folder of images, or the output of evaluation.data.prepare_sr (hr/ and lr/)")
+    parser.add_argument("--data", default=None, help="folder of images, or the output of evaluation.data.prepare_sr (hr/ and lr/)")
     parser.add_argument("--vae", default=None, help="Hub id, diffusers VAE folder or TAESD-family folder (encoder.pth + decoder.pth)")
     parser.add_argument(
-        "--upscaler", action="append", required=True,
+        "--upscaler", action="append", default=None,
         help="row(s): a model folder / Hub id / official .safetensors|.pth file, 'uplift' (the authors' model), "
         "'bilinear', 'nearest', 'bicubic' or 'vae'; repeat or comma-separate; NAME=SPEC names a row",
     )
     parser.add_argument("--upscaler-config", default=None, help="the authors' YAML for an authors' checkpoint file (default: read off the weights)")
     parser.add_argument("--hr-size", type=int, default=1024, help="side of the HR centre crop (default 1024)")
     parser.add_argument("--lr-size", type=int, default=256, help="side of the LR input (default 256)")
-    parser.add_argument("--output-dir", required=True, help="where results.json and results.md are written")
+    parser.add_argument("--output-dir", default=None,
+                        help="where results.json, results.md and the per-image results (per_image/, for resuming) are written")
     parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the --data folder name)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
@@ -135,10 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_smoke_test_argument(parser)
     return parser
 
 
 def _check_args(args) -> None:
+    missing = [flag for flag, value in (("--data", args.data), ("--upscaler", args.upscaler), ("--output-dir", args.output_dir)) if not value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
     check_metric_arguments(args)
     for name in ("hr_size", "lr_size", "batch_size"):
         value = getattr(args, name)
@@ -286,56 +307,207 @@ class SuperResolutionRunner:
 
 
 # --------------------------------------------------------------------------------------------
+# Per-image results (resuming)
+# --------------------------------------------------------------------------------------------
+PER_IMAGE_DIR = "per_image"
+RECORD_SETTINGS = "settings.json"
+
+
+class PerImageResults:
+    """One row's per-image results in ``OUTPUT/per_image/<row>/``: ``<image key>.pt`` per image
+    (PSNR, SSIM and, with FID, the image's FID / patch-FID features), each written atomically as
+    soon as its batch is scored, and ``settings.json``, everything those results depend on.
+
+    A rerun with the same settings skips the images already scored and adds their kept results;
+    a rerun whose settings differ raises ValueError naming the differences (results made with
+    different settings are never mixed).
+    """
+
+    def __init__(self, output_dir, method: str, settings: Dict):
+        self.folder = Path(output_dir) / PER_IMAGE_DIR / method
+        self.method, self.settings = method, settings
+
+    def check_settings(self, write: bool) -> None:
+        """ValueError when the folder holds results of other settings; ``write``: record ours when new."""
+        record = self.folder / RECORD_SETTINGS
+        if record.is_file():
+            old = json.loads(record.read_text(encoding="utf-8"))
+            if old != self.settings:
+                changed = sorted(key for key in set(old) | set(self.settings) if old.get(key) != self.settings.get(key))
+                details = "; ".join(f"{key}: {old.get(key)!r} -> {self.settings.get(key)!r}" for key in changed)
+                raise ValueError(
+                    f"{self.folder} holds per-image results of the row {self.method!r} made with other settings ({details}); "
+                    "they cannot be mixed with this run's: pass another --output-dir, or delete that folder to recompute the row."
+                )
+            return
+        if self.folder.is_dir() and any(self.folder.rglob("*.pt")):
+            raise ValueError(f"{self.folder} holds per-image results without {RECORD_SETTINGS}; delete the folder or use another --output-dir.")
+        if write:
+            atomic_write_text(record, json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+
+    def path(self, item: SRItem) -> Path:
+        return self.folder / f"{item.key}.pt"
+
+    def has(self, item: SRItem) -> bool:
+        return self.path(item).is_file()
+
+    def load(self, item: SRItem) -> Dict:
+        return torch.load(self.path(item), map_location="cpu", weights_only=True)
+
+    def save(self, item: SRItem, record: Dict) -> None:
+        atomic_write(self.path(item), lambda temporary: torch.save(record, temporary))
+
+
+def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feature_extractor=None) -> Dict:
+    """What a row's per-image results depend on (not the batch size, the process count or --limit)."""
+    settings = {
+        "data": str(Path(args.data).expanduser().resolve()),
+        "vae": args.vae if method.kind != "bicubic" else None,
+        "kind": method.kind,
+        "source": method.source,
+        "upscaler_config": args.upscaler_config if method.kind == "model" else None,
+        "hr_size": args.hr_size,
+        "lr_size": args.lr_size,
+        "seed": args.seed if method.kind == "model" else None,
+        "color_correction": runner.color_correction(method),
+        "fid": None,
+    }
+    if not args.no_fid:
+        extractor = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
+        settings["fid"] = {"backend": args.fid_backend, "feature_extractor": extractor, "patch_size": args.patch_size,
+                           "num_patches": args.num_patches, "patch_seed": args.seed}
+    return settings
+
+
+# --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+def prepare_smoke_test(args, state) -> None:
+    """``--smoke-test``: tiny random VAE and upscaler, 4 synthetic 64 px images, every kind of row, 64 -> 16 px."""
+    inputs = prepare_smoke_dir(args, state, "super-resolution")
+    if state.is_main_process:
+        write_smoke_images(inputs / "images", count=4, size=64)
+        models = save_smoke_models(inputs / "models", upscaler=True, vae=True)
+    state.wait_for_everyone()
+    args.data, args.vae = str(inputs / "images"), str(inputs / "models" / "vae")
+    args.upscaler = ["bicubic,vae,bilinear,nearest", f"uplift={inputs / 'models' / 'upscaler'}"]
+    args.hr_size, args.lr_size, args.limit, args.batch_size = 64, 16, None, 2
+    args.feature_extractor, args.patch_size, args.num_patches, args.fid_backend = "tiny-random", 32, 2, "torchmetrics"
+    args.dataset_name = args.dataset_name or "smoke-test"
+
+
 def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     """Run the evaluation described by parsed ``args``; returns the results dict (also written to disk).
 
     ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor`` for FID / patch-FID.
+    Per-image results are kept in ``OUTPUT/per_image`` (see :class:`PerImageResults`): a rerun
+    skips the images already scored.
     """
     from evaluation.metrics.image_metrics import ssim
 
+    state = process_state()
+    if args.smoke_test:
+        prepare_smoke_test(args, state)
     _check_args(args)
     methods = parse_methods(args.upscaler)
-    state = process_state()
     device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
     if compute_fid and len(items) < 2:
         raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
-    runner = SuperResolutionRunner(
-        methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
-    )
+    models = [upscaler_model(m.source) for m in methods if m.kind == "model"]
+    if any(m.kind != "bicubic" for m in methods):
+        models.append(hub_model(args.vae, "the VAE", "--vae DIR", ("config.json", "vae/config.json")))
+    with models_available(models):
+        runner = SuperResolutionRunner(
+            methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
+        )
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
+    stores = {m.name: PerImageResults(args.output_dir, m.name, row_settings(args, m, runner, feature_extractor)) for m in methods}
+    for store in stores.values():  # every process checks (an error stops them all); the main process writes
+        store.check_settings(write=False)
+    if state.is_main_process:
+        for store in stores.values():
+            store.check_settings(write=True)
+    state.wait_for_everyone()
 
     local = shard(list(enumerate(items)), state)
-    pairs = SRPairs(
-        [item for _, item in local], batch_size=args.batch_size, device=device,
-        load=lambda item: load_pair(item, args.hr_size, args.lr_size), indices=[index for index, _ in local],
-    )
     fids, patch_fids = {}, {}
     if compute_fid:
         for m in methods:
             fids[m.name] = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed)
-            patch_fids[m.name] = build_patch_fid(
-                extractor, device, args.patch_size, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed
-            )
+            patch_fids[m.name] = build_patch_fid(extractor, device, args.patch_size, args.num_patches, args.seed, args.fid_backend, kid_seed=args.seed)
 
-    def update_fid(name: str, output: torch.Tensor, batch: SRBatch) -> None:
-        fids[name].update(batch.hr, real=True)
-        fids[name].update(output, real=False)
-        patch_fids[name].update(output, batch.hr)
+    kept: Dict[str, Dict[str, List[float]]] = {m.name: {"psnr": [], "ssim": []} for m in methods}
+    skipped = {m.name: 0 for m in methods}
 
-    scores = score_super_resolution(
-        {m.name: runner.method(m, args.seed) for m in methods}, pairs, metrics={"psnr": psnr, "ssim": ssim},
-        on_output=update_fid if compute_fid else None, progress=not args.quiet and state.is_main_process,
-    )
+    def add(name: str, record: Dict) -> None:
+        kept[name]["psnr"].append(float(record["psnr"]))
+        kept[name]["ssim"].append(float(record["ssim"]))
+        if compute_fid:
+            fids[name].add_features(record["fid_real"].to(device), real=True)
+            fids[name].add_features(record["fid_fake"].to(device), real=False)
+            patch_fids[name].add_features(record["patch_fake"].to(device), record["patch_real"].to(device))
+
+    todo: Dict[str, List[Tuple[int, SRItem]]] = {}
+    for method in methods:
+        store = stores[method.name]
+        todo[method.name] = [(index, item) for index, item in local if not store.has(item)]
+        for index, item in local:
+            if store.has(item):
+                add(method.name, store.load(item))
+                skipped[method.name] += 1
+
+    latest: Dict[str, List[float]] = {}
+
+    def recorded(metric: str, function):
+        def run(output, target):
+            values = function(output, target)
+            latest[metric] = values.tolist()
+            return values
+
+        return run
+
+    def keep(name: str, output: torch.Tensor, batch: SRBatch) -> None:
+        """Save every image's results of the batch (atomically, at once) and add them to the metrics."""
+        items_by_index = dict(todo[name])
+        if compute_fid:
+            real, fake = fids[name].features(batch.hr), fids[name].features(output)
+            patch_fake, patch_real = patch_fids[name].features(output, batch.hr, seeds=[args.seed + i for i in batch.indices])
+            k = args.num_patches
+        for position, index in enumerate(batch.indices):
+            record = {"psnr": latest["psnr"][position], "ssim": latest["ssim"][position]}
+            if compute_fid:
+                record.update(
+                    fid_real=real[position : position + 1].cpu(), fid_fake=fake[position : position + 1].cpu(),
+                    patch_fake=patch_fake[position * k : (position + 1) * k].cpu(), patch_real=patch_real[position * k : (position + 1) * k].cpu(),
+                )
+            stores[name].save(items_by_index[index], record)
+            add(name, record)
+
+    seconds = {}
+    for method in methods:
+        pending = todo[method.name]
+        if not pending:
+            continue
+        pairs = SRPairs(
+            [item for _, item in pending], batch_size=args.batch_size, device=device,
+            load=lambda item: load_pair(item, args.hr_size, args.lr_size), indices=[index for index, _ in pending],
+        )
+        scores = score_super_resolution(
+            {method.name: runner.method(method, args.seed)}, pairs,
+            metrics={"psnr": recorded("psnr", psnr), "ssim": recorded("ssim", ssim)},
+            on_output=keep, progress=not args.quiet and state.is_main_process,
+        )
+        seconds[method.name] = scores[method.name].seconds / len(pending)
 
     results: Dict[str, Dict] = {}
+    skipped_all = {}
     for method in methods:
-        psnrs = gather_list(scores[method.name].values["psnr"], state)
-        ssims = gather_list(scores[method.name].values["ssim"], state)
+        psnrs = gather_list(kept[method.name]["psnr"], state)
+        ssims = gather_list(kept[method.name]["ssim"], state)
+        skipped_all[method.name] = sum(gather_list([skipped[method.name]], state))
         entry = {
             "psnr": float(sum(psnrs) / len(psnrs)),
             "ssim": float(sum(ssims) / len(ssims)),
@@ -343,7 +515,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
             "kind": method.kind,
             "source": method.source,
             "color_correction": runner.color_correction(method),
-            "seconds_per_image_process0": scores[method.name].seconds / max(1, len(local)),
+            "seconds_per_image_process0": seconds.get(method.name),
         }
         if compute_fid:
             entry.update(fid_results(fids[method.name], patch_fids[method.name]))
@@ -364,12 +536,14 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "color_correct_baselines": args.color_correct_baselines,
         "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
         "num_processes": state.num_processes,
+        "smoke_test": bool(args.smoke_test),
     }
     result = {
         "task": "super_resolution",
         "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
         "settings": settings,
         "count": len(items),
+        "resumed": {"skipped": skipped_all, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)},
         "methods": results,
     }
     top_level_metrics(result, ("psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"))
@@ -384,12 +558,17 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
-    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:
         print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-        print(f"{result['count']} images; results in {Path(args.output_dir) / 'results.json'}")
+        skipped = {name: count for name, count in result["resumed"]["skipped"].items() if count}
+        if skipped:
+            print(f"resumed: skipped the images already scored in {result['resumed']['per_image_dir']} "
+                  f"({', '.join(f'{name}: {count}' for name, count in skipped.items())} of {result['count']})")
+        smoke = " (--smoke-test: tiny random models, the numbers mean nothing)" if args.smoke_test else ""
+        print(f"{result['count']} images; results in {Path(args.output_dir) / 'results.json'}{smoke}")
     return 0
 
 

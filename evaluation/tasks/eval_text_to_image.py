@@ -50,9 +50,16 @@ Run from the repository root::
     python -m evaluation.tasks.eval_text_to_image --prompts data/coco/captions.jsonl --reference-dir data/coco/images \
         --output-dir results/coco --dataset-name COCO --steps 25 --batch-size 4
 
-Scale out with ``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_text_to_image ...``:
-every process generates and scores a shard of the captions; metrics are gathered (on CPUs
-use ``torchrun --nproc_per_node N -m evaluation.tasks.eval_text_to_image ...``).
+Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_text_to_image ...`` or
+``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_text_to_image ...`` (GPUs,
+or CPU processes on a machine without GPUs: one gloo group): every process generates and scores a
+shard of the captions; metrics are gathered and written once. The patch-FID boxes of caption i are
+seeded ``--seed + i``, so the numbers do not depend on the number of processes.
+
+``--smoke-test`` checks an installation in seconds (a tiny random Stable Diffusion model, upscaler
+and CLIP model, 4 captions, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or
+the Hub not answering within a few seconds) every model missing from the local cache is named at
+once, in one line.
 """
 from __future__ import annotations
 
@@ -61,6 +68,7 @@ import importlib.util
 import json
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -69,9 +77,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.data.caption_sets import CaptionRow, read_caption_set
+from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
-from evaluation.loading import load_upscaler
+from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.metrics.metric_setup import (
     add_clip_arguments,
     add_fid_arguments,
@@ -84,7 +92,8 @@ from evaluation.metrics.metric_setup import (
     metrics_record,
 )
 from evaluation.reports.tables import top_level_metrics, write_report
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
+from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
@@ -130,9 +139,9 @@ def parse_method_list(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Tables 2-3.")
-    parser.add_argument("--prompts", required=True, help="caption set (.jsonl / .csv) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
+    parser.add_argument("--prompts", default=None, help="caption set (.jsonl / .csv) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
     parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
-    parser.add_argument("--output-dir", required=True, help="images/<method>/<id>.png, results.json and results.md go here")
+    parser.add_argument("--output-dir", default=None, help="images/<method>/<id>.png, results.json and results.md go here")
     parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
     parser.add_argument("--upscaler", default=None,
                         help="UPLiFT model folder / Hub id / official .safetensors|.pth (default: the authors' SD1.5 model)")
@@ -158,10 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-only", action="store_true", help="do not generate; score the images already in OUTPUT/images")
     parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_smoke_test_argument(parser)
     return parser
 
 
 def _check_args(args) -> List[str]:
+    missing = [flag for flag, value in (("--prompts", args.prompts), ("--output-dir", args.output_dir)) if not value]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
     methods = parse_method_list(args.methods)
     check_metric_arguments(args)
     for name in ("steps", "size", "batch_size"):
@@ -453,7 +466,7 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
         patch = min(args.patch_size, size)
         fid = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) if compute_fid else None
         patch_fid = (
-            build_patch_fid(extractor, device, patch, args.num_patches, args.seed + state.process_index, args.fid_backend, kid_seed=args.seed)
+            build_patch_fid(extractor, device, patch, args.num_patches, args.seed, args.fid_backend, kid_seed=args.seed)
             if compute_fid
             else None
         )
@@ -469,7 +482,7 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
                 real = torch.cat([load_reference(reference_dir / row.file_name, size) for _, row in batch]).to(device)
                 fid.update(real, real=True)
                 fid.update(generated, real=False)
-                patch_fid.update(generated, real)
+                patch_fid.update(generated, real, seeds=[args.seed + index for index, _ in batch])
             if clip is not None:
                 clip.update(generated, [row.caption for _, row in batch])
         entry = {"count": len(rows), "size": size, "color_correction": row_color_correction(args, method)}
@@ -481,6 +494,45 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
     return results
 
 
+def needed_models(args, methods: Sequence[str], clip: bool = True) -> List:
+    """The Hub models this run will load (for :func:`~evaluation.loading.models_available`)."""
+    models = []
+    if any(m in SD15_METHODS for m in methods):
+        models.append(hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("model_index.json",)))
+    if "uplift" in methods:
+        models.append(upscaler_model(args.upscaler))
+    if any(m in NATIVE_ROWS for m in methods):
+        models.append(hub_model(args.sdxl_model, "the SDXL model", "--sdxl-model DIR", ("model_index.json",)))
+    if any(NATIVE_ROWS[m].lcm_lora for m in methods if m in NATIVE_ROWS):
+        models.append(hub_model(args.lcm_lora, "the LCM-LoRA", "--lcm-lora DIR"))
+    if clip and not args.no_clip and args.clip_backend == "transformers":
+        models.append(hub_model(clip_model_and_weights(args)[0], "the CLIP model", "--clip-model DIR"))
+    return models
+
+
+SMOKE_CAPTIONS = ("a red cat", "a blue dog", "a tall tree", "the sea")
+
+
+def prepare_smoke_test(args, state) -> None:
+    """``--smoke-test``: a tiny random Stable Diffusion model (64 px), upscaler and CLIP model, 4
+    captions with synthetic reference images, the SD1.5 rows, 2 steps."""
+    inputs = prepare_smoke_dir(args, state, "text-to-image")
+    if state.is_main_process:
+        references = write_smoke_images(inputs / "references", count=len(SMOKE_CAPTIONS), size=64)
+        rows = [CaptionRow(f"{i:03d}", caption, path.name, {}) for i, (caption, path) in enumerate(zip(SMOKE_CAPTIONS, references))]
+        write_caption_set(rows, inputs / "captions.jsonl")
+        save_smoke_models(inputs / "models", upscaler=True, sd=True, clip=True)
+    state.wait_for_everyone()
+    models = inputs / "models"
+    args.prompts, args.reference_dir = str(inputs / "captions.jsonl"), str(inputs / "references")
+    args.model, args.upscaler, args.upscaler_config = str(models / "stable-diffusion"), str(models / "upscaler"), None
+    args.clip_model, args.clip_backend, args.clip_pretrained = str(models / "clip"), "transformers", None
+    args.methods = ",".join(SD15_METHODS)
+    args.size, args.steps, args.upscale_factor, args.batch_size, args.limit = 64, 2, 2, 2, None
+    args.feature_extractor, args.patch_size, args.num_patches, args.fid_backend = "tiny-random", 32, 2, "torchmetrics"
+    args.dataset_name = args.dataset_name or "smoke-test"
+
+
 def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Dict:
     """Generate (resumably) and score; returns the results dict (also written to OUTPUT/results.json).
 
@@ -488,19 +540,22 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     :class:`~evaluation.metrics.image_metrics.CLIPScorer` or :class:`~evaluation.metrics.image_metrics.OpenCLIPScorer`)
     overrides ``--clip-backend`` / ``--clip-model``.
     """
+    state = process_state()
+    if args.smoke_test:
+        prepare_smoke_test(args, state)
     methods = _check_args(args)
     rows = read_caption_set(args.prompts)
     if args.limit is not None:
         rows = rows[: args.limit]
-    state = process_state()
     device = torch.device(args.device) if args.device else state.device
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
-    if not args.metrics_only:
-        counts = generate(args, rows, methods, state, device)
-    state.wait_for_everyone()
-    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
-    metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
+    with models_available(needed_models(args, [] if args.metrics_only else methods, clip=clip_scorer is None)):
+        if not args.metrics_only:
+            counts = generate(args, rows, methods, state, device)
+        state.wait_for_everyone()
+        totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+        metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
         "prompts": str(args.prompts),
         "reference_dir": args.reference_dir,
@@ -534,6 +589,7 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
             args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer
         ),
         "num_processes": state.num_processes,
+        "smoke_test": bool(args.smoke_test),
     }
     result = {
         "task": "text_to_image",
@@ -550,12 +606,29 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     return result
 
 
+@contextmanager
+def loading_bars(enabled: bool):
+    """diffusers' and transformers' loading progress bars on or off inside the block (restored after)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in before:
+        (module.enable_progress_bar if enabled else module.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        for module, was in before:
+            (module.enable_progress_bar if was else module.disable_progress_bar)()
+
+
 def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scorer=None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
     try:
-        result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
-    except (ValueError, FileNotFoundError) as error:  # HubUnavailableError is a FileNotFoundError
+        with loading_bars(not args.quiet):
+            result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:
@@ -564,6 +637,7 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scor
         print(
             f"{result['count']} captions: {generation['generated']} generated, {generation['skipped']} already done; "
             f"results in {Path(args.output_dir) / 'results.json'}"
+            + (" (--smoke-test: tiny random models, the numbers mean nothing)" if args.smoke_test else "")
         )
     return 0
 

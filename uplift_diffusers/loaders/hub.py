@@ -11,22 +11,42 @@ reported at once, and a local "not in the cache" is never mistaken for "not in t
 :func:`dtype_kwargs` passes a dtype under the name the installed diffusers expects.
 :func:`from_hub` turns "the Hub cannot be reached and the model is not cached" into one
 :class:`HubUnavailableError` saying what to pass instead.
+
+Before loading anything, a command or script can check every model it needs at once:
+:func:`missing_from_cache` (file system only), :func:`hub_reachable` (one quick request) and
+:func:`check_models_available` / :func:`hub_models_available`, which report every missing model in
+one :class:`MissingModelsError` within seconds. This module imports neither torch nor diffusers at
+start-up, so that these checks answer before the heavy imports.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from urllib.parse import urlparse
 
-import torch
 from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "HUB_KWARGS",
+    "QUICK_TIMEOUT",
+    "HubModel",
     "HubUnavailableError",
+    "MissingModelsError",
+    "missing_from_cache",
+    "not_found_anywhere",
+    "hub_reachable",
+    "check_models_available",
+    "hub_models_available",
+    "hub_file_of",
     "is_connection_error",
     "from_hub",
     "dtype_kwargs",
@@ -189,17 +209,49 @@ def pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype])
     """The one dtype of ``torch_dtype`` / ``dtype`` (diffusers' old and new names), checked."""
     if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
         raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
+    import torch
+
     chosen = dtype if dtype is not None else torch_dtype
     if chosen is not None and (not isinstance(chosen, torch.dtype) or not chosen.is_floating_point):
         raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {chosen!r}.")
     return chosen
 
 
+_HUB_URL_PREFIXES = ("https://huggingface.co/", "http://huggingface.co/", "huggingface.co/", "https://hf.co/", "hf.co/")
+
+
+def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Optional[str]]]:
+    """``(repo_id, filename, revision or None)`` of a Hub file given as a URL
+    (``https://huggingface.co/<org>/<repo>/blob|resolve/<revision>/<file>``, ``hf.co``, with or
+    without the scheme, with or without ``blob/<revision>/``) or as ``"<org>/<repo>/<file>"``; ``None`` for anything else (a local path,
+    a repository id). No network, no file-system access beyond :func:`looks_like_local_path`.
+
+    Raises:
+        ValueError: a URL that names no file of a Hub repository.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    parsed = urlparse(text)
+    if (parsed.scheme and parsed.netloc) or text.startswith(_HUB_URL_PREFIXES):
+        rest = next((text[len(prefix):] for prefix in _HUB_URL_PREFIXES if text.startswith(prefix)), None)
+    elif isinstance(source, str) and text.count("/") >= 2 and not looks_like_local_path(text):
+        rest = text
+    else:
+        return None
+    match = None if rest is None else re.fullmatch(r"([^/]+)/([^/]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)", rest)
+    if match is None:
+        raise ValueError(
+            f"`{argument}` {text!r} is not a Hugging Face Hub file URL; expected "
+            "https://huggingface.co/<org>/<repo>/blob/<revision>/<file> or '<org>/<repo>/<file>'."
+        )
+    org, name, revision, filename = match.groups()
+    return f"{org}/{name}", filename, revision
+
+
 def single_file_path(source, argument: str, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub) -> str:
     """The local path of a single-file checkpoint given as a local path, a Hub URL or ``org/repo/file``
     (fetched with :func:`locate_hub_file`, the cache first)."""
-    from diffusers.loaders.single_file_utils import _extract_repo_id_and_weights_name, is_valid_url
-
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_file():
@@ -211,26 +263,207 @@ def single_file_path(source, argument: str, subfolder: Optional[str] = None, rev
             f"`{argument}` {text!r} is a folder; pass the checkpoint file inside it, or load the folder with "
             "UPLiFTLatentUpscaler.from_pretrained."
         )
-    if is_valid_url(text):
-        url = text
-    elif isinstance(source, str) and text.count("/") >= 2 and not looks_like_local_path(text):
-        url = "https://huggingface.co/" + text
-    else:
+    found = hub_file_of(source, argument)
+    if found is None:
         raise FileNotFoundError(f"`{argument}` file not found: {text!r}; pass the path to the .safetensors or .pth file.")
-    repo_id, weights_name = _extract_repo_id_and_weights_name(url)
-    if not isinstance(repo_id, str) or not weights_name:
-        raise ValueError(
-            f"`{argument}` {text!r} is not a Hugging Face Hub file URL; expected "
-            "https://huggingface.co/<org>/<repo>/blob/<revision>/<file> or '<org>/<repo>/<file>'."
-        )
-    pinned = re.fullmatch(r"(?:blob|resolve)/([^/]+)/(.+)", weights_name)  # diffusers' helper strips only blob/main/
+    repo_id, weights_name, pinned = found
     if pinned is not None:
-        if revision is not None and revision != pinned.group(1):
-            raise ValueError(f"`revision`={revision!r} differs from the revision {pinned.group(1)!r} in `{argument}` {text!r}; pass one.")
-        revision, weights_name = pinned.groups()
+        if revision is not None and revision != pinned:
+            raise ValueError(f"`revision`={revision!r} differs from the revision {pinned!r} in `{argument}` {text!r}; pass one.")
+        revision = pinned
     if subfolder:
         weights_name = f"{subfolder}/{weights_name}"
     return locate_hub_file(repo_id, [weights_name], revision=revision, **hub)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking every model a command needs before loading any (no torch, no diffusers)
+# ---------------------------------------------------------------------------------------------
+#: Seconds :func:`hub_reachable` waits for the Hub's answer.
+QUICK_TIMEOUT = 3.0
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A model a command needs, as :func:`missing_from_cache` checks it.
+
+    Attributes:
+        source: a Hub repository id, a Hub file (URL or ``"org/repo/file"``) or a local path
+            (local paths are never "missing from the cache": their loader reports them).
+        files: for a repository id, files of which any one in the cache counts as "cached" (e.g.
+            ``("model_index.json",)``); empty: any file of the repository's snapshot.
+        what: how messages name it (default ``repr(source)``).
+        hint: how to pass a local copy instead (e.g. ``"--model DIR"``).
+        revision: the branch, tag or commit (default ``main``, or the one in a file URL).
+    """
+
+    source: str
+    files: Tuple[str, ...] = ()
+    what: Optional[str] = None
+    hint: Optional[str] = None
+    revision: Optional[str] = None
+
+    def __post_init__(self):
+        if not isinstance(self.source, (str, os.PathLike)) or not os.fspath(self.source):
+            raise ValueError(f"HubModel `source` must be a non-empty string, got {self.source!r}.")
+        object.__setattr__(self, "source", os.fspath(self.source))
+        object.__setattr__(self, "files", tuple(self.files))
+
+    @property
+    def label(self) -> str:
+        return self.what or repr(self.source)
+
+
+def _as_model(model: Union[str, "os.PathLike", HubModel]) -> HubModel:
+    return model if isinstance(model, HubModel) else HubModel(os.fspath(model))
+
+
+def _hub_location(model: HubModel) -> Optional[Tuple[str, Tuple[str, ...], Optional[str]]]:
+    """``(repo_id, files, revision)`` the cache must serve for ``model``; None for a local path
+    (or a string that is no Hub name: its loader reports it)."""
+    text = model.source
+    if Path(text).expanduser().exists():
+        return None
+    try:
+        single = hub_file_of(text)
+    except ValueError:
+        return None
+    if single is not None:
+        repo_id, filename, revision = single
+        return repo_id, (filename,), model.revision or revision
+    if looks_like_local_path(text, max_slashes=1) or _REPO_ID.fullmatch(text) is None:
+        return None
+    return text, model.files, model.revision
+
+
+def _snapshot_has_files(repo_id: str, revision: Optional[str], cache_dir) -> bool:
+    """Whether the cache holds a snapshot of ``repo_id`` at ``revision`` with at least one file."""
+    folder = Path(cache_dir or hub_constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    revision = revision or "main"
+    ref = folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = folder / "snapshots" / commit
+    return snapshot.is_dir() and any(path.is_file() for path in snapshot.rglob("*"))
+
+
+def not_found_anywhere(models: Iterable[Union[str, "os.PathLike", HubModel]]) -> List[HubModel]:
+    """The entries of ``models`` that are neither an existing local path nor a Hub name (a
+    repository id ``org/name``, ``org/repo/file`` or a Hub URL): no loader can find them."""
+    found = []
+    for entry in models:
+        model = _as_model(entry)
+        if not Path(model.source).expanduser().exists() and _hub_location(model) is None:
+            found.append(model)
+    return found
+
+
+def missing_from_cache(models: Iterable[Union[str, "os.PathLike", HubModel]], cache_dir=None) -> List[HubModel]:
+    """The entries of ``models`` that the local Hub cache cannot serve, in order (file system only).
+
+    Each entry is a :class:`HubModel` or a plain string (a Hub repository id, a Hub file URL,
+    ``"org/repo/file"`` or a local path). Local paths are never missing here. The cache is
+    ``cache_dir`` or huggingface_hub's (``HF_HUB_CACHE`` / ``HF_HOME``).
+    """
+    missing = []
+    for entry in models:
+        model = _as_model(entry)
+        location = _hub_location(model)
+        if location is None:
+            continue
+        repo_id, files, revision = location
+        if files:
+            cached = any(
+                isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision), str) for name in files
+            )
+        else:
+            cached = _snapshot_has_files(repo_id, revision, cache_dir)
+        if not cached:
+            missing.append(model)
+    return missing
+
+
+def hub_reachable(timeout: float = QUICK_TIMEOUT) -> bool:
+    """Whether the Hugging Face Hub answers within ``timeout`` seconds (one HEAD request to its
+    endpoint, which must answer with a success: a proxy's or firewall's error page is no answer);
+    False at once in offline mode (``HF_HUB_OFFLINE``)."""
+    if hub_constants.is_offline_mode():
+        return False
+    from huggingface_hub.utils import get_session
+
+    try:
+        response = get_session().head(hub_constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure means no answer
+        return False
+    return getattr(response, "status_code", 200) < 400
+
+
+class MissingModelsError(HubUnavailableError):
+    """Models a command needs are not in the local cache and the Hub cannot be used; ``missing``
+    lists them (:class:`HubModel`), ``str()`` is one line naming each and how to get it."""
+
+    def __init__(self, missing: Sequence[HubModel], offline: bool, cache_dir=None):
+        self.missing = list(missing)
+        cache = cache_dir or hub_constants.HF_HUB_CACHE
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        names = "; ".join(m.label + (f" (or pass {m.hint})" if m.hint else "") for m in self.missing)
+        count = "a model it needs is" if len(self.missing) == 1 else f"{len(self.missing)} models it needs are"
+        super().__init__(
+            f"{why} and {count} not in the local Hub cache ({cache}): {names}. Download them on a connected machine "
+            "(`hf download <repo>`) into a cache that HF_HOME / HF_HUB_CACHE then points to, or pass local paths."
+        )
+
+
+def check_models_available(
+    models: Iterable[Union[str, "os.PathLike", HubModel]], *, timeout: float = QUICK_TIMEOUT, cache_dir=None
+) -> bool:
+    """Check, before loading anything, that every model of ``models`` can be had.
+
+    Returns True when the Hub may be used (online and reachable), False when only the local
+    cache can (``HF_HUB_OFFLINE``, or the Hub did not answer within ``timeout`` s) and it holds
+    everything. The Hub is asked only when some entry is a Hub model.
+
+    Raises:
+        MissingModelsError: one or more models are missing from the cache and the Hub cannot be
+            used; it names all of them at once.
+    """
+    models = [_as_model(m) for m in models]
+    if not any(_hub_location(m) is not None for m in models):
+        return not hub_constants.is_offline_mode()
+    missing = missing_from_cache(models, cache_dir=cache_dir)
+    offline = hub_constants.is_offline_mode()
+    if offline or not hub_reachable(timeout):
+        if missing:
+            raise MissingModelsError(missing, offline, cache_dir)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def hub_models_available(
+    models: Iterable[Union[str, "os.PathLike", HubModel]],
+    *,
+    timeout: float = QUICK_TIMEOUT,
+    cache_dir=None,
+    notify: Optional[Callable[[str], None]] = None,
+) -> Iterator[bool]:
+    """:func:`check_models_available`, then the block; when the Hub cannot be reached (but every
+    model is cached), huggingface_hub's offline mode is on inside the block, so no file lookup
+    waits on the network, and ``notify`` is called once with a message saying so. Yields whether
+    the Hub is used."""
+    models = list(models)
+    online = check_models_available(models, timeout=timeout, cache_dir=cache_dir)
+    if online or hub_constants.is_offline_mode() or not any(_hub_location(_as_model(m)) for m in models):
+        yield online
+        return
+    if notify is not None:
+        notify("the Hugging Face Hub cannot be reached; using the local cache only (HF_HUB_OFFLINE=1 skips this check).")
+    previous = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield False
+    finally:
+        hub_constants.HF_HUB_OFFLINE = previous
 
 
 def single_file_options(kwargs: dict, path: str):
@@ -244,6 +477,8 @@ def single_file_options(kwargs: dict, path: str):
             f"from_pretrained arguments {refused} do not apply to the authors' single-file checkpoint {path!r}; "
             "leave them out (or convert it with `uplift-diffusers convert` and load the converted folder)."
         )
+    import torch
+
     device = kwargs.get("device_map")
     if device is not None and not isinstance(device, (str, torch.device)):
         raise ValueError(f"`device_map` must be one device (e.g. 'cpu', 'cuda') for the single-file checkpoint, got {device!r}.")

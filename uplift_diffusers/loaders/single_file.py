@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import yaml
@@ -24,6 +24,7 @@ __all__ = [
     "config_from_state_dict",
     "convert_original_state_dict",
     "convert_to_original_state_dict",
+    "already_converted_error",
     "load_original_into",
     "load_state_dict_file",
     "OFFICIAL_FIELDS_NOT_IN_WEIGHTS",
@@ -99,6 +100,23 @@ def _rename(key: str) -> Optional[str]:
     return None
 
 
+def already_converted_error(state_dict: Mapping[str, torch.Tensor], argument: str, where: str) -> Optional[ValueError]:
+    """The error for a state dict that is already in this package's (diffusers) layout, as
+    ``save_pretrained`` / ``uplift-diffusers convert`` write it, or None when it is not: such a
+    file has nothing to convert and must be loaded with its folder's ``config.json``."""
+    if not state_dict or not all(isinstance(k, str) and _official_key(k) is not None for k in state_dict):
+        return None
+    folder = Path(where).parent if Path(where).is_file() else None
+    if folder is not None and (folder / "config.json").is_file():
+        load = f"load its folder {str(folder)!r} with UPLiFTLatentUpscaler.from_pretrained or `--upscaler {folder}`"
+    else:
+        load = "load the folder holding it and its config.json with UPLiFTLatentUpscaler.from_pretrained or `--upscaler FOLDER`"
+    return ValueError(
+        f"`{argument}` {where!r} is already converted (it has this package's diffusers keys, as save_pretrained "
+        f"and `uplift-diffusers convert` write them): there is nothing to convert; {load}."
+    )
+
+
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Rename an official UPLiFT state dict to this package's keys.
 
@@ -148,6 +166,18 @@ def _encoder_kwargs(widths: list) -> Dict[str, Any]:
     if all(len(set(w)) == 1 for w in widths) and len(per_group) == 1:
         return dict(encoder_channels=[w[0] for w in widths], encoder_blocks_per_group=per_group.pop())
     return dict(encoder_channels=widths, encoder_blocks_per_group=2)
+
+
+def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
+    """The upscale factors an official ``train:`` section trained (the ``trained_upscale_factors``
+    config key). With ``multi_step`` every step of every depth is supervised (the authors' loop puts
+    a loss on each returned step), so depths 1 ... ``down_steps`` train 2 ... 2 ** ``down_steps`` (also
+    with ``only_deepest``); without it every run is one 2x step. ``None`` when the section does not say."""
+    if not isinstance(train, Mapping) or "down_steps" not in train:
+        return None
+    if not train.get("multi_step", False):
+        return [2]
+    return [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)]
 
 
 def config_from_original(config: Union[PathLike, Mapping, None] = None) -> Dict[str, Any]:
@@ -216,12 +246,14 @@ def config_from_original(config: Union[PathLike, Mapping, None] = None) -> Dict[
         refiner_noise_scale=float(refiner.get("ncat_s", 0) or 0),
         bilinear_residual=residual == "bilinear",
         vae_scale_factor=int(backbone.get("stride", 8)),
+        trained_upscale_factors=trained_factors_from_original(config.get("train") or {}),
     )
 
 
 #: The config fields that the weights do not determine: :func:`config_from_state_dict` gives them
 #: the official SD1.5-VAE model's values (noise of scale 1 in every noise channel, the bilinear
-#: residual, 8 pixels per latent).
+#: residual, 8 pixels per latent). The trained factors stay unknown (``None``, no warning): a single
+#: file does not say how deep it was trained; its YAML does (:func:`trained_factors_from_original`).
 OFFICIAL_FIELDS_NOT_IN_WEIGHTS = dict(noise_scale=1.0, refiner_noise_scale=None, bilinear_residual=True, vae_scale_factor=8)
 
 
@@ -291,6 +323,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
         neighborhood=state_dict["attender.conv1.weight"].shape[0],
         noise_channels=noise,
         refiner_noise_channels=None,
+        trained_upscale_factors=None,  # unknown: the weights do not say
         **OFFICIAL_FIELDS_NOT_IN_WEIGHTS,
     )
 

@@ -82,17 +82,27 @@ class FromOriginalUPLiFTMixin:
 
     @classmethod
     def _load_original(cls, source, argument: str, config, torch_dtype, hub: dict) -> "UPLiFTLatentUpscaler":
-        from .single_file import config_from_original, config_from_state_dict, load_original_into, load_state_dict_file
+        from .single_file import (
+            already_converted_error,
+            config_from_original,
+            config_from_state_dict,
+            load_original_into,
+            load_state_dict_file,
+        )
 
         if isinstance(source, Mapping):
-            state_dict = dict(source)
+            state_dict, where = dict(source), "the state dict"
         elif isinstance(source, (str, os.PathLike)):
-            state_dict = load_state_dict_file(single_file_path(source, argument, **hub), argument)
+            where = single_file_path(source, argument, **hub)
+            state_dict = load_state_dict_file(where, argument)
         else:
             raise ValueError(
                 f"`{argument}` must be a file path or a state dict, got {type(source).__name__}; "
                 "(a Hub file may also be given as its URL or as 'org/repo/file')."
             )
+        converted = already_converted_error(state_dict, argument, where)
+        if converted is not None:
+            raise converted
         model = cls(**(config_from_state_dict(state_dict) if config is None else config_from_original(config)))
         load_original_into(model, state_dict)
         if torch_dtype is not None:

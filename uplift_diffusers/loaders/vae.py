@@ -30,7 +30,7 @@ __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "
 SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
 
 
-def _find_pth_pair(directory: Path) -> tuple[Path, Path] | None:
+def _find_pth_pair(directory: Path, argument: str) -> tuple[Path, Path] | None:
     """Return the (encoder, decoder) .pth files of ``directory``, or None when it holds none."""
     encoder, decoder = directory / "encoder.pth", directory / "decoder.pth"
     if encoder.is_file() and decoder.is_file():
@@ -41,23 +41,23 @@ def _find_pth_pair(directory: Path) -> tuple[Path, Path] | None:
         return None
     if len(encoders) != 1 or len(decoders) != 1:
         raise ValueError(
-            f"path_or_id {str(directory)!r} must hold exactly one *encoder*.pth and one *decoder*.pth, "
+            f"{argument} {str(directory)!r} must hold exactly one *encoder*.pth and one *decoder*.pth, "
             f"found encoders {[p.name for p in encoders]} and decoders {[p.name for p in decoders]}; "
             "remove the extra files or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path)"
         )
     return encoders[0], decoders[0]
 
 
-def _class_for(config_file: str, source: str) -> type:
+def _class_for(config_file: str, source: str, argument: str) -> type:
     try:
         with open(config_file, encoding="utf-8") as handle:
             config = json.load(handle)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"path_or_id {source!r}: could not read the VAE config {config_file}: {exc}") from exc
+        raise ValueError(f"{argument} {source!r}: could not read the VAE config {config_file}: {exc}") from exc
     name = config.get("_class_name") if isinstance(config, dict) else None
     if name not in SUPPORTED_VAE_CLASSES:
         raise ValueError(
-            f"path_or_id {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
+            f"{argument} {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
             f"classes are {list(SUPPORTED_VAE_CLASSES)}"
         )
     return TinyAutoencoder if name == TinyAutoencoder.__name__ else diffusers.AutoModel
@@ -86,6 +86,7 @@ def load_vae(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
     token: str | bool | None = None,
+    argument: str = "path_or_id",
 ) -> torch.nn.Module:
     """Load a VAE from a local directory or a Hub id.
 
@@ -105,6 +106,7 @@ def load_vae(
             The local cache is read first: offline (``HF_HUB_OFFLINE=1`` or
             ``local_files_only=True``) a cached pipeline repository's ``vae/`` loads without the
             network, and a VAE missing from the cache is reported at once.
+        argument: how errors name ``path_or_id`` (e.g. a command-line flag, ``"--vae"``).
 
     Returns:
         The model in evaluation mode.
@@ -118,7 +120,7 @@ def load_vae(
             ``_class_name``, or a bad argument type.
     """
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
-        raise ValueError(f"path_or_id must be a non-empty path or Hub id string, got {path_or_id!r}")
+        raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {path_or_id!r}")
     if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
         raise ValueError(f"torch_dtype must be a floating torch.dtype or None, got {torch_dtype!r}")
     if subfolder is not None and (not isinstance(subfolder, str) or not subfolder):
@@ -128,12 +130,12 @@ def load_vae(
 
     if path.is_file():
         raise ValueError(
-            f"path_or_id must be a directory or a Hub id, got the file {str(path)!r}; pass its directory, "
+            f"{argument} must be a directory or a Hub id, got the file {str(path)!r}; pass its directory, "
             "or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair"
         )
     if path.is_dir():
         if subfolder is None:
-            pair = _find_pth_pair(path)
+            pair = _find_pth_pair(path, argument)
             if pair is not None:
                 return TinyAutoencoder.from_original_checkpoint(*pair, torch_dtype=torch_dtype)
             if (path / CONFIG_NAME).is_file():
@@ -142,22 +144,22 @@ def load_vae(
                 found = _VAE_SUBFOLDER
             else:
                 raise ValueError(
-                    f"path_or_id {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
+                    f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
                     f"{CONFIG_NAME} (at its root or in {_VAE_SUBFOLDER}/); point it at a VAE directory"
                 )
         else:
             if not (path / subfolder / CONFIG_NAME).is_file():
-                raise FileNotFoundError(f"path_or_id {text!r}: no {CONFIG_NAME} in subfolder {subfolder!r}")
+                raise FileNotFoundError(f"{argument} {text!r}: no {CONFIG_NAME} in subfolder {subfolder!r}")
             found = subfolder
         config_file = path / found / CONFIG_NAME if found else path / CONFIG_NAME
-        cls = _class_for(str(config_file), text)
+        cls = _class_for(str(config_file), text, argument)
         return cls.from_pretrained(str(path), subfolder=found, **dtype_kwargs(torch_dtype)).eval()
     if looks_like_local_path(text, max_slashes=1):
-        raise FileNotFoundError(f"path_or_id: local path not found: {str(path)!r}")
+        raise FileNotFoundError(f"{argument}: local path not found: {str(path)!r}")
 
     hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     config_file, found = _hub_config(text, subfolder, hub)
-    cls = _class_for(config_file, text)
+    cls = _class_for(config_file, text, argument)
     return cls.from_pretrained(text, subfolder=found, **dtype_kwargs(torch_dtype), **hub).eval()
 
 

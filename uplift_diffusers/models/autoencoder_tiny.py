@@ -29,7 +29,11 @@ stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip an
 The public methods follow diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode`
 takes images in [-1, 1] and :meth:`TinyAutoencoder.decode` returns images in [-1, 1]; the
 conversion to the [0, 1] range of the original modules happens inside. The latents are used
-unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``).
+unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``). ``enable_tiling()`` /
+``enable_slicing()`` (diffusers' ``AutoencoderMixin``) encode and decode in overlapping tiles /
+one image at a time, as ``AutoencoderTiny`` does; the tiles are blended by
+:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops write
+4 latent / 3 image channels and cannot be called for other layouts).
 """
 from __future__ import annotations
 
@@ -41,13 +45,14 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
-from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
 from ..utils.validation import check_image_batch
+from .tiled_upscaling import blend_tiles
 
 __all__ = ["TinyAutoencoder", "ENCODER_BLOCK_POSITIONS", "DECODER_BLOCK_POSITIONS"]
 
@@ -61,6 +66,11 @@ _DECODER_OUT_INDEX = 19  # conv(64, 3)
 _LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
 _SPATIAL_FACTOR = 8
 _MAX_LISTED = 12  # keys listed per kind of problem in a checkpoint error
+#: Tiled encoding / decoding (diffusers' attribute names): tile side in image pixels, and the
+#: overlap of neighbouring tiles as a fraction of it (512 px tiles sharing 128 px; the overlap
+#: covers the decoder's receptive field: TAEF2 tiled vs untiled decode, see tests/test_tiling.py).
+_TILE_SAMPLE_MIN_SIZE = 512
+_TILE_OVERLAP_FACTOR = 0.25
 
 
 def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -175,7 +185,7 @@ def _pooled_indices(state: Mapping[str, torch.Tensor], allowed: Sequence[int]) -
     return sorted(i for i in allowed if f"{i}.pool.0.weight" in state)
 
 
-class TinyAutoencoder(ModelMixin, ConfigMixin):
+class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""TAESD-family tiny autoencoder (8x spatial compression) as a diffusers model.
 
     Use :meth:`from_original_checkpoint` for the original ``encoder.pth`` / ``decoder.pth``
@@ -249,6 +259,11 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         pool = (pool_hidden_channels, pool_num_groups)
         self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, *pool)
         self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, *pool)
+        # AutoencoderMixin switches (enable_tiling / enable_slicing) and diffusers' tile settings
+        self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_min_size = _TILE_SAMPLE_MIN_SIZE
+        self.tile_overlap_factor = _TILE_OVERLAP_FACTOR
 
     # ------------------------------------------------------------------ conversion
     @classmethod
@@ -362,7 +377,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         pipelines check their inputs where they enter).
         """
         check_image_batch("x", x, channels=self.config.in_channels, multiple=_SPATIAL_FACTOR, dtype=self.dtype)
-        latents = self.encoder(x * 0.5 + 0.5)
+        latents = self._run_sliced(self._encode_one, x)
         if not return_dict:
             return (latents,)
         return AutoencoderTinyOutput(latents=latents)
@@ -379,10 +394,60 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         deterministic).
         """
         check_image_batch("z", z, channels=self.config.latent_channels, dtype=self.dtype)
-        images = self.decoder(z).mul(2).sub_(1)
+        images = self._run_sliced(self._decode_one, z)
         if not return_dict:
             return (images,)
         return DecoderOutput(sample=images)
+
+    # ------------------------------------------------------------------ slicing and tiling
+    def _run_sliced(self, run, x: torch.Tensor) -> torch.Tensor:
+        """``run(x)``, one batch element at a time when slicing is on (as diffusers does)."""
+        if self.use_slicing and x.shape[0] > 1:
+            return torch.cat([run(item) for item in x.split(1)])
+        return run(x)
+
+    def _tile_grid(self, pixels_per_unit: int) -> tuple[int, int]:
+        """``(tile, overlap)`` in units of ``pixels_per_unit`` image pixels, from diffusers'
+        ``tile_sample_min_size`` (pixels) and ``tile_overlap_factor``."""
+        tile = max(2, self.tile_sample_min_size // pixels_per_unit)
+        return tile, min(tile - 1, int(tile * self.tile_overlap_factor))
+
+    def _encode_one(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> latents. With tiling, the layers before the first pooled block
+        (or up to the last downsampling) run on overlapping blended tiles, the rest on the whole
+        map: a pooled block's GroupNorm reads the statistics of the whole map, which a tile
+        would change (TAEF2 pools only at latent resolution, where the whole map is cheap)."""
+        x = x * 0.5 + 0.5
+        if not self.use_tiling:
+            return self.encoder(x)
+        layers = self.encoder.layers
+        downs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d) and layer.stride[0] > 1]
+        split = min([downs[-1] + 1] + [int(p) for p in self.config.encoder_pooled_blocks])
+        step = 2 ** sum(1 for i in downs if i < split)  # image pixels per pixel of the tiled part's output
+        tiled_part, rest = layers[:split], layers[split:]
+
+        def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            return tiled_part(x[:, :, y0 * step : y1 * step, x0 * step : x1 * step])
+
+        return rest(blend_tiles(run_tile, x.shape[-2] // step, x.shape[-1] // step, *self._tile_grid(step)))
+
+    def _decode_one(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1]. With tiling, the layers up to the first upsampling (or
+        the last pooled block, see :meth:`_encode_one`) run on the whole map, the rest on
+        overlapping blended tiles."""
+        if not self.use_tiling:
+            return self.decoder(z).mul(2).sub_(1)
+        layers = self.decoder.layers
+        ups = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
+        split = max([ups[0]] + [int(p) + 1 for p in self.config.decoder_pooled_blocks])
+        scale = 2 ** sum(1 for i in ups if i >= split)  # output pixels per pixel of the whole-map part
+        features = layers[:split](z)
+        tiled_part = layers[split:]
+
+        def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            return tiled_part(features[:, :, y0:y1, x0:x1]).mul(2).sub_(1)
+
+        return blend_tiles(run_tile, features.shape[-2], features.shape[-1], *self._tile_grid(scale), out_scale=scale)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
         """Reconstruct images in [-1, 1]: ``decode(encode(sample).latents)`` (no latent quantisation)."""

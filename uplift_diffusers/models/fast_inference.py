@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_uplift import ConvBlock, UPLiFTOutput
+from .modeling_uplift import ConvBlock, UPLiFTOutput, check_step_callback
 
 #: dtypes accepted by :func:`enable_fast_inference`.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -209,20 +209,26 @@ class FastInference:
                 self._compiled[name] = None
         return self._eager[name](*args)
 
-    def forward(self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True):
-        """:meth:`UPLiFTLatentUpscaler.forward` (same arguments, same checks) in fast mode."""
+    def forward(
+        self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True, callback=None
+    ):
+        """:meth:`UPLiFTLatentUpscaler.forward` (same arguments, same checks) in fast mode; ``callback``
+        receives each step's latents as the step computed them (the model's dtype, maybe channels_last)."""
         model = self.model
         model.check_inputs(latents, image, num_steps, generator, noise_scale)
+        check_step_callback(callback)
         out_dtype = latents.dtype
         with torch.no_grad():
             image = self._layout(image.to(dtype=model.dtype))
             z = self._layout(latents.to(dtype=model.dtype))
             features = self._call("encode", image, encoder_read_stride(model, num_steps))
             steps = []
-            for _ in range(num_steps):
+            for index in range(num_steps):
                 noise = tuple(self._layout(n) for n in model.step_noise(z, generator, noise_scale))
                 z = self._call("step", z, features, noise)
                 steps.append(z)
+                if callback is not None:
+                    callback(index, z)
         steps = [s.to(dtype=out_dtype, memory_format=torch.contiguous_format) for s in steps]
         intermediate = steps if output_intermediate else None
         if not return_dict:

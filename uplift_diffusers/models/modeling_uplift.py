@@ -20,23 +20,35 @@ not here: :mod:`.fast_inference` runs this model's own blocks and step faster.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..loaders.single_file_model import FromOriginalUPLiFTMixin
 from .local_attender import LocalAttender, channel_residual
 
+logger = logging.get_logger(__name__)
+
 GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 #: The noise of one 2x step, one tensor (or ``None``: no noise channels) per concatenation:
 #: decoder input (h x w), decoder after upsampling (2h x 2w), refiner input (2h x 2w).
 StepNoise = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
+#: Called as ``callback(step_index, latents)`` after every 2x step of :meth:`UPLiFTLatentUpscaler.forward`.
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def check_step_callback(callback) -> None:
+    """ValueError unless ``callback`` is None or callable (the ``callback`` of the forward passes)."""
+    if callback is not None and not callable(callback):
+        raise ValueError(
+            f"`callback` must be None or a function called as callback(step_index, latents), got {type(callback).__name__}."
+        )
 
 
 # =============================================================================== building blocks
@@ -158,6 +170,21 @@ class UPLiFTRefiner(nn.Module):
 
 
 # =============================================================================== the model
+def check_trained_upscale_factors(factors) -> None:
+    """ValueError unless ``factors`` is None or a non-empty list of distinct powers of two >= 2
+    (the config key ``trained_upscale_factors``)."""
+    if factors is None:
+        return
+    valid = isinstance(factors, (list, tuple)) and len(factors) > 0 and all(
+        isinstance(f, int) and not isinstance(f, bool) and f >= 2 and f & (f - 1) == 0 for f in factors
+    )
+    if not valid or len(set(factors)) != len(factors):
+        raise ValueError(
+            f"`trained_upscale_factors` must be None (unknown) or a list of distinct powers of two >= 2 "
+            f"(the factors 2 ** depth the model was trained for, e.g. [2, 4]), got {factors!r}."
+        )
+
+
 @dataclass
 class UPLiFTOutput(BaseOutput):
     """Output of :class:`UPLiFTLatentUpscaler`.
@@ -197,6 +224,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         bilinear_residual: add a bilinear 2x upsampling (align_corners=True) to the
             transpose convolution's output.
         vae_scale_factor: pixels per latent (8 for the usual VAEs).
+        trained_upscale_factors: the factors the model was trained for, e.g. ``[2, 4]`` (training
+            depth ``d`` trains ``2 ** d``; a multi-step loss trains every depth up to ``d``), or
+            ``None`` when unknown. Asking for a larger factor logs one warning per model.
     """
 
     _supports_gradient_checkpointing = False
@@ -220,8 +250,11 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         refiner_noise_scale: Optional[float] = None,
         bilinear_residual: bool = True,
         vae_scale_factor: int = 8,
+        trained_upscale_factors: Optional[List[int]] = None,
     ):
         super().__init__()
+        check_trained_upscale_factors(trained_upscale_factors)
+        self._warned_untrained_factor = False
         widths = group_widths(encoder_channels, encoder_blocks_per_group)
         if len(widths) < 2:
             raise ValueError(f"`encoder_channels` needs at least 2 groups (the decoder reads the last two), got {encoder_channels!r}.")
@@ -252,6 +285,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         noise_scale: Optional[float] = None,
         output_intermediate: bool = False,
         return_dict: bool = True,
+        callback: Optional[StepCallback] = None,
     ) -> Union[UPLiFTOutput, tuple]:
         """Upscale ``latents`` by ``2 ** num_steps``.
 
@@ -264,13 +298,18 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             noise_scale: override of the configured noise scale (0 gives a deterministic output).
             output_intermediate: also return every step's latents.
             return_dict: return an :class:`UPLiFTOutput` instead of a tuple.
+            callback: called as ``callback(step_index, latents)`` after every 2x step
+                (``step_index`` from 0), e.g. to advance a progress bar.
         """
         self.check_inputs(latents, image, num_steps, generator, noise_scale)
+        check_step_callback(callback)
         features = self.encoder(image.to(self.dtype))
         z, steps = latents.to(self.dtype), []
-        for _ in range(num_steps):
+        for index in range(num_steps):
             z = self.upscale_step(z, features, self.step_noise(z, generator, noise_scale))
             steps.append(z)
+            if callback is not None:
+                callback(index, z)
         intermediate = steps if output_intermediate else None
         if not return_dict:
             return (z, intermediate)
@@ -346,6 +385,15 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"`generator` is a list of {len(generator)} generators but the batch has {batch}; pass one per batch element.")
         if noise_scale is not None and (not isinstance(noise_scale, (int, float)) or noise_scale < 0):
             raise ValueError(f"`noise_scale` must be a number >= 0 or None, got {noise_scale!r}.")
+        trained = self.config.get("trained_upscale_factors")
+        if trained and 2 ** num_steps > max(trained) and not getattr(self, "_warned_untrained_factor", False):
+            self._warned_untrained_factor = True
+            logger.warning(
+                f"Upscaling the latents {2 ** num_steps}x ({num_steps} steps of 2x), but this UPLiFT model was trained "
+                f"for the factors {list(trained)} only: beyond {max(trained)}x expect a grid pattern and doubled edges. "
+                f"To avoid it, upscale by at most {max(trained)}x per pass (e.g. {max(trained)}x, then "
+                f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
+            )
 
     # ------------------------------------------------------------------ speed (beside the model)
     def enable_fast_inference(self, dtype: torch.dtype = torch.bfloat16, compile: bool = True, compile_mode: Optional[str] = None, channels_last: bool = True):

@@ -8,8 +8,9 @@ image's channel means::
 
     prompt -> StableDiffusionPipeline (output_type="latent")      latents   h x w  (scaled)
            -> vae.decode(latents / scaling_factor)                 base      8h x 8w
-           -> upscaler(latents / scaling_factor, base in [0, 1])   latents   fh x fw (unscaled)
-           -> vae.decode -> color_correct(., base)                 image     8fh x 8fw
+           -> UPLiFTUpscaleMixin.upscale_and_decode(latents / scaling_factor, base in [0, 1]):
+              UPLiFT 2x steps, vae.decode, resampling to the exact size for factors that are
+              not powers of two, color_correct(., base)             image     round(8fh) x round(8fw)
 
 Saving and loading (``save_pretrained`` / ``from_pretrained`` rebuilding ``upscaler`` without
 being passed) come from :class:`~uplift_diffusers.pipelines.pipeline_utils.UPLiFTComponentsMixin`. Loading a
@@ -18,7 +19,6 @@ the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable Diffusi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -26,7 +26,6 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -37,14 +36,12 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
 from ..loaders.hub import hub_kwargs_of
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..utils.color_correction import color_correct
 from ..utils.validation import check_flag, check_values
-from .pipeline_utils import UPLiFTComponentsMixin, VAETilingMixin, check_upscaler_matches_vae, read_model_index
+from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae, read_model_index
+from .upscale_decode import UPLiFTUpscaleMixin, check_latent_factor, check_upscale_factor
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
-#: Upscale factors of the text-to-image pipeline (1: no upscaling).
-UPSCALE_FACTORS = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 logger = logging.get_logger(__name__)
@@ -82,7 +79,7 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     """Output of :class:`StableDiffusionUPLiFTPipeline`.
 
     Args:
-        images: the upscaled images (``upscale_factor`` times the base size), as PIL images, a
+        images: the upscaled images (``round(upscale_factor x`` the base size``)``), as PIL images, a
             ``B x H x W x 3`` numpy array, a ``B x 3 x H x W`` tensor, or, for
             ``output_type="latent"``, the upscaled latents in the UNet's scaled space.
         nsfw_content_detected: per image, whether the safety checker flagged it (``None`` without one).
@@ -93,8 +90,8 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     base_images: Optional[Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]] = None
 
 
-class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, StableDiffusionPipeline):
-    r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by 2, 4 or 8.
+class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, TilingMixin, StableDiffusionPipeline):
+    r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by any factor >= 1.
 
     Inherits everything from diffusers' ``StableDiffusionPipeline`` (LoRA / textual inversion /
     IP-Adapter loading, schedulers, offloading, ``from_pipe``) and adds the component
@@ -197,31 +194,15 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         return super().from_pipe(pipeline, **kwargs)
 
     # ------------------------------------------------------------------ helpers
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Unscaled latents -> images in [-1, 1], like the parent pipeline's decode.
-
-        The latents go to the execution device (not the VAE's current one), so that model CPU
-        offloading works; the VAE's tiling setting applies."""
-        latents = latents.to(device=self._execution_device, dtype=self.vae.dtype)
-        return self.vae.decode(latents, return_dict=False)[0]
-
-    def _safety_dtype(self) -> torch.dtype:
-        for module in (self.text_encoder, self.unet):
-            if module is not None:
-                return module.dtype
-        return torch.float32
-
     def check_upscale_inputs(self, upscale_factor, color_correction, return_base_images, output_type) -> None:
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``
         (``upscale_factor`` already resolved: ``None`` is not accepted here)."""
-        if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, int) or upscale_factor not in UPSCALE_FACTORS:
-            raise ValueError(
-                f"`upscale_factor` must be one of {UPSCALE_FACTORS} (1: no upscaling) or None, got {upscale_factor!r}."
-            )
+        check_upscale_factor(upscale_factor)
         check_flag("color_correction", color_correction)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        check_latent_factor(upscale_factor, output_type)
         if upscale_factor > 1:
             if self.upscaler is None:
                 raise ValueError(
@@ -239,10 +220,6 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
             for index, tensor in enumerate(value if isinstance(value, (list, tuple)) else [value]):
                 if isinstance(tensor, torch.Tensor):
                     check_values(name if not isinstance(value, (list, tuple)) else f"{name}[{index}]", tensor)
-
-    def _postprocess(self, images: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
-        denormalize = None if nsfw is None else [not flagged for flagged in nsfw]
-        return self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -271,7 +248,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         clip_skip: Optional[int] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
-        upscale_factor: Optional[int] = None,
+        upscale_factor: Optional[float] = None,
         color_correction: bool = True,
         return_base_images: bool = False,
         **kwargs,
@@ -283,8 +260,11 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         SD1.5) plus:
 
         Args:
-            upscale_factor: 1, 2, 4 or 8 (1: no upscaling). The output is ``upscale_factor *
-                height`` x ``upscale_factor * width``. ``None`` (default): 2, or 1 for a pipeline
+            upscale_factor: any real number >= 1 (1: no upscaling; e.g. 2, 3, 1.5). The output is
+                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up);
+                powers of two run one UPLiFT step per 2x, other factors also resample once (see
+                :mod:`uplift_diffusers.pipelines.upscale_decode`); ``output_type="latent"`` needs a
+                power of two. ``None`` (default): 2, or 1 for a pipeline
                 without an upscaler (``upscaler=None``).
             color_correction: shift each RGB channel of the upscaled image to the base image's
                 mean (the authors' post-processing).
@@ -337,51 +317,19 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, VAETilingMixin, Stabl
         scaled_latents = base.images
         scaling = self.vae.config.scaling_factor
         unscaled = scaled_latents / scaling
-        latent_output = output_type == "latent"
-        needs_base_image = upscale_factor > 1 or not latent_output
-        num_steps = int(math.log2(upscale_factor))
-        stages = int(needs_base_image) + (num_steps > 0) + (num_steps > 0 and not latent_output)
-
-        base_image = image = upscaled = None
-        with self.progress_bar(total=max(stages, 1)) as progress:
-            if needs_base_image:
-                base_image = self._decode(unscaled)
-                progress.update()
-            if num_steps > 0:
-                device = self._execution_device
-                upscaled = self.upscaler(
-                    unscaled.to(device=device),
-                    VaeImageProcessor.denormalize(base_image).to(device=device),
-                    num_steps=num_steps,
-                    generator=generator,
-                ).sample
-                progress.update()
-                if not latent_output:
-                    image = self._decode(upscaled)
-                    if color_correction:
-                        corrected = color_correct(
-                            VaeImageProcessor.denormalize(image.float()), VaeImageProcessor.denormalize(base_image.float())
-                        )
-                        image = VaeImageProcessor.normalize(corrected).to(image.dtype)
-                    progress.update()
-            elif not latent_output:
-                image = base_image
-            if stages == 0:
-                progress.update()
-
+        base_image, result = self.upscale_base_latents(unscaled, upscale_factor, output_type, generator, color_correction)
         nsfw = None
-        if latent_output:
-            images = scaled_latents if upscaled is None else upscaled * scaling
+        if output_type == "latent":
+            images = scaled_latents if result is None else result * scaling
             base_images = scaled_latents if return_base_images else None
         else:
-            image, nsfw = self.run_safety_checker(image, self._execution_device, self._safety_dtype())
-            images = self._postprocess(image, output_type, nsfw)
-            base_images = None
-            if return_base_images:
-                if nsfw is not None:  # hide the base image of every flagged result as well
-                    base_image = base_image.clone()
-                    base_image[torch.tensor(nsfw, dtype=torch.bool, device=base_image.device)] = 0
-                base_images = self._postprocess(base_image, output_type, nsfw)
+            images, nsfw, base_images = self.finish_images(
+                result,
+                base_image,
+                output_type,
+                return_base_images,
+                run_safety_checker=lambda image: self.run_safety_checker(image, self._execution_device, self._safety_dtype()),
+            )
 
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -4,18 +4,22 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
 
     image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
       -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
-      -> upscaler(latents, padded image, num_steps=log2(f))    latents  f H/8 x f W/8
-      -> VAE decode -> crop to f H x f W -> colour correction against the input
+      -> UPLiFTUpscaleMixin.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
+         to the exact output size (factors that are not powers of two), colour correction
 
-Images are converted to RGB first (:func:`uplift_diffusers.image_processor.images_to_tensors`); a
-transparent image is composited on a white background (the alpha channel is not carried to the
-output). Saving / loading and VAE tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
+The output size is ``round(upscale_factor x side)`` for any real factor >= 1, or an exact
+``height`` / ``width`` (one of them: the aspect ratio is kept), by
+:func:`~uplift_diffusers.pipelines.upscale_decode.output_size_for`.
+
+Every output keeps its input's mode (:func:`uplift_diffusers.image_processor.split_images` /
+:func:`~uplift_diffusers.image_processor.restore_mode`): gray stays gray, and the alpha channel of a
+transparent image is upscaled beside the colour (the VAE sees the colour with its transparent
+pixels filled from the visible ones). Saving / loading and VAE tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,22 +27,22 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..image_processor import ImageInput, images_to_tensors, pad_to_multiple, size_groups
-from ..loaders.vae import decode_latents, encode_latents, vae_scale_factor
+from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_groups, split_images
+from ..loaders.vae import encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..utils.color_correction import color_correct
 from ..utils.validation import check_flag
-from .pipeline_utils import UPLiFTComponentsMixin, VAETilingMixin, check_upscaler_matches_vae
+from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae
+from .upscale_decode import UPLiFTUpscaleMixin
 
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
     "UPLiFTSuperResolutionPipelineOutput",
-    "SUPER_RESOLUTION_FACTORS",
+    "DEFAULT_SUPER_RESOLUTION_FACTOR",
 ]
 
-#: Upscale factors of the super-resolution pipeline (powers of two; one UPLiFT step per 2x).
-SUPER_RESOLUTION_FACTORS = (2, 4, 8)
+#: The upscale factor when neither ``upscale_factor`` nor an output size is given.
+DEFAULT_SUPER_RESOLUTION_FACTOR = 4
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -47,14 +51,15 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
     """Output of :class:`UPLiFTSuperResolutionPipeline`.
 
     Args:
-        images: one image per input image, ``upscale_factor`` times its size: a list of RGB PIL
-            images (``"pil"``); for ``"np"`` a ``B x H x W x 3`` float array and for ``"pt"`` a
-            ``B x 3 x H x W`` tensor in [0, 1] when all outputs share a size, otherwise a list of
-            per-image ``H x W x 3`` arrays / ``3 x H x W`` tensors.
+        images: one image per input image, of the requested size, in the input's
+            mode: a list of PIL images (``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``) for ``"pil"``;
+            for ``"np"`` a ``B x H x W x C`` float array and for ``"pt"`` a ``B x C x H x W`` tensor
+            in [0, 1] when all outputs share a size and channels (C = 1 gray, 2 gray + alpha,
+            3 RGB, 4 RGBA), otherwise a list of per-image ``H x W x C`` arrays / ``C x H x W`` tensors.
     """
 
 
-class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, DiffusionPipeline):
+class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
     r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction.
 
     Args:
@@ -72,12 +77,11 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(vae=vae, upscaler=upscaler)
 
-    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images) -> None:
+    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None) -> None:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         check_upscaler_matches_vae(self.vae, self.upscaler)
-        if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, int) or upscale_factor not in SUPER_RESOLUTION_FACTORS:
-            raise ValueError(f"`upscale_factor` must be one of {SUPER_RESOLUTION_FACTORS}, got {upscale_factor!r}.")
+        self.output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         if isinstance(generator, list):
             if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError(
@@ -93,51 +97,65 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
     def upscale_batch(
         self,
         images: torch.Tensor,
-        upscale_factor: int,
+        output_size: Tuple[int, int],
         generator=None,
         color_correction: bool = True,
+        progress=None,
     ) -> torch.Tensor:
-        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1]; returns ``B x 3 x fH x fW`` in [0, 1]."""
-        device = self._execution_device
-        images = images.to(device=device, dtype=torch.float32)
+        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
+        ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
+        runs after the encode and every stage of
+        :meth:`~uplift_diffusers.pipelines.upscale_decode.UPLiFTUpscaleMixin.upscale_and_decode`
+        (``1 + upscale_stages(output_size, (H, W))`` calls)."""
+        images = images.to(device=self._execution_device, dtype=torch.float32)
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, vae_scale_factor(self.vae))
         latents = encode_latents(self.vae, VaeImageProcessor.normalize(padded))
-        upscaled = self.upscaler(
-            latents.to(device=device),
-            padded,
-            num_steps=int(math.log2(upscale_factor)),
-            generator=generator,
-        ).sample
-        decoded = VaeImageProcessor.denormalize(decode_latents(self.vae, upscaled).float())
-        result = decoded[:, :, : upscale_factor * height, : upscale_factor * width].to(device)
-        if color_correction:
-            result = color_correct(result, images)
-        return result
+        if progress is not None:
+            progress.update()
+        return self.upscale_and_decode(
+            latents, padded, output_size, generator, color_correction, progress, guide_size=(height, width)
+        )
 
     @torch.no_grad()
     def __call__(
         self,
         image: Union[ImageInput, Sequence[ImageInput]],
-        upscale_factor: int = 4,
+        upscale_factor: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         color_correction: bool = True,
         output_type: str = "pil",
         return_dict: bool = True,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
     ):
-        r"""Upscale ``image`` by ``upscale_factor``.
+        r"""Upscale ``image`` by ``upscale_factor``, or to ``height`` x ``width``.
 
         Args:
             image: a PIL image (any mode), a numpy array (``H x W``, ``H x W x C`` or
                 ``B x H x W x C``; uint8, uint16 or float in [0, 1]), a tensor (``C x H x W`` or
-                ``B x C x H x W`` in [0, 1]), or a list of them, of any sizes. Gray is replicated to
-                RGB; transparent images (RGBA, LA, PA, palette with transparency, 4-channel
-                arrays) are composited on a white background, and the output has no alpha.
-            upscale_factor: 2, 4 or 8; every output is exactly ``upscale_factor`` times its input.
+                ``B x C x H x W`` in [0, 1]), or a list of them, of any sizes. Every output keeps
+                the input's mode: gray (PIL ``"1"``, ``"L"``, 16-bit, ``"I"``, ``"F"``; 1-channel
+                arrays / tensors) gives ``"L"`` / 1 channel, the mean of the three upscaled
+                channels; transparent images (``"RGBA"``, ``"LA"``, ``"PA"``, premultiplied modes,
+                palette or gray with a transparent value; 2- / 4-channel arrays) give ``"RGBA"`` /
+                ``"LA"`` with the alpha channel upscaled (Lanczos) to exactly the output size; the
+                colour under transparent pixels is filled from the visible ones before encoding.
+            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); every output side is
+                ``round(upscale_factor x input side)`` (halves up). Powers of two run one UPLiFT
+                step per 2x; other factors also resample once (see
+                :mod:`uplift_diffusers.pipelines.upscale_decode`). Default: 4, unless
+                ``height`` / ``width`` is given.
             generator: a ``torch.Generator`` (or one per image) for the upscaler's noise channels.
             color_correction: shift each RGB channel of the output to the input's mean.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict: return a :class:`UPLiFTSuperResolutionPipelineOutput` instead of a tuple.
+            height, width: an exact output size in pixels instead of ``upscale_factor`` (every
+                image gets it); with only one of them each image keeps its aspect ratio. Each must
+                be at least the input's side.
+
+        The pipeline's progress bar advances after every stage of every image size: the encode,
+        each UPLiFT 2x step (each tile when tiling) and the decode.
 
         Sizes that are not multiples of 8 are padded (reflection) for the VAE and the result is
         cropped. Images of the same size are processed as one batch, others one size at a time.
@@ -145,19 +163,27 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
         Raises:
             ValueError: naming ``image`` (or ``image[i]``) for a wrong type, layout, dtype or size,
                 NaN / infinite values, or float values outside [0, 1]: the values are checked here,
-                once, where they enter (the VAE and the upscaler do not check them).
+                once, where they enter (the VAE and the upscaler do not check them); naming
+                ``upscale_factor`` / ``height`` / ``width`` for a factor below 1 or not finite, a size
+                smaller than an input, or a factor and a size together.
         """
-        tensors = images_to_tensors(image)
-        self.check_inputs(upscale_factor, generator, color_correction, output_type, len(tensors))
+        if upscale_factor is None and height is None and width is None:
+            upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
+        items = split_images(image)
+        tensors = [item.rgb for item in items]
+        self.check_inputs(upscale_factor, generator, color_correction, output_type, len(tensors), height, width)
+        groups = size_groups(tensors)
+        input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
+        output_sizes = [self.output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
+        total = sum(1 + self.upscale_stages(out, size) for out, size in zip(output_sizes, input_sizes))
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
-        with self.progress_bar(total=len(tensors)) as progress:
-            for indices in size_groups(tensors):
+        with self.progress_bar(total=total) as progress:
+            for indices, output_size in zip(groups, output_sizes):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
-                upscaled = self.upscale_batch(batch, upscale_factor, group_generator, color_correction)
+                upscaled = self.upscale_batch(batch, output_size, group_generator, color_correction, progress)
                 for position, index in enumerate(indices):
-                    results[index] = upscaled[position].cpu()
-                progress.update(len(indices))
+                    results[index] = restore_mode(upscaled[position].cpu(), items[index])
 
         images = self._postprocess(results, output_type)
         self.maybe_free_model_hooks()
@@ -167,8 +193,9 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, VAETilingMixin, Diffu
 
     @staticmethod
     def _postprocess(results: List[torch.Tensor], output_type: str):
-        """Per-image ``3 x H x W`` tensors in [0, 1] -> the requested output type, converted by
-        ``VaeImageProcessor``; a batch when all share a size, else a list (PIL: always a list)."""
+        """Per-image ``C x H x W`` tensors in [0, 1] (C = 1, 2, 3, 4: ``"L"``, ``"LA"``, ``"RGB"``,
+        ``"RGBA"``) -> the requested output type, converted by ``VaeImageProcessor``; a batch when
+        all share a shape, else a list (PIL: always a list)."""
         same_size = len({tuple(r.shape) for r in results}) == 1
         if output_type == "pt":
             return torch.stack(results) if same_size else results

@@ -4,23 +4,25 @@
   package's components needs on top of diffusers' own (each is tested by a round trip that fails
   without it). diffusers records such a component as ``[<defining module>, "<Class>"]`` in
   ``model_index.json`` and loads it back from a local folder unaided.
-- :class:`VAETilingMixin` adds ``enable_vae_tiling`` / ``disable_vae_tiling``.
+- :class:`TilingMixin` adds ``enable_tiling`` / ``disable_tiling`` (tiled UPLiFT and VAE; the
+  aliases ``enable_vae_tiling`` / ``disable_vae_tiling``) and ``run_upscaler``.
 - :func:`check_upscaler_matches_vae` checks that an upscaler works in a VAE's latent space.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..loaders.hub import hub_kwargs_of, locate_hub_file
 from ..loaders.vae import vae_scale_factor
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
 
 __all__ = [
     "LIBRARY_NAME",
     "UPLiFTComponentsMixin",
-    "VAETilingMixin",
+    "TilingMixin",
     "resolve_package_entries",
     "read_model_index",
     "vae_latent_channels",
@@ -131,27 +133,81 @@ class UPLiFTComponentsMixin:
 
 
 # ---------------------------------------------------------------------------------------------
-# VAE tiling, upscaler / VAE checks, argument and output helpers
+# Tiling, upscaler / VAE checks, argument and output helpers
 # ---------------------------------------------------------------------------------------------
-class VAETilingMixin:
-    """Pipeline mixin: ``enable_vae_tiling`` / ``disable_vae_tiling`` acting on ``self.vae``."""
+class TilingMixin:
+    """Pipeline mixin: one switch for tiled inference, covering UPLiFT and the VAE.
+
+    Needs ``self.vae`` and ``self.upscaler``. :meth:`run_upscaler` is the one way the pipelines
+    call the upscaler: untiled it is the model's call, tiled it is
+    :func:`~uplift_diffusers.models.tiled_upscaling.tiled_upscale`.
+    """
+
+    def enable_tiling(self, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> None:
+        """Upscale in overlapping tiles with blended seams, and encode / decode with the VAE's
+        own tiling, to bound the memory of large outputs.
+
+        Args:
+            tile_size: UPLiFT tile side in latents of the input image (x ``vae_scale_factor``
+                pixels); None: :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_SIZE`.
+            overlap: latents shared by neighbouring tiles; None:
+                :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_OVERLAP`.
+
+        The tiled result differs slightly from the untiled one (measured closeness in the
+        README). Raises ``ValueError`` naming the argument for a bad ``tile_size`` / ``overlap``,
+        and for a VAE without ``enable_tiling``.
+        """
+        settings = check_tile_arguments(tile_size, overlap)
+        vae = getattr(self, "vae", None)
+        if vae is not None and not hasattr(vae, "enable_tiling"):
+            raise ValueError(
+                f"The VAE ({type(vae).__name__}) does not support tiled encoding and decoding (no `enable_tiling`); "
+                "use a diffusers AutoencoderKL / AutoencoderTiny or a uplift_diffusers TinyAutoencoder."
+            )
+        if vae is not None:
+            vae.enable_tiling()
+        self._uplift_tiling = settings
+
+    def disable_tiling(self) -> None:
+        """Back to single-pass upscaling, encoding and decoding (after :meth:`enable_tiling`)."""
+        self._uplift_tiling = None
+        vae = getattr(self, "vae", None)
+        if vae is not None and hasattr(vae, "disable_tiling"):
+            vae.disable_tiling()
 
     def enable_vae_tiling(self) -> None:
-        """Encode and decode with the VAE in overlapping tiles, to save memory on very large outputs.
-
-        Useful from about 2048 px outputs (e.g. 512 px with ``upscale_factor=4``), where a
-        single-pass decode of the SD VAE needs tens of GB. Tile seams are blended, so the output
-        differs slightly from an untiled decode. Raises ``ValueError`` for a VAE without
-        ``enable_tiling``.
-        """
-        if not hasattr(self.vae, "enable_tiling"):
-            raise ValueError(f"The VAE ({type(self.vae).__name__}) does not support tiled decoding.")
-        self.vae.enable_tiling()
+        """Alias of :meth:`enable_tiling` (with the default tiles), kept from earlier versions."""
+        self.enable_tiling()
 
     def disable_vae_tiling(self) -> None:
-        """Go back to single-pass encoding and decoding (after :meth:`enable_vae_tiling`)."""
-        if hasattr(self.vae, "disable_tiling"):
-            self.vae.disable_tiling()
+        """Alias of :meth:`disable_tiling`."""
+        self.disable_tiling()
+
+    @property
+    def tiling_settings(self) -> Optional[Tuple[int, int]]:
+        """``(tile_size, overlap)`` while tiling is on, else None."""
+        return self.__dict__.get("_uplift_tiling")
+
+    def upscaler_callback_count(self, height: int, width: int, num_steps: int) -> int:
+        """How many times :meth:`run_upscaler` calls its ``callback`` for ``height x width``
+        latents: ``num_steps`` untiled, ``num_steps`` per tile when tiling."""
+        settings = self.tiling_settings
+        if settings is None:
+            return num_steps
+        return count_tiles(height, width, *settings) * num_steps
+
+    def run_upscaler(self, latents, guide, num_steps: int, generator=None, callback=None):
+        """Upscale unscaled ``latents`` (B x C x h x w) by ``2 ** num_steps`` guided by ``guide``
+        (B x 3 x fh x fw in [0, 1]); returns the unscaled upscaled latents. ``callback(step_index,
+        latents)`` runs after every 2x step (of every tile when tiling: see
+        :meth:`upscaler_callback_count`)."""
+        settings = self.tiling_settings
+        if settings is not None:
+            tile_size, overlap = settings
+            return tiled_upscale(
+                self.upscaler, latents, guide, num_steps, generator=generator, tile_size=tile_size, overlap=overlap, callback=callback
+            )
+        return self.upscaler(latents, guide, num_steps=num_steps, generator=generator, callback=callback).sample
 
 
 def vae_latent_channels(vae: Any) -> int:

@@ -13,11 +13,42 @@ from typing import Callable, Union
 
 from PIL import Image
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_save_image"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_save_image", "check_writable_directory"]
 
 
 def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove one empty file in ``folder`` (raises the OSError that writing would)."""
+    probe = folder / _temporary_name(Path("write-check")).name
+    probe.touch(exist_ok=False)
+    probe.unlink()
+
+
+def check_writable_directory(path: Union[str, os.PathLike], argument: str = "output") -> Path:
+    """Make sure files can be written in the folder ``path`` before any work: create it (and its
+    parents) if needed and write and remove one empty file in it. Returns the folder.
+
+    Raises:
+        ValueError: one line naming ``argument`` and ``path``: an existing file, a path under a
+            file, or a folder that cannot be created or written (read-only, no permission, ...).
+    """
+    folder = Path(path).expanduser()
+    shown = f"`{argument}` {str(path)!r}"
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{shown} is an existing file, not a folder; pass a folder.")
+    blocking = next((parent for parent in folder.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{shown} is under {str(blocking)!r}, which is a file, not a folder; pass another folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _probe_write(folder)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{shown} cannot be written ({reason}); pass a writable folder.") from error
+    return folder
 
 
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:

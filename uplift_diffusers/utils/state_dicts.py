@@ -7,6 +7,9 @@ The loaders of the authors' UPLiFT files and of the TAESD ``.pth`` pairs read th
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -17,6 +20,58 @@ __all__ = ["load_state_dict_file", "state_dict_differences", "state_dict_problem
 Shape = Tuple[int, ...]
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 _WRAPPERS = ("state_dict", "model", "uplift")
+#: The first bytes of what ``torch.save`` writes: a zip archive, or (the legacy format) a pickle.
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _first_sentence(text: str) -> str:
+    return " ".join(str(text).split(". ")[0].split()).rstrip(".")
+
+
+def _read_safetensors(path: Path, argument: str):
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for any bad file
+        raise ValueError(
+            f"`{argument}` {str(path)!r} is not a readable .safetensors file ({_first_sentence(error)}): it is "
+            "corrupt, truncated or another kind of file."
+        ) from error
+
+
+def _read_pickle(path: Path, argument: str):
+    """``torch.load(weights_only=True)``, with errors that say what happened and never advise
+    turning the safe loader off."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        raise ValueError(
+            f"`{argument}` {str(path)!r} is not a PyTorch checkpoint: it is neither a torch.save archive nor a "
+            "pickle (corrupt, or another kind of file)."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says enough
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+        if refused or "Unsupported global" in str(error):
+            raise ValueError(
+                f"`{argument}` {str(path)!r} was refused for safety: besides tensors it holds pickled Python objects "
+                f"({', '.join(refused) or 'unknown classes'}), and loading those could run arbitrary code. Ask its "
+                "publisher for a .safetensors file, or re-save only its tensors where it was made "
+                "(safetensors.torch.save_file(state_dict, 'model.safetensors')) and pass that file."
+            ) from None
+        reason = str(error).split("WeightsUnpickler error:")[-1]
+        raise ValueError(
+            f"`{argument}` {str(path)!r} cannot be read as a checkpoint of tensors ({_first_sentence(reason)}): it is "
+            "corrupt, or not a state dict saved with torch.save."
+        ) from None
+    except Exception as error:  # noqa: BLE001 - a damaged archive or pickle
+        raise ValueError(
+            f"`{argument}` {str(path)!r} is corrupt or truncated ({_first_sentence(error)}); download or save it again."
+        ) from error
 
 
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -35,15 +90,7 @@ def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpo
         raise FileNotFoundError(f"`{argument}` file not found: {str(path)!r}; pass the path to the .safetensors or .pth file.")
     if path.suffix not in _WEIGHT_SUFFIXES:
         raise ValueError(f"`{argument}` {str(path)!r} has suffix {path.suffix!r}; expected one of {', '.join(_WEIGHT_SUFFIXES)}.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - unreadable, truncated or not a weights-only pickle
-        raise ValueError(f"`{argument}`: could not read {str(path)!r} as a state dict: {error}") from error
+    state_dict = _read_safetensors(path, argument) if path.suffix == ".safetensors" else _read_pickle(path, argument)
     for wrapper in _WRAPPERS:
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]

@@ -1,0 +1,230 @@
+"""Any output size: which way of reaching a factor that is not a power of two is best (issue #13.1).
+
+UPLiFT upscales 2x per step. For other factors the super-resolution pipeline resamples once; the
+candidates (:data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`) are
+
+- ``downsample_image``: ``ceil(log2 f)`` steps, then antialiased bicubic downsampling of the decoded image;
+- ``resample_latents``: ``ceil(log2 f)`` steps, then antialiased bicubic resampling of the latents;
+- ``upsample_image``: ``floor(log2 f)`` steps, then bicubic upsampling of the decoded image;
+- ``bilinear_latents``: the authors' choice: ``ceil(log2 f)`` steps, then a bilinear resize of the latents;
+- ``auto``: ``downsample_image``, but no more steps than the model's ``trained_upscale_factors``
+  allow (beyond them: ``upsample_image`` from the largest trained factor);
+
+and the pixel-space baseline, PIL bicubic. Every candidate runs through the pipeline itself
+(``UPLiFTSuperResolutionPipeline`` with ``upscale_method`` set), with colour correction.
+
+Protocol (:mod:`uplift_diffusers.utils.sr_protocol`): HR = the centre ``--hr-size`` crop of each
+BSDS500 test image (sorted by name, the first ``--num-images``), LR = PIL bilinear resize of it
+to ``hr-size / f``; the output is ``f`` times the LR size = the HR size; per-image PSNR (the
+paper's) and SSIM (torchmetrics defaults, :func:`evaluation.metrics.image_metrics.ssim`),
+averaged. The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
+
+The run recorded in ``evaluation/results/any_size_study.{json,md}`` (one CPU thread)::
+
+    python -m evaluation.benchmarks.any_size_study --num-images 50 \\
+        --output evaluation/results/any_size_study.json
+
+``--model`` selects another upscaler (folder, Hub id or the authors' file), ``--vae`` its VAE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from evaluation.metrics.image_metrics import ssim
+from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.loaders import load_upscaler, load_vae
+from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
+from uplift_diffusers.utils.atomic_files import atomic_write_text
+from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DIR = Path(os.environ.get("UPLIFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
+DEFAULT_MODEL = REPO_ROOT / "examples" / "models" / "uplift-taef2-bsds500"
+DEFAULT_VAE = SHARED_DIR / "models" / "taef2"
+DEFAULT_DATA = SHARED_DIR / "data" / "bsds500" / "test"
+DEFAULT_OUTPUT = REPO_ROOT / "evaluation" / "results" / "any_size_study.json"
+BICUBIC = "bicubic"
+
+#: One line per candidate for the table.
+METHOD_DESCRIPTIONS = {
+    "auto": "downsample_image, but no more 2x steps than the model was trained for (then upsample_image)",
+    "downsample_image": "ceil(log2 f) 2x steps, then antialiased bicubic downsampling of the decoded image",
+    "resample_latents": "ceil(log2 f) 2x steps, then antialiased bicubic resampling of the latents",
+    "upsample_image": "floor(log2 f) 2x steps, then bicubic upsampling of the decoded image",
+    "bilinear_latents": "the authors' choice: ceil(log2 f) 2x steps, then bilinear resize of the latents",
+    BICUBIC: "PIL bicubic in pixel space",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="the UPLiFT model (folder, Hub id or the authors' file)")
+    parser.add_argument("--vae", default=str(DEFAULT_VAE), help="its VAE (folder or Hub id)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of test images (BSDS500 test)")
+    parser.add_argument("--factors", type=float, nargs="+", default=[1.5, 3.0, 6.0])
+    parser.add_argument("--hr-size", type=int, default=192, help="HR centre crop side; hr-size / factor must be an integer")
+    parser.add_argument("--num-images", type=int, default=None, help="the first N images (sorted by name); default all")
+    parser.add_argument("--methods", nargs="+", default=list(UPSCALE_METHODS), choices=list(UPSCALE_METHODS))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the upscaler's noise channels")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results; the table goes next to it as .md")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[int]:
+    """The LR side of every factor; parser errors (one line, exit status 2) for bad values."""
+    lr_sides = []
+    for factor in args.factors:
+        lr = args.hr_size / factor
+        if factor < 1 or abs(lr - round(lr)) > 1e-9:
+            parser.error(f"--factors: {factor:g} must be >= 1 and divide --hr-size {args.hr_size} into an integer LR side.")
+        lr_sides.append(int(round(lr)))
+    for name in ("hr_size", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.num_images is not None and args.num_images < 1:
+        parser.error(f"--num-images must be >= 1, got {args.num_images}.")
+    if not Path(args.data).is_dir():
+        parser.error(f"--data {args.data!r} is not a folder (set UPLIFT_SHARED_DIR or pass --data).")
+    return lr_sides
+
+
+def study(
+    pipe: UPLiFTSuperResolutionPipeline,
+    files: Sequence[Path],
+    factors: Sequence[float],
+    lr_sides: Sequence[int],
+    hr_size: int,
+    methods: Sequence[str],
+    batch_size: int = 4,
+    seed: int = 0,
+) -> List[Dict]:
+    """One row per (factor, method): mean PSNR / SSIM and seconds per image."""
+    rows = []
+    for factor, lr_side in zip(factors, lr_sides):
+
+        def uplift(method: str):
+            def run(batch: SRBatch) -> torch.Tensor:
+                pipe.upscale_method = method
+                generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
+                return pipe(batch.lr, upscale_factor=factor, generator=generators, output_type="pt").images
+
+            return run
+
+        candidates = {method: uplift(method) for method in methods}
+        candidates[BICUBIC] = lambda batch: torch.cat([bicubic_upscale(lr, (hr_size, hr_size)) for lr in batch.lr_images])
+        pairs = SRPairs(files, hr_size=hr_size, lr_size=lr_side, batch_size=batch_size)
+        scores = score_super_resolution(candidates, pairs, metrics={"psnr": psnr, "ssim": ssim})
+        for name, score in scores.items():
+            rows.append(
+                {
+                    "factor": factor,
+                    "lr_size": lr_side,
+                    "method": name,
+                    "psnr": score.mean("psnr"),
+                    "ssim": score.mean("ssim"),
+                    "seconds_per_image": score.seconds / score.count,
+                    "images": score.count,
+                }
+            )
+            print(f"{factor:g}x {name:>18}: PSNR {rows[-1]['psnr']:.3f}  SSIM {rows[-1]['ssim']:.4f}", file=sys.stderr)
+    return rows
+
+
+def best_methods(rows: Sequence[Dict], methods: Sequence[str]) -> Dict[str, object]:
+    """Per factor the UPLiFT method with the highest PSNR, and the method with the best mean PSNR
+    over the factors (ties: the best mean SSIM)."""
+    factors = sorted({row["factor"] for row in rows})
+    per_factor = {}
+    for factor in factors:
+        candidates = [row for row in rows if row["factor"] == factor and row["method"] in methods]
+        per_factor[f"{factor:g}"] = max(candidates, key=lambda row: (row["psnr"], row["ssim"]))["method"]
+
+    def mean(method: str, metric: str) -> float:
+        values = [row[metric] for row in rows if row["method"] == method]
+        return sum(values) / len(values)
+
+    overall = max(methods, key=lambda method: (mean(method, "psnr"), mean(method, "ssim")))
+    return {"per_factor": per_factor, "overall": overall}
+
+
+def markdown_table(rows: Sequence[Dict], config: Dict, best: Dict) -> str:
+    factors = sorted({row["factor"] for row in rows})
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    value = {(row["method"], row["factor"]): row for row in rows}
+    lr = {row["factor"]: row["lr_size"] for row in rows}
+    header = "| Method | " + " | ".join(f"{f:g}x ({lr[f]} -> {config['hr_size']}) PSNR / SSIM" for f in factors) + " |"
+    lines = [
+        f"Any output size: {config['images']} BSDS500 test images (the first {config['images']} by name), "
+        f"centre {config['hr_size']} px crops, LR = PIL bilinear; model `{config['model']}`, VAE `{config['vae']}`; "
+        f"{config['threads']} CPU thread(s).",
+        "",
+        header,
+        "|---|" + "---:|" * len(factors),
+    ]
+    for method in methods:
+        cells = []
+        for factor in factors:
+            row = value[(method, factor)]
+            text = f"{row['psnr']:.2f} / {row['ssim']:.4f}"
+            cells.append(f"**{text}**" if best["per_factor"].get(f"{factor:g}") == method else text)
+        lines.append(f"| `{method}`: {METHOD_DESCRIPTIONS.get(method, method)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Bold: the best UPLiFT method per factor. Best over the factors (mean PSNR): `{best['overall']}`; "
+        f"the pipelines' default (`DEFAULT_UPSCALE_METHOD`) is `{config['default_method']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    lr_sides = check_arguments(args, parser)
+    torch.set_num_threads(args.threads)
+    files = list_images(args.data)
+    if args.num_images is not None:
+        files = files[: args.num_images]
+    if not files:
+        parser.error(f"--data {args.data!r} holds no images.")
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae).eval(), upscaler=load_upscaler(args.model, argument="--model").eval())
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        rows = study(pipe, files, args.factors, lr_sides, args.hr_size, args.methods, args.batch_size, args.seed)
+    best = best_methods(rows, args.methods)
+    config = {
+        "model": os.path.relpath(args.model, REPO_ROOT) if Path(args.model).exists() else args.model,
+        "vae": os.path.relpath(args.vae, REPO_ROOT) if Path(args.vae).exists() else args.vae,
+        "data": os.path.relpath(args.data, REPO_ROOT) if Path(args.data).exists() else args.data,
+        "images": len(files),
+        "hr_size": args.hr_size,
+        "factors": args.factors,
+        "threads": args.threads,
+        "seed": args.seed,
+        "default_method": DEFAULT_UPSCALE_METHOD,
+        "seconds_total": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, json.dumps({"config": config, "best": best, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(output.with_suffix(".md"), markdown_table(rows, config, best))
+    print(markdown_table(rows, config, best))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

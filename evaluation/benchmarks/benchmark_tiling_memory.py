@@ -1,0 +1,242 @@
+"""Peak memory and closeness of tiled UPLiFT super-resolution (issue #13.3).
+
+The job: a 1024 x 768 photo (a BSDS500 test image, ``--image``, resized with PIL's bicubic
+filter) upscaled 4x to 4096 x 3072 by :class:`~uplift_diffusers.UPLiFTSuperResolutionPipeline`
+with ``--upscaler`` and ``--vae`` (default: the TAEF2 model trained here and TAEF2), as
+``uplift-diffusers upscale photo.png out.png --scale 4`` does (8-bit output).
+
+Every setting of ``--settings`` runs in a FRESH subprocess (``python -m
+evaluation.benchmarks.benchmark_tiling_memory --worker ...``), on one thread
+(``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``), so that its peak resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, models and libraries included) is its own:
+
+- ``untiled``: one pass (the issue measured 10.2 GB through the CLI);
+- ``tiled`` / ``tiled:T:O``: ``pipe.enable_tiling()`` (defaults) or ``enable_tiling(tile_size=T,
+  overlap=O)``: UPLiFT in overlapping tiles and the VAE's own tiling.
+
+Closeness: PSNR (data range 1, :func:`uplift_diffusers.utils.sr_protocol.psnr`) and the
+largest pixel difference (of 255) of each tiled output against the untiled one. The outputs
+(PNG) go to ``--work-dir``; ``--reuse`` takes a setting's earlier output and numbers from there
+instead of running it again (the untiled run takes minutes and ~10 GB: run it once).
+
+Results: ``--output`` (JSON, default ``evaluation/results/tiling_memory.json``) and the same path
+with ``.md``. The recorded run::
+
+    python -m evaluation.benchmarks.benchmark_tiling_memory --settings untiled,tiled
+
+``--smoke-test``: tiny random models (saved to the work dir), a 128 x 96 image at 4x with
+16-latent tiles; seconds, and the numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+DEFAULT_OUTPUT = RESULTS_DIR / "tiling_memory.json"
+DEFAULT_UPSCALER = "examples/models/uplift-taef2-bsds500"
+DEFAULT_VAE = "../shared/models/taef2"
+DEFAULT_IMAGE = "../shared/data/bsds500/test/100039.jpg"
+DEFAULT_SIZE = (1024, 768)  # width x height of the photo, as in the issue
+DEFAULT_SCALE = 4
+#: The issue's bound: peak RSS of the tiled job, and PSNR(tiled, untiled).
+RSS_BOUND_GB = 3.0
+PSNR_BOUND_DB = 35.0
+_SEED = 0
+
+
+# ============================================================================== one setting (subprocess)
+def parse_setting(text: str) -> Optional[Dict[str, int]]:
+    """``"untiled"`` -> None; ``"tiled"`` -> {} (the defaults); ``"tiled:T:O"`` -> tile_size / overlap."""
+    if text == "untiled":
+        return None
+    parts = text.split(":")
+    if parts[0] != "tiled" or len(parts) not in (1, 3) or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"--settings: {text!r} is not 'untiled', 'tiled' or 'tiled:TILE_SIZE:OVERLAP' (e.g. tiled:64:16).")
+    return {} if len(parts) == 1 else {"tile_size": int(parts[1]), "overlap": int(parts[2])}
+
+
+def run_worker(args) -> Dict:
+    """Load the models, upscale ``args.input`` once with ``args.setting``, save the 8-bit output;
+    returns the seconds and the peak RSS of this process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from evaluation.loading import load_upscaler, load_vae_from
+    from uplift_diffusers import UPLiFTSuperResolutionPipeline
+
+    tiling = parse_setting(args.setting)
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae_from(args.vae), upscaler=load_upscaler(args.upscaler))
+    pipe.set_progress_bar_config(disable=True)
+    if tiling is not None:
+        pipe.enable_tiling(**tiling)
+    image = Image.open(args.input).convert("RGB")
+    start = time.perf_counter()
+    out = pipe(image, upscale_factor=args.scale, generator=torch.Generator().manual_seed(_SEED), output_type="pil").images[0]
+    seconds = time.perf_counter() - start
+    out.save(args.result)
+    return {
+        "setting": args.setting,
+        "tiling": tiling,
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
+        "output_size": list(out.size),
+    }
+
+
+# ============================================================================== the driver
+def make_photo(source: Path, size, path: Path) -> Path:
+    """The benchmark's input: ``source`` resized to ``size`` (width, height), PIL bicubic."""
+    Image.open(source).convert("RGB").resize(tuple(size), Image.BICUBIC).save(path)
+    return path
+
+
+def run_setting(setting: str, photo: Path, work_dir: Path, args) -> Dict:
+    """One setting in a fresh subprocess (one thread); returns its numbers and output path."""
+    result = work_dir / f"{setting.replace(':', '-')}.png"
+    stats = result.with_suffix(".json")
+    if args.reuse and result.exists() and stats.exists():
+        return json.loads(stats.read_text())
+    command = [
+        sys.executable, "-m", "evaluation.benchmarks.benchmark_tiling_memory", "--worker",
+        "--setting", setting, "--input", str(photo), "--result", str(result), "--stats", str(stats),
+        "--upscaler", args.upscaler, "--vae", args.vae, "--scale", str(args.scale),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print(f"running {setting} ...", file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    row = json.loads(stats.read_text())
+    row["result"] = str(result)
+    stats.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def closeness(path: str, reference: str) -> Dict:
+    """PSNR (dB, data range 1) and largest difference (of 255) of two 8-bit images."""
+    import torch
+
+    from uplift_diffusers.utils.sr_protocol import psnr
+
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (path, reference))
+    ta, tb = (torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 255 for x in (a, b))
+    return {
+        "psnr_vs_untiled_db": round(float(psnr(ta, tb)[0]), 2),
+        "max_abs_diff_255": int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()),
+    }
+
+
+def markdown(rows: List[Dict], meta: Dict) -> str:
+    lines = [
+        f"Peak RSS and closeness of tiled UPLiFT super-resolution: {meta['input_size'][0]}x{meta['input_size'][1]} "
+        f"-> {meta['scale']}x, upscaler `{meta['upscaler']}`, VAE `{meta['vae']}`, one CPU thread, each setting in a "
+        "fresh process (`python -m evaluation.benchmarks.benchmark_tiling_memory`).",
+        "",
+        "| setting | peak RSS (GB) | time (s) | PSNR vs untiled (dB) | max diff (/255) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        psnr_text = "-" if row.get("psnr_vs_untiled_db") is None else f"{row['psnr_vs_untiled_db']:.2f}"
+        diff = "-" if row.get("max_abs_diff_255") is None else str(row["max_abs_diff_255"])
+        lines.append(f"| {row['setting']} | {row['peak_rss_gb']:.2f} | {row['seconds']:.0f} | {psnr_text} | {diff} |")
+    lines += ["", f"Bounds (issue #13): tiled peak RSS <= {RSS_BOUND_GB} GB, PSNR(tiled, untiled) >= {PSNR_BOUND_DB} dB."]
+    return "\n".join(lines) + "\n"
+
+
+def smoke_models(work_dir: Path) -> Dict[str, str]:
+    """Tiny random 4-channel upscaler and KL VAE saved under ``work_dir`` (``--smoke-test``)."""
+    from evaluation.smoke import save_smoke_models
+
+    return save_smoke_models(work_dir / "smoke-inputs", upscaler=True, vae=True)
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", default="untiled,tiled", help="comma-separated: untiled, tiled, tiled:TILE:OVERLAP (latents)")
+    parser.add_argument("--upscaler", default=DEFAULT_UPSCALER)
+    parser.add_argument("--vae", default=DEFAULT_VAE)
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the photo to resize to --size")
+    parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), help="WIDTHxHEIGHT of the input photo")
+    parser.add_argument("--scale", type=float, default=DEFAULT_SCALE)
+    parser.add_argument("--work-dir", default=None, help="outputs and per-setting numbers (default: a new temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the outputs and numbers of settings already in --work-dir")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="results JSON (and .md beside it)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny random models, 128x96 at 4x, 16-latent tiles (seconds)")
+    # the subprocess of one setting
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--stats", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        row = run_worker(args)
+        Path(args.stats).write_text(json.dumps(row, indent=2) + "\n")
+        return row
+
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for setting in settings:
+        parse_setting(setting)  # errors before any work
+    if "untiled" not in settings:
+        raise SystemExit("--settings must include 'untiled' (the reference of the closeness).")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size must be WIDTHxHEIGHT, e.g. 1024x768, got {args.size!r}.") from None
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="uplift-tiling-")).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if args.smoke_test:
+        models = smoke_models(work_dir)
+        args.upscaler, args.vae = models["upscaler"], models["vae"]
+        width, height = 128, 96
+        settings = ["untiled", "tiled:8:2"]
+        if args.output == str(DEFAULT_OUTPUT):
+            args.output = str(work_dir / "tiling_memory.json")
+    named = {"upscaler": args.upscaler, "vae": args.vae}  # as given, for the results
+    # the settings run from the repository root: local model paths made absolute
+    args.upscaler, args.vae = (str(Path(p).resolve()) if Path(p).exists() else p for p in (args.upscaler, args.vae))
+    source = Path(args.image)
+    if not args.smoke_test and not source.is_file():
+        raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
+    photo = work_dir / "input.png"
+    if args.smoke_test:
+        from evaluation.smoke import write_smoke_images
+
+        photo = make_photo(write_smoke_images(work_dir, 1, 64)[0], (width, height), photo)
+    else:
+        make_photo(source, (width, height), photo)
+
+    rows = [run_setting(setting, photo, work_dir, args) for setting in settings]
+    reference = next(row for row in rows if row["setting"] == "untiled")
+    for row in rows:
+        if row is not reference:
+            row.update(closeness(row["result"], reference["result"]))
+    meta = {
+        "input": str(source), "input_size": [width, height], "scale": args.scale, **named,
+        "threads": 1, "seed": _SEED, "platform": platform.platform(), "python": platform.python_version(),
+        "bounds": {"peak_rss_gb": RSS_BOUND_GB, "psnr_db": PSNR_BOUND_DB}, "smoke_test": args.smoke_test,
+    }
+    result = {"meta": meta, "rows": [{k: v for k, v in row.items() if k != "result"} for row in rows]}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    print(f"wrote {output} and {output.with_suffix('.md')} (outputs in {work_dir})", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Tiled UPLiFT inference: large outputs within bounded memory.
+
+:func:`tiled_upscale` runs an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` on overlapping
+tiles of the latents (each with the matching pixels of the guide image) and blends the
+upscaled tiles into one output, as diffusers' VAE tiling blends its tiles:
+
+- the tiles are ``tile_size`` x ``tile_size`` latents (fewer where the input is smaller),
+  evenly spaced so that neighbours share at least ``overlap`` latents (:func:`tile_starts`);
+- each tile's output is weighted by a ramp across the overlap on the sides it shares with a
+  neighbour (1 at the image border), and the weighted tiles are averaged: the seams are
+  linear cross-fades, and where one tile covers everything the result is the untiled one;
+- every step's noise is drawn at FULL size from ``generator`` (the calls and the order of
+  :meth:`~UPLiFTLatentUpscaler.step_noise` in an untiled run) and sliced per tile, so tiled
+  and untiled runs see the same noise;
+- each tile goes through the model's ``forward`` (``upscaler(...)``), so the fast-inference
+  path (:meth:`~UPLiFTLatentUpscaler.enable_fast_inference`, which replaces ``forward``) and
+  accelerate's hooks apply per tile. The sliced noise reaches the model by overriding
+  ``step_noise`` on the instance for the duration of the tile.
+
+Why the overlap matters (the receptive field): there is no global operation in the model
+(its LayerNorms are per pixel), but a tile sees zero padding where the full image has
+neighbours, so its outermost latents differ from the untiled ones. How far that reaches, in
+latents of the input, for the TAEF2 model trained here: the encoder's 10 ConvBlocks (3x3) run
+on the guide at 8 px per latent (10 px, ~1.3 latents); a 2x step's decoder (1 conv before the
+upsampling, 2 after, at 2x), the Local Attender's 17-neighbourhood (2 latents) and the
+refiner's 6 ConvBlocks (at 2x) add ~7 latents, the next step half that, and so on (< 15 for
+any number of steps). :data:`DEFAULT_TILE_OVERLAP` (16) covers it, and the linear ramp gives
+the outermost latents of each tile little weight. Measured: a 384 x 256 image at 4x, 32-latent
+tiles sharing 8, decodes within 76 dB of the untiled result; the full 1024 x 768 job is in
+``evaluation/results/tiling_memory.md``.
+
+The same loop (:func:`blend_tiles`) tiles :class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`.
+
+Memory: the encoder maps and the steps' activations exist for one tile at a time; only the
+input, the full-size step noise and the output (plus one weight map) are full size.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from .modeling_uplift import GeneratorArg, StepNoise
+
+__all__ = [
+    "DEFAULT_TILE_SIZE",
+    "DEFAULT_TILE_OVERLAP",
+    "check_tile_arguments",
+    "tile_starts",
+    "count_tiles",
+    "blend_ramp",
+    "axis_weights",
+    "blend_tiles",
+    "full_size_step_noise",
+    "tiled_upscale",
+]
+
+#: Default tile side, in latents of the input (x ``vae_scale_factor`` guide pixels: 64 -> 512 px).
+DEFAULT_TILE_SIZE = 64
+#: Default overlap of neighbouring tiles, in latents of the input (measured: see the module doc).
+DEFAULT_TILE_OVERLAP = 16
+
+
+def check_tile_arguments(tile_size, overlap) -> Tuple[int, int]:
+    """``(tile_size, overlap)`` with the defaults filled in; ValueError naming the argument
+    when ``tile_size`` is not an int >= 2 or ``overlap`` not an int in ``[0, tile_size)``."""
+    tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 2:
+        raise ValueError(
+            f"`tile_size` must be an int >= 2 (the tile side in latents of the input; "
+            f"{DEFAULT_TILE_SIZE} is the default), got {tile_size!r}."
+        )
+    overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 2) if overlap is None else overlap
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile_size:
+        raise ValueError(
+            f"`overlap` must be an int in [0, tile_size={tile_size}) (latents shared by neighbouring "
+            f"tiles; {DEFAULT_TILE_OVERLAP} is the default), got {overlap!r}."
+        )
+    return tile_size, overlap
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> List[int]:
+    """Start offsets of the tiles along one axis of ``length``: the fewest full tiles that share
+    at least ``overlap`` pixels with each neighbour, evenly spaced from 0 to ``length - tile_size``
+    (one tile at 0 when ``length <= tile_size``)."""
+    if length <= tile_size:
+        return [0]
+    count = math.ceil((length - overlap) / (tile_size - overlap))
+    return [round(index * (length - tile_size) / (count - 1)) for index in range(count)]
+
+
+def blend_ramp(size: int, start_ramp: int, end_ramp: int, device=None) -> torch.Tensor:
+    """1-D weights of a tile of ``size`` pixels: rising over the first ``start_ramp`` pixels,
+    falling over the last ``end_ramp``, 1 elsewhere. The rise is ``(i + 0.5) / start_ramp``
+    (never 0), so a neighbour's fall over the same pixels complements it to exactly 1."""
+    weights = torch.ones(size, device=device)
+    for ramp, at_start in ((min(start_ramp, size), True), (min(end_ramp, size), False)):
+        if ramp > 0:
+            rise = (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp
+            part = weights[:ramp] if at_start else weights[size - ramp :]
+            part.copy_(torch.minimum(part, rise if at_start else rise.flip(0)))
+    return weights
+
+
+def axis_weights(starts: Sequence[int], length: int, tile_size: int, out_scale: int = 1, device=None) -> List[torch.Tensor]:
+    """The :func:`blend_ramp` of each tile along one axis (output pixels): each ramp spans exactly
+    the pixels the tile shares with its neighbour (at least ``overlap``), so neighbours
+    cross-fade linearly."""
+    weights = []
+    for index, start in enumerate(starts):
+        end = min(start + tile_size, length)
+        before = starts[index - 1] + tile_size - start if index > 0 else 0
+        after = end - starts[index + 1] if index + 1 < len(starts) else 0
+        weights.append(blend_ramp((end - start) * out_scale, before * out_scale, after * out_scale, device))
+    return weights
+
+
+def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None, noise_scale=None) -> List[StepNoise]:
+    """Every step's noise for upscaling ``latents`` by ``2 ** num_steps``, drawn by the model's
+    :meth:`~UPLiFTLatentUpscaler.step_noise` at full size, in the order an untiled run draws it."""
+    batch, channels, h, w = latents.shape
+    noises = []
+    for step in range(num_steps):
+        scale = 2**step
+        # step_noise reads only the shape and device of the latents: a zero-size stand-in
+        stand_in = latents.new_zeros(()).expand(batch, channels, h * scale, w * scale)
+        noises.append(upscaler.step_noise(stand_in, generator, noise_scale))
+    return noises
+
+
+def _slice_noise(noise: StepNoise, step: int, y0: int, y1: int, x0: int, x1: int) -> StepNoise:
+    """The tile ``[y0:y1, x0:x1]`` (input latents) of one step's noise: the decoder input at the
+    step's input scale, the other two at twice it."""
+    scales = (2**step, 2 ** (step + 1), 2 ** (step + 1))
+    return tuple(
+        None if n is None else n[:, :, y0 * s : y1 * s, x0 * s : x1 * s].contiguous() for n, s in zip(noise, scales)
+    )
+
+
+@contextlib.contextmanager
+def _noise_from(upscaler, noises: Sequence[StepNoise]) -> Iterator[None]:
+    """Make ``upscaler.step_noise`` return ``noises[0], noises[1], ...`` (one per step) instead of
+    drawing, for the duration of the block."""
+    queue = list(noises)
+    had_own = "step_noise" in upscaler.__dict__
+    own = upscaler.__dict__.get("step_noise")
+
+    def step_noise(latents, generator=None, noise_scale=None):
+        if not queue:
+            raise RuntimeError("tiled_upscale: the model drew more steps of noise than num_steps.")
+        return queue.pop(0)
+
+    upscaler.step_noise = step_noise
+    try:
+        yield
+    finally:
+        if had_own:
+            upscaler.step_noise = own
+        else:
+            del upscaler.step_noise
+
+
+def count_tiles(height: int, width: int, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> int:
+    """How many tiles :func:`tiled_upscale` runs for ``height x width`` latents."""
+    tile_size, overlap = check_tile_arguments(tile_size, overlap)
+    return len(tile_starts(height, tile_size, overlap)) * len(tile_starts(width, tile_size, overlap))
+
+
+def blend_tiles(
+    run_tile: Callable[[int, int, int, int], torch.Tensor],
+    height: int,
+    width: int,
+    tile_size: int,
+    overlap: int,
+    out_scale: int = 1,
+) -> torch.Tensor:
+    """Run ``run_tile(y0, y1, x0, x1)`` on overlapping tiles of a ``height x width`` grid and
+    blend the results (the one tiling loop of the package: UPLiFT and TinyAutoencoder).
+
+    ``run_tile`` returns the output of grid region ``[y0:y1, x0:x1]``, ``B x C x (y1 - y0) *
+    out_scale x (x1 - x0) * out_scale``. Tiles start every ``tile_size - overlap`` (see
+    :func:`tile_starts`); each output is weighted by :func:`blend_ramp` across ``overlap *
+    out_scale`` output pixels (the whole shared part: :func:`axis_weights`) on the sides it
+    shares with a neighbour, and the weighted outputs are averaged (a linear cross-fade in each
+    overlap). Returns ``B x C x height * out_scale x
+    width * out_scale`` in the tiles' dtype; one tile (``height, width <= tile_size``) gives
+    that tile unchanged.
+    """
+    rows, cols = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
+    row_weights = col_weights = None
+    out = weight_sum = None
+    for row, y0 in enumerate(rows):
+        y1 = min(y0 + tile_size, height)
+        for col, x0 in enumerate(cols):
+            x1 = min(x0 + tile_size, width)
+            tile = run_tile(y0, y1, x0, x1)
+            if len(rows) == len(cols) == 1:
+                return tile
+            if out is None:
+                shape = (tile.shape[0], tile.shape[1], height * out_scale, width * out_scale)
+                out = torch.zeros(shape, device=tile.device, dtype=torch.float32)
+                weight_sum = torch.zeros(1, 1, *shape[-2:], device=tile.device, dtype=torch.float32)
+                row_weights = axis_weights(rows, height, tile_size, out_scale, tile.device)
+                col_weights = axis_weights(cols, width, tile_size, out_scale, tile.device)
+            weight = row_weights[row][:, None] * col_weights[col][None, :]
+            region = (slice(None), slice(None), slice(y0 * out_scale, y1 * out_scale), slice(x0 * out_scale, x1 * out_scale))
+            out[region] += tile.float() * weight
+            weight_sum[region] += weight
+            dtype = tile.dtype
+            del tile
+    return out.div_(weight_sum).to(dtype)
+
+
+def tiled_upscale(
+    upscaler,
+    latents: torch.Tensor,
+    image: torch.Tensor,
+    num_steps: int,
+    generator: GeneratorArg = None,
+    tile_size: Optional[int] = None,
+    overlap: Optional[int] = None,
+    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    noise_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Upscale ``latents`` by ``2 ** num_steps`` tile by tile (see the module doc).
+
+    Args:
+        upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
+        latents: ``B x C x h x w`` unscaled latents; ``image``: the ``B x 3 x fh x fw`` guide in
+            [0, 1] (``f = vae_scale_factor``), as for the model's ``forward``.
+        num_steps: number of 2x steps (>= 1).
+        generator: seeds the noise (drawn at full size, sliced per tile).
+        tile_size, overlap: tile side and overlap in latents of the input (None: the defaults
+            :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
+        callback: ``callback(step_index, tile_latents)`` after every 2x step of every tile
+            (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
+        noise_scale: override of the model's noise scale, as in ``forward``.
+
+    Returns:
+        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's
+        output dtype; equal to the untiled call when one tile covers the latents.
+    """
+    tile_size, overlap = check_tile_arguments(tile_size, overlap)
+    upscaler.check_inputs(latents, image, num_steps, generator, noise_scale)
+    factor = upscaler.config.vae_scale_factor
+    noises = full_size_step_noise(upscaler, latents, num_steps, generator, noise_scale)
+
+    def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        tile_noise = [_slice_noise(noise, step, y0, y1, x0, x1) for step, noise in enumerate(noises)]
+        with _noise_from(upscaler, tile_noise):
+            return upscaler(
+                latents[:, :, y0:y1, x0:x1],
+                image[:, :, y0 * factor : y1 * factor, x0 * factor : x1 * factor],
+                num_steps=num_steps,
+                noise_scale=noise_scale,
+                callback=callback,
+            ).sample
+
+    return blend_tiles(run_tile, latents.shape[-2], latents.shape[-1], tile_size, overlap, out_scale=2**num_steps)

@@ -1,0 +1,34 @@
+"""A package's names imported on first use (PEP 562 module ``__getattr__``), as diffusers' lazy
+modules do: ``import uplift_diffusers`` (and the command line's ``--help``) then costs no torch
+or diffusers import until a name that needs them is used."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Callable, ContextManager, Dict, Optional, Sequence
+
+__all__ = ["lazy_exports"]
+
+
+def lazy_exports(
+    package: str,
+    namespace: dict,
+    modules: Dict[str, Sequence[str]],
+    context: Optional[Callable[[], ContextManager]] = None,
+) -> Callable[[str], object]:
+    """A module ``__getattr__`` for ``package`` (its ``__name__``): ``modules`` maps a module
+    (relative, e.g. ``".vae"``) to the names it exports; the first use of one imports that module
+    (inside ``context()`` when given, e.g. to silence import-time notices) and stores all its
+    names in ``namespace`` (the package's ``globals()``), so later uses are plain attributes."""
+    owner = {name: module for module, names in modules.items() for name in names}
+
+    def __getattr__(name: str):
+        if name not in owner:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        with context() if context is not None else contextlib.nullcontext():
+            module = importlib.import_module(owner[name], package)
+        for exported in modules[owner[name]]:
+            namespace[exported] = getattr(module, exported)
+        return namespace[name]
+
+    return __getattr__
