@@ -22,7 +22,10 @@ from PIL import Image
 
 from evaluation.sharding import broadcast_value
 
-__all__ = ["SMOKE_HELP", "add_smoke_test_argument", "use_one_thread", "prepare_smoke_dir", "write_smoke_images", "save_smoke_models"]
+__all__ = [
+    "SMOKE_HELP", "add_smoke_test_argument", "use_one_thread", "prepare_smoke_dir", "write_smoke_images", "save_smoke_models",
+    "prepare_smoke_study",
+]
 
 SMOKE_HELP = (
     "check the installation: run end to end in seconds on tiny random models and synthetic inputs written to "
@@ -89,3 +92,18 @@ def save_smoke_models(folder: Path, upscaler: bool = True, vae: bool = False, sd
             saved["clip"] = testing_utils.save_tiny_clip(folder / "clip")
     (folder / "README.json").write_text(json.dumps({"what": "tiny random models of --smoke-test; outputs mean nothing"}) + "\n")
     return {name: str(path) for name, path in saved.items()}
+
+
+def prepare_smoke_study(args, script: str, count: int, size: int) -> None:
+    """``--smoke-test`` of a one-process study with ``--model`` / ``--vae`` / ``--data`` / ``--output``
+    (a ``.json`` file): ``args.output`` set to a new temporary folder's ``<script>.json`` when not
+    given; the tiny random upscaler and KL VAE and ``count`` smooth ``size`` px images written to
+    ``smoke-inputs`` beside it, and ``args.model``, ``args.vae``, ``args.data`` pointed at them.
+    Also :func:`use_one_thread`."""
+    use_one_thread()
+    if args.output is None:
+        args.output = str(Path(tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-")) / f"{script}.json")
+    inputs = Path(args.output).parent / "smoke-inputs"
+    models = save_smoke_models(inputs, upscaler=True, vae=True)
+    write_smoke_images(inputs / "images", count, size)
+    args.model, args.vae, args.data = models["upscaler"], models["vae"], str(inputs / "images")

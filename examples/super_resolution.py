@@ -1,6 +1,7 @@
 """Super-resolution of image files with a VAE and UPLiFT (encode -> upscale latents -> decode).
 
     python examples/super_resolution.py photo.jpg --scale 4
+    python examples/super_resolution.py photo.jpg --scale 3   # any factor >= 1 (1.5, 3, ...)
     python examples/super_resolution.py photo.jpg --vae path/to/taesd_dir --upscaler path/to/uplift_dir
 
 Defaults: the Stable Diffusion 1.5 VAE and the authors' released UPLiFT model, from the Hub or its
@@ -23,11 +24,13 @@ from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_availabl
 from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.loaders.vae import load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+from uplift_diffusers.pipelines.upscale_decode import check_upscale_factor
 
 DEFAULT_OUTPUT_DIR = Path("outputs") / "super_resolution"
 
 
 def run(args) -> None:
+    args.scale = check_upscale_factor(args.scale, "--scale")  # before any model is loaded
     models = [
         HubModel(args.vae, ("config.json", "vae/config.json"), what=f"the VAE {args.vae!r}", hint="--vae DIR"),
         HubModel(args.upscaler, what=f"the upscaler {args.upscaler!r}", hint="--upscaler DIR|FILE"),
@@ -46,7 +49,7 @@ def run(args) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for path, image, upscaled in zip(args.images, images, result.images):
-        target = output_dir / f"{Path(path).stem}_x{args.scale}.png"
+        target = output_dir / f"{Path(path).stem}_x{args.scale:g}.png"
         upscaled.save(target)
         print(f"{path} {image.size} -> {target} {upscaled.size}")
 
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vae", default=SD15_MODEL_ID, help="Hub id or local directory (a pipeline's vae/ is found)")
     parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID,
                         help="UPLiFT folder, Hub id or the authors' .safetensors / .pth file or its Hub URL (default: the authors' release)")
-    parser.add_argument("--scale", type=int, choices=(2, 4, 8), default=4)
+    parser.add_argument("--scale", type=float, default=4.0,
+                        help="upscale factor, any real number >= 1 (e.g. 2, 3, 1.5; default 4): each side times it, rounded")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help=f"where the results go (default {DEFAULT_OUTPUT_DIR})")
     args = parser.parse_args(argv)

@@ -20,11 +20,13 @@ from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
 from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
+from uplift_diffusers.pipelines.upscale_decode import check_upscale_factor
 
 DEFAULT_OUTPUT = Path("outputs") / "text_to_image.png"
 
 
 def run(args) -> None:
+    args.scale = check_upscale_factor(args.scale, "--scale")  # before any model is loaded
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     source = args.original_checkpoint if args.original_checkpoint is not None else args.upscaler
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--upscaler", default=None, help="UPLiFT folder or Hub id (default: the authors' release)")
     parser.add_argument("--original-checkpoint", default=None, help="the authors' .safetensors file or its Hub URL")
     parser.add_argument("--size", type=int, default=512, help="base size in pixels")
-    parser.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=2)
+    parser.add_argument("--scale", type=float, default=2.0,
+                        help="upscale factor, any real number >= 1 (e.g. 2, 3, 1.5; default 2): each side times it, rounded")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help=f"the upscaled image (default {DEFAULT_OUTPUT})")

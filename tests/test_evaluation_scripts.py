@@ -848,6 +848,51 @@ def test_sr_latency_smoke_test(tmp_path, hub_cache):
     assert output.with_suffix(".md").is_file()
 
 
+def test_alpha_study_smoke_test_and_candidates(tmp_path):
+    """``alpha_study --smoke-test`` writes both tables (tiny random models, numbers mean nothing);
+    every alpha candidate keeps a constant alpha constant, and the LR alpha is 8-bit as a PNG stores it."""
+    from evaluation.benchmarks import alpha_study
+
+    output = tmp_path / "alpha.json"
+    assert alpha_study.main(["--smoke-test", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["config"]["smoke_test"] is True and result["config"]["images"] == 2 and result["config"]["factor"] == 4
+    assert len(result["alpha"]) == 15 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
+    for row in result["alpha"].values():
+        assert row["mean_psnr"] == pytest.approx(np.mean([row[mask]["psnr"] for mask in alpha_study.MASKS]))
+        assert all(0 <= row[mask]["band_mae"] <= 255 for mask in alpha_study.MASKS) and 0 <= row["solid_wrong"] <= 100
+    assert set(result["colour"]) >= {"filled (as colour)", "white, alpha dropped (before)"}
+    table = output.with_suffix(".md").read_text()
+    assert f"| filled (as colour) | {result['colour']['filled (as colour)']['psnr']:.2f} |" in table
+    assert (tmp_path / "smoke-inputs" / "images").is_dir()
+    # the candidates on a constant alpha, and the LR quantisation
+    ones = torch.ones(1, 1, 8, 8)
+    guide_lr, guide_hr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.rand(1, 1, 32, 32)
+    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_lr, guide_hr).items():
+        assert alpha.shape == (1, 1, 32, 32) and torch.allclose(alpha, torch.ones_like(alpha), atol=1e-5), name
+    hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    masks = alpha_study.masks_for(hr)
+    assert set(masks) == set(alpha_study.MASKS) and all(0 <= float(m.min()) and float(m.max()) <= 1 for m in masks.values())
+    colour, alpha = alpha_study.to_lr(hr, masks["cutout"], 16)
+    assert colour.shape == (1, 3, 16, 16) and torch.equal(alpha * 255, (alpha * 255).round())
+    assert alpha_study.main(["--smoke-test", "--output", str(tmp_path / "alpha.txt")]) == 2
+
+
+def test_any_size_study_smoke_test(tmp_path):
+    """``any_size_study --smoke-test``: every method at 1.5x, 3x and 6x on two synthetic 96 px images."""
+    from evaluation.benchmarks import any_size_study
+    from uplift_diffusers.pipelines.upscale_decode import UPSCALE_METHODS
+
+    output = tmp_path / "study.json"
+    assert any_size_study.main(["--smoke-test", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["config"]["smoke_test"] is True and result["config"]["images"] == 2 and result["config"]["hr_size"] == 96
+    assert len(result["rows"]) == 3 * (len(UPSCALE_METHODS) + 1)
+    assert {row["factor"]: row["lr_size"] for row in result["rows"]} == {1.5: 64, 3.0: 32, 6.0: 16}
+    assert all(row["images"] == 2 and math.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1 for row in result["rows"])
+    assert output.with_suffix(".md").is_file()
+
+
 def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cache, capsys):
     """Offline with an empty cache: one line naming every missing model and the flags that take
     local copies (no flag the script does not have), at once, no Hub time-outs."""
@@ -918,6 +963,38 @@ def test_example_super_resolution_runs_on_local_models_and_writes_where_git_igno
         assert check.returncode == 0, path
 
 
+def test_examples_take_any_scale_of_at_least_one(tmp_path, tiny_dirs, capsys):
+    """Both examples take the pipelines' factors (any real >= 1, each side times it, rounded) and
+    refuse others in one line before loading any model (the library's check_upscale_factor)."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(photo)
+    sr = _example("super_resolution")
+    out = tmp_path / "sr"
+    assert sr.main([str(photo), "--vae", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--scale", "1.5",
+                    "--output-dir", str(out)]) == 0
+    with Image.open(out / "photo_x1.5.png") as image:
+        assert image.size == (36, 24)
+    capsys.readouterr()
+    t2i = _example("text_to_image")
+    output = tmp_path / "t2i.png"
+    assert t2i.main(["a cat", "--model", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--size", "32",
+                     "--scale", "3", "--steps", "1", "--output", str(output)]) == 0
+    with Image.open(output) as image, Image.open(output.with_name("t2i_base.png")) as base:
+        assert base.size == (32, 32) and image.size == (96, 96)
+    capsys.readouterr()
+    missing = str(tmp_path / "no-such-model")
+    for scale in ("0.5", "nan", "inf"):
+        assert sr.main([str(photo), "--vae", missing, "--upscaler", missing, "--scale", scale, "--output-dir", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("error: `--scale` must be a finite number >= 1") and scale in error
+        with pytest.raises(SystemExit) as exit_status:
+            t2i.main(["a cat", "--model", missing, "--scale", scale, "--output", str(tmp_path / "bad.png")])
+        assert exit_status.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("error: `--scale` must be a finite number >= 1") and scale in error
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_path, capsys):
     captions = _write_coco(tmp_path)  # images 40 x 30..35
     out = tmp_path / "coco.jsonl"
@@ -938,7 +1015,9 @@ def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_pat
     assert "more than the 2 captioned images of at least 34 px" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["benchmark_latency", "benchmark_sr_latency", "benchmark_upscaler"])
+@pytest.mark.parametrize(
+    "module", ["benchmark_latency", "benchmark_sr_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
+)
 def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, capsys):
     """A benchmark times one process: under `torchrun --nproc_per_node 2` it stops before any work
     instead of running two copies that disturb each other and write the same files."""
@@ -949,7 +1028,7 @@ def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, caps
     monkeypatch.setenv("WORLD_SIZE", "2")
     script = importlib.import_module(f"evaluation.benchmarks.{module}")
     argv = ["--smoke-test", "--output" if module != "benchmark_latency" else "--output-dir", str(tmp_path / "out.json")]
-    if module == "benchmark_upscaler":
+    if module in ("benchmark_upscaler", "benchmark_tiling_memory"):
         with pytest.raises(LaunchMismatchError, match="times ONE process, but the launcher started 2"):
             script.main(argv)
     else:

@@ -25,6 +25,8 @@ The run recorded in ``evaluation/results/any_size_study.{json,md}`` (one CPU thr
         --output evaluation/results/any_size_study.json
 
 ``--model`` selects another upscaler (folder, Hub id or the authors' file), ``--vae`` its VAE.
+It measures one process: a multi-process launch (``torchrun`` / ``accelerate launch``) is refused.
+``--smoke-test`` runs it in seconds on tiny random models and two synthetic images (the numbers mean nothing).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from evaluation.metrics.image_metrics import ssim
+from evaluation.sharding import LaunchMismatchError, require_one_process
+from evaluation.smoke import add_smoke_test_argument, prepare_smoke_study
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.loaders import load_upscaler, load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
@@ -54,6 +58,8 @@ DEFAULT_VAE = SHARED_DIR / "models" / "taef2"
 DEFAULT_DATA = SHARED_DIR / "data" / "bsds500" / "test"
 DEFAULT_OUTPUT = REPO_ROOT / "evaluation" / "results" / "any_size_study.json"
 BICUBIC = "bicubic"
+#: ``--smoke-test``: 2 synthetic images, 96 px HR (LR 64, 32 and 16 px at the default factors).
+SMOKE_IMAGES, SMOKE_HR_SIZE = 2, 96
 
 #: One line per candidate for the table.
 METHOD_DESCRIPTIONS = {
@@ -66,11 +72,21 @@ METHOD_DESCRIPTIONS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options of the one-process studies on BSDS500 (this one, ``alpha_study``): ``--model``,
+    ``--vae``, ``--data``, ``--output`` (default ``evaluation/results/<name>.json``; None until
+    :func:`~evaluation.smoke.prepare_smoke_study` or the script sets it) and ``--smoke-test``."""
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="the UPLiFT model (folder, Hub id or the authors' file)")
     parser.add_argument("--vae", default=str(DEFAULT_VAE), help="its VAE (folder or Hub id)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of test images (BSDS500 test)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of test images (default: BSDS500 test, ../shared/data/bsds500/test)")
+    parser.add_argument("--output", default=None, help=f"JSON results; the tables go next to it as .md "
+                        f"(default evaluation/results/{name}.json; with --smoke-test a temporary folder)")
+    add_smoke_test_argument(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(parser, "any_size_study")
     parser.add_argument("--factors", type=float, nargs="+", default=[1.5, 3.0, 6.0])
     parser.add_argument("--hr-size", type=int, default=192, help="HR centre crop side; hr-size / factor must be an integer")
     parser.add_argument("--num-images", type=int, default=None, help="the first N images (sorted by name); default all")
@@ -78,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the upscaler's noise channels")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results; the table goes next to it as .md")
     return parser
 
 
@@ -191,6 +206,16 @@ def markdown_table(rows: Sequence[Dict], config: Dict, best: Dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        require_one_process("evaluation.benchmarks.any_size_study")
+    except LaunchMismatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.smoke_test:
+        prepare_smoke_study(args, "any_size_study", SMOKE_IMAGES, SMOKE_HR_SIZE)
+        args.num_images, args.hr_size = SMOKE_IMAGES, SMOKE_HR_SIZE
+    elif args.output is None:
+        args.output = str(DEFAULT_OUTPUT)
     lr_sides = check_arguments(args, parser)
     torch.set_num_threads(args.threads)
     files = list_images(args.data)
@@ -213,6 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "factors": args.factors,
         "threads": args.threads,
         "seed": args.seed,
+        "smoke_test": bool(args.smoke_test),
         "default_method": DEFAULT_UPSCALE_METHOD,
         "seconds_total": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,

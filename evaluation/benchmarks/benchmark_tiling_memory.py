@@ -25,7 +25,8 @@ with ``.md``. The recorded run::
     python -m evaluation.benchmarks.benchmark_tiling_memory --settings untiled,tiled
 
 ``--smoke-test``: tiny random models (saved to the work dir), a 128 x 96 image at 4x with
-16-latent tiles; seconds, and the numbers mean nothing.
+16-latent tiles; seconds, and the numbers mean nothing. It measures one process (its settings run
+one after another): a multi-process launch (``torchrun`` / ``accelerate launch``) is refused.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image
+
+from evaluation.sharding import require_one_process
+from evaluation.smoke import add_smoke_test_argument
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_OUTPUT = RESULTS_DIR / "tiling_memory.json"
@@ -172,7 +176,7 @@ def main(argv=None) -> Dict:
     parser.add_argument("--work-dir", default=None, help="outputs and per-setting numbers (default: a new temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse the outputs and numbers of settings already in --work-dir")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="results JSON (and .md beside it)")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny random models, 128x96 at 4x, 16-latent tiles (seconds)")
+    add_smoke_test_argument(parser, help="tiny random models, 128x96 at 4x, 16-latent tiles (seconds)")
     # the subprocess of one setting
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
@@ -186,6 +190,7 @@ def main(argv=None) -> Dict:
         Path(args.stats).write_text(json.dumps(row, indent=2) + "\n")
         return row
 
+    require_one_process("evaluation.benchmarks.benchmark_tiling_memory")
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for setting in settings:
         parse_setting(setting)  # errors before any work
