@@ -675,6 +675,8 @@ def test_empty_folder_is_a_value_error_naming_it(tmp_path):
 def test_config_overrides_and_errors(tmp_path, capsys):
     base = ["--config", str(TINY), "--train-data", str(tmp_path)]
     config = build_config(parse_args(base + ["--batch-size", "4", "--set", "optimization.lr=0.01", "model.refiner_blocks=2"]))
+    # YAML 1.1 reads 1e-4 (no dot) as a string; --set takes it as the number users mean
+    assert build_config(parse_args(base + ["--set", "optimization.lr=1e-4"]))["optimization"]["lr"] == 1e-4
     assert config["optimization"]["lr"] == 0.01
     assert config["optimization"]["batch_size"] == 4
     assert config["model"]["refiner_blocks"] == 2
@@ -1006,3 +1008,45 @@ def test_smoke_test_trains_tiny_random_components_without_downloads(tmp_path, mo
     config = yaml.safe_load((output / "config.yaml").read_text())
     assert config["vae"] == str(output / "smoke-test" / "vae")
     assert config["data"]["resolution"] == 64 and config["optimization"]["depths"] == [1, 2]
+
+
+def test_init_from_starts_from_saved_weights_and_checks_the_architecture(tmp_path, monkeypatch, capsys):
+    """``--init-from MODEL_DIR`` fine-tunes a saved model (weights loaded, fresh optimiser); a folder
+    of another architecture, or no model folder, is one error naming ``init_from`` before anything
+    is written; a resumed run takes its weights from the checkpoint, not from init_from."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first = tmp_path / "first"
+    assert main(["--smoke-test", "--output-dir", str(first), "--max-steps", "1"]) == 0
+    saved = UPLiFTLatentUpscaler.from_pretrained(first / "model").state_dict()
+    vae = str(first / "smoke-test" / "vae")
+    data = str(first / "smoke-test" / "images")
+
+    def run(output: Path, *extra: str) -> int:
+        return main(["--smoke-test", "--vae", vae, "--train-data", data, "--output-dir", str(output), *extra])
+
+    # lr 1e-12: one Adam step moves each weight by about 1e-12, so the result is the saved model
+    tuned = tmp_path / "tuned"
+    assert run(tuned, "--max-steps", "1", "--init-from", str(first / "model"), "--set", "optimization.lr=1e-12") == 0
+    assert f"initialised the weights from {first / 'model'}" in capsys.readouterr().out
+    after = UPLiFTLatentUpscaler.from_pretrained(tuned / "model").state_dict()
+    assert max((after[k] - saved[k]).abs().max().item() for k in saved) < 1e-6
+    scratch = tmp_path / "scratch"
+    assert run(scratch, "--max-steps", "1", "--set", "optimization.lr=1e-12", "optimization.seed=1") == 0
+    fresh = UPLiFTLatentUpscaler.from_pretrained(scratch / "model").state_dict()
+    assert max((fresh[k] - saved[k]).abs().max().item() for k in saved) > 1e-3  # without it: other weights
+
+    # resuming ignores init_from: the checkpoint's weights are used
+    assert run(tuned, "--max-steps", "2", "--init-from", str(first / "model"), "--resume", "latest") == 0
+    assert "initialised the weights" not in capsys.readouterr().out
+
+    for bad, message in (
+        (["--init-from", str(tmp_path / "nowhere")], "config key `init_from`: cannot read"),
+        (["--init-from", str(first / "model"), "--set", "model.decoder_channels=24"], "holds another architecture: decoder_channels=24 here"),
+    ):
+        output = tmp_path / "bad"
+        assert run(output, *bad) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0], error
+        assert not output.exists()

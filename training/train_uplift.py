@@ -34,6 +34,7 @@ import inspect
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -55,6 +56,7 @@ MODULE = "training.train_uplift"
 DEFAULTS: Dict = {
     "vae": SD15_MODEL_ID,
     "output_dir": "runs/uplift",
+    "init_from": None,
     "model": {},
     "data": {
         "train_dirs": [],
@@ -142,6 +144,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpointing-steps", type=int)
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--init-from", metavar="MODEL_DIR",
+                        help="start from the weights of a saved UPLiFTLatentUpscaler (save_pretrained folder) of the same architecture, "
+                             "with a fresh optimiser and LR schedule (fine-tuning); config key init_from")
     parser.add_argument("--resume", help="'latest' (the newest checkpoint in OUTPUT/checkpoints; says so and starts from scratch when there is none) or a checkpoint directory")
     parser.add_argument("--require-resume", action="store_true", help="resume from --resume (default: latest) and make a missing checkpoint an error")
     parser.add_argument("--smoke-test", action="store_true",
@@ -288,7 +293,48 @@ def check_config(config: Dict) -> Dict:
     if val["hr_size"] % val["lr_size"]:
         raise ValueError(f"validation.hr_size {val['hr_size']} must be a multiple of validation.lr_size {val['lr_size']}.")
     check_model_section(config["model"])
+    check_init_from(config)
     return config
+
+
+def check_init_from(config: Dict) -> None:
+    """``init_from`` (None, or a folder saved by ``UPLiFTLatentUpscaler.save_pretrained``) must hold
+    a model of the architecture the ``model`` section describes: checked on its ``config.json``,
+    before anything is written or loaded."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    source = config["init_from"]
+    if source is None:
+        return
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"config key `init_from` must be a model folder or null, got {source!r}.")
+    config_file = Path(source).expanduser() / "config.json"
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"config key `init_from`: cannot read {str(config_file)!r} ({type(error).__name__}); pass a folder written by "
+            "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
+        ) from None
+    with torch.device("meta"):  # the full configuration the model section gives, defaults included
+        wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **config["model"]}).config
+
+    def plain(value):
+        return json.loads(json.dumps(value))
+
+    differ = [
+        f"{key}={plain(wanted[key])!r} here but {plain(saved.get(key))!r} there"
+        for key in wanted
+        if not key.startswith("_") and key not in SET_BY_THE_SCRIPT and plain(wanted[key]) != plain(saved.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            f"config key `init_from` ({source!r}) holds another architecture: {'; '.join(differ)}; "
+            "make the `model` section match its config.json."
+        )
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def build_config(args: argparse.Namespace) -> Dict:
@@ -306,6 +352,7 @@ def build_config(args: argparse.Namespace) -> Dict:
     flags = {
         ("vae",): args.vae,
         ("output_dir",): args.output_dir,
+        ("init_from",): getattr(args, "init_from", None),
         ("data", "train_dirs"): args.train_data,
         ("data", "resolution"): args.resolution,
         ("validation", "dir"): args.validation_data,
@@ -319,7 +366,10 @@ def build_config(args: argparse.Namespace) -> Dict:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
         dotted, value = item.split("=", 1)
         try:
-            flags[tuple(dotted.split("."))] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
+            if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed):
+                parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            flags[tuple(dotted.split("."))] = parsed
         except yaml.YAMLError:
             raise ValueError(f"--set {item!r}: the value is not valid YAML; quote strings, e.g. {dotted}='\"text\"'.") from None
     for keys, value in flags.items():
@@ -636,6 +686,10 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
     if model_config["latent_channels"] != vae_channels:
         raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
     model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt["depths"]))
+    checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
+    if config["init_from"] is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
+        model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config["init_from"]).state_dict())
+        accelerator.print(f"initialised the weights from {config['init_from']} (fresh optimiser and LR schedule)")
     ema = None
     if opt["ema_decay"]:
         from diffusers.training_utils import EMAModel
@@ -669,7 +723,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
 
     step, epoch, position, elapsed_before = 0, 0, 0, 0.0
     if resume:
-        path = find_checkpoint(output_dir, resume)
+        path = checkpoint_path
         if path is not None:
             state = load_checkpoint(accelerator, path)
             step, epoch, position = state["step"], state["epoch"], state["position"]
