@@ -24,7 +24,7 @@ from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_availabl
 from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.loaders.vae import load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
-from uplift_diffusers.pipelines.upscale_decode import check_upscale_factor
+from uplift_diffusers.utils.output_size import check_upscale_factor
 
 DEFAULT_OUTPUT_DIR = Path("outputs") / "super_resolution"
 

@@ -20,7 +20,7 @@ from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
 from uplift_diffusers.loaders.upscaler import load_upscaler
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
-from uplift_diffusers.pipelines.upscale_decode import check_upscale_factor
+from uplift_diffusers.utils.output_size import check_upscale_factor
 
 DEFAULT_OUTPUT = Path("outputs") / "text_to_image.png"
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -65,14 +64,13 @@ class InputError(Exception):
 # Argument types (no heavy imports)
 # ---------------------------------------------------------------------------------------------
 def parse_scale(text: str) -> float:
-    """``--scale``: any finite real number >= 1 (``"3"``, ``"1.5"``)."""
+    """``--scale``: any finite real number >= 1 (``"3"``, ``"1.5"``), by the pipelines' own check."""
+    from .utils.output_size import check_upscale_factor  # no torch
+
     try:
-        value = float(text)
+        return check_upscale_factor(float(text), "--scale")
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)") from None
 
 
 def parse_output_size(text: str) -> Tuple[Optional[int], Optional[int]]:
@@ -276,7 +274,7 @@ def upscale_one(pipe, path: Path, target: Path, args, generator) -> str:
     """Upscale one file to ``target`` (written atomically); InputError for problems of this file."""
     import torch
 
-    from .pipelines.upscale_decode import output_size_for
+    from .utils.output_size import output_size_for
     from .utils.atomic_files import atomic_save_image
 
     image = open_image(path)

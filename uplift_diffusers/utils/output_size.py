@@ -1,0 +1,101 @@
+"""Output sizes, the one rule of the package (no torch: the command line checks its flags with it
+before importing anything heavy): a real factor >= 1 gives ``round(factor x side)`` (halves up);
+an exact size, or one side with the aspect ratio kept. Used by every pipeline
+(:mod:`uplift_diffusers.pipelines.upscale_decode`) and by the command line."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple
+
+__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for", "is_int"]
+
+Size = Tuple[int, int]
+
+
+def is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_upscale_factor(upscale_factor, name: str = "upscale_factor") -> float:
+    """``upscale_factor`` as a float; ValueError naming ``name`` unless it is a finite real number >= 1."""
+    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, numbers.Real):
+        raise ValueError(f"`{name}` must be a real number >= 1 (e.g. 2, 3 or 1.5), got {upscale_factor!r}.")
+    factor = float(upscale_factor)
+    if not math.isfinite(factor) or factor < 1:
+        raise ValueError(
+            f"`{name}` must be a finite number >= 1 (1: the input size; UPLiFT only enlarges), got {upscale_factor!r}."
+        )
+    return factor
+
+
+def check_latent_factor(upscale_factor, output_type: str) -> None:
+    """ValueError naming ``upscale_factor`` when ``output_type="latent"`` asks for a factor that is
+    not a power of two (latents exist only at 1, 2, 4, 8, ... times the base size)."""
+    if output_type == "latent" and not math.log2(check_upscale_factor(upscale_factor)).is_integer():
+        raise ValueError(
+            f"`upscale_factor`={upscale_factor!r} with output_type='latent': latents exist only at powers of two "
+            "(1, 2, 4, 8); pass such a factor, or an image output_type."
+        )
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def output_size_for(
+    height: int,
+    width: int,
+    upscale_factor=None,
+    out_height: Optional[int] = None,
+    out_width: Optional[int] = None,
+    names: Sequence[str] = ("upscale_factor", "height", "width"),
+) -> Size:
+    """The output size ``(H, W)`` of an input of ``height x width``: the one rule of the package.
+
+    - ``upscale_factor`` (any real number >= 1): each side times the factor, rounded to the
+      nearest integer (halves up): ``round(factor * side)``;
+    - ``out_height`` and ``out_width``: exactly that size;
+    - only one of them: that side, and the other side keeps the aspect ratio
+      (``round(other * out_side / side)``).
+
+    Args:
+        height, width: the input size in pixels.
+        upscale_factor, out_height, out_width: the request (a factor, or a size: not both).
+        names: how the errors name ``upscale_factor``, ``out_height`` and ``out_width`` (the
+            caller's own argument names, e.g. ``("--scale", "--size height", "--size width")``).
+
+    Raises:
+        ValueError: naming the argument, for a factor and a size together, neither, a factor that
+            is not a finite real >= 1, a size that is not an int, or smaller than the input.
+    """
+    factor_name, height_name, width_name = names
+    for name, value in (("height", height), ("width", width)):
+        if not is_int(value) or value < 1:
+            raise ValueError(f"the input {name} must be an int >= 1, got {value!r}.")
+    sized = out_height is not None or out_width is not None
+    if upscale_factor is not None and sized:
+        raise ValueError(
+            f"pass either `{factor_name}` or `{height_name}` / `{width_name}`, not both "
+            f"(got {factor_name}={upscale_factor!r}, {height_name}={out_height!r}, {width_name}={out_width!r})."
+        )
+    if upscale_factor is not None:
+        factor = check_upscale_factor(upscale_factor, factor_name)
+        return _round_half_up(factor * height), _round_half_up(factor * width)
+    if not sized:
+        raise ValueError(f"pass `{factor_name}` or an output size (`{height_name}` and / or `{width_name}`).")
+    for name, value, side in ((height_name, out_height, height), (width_name, out_width, width)):
+        if value is None:
+            continue
+        if not is_int(value):
+            raise ValueError(f"`{name}` must be an int (pixels) or None, got {value!r}.")
+        if value < side:
+            raise ValueError(
+                f"`{name}`={value} is smaller than the input's {side} pixels; UPLiFT only enlarges: ask for at least {side} "
+                "(downscale the result yourself for a smaller image)."
+            )
+    if out_height is None:
+        out_height = _round_half_up(height * out_width / width)
+    elif out_width is None:
+        out_width = _round_half_up(width * out_height / height)
+    return int(out_height), int(out_width)
