@@ -569,6 +569,26 @@ def test_upscale_float_scale_and_sizes(taef2_dir, tmp_path, upscaler_dir, inputs
     assert sizes == {"odd_x1.5.png": (32, 20), "odd_50x.png": (50, 31), "odd_30x20.png": (30, 20)}
 
 
+def test_upscale_back_projection_steps(taef2_dir, tmp_path, upscaler_dir, inputs, capsys):
+    """Default 5 rounds (the pipeline's); --back-projection-steps 0 gives the paper's output; the
+    default's 4x-downsampled output is closer to the input; a bad value is one argparse line."""
+    common = ["--vae", str(taef2_dir), "--upscaler", str(upscaler_dir), "--device", "cpu", "--quiet", "--scale", "4"]
+    source = inputs / "square.jpg"
+    outputs = {}
+    for name, extra in (("default", []), ("paper", ["--back-projection-steps", "0"])):
+        assert main(["upscale", str(source), "-o", str(tmp_path / name), *common, *extra]) == 0
+        with PIL.Image.open(tmp_path / name / "square_x4.png") as image:
+            outputs[name] = np.asarray(image.convert("RGB").resize((16, 16), PIL.Image.BILINEAR), dtype=np.float64)
+    with PIL.Image.open(source) as image:
+        original = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert np.abs(outputs["default"] - original).mean() < 0.5 * np.abs(outputs["paper"] - original).mean()
+    capsys.readouterr()
+    assert main(["upscale", str(source), "-o", str(tmp_path / "x"), "--back-projection-steps", "two"]) == 2
+    assert "'two' is not a number of steps: use an integer >= 0" in capsys.readouterr().err
+    assert main(["generate", "cat", "--back-projection-steps", "-3"]) == 2
+    assert "'-3' is not a number of steps" in capsys.readouterr().err
+
+
 def test_size_smaller_than_an_input_fails_that_input_naming_the_flag(taef2_dir, tmp_path, upscaler_dir, inputs, capsys):
     out = tmp_path / "out"
     code = main(["upscale", str(inputs), "-o", str(out), "--size", "18x", "--vae", str(taef2_dir),

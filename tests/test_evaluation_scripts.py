@@ -344,12 +344,13 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, taef2_dir, tiny_dirs)
 
     vae = load_vae(str(taef2_dir))
     assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
-    # the autoencoder's own reconstruction bounds the latent rows
-    assert result["methods"]["vae"]["psnr"] > max(result["methods"][m]["psnr"] for m in ("bilinear", "nearest", "uplift"))
+    # the autoencoder's own reconstruction bounds the latent rows (not the back-projected UPLiFT row,
+    # whose low frequencies come from the LR image)
+    assert result["methods"]["vae"]["psnr"] > max(result["methods"][m]["psnr"] for m in ("bilinear", "nearest"))
 
     table = (out / "results.md").read_text()
     assert "| Method | test PSNR | test SSIM | test FID | test patch-FID |" in table
-    assert "| UPLiFT |" in table and "| Bicubic (pixel space) |" in table
+    assert "| UPLiFT + back-projection (5) |" in table and "| Bicubic (pixel space) |" in table
 
     # one named model row: metrics also at the top level; FID skipped
     single = tmp_path / "single"
@@ -753,6 +754,34 @@ def test_eval_super_resolution_resumes_per_image_and_refuses_other_settings(tmp_
     assert _sr_smoke(out, "--no-fid") == 2 and "fid: {" in capsys.readouterr().err
     # a different batch size, process count or --limit does not change per-image results: accepted
     assert _sr_smoke(out, "--batch-size", "3") == 0
+
+
+def test_eval_super_resolution_back_projection(tmp_path, capsys):
+    """The UPLiFT rows are the pipeline's default output (5 rounds of back-projection);
+    --back-projection-steps 0 gives the paper's; --back-project-baselines back-projects bicubic too
+    (checked by hand); rows record their rounds and the table names them."""
+    from uplift_diffusers.utils.back_projection import back_project
+
+    runs = {}
+    for name, extra in (("default", []), ("paper", ["--back-projection-steps", "0"]), ("baselines", ["--back-projection-steps", "3", "--back-project-baselines"])):
+        out = tmp_path / name
+        assert _sr_smoke(out, "--no-fid", *extra) == 0
+        runs[name] = json.loads((out / "results.json").read_text())["methods"]
+    assert [runs["default"][row]["back_projection"] for row in ("bicubic", "vae", "bilinear", "uplift")] == [0, 0, 0, 5]
+    assert [runs["paper"][row]["back_projection"] for row in ("bicubic", "uplift")] == [0, 0]
+    assert [runs["baselines"][row]["back_projection"] for row in ("bicubic", "vae", "bilinear", "nearest", "uplift")] == [3, 0, 3, 3, 3]
+    assert runs["default"]["uplift"]["psnr"] != pytest.approx(runs["paper"]["uplift"]["psnr"], abs=1e-3)
+    assert runs["default"]["bicubic"]["psnr"] == runs["paper"]["bicubic"]["psnr"]
+    expected = []
+    for path in list_images(tmp_path / "baselines" / "smoke-inputs" / "images"):
+        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        output = back_project(sr_protocol.bicubic_upscale(lr, (64, 64)), pil_to_tensor(lr), 3)
+        expected.append(sr_protocol.psnr(output, pil_to_tensor(hr)).item())
+    assert runs["baselines"]["bicubic"]["psnr"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
+    table = (tmp_path / "default" / "results.md").read_text()
+    assert "| UPLiFT + back-projection (5) |" in table and "| Bicubic (pixel space) |" in table
+    assert eval_super_resolution.main(["--smoke-test", "--quiet", "--output-dir", str(tmp_path / "x"), "--back-projection-steps", "-1"]) == 2
+    assert "--back-projection-steps must be >= 0" in capsys.readouterr().err
 
 
 def test_eval_super_resolution_no_fid_records_no_feature_extractor(tmp_path):

@@ -54,8 +54,8 @@ def test_factor_eight_and_pt_output(pipe):
 
 def test_color_correction_matches_input_means(pipe):
     image = gradient_image(24, 16)
-    corrected = pipe(image, upscale_factor=2, output_type="pt").images
-    raw = pipe(image, upscale_factor=2, output_type="pt", color_correction=False).images
+    corrected = pipe(image, upscale_factor=2, output_type="pt", back_projection_steps=0).images
+    raw = pipe(image, upscale_factor=2, output_type="pt", color_correction=False, back_projection_steps=0).images
     target = images_to_tensors(image)[0].mean(dim=(2, 3))
     clipped = ((corrected <= 0) | (corrected >= 1)).float().mean()
     assert clipped < 1e-3
@@ -64,7 +64,9 @@ def test_color_correction_matches_input_means(pipe):
 
 
 def test_matches_manual_computation(pipe, taef2):
-    """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct."""
+    """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct
+    -> back-project (5 rounds, the default)."""
+    from uplift_diffusers.utils.back_projection import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
@@ -75,8 +77,10 @@ def test_matches_manual_computation(pipe, taef2):
         upscaled = pipe.upscaler(latents, padded, num_steps=1).sample
         decoded = (taef2.decode(upscaled).sample / 2 + 0.5).clamp(0, 1)[:, :, :24, :40]
     expected = color_correct(decoded, image)
-    out = pipe(image, upscale_factor=2, output_type="pt").images
+    out = pipe(image, upscale_factor=2, output_type="pt", back_projection_steps=0).images
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    out = pipe(image, upscale_factor=2, output_type="pt").images
+    torch.testing.assert_close(out, back_project(expected, image, 5), atol=1e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------- input kinds
@@ -374,7 +378,9 @@ def test_auto_method_follows_the_trained_factors(tiny_autoencoder, tiny_upscaler
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_powers_of_two_are_a_direct_model_call(tiny_pipe, tiny_autoencoder, tiny_upscaler, factor):
     """Factors 2, 4, 8 (also as floats or as an exact size) are bit-identical to encode -> UPLiFT
-    (log2 f steps) -> decode -> crop -> colour correction, whatever the resampling method."""
+    (log2 f steps) -> decode -> crop -> colour correction -> back-projection, whatever the
+    resampling method."""
+    from uplift_diffusers.utils.back_projection import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
@@ -383,7 +389,7 @@ def test_powers_of_two_are_a_direct_model_call(tiny_pipe, tiny_autoencoder, tiny
         latents = tiny_autoencoder.encode(padded * 2 - 1).latents
         upscaled = tiny_upscaler(latents, padded, num_steps=int(np.log2(factor)), generator=torch.Generator().manual_seed(1)).sample
         decoded = (tiny_autoencoder.decode(upscaled).sample / 2 + 0.5).clamp(0, 1)[:, :, : 12 * factor, : 20 * factor]
-    expected = color_correct(decoded, image)
+    expected = back_project(color_correct(decoded, image), image, 5)
     for method in UPSCALE_METHODS:
         tiny_pipe.upscale_method = method
         for kwargs in (dict(upscale_factor=factor), dict(upscale_factor=float(factor)), dict(height=12 * factor)):

@@ -219,6 +219,30 @@ def test_pixel_loss_term_matches_hand_computation_and_reaches_the_latents():
         multi_depth_loss(stub, latents, pyramid, [1], pixel_weight=1.0)
 
 
+def test_pixel_loss_with_back_projection_scores_the_pipelines_output():
+    """``pixel_back_projection`` = N: the colour-corrected decode is back-projected N rounds onto
+    the depth's input image (unclamped, so differentiable) before the MSE, as the SR pipeline does."""
+    from uplift_diffusers.utils.back_projection import project_to
+
+    vae = ConstantDecoderVAE()
+    latents, images = _toy_levels()
+    latents = [level / 10 for level in latents]
+    generator = torch.Generator().manual_seed(3)
+    target = torch.rand(images[0].shape, generator=generator)
+    reference = torch.rand(images[1].shape, generator=generator)
+    pyramid = [target, reference, images[2]]
+    plain = multi_depth_loss(NearestStub(), latents, pyramid, [1], vae=vae, pixel_weight=1.0)
+    projected = multi_depth_loss(NearestStub(), latents, pyramid, [1], vae=vae, pixel_weight=1.0, pixel_back_projection=3)
+    decoded = torch.kron(torch.kron(latents[1], torch.ones(2, 2)), torch.ones(8, 8)).repeat(1, 3, 1, 1)
+    corrected = decoded - decoded.mean(dim=(2, 3), keepdim=True) + reference.mean(dim=(2, 3), keepdim=True)
+    expected = ((project_to(corrected, reference, 3) - target) ** 2).mean()
+    assert projected["pixel_depth1"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert projected["pixel_depth1"].item() != pytest.approx(plain["pixel_depth1"].item(), rel=1e-3)
+    z = latents[1].clone().requires_grad_(True)
+    multi_depth_loss(NearestStub(), [latents[0], z], pyramid, [1], vae=vae, pixel_weight=1.0, pixel_back_projection=3)["loss"].backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
 def test_multi_depth_loss_with_latent_noise_from_a_seeded_generator():
     latents, images = _toy_levels()
     a = 0.3
@@ -822,11 +846,14 @@ def test_validation_writes_psnr_and_samples(taef2_dir, images, shared_path, tmp_
     config = tiny_config(taef2_dir, images, output, 2, "validation.every_steps=2", extra=["--validation-data", str(holdout)])
     result = train(config)
     rows = (output / "validation.csv").read_text().splitlines()
-    assert rows[0] == "step,psnr,count" and len(rows) == 2
-    step, psnr, count = rows[1].split(",")
+    assert rows[0] == "step,psnr,count,psnr_bp" and len(rows) == 2
+    step, psnr, count, psnr_bp = rows[1].split(",")
     assert (int(step), int(count)) == (2, 2)
     assert 5.0 < float(psnr) < 60.0
     assert result["validation"]["psnr"] == pytest.approx(float(psnr), abs=1e-4)
+    # the same outputs back-projected onto the LR images (the pipeline's default): closer to HR
+    assert result["validation"]["psnr_bp"] == pytest.approx(float(psnr_bp), abs=1e-4)
+    assert float(psnr_bp) > float(psnr)
     sheet = output / "samples" / "step-0000002.png"
     with Image.open(sheet) as image:
         assert image.size == (3 * 64, 1 * 64)  # [bicubic, UPLiFT, HR] x num_samples=1
@@ -953,6 +980,8 @@ def test_the_logged_lr_is_the_one_each_step_used(taef2_dir, images, tmp_path):
         (["--set", "optimization.lr_scheduler=cosinus"], "error: config key `optimization.lr_scheduler` must be one of linear, cosine,"),
         (["--set", "optimization.adam_betas=[0.9]"], "error: config key `optimization.adam_betas` must be a list of two numbers in [0, 1)"),
         (["--set", "validation.lr_size=48"], "error: validation.hr_size 256 must be a multiple of validation.lr_size 48."),
+        (["--set", "optimization.pixel_loss_back_projection=-1"], "error: config key `optimization.pixel_loss_back_projection` must be an integer >= 0, got -1 (int)."),
+        (["--set", "validation.back_projection_steps=2.5"], "error: config key `validation.back_projection_steps` must be an integer >= 0, got 2.5 (float)."),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_key_before_anything_is_written(tmp_path, capsys, argv, message):

@@ -41,18 +41,26 @@ def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> Li
     return levels
 
 
-def pixel_loss(vae, latents: torch.Tensor, reference: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def pixel_loss(
+    vae, latents: torch.Tensor, reference: torch.Tensor, target: torch.Tensor, back_projection_steps: int = 0
+) -> torch.Tensor:
     """MSE in [0, 1] pixels between the decoded, colour-corrected ``latents`` and ``target``.
 
     The decode goes through the frozen ``vae`` with gradients flowing to ``latents``; the
     colour correction is the pipelines' per-channel mean shift towards ``reference`` (the
-    low-resolution input), without the final clamp so that it stays differentiable.
+    low-resolution input), without the final clamp so that it stays differentiable. With
+    ``back_projection_steps`` the image is then back-projected onto ``reference`` as the
+    super-resolution pipeline does (unclamped), so that the loss scores what the pipeline returns.
     """
-    from uplift_diffusers.utils.color_correction import mean_shift
     from uplift_diffusers.loaders.vae import decode_latents
+    from uplift_diffusers.utils.back_projection import project_to
+    from uplift_diffusers.utils.color_correction import mean_shift
 
     decoded = (decode_latents(vae, latents, clamp=False).float() + 1) / 2
-    return F.mse_loss(mean_shift(decoded, reference), target.float())
+    corrected = mean_shift(decoded, reference)
+    if back_projection_steps:
+        corrected = project_to(corrected, reference, back_projection_steps)
+    return F.mse_loss(corrected, target.float())
 
 
 def multi_depth_loss(
@@ -65,6 +73,7 @@ def multi_depth_loss(
     vae=None,
     pixel_weight: float = 0.0,
     noisy_targets: bool = False,
+    pixel_back_projection: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """Sum over ``depths`` and steps of the per-step MSE (plus an optional pixel term).
 
@@ -77,6 +86,8 @@ def multi_depth_loss(
         vae, pixel_weight: with ``pixel_weight > 0``, each depth's final latents are also
             decoded by ``vae`` and ``pixel_weight`` x :func:`pixel_loss` against ``images[0]``
             is added (latent MSE alone does not track pixel PSNR well for every VAE).
+        pixel_back_projection: rounds of back-projection onto the input image before the pixel
+            term (:func:`pixel_loss`'s ``back_projection_steps``; 0: none).
         noisy_targets: keep each depth's noised input latents as the target of that level
             for the depths after it (the authors' in-place noise, see the module docstring).
 
@@ -108,7 +119,7 @@ def multi_depth_loss(
         parts[f"loss_depth{depth}"] = depth_loss.detach()
         total = total + depth_loss
         if pixel_weight:
-            pixels = pixel_loss(vae, out.intermediate[-1], images[depth], images[0])
+            pixels = pixel_loss(vae, out.intermediate[-1], images[depth], images[0], pixel_back_projection)
             parts[f"pixel_depth{depth}"] = pixels.detach()
             total = total + pixel_weight * pixels
     parts["loss"] = total

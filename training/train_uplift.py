@@ -46,6 +46,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
 from training.data import ImageFolderDataset, check_crop_options, collate_skipping_failures
 from training.latent_cache import LatentCache, vae_identity
@@ -72,6 +73,7 @@ DEFAULTS: Dict = {
         "lat_aug": 1.0,
         "lat_aug_noisy_targets": False,
         "pixel_loss_weight": 0.0,
+        "pixel_loss_back_projection": 0,
         "lr": 1e-3,
         "adam_betas": [0.9, 0.999],
         "weight_decay": 0.0,
@@ -88,7 +90,10 @@ DEFAULTS: Dict = {
         "seed": 0,
     },
     "checkpointing": {"every_steps": 1000, "keep_last": 3},
-    "validation": {"dir": None, "every_steps": 1000, "num_images": 8, "hr_size": 256, "lr_size": 64, "num_samples": 4},
+    "validation": {
+        "dir": None, "every_steps": 1000, "num_images": 8, "hr_size": 256, "lr_size": 64, "num_samples": 4,
+        "back_projection_steps": DEFAULT_BACK_PROJECTION_STEPS,
+    },
     "logging": {"report_to": "none", "log_every": 1},
 }
 
@@ -187,6 +192,7 @@ CHECKS: Dict[str, Tuple[Callable, str]] = {
     "data.num_workers": _int_at_least(0),
     "optimization.lat_aug": _number_above(0, inclusive=True),
     "optimization.pixel_loss_weight": _number_above(0, inclusive=True),
+    "optimization.pixel_loss_back_projection": _int_at_least(0),
     "optimization.lr": _number_above(0),
     "optimization.adam_betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
                                 "a list of two numbers in [0, 1), e.g. [0.9, 0.999]"),
@@ -207,6 +213,7 @@ CHECKS: Dict[str, Tuple[Callable, str]] = {
     "validation.hr_size": _int_at_least(8),
     "validation.lr_size": _int_at_least(8),
     "validation.num_samples": _int_at_least(0),
+    "validation.back_projection_steps": _int_at_least(0),
     "logging.report_to": (lambda v: v is None or isinstance(v, str), "null, none, tensorboard, wandb, ... (accelerate trackers)"),
     "logging.log_every": _int_at_least(1),
 }
@@ -560,13 +567,16 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
 
 def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[str, float]:
     """PSNR of super-resolution (``lr_size`` -> ``hr_size``) on the held-out folder, with the
-    evaluation's protocol and scoring loop; saves a sheet of the first ``num_samples`` images
+    evaluation's protocol and scoring loop: ``psnr`` of the paper's output and, with
+    ``back_projection_steps`` > 0, ``psnr_bp`` of the same output back-projected (the
+    super-resolution pipeline's default); saves a sheet of the first ``num_samples`` images
     (bicubic | UPLiFT | HR)."""
     from diffusers.image_processor import VaeImageProcessor
     from PIL import Image
 
     from uplift_diffusers.image_processor import list_images
     from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.utils.back_projection import back_project
     from uplift_diffusers.utils.sr_protocol import SRPairs, score_super_resolution
 
     val = config["validation"]
@@ -579,19 +589,25 @@ def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[s
     generator = torch.Generator().manual_seed(0)
     tiles = []
 
+    outputs = {}
+
+    def paper_output(batch):
+        outputs[id(batch)] = pipe(batch.lr, upscale_factor=factor, generator=generator, output_type="pt", back_projection_steps=0).images
+        return outputs[id(batch)]
+
+    methods = {"uplift": paper_output}
+    if val["back_projection_steps"]:  # the same output, back-projected: no second model run
+        methods["uplift+bp"] = lambda batch: back_project(outputs.pop(id(batch)).float(), batch.lr, val["back_projection_steps"])
+
     def keep_sample(name, output, batch) -> None:
-        if len(tiles) < val["num_samples"]:
+        if name == "uplift" and len(tiles) < val["num_samples"]:
             hr, sr = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(torch.cat([batch.hr, output]).cpu()))
             tiles.append([batch.lr_images[0].resize(hr.size, Image.BICUBIC), sr, hr])
 
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
-        scores = score_super_resolution(
-            {"uplift": lambda batch: pipe(batch.lr, upscale_factor=factor, generator=generator, output_type="pt").images},
-            SRPairs(files, val["hr_size"], val["lr_size"]),
-            on_output=keep_sample,
-        )["uplift"]
+        scores = score_super_resolution(methods, SRPairs(files, val["hr_size"], val["lr_size"]), on_output=keep_sample)
     upscaler.train(was_training)
     if tiles:
         samples_dir = output_dir / "samples"
@@ -602,7 +618,10 @@ def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[s
             for col, image in enumerate(images):
                 sheet.paste(image, (col * side, row * side))
         sheet.save(samples_dir / f"step-{step:07d}.png")
-    return {"psnr": scores.mean("psnr"), "count": scores.count}
+    result = {"psnr": scores["uplift"].mean("psnr"), "count": scores["uplift"].count}
+    if "uplift+bp" in scores:
+        result["psnr_bp"] = scores["uplift+bp"].mean("psnr")
+    return result
 
 
 def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
@@ -758,11 +777,15 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
         last_metrics = validate(unwrapped, vae, config, output_dir, step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
-        new = not val_csv.exists()
+        header = val_csv.read_text().partition("\n")[0] if val_csv.exists() else None
         with open(val_csv, "a") as handle:
-            if new:
-                handle.write("step,psnr,count\n")
-            handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']}\n")
+            if header is None:
+                header = "step,psnr,count,psnr_bp"
+                handle.write(header + "\n")
+            row = f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']}"
+            if header.endswith(",psnr_bp"):  # a file of a run started before psnr_bp keeps its three columns
+                row += f",{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ","
+            handle.write(row + "\n")
         accelerator.log({f"val/{k}": v for k, v in last_metrics.items()}, step=step)
         accelerator.print(f"step {step}: validation {last_metrics}")
 
@@ -800,7 +823,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
                 with accelerator.autocast():
                     losses = multi_depth_loss(
                         model, latents, pyramid, depths, lat_aug=opt["lat_aug"], vae=vae, pixel_weight=opt["pixel_loss_weight"],
-                        noisy_targets=opt["lat_aug_noisy_targets"],
+                        noisy_targets=opt["lat_aug_noisy_targets"], pixel_back_projection=opt["pixel_loss_back_projection"],
                     )
                 accelerator.backward(losses["loss"])
                 grad_norm = None

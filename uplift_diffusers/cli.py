@@ -29,7 +29,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .constants import IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
+from .constants import (
+    DEFAULT_BACK_PROJECTION_STEPS, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME,
+)
 
 PROG = "uplift-diffusers"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -71,6 +73,13 @@ def parse_scale(text: str) -> float:
         return check_upscale_factor(float(text), "--scale")
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)") from None
+
+
+def parse_steps(text: str) -> int:
+    """``--back-projection-steps``: an int >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps: use an integer >= 0 (0 turns it off)")
+    return int(text)
 
 
 def parse_output_size(text: str) -> Tuple[Optional[int], Optional[int]]:
@@ -285,7 +294,10 @@ def upscale_one(pipe, path: Path, target: Path, args, generator) -> str:
     except ValueError as error:
         raise InputError(f"({image.width}x{image.height}): {error}") from error
     try:  # the pipeline checks the image's values where it enters; those errors are this file's
-        result = pipe(image, upscale_factor=factor, height=out_height, width=out_width, generator=generator).images[0]
+        result = pipe(
+            image, upscale_factor=factor, height=out_height, width=out_width, generator=generator,
+            back_projection_steps=args.back_projection_steps,
+        ).images[0]
     except ValueError as error:
         if "`image`" not in str(error):
             raise
@@ -390,6 +402,7 @@ def cmd_generate(args, report) -> int:
         generator=torch.Generator().manual_seed(args.seed),
         upscale_factor=args.scale,
         return_base_images=args.save_base,
+        back_projection_steps=args.back_projection_steps,
     )
     for index, (image, target) in enumerate(zip(result.images, targets)):
         atomic_save_image(image, target, format=_image_format(target))
@@ -600,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="VAE: Hub id, diffusers directory, or a directory with TAESD-family encoder.pth + decoder.pth "
         f"(default: {SD15_MODEL_ID}, {SD15_VAE_SUBFOLDER}/)",
     )
+    up.add_argument(
+        "--back-projection-steps", type=parse_steps, default=DEFAULT_BACK_PROJECTION_STEPS, metavar="N",
+        help=f"rounds of back-projection onto the input, so that the output downsampled matches it "
+        f"(default {DEFAULT_BACK_PROJECTION_STEPS}; 0: the paper's output)",
+    )
     _add_upscaler_arguments(up)
     _add_runtime_arguments(up)
     up.set_defaults(handler=cmd_upscale)
@@ -620,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", "-o", default="outputs", metavar="FILE|DIR", help="output image file or directory (default outputs/)")
     gen.add_argument("--save-base", action="store_true", help="also save the base image before upscaling (<name>_base.png)")
     gen.add_argument("--no-safety-checker", action="store_true", help="do not load the model's safety checker")
+    gen.add_argument(
+        "--back-projection-steps", type=parse_steps, default=0, metavar="N",
+        help="rounds of back-projection of the upscaled image onto the base image (default 0: the paper's output)",
+    )
     _add_upscaler_arguments(gen)
     _add_runtime_arguments(gen)
     gen.set_defaults(handler=cmd_generate)

@@ -26,3 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 #: The upscaler's component (and folder) name in this package's pipelines.
 UPSCALER_SUBFOLDER = "upscaler"
+
+#: Rounds of back-projection onto the input that the super-resolution pipeline and the CLI's
+#: ``upscale`` run by default (uplift_diffusers/utils/back_projection.py; 0 = the paper's output).
+DEFAULT_BACK_PROJECTION_STEPS = 5

@@ -15,7 +15,8 @@ resized (PIL bicubic) to ``--hr-size`` (HR colour), with three synthetic soft al
 
 LR = premultiplied antialiased bilinear downsampling by ``--factor`` (a power of two),
 un-premultiplied and quantised to 8 bits as a PNG stores it (colour 0 under alpha 0). The colour
-is upscaled by ``UPLiFTSuperResolutionPipeline`` (``--model`` + ``--vae``, colour correction on).
+is upscaled by ``UPLiFTSuperResolutionPipeline`` (``--model`` + ``--vae``, colour correction on, no
+back-projection: the paper's output, as when the study was recorded).
 
 Reported:
 
@@ -199,7 +200,9 @@ def study(pipe: UPLiFTSuperResolutionPipeline, files: Sequence[Path], hr_size: i
     colour_values: Dict[str, Dict[str, List[float]]] = {}
 
     def upscale(colour: torch.Tensor) -> torch.Tensor:
-        return pipe(colour, upscale_factor=factor, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        return pipe(
+            colour, upscale_factor=factor, generator=torch.Generator().manual_seed(0), output_type="pt", back_projection_steps=0
+        ).images
 
     def score_colour(variant: str, colour: torch.Tensor, alpha: Optional[torch.Tensor], hr, a_hr, band, clear) -> None:
         values = colour_values.setdefault(variant, {"psnr": [], "band_psnr": [], "white_clear": []})

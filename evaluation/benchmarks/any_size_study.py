@@ -11,7 +11,9 @@ candidates (:data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`) a
   allow (beyond them: ``upsample_image`` from the largest trained factor);
 
 and the pixel-space baseline, PIL bicubic. Every candidate runs through the pipeline itself
-(``UPLiFTSuperResolutionPipeline`` with ``upscale_method`` set), with colour correction.
+(``UPLiFTSuperResolutionPipeline`` with ``upscale_method`` set), with colour correction and without
+back-projection (``back_projection_steps=0``, the paper's output, as when the study was recorded; the
+back-projection after it is the same for every candidate).
 
 Protocol (:mod:`uplift_diffusers.utils.sr_protocol`): HR = the centre ``--hr-size`` crop of each
 BSDS500 test image (sorted by name, the first ``--num-images``), LR = PIL bilinear resize of it
@@ -133,7 +135,7 @@ def study(
             def run(batch: SRBatch) -> torch.Tensor:
                 pipe.upscale_method = method
                 generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
-                return pipe(batch.lr, upscale_factor=factor, generator=generators, output_type="pt").images
+                return pipe(batch.lr, upscale_factor=factor, generator=generators, output_type="pt", back_projection_steps=0).images
 
             return run
 

@@ -214,7 +214,8 @@ def super_resolution_table(results: Sequence[Mapping]) -> str:
         header += [f"{name} PSNR", f"{name} SSIM", f"{name} FID", f"{name} patch-FID"]
     rows = []
     for method in _ordered_methods(results):
-        row = [_label(method)]
+        rounds = sorted({r["methods"].get(method, {}).get("back_projection") or 0 for r in results} - {0})
+        row = [_label(method) + (f" + back-projection ({' / '.join(map(str, rounds))})" if rounds else "")]
         for result in results:
             values = result["methods"].get(method, {})
             row += [_number(values.get("psnr"), 2), _number(values.get("ssim"), 4), _number(values.get("fid"), 2), _number(values.get("patch_fid"), 2)]

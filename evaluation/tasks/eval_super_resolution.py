@@ -16,6 +16,12 @@ resized on the fly. Each method maps LR to an image of the HR size:
 * ``bicubic``: PIL bicubic resize of the LR image in pixel space (no VAE);
 * ``vae``: encode and decode the HR image (the autoencoder's own ceiling, no upscaling).
 
+The model rows are what the pipeline returns by default: colour correction, then
+``--back-projection-steps`` (default 5, the pipeline's) rounds of back-projection onto the LR image
+(:mod:`uplift_diffusers.utils.back_projection`). ``--back-projection-steps 0`` gives the paper's
+output: pass it to reproduce the paper's tables. ``--back-project-baselines`` applies the same
+rounds to the bicubic and latent baselines (default: not, as in the paper).
+
 ``--upscaler`` may be repeated or comma-separated; ``NAME=SPEC`` names a row (a single model
 row is called ``uplift``). The metrics are the paper's (CFM's code; definitions in
 :mod:`evaluation.metrics.image_metrics`): PSNR (clamped to [0, 1]) and SSIM (torchmetrics,
@@ -55,7 +61,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -68,8 +74,10 @@ from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
 from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
+from uplift_diffusers.utils.back_projection import back_project
 from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
 
 PIXEL_METHODS = ("bicubic", "vae")
@@ -85,6 +93,7 @@ class MethodSpec:
     name: str
     kind: str  # "bicubic" | "vae" | "bilinear" | "nearest" | "model"
     source: Optional[str] = None  # model path / Hub id; None with kind "model" = the authors' model
+    back_projection: int = 0  # rounds of back-projection onto the LR image (0: the paper's output)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,14 @@ def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
     return methods
 
 
+def with_back_projection(methods: Sequence[MethodSpec], steps: int, baselines: bool = False) -> List[MethodSpec]:
+    """``methods`` with their rounds of back-projection onto the LR image: ``steps`` for the model
+    rows (the pipeline's ``back_projection_steps``), and for the bicubic and latent baselines with
+    ``baselines``; never for the ``vae`` row (a reconstruction of the HR image)."""
+    projected = ("model",) + (("bicubic",) + LATENT_BASELINES if baselines else ())
+    return [replace(method, back_projection=steps if method.kind in projected else 0) for method in methods]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate latent super-resolution (PSNR, SSIM, FID, patch-FID): the paper's Table 4.",
@@ -148,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the UPLiFT noise (image i uses seed + i) and of the patch crops")
     add_fid_arguments(parser)
+    parser.add_argument(
+        "--back-projection-steps", type=int, default=DEFAULT_BACK_PROJECTION_STEPS, metavar="N",
+        help=f"rounds of back-projection onto the LR image in the UPLiFT rows (default {DEFAULT_BACK_PROJECTION_STEPS}, "
+        "the super-resolution pipeline's default; 0: the paper's output, to reproduce its tables)",
+    )
+    parser.add_argument("--back-project-baselines", action="store_true",
+                        help="back-project the bicubic / bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--color-correct-baselines", action="store_true",
                         help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
@@ -161,6 +185,8 @@ def _check_args(args) -> None:
     if missing:
         raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
     check_metric_arguments(args)
+    if args.back_projection_steps < 0:
+        raise ValueError(f"--back-projection-steps must be >= 0 (0: the paper's output), got {args.back_projection_steps}.")
     for name in ("hr_size", "lr_size", "batch_size"):
         value = getattr(args, name)
         if value < 1:
@@ -286,20 +312,26 @@ class SuperResolutionRunner:
         from uplift_diffusers.loaders.vae import encode_latents
 
         hr, lr = batch.hr, batch.lr
+        if method.kind == "model":
+            generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
+            output = self.pipelines[method.name](
+                lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method),
+                output_type="pt", back_projection_steps=method.back_projection,
+            )
+            return output.images.to(self.device).float()
         if method.kind == "bicubic":
             size = (hr.shape[-1], hr.shape[-2])
-            return torch.cat([bicubic_upscale(image, size) for image in batch.lr_images]).to(self.device)
+            output = torch.cat([bicubic_upscale(image, size) for image in batch.lr_images]).to(self.device)
+            return back_project(output, lr, method.back_projection)
         if method.kind == "vae":
             latents = encode_latents(self.vae, hr * 2 - 1)
             return decode_and_correct(self.vae, latents, hr, color_correction=self.color_correction(method))
         if method.kind in LATENT_BASELINES:
             latents = encode_latents(self.vae, lr * 2 - 1)
             upscaled = LatentInterpolationUpscaler(method.kind)(latents, lr, num_steps=self.num_steps).sample
-            return decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
-        generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
-        pipe = self.pipelines[method.name]
-        output = pipe(lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method), output_type="pt")
-        return output.images.to(self.device).float()
+            output = decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
+            return back_project(output, lr, method.back_projection)
+        raise ValueError(f"unknown row kind {method.kind!r}")
 
     def method(self, method: MethodSpec, seed: int) -> Callable[[SRBatch], torch.Tensor]:
         """``method`` as a function of a batch, for :func:`~uplift_diffusers.utils.sr_protocol.score_super_resolution`."""
@@ -370,6 +402,7 @@ def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feat
         "lr_size": args.lr_size,
         "seed": args.seed if method.kind == "model" else None,
         "color_correction": runner.color_correction(method),
+        "back_projection": method.back_projection,
         "fid": None,
     }
     if not args.no_fid:
@@ -409,7 +442,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     if args.smoke_test:
         prepare_smoke_test(args, state)
     _check_args(args)
-    methods = parse_methods(args.upscaler)
+    methods = with_back_projection(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines)
     device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
@@ -515,6 +548,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
             "kind": method.kind,
             "source": method.source,
             "color_correction": runner.color_correction(method),
+            "back_projection": method.back_projection,
             "seconds_per_image_process0": seconds.get(method.name),
         }
         if compute_fid:
@@ -534,6 +568,8 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "patch_size": args.patch_size if compute_fid else None,
         "num_patches": args.num_patches if compute_fid else None,
         "color_correct_baselines": args.color_correct_baselines,
+        "back_projection_steps": args.back_projection_steps,
+        "back_project_baselines": args.back_project_baselines,
         "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
         "num_processes": state.num_processes,
         "smoke_test": bool(args.smoke_test),

@@ -36,6 +36,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
 from ..loaders.hub import hub_kwargs_of
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..utils.back_projection import check_back_projection_steps
 from ..utils.validation import check_flag, check_values
 from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae, read_model_index
 from .upscale_decode import UPLiFTUpscaleMixin, check_latent_factor, check_upscale_factor
@@ -194,11 +195,12 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         return super().from_pipe(pipeline, **kwargs)
 
     # ------------------------------------------------------------------ helpers
-    def check_upscale_inputs(self, upscale_factor, color_correction, return_base_images, output_type) -> None:
+    def check_upscale_inputs(self, upscale_factor, color_correction, return_base_images, output_type, back_projection_steps=0) -> None:
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``
         (``upscale_factor`` already resolved: ``None`` is not accepted here)."""
         check_upscale_factor(upscale_factor)
         check_flag("color_correction", color_correction)
+        check_back_projection_steps(back_projection_steps)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -251,6 +253,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         upscale_factor: Optional[float] = None,
         color_correction: bool = True,
         return_base_images: bool = False,
+        back_projection_steps: int = 0,
         **kwargs,
     ):
         r"""Generate images at ``height x width`` and upscale them ``upscale_factor`` times.
@@ -268,6 +271,9 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
                 without an upscaler (``upscaler=None``).
             color_correction: shift each RGB channel of the upscaled image to the base image's
                 mean (the authors' post-processing).
+            back_projection_steps: rounds of back-projection of the upscaled image onto the base
+                image (:mod:`uplift_diffusers.utils.back_projection`): its downsampled version then
+                matches the base image. Default 0, the paper's output.
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
                 multiplied by ``vae.config.scaling_factor``, the UNet's space).
@@ -279,7 +285,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         """
         if upscale_factor is None:
             upscale_factor = 1 if self.upscaler is None else 2
-        self.check_upscale_inputs(upscale_factor, color_correction, return_base_images, output_type)
+        self.check_upscale_inputs(upscale_factor, color_correction, return_base_images, output_type, back_projection_steps)
         self.check_input_values(
             latents=latents,
             prompt_embeds=prompt_embeds,
@@ -317,7 +323,9 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         scaled_latents = base.images
         scaling = self.vae.config.scaling_factor
         unscaled = scaled_latents / scaling
-        base_image, result = self.upscale_base_latents(unscaled, upscale_factor, output_type, generator, color_correction)
+        base_image, result = self.upscale_base_latents(
+            unscaled, upscale_factor, output_type, generator, color_correction, back_projection_steps
+        )
         nsfw = None
         if output_type == "latent":
             images = scaled_latents if result is None else result * scaling

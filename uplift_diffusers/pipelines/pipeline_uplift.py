@@ -37,6 +37,7 @@ from diffusers.utils import BaseOutput, logging
 
 from ..constants import SD15_VAE_SCALING_FACTOR, UPSCALER_SUBFOLDER
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..utils.back_projection import check_back_projection_steps
 from ..utils.validation import check_flag
 from .pipeline_stable_diffusion_uplift import load_default_upscaler
 from .pipeline_utils import TilingMixin, check_upscaler_matches_vae, read_model_index
@@ -292,11 +293,14 @@ class UPLiFTPipeline(UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
             handle.write("\n")
 
     # ------------------------------------------------------------------ checks
-    def check_inputs(self, upscale_factor, color_correction, return_base_images, output_type, base_kwargs) -> None:
+    def check_inputs(
+        self, upscale_factor, color_correction, return_base_images, output_type, base_kwargs, back_projection_steps=0
+    ) -> None:
         """Validate this pipeline's own arguments and the components, before the base pipeline runs."""
         check_base_pipeline(self.base_pipeline)  # components may have been swapped since construction
         check_upscaler_matches_vae(self.vae, self.upscaler)
         check_flag("color_correction", color_correction)
+        check_back_projection_steps(back_projection_steps)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -333,6 +337,7 @@ class UPLiFTPipeline(UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
         return_base_images: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
+        back_projection_steps: int = 0,
         **kwargs,
     ):
         r"""Run the base pipeline with ``*args`` / ``**kwargs`` (its own arguments: ``prompt``,
@@ -346,6 +351,8 @@ class UPLiFTPipeline(UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents x
                 ``vae.config.scaling_factor``; power-of-two factors only).
             return_dict: return an :class:`UPLiFTPipelineOutput` instead of a tuple.
+            back_projection_steps: rounds of back-projection of the upscaled image onto the base
+                image (:mod:`uplift_diffusers.utils.back_projection`). Default 0, the paper's output.
 
         ``generator`` (a base pipeline argument) also seeds the upscaler's noise.
 
@@ -353,7 +360,7 @@ class UPLiFTPipeline(UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
             :class:`UPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple ``(images,
             nsfw_content_detected)``, plus ``base_images`` when requested.
         """
-        self.check_inputs(upscale_factor, color_correction, return_base_images, output_type, kwargs)
+        self.check_inputs(upscale_factor, color_correction, return_base_images, output_type, kwargs, back_projection_steps)
         if upscale_factor == 1:  # exactly the base pipeline's output
             result = self.base_pipeline(*args, output_type=output_type, return_dict=False, **kwargs)
             images = result[0]
@@ -364,7 +371,8 @@ class UPLiFTPipeline(UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
         scaled_latents = self.base_pipeline(*args, output_type="latent", return_dict=False, **kwargs)[0]
         scaling = self.vae.config.scaling_factor
         base_image, result = self.upscale_base_latents(
-            scaled_latents / scaling, upscale_factor, output_type, kwargs.get("generator"), color_correction
+            scaled_latents / scaling, upscale_factor, output_type, kwargs.get("generator"), color_correction,
+            back_projection_steps,
         )
         if output_type == "latent":
             images, nsfw = scaled_latents if result is None else result * scaling, None

@@ -5,7 +5,8 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
     image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
       -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
       -> UPLiFTUpscaleMixin.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
-         to the exact output size (factors that are not powers of two), colour correction
+         to the exact output size (factors that are not powers of two), colour correction,
+         back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
 The output size is ``round(upscale_factor x side)`` for any real factor >= 1, or an exact
 ``height`` / ``width`` (one of them: the aspect ratio is kept), by
@@ -31,6 +32,8 @@ from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_gr
 from ..loaders.vae import encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..constants import DEFAULT_BACK_PROJECTION_STEPS
+from ..utils.back_projection import check_back_projection_steps
 from ..utils.validation import check_flag
 from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae
 from .upscale_decode import UPLiFTUpscaleMixin
@@ -60,7 +63,8 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
 
 
 class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
-    r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction.
+    r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction
+    -> back-projection onto the input.
 
     Args:
         vae: a VAE whose latent space the upscaler was trained for: diffusers ``AutoencoderKL``
@@ -77,7 +81,10 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(vae=vae, upscaler=upscaler)
 
-    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None) -> None:
+    def check_inputs(
+        self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
+        back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS,
+    ) -> None:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         check_upscaler_matches_vae(self.vae, self.upscaler)
@@ -91,6 +98,7 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"`generator` must be a torch.Generator, a list of them or None, got {type(generator).__name__}.")
         check_flag("color_correction", color_correction)
+        check_back_projection_steps(back_projection_steps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
 
@@ -101,6 +109,7 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         generator=None,
         color_correction: bool = True,
         progress=None,
+        back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
     ) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
         ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
@@ -114,7 +123,8 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         if progress is not None:
             progress.update()
         return self.upscale_and_decode(
-            latents, padded, output_size, generator, color_correction, progress, guide_size=(height, width)
+            latents, padded, output_size, generator, color_correction, progress, guide_size=(height, width),
+            back_projection_steps=back_projection_steps,
         )
 
     @torch.no_grad()
@@ -128,6 +138,7 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         return_dict: bool = True,
         height: Optional[int] = None,
         width: Optional[int] = None,
+        back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
     ):
         r"""Upscale ``image`` by ``upscale_factor``, or to ``height`` x ``width``.
 
@@ -153,6 +164,10 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             height, width: an exact output size in pixels instead of ``upscale_factor`` (every
                 image gets it); with only one of them each image keeps its aspect ratio. Each must
                 be at least the input's side.
+            back_projection_steps: rounds of iterative back-projection onto the input after the
+                colour correction (:mod:`uplift_diffusers.utils.back_projection`): the output,
+                downsampled (antialiased bilinear), then matches the input. 0 gives the paper's
+                output. Default 5: +0.66 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
 
         The pipeline's progress bar advances after every stage of every image size: the encode,
         each UPLiFT 2x step (each tile when tiling) and the decode.
@@ -171,7 +186,9 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
         items = split_images(image)
         tensors = [item.rgb for item in items]
-        self.check_inputs(upscale_factor, generator, color_correction, output_type, len(tensors), height, width)
+        self.check_inputs(
+            upscale_factor, generator, color_correction, output_type, len(tensors), height, width, back_projection_steps
+        )
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [self.output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
@@ -181,7 +198,9 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             for indices, output_size in zip(groups, output_sizes):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
-                upscaled = self.upscale_batch(batch, output_size, group_generator, color_correction, progress)
+                upscaled = self.upscale_batch(
+                    batch, output_size, group_generator, color_correction, progress, back_projection_steps
+                )
                 for position, index in enumerate(indices):
                     results[index] = restore_mode(upscaled[position].cpu(), items[index])
 

@@ -9,6 +9,7 @@ and the wrapper pipeline. Given unscaled latents (``h x w``), the image they des
             -> VAE decode -> crop to the guide's content         image    2^s x content
             -> [resample the image]                             (image methods)
             -> colour correction against the guide's content    image    exactly output_size
+            -> [back-projection onto the guide's content]       (back_projection_steps > 0)
 
 A factor that is a power of two (2, 4, 8) runs ``log2(factor)`` steps and resamples nothing. Other
 factors resample once, by the method :attr:`UPLiFTUpscaleMixin.upscale_method` names (one of
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 
 from ..loaders.vae import decode_latents, vae_scale_factor
+from ..utils.back_projection import back_project, check_back_projection_steps
 from ..utils.color_correction import color_correct
 from ..utils.output_size import is_int, check_latent_factor, check_upscale_factor, output_size_for
 
@@ -149,6 +151,7 @@ class UPLiFTUpscaleMixin:
         output_type: str = "pil",
         generator=None,
         color_correction: bool = True,
+        back_projection_steps: int = 0,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The stage after a generating pipeline: base latents -> base image -> UPLiFT -> final image,
         under the pipeline's own progress bar (decode of the base image, every 2x step, the decode).
@@ -157,7 +160,8 @@ class UPLiFTUpscaleMixin:
             latents: ``B x C x h x w`` unscaled base latents (the UNet's divided by ``scaling_factor``).
             upscale_factor: any real number >= 1, on the base size ``8h x 8w`` (checked).
             output_type: ``"latent"``: UPLiFT only (a power-of-two factor); anything else: images.
-            generator, color_correction: as in :meth:`upscale_and_decode`.
+            generator, color_correction, back_projection_steps: as in :meth:`upscale_and_decode`
+                (the base image is the reference).
 
         Returns:
             ``(base_image, result)``: the decoded base image in [-1, 1] (None for ``"latent"`` when
@@ -190,7 +194,10 @@ class UPLiFTUpscaleMixin:
                 if latent_output:
                     result = self.upscale_latents(latents, guide, num_steps, generator, progress)
                 else:
-                    image = self.upscale_and_decode(latents, guide, output_size, generator, color_correction, progress)
+                    image = self.upscale_and_decode(
+                        latents, guide, output_size, generator, color_correction, progress,
+                        back_projection_steps=back_projection_steps,
+                    )
                     result = VaeImageProcessor.normalize(image).to(base_image.dtype)
             elif not latent_output:
                 result = base_image
@@ -258,6 +265,7 @@ class UPLiFTUpscaleMixin:
         color_correction: bool = True,
         progress=None,
         guide_size: Optional[Size] = None,
+        back_projection_steps: int = 0,
     ) -> torch.Tensor:
         """Upscale ``latents`` with UPLiFT and decode them to exactly ``output_size``.
 
@@ -272,6 +280,8 @@ class UPLiFTUpscaleMixin:
                 :meth:`upscale_stages` times: after every 2x step and after the decode.
             guide_size: ``(height, width)`` of the guide's content at its top left (the rest is
                 padding, e.g. to a multiple of 8); default the whole guide.
+            back_projection_steps: rounds of :func:`~uplift_diffusers.utils.back_projection.back_project`
+                onto the guide's content after the colour correction (0: none, the paper's output).
 
         Returns:
             ``B x 3 x output_size`` float32 images in [0, 1] on the execution device.
@@ -284,6 +294,7 @@ class UPLiFTUpscaleMixin:
             raise ValueError(
                 f"`guide` must be B x 3 x {height} x {width} ({factor}x the latents), got {getattr(guide, 'shape', type(guide).__name__)}."
             )
+        check_back_projection_steps(back_projection_steps)
         guide_size = _check_size("guide_size", (height, width) if guide_size is None else guide_size)
         if guide_size[0] > height or guide_size[1] > width:
             raise ValueError(f"`guide_size`={guide_size} is larger than the guide ({height} x {width}).")
@@ -307,8 +318,10 @@ class UPLiFTUpscaleMixin:
         result = decoded[:, :, : reached[0], : reached[1]].to(device)
         if reached != output_size:  # an image method: PIL's bicubic filter (antialiased when reducing)
             result = F.interpolate(result, size=output_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        # contiguous: the channel means then sum in the same order as for an unpadded image
+        reference = guide[:, :, : guide_size[0], : guide_size[1]].to(device=device, dtype=torch.float32).contiguous()
         if color_correction:
-            # contiguous: the channel means then sum in the same order as for an unpadded image
-            reference = guide[:, :, : guide_size[0], : guide_size[1]].to(device=device, dtype=torch.float32).contiguous()
             result = color_correct(result, reference)
+        if back_projection_steps:
+            result = back_project(result, reference, back_projection_steps)
         return result
