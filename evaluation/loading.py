@@ -2,7 +2,8 @@
 
 ``--upscaler`` goes to :func:`uplift_diffusers.loaders.upscaler.load_upscaler` (the authors' single
 file, a ``save_pretrained`` folder, a Hub id, or nothing: the authors' release) and ``--vae`` to
-:func:`uplift_diffusers.load_vae`. When the Hub cannot be reached and a model is not cached,
+:func:`uplift_diffusers.load_vae`, through :mod:`uplift_diffusers.loaders.user_models` (as the CLI):
+when the Hub cannot be reached and a model is not cached,
 :class:`~uplift_diffusers.loaders.hub.HubUnavailableError` says so and names the flag that takes a
 local path instead.
 
@@ -21,10 +22,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from uplift_diffusers import UPLiFTLatentUpscaler, load_vae
-from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
-from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
-from uplift_diffusers.loaders.upscaler import load_upscaler as _load_upscaler
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.loaders.hub import HubModel, hub_models_available
+from uplift_diffusers.loaders.user_models import load_user_upscaler, load_user_vae, upscaler_hub_model
 
 __all__ = ["load_upscaler", "load_vae_from", "hub_model", "upscaler_model", "models_available"]
 
@@ -33,14 +33,15 @@ def load_upscaler(
     source: Optional[str], config: Optional[str] = None, flag: str = "--upscaler DIR|FILE", dtype: Optional[torch.dtype] = None
 ) -> UPLiFTLatentUpscaler:
     """The upscaler ``source`` names (``None``: the authors' release) in ``dtype`` (``None``:
-    float32); ``config`` is the YAML of an authors' file trained with another configuration."""
-    what = f"the upscaler {source or UPLIFT_SD15_REPO_ID!r}"
-    return from_hub(what, flag, lambda: _load_upscaler(source, dtype, original_config=config))
+    float32); ``config`` is the YAML of an authors' file trained with another configuration.
+    ``flag`` is what to pass instead when the Hub cannot be used; its first word names ``source`` in errors."""
+    return load_user_upscaler(upscaler_model(source, flag), flag.split()[0], dtype, original_config=config)
 
 
 def load_vae_from(spec: str, flag: str = "--vae DIR", dtype: Optional[torch.dtype] = None):
-    """The VAE ``spec`` names (Hub id, diffusers folder or TAESD-family folder), in evaluation mode."""
-    return from_hub(f"the VAE {spec!r}", flag, lambda: load_vae(spec, torch_dtype=dtype)).eval()
+    """The VAE ``spec`` names (Hub id, diffusers folder or TAESD-family folder), in evaluation mode
+    (``flag`` as in :func:`load_upscaler`)."""
+    return load_user_vae(spec, flag.split()[0], flag, dtype).eval()
 
 
 def hub_model(source: Optional[str], what: str, hint: str, files: Sequence[str] = ()) -> Optional[HubModel]:
@@ -50,7 +51,7 @@ def hub_model(source: Optional[str], what: str, hint: str, files: Sequence[str] 
 
 def upscaler_model(source: Optional[str], hint: str = "--upscaler DIR|FILE") -> HubModel:
     """The upscaler ``source`` names (``None``: the authors' release) for :func:`models_available`."""
-    return hub_model(source or UPLIFT_SD15_REPO_ID, "the upscaler", hint)
+    return upscaler_hub_model(source, hint)
 
 
 @contextmanager

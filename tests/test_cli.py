@@ -270,6 +270,9 @@ def test_generate_default_model_offline(tmp_path, upscaler_dir, capsys):
         (["upscale", "a.png", "-o", "x", "--original-config", "c.yaml"], "needs --original-checkpoint"),
         (["upscale", "a.png", "-o", "x", "--upscaler", "u", "--original-checkpoint", "c"], "not allowed with"),
         ([], "required"),
+        (["upscale", "a.png", "-o", "x", "--upscaler", ""], "argument --upscaler: is empty: pass a folder, a file or a Hub id"),
+        (["upscale", "a.png", "-o", "x", "--vae", " "], "argument --vae: is empty"),
+        (["generate", "cat", "--model", ""], "argument --model: is empty"),
     ],
 )
 def test_argparse_errors(argv, match, capsys):

@@ -1064,3 +1064,27 @@ def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, caps
         assert script.main(argv) == 2
         assert f"evaluation.benchmarks.{module} times ONE process, but the launcher started 2" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.slow  # TAEF2 on 2 images, twice: about 9 s (measured)
+def test_comparison_figure_shows_the_pipelines_default_output(tmp_path, shared_path, taef2_dir, tiny_dirs, capsys):
+    """examples.make_comparison_figure: one row per image, four columns (bicubic | bilinear latent |
+    UPLiFT | ground truth) of the zoomed centre crop; the UPLiFT column is the pipeline's default
+    output (back-projected) unless --back-projection-steps 0."""
+    from examples import make_comparison_figure
+
+    common = ["--data", str(shared_path("data", "bsds500", "test")), "--vae", str(taef2_dir),
+              "--upscaler", str(tiny_dirs.upscaler(32, noise_scale=1.0)), "--images", "2", "--hr-size", "64",
+              "--lr-size", "16", "--crop", "32", "--zoom", "2"]
+    sheets = {}
+    for steps in ("5", "0"):
+        output = tmp_path / f"figure-{steps}.png"
+        assert make_comparison_figure.main([*common, "--output", str(output), "--back-projection-steps", steps]) == 0
+        with Image.open(output) as image:
+            sheets[steps] = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert sheets["5"].shape == (20 + 2 * 64, 4 * 64, 3)
+    columns = {steps: [sheet[20:, c * 64 : (c + 1) * 64] for c in range(4)] for steps, sheet in sheets.items()}
+    for column in (0, 1, 3):  # bicubic, bilinear latent and ground truth do not depend on it
+        assert np.array_equal(columns["5"][column], columns["0"][column])
+    assert not np.array_equal(columns["5"][2], columns["0"][2])
+    assert "wrote" in capsys.readouterr().out

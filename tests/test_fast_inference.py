@@ -117,6 +117,21 @@ def test_float32_fast_mode_matches_eager_including_noise():
     assert (run(model, latents, image, num_steps=2, seed=8) - fast).abs().max().item() > 1e-3
 
 
+def test_fast_mode_with_given_noise_equals_eager():
+    """`noise=` reaches the fast path as the eager forward: equal outputs, and equal to the seed that drew it."""
+    model = make_small_upscaler()
+    latents, image = inputs(batch=2, h=5, w=7)
+    generator = torch.Generator().manual_seed(7)
+    noise = [model.step_noise(torch.empty(2, 4, 5 * 2**k, 7 * 2**k), generator) for k in range(2)]
+    with torch.no_grad():
+        eager = model(latents, image, num_steps=2, noise=noise).sample
+        model.enable_fast_inference(dtype=torch.float32, compile=False)
+        fast = model(latents, image, num_steps=2, noise=noise).sample
+        model.disable_fast_inference()
+    assert (fast - eager).abs().max().item() < 1e-5
+    assert torch.equal(eager, run(model, latents, image, num_steps=2, seed=7))
+
+
 def test_intermediate_and_tuple_output_in_fast_mode():
     model = make_small_upscaler()
     latents, image = inputs()

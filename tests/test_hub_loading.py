@@ -371,3 +371,47 @@ def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
         load_vae("./no/such/vae", argument="--vae")
     with pytest.raises(ValueError, match=r"^path_or_id must be a directory"):  # the function's own name by default
         load_vae(str(broken / "config.json"))
+
+
+# ------------------------------------------------------------------------------- models named by a user (CLI, evaluation)
+def test_user_models_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
+    """One helper serves the CLI and the evaluation scripts: the check before loading and the
+    loading name the same model, and every error names the caller's flag."""
+    import argparse
+    import shutil
+
+    from evaluation import loading
+    from uplift_diffusers import cli
+    from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
+    from uplift_diffusers.loaders.user_models import UPSCALER_HUB_FILES, load_user_upscaler, load_user_vae, upscaler_hub_model
+
+    default = upscaler_hub_model(None, "--upscaler DIR|FILE")
+    assert (default.source, default.files, default.hint) == (UPLIFT_SD15_REPO_ID, UPSCALER_HUB_FILES, "--upscaler DIR|FILE")
+    assert default.label == f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    assert upscaler_hub_model("org/absent", "--u").label == "the upscaler 'org/absent'"
+    assert upscaler_hub_model("c.pth", "--u", what="the checkpoint 'c.pth'").label == "the checkpoint 'c.pth'"
+    absent = upscaler_hub_model("org/absent", "--upscaler DIR|FILE")
+    assert missing_from_cache([default, absent]) == [absent]
+    # the CLI and the evaluation build the same model, with their own hints
+    args = argparse.Namespace(upscaler=None, original_checkpoint=None, original_config=None)
+    assert cli.upscaler_model(args) == upscaler_hub_model(None, "--upscaler DIR or --original-checkpoint FILE")
+    assert loading.upscaler_model(None) == default
+
+    # loading: the cached release (offline), then errors naming the flag / the hint
+    assert same_weights(load_user_upscaler(default, "--upscaler"), tiny_upscaler)
+    assert same_weights(loading.load_upscaler(None), tiny_upscaler)
+    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE=1\) and the upscaler 'org/absent' is not in the local cache; pass a local path with --upscaler DIR\|FILE"):
+        load_user_upscaler(absent, "--upscaler")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dirs.upscaler(4), broken)
+    (broken / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"^`--upscaler` '.*broken': its config.json"):
+        loading.load_upscaler(str(broken), flag="--upscaler DIR|FILE or --random-weights")
+    with pytest.raises(ValueError, match=r"^`--original-checkpoint` '.*broken': its config.json"):
+        cli.load_upscaler(argparse.Namespace(upscaler=None, original_checkpoint=str(broken), original_config=None), None)
+    with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
+        load_user_vae("./no/such/vae", "--vae", "--vae DIR")
+    with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
+        loading.load_vae_from("./no/such/vae")
+    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(a"):
+        cli.load_vae_arg(argparse.Namespace(vae="org/absent-vae"), None)

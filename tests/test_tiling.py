@@ -90,30 +90,17 @@ def test_one_tile_equals_untiled_exactly_with_noise():
 def test_full_size_noise_is_the_untiled_draw_and_tiles_slice_it():
     model = make_upscaler(4, noise_scale=1.0)
     latents, guide = inputs(10, 12)
-    drawn = []
-    own = model.step_noise
-
-    def record(z, generator=None, noise_scale=None):
-        drawn.append(own(z, generator, noise_scale))
-        return drawn[-1]
-
-    model.step_noise = record
-    with torch.no_grad():
-        model(latents, guide, num_steps=2, generator=seeded())
-    del model.step_noise
     predrawn = full_size_step_noise(model, latents, 2, seeded())
     assert len(predrawn) == 2
-    for step, (a, b) in enumerate(zip(drawn, predrawn)):
-        for x, y in zip(a, b):
-            assert torch.equal(x, y)
-        assert b[0].shape[-2:] == (10 * 2**step, 12 * 2**step) and b[1].shape[-2:] == (20 * 2**step, 24 * 2**step)
+    for step, noise in enumerate(predrawn):
+        assert noise[0].shape[-2:] == (10 * 2**step, 12 * 2**step) and noise[1].shape[-2:] == (20 * 2**step, 24 * 2**step)
+    with torch.no_grad():  # the untiled run with the same seed draws exactly this noise
+        drawn = model(latents, guide, num_steps=2, generator=seeded()).sample
+        given = model(latents, guide, num_steps=2, noise=predrawn).sample
+    assert torch.equal(given, drawn)
 
-    # what a tile sees: the slice of the full-size noise (recorded inside a tiled run)
+    # what a tile sees: the slice of the full-size noise, passed as `noise=` (recorded inside a tiled run)
     seen = []
-
-    def spy(upscaler, tile_latents, tile_image, **kwargs):
-        seen.append([upscaler.step_noise(None), upscaler.step_noise(None)])
-        return type("Out", (), {"sample": torch.zeros(1, 4, tile_latents.shape[-2] * 4, tile_latents.shape[-1] * 4)})()
 
     class Spy:
         config = model.config
@@ -121,7 +108,9 @@ def test_full_size_noise_is_the_untiled_draw_and_tiles_slice_it():
         step_noise = model.step_noise
 
         def __call__(self, tile_latents, tile_image, **kwargs):
-            return spy(self, tile_latents, tile_image, **kwargs)
+            assert "generator" not in kwargs and "noise_scale" not in kwargs
+            seen.append(kwargs["noise"])
+            return type("Out", (), {"sample": torch.zeros(1, 4, tile_latents.shape[-2] * 4, tile_latents.shape[-1] * 4)})()
 
     tiled_upscale(Spy(), latents, guide, 2, generator=seeded(), tile_size=8, overlap=4)
     starts_y, starts_x = tile_starts(10, 8, 4), tile_starts(12, 8, 4)
@@ -183,7 +172,27 @@ def test_tiled_with_fast_inference_matches_eager_tiled():
         finally:
             model.disable_fast_inference()
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
-    assert "step_noise" not in model.__dict__  # the per-tile override is removed
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tiling_sets_no_attribute_on_the_model(fast):
+    """The tiles get their noise through forward's `noise=`: during every step of every tile the
+    instance's attributes are the ones it had before the run (no `step_noise` override)."""
+    model = make_upscaler(4, noise_scale=1.0)
+    if fast:
+        model.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
+    latents, guide = inputs(12, 12)
+    before = dict(model.__dict__)
+    seen = []
+
+    def callback(step, tile_latents):
+        assert "step_noise" not in model.__dict__
+        assert model.__dict__.keys() == before.keys() and all(model.__dict__[k] is v for k, v in before.items())
+        seen.append(step)
+
+    with torch.no_grad():
+        tiled_upscale(model, latents, guide, 2, generator=seeded(), tile_size=8, overlap=4, callback=callback)
+    assert seen == [0, 1] * count_tiles(12, 12, 8, 4) and model.__dict__.keys() == before.keys()
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,29 @@ def test_pixel_loss_term_matches_hand_computation_and_reaches_the_latents():
         multi_depth_loss(stub, latents, pyramid, [1], pixel_weight=1.0)
 
 
+def test_stop_at_step_keeps_the_schedule_and_continues_exactly(taef2_dir, images, tmp_path, capsys):
+    """--stop-at-step 2 of a 4-step cosine run: it ends at step 2 with a checkpoint and a model of
+    step 2; the LR it used is the 4-step schedule's; --resume latest then finishes the same 4 steps
+    with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    schedule = ("optimization.lr_scheduler=cosine", "optimization.lr=0.003")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(tiny_config(taef2_dir, images, whole, 4, *schedule))
+    config = tiny_config(taef2_dir, images, split, 4, *schedule, extra=["--stop-at-step", "2"])
+    assert config["optimization"]["stop_at_step"] == 2
+    result = train(config)
+    assert result["step"] == 2 and (split / "checkpoints" / "checkpoint-2").is_dir() and (split / "model" / "config.json").is_file()
+    assert "stopped at step 2 of 4 (--stop-at-step)" in capsys.readouterr().out
+    lrs = lambda folder: [json.loads(line)["lr"] for line in (folder / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lrs(split) == lrs(whole)[:2]
+    config["optimization"]["stop_at_step"] = None
+    assert train(config, resume="latest")["step"] == 4
+    assert lrs(split) == lrs(whole)
+    ours, theirs = load_file(split / "model" / "diffusion_pytorch_model.safetensors"), load_file(whole / "model" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
 def test_pixel_loss_with_back_projection_scores_the_pipelines_output():
     """``pixel_back_projection`` = N: the colour-corrected decode is back-projected N rounds onto
     the depth's input image (unclamped, so differentiable) before the MSE, as the SR pipeline does."""

@@ -125,6 +125,72 @@ def test_zero_configured_noise_scale_is_deterministic():
         torch.testing.assert_close(model(latents, image).sample, model(latents, image).sample, rtol=0, atol=0)
 
 
+def drawn_noise(model, latents, num_steps, seed):
+    """The noise a ``num_steps`` forward with ``Generator().manual_seed(seed)`` draws, step by step."""
+    generator, shape, noise = torch.Generator().manual_seed(seed), latents.shape, []
+    for step in range(num_steps):
+        noise.append(model.step_noise(torch.empty(shape[0], shape[1], shape[2] * 2**step, shape[3] * 2**step), generator))
+    return noise
+
+
+def test_given_noise_equals_the_generator_that_would_have_drawn_it(model):
+    latents, image = inputs(2, 3, 4)
+    noise = drawn_noise(model, latents, 2, seed=5)
+    assert [tuple(n.shape) for n in noise[1]] == [(2, 4, 6, 8), (2, 4, 12, 16), (2, 4, 12, 16)]
+    with torch.no_grad():
+        drawn = model(latents, image, num_steps=2, generator=torch.Generator().manual_seed(5), output_intermediate=True)
+        given = model(latents, image, num_steps=2, noise=noise, output_intermediate=True)
+        other = model(latents, image, num_steps=2, noise=drawn_noise(model, latents, 2, seed=6)).sample
+    assert torch.equal(given.sample, drawn.sample)
+    assert all(torch.equal(a, b) for a, b in zip(given.intermediate, drawn.intermediate))
+    assert (other - drawn.sample).abs().max() > 1e-3  # the given noise is what is used
+
+
+def test_no_noise_channels_take_none():
+    model = make_small_upscaler(noise_channels=0)
+    latents, image = inputs()
+    assert model.step_noise(latents) == (None, None, None)
+    with torch.no_grad():
+        given = model(latents, image, noise=[(None, None, None)]).sample
+        torch.testing.assert_close(given, model(latents, image).sample, rtol=0, atol=0)
+
+
+def _bad_noise_cases():
+    model = make_small_upscaler()
+    latents = torch.randn(2, 4, 4, 6)
+    good = drawn_noise(model, latents, 2, seed=0)
+    wrong_size = [good[0], (good[1][0], good[1][1][:, :, :-1], good[1][2])]
+    return [
+        ("too few steps", dict(noise=good[:1]), r"`noise` must be a list of num_steps=2 step noises.*got 1 entries"),
+        ("too many steps", dict(noise=good + good[:1]), r"`noise` must be a list of num_steps=2 .*got 3 entries"),
+        ("not a list", dict(noise=good[0][0]), r"`noise` must be a list of num_steps=2 .*got Tensor"),
+        ("wrong size", dict(noise=wrong_size), r"`noise\[1\]` must be a tuple of 3 tensors shaped \[\(2, 4, 8, 12\), \(2, 4, 16, 24\), \(2, 4, 16, 24\)\].*got \[\(2, 4, 8, 12\), \(2, 4, 15, 24\)"),
+        ("two tensors", dict(noise=[good[0][:2], good[1]]), r"`noise\[0\]` must be a tuple of 3 tensors"),
+        ("None for channels", dict(noise=[(None, None, None), good[1]]), r"`noise\[0\]` must be a tuple of 3 tensors"),
+        ("not a tuple", dict(noise=[good[0][0], good[1]]), r"`noise\[0\]` must be a tuple .*got Tensor"),
+        ("dtype", dict(noise=[tuple(n.double() for n in good[0]), good[1]]), r"`noise\[0\]` holds a torch.float64 tensor.*model's dtype torch.float32"),
+        ("with generator", dict(noise=good, generator=torch.Generator()), r"`noise` is given, so `generator` and `noise_scale` must be None"),
+        ("with noise_scale", dict(noise=good, noise_scale=0.0), r"`noise` is given.*noise_scale=0.0"),
+    ]
+
+
+_NOISE_CASES = _bad_noise_cases()
+
+
+@pytest.mark.parametrize("name, override, match", _NOISE_CASES, ids=[c[0] for c in _NOISE_CASES])
+@pytest.mark.parametrize("fast", [False, True])
+def test_bad_noise_raises_value_error_naming_the_argument(model, name, override, match, fast):
+    kwargs = dict(latents=torch.randn(2, 4, 4, 6), image=torch.rand(2, 3, 32, 48), num_steps=2)
+    kwargs.update(override)
+    if fast:
+        model.enable_fast_inference(dtype=torch.float32, compile=False)
+    try:
+        with pytest.raises(ValueError, match=match):
+            model(**kwargs)
+    finally:
+        model.disable_fast_inference()
+
+
 # ----------------------------------------------------------------------------- dtypes
 def test_bfloat16_on_cpu_stays_close_to_float32():
     model = make_small_upscaler()

@@ -81,6 +81,7 @@ DEFAULTS: Dict = {
         "epochs": 5,
         "max_steps": None,
         "max_minutes": None,
+        "stop_at_step": None,
         "gradient_accumulation_steps": 1,
         "max_grad_norm": 1.0,
         "lr_scheduler": "constant",
@@ -146,6 +147,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--validation-data", help="held-out folder for validation (4x super-resolution PSNR)")
     parser.add_argument("--output-dir")
     parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--stop-at-step", type=int, metavar="N",
+                        help="end this run after step N (checkpoint, validation and OUTPUT/model of step N) without changing "
+                             "the LR schedule, which still runs to max_steps; continue with --resume latest (config key "
+                             "optimization.stop_at_step)")
     parser.add_argument("--checkpointing-steps", type=int)
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -201,6 +206,7 @@ CHECKS: Dict[str, Tuple[Callable, str]] = {
     "optimization.epochs": _int_at_least(1),
     "optimization.max_steps": _int_at_least(0, optional=True),
     "optimization.max_minutes": _number_above(0, optional=True),
+    "optimization.stop_at_step": _int_at_least(1, optional=True),
     "optimization.gradient_accumulation_steps": _int_at_least(1),
     "optimization.lr_warmup_steps": _int_at_least(0),
     "optimization.ema_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1) (0 / null = no EMA)"),
@@ -364,6 +370,7 @@ def build_config(args: argparse.Namespace) -> Dict:
         ("data", "resolution"): args.resolution,
         ("validation", "dir"): args.validation_data,
         ("optimization", "max_steps"): args.max_steps,
+        ("optimization", "stop_at_step"): getattr(args, "stop_at_step", None),
         ("optimization", "batch_size"): args.batch_size,
         ("checkpointing", "every_steps"): args.checkpointing_steps,
     }
@@ -797,7 +804,9 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
     interval_start, interval_steps = time.time(), 0
     reported_failures = set()
     stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
-    while step < max_steps and not stop_signal:
+    # --stop-at-step ends this run early; the schedule above still spans max_steps
+    end_step = min(max_steps, opt["stop_at_step"] or max_steps)
+    while step < end_step and not stop_signal:
         order = epoch_order(len(dataset), opt["seed"], epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
             torch.utils.data.Subset(dataset, order[position * opt["batch_size"] :]),
@@ -863,12 +872,17 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
             stop_signal, out_of_time = (int(v) for v in any_process(accelerator, stopper.signal or 0, out_of_time))
             if out_of_time:
                 accelerator.print(f"time budget of {opt['max_minutes']} min reached at step {step}")
-                max_steps = step
-            if step >= max_steps or stop_signal:
+                max_steps = end_step = step
+            if step >= end_step or stop_signal:
                 break
         else:
             epoch, position = epoch + 1, 0
     progress.close()
+    if end_step < max_steps and step >= end_step:
+        accelerator.print(
+            f"stopped at step {step} of {max_steps} (--stop-at-step); to continue, run the same command "
+            "without --stop-at-step, with --resume latest"
+        )
 
     if stop_signal:
         checkpoint()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .constants import (
-    DEFAULT_BACK_PROJECTION_STEPS, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME,
+    DEFAULT_BACK_PROJECTION_STEPS, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID,
 )
 
 PROG = "uplift-diffusers"
@@ -80,6 +80,13 @@ def parse_steps(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps: use an integer >= 0 (0 turns it off)")
     return int(text)
+
+
+def non_empty(text: str) -> str:
+    """A model / file flag: any non-empty text (a path or a Hub id)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: pass a folder, a file or a Hub id")
+    return text
 
 
 def parse_output_size(text: str) -> Tuple[Optional[int], Optional[int]]:
@@ -176,14 +183,12 @@ def check_targets(targets: Sequence[Path], flag: str = "--output") -> None:
 
 def upscaler_model(args):
     """The upscaler the command loads, as :class:`~uplift_diffusers.loaders.hub.HubModel`."""
-    from .loaders.hub import HubModel
+    from .loaders.user_models import upscaler_hub_model
 
     hint = "--upscaler DIR or --original-checkpoint FILE"
     if args.original_checkpoint is not None:
-        return HubModel(args.original_checkpoint, what=f"the checkpoint {args.original_checkpoint!r}", hint=hint)
-    source = args.upscaler or UPLIFT_SD15_REPO_ID
-    what = f"the upscaler {source!r}" if args.upscaler else f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
-    return HubModel(source, ("config.json", UPLIFT_SD15_WEIGHTS_NAME, "upscaler/config.json"), what=what, hint=hint)
+        return upscaler_hub_model(args.original_checkpoint, hint, what=f"the checkpoint {args.original_checkpoint!r}")
+    return upscaler_hub_model(args.upscaler, hint)
 
 
 def command_models(args) -> list:
@@ -232,27 +237,17 @@ def resolve_dtype(name: str, device):
 def load_upscaler(args, dtype):
     """The upscaler of --original-checkpoint or --upscaler, by default the authors' release:
     :func:`uplift_diffusers.loaders.load_upscaler`, with "Hub unreachable" as one line."""
-    from .loaders.hub import from_hub
-    from .loaders.upscaler import load_upscaler as load
+    from .loaders.user_models import load_user_upscaler
 
-    model = upscaler_model(args)
-    if args.original_checkpoint is not None:
-        source, flag = args.original_checkpoint, "--original-checkpoint"
-    else:
-        source, flag = args.upscaler, "--upscaler"
-    return from_hub(model.label, model.hint, lambda: load(source, dtype, original_config=args.original_config, argument=flag))
+    flag = "--original-checkpoint" if args.original_checkpoint is not None else "--upscaler"
+    return load_user_upscaler(upscaler_model(args), flag, dtype, original_config=args.original_config)
 
 
 def load_vae_arg(args, dtype):
     """The VAE of --vae: :func:`uplift_diffusers.load_vae`, with "Hub unreachable" as one line."""
-    from .loaders.hub import from_hub
-    from .loaders.vae import load_vae
+    from .loaders.user_models import load_user_vae
 
-    return from_hub(
-        f"the VAE {args.vae!r}",
-        "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)",
-        lambda: load_vae(args.vae, torch_dtype=dtype, argument="--vae"),
-    )
+    return load_user_vae(args.vae, "--vae", "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)", dtype)
 
 
 def open_image(path: Path):
@@ -556,16 +551,16 @@ def _add_upscaler_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source = group.add_mutually_exclusive_group()
     source.add_argument(
-        "--upscaler", metavar="ID|PATH",
+        "--upscaler", metavar="ID|PATH", type=non_empty,
         help="UPLiFT upscaler: a save_pretrained folder (model or pipeline), a folder or file holding the authors' "
         "single file, or a Hub id",
     )
     source.add_argument(
-        "--original-checkpoint", metavar="FILE|URL",
+        "--original-checkpoint", metavar="FILE|URL", type=non_empty,
         help="the authors' checkpoint: a .safetensors / .pth file, a Hub URL or ORG/REPO/FILE",
     )
     group.add_argument(
-        "--original-config", metavar="YAML",
+        "--original-config", metavar="YAML", type=non_empty,
         help="the authors' YAML config for --original-checkpoint (default: read off the checkpoint's shapes)",
     )
 
@@ -608,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(output <name>_<WxH>.png)")
     up.add_argument(
         "--vae",
+        type=non_empty,
         default=SD15_MODEL_ID,
         metavar="ID|PATH",
         help="VAE: Hub id, diffusers directory, or a directory with TAESD-family encoder.pth + decoder.pth "
@@ -627,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate at --size, then upscale by --scale.",
     )
     gen.add_argument("prompt", metavar="PROMPT")
-    gen.add_argument("--model", default=SD15_MODEL_ID, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {SD15_MODEL_ID})")
+    gen.add_argument("--model", type=non_empty, default=SD15_MODEL_ID, metavar="ID|PATH", help=f"Stable Diffusion pipeline (default {SD15_MODEL_ID})")
     gen.add_argument("--size", type=parse_size, default=(512, 512), metavar="N|WxH", help="base size before upscaling (default 512)")
     gen.add_argument("--scale", type=parse_scale, default=DEFAULT_GENERATE_SCALE, metavar="FACTOR",
                      help=f"upscale factor, any number >= 1 (1: no upscaling; default {DEFAULT_GENERATE_SCALE:g})")

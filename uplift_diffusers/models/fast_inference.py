@@ -26,7 +26,8 @@ copy of them here) with:
   not possible (no ``torch.compile``, no C compiler for the CPU backend, a backend error), a
   ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
 - noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise` (same generator
-  calls, same order, same dtype as the eager model), outside the compiled graphs;
+  calls, same order, same dtype as the eager model), or taken from ``noise`` when given (as
+  the eager ``forward``), outside the compiled graphs;
 - ``torch.no_grad()`` (inference only).
 
 While it is enabled, the model's ``forward`` is this module's (set on the instance, beneath
@@ -210,12 +211,12 @@ class FastInference:
         return self._eager[name](*args)
 
     def forward(
-        self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True, callback=None
+        self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True, callback=None, noise=None
     ):
         """:meth:`UPLiFTLatentUpscaler.forward` (same arguments, same checks) in fast mode; ``callback``
         receives each step's latents as the step computed them (the model's dtype, maybe channels_last)."""
         model = self.model
-        model.check_inputs(latents, image, num_steps, generator, noise_scale)
+        model.check_inputs(latents, image, num_steps, generator, noise_scale, noise)
         check_step_callback(callback)
         out_dtype = latents.dtype
         with torch.no_grad():
@@ -224,8 +225,8 @@ class FastInference:
             features = self._call("encode", image, encoder_read_stride(model, num_steps))
             steps = []
             for index in range(num_steps):
-                noise = tuple(self._layout(n) for n in model.step_noise(z, generator, noise_scale))
-                z = self._call("step", z, features, noise)
+                step_noise = model.step_noise(z, generator, noise_scale) if noise is None else noise[index]
+                z = self._call("step", z, features, tuple(self._layout(n) for n in step_noise))
                 steps.append(z)
                 if callback is not None:
                     callback(index, z)

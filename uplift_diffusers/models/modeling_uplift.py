@@ -286,6 +286,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         output_intermediate: bool = False,
         return_dict: bool = True,
         callback: Optional[StepCallback] = None,
+        noise: Optional[Sequence[StepNoise]] = None,
     ) -> Union[UPLiFTOutput, tuple]:
         """Upscale ``latents`` by ``2 ** num_steps``.
 
@@ -300,13 +301,18 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             return_dict: return an :class:`UPLiFTOutput` instead of a tuple.
             callback: called as ``callback(step_index, latents)`` after every 2x step
                 (``step_index`` from 0), e.g. to advance a progress bar.
+            noise: the noise to use instead of drawing it: one :data:`StepNoise` per step, as
+                :meth:`step_noise` returns it (already scaled, in the model's dtype; e.g. the
+                tiles of one full-size draw). ``generator`` and ``noise_scale`` only shape the
+                drawing, so they must be ``None`` with it.
         """
-        self.check_inputs(latents, image, num_steps, generator, noise_scale)
+        self.check_inputs(latents, image, num_steps, generator, noise_scale, noise)
         check_step_callback(callback)
         features = self.encoder(image.to(self.dtype))
         z, steps = latents.to(self.dtype), []
         for index in range(num_steps):
-            z = self.upscale_step(z, features, self.step_noise(z, generator, noise_scale))
+            step_noise = self.step_noise(z, generator, noise_scale) if noise is None else noise[index]
+            z = self.upscale_step(z, features, step_noise)
             steps.append(z)
             if callback is not None:
                 callback(index, z)
@@ -326,18 +332,24 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
     def step_noise(self, latents: torch.Tensor, generator: GeneratorArg = None, noise_scale: Optional[float] = None) -> StepNoise:
         """Fresh noise for the three concatenations of one step, in the model's dtype, drawn
         in the order they are used (``noise_scale`` overrides the configured scales)."""
-        batch, _, h, w = latents.shape
-        (dec_channels, dec_scale), (ref_channels, ref_scale) = self._noise_settings(noise_scale)
+        (_, dec_scale), (_, ref_scale) = self._noise_settings(noise_scale)
         noise = []
-        for channels, scale, size in ((dec_channels, dec_scale, (h, w)), (dec_channels, dec_scale, (2 * h, 2 * w)), (ref_channels, ref_scale, (2 * h, 2 * w))):
-            shape = (batch, channels, *size)
-            if not channels:
+        for shape, scale in zip(self.step_noise_shapes(latents.shape), (dec_scale, dec_scale, ref_scale)):
+            if shape is None:
                 noise.append(None)
             elif scale == 0.0:
                 noise.append(torch.zeros(shape, device=latents.device, dtype=self.dtype))
             else:
                 noise.append(randn_tensor(shape, generator=generator, device=latents.device, dtype=self.dtype) * scale)
         return tuple(noise)
+
+    def step_noise_shapes(self, latents_shape) -> List[Optional[Tuple[int, int, int, int]]]:
+        """Shapes of the three tensors of :meth:`step_noise` for latents of ``latents_shape``
+        (``None`` where there are no noise channels)."""
+        batch, _, h, w = latents_shape
+        (dec_channels, _), (ref_channels, _) = self._noise_settings(None)
+        sizes = ((dec_channels, h, w), (dec_channels, 2 * h, 2 * w), (ref_channels, 2 * h, 2 * w))
+        return [(batch, channels, *size) if channels else None for channels, *size in sizes]
 
     def _noise_settings(self, noise_scale: Optional[float]):
         """``((decoder channels, scale), (refiner channels, scale))``."""
@@ -350,7 +362,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
         return (cfg.noise_channels, float(dec_scale)), (ref_channels, float(ref_scale))
 
-    def check_inputs(self, latents, image, num_steps, generator, noise_scale) -> None:
+    def check_inputs(self, latents, image, num_steps, generator, noise_scale, noise=None) -> None:
         """Shapes, dtypes, devices and arguments, checked without reading tensor values (no
         device synchronisation). Values (NaN, range) are checked where data enters: the
         pipelines, the CLI and the training data."""
@@ -385,6 +397,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"`generator` is a list of {len(generator)} generators but the batch has {batch}; pass one per batch element.")
         if noise_scale is not None and (not isinstance(noise_scale, (int, float)) or noise_scale < 0):
             raise ValueError(f"`noise_scale` must be a number >= 0 or None, got {noise_scale!r}.")
+        if noise is not None:
+            self.check_noise(noise, latents, num_steps, generator, noise_scale)
         trained = self.config.get("trained_upscale_factors")
         if trained and 2 ** num_steps > max(trained) and not getattr(self, "_warned_untrained_factor", False):
             self._warned_untrained_factor = True
@@ -394,6 +408,41 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"To avoid it, upscale by at most {max(trained)}x per pass (e.g. {max(trained)}x, then "
                 f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
             )
+
+    def check_noise(self, noise, latents, num_steps, generator=None, noise_scale=None) -> None:
+        """ValueError unless ``noise`` (the ``noise`` of :meth:`forward`) holds one step noise per
+        step, each shaped as :meth:`step_noise` draws it for that step's latents."""
+        if generator is not None or noise_scale is not None:
+            raise ValueError(
+                f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
+                f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
+            )
+        if not isinstance(noise, (list, tuple)) or len(noise) != num_steps:
+            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
+            raise ValueError(
+                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
+                f"as `step_noise` returns), got {got}."
+            )
+        batch, _, h, w = latents.shape
+        for index, step in enumerate(noise):
+            expected = self.step_noise_shapes((batch, None, h * 2**index, w * 2**index))
+            parts = list(step) if isinstance(step, (list, tuple)) else None
+            got = type(step).__name__ if parts is None else [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in parts]
+            fits = parts is not None and len(parts) == 3 and all(
+                n is None if shape is None else isinstance(n, torch.Tensor) and tuple(n.shape) == shape
+                for n, shape in zip(parts, expected)
+            )
+            if not fits:
+                raise ValueError(
+                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
+                    f"as `step_noise` draws it for step {index}; got {got}."
+                )
+            for n in parts:
+                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
+                    raise ValueError(
+                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
+                        f"{self.dtype} on the latents' device {latents.device}."
+                    )
 
     # ------------------------------------------------------------------ speed (beside the model)
     def enable_fast_inference(self, dtype: torch.dtype = torch.bfloat16, compile: bool = True, compile_mode: Optional[str] = None, channels_last: bool = True):

@@ -12,10 +12,10 @@ upscaled tiles into one output, as diffusers' VAE tiling blends its tiles:
 - every step's noise is drawn at FULL size from ``generator`` (the calls and the order of
   :meth:`~UPLiFTLatentUpscaler.step_noise` in an untiled run) and sliced per tile, so tiled
   and untiled runs see the same noise;
-- each tile goes through the model's ``forward`` (``upscaler(...)``), so the fast-inference
-  path (:meth:`~UPLiFTLatentUpscaler.enable_fast_inference`, which replaces ``forward``) and
-  accelerate's hooks apply per tile. The sliced noise reaches the model by overriding
-  ``step_noise`` on the instance for the duration of the tile.
+- each tile goes through the model's ``forward`` (``upscaler(...)``) with its slices of the
+  noise as ``noise=``, so the fast-inference path
+  (:meth:`~UPLiFTLatentUpscaler.enable_fast_inference`, which replaces ``forward``) and
+  accelerate's hooks apply per tile.
 
 Why the overlap matters (the receptive field): there is no global operation in the model
 (its LayerNorms are per pixel), but a tile sees zero padding where the full image has
@@ -36,9 +36,8 @@ input, the full-size step noise and the output (plus one weight map) are full si
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -139,29 +138,6 @@ def _slice_noise(noise: StepNoise, step: int, y0: int, y1: int, x0: int, x1: int
     )
 
 
-@contextlib.contextmanager
-def _noise_from(upscaler, noises: Sequence[StepNoise]) -> Iterator[None]:
-    """Make ``upscaler.step_noise`` return ``noises[0], noises[1], ...`` (one per step) instead of
-    drawing, for the duration of the block."""
-    queue = list(noises)
-    had_own = "step_noise" in upscaler.__dict__
-    own = upscaler.__dict__.get("step_noise")
-
-    def step_noise(latents, generator=None, noise_scale=None):
-        if not queue:
-            raise RuntimeError("tiled_upscale: the model drew more steps of noise than num_steps.")
-        return queue.pop(0)
-
-    upscaler.step_noise = step_noise
-    try:
-        yield
-    finally:
-        if had_own:
-            upscaler.step_noise = own
-        else:
-            del upscaler.step_noise
-
-
 def count_tiles(height: int, width: int, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> int:
     """How many tiles :func:`tiled_upscale` runs for ``height x width`` latents."""
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
@@ -248,14 +224,12 @@ def tiled_upscale(
     noises = full_size_step_noise(upscaler, latents, num_steps, generator, noise_scale)
 
     def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        tile_noise = [_slice_noise(noise, step, y0, y1, x0, x1) for step, noise in enumerate(noises)]
-        with _noise_from(upscaler, tile_noise):
-            return upscaler(
-                latents[:, :, y0:y1, x0:x1],
-                image[:, :, y0 * factor : y1 * factor, x0 * factor : x1 * factor],
-                num_steps=num_steps,
-                noise_scale=noise_scale,
-                callback=callback,
-            ).sample
+        return upscaler(
+            latents[:, :, y0:y1, x0:x1],
+            image[:, :, y0 * factor : y1 * factor, x0 * factor : x1 * factor],
+            num_steps=num_steps,
+            callback=callback,
+            noise=[_slice_noise(noise, step, y0, y1, x0, x1) for step, noise in enumerate(noises)],
+        ).sample
 
     return blend_tiles(run_tile, latents.shape[-2], latents.shape[-1], tile_size, overlap, out_scale=2**num_steps)
