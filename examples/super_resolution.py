@@ -20,9 +20,8 @@ import torch
 from PIL import Image
 
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
-from uplift_diffusers.loaders.upscaler import load_upscaler
-from uplift_diffusers.loaders.vae import load_vae
+from uplift_diffusers.loaders.hub import hub_models_available
+from uplift_diffusers.loaders.user_models import load_user_upscaler, load_user_vae, upscaler_hub_model, vae_hub_model
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.output_size import check_upscale_factor
 
@@ -31,13 +30,10 @@ DEFAULT_OUTPUT_DIR = Path("outputs") / "super_resolution"
 
 def run(args) -> None:
     args.scale = check_upscale_factor(args.scale, "--scale")  # before any model is loaded
-    models = [
-        HubModel(args.vae, ("config.json", "vae/config.json"), what=f"the VAE {args.vae!r}", hint="--vae DIR"),
-        HubModel(args.upscaler, what=f"the upscaler {args.upscaler!r}", hint="--upscaler DIR|FILE"),
-    ]
-    with hub_models_available(models, notify=lambda message: print(f"note: {message}", file=sys.stderr)):
-        vae = from_hub(f"the VAE {args.vae!r}", "--vae DIR", lambda: load_vae(args.vae))
-        upscaler = from_hub(f"the upscaler {args.upscaler!r}", "--upscaler DIR|FILE", lambda: load_upscaler(args.upscaler, argument="--upscaler"))
+    vae_model, upscaler_model = vae_hub_model(args.vae, "--vae DIR"), upscaler_hub_model(args.upscaler, "--upscaler DIR|FILE")
+    with hub_models_available([vae_model, upscaler_model], notify=lambda message: print(f"note: {message}", file=sys.stderr)):
+        vae = load_user_vae(args.vae, "--vae", "--vae DIR")
+        upscaler = load_user_upscaler(upscaler_model, "--upscaler")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
 

@@ -1088,3 +1088,24 @@ def test_comparison_figure_shows_the_pipelines_default_output(tmp_path, shared_p
         assert np.array_equal(columns["5"][column], columns["0"][column])
     assert not np.array_equal(columns["5"][2], columns["0"][2])
     assert "wrote" in capsys.readouterr().out
+
+
+def test_json_files_named_by_a_flag_fail_in_one_wording(tmp_path):
+    """prepare_coco's --captions and make_tables' results files are read by one helper
+    (evaluation.arguments.read_json_file): missing or unparsable files name the flag, the path and the fix."""
+    from evaluation.reports.tables import load_result
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{oops", encoding="utf-8")
+    absent = tmp_path / "absent.json"
+    with pytest.raises(FileNotFoundError, match=r"^--captions file not found: '.*absent\.json'; pass annotations/captions_val2014\.json\.$"):
+        prepare_coco.load_coco_captions(absent)
+    with pytest.raises(ValueError, match=r"^--captions '.*broken\.json' is not valid JSON: Expecting property name"):
+        prepare_coco.load_coco_captions(broken)
+    with pytest.raises(FileNotFoundError, match=r"^results file not found: '.*absent\.json'; pass the results\.json an evaluation script wrote\.$"):
+        load_result(absent)
+    with pytest.raises(ValueError, match=r"^results '.*broken\.json' is not valid JSON"):
+        load_result(broken)
+    broken.write_text('{"images": [], "annotations": {}}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"must be a COCO captions file with 'images' and 'annotations' lists"):
+        prepare_coco.load_coco_captions(broken)

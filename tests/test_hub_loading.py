@@ -374,6 +374,28 @@ def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
 
 
 # ------------------------------------------------------------------------------- models named by a user (CLI, evaluation)
+def test_vae_hub_model_counts_a_pipelines_vae_folder(sd15_cached):
+    """The VAE check before loading: a pipeline repository with its ``vae/config.json`` cached
+    counts (SD1.5 has no root config.json); the CLI builds the same model, and loading names it too."""
+    import argparse
+
+    from uplift_diffusers import cli
+    from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
+    from uplift_diffusers.loaders.user_models import load_user_vae, vae_hub_model
+
+    vae = vae_hub_model(SD15_MODEL_ID, "--vae DIR")
+    assert (vae.source, vae.files, vae.hint) == (SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), "--vae DIR")
+    assert vae.label == f"the VAE {SD15_MODEL_ID!r}" and vae_hub_model("v", "--v", what="the tiny VAE").label == "the tiny VAE"
+    absent = vae_hub_model("org/absent-vae", "--vae DIR")
+    assert missing_from_cache([vae, absent]) == [absent]
+    args = argparse.Namespace(command="upscale", vae=SD15_MODEL_ID, upscaler=None, original_checkpoint=None)
+    assert cli.command_models(args)[0] == vae
+    expected = AutoencoderKL.from_pretrained(sd15_cached / SD15_VAE_SUBFOLDER)
+    assert same_weights(load_user_vae(vae.source, "--vae", vae.hint), expected)
+    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(or run once"):
+        load_user_vae(absent.source, "--vae", absent.hint)
+
+
 def test_user_models_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
     """One helper serves the CLI and the evaluation scripts: the check before loading and the
     loading name the same model, and every error names the caller's flag."""

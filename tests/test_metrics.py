@@ -779,3 +779,25 @@ def test_kept_features_give_the_same_fid_and_patch_boxes_follow_per_image_seeds(
     assert patches.compute()["fid"] == pytest.approx(reference.compute()["fid"], rel=1e-9)
     with pytest.raises(ValueError, match="seeds has 2 entries for a batch of 4 images"):
         patches.anchors(fake, real, seeds[:2])
+
+
+def test_metric_flags_below_their_least_value_are_named():
+    """check_metric_arguments refuses patch-FID flags below 1 by name and value (evaluation.arguments.check_at_least,
+    the one wording of every evaluation script's numeric flags); an unset flag passes."""
+    import argparse
+
+    from evaluation.arguments import check_at_least
+    from evaluation.metrics.metric_setup import add_clip_arguments, add_fid_arguments, check_metric_arguments
+
+    parser = argparse.ArgumentParser()
+    add_fid_arguments(parser)
+    add_clip_arguments(parser)
+    check_metric_arguments(parser.parse_args([]))
+    with pytest.raises(ValueError, match=r"^--num-patches must be >= 1, got 0\.$"):
+        check_metric_arguments(parser.parse_args(["--num-patches", "0"]))
+    with pytest.raises(ValueError, match=r"^--patch-size must be >= 1, got -3\.$"):
+        check_metric_arguments(parser.parse_args(["--patch-size", "-3", "--num-patches", "0"]))  # the first flag listed
+    args = argparse.Namespace(warmup=0, oversample=-0.5, threads=None)
+    check_at_least(args, {"warmup": 0, "threads": 1})
+    with pytest.raises(ValueError, match=r"^--oversample must be >= 0, got -0\.5\.$"):
+        check_at_least(args, {"warmup": 0, "oversample": 0})

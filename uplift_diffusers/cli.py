@@ -194,11 +194,10 @@ def upscaler_model(args):
 def command_models(args) -> list:
     """Every model the command loads (the missing ones are reported together)."""
     from .loaders.hub import HubModel
+    from .loaders.user_models import vae_hub_model
 
     if args.command == "upscale":
-        vae = HubModel(args.vae, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), what=f"the VAE {args.vae!r}",
-                       hint="--vae DIR")
-        return [vae, upscaler_model(args)]
+        return [vae_hub_model(args.vae, "--vae DIR"), upscaler_model(args)]
     model = HubModel(args.model, ("model_index.json",), what=f"the Stable Diffusion model {args.model!r}", hint="--model DIR")
     return [model, upscaler_model(args)] if args.scale > 1 else [model]
 

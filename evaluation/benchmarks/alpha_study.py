@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
+from evaluation.arguments import check_at_least
 from evaluation.benchmarks.any_size_study import REPO_ROOT, add_study_arguments
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import prepare_smoke_study
@@ -77,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """ValueError (one line, naming the argument) for bad values."""
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}.")
+    check_at_least(args, {"num_images": 1})
     if args.factor < 2 or args.factor & (args.factor - 1):
         raise ValueError(f"--factor must be a power of two >= 2, got {args.factor}.")
     if args.hr_size % args.factor or args.hr_size < 8 * args.factor:

@@ -59,13 +59,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.arguments import check_at_least
 from evaluation.benchmarks.benchmark_upscaler import time_call
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
-from evaluation.loading import hub_model, load_upscaler, load_vae_from, models_available, upscaler_model
+from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
@@ -108,13 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
-    for name in ("lr_size", "batch_size", "iters"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    check_at_least(args, {"lr_size": 1, "batch_size": 1, "iters": 1, "warmup": 0, "threads": 1})
     if args.output.suffix != ".json":
         raise ValueError(f"--output must end in .json (the table is written beside it as .md), got {str(args.output)!r}.")
 
@@ -139,7 +135,7 @@ def load_models(args, dtype: torch.dtype):
         if dtype != torch.float32:
             vae, upscaler = vae.to(dtype=dtype), upscaler.to(dtype=dtype)
     else:
-        models = [hub_model(args.vae, "the VAE", "--vae DIR", ("config.json", "vae/config.json")), upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
+        models = [vae_hub_model(args.vae, "--vae DIR"), upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
         with models_available(models):
             vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
             upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)

@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from evaluation.arguments import check_at_least, read_json_file
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 
@@ -40,12 +40,7 @@ from evaluation.data.reference_images import export_reference
 def load_coco_captions(path) -> Dict:
     """Read a COCO captions json; checks that it has ``images`` and ``annotations`` lists."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--captions file not found: {str(path)!r}; pass annotations/captions_val2014.json.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--captions {str(path)!r} is not valid JSON: {error}") from error
+    data = read_json_file(path, "--captions", "pass annotations/captions_val2014.json.")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"--captions {str(path)!r} must be a COCO captions file with 'images' and 'annotations' lists.")
     return data
@@ -131,12 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.reference_size is not None and args.reference_size < 1:
-            raise ValueError(f"--reference-size must be >= 1, got {args.reference_size}.")
+        check_at_least(args, {"reference_size": 1, "skip_smaller": 1})
         if args.images_dir is None and (args.reference_dir or args.reference_size):
             raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
-        if args.skip_smaller is not None and args.skip_smaller < 1:
-            raise ValueError(f"--skip-smaller must be >= 1, got {args.skip_smaller}.")
         rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
         if args.images_dir is not None:
             reference_dir = args.reference_dir or Path(args.output).parent / "images"

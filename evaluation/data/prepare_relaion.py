@@ -45,6 +45,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 from PIL import Image
 
+from evaluation.arguments import check_at_least
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 from uplift_diffusers.utils.atomic_files import atomic_write_text
@@ -225,13 +226,7 @@ def download_candidates(
 # --------------------------------------------------------------------------------------------
 def prepare(args) -> Dict:
     """Select, download and write the caption set; returns the selection report."""
-    for name in ("num", "min_size", "workers"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    if args.oversample < 0:
-        raise ValueError(f"--oversample must be >= 0, got {args.oversample}.")
-    if args.reference_size is not None and args.reference_size < 1:
-        raise ValueError(f"--reference-size must be >= 1, got {args.reference_size}.")
+    check_at_least(args, {"num": 1, "min_size": 1, "workers": 1, "oversample": 0, "reference_size": 1})
     files = metadata_files(args.metadata)
     count = math.ceil(args.num * (1 + args.oversample))
     rows = (row for path in files for row in read_metadata(path))

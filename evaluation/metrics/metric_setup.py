@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
+from evaluation.arguments import check_at_least
 from evaluation.metrics.image_metrics import (
     OPEN_CLIP_MODEL,
     OPEN_CLIP_PRETRAINED,
@@ -153,9 +154,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 def check_metric_arguments(args) -> None:
     """ValueError for bad metric flags (those of :func:`add_fid_arguments` / :func:`add_clip_arguments`)."""
     if hasattr(args, "num_patches"):
-        for name in ("patch_size", "num_patches"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+        check_at_least(args, {"patch_size": 1, "num_patches": 1})
     if getattr(args, "clip_pretrained", None) is not None and args.clip_backend != "open_clip":
         raise ValueError(f"--clip-pretrained {args.clip_pretrained!r} applies to --clip-backend open_clip only.")
 

@@ -40,6 +40,7 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
+from evaluation.arguments import read_json_file
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 __all__ = [
@@ -109,12 +110,7 @@ def write_report(result: Mapping, output_dir, name: str = "results") -> Tuple[Pa
 def load_result(path) -> Dict:
     """Read a ``results.json`` written by one of the evaluation scripts (checks ``task`` and ``methods``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {str(path)!r}; pass the results.json an evaluation script wrote.")
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"results file {str(path)!r} is not valid JSON: {error}") from error
+    result = read_json_file(path, "results", "pass the results.json an evaluation script wrote.")
     if not isinstance(result, dict) or result.get("task") not in TASKS:
         raise ValueError(f"results file {str(path)!r} has no 'task' in {TASKS}; pass a results.json of an evaluation script.")
     key = "stages" if result["task"] == "latency" else "methods"

@@ -68,7 +68,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from evaluation.loading import hub_model, load_upscaler, load_vae_from, models_available, upscaler_model
+from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
@@ -76,6 +76,7 @@ from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_sm
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 from uplift_diffusers.utils.back_projection import back_project
 from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
@@ -449,8 +450,8 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     if compute_fid and len(items) < 2:
         raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
     models = [upscaler_model(m.source) for m in methods if m.kind == "model"]
-    if any(m.kind != "bicubic" for m in methods):
-        models.append(hub_model(args.vae, "the VAE", "--vae DIR", ("config.json", "vae/config.json")))
+    if args.vae is not None and any(m.kind != "bicubic" for m in methods):  # None: the runner says --vae is needed
+        models.append(vae_hub_model(args.vae, "--vae DIR"))
     with models_available(models):
         runner = SuperResolutionRunner(
             methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
