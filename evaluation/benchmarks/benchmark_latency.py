@@ -44,6 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.arguments import check_at_least
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.reports.tables import write_report
@@ -91,11 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args) -> None:
     if not args.output_dir:
         raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
-    for name in ("batch_size", "steps", "size", "iters"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
+    check_at_least(args, {"batch_size": 1, "steps": 1, "size": 1, "iters": 1, "warmup": 0})
     if args.size % 8:
         raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
 

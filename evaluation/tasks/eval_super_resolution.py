@@ -68,6 +68,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
+from evaluation.arguments import check_at_least
 from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
@@ -186,16 +187,7 @@ def _check_args(args) -> None:
     if missing:
         raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
     check_metric_arguments(args)
-    if args.back_projection_steps < 0:
-        raise ValueError(f"--back-projection-steps must be >= 0 (0: the paper's output), got {args.back_projection_steps}.")
-    for name in ("hr_size", "lr_size", "batch_size"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
+    check_at_least(args, {"back_projection_steps": 0, "hr_size": 1, "lr_size": 1, "batch_size": 1, "limit": 1, "seed": 0})
     if args.hr_size % args.lr_size or (args.hr_size // args.lr_size) not in (2, 4, 8):
         raise ValueError(
             f"--hr-size / --lr-size must be 2, 4 or 8, got {args.hr_size} / {args.lr_size}; e.g. --hr-size 1024 --lr-size 256."

@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.arguments import check_at_least
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
 from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
@@ -177,19 +178,13 @@ def _check_args(args) -> List[str]:
         raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
     methods = parse_method_list(args.methods)
     check_metric_arguments(args)
-    for name in ("steps", "size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    check_at_least(args, {"steps": 1, "size": 1, "batch_size": 1, "limit": 1, "seed": 0})
     if args.size % 8:
         raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
     if any(m in NATIVE_ROWS for m in methods) and (args.sdxl_size < 8 or args.sdxl_size % 8):
         raise ValueError(f"--sdxl-size must be a positive multiple of 8 (the VAE factor), got {args.sdxl_size}.")
     if not args.metrics_only and any(NATIVE_ROWS[m].lcm_lora for m in methods if m in NATIVE_ROWS) and importlib.util.find_spec("peft") is None:
         raise ValueError("the lcm-lora-sdxl row loads a LoRA, which needs the peft package: pip install peft (in the eval extra).")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}.")
     if not args.no_fid and args.reference_dir is None:
         raise ValueError("FID needs the real images: pass --reference-dir (the folder evaluation.data.prepare_* wrote) or --no-fid.")
     if args.reference_dir is not None and not Path(args.reference_dir).expanduser().is_dir():
