@@ -590,6 +590,12 @@ def test_upscale_back_projection_steps(taef2_dir, tmp_path, upscaler_dir, inputs
     assert "'two' is not a number of steps: use an integer >= 0" in capsys.readouterr().err
     assert main(["generate", "cat", "--back-projection-steps", "-3"]) == 2
     assert "'-3' is not a number of steps" in capsys.readouterr().err
+    # --ensemble: 1, 2, 4 or 8 flipped / rotated copies averaged
+    assert main(["upscale", str(source), "-o", str(tmp_path / "ensemble"), *common, "--ensemble", "2"]) == 0
+    with PIL.Image.open(tmp_path / "ensemble" / "square_x4.png") as image:
+        assert image.size == (64, 64)
+    assert main(["upscale", str(source), "-o", str(tmp_path / "x"), "--ensemble", "3"]) == 2
+    assert "argument --ensemble: invalid choice: 3" in capsys.readouterr().err
 
 
 def test_size_smaller_than_an_input_fails_that_input_naming_the_flag(taef2_dir, tmp_path, upscaler_dir, inputs, capsys):

@@ -782,6 +782,12 @@ def test_eval_super_resolution_back_projection(tmp_path, capsys):
     assert "| UPLiFT + back-projection (5) |" in table and "| Bicubic (pixel space) |" in table
     assert eval_super_resolution.main(["--smoke-test", "--quiet", "--output-dir", str(tmp_path / "x"), "--back-projection-steps", "-1"]) == 2
     assert "--back-projection-steps must be >= 0" in capsys.readouterr().err
+    # --ensemble N: the model rows average N flipped / rotated upscales, recorded and labelled
+    assert _sr_smoke(tmp_path / "ensemble", "--no-fid", "--ensemble", "2") == 0
+    methods = json.loads((tmp_path / "ensemble" / "results.json").read_text())["methods"]
+    assert methods["uplift"]["ensemble"] == 2 and methods["bicubic"]["ensemble"] == 1
+    assert methods["uplift"]["psnr"] != pytest.approx(runs["default"]["uplift"]["psnr"], abs=1e-4)
+    assert "| UPLiFT + ensemble (2) + back-projection (5) |" in (tmp_path / "ensemble" / "results.md").read_text()
 
 
 def test_eval_super_resolution_no_fid_records_no_feature_extractor(tmp_path):

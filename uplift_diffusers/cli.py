@@ -290,7 +290,7 @@ def upscale_one(pipe, path: Path, target: Path, args, generator) -> str:
     try:  # the pipeline checks the image's values where it enters; those errors are this file's
         result = pipe(
             image, upscale_factor=factor, height=out_height, width=out_width, generator=generator,
-            back_projection_steps=args.back_projection_steps,
+            back_projection_steps=args.back_projection_steps, ensemble=args.ensemble,
         ).images[0]
     except ValueError as error:
         if "`image`" not in str(error):
@@ -612,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--back-projection-steps", type=parse_steps, default=DEFAULT_BACK_PROJECTION_STEPS, metavar="N",
         help=f"rounds of back-projection onto the input, so that the output downsampled matches it "
         f"(default {DEFAULT_BACK_PROJECTION_STEPS}; 0: the paper's output)",
+    )
+    up.add_argument(
+        "--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="{1,2,4,8}",
+        help="average the upscales of that many flipped / rotated copies (geometric self-ensemble; N times the time; "
+        "default 1: none)",
     )
     _add_upscaler_arguments(up)
     _add_runtime_arguments(up)

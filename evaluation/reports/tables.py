@@ -211,7 +211,9 @@ def super_resolution_table(results: Sequence[Mapping]) -> str:
     rows = []
     for method in _ordered_methods(results):
         rounds = sorted({r["methods"].get(method, {}).get("back_projection") or 0 for r in results} - {0})
-        row = [_label(method) + (f" + back-projection ({' / '.join(map(str, rounds))})" if rounds else "")]
+        copies = sorted({r["methods"].get(method, {}).get("ensemble") or 1 for r in results} - {1})
+        row = [_label(method) + (f" + ensemble ({' / '.join(map(str, copies))})" if copies else "")
+               + (f" + back-projection ({' / '.join(map(str, rounds))})" if rounds else "")]
         for result in results:
             values = result["methods"].get(method, {})
             row += [_number(values.get("psnr"), 2), _number(values.get("ssim"), 4), _number(values.get("fid"), 2), _number(values.get("patch_fid"), 2)]

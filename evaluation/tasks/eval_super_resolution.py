@@ -96,6 +96,7 @@ class MethodSpec:
     kind: str  # "bicubic" | "vae" | "bilinear" | "nearest" | "model"
     source: Optional[str] = None  # model path / Hub id; None with kind "model" = the authors' model
     back_projection: int = 0  # rounds of back-projection onto the LR image (0: the paper's output)
+    ensemble: int = 1  # model rows: flipped / rotated copies averaged (the pipeline's `ensemble`)
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,16 @@ def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
     return methods
 
 
-def with_back_projection(methods: Sequence[MethodSpec], steps: int, baselines: bool = False) -> List[MethodSpec]:
+def with_back_projection(methods: Sequence[MethodSpec], steps: int, baselines: bool = False, ensemble: int = 1) -> List[MethodSpec]:
     """``methods`` with their rounds of back-projection onto the LR image: ``steps`` for the model
     rows (the pipeline's ``back_projection_steps``), and for the bicubic and latent baselines with
-    ``baselines``; never for the ``vae`` row (a reconstruction of the HR image)."""
+    ``baselines``; never for the ``vae`` row (a reconstruction of the HR image). The model rows also
+    get the pipeline's ``ensemble``."""
     projected = ("model",) + (("bicubic",) + LATENT_BASELINES if baselines else ())
-    return [replace(method, back_projection=steps if method.kind in projected else 0) for method in methods]
+    return [
+        replace(method, back_projection=steps if method.kind in projected else 0, ensemble=ensemble if method.kind == "model" else 1)
+        for method in methods
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rounds of back-projection onto the LR image in the UPLiFT rows (default {DEFAULT_BACK_PROJECTION_STEPS}, "
         "the super-resolution pipeline's default; 0: the paper's output, to reproduce its tables)",
     )
+    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1,
+                        help="UPLiFT rows: average the upscales of that many flipped / rotated copies (the pipeline's "
+                        "geometric self-ensemble; default 1: none, as in the paper)")
     parser.add_argument("--back-project-baselines", action="store_true",
                         help="back-project the bicubic / bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--color-correct-baselines", action="store_true",
@@ -309,7 +317,7 @@ class SuperResolutionRunner:
             generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
             output = self.pipelines[method.name](
                 lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method),
-                output_type="pt", back_projection_steps=method.back_projection,
+                output_type="pt", back_projection_steps=method.back_projection, ensemble=method.ensemble,
             )
             return output.images.to(self.device).float()
         if method.kind == "bicubic":
@@ -396,6 +404,7 @@ def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feat
         "seed": args.seed if method.kind == "model" else None,
         "color_correction": runner.color_correction(method),
         "back_projection": method.back_projection,
+        "ensemble": method.ensemble,
         "fid": None,
     }
     if not args.no_fid:
@@ -435,7 +444,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     if args.smoke_test:
         prepare_smoke_test(args, state)
     _check_args(args)
-    methods = with_back_projection(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines)
+    methods = with_back_projection(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines, args.ensemble)
     device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
@@ -542,6 +551,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
             "source": method.source,
             "color_correction": runner.color_correction(method),
             "back_projection": method.back_projection,
+            "ensemble": method.ensemble,
             "seconds_per_image_process0": seconds.get(method.name),
         }
         if compute_fid:
@@ -563,6 +573,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "color_correct_baselines": args.color_correct_baselines,
         "back_projection_steps": args.back_projection_steps,
         "back_project_baselines": args.back_project_baselines,
+        "ensemble": args.ensemble,
         "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
         "num_processes": state.num_processes,
         "smoke_test": bool(args.smoke_test),
