@@ -178,19 +178,25 @@ def test_wrapper_pipeline_back_projects_onto_the_base_image(tiny_sd_components):
 
 
 # ------------------------------------------------------------------------------- real photographs
-def test_gain_on_bsds500_with_the_committed_model(taef2, shared_path):
-    """Measured on the first 8 BSDS500 test images (centre 256 crops, 64 -> 256, PIL bilinear LR):
-    back-projection adds > 0.4 dB to UPLiFT (the full 200 images: +0.66 dB) and to bicubic, and
-    UPLiFT with it stays > 1 dB above plain bicubic (the issue #16 floor)."""
+def bsds_test_pairs(shared_path, taef2, count: int, factor: int):
+    """The first ``count`` BSDS500 test images as the protocol's pairs (centre 256 crops, LR = PIL
+    bilinear 256 / factor): ``(PIL pairs, HR batch, LR batch, the committed model's pipeline)``."""
     from uplift_diffusers.image_processor import list_images
 
-    files = list_images(shared_path("data", "bsds500", "test"))[:8]
-    pairs = [load_hr_lr(path, 256, 64) for path in files]
+    pairs = [load_hr_lr(path, 256, 256 // factor) for path in list_images(shared_path("data", "bsds500", "test"))[:count]]
     hr = torch.cat([pil_to_tensor(h) for h, _ in pairs])
     lr = torch.cat([pil_to_tensor(l) for _, l in pairs])
     pipe = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=UPLiFTLatentUpscaler.from_pretrained(MODEL_DIR))
     pipe.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(i) for i in range(len(files))]
+    return pairs, hr, lr, pipe
+
+
+def test_gain_on_bsds500_with_the_committed_model(taef2, shared_path):
+    """Measured on the first 8 BSDS500 test images (centre 256 crops, 64 -> 256, PIL bilinear LR):
+    back-projection adds > 0.4 dB to UPLiFT (the full 200 images: +0.66 dB) and to bicubic, and
+    UPLiFT with it stays > 1 dB above plain bicubic (the issue #16 floor)."""
+    pairs, hr, lr, pipe = bsds_test_pairs(shared_path, taef2, 8, factor=4)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(pairs))]
     paper = pipe(lr, upscale_factor=4, generator=generators, output_type="pt", back_projection_steps=0).images
     bicubic = torch.cat([bicubic_upscale(l, (256, 256)) for _, l in pairs])
     gains = {
@@ -267,14 +273,7 @@ def test_ensemble_progress_counts_every_copy(deterministic_sr, monkeypatch):
 def test_ensemble_gain_on_bsds500_with_the_committed_model(taef2, shared_path):
     """Measured: self-ensemble of 8 adds > 0.1 dB after back-projection on the first 8 BSDS500 test
     images at 4x (24 images: +0.17 dB)."""
-    from uplift_diffusers.image_processor import list_images
-
-    files = list_images(shared_path("data", "bsds500", "test"))[:8]
-    pairs = [load_hr_lr(path, 256, 64) for path in files]
-    hr = torch.cat([pil_to_tensor(h) for h, _ in pairs])
-    lr = torch.cat([pil_to_tensor(l) for _, l in pairs])
-    pipe = UPLiFTSuperResolutionPipeline(vae=taef2, upscaler=UPLiFTLatentUpscaler.from_pretrained(MODEL_DIR))
-    pipe.set_progress_bar_config(disable=True)
+    pairs, hr, lr, pipe = bsds_test_pairs(shared_path, taef2, 8, factor=4)
     single = pipe(lr, upscale_factor=4, output_type="pt").images
     eight = pipe(lr, upscale_factor=4, output_type="pt", ensemble=8).images
     assert (psnr(eight, hr) - psnr(single, hr)).mean() > 0.1
