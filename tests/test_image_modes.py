@@ -323,5 +323,5 @@ def test_trained_factors_config_round_trip(tmp_path):
     del config["trained_upscale_factors"]
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     assert UPLiFTLatentUpscaler.from_pretrained(tmp_path / "model").config.trained_upscale_factors is None
-    # the example model was trained at depth 2, with every step supervised: 2x and 4x
-    assert json.loads((EXAMPLE_MODEL / "config.json").read_text())["trained_upscale_factors"] == [2, 4]
+    # the example model was fine-tuned at depths 1, 2 and 3, with every step supervised: 2x, 4x and 8x
+    assert json.loads((EXAMPLE_MODEL / "config.json").read_text())["trained_upscale_factors"] == [2, 4, 8]

@@ -198,11 +198,11 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             back_projection_steps: rounds of iterative back-projection onto the input after the
                 colour correction (:mod:`uplift_diffusers.utils.back_projection`): the output,
                 downsampled (antialiased bilinear), then matches the input. 0 gives the paper's
-                output. Default 5: +0.66 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
+                output. Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             ensemble: geometric self-ensemble, 1, 2, 4 or 8: the image is upscaled that many times,
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
-                about 0.17 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
+                0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
 
         The pipeline's progress bar advances after every stage of every image size: the encode,
         each UPLiFT 2x step (each tile when tiling) and the decode.

@@ -12,8 +12,9 @@ low frequencies of the result come from the input while the high frequencies, wh
 stay UPLiFT's. It generalises the paper's colour correction, which only matches the channel means.
 
 Measured on the 200 BSDS500 test images (64 -> 256, ``examples/models/uplift-taef2-bsds500``, colour
-correction on, ``evaluation/tasks/eval_super_resolution --back-projection-steps 5``): +0.66 dB PSNR for
-UPLiFT, most of it in the first step; see the example model's card.
+correction on, ``python -m evaluation.tasks.eval_super_resolution``, default 5 rounds against
+``--back-projection-steps 0``): +0.64 dB PSNR for UPLiFT, most of it in the first round; see the
+example model's card.
 """
 from __future__ import annotations
 
