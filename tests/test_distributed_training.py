@@ -216,9 +216,13 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tm
     assert json.loads((checkpoint / "training_state.json").read_text())["step"] == last_step
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert not list((output / "checkpoints").glob(".tmp-*")) and not (output / "model").exists()
-    # both workers exit 143; torchrun reports them as failed (its own status is 1)
+    # the workers exit 143; torchrun reports them as failed (its own status is 1). As soon as one worker
+    # has exited, torchrun sends SIGTERM to the other: one that had already saved, restored the default
+    # handler and was on its way out then shows -15 (seen once in CI under load); the checkpoint above
+    # is complete either way
     assert process.returncode == 1
-    assert re.findall(r"exitcode\s*:\s*(-?\d+)", stderr) and set(re.findall(r"exitcode\s*:\s*(-?\d+)", stderr)) == {"143"}, stderr[-3000:]
+    codes = set(re.findall(r"exitcode\s*:\s*(-?\d+)", stderr))
+    assert "143" in codes and codes <= {"143", "-15"}, stderr[-3000:]
 
 
 @needs_cpu_only
