@@ -22,7 +22,7 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageDraw
 
-from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods, with_back_projection
+from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods, with_pipeline_options
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.utils.sr_protocol import SRPairs, centre_crop
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     files = list_images(args.data)[args.first : args.first + args.images]
     if not files:
         parser.error(f"no images in {args.data} from index {args.first}")
-    methods = with_back_projection(parse_methods(["bicubic", "bilinear", f"uplift={args.upscaler}"]), args.back_projection_steps)
+    methods = with_pipeline_options(parse_methods(["bicubic", "bilinear", f"uplift={args.upscaler}"]), args.back_projection_steps)
     runner = SuperResolutionRunner(
         methods, args.vae, None, args.hr_size // args.lr_size, torch.device("cpu"), args.color_correct_baselines
     )

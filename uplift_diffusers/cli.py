@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .constants import (
-    DEFAULT_BACK_PROJECTION_STEPS, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID,
+    DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID,
 )
 
 PROG = "uplift-diffusers"
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_BACK_PROJECTION_STEPS}; 0: the paper's output)",
     )
     up.add_argument(
-        "--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="{1,2,4,8}",
+        "--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="{1,2,4,8}",
         help="average the upscales of that many flipped / rotated copies (geometric self-ensemble; N times the time, "
         "+0.18 dB at 4x with 8 on BSDS500; default 1: none)",
     )

@@ -30,3 +30,6 @@ UPSCALER_SUBFOLDER = "upscaler"
 #: Rounds of back-projection onto the input that the super-resolution pipeline and the CLI's
 #: ``upscale`` run by default (uplift_diffusers/utils/back_projection.py; 0 = the paper's output).
 DEFAULT_BACK_PROJECTION_STEPS = 5
+#: The super-resolution pipeline's ``ensemble`` values (and the CLI's / evaluation's ``--ensemble``):
+#: how many flipped / rotated copies are upscaled and averaged (1: none).
+ENSEMBLE_SIZES = (1, 2, 4, 8)

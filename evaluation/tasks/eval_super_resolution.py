@@ -75,7 +75,7 @@ from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
 from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
-from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
+from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
@@ -139,7 +139,7 @@ def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
     return methods
 
 
-def with_back_projection(methods: Sequence[MethodSpec], steps: int, baselines: bool = False, ensemble: int = 1) -> List[MethodSpec]:
+def with_pipeline_options(methods: Sequence[MethodSpec], steps: int, baselines: bool = False, ensemble: int = 1) -> List[MethodSpec]:
     """``methods`` with their rounds of back-projection onto the LR image: ``steps`` for the model
     rows (the pipeline's ``back_projection_steps``), and for the bicubic and latent baselines with
     ``baselines``; never for the ``vae`` row (a reconstruction of the HR image). The model rows also
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rounds of back-projection onto the LR image in the UPLiFT rows (default {DEFAULT_BACK_PROJECTION_STEPS}, "
         "the super-resolution pipeline's default; 0: the paper's output, to reproduce its tables)",
     )
-    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1,
+    parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
                         help="UPLiFT rows: average the upscales of that many flipped / rotated copies (the pipeline's "
                         "geometric self-ensemble; default 1: none, as in the paper)")
     parser.add_argument("--back-project-baselines", action="store_true",
@@ -444,7 +444,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     if args.smoke_test:
         prepare_smoke_test(args, state)
     _check_args(args)
-    methods = with_back_projection(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines, args.ensemble)
+    methods = with_pipeline_options(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines, args.ensemble)
     device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid

@@ -32,7 +32,7 @@ from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_gr
 from ..loaders.vae import encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..constants import DEFAULT_BACK_PROJECTION_STEPS
+from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
 from ..utils.back_projection import back_project, check_back_projection_steps
 from ..utils.validation import check_flag
 from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae
@@ -50,7 +50,6 @@ DEFAULT_SUPER_RESOLUTION_FACTOR = 4
 #: Geometric self-ensemble: the transforms of the image square, ``(quarter turns, mirrored)``, in the
 #: order ``ensemble`` takes them (2: + mirror; 4: + the 180-degree pair, no transposes; 8: all).
 ENSEMBLE_TRANSFORMS = ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))
-ENSEMBLE_SIZES = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -133,17 +132,14 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps)
         images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
-        for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
-            size = output_size if turns % 2 == 0 else output_size[::-1]
+        for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
             upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0)
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
         return back_project(total / ensemble, images, back_projection_steps)
 
     def ensemble_stages(self, output_size, input_size, ensemble: int) -> int:
         """``progress.update()`` calls of :meth:`upscale_batch` for one size group."""
-        sizes = [(output_size, input_size) if turns % 2 == 0 else (output_size[::-1], input_size[::-1])
-                 for turns, _ in ENSEMBLE_TRANSFORMS[:ensemble]]
-        return sum(1 + self.upscale_stages(out, size) for out, size in sizes)
+        return sum(1 + self.upscale_stages(out, size) for _, _, out, size in _ensemble_views(ensemble, output_size, input_size))
 
     def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps) -> torch.Tensor:
         images = images.to(device=self._execution_device, dtype=torch.float32)
@@ -258,6 +254,14 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         if output_type == "np":
             return np.stack(arrays) if same_size else arrays
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
+
+
+def _ensemble_views(ensemble: int, output_size, input_size):
+    """``(turns, mirrored, output size, input size)`` of each of the first ``ensemble``
+    :data:`ENSEMBLE_TRANSFORMS`: a quarter turn swaps height and width."""
+    for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
+        swap = slice(None, None, -1 if turns % 2 else 1)
+        yield turns, mirrored, tuple(output_size)[swap], tuple(input_size)[swap]
 
 
 def _transform(images: torch.Tensor, turns: int, mirrored: bool, inverse: bool = False) -> torch.Tensor:
