@@ -15,6 +15,7 @@ another width, seed or noise scale is an argument of the builder, never a second
   :func:`make_scheduler`, :func:`build_sd_components`, :func:`save_sd_pipeline`.
 - CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers), :func:`save_tiny_open_clip`.
 - SDXL rows: :func:`build_sdxl_components`, :func:`save_sdxl_pipeline` and :func:`save_unet_lora`.
+- :func:`offload`: a pipeline's models offloaded on the CPU (model, sequential or group offloading).
 
 The builders of whole models and folders seed torch themselves (``seed``), so the same call gives
 the same weights in any test order; the component builders used inside them (:func:`make_kl_vae`,
@@ -27,6 +28,7 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import cpu_offload
 
 from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's tiny builders, re-exported for the tests
     TINY_CLIP_TEXT,
@@ -187,3 +189,20 @@ def save_unet_lora(folder, unet_folder, rank: int = 2, seed: int = 0) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionXLPipeline.save_lora_weights(str(folder), unet_lora_layers=layers)
     return Path(folder)
+
+
+def offload(pipe, kind: str, names=("unet", "vae")) -> None:
+    """The pipeline's models offloaded on the CPU (no accelerator here) as ``kind`` does it:
+    ``"model"``: ``enable_model_cpu_offload``; ``"sequential"``: accelerate's ``cpu_offload`` of the
+    models ``names`` (default the UNet and the VAE; their weights on the meta device between uses, as under
+    ``enable_sequential_cpu_offload``, which the CLIP text encoder of this transformers version
+    refuses); ``"group"``: diffusers' group offloading of the UNet and the VAE."""
+    if kind == "model":
+        pipe.enable_model_cpu_offload(device="cpu")
+        return
+    for name in names:
+        module = pipe.components[name]
+        if kind == "sequential":
+            cpu_offload(module, execution_device=torch.device("cpu"))
+        else:
+            module.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
