@@ -34,7 +34,8 @@ from evaluation.metrics.image_metrics import psnr as metrics_psnr
 from evaluation.reports.tables import write_report
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.image_processor import list_images, pil_to_tensor
-from uplift_diffusers.utils import sr_protocol
+from evaluation import sr_protocol
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.color_correction import color_correct
 
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
@@ -97,14 +98,14 @@ def test_latent_baseline_is_plain_interpolation():
 
 
 def test_sr_protocol_uses_the_project_psnr():
-    assert sr_protocol.psnr is metrics_psnr  # one PSNR: the evaluation's metrics and the training's validation
+    assert sr_protocol.psnr is metrics_psnr  # one PSNR: the scoring loop and the metrics
 
 
 def _bicubic_psnr(files, hr_size: int, lr_size: int) -> float:
     """Mean PSNR of PIL bicubic 4x on the protocol's pairs, computed image by image (the reference)."""
     values = []
     for path in files:
-        hr, lr = sr_protocol.load_hr_lr(path, hr_size, lr_size)
+        hr, lr = load_hr_lr(path, hr_size, lr_size)
         values.append(float(metrics_psnr(pil_to_tensor(lr.resize(hr.size, Image.BICUBIC)), pil_to_tensor(hr))))
     return float(np.mean(values))
 
@@ -136,7 +137,7 @@ def test_score_super_resolution_batches_metrics_and_outputs(tmp_path):
         ("bicubic", [14]), ("overshoot", [14]),
     ]
     assert max(peak for *_, peak in seen) <= 1.0
-    hr = torch.cat([pil_to_tensor(sr_protocol.load_hr_lr(f, 32, 8)[0]) for f in files])
+    hr = torch.cat([pil_to_tensor(load_hr_lr(f, 32, 8)[0]) for f in files])
     assert scores["overshoot"].values["mae"] == pytest.approx(((hr * 1.5).clamp(0, 1) - hr).abs().mean(dim=(1, 2, 3)).tolist(), abs=1e-6)
     with pytest.raises(ValueError, match=r"method 'small' returned \(2, 3, 8, 8\) for the images \[10, 11\], expected \(2, 3, 32, 32\)"):
         sr_protocol.score_super_resolution({"small": lambda batch: batch.lr}, pairs)
@@ -188,7 +189,7 @@ def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
     random.Random(1).shuffle(files)
     assert [p["source"] for p in manifest["pairs"]] == [str(f) for f in files[:3]]
     for pair in manifest["pairs"]:
-        hr, lr = sr_protocol.load_hr_lr(pair["source"], 64, 16)
+        hr, lr = load_hr_lr(pair["source"], 64, 16)
         assert np.array_equal(_png_array(out / "hr" / pair["name"]), np.asarray(hr))
         assert np.array_equal(_png_array(out / "lr" / pair["name"]), np.asarray(lr))
     stamp = (out / "hr" / "00000.png").stat().st_mtime_ns
@@ -558,7 +559,7 @@ def _baseline_psnr(vae, files, color_correction: bool) -> float:
 
     psnrs = []
     for path in files:
-        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        hr, lr = load_hr_lr(path, 64, 16)
         lr_t, hr_t = pil_to_tensor(lr), pil_to_tensor(hr)
         with torch.no_grad():
             latents = F.interpolate(encode_latents(vae, lr_t * 2 - 1), scale_factor=4, mode="bilinear", align_corners=False)
@@ -774,7 +775,7 @@ def test_eval_super_resolution_back_projection(tmp_path, capsys):
     assert runs["default"]["bicubic"]["psnr"] == runs["paper"]["bicubic"]["psnr"]
     expected = []
     for path in list_images(tmp_path / "baselines" / "smoke-inputs" / "images"):
-        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        hr, lr = load_hr_lr(path, 64, 16)
         output = back_project(sr_protocol.bicubic_upscale(lr, (64, 64)), pil_to_tensor(lr), 3)
         expected.append(sr_protocol.psnr(output, pil_to_tensor(hr)).item())
     assert runs["baselines"]["bicubic"]["psnr"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)

@@ -131,7 +131,7 @@ def closeness(path: str, reference: str) -> Dict:
     """PSNR (dB, data range 1) and largest difference (of 255) of two 8-bit images."""
     import torch
 
-    from uplift_diffusers.utils.sr_protocol import psnr
+    from evaluation.sr_protocol import psnr
 
     a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (path, reference))
     ta, tb = (torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 255 for x in (a, b))

@@ -80,7 +80,8 @@ from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 from uplift_diffusers.utils.back_projection import back_project
-from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
+from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 PIXEL_METHODS = ("bicubic", "vae")
 UPLIFT_KEYWORD = "uplift"
