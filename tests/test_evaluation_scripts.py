@@ -463,10 +463,8 @@ def test_benchmark_latency_times_every_stage_of_a_generation(tmp_path):
 
 
 def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkeypatch, capsys):
-    from uplift_diffusers.loaders.hub import HubUnavailableError
-
     def offline(*args, **kwargs):
-        raise HubUnavailableError("cannot reach the Hugging Face Hub")
+        raise FileNotFoundError("cannot load the Stable Diffusion model (offline and not cached)")
 
     monkeypatch.setattr(benchmark_latency, "pretrained_models", offline)
     built = []  # the real-size models are asked for; the test builds the tiny ones instead
@@ -929,9 +927,9 @@ def test_any_size_study_smoke_test(tmp_path):
     assert output.with_suffix(".md").is_file()
 
 
-def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cache, capsys):
-    """Offline with an empty cache: one line naming every missing model and the flags that take
-    local copies (no flag the script does not have), at once, no Hub time-outs."""
+def test_offline_evaluation_names_the_missing_model_in_one_line(tmp_path, hub_cache, capsys):
+    """Offline with an empty cache: one line naming the model that cannot be loaded and the flag
+    that takes a local copy (no flag the script does not have), at once, no Hub time-outs."""
     import time
 
     prompts = tmp_path / "captions.jsonl"
@@ -940,19 +938,24 @@ def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cach
     assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert time.perf_counter() - start < 10
-    assert error.count("\n") == 1 and "HF_HUB_OFFLINE is set" in error and "--original-checkpoint" not in error
-    for name, flag in (("stable-diffusion-v1-5/stable-diffusion-v1-5", "--model DIR"), ("UPLiFT-upsampler/uplift_sd1.5vae", "--upscaler DIR|FILE"),
-                       ("openai/clip-vit-base-patch32", "--clip-model DIR")):
-        assert name in error and flag in error
+    assert error.count("\n") == 1 and error.startswith("error: cannot load the upscaler") and "--original-checkpoint" not in error
+    assert "UPLiFT-upsampler/uplift_sd1.5vae" in error and "--upscaler DIR|FILE" in error
+    assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet",
+                                    "--methods", "base512"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "--model DIR" in error
+    assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet",
+                                    "--metrics-only", "--methods", "base512"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "openai/clip-vit-base-patch32" in error and "--clip-model DIR" in error
     images = tmp_path / "images"
     from evaluation.smoke import write_smoke_images
 
     write_smoke_images(images, 2, 64)
-    assert eval_super_resolution.main(["--data", str(images), "--vae", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--upscaler", "uplift,bilinear",
-                                       "--output-dir", str(tmp_path / "sr"), "--no-fid", "--hr-size", "64", "--lr-size", "16", "--quiet"]) == 2
+    sr = ["--data", str(images), "--output-dir", str(tmp_path / "sr"), "--no-fid", "--hr-size", "64", "--lr-size", "16", "--quiet"]
+    assert eval_super_resolution.main(sr + ["--vae", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--upscaler", "uplift,bilinear"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "UPLiFT-upsampler/uplift_sd1.5vae" in error
-    assert "--vae DIR" in error and "--upscaler DIR|FILE" in error
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "--vae DIR" in error
 
 
 def _example(name):

@@ -52,10 +52,10 @@ from torchvision.transforms.functional import gaussian_blur
 
 from evaluation.arguments import check_at_least
 from evaluation.benchmarks.any_size_study import REPO_ROOT, add_study_arguments
+from evaluation.arguments import load_upscaler, load_vae
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import prepare_smoke_study
 from uplift_diffusers.image_processor import fill_transparent, list_images, pil_to_tensor, upscale_alpha
-from uplift_diffusers.loaders import load_upscaler, load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 from uplift_diffusers.utils.sr_protocol import centre_crop
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> Dict:
     files = list_images(args.data)[: args.num_images]
     if not files:
         raise ValueError(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae).eval(), upscaler=load_upscaler(args.model, argument="--model").eval())
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     with torch.no_grad():

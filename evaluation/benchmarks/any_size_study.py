@@ -44,10 +44,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from evaluation.metrics.image_metrics import ssim
+from evaluation.arguments import load_upscaler, load_vae
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, prepare_smoke_study
 from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.loaders import load_upscaler, load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
 from uplift_diffusers.utils.atomic_files import atomic_write_text
@@ -225,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = files[: args.num_images]
     if not files:
         parser.error(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae).eval(), upscaler=load_upscaler(args.model, argument="--model").eval())
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     with torch.no_grad():

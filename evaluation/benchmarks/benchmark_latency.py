@@ -44,15 +44,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, loading
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
-from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.reports.tables import write_report
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID
-from uplift_diffusers.loaders.hub import HubUnavailableError, dtype_kwargs, from_hub
 from uplift_diffusers.utils.color_correction import color_correct
 
 DEFAULT_SD_MODEL = SD15_MODEL_ID
@@ -122,20 +120,18 @@ def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: in
 
 
 def pretrained_models(args, device: torch.device, dtype: torch.dtype):
-    """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; raises HubUnavailableError offline."""
+    """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; FileNotFoundError
+    when one cannot be loaded (offline and not cached, a wrong path)."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
     def load():
-        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", **dtype_kwargs(dtype))
-        vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", **dtype_kwargs(dtype))
+        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", torch_dtype=dtype)
         scheduler = PNDMScheduler.from_pretrained(args.model, subfolder="scheduler")
         return unet, vae, scheduler
 
-    models = [hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("unet/config.json",)),
-              upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
-    with models_available(models):
-        unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
-        upscaler = load_upscaler(args.upscaler, args.upscaler_config, "--upscaler DIR|FILE or --random-weights", dtype)
+    unet, vae, scheduler = loading("the Stable Diffusion model", args.model, "--model DIR or --random-weights", load)
+    upscaler = load_upscaler(args.upscaler, args.upscaler_config, dtype, "--upscaler DIR|FILE or --random-weights")
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
@@ -229,7 +225,7 @@ def benchmark(args) -> Dict:
     if not random_weights:
         try:
             unet, vae, scheduler, upscaler = pretrained_models(args, device, dtype)
-        except HubUnavailableError as error:
+        except FileNotFoundError as error:
             random_weights, reason = True, f"weights unavailable ({error})"
             print(f"note: {reason}; timing models of the real SD1.5 / UPLiFT sizes with random weights.", file=sys.stderr)
     if random_weights:
@@ -303,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))

@@ -59,15 +59,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, load_vae
 from evaluation.benchmarks.benchmark_upscaler import time_call
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
-from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
@@ -135,10 +133,8 @@ def load_models(args, dtype: torch.dtype):
         if dtype != torch.float32:
             vae, upscaler = vae.to(dtype=dtype), upscaler.to(dtype=dtype)
     else:
-        models = [vae_hub_model(args.vae, "--vae DIR"), upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
-        with models_available(models):
-            vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
-            upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)
+        vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights")
+        upscaler = load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
     return vae.eval(), upscaler.eval()
 
 
@@ -329,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command = "python -m evaluation.benchmarks.benchmark_sr_latency " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown(result))

@@ -78,11 +78,11 @@ def run_worker(args) -> Dict:
     import torch
 
     torch.set_num_threads(1)
-    from evaluation.loading import load_upscaler, load_vae_from
+    from evaluation.arguments import load_upscaler, load_vae
     from uplift_diffusers import UPLiFTSuperResolutionPipeline
 
     tiling = parse_setting(args.setting)
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae_from(args.vae), upscaler=load_upscaler(args.upscaler))
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.upscaler))
     pipe.set_progress_bar_config(disable=True)
     if tiling is not None:
         pipe.enable_tiling(**tiling)

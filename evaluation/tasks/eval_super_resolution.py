@@ -1,7 +1,6 @@
 """Super-resolution evaluation (the paper's Table 4): PSNR, SSIM, FID and patch-FID.
 
-Protocol and scoring loop (:mod:`uplift_diffusers.utils.sr_protocol`, shared with the training's
-validation): HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to
+Protocol (:mod:`uplift_diffusers.utils.sr_protocol`) and scoring loop (:mod:`evaluation.sr_protocol`): HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to
 ``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/`` folders written by
 ``python -m evaluation.data.prepare_sr`` those pairs are read as they are (their sizes
 must equal ``--hr-size`` / ``--lr-size``); any other folder is read recursively and cropped /
@@ -51,8 +50,8 @@ Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_reso
 shard of the images; the numbers are gathered over all of them and written once.
 
 ``--smoke-test`` checks an installation in seconds (tiny random models, 4 synthetic images, every
-kind of row, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or the Hub not
-answering within a few seconds) every model missing from the local cache is named at once, in one line.
+kind of row, no download; :mod:`evaluation.smoke`). A model that cannot be loaded (offline and not
+cached, a wrong path) stops the run with one line naming it and the flag that takes a local copy.
 """
 from __future__ import annotations
 
@@ -68,8 +67,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least
-from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
+from evaluation.arguments import check_at_least, load_upscaler, load_vae
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
@@ -77,7 +75,6 @@ from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_sm
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
 from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 from uplift_diffusers.utils.back_projection import back_project
 from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
@@ -276,7 +273,7 @@ class SuperResolutionRunner:
         if needs_vae and vae_spec is None:
             rows = [m.name for m in self.methods if m.kind != "bicubic"]
             raise ValueError(f"the rows {rows} need an autoencoder; pass --vae (Hub id, diffusers folder or TAESD-family folder).")
-        self.vae = load_vae_from(vae_spec, "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)").to(device) if needs_vae else None
+        self.vae = load_vae(vae_spec).to(device) if needs_vae else None
         self.pipelines: Dict[str, object] = {}
         for method in self.methods:
             if method.kind == "model":
@@ -336,7 +333,7 @@ class SuperResolutionRunner:
         raise ValueError(f"unknown row kind {method.kind!r}")
 
     def method(self, method: MethodSpec, seed: int) -> Callable[[SRBatch], torch.Tensor]:
-        """``method`` as a function of a batch, for :func:`~uplift_diffusers.utils.sr_protocol.score_super_resolution`."""
+        """``method`` as a function of a batch, for :func:`~evaluation.sr_protocol.score_super_resolution`."""
         return lambda batch: self.run(method, batch, seed)
 
 
@@ -451,13 +448,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     compute_fid = not args.no_fid
     if compute_fid and len(items) < 2:
         raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
-    models = [upscaler_model(m.source) for m in methods if m.kind == "model"]
-    if args.vae is not None and any(m.kind != "bicubic" for m in methods):  # None: the runner says --vae is needed
-        models.append(vae_hub_model(args.vae, "--vae DIR"))
-    with models_available(models):
-        runner = SuperResolutionRunner(
-            methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
-        )
+    runner = SuperResolutionRunner(methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines)
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
     stores = {m.name: PerImageResults(args.output_dir, m.name, row_settings(args, m, runner, feature_extractor)) for m in methods}
@@ -599,7 +590,7 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:

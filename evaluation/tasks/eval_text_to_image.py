@@ -57,9 +57,9 @@ shard of the captions; metrics are gathered and written once. The patch-FID boxe
 seeded ``--seed + i``, so the numbers do not depend on the number of processes.
 
 ``--smoke-test`` checks an installation in seconds (a tiny random Stable Diffusion model, upscaler
-and CLIP model, 4 captions, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or
-the Hub not answering within a few seconds) every model missing from the local cache is named at
-once, in one line.
+and CLIP model, 4 captions, no download; :mod:`evaluation.smoke`). A model that cannot be loaded
+(offline and not cached, a wrong path) stops the run with one line naming it and the flag that
+takes a local copy.
 """
 from __future__ import annotations
 
@@ -77,10 +77,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
-from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.metrics.metric_setup import (
     add_clip_arguments,
     add_fid_arguments,
@@ -98,7 +97,6 @@ from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_sm
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
-from uplift_diffusers.loaders.hub import from_hub
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 
 #: The SD1.5 rows: one generation per caption, upscaled (or not) in latent space. The default.
@@ -261,9 +259,8 @@ def load_pipeline(args, methods: Sequence[str], device: torch.device):
     from uplift_diffusers import StableDiffusionUPLiFTPipeline
 
     upscaler = load_upscaler(args.upscaler, args.upscaler_config) if "uplift" in methods else None
-    pipe = from_hub(
-        f"the Stable Diffusion model {args.model!r}",
-        "--model DIR (a diffusers Stable Diffusion folder)",
+    pipe = loading(
+        "the Stable Diffusion model", args.model, "--model DIR",
         lambda: StableDiffusionUPLiFTPipeline.from_pretrained(args.model, upscaler=upscaler, safety_checker=None, requires_safety_checker=False),
     )
     pipe = pipe.to(device)
@@ -318,9 +315,8 @@ def load_sdxl_pipeline(args, device: torch.device):
     """
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = from_hub(
-        f"the SDXL model {args.sdxl_model!r}",
-        "--sdxl-model DIR (a diffusers SDXL folder)",
+    pipe = loading(
+        "the SDXL model", args.sdxl_model, "--sdxl-model DIR",
         lambda: StableDiffusionXLPipeline.from_pretrained(args.sdxl_model, add_watermarker=False),  # float32: the default
     )
     native = pipe.default_sample_size * pipe.vae_scale_factor
@@ -338,9 +334,8 @@ def add_lcm_lora(pipe, args) -> None:
     """Load ``--lcm-lora`` into ``pipe``'s UNet, fuse it and sample with ``LCMScheduler`` (the model card's recipe)."""
     from diffusers import LCMScheduler
 
-    from_hub(
-        f"the LCM-LoRA {args.lcm_lora!r}",
-        "--lcm-lora DIR (a folder holding pytorch_lora_weights.safetensors)",
+    loading(
+        "the LCM-LoRA", args.lcm_lora, "--lcm-lora DIR (a folder holding pytorch_lora_weights.safetensors)",
         lambda: pipe.load_lora_weights(args.lcm_lora),
     )
     pipe.fuse_lora()
@@ -489,22 +484,6 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
     return results
 
 
-def needed_models(args, methods: Sequence[str], clip: bool = True) -> List:
-    """The Hub models this run will load (for :func:`~evaluation.loading.models_available`)."""
-    models = []
-    if any(m in SD15_METHODS for m in methods):
-        models.append(hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("model_index.json",)))
-    if "uplift" in methods:
-        models.append(upscaler_model(args.upscaler))
-    if any(m in NATIVE_ROWS for m in methods):
-        models.append(hub_model(args.sdxl_model, "the SDXL model", "--sdxl-model DIR", ("model_index.json",)))
-    if any(NATIVE_ROWS[m].lcm_lora for m in methods if m in NATIVE_ROWS):
-        models.append(hub_model(args.lcm_lora, "the LCM-LoRA", "--lcm-lora DIR"))
-    if clip and not args.no_clip and args.clip_backend == "transformers":
-        models.append(hub_model(clip_model_and_weights(args)[0], "the CLIP model", "--clip-model DIR"))
-    return models
-
-
 SMOKE_CAPTIONS = ("a red cat", "a blue dog", "a tall tree", "the sea")
 
 
@@ -545,12 +524,11 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     device = torch.device(args.device) if args.device else state.device
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
-    with models_available(needed_models(args, [] if args.metrics_only else methods, clip=clip_scorer is None)):
-        if not args.metrics_only:
-            counts = generate(args, rows, methods, state, device)
-        state.wait_for_everyone()
-        totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
-        metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
+    if not args.metrics_only:
+        counts = generate(args, rows, methods, state, device)
+    state.wait_for_everyone()
+    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+    metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
         "prompts": str(args.prompts),
         "reference_dir": args.reference_dir,
@@ -623,7 +601,7 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scor
     try:
         with loading_bars(not args.quiet):
             result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:
