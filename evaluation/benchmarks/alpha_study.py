@@ -1,37 +1,23 @@
-"""Transparency (issue #12): how to upscale alpha, and which colour to feed the VAE under it.
+"""Transparency: how to upscale alpha, and which colour to feed the VAE under it.
+Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/alpha_study.{json,md}``.
 
 The numbers behind :func:`uplift_diffusers.image_processor.upscale_alpha` (Lanczos, clamped to
 the 3 x 3 input neighbourhood) and :func:`~uplift_diffusers.image_processor.fill_transparent`
 (the push-pull fill fed to the VAE), quoted in the README.
 
-Data: the first ``--num-images`` images of ``--data`` (sorted by name), centre square crop
-resized (PIL bicubic) to ``--hr-size`` (HR colour), with three synthetic soft alpha masks each
-(HR alpha):
+Data: the first ``--num-images`` images of ``--data``, centre square crop resized to
+``--hr-size`` (HR colour), with three synthetic soft alpha masks each: ``content`` (pixels close
+in colour to the centre, blurred: a soft cut-out), ``cutout`` (that mask thresholded and lightly
+blurred: an antialiased hard cut) and ``ellipse`` (a feathered ellipse: a vignette). LR =
+premultiplied antialiased bilinear downsampling by ``--factor``, un-premultiplied and quantised
+to 8 bits as a PNG stores it. The colour is upscaled by ``UPLiFTSuperResolutionPipeline``
+(colour correction on, no back-projection: the paper's output).
 
-- ``content``: pixels close in colour to the image centre (smooth threshold, then blurred):
-  alpha edges follow the photo's edges, like a soft cut-out;
-- ``cutout``: that mask thresholded at 0.5 and blurred with sigma 0.8 (an antialiased hard cut);
-- ``ellipse``: a feathered ellipse independent of the content (a vignette / selection).
-
-LR = premultiplied antialiased bilinear downsampling by ``--factor`` (a power of two),
-un-premultiplied and quantised to 8 bits as a PNG stores it (colour 0 under alpha 0). The colour
-is upscaled by ``UPLiFTSuperResolutionPipeline`` (``--model`` + ``--vae``, colour correction on, no
-back-projection: the paper's output, as when the study was recorded).
-
-Reported:
-
-1. alpha resampling: PSNR of the upscaled alpha vs the HR alpha, the mean absolute error (x 255)
-   in the edge band (HR alpha in (0.02, 0.98), dilated 2 px), and the share of the HR pixels with
-   alpha exactly 0 or 1 that the 8-bit upscaled alpha gets wrong (ringing / blur into solid regions);
-2. colour fed to the VAE (alpha: ``upscale_alpha``): PSNR of the upscaled RGBA composited over
-   white, black and mid-grey vs the HR RGBA composited over the same (whole image and edge band),
-   and the mean (0..255) of the composite over white where HR alpha is 0 (ideally 255).
-
-The run recorded in ``evaluation/results/alpha_study.{json,md}`` (about 90 s on one CPU thread)::
-
-    OMP_NUM_THREADS=1 python -m evaluation.benchmarks.alpha_study --num-images 12
-
-``--smoke-test`` runs it in seconds on tiny random models and synthetic images (numbers mean nothing).
+Reported: (1) alpha resampling: alpha PSNR, the mean absolute error (x 255) in the edge band
+(HR alpha in (0.02, 0.98), dilated 2 px) and the share of solid (alpha 0 or 1) pixels the 8-bit
+upscaled alpha gets wrong; (2) colour under alpha: PSNR of the upscaled RGBA composited over
+white, black and grey (whole image and edge band), and the mean of the composite over white
+where HR alpha is 0 (ideally 255).
 """
 from __future__ import annotations
 

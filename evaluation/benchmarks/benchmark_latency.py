@@ -1,35 +1,18 @@
-"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's Tables 2-3).
+"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's
+Tables 2-3). Commands: ``docs/evaluation.md``.
 
-Protocol: ``torch.compile`` of the UNet, the VAE decoder and UPLiFT (``--compile``, the default:
-the paper times compiled models; ``--no-compile`` times them eagerly), ``--warmup`` (3) untimed
-batches (compiling happens there), then the mean of the next ``--iters`` (10) batches; batch 4 for the COCO setting and 1 for reLAION
-(``--batch-size``). One timed batch runs, each stage timed separately (CUDA synchronised):
+The paper's protocol: the UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
+``--warmup`` untimed batches (compiling happens there), then the mean of the next ``--iters``.
+Each stage of a batch is timed separately (CUDA synchronised): ``unet`` (``--steps`` steps with
+classifier-free guidance and the PNDM scheduler step), ``vae_decode_base`` (UPLiFT's guide and
+the colour reference), ``uplift``, ``bilinear`` / ``nearest``, ``vae_decode_upscaled`` and
+``color_correction``. ``methods`` sums the stages of each row (``base512`` = unet + base decode).
+Text encoding is left out (random prompt embeddings of the real shape): it does not depend on
+the method.
 
-* ``unet``: ``--steps`` denoising steps with classifier-free guidance (the UNet on 2B latents
-  and the scheduler step, the default SD1.5 PNDM scheduler) at ``--size``;
-* ``vae_decode_base``: decoding the base latents (needed as UPLiFT's guide and for colour
-  correction);
-* ``uplift``: the UPLiFT upscaler, ``--upscale-factor`` x;
-* ``bilinear`` / ``nearest``: the latent interpolation baselines;
-* ``vae_decode_upscaled``: decoding the upscaled latents;
-* ``color_correction``: the per-channel mean shift.
-
-``methods`` sums the stages of each text-to-image row (``base512`` = unet + base decode; the
-upscaling rows add their upscaler, the upscaled decode and colour correction). Text encoding
-is left out (random prompt embeddings of the real shape are used: it runs once per prompt and
-its cost does not depend on the method).
-
-Weights: ``--model`` (UNet, VAE and scheduler of a diffusers SD folder / Hub id) and
-``--upscaler``. With ``--random-weights``, or when the weights cannot be fetched (offline and not
-cached), models of the real SD1.5 / UPLiFT sizes are built with random weights; latency does
-not depend on the weights' values, and the output says so (``random_weights``, ``note``).
-Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. Run from the repository root::
-
-    python -m evaluation.benchmarks.benchmark_latency --output-dir results/latency-coco --dataset-name COCO --batch-size 4
-
-``--smoke-test`` checks an installation in seconds: tiny random models
-(:mod:`uplift_diffusers.utils.testing_utils`), 64 px, 2 steps, 1 warm-up and 2 timed batches of 1, eager;
-no download, and the times mean nothing.
+With ``--random-weights``, or when the weights cannot be loaded, models of the real SD1.5 /
+UPLiFT sizes get random weights (latency does not depend on their values); the results say so
+(``random_weights``, ``note``).
 """
 from __future__ import annotations
 

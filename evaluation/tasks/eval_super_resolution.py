@@ -1,57 +1,24 @@
 """Super-resolution evaluation (the paper's Table 4): PSNR, SSIM, FID and patch-FID.
+Commands and the meaning of each number: ``docs/evaluation.md``.
 
-Protocol (:mod:`uplift_diffusers.utils.sr_protocol`) and scoring loop (:mod:`evaluation.sr_protocol`): HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to
-``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/`` folders written by
-``python -m evaluation.data.prepare_sr`` those pairs are read as they are (their sizes
-must equal ``--hr-size`` / ``--lr-size``); any other folder is read recursively and cropped /
-resized on the fly. Each method maps LR to an image of the HR size:
+Protocol (:mod:`uplift_diffusers.utils.sr_protocol`) and scoring loop (:mod:`evaluation.sr_protocol`):
+HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to ``--lr-size``;
+the ``hr/`` + ``lr/`` folders of ``python -m evaluation.data.prepare_sr`` are read as they are.
+Each row maps LR to an image of the HR size:
 
-* a model (``--upscaler DIR|HUB_ID|FILE.safetensors|FILE.pth``, or ``uplift`` for the authors'
-  released model): ``UPLiFTSuperResolutionPipeline`` (encode with ``--vae``, UPLiFT, decode,
-  colour correction);
-* ``bilinear`` / ``nearest``: encode, interpolate the unscaled latents
-  (``align_corners=False`` for bilinear), decode; not colour-corrected (the paper applies colour
-  correction as part of UPLiFT), unless ``--color-correct-baselines`` (then as the pipeline);
-* ``bicubic``: PIL bicubic resize of the LR image in pixel space (no VAE);
-* ``vae``: encode and decode the HR image (the autoencoder's own ceiling, no upscaling).
+* a model (``--upscaler DIR|HUB_ID|FILE``, or ``uplift``: the authors' release):
+  ``UPLiFTSuperResolutionPipeline`` (encode, UPLiFT, decode, colour correction, then
+  ``--back-projection-steps`` rounds of back-projection onto the LR image: 0 is the paper's output);
+* ``bilinear`` / ``nearest``: encode, interpolate the latents, decode; not colour-corrected (the
+  paper applies colour correction as part of UPLiFT) unless ``--color-correct-baselines``;
+* ``bicubic``: PIL bicubic in pixel space; ``vae``: encode and decode the HR image (the
+  autoencoder's ceiling).
 
-The model rows are what the pipeline returns by default: colour correction, then
-``--back-projection-steps`` (default 5, the pipeline's) rounds of back-projection onto the LR image
-(:mod:`uplift_diffusers.utils.back_projection`). ``--back-projection-steps 0`` gives the paper's
-output: pass it to reproduce the paper's tables. ``--back-project-baselines`` applies the same
-rounds to the bicubic and latent baselines (default: not, as in the paper).
-
-``--upscaler`` may be repeated or comma-separated; ``NAME=SPEC`` names a row (a single model
-row is called ``uplift``). The metrics are the paper's (CFM's code; definitions in
-:mod:`evaluation.metrics.image_metrics`): PSNR (clamped to [0, 1]) and SSIM (torchmetrics,
-``data_range=1.0``) per image, averaged; FID of the outputs against the HR images (torchmetrics
-on CFM's uint8 images) and patch-FID on the same ``--num-patches`` random ``--patch-size`` crops
-(4 x 512) of both (``--no-fid`` skips both; ``--fid-backend clean-fid`` computes FID and KID with
-clean-fid instead). Results go to ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
-``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
-``OUTPUT/results.md``.
-
-Run from the repository root::
-
-    python -m evaluation.tasks.eval_super_resolution --data data/faceshq --vae stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --upscaler bicubic,vae,nearest,bilinear,uplift --hr-size 1024 --lr-size 256 --output-dir results/faceshq
-
-Resumable: every image's results (PSNR, SSIM and, with FID, its FID / patch-FID features; patch
-boxes seeded per image, ``--seed + i``) are written to ``OUTPUT/per_image/<row>/<image>.pt``
-(atomically) as soon as its batch is scored; a rerun skips the images already scored, says so, and
-adds their kept results. ``OUTPUT/per_image/<row>/settings.json`` records what they depend on; a
-rerun with other settings (data, sizes, model, seed, colour correction, FID options) stops with an
-error naming the differences instead of mixing results (the batch size, ``--limit`` and the
-number of processes may change).
-
-Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_resolution ...`` or
-``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_super_resolution ...``
-(GPUs, or CPU processes on a machine without GPUs: one gloo group): every process evaluates a
-shard of the images; the numbers are gathered over all of them and written once.
-
-``--smoke-test`` checks an installation in seconds (tiny random models, 4 synthetic images, every
-kind of row, no download; :mod:`evaluation.smoke`). A model that cannot be loaded (offline and not
-cached, a wrong path) stops the run with one line naming it and the flag that takes a local copy.
+Metric definitions: :mod:`evaluation.metrics.image_metrics`. Resumable: every image's results
+(PSNR, SSIM, FID features) go to ``OUTPUT/per_image/<row>/<image>.pt`` as soon as its batch is
+scored; a rerun skips them, and refuses (naming the differences) when
+``per_image/<row>/settings.json`` says they were made with other settings. Under ``torchrun`` /
+``accelerate launch`` every process scores a shard; the numbers are gathered and written once.
 """
 from __future__ import annotations
 

@@ -1,65 +1,29 @@
 """Text-to-image evaluation (the paper's Tables 2-3): FID, patch-FID and CLIP score.
+Commands and the meaning of each number: ``docs/evaluation.md``.
 
-For every caption of ``--prompts`` (a caption set from ``python -m evaluation.data.prepare_coco`` /
-``python -m evaluation.data.prepare_relaion``), Stable Diffusion (``--model``, its default scheduler, float32,
-``--steps`` denoising steps, guidance ``--guidance-scale``) generates a ``--size`` image with
-the seed ``--seed + i`` (i = the caption's position in the file), once; the rows of
-``--methods`` are all made from that one generation:
+For every caption of ``--prompts`` (from ``evaluation.data.prepare_coco`` / ``prepare_relaion``),
+Stable Diffusion (``--model``, its default scheduler, float32) generates a ``--size`` image with
+the seed ``--seed + i`` once; the rows of ``--methods`` all come from that one generation:
 
-* ``base512``: the base image (no upscaling);
-* ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``: UPLiFT ``--upscale-factor``
-  x, decode, colour correction against the base image;
-* ``bilinear`` / ``nearest``: the same final latents, interpolated (``align_corners=False`` for
-  bilinear; :mod:`evaluation.tasks.latent_baseline`) and decoded, not colour-corrected (the paper
-  applies colour correction as part of UPLiFT) unless ``--color-correct-baselines`` (then against
-  the base image like UPLiFT). ``images/<row>/color_correction.json`` records which, and a run
+* ``base512``: the base image; ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``
+  (UPLiFT ``--upscale-factor`` x, decode, colour correction against the base image);
+* ``bilinear`` / ``nearest``: the same final latents interpolated and decoded, not
+  colour-corrected (the paper applies colour correction as part of UPLiFT) unless
+  ``--color-correct-baselines``; ``images/<row>/color_correction.json`` records which, and a run
   with the other setting refuses to mix the two.
 
-The paper's reference rows (Tables 2-3), generated natively at ``--sdxl-size`` (1024, SDXL's
-native size; checked against the model) in float32 with the same per-caption seeds, no
-upscaling; their step counts are the paper's, fixed, independent of ``--steps`` (which is the
-SD1.5 rows' setting):
+The paper's reference rows, generated natively at ``--sdxl-size`` with the same seeds and the
+paper's fixed step counts: ``sdxl`` (``--sdxl-model``, its default scheduler, 50 steps, guidance
+5.0, the pipeline's default) and ``lcm-lora-sdxl`` (``--lcm-lora`` fused, ``LCMScheduler``, 4
+steps, guidance 1.0: the LCM-LoRA model card asks for 1.0-2.0, and diffusers disables guidance
+at <= 1, so 0 and 1.0 give the same images; needs ``peft``).
 
-* ``sdxl``: ``--sdxl-model`` (SDXL base 1.0) with its default scheduler (SDXL base:
-  ``EulerDiscreteScheduler``), 50 steps, guidance 5.0 (``StableDiffusionXLPipeline``'s default);
-* ``lcm-lora-sdxl``: the same model with ``--lcm-lora`` loaded and fused, ``LCMScheduler``
-  (made from the model's scheduler config), 4 steps, guidance 1.0: the LCM-LoRA model card
-  asks to "either disable guidance_scale or use values between 1.0 and 2.0", and diffusers'
-  LCM inference guide uses 1.0 for SDXL; in diffusers any value <= 1 disables classifier-free
-  guidance, so 0 and 1.0 give the same images. Needs ``peft``.
-
-Not in the default ``--methods``: add them, e.g. ``--methods uplift,bilinear,nearest,base512,sdxl,lcm-lora-sdxl``.
-
-Images are written to ``OUTPUT/images/<method>/<id>.png``; a rerun skips every caption whose
-images all exist (resumable), and only writes missing files. The metrics are then computed
-from the saved PNGs: FID between the generated images and the reference images
-(``--reference-dir``/``file_name``, centre-cropped to a square and PIL-bicubic resized to the
-generated size), patch-FID on the same random ``--patch-size`` crops (``--num-patches`` per image,
-the paper's 4 x 512) of each generated / reference pair (a row smaller than ``--patch-size``
-uses crops of its own size; ``patch_size`` in the results says which), and the CLIP score of
-each image with its caption. The metrics are the paper's (definitions in
-:mod:`evaluation.metrics.image_metrics`): FID / patch-FID with torchmetrics on CFM's uint8 images, the CLIP
-score as the ``clip-score`` package with ``openai/clip-vit-base-patch32``;
-``--fid-backend clean-fid`` (FID and KID) and ``--clip-backend open_clip`` are the
-alternatives. Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
-``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
-``OUTPUT/results.md``.
-
-Run from the repository root::
-
-    python -m evaluation.tasks.eval_text_to_image --prompts data/coco/captions.jsonl --reference-dir data/coco/images \
-        --output-dir results/coco --dataset-name COCO --steps 25 --batch-size 4
-
-Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_text_to_image ...`` or
-``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_text_to_image ...`` (GPUs,
-or CPU processes on a machine without GPUs: one gloo group): every process generates and scores a
-shard of the captions; metrics are gathered and written once. The patch-FID boxes of caption i are
-seeded ``--seed + i``, so the numbers do not depend on the number of processes.
-
-``--smoke-test`` checks an installation in seconds (a tiny random Stable Diffusion model, upscaler
-and CLIP model, 4 captions, no download; :mod:`evaluation.smoke`). A model that cannot be loaded
-(offline and not cached, a wrong path) stops the run with one line naming it and the flag that
-takes a local copy.
+Images go to ``OUTPUT/images/<row>/<id>.png`` (a rerun only writes missing files); the metrics are
+computed from the saved PNGs against the ``--reference-dir`` images, centre-cropped and resized
+to each row's size (definitions: :mod:`evaluation.metrics.image_metrics`). A row smaller than
+``--patch-size`` uses patches of its own size. Under ``torchrun`` / ``accelerate launch`` every
+process generates and scores a shard; the patch boxes of caption i are seeded ``--seed + i``, so
+the numbers do not depend on the number of processes.
 """
 from __future__ import annotations
 
