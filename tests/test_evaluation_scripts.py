@@ -547,7 +547,7 @@ def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_siz
 
 
 # --------------------------------------------------------------------------------------------
-# Metric protocol of the scripts (issue #15 part 3): the paper's metrics by default, clean-fid /
+# Metric protocol of the scripts: the paper's metrics by default, clean-fid /
 # open_clip selectable, latent baselines colour-corrected only on request, all recorded
 # --------------------------------------------------------------------------------------------
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
@@ -655,7 +655,7 @@ def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny
 
 
 # --------------------------------------------------------------------------------------------
-# Issue #14: smoke-test mode, resuming, several processes, offline, smaller defects
+# Smoke-test mode, resuming, several processes, offline, smaller defects
 # --------------------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -222,7 +222,7 @@ def study(pipe: UPLiFTSuperResolutionPipeline, files: Sequence[Path], hr_size: i
                     b_up = F.interpolate(background_of[name], size=(hr_size, hr_size), mode="bicubic", align_corners=False).clamp(0, 1)
                     uncomposited = torch.where(a_up > 0.02, (out - (1 - a_up) * b_up) / a_up.clamp_min(0.02), out).clamp(0, 1)
                     score_colour(f"{name} (un-composited after)", uncomposited, a_up, hr, a_hr, band, clear)
-                if name == "white":  # the pipeline before issue #12: composited on white, alpha dropped
+                if name == "white":  # the former pipeline: composited on white, alpha dropped
                     score_colour("white, alpha dropped (before)", out, None, hr, a_hr, band, clear)
             # ---- alpha resampling
             guide_hr = outputs["filled"].mean(dim=1, keepdim=True)

@@ -485,7 +485,7 @@ def ratios(rows: List[Dict], key: str = "median_s", paired: bool = True) -> Dict
         if eager and fast:
             out[f"fast_speedup_2x_step_{side}px"] = round(eager[key] / fast[key], 2)
     four_x = find(rows, kind="uplift", mode="fast", side=512, steps=2)
-    if four_x:  # SD1.5 4x at 512 px: the encoder and two 2x steps (the H100 number)
+    if four_x:  # SD1.5 4x at 512 px: the encoder and two 2x steps (the H100 target)
         out["fast_4x_at_512px_ms"] = round(four_x[key] * 1000, 1)
     f256, f512 = find(rows, kind="uplift", mode="fast", side=256, steps=1), find(rows, kind="uplift", mode="fast", side=512, steps=1)
     if f256 and f512:
@@ -512,7 +512,7 @@ TARGETS = {
     "eager_2x_step_256px_over_vae_decode_512px": ("<=", 0.5),
 }
 
-#: Targets that only a GPU run is held to (the issue's H100 number, bf16).
+#: Targets that only a GPU run is held to (H100, bf16).
 GPU_TARGETS = {"fast_4x_at_512px_ms": ("<=", 25.0)}
 
 
