@@ -15,7 +15,8 @@ from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import pil_to_tensor
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.back_projection import back_project, check_back_projection_steps, project_to
-from uplift_diffusers.utils.sr_protocol import bicubic_upscale, load_hr_lr, psnr
+from evaluation.sr_protocol import bicubic_upscale, psnr
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
 

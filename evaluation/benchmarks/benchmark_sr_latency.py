@@ -191,7 +191,7 @@ def prepare_smoke_test(args) -> None:
 
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results (also written to ``--output`` and .md)."""
-    from uplift_diffusers.pipelines.pipeline_utils import check_upscaler_matches_vae
+    from uplift_diffusers.hooks import check_upscaler_matches_vae
     from uplift_diffusers.loaders.vae import vae_scale_factor
 
     require_one_process("evaluation.benchmarks.benchmark_sr_latency")
