@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import math
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -174,15 +175,21 @@ class UPLiFTDecodeHook:
             return check_tile_arguments(None, None)
         return tuple(tiling) if tiling else None
 
-    def _generator(self, args, kwargs):
-        """The hook's generator, else the one the pipeline passed to ``decode`` (diffusers'
-        Stable Diffusion pipelines pass theirs, so a seeded call seeds UPLiFT too)."""
+    def _generator(self, latents: torch.Tensor, args, kwargs):
+        """The hook's generator, else the one the pipeline passed to ``decode`` (diffusers' Stable
+        Diffusion pipelines pass theirs), else one seeded from the latents themselves (FLUX.2
+        pipelines pass none): a seeded pipeline call then gives the same image, without touching
+        torch's global random state."""
         if self.generator is not None:
             return self.generator
         try:
-            return inspect.signature(self.original).bind_partial(None, *args, **kwargs).arguments.get("generator")
+            passed = inspect.signature(self.original).bind_partial(None, *args, **kwargs).arguments.get("generator")
         except TypeError:
-            return None
+            passed = None
+        if passed is not None:
+            return passed
+        digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     # ------------------------------------------------------------------ the hook
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
@@ -209,7 +216,7 @@ class UPLiFTDecodeHook:
                 latents,
                 guide,
                 output_size,
-                generator=self._generator(args, kwargs),
+                generator=self._generator(latents, args, kwargs),
                 color_correction=self.color_correction,
                 back_projection_steps=self.back_projection_steps,
                 tiling=tiling,
@@ -262,7 +269,8 @@ def apply_uplift(
             (:mod:`uplift_diffusers.pipelines.upscale_decode`).
         output_size: ``(height, width)`` of the final image instead of ``upscale_factor``.
         generator: seeds UPLiFT's noise; None: the ``generator`` the pipeline passes to the VAE's
-            ``decode`` (Stable Diffusion pipelines pass the call's own).
+            ``decode`` (Stable Diffusion pipelines pass the call's own), else a generator seeded
+            from the latents (so a seeded call of any pipeline is reproducible).
         color_correction: shift each RGB channel of the result to the base image's mean.
         back_projection_steps: rounds of back-projection onto the base image (0: the paper's output).
         tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``),
