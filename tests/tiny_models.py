@@ -231,7 +231,8 @@ def make_byte_tokenizer():
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler and, for FLUX.2 [klein], a
+    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the resolution-dependent
+    shift (as the released configurations) and, for FLUX.2 [klein], a
     hidden-size-16 Qwen3 text encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder
     is left out: its tests pass ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
@@ -251,6 +252,6 @@ def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
                 num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
             )).eval()
     return dict(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(), transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae.eval(), transformer=transformer.eval(),
         text_encoder=text_encoder, tokenizer=make_byte_tokenizer() if klein else None,
     )
