@@ -61,7 +61,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from uplift_diffusers.utils.atomic_files import atomic_write_text
-from uplift_diffusers.utils.downloads import (  # noqa: F401 (decoded_size, is_complete_image: re-exported)
+from training.downloads import (  # noqa: F401 (decoded_size, is_complete_image: re-exported)
     DOWNLOADED,
     FAILED,
     SKIPPED,

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Tuple, Union
 
 from PIL import Image
 
-from .atomic_files import atomic_write
+from uplift_diffusers.utils.atomic_files import atomic_write
 
 __all__ = [
     "DOWNLOADED",
