@@ -785,6 +785,46 @@ def test_old_configs_keep_their_behaviour():
         assert config.optimization.max_grad_norm == 1.0
 
 
+@pytest.mark.parametrize("recipe", sorted(TINY.parent.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_recipe_loads_with_the_values_it_writes(recipe):
+    """Each committed recipe is a valid configuration whose every written value is the one used
+    (``init_from`` is cleared: its folder is made by an earlier run)."""
+    from training.config import load_config
+
+    raw = yaml.safe_load(recipe.read_text())
+    overrides = {"init_from": None}
+    if not raw["data"].get("train_dirs"):
+        overrides["data.train_dirs"] = ["x"]
+    used = load_config(raw, overrides).to_dict()
+    for key, value in raw.items():
+        if key in ("init_from",):
+            continue
+        if isinstance(value, dict) and key != "model":
+            for name, setting in value.items():
+                if (key, name) != ("data", "train_dirs") or setting:
+                    assert used[key][name] == setting, (key, name)
+        else:
+            assert used[key] == value, key
+
+
+def test_recipe_errors_name_the_key_and_the_fix(tmp_path):
+    from training.config import load_config
+
+    with pytest.raises(ValueError, match=r"unknown config key `data.resolutoin` \(did you mean `data.resolution`\?\); known keys of data: cache_dir,"):
+        load_config({"data": {"resolutoin": 64, "train_dirs": ["x"]}})
+    with pytest.raises(ValueError, match="config section `data` must be a mapping of keys to values, got 64"):
+        load_config({"data": 64})
+    with pytest.raises(ValueError, match=r"config key `validation.every_steps` must be null or an integer >= 0, got -1 \(int\)"):
+        load_config({"data": {"train_dirs": "x"}}, {"validation.every_steps": -1})
+    with pytest.raises(ValueError, match=r"config key `optimization.ema_decay` must be null or a number in \[0, 1\)"):
+        load_config({"data": {"train_dirs": "x"}}, {"optimization.ema_decay": 1.0})
+    config = load_config({"data": {"train_dirs": "x"}, "optimization": {"mixed_precision": False}})
+    assert config.data.train_dirs == ["x"] and config.optimization.mixed_precision == "no"  # YAML's `no` and one folder
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert main(["--config", str(bad)]) == 2
+
+
 def test_sd15_recipe_is_the_official_one(shared_path):
     """training/configs/sd15-vae.yaml against the official YAML and the facts of the authors'
     training loop (mwalmer-umd/UPLiFT uplift/train_uplift.py)."""
