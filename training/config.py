@@ -9,6 +9,7 @@ overrides (``optimization.lr``) over it and :func:`from_dict` turns the result i
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -176,7 +177,7 @@ def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None)
     (``{"optimization.lr": 0.01}``) laid over it."""
     if not isinstance(raw, dict):
         raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
-    raw = json.loads(json.dumps(raw))  # a copy
+    raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         set_key(raw, dotted, value)
     return from_dict(raw)
