@@ -1068,6 +1068,15 @@ def test_help_keeps_the_line_continuation(capsys):
     assert "143 stopped by SIGTERM, 130 stopped by Ctrl-C" in text
 
 
+def test_an_unknown_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--bogus", "1"])
+    assert exit_info.value.code == 2
+    assert "error: unrecognized arguments: --bogus 1" in capsys.readouterr().err
+    # every flag in both spellings (HfArgumentParser)
+    assert parse_args(["--train_data", "a", "b", "--stop-at-step", "3"]).train_data == ["a", "b"]
+
+
 def test_trained_upscale_factors_follow_the_depths():
     assert train_uplift.trained_upscale_factors([1, 2]) == [2, 4]
     assert train_uplift.trained_upscale_factors([3]) == [2, 4, 8]  # a 3-step run trains every step on the way

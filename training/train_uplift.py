@@ -120,7 +120,9 @@ def parse_args(argv: Optional[List[str]] = None) -> ScriptArguments:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(ScriptArguments, prog=f"python -m {MODULE}", description=__doc__, formatter_class=_HelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
     return args
 
 
