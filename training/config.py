@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import operator
 import re
 import typing
 from dataclasses import dataclass, field
@@ -234,6 +235,7 @@ _KINDS = {
     bool: (lambda v: isinstance(v, bool), "true or false"),
     str: (lambda v: isinstance(v, str) and bool(v), "a string"),
 }
+_BOUNDS = {"min": (">=", operator.ge), "above": (">", operator.gt), "below": ("<", operator.lt)}
 
 
 def check_value(dotted: str, value, hint, rule: Dict) -> None:
@@ -249,24 +251,22 @@ def check_value(dotted: str, value, hint, rule: Dict) -> None:
     if kind not in _KINDS:
         return
     test, text = _KINDS[kind]
-    bounds = [(">=", rule.get("min"), lambda v, b: v >= b), (">", rule.get("above"), lambda v, b: v > b),
-              ("<", rule.get("below"), lambda v, b: v < b)]
-    bounds = [(sign, bound, compare) for sign, bound, compare in bounds if bound is not None]
+    bounds = [(sign, compare, rule[name]) for name, (sign, compare) in _BOUNDS.items() if name in rule]
     choices = rule.get("choices")
     choices = choices() if callable(choices) else choices
 
     def ok(v) -> bool:
-        return test(v) and all(compare(v, bound) for _, bound, compare in bounds) and (choices is None or v in choices)
+        return test(v) and all(compare(v, bound) for _, compare, bound in bounds) and (choices is None or v in choices)
 
     if is_list:
-        good = isinstance(value, list) and bool(value) and all(ok(v) for v in value) and len(value) == rule.get("length", len(value))
+        good = isinstance(value, list) and bool(value) and all(map(ok, value)) and len(value) == rule.get("length", len(value))
     else:
         good = ok(value)
     if good:
         return
     expected = rule.get("expected")
     if expected is None:
-        limits = " and ".join(f"{sign} {bound:g}" for sign, bound, _ in bounds)
+        limits = " and ".join(f"{sign} {bound:g}" for sign, _, bound in bounds)
         expected = f"one of {', '.join(choices)}" if choices else f"{text} {limits}".strip()
         expected = ("null or " if optional else "") + expected
     raise ValueError(f"config key `{dotted}` must be {expected}, got {value!r} ({type(value).__name__}).")
