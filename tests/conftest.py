@@ -46,13 +46,17 @@ def taef2_dir():
     return _shared_path("models", "taef2")
 
 
+#: The embedded default: TAEF2 and the UPLiFT model trained for it, as one pipeline folder.
+EXAMPLE_PIPELINE = REPO_ROOT / "examples" / "models" / "uplift-taef2-bsds500"
+
+
 @pytest.fixture(scope="session")
 def taef2():
-    """The real TAEF2 autoencoder as a ``TinyAutoencoder``, loaded once per session: do not change it."""
+    """The real TAEF2 autoencoder as a ``TinyAutoencoder`` (the copy embedded in the repository),
+    loaded once per session: do not change it."""
     from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
 
-    folder = _shared_path("models", "taef2")
-    return TinyAutoencoder.from_original_checkpoint(folder / "encoder.pth", folder / "decoder.pth")
+    return TinyAutoencoder.from_pretrained(EXAMPLE_PIPELINE / "vae").eval()
 
 
 @pytest.fixture(autouse=True)

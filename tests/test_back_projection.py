@@ -18,7 +18,7 @@ from uplift_diffusers.utils.back_projection import back_project, check_back_proj
 from evaluation.sr_protocol import bicubic_upscale, psnr
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
 
 
 def smooth_image(size: int, seed: int = 0) -> torch.Tensor:

@@ -21,7 +21,7 @@ from uplift_diffusers.image_processor import (
     upscale_alpha,
 )
 
-EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
+EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
 MODEL_LOGGER = "uplift_diffusers.models.modeling_uplift"
 
 

@@ -474,7 +474,7 @@ def test_three_x_at_least_bicubic_with_the_committed_taef2_model(taef2, shared_p
     from evaluation.sr_protocol import bicubic_upscale, psnr
     from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
-    model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
+    model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
     files = list_images(shared_path("data", "bsds500", "test"))[:4]
     pairs = [load_hr_lr(path, 192, 64) for path in files]
     hr = torch.cat([pil_to_tensor(h) for h, _ in pairs])
