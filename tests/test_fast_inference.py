@@ -357,7 +357,7 @@ def test_upscaler_with_savings_equals_dense_encoder(num_steps):
 @pytest.mark.parametrize("num_steps", [1, 2, 3])
 def test_savings_exact_on_the_reference_fixture(shared_path, num_steps):
     folder = shared_path("fixtures", "uplift-reference", "sd15vae-mini")
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
+    model = UPLiFTLatentUpscaler.from_single_file(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
     cases = load_file(str(folder / "cases.safetensors"))
     apply_fast_inference(model, dtype=torch.float32, compile=False, channels_last=False)
     for case in ("square", "batch2_nonsquare") if num_steps < 3 else ("batch2_nonsquare",):
