@@ -1,11 +1,14 @@
-"""Checks of the evaluation scripts' command-line flags and of the files they name, one wording for all."""
+"""Checks of the evaluation scripts' command-line flags and of the files they name, one wording for
+all, and the loading of the models the flags name."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
-__all__ = ["check_at_least", "read_json_file"]
+import torch
+
+__all__ = ["check_at_least", "read_json_file", "loading", "load_upscaler", "load_vae"]
 
 
 def check_at_least(args, minimums: Mapping[str, float]) -> None:
@@ -29,3 +32,40 @@ def read_json_file(path, name: str, fix: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{name} {str(path)!r} is not valid JSON: {error}") from error
+
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+
+
+def loading(what: str, source: str, flag: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with a failure to find or fetch the model (offline, not cached, a wrong path)
+    turned into one FileNotFoundError line naming ``what``, ``source`` and the ``flag`` that takes a
+    local copy instead."""
+    try:
+        return load()
+    except OSError as error:  # huggingface_hub's and diffusers' not-found / offline errors are OSErrors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(f"cannot load {what} {source!r} ({reason}); pass a local copy with {flag}.") from error
+
+
+def load_upscaler(source: Optional[str], config: Optional[str] = None, dtype: Optional[torch.dtype] = None, flag: str = "--upscaler DIR|FILE"):
+    """The upscaler ``source`` names: an authors' ``.safetensors`` / ``.pth`` file
+    (``from_single_file``, ``config``: its YAML when not the official configuration), a diffusers
+    folder or Hub id (``from_pretrained``), or ``None``: the authors' release."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.constants import UPLIFT_SD15_REPO_ID
+
+    source = source or UPLIFT_SD15_REPO_ID
+    options = {"torch_dtype": dtype} if config is None else {"torch_dtype": dtype, "original_config": config}
+    if source.lower().endswith(SINGLE_FILE_SUFFIXES):
+        load = lambda: UPLiFTLatentUpscaler.from_single_file(source, **options)  # noqa: E731
+    else:
+        load = lambda: UPLiFTLatentUpscaler.from_pretrained(source, **options)  # noqa: E731
+    return loading("the upscaler", source, flag, load).eval()
+
+
+def load_vae(source: str, dtype: Optional[torch.dtype] = None, flag: str = "--vae DIR"):
+    """The VAE ``source`` names (Hub id, diffusers folder or TAESD-family folder), in evaluation mode."""
+    from uplift_diffusers.loaders import load_vae as load
+
+    return loading("the VAE", source, flag, lambda: load(source, torch_dtype=dtype)).eval()

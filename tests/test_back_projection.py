@@ -15,7 +15,8 @@ from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import pil_to_tensor
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.back_projection import back_project, check_back_projection_steps, project_to
-from uplift_diffusers.utils.sr_protocol import bicubic_upscale, load_hr_lr, psnr
+from evaluation.sr_protocol import bicubic_upscale, psnr
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
 
@@ -160,21 +161,24 @@ def test_text_to_image_pipeline_back_projects_onto_the_base_image(tiny_sd_compon
         pipe(**arguments, back_projection_steps=-2)
 
 
-def test_wrapper_pipeline_back_projects_onto_the_base_image(tiny_sd_components):
+def test_hooked_pipeline_back_projects_onto_the_base_image(tiny_sd_components):
     from diffusers import StableDiffusionPipeline
 
-    from uplift_diffusers import UPLiFTPipeline
+    from uplift_diffusers import apply_uplift, remove_uplift
 
     shared = {k: v for k, v in tiny_sd_components.items() if k != "upscaler"}
-    base = StableDiffusionPipeline(**shared, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe = UPLiFTPipeline.from_pipe(base, upscaler=tiny_sd_components["upscaler"])
+    pipe = StableDiffusionPipeline(**shared, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    arguments = dict(prompt="a cat", num_inference_steps=2, output_type="pt", return_base_images=True)
-    paper = pipe(**arguments, generator=torch.Generator().manual_seed(0))
-    projected = pipe(**arguments, generator=torch.Generator().manual_seed(0), back_projection_steps=2)
-    torch.testing.assert_close(projected.images, back_project(paper.images, paper.base_images, 2), atol=2e-6, rtol=0)
+    arguments = dict(prompt="a cat", num_inference_steps=2, output_type="pt")
+    base = pipe(**arguments, generator=torch.Generator().manual_seed(0)).images
+    apply_uplift(pipe, tiny_sd_components["upscaler"])
+    paper = pipe(**arguments, generator=torch.Generator().manual_seed(0)).images
+    apply_uplift(pipe, tiny_sd_components["upscaler"], back_projection_steps=2)
+    projected = pipe(**arguments, generator=torch.Generator().manual_seed(0)).images
+    remove_uplift(pipe)
+    torch.testing.assert_close(projected, back_project(paper, base, 2), atol=2e-6, rtol=0)
     with pytest.raises(ValueError, match=r"`back_projection_steps` must be an int >= 0"):
-        pipe(**arguments, back_projection_steps="2")
+        apply_uplift(pipe, tiny_sd_components["upscaler"], back_projection_steps="2")
 
 
 # ------------------------------------------------------------------------------- real photographs

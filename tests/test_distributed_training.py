@@ -1,5 +1,5 @@
 """Multi-process training on CPUs (gloo on loopback), as a user launches it, and the launch checks
-of :mod:`uplift_diffusers.utils.distributed`.
+of :mod:`training.distributed`.
 
 The runs use ``--smoke-test`` (a tiny random VAE and upscaler on six generated 64 px images), so
 they need neither downloads nor ../shared; each is a couple of optimiser steps in two processes.
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from uplift_diffusers.utils import distributed
-from uplift_diffusers.utils.distributed import (
+from training import distributed
+from training.distributed import (
     LaunchMismatchError,
     check_single_process_launch,
     init_process_group_state,
@@ -122,7 +122,7 @@ def test_torchrun_without_the_cpu_backend_is_a_clear_error(tmp_path):
     """accelerate alone, under torchrun on CPUs, gives each process a 1-process state (two
     duplicate runs, the bug of issue 14): the check turns it into an error before any work."""
     script = tmp_path / "probe.py"
-    script.write_text("from uplift_diffusers.utils.distributed import init_process_group_state\n"
+    script.write_text("from training.distributed import init_process_group_state\n"
                       "init_process_group_state(cpu=False)\nprint('no error')\n")
     result = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)])
     assert result.returncode != 0

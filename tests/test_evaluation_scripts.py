@@ -34,7 +34,8 @@ from evaluation.metrics.image_metrics import psnr as metrics_psnr
 from evaluation.reports.tables import write_report
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.image_processor import list_images, pil_to_tensor
-from uplift_diffusers.utils import sr_protocol
+from evaluation import sr_protocol
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.color_correction import color_correct
 
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]
@@ -97,14 +98,14 @@ def test_latent_baseline_is_plain_interpolation():
 
 
 def test_sr_protocol_uses_the_project_psnr():
-    assert sr_protocol.psnr is metrics_psnr  # one PSNR: the evaluation's metrics and the training's validation
+    assert sr_protocol.psnr is metrics_psnr  # one PSNR: the scoring loop and the metrics
 
 
 def _bicubic_psnr(files, hr_size: int, lr_size: int) -> float:
     """Mean PSNR of PIL bicubic 4x on the protocol's pairs, computed image by image (the reference)."""
     values = []
     for path in files:
-        hr, lr = sr_protocol.load_hr_lr(path, hr_size, lr_size)
+        hr, lr = load_hr_lr(path, hr_size, lr_size)
         values.append(float(metrics_psnr(pil_to_tensor(lr.resize(hr.size, Image.BICUBIC)), pil_to_tensor(hr))))
     return float(np.mean(values))
 
@@ -136,7 +137,7 @@ def test_score_super_resolution_batches_metrics_and_outputs(tmp_path):
         ("bicubic", [14]), ("overshoot", [14]),
     ]
     assert max(peak for *_, peak in seen) <= 1.0
-    hr = torch.cat([pil_to_tensor(sr_protocol.load_hr_lr(f, 32, 8)[0]) for f in files])
+    hr = torch.cat([pil_to_tensor(load_hr_lr(f, 32, 8)[0]) for f in files])
     assert scores["overshoot"].values["mae"] == pytest.approx(((hr * 1.5).clamp(0, 1) - hr).abs().mean(dim=(1, 2, 3)).tolist(), abs=1e-6)
     with pytest.raises(ValueError, match=r"method 'small' returned \(2, 3, 8, 8\) for the images \[10, 11\], expected \(2, 3, 32, 32\)"):
         sr_protocol.score_super_resolution({"small": lambda batch: batch.lr}, pairs)
@@ -188,7 +189,7 @@ def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
     random.Random(1).shuffle(files)
     assert [p["source"] for p in manifest["pairs"]] == [str(f) for f in files[:3]]
     for pair in manifest["pairs"]:
-        hr, lr = sr_protocol.load_hr_lr(pair["source"], 64, 16)
+        hr, lr = load_hr_lr(pair["source"], 64, 16)
         assert np.array_equal(_png_array(out / "hr" / pair["name"]), np.asarray(hr))
         assert np.array_equal(_png_array(out / "lr" / pair["name"]), np.asarray(lr))
     stamp = (out / "hr" / "00000.png").stat().st_mtime_ns
@@ -462,10 +463,8 @@ def test_benchmark_latency_times_every_stage_of_a_generation(tmp_path):
 
 
 def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkeypatch, capsys):
-    from uplift_diffusers.loaders.hub import HubUnavailableError
-
     def offline(*args, **kwargs):
-        raise HubUnavailableError("cannot reach the Hugging Face Hub")
+        raise FileNotFoundError("cannot load the Stable Diffusion model (offline and not cached)")
 
     monkeypatch.setattr(benchmark_latency, "pretrained_models", offline)
     built = []  # the real-size models are asked for; the test builds the tiny ones instead
@@ -548,7 +547,7 @@ def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_siz
 
 
 # --------------------------------------------------------------------------------------------
-# Metric protocol of the scripts (issue #15 part 3): the paper's metrics by default, clean-fid /
+# Metric protocol of the scripts: the paper's metrics by default, clean-fid /
 # open_clip selectable, latent baselines colour-corrected only on request, all recorded
 # --------------------------------------------------------------------------------------------
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
@@ -558,7 +557,7 @@ def _baseline_psnr(vae, files, color_correction: bool) -> float:
 
     psnrs = []
     for path in files:
-        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        hr, lr = load_hr_lr(path, 64, 16)
         lr_t, hr_t = pil_to_tensor(lr), pil_to_tensor(hr)
         with torch.no_grad():
             latents = F.interpolate(encode_latents(vae, lr_t * 2 - 1), scale_factor=4, mode="bilinear", align_corners=False)
@@ -656,7 +655,7 @@ def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny
 
 
 # --------------------------------------------------------------------------------------------
-# Issue #14: smoke-test mode, resuming, several processes, offline, smaller defects
+# Smoke-test mode, resuming, several processes, offline, smaller defects
 # --------------------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -774,7 +773,7 @@ def test_eval_super_resolution_back_projection(tmp_path, capsys):
     assert runs["default"]["bicubic"]["psnr"] == runs["paper"]["bicubic"]["psnr"]
     expected = []
     for path in list_images(tmp_path / "baselines" / "smoke-inputs" / "images"):
-        hr, lr = sr_protocol.load_hr_lr(path, 64, 16)
+        hr, lr = load_hr_lr(path, 64, 16)
         output = back_project(sr_protocol.bicubic_upscale(lr, (64, 64)), pil_to_tensor(lr), 3)
         expected.append(sr_protocol.psnr(output, pil_to_tensor(hr)).item())
     assert runs["baselines"]["bicubic"]["psnr"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
@@ -928,9 +927,9 @@ def test_any_size_study_smoke_test(tmp_path):
     assert output.with_suffix(".md").is_file()
 
 
-def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cache, capsys):
-    """Offline with an empty cache: one line naming every missing model and the flags that take
-    local copies (no flag the script does not have), at once, no Hub time-outs."""
+def test_offline_evaluation_names_the_missing_model_in_one_line(tmp_path, hub_cache, capsys):
+    """Offline with an empty cache: one line naming the model that cannot be loaded and the flag
+    that takes a local copy (no flag the script does not have), at once, no Hub time-outs."""
     import time
 
     prompts = tmp_path / "captions.jsonl"
@@ -939,19 +938,24 @@ def test_offline_evaluation_names_every_missing_model_at_once(tmp_path, hub_cach
     assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert time.perf_counter() - start < 10
-    assert error.count("\n") == 1 and "HF_HUB_OFFLINE is set" in error and "--original-checkpoint" not in error
-    for name, flag in (("stable-diffusion-v1-5/stable-diffusion-v1-5", "--model DIR"), ("UPLiFT-upsampler/uplift_sd1.5vae", "--upscaler DIR|FILE"),
-                       ("openai/clip-vit-base-patch32", "--clip-model DIR")):
-        assert name in error and flag in error
+    assert error.count("\n") == 1 and error.startswith("error: cannot load the upscaler") and "--original-checkpoint" not in error
+    assert "UPLiFT-upsampler/uplift_sd1.5vae" in error and "--upscaler DIR|FILE" in error
+    assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet",
+                                    "--methods", "base512"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "--model DIR" in error
+    assert eval_text_to_image.main(["--prompts", str(prompts), "--output-dir", str(tmp_path / "t2i"), "--no-fid", "--quiet",
+                                    "--metrics-only", "--methods", "base512"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "openai/clip-vit-base-patch32" in error and "--clip-model DIR" in error
     images = tmp_path / "images"
     from evaluation.smoke import write_smoke_images
 
     write_smoke_images(images, 2, 64)
-    assert eval_super_resolution.main(["--data", str(images), "--vae", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--upscaler", "uplift,bilinear",
-                                       "--output-dir", str(tmp_path / "sr"), "--no-fid", "--hr-size", "64", "--lr-size", "16", "--quiet"]) == 2
+    sr = ["--data", str(images), "--output-dir", str(tmp_path / "sr"), "--no-fid", "--hr-size", "64", "--lr-size", "16", "--quiet"]
+    assert eval_super_resolution.main(sr + ["--vae", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--upscaler", "uplift,bilinear"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "UPLiFT-upsampler/uplift_sd1.5vae" in error
-    assert "--vae DIR" in error and "--upscaler DIR|FILE" in error
+    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "--vae DIR" in error
 
 
 def _example(name):

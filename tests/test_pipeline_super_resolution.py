@@ -311,7 +311,8 @@ def test_latent_channel_mismatch(taef2):
 
 # ------------------------------------------------------------------------------- any output size (#13.1)
 from uplift_diffusers.models.fast_inference import enable_fast_inference  # noqa: E402
-from uplift_diffusers.pipelines.upscale_decode import UPSCALE_METHODS, output_size_for, upscale_steps  # noqa: E402
+from uplift_diffusers.pipelines.upscale_decode import UPSCALE_METHODS, upscale_steps  # noqa: E402
+from uplift_diffusers.utils.output_size import output_size_for  # noqa: E402
 
 
 @pytest.fixture
@@ -368,9 +369,11 @@ def test_auto_method_follows_the_trained_factors(tiny_autoencoder, tiny_upscaler
     tiny_upscaler.register_to_config(trained_upscale_factors=[2, 4])
     pipe = UPLiFTSuperResolutionPipeline(vae=tiny_autoencoder, upscaler=tiny_upscaler)
     pipe.set_progress_bar_config(disable=True)
+    from uplift_diffusers.pipelines import upscale_decode
+
     steps = []
-    original = pipe.run_upscaler
-    monkeypatch.setattr(pipe, "run_upscaler", lambda latents, guide, num_steps, **kw: steps.append(num_steps) or original(latents, guide, num_steps, **kw))
+    original = upscale_decode.upscale_latents
+    monkeypatch.setattr(upscale_decode, "upscale_latents", lambda up, latents, guide, num_steps, *a: steps.append(num_steps) or original(up, latents, guide, num_steps, *a))
     out = pipe(gradient_image(16, 8), upscale_factor=6, output_type="pt").images
     assert steps == [2] and out.shape == (1, 3, 48, 96)
 
@@ -468,7 +471,8 @@ def test_three_x_at_least_bicubic_with_the_committed_taef2_model(taef2, shared_p
     """Issue #13 bar: 3x through the committed TAEF2 model >= PIL bicubic (PSNR), on the first four
     BSDS500 test images (centre 192 px crops, LR 64 px = PIL bilinear), with the default method."""
     from uplift_diffusers.image_processor import list_images
-    from uplift_diffusers.utils.sr_protocol import bicubic_upscale, load_hr_lr, psnr
+    from evaluation.sr_protocol import bicubic_upscale, psnr
+    from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
     model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
     files = list_images(shared_path("data", "bsds500", "test"))[:4]

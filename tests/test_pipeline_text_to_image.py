@@ -12,7 +12,6 @@ from transformers import CLIPImageProcessor
 from tiny_models import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.utils.color_correction import color_correct
-from uplift_diffusers.pipelines.pipeline_utils import resolve_package_entries
 from uplift_diffusers.models.modeling_uplift import __name__ as UPSCALER_MODULE
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline, StableDiffusionUPLiFTPipelineOutput
 
@@ -194,27 +193,6 @@ def test_from_pretrained_hub_cache_offline(tiny_sd_components, tmp_path, hub_cac
     assert StableDiffusionUPLiFTPipeline.from_pretrained("someone/sd-uplift", upscaler=other).upscaler is other
 
 
-def test_pipeline_saved_by_earlier_versions_loads(tiny_sd_components, tmp_path):
-    """Earlier versions recorded ["uplift_diffusers", "<Class>"]; diffusers alone cannot load that entry."""
-    pipe = make_pipe(tiny_sd_components)
-    pipe.save_pretrained(tmp_path)
-    index = json.loads((tmp_path / "model_index.json").read_text())
-    index["upscaler"] = ["uplift_diffusers", "UPLiFTLatentUpscaler"]
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
-    loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path)
-    assert isinstance(loaded.upscaler, UPLiFTLatentUpscaler)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.upscaler.state_dict().values(), pipe.upscaler.state_dict().values()))
-
-
-def test_resolve_package_entries():
-    config = {"_class_name": "X", "upscaler": ["uplift_diffusers", "UPLiFTLatentUpscaler"], "vae": ["diffusers", "AutoencoderKL"]}
-    resolved = resolve_package_entries(config)
-    assert resolved["upscaler"] == ["uplift_diffusers.models.modeling_uplift", "UPLiFTLatentUpscaler"]
-    assert resolved["vae"] == ["diffusers", "AutoencoderKL"]
-    with pytest.raises(ValueError, match="NoSuchClass"):
-        resolve_package_entries({"upscaler": ["uplift_diffusers", "NoSuchClass"]})
-
-
 def test_from_pipe(tiny_sd_components):
     sd = StableDiffusionPipeline(**{k: v for k, v in tiny_sd_components.items() if k != "upscaler"},
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -228,10 +206,10 @@ def test_from_pipe(tiny_sd_components):
 
 
 def test_assigned_upscaler_is_saved(tiny_sd_components, tmp_path):
-    """`pipe.upscaler = model` on a pipeline built without one is saved and reloaded: diffusers
-    alone keeps the null model_index entry (and reloads without the upscaler)."""
+    """`pipe.register_modules(upscaler=model)` on a pipeline built without one is saved and
+    reloaded (diffusers' way to add a component that was None)."""
     pipe = make_pipe(tiny_sd_components, upscaler=None)
-    pipe.upscaler = make_upscaler(noise_scale=1.0)
+    pipe.register_modules(upscaler=make_upscaler(noise_scale=1.0))
     assert tuple(pipe.config["upscaler"]) == (UPSCALER_MODULE, "UPLiFTLatentUpscaler")
     pipe.save_pretrained(tmp_path / "assigned")
     loaded = StableDiffusionUPLiFTPipeline.from_pretrained(tmp_path / "assigned")
@@ -254,11 +232,11 @@ def test_enable_vae_tiling(tiny_sd_components, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(vae, "tiled_decode", counting)
-    pipe.enable_vae_tiling()
+    pipe.enable_tiling()
     try:
         out = run(pipe, upscale_factor=4, output_type="np")
     finally:
-        pipe.disable_vae_tiling()
+        pipe.disable_tiling()
     assert out.images.shape == (1, 256, 256, 3) and np.isfinite(out.images).all()
     # the base decode (8 x 8 latents) and the upscaled decode (32 x 32) are both larger than
     # the tiny VAE's 4-latent tiles
@@ -341,17 +319,19 @@ def test_latent_output_needs_a_power_of_two(tiny_sd_components):
 def test_non_integer_factor_is_the_shared_upscale_stage(tiny_sd_components, monkeypatch):
     """3x runs the one upscale-and-decode stage (2 steps, then the chosen resampling) on the base
     latents, guided by the base image, and its colour correction."""
+    from uplift_diffusers import hooks
+
     pipe = make_pipe(tiny_sd_components)
     calls = []
-    original = pipe.upscale_and_decode
+    original = hooks.upscale_and_decode
 
-    def spy(latents, guide, output_size, *args, **kwargs):
-        calls.append((tuple(latents.shape), tuple(guide.shape), output_size))
-        return original(latents, guide, output_size, *args, **kwargs)
+    def spy(upscaler, decode, latents, guide, output_size, *args, **kwargs):
+        calls.append((upscaler, tuple(latents.shape), tuple(guide.shape), output_size))
+        return original(upscaler, decode, latents, guide, output_size, *args, **kwargs)
 
-    monkeypatch.setattr(pipe, "upscale_and_decode", spy)
+    monkeypatch.setattr(hooks, "upscale_and_decode", spy)
     out = run(pipe, upscale_factor=3, output_type="pt", return_base_images=True)
-    assert calls == [((1, 4, 8, 8), (1, 3, 64, 64), (192, 192))]
+    assert calls == [(pipe.upscaler, (1, 4, 8, 8), (1, 3, 64, 64), (192, 192))]
     torch.testing.assert_close(out.images.mean(dim=(2, 3)), out.base_images.mean(dim=(2, 3)), atol=2e-3, rtol=0)
 
 

@@ -280,16 +280,16 @@ def sr_pipeline(vae=None):
     return pipe
 
 
-def test_enable_disable_and_aliases():
+def test_enable_disable():
     pipe = sr_pipeline()
     assert pipe.tiling_settings is None and pipe.vae.use_tiling is False
     pipe.enable_tiling(tile_size=12, overlap=3)
     assert pipe.tiling_settings == (12, 3) and pipe.vae.use_tiling is True
     pipe.disable_tiling()
     assert pipe.tiling_settings is None and pipe.vae.use_tiling is False
-    pipe.enable_vae_tiling()
+    pipe.enable_tiling()
     assert pipe.tiling_settings == (DEFAULT_TILE_SIZE, DEFAULT_TILE_OVERLAP) and pipe.vae.use_tiling is True
-    pipe.disable_vae_tiling()
+    pipe.disable_tiling()
     assert pipe.tiling_settings is None and pipe.vae.use_tiling is False
     with pytest.raises(ValueError, match="`overlap`"):
         pipe.enable_tiling(tile_size=8, overlap=9)
@@ -310,19 +310,29 @@ def test_enable_tiling_refuses_a_vae_without_tiling():
     assert holder.tiling_settings is None
 
 
-def test_run_upscaler_and_callback_count():
+def test_upscale_latents_and_progress_count():
+    """The stage's one way to run the upscaler: untiled it is the model's call, tiled it is
+    ``tiled_upscale``; one progress update per step (per tile when tiling)."""
+    from uplift_diffusers.pipelines.upscale_decode import latent_updates, upscale_latents
+
     pipe = sr_pipeline()
     latents, guide = inputs(20, 12)
-    calls = []
+
+    class Count:
+        n = 0
+
+        def update(self):
+            self.n += 1
+
     with torch.no_grad():
-        untiled = pipe.run_upscaler(latents, guide, 2, generator=seeded(), callback=lambda i, z: calls.append(i))
+        progress = Count()
+        untiled = upscale_latents(pipe.upscaler, latents, guide, 2, seeded(), None, progress)
         assert torch.equal(untiled, pipe.upscaler(latents, guide, num_steps=2, generator=seeded()).sample)
-        assert len(calls) == pipe.upscaler_callback_count(20, 12, 2) == 2
-        pipe.enable_tiling(tile_size=8, overlap=4)
-        calls.clear()
-        tiled = pipe.run_upscaler(latents, guide, 2, generator=seeded(), callback=lambda i, z: calls.append(i))
+        assert progress.n == latent_updates((20, 12), 2) == 2
+        progress = Count()
+        tiled = upscale_latents(pipe.upscaler, latents, guide, 2, seeded(), (8, 4), progress)
     assert torch.equal(tiled, tiled_upscale(pipe.upscaler, latents, guide, 2, generator=seeded(), tile_size=8, overlap=4))
-    assert len(calls) == pipe.upscaler_callback_count(20, 12, 2) == count_tiles(20, 12, 8, 4) * 2 == 4 * 2 * 2
+    assert progress.n == latent_updates((20, 12), 2, (8, 4)) == count_tiles(20, 12, 8, 4) * 2 == 4 * 2 * 2
 
 
 def test_pipeline_tiled_output_close_to_untiled():

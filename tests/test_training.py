@@ -229,13 +229,13 @@ def test_stop_at_step_keeps_the_schedule_and_continues_exactly(taef2_dir, images
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(tiny_config(taef2_dir, images, whole, 4, *schedule))
     config = tiny_config(taef2_dir, images, split, 4, *schedule, extra=["--stop-at-step", "2"])
-    assert config["optimization"]["stop_at_step"] == 2
+    assert config.optimization.stop_at_step == 2
     result = train(config)
     assert result["step"] == 2 and (split / "checkpoints" / "checkpoint-2").is_dir() and (split / "model" / "config.json").is_file()
     assert "stopped at step 2 of 4 (--stop-at-step)" in capsys.readouterr().out
     lrs = lambda folder: [json.loads(line)["lr"] for line in (folder / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
     assert lrs(split) == lrs(whole)[:2]
-    config["optimization"]["stop_at_step"] = None
+    config.optimization.stop_at_step = None
     assert train(config, resume="latest")["step"] == 4
     assert lrs(split) == lrs(whole)
     ours, theirs = load_file(split / "model" / "diffusion_pytorch_model.safetensors"), load_file(whole / "model" / "diffusion_pytorch_model.safetensors")
@@ -723,13 +723,13 @@ def test_config_overrides_and_errors(tmp_path, capsys):
     base = ["--config", str(TINY), "--train-data", str(tmp_path)]
     config = build_config(parse_args(base + ["--batch-size", "4", "--set", "optimization.lr=0.01", "model.refiner_blocks=2"]))
     # YAML 1.1 reads 1e-4 (no dot) as a string; --set takes it as the number users mean
-    assert build_config(parse_args(base + ["--set", "optimization.lr=1e-4"]))["optimization"]["lr"] == 1e-4
-    assert config["optimization"]["lr"] == 0.01
-    assert config["optimization"]["batch_size"] == 4
-    assert config["model"]["refiner_blocks"] == 2
-    assert config["data"]["train_dirs"] == [str(tmp_path)]
-    assert config["optimization"]["depths"] == [1, 2]  # from tiny.yaml
-    assert config["optimization"]["adam_betas"] == [0.9, 0.999]  # from the defaults
+    assert build_config(parse_args(base + ["--set", "optimization.lr=1e-4"])).optimization.lr == 1e-4
+    assert config.optimization.lr == 0.01
+    assert config.optimization.batch_size == 4
+    assert config.model["refiner_blocks"] == 2
+    assert config.data.train_dirs == [str(tmp_path)]
+    assert config.optimization.depths == [1, 2]  # from tiny.yaml
+    assert config.optimization.adam_betas == [0.9, 0.999]  # from the defaults
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimization:\n  learning_rate: 0.1\n")
@@ -760,8 +760,8 @@ def test_config_overrides_and_errors(tmp_path, capsys):
     [
         ("data.crop=middle", "data: `crop` must be one of center, random, random_resized"),
         ("data.max_upscale_crop=0.5", None),  # fine with the default random_resized crops
-        ("optimization.max_grad_norm=0", "max_grad_norm must be a number > 0, or null for no gradient clipping"),
-        ("optimization.lat_aug_noisy_targets=yes please", "lat_aug_noisy_targets must be true or false"),
+        ("optimization.max_grad_norm=0", "`optimization.max_grad_norm` must be a number > 0, or null for no gradient clipping, got 0"),
+        ("optimization.lat_aug_noisy_targets=yes please", "`optimization.lat_aug_noisy_targets` must be true or false"),
         ("optimization.depths=[1, 1]", "repeats a depth"),
     ],
 )
@@ -780,9 +780,49 @@ def test_old_configs_keep_their_behaviour():
     """New options default to the behaviour the committed runs were made with."""
     for name in ("tiny.yaml", "taef2-bsds500.yaml"):
         config = build_config(parse_args(["--config", str(TINY.parent / name), "--train-data", "x"]))
-        assert config["data"]["crop"] == "random_resized"
-        assert config["optimization"]["lat_aug_noisy_targets"] is False
-        assert config["optimization"]["max_grad_norm"] == 1.0
+        assert config.data.crop == "random_resized"
+        assert config.optimization.lat_aug_noisy_targets is False
+        assert config.optimization.max_grad_norm == 1.0
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY.parent.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_recipe_loads_with_the_values_it_writes(recipe):
+    """Each committed recipe is a valid configuration whose every written value is the one used
+    (``init_from`` is cleared: its folder is made by an earlier run)."""
+    from training.config import load_config
+
+    raw = yaml.safe_load(recipe.read_text())
+    overrides = {"init_from": None}
+    if not raw["data"].get("train_dirs"):
+        overrides["data.train_dirs"] = ["x"]
+    used = load_config(raw, overrides).to_dict()
+    for key, value in raw.items():
+        if key in ("init_from",):
+            continue
+        if isinstance(value, dict) and key != "model":
+            for name, setting in value.items():
+                if (key, name) != ("data", "train_dirs") or setting:
+                    assert used[key][name] == setting, (key, name)
+        else:
+            assert used[key] == value, key
+
+
+def test_recipe_errors_name_the_key_and_the_fix(tmp_path):
+    from training.config import load_config
+
+    with pytest.raises(ValueError, match=r"unknown config key `data.resolutoin` \(did you mean `data.resolution`\?\); known keys of data: cache_dir,"):
+        load_config({"data": {"resolutoin": 64, "train_dirs": ["x"]}})
+    with pytest.raises(ValueError, match="config section `data` must be a mapping of keys to values, got 64"):
+        load_config({"data": 64})
+    with pytest.raises(ValueError, match=r"config key `validation.every_steps` must be null or an integer >= 0, got -1 \(int\)"):
+        load_config({"data": {"train_dirs": "x"}}, {"validation.every_steps": -1})
+    with pytest.raises(ValueError, match=r"config key `optimization.ema_decay` must be null or a number in \[0, 1\)"):
+        load_config({"data": {"train_dirs": "x"}}, {"optimization.ema_decay": 1.0})
+    config = load_config({"data": {"train_dirs": "x"}, "optimization": {"mixed_precision": False}})
+    assert config.data.train_dirs == ["x"] and config.optimization.mixed_precision == "no"  # YAML's `no` and one folder
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert main(["--config", str(bad)]) == 2
 
 
 def test_sd15_recipe_is_the_official_one(shared_path):
@@ -795,9 +835,9 @@ def test_sd15_recipe_is_the_official_one(shared_path):
     config = build_config(parse_args(["--config", str(TINY.parent / "sd15-vae.yaml")]))
     official = yaml.safe_load(shared_path("fixtures", "uplift-reference", "uplift_sd1.5vae.yaml").read_text())
     train_cfg = official["train"]
-    data, opt = config["data"], config["optimization"]
-    assert config["vae"] == official["backbone"]["diff_pipe_name"] == SD15_MODEL_ID
-    assert config["model"] == {}  # UPLiFTLatentUpscaler defaults = the official architecture
+    data, opt = config.data.__dict__, config.optimization.__dict__
+    assert config.vae == official["backbone"]["diff_pipe_name"] == SD15_MODEL_ID
+    assert config.model == {}  # UPLiFTLatentUpscaler defaults = the official architecture
     assert data["resolution"] == train_cfg["imsize"] == 1024
     assert data["crop"] == "center" and data["crops_per_image"] is None and data["max_upscale_crop"] == 1.0
     assert data["cache_dir"] is None and official["data"]["cache_dir"] is None
@@ -814,7 +854,7 @@ def test_sd15_recipe_is_the_official_one(shared_path):
     assert opt["gradient_accumulation_steps"] == 1
     assert opt["max_grad_norm"] is None and opt["ema_decay"] is None
     assert opt["mixed_precision"] == "no" and opt["seed"] == 0
-    assert config["validation"]["dir"] is None and official["data"]["val_imgs"] is None
+    assert config.validation.dir is None and official["data"]["val_imgs"] is None
 
 
 def test_a_run_with_the_sd15_recipe_options(taef2_dir, images, tmp_path, monkeypatch, capsys):
@@ -846,8 +886,8 @@ def test_a_run_with_the_sd15_recipe_options(taef2_dir, images, tmp_path, monkeyp
     monkeypatch.setattr(train_uplift, "ImageFolderDataset", BreakingDataset)
     output = tmp_path / "run"
     config = tiny_config(taef2_dir, images, output, 6, *recipe, extra=["--batch-size", "1"])
-    assert config["optimization"]["max_grad_norm"] is None  # `--set KEY=null` sets null
-    assert config["optimization"]["mixed_precision"] == "no"  # YAML's unquoted `no` is false
+    assert config.optimization.max_grad_norm is None  # `--set KEY=null` sets null
+    assert config.optimization.mixed_precision == "no"  # YAML's unquoted `no` is false
     result = train(config)
     assert result["step"] == 6
     log = read_log(output)
@@ -997,7 +1037,7 @@ def test_the_logged_lr_is_the_one_each_step_used(taef2_dir, images, tmp_path):
         (["--set", "optimization.lr=-0.001"], "error: config key `optimization.lr` must be a number > 0, got -0.001 (float)."),
         (["--batch-size", "0"], "error: config key `optimization.batch_size` must be an integer >= 1, got 0 (int)."),
         (["--set", "optimization.lr=abc"], "error: config key `optimization.lr` must be a number > 0, got 'abc' (str)."),
-        (["--set", "model.refiner_blocks=abc"], "error: config key `model.refiner_blocks` must be an integer, got 'abc'."),
+        (["--set", "model.refiner_blocks=abc"], "error: config key `model.refiner_blocks` must be an integer, got 'abc' (str)."),
         (["--set", "model.refiner_blocks=0"], "error: config section `model`: `refiner_blocks` must be >= 1, got 0."),
         (["--set", "model.trained_upscale_factors=[2]"], "error: config key `model.trained_upscale_factors` cannot be set: it is set from optimization.depths."),
         (["--set", "optimization.lr_scheduler=cosinus"], "error: config key `optimization.lr_scheduler` must be one of linear, cosine,"),
@@ -1026,6 +1066,15 @@ def test_help_keeps_the_line_continuation(capsys):
     assert "--config training/configs/sd15-vae.yaml \\\n        --train-data data/unsplash-lite/min-side-1024" in text
     assert "--smoke-test" in text and "--require-resume" in text
     assert "143 stopped by SIGTERM, 130 stopped by Ctrl-C" in text
+
+
+def test_an_unknown_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--bogus", "1"])
+    assert exit_info.value.code == 2
+    assert "error: unrecognized arguments: --bogus 1" in capsys.readouterr().err
+    # every flag in both spellings (HfArgumentParser)
+    assert parse_args(["--train_data", "a", "b", "--stop-at-step", "3"]).train_data == ["a", "b"]
 
 
 def test_trained_upscale_factors_follow_the_depths():

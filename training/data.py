@@ -1,31 +1,18 @@
 """Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
 
-How an image becomes a training item (``crop``):
+``crop`` (docs/training.md has the details): ``center`` is the authors' preprocessing
+(``mwalmer-umd/UPLiFT`` ``uplift/train_uplift.py``: torchvision ``Resize(resolution, BILINEAR)``
+then ``CenterCrop(resolution)``, reproduced with PIL to the pixel); ``random`` the same resize and
+a square at a random position; ``random_resized`` (the default for training) a random square
+between ``resolution`` and ``max_upscale_crop`` x the shorter side, resized to ``resolution``
+(PIL bicubic) and flipped with probability 1/2. With ``crops_per_image`` the random crops are a
+fixed, seeded set per image (so a latent cache hits in later epochs). Validation items
+(``train=False``) are ``center`` crops.
 
-* ``center``: the authors' preprocessing (``mwalmer-umd/UPLiFT`` ``uplift/train_uplift.py``:
-  torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``). The shorter side
-  is resized to ``resolution`` with PIL bilinear (the longer side to ``int(resolution * long /
-  short)``, as torchvision computes it), then the centre square is cut (offset
-  ``int(round((side - resolution) / 2))``, as torchvision's ``CenterCrop``).
-* ``random``: the same resize, then a square at a random position (no flip).
-* ``random_resized`` (the default for training, the behaviour before ``crop`` existed): a random
-  square whose side lies between ``resolution`` and ``max_upscale_crop`` x the shorter side, at a
-  random position, cut from the original, resized to ``resolution`` (PIL bicubic) and flipped
-  horizontally with probability 1/2.
-
-With ``crops_per_image`` the random crops are a fixed, seeded set per image (so a latent cache
-hits in later epochs). Validation items (``train=False``) are ``center`` crops.
-
-Images whose shorter side is under ``resolution`` are skipped (never upscaled), unreadable files
-too; both are counted with the reason, :meth:`ImageFolderDataset.describe` reports them, and a
-file that breaks after indexing is counted when it fails to load.
-
-Pixel values are checked where they enter (:func:`load_rgb`): 8-bit images are exact by
-construction; 16-bit and float images (PIL modes ``I;16``, ``I``, ``F``), which PIL's
-``convert("RGB")`` would silently saturate (and turn NaN into 0), are converted by value with the
-library's :func:`~uplift_diffusers.image_processor.images_to_tensors`, and one with non-finite
-values or values outside its mode's range is rejected with an error naming the file (the item is
-skipped and counted like an unreadable file).
+Images never get upscaled: one whose shorter side is under ``resolution`` is skipped, an
+unreadable one too, each counted with its reason (also when a file breaks after indexing).
+16-bit and float images, which PIL's ``convert("RGB")`` would saturate, are converted by value
+(:func:`load_rgb`) and refused when they hold non-finite or out-of-range values.
 """
 from __future__ import annotations
 

@@ -12,14 +12,14 @@ Several processes (one group; each process trains on its own shard of every epoc
 (on a machine without GPUs the script joins the processes into one CPU / gloo group itself;
 ``accelerate launch --cpu --num_processes N`` starts ONE process and is refused with a message).
 
-The configuration is a YAML file with sections ``model``, ``data``, ``optimization``,
-``checkpointing``, ``validation`` and ``logging`` (see training/configs/); command-line
-flags override it, and every value is checked before anything is written. Writes
-``OUTPUT/train_log.jsonl`` (one line per optimiser step: the ``lr`` used by that step, ``time``
-= training seconds, cumulative across resumes), ``OUTPUT/checkpoints/checkpoint-{step}``
-(resumable with ``--resume latest``), validation samples and metrics, and finally
-``OUTPUT/model`` in diffusers format with a model card. Validation scores super-resolution
-with the protocol and scoring loop of the evaluation (:mod:`uplift_diffusers.utils.sr_protocol`).
+The configuration is a YAML recipe with sections ``model``, ``data``, ``optimization``,
+``checkpointing``, ``validation`` and ``logging`` (training/configs/, :mod:`training.config`);
+flags and ``--set SECTION.KEY=VALUE`` override it, and every value is checked before anything is
+written. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step: the ``lr`` used by that
+step, ``time`` = training seconds, cumulative across resumes), ``OUTPUT/checkpoints/checkpoint-{step}``
+(resumable with ``--resume latest``), validation samples and metrics (PSNR of 4x super-resolution
+of held-out images), and finally ``OUTPUT/model`` in diffusers format with a model card.
+docs/training.md is the user guide.
 
 Exit status: 0 finished; 2 bad arguments / configuration / launch (one line, nothing written);
 143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT) -- both after saving a checkpoint and
@@ -28,384 +28,124 @@ printing the full command that resumes the run.
 from __future__ import annotations
 
 import argparse
-import copy
-import difflib
-import inspect
 import json
 import math
 import os
-import re
 import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
-from training.data import ImageFolderDataset, check_crop_options, collate_skipping_failures
+from training.config import TrainingConfig, ValidationConfig, has_key, load_config, parse_override, read_recipe
+from training.data import ImageFolderDataset, collate_skipping_failures
+from training.distributed import LaunchMismatchError, accelerator_kwargs, init_process_group_state
 from training.latent_cache import LatentCache, vae_identity
 from training.objective import image_pyramid, multi_depth_loss
-from uplift_diffusers.constants import SD15_MODEL_ID
 
 MODULE = "training.train_uplift"
-DEFAULTS: Dict = {
-    "vae": SD15_MODEL_ID,
-    "output_dir": "runs/uplift",
-    "init_from": None,
-    "model": {},
-    "data": {
-        "train_dirs": [],
-        "resolution": 1024,
-        "crop": "random_resized",
-        "crops_per_image": None,
-        "max_upscale_crop": 1.0,
-        "cache_dir": None,
-        "num_workers": 0,
-    },
-    "optimization": {
-        "depths": [1, 2, 3, 4],
-        "lat_aug": 1.0,
-        "lat_aug_noisy_targets": False,
-        "pixel_loss_weight": 0.0,
-        "pixel_loss_back_projection": 0,
-        "lr": 1e-3,
-        "adam_betas": [0.9, 0.999],
-        "weight_decay": 0.0,
-        "batch_size": 1,
-        "epochs": 5,
-        "max_steps": None,
-        "max_minutes": None,
-        "stop_at_step": None,
-        "gradient_accumulation_steps": 1,
-        "max_grad_norm": 1.0,
-        "lr_scheduler": "constant",
-        "lr_warmup_steps": 0,
-        "mixed_precision": "no",
-        "ema_decay": None,
-        "seed": 0,
-    },
-    "checkpointing": {"every_steps": 1000, "keep_last": 3},
-    "validation": {
-        "dir": None, "every_steps": 1000, "num_images": 8, "hr_size": 256, "lr_size": 64, "num_samples": 4,
-        "back_projection_steps": DEFAULT_BACK_PROJECTION_STEPS,
-    },
-    "logging": {"report_to": "none", "log_every": 1},
-}
 
 #: ``--smoke-test``: a tiny random VAE (factor 8, 4 latent channels) and a tiny upscaler trained
-#: for a few steps on generated images at 64 px, all under ``OUTPUT/smoke-test/``; any flag or
-#: ``--config`` value still overrides it.
-SMOKE_TEST: Dict = {
+#: for a few steps on generated images at 64 px, all under ``OUTPUT/smoke-test/``; the recipe,
+#: the flags and ``--set`` still override these values.
+SMOKE_TEST = {
     "output_dir": "runs/smoke-test",
-    "data": {"resolution": 64, "crops_per_image": 1},
-    "optimization": {"depths": [1, 2], "lat_aug": 0.1, "batch_size": 2, "max_steps": 4},
-    "checkpointing": {"every_steps": 2, "keep_last": 2},
-    "validation": {"every_steps": 0, "num_images": 2, "hr_size": 64, "lr_size": 16, "num_samples": 1},
+    "data.resolution": 64,
+    "data.crops_per_image": 1,
+    "optimization.depths": [1, 2],
+    "optimization.lat_aug": 0.1,
+    "optimization.batch_size": 2,
+    "optimization.max_steps": 4,
+    "checkpointing.every_steps": 2,
+    "checkpointing.keep_last": 2,
+    "validation.every_steps": 0,
+    "validation.num_images": 2,
+    "validation.hr_size": 64,
+    "validation.lr_size": 16,
+    "validation.num_samples": 1,
 }
 SMOKE_TEST_IMAGES = 6
 
 
-# ---------------------------------------------------------------------------- configuration
-def _known(where: str, choices) -> str:
-    return f"known {'keys of ' + where if where else 'sections'}: {', '.join(sorted(choices))}"
+# ---------------------------------------------------------------------------- command line
+@dataclass
+class ScriptArguments:
+    """The command line (``transformers.HfArgumentParser`` makes the flags, in ``--a_b`` and ``--a-b`` spelling)."""
+
+    config: Optional[str] = field(default=None, metadata={"help": "YAML recipe (sections: model, data, optimization, ...)"})
+    vae: Optional[str] = field(default=None, metadata={
+        "help": "Hub id or diffusers directory (AutoencoderKL / AutoencoderTiny), or a directory with TAESD-family encoder.pth + decoder.pth"})
+    train_data: Optional[List[str]] = field(default=None, metadata={"help": "folders of training images (recursive)"})
+    validation_data: Optional[str] = field(default=None, metadata={"help": "held-out folder for validation (4x super-resolution PSNR)"})
+    output_dir: Optional[str] = None
+    max_steps: Optional[int] = None
+    stop_at_step: Optional[int] = field(default=None, metadata={
+        "metavar": "N", "help": "end this run after step N (checkpoint, validation and OUTPUT/model of step N) without changing the LR "
+        "schedule, which still runs to max_steps; continue with --resume latest (config key optimization.stop_at_step)"})
+    checkpointing_steps: Optional[int] = None
+    resolution: Optional[int] = None
+    batch_size: Optional[int] = None
+    init_from: Optional[str] = field(default=None, metadata={
+        "metavar": "MODEL_DIR", "help": "start from the weights of a saved UPLiFTLatentUpscaler (save_pretrained folder) of the same "
+        "architecture, with a fresh optimiser and LR schedule (fine-tuning); config key init_from"})
+    resume: Optional[str] = field(default=None, metadata={
+        "help": "'latest' (the newest checkpoint in OUTPUT/checkpoints; says so and starts from scratch when there is none) or a checkpoint directory"})
+    require_resume: bool = field(default=False, metadata={"help": "resume from --resume (default: latest) and make a missing checkpoint an error"})
+    smoke_test: bool = field(default=False, metadata={
+        "help": "check an installation in seconds: a tiny random VAE and model trained for a few steps on generated images "
+        "(no download, no data needed); outputs mean nothing"})
+    set: List[str] = field(default_factory=list, metadata={"metavar": "SECTION.KEY=VALUE", "help": "any other override, value parsed as YAML"})
 
 
-def _unknown_key(dotted: str, where: str, choices) -> ValueError:
-    name = dotted.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    hint = f" (did you mean `{(where + '.') if where else ''}{close[0]}`?)" if close else ""
-    return ValueError(f"unknown config key `{dotted}`{hint}; {_known(where, choices)}.")
-
-
-def merge(base: Dict, override: Dict, where: str = "") -> Dict:
-    """Deep-merge ``override`` into a copy of ``base``; unknown keys are an error (the ``model``
-    section is checked against the model's arguments by :func:`check_config`)."""
-    out = copy.deepcopy(base)
-    if not isinstance(override or {}, dict):
-        raise ValueError(f"config section `{where}` must be a mapping of keys to values, got {override!r}.")
-    for key, value in (override or {}).items():
-        if key not in out and where != "model":
-            raise _unknown_key(f"{where + '.' if where else ''}{key}", where, out)
-        if isinstance(out.get(key), dict) and key != "model":
-            out[key] = merge(out[key], value, key)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML configuration (sections: model, data, optimization, ...)")
-    parser.add_argument("--vae", help="Hub id or diffusers directory (AutoencoderKL / AutoencoderTiny), or a directory with TAESD-family encoder.pth + decoder.pth")
-    parser.add_argument("--train-data", nargs="+", help="folders of training images (recursive)")
-    parser.add_argument("--validation-data", help="held-out folder for validation (4x super-resolution PSNR)")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--stop-at-step", type=int, metavar="N",
-                        help="end this run after step N (checkpoint, validation and OUTPUT/model of step N) without changing "
-                             "the LR schedule, which still runs to max_steps; continue with --resume latest (config key "
-                             "optimization.stop_at_step)")
-    parser.add_argument("--checkpointing-steps", type=int)
-    parser.add_argument("--resolution", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--init-from", metavar="MODEL_DIR",
-                        help="start from the weights of a saved UPLiFTLatentUpscaler (save_pretrained folder) of the same architecture, "
-                             "with a fresh optimiser and LR schedule (fine-tuning); config key init_from")
-    parser.add_argument("--resume", help="'latest' (the newest checkpoint in OUTPUT/checkpoints; says so and starts from scratch when there is none) or a checkpoint directory")
-    parser.add_argument("--require-resume", action="store_true", help="resume from --resume (default: latest) and make a missing checkpoint an error")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help="check an installation in seconds: a tiny random VAE and model trained for a few steps on generated images (no download, no data needed); outputs mean nothing")
-    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="any other override, value parsed as YAML")
-    return parser.parse_args(argv)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_at_least(low: int, optional: bool = False) -> Tuple[Callable, str]:
-    return (lambda v: (optional and v is None) or (_is_int(v) and v >= low)), ("null or " if optional else "") + f"an integer >= {low}"
-
-
-def _number_above(low: float, inclusive: bool = False, optional: bool = False) -> Tuple[Callable, str]:
-    check = (lambda v: (optional and v is None) or (_is_number(v) and (v >= low if inclusive else v > low)))
-    return check, ("null or " if optional else "") + f"a number {'>=' if inclusive else '>'} {low:g}"
-
-
-def _scheduler_names() -> List[str]:
-    from diffusers.optimization import SchedulerType
-
-    return [kind.value for kind in SchedulerType]
-
-
-#: the type / range of every scalar config value (the rest are checked in :func:`check_config`)
-CHECKS: Dict[str, Tuple[Callable, str]] = {
-    "vae": (lambda v: isinstance(v, str) and bool(v), "a Hub id or a folder"),
-    "output_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
-    "data.resolution": _int_at_least(8),
-    "data.cache_dir": (lambda v: v is None or isinstance(v, str), "null or a folder path"),
-    "data.num_workers": _int_at_least(0),
-    "optimization.lat_aug": _number_above(0, inclusive=True),
-    "optimization.pixel_loss_weight": _number_above(0, inclusive=True),
-    "optimization.pixel_loss_back_projection": _int_at_least(0),
-    "optimization.lr": _number_above(0),
-    "optimization.adam_betas": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
-                                "a list of two numbers in [0, 1), e.g. [0.9, 0.999]"),
-    "optimization.weight_decay": _number_above(0, inclusive=True),
-    "optimization.batch_size": _int_at_least(1),
-    "optimization.epochs": _int_at_least(1),
-    "optimization.max_steps": _int_at_least(0, optional=True),
-    "optimization.max_minutes": _number_above(0, optional=True),
-    "optimization.stop_at_step": _int_at_least(1, optional=True),
-    "optimization.gradient_accumulation_steps": _int_at_least(1),
-    "optimization.lr_warmup_steps": _int_at_least(0),
-    "optimization.ema_decay": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "null or a number in [0, 1) (0 / null = no EMA)"),
-    "optimization.seed": _int_at_least(0),
-    "checkpointing.every_steps": _int_at_least(0, optional=True),
-    "checkpointing.keep_last": _int_at_least(0, optional=True),
-    "validation.dir": (lambda v: v is None or isinstance(v, str), "null or a folder of held-out images"),
-    "validation.every_steps": _int_at_least(0, optional=True),
-    "validation.num_images": _int_at_least(1),
-    "validation.hr_size": _int_at_least(8),
-    "validation.lr_size": _int_at_least(8),
-    "validation.num_samples": _int_at_least(0),
-    "validation.back_projection_steps": _int_at_least(0),
-    "logging.report_to": (lambda v: v is None or isinstance(v, str), "null, none, tensorboard, wandb, ... (accelerate trackers)"),
-    "logging.log_every": _int_at_least(1),
+#: the flags that override one config key each
+FLAG_KEYS = {
+    "vae": "vae", "output_dir": "output_dir", "init_from": "init_from", "train_data": "data.train_dirs",
+    "validation_data": "validation.dir", "max_steps": "optimization.max_steps", "stop_at_step": "optimization.stop_at_step",
+    "batch_size": "optimization.batch_size", "checkpointing_steps": "checkpointing.every_steps", "resolution": "data.resolution",
 }
-#: model arguments the script sets itself
-SET_BY_THE_SCRIPT = {"trained_upscale_factors": "it is set from optimization.depths"}
 
 
-def model_arguments() -> Dict[str, inspect.Parameter]:
-    """The keyword arguments of ``UPLiFTLatentUpscaler`` (the allowed keys of the ``model`` section)."""
-    from uplift_diffusers import UPLiFTLatentUpscaler
-
-    parameters = inspect.signature(UPLiFTLatentUpscaler.__init__).parameters
-    return {name: p for name, p in parameters.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and the defaults of the flags."""
 
 
-def trained_upscale_factors(depths) -> List[int]:
-    """The factors a run with these depths trains: depth d trains 2**d, and its multi-step loss
-    every step 2**1 ... 2**d on the way."""
-    return [2**k for k in range(1, max(depths) + 1)]
+def parse_args(argv: Optional[List[str]] = None) -> ScriptArguments:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ScriptArguments, prog=f"python -m {MODULE}", description=__doc__, formatter_class=_HelpFormatter)
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
+    return args
 
 
-def check_model_section(model: Dict) -> None:
-    """Unknown keys, wrong scalar types and anything the model itself refuses, as one line."""
-    from uplift_diffusers import UPLiFTLatentUpscaler
-
-    if not isinstance(model, dict):
-        raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
-    allowed = {name: p for name, p in model_arguments().items() if name not in SET_BY_THE_SCRIPT}
-    for key, value in model.items():
-        if key in SET_BY_THE_SCRIPT:
-            raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
-        if key not in allowed:
-            raise _unknown_key(f"model.{key}", "model", allowed)
-        annotation = str(allowed[key].annotation)
-        expected = {"int": (_is_int, "an integer"), "float": (_is_number, "a number"),
-                    "bool": (lambda v: isinstance(v, bool), "true or false")}.get(annotation)
-        if expected and not expected[0](value):
-            raise ValueError(f"config key `model.{key}` must be {expected[1]}, got {value!r}.")
-    try:  # the model's own checks, without allocating its weights
-        with torch.device("meta"):
-            UPLiFTLatentUpscaler(**{"latent_channels": 4, **model})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"config section `model`: {error}") from None
-
-
-def check_config(config: Dict) -> Dict:
-    """Every key known and every value of the right type and range, as ONE-line ValueErrors
-    naming the key; normalises a few spellings. Runs before anything is written."""
-    for dotted, (check, expected) in CHECKS.items():
-        section, _, key = dotted.rpartition(".")
-        value = config[section][key] if section else config[key]
-        if not check(value):
-            raise ValueError(f"config key `{dotted}` must be {expected}, got {value!r} ({type(value).__name__}).")
-    data, opt = config["data"], config["optimization"]
-    if isinstance(data["train_dirs"], str):
-        data["train_dirs"] = [data["train_dirs"]]
-    if not data["train_dirs"]:
-        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
-    if not isinstance(data["train_dirs"], list) or not all(isinstance(d, str) and d for d in data["train_dirs"]):
-        raise ValueError(f"config key `data.train_dirs` must be a folder or a list of folders, got {data['train_dirs']!r}.")
-    depths = opt["depths"]
-    if not isinstance(depths, list) or not depths or any((not _is_int(d)) or d < 1 for d in depths):
-        raise ValueError(f"optimization.depths must be a non-empty list of ints >= 1, got {depths!r}.")
-    if data["resolution"] % (8 * 2 ** max(depths)):
-        raise ValueError(f"data.resolution {data['resolution']} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(depths)}.")
-    if len(set(depths)) != len(depths):
-        raise ValueError(f"optimization.depths {depths!r} repeats a depth; list each depth once.")
-    try:
-        check_crop_options(data["crop"], True, data["crops_per_image"], data["max_upscale_crop"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"data: {error}") from None
-    if not isinstance(opt["lat_aug_noisy_targets"], bool):
-        raise ValueError(f"optimization.lat_aug_noisy_targets must be true or false, got {opt['lat_aug_noisy_targets']!r}.")
-    if opt["mixed_precision"] is False:  # YAML reads an unquoted `no` as false
-        opt["mixed_precision"] = "no"
-    if opt["mixed_precision"] not in ("no", "fp16", "bf16", "fp8"):
-        raise ValueError(f"optimization.mixed_precision must be no, fp16, bf16 or fp8, got {opt['mixed_precision']!r}.")
-    clip = opt["max_grad_norm"]
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
-        raise ValueError(f"optimization.max_grad_norm must be a number > 0, or null for no gradient clipping; got {clip!r}.")
-    if opt["lr_scheduler"] not in _scheduler_names():
-        raise ValueError(f"config key `optimization.lr_scheduler` must be one of {', '.join(_scheduler_names())}; got {opt['lr_scheduler']!r}.")
-    val = config["validation"]
-    if val["hr_size"] % val["lr_size"]:
-        raise ValueError(f"validation.hr_size {val['hr_size']} must be a multiple of validation.lr_size {val['lr_size']}.")
-    check_model_section(config["model"])
-    check_init_from(config)
-    return config
-
-
-def check_init_from(config: Dict) -> None:
-    """``init_from`` (None, or a folder saved by ``UPLiFTLatentUpscaler.save_pretrained``) must hold
-    a model of the architecture the ``model`` section describes: checked on its ``config.json``,
-    before anything is written or loaded."""
-    from uplift_diffusers import UPLiFTLatentUpscaler
-
-    source = config["init_from"]
-    if source is None:
-        return
-    if not isinstance(source, str) or not source:
-        raise ValueError(f"config key `init_from` must be a model folder or null, got {source!r}.")
-    config_file = Path(source).expanduser() / "config.json"
-    try:
-        saved = json.loads(config_file.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"config key `init_from`: cannot read {str(config_file)!r} ({type(error).__name__}); pass a folder written by "
-            "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
-        ) from None
-    with torch.device("meta"):  # the full configuration the model section gives, defaults included
-        wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **config["model"]}).config
-
-    def plain(value):
-        return json.loads(json.dumps(value))
-
-    differ = [
-        f"{key}={plain(wanted[key])!r} here but {plain(saved.get(key))!r} there"
-        for key in wanted
-        if not key.startswith("_") and key not in SET_BY_THE_SCRIPT and plain(wanted[key]) != plain(saved.get(key))
-    ]
-    if differ:
-        raise ValueError(
-            f"config key `init_from` ({source!r}) holds another architecture: {'; '.join(differ)}; "
-            "make the `model` section match its config.json."
-        )
-
-
-_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def build_config(args: argparse.Namespace) -> Dict:
-    base = merge(DEFAULTS, SMOKE_TEST) if getattr(args, "smoke_test", False) else DEFAULTS
-    user: Dict = {}
-    if args.config:
-        path = Path(args.config).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"--config file not found: {str(path)!r}.")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
-    config = merge(base, user)
-    flags = {
-        ("vae",): args.vae,
-        ("output_dir",): args.output_dir,
-        ("init_from",): getattr(args, "init_from", None),
-        ("data", "train_dirs"): args.train_data,
-        ("data", "resolution"): args.resolution,
-        ("validation", "dir"): args.validation_data,
-        ("optimization", "max_steps"): args.max_steps,
-        ("optimization", "stop_at_step"): getattr(args, "stop_at_step", None),
-        ("optimization", "batch_size"): args.batch_size,
-        ("checkpointing", "every_steps"): args.checkpointing_steps,
-    }
-    flags = {keys: value for keys, value in flags.items() if value is not None}  # flags not given
+def build_config(args: ScriptArguments) -> TrainingConfig:
+    """The recipe of ``--config`` (or none), under the flags and ``--set`` overrides (the smoke
+    test's values beneath both), checked."""
+    raw = read_recipe(args.config) if args.config else {}
+    overrides = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
     for item in args.set:  # --set KEY=null sets null (e.g. optimization.max_grad_norm=null)
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
-        dotted, value = item.split("=", 1)
-        try:
-            parsed = yaml.safe_load(value)
-            if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed):
-                parsed = float(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
-            flags[tuple(dotted.split("."))] = parsed
-        except yaml.YAMLError:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML; quote strings, e.g. {dotted}='\"text\"'.") from None
-    for keys, value in flags.items():
-        section = config
-        for depth, key in enumerate(keys[:-1]):
-            if not isinstance(section.get(key), dict):
-                where = ".".join(keys[:depth])
-                raise _unknown_key(".".join(keys[: depth + 1]), where, [k for k, v in section.items() if isinstance(v, dict)])
-            section = section[key]
-        if len(keys) > 1 and keys[0] != "model" and keys[-1] not in section:
-            raise _unknown_key(".".join(keys), ".".join(keys[:-1]), section)
-        section[keys[-1]] = value
-    if getattr(args, "smoke_test", False):
-        smoke = Path(config["output_dir"]).expanduser() / "smoke-test"
+        dotted, value = parse_override(item)
+        overrides[dotted] = value
+    if args.smoke_test:
+        smoke = {key: value for key, value in SMOKE_TEST.items() if not has_key(raw, key) and key not in overrides}
+        output = Path(overrides.get("output_dir", raw.get("output_dir", smoke.get("output_dir", "")))).expanduser()
         if args.vae is None:
-            config["vae"] = str(smoke / "vae")
-        if not config["data"]["train_dirs"]:
-            config["data"]["train_dirs"] = [str(smoke / "images")]
-            if ("validation", "dir") not in flags and "dir" not in (user.get("validation") or {}):
-                config["validation"]["dir"] = str(smoke / "images")  # validation on the generated images
-        config["model"] = {**_smoke_test_model(), **config["model"]}
-    return check_config(config)
+            smoke["vae"] = str(output / "smoke-test" / "vae")
+        if not overrides.get("data.train_dirs", (raw.get("data") or {}).get("train_dirs")):
+            smoke["data.train_dirs"] = [str(output / "smoke-test" / "images")]
+            if not has_key(raw, "validation.dir") and "validation.dir" not in overrides:
+                smoke["validation.dir"] = smoke["data.train_dirs"][0]  # validation on the generated images
+        smoke["model"] = {**_smoke_test_model(), **(raw.get("model") or {})}
+        overrides = {**smoke, **overrides}
+    return load_config(raw, overrides)
 
 
 def _smoke_test_model() -> Dict:
@@ -414,22 +154,22 @@ def _smoke_test_model() -> Dict:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_UPSCALER.items()}
 
 
-def prepare_smoke_test(config: Dict) -> None:
+def prepare_smoke_test(config: TrainingConfig) -> None:
     """Write the smoke test's random VAE and generated images where ``config`` expects them (if absent)."""
     from PIL import Image
 
     from uplift_diffusers.utils.testing_utils import make_kl_vae
 
-    smoke = Path(config["output_dir"]).expanduser() / "smoke-test"
+    smoke = Path(config.output_dir).expanduser() / "smoke-test"
     vae_dir = smoke / "vae"
-    if Path(config["vae"]) == vae_dir and not (vae_dir / "config.json").is_file():
+    if Path(config.vae) == vae_dir and not (vae_dir / "config.json").is_file():
         torch.manual_seed(0)
         make_kl_vae().save_pretrained(vae_dir)
     images = smoke / "images"
-    if str(images) in config["data"]["train_dirs"] and not images.is_dir():
+    if str(images) in config.data.train_dirs and not images.is_dir():
         images.mkdir(parents=True)
         generator = torch.Generator().manual_seed(0)
-        side = config["data"]["resolution"]
+        side = config.data.resolution
         ramp = torch.linspace(0, 1, side)
         for index in range(SMOKE_TEST_IMAGES):  # smooth colour ramps + a little noise
             weights = torch.rand(3, 3, generator=generator)
@@ -438,17 +178,17 @@ def prepare_smoke_test(config: Dict) -> None:
             Image.fromarray((pixels.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"smoke-{index}.png")
 
 
-def resolve_resume(config: Dict, resume: Optional[str], require: bool = False) -> Optional[Path]:
+def resolve_resume(config: TrainingConfig, resume: Optional[str], require: bool = False) -> Optional[Path]:
     """The checkpoint to resume from (None = start from scratch), checked before anything is
     written: a bad path, or ``require`` with no checkpoint, is an error."""
     if require and not resume:
         resume = "latest"
     if not resume:
         return None
-    path = find_checkpoint(config["output_dir"], resume)  # FileNotFoundError for a bad path
+    path = find_checkpoint(config.output_dir, resume)  # FileNotFoundError for a bad path
     if path is None and require:
         raise FileNotFoundError(
-            f"--require-resume: no checkpoint to resume from in {str(Path(config['output_dir']).expanduser() / 'checkpoints')!r}; "
+            f"--require-resume: no checkpoint to resume from in {str(Path(config.output_dir).expanduser() / 'checkpoints')!r}; "
             "check --output-dir, or drop --require-resume to start from scratch."
         )
     return path
@@ -466,7 +206,7 @@ def resume_command(argv: List[str], environ=None) -> str:
         if item == "--resume":
             skip = True
             continue
-        if item.startswith("--resume=") or item == "--require-resume":
+        if item.startswith("--resume=") or item in ("--require-resume", "--require_resume"):
             continue
         kept.append(item)
     world = int(environ.get("WORLD_SIZE", "1") or 1)
@@ -495,6 +235,12 @@ class StopRequest:
         """Reinstall the handlers that were active before (after training, or when it fails)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def trained_upscale_factors(depths) -> List[int]:
+    """The factors a run with these depths trains: depth d trains 2**d, and its multi-step loss
+    every step 2**1 ... 2**d on the way."""
+    return [2**k for k in range(1, max(depths) + 1)]
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) -> List[int]:
@@ -572,66 +318,68 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
     return levels
 
 
-def validate(upscaler, vae, config: Dict, output_dir: Path, step: int) -> Dict[str, float]:
-    """PSNR of super-resolution (``lr_size`` -> ``hr_size``) on the held-out folder, with the
-    evaluation's protocol and scoring loop: ``psnr`` of the paper's output and, with
-    ``back_projection_steps`` > 0, ``psnr_bp`` of the same output back-projected (the
-    super-resolution pipeline's default); saves a sheet of the first ``num_samples`` images
-    (bicubic | UPLiFT | HR)."""
+def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) -> Dict[str, float]:
+    """PSNR of super-resolution (``lr_size`` -> ``hr_size``) on the held-out folder: each image's
+    centre crop and its bilinear reduction (the library's ``load_hr_lr``), the output clamped to
+    [0, 1] and scored against the crop (``10 log10(1 / MSE)``, torchmetrics). ``psnr`` is the mean
+    over the images of the paper's output, ``psnr_bp`` (with ``back_projection_steps`` > 0) of the
+    same output back-projected (the super-resolution pipeline's default); saves a sheet of the
+    first ``num_samples`` images (bicubic | UPLiFT | HR)."""
     from diffusers.image_processor import VaeImageProcessor
     from PIL import Image
+    from torchmetrics.functional.image import peak_signal_noise_ratio
 
     from uplift_diffusers.image_processor import list_images
-    from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusers.utils.back_projection import back_project
-    from uplift_diffusers.utils.sr_protocol import SRPairs, score_super_resolution
+    from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
-    val = config["validation"]
-    files = list_images(val["dir"])[: val["num_images"]]
+    files = list_images(val.dir)[: val.num_images]
     if not files:
-        raise ValueError(f"validation.dir {val['dir']!r} holds no images; pass a folder of held-out images (--validation-data).")
-    factor = val["hr_size"] // val["lr_size"]
+        raise ValueError(f"validation.dir {val.dir!r} holds no images; pass a folder of held-out images (--validation-data).")
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
+
+    def to_tensor(image):
+        return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image))
+
+    def psnr(output, hr) -> float:
+        return float(peak_signal_noise_ratio(output.float().cpu().clamp(0, 1), hr, data_range=(0.0, 1.0)))
+
+    scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
     tiles = []
-
-    outputs = {}
-
-    def paper_output(batch):
-        outputs[id(batch)] = pipe(batch.lr, upscale_factor=factor, generator=generator, output_type="pt", back_projection_steps=0).images
-        return outputs[id(batch)]
-
-    methods = {"uplift": paper_output}
-    if val["back_projection_steps"]:  # the same output, back-projected: no second model run
-        methods["uplift+bp"] = lambda batch: back_project(outputs.pop(id(batch)).float(), batch.lr, val["back_projection_steps"])
-
-    def keep_sample(name, output, batch) -> None:
-        if name == "uplift" and len(tiles) < val["num_samples"]:
-            hr, sr = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(torch.cat([batch.hr, output]).cpu()))
-            tiles.append([batch.lr_images[0].resize(hr.size, Image.BICUBIC), sr, hr])
-
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
-        scores = score_super_resolution(methods, SRPairs(files, val["hr_size"], val["lr_size"]), on_output=keep_sample)
+        for path in files:
+            hr_image, lr_image = load_hr_lr(path, val.hr_size, val.lr_size)
+            hr, lr = to_tensor(hr_image), to_tensor(lr_image)
+            output = pipe(lr, upscale_factor=val.hr_size // val.lr_size, generator=generator, output_type="pt",
+                          back_projection_steps=0).images.float()
+            scores["psnr"].append(psnr(output, hr))
+            if val.back_projection_steps:  # the same output, back-projected: no second model run
+                scores["psnr_bp"].append(psnr(back_project(output, lr.to(output.device), val.back_projection_steps), hr))
+            if len(tiles) < val.num_samples:
+                (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.cpu().clamp(0, 1)))
+                tiles.append([lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image])
     upscaler.train(was_training)
     if tiles:
         samples_dir = output_dir / "samples"
         samples_dir.mkdir(parents=True, exist_ok=True)
-        side = val["hr_size"]
+        side = val.hr_size
         sheet = Image.new("RGB", (3 * side, len(tiles) * side))
         for row, images in enumerate(tiles):
             for col, image in enumerate(images):
                 sheet.paste(image, (col * side, row * side))
         sheet.save(samples_dir / f"step-{step:07d}.png")
-    result = {"psnr": scores["uplift"].mean("psnr"), "count": scores["uplift"].count}
-    if "uplift+bp" in scores:
-        result["psnr_bp"] = scores["uplift+bp"].mean("psnr")
+    result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
+    if scores["psnr_bp"]:
+        result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
     return result
 
 
-def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
+def write_model_card(model_dir: Path, config: TrainingConfig, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
     lines = [
         "---",
         "library_name: uplift-diffusers",
@@ -642,10 +390,10 @@ def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, se
         "",
         "Trained with `python -m training.train_uplift` of uplift-diffusers.",
         "",
-        f"- VAE: `{config['vae']}`",
-        f"- Training data: {', '.join(map(str, config['data']['train_dirs']))} ({num_items} items, {skipped} images skipped)",
+        f"- VAE: `{config.vae}`",
+        f"- Training data: {', '.join(map(str, config.data.train_dirs))} ({num_items} items, {skipped} images skipped)",
         f"- Optimiser steps: {step} ({seconds / 60:.1f} min)",
-        f"- Validation (4x super-resolution, {config['validation'].get('dir')}): "
+        f"- Validation (4x super-resolution, {config.validation.dir}): "
         + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) if metrics else "not run"),
         "",
         "```python",
@@ -656,14 +404,14 @@ def write_model_card(model_dir: Path, config: Dict, step: int, metrics: Dict, se
         "## Training configuration",
         "",
         "```yaml",
-        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(),
         "```",
         "",
     ]
     (model_dir / "README.md").write_text("\n".join(lines))
 
 
-def train(config: Dict, resume: Optional[str] = None, resume_hint: Optional[str] = None) -> Dict:
+def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Optional[str] = None) -> Dict:
     """Run the training described by ``config`` (see :func:`build_config`); ``resume`` is
     "latest" or a checkpoint directory ("latest" with no checkpoint yet says so and starts from
     scratch). SIGTERM / SIGINT stop it after the current step with a checkpoint (the result has
@@ -676,70 +424,69 @@ def train(config: Dict, resume: Optional[str] = None, resume_hint: Optional[str]
         stopper.restore()
 
 
-def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hint: str) -> Dict:
+def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, resume_hint: str) -> Dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.loaders.vae import load_vae
-    from uplift_diffusers.utils.distributed import accelerator_kwargs, init_process_group_state
+    from uplift_diffusers.loaders import load_vae
 
     init_process_group_state()  # one group for torchrun / accelerate launch, or a clear error
-    opt, data, ckpt, val, log = (config[k] for k in ("optimization", "data", "checkpointing", "validation", "logging"))
-    output_dir = Path(config["output_dir"]).expanduser()
-    report_to = log["report_to"] if log["report_to"] not in (None, "none") else None
+    opt, data, ckpt, val, log = config.optimization, config.data, config.checkpointing, config.validation, config.logging
+    output_dir = Path(config.output_dir).expanduser()
+    report_to = log.report_to if log.report_to not in (None, "none") else None
     accelerator = Accelerator(
         **accelerator_kwargs(),
-        mixed_precision=opt["mixed_precision"],
-        gradient_accumulation_steps=opt["gradient_accumulation_steps"],
+        mixed_precision=opt.mixed_precision,
+        gradient_accumulation_steps=opt.gradient_accumulation_steps,
         log_with=report_to,
         project_dir=str(output_dir / "logs"),
     )
-    set_seed(opt["seed"])
+    set_seed(opt.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if report_to:
         accelerator.init_trackers("uplift")
 
-    vae = load_vae(config["vae"]).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
-    vae_id = f"{vae_identity(vae)}-{opt['mixed_precision']}"
-    model_config = dict(config["model"])
+    vae = load_vae(config.vae).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    vae_id = f"{vae_identity(vae)}-{opt.mixed_precision}"
+    model_config = dict(config.model)
     vae_channels = vae.config.latent_channels
     model_config.setdefault("latent_channels", vae_channels)
     if model_config["latent_channels"] != vae_channels:
         raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
-    model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt["depths"]))
+    model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt.depths))
     checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
-    if config["init_from"] is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
-        model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config["init_from"]).state_dict())
-        accelerator.print(f"initialised the weights from {config['init_from']} (fresh optimiser and LR schedule)")
+    if config.init_from is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
+        model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config.init_from).state_dict())
+        accelerator.print(f"initialised the weights from {config.init_from} (fresh optimiser and LR schedule)")
     ema = None
-    if opt["ema_decay"]:
+    if opt.ema_decay:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(model.parameters(), decay=opt["ema_decay"])
+        ema = EMAModel(model.parameters(), decay=opt.ema_decay)
 
     dataset = ImageFolderDataset(
-        data["train_dirs"], data["resolution"], train=True, crops_per_image=data["crops_per_image"],
-        max_upscale_crop=data["max_upscale_crop"], seed=opt["seed"], crop=data["crop"],
+        data.train_dirs, data.resolution, train=True, crops_per_image=data.crops_per_image,
+        max_upscale_crop=data.max_upscale_crop, seed=opt.seed, crop=data.crop,
     )
     accelerator.print(f"training data: {dataset.describe()}")
     if accelerator.is_main_process and dataset.skipped.total:
         skipped_list = output_dir / "skipped_images.tsv"
-        skipped_list.write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in dataset.skipped.rows(data["resolution"])))
+        skipped_list.write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in dataset.skipped.rows(data.resolution)))
         accelerator.print(f"  (every skipped file is listed in {skipped_list})")
-    cache = LatentCache(data["cache_dir"]) if data["cache_dir"] else None
-    batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt["batch_size"])
-    steps_per_epoch = max(1, batches_per_epoch // opt["gradient_accumulation_steps"])
-    max_steps = opt["max_steps"] or opt["epochs"] * steps_per_epoch
+    cache = LatentCache(data.cache_dir) if data.cache_dir else None
+    batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt.batch_size)
+    steps_per_epoch = max(1, batches_per_epoch // opt.gradient_accumulation_steps)
+    max_steps = opt.max_steps or opt.epochs * steps_per_epoch
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=opt["lr"], betas=tuple(opt["adam_betas"]), weight_decay=opt["weight_decay"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=tuple(opt.adam_betas), weight_decay=opt.weight_decay)
     # accelerate steps a prepared scheduler once per process at every optimiser step: count in those units
     scheduler = get_scheduler(
-        opt["lr_scheduler"], optimizer, num_warmup_steps=opt["lr_warmup_steps"] * accelerator.num_processes,
+        opt.lr_scheduler, optimizer, num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -760,7 +507,7 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
 
     log_path = output_dir / "train_log.jsonl"
     val_csv = output_dir / "validation.csv"
-    depths = list(opt["depths"])
+    depths = list(opt.depths)
     last_metrics: Dict = {}
     started = time.time()
 
@@ -771,17 +518,17 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
 
     def checkpoint() -> None:
         save_checkpoint(accelerator, output_dir, step, {"epoch": epoch, "position": position, "elapsed": round(elapsed(), 2)},
-                        keep_last=ckpt["keep_last"])
+                        keep_last=ckpt.keep_last)
 
     def run_validation() -> None:
         nonlocal last_metrics
-        if not val.get("dir") or not accelerator.is_main_process:
+        if not val.dir or not accelerator.is_main_process:
             return
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.store(unwrapped.parameters())
             ema.copy_to(unwrapped.parameters())
-        last_metrics = validate(unwrapped, vae, config, output_dir, step)
+        last_metrics = validate(unwrapped, vae, val, output_dir, step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
         header = val_csv.read_text().partition("\n")[0] if val_csv.exists() else None
@@ -799,22 +546,22 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
     if accelerator.num_processes > 1 and step == 0:
         # the model and EMA were built from the same seed everywhere; from here on each process
         # draws its own noise (seed + process index; a resumed run restores each process's state)
-        set_seed(opt["seed"], device_specific=True)
+        set_seed(opt.seed, device_specific=True)
     model.train()
     interval_start, interval_steps = time.time(), 0
     reported_failures = set()
     stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
     # --stop-at-step ends this run early; the schedule above still spans max_steps
-    end_step = min(max_steps, opt["stop_at_step"] or max_steps)
+    end_step = min(max_steps, opt.stop_at_step or max_steps)
     while step < end_step and not stop_signal:
-        order = epoch_order(len(dataset), opt["seed"], epoch, accelerator.process_index, accelerator.num_processes)
+        order = epoch_order(len(dataset), opt.seed, epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
-            torch.utils.data.Subset(dataset, order[position * opt["batch_size"] :]),
-            batch_size=opt["batch_size"], shuffle=False, num_workers=data["num_workers"],
+            torch.utils.data.Subset(dataset, order[position * opt.batch_size :]),
+            batch_size=opt.batch_size, shuffle=False, num_workers=data.num_workers,
             collate_fn=collate_skipping_failures, drop_last=False,
             # its own generator: creating an iterator draws a seed, which from the global RNG
             # would shift the lat_aug noise of a resumed run away from the uninterrupted one
-            generator=torch.Generator().manual_seed(opt["seed"] * 100_003 + epoch),
+            generator=torch.Generator().manual_seed(opt.seed * 100_003 + epoch),
         )
         for batch in loader:
             position += 1
@@ -831,13 +578,13 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     losses = multi_depth_loss(
-                        model, latents, pyramid, depths, lat_aug=opt["lat_aug"], vae=vae, pixel_weight=opt["pixel_loss_weight"],
-                        noisy_targets=opt["lat_aug_noisy_targets"], pixel_back_projection=opt["pixel_loss_back_projection"],
+                        model, latents, pyramid, depths, lat_aug=opt.lat_aug, vae=vae, pixel_weight=opt.pixel_loss_weight,
+                        noisy_targets=opt.lat_aug_noisy_targets, pixel_back_projection=opt.pixel_loss_back_projection,
                     )
                 accelerator.backward(losses["loss"])
                 grad_norm = None
-                if accelerator.sync_gradients and opt["max_grad_norm"]:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt["max_grad_norm"])
+                if accelerator.sync_gradients and opt.max_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
                 lr_used = optimizer.param_groups[0]["lr"]  # the scheduler steps after the optimiser
                 optimizer.step()
                 scheduler.step()
@@ -860,18 +607,19 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
             if accelerator.is_main_process:
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
+            if step % log.log_every == 0:
+                accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
             rate = interval_steps / max(time.time() - interval_start, 1e-9)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", its=f"{rate:.2f}")
-            if ckpt["every_steps"] and step % ckpt["every_steps"] == 0:
+            if ckpt.every_steps and step % ckpt.every_steps == 0:
                 checkpoint()
-            if val.get("dir") and val["every_steps"] and step % val["every_steps"] == 0:
+            if val.dir and val.every_steps and step % val.every_steps == 0:
                 run_validation()
-            out_of_time = bool(opt["max_minutes"]) and time.time() - started > 60 * opt["max_minutes"]
+            out_of_time = bool(opt.max_minutes) and time.time() - started > 60 * opt.max_minutes
             stop_signal, out_of_time = (int(v) for v in any_process(accelerator, stopper.signal or 0, out_of_time))
             if out_of_time:
-                accelerator.print(f"time budget of {opt['max_minutes']} min reached at step {step}")
+                accelerator.print(f"time budget of {opt.max_minutes} min reached at step {step}")
                 max_steps = end_step = step
             if step >= end_step or stop_signal:
                 break
@@ -890,9 +638,9 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
         accelerator.end_training()
         return {"step": step, "stopped": True, "signal": stop_signal}
 
-    if not ckpt["every_steps"] or step % ckpt["every_steps"]:
+    if not ckpt.every_steps or step % ckpt.every_steps:
         checkpoint()
-    if val.get("dir") and (not val["every_steps"] or step % val["every_steps"]):
+    if val.dir and (not val.every_steps or step % val.every_steps):
         run_validation()
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -920,8 +668,6 @@ def _train(config: Dict, resume: Optional[str], stopper: StopRequest, resume_hin
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status (see the module docstring)."""
-    from uplift_diffusers.utils.distributed import LaunchMismatchError, init_process_group_state
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:  # everything checked before anything is written

@@ -12,6 +12,8 @@ _MODULES = {
     ".models": ("LocalAttender", "UPLiFTLatentUpscaler", "UPLiFTOutput", "TinyAutoencoder"),
     ".loaders": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
     ".utils.color_correction": ("color_correct",),
+    ".hooks": ("apply_uplift", "remove_uplift"),
+    ".hires_fix": ("hires_fix",),
 }
 _lazy = lazy_exports(__name__, globals(), _MODULES)
 

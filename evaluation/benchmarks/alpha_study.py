@@ -1,37 +1,23 @@
-"""Transparency (issue #12): how to upscale alpha, and which colour to feed the VAE under it.
+"""Transparency: how to upscale alpha, and which colour to feed the VAE under it.
+Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/alpha_study.{json,md}``.
 
 The numbers behind :func:`uplift_diffusers.image_processor.upscale_alpha` (Lanczos, clamped to
 the 3 x 3 input neighbourhood) and :func:`~uplift_diffusers.image_processor.fill_transparent`
 (the push-pull fill fed to the VAE), quoted in the README.
 
-Data: the first ``--num-images`` images of ``--data`` (sorted by name), centre square crop
-resized (PIL bicubic) to ``--hr-size`` (HR colour), with three synthetic soft alpha masks each
-(HR alpha):
+Data: the first ``--num-images`` images of ``--data``, centre square crop resized to
+``--hr-size`` (HR colour), with three synthetic soft alpha masks each: ``content`` (pixels close
+in colour to the centre, blurred: a soft cut-out), ``cutout`` (that mask thresholded and lightly
+blurred: an antialiased hard cut) and ``ellipse`` (a feathered ellipse: a vignette). LR =
+premultiplied antialiased bilinear downsampling by ``--factor``, un-premultiplied and quantised
+to 8 bits as a PNG stores it. The colour is upscaled by ``UPLiFTSuperResolutionPipeline``
+(colour correction on, no back-projection: the paper's output).
 
-- ``content``: pixels close in colour to the image centre (smooth threshold, then blurred):
-  alpha edges follow the photo's edges, like a soft cut-out;
-- ``cutout``: that mask thresholded at 0.5 and blurred with sigma 0.8 (an antialiased hard cut);
-- ``ellipse``: a feathered ellipse independent of the content (a vignette / selection).
-
-LR = premultiplied antialiased bilinear downsampling by ``--factor`` (a power of two),
-un-premultiplied and quantised to 8 bits as a PNG stores it (colour 0 under alpha 0). The colour
-is upscaled by ``UPLiFTSuperResolutionPipeline`` (``--model`` + ``--vae``, colour correction on, no
-back-projection: the paper's output, as when the study was recorded).
-
-Reported:
-
-1. alpha resampling: PSNR of the upscaled alpha vs the HR alpha, the mean absolute error (x 255)
-   in the edge band (HR alpha in (0.02, 0.98), dilated 2 px), and the share of the HR pixels with
-   alpha exactly 0 or 1 that the 8-bit upscaled alpha gets wrong (ringing / blur into solid regions);
-2. colour fed to the VAE (alpha: ``upscale_alpha``): PSNR of the upscaled RGBA composited over
-   white, black and mid-grey vs the HR RGBA composited over the same (whole image and edge band),
-   and the mean (0..255) of the composite over white where HR alpha is 0 (ideally 255).
-
-The run recorded in ``evaluation/results/alpha_study.{json,md}`` (about 90 s on one CPU thread)::
-
-    OMP_NUM_THREADS=1 python -m evaluation.benchmarks.alpha_study --num-images 12
-
-``--smoke-test`` runs it in seconds on tiny random models and synthetic images (numbers mean nothing).
+Reported: (1) alpha resampling: alpha PSNR, the mean absolute error (x 255) in the edge band
+(HR alpha in (0.02, 0.98), dilated 2 px) and the share of solid (alpha 0 or 1) pixels the 8-bit
+upscaled alpha gets wrong; (2) colour under alpha: PSNR of the upscaled RGBA composited over
+white, black and grey (whole image and edge band), and the mean of the composite over white
+where HR alpha is 0 (ideally 255).
 """
 from __future__ import annotations
 
@@ -52,10 +38,10 @@ from torchvision.transforms.functional import gaussian_blur
 
 from evaluation.arguments import check_at_least
 from evaluation.benchmarks.any_size_study import REPO_ROOT, add_study_arguments
+from evaluation.arguments import load_upscaler, load_vae
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import prepare_smoke_study
 from uplift_diffusers.image_processor import fill_transparent, list_images, pil_to_tensor, upscale_alpha
-from uplift_diffusers.loaders import load_upscaler, load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 from uplift_diffusers.utils.sr_protocol import centre_crop
@@ -236,7 +222,7 @@ def study(pipe: UPLiFTSuperResolutionPipeline, files: Sequence[Path], hr_size: i
                     b_up = F.interpolate(background_of[name], size=(hr_size, hr_size), mode="bicubic", align_corners=False).clamp(0, 1)
                     uncomposited = torch.where(a_up > 0.02, (out - (1 - a_up) * b_up) / a_up.clamp_min(0.02), out).clamp(0, 1)
                     score_colour(f"{name} (un-composited after)", uncomposited, a_up, hr, a_hr, band, clear)
-                if name == "white":  # the pipeline before issue #12: composited on white, alpha dropped
+                if name == "white":  # the former pipeline: composited on white, alpha dropped
                     score_colour("white, alpha dropped (before)", out, None, hr, a_hr, band, clear)
             # ---- alpha resampling
             guide_hr = outputs["filled"].mean(dim=1, keepdim=True)
@@ -303,7 +289,7 @@ def run(args: argparse.Namespace) -> Dict:
     files = list_images(args.data)[: args.num_images]
     if not files:
         raise ValueError(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae).eval(), upscaler=load_upscaler(args.model, argument="--model").eval())
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     with torch.no_grad():

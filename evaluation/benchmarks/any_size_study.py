@@ -1,34 +1,15 @@
-"""Any output size: which way of reaching a factor that is not a power of two is best (issue #13.1).
+"""Any output size: which way of reaching a factor that is not a power of two is best.
+Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/any_size_study.{json,md}``.
 
-UPLiFT upscales 2x per step. For other factors the super-resolution pipeline resamples once; the
-candidates (:data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`) are
+UPLiFT upscales 2x per step; for other factors the super-resolution pipeline resamples once, in
+one of the ways of :data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`
+(:data:`METHOD_DESCRIPTIONS`). Every candidate runs through ``UPLiFTSuperResolutionPipeline`` with
+``upscale_method`` set, colour correction on and no back-projection (the paper's output; the
+back-projection after it is the same for every candidate), next to PIL bicubic.
 
-- ``downsample_image``: ``ceil(log2 f)`` steps, then antialiased bicubic downsampling of the decoded image;
-- ``resample_latents``: ``ceil(log2 f)`` steps, then antialiased bicubic resampling of the latents;
-- ``upsample_image``: ``floor(log2 f)`` steps, then bicubic upsampling of the decoded image;
-- ``bilinear_latents``: the authors' choice: ``ceil(log2 f)`` steps, then a bilinear resize of the latents;
-- ``auto``: ``downsample_image``, but no more steps than the model's ``trained_upscale_factors``
-  allow (beyond them: ``upsample_image`` from the largest trained factor);
-
-and the pixel-space baseline, PIL bicubic. Every candidate runs through the pipeline itself
-(``UPLiFTSuperResolutionPipeline`` with ``upscale_method`` set), with colour correction and without
-back-projection (``back_projection_steps=0``, the paper's output, as when the study was recorded; the
-back-projection after it is the same for every candidate).
-
-Protocol (:mod:`uplift_diffusers.utils.sr_protocol`): HR = the centre ``--hr-size`` crop of each
-BSDS500 test image (sorted by name, the first ``--num-images``), LR = PIL bilinear resize of it
-to ``hr-size / f``; the output is ``f`` times the LR size = the HR size; per-image PSNR (the
-paper's) and SSIM (torchmetrics defaults, :func:`evaluation.metrics.image_metrics.ssim`),
-averaged. The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
-
-The run recorded in ``evaluation/results/any_size_study.{json,md}`` (one CPU thread)::
-
-    python -m evaluation.benchmarks.any_size_study --num-images 50 \\
-        --output evaluation/results/any_size_study.json
-
-``--model`` selects another upscaler (folder, Hub id or the authors' file), ``--vae`` its VAE.
-It measures one process: a multi-process launch (``torchrun`` / ``accelerate launch``) is refused.
-``--smoke-test`` runs it in seconds on tiny random models and two synthetic images (the numbers mean nothing).
+HR = the centre ``--hr-size`` crop of each BSDS500 test image, LR = PIL bilinear resize to
+``hr-size / f`` (:mod:`uplift_diffusers.utils.sr_protocol`); per-image PSNR and SSIM, averaged.
+The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
 """
 from __future__ import annotations
 
@@ -44,14 +25,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from evaluation.metrics.image_metrics import ssim
+from evaluation.arguments import load_upscaler, load_vae
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, prepare_smoke_study
 from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.loaders import load_upscaler, load_vae
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
 from uplift_diffusers.utils.atomic_files import atomic_write_text
-from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DIR = Path(os.environ.get("UPLIFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -225,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = files[: args.num_images]
     if not files:
         parser.error(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae).eval(), upscaler=load_upscaler(args.model, argument="--model").eval())
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     with torch.no_grad():

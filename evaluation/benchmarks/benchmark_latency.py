@@ -1,35 +1,18 @@
-"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's Tables 2-3).
+"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's
+Tables 2-3). Commands: ``docs/evaluation.md``.
 
-Protocol: ``torch.compile`` of the UNet, the VAE decoder and UPLiFT (``--compile``, the default:
-the paper times compiled models; ``--no-compile`` times them eagerly), ``--warmup`` (3) untimed
-batches (compiling happens there), then the mean of the next ``--iters`` (10) batches; batch 4 for the COCO setting and 1 for reLAION
-(``--batch-size``). One timed batch runs, each stage timed separately (CUDA synchronised):
+The paper's protocol: the UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
+``--warmup`` untimed batches (compiling happens there), then the mean of the next ``--iters``.
+Each stage of a batch is timed separately (CUDA synchronised): ``unet`` (``--steps`` steps with
+classifier-free guidance and the PNDM scheduler step), ``vae_decode_base`` (UPLiFT's guide and
+the colour reference), ``uplift``, ``bilinear`` / ``nearest``, ``vae_decode_upscaled`` and
+``color_correction``. ``methods`` sums the stages of each row (``base512`` = unet + base decode).
+Text encoding is left out (random prompt embeddings of the real shape): it does not depend on
+the method.
 
-* ``unet``: ``--steps`` denoising steps with classifier-free guidance (the UNet on 2B latents
-  and the scheduler step, the default SD1.5 PNDM scheduler) at ``--size``;
-* ``vae_decode_base``: decoding the base latents (needed as UPLiFT's guide and for colour
-  correction);
-* ``uplift``: the UPLiFT upscaler, ``--upscale-factor`` x;
-* ``bilinear`` / ``nearest``: the latent interpolation baselines;
-* ``vae_decode_upscaled``: decoding the upscaled latents;
-* ``color_correction``: the per-channel mean shift.
-
-``methods`` sums the stages of each text-to-image row (``base512`` = unet + base decode; the
-upscaling rows add their upscaler, the upscaled decode and colour correction). Text encoding
-is left out (random prompt embeddings of the real shape are used: it runs once per prompt and
-its cost does not depend on the method).
-
-Weights: ``--model`` (UNet, VAE and scheduler of a diffusers SD folder / Hub id) and
-``--upscaler``. With ``--random-weights``, or when the weights cannot be fetched (offline and not
-cached), models of the real SD1.5 / UPLiFT sizes are built with random weights; latency does
-not depend on the weights' values, and the output says so (``random_weights``, ``note``).
-Results: ``OUTPUT/results.json`` and ``OUTPUT/results.md``. Run from the repository root::
-
-    python -m evaluation.benchmarks.benchmark_latency --output-dir results/latency-coco --dataset-name COCO --batch-size 4
-
-``--smoke-test`` checks an installation in seconds: tiny random models
-(:mod:`uplift_diffusers.utils.testing_utils`), 64 px, 2 steps, 1 warm-up and 2 timed batches of 1, eager;
-no download, and the times mean nothing.
+With ``--random-weights``, or when the weights cannot be loaded, models of the real SD1.5 /
+UPLiFT sizes get random weights (latency does not depend on their values); the results say so
+(``random_weights``, ``note``).
 """
 from __future__ import annotations
 
@@ -44,15 +27,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, loading
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
-from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.reports.tables import write_report
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
 from uplift_diffusers.constants import SD15_MODEL_ID
-from uplift_diffusers.loaders.hub import HubUnavailableError, dtype_kwargs, from_hub
 from uplift_diffusers.utils.color_correction import color_correct
 
 DEFAULT_SD_MODEL = SD15_MODEL_ID
@@ -122,20 +103,18 @@ def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: in
 
 
 def pretrained_models(args, device: torch.device, dtype: torch.dtype):
-    """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; raises HubUnavailableError offline."""
+    """(unet, vae, scheduler, upscaler) loaded from ``--model`` / ``--upscaler``; FileNotFoundError
+    when one cannot be loaded (offline and not cached, a wrong path)."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
     def load():
-        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", **dtype_kwargs(dtype))
-        vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", **dtype_kwargs(dtype))
+        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", torch_dtype=dtype)
         scheduler = PNDMScheduler.from_pretrained(args.model, subfolder="scheduler")
         return unet, vae, scheduler
 
-    models = [hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("unet/config.json",)),
-              upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
-    with models_available(models):
-        unet, vae, scheduler = from_hub(f"the Stable Diffusion model {args.model!r}", "--model DIR or --random-weights", load)
-        upscaler = load_upscaler(args.upscaler, args.upscaler_config, "--upscaler DIR|FILE or --random-weights", dtype)
+    unet, vae, scheduler = loading("the Stable Diffusion model", args.model, "--model DIR or --random-weights", load)
+    upscaler = load_upscaler(args.upscaler, args.upscaler_config, dtype, "--upscaler DIR|FILE or --random-weights")
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
@@ -229,7 +208,7 @@ def benchmark(args) -> Dict:
     if not random_weights:
         try:
             unet, vae, scheduler, upscaler = pretrained_models(args, device, dtype)
-        except HubUnavailableError as error:
+        except FileNotFoundError as error:
             random_weights, reason = True, f"weights unavailable ({error})"
             print(f"note: {reason}; timing models of the real SD1.5 / UPLiFT sizes with random weights.", file=sys.stderr)
     if random_weights:
@@ -303,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))

@@ -1,50 +1,19 @@
 """End-to-end latency of latent super-resolution: UPLiFT against bilinear latent upsampling
-(the paper's Fig. 11 / Table 4: 256 -> 1024, 4x; on an A100 UPLiFT takes 271 ms, 13% more
-than bilinear latent upsampling).
+(the paper's Fig. 11 / Table 4: 256 -> 1024; on an A100 UPLiFT takes 271 ms, 13% more than
+bilinear). Commands: ``docs/evaluation.md``.
 
-Each method maps a batch of ``--batch-size`` ``--lr-size`` images (random pixels: latency does
-not depend on the content) to ``--upscale-factor`` times their size, end to end, as
-``python -m evaluation.tasks.eval_super_resolution``'s rows do:
+Each method maps a batch of ``--lr-size`` images (random pixels: latency does not depend on the
+content) to ``--upscale-factor`` times their size as the evaluation's rows do: VAE encode ->
+UPLiFT or bilinear latent interpolation -> VAE decode [-> colour correction: part of UPLiFT; the
+baseline only with ``--color-correct-baselines``, as in the paper]. Both share the same
+(compiled, unless ``--no-compile``) encoder and decoder.
 
-    VAE encode (posterior mode) -> upscale -> VAE decode [-> colour correction]
-
-where "upscale" is UPLiFT (``log2(factor)`` 2x steps) or a bilinear interpolation of the
-latents (``align_corners=False``, :mod:`evaluation.tasks.latent_baseline`). Colour correction is
-part of UPLiFT; the bilinear baseline is decoded without it, as in the paper, unless
-``--color-correct-baselines`` (as in the evaluation scripts). Both methods share the same VAE
-and therefore the same (compiled) encoder and decoder.
-
-Protocol: with ``--compile`` (the default, as the paper times compiled models; ``--no-compile``
-to disable) the VAE encoder, the VAE decoder and UPLiFT are compiled in place with
-``torch.compile`` (``--compile-mode``: the authors' code uses ``max-autotune`` on GPUs); then
-``--warmup`` (3) untimed rounds and ``--iters`` (10) timed rounds. Every round runs both
-methods in turn (the order alternating from round to round), each call timed alone, CUDA
-synchronised (:func:`evaluation.benchmarks.benchmark_upscaler.time_call`). Reported per method: mean (the
-paper's statistic), median and standard deviation of the seconds per batch, and seconds per
-image; and the UPLiFT / bilinear ratio as the median of the per-round ratios (two times taken
-seconds apart: a machine whose speed drifts, like a shared CPU, slows both alike) next to
-the ratio of the means.
-
-Weights: ``--vae`` (a diffusers VAE / SD pipeline folder or Hub id, or a TAESD-family folder;
-default SD1.5's VAE) and ``--upscaler`` (a folder, Hub id or the authors' file; default the authors' SD1.5 model),
-or ``--random-weights``: models of the real SD1.5 VAE / official UPLiFT sizes with random
-weights (latency does not depend on the weights' values). Results: ``--output`` (JSON) and the
-same path with ``.md`` (the table).
-
-The run recorded in ``evaluation/results`` (CPU, the TAEF2 model trained here)::
-
-    python -m evaluation.benchmarks.benchmark_sr_latency --vae ../shared/models/taef2 \\
-        --upscaler examples/models/uplift-taef2-bsds500 --lr-size 256 --iters 15 --threads 2 \\
-        --output evaluation/results/sr_latency_taef2_cpu.json
-
-``--smoke-test`` checks an installation in seconds: tiny random VAE and upscaler
-(:mod:`uplift_diffusers.utils.testing_utils`), 64 -> 256 px, 1 warm-up and 2 timed rounds, eager; no
-download, and the times mean nothing (results in a temporary folder unless ``--output`` is given).
-
-The paper's setting on a GPU (SD1.5 VAE, the authors' UPLiFT, 256 -> 1024)::
-
-    python -m evaluation.benchmarks.benchmark_sr_latency --device cuda --compile-mode max-autotune \\
-        --output results/sr-latency/results.json
+``--warmup`` untimed rounds, then ``--iters`` rounds, each running both methods in turn (the
+order alternating), each call timed alone. Reported per method: mean (the paper's statistic),
+median and standard deviation of the seconds per batch, and seconds per image; the UPLiFT /
+bilinear ratio is the median of the per-round ratios (two times taken seconds apart: a machine
+whose speed drifts, like a shared CPU, slows both alike), next to the ratio of the means.
+``--random-weights`` times models of the real SD1.5 VAE / UPLiFT sizes without downloading.
 """
 from __future__ import annotations
 
@@ -59,15 +28,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, load_vae
 from evaluation.benchmarks.benchmark_upscaler import time_call
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
-from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
@@ -135,10 +102,8 @@ def load_models(args, dtype: torch.dtype):
         if dtype != torch.float32:
             vae, upscaler = vae.to(dtype=dtype), upscaler.to(dtype=dtype)
     else:
-        models = [vae_hub_model(args.vae, "--vae DIR"), upscaler_model(args.upscaler, "--upscaler DIR|FILE")]
-        with models_available(models):
-            vae = load_vae_from(args.vae, "--vae DIR or --random-weights", dtype)
-            upscaler = load_upscaler(args.upscaler, None, "--upscaler DIR|FILE or --random-weights", dtype)
+        vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights")
+        upscaler = load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
     return vae.eval(), upscaler.eval()
 
 
@@ -226,7 +191,7 @@ def prepare_smoke_test(args) -> None:
 
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results (also written to ``--output`` and .md)."""
-    from uplift_diffusers.pipelines.pipeline_utils import check_upscaler_matches_vae
+    from uplift_diffusers.hooks import check_upscaler_matches_vae
     from uplift_diffusers.loaders.vae import vae_scale_factor
 
     require_one_process("evaluation.benchmarks.benchmark_sr_latency")
@@ -329,7 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command = "python -m evaluation.benchmarks.benchmark_sr_latency " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = benchmark(args)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown(result))

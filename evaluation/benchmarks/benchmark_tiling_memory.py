@@ -1,32 +1,14 @@
-"""Peak memory and closeness of tiled UPLiFT super-resolution (issue #13.3).
+"""Peak memory and closeness of tiled UPLiFT super-resolution.
+Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/tiling_memory.{json,md}``.
 
-The job: a 1024 x 768 photo (a BSDS500 test image, ``--image``, resized with PIL's bicubic
-filter) upscaled 4x to 4096 x 3072 by :class:`~uplift_diffusers.UPLiFTSuperResolutionPipeline`
-with ``--upscaler`` and ``--vae`` (default: the TAEF2 model trained here and TAEF2), as
-``uplift-diffusers upscale photo.png out.png --scale 4`` does (8-bit output).
-
-Every setting of ``--settings`` runs in a FRESH subprocess (``python -m
-evaluation.benchmarks.benchmark_tiling_memory --worker ...``), on one thread
-(``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``), so that its peak resident memory
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, models and libraries included) is its own:
-
-- ``untiled``: one pass (the issue measured 10.2 GB through the CLI);
-- ``tiled`` / ``tiled:T:O``: ``pipe.enable_tiling()`` (defaults) or ``enable_tiling(tile_size=T,
-  overlap=O)``: UPLiFT in overlapping tiles and the VAE's own tiling.
-
-Closeness: PSNR (data range 1, :func:`uplift_diffusers.utils.sr_protocol.psnr`) and the
-largest pixel difference (of 255) of each tiled output against the untiled one. The outputs
-(PNG) go to ``--work-dir``; ``--reuse`` takes a setting's earlier output and numbers from there
-instead of running it again (the untiled run takes minutes and ~10 GB: run it once).
-
-Results: ``--output`` (JSON, default ``evaluation/results/tiling_memory.json``) and the same path
-with ``.md``. The recorded run::
-
-    python -m evaluation.benchmarks.benchmark_tiling_memory --settings untiled,tiled
-
-``--smoke-test``: tiny random models (saved to the work dir), a 128 x 96 image at 4x with
-16-latent tiles; seconds, and the numbers mean nothing. It measures one process (its settings run
-one after another): a multi-process launch (``torchrun`` / ``accelerate launch``) is refused.
+The job: a 1024 x 768 photo (``--image``, PIL bicubic) upscaled 4x by
+:class:`~uplift_diffusers.UPLiFTSuperResolutionPipeline`, as ``uplift-diffusers upscale --scale 4``
+does. Every setting of ``--settings`` (``untiled``; ``tiled``: ``enable_tiling()``;
+``tiled:T:O``: ``enable_tiling(tile_size=T, overlap=O)``) runs in a FRESH one-thread subprocess so
+that its peak resident memory (``ru_maxrss``, models and libraries included) is its own.
+Closeness: PSNR and the largest pixel difference (of 255) of each tiled output against the
+untiled one. ``--reuse`` takes a setting's earlier output and numbers from ``--work-dir`` (the
+untiled run takes minutes and ~10 GB: run it once).
 """
 from __future__ import annotations
 
@@ -53,9 +35,9 @@ DEFAULT_OUTPUT = RESULTS_DIR / "tiling_memory.json"
 DEFAULT_UPSCALER = "examples/models/uplift-taef2-bsds500"
 DEFAULT_VAE = "../shared/models/taef2"
 DEFAULT_IMAGE = "../shared/data/bsds500/test/100039.jpg"
-DEFAULT_SIZE = (1024, 768)  # width x height of the photo, as in the issue
+DEFAULT_SIZE = (1024, 768)  # width x height of the photo
 DEFAULT_SCALE = 4
-#: The issue's bound: peak RSS of the tiled job, and PSNR(tiled, untiled).
+#: The bounds the tiled job is held to: its peak RSS, and PSNR(tiled, untiled).
 RSS_BOUND_GB = 3.0
 PSNR_BOUND_DB = 35.0
 _SEED = 0
@@ -78,11 +60,11 @@ def run_worker(args) -> Dict:
     import torch
 
     torch.set_num_threads(1)
-    from evaluation.loading import load_upscaler, load_vae_from
+    from evaluation.arguments import load_upscaler, load_vae
     from uplift_diffusers import UPLiFTSuperResolutionPipeline
 
     tiling = parse_setting(args.setting)
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae_from(args.vae), upscaler=load_upscaler(args.upscaler))
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.upscaler))
     pipe.set_progress_bar_config(disable=True)
     if tiling is not None:
         pipe.enable_tiling(**tiling)
@@ -131,7 +113,7 @@ def closeness(path: str, reference: str) -> Dict:
     """PSNR (dB, data range 1) and largest difference (of 255) of two 8-bit images."""
     import torch
 
-    from uplift_diffusers.utils.sr_protocol import psnr
+    from evaluation.sr_protocol import psnr
 
     a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (path, reference))
     ta, tb = (torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 255 for x in (a, b))
@@ -154,7 +136,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         psnr_text = "-" if row.get("psnr_vs_untiled_db") is None else f"{row['psnr_vs_untiled_db']:.2f}"
         diff = "-" if row.get("max_abs_diff_255") is None else str(row["max_abs_diff_255"])
         lines.append(f"| {row['setting']} | {row['peak_rss_gb']:.2f} | {row['seconds']:.0f} | {psnr_text} | {diff} |")
-    lines += ["", f"Bounds (issue #13): tiled peak RSS <= {RSS_BOUND_GB} GB, PSNR(tiled, untiled) >= {PSNR_BOUND_DB} dB."]
+    lines += ["", f"Bounds: tiled peak RSS <= {RSS_BOUND_GB} GB, PSNR(tiled, untiled) >= {PSNR_BOUND_DB} dB."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,35 +1,24 @@
 """Speed and memory of the UPLiFT latent upscaler, eager float32 against fast inference.
+Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/benchmark_upscaler.*``.
 
-What it measures (official-size model, random weights; every measurement in its own
-subprocess so that peak memory is that of the measurement alone):
+Official-size model, random weights; every measurement in its own subprocess, so that peak
+memory is that of the measurement alone:
 
-- ``uplift``: ``num_steps`` 2x steps (encoder included) at image sides ``--sides``;
-- ``vae``: an SD1.5-size ``AutoencoderKL`` decode (random weights) at the output size of one
-  2x step (twice the side), the cost UPLiFT is compared with;
-- ``cross_attention``: a plain cross-attention upsampler of the same width (512): every
-  output token (2h x 2w) attends to every input token (h x w), quadratic in the tokens;
-- ``encoder``: the encoder dense and with the exact savings (time, and FLOPs counted on the
-  meta device);
-- ``attender_memory``: peak extra memory of the Local Attender (C = 512, 128 -> 256) against
-  a naive broadcast formulation that materialises n x output;
-- ``paired``: the ratio targets "time(512 px) / time(256 px)" and "one step / VAE decode",
-  measured interleaved in one process (fast step and fast VAE decode at each of 256 / 512 px
-  timed in turn, ``--repeats`` rounds; each ratio is the median of the per-round ratios), so
-  that the machine's drift between separate measurements does not enter them. The ratios of
-  the separate rows are kept in the JSON as ``ratios_unpaired``.
+- ``uplift``: ``--steps`` 2x steps (encoder included) at image sides ``--sides``;
+- ``vae``: an SD1.5-size VAE decode at the output size of one 2x step, the cost UPLiFT is compared with;
+- ``cross_attention``: a plain cross-attention upsampler of the same width (512), quadratic in the tokens;
+- ``encoder``: the encoder dense and with the exact savings (time, and FLOPs counted on the meta device);
+- ``attender_memory``: peak extra memory of the Local Attender against a naive broadcast
+  formulation that materialises n x output;
+- ``paired``: the ratios "time(512 px) / time(256 px)" and "one step / VAE decode" measured
+  interleaved in one process (each ratio the median of per-round ratios), so that the machine's
+  drift between separate measurements does not enter them (the separate rows' ratios are kept
+  as ``ratios_unpaired``).
 
-Times are medians of ``--repeats`` runs after ``--warmup`` runs (the warm-up includes
-compiling). Peak memory comes from one more run after all the timings: on CUDA
-``torch.cuda.max_memory_allocated``; on CPU the resident set size sampled every 2 ms by a
-thread (psutil) minus the resident size before the run, with glibc told to return every
-freed block of 64 KiB or more to the system (``mallopt``), so that the resident size follows
-the live tensors. That setting slows allocation-heavy code (by 40% for the compiled
-upscaler), hence the separate run.
-
-Example (the run recorded in ``evaluation/results``)::
-
-    python -m evaluation.benchmarks.benchmark_upscaler --sides 256 512 768 1024 --steps 1 2 --eager-steps 1 \\
-        --repeats 7 --eager-repeats 2 --warmup 1 --skip-eager-above 512 --skip-eager-vae-above 1024
+Times are medians of ``--repeats`` runs after ``--warmup`` runs (compiling happens there). Peak
+memory comes from one more run after all the timings: on CUDA ``max_memory_allocated``; on CPU
+the resident size sampled every 2 ms (psutil) minus the size before, with glibc told to return
+freed blocks at once (``mallopt``, which slows allocation-heavy code: hence the separate run).
 """
 from __future__ import annotations
 
@@ -496,7 +485,7 @@ def ratios(rows: List[Dict], key: str = "median_s", paired: bool = True) -> Dict
         if eager and fast:
             out[f"fast_speedup_2x_step_{side}px"] = round(eager[key] / fast[key], 2)
     four_x = find(rows, kind="uplift", mode="fast", side=512, steps=2)
-    if four_x:  # SD1.5 4x at 512 px: the encoder and two 2x steps (the issue's H100 number)
+    if four_x:  # SD1.5 4x at 512 px: the encoder and two 2x steps (the H100 target)
         out["fast_4x_at_512px_ms"] = round(four_x[key] * 1000, 1)
     f256, f512 = find(rows, kind="uplift", mode="fast", side=256, steps=1), find(rows, kind="uplift", mode="fast", side=512, steps=1)
     if f256 and f512:
@@ -523,7 +512,7 @@ TARGETS = {
     "eager_2x_step_256px_over_vae_decode_512px": ("<=", 0.5),
 }
 
-#: Targets that only a GPU run is held to (the issue's H100 number, bf16).
+#: Targets that only a GPU run is held to (H100, bf16).
 GPU_TARGETS = {"fast_4x_at_512px_ms": ("<=", 25.0)}
 
 

@@ -13,9 +13,9 @@ Metadata: ``.parquet`` files (read with ``pyarrow``, imported only for them), or
 ``.tsv`` / ``.jsonl`` files, or folders of them. Column names are matched case-insensitively:
 URL ``url``; caption ``caption`` or ``text``; ``width``; ``height``.
 
-Downloads use the library's :func:`uplift_diffusers.utils.downloads.download_image` (retries with
-backoff, timeouts, decode check, atomic writes, resume by skipping complete files); URLs are
-requested exactly as given in the metadata. Output::
+Downloads (:func:`download`: timeouts, retries of transient errors with backoff, a decode check,
+atomic writes, a rerun skips the images already complete) request the URLs exactly as given in
+the metadata. Output::
 
     OUTPUT/raw/<id>.jpg          downloaded originals (whatever format the server sent)
     OUTPUT/images/<id>.png       with --reference-size N: square centre crops at N x N (PIL bicubic)
@@ -35,9 +35,14 @@ import argparse
 import csv
 import hashlib
 import heapq
+import io
 import json
 import math
 import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +53,7 @@ from PIL import Image
 from evaluation.arguments import check_at_least
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
-from uplift_diffusers.utils.atomic_files import atomic_write_text
-from uplift_diffusers.utils.downloads import FAILED, DownloadResult, check_http_url, download_image
+from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 
 COLUMN_NAMES = {"url": ("url",), "caption": ("caption", "text"), "width": ("width",), "height": ("height",)}
 METADATA_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl")
@@ -173,11 +177,8 @@ def select_candidates(rows: Iterable[Mapping], count: int, seed: int, min_size: 
             continue
         url = str(row.get("url") or "").strip()
         caption = clean_caption(row.get("caption") or "")
-        try:
-            check_http_url(url)
-        except ValueError:
-            url = ""
-        if not url or not caption:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or not caption:
             stats["bad_url_or_caption"] += 1
             continue
         stats["eligible"] += 1
@@ -203,22 +204,57 @@ def raw_path(raw_dir: Path, candidate: Candidate) -> Path:
     return raw_dir / f"{candidate.id}.jpg"
 
 
+def decodes(path: Path) -> bool:
+    """Whether ``path`` holds a complete image (PIL decodes all of it)."""
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+        return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def download(url: str, path: Path, timeout: float, retries: int, backoff: float) -> Optional[str]:
+    """Fetch ``url`` (as given) into ``path`` unless a complete image is already there; returns
+    ``None``, or why it failed. Transient errors (network, HTTP 429 / 5xx, undecodable data) are
+    retried ``retries`` times, waiting ``backoff`` seconds doubled each time."""
+    if decodes(path):
+        return None
+    reason = "not tried"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                data = response.read()
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except urllib.error.HTTPError as error:
+            reason = f"HTTP {error.code}"
+            if error.code != 429 and error.code < 500:
+                return reason
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+            return None
+    return reason
+
+
 def download_candidates(
     candidates: Sequence[Candidate], raw_dir: Path, workers: int, timeout: float, retries: int, backoff: float, progress: bool
-) -> Dict[str, DownloadResult]:
-    """Download every candidate's URL, as given, to :func:`raw_path`; returns {id: DownloadResult}."""
+) -> Dict[str, Optional[str]]:
+    """Download every candidate's URL to :func:`raw_path`; returns {id: None or why it failed}."""
     from tqdm.auto import tqdm
 
     raw_dir.mkdir(parents=True, exist_ok=True)
 
-    def fetch(candidate: Candidate) -> DownloadResult:
-        return download_image(
-            candidate.url, raw_path(raw_dir, candidate), name=candidate.id, timeout=timeout, retries=retries, backoff_base=backoff
-        )
+    def fetch(candidate: Candidate) -> Optional[str]:
+        return download(candidate.url, raw_path(raw_dir, candidate), timeout, retries, backoff)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(fetch, candidates), total=len(candidates), desc="relaion", disable=not progress))
-    return {result.name: result for result in results}
+        failures = list(tqdm(pool.map(fetch, candidates), total=len(candidates), desc="relaion", disable=not progress))
+    return {candidate.id: failure for candidate, failure in zip(candidates, failures)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,10 +276,9 @@ def prepare(args) -> Dict:
     for candidate in candidates:
         if len(chosen) == args.num:
             break
-        result = results[candidate.id]
         path = raw_path(raw_dir, candidate)
-        if result.status == FAILED:
-            rejected.append({"id": candidate.id, "url": candidate.url, "reason": f"download failed: {result.reason}"})
+        if results[candidate.id] is not None:
+            rejected.append({"id": candidate.id, "url": candidate.url, "reason": f"download failed: {results[candidate.id]}"})
             continue
         with Image.open(path) as handle:
             width, height = handle.size

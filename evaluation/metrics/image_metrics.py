@@ -80,7 +80,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from uplift_diffusers.utils.sr_protocol import as_float_pair, check_unit_images, check_image_pair, psnr
+from evaluation.sr_protocol import as_float_pair, check_unit_images, check_image_pair, psnr
 
 __all__ = [
     "to_uint8",

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, loading
 from evaluation.metrics.image_metrics import (
     OPEN_CLIP_MODEL,
     OPEN_CLIP_PRETRAINED,
@@ -206,7 +206,7 @@ def build_clip_scorer(backend: str, model: str, pretrained: Optional[str], devic
     if not isinstance(model, str) or not model:
         raise ValueError(f"--clip-model must be a model name / Hub id / folder, got {model!r}.")
     if backend == "transformers":
-        return CLIPScorer(model_id=model).to(device)
+        return loading("the CLIP model", model, "--clip-model DIR", lambda: CLIPScorer(model_id=model)).to(device)
     if backend == "open_clip":
         return OpenCLIPScorer(model_name=model, pretrained=pretrained).to(device)
     raise ValueError(f"CLIP backend must be one of {CLIP_BACKENDS}, got {backend!r}.")

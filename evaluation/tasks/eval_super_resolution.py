@@ -1,58 +1,24 @@
 """Super-resolution evaluation (the paper's Table 4): PSNR, SSIM, FID and patch-FID.
+Commands and the meaning of each number: ``docs/evaluation.md``.
 
-Protocol and scoring loop (:mod:`uplift_diffusers.utils.sr_protocol`, shared with the training's
-validation): HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to
-``--lr-size``. When ``--data`` holds the ``hr/`` and ``lr/`` folders written by
-``python -m evaluation.data.prepare_sr`` those pairs are read as they are (their sizes
-must equal ``--hr-size`` / ``--lr-size``); any other folder is read recursively and cropped /
-resized on the fly. Each method maps LR to an image of the HR size:
+Protocol (:mod:`uplift_diffusers.utils.sr_protocol`) and scoring loop (:mod:`evaluation.sr_protocol`):
+HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to ``--lr-size``;
+the ``hr/`` + ``lr/`` folders of ``python -m evaluation.data.prepare_sr`` are read as they are.
+Each row maps LR to an image of the HR size:
 
-* a model (``--upscaler DIR|HUB_ID|FILE.safetensors|FILE.pth``, or ``uplift`` for the authors'
-  released model): ``UPLiFTSuperResolutionPipeline`` (encode with ``--vae``, UPLiFT, decode,
-  colour correction);
-* ``bilinear`` / ``nearest``: encode, interpolate the unscaled latents
-  (``align_corners=False`` for bilinear), decode; not colour-corrected (the paper applies colour
-  correction as part of UPLiFT), unless ``--color-correct-baselines`` (then as the pipeline);
-* ``bicubic``: PIL bicubic resize of the LR image in pixel space (no VAE);
-* ``vae``: encode and decode the HR image (the autoencoder's own ceiling, no upscaling).
+* a model (``--upscaler DIR|HUB_ID|FILE``, or ``uplift``: the authors' release):
+  ``UPLiFTSuperResolutionPipeline`` (encode, UPLiFT, decode, colour correction, then
+  ``--back-projection-steps`` rounds of back-projection onto the LR image: 0 is the paper's output);
+* ``bilinear`` / ``nearest``: encode, interpolate the latents, decode; not colour-corrected (the
+  paper applies colour correction as part of UPLiFT) unless ``--color-correct-baselines``;
+* ``bicubic``: PIL bicubic in pixel space; ``vae``: encode and decode the HR image (the
+  autoencoder's ceiling).
 
-The model rows are what the pipeline returns by default: colour correction, then
-``--back-projection-steps`` (default 5, the pipeline's) rounds of back-projection onto the LR image
-(:mod:`uplift_diffusers.utils.back_projection`). ``--back-projection-steps 0`` gives the paper's
-output: pass it to reproduce the paper's tables. ``--back-project-baselines`` applies the same
-rounds to the bicubic and latent baselines (default: not, as in the paper).
-
-``--upscaler`` may be repeated or comma-separated; ``NAME=SPEC`` names a row (a single model
-row is called ``uplift``). The metrics are the paper's (CFM's code; definitions in
-:mod:`evaluation.metrics.image_metrics`): PSNR (clamped to [0, 1]) and SSIM (torchmetrics,
-``data_range=1.0``) per image, averaged; FID of the outputs against the HR images (torchmetrics
-on CFM's uint8 images) and patch-FID on the same ``--num-patches`` random ``--patch-size`` crops
-(4 x 512) of both (``--no-fid`` skips both; ``--fid-backend clean-fid`` computes FID and KID with
-clean-fid instead). Results go to ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
-``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
-``OUTPUT/results.md``.
-
-Run from the repository root::
-
-    python -m evaluation.tasks.eval_super_resolution --data data/faceshq --vae stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --upscaler bicubic,vae,nearest,bilinear,uplift --hr-size 1024 --lr-size 256 --output-dir results/faceshq
-
-Resumable: every image's results (PSNR, SSIM and, with FID, its FID / patch-FID features; patch
-boxes seeded per image, ``--seed + i``) are written to ``OUTPUT/per_image/<row>/<image>.pt``
-(atomically) as soon as its batch is scored; a rerun skips the images already scored, says so, and
-adds their kept results. ``OUTPUT/per_image/<row>/settings.json`` records what they depend on; a
-rerun with other settings (data, sizes, model, seed, colour correction, FID options) stops with an
-error naming the differences instead of mixing results (the batch size, ``--limit`` and the
-number of processes may change).
-
-Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_super_resolution ...`` or
-``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_super_resolution ...``
-(GPUs, or CPU processes on a machine without GPUs: one gloo group): every process evaluates a
-shard of the images; the numbers are gathered over all of them and written once.
-
-``--smoke-test`` checks an installation in seconds (tiny random models, 4 synthetic images, every
-kind of row, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or the Hub not
-answering within a few seconds) every model missing from the local cache is named at once, in one line.
+Metric definitions: :mod:`evaluation.metrics.image_metrics`. Resumable: every image's results
+(PSNR, SSIM, FID features) go to ``OUTPUT/per_image/<row>/<image>.pt`` as soon as its batch is
+scored; a rerun skips them, and refuses (naming the differences) when
+``per_image/<row>/settings.json`` says they were made with other settings. Under ``torchrun`` /
+``accelerate launch`` every process scores a shard; the numbers are gathered and written once.
 """
 from __future__ import annotations
 
@@ -68,8 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least
-from evaluation.loading import load_upscaler, load_vae_from, models_available, upscaler_model
+from evaluation.arguments import check_at_least, load_upscaler, load_vae
 from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
@@ -77,10 +42,10 @@ from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_sm
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
 from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.loaders.user_models import vae_hub_model
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 from uplift_diffusers.utils.back_projection import back_project
-from uplift_diffusers.utils.sr_protocol import SRBatch, SRPairs, bicubic_upscale, load_hr_lr, psnr, score_super_resolution
+from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 PIXEL_METHODS = ("bicubic", "vae")
 UPLIFT_KEYWORD = "uplift"
@@ -275,7 +240,7 @@ class SuperResolutionRunner:
         if needs_vae and vae_spec is None:
             rows = [m.name for m in self.methods if m.kind != "bicubic"]
             raise ValueError(f"the rows {rows} need an autoencoder; pass --vae (Hub id, diffusers folder or TAESD-family folder).")
-        self.vae = load_vae_from(vae_spec, "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)").to(device) if needs_vae else None
+        self.vae = load_vae(vae_spec).to(device) if needs_vae else None
         self.pipelines: Dict[str, object] = {}
         for method in self.methods:
             if method.kind == "model":
@@ -335,7 +300,7 @@ class SuperResolutionRunner:
         raise ValueError(f"unknown row kind {method.kind!r}")
 
     def method(self, method: MethodSpec, seed: int) -> Callable[[SRBatch], torch.Tensor]:
-        """``method`` as a function of a batch, for :func:`~uplift_diffusers.utils.sr_protocol.score_super_resolution`."""
+        """``method`` as a function of a batch, for :func:`~evaluation.sr_protocol.score_super_resolution`."""
         return lambda batch: self.run(method, batch, seed)
 
 
@@ -450,13 +415,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     compute_fid = not args.no_fid
     if compute_fid and len(items) < 2:
         raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
-    models = [upscaler_model(m.source) for m in methods if m.kind == "model"]
-    if args.vae is not None and any(m.kind != "bicubic" for m in methods):  # None: the runner says --vae is needed
-        models.append(vae_hub_model(args.vae, "--vae DIR"))
-    with models_available(models):
-        runner = SuperResolutionRunner(
-            methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines
-        )
+    runner = SuperResolutionRunner(methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines)
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
     stores = {m.name: PerImageResults(args.output_dir, m.name, row_settings(args, m, runner, feature_extractor)) for m in methods}
@@ -598,7 +557,7 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:

@@ -1,65 +1,29 @@
 """Text-to-image evaluation (the paper's Tables 2-3): FID, patch-FID and CLIP score.
+Commands and the meaning of each number: ``docs/evaluation.md``.
 
-For every caption of ``--prompts`` (a caption set from ``python -m evaluation.data.prepare_coco`` /
-``python -m evaluation.data.prepare_relaion``), Stable Diffusion (``--model``, its default scheduler, float32,
-``--steps`` denoising steps, guidance ``--guidance-scale``) generates a ``--size`` image with
-the seed ``--seed + i`` (i = the caption's position in the file), once; the rows of
-``--methods`` are all made from that one generation:
+For every caption of ``--prompts`` (from ``evaluation.data.prepare_coco`` / ``prepare_relaion``),
+Stable Diffusion (``--model``, its default scheduler, float32) generates a ``--size`` image with
+the seed ``--seed + i`` once; the rows of ``--methods`` all come from that one generation:
 
-* ``base512``: the base image (no upscaling);
-* ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``: UPLiFT ``--upscale-factor``
-  x, decode, colour correction against the base image;
-* ``bilinear`` / ``nearest``: the same final latents, interpolated (``align_corners=False`` for
-  bilinear; :mod:`evaluation.tasks.latent_baseline`) and decoded, not colour-corrected (the paper
-  applies colour correction as part of UPLiFT) unless ``--color-correct-baselines`` (then against
-  the base image like UPLiFT). ``images/<row>/color_correction.json`` records which, and a run
+* ``base512``: the base image; ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``
+  (UPLiFT ``--upscale-factor`` x, decode, colour correction against the base image);
+* ``bilinear`` / ``nearest``: the same final latents interpolated and decoded, not
+  colour-corrected (the paper applies colour correction as part of UPLiFT) unless
+  ``--color-correct-baselines``; ``images/<row>/color_correction.json`` records which, and a run
   with the other setting refuses to mix the two.
 
-The paper's reference rows (Tables 2-3), generated natively at ``--sdxl-size`` (1024, SDXL's
-native size; checked against the model) in float32 with the same per-caption seeds, no
-upscaling; their step counts are the paper's, fixed, independent of ``--steps`` (which is the
-SD1.5 rows' setting):
+The paper's reference rows, generated natively at ``--sdxl-size`` with the same seeds and the
+paper's fixed step counts: ``sdxl`` (``--sdxl-model``, its default scheduler, 50 steps, guidance
+5.0, the pipeline's default) and ``lcm-lora-sdxl`` (``--lcm-lora`` fused, ``LCMScheduler``, 4
+steps, guidance 1.0: the LCM-LoRA model card asks for 1.0-2.0, and diffusers disables guidance
+at <= 1, so 0 and 1.0 give the same images; needs ``peft``).
 
-* ``sdxl``: ``--sdxl-model`` (SDXL base 1.0) with its default scheduler (SDXL base:
-  ``EulerDiscreteScheduler``), 50 steps, guidance 5.0 (``StableDiffusionXLPipeline``'s default);
-* ``lcm-lora-sdxl``: the same model with ``--lcm-lora`` loaded and fused, ``LCMScheduler``
-  (made from the model's scheduler config), 4 steps, guidance 1.0: the LCM-LoRA model card
-  asks to "either disable guidance_scale or use values between 1.0 and 2.0", and diffusers'
-  LCM inference guide uses 1.0 for SDXL; in diffusers any value <= 1 disables classifier-free
-  guidance, so 0 and 1.0 give the same images. Needs ``peft``.
-
-Not in the default ``--methods``: add them, e.g. ``--methods uplift,bilinear,nearest,base512,sdxl,lcm-lora-sdxl``.
-
-Images are written to ``OUTPUT/images/<method>/<id>.png``; a rerun skips every caption whose
-images all exist (resumable), and only writes missing files. The metrics are then computed
-from the saved PNGs: FID between the generated images and the reference images
-(``--reference-dir``/``file_name``, centre-cropped to a square and PIL-bicubic resized to the
-generated size), patch-FID on the same random ``--patch-size`` crops (``--num-patches`` per image,
-the paper's 4 x 512) of each generated / reference pair (a row smaller than ``--patch-size``
-uses crops of its own size; ``patch_size`` in the results says which), and the CLIP score of
-each image with its caption. The metrics are the paper's (definitions in
-:mod:`evaluation.metrics.image_metrics`): FID / patch-FID with torchmetrics on CFM's uint8 images, the CLIP
-score as the ``clip-score`` package with ``openai/clip-vit-base-patch32``;
-``--fid-backend clean-fid`` (FID and KID) and ``--clip-backend open_clip`` are the
-alternatives. Results: ``OUTPUT/results.json`` (layout in :mod:`evaluation.reports.tables`;
-``settings.metrics`` records each metric's definition, ``color_correction`` each row's) and
-``OUTPUT/results.md``.
-
-Run from the repository root::
-
-    python -m evaluation.tasks.eval_text_to_image --prompts data/coco/captions.jsonl --reference-dir data/coco/images \
-        --output-dir results/coco --dataset-name COCO --steps 25 --batch-size 4
-
-Scale out with ``torchrun --nproc_per_node N -m evaluation.tasks.eval_text_to_image ...`` or
-``accelerate launch --multi_gpu --num_processes N -m evaluation.tasks.eval_text_to_image ...`` (GPUs,
-or CPU processes on a machine without GPUs: one gloo group): every process generates and scores a
-shard of the captions; metrics are gathered and written once. The patch-FID boxes of caption i are
-seeded ``--seed + i``, so the numbers do not depend on the number of processes.
-
-``--smoke-test`` checks an installation in seconds (a tiny random Stable Diffusion model, upscaler
-and CLIP model, 4 captions, no download; :mod:`evaluation.smoke`). Offline (``HF_HUB_OFFLINE=1``, or
-the Hub not answering within a few seconds) every model missing from the local cache is named at
-once, in one line.
+Images go to ``OUTPUT/images/<row>/<id>.png`` (a rerun only writes missing files); the metrics are
+computed from the saved PNGs against the ``--reference-dir`` images, centre-cropped and resized
+to each row's size (definitions: :mod:`evaluation.metrics.image_metrics`). A row smaller than
+``--patch-size`` uses patches of its own size. Under ``torchrun`` / ``accelerate launch`` every
+process generates and scores a shard; the patch boxes of caption i are seeded ``--seed + i``, so
+the numbers do not depend on the number of processes.
 """
 from __future__ import annotations
 
@@ -77,10 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import check_at_least, load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
-from evaluation.loading import hub_model, load_upscaler, models_available, upscaler_model
 from evaluation.metrics.metric_setup import (
     add_clip_arguments,
     add_fid_arguments,
@@ -98,7 +61,6 @@ from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_sm
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
-from uplift_diffusers.loaders.hub import from_hub
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 
 #: The SD1.5 rows: one generation per caption, upscaled (or not) in latent space. The default.
@@ -261,9 +223,8 @@ def load_pipeline(args, methods: Sequence[str], device: torch.device):
     from uplift_diffusers import StableDiffusionUPLiFTPipeline
 
     upscaler = load_upscaler(args.upscaler, args.upscaler_config) if "uplift" in methods else None
-    pipe = from_hub(
-        f"the Stable Diffusion model {args.model!r}",
-        "--model DIR (a diffusers Stable Diffusion folder)",
+    pipe = loading(
+        "the Stable Diffusion model", args.model, "--model DIR",
         lambda: StableDiffusionUPLiFTPipeline.from_pretrained(args.model, upscaler=upscaler, safety_checker=None, requires_safety_checker=False),
     )
     pipe = pipe.to(device)
@@ -318,9 +279,8 @@ def load_sdxl_pipeline(args, device: torch.device):
     """
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = from_hub(
-        f"the SDXL model {args.sdxl_model!r}",
-        "--sdxl-model DIR (a diffusers SDXL folder)",
+    pipe = loading(
+        "the SDXL model", args.sdxl_model, "--sdxl-model DIR",
         lambda: StableDiffusionXLPipeline.from_pretrained(args.sdxl_model, add_watermarker=False),  # float32: the default
     )
     native = pipe.default_sample_size * pipe.vae_scale_factor
@@ -338,9 +298,8 @@ def add_lcm_lora(pipe, args) -> None:
     """Load ``--lcm-lora`` into ``pipe``'s UNet, fuse it and sample with ``LCMScheduler`` (the model card's recipe)."""
     from diffusers import LCMScheduler
 
-    from_hub(
-        f"the LCM-LoRA {args.lcm_lora!r}",
-        "--lcm-lora DIR (a folder holding pytorch_lora_weights.safetensors)",
+    loading(
+        "the LCM-LoRA", args.lcm_lora, "--lcm-lora DIR (a folder holding pytorch_lora_weights.safetensors)",
         lambda: pipe.load_lora_weights(args.lcm_lora),
     )
     pipe.fuse_lora()
@@ -489,22 +448,6 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
     return results
 
 
-def needed_models(args, methods: Sequence[str], clip: bool = True) -> List:
-    """The Hub models this run will load (for :func:`~evaluation.loading.models_available`)."""
-    models = []
-    if any(m in SD15_METHODS for m in methods):
-        models.append(hub_model(args.model, "the Stable Diffusion model", "--model DIR", ("model_index.json",)))
-    if "uplift" in methods:
-        models.append(upscaler_model(args.upscaler))
-    if any(m in NATIVE_ROWS for m in methods):
-        models.append(hub_model(args.sdxl_model, "the SDXL model", "--sdxl-model DIR", ("model_index.json",)))
-    if any(NATIVE_ROWS[m].lcm_lora for m in methods if m in NATIVE_ROWS):
-        models.append(hub_model(args.lcm_lora, "the LCM-LoRA", "--lcm-lora DIR"))
-    if clip and not args.no_clip and args.clip_backend == "transformers":
-        models.append(hub_model(clip_model_and_weights(args)[0], "the CLIP model", "--clip-model DIR"))
-    return models
-
-
 SMOKE_CAPTIONS = ("a red cat", "a blue dog", "a tall tree", "the sea")
 
 
@@ -545,12 +488,11 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     device = torch.device(args.device) if args.device else state.device
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
-    with models_available(needed_models(args, [] if args.metrics_only else methods, clip=clip_scorer is None)):
-        if not args.metrics_only:
-            counts = generate(args, rows, methods, state, device)
-        state.wait_for_everyone()
-        totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
-        metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
+    if not args.metrics_only:
+        counts = generate(args, rows, methods, state, device)
+    state.wait_for_everyone()
+    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+    metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
         "prompts": str(args.prompts),
         "reference_dir": args.reference_dir,
@@ -623,7 +565,7 @@ def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scor
     try:
         with loading_bars(not args.quiet):
             result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:  # HubUnavailableError is a FileNotFoundError
+    except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if process_state().is_main_process:

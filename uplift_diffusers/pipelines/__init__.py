@@ -7,7 +7,6 @@ from ..utils.lazy_exports import lazy_exports
 _MODULES = {
     ".pipeline_uplift_super_resolution": ("UPLiFTSuperResolutionPipeline", "UPLiFTSuperResolutionPipelineOutput"),
     ".pipeline_stable_diffusion_uplift": ("StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"),
-    ".pipeline_uplift": ("UPLiFTPipeline", "UPLiFTPipelineOutput"),
 }
 
 

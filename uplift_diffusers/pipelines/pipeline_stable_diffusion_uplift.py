@@ -1,26 +1,24 @@
 """Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling.
 
 :class:`StableDiffusionUPLiFTPipeline` is diffusers' ``StableDiffusionPipeline`` with one more
-component, ``upscaler`` (an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`). A call runs the
-parent's denoising at the base size, decodes the base image, upscales the latents 2x per
-step guided by that image, decodes the result and shifts its colours back to the base
-image's channel means::
+component, ``upscaler`` (an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`). A call is the
+parent's own call with UPLiFT's decode hook (:func:`~uplift_diffusers.apply_uplift`) on the VAE
+for its duration::
 
-    prompt -> StableDiffusionPipeline (output_type="latent")      latents   h x w  (scaled)
-           -> vae.decode(latents / scaling_factor)                 base      8h x 8w
-           -> UPLiFTUpscaleMixin.upscale_and_decode(latents / scaling_factor, base in [0, 1]):
-              UPLiFT 2x steps, vae.decode, resampling to the exact size for factors that are
-              not powers of two, color_correct(., base)             image     round(8fh) x round(8fw)
+    prompt -> StableDiffusionPipeline (denoising at the base size)   latents   h x w
+           -> vae.decode, hooked: the base image (8h x 8w), UPLiFT 2x steps guided by it,
+              vae.decode, resampling to the exact size for factors that are not powers of
+              two, colour correction against the base image          image     round(8fh) x round(8fw)
+           -> the parent's safety checker and post-processing, on the upscaled image
 
-Saving and loading (``save_pretrained`` / ``from_pretrained`` rebuilding ``upscaler`` without
-being passed) come from :class:`~uplift_diffusers.pipelines.pipeline_utils.UPLiFTComponentsMixin`. Loading a
-plain Stable Diffusion pipeline (``from_pretrained`` / ``from_pipe`` without ``upscaler=``) adds
-the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable Diffusion output.
+Loading a plain Stable Diffusion pipeline (``from_pretrained`` / ``from_pipe`` without
+``upscaler=``) adds the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable
+Diffusion output.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -34,27 +32,18 @@ from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
-from ..loaders.hub import hub_kwargs_of
+from ..hooks import check_pipeline_latent_space, check_uplift_settings, check_upscaler_matches_vae, uplift_applied
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..utils.back_projection import check_back_projection_steps
+from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
-from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae, read_model_index
-from .upscale_decode import UPLiFTUpscaleMixin, check_latent_factor, check_upscale_factor
+from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, saved_component_entry
+from .upscale_decode import latent_updates, upscale_latents, upscale_steps
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 logger = logging.get_logger(__name__)
-
-
-def _saved_upscaler_entry(pretrained_model_name_or_path, kwargs: Dict[str, Any]) -> Optional[list]:
-    """The ``upscaler`` entry of the pipeline's ``model_index.json``: ``[library, class]``,
-    ``[None, None]`` when it was saved without an upscaler, ``[]`` when the index has no such
-    entry (a plain Stable Diffusion pipeline), or ``None`` when the index cannot be read here."""
-    index = read_model_index(pretrained_model_name_or_path, kwargs)
-    entry = None if index is None else index.get(UPSCALER_SUBFOLDER, [])
-    return list(entry) if isinstance(entry, (list, tuple)) else None
 
 
 def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
@@ -72,9 +61,6 @@ def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwar
     return UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
 
 
-# ---------------------------------------------------------------------------------------------
-# Text-to-image pipeline
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     """Output of :class:`StableDiffusionUPLiFTPipeline`.
@@ -91,7 +77,7 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     base_images: Optional[Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]] = None
 
 
-class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, TilingMixin, StableDiffusionPipeline):
+class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffusionPipeline):
     r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by any factor >= 1.
 
     Inherits everything from diffusers' ``StableDiffusionPipeline`` (LoRA / textual inversion /
@@ -103,7 +89,8 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
     pipeline without one load the authors' released UPLiFT model, with the same dtype, cache,
     offline and token settings (``revision`` stays the pipeline's; ``upscaler_revision=`` pins the
     UPLiFT repository's) and one log line (INFO) saying so. ``upscaler=...`` selects another model,
-    ``upscaler=None`` none (plain Stable Diffusion output).
+    ``upscaler=None`` none (plain Stable Diffusion output). To add one to a pipeline built without,
+    use ``pipe.register_modules(upscaler=model)`` (as for any diffusers component).
 
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
@@ -161,9 +148,9 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         upscaler_revision = kwargs.pop("upscaler_revision", None)
         no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
         if no_default is None:
-            entry = _saved_upscaler_entry(pretrained_model_name_or_path, kwargs)
+            entry = saved_component_entry(cls, pretrained_model_name_or_path, UPSCALER_SUBFOLDER, kwargs)
             if entry == []:  # a plain Stable Diffusion pipeline
-                hub = {key: value for key, value in hub_kwargs_of(kwargs).items() if key != "revision"}
+                hub = {key: kwargs[key] for key in HUB_ARGUMENTS if key in kwargs and key != "revision"}
                 dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
                 kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(dtype, upscaler_revision, **hub)
             elif entry and entry[0] is None:
@@ -188,30 +175,32 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             if UPSCALER_SUBFOLDER in pipeline.components:
                 kwargs[UPSCALER_SUBFOLDER] = pipeline.components[UPSCALER_SUBFOLDER]
             else:
-                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(revision=upscaler_revision)
+                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
                 upscaler_revision = None
         if upscaler_revision is not None:
             raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
         return super().from_pipe(pipeline, **kwargs)
 
-    # ------------------------------------------------------------------ helpers
-    def check_upscale_inputs(self, upscale_factor, color_correction, return_base_images, output_type, back_projection_steps=0) -> None:
-        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``
-        (``upscale_factor`` already resolved: ``None`` is not accepted here)."""
-        check_upscale_factor(upscale_factor)
-        check_flag("color_correction", color_correction)
-        check_back_projection_steps(back_projection_steps)
+    # ------------------------------------------------------------------ checks
+    def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
+                             back_projection_steps) -> None:
+        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``."""
+        check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto")
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        check_latent_factor(upscale_factor, output_type)
-        if upscale_factor > 1:
+        if output_type == "latent" and output_size is not None:
+            raise ValueError("`output_size` with output_type='latent': latents exist only at powers of two; pass `upscale_factor`.")
+        if output_size is None:
+            check_latent_factor(upscale_factor, output_type)
+        if output_size is not None or upscale_factor > 1:
             if self.upscaler is None:
                 raise ValueError(
                     f"`upscale_factor`={upscale_factor} needs an upscaler, but this pipeline has none (upscaler=None); "
-                    "pass upscale_factor=1 (or leave it out), or set `pipe.upscaler` to an UPLiFTLatentUpscaler."
+                    "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
             check_upscaler_matches_vae(self.vae, self.upscaler)
+            check_pipeline_latent_space(self.vae, self.upscaler)
 
     @staticmethod
     def check_input_values(**tensors) -> None:
@@ -254,6 +243,7 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         color_correction: bool = True,
         return_base_images: bool = False,
         back_projection_steps: int = 0,
+        output_size: Optional[Tuple[int, int]] = None,
         **kwargs,
     ):
         r"""Generate images at ``height x width`` and upscale them ``upscale_factor`` times.
@@ -269,6 +259,8 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
                 :mod:`uplift_diffusers.pipelines.upscale_decode`); ``output_type="latent"`` needs a
                 power of two. ``None`` (default): 2, or 1 for a pipeline
                 without an upscaler (``upscaler=None``).
+            output_size: ``(height, width)`` of the final images instead of ``upscale_factor``
+                (at least the base size).
             color_correction: shift each RGB channel of the upscaled image to the base image's
                 mean (the authors' post-processing).
             back_projection_steps: rounds of back-projection of the upscaled image onto the base
@@ -283,16 +275,16 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple
             ``(images, nsfw_content_detected)``, plus ``base_images`` when requested.
         """
-        if upscale_factor is None:
+        if upscale_factor is None and output_size is None:
             upscale_factor = 1 if self.upscaler is None else 2
-        self.check_upscale_inputs(upscale_factor, color_correction, return_base_images, output_type, back_projection_steps)
+        self.check_upscale_inputs(upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps)
         self.check_input_values(
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
             ip_adapter_image_embeds=ip_adapter_image_embeds,
         )
-        base = super().__call__(
+        generate = dict(
             prompt=prompt,
             height=height,
             width=width,
@@ -309,7 +301,6 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             negative_prompt_embeds=negative_prompt_embeds,
             ip_adapter_image=ip_adapter_image,
             ip_adapter_image_embeds=ip_adapter_image_embeds,
-            output_type="latent",
             return_dict=True,
             cross_attention_kwargs=cross_attention_kwargs,
             guidance_rescale=guidance_rescale,
@@ -320,26 +311,55 @@ class StableDiffusionUPLiFTPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             ),
             **kwargs,
         )
-        scaled_latents = base.images
-        scaling = self.vae.config.scaling_factor
-        unscaled = scaled_latents / scaling
-        base_image, result = self.upscale_base_latents(
-            unscaled, upscale_factor, output_type, generator, color_correction, back_projection_steps
-        )
-        nsfw = None
         if output_type == "latent":
-            images = scaled_latents if result is None else result * scaling
-            base_images = scaled_latents if return_base_images else None
+            images = super().__call__(**generate, output_type="latent").images
+            base_images = images if return_base_images else None
+            images = self._upscale_latents(images, upscale_factor, generator)
+            nsfw = None
+        elif self.upscaler is None:
+            out = super().__call__(**generate, output_type=output_type)
+            images, nsfw = out.images, out.nsfw_content_detected
+            base_images = images if return_base_images else None
         else:
-            images, nsfw, base_images = self.finish_images(
-                result,
-                base_image,
-                output_type,
-                return_base_images,
-                run_safety_checker=lambda image: self.run_safety_checker(image, self._execution_device, self._safety_dtype()),
+            settings = dict(
+                upscale_factor=upscale_factor,
+                output_size=output_size,
+                color_correction=color_correction,
+                back_projection_steps=back_projection_steps,
+                tiling=self.tiling_settings,
+                keep_base_images=return_base_images,
             )
+            with uplift_applied(self, self.upscaler, **settings) as hook:
+                out = super().__call__(**generate, output_type=output_type)
+            images, nsfw = out.images, out.nsfw_content_detected
+            base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None
 
-        self.maybe_free_model_hooks()
         if not return_dict:
             return (images, nsfw, base_images) if return_base_images else (images, nsfw)
         return StableDiffusionUPLiFTPipelineOutput(images=images, nsfw_content_detected=nsfw, base_images=base_images)
+
+    def _upscale_latents(self, scaled_latents: torch.Tensor, upscale_factor: float, generator) -> torch.Tensor:
+        """``output_type="latent"``: the base latents upscaled (a power-of-two factor), under a
+        progress bar of the base decode (the guide) and every 2x step."""
+        scaling = self.vae.config.scaling_factor
+        num_steps = upscale_steps((upscale_factor, upscale_factor), (1, 1))
+        tiling = self.tiling_settings
+        with self.progress_bar(total=1 + latent_updates(scaled_latents.shape[-2:], num_steps, tiling)) as progress:
+            if num_steps == 0:
+                progress.update()
+                return scaled_latents
+            unscaled = scaled_latents / scaling
+            guide = (self.vae.decode(unscaled.to(self.vae.dtype), return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+            progress.update()
+            upscaled = upscale_latents(self.upscaler, unscaled, guide, num_steps, generator, tiling, progress)
+        self.maybe_free_model_hooks()
+        return upscaled.to(scaled_latents.dtype) * scaling
+
+    def _postprocess_base(self, base_image: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
+        """The base images in ``output_type``; those of results the safety checker flagged are hidden."""
+        denormalize = None
+        if nsfw is not None:
+            base_image = base_image.clone()
+            base_image[torch.tensor(nsfw, dtype=torch.bool, device=base_image.device)] = 0
+            denormalize = [not flagged for flagged in nsfw]
+        return self.image_processor.postprocess(base_image, output_type=output_type, do_denormalize=denormalize)

@@ -4,18 +4,18 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
 
     image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
       -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
-      -> UPLiFTUpscaleMixin.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
+      -> upscale_decode.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
          to the exact output size (factors that are not powers of two), colour correction,
          back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
 The output size is ``round(upscale_factor x side)`` for any real factor >= 1, or an exact
 ``height`` / ``width`` (one of them: the aspect ratio is kept), by
-:func:`~uplift_diffusers.pipelines.upscale_decode.output_size_for`.
+:func:`~uplift_diffusers.utils.output_size.output_size_for`.
 
 Every output keeps its input's mode (:func:`uplift_diffusers.image_processor.split_images` /
 :func:`~uplift_diffusers.image_processor.restore_mode`): gray stays gray, and the alpha channel of a
 transparent image is upscaled beside the colour (the VAE sees the colour with its transparent
-pixels filled from the visible ones). Saving / loading and VAE tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
+pixels filled from the visible ones). Hub downloads and tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
 """
 from __future__ import annotations
 
@@ -28,15 +28,16 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
+from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
+from ..hooks import check_uplift_settings, check_upscaler_matches_vae, vae_scale_factor
 from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_groups, split_images
-from ..loaders.vae import encode_latents, vae_scale_factor
+from ..loaders.vae import decode_latents, encode_latents
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
-from ..utils.back_projection import back_project, check_back_projection_steps
-from ..utils.validation import check_flag
-from .pipeline_utils import UPLiFTComponentsMixin, TilingMixin, check_upscaler_matches_vae
-from .upscale_decode import UPLiFTUpscaleMixin
+from ..utils.back_projection import back_project
+from ..utils.output_size import output_size_for
+from .pipeline_utils import HubComponentsMixin, TilingMixin
+from .upscale_decode import DEFAULT_UPSCALE_METHOD, stage_updates, upscale_and_decode
 
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
@@ -66,7 +67,7 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
     """
 
 
-class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, TilingMixin, DiffusionPipeline):
+class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPipeline):
     r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction
     -> back-projection onto the input.
 
@@ -85,6 +86,10 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
             check_upscaler_matches_vae(vae, upscaler)
         self.register_modules(vae=vae, upscaler=upscaler)
 
+    #: How factors that are not powers of two are reached (one of
+    #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
+    upscale_method: str = DEFAULT_UPSCALE_METHOD
+
     def check_inputs(
         self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
         back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS,
@@ -93,7 +98,8 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         check_upscaler_matches_vae(self.vae, self.upscaler)
-        self.output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
+        output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
+        check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method)
         if isinstance(generator, list):
             if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError(
@@ -102,8 +108,6 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
                 )
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"`generator` must be a torch.Generator, a list of them or None, got {type(generator).__name__}.")
-        check_flag("color_correction", color_correction)
-        check_back_projection_steps(back_projection_steps)
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
         if output_type not in OUTPUT_TYPES:
@@ -122,35 +126,49 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
         ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
         runs after the encode and every stage of
-        :meth:`~uplift_diffusers.pipelines.upscale_decode.UPLiFTUpscaleMixin.upscale_and_decode`
-        (``1 + upscale_stages(output_size, (H, W))`` calls), for each of the ``ensemble`` transforms.
+        :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`
+        (:meth:`progress_updates` calls in all).
 
         With ``ensemble`` > 1 (geometric self-ensemble) the batch is upscaled once per transform of
         :data:`ENSEMBLE_TRANSFORMS` (flipped / rotated, then turned back), the results are averaged,
         and the back-projection runs once, on the average."""
+        images = images.to(device=self._execution_device, dtype=torch.float32)
         if ensemble == 1:
             return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps)
-        images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
         for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
             upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0)
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
         return back_project(total / ensemble, images, back_projection_steps)
 
-    def ensemble_stages(self, output_size, input_size, ensemble: int) -> int:
-        """``progress.update()`` calls of :meth:`upscale_batch` for one size group."""
-        return sum(1 + self.upscale_stages(out, size) for _, _, out, size in _ensemble_views(ensemble, output_size, input_size))
+    def progress_updates(self, output_size, input_size, ensemble: int = 1) -> int:
+        """``progress.update()`` calls of :meth:`upscale_batch` for one size group: per ensemble
+        copy, the encode, every 2x step (every tile when tiling) and the decode."""
+        factor = vae_scale_factor(self.vae)
+        return sum(
+            1 + stage_updates(self.upscaler, out, size, factor, self.tiling_settings, self.upscale_method)
+            for _, _, out, size in _ensemble_views(ensemble, output_size, input_size)
+        )
 
     def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps) -> torch.Tensor:
-        images = images.to(device=self._execution_device, dtype=torch.float32)
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, vae_scale_factor(self.vae))
-        latents = encode_latents(self.vae, VaeImageProcessor.normalize(padded))
+        latents = encode_latents(self.vae, padded * 2 - 1)
         if progress is not None:
             progress.update()
-        return self.upscale_and_decode(
-            latents, padded, output_size, generator, color_correction, progress, guide_size=(height, width),
+        return upscale_and_decode(
+            self.upscaler,
+            lambda upscaled: decode_latents(self.vae, upscaled),
+            latents,
+            padded,
+            output_size,
+            guide_size=(height, width),
+            generator=generator,
+            color_correction=color_correction,
             back_projection_steps=back_projection_steps,
+            tiling=self.tiling_settings,
+            method=self.upscale_method,
+            progress=progress,
         )
 
     @torch.no_grad()
@@ -223,8 +241,8 @@ class UPLiFTSuperResolutionPipeline(UPLiFTComponentsMixin, UPLiFTUpscaleMixin, T
         )
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
-        output_sizes = [self.output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
-        total = sum(self.ensemble_stages(out, size, ensemble) for out, size in zip(output_sizes, input_sizes))
+        output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
+        total = sum(self.progress_updates(out, size, ensemble) for out, size in zip(output_sizes, input_sizes))
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
         with self.progress_bar(total=total) as progress:
             for indices, output_size in zip(groups, output_sizes):

@@ -1,5 +1,5 @@
-"""One process group for every launcher: ``torchrun`` / ``python -m torch.distributed.run``,
-``accelerate launch`` and MPI, on GPUs and on CPU-only machines.
+"""One process group for every launcher of ``python -m training.train_uplift``: ``torchrun`` /
+``python -m torch.distributed.run``, ``accelerate launch`` and MPI, on GPUs and on CPU-only machines.
 
 accelerate forms a CPU (gloo) group only when it is told to use the CPU (``cpu=True`` or
 ``ACCELERATE_USE_CPU``); without it, N processes started by ``torchrun`` on a machine without
@@ -17,7 +17,6 @@ from typing import Dict, Mapping, Optional
 # the environment variables launchers use for the number of processes (torchrun / accelerate,
 # Intel MPI / MPICH, Open MPI, MVAPICH), in the order accelerate reads them
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-_TRUE = ("1", "true", "yes", "on")
 
 
 class LaunchMismatchError(RuntimeError):
@@ -46,21 +45,6 @@ def _has_accelerator_device() -> bool:
     return bool(xpu is not None and xpu.is_available())
 
 
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    return environ.get(name, "").strip().lower() in _TRUE
-
-
-def _program() -> str:
-    """How this program is named on a launcher's command line: ``-m package.module`` or ``script.py``."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name and spec.name != "__main__":
-        return f"-m {spec.name}"
-    return getattr(main, "__file__", None) or "SCRIPT"
-
-
 def check_single_process_launch(environ: Optional[Mapping[str, str]] = None) -> None:
     """Raise when ``accelerate launch --cpu --num_processes N`` (N > 1, without mpirun) started
     one process: that launcher sets ``MASTER_ADDR`` and ``ACCELERATE_USE_CPU`` only when asked
@@ -71,7 +55,7 @@ def check_single_process_launch(environ: Optional[Mapping[str, str]] = None) -> 
         raise LaunchMismatchError(
             "`accelerate launch --cpu --num_processes N` started ONE process (accelerate starts several CPU "
             "processes only through mpirun, --mpirun_hostfile), so this would be a single-process run. On CPUs use "
-            f"`accelerate launch --multi_gpu --num_processes N {_program()} ...` or `torchrun --nproc_per_node N {_program()} ...` "
+            f"`accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...` or `torchrun --nproc_per_node N -m training.train_uplift ...` "
             "(both form one N-process gloo group); for one process drop --num_processes."
         )
 
@@ -82,7 +66,7 @@ def use_cpu_backend(cpu: Optional[bool] = None, environ: Optional[Mapping[str, s
     if cpu is not None:
         return bool(cpu)
     environ = os.environ if environ is None else environ
-    if _flag(environ, "ACCELERATE_USE_CPU"):
+    if environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     return launched_world_size(environ) > 1 and not _has_accelerator_device()
 

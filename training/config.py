@@ -1,0 +1,349 @@
+"""The training configuration: one dataclass per section of the YAML recipes (training/configs/).
+
+Every key is a dataclass field: its type, its default and, in ``metadata``, its allowed range
+(``min`` / ``above`` / ``below``), its ``choices`` or the ``expected`` text of its error. A recipe
+is a nested mapping ``{key: value, section: {key: value}}``; :func:`load_config` lays dotted
+overrides (``optimization.lr``) over it and :func:`from_dict` turns the result into a
+:class:`TrainingConfig`, refusing unknown keys and checking every value, each problem as one
+``ValueError`` line that names the key and says what it must be.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import math
+import operator
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import yaml
+
+from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, SD15_MODEL_ID
+
+from training.data import check_crop_options
+
+
+def option(default=None, *, factory=None, **rule) -> Any:
+    """A config field with its allowed values: ``min`` (>=), ``above`` (>), ``below`` (<),
+    ``choices`` (a list, or a function returning one) and ``expected`` (the text of its error)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=rule)
+    return field(default=default, metadata=rule)
+
+
+def _scheduler_names() -> List[str]:
+    from diffusers.optimization import SchedulerType
+
+    return [kind.value for kind in SchedulerType]
+
+
+@dataclass
+class DataConfig:
+    train_dirs: List[str] = option(factory=list, expected="a folder or a list of folders")
+    resolution: int = option(1024, min=8)
+    crop: str = "random_resized"  # these three: checked by training.data.check_crop_options
+    crops_per_image: Optional[int] = None
+    max_upscale_crop: float = 1.0
+    cache_dir: Optional[str] = None
+    num_workers: int = option(0, min=0)
+
+
+@dataclass
+class OptimizationConfig:
+    depths: List[int] = option(factory=lambda: [1, 2, 3, 4], min=1, expected="a non-empty list of integers >= 1")
+    lat_aug: float = option(1.0, min=0)
+    lat_aug_noisy_targets: bool = False
+    pixel_loss_weight: float = option(0.0, min=0)
+    pixel_loss_back_projection: int = option(0, min=0)
+    lr: float = option(1e-3, above=0)
+    adam_betas: List[float] = option(factory=lambda: [0.9, 0.999], min=0, below=1, length=2,
+                                     expected="a list of two numbers in [0, 1), e.g. [0.9, 0.999]")
+    weight_decay: float = option(0.0, min=0)
+    batch_size: int = option(1, min=1)
+    epochs: int = option(5, min=1)
+    max_steps: Optional[int] = option(None, min=0)
+    max_minutes: Optional[float] = option(None, above=0)
+    stop_at_step: Optional[int] = option(None, min=1)
+    gradient_accumulation_steps: int = option(1, min=1)
+    max_grad_norm: Optional[float] = option(1.0, above=0, expected="a number > 0, or null for no gradient clipping")
+    lr_scheduler: str = option("constant", choices=_scheduler_names)
+    lr_warmup_steps: int = option(0, min=0)
+    mixed_precision: str = option("no", choices=["no", "fp16", "bf16", "fp8"])
+    ema_decay: Optional[float] = option(None, min=0, below=1, expected="null or a number in [0, 1) (0 / null = no EMA)")
+    seed: int = option(0, min=0)
+
+
+@dataclass
+class CheckpointingConfig:
+    every_steps: Optional[int] = option(1000, min=0)
+    keep_last: Optional[int] = option(3, min=0)
+
+
+@dataclass
+class ValidationConfig:
+    dir: Optional[str] = None
+    every_steps: Optional[int] = option(1000, min=0)
+    num_images: int = option(8, min=1)
+    hr_size: int = option(256, min=8)
+    lr_size: int = option(64, min=8)
+    num_samples: int = option(4, min=0)
+    back_projection_steps: int = option(DEFAULT_BACK_PROJECTION_STEPS, min=0)
+
+
+@dataclass
+class LoggingConfig:
+    report_to: Optional[str] = option("none", expected="null, none, tensorboard, wandb, ... (accelerate trackers)")
+    log_every: int = option(1, min=1)
+
+
+@dataclass
+class TrainingConfig:
+    vae: str = option(SD15_MODEL_ID, expected="a Hub id or a folder")
+    output_dir: str = option("runs/uplift", expected="a folder path")
+    init_from: Optional[str] = option(None, expected="a model folder or null")
+    model: Dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: model arguments the script sets itself
+SET_BY_THE_SCRIPT = {"trained_upscale_factors": "it is set from optimization.depths"}
+
+
+# ---------------------------------------------------------------------------- loading
+def read_recipe(path) -> Dict[str, Any]:
+    """The mapping in the YAML file ``path`` (FileNotFoundError / one-line ValueError)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--config file not found: {str(path)!r}.")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def has_key(raw: Dict, dotted: str) -> bool:
+    *sections, key = dotted.split(".")
+    for section in sections:
+        raw = raw.get(section)
+        if not isinstance(raw, dict):
+            return False
+    return key in raw
+
+
+def set_key(raw: Dict, dotted: str, value) -> None:
+    """``raw[a][b] = value`` for ``dotted`` = ``"a.b"`` (sections created as needed)."""
+    *sections, key = dotted.split(".")
+    for section in sections:
+        if not isinstance(raw.get(section), dict):
+            if section in raw and raw[section] is not None:
+                raise ValueError(f"cannot set `{dotted}`: `{section}` is not a section.")
+            raw[section] = {}
+        raw = raw[section]
+    raw[key] = value
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_override(item: str):
+    """``"SECTION.KEY=VALUE"`` -> ``("SECTION.KEY", value)``, the value parsed as YAML (``1e-4``
+    too, which YAML 1.1 reads as a string; ``null`` is None)."""
+    dotted, sep, text = item.partition("=")
+    if not sep or "." not in dotted:
+        raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}.")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML; quote strings, e.g. {dotted}='\"text\"'.") from None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)
+    return dotted, value
+
+
+def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
+    """The checked configuration of the recipe mapping ``raw`` with ``overrides``
+    (``{"optimization.lr": 0.01}``) laid over it."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
+    raw = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        set_key(raw, dotted, value)
+    return from_dict(raw)
+
+
+def _unknown_key(dotted: str, choices) -> ValueError:
+    where, _, name = dotted.rpartition(".")
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f" (did you mean `{where + '.' if where else ''}{close[0]}`?)" if close else ""
+    known = f"known keys of {where}" if where else "known sections"
+    return ValueError(f"unknown config key `{dotted}`{hint}; {known}: {', '.join(sorted(choices))}.")
+
+
+def _build(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"config section `{where}` must be a mapping of keys to values, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(f"{where + '.' if where else ''}{key}", hints)
+        sub = hints[key]
+        kwargs[key] = _build(sub, value or {}, key) if dataclasses.is_dataclass(sub) else value
+    return cls(**kwargs)
+
+
+def from_dict(raw: Dict[str, Any]) -> TrainingConfig:
+    """A :class:`TrainingConfig` of a nested mapping (unknown keys refused, every value checked)."""
+    config = _build(TrainingConfig, raw, "")
+    data, opt = config.data, config.optimization
+    if isinstance(data.train_dirs, str):
+        data.train_dirs = [data.train_dirs]
+    if not data.train_dirs:
+        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
+    if opt.mixed_precision is False:  # YAML reads an unquoted `no` as false
+        opt.mixed_precision = "no"
+    check_fields(config)
+    check_config(config)
+    return config
+
+
+# ---------------------------------------------------------------------------- checks
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_KINDS = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str) and bool(v), "a string"),
+}
+_BOUNDS = {"min": (">=", operator.ge), "above": (">", operator.gt), "below": ("<", operator.lt)}
+
+
+def check_value(dotted: str, value, hint, rule: Dict) -> None:
+    """ValueError unless ``value`` has the type ``hint`` (int, float, bool, str, Optional[...],
+    List[...]) and obeys ``rule`` (see :func:`option`)."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if optional and value is None:
+        return
+    is_list = typing.get_origin(hint) in (list, List)
+    kind = typing.get_args(hint)[0] if is_list else hint
+    if kind not in _KINDS:
+        return
+    test, text = _KINDS[kind]
+    bounds = [(sign, compare, rule[name]) for name, (sign, compare) in _BOUNDS.items() if name in rule]
+    choices = rule.get("choices")
+    choices = choices() if callable(choices) else choices
+
+    def ok(v) -> bool:
+        return test(v) and all(compare(v, bound) for _, compare, bound in bounds) and (choices is None or v in choices)
+
+    if is_list:
+        good = isinstance(value, list) and bool(value) and all(map(ok, value)) and len(value) == rule.get("length", len(value))
+    else:
+        good = ok(value)
+    if good:
+        return
+    expected = rule.get("expected")
+    if expected is None:
+        limits = " and ".join(f"{sign} {bound:g}" for sign, _, bound in bounds)
+        expected = f"one of {', '.join(choices)}" if choices else f"{text} {limits}".strip()
+        expected = ("null or " if optional else "") + expected
+    raise ValueError(f"config key `{dotted}` must be {expected}, got {value!r} ({type(value).__name__}).")
+
+
+def check_fields(config, where: str = "") -> None:
+    """:func:`check_value` on every field of ``config`` and of its sections."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value, dotted = getattr(config, item.name), f"{where}{item.name}"
+        if dataclasses.is_dataclass(value):
+            check_fields(value, dotted + ".")
+        else:
+            check_value(dotted, value, hints[item.name], dict(item.metadata))
+
+
+def check_config(config: TrainingConfig) -> None:
+    """What one field alone does not say: the rules across keys, the model section, init_from."""
+    data, opt, val = config.data, config.optimization, config.validation
+    if data.resolution % (8 * 2 ** max(opt.depths)):
+        raise ValueError(f"data.resolution {data.resolution} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(opt.depths)}.")
+    if len(set(opt.depths)) != len(opt.depths):
+        raise ValueError(f"optimization.depths {opt.depths!r} repeats a depth; list each depth once.")
+    try:
+        check_crop_options(data.crop, True, data.crops_per_image, data.max_upscale_crop)
+    except ValueError as error:
+        raise ValueError(f"data: {error}") from None
+    if val.hr_size % val.lr_size:
+        raise ValueError(f"validation.hr_size {val.hr_size} must be a multiple of validation.lr_size {val.lr_size}.")
+    check_model(config)
+
+
+def check_model(config: TrainingConfig) -> None:
+    """The ``model`` section against ``UPLiFTLatentUpscaler``'s arguments and its own checks (built
+    on the meta device: no weights), and ``init_from`` (a folder saved by ``save_pretrained``)
+    against the architecture it describes, read from its ``config.json``."""
+    from uplift_diffusers import UPLiFTLatentUpscaler
+
+    model = config.model
+    if not isinstance(model, dict):
+        raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
+    hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
+    hints.pop("return", None)
+    for key, value in model.items():
+        if key in SET_BY_THE_SCRIPT:
+            raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
+        if key not in hints:
+            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT])
+        check_value(f"model.{key}", value, hints[key], {})
+    saved = {}
+    if config.init_from is not None:
+        config_file = Path(config.init_from).expanduser() / "config.json"
+        try:
+            saved = json.loads(config_file.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"config key `init_from`: cannot read {str(config_file)!r} ({type(error).__name__}); pass a folder written by "
+                "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
+            ) from None
+    try:
+        with torch.device("meta"):
+            wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **model}).config
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config section `model`: {error}") from None
+    if not saved:
+        return
+
+    def plain(value):
+        return json.loads(json.dumps(value))
+
+    differ = [
+        f"{key}={plain(wanted[key])!r} here but {plain(saved.get(key))!r} there"
+        for key in wanted
+        if not key.startswith("_") and key not in SET_BY_THE_SCRIPT and plain(wanted[key]) != plain(saved.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "
+            "make the `model` section match its config.json."
+        )

@@ -1,0 +1,317 @@
+"""UPLiFT on any diffusers pipeline: a hook on its VAE's ``decode``.
+
+Every diffusers pipeline ends with ``self.vae.decode(latents)`` on the VAE's raw latents (for
+Stable Diffusion divided by ``scaling_factor``; for FLUX.2 de-normalised and un-patchified):
+exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` on the pipeline's VAE
+(as ``diffusers.hooks`` replace a module's ``forward``) with one that
+
+1. decodes the latents as before: the base image, which guides UPLiFT;
+2. upscales the latents with UPLiFT and decodes them, to the requested size, with colour
+   correction against the base image (and back-projection onto it, where asked):
+   :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`.
+
+The pipeline's own post-processing, safety checker, offloading, LoRA and callbacks then run
+unchanged on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
+
+    >>> pipe = StableDiffusionPipeline.from_pretrained(...)
+    >>> apply_uplift(pipe, UPLiFTLatentUpscaler.from_pretrained("UPLiFT-upsampler/uplift_sd1.5vae"))
+    >>> image = pipe("a photo of a cat").images[0]   # 1024 x 1024
+    >>> remove_uplift(pipe)
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .constants import SD15_VAE_SCALING_FACTOR
+from .models.modeling_uplift import UPLiFTLatentUpscaler
+from .models.tiled_upscaling import check_tile_arguments
+from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, stage_updates, upscale_and_decode
+from .utils.back_projection import check_back_projection_steps
+from .utils.output_size import output_size_for
+from .utils.validation import check_flag
+
+__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "vae_scale_factor"]
+
+#: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
+_HOOK_ATTRIBUTE = "_uplift_decode_hook"
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent of a diffusers-style VAE: ``2 ** (len(vae.config.block_out_channels) - 1)``."""
+    channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    if not channels:
+        raise ValueError(f"`vae` ({type(vae).__name__}) has no `config.block_out_channels`; pass a diffusers autoencoder.")
+    return 2 ** (len(channels) - 1)
+
+
+def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
+    """Raise ValueError unless ``upscaler`` works in ``vae``'s latent space (channels and pixels per latent)."""
+    if not isinstance(upscaler, UPLiFTLatentUpscaler):
+        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
+    if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
+        raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
+    vae_channels = getattr(vae.config, "latent_channels", None)
+    if upscaler.config.latent_channels != vae_channels:
+        raise ValueError(
+            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
+            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
+        )
+    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
+        raise ValueError(
+            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
+            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
+        )
+
+
+def check_pipeline_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler) -> None:
+    """Raise ValueError unless a pipeline's VAE hands ``decode`` the latents a 4-channel upscaler
+    was trained on: the Stable Diffusion 1.5 VAE's (``scaling_factor`` 0.18215, no shift). SDXL's
+    VAE has the same shapes but another latent space (``scaling_factor`` 0.13025); TAESD is
+    configured with ``scaling_factor`` 1.0 (its latents are already scaled)."""
+    if upscaler.config.latent_channels != 4:
+        return
+    scaling = getattr(vae.config, "scaling_factor", None)
+    shift = getattr(vae.config, "shift_factor", None)
+    if not isinstance(scaling, (int, float)) or not math.isclose(scaling, SD15_VAE_SCALING_FACTOR, rel_tol=1e-6) or shift:
+        raise ValueError(
+            f"The pipeline's VAE ({type(vae).__name__}) has scaling_factor={scaling}"
+            + (f", shift_factor={shift}" if shift else "")
+            + f": not the Stable Diffusion 1.5 VAE's latent space (scaling_factor={SD15_VAE_SCALING_FACTOR}, no shift), "
+            "the one a 4-channel UPLiFT model is trained on (an SDXL VAE has scaling_factor=0.13025). Use an "
+            "SD1.5-family pipeline with the SD1.5 VAE, or an UPLiFT model trained for this VAE."
+        )
+
+
+def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method) -> None:
+    """The arguments :func:`apply_uplift` and the pipelines share, checked at the door."""
+    if output_size is None:
+        output_size_for(1, 1, 2 if upscale_factor is None else upscale_factor)  # a finite real >= 1
+    elif upscale_factor is not None:
+        raise ValueError(f"pass either `upscale_factor` or `output_size`, not both (got {upscale_factor!r} and {output_size!r}).")
+    elif not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in output_size)):
+        raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, got {output_size!r}.")
+    check_flag("color_correction", color_correction)
+    check_back_projection_steps(back_projection_steps)
+    if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
+        check_tile_arguments(*tiling)
+    elif tiling not in (None, True, False):
+        raise ValueError(
+            f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
+        )
+    if upscale_method not in UPSCALE_METHODS:
+        raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
+
+
+def _sample(output) -> torch.Tensor:
+    """The image of a VAE ``decode`` output: a ``DecoderOutput`` or a tuple."""
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
+def _with_sample(output, image: torch.Tensor):
+    """``output`` (as the VAE's ``decode`` returned it) holding ``image`` instead."""
+    if isinstance(output, tuple):
+        return (image, *output[1:])
+    return type(output)(sample=image)
+
+
+class UPLiFTDecodeHook:
+    """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE (see the module doc).
+
+    Called as the VAE's ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a
+    tuple), holding the upscaled image in [-1, 1]. Where the requested size is the base size
+    (``upscale_factor=1``) it returns the original decode's output untouched.
+    """
+
+    def __init__(self, pipe, upscaler: UPLiFTLatentUpscaler, upscale_factor=2, output_size=None, generator=None,
+                 color_correction: bool = True, back_projection_steps: int = 0, tiling=None,
+                 upscale_method: str = DEFAULT_UPSCALE_METHOD, keep_base_images: bool = False):
+        self.pipe = pipe
+        self.vae = pipe.vae
+        self.upscaler = upscaler
+        self.upscale_factor = upscale_factor
+        self.output_size = None if output_size is None else tuple(output_size)
+        self.generator = generator
+        self.color_correction = color_correction
+        self.back_projection_steps = back_projection_steps
+        self.tiling = tiling
+        self.upscale_method = upscale_method
+        #: With ``keep_base_images``, every call appends its base images (in [-1, 1]) here.
+        self.base_images: Optional[List[torch.Tensor]] = [] if keep_base_images else None
+        previous = getattr(self.vae, _HOOK_ATTRIBUTE, None)
+        if previous is not None:  # replacing a hook: keep the true original
+            self.original, self._own_decode = previous.original, previous._own_decode
+        else:
+            self.original = self.vae.decode
+            self._own_decode = self.vae.__dict__.get("decode")  # a decode set on the instance, if any
+        functools.update_wrapper(self, self.original)
+
+    # ------------------------------------------------------------------ installing
+    def install(self) -> None:
+        self.vae.decode = self
+        setattr(self.vae, _HOOK_ATTRIBUTE, self)
+
+    def uninstall(self) -> None:
+        del self.vae.__dict__[_HOOK_ATTRIBUTE]
+        if self._own_decode is None:
+            del self.vae.__dict__["decode"]
+        else:
+            self.vae.decode = self._own_decode
+
+    # ------------------------------------------------------------------ settings
+    def tiling_settings(self) -> Optional[Tuple[int, int]]:
+        """``(tile_size, overlap)`` or None: ``tiling=None`` follows the VAE (``vae.use_tiling``)."""
+        tiling = self.tiling
+        if tiling is None:
+            tiling = bool(getattr(self.vae, "use_tiling", False))
+        if tiling is True:
+            return check_tile_arguments(None, None)
+        return tuple(tiling) if tiling else None
+
+    def _generator(self, latents: torch.Tensor, args, kwargs):
+        """The hook's generator, else the one the pipeline passed to ``decode`` (diffusers' Stable
+        Diffusion pipelines pass theirs), else one seeded from the latents themselves (FLUX.2
+        pipelines pass none): a seeded pipeline call then gives the same image, without touching
+        torch's global random state."""
+        if self.generator is not None:
+            return self.generator
+        try:
+            passed = inspect.signature(self.original).bind_partial(None, *args, **kwargs).arguments.get("generator")
+        except TypeError:
+            passed = None
+        if passed is not None:
+            return passed
+        digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+    # ------------------------------------------------------------------ the hook
+    def __call__(self, latents: torch.Tensor, *args, **kwargs):
+        factor = vae_scale_factor(self.vae)
+        base_size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
+        output_size = self.output_size or output_size_for(*base_size, self.upscale_factor)
+        if output_size != base_size:
+            output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
+        upscale = output_size != base_size
+        tiling = self.tiling_settings() if upscale else None
+        total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
+        with _progress(self.pipe, total) as progress:
+            base_output = self.original(latents, *args, **kwargs)
+            base = _sample(base_output)
+            progress.update()
+            if self.base_images is not None:
+                self.base_images.append(base)
+            if not upscale:
+                return base_output
+            guide = (base.float() / 2 + 0.5).clamp(0, 1)
+            image = upscale_and_decode(
+                self.upscaler,
+                lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
+                latents,
+                guide,
+                output_size,
+                generator=self._generator(latents, args, kwargs),
+                color_correction=self.color_correction,
+                back_projection_steps=self.back_projection_steps,
+                tiling=tiling,
+                method=self.upscale_method,
+                progress=progress,
+            )
+        return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
+
+
+@contextlib.contextmanager
+def _progress(pipe, total: int):
+    bar = getattr(pipe, "progress_bar", None)
+    if bar is None:
+        yield _NoProgress()
+    else:
+        with bar(total=total) as progress:
+            yield progress
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def apply_uplift(
+    pipe,
+    upscaler: UPLiFTLatentUpscaler,
+    upscale_factor: Optional[float] = None,
+    *,
+    output_size: Optional[Sequence[int]] = None,
+    generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+    color_correction: bool = True,
+    back_projection_steps: int = 0,
+    tiling: Union[None, bool, Tuple[int, int]] = None,
+    upscale_method: str = DEFAULT_UPSCALE_METHOD,
+) -> None:
+    """Make ``pipe`` generate its images ``upscale_factor`` times larger with UPLiFT.
+
+    Works on any pipeline whose ``vae`` decodes the latent space the upscaler was trained for
+    (e.g. every Stable Diffusion 1.5 pipeline with the authors' release): text-to-image, img2img,
+    inpainting, ControlNet, PAG, ... Calling it again replaces the settings.
+
+    Args:
+        pipe: a diffusers pipeline with a ``vae`` (left unmodified but for its ``decode``).
+        upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for that VAE's latents, on
+            the pipeline's device (or managed by its offloading).
+        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output);
+            None (default): 2, unless ``output_size`` is given.
+            Powers of two run one UPLiFT step per 2x; others also resample once
+            (:mod:`uplift_diffusers.pipelines.upscale_decode`).
+        output_size: ``(height, width)`` of the final image instead of ``upscale_factor``.
+        generator: seeds UPLiFT's noise; None: the ``generator`` the pipeline passes to the VAE's
+            ``decode`` (Stable Diffusion pipelines pass the call's own), else a generator seeded
+            from the latents (so a seeded call of any pipeline is reproducible).
+        color_correction: shift each RGB channel of the result to the base image's mean.
+        back_projection_steps: rounds of back-projection onto the base image (0: the paper's output).
+        tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``),
+            True uses the default tiles, or ``(tile_size, overlap)`` in latents.
+        upscale_method: how a factor that is not a power of two is reached (one of
+            :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
+
+    Raises:
+        ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
+            space (channels or pixels per latent), or a bad setting.
+    """
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
+    check_upscaler_matches_vae(vae, upscaler)
+    check_pipeline_latent_space(vae, upscaler)
+    check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method)
+    if upscale_factor is None and output_size is None:
+        upscale_factor = 2
+    UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
+                     tiling, upscale_method).install()
+
+
+def remove_uplift(pipe) -> None:
+    """Undo :func:`apply_uplift`: the VAE's original ``decode`` is back (nothing to do without one)."""
+    hook = getattr(getattr(pipe, "vae", None), _HOOK_ATTRIBUTE, None)
+    if hook is not None:
+        hook.uninstall()
+
+
+@contextlib.contextmanager
+def uplift_applied(pipe, upscaler: UPLiFTLatentUpscaler, **settings):
+    """:func:`apply_uplift` for the duration of a ``with`` block (settings as its keyword
+    arguments, plus ``keep_base_images``), yielding the hook; a hook applied before is restored
+    afterwards. The arguments are trusted: the caller has checked them."""
+    previous = getattr(pipe.vae, _HOOK_ATTRIBUTE, None)
+    hook = UPLiFTDecodeHook(pipe, upscaler, **settings)
+    hook.install()
+    try:
+        yield hook
+    finally:
+        hook.uninstall()
+        if previous is not None:
+            previous.install()
