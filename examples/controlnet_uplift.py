@@ -2,9 +2,9 @@
 
     python examples/controlnet_uplift.py photo.jpg "a watercolour painting of a harbour" --output harbour.png
 
-The photo's edges guide Stable Diffusion 1.5 through a Canny ControlNet at 512 px;
-``UPLiFTPipeline.from_pipe`` wraps that pipeline (sharing its components) and upscales its latents
-2x with the authors' released UPLiFT model. Any SD1.5-family pipeline is wrapped the same way.
+The photo's edges guide Stable Diffusion 1.5 through a Canny ControlNet at 512 px; UPLiFT, hooked
+on the unmodified pipeline's VAE decode (``uplift_diffusers.hooks``), upscales its latents 2x with
+the authors' released UPLiFT model. Any SD1.5-family pipeline takes the hook the same way.
 
 Models come from the Hugging Face Hub or its cache (with all cached, ``HF_HUB_OFFLINE=1`` runs
 without network); a missing one ends the script with one line naming every model it lacks.
@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from uplift_diffusers.constants import SD15_CONTROLNET_CANNY_ID, SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 from uplift_diffusers.loaders.hub import HubModel, HubUnavailableError, check_models_available
+from uplift_diffusers.utils.output_size import check_upscale_factor
 
 #: Grey level (0-255) above which an edge-filter response counts as an edge.
 EDGE_THRESHOLD = 40
@@ -59,6 +60,10 @@ def main():
     if args.size < 64 or args.size % 8:
         parser.error(f"--size must be a multiple of 8 of at least 64, got {args.size}")
     try:
+        check_upscale_factor(args.scale, "--scale")  # uplift_applied trusts its settings
+    except ValueError as error:
+        parser.error(str(error))
+    try:
         control = Image.open(args.image).convert("RGB").resize((args.size, args.size)) if args.edges else edge_map(args.image, args.size)
     except OSError as error:
         parser.error(f"cannot read IMAGE {args.image!r}: {error}")
@@ -71,29 +76,24 @@ def main():
     import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTPipeline
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.hooks import uplift_applied
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     try:
         controlnet = ControlNetModel.from_pretrained(args.controlnet, dtype=dtype)
-        base = StableDiffusionControlNetPipeline.from_pretrained(args.model, controlnet=controlnet, dtype=dtype).to(device)
-        upscaler = {} if args.upscaler is None else {"upscaler": UPLiFTLatentUpscaler.from_pretrained(args.upscaler, dtype=dtype)}
-        pipe = UPLiFTPipeline.from_pipe(base, **upscaler).to(device)  # shares the ControlNet pipeline's components
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(args.model, controlnet=controlnet, dtype=dtype).to(device)
+        upscaler = UPLiFTLatentUpscaler.from_pretrained(args.upscaler or UPLIFT_SD15_REPO_ID, dtype=dtype).to(device)
     except HubUnavailableError as error:
         sys.exit(f"controlnet_uplift: {error}")
 
-    result = pipe(
-        args.prompt,
-        image=control,
-        num_inference_steps=args.steps,
-        generator=torch.Generator().manual_seed(args.seed),
-        upscale_factor=args.scale,
-        return_base_images=True,
-    )
+    with uplift_applied(pipe, upscaler, upscale_factor=args.scale, keep_base_images=True) as hook:
+        result = pipe(args.prompt, image=control, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
+    base = pipe.image_processor.postprocess(hook.base_images[0], output_type="pil")[0]
     stem = args.output.rsplit(".", 1)[0]
     result.images[0].save(args.output)
-    result.base_images[0].save(f"{stem}_base.png")
+    base.save(f"{stem}_base.png")
     control.save(f"{stem}_edges.png")
     print(f"saved {args.output} {result.images[0].size}, the base image {stem}_base.png and the edges {stem}_edges.png")
 

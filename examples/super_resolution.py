@@ -9,7 +9,8 @@ cache. Offline: with both cached, ``HF_HUB_OFFLINE=1`` runs without network (and
 for the Hub); a missing model ends in one line naming every missing model and the flag that takes
 a local copy. --vae also accepts a local diffusers VAE directory or a folder holding a TAESD-family
 encoder.pth + decoder.pth (the upscaler must be trained for that VAE's latent space); --upscaler a
-folder, a Hub id or the authors' .safetensors / .pth file (or its Hub URL). Results go to
+folder or a Hub id (``UPLiFTLatentUpscaler.from_pretrained``) or the authors' .safetensors / .pth
+file (``from_single_file``). Results go to
 ``outputs/super_resolution/`` (ignored by git) unless --output-dir says otherwise.
 """
 import argparse
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.loaders.hub import hub_models_available
-from uplift_diffusers.loaders.user_models import load_user_upscaler, load_user_vae, upscaler_hub_model, vae_hub_model
+from uplift_diffusers import UPLiFTLatentUpscaler, load_vae
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
+from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.utils.output_size import check_upscale_factor
 
@@ -30,10 +31,16 @@ DEFAULT_OUTPUT_DIR = Path("outputs") / "super_resolution"
 
 def run(args) -> None:
     args.scale = check_upscale_factor(args.scale, "--scale")  # before any model is loaded
-    vae_model, upscaler_model = vae_hub_model(args.vae, "--vae DIR"), upscaler_hub_model(args.upscaler, "--upscaler DIR|FILE")
+    vae_model = HubModel(args.vae, ("config.json", "vae/config.json"), what=f"the VAE {args.vae!r}", hint="--vae DIR")
+    upscaler_model = HubModel(args.upscaler, ("config.json", UPLIFT_SD15_WEIGHTS_NAME), what=f"the upscaler {args.upscaler!r}",
+                              hint="--upscaler DIR|FILE")
+    if Path(args.upscaler).is_file():
+        load_upscaler = UPLiFTLatentUpscaler.from_single_file
+    else:
+        load_upscaler = UPLiFTLatentUpscaler.from_pretrained
     with hub_models_available([vae_model, upscaler_model], notify=lambda message: print(f"note: {message}", file=sys.stderr)):
-        vae = load_user_vae(args.vae, "--vae", "--vae DIR")
-        upscaler = load_user_upscaler(upscaler_model, "--upscaler")
+        vae = from_hub(vae_model.label, vae_model.hint, lambda: load_vae(args.vae, argument="--vae"))
+        upscaler = from_hub(upscaler_model.label, upscaler_model.hint, lambda: load_upscaler(args.upscaler))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler).to(device)
 
@@ -55,7 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+", help="image files (any size, any PIL mode)")
     parser.add_argument("--vae", default=SD15_MODEL_ID, help="Hub id or local directory (a pipeline's vae/ is found)")
     parser.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID,
-                        help="UPLiFT folder, Hub id or the authors' .safetensors / .pth file or its Hub URL (default: the authors' release)")
+                        help="UPLiFT folder, Hub id or the authors' .safetensors / .pth file (default: the authors' release)")
     parser.add_argument("--scale", type=float, default=4.0,
                         help="upscale factor, any real number >= 1 (e.g. 2, 3, 1.5; default 4): each side times it, rounded")
     parser.add_argument("--seed", type=int, default=0)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers import UPLiFTLatentUpscaler
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 from uplift_diffusers.loaders.hub import HubModel, from_hub, hub_models_available
-from uplift_diffusers.loaders.user_models import load_user_upscaler, upscaler_hub_model
 from uplift_diffusers.pipelines.pipeline_stable_diffusion_uplift import StableDiffusionUPLiFTPipeline
 from uplift_diffusers.utils.output_size import check_upscale_factor
 
@@ -31,12 +31,19 @@ def run(args) -> None:
     dtype = torch.float16 if device == "cuda" else torch.float32
     source = args.original_checkpoint if args.original_checkpoint is not None else args.upscaler
     flag = "--original-checkpoint FILE" if args.original_checkpoint is not None else "--upscaler DIR"
-    upscaler_model = upscaler_hub_model(source, flag)  # None: the authors' release
+    if source is None:  # the pipeline loads the authors' release
+        upscaler_model = HubModel(UPLIFT_SD15_REPO_ID, (UPLIFT_SD15_WEIGHTS_NAME,), what=f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID})", hint=flag)
+    else:
+        upscaler_model = HubModel(source, ("config.json", UPLIFT_SD15_WEIGHTS_NAME), what=f"the upscaler {source!r}", hint=flag)
     sd_model = HubModel(args.model, ("model_index.json",), what=f"the Stable Diffusion model {args.model!r}", hint="--model DIR")
     with hub_models_available([sd_model, upscaler_model], notify=lambda message: print(f"note: {message}", file=sys.stderr)):
         kwargs = {}  # no upscaler= : the pipeline loads the authors' release with the same dtype and cache
+        if args.original_checkpoint is not None:
+            load = lambda: UPLiFTLatentUpscaler.from_single_file(source, torch_dtype=dtype)  # noqa: E731
+        else:
+            load = lambda: UPLiFTLatentUpscaler.from_pretrained(source, torch_dtype=dtype)  # noqa: E731
         if source is not None:
-            kwargs["upscaler"] = load_user_upscaler(upscaler_model, flag.split()[0], dtype)
+            kwargs["upscaler"] = from_hub(upscaler_model.label, flag, load)
         pipe = from_hub(
             f"the Stable Diffusion model {args.model!r} (or the authors' upscaler {UPLIFT_SD15_REPO_ID!r})", "--model DIR and --upscaler DIR",
             lambda: StableDiffusionUPLiFTPipeline.from_pretrained(args.model, torch_dtype=dtype, **kwargs),

@@ -242,7 +242,7 @@ def test_parity_with_official_outputs(mini, tmp_path, source):
         torch.save({"state_dict": {f"module.{k}": v for k, v in mini["state_dict"].items()}}, checkpoint)
     else:
         checkpoint = dict(mini["state_dict"])
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(checkpoint, mini["yaml"])
+    model = UPLiFTLatentUpscaler.from_single_file(checkpoint, mini["yaml"])
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in mini["state_dict"].values())
     assert model.config.noise_scale == 0.0  # ncat_s: 0 in the YAML -> deterministic
@@ -252,7 +252,7 @@ def test_parity_with_official_outputs(mini, tmp_path, source):
 
 
 def test_parity_with_parsed_yaml_dict(mini):
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], mini["config"])
+    model = UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], mini["config"])
     assert _max_error_over_cases(model, mini["cases"]) <= 1e-4
 
 
@@ -268,7 +268,7 @@ def test_reference_forward_reproduces_official_outputs(mini):
 
 
 def test_torch_dtype_argument(mini):
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], mini["yaml"], torch_dtype=torch.float64)
+    model = UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], mini["yaml"], torch_dtype=torch.float64)
     assert model.dtype == torch.float64
     case = mini["cases"]
     with torch.no_grad():
@@ -305,7 +305,7 @@ def test_converter_generalises_to_a_variant(mini, tmp_path, kind):
     yaml_path = tmp_path / "variant.yaml"
     yaml_path.write_text(yaml.safe_dump(config))
     state_dict = official_state_dict(config, seed=3)
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, yaml_path)
+    model = UPLiFTLatentUpscaler.from_single_file(state_dict, yaml_path)
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in state_dict.values())
     assert model.config.latent_channels == config["backbone"]["channel"]
     assert model.attender.offsets == OFFSETS[config["uplift"]["attender"]]
@@ -327,7 +327,7 @@ def test_missing_key_is_listed(mini):
     state_dict = dict(mini["state_dict"])
     del state_dict["refiner.blocks.1.conv.1.weight"]
     with pytest.raises(ValueError, match=r"missing keys: \['refiner\.blocks\.1\.conv\.1\.weight'\]"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+        UPLiFTLatentUpscaler.from_single_file(state_dict, mini["yaml"])
 
 
 @pytest.mark.parametrize(
@@ -342,21 +342,21 @@ def test_extra_key_is_listed(mini, key, shape, match):
     state_dict = dict(mini["state_dict"])
     state_dict[key] = torch.zeros(shape)
     with pytest.raises(ValueError, match=match):
-        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+        UPLiFTLatentUpscaler.from_single_file(state_dict, mini["yaml"])
 
 
 def test_wrong_shape_is_listed(mini):
     state_dict = dict(mini["state_dict"])
     state_dict["attender.conv1.weight"] = torch.zeros(9, 64, 1, 1)
     with pytest.raises(ValueError, match=r"attender\.conv1\.weight: checkpoint \(9, 64, 1, 1\) vs model \(17, 64, 1, 1\)"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(state_dict, mini["yaml"])
+        UPLiFTLatentUpscaler.from_single_file(state_dict, mini["yaml"])
 
 
 def test_checkpoint_for_another_config_lists_all_problems(mini):
     """The mini checkpoint with another config: one error listing every kind of mismatch."""
     config = variant_config(mini["config"], "widths-attender9-refcon-2")
     with pytest.raises(ValueError) as info:
-        UPLiFTLatentUpscaler.from_original_checkpoint(mini["state_dict"], config)
+        UPLiFTLatentUpscaler.from_single_file(mini["state_dict"], config)
     message = str(info.value)
     assert "pass the YAML the checkpoint was trained with" in message
     assert "missing keys: ['encoder.block_0.blocks.2.conv.0.weight'" in message  # 3 blocks per group in the config
@@ -410,21 +410,21 @@ _DELETE = object()
 def test_unsupported_config_values_are_named(mini, path, value, match):
     config = _edit(mini["config"], path, value)
     with pytest.raises(ValueError, match=match):
-        UPLiFTLatentUpscaler.from_original_checkpoint(mini["state_dict"], config)
+        UPLiFTLatentUpscaler.from_single_file(mini["state_dict"], config)
 
 
 def test_missing_files(mini, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"`checkpoint` file not found: .*nothing\.safetensors"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(tmp_path / "nothing.safetensors", mini["yaml"])
-    with pytest.raises(FileNotFoundError, match=r"`checkpoint` file not found: .*nothing\.pth"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(str(tmp_path / "nothing.pth"), mini["yaml"])
+    with pytest.raises(FileNotFoundError, match=r"`pretrained_model_link_or_path` file not found: .*nothing\.safetensors"):
+        UPLiFTLatentUpscaler.from_single_file(tmp_path / "nothing.safetensors", mini["yaml"])
+    with pytest.raises(FileNotFoundError, match=r"`pretrained_model_link_or_path` file not found: .*nothing\.pth"):
+        UPLiFTLatentUpscaler.from_single_file(str(tmp_path / "nothing.pth"), mini["yaml"])
     with pytest.raises(FileNotFoundError, match=r"`config` file not found: .*nothing\.yaml"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], tmp_path / "nothing.yaml")
+        UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], tmp_path / "nothing.yaml")
 
 
 def test_bad_checkpoint_arguments(mini, tmp_path):
-    with pytest.raises(ValueError, match=r"`checkpoint` must be a file path or a state dict, got int"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(3, mini["yaml"])
+    with pytest.raises(ValueError, match=r"`pretrained_model_link_or_path` must be a file path or a state dict, got int"):
+        UPLiFTLatentUpscaler.from_single_file(3, mini["yaml"])
     wrong_suffix = tmp_path / "weights.txt"
     wrong_suffix.write_text("not weights")
     with pytest.raises(ValueError, match=r"`checkpoint` .*weights\.txt' has suffix '\.txt'"):
@@ -434,7 +434,7 @@ def test_bad_checkpoint_arguments(mini, tmp_path):
     with pytest.raises(ValueError, match=r"`checkpoint` .*list\.pth' does not hold a state dict of tensors"):
         load_state_dict_file(not_a_state_dict)
     with pytest.raises(ValueError, match=r"`config` must be a path to an official UPLiFT YAML or a dict, got list"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(mini["checkpoint"], [1, 2])
+        UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], [1, 2])
 
 
 # ----------------------------------------------------------------------------- the config read off the weights
@@ -568,5 +568,5 @@ def test_an_already_converted_state_dict_is_recognised(tmp_path):
     with pytest.raises(ValueError, match=r"`pretrained_model_link_or_path` '.*converted.*' is already converted.*"
                                          r"load its folder '.*converted' with UPLiFTLatentUpscaler.from_pretrained"):
         UPLiFTLatentUpscaler.from_single_file(next((tmp_path / "converted").glob("*.safetensors")))
-    with pytest.raises(ValueError, match="`checkpoint` 'the state dict' is already converted"):
-        UPLiFTLatentUpscaler.from_original_checkpoint(model.state_dict())
+    with pytest.raises(ValueError, match="`pretrained_model_link_or_path` 'the state dict' is already converted"):
+        UPLiFTLatentUpscaler.from_single_file(model.state_dict())

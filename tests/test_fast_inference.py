@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from tiny_models import make_small_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.models.fast_inference import (
-    disable_fast_inference,
-    enable_fast_inference,
+    apply_fast_inference,
     encoder_read_stride,
     last_group_strided,
+    remove_fast_inference,
 )
 from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder
 
@@ -54,7 +54,7 @@ def test_bf16_fast_inference_within_1e2_of_fp32_eager(num_steps):
     model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps)
-    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
     fast = run(model, latents, image, num_steps)
     assert fast.dtype == torch.float32 and fast.shape == reference.shape
     assert fast.is_contiguous()
@@ -72,7 +72,7 @@ def test_official_size_random_model_within_1e2_in_bf16(num_steps):
     model = UPLiFTLatentUpscaler().eval()
     latents, image = inputs(h=8, w=8)
     reference = run(model, latents, image, num_steps)
-    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
     fast = run(model, latents, image, num_steps)
     assert 1e-3 < rel_l2(fast, reference) < 1e-2
 
@@ -99,7 +99,7 @@ def test_conv_block_keeps_a_float32_residual_stream_under_autocast():
 def test_output_comes_back_in_the_latents_dtype():
     model = make_small_upscaler()
     latents, image = inputs()
-    model.enable_fast_inference(compile=False)
+    apply_fast_inference(model, compile=False)
     out = run(model, latents.half(), image.half())
     assert out.dtype == torch.float16
     assert rel_l2(out.float(), run(model, latents, image)) < 1e-2
@@ -110,7 +110,7 @@ def test_float32_fast_mode_matches_eager_including_noise():
     model = make_small_upscaler()
     latents, image = inputs(batch=2, h=5, w=7)
     reference = run(model, latents, image, num_steps=2, output_intermediate=False)
-    model.enable_fast_inference(dtype=torch.float32, compile=False)
+    apply_fast_inference(model, dtype=torch.float32, compile=False)
     fast = run(model, latents, image, num_steps=2)
     assert (fast - reference).abs().max().item() < 1e-5
     # noise matters here: another seed gives another output
@@ -125,9 +125,9 @@ def test_fast_mode_with_given_noise_equals_eager():
     noise = [model.step_noise(torch.empty(2, 4, 5 * 2**k, 7 * 2**k), generator) for k in range(2)]
     with torch.no_grad():
         eager = model(latents, image, num_steps=2, noise=noise).sample
-        model.enable_fast_inference(dtype=torch.float32, compile=False)
+        apply_fast_inference(model, dtype=torch.float32, compile=False)
         fast = model(latents, image, num_steps=2, noise=noise).sample
-        model.disable_fast_inference()
+        remove_fast_inference(model)
     assert (fast - eager).abs().max().item() < 1e-5
     assert torch.equal(eager, run(model, latents, image, num_steps=2, seed=7))
 
@@ -135,7 +135,7 @@ def test_fast_mode_with_given_noise_equals_eager():
 def test_intermediate_and_tuple_output_in_fast_mode():
     model = make_small_upscaler()
     latents, image = inputs()
-    model.enable_fast_inference(compile=False)
+    apply_fast_inference(model, compile=False)
     with torch.no_grad():
         sample, steps = model(latents, image, num_steps=2, output_intermediate=True, return_dict=False, noise_scale=0.0)
     assert [tuple(s.shape) for s in steps] == [(1, 4, 12, 16), (1, 4, 24, 32)]
@@ -150,27 +150,27 @@ def test_fast_mode_leaves_the_weights_alone_and_disable_gives_the_eager_model_ba
     before = weights(model)
     values = {k: v.clone() for k, v in model.state_dict().items()}
     reference = run(never_switched, latents, image, num_steps=2)
-    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
     fast = run(model, latents, image, num_steps=2)
     assert weights(model) == before
     assert 0 < rel_l2(fast, reference) < 1e-2  # the fast path did run, in bf16
-    model.disable_fast_inference()
+    remove_fast_inference(model)
     assert model._fast_inference is None and "forward" not in vars(model)
     assert weights(model) == before
     assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
     assert torch.equal(run(model, latents, image, num_steps=2), reference)
-    model.disable_fast_inference()  # a second disable is harmless
+    remove_fast_inference(model)  # a second disable is harmless
 
 
 def test_enable_twice_replaces_the_settings():
     model = make_small_upscaler()
     latents, image = inputs()
-    first = enable_fast_inference(model, dtype=torch.bfloat16, compile=False)
-    second = enable_fast_inference(model, dtype=torch.float32, compile=False)
+    first = apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
+    second = apply_fast_inference(model, dtype=torch.float32, compile=False)
     assert model._fast_inference is second and first.model is model
     reference = dense_forward(model, latents, image, 1)
     assert (run(model, latents, image) - reference).abs().max().item() < 1e-5  # float32 now
-    disable_fast_inference(model)
+    remove_fast_inference(model)
     assert "forward" not in vars(model)
 
 
@@ -192,13 +192,13 @@ def test_fast_mode_under_an_accelerate_hook():
     for enable_first in (True, False):
         Counting.calls = 0
         if enable_first:
-            model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+            apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
         add_hook_to_module(model, Counting())
         if not enable_first:
-            model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+            apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
         fast = run(model, latents, image)
         assert Counting.calls == 1 and 0 < rel_l2(fast, reference) < 1e-2
-        model.disable_fast_inference()
+        remove_fast_inference(model)
         assert torch.equal(run(model, latents, image), reference) and Counting.calls == 2
         remove_hook_from_module(model)
         assert torch.equal(run(model, latents, image), reference)
@@ -208,16 +208,16 @@ def test_fast_mode_under_an_accelerate_hook():
 def test_bad_dtype_raises_value_error(bad):
     model = make_small_upscaler()
     with pytest.raises(ValueError, match="dtype"):
-        model.enable_fast_inference(dtype=bad, compile=False)
+        apply_fast_inference(model, dtype=bad, compile=False)
     assert getattr(model, "_fast_inference", None) is None
 
 
 def test_bad_flags_raise_value_error():
     model = make_small_upscaler()
     with pytest.raises(ValueError, match="compile"):
-        model.enable_fast_inference(compile="yes")
+        apply_fast_inference(model, compile="yes")
     with pytest.raises(ValueError, match="channels_last"):
-        model.enable_fast_inference(compile=False, channels_last=1)
+        apply_fast_inference(model, compile=False, channels_last=1)
 
 
 def test_compile_failure_at_enable_warns_and_runs_eagerly(monkeypatch):
@@ -229,7 +229,7 @@ def test_compile_failure_at_enable_warns_and_runs_eagerly(monkeypatch):
     latents, image = inputs()
     reference = run(model, latents, image)
     with pytest.warns(RuntimeWarning, match="torch.compile failed.*no C compiler"):
-        state = model.enable_fast_inference(dtype=torch.float32, compile=True)
+        state = apply_fast_inference(model, dtype=torch.float32, compile=True)
     assert not state.compiled
     assert (run(model, latents, image) - reference).abs().max().item() < 1e-5
 
@@ -247,7 +247,7 @@ def test_compile_failure_at_first_call_warns_and_runs_eagerly(monkeypatch):
     model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps=2)
-    state = model.enable_fast_inference(dtype=torch.float32, compile=True)
+    state = apply_fast_inference(model, dtype=torch.float32, compile=True)
     assert state.compiled
     with pytest.warns(RuntimeWarning, match="could not compile"):
         out = run(model, latents, image, num_steps=2)
@@ -278,7 +278,7 @@ def test_compiled_passes_run_with_inductor_freezing(monkeypatch, mode, frozen):
     model = make_small_upscaler()
     latents, image = inputs()
     reference = run(model, latents, image, num_steps=2)
-    state = model.enable_fast_inference(dtype=torch.float32, compile=True, compile_mode=mode)
+    state = apply_fast_inference(model, dtype=torch.float32, compile=True, compile_mode=mode)
     assert state.freezing is frozen
     out = run(model, latents, image, num_steps=2)
     assert seen == [frozen] * 3  # the encoder, then two steps
@@ -290,7 +290,7 @@ def test_compile_unavailable_warns(monkeypatch):
     monkeypatch.delattr(torch, "compile")
     model = make_small_upscaler()
     with pytest.warns(RuntimeWarning, match="not available"):
-        state = model.enable_fast_inference(compile=True)
+        state = apply_fast_inference(model, compile=True)
     assert not state.compiled
 
 
@@ -302,7 +302,7 @@ def test_compiled_bf16_matches_eager():
     reference = run(model, latents, image)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*UPLiFT.*", category=RuntimeWarning)  # no fallback allowed
-        state = model.enable_fast_inference(dtype=torch.bfloat16, compile=True)
+        state = apply_fast_inference(model, dtype=torch.bfloat16, compile=True)
         start = time.perf_counter()
         out = run(model, latents, image)
     assert state.compiled, f"compile fell back to eager after {time.perf_counter() - start:.0f} s"
@@ -349,7 +349,7 @@ def test_upscaler_with_savings_equals_dense_encoder(num_steps):
     latents, image = inputs(batch=2, h=3, w=5)
     dense = run(model, latents, image, num_steps)
     assert torch.equal(dense, dense_forward(model, latents, image, num_steps))  # the step reused as is
-    model.enable_fast_inference(dtype=torch.float32, compile=False)
+    apply_fast_inference(model, dtype=torch.float32, compile=False)
     saved = run(model, latents, image, num_steps)
     assert (saved - dense).abs().max().item() < 1e-5
 
@@ -357,9 +357,9 @@ def test_upscaler_with_savings_equals_dense_encoder(num_steps):
 @pytest.mark.parametrize("num_steps", [1, 2, 3])
 def test_savings_exact_on_the_reference_fixture(shared_path, num_steps):
     folder = shared_path("fixtures", "uplift-reference", "sd15vae-mini")
-    model = UPLiFTLatentUpscaler.from_original_checkpoint(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
+    model = UPLiFTLatentUpscaler.from_single_file(folder / "uplift_original.safetensors", folder / "uplift_original.yaml")
     cases = load_file(str(folder / "cases.safetensors"))
-    model.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
+    apply_fast_inference(model, dtype=torch.float32, compile=False, channels_last=False)
     for case in ("square", "batch2_nonsquare") if num_steps < 3 else ("batch2_nonsquare",):
         latents, image = cases[f"{case}.latents"], cases[f"{case}.image"]
         saved = run(model, latents, image, num_steps)
@@ -388,9 +388,9 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     with torch.no_grad():
         latents = encode_latents(vae, image * 2 - 1)
     reference = run(model, latents, image, num_steps=2)
-    model.enable_fast_inference(dtype=torch.bfloat16, compile=False)
+    apply_fast_inference(model, dtype=torch.bfloat16, compile=False)
     fast = run(model, latents, image, num_steps=2)
-    model.disable_fast_inference()
+    remove_fast_inference(model)
     assert rel_l2(fast, reference) < 1e-2
 
 
@@ -399,7 +399,7 @@ def test_fast_encoder_precision_by_group():
     a float32 stream through the narrower groups; a bf16 stream in the widest ones."""
     model = make_small_upscaler(encoder_blocks_per_group=2)
     _, image = inputs()
-    state = enable_fast_inference(model, dtype=torch.bfloat16, compile=False, channels_last=False)
+    state = apply_fast_inference(model, dtype=torch.bfloat16, compile=False, channels_last=False)
     assert state.half_stream_from == 3  # widths (8, 16, 16, 32, 32): the first 32-wide group
     with torch.no_grad():
         reference = model.encoder(image)

@@ -130,8 +130,6 @@ def test_from_single_file_sources(release_cached, tiny_upscaler, tmp_path):
         assert same_weights(model, tiny_upscaler) and config_of(model) == config_of(tiny_upscaler), source
     model = UPLiFTLatentUpscaler.from_single_file(URL, torch_dtype=torch.float16, revision="main", local_files_only=True)
     assert model.dtype == torch.float16
-    # the old name is an alias
-    assert same_weights(UPLiFTLatentUpscaler.from_original_checkpoint(URL), tiny_upscaler)
 
 
 def test_from_single_file_bad_sources(release_cached, tmp_path):
@@ -149,36 +147,44 @@ def test_from_single_file_bad_sources(release_cached, tmp_path):
         UPLiFTLatentUpscaler.from_single_file(f"{UPLIFT_SD15_REPO_ID}/other.safetensors")
 
 
-# ------------------------------------------------------------------------------- load_upscaler
-def test_load_upscaler_every_kind_of_source(release_cached, tiny_upscaler, tiny_autoencoder, hub_cache, tmp_path):
-    """One function from a model string: the release, single files, folders, pipelines, Hub ids."""
-    from uplift_diffusers.loaders import load_upscaler
+# ------------------------------------------------------------------------------- every kind of model string
+def test_every_kind_of_upscaler_source(release_cached, tiny_upscaler, tiny_autoencoder, hub_cache, tmp_path):
+    """The two loaders take every kind of source; the CLI's model string goes to the right one:
+    the release, single files, folders, pipelines, Hub ids."""
+    import argparse
+
+    from uplift_diffusers import cli
+    from uplift_diffusers.constants import UPSCALER_SUBFOLDER
     from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
 
     tiny_upscaler.save_pretrained(tmp_path / "saved")
     hub_cache.add_folder("someone/uplift-diffusers", tmp_path / "saved")
     UPLiFTSuperResolutionPipeline(vae=tiny_autoencoder, upscaler=tiny_upscaler).save_pretrained(tmp_path / "pipeline")
-    sources = [
-        None,  # the authors' release
-        UPLIFT_SD15_REPO_ID,
-        URL,
-        f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}",
-        save_original_file(tiny_upscaler, tmp_path / "file.safetensors"),
-        release_cached,  # a folder holding the single file
-        tmp_path / "saved",  # save_pretrained
-        tmp_path / "pipeline",  # a pipeline's upscaler/
-        "someone/uplift-diffusers",
+    single_file = save_original_file(tiny_upscaler, tmp_path / "file.safetensors")
+    loaded = [
+        UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID),
+        UPLiFTLatentUpscaler.from_pretrained(release_cached),  # a folder holding the single file
+        UPLiFTLatentUpscaler.from_pretrained(tmp_path / "saved"),
+        UPLiFTLatentUpscaler.from_pretrained(tmp_path / "pipeline", subfolder=UPSCALER_SUBFOLDER),
+        UPLiFTLatentUpscaler.from_pretrained("someone/uplift-diffusers"),
+        UPLiFTLatentUpscaler.from_single_file(URL),
+        UPLiFTLatentUpscaler.from_single_file(f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}"),
+        UPLiFTLatentUpscaler.from_single_file(single_file),
     ]
-    for source in sources:
-        model = load_upscaler(source)
-        assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, tiny_upscaler), source
-        assert config_of(model) == config_of(tiny_upscaler), source
-    assert load_upscaler(URL, torch.float16).dtype == torch.float16
-    assert load_upscaler("someone/uplift-diffusers", torch.float64).dtype == torch.float64
-    with pytest.raises(ValueError, match=r"unknown arguments \['variant'\]"):
-        load_upscaler(None, variant="fp16")
+    for source in (None, UPLIFT_SD15_REPO_ID, single_file, release_cached, tmp_path / "saved", tmp_path / "pipeline", "someone/uplift-diffusers"):
+        args = argparse.Namespace(upscaler=None if source is None else str(source), original_checkpoint=None, original_config=None)
+        loaded.append(cli.load_upscaler(args, None))
+    for source in (URL, f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}", single_file):
+        loaded.append(cli.load_upscaler(argparse.Namespace(upscaler=None, original_checkpoint=str(source), original_config=None), None))
+    for index, model in enumerate(loaded):
+        assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, tiny_upscaler), index
+        assert config_of(model) == config_of(tiny_upscaler), index
+    assert UPLiFTLatentUpscaler.from_single_file(URL, torch_dtype=torch.float16).dtype == torch.float16
+    assert UPLiFTLatentUpscaler.from_pretrained("someone/uplift-diffusers", torch_dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"arguments \['variant'\] do not apply to the authors' single-file checkpoint"):
+        UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, variant="fp16")
     with pytest.raises(FileNotFoundError, match="local path not found"):
-        load_upscaler(tmp_path / "missing")
+        UPLiFTLatentUpscaler.from_pretrained(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------- load_vae
@@ -355,85 +361,71 @@ def test_hub_reachable_needs_a_success(monkeypatch, status, reachable):
 
 
 def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
+    import argparse
     import shutil
 
-    from uplift_diffusers.loaders import load_upscaler
+    from uplift_diffusers import cli
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dirs.upscaler(4), broken)
     (broken / "config.json").write_text("{oops")
-    with pytest.raises(ValueError, match=r"`--upscaler` '.*broken': its config.json .* is not valid JSON"):
-        load_upscaler(str(broken), argument="--upscaler")
+    with pytest.raises(cli.CLIError, match=r"^--upscaler: its '.*broken/config.json' is not valid JSON"):
+        cli.load_upscaler(argparse.Namespace(upscaler=str(broken), original_checkpoint=None, original_config=None), None)
     (broken / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="holds a JSON list, not a model config object"):
-        load_upscaler(str(broken))
+        UPLiFTLatentUpscaler.from_pretrained(str(broken))
     with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
         load_vae("./no/such/vae", argument="--vae")
     with pytest.raises(ValueError, match=r"^path_or_id must be a directory"):  # the function's own name by default
         load_vae(str(broken / "config.json"))
 
 
-# ------------------------------------------------------------------------------- models named by a user (CLI, evaluation)
+# ------------------------------------------------------------------------------- models named by a user (CLI)
 def test_vae_hub_model_counts_a_pipelines_vae_folder(sd15_cached):
     """The VAE check before loading: a pipeline repository with its ``vae/config.json`` cached
-    counts (SD1.5 has no root config.json); the CLI builds the same model, and loading names it too."""
+    counts (SD1.5 has no root config.json); loading names it too."""
     import argparse
 
     from uplift_diffusers import cli
     from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
-    from uplift_diffusers.loaders.user_models import load_user_vae, vae_hub_model
 
-    vae = vae_hub_model(SD15_MODEL_ID, "--vae DIR")
-    assert (vae.source, vae.files, vae.hint) == (SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), "--vae DIR")
-    assert vae.label == f"the VAE {SD15_MODEL_ID!r}" and vae_hub_model("v", "--v", what="the tiny VAE").label == "the tiny VAE"
-    absent = vae_hub_model("org/absent-vae", "--vae DIR")
-    assert missing_from_cache([vae, absent]) == [absent]
     args = argparse.Namespace(command="upscale", vae=SD15_MODEL_ID, upscaler=None, original_checkpoint=None)
-    assert cli.command_models(args)[0] == vae
+    vae = cli.command_models(args)[0]
+    assert (vae.source, vae.files, vae.hint) == (SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), "--vae DIR")
+    assert vae.label == f"the VAE {SD15_MODEL_ID!r}"
+    absent = cli.command_models(argparse.Namespace(**{**vars(args), "vae": "org/absent-vae"}))[0]
+    assert missing_from_cache([vae, absent]) == [absent]
     expected = AutoencoderKL.from_pretrained(sd15_cached / SD15_VAE_SUBFOLDER)
-    assert same_weights(load_user_vae(vae.source, "--vae", vae.hint), expected)
-    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(or run once"):
-        load_user_vae(absent.source, "--vae", absent.hint)
+    assert same_weights(cli.load_vae_arg(args, None), expected)
+    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(a"):
+        cli.load_vae_arg(argparse.Namespace(vae="org/absent-vae"), None)
 
 
-def test_user_models_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
-    """One helper serves the CLI and the evaluation scripts: the check before loading and the
-    loading name the same model, and every error names the caller's flag."""
+def test_cli_models_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
+    """The check before loading and the loading name the same model, and every error names the flag."""
     import argparse
     import shutil
 
-    from evaluation import loading
     from uplift_diffusers import cli
     from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
-    from uplift_diffusers.loaders.user_models import UPSCALER_HUB_FILES, load_user_upscaler, load_user_vae, upscaler_hub_model
 
-    default = upscaler_hub_model(None, "--upscaler DIR|FILE")
-    assert (default.source, default.files, default.hint) == (UPLIFT_SD15_REPO_ID, UPSCALER_HUB_FILES, "--upscaler DIR|FILE")
+    def upscaler_args(upscaler=None, original_checkpoint=None):
+        return argparse.Namespace(upscaler=upscaler, original_checkpoint=original_checkpoint, original_config=None)
+
+    default = cli.upscaler_model(upscaler_args())
+    assert (default.source, default.files, default.hint) == (UPLIFT_SD15_REPO_ID, cli.UPSCALER_HUB_FILES, cli.UPSCALER_HINT)
     assert default.label == f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
-    assert upscaler_hub_model("org/absent", "--u").label == "the upscaler 'org/absent'"
-    assert upscaler_hub_model("c.pth", "--u", what="the checkpoint 'c.pth'").label == "the checkpoint 'c.pth'"
-    absent = upscaler_hub_model("org/absent", "--upscaler DIR|FILE")
+    assert cli.upscaler_model(upscaler_args("org/absent")).label == "the upscaler 'org/absent'"
+    assert cli.upscaler_model(upscaler_args(original_checkpoint="c.pth")).label == "the checkpoint 'c.pth'"
+    absent = cli.upscaler_model(upscaler_args("org/absent"))
     assert missing_from_cache([default, absent]) == [absent]
-    # the CLI and the evaluation build the same model, with their own hints
-    args = argparse.Namespace(upscaler=None, original_checkpoint=None, original_config=None)
-    assert cli.upscaler_model(args) == upscaler_hub_model(None, "--upscaler DIR or --original-checkpoint FILE")
-    assert loading.upscaler_model(None) == default
-
     # loading: the cached release (offline), then errors naming the flag / the hint
-    assert same_weights(load_user_upscaler(default, "--upscaler"), tiny_upscaler)
-    assert same_weights(loading.load_upscaler(None), tiny_upscaler)
-    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE=1\) and the upscaler 'org/absent' is not in the local cache; pass a local path with --upscaler DIR\|FILE"):
-        load_user_upscaler(absent, "--upscaler")
+    assert same_weights(cli.load_upscaler(upscaler_args(), None), tiny_upscaler)
+    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE=1\) and the upscaler 'org/absent' is not in the local cache; pass a local path with --upscaler DIR or --original-checkpoint FILE"):
+        cli.load_upscaler(upscaler_args("org/absent"), None)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dirs.upscaler(4), broken)
-    (broken / "config.json").write_text("{oops")
-    with pytest.raises(ValueError, match=r"^`--upscaler` '.*broken': its config.json"):
-        loading.load_upscaler(str(broken), flag="--upscaler DIR|FILE or --random-weights")
-    with pytest.raises(ValueError, match=r"^`--original-checkpoint` '.*broken': its config.json"):
-        cli.load_upscaler(argparse.Namespace(upscaler=None, original_checkpoint=str(broken), original_config=None), None)
-    with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
-        load_user_vae("./no/such/vae", "--vae", "--vae DIR")
-    with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
-        loading.load_vae_from("./no/such/vae")
-    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(a"):
-        cli.load_vae_arg(argparse.Namespace(vae="org/absent-vae"), None)
+    with pytest.raises(cli.CLIError, match=r"^--original-checkpoint '.*broken' is a folder; pass the checkpoint file"):
+        cli.load_upscaler(upscaler_args(original_checkpoint=str(broken)), None)
+    with pytest.raises(cli.CLIError, match=r"^--vae: local path not found"):
+        cli.load_vae_arg(argparse.Namespace(vae="./no/such/vae"), None)

@@ -10,6 +10,7 @@ from tiny_models import make_tiny_autoencoder, make_upscaler
 
 from uplift_diffusers import UPLiFTSuperResolutionPipeline
 from uplift_diffusers.pipelines.pipeline_utils import TilingMixin
+from uplift_diffusers.models.fast_inference import apply_fast_inference, remove_fast_inference
 from uplift_diffusers.models.tiled_upscaling import (
     DEFAULT_TILE_OVERLAP,
     DEFAULT_TILE_SIZE,
@@ -166,11 +167,11 @@ def test_tiled_with_fast_inference_matches_eager_tiled():
     latents, guide = inputs(20, 12)
     with torch.no_grad():
         eager = tiled_upscale(model, latents, guide, 2, generator=seeded(), tile_size=8, overlap=4)
-        model.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
+        apply_fast_inference(model, dtype=torch.float32, compile=False, channels_last=False)
         try:
             fast = tiled_upscale(model, latents, guide, 2, generator=seeded(), tile_size=8, overlap=4)
         finally:
-            model.disable_fast_inference()
+            remove_fast_inference(model)
     torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
 
 
@@ -180,7 +181,7 @@ def test_tiling_sets_no_attribute_on_the_model(fast):
     instance's attributes are the ones it had before the run (no `step_noise` override)."""
     model = make_upscaler(4, noise_scale=1.0)
     if fast:
-        model.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
+        apply_fast_inference(model, dtype=torch.float32, compile=False, channels_last=False)
     latents, guide = inputs(12, 12)
     before = dict(model.__dict__)
     seen = []

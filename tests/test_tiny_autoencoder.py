@@ -448,3 +448,25 @@ def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_utils, "hf_hub_download", nothing_there)
     with pytest.raises(FileNotFoundError, match=r"'someone/empty' holds none of \['config.json', 'vae/config.json'\]"):
         load_vae("someone/empty")
+
+
+def test_encode_and_decode_under_sequential_cpu_offload():
+    """Under accelerate's sequential offload (what ``enable_sequential_cpu_offload`` sets up) the
+    weights rest on the ``meta`` device and the hooks bring them for each call: the inputs stay
+    on the caller's (execution) device, only the dtype is the VAE's."""
+    from accelerate import cpu_offload
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4).eval()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected_latents = encode_latents(vae, x)
+        expected_images = decode_latents(vae, expected_latents)
+        cpu_offload(vae, execution_device=torch.device("cpu"))
+        assert next(vae.parameters()).device.type == "meta"
+        latents = encode_latents(vae, x.double())
+        images = decode_latents(vae, latents)
+    assert latents.device.type == "cpu" and latents.dtype == torch.float32
+    torch.testing.assert_close(latents, expected_latents)
+    torch.testing.assert_close(images, expected_images)

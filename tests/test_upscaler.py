@@ -4,6 +4,7 @@ import torch
 
 from tiny_models import make_small_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTOutput
+from uplift_diffusers.models.fast_inference import apply_fast_inference, remove_fast_inference
 
 
 def inputs(batch=1, h=4, w=6, channels=4):
@@ -183,12 +184,12 @@ def test_bad_noise_raises_value_error_naming_the_argument(model, name, override,
     kwargs = dict(latents=torch.randn(2, 4, 4, 6), image=torch.rand(2, 3, 32, 48), num_steps=2)
     kwargs.update(override)
     if fast:
-        model.enable_fast_inference(dtype=torch.float32, compile=False)
+        apply_fast_inference(model, dtype=torch.float32, compile=False)
     try:
         with pytest.raises(ValueError, match=match):
             model(**kwargs)
     finally:
-        model.disable_fast_inference()
+        remove_fast_inference(model)
 
 
 # ----------------------------------------------------------------------------- dtypes

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .constants import (
     DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID,
+    UPLIFT_SD15_WEIGHTS_NAME, UPSCALER_SUBFOLDER,
 )
 
 PROG = "uplift-diffusers"
@@ -52,6 +53,12 @@ EXIT_STATUSES = {
 TRACEBACK_ENV = "UPLIFT_DIFFUSERS_TRACEBACK"
 DEFAULT_UPSCALE = 4.0
 DEFAULT_GENERATE_SCALE = 2.0
+UPSCALER_HINT = "--upscaler DIR or --original-checkpoint FILE"
+#: Files of a Hub repository an upscaler is read from (any one cached counts): a save_pretrained
+#: config, the authors' single file, a pipeline's upscaler.
+UPSCALER_HUB_FILES = ("config.json", UPLIFT_SD15_WEIGHTS_NAME, f"{UPSCALER_SUBFOLDER}/config.json")
+#: Files of a Hub repository a VAE is read from (any one cached counts): its own config or a pipeline's vae/.
+VAE_HUB_FILES = ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json")
 
 
 class CLIError(Exception):
@@ -181,25 +188,34 @@ def check_targets(targets: Sequence[Path], flag: str = "--output") -> None:
         raise CLIError(f"{flag}: {str(folders[0])!r} is a folder; it would be replaced by an output image. Move it away.")
 
 
+def upscaler_source(args) -> Tuple[str, str]:
+    """``(flag, model string)`` of the upscaler the command loads (default: the authors' release)."""
+    if args.original_checkpoint is not None:
+        return "--original-checkpoint", args.original_checkpoint
+    return "--upscaler", args.upscaler or UPLIFT_SD15_REPO_ID
+
+
 def upscaler_model(args):
     """The upscaler the command loads, as :class:`~uplift_diffusers.loaders.hub.HubModel`."""
-    from .loaders.user_models import upscaler_hub_model
+    from .loaders.hub import HubModel
 
-    hint = "--upscaler DIR or --original-checkpoint FILE"
-    if args.original_checkpoint is not None:
-        return upscaler_hub_model(args.original_checkpoint, hint, what=f"the checkpoint {args.original_checkpoint!r}")
-    return upscaler_hub_model(args.upscaler, hint)
+    flag, source = upscaler_source(args)
+    if args.original_checkpoint is None and args.upscaler is None:
+        what = f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
+    else:
+        what = f"the {'checkpoint' if flag == '--original-checkpoint' else 'upscaler'} {source!r}"
+    return HubModel(source, UPSCALER_HUB_FILES, what=what, hint=UPSCALER_HINT)
 
 
 def command_models(args) -> list:
     """Every model the command loads (the missing ones are reported together)."""
     from .loaders.hub import HubModel
-    from .loaders.user_models import vae_hub_model
 
+    upscaler = upscaler_model(args)
     if args.command == "upscale":
-        return [vae_hub_model(args.vae, "--vae DIR"), upscaler_model(args)]
+        return [HubModel(args.vae, VAE_HUB_FILES, what=f"the VAE {args.vae!r}", hint="--vae DIR"), upscaler]
     model = HubModel(args.model, ("model_index.json",), what=f"the Stable Diffusion model {args.model!r}", hint="--model DIR")
-    return [model, upscaler_model(args)] if args.scale > 1 else [model]
+    return [model, upscaler] if args.scale > 1 else [model]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,20 +249,50 @@ def resolve_dtype(name: str, device):
     return None if dtype == torch.float32 else dtype
 
 
-def load_upscaler(args, dtype):
-    """The upscaler of --original-checkpoint or --upscaler, by default the authors' release:
-    :func:`uplift_diffusers.loaders.load_upscaler`, with "Hub unreachable" as one line."""
-    from .loaders.user_models import load_user_upscaler
+def load_named(flag: str, source: str, what: str, hint: str, load):
+    """``load()``, its errors naming ``flag`` (the loaders name their own argument) and "the Hub
+    cannot be reached and the model is not cached" as one line naming ``hint``."""
+    from .loaders.hub import HubUnavailableError, from_hub
 
-    flag = "--original-checkpoint" if args.original_checkpoint is not None else "--upscaler"
-    return load_user_upscaler(upscaler_model(args), flag, dtype, original_config=args.original_config)
+    try:
+        return from_hub(what, hint, load)
+    except HubUnavailableError:
+        raise
+    except (ValueError, OSError) as error:
+        message = _one_line(error)
+        for name in ("`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`", "path_or_id"):
+            message = message.replace(name, flag)
+        raise CLIError(message if flag in message else f"{flag} {source!r}: {message}") from error
+
+
+def load_upscaler(args, dtype):
+    """The upscaler of --original-checkpoint or --upscaler (by default the authors' release), by
+    ``UPLiFTLatentUpscaler.from_single_file`` (a file, a Hub file URL or ORG/REPO/FILE) or
+    ``from_pretrained`` (a folder, a pipeline folder's ``upscaler/``, a Hub id)."""
+    from .models.modeling_uplift import UPLiFTLatentUpscaler
+
+    flag, source = upscaler_source(args)
+    path = Path(source).expanduser()
+    if flag == "--original-checkpoint" or path.is_file():
+        def load():
+            return UPLiFTLatentUpscaler.from_single_file(source, config=args.original_config, torch_dtype=dtype)
+    else:
+        pipeline_folder = path.is_dir() and not (path / "config.json").is_file() and (path / UPSCALER_SUBFOLDER / "config.json").is_file()
+        options = {"subfolder": UPSCALER_SUBFOLDER} if pipeline_folder else {}
+        if dtype is not None:
+            options["torch_dtype"] = dtype
+
+        def load():
+            return UPLiFTLatentUpscaler.from_pretrained(source, **options)
+    return load_named(flag, source, upscaler_model(args).label, UPSCALER_HINT, load)
 
 
 def load_vae_arg(args, dtype):
     """The VAE of --vae: :func:`uplift_diffusers.load_vae`, with "Hub unreachable" as one line."""
-    from .loaders.user_models import load_user_vae
+    from .loaders.vae import load_vae
 
-    return load_user_vae(args.vae, "--vae", "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)", dtype)
+    hint = "--vae DIR (a diffusers VAE folder or a folder with encoder.pth + decoder.pth)"
+    return load_named("--vae", args.vae, f"the VAE {args.vae!r}", hint, lambda: load_vae(args.vae, torch_dtype=dtype, argument="--vae"))
 
 
 def open_image(path: Path):
@@ -426,11 +472,12 @@ def cmd_convert(args, report) -> int:
     checkpoint = HubModel(args.checkpoint, what=f"CHECKPOINT {args.checkpoint!r}",
                           hint="a .safetensors / .pth file, a Hub URL or ORG/REPO/FILE")
     with models_available(args, [checkpoint]):
-        from .loaders.hub import single_file_path
-        from .loaders.single_file import load_state_dict_file
+        from .models.modeling_uplift import UPLiFTLatentUpscaler
 
-        path = single_file_path(args.checkpoint, "CHECKPOINT")
-    model = _convert(path, load_state_dict_file(path, "CHECKPOINT"), args.config)
+        def load():
+            return UPLiFTLatentUpscaler.from_single_file(args.checkpoint, config=args.config)
+
+        model = load_named("CHECKPOINT", args.checkpoint, checkpoint.label, checkpoint.hint, load)
     # save_pretrained into a temporary folder next to the output, then move each file in atomically
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=output))
     try:
@@ -443,17 +490,6 @@ def cmd_convert(args, report) -> int:
     parameters = sum(p.numel() for p in model.parameters())
     print(f"saved {parameters:,} parameters ({model.config.latent_channels} latent channels) to {output}")
     return report.status()
-
-
-def _convert(path: str, state_dict, config):
-    """The model of the authors' ``state_dict`` (read from ``path``), errors naming CHECKPOINT."""
-    from .loaders.single_file import already_converted_error
-    from .models.modeling_uplift import UPLiFTLatentUpscaler
-
-    converted = already_converted_error(state_dict, "CHECKPOINT", path)
-    if converted is not None:
-        raise converted
-    return UPLiFTLatentUpscaler.from_single_file(state_dict, config=config)
 
 
 # ---------------------------------------------------------------------------------------------

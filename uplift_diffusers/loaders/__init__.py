@@ -1,5 +1,6 @@
-"""Loading: the authors' single-file checkpoints (``FromOriginalUPLiFTMixin``), VAEs of every supported
-kind (:func:`load_vae`), an upscaler from one model string (:func:`load_upscaler`), and the Hub cache.
+"""Loading: the authors' single-file checkpoints (``FromOriginalUPLiFTMixin``, which gives
+``UPLiFTLatentUpscaler`` its ``from_single_file`` and ``from_pretrained``), VAEs of every supported
+kind (:func:`load_vae`) and the Hugging Face Hub helpers (:mod:`.hub`).
 
 Names are imported on first use, so that ``loaders.hub``'s checks run before torch and diffusers
 are imported.
@@ -8,7 +9,6 @@ from ..utils.lazy_exports import lazy_exports
 
 _MODULES = {
     ".single_file_model": ("FromOriginalUPLiFTMixin",),
-    ".upscaler": ("load_upscaler",),
     ".vae": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
     ".hub": ("from_hub", "HubUnavailableError"),
 }

@@ -1,22 +1,11 @@
-"""Finding files of Hugging Face Hub repositories, the local cache first; the loaders' shared arguments.
+"""The Hugging Face Hub, through ``huggingface_hub``: the file of a repository a loader reads
+(:func:`locate_hub_file`, the cache first), Hub file names (:func:`hub_file_of`), one clear error
+when the Hub cannot be used and a model is not cached (:func:`from_hub`), and the check of every
+model a command needs before loading any (:func:`check_models_available`,
+:func:`hub_models_available`: every missing model named in one :class:`MissingModelsError`
+within seconds).
 
-The loaders of this package choose between layouts (a diffusers ``config.json`` or the authors'
-single file; a VAE at a repository's root or in its ``vae/`` folder) by asking which file a
-repository has. :func:`locate_hub_file` answers from the local cache first (as
-``huggingface_hub`` lays it out), so that offline (``HF_HUB_OFFLINE=1`` or
-``local_files_only=True``) the choice needs no network and a file missing from the cache is
-reported at once, and a local "not in the cache" is never mistaken for "not in the repository".
-:func:`single_file_path` resolves a single-file checkpoint given as a path, a Hub URL or
-``org/repo/file``; :func:`pick_dtype` checks the ``torch_dtype`` / ``dtype`` pair of diffusers and
-:func:`dtype_kwargs` passes a dtype under the name the installed diffusers expects.
-:func:`from_hub` turns "the Hub cannot be reached and the model is not cached" into one
-:class:`HubUnavailableError` saying what to pass instead.
-
-Before loading anything, a command or script can check every model it needs at once:
-:func:`missing_from_cache` (file system only), :func:`hub_reachable` (one quick request) and
-:func:`check_models_available` / :func:`hub_models_available`, which report every missing model in
-one :class:`MissingModelsError` within seconds. This module imports neither torch nor diffusers at
-start-up, so that these checks answer before the heavy imports.
+This module imports neither torch nor diffusers, so that the checks answer before those imports.
 """
 from __future__ import annotations
 
@@ -28,42 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import urlparse
 
-from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "HUB_KWARGS",
-    "QUICK_TIMEOUT",
-    "HubModel",
-    "HubUnavailableError",
-    "MissingModelsError",
-    "missing_from_cache",
-    "not_found_anywhere",
-    "hub_reachable",
-    "check_models_available",
-    "hub_models_available",
-    "hub_file_of",
-    "is_connection_error",
-    "from_hub",
-    "dtype_kwargs",
-    "hub_offline",
-    "hub_kwargs_of",
-    "locate_hub_file",
-    "looks_like_local_path",
-    "single_file_path",
-    "pick_dtype",
-    "single_file_options",
-]
-
 #: Keyword arguments of ``from_pretrained`` that say where and how to fetch Hub files.
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-#: Further ``from_pretrained`` arguments applied to a single-file checkpoint, and those that change nothing there.
-_SINGLE_FILE_APPLIED = ("subfolder", "torch_dtype", "dtype", "device_map")
-_SINGLE_FILE_NO_EFFECT = ("low_cpu_mem_usage", "disable_mmap", "use_safetensors")
 _CONNECTION_WORDS = ("connect", "offline", "network", "resolve host", "timed out", "unreachable")
 
 T = TypeVar("T")
@@ -130,11 +92,6 @@ def dtype_kwargs(dtype: Optional[torch.dtype]) -> dict:
     return {"dtype": dtype}
 
 
-def hub_offline(local_files_only: Optional[bool] = None) -> bool:
-    """Whether the Hub must not be contacted: ``local_files_only`` or ``HF_HUB_OFFLINE``."""
-    return bool(local_files_only) or hub_constants.is_offline_mode()
-
-
 def hub_kwargs_of(kwargs: dict) -> dict:
     """The :data:`HUB_KWARGS` entries of ``kwargs`` that are set (not None / False)."""
     return {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) not in (None, False)}
@@ -152,69 +109,31 @@ def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
     return parent != Path(".") and parent.exists()
 
 
-def locate_hub_file(
-    repo_id: str,
-    filenames: Sequence[str],
-    *,
-    revision: Optional[str] = None,
-    cache_dir=None,
-    local_files_only: Optional[bool] = None,
-    force_download: bool = False,
-    token=None,
-    proxies=None,
-) -> Tuple[str, str]:
+def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str, str]:
     """``(local path, name)`` of the first of ``filenames`` (paths inside ``repo_id``, e.g.
-    ``"vae/config.json"``) that the repository holds, downloading it when needed.
-
-    A file already in the cache is chosen without contacting the Hub (online it is then fetched
-    with ``hf_hub_download``, which only checks that the cached copy is current). Offline, when
-    none is cached, :class:`huggingface_hub.errors.LocalEntryNotFoundError` names them all.
-    Online, each is asked for in order; one the Hub does not have (or that the cache records as
-    absent) is skipped.
+    ``"vae/config.json"``) that the repository holds, by ``hf_hub_download`` (``hub``: its
+    :data:`HUB_KWARGS`). A file missing from the repository, or offline from the cache, is
+    skipped, so that a root ``config.json`` the cache lacks does not hide a cached ``vae/config.json``.
 
     Raises:
-        LocalEntryNotFoundError: offline and none of the files is in the cache.
+        LocalEntryNotFoundError: none of the files is in the cache and the Hub cannot be used.
         FileNotFoundError: the repository holds none of the files.
     """
-    offline = hub_offline(local_files_only)
-    download_kwargs = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, token=token)
-    if proxies is not None:
-        download_kwargs["proxies"] = proxies
-    cached = {name: try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision) for name in filenames}
-    if not force_download:
-        for name in filenames:
-            if isinstance(cached[name], str):
-                path = cached[name] if offline else hf_hub_download(repo_id, name, **download_kwargs)
-                return path, name
-    where = f"{repo_id!r}" + (f" (revision {revision!r})" if revision else "")
-    if offline:
-        cache = cache_dir or hub_constants.HF_HUB_CACHE
-        raise LocalEntryNotFoundError(
-            f"None of {list(filenames)} of the Hub repository {where} is in the local cache ({cache}) and the Hub may "
-            "not be contacted (HF_HUB_OFFLINE=1 or local_files_only=True); download it once with network access or "
-            "pass a local path."
-        )
+    hub = {key: value for key, value in hub.items() if value is not None}
+    errors = []
     for name in filenames:
-        if not force_download and cached[name] is _CACHED_NO_EXIST:
-            continue  # the cache records that the repository does not have this file
         try:
-            return hf_hub_download(repo_id, name, **download_kwargs), name
-        except EntryNotFoundError as error:
-            if isinstance(error, LocalEntryNotFoundError):  # not cached and the Hub unreachable: not an answer
-                raise
-    raise FileNotFoundError(f"The Hub repository {where} holds none of {list(filenames)}.")
-
-
-def pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]) -> Optional[torch.dtype]:
-    """The one dtype of ``torch_dtype`` / ``dtype`` (diffusers' old and new names), checked."""
-    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
-        raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
-    import torch
-
-    chosen = dtype if dtype is not None else torch_dtype
-    if chosen is not None and (not isinstance(chosen, torch.dtype) or not chosen.is_floating_point):
-        raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {chosen!r}.")
-    return chosen
+            return hf_hub_download(repo_id, name, **hub), name
+        except EntryNotFoundError as error:  # LocalEntryNotFoundError too: not in the cache, offline
+            errors.append(error)
+    where = f"{repo_id!r}" + (f" (revision {hub['revision']!r})" if hub.get("revision") else "")
+    if all(isinstance(error, LocalEntryNotFoundError) for error in errors):
+        raise LocalEntryNotFoundError(
+            f"None of {list(filenames)} of the Hub repository {where} is in the local cache and the Hub cannot be "
+            "used (HF_HUB_OFFLINE=1, local_files_only=True or no network); download it once with network access "
+            "or pass a local path."
+        ) from errors[-1]
+    raise FileNotFoundError(f"The Hub repository {where} holds none of {list(filenames)}.") from errors[-1]
 
 
 _HUB_URL_PREFIXES = ("https://huggingface.co/", "http://huggingface.co/", "huggingface.co/", "https://hf.co/", "hf.co/")
@@ -248,32 +167,6 @@ def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Op
     org, name, revision, filename = match.groups()
     return f"{org}/{name}", filename, revision
 
-
-def single_file_path(source, argument: str, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub) -> str:
-    """The local path of a single-file checkpoint given as a local path, a Hub URL or ``org/repo/file``
-    (fetched with :func:`locate_hub_file`, the cache first)."""
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.is_file():
-        if subfolder:
-            raise ValueError(f"`subfolder` {subfolder!r} applies to Hub files, but `{argument}` {text!r} is a local file; leave it out.")
-        return str(path)
-    if path.is_dir():
-        raise ValueError(
-            f"`{argument}` {text!r} is a folder; pass the checkpoint file inside it, or load the folder with "
-            "UPLiFTLatentUpscaler.from_pretrained."
-        )
-    found = hub_file_of(source, argument)
-    if found is None:
-        raise FileNotFoundError(f"`{argument}` file not found: {text!r}; pass the path to the .safetensors or .pth file.")
-    repo_id, weights_name, pinned = found
-    if pinned is not None:
-        if revision is not None and revision != pinned:
-            raise ValueError(f"`revision`={revision!r} differs from the revision {pinned!r} in `{argument}` {text!r}; pass one.")
-        revision = pinned
-    if subfolder:
-        weights_name = f"{subfolder}/{weights_name}"
-    return locate_hub_file(repo_id, [weights_name], revision=revision, **hub)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,14 +230,13 @@ def _hub_location(model: HubModel) -> Optional[Tuple[str, Tuple[str, ...], Optio
     return text, model.files, model.revision
 
 
-def _snapshot_has_files(repo_id: str, revision: Optional[str], cache_dir) -> bool:
+def _snapshot_cached(repo_id: str, revision: Optional[str], cache_dir) -> bool:
     """Whether the cache holds a snapshot of ``repo_id`` at ``revision`` with at least one file."""
-    folder = Path(cache_dir or hub_constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    revision = revision or "main"
-    ref = folder / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
-    snapshot = folder / "snapshots" / commit
-    return snapshot.is_dir() and any(path.is_file() for path in snapshot.rglob("*"))
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError):
+        return False
+    return any(path.is_file() for path in Path(folder).rglob("*"))
 
 
 def not_found_anywhere(models: Iterable[Union[str, "os.PathLike", HubModel]]) -> List[HubModel]:
@@ -377,7 +269,7 @@ def missing_from_cache(models: Iterable[Union[str, "os.PathLike", HubModel]], ca
                 isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision), str) for name in files
             )
         else:
-            cached = _snapshot_has_files(repo_id, revision, cache_dir)
+            cached = _snapshot_cached(repo_id, revision, cache_dir)
         if not cached:
             missing.append(model)
     return missing
@@ -464,22 +356,3 @@ def hub_models_available(
         yield False
     finally:
         hub_constants.HF_HUB_OFFLINE = previous
-
-
-def single_file_options(kwargs: dict, path: str):
-    """``(dtype, device)`` of ``from_pretrained`` keyword arguments applied to the single-file
-    checkpoint ``path`` (already fetched with the Hub arguments); arguments that cannot apply to a
-    single file raise instead of being dropped."""
-    known = set(HUB_KWARGS) | set(_SINGLE_FILE_APPLIED) | set(_SINGLE_FILE_NO_EFFECT)
-    refused = sorted(key for key, value in kwargs.items() if key not in known and value is not None)
-    if refused:
-        raise ValueError(
-            f"from_pretrained arguments {refused} do not apply to the authors' single-file checkpoint {path!r}; "
-            "leave them out (or convert it with `uplift-diffusers convert` and load the converted folder)."
-        )
-    import torch
-
-    device = kwargs.get("device_map")
-    if device is not None and not isinstance(device, (str, torch.device)):
-        raise ValueError(f"`device_map` must be one device (e.g. 'cpu', 'cuda') for the single-file checkpoint, got {device!r}.")
-    return pick_dtype(kwargs.get("torch_dtype"), kwargs.get("dtype")), device

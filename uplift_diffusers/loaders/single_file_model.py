@@ -1,11 +1,13 @@
 """Loading the authors' single-file UPLiFT checkpoints into :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
 
 :class:`FromOriginalUPLiFTMixin` gives the model diffusers' ``from_single_file`` (official key
-layout, Hub URL / ``org/repo/file`` / local file / state dict) and a ``from_pretrained`` that also
-accepts a folder or Hub repository holding only that single file (the authors' release).
+layout: a local file, a Hub URL, ``org/repo/file`` or a state dict) and a ``from_pretrained`` that
+also accepts a folder or Hub repository holding only that single file (the authors' release).
+These two are the package's only ways to load an upscaler.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -15,13 +17,71 @@ from diffusers.utils import CONFIG_NAME, logging
 from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
-from .hub import hub_kwargs_of, locate_hub_file, looks_like_local_path, pick_dtype, single_file_options, single_file_path
+from .hub import HUB_KWARGS, hub_file_of, hub_kwargs_of, locate_hub_file, looks_like_local_path
 
 logger = logging.get_logger(__name__)
 
+#: ``from_pretrained`` arguments applied to the authors' single file, and those that change nothing there.
+_SINGLE_FILE_APPLIED = ("subfolder", "torch_dtype", "dtype", "device_map")
+_SINGLE_FILE_NO_EFFECT = ("low_cpu_mem_usage", "disable_mmap", "use_safetensors")
+
+
+def _pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]) -> Optional[torch.dtype]:
+    """The one dtype of ``torch_dtype`` / ``dtype`` (diffusers' old and new names), checked."""
+    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+        raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
+    chosen = dtype if dtype is not None else torch_dtype
+    if chosen is not None and (not isinstance(chosen, torch.dtype) or not chosen.is_floating_point):
+        raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {chosen!r}.")
+    return chosen
+
+
+def _single_file_path(source, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub) -> str:
+    """The local path of a checkpoint given as a local path, a Hub URL or ``org/repo/file``."""
+    argument = "pretrained_model_link_or_path"
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if subfolder:
+            raise ValueError(f"`subfolder` {subfolder!r} applies to Hub files, but `{argument}` {text!r} is a local file; leave it out.")
+        return str(path)
+    if path.is_dir():
+        raise ValueError(
+            f"`{argument}` {text!r} is a folder; pass the checkpoint file inside it, or load the folder with "
+            "UPLiFTLatentUpscaler.from_pretrained."
+        )
+    found = hub_file_of(source, argument)
+    if found is None:
+        raise FileNotFoundError(f"`{argument}` file not found: {text!r}; pass the path to the .safetensors or .pth file.")
+    repo_id, weights_name, pinned = found
+    if pinned is not None:
+        if revision is not None and revision != pinned:
+            raise ValueError(f"`revision`={revision!r} differs from the revision {pinned!r} in `{argument}` {text!r}; pass one.")
+        revision = pinned
+    if subfolder:
+        weights_name = f"{subfolder}/{weights_name}"
+    return locate_hub_file(repo_id, [weights_name], revision=revision, **hub)[0]
+
+
+def _check_config_file(config_file: Path) -> None:
+    """A local model folder's ``config.json`` must be a JSON object (diffusers' own error for
+    another JSON value blames the network)."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: its {str(config_file)!r} is not valid JSON ({error}); restore it, "
+            "or save the model again (save_pretrained, or `uplift-diffusers convert` for the authors' file)."
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"`pretrained_model_name_or_path`: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a "
+            "model config object; restore it, or save the model again."
+        )
+
 
 class FromOriginalUPLiFTMixin:
-    """``from_single_file`` / ``from_original_checkpoint`` and a single-file-aware ``from_pretrained``."""
+    """``from_single_file`` and a single-file-aware ``from_pretrained``."""
 
     @classmethod
     def from_single_file(
@@ -55,52 +115,32 @@ class FromOriginalUPLiFTMixin:
             original_config: diffusers' name for ``config``; pass one of the two.
             torch_dtype, dtype: cast the weights to this floating dtype (``dtype`` is diffusers' newer name).
             cache_dir, revision, local_files_only, token, force_download, proxies, subfolder: where
-                and how to fetch a Hub file, as in ``hf_hub_download`` (the cache is read first;
-                offline, ``HF_HUB_OFFLINE=1``, it is the only source). A revision in the URL is used
-                when ``revision`` is not given.
+                and how to fetch a Hub file, as in ``hf_hub_download`` (offline, ``HF_HUB_OFFLINE=1``,
+                the cache is the only source). A revision in the URL is used when ``revision`` is not given.
 
         Raises:
             FileNotFoundError: a local path that does not exist.
             ValueError: listing missing / unexpected keys and shape mismatches, or a bad argument.
         """
+        from .single_file import already_converted_error, config_from_original, config_from_state_dict, load_original_into, load_state_dict_file
+
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
-        hub = dict(cache_dir=cache_dir, revision=revision, local_files_only=local_files_only, token=token,
-                   force_download=force_download, proxies=proxies, subfolder=subfolder)
-        return cls._load_original(pretrained_model_link_or_path, "pretrained_model_link_or_path",
-                                  original_config if config is None else config, pick_dtype(torch_dtype, dtype), hub)
-
-    @classmethod
-    def from_original_checkpoint(
-        cls,
-        checkpoint: Union[str, "os.PathLike", Mapping[str, torch.Tensor]],
-        config: Union[str, "os.PathLike", Mapping, None] = None,
-        torch_dtype: Optional[torch.dtype] = None,
-    ) -> "UPLiFTLatentUpscaler":
-        """Alias of :meth:`from_single_file` (``checkpoint``: a file, a Hub URL or an official state dict)."""
-        return cls._load_original(checkpoint, "checkpoint", config, pick_dtype(torch_dtype, None), {})
-
-    @classmethod
-    def _load_original(cls, source, argument: str, config, torch_dtype, hub: dict) -> "UPLiFTLatentUpscaler":
-        from .single_file import (
-            already_converted_error,
-            config_from_original,
-            config_from_state_dict,
-            load_original_into,
-            load_state_dict_file,
-        )
-
+        config = original_config if config is None else config
+        torch_dtype = _pick_dtype(torch_dtype, dtype)
+        source = pretrained_model_link_or_path
         if isinstance(source, Mapping):
             state_dict, where = dict(source), "the state dict"
         elif isinstance(source, (str, os.PathLike)):
-            where = single_file_path(source, argument, **hub)
-            state_dict = load_state_dict_file(where, argument)
+            hub = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token, force_download=force_download, proxies=proxies)
+            where = _single_file_path(source, subfolder, revision, **hub)
+            state_dict = load_state_dict_file(where, "pretrained_model_link_or_path")
         else:
             raise ValueError(
-                f"`{argument}` must be a file path or a state dict, got {type(source).__name__}; "
+                f"`pretrained_model_link_or_path` must be a file path or a state dict, got {type(source).__name__}; "
                 "(a Hub file may also be given as its URL or as 'org/repo/file')."
             )
-        converted = already_converted_error(state_dict, argument, where)
+        converted = already_converted_error(state_dict, "pretrained_model_link_or_path", where)
         if converted is not None:
             raise converted
         model = cls(**(config_from_state_dict(state_dict) if config is None else config_from_original(config)))
@@ -123,9 +163,6 @@ class FromOriginalUPLiFTMixin:
         ``local_files_only``, ``token``, ``subfolder``, ``force_download``, ``proxies`` and
         ``device_map`` (a device); ``low_cpu_mem_usage``, ``disable_mmap`` and ``use_safetensors``
         have no effect there, other diffusers options are refused.
-
-        Which layout a Hub repository has is read from the local cache first, so offline
-        (``HF_HUB_OFFLINE=1`` / ``local_files_only=True``) nothing waits on the network.
 
         Args:
             pretrained_model_name_or_path: a folder or a Hub repository id.
@@ -151,6 +188,7 @@ class FromOriginalUPLiFTMixin:
         if path.is_dir():
             folder = path / subfolder
             if (folder / CONFIG_NAME).is_file():
+                _check_config_file(folder / CONFIG_NAME)
                 single_file = None
             elif (folder / weight_name).is_file():
                 single_file = str(folder / weight_name)
@@ -172,7 +210,16 @@ class FromOriginalUPLiFTMixin:
                 )
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         logger.info(f"{where} holds the authors' single file {weight_name} (no config.json): loading it with from_single_file.")
-        torch_dtype, device = single_file_options(kwargs, single_file)
+        known = set(HUB_KWARGS) | set(_SINGLE_FILE_APPLIED) | set(_SINGLE_FILE_NO_EFFECT)
+        refused = sorted(key for key, value in kwargs.items() if key not in known and value is not None)
+        if refused:
+            raise ValueError(
+                f"from_pretrained arguments {refused} do not apply to the authors' single-file checkpoint {single_file!r}; "
+                "leave them out (or convert it with `uplift-diffusers convert` and load the converted folder)."
+            )
+        device = kwargs.get("device_map")
+        if device is not None and not isinstance(device, (str, torch.device)):
+            raise ValueError(f"`device_map` must be one device (e.g. 'cpu', 'cuda') for the single-file checkpoint, got {device!r}.")
+        torch_dtype = _pick_dtype(kwargs.get("torch_dtype"), kwargs.get("dtype"))
         model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=torch_dtype)
         return model if device is None else model.to(device)
-

@@ -173,16 +173,16 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(channels) - 1)
 
 
-def _model_dtype_device(vae) -> tuple[torch.dtype, torch.device]:
+def _model_dtype(vae) -> torch.dtype:
+    """The dtype of ``vae``'s weights, which its inputs are cast to. The inputs keep the device
+    the caller put them on (a pipeline's execution device): under accelerate's offloading the
+    weights rest on the CPU or on the ``meta`` device and its hooks move them for the call."""
     if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "encode") or not hasattr(vae, "decode"):
         raise ValueError(f"vae must be an autoencoder module with encode/decode, got {type(vae).__name__}")
     parameter = next(vae.parameters(), None)
     if parameter is None:
         raise ValueError(f"vae ({type(vae).__name__}) has no parameters")
-    # under accelerate's CPU offload the weights rest on the CPU and the hook moves them to
-    # its execution device for the call: the inputs must go there
-    execution_device = getattr(getattr(vae, "_hf_hook", None), "execution_device", None)
-    return parameter.dtype, torch.device(execution_device) if execution_device is not None else parameter.device
+    return parameter.dtype
 
 
 def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
@@ -190,15 +190,16 @@ def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
 
     KL autoencoders return the posterior mode (``vae.encode(x).latent_dist.mode()``), tiny
     autoencoders their ``.latents``. H and W must be multiples of :func:`vae_scale_factor`.
-    The images are moved to the VAE's device and dtype. Gradients follow the caller's mode:
+    The images are cast to the VAE's dtype and stay on their device (put them on the VAE's
+    execution device). Gradients follow the caller's mode:
     wrap the call in ``torch.no_grad()`` for a frozen VAE. Shapes are checked, values are not
     (no device synchronisation per call): check data where it enters, with
     :func:`uplift_diffusers.utils.validation.check_values`.
     """
-    dtype, device = _model_dtype_device(vae)
+    dtype = _model_dtype(vae)
     channels = getattr(vae.config, "in_channels", 3)
     check_image_batch("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
-    output = vae.encode(images_minus1_1.to(device=device, dtype=dtype))
+    output = vae.encode(images_minus1_1.to(dtype=dtype))
     if hasattr(output, "latent_dist"):
         return output.latent_dist.mode()
     if hasattr(output, "latents"):
@@ -211,14 +212,14 @@ def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
 def decode_latents(vae, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """Decode *unscaled* latents (batch, latent_channels, h, w) into images in [-1, 1].
 
-    The latents are moved to the VAE's device and dtype. With ``clamp=True`` (default) the
+    The latents are cast to the VAE's dtype and stay on their device. With ``clamp=True`` (default) the
     images are clamped to [-1, 1]; pass ``clamp=False`` for the raw decoder output. Gradients
     follow the caller's mode.
     """
-    dtype, device = _model_dtype_device(vae)
+    dtype = _model_dtype(vae)
     channels = getattr(vae.config, "latent_channels", None)
     if channels is None:
         raise ValueError(f"vae ({type(vae).__name__}) config has no latent_channels")
     check_image_batch("latents", latents, channels=channels)
-    images = vae.decode(latents.to(device=device, dtype=dtype)).sample
+    images = vae.decode(latents.to(dtype=dtype)).sample
     return images.clamp(-1, 1) if clamp else images

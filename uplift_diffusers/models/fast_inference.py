@@ -1,8 +1,9 @@
 """Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, beside the model.
 
-``enable_fast_inference(model, dtype=torch.bfloat16, compile=True)`` makes ``model(...)`` run
-the model's own encoder groups and :meth:`~UPLiFTLatentUpscaler.upscale_step` (no second
-copy of them here) with:
+``apply_fast_inference(model, dtype=torch.bfloat16, compile=True)`` makes ``model(...)`` run
+the model's own ``forward`` (its one step loop and input checks) with its two replaceable
+passes, :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`,
+swapped for faster versions of themselves (the model's own blocks, no second copy):
 
 - ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86
   CPUs, tensor cores on CUDA): every convolution computes in ``dtype``, while the residual
@@ -30,8 +31,9 @@ copy of them here) with:
   the eager ``forward``), outside the compiled graphs;
 - ``torch.no_grad()`` (inference only).
 
-While it is enabled, the model's ``forward`` is this module's (set on the instance, beneath
-accelerate's hooks when the model has them); :func:`disable_fast_inference` removes it.
+While it is applied, the passes and a thin ``forward`` wrapper (``torch.no_grad``, the output
+dtype) are set on the instance, the wrapper beneath accelerate's hooks when the model has them;
+:func:`remove_fast_inference` removes them. The model module never imports this one.
 """
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_uplift import ConvBlock, UPLiFTOutput, check_step_callback
+from .modeling_uplift import ConvBlock, UPLiFTOutput
 
-#: dtypes accepted by :func:`enable_fast_inference`.
+#: dtypes accepted by :func:`apply_fast_inference`.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -123,16 +125,15 @@ def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int, phase
     return last.pointwise(conv_out, stacked[:, 4])  # phase 4 is the offset (0, 0)
 
 
-# =============================================================================== the fast forward
+# =============================================================================== the fast passes
 class FastInference:
-    """The fast-inference state of one model: settings, compiled passes and the forward pass
-    that uses them. Made by :func:`enable_fast_inference`; holds no copy of the weights."""
+    """The fast-inference state of one model: settings, compiled passes and the replacements
+    of the model's passes. Made by :func:`apply_fast_inference`; holds no copy of the weights."""
 
     def __init__(self, model, dtype: torch.dtype, compile: bool, compile_mode: Optional[str], channels_last: bool):
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # the encoder groups from the first one as wide as the widest (full resolution: they
         # set the peak memory) keep their residual stream in `dtype`; a float32 stream there
         # doubled the peak memory (276 -> 613 MiB at 256 px) for 0.89% -> 0.79% error
@@ -141,6 +142,8 @@ class FastInference:
         self.half_stream_from = widths.index(max(widths))
         #: the strided last encoder group with phases (:func:`last_group_strided`): in float32 only
         self.phases = dtype == torch.float32
+        #: stride of the last encoder map for the call in progress (set by :meth:`forward`)
+        self.read_stride = 1
         self._eager = {"encode": self.encode, "step": self.step}
         self._compiled: Dict[str, Optional[Callable]] = {}
         # freezing: weights become constants of the compiled graphs (autocast's weight casts
@@ -168,10 +171,9 @@ class FastInference:
             return contextlib.nullcontext()
         return torch.autocast(device_type, dtype=self.dtype)
 
-    # ----------------------------------------------------------------- the passes
     def encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
-        """The encoder pass (eager; :meth:`forward` may run it compiled): the maps of the
-        model's own encoder groups, the last one on the grid the steps read, stored in ``dtype``."""
+        """The encoder pass, uncompiled: the maps of the model's own encoder groups, the last
+        one on the grid the steps read, stored in ``dtype``."""
         groups = self.model.encoder.groups
         maps, x = [], image
         for index, group in enumerate(groups):
@@ -186,10 +188,18 @@ class FastInference:
         return maps
 
     def step(self, latents: torch.Tensor, features: List[torch.Tensor], noise) -> torch.Tensor:
-        """The step pass (eager; :meth:`forward` may run it compiled): the model's own 2x step
-        under autocast, with the noise drawn outside (a compiled graph holds no random numbers)."""
+        """The model's own 2x step under autocast, uncompiled, with the noise drawn outside
+        (a compiled graph holds no random numbers)."""
         with self._autocast(latents.device.type):
-            return self.model.upscale_step(latents, features, noise)
+            return type(self.model).upscale_step(self.model, latents, features, noise)
+
+    def model_encode(self, image: torch.Tensor) -> List[torch.Tensor]:
+        """Replaces :meth:`UPLiFTLatentUpscaler.encode` while applied."""
+        return self._call("encode", self._layout(image.to(self.model.dtype)), self.read_stride)
+
+    def model_upscale_step(self, latents: torch.Tensor, features: List[torch.Tensor], noise) -> torch.Tensor:
+        """Replaces :meth:`UPLiFTLatentUpscaler.upscale_step` while applied."""
+        return self._call("step", self._layout(latents), features, tuple(self._layout(n) for n in noise))
 
     def _call(self, name: str, *args):
         compiled = self._compiled.get(name)
@@ -203,50 +213,48 @@ class FastInference:
                 warnings.warn(
                     f"torch.compile could not compile the UPLiFT {name} pass ({type(error).__name__}: "
                     f"{str(error)[:300]}); running it eagerly in {self.dtype} instead. Call "
-                    "enable_fast_inference(compile=False) to skip compiling.",
+                    "apply_fast_inference(model, compile=False) to skip compiling.",
                     RuntimeWarning,
                     stacklevel=4,
                 )
                 self._compiled[name] = None
         return self._eager[name](*args)
 
-    def forward(
-        self, latents, image, num_steps=1, generator=None, noise_scale=None, output_intermediate=False, return_dict=True, callback=None, noise=None
-    ):
-        """:meth:`UPLiFTLatentUpscaler.forward` (same arguments, same checks) in fast mode; ``callback``
-        receives each step's latents as the step computed them (the model's dtype, maybe channels_last)."""
+    def forward(self, latents, image, num_steps=1, *args, **kwargs):
+        """The model's own ``forward`` (same arguments, checks and step loop) without gradients,
+        its outputs in the dtype of the caller's ``latents`` (standard memory format); ``callback``
+        receives each step's latents as the step computed them (maybe channels_last)."""
         model = self.model
-        model.check_inputs(latents, image, num_steps, generator, noise_scale, noise)
-        check_step_callback(callback)
-        out_dtype = latents.dtype
+        self.read_stride = encoder_read_stride(model, num_steps) if isinstance(num_steps, int) else 1
         with torch.no_grad():
-            image = self._layout(image.to(dtype=model.dtype))
-            z = self._layout(latents.to(dtype=model.dtype))
-            features = self._call("encode", image, encoder_read_stride(model, num_steps))
-            steps = []
-            for index in range(num_steps):
-                step_noise = model.step_noise(z, generator, noise_scale) if noise is None else noise[index]
-                z = self._call("step", z, features, tuple(self._layout(n) for n in step_noise))
-                steps.append(z)
-                if callback is not None:
-                    callback(index, z)
-        steps = [s.to(dtype=out_dtype, memory_format=torch.contiguous_format) for s in steps]
-        intermediate = steps if output_intermediate else None
-        if not return_dict:
-            return (steps[-1], intermediate)
-        return UPLiFTOutput(sample=steps[-1], intermediate=intermediate)
+            output = type(model).forward(model, latents, image, num_steps, *args, **kwargs)
+        sample, intermediate = output if isinstance(output, tuple) else (output.sample, output.intermediate)
+
+        def back(tensor):
+            return tensor.to(dtype=latents.dtype, memory_format=torch.contiguous_format)
+
+        sample = back(sample)
+        intermediate = None if intermediate is None else [back(z) for z in intermediate]
+        if isinstance(output, tuple):
+            return (sample, intermediate)
+        return UPLiFTOutput(sample=sample, intermediate=intermediate)
 
     # ----------------------------------------------------------------- switching
     def install(self) -> None:
-        """Make ``model(...)`` call :meth:`forward`. accelerate's hooks (CPU offload) replace
-        ``forward`` on the instance and call ``_old_forward``: then that is replaced, so the
-        hook still moves the weights first."""
-        setattr(self.model, _forward_slot(self.model), self.forward)
-        self.model._fast_inference = self
+        """Set the passes and the forward wrapper on the model. accelerate's hooks (CPU offload)
+        replace ``forward`` on the instance and call ``_old_forward``: then that is replaced, so
+        the hook still moves the weights first."""
+        model = self.model
+        model.encode = self.model_encode
+        model.upscale_step = self.model_upscale_step
+        setattr(model, _forward_slot(model), self.forward)
+        model._fast_inference = self
 
     def remove(self) -> None:
-        """Give the model its own ``forward`` back and drop the compiled passes."""
+        """Give the model its own passes and ``forward`` back and drop the compiled passes."""
         model = self.model
+        for name in ("encode", "upscale_step"):
+            model.__dict__.pop(name, None)
         for slot in ("forward", "_old_forward"):
             installed = model.__dict__.get(slot)
             if getattr(installed, "__self__", None) is self:
@@ -290,14 +298,14 @@ def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
         return None
 
 
-def enable_fast_inference(
+def apply_fast_inference(
     model,
     dtype: torch.dtype = torch.bfloat16,
     compile: bool = True,
     compile_mode: Optional[str] = None,
     channels_last: bool = True,
 ) -> FastInference:
-    """Switch ``model`` (an :class:`UPLiFTLatentUpscaler`) to fast inference.
+    """Make ``model`` (an :class:`UPLiFTLatentUpscaler`) run its forward pass fast.
 
     Args:
         model: the upscaler (float32 weights for the mixed precision described above).
@@ -330,15 +338,15 @@ def enable_fast_inference(
             raise ValueError(f"`{name}` must be True or False, got {value!r}.")
     if compile_mode is not None and not isinstance(compile_mode, str):
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
-    disable_fast_inference(model)
+    remove_fast_inference(model)
     state = FastInference(model, dtype, compile, compile_mode, channels_last)
     state.install()
     return state
 
 
-def disable_fast_inference(model) -> None:
-    """Undo :func:`enable_fast_inference`: the model's own (float32 eager) forward again.
-    Does nothing when fast inference is not enabled."""
+def remove_fast_inference(model) -> None:
+    """Undo :func:`apply_fast_inference`: the model's own (float32 eager) passes again.
+    Does nothing when fast inference is not applied."""
     state = getattr(model, "_fast_inference", None)
     if state is not None:
         state.remove()

@@ -15,7 +15,9 @@ The file follows that order: ConvBlock, encoder, decoder, (Local Attender, in
 :mod:`.local_attender`), refiner, then the model. The module and parameter names follow the
 paper; :mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto
 them. Speed (bf16, ``torch.compile``, computing only the encoder pixels the steps read) is
-not here: :mod:`.fast_inference` runs this model's own blocks and step faster.
+not here: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference` swaps the two
+passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`
+for faster versions of themselves, from outside; ``forward`` and its step loop stay this file's.
 """
 from __future__ import annotations
 
@@ -41,14 +43,6 @@ GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 StepNoise = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
 #: Called as ``callback(step_index, latents)`` after every 2x step of :meth:`UPLiFTLatentUpscaler.forward`.
 StepCallback = Callable[[int, torch.Tensor], None]
-
-
-def check_step_callback(callback) -> None:
-    """ValueError unless ``callback`` is None or callable (the ``callback`` of the forward passes)."""
-    if callback is not None and not callable(callback):
-        raise ValueError(
-            f"`callback` must be None or a function called as callback(step_index, latents), got {type(callback).__name__}."
-        )
 
 
 # =============================================================================== building blocks
@@ -306,9 +300,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 tiles of one full-size draw). ``generator`` and ``noise_scale`` only shape the
                 drawing, so they must be ``None`` with it.
         """
-        self.check_inputs(latents, image, num_steps, generator, noise_scale, noise)
-        check_step_callback(callback)
-        features = self.encoder(image.to(self.dtype))
+        self.check_inputs(latents, image, num_steps, generator, noise_scale, noise, callback)
+        features = self.encode(image)
         z, steps = latents.to(self.dtype), []
         for index in range(num_steps):
             step_noise = self.step_noise(z, generator, noise_scale) if noise is None else noise[index]
@@ -320,6 +313,10 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         if not return_dict:
             return (z, intermediate)
         return UPLiFTOutput(sample=z, intermediate=intermediate)
+
+    def encode(self, image: torch.Tensor) -> List[torch.Tensor]:
+        """The encoder pass, run once per call: every encoder group's map (E0 ... E4)."""
+        return self.encoder(image.to(self.dtype))
 
     def upscale_step(self, latents: torch.Tensor, features: List[torch.Tensor], noise: StepNoise) -> torch.Tensor:
         """One 2x step: decoder -> Local Attender -> refiner, given the encoder maps and the
@@ -362,45 +359,42 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
         return (cfg.noise_channels, float(dec_scale)), (ref_channels, float(ref_scale))
 
-    def check_inputs(self, latents, image, num_steps, generator, noise_scale, noise=None) -> None:
-        """Shapes, dtypes, devices and arguments, checked without reading tensor values (no
-        device synchronisation). Values (NaN, range) are checked where data enters: the
-        pipelines, the CLI and the training data."""
-        channels = self.config.latent_channels
-        factor = self.config.vae_scale_factor
+    def check_inputs(self, latents, image, num_steps, generator=None, noise_scale=None, noise=None, callback=None) -> None:
+        """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only (no
+        tensor value is read: no device synchronisation). Values (NaN, range) are checked where
+        data enters: the pipelines, the CLI and the training data."""
+        channels, factor = self.config.latent_channels, self.config.vae_scale_factor
         if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
             got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(f"`latents` must be a 4-D tensor B x {channels} x h x w, got {got}.")
-        if latents.shape[1] != channels:
+        batch, got_channels, h, w = latents.shape
+        if got_channels != channels:
             raise ValueError(
-                f"`latents` has {latents.shape[1]} channels but this upscaler expects latent_channels={channels}; "
+                f"`latents` has {got_channels} channels but this upscaler expects latent_channels={channels}; "
                 "use an upscaler trained for this VAE."
             )
-        batch, _, h, w = latents.shape
-        if h < 1 or w < 1:
-            raise ValueError(f"`latents` has an empty spatial size {h} x {w}.")
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (factor * h, factor * w):
+        expected = (3, factor * h, factor * w)
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or tuple(image.shape[1:]) != expected:
             got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(
                 f"`image` must be B x 3 x {factor * h} x {factor * w} (RGB in [0, 1], {factor}x the {h} x {w} latents), got {got}."
             )
         if image.shape[0] != batch:
             raise ValueError(f"`image` batch {image.shape[0]} differs from `latents` batch {batch}; pass one image per latent.")
-        for name, tensor in (("latents", latents), ("image", image)):
-            if not tensor.is_floating_point():
-                raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {tensor.dtype}.")
-        if latents.device != image.device:
-            raise ValueError(f"`latents` is on {latents.device} but `image` on {image.device}; put both on the model's device.")
+        if not latents.is_floating_point() or not image.is_floating_point():
+            raise ValueError(f"`latents` must be a floating-point tensor, as `image`; got {latents.dtype} and {image.dtype}.")
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be an int >= 1 (each step upscales 2x), got {num_steps!r}.")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"`generator` is a list of {len(generator)} generators but the batch has {batch}; pass one per batch element.")
         if noise_scale is not None and (not isinstance(noise_scale, (int, float)) or noise_scale < 0):
             raise ValueError(f"`noise_scale` must be a number >= 0 or None, got {noise_scale!r}.")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"`callback` must be None or a function called as callback(step_index, latents), got {type(callback).__name__}.")
         if noise is not None:
-            self.check_noise(noise, latents, num_steps, generator, noise_scale)
+            self._check_noise(noise, latents, num_steps, generator, noise_scale)
         trained = self.config.get("trained_upscale_factors")
-        if trained and 2 ** num_steps > max(trained) and not getattr(self, "_warned_untrained_factor", False):
+        if trained and 2**num_steps > max(trained) and not self._warned_untrained_factor:
             self._warned_untrained_factor = True
             logger.warning(
                 f"Upscaling the latents {2 ** num_steps}x ({num_steps} steps of 2x), but this UPLiFT model was trained "
@@ -409,9 +403,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
             )
 
-    def check_noise(self, noise, latents, num_steps, generator=None, noise_scale=None) -> None:
-        """ValueError unless ``noise`` (the ``noise`` of :meth:`forward`) holds one step noise per
-        step, each shaped as :meth:`step_noise` draws it for that step's latents."""
+    def _check_noise(self, noise, latents, num_steps, generator, noise_scale) -> None:
+        """The ``noise`` of :meth:`forward`: one step noise per step, each shaped as
+        :meth:`step_noise` draws it for that step's latents."""
         if generator is not None or noise_scale is not None:
             raise ValueError(
                 f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
@@ -426,13 +420,10 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         batch, _, h, w = latents.shape
         for index, step in enumerate(noise):
             expected = self.step_noise_shapes((batch, None, h * 2**index, w * 2**index))
-            parts = list(step) if isinstance(step, (list, tuple)) else None
-            got = type(step).__name__ if parts is None else [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in parts]
-            fits = parts is not None and len(parts) == 3 and all(
-                n is None if shape is None else isinstance(n, torch.Tensor) and tuple(n.shape) == shape
-                for n, shape in zip(parts, expected)
-            )
-            if not fits:
+            parts = list(step) if isinstance(step, (list, tuple)) else [step]
+            shapes = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in parts]
+            if not isinstance(step, (list, tuple)) or shapes != expected:
+                got = type(step).__name__ if not isinstance(step, (list, tuple)) else shapes
                 raise ValueError(
                     f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
                     f"as `step_noise` draws it for step {index}; got {got}."
@@ -443,18 +434,3 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                         f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
                         f"{self.dtype} on the latents' device {latents.device}."
                     )
-
-    # ------------------------------------------------------------------ speed (beside the model)
-    def enable_fast_inference(self, dtype: torch.dtype = torch.bfloat16, compile: bool = True, compile_mode: Optional[str] = None, channels_last: bool = True):
-        """Call the model through :mod:`.fast_inference` (bf16 autocast, ``torch.compile``,
-        only the encoder pixels the steps read) until :meth:`disable_fast_inference`. The
-        weights are not touched. See :func:`uplift_diffusers.models.fast_inference.enable_fast_inference`."""
-        from .fast_inference import enable_fast_inference
-
-        return enable_fast_inference(self, dtype=dtype, compile=compile, compile_mode=compile_mode, channels_last=channels_last)
-
-    def disable_fast_inference(self) -> None:
-        """Back to the float32 eager ``forward`` above."""
-        from .fast_inference import disable_fast_inference
-
-        disable_fast_inference(self)

@@ -13,9 +13,9 @@ upscaled tiles into one output, as diffusers' VAE tiling blends its tiles:
   :meth:`~UPLiFTLatentUpscaler.step_noise` in an untiled run) and sliced per tile, so tiled
   and untiled runs see the same noise;
 - each tile goes through the model's ``forward`` (``upscaler(...)``) with its slices of the
-  noise as ``noise=``, so the fast-inference path
-  (:meth:`~UPLiFTLatentUpscaler.enable_fast_inference`, which replaces ``forward``) and
-  accelerate's hooks apply per tile.
+  noise as ``noise=``, so fast inference
+  (:func:`~uplift_diffusers.models.fast_inference.apply_fast_inference`) and accelerate's
+  hooks apply per tile.
 
 Why the overlap matters (the receptive field): there is no global operation in the model
 (its LayerNorms are per pixel), but a tile sees zero padding where the full image has
@@ -219,7 +219,7 @@ def tiled_upscale(
         output dtype; equal to the untiled call when one tile covers the latents.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
-    upscaler.check_inputs(latents, image, num_steps, generator, noise_scale)
+    upscaler.check_inputs(latents, image, num_steps, generator, noise_scale, callback=callback)
     factor = upscaler.config.vae_scale_factor
     noises = full_size_step_noise(upscaler, latents, num_steps, generator, noise_scale)
 
