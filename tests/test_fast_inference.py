@@ -379,7 +379,7 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     from uplift_diffusers.utils.sr_protocol import load_hr_lr
     from uplift_diffusers.loaders.vae import encode_latents
 
-    model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500"
+    model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
     model = UPLiFTLatentUpscaler.from_pretrained(model_dir).eval()
     vae = load_vae(shared_path("models", "taef2"))
     photo = sorted(shared_path("data", "bsds500", "test").glob("*.jpg"))[0]

@@ -310,7 +310,7 @@ def test_latent_channel_mismatch(taef2):
 
 
 # ------------------------------------------------------------------------------- any output size (#13.1)
-from uplift_diffusers.models.fast_inference import enable_fast_inference  # noqa: E402
+from uplift_diffusers.models.fast_inference import apply_fast_inference, remove_fast_inference  # noqa: E402
 from uplift_diffusers.pipelines.upscale_decode import UPSCALE_METHODS, upscale_steps  # noqa: E402
 from uplift_diffusers.utils.output_size import output_size_for  # noqa: E402
 
@@ -457,13 +457,13 @@ def test_model_step_callback(tiny_upscaler):
     assert all(torch.equal(z, step) for (_, z), step in zip(calls, out.intermediate))
     with pytest.raises(ValueError, match="`callback` must be None or a function"):
         tiny_upscaler(latents, image, callback="print")
-    enable_fast_inference(tiny_upscaler, dtype=torch.float32, compile=False, channels_last=False)
+    apply_fast_inference(tiny_upscaler, dtype=torch.float32, compile=False, channels_last=False)
     fast_calls = []
     tiny_upscaler(latents, image, num_steps=2, callback=lambda i, z: fast_calls.append(i))
     assert fast_calls == [0, 1]
     with pytest.raises(ValueError, match="`callback` must be None or a function"):
         tiny_upscaler(latents, image, callback=3)
-    tiny_upscaler.disable_fast_inference()
+    remove_fast_inference(tiny_upscaler)
 
 
 @pytest.mark.slow
