@@ -33,3 +33,16 @@ DEFAULT_BACK_PROJECTION_STEPS = 5
 #: The super-resolution pipeline's ``ensemble`` values (and the CLI's / evaluation's ``--ensemble``):
 #: how many flipped / rotated copies are upscaled and averaged (1: none).
 ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+#: The latent spaces an UPLiFT model can be trained for (its config's ``latent_space``): whose raw
+#: latents (what a pipeline hands ``vae.decode``) it upscales. :func:`uplift_diffusers.hooks.vae_latent_space`
+#: tells a VAE's; SDXL / SD3 / FLUX.1 / TAESD are listed so that their VAEs are named when refused.
+LATENT_SPACES = {
+    "sd15": "the Stable Diffusion 1.5 VAE (4 channels, scaling_factor 0.18215)",
+    "sdxl": "the SDXL VAE (4 channels, scaling_factor 0.13025)",
+    "sd3": "the Stable Diffusion 3 VAE (16 channels)",
+    "flux1": "the FLUX.1 VAE (16 channels)",
+    "flux2": "the FLUX.2 VAE and its tiny autoencoder TAEF2 (32 channels)",
+    "taesd": "a TAESD-family tiny autoencoder with scaled latents (scaling_factor 1.0)",
+}
+

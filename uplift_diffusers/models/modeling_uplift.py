@@ -32,6 +32,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..constants import LATENT_SPACES
 from ..loaders.single_file_model import FromOriginalUPLiFTMixin
 from .local_attender import LocalAttender, channel_residual
 
@@ -221,6 +222,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         trained_upscale_factors: the factors the model was trained for, e.g. ``[2, 4]`` (training
             depth ``d`` trains ``2 ** d``; a multi-step loss trains every depth up to ``d``), or
             ``None`` when unknown. Asking for a larger factor logs one warning per model.
+        latent_space: the VAE latent space the model was trained for, a key of
+            :data:`~uplift_diffusers.constants.LATENT_SPACES` (``"sd15"``, ``"flux2"``, ...), or
+            ``None`` when unknown (then only the channel count is checked against a VAE).
     """
 
     _supports_gradient_checkpointing = False
@@ -245,9 +249,12 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         bilinear_residual: bool = True,
         vae_scale_factor: int = 8,
         trained_upscale_factors: Optional[List[int]] = None,
+        latent_space: Optional[str] = None,
     ):
         super().__init__()
         check_trained_upscale_factors(trained_upscale_factors)
+        if latent_space is not None and latent_space not in LATENT_SPACES:
+            raise ValueError(f"`latent_space` must be None or one of {sorted(LATENT_SPACES)}, got {latent_space!r}.")
         self._warned_untrained_factor = False
         widths = group_widths(encoder_channels, encoder_blocks_per_group)
         if len(widths) < 2:
