@@ -32,7 +32,7 @@ from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
-from ..hooks import check_pipeline_latent_space, check_uplift_settings, check_upscaler_matches_vae, uplift_applied
+from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
@@ -100,6 +100,8 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
+        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
+            (:func:`~uplift_diffusers.hooks.guard_latent_space`); False only warns, for experiments.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->upscaler"
@@ -117,6 +119,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         feature_extractor: CLIPImageProcessor = None,
         image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = False,
+        check_latent_space: bool = True,
     ):
         super().__init__(
             vae=vae,
@@ -129,9 +132,11 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             image_encoder=image_encoder,
             requires_safety_checker=requires_safety_checker,
         )
+        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
-            check_upscaler_matches_vae(vae, upscaler)
+            guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(upscaler=upscaler)
+        self.register_to_config(check_latent_space=check_latent_space)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,8 +204,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     f"`upscale_factor`={upscale_factor} needs an upscaler, but this pipeline has none (upscaler=None); "
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
-            check_upscaler_matches_vae(self.vae, self.upscaler)
-            check_pipeline_latent_space(self.vae, self.upscaler)
+            guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
 
     @staticmethod
     def check_input_values(**tensors) -> None:
