@@ -891,18 +891,18 @@ def test_alpha_study_smoke_test_and_candidates(tmp_path):
     assert alpha_study.main(["--smoke-test", "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["config"]["smoke_test"] is True and result["config"]["images"] == 2 and result["config"]["factor"] == 4
-    assert len(result["alpha"]) == 15 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
+    assert len(result["alpha"]) == 5 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
     for row in result["alpha"].values():
         assert row["mean_psnr"] == pytest.approx(np.mean([row[mask]["psnr"] for mask in alpha_study.MASKS]))
         assert all(0 <= row[mask]["band_mae"] <= 255 for mask in alpha_study.MASKS) and 0 <= row["solid_wrong"] <= 100
-    assert set(result["colour"]) >= {"filled (as colour)", "white, alpha dropped (before)"}
+    assert set(result["colour"]) == {"filled (as colour)", "white (as colour)", "premultiplied (as colour)"}
     table = output.with_suffix(".md").read_text()
     assert f"| filled (as colour) | {result['colour']['filled (as colour)']['psnr']:.2f} |" in table
     assert (tmp_path / "smoke-inputs" / "images").is_dir()
     # the candidates on a constant alpha, and the LR quantisation
     ones = torch.ones(1, 1, 8, 8)
-    guide_lr, guide_hr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.rand(1, 1, 32, 32)
-    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_lr, guide_hr).items():
+    guide_hr = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_hr).items():
         assert alpha.shape == (1, 1, 32, 32) and torch.allclose(alpha, torch.ones_like(alpha), atol=1e-5), name
     hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     masks = alpha_study.masks_for(hr)
