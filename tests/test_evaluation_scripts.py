@@ -341,7 +341,7 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, taef2_dir, tiny_dirs)
     assert result["methods"]["bicubic"]["psnr"] == pytest.approx(_bicubic_psnr(files, 64, 16), abs=1e-5)
 
     # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
-    from uplift_diffusers.loaders.vae import load_vae
+    from uplift_diffusers.loaders import load_vae
 
     vae = load_vae(str(taef2_dir))
     assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
@@ -547,13 +547,13 @@ def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_siz
 
 
 # --------------------------------------------------------------------------------------------
-# Metric protocol of the scripts: the paper's metrics by default, clean-fid /
-# open_clip selectable, latent baselines colour-corrected only on request, all recorded
+# Metric protocol of the scripts: the paper's metrics by default, clean-fid
+# selectable, latent baselines colour-corrected only on request, all recorded
 # --------------------------------------------------------------------------------------------
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
     """Mean PSNR of the bilinear latent baseline (64 <- 16): encode LR, interpolate the latents
     (align_corners=False), decode, and colour-correct against LR when ``color_correction``."""
-    from uplift_diffusers.loaders.vae import decode_latents, encode_latents
+    from uplift_diffusers.loaders import decode_latents, encode_latents
 
     psnrs = []
     for path in files:
@@ -569,7 +569,7 @@ def _baseline_psnr(vae, files, color_correction: bool) -> float:
 
 def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tmp_path, shared_path, taef2_dir):
     from evaluation.metrics import metric_setup
-    from uplift_diffusers.loaders.vae import load_vae
+    from uplift_diffusers.loaders import load_vae
 
     bsds = shared_path("data", "bsds500", "test")
     common = ["--data", str(bsds), "--vae", str(taef2_dir), "--upscaler", "bicubic,bilinear", "--hr-size", "64", "--lr-size", "16",
@@ -595,7 +595,7 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
         assert all(math.isfinite(values[key]) for key in ("fid", "kid", "patch_fid", "patch_kid"))
     record = result["settings"]["metrics"]
     assert result["settings"]["color_correct_baselines"] is False
-    assert (record["fid_backend"], record["feature_extractor"], record["clip_backend"]) == ("clean-fid", "tiny-random", None)
+    assert (record["fid_backend"], record["feature_extractor"], record["clip_model"]) == ("clean-fid", "tiny-random", None)
     assert set(record["definitions"]) == {"psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"}
     assert record["definitions"]["fid"] == metric_setup.DEFINITIONS["fid/clean-fid"]
     assert "4 random 32 x 32 crops" in record["definitions"]["patch_fid"]
@@ -615,30 +615,29 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
     assert eval_super_resolution.main(common + ["--output-dir", str(corrected), "--feature-extractor", "tiny-random"]) == 2
 
 
-def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny_dirs):
-    from evaluation.metrics.image_metrics import OpenCLIPScorer
-    from tiny_models import save_tiny_open_clip
+def test_eval_text_to_image_clip_record_and_baseline_record(tmp_path, tiny_dirs):
+    from evaluation.metrics.image_metrics import CLIPScorer
+    from uplift_diffusers.constants import CLIP_MODEL_ID
 
     prompts = _coco_prompts(tmp_path)
     rows = read_caption_set(prompts)
-    open_clip_name = save_tiny_open_clip(tmp_path / "open-clip")
+    clip_dir = str(tiny_dirs.clip())
     out = tmp_path / "t2i"
     argv = ["--prompts", str(prompts), "--output-dir", str(out), "--model", str(tiny_dirs.sd_pipeline()), "--steps", "2", "--size", "64",
-            "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-backend", "open_clip",
-            "--clip-model", open_clip_name, "--clip-pretrained", "none", "--quiet"]
+            "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-model", clip_dir, "--quiet"]
     defaults = eval_text_to_image.build_parser().parse_args(["--prompts", "p", "--output-dir", "o"])
-    assert (defaults.clip_backend, defaults.clip_model, defaults.fid_backend, defaults.patch_size) == ("transformers", None, "torchmetrics", 512)
+    assert (defaults.clip_model, defaults.fid_backend, defaults.patch_size) == (CLIP_MODEL_ID, "torchmetrics", 512)
     assert eval_text_to_image.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     record = result["settings"]["metrics"]
-    assert (record["clip_backend"], record["clip_model"], record["clip_pretrained"]) == ("open_clip", open_clip_name, None)
+    assert record["clip_model"] == clip_dir
     assert record["fid_backend"] is None and record["feature_extractor"] is None and set(record["definitions"]) == {"clip"}
-    assert "open_clip" in record["definitions"]["clip"] and "not clamped" in record["definitions"]["clip"]
+    assert "clip-score" in record["definitions"]["clip"] and "not clamped" in record["definitions"]["clip"]
     assert result["methods"]["bilinear"]["color_correction"] is False and result["methods"]["base512"]["color_correction"] is False
     marker = out / "images" / "bilinear" / "color_correction.json"
     assert json.loads(marker.read_text()) == {"color_correction": False}
-    # the CLIP score is the open_clip scorer's on the saved PNGs (the model's weights are in its folder)
-    scorer = OpenCLIPScorer(model_name=open_clip_name, pretrained=None)
+    # the CLIP score is the paper's scorer's on the saved PNGs
+    scorer = CLIPScorer(model_id=clip_dir)
     for method in ("bilinear", "base512"):
         scorer.reset()
         size = result["methods"][method]["size"]
@@ -649,9 +648,6 @@ def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny
     assert eval_text_to_image.main(argv + ["--color-correct-baselines"]) == 2
     assert eval_text_to_image.main(argv + ["--color-correct-baselines", "--metrics-only"]) == 2
     assert eval_text_to_image.main(argv + ["--metrics-only"]) == 0
-    # --clip-pretrained belongs to open_clip
-    transformers_argv = [item for item in argv if item not in ("--clip-backend", "open_clip")]
-    assert eval_text_to_image.main(transformers_argv) == 2
 
 
 # --------------------------------------------------------------------------------------------
