@@ -12,10 +12,6 @@ import io
 import json
 import math
 import random
-import threading
-import urllib.parse
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -209,112 +205,51 @@ def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
 
 
 # --------------------------------------------------------------------------------------------
-# reLAION selection and download (local HTTP server)
+# reLAION selection from an img2dataset download
 # --------------------------------------------------------------------------------------------
-class _ImageServer:
-    """Serves /img/<name>.<w>x<h> as a JPEG of that size; /img/dead is a 404. Records the raw paths."""
-
-    def __init__(self):
-        self.paths = []
-        self.lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(handler):
-                with self.lock:
-                    self.paths.append(handler.path)
-                name = urllib.parse.urlsplit(handler.path).path.rsplit("/", 1)[-1]
-                if name == "dead":
-                    handler.send_response(404)
-                    handler.send_header("Content-Length", "0")
-                    handler.end_headers()
-                    return
-                width, height = (int(v) for v in name.split(".")[-1].split("x"))
-                buffer = io.BytesIO()
-                Image.new("RGB", (width, height), (width % 256, height % 256, 7)).save(buffer, format="JPEG")
-                body = buffer.getvalue()
-                handler.send_response(200)
-                handler.send_header("Content-Type", "image/jpeg")
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-
-    def url(self, name: str, query: str = "") -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/img/{name}" + (f"?{query}" if query else "")
+def _img2dataset_folder(folder: Path, samples) -> None:
+    """What ``img2dataset --output_format files`` writes: ``<shard>/<key>.jpg`` beside ``<key>.json``."""
+    for index, (url, caption, size, status) in enumerate(samples):
+        shard = folder / f"{index // 4:05d}"
+        shard.mkdir(parents=True, exist_ok=True)
+        key = f"{index:09d}"
+        (shard / f"{key}.json").write_text(json.dumps({"url": url, "caption": caption, "key": key, "status": status}))
+        if size is not None:
+            Image.new("RGB", size, (size[0] % 256, size[1] % 256, 7)).save(shard / f"{key}.jpg")
 
 
-@pytest.fixture
-def image_server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    server = _ImageServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    thread.join(timeout=5)
-
-
-def test_prepare_relaion_selects_downloads_and_replaces_dead_links(tmp_path, image_server):
-    rows = [("URL", "TEXT", "WIDTH", "HEIGHT")]
-    for index in range(8):
-        rows.append((image_server.url(f"a{index}.48x40", "sig=abc&w=9"), f"photo {index}", "48", "40"))
-    rows.append((image_server.url("small.20x40"), "too small", "20", "40"))  # filtered by the metadata
-    rows.append((image_server.url("liar.30x30"), "lying size", "64", "64"))  # metadata says large, image is small
-    rows.append((image_server.url("dead"), "dead link", "64", "64"))
-    rows.append((rows[1][0], "duplicate url", "48", "40"))
-    rows.append(("ftp://example.org/x.jpg", "not http", "64", "64"))
-    metadata = tmp_path / "part-0.csv"
-    metadata.write_text("\n".join(",".join(row) for row in rows) + "\n")
-
+def test_prepare_relaion_selects_by_key_from_an_img2dataset_folder(tmp_path):
+    samples = [(f"http://img.example/a{index}.jpg?sig=abc&w=9", f"photo\n{index}", (48, 40), "success") for index in range(8)]
+    samples += [
+        ("http://img.example/small.jpg", "too small", (30, 30), "success"),  # the metadata said large; the pixels are small
+        ("http://img.example/a0.jpg?sig=abc&w=9", "duplicate url", (48, 40), "success"),
+        ("ftp://example.org/x.jpg", "not http", (64, 64), "success"),
+        ("http://img.example/empty.jpg", "  ", (64, 64), "success"),
+    ]
+    downloads = tmp_path / "downloads"
+    _img2dataset_folder(downloads, samples)
+    (downloads / "00000" / "000000003.jpg").write_bytes(b"not an image")
     out = tmp_path / "relaion"
-    argv = ["--metadata", str(tmp_path), "--output-dir", str(out), "--num", "5", "--min-size", "32", "--oversample", "1.0",
-            "--reference-size", "32", "--workers", "2", "--timeout", "5", "--retries", "0", "--backoff", "0", "--quiet"]
+    argv = ["--downloads", str(downloads), "--output-dir", str(out), "--num", "5", "--min-size", "32", "--reference-size", "32"]
     assert prepare_relaion.main(argv) == 0
     selection = json.loads((out / "selection.json").read_text())
-    assert selection["metadata_counts"] == {"rows": 13, "eligible": 11, "too_small_or_unknown_size": 1, "bad_url_or_caption": 1}
-    # candidates = the 10 smallest keys among the 10 distinct eligible URLs, in key order
-    eligible = sorted({row[0] for row in rows[1:] if row[0].startswith("http") and "small" not in row[0]},
-                      key=lambda url: prepare_relaion.sampling_key(url, 0))
-    assert selection["candidates"] == len(eligible) == 10
+    good = sorted({url for url, _, _, _ in samples[:8] if "a3." not in url}, key=lambda url: prepare_relaion.sampling_key(url, 0))
+    assert selection["eligible"] == 7 and selection["selected"] == 5
     chosen = read_caption_set(out / "captions.jsonl")
-    good = [url for url in eligible if "dead" not in url and "liar" not in url]
-    assert [row.extra["url"] for row in chosen] == good[:5]
-    reasons = {item["url"]: item["reason"] for item in selection["rejected"]}
-    for url in eligible[: eligible.index(good[4])]:
-        if url not in good:
-            assert ("404" in reasons[url]) if "dead" in url else ("30 x 30" in reasons[url])
+    assert [row.extra["url"] for row in chosen] == good[:5]  # the smallest keys, the first of duplicate URLs
+    assert [row.id for row in chosen] == [f"{prepare_relaion.sampling_key(url, 0):016x}" for url in good[:5]]
+    assert all(row.caption.startswith("photo ") for row in chosen)  # whitespace collapsed
+    reasons = sorted(item["reason"] for item in selection["rejected"])
+    assert len(reasons) == 4 and "image is 30 x 30" in reasons and any("does not decode" in r for r in reasons)
+    assert sum("no http(s) url or no caption" in r for r in reasons) == 2
     for row in chosen:
         with Image.open(out / "images" / row.file_name) as image:
             assert image.size == (32, 32)
-    # URLs were requested exactly as in the metadata (no added w= parameter)
-    assert all("w=1" not in path for path in image_server.paths)
-    assert any(path.endswith("?sig=abc&w=9") for path in image_server.paths)
-    # rerun: same selection, nothing downloaded again
-    requests = len(image_server.paths)
-    assert prepare_relaion.main(argv) == 0
-    assert [row.id for row in read_caption_set(out / "captions.jsonl")] == [row.id for row in chosen]
-    assert Counter(path.rsplit("/", 1)[-1].split("?")[0] for path in image_server.paths[requests:]) == Counter({"dead": 1})
-
-
-def test_prepare_relaion_parquet_column_spellings(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    table = pa.table({"url": ["http://a/1", "http://a/2"], "caption": ["one", "two"], "width": [2048, 100], "height": [1024, 4000]})
-    pq.write_table(table, tmp_path / "part.parquet")
-    rows = list(prepare_relaion.read_metadata(tmp_path / "part.parquet"))
-    assert rows[0] == {"url": "http://a/1", "caption": "one", "width": 2048, "height": 1024}
-    selected, stats = prepare_relaion.select_candidates(rows, 5, 0, 1024)
-    assert [c.url for c in selected] == ["http://a/1"] and stats["eligible"] == 1
+    # another seed, another sample; too few eligible images: one line naming --num
+    assert prepare_relaion.main(argv[:-2] + ["--seed", "1"]) == 0
+    assert [row.id for row in read_caption_set(out / "captions.jsonl")] != [row.id for row in chosen]
+    assert prepare_relaion.main(argv[:5] + ["8"]) == 2
+    assert prepare_relaion.main(["--downloads", str(tmp_path / "absent"), "--output-dir", str(out)]) == 2
 
 
 # --------------------------------------------------------------------------------------------
