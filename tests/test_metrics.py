@@ -1,7 +1,7 @@
-"""Tests of evaluation/metrics/image_metrics.py: the paper's metric definitions and the alternative backends.
+"""Tests of evaluation/metrics/image_metrics.py: the paper's metric definitions and the clean-fid alternative.
 
-Offline, CPU, small: FID gets small random conv extractors, the CLIP scores tiny random-weight
-transformers / open_clip models built here (nothing is downloaded). Reference numbers come from
+Offline, CPU, small: FID gets small random conv extractors, the CLIP score a tiny random-weight
+transformers model built here (nothing is downloaded). Reference numbers come from
 independent computations: CFM's formulas (``CompVis/fm-boosting`` ``fmboost/metrics.py``)
 written out in numpy / torch, scipy's ``sqrtm`` for the Frechet distance, a direct MMD for KID,
 scipy's Gaussian filter for SSIM, scikit-image for PSNR, PIL for the image resizes,
@@ -131,7 +131,7 @@ def test_import_does_not_load_the_metric_backends():
         """
         import sys
         import evaluation.metrics.image_metrics
-        print(sorted(m for m in ("torchmetrics", "torch_fidelity", "cleanfid", "open_clip") if m in sys.modules))
+        print(sorted(m for m in ("torchmetrics", "torch_fidelity", "cleanfid") if m in sys.modules))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
