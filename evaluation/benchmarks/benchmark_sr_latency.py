@@ -37,7 +37,6 @@ from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 METHODS = ("uplift", "bilinear")
 FACTORS = (2, 4, 8)
 #: The paper's numbers (A100, SD1.5 VAE, 256 -> 1024): UPLiFT end to end, and its ratio to bilinear.
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the VAE encoder and decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default; the authors use max-autotune on GPUs)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32, as the paper)")
+    parser.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32, as the paper)")
     parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input images and of random weights")
@@ -186,10 +185,10 @@ def benchmark(args) -> Dict:
     elif args.output is None:
         args.output = RESULTS_DIR / "benchmark_sr_latency.json"
     _check_args(args)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = common.default_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
+    dtype = common.DTYPES[args.dtype]
     vae, upscaler = load_models(args, dtype)
     check_upscaler_matches_vae(vae, upscaler)
     factor = vae_scale_factor(vae)

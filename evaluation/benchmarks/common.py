@@ -1,5 +1,5 @@
-"""Timing and memory helpers shared by the benchmarks: one clock, one interleaving loop, one
-peak-memory probe, one description of the device."""
+"""What the benchmarks share: one clock, one interleaving loop, one peak-memory probe, one
+description of the device, and the setup of the one-process studies on BSDS500."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,18 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-__all__ = ["time_call", "timed", "interleaved", "median_ratio", "PeakMemory", "return_freed_memory_to_the_system", "device_name"]
+__all__ = [
+    "DTYPES", "default_device", "time_call", "timed", "interleaved", "median_ratio", "PeakMemory",
+    "return_freed_memory_to_the_system", "device_name", "add_study_arguments", "prepare_study", "study_config", "write_results",
+]
+
+#: The ``--dtype`` choices of the latency benchmarks.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_device(name) -> torch.device:
+    """``--device``, or cuda when available, else cpu."""
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def time_call(fn: Callable[[], object], device: str) -> Tuple[float, float]:
