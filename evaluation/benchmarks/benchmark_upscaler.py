@@ -31,6 +31,7 @@ from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument
+from uplift_diffusers.models.fast_inference import apply_fast_inference
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmark_upscaler.json"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -101,7 +102,7 @@ def cross_attention_call(side: int, device: str, dtype: torch.dtype, width: int 
 
 def fast_upscaler(args):
     model = make_upscaler(args.device)
-    state = model.enable_fast_inference(dtype=DTYPES[args.dtype], compile=not args.no_compile, compile_mode=args.compile_mode)
+    state = apply_fast_inference(model, dtype=DTYPES[args.dtype], compile=not args.no_compile, compile_mode=args.compile_mode)
     return model, bool(state.compiled)
 
 
@@ -126,7 +127,7 @@ def measurements(args) -> List[Tuple[Dict, Callable, int, int]]:
     # eager float32 and exact: the fast path's float32 mode, which evaluates the last encoder group
     # only on the pixels the steps read (the plain dense forward gives the same output, slower)
     eager = make_upscaler(args.device)
-    eager.enable_fast_inference(dtype=torch.float32, compile=False, channels_last=False)
+    apply_fast_inference(eager, dtype=torch.float32, compile=False, channels_last=False)
     vaes = {"fast": make_vae(args.device, DTYPES[args.dtype]), "eager": make_vae(args.device, None)}
     for side in sorted(args.sides):
         eager_ok = args.skip_eager_above is None or side <= args.skip_eager_above
