@@ -272,24 +272,6 @@ def parameter_checksum(model) -> float:
     return total
 
 
-def elapsed_at_checkpoint(state: Dict, output_dir: Path) -> float:
-    """Training seconds up to a checkpoint: saved in it, or (checkpoints of older versions) the
-    ``time`` the log recorded for its step."""
-    if "elapsed" in state:
-        return float(state["elapsed"])
-    log_path = output_dir / "train_log.jsonl"
-    seconds = 0.0
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step") == state["step"] and isinstance(record.get("time"), (int, float)):
-                seconds = float(record["time"])
-    return seconds
-
-
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
     """Unscaled VAE latents of every pyramid level (from the cache when possible).
 
@@ -500,7 +482,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         if path is not None:
             state = load_checkpoint(accelerator, path)
             step, epoch, position = state["step"], state["epoch"], state["position"]
-            elapsed_before = elapsed_at_checkpoint(state, output_dir)
+            elapsed_before = state["elapsed"]
             accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
         else:
             accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
@@ -531,15 +513,11 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         last_metrics = validate(unwrapped, vae, val, output_dir, step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
-        header = val_csv.read_text().partition("\n")[0] if val_csv.exists() else None
+        psnr_bp = f"{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ""
         with open(val_csv, "a") as handle:
-            if header is None:
-                header = "step,psnr,count,psnr_bp"
-                handle.write(header + "\n")
-            row = f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']}"
-            if header.endswith(",psnr_bp"):  # a file of a run started before psnr_bp keeps its three columns
-                row += f",{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ","
-            handle.write(row + "\n")
+            if handle.tell() == 0:
+                handle.write("step,psnr,count,psnr_bp\n")
+            handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']},{psnr_bp}\n")
         accelerator.log({f"val/{k}": v for k, v in last_metrics.items()}, step=step)
         accelerator.print(f"step {step}: validation {last_metrics}")
 
