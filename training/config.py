@@ -134,15 +134,6 @@ def read_recipe(path) -> Dict[str, Any]:
         raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
-def has_key(raw: Dict, dotted: str) -> bool:
-    *sections, key = dotted.split(".")
-    for section in sections:
-        raw = raw.get(section)
-        if not isinstance(raw, dict):
-            return False
-    return key in raw
-
-
 def set_key(raw: Dict, dotted: str, value) -> None:
     """``raw[a][b] = value`` for ``dotted`` = ``"a.b"`` (sections created as needed)."""
     *sections, key = dotted.split(".")
@@ -173,17 +164,6 @@ def parse_override(item: str):
     return dotted, value
 
 
-def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
-    """The checked configuration of the recipe mapping ``raw`` with ``overrides``
-    (``{"optimization.lr": 0.01}``) laid over it."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
-    raw = copy.deepcopy(raw)
-    for dotted, value in (overrides or {}).items():
-        set_key(raw, dotted, value)
-    return from_dict(raw)
-
-
 def _unknown_key(dotted: str, choices) -> ValueError:
     where, _, name = dotted.rpartition(".")
     close = difflib.get_close_matches(name, list(choices), n=1)
@@ -205,8 +185,14 @@ def _build(cls, values, where: str):
     return cls(**kwargs)
 
 
-def from_dict(raw: Dict[str, Any]) -> TrainingConfig:
-    """A :class:`TrainingConfig` of a nested mapping (unknown keys refused, every value checked)."""
+def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
+    """The checked configuration of the recipe mapping ``raw`` with ``overrides``
+    (``{"optimization.lr": 0.01}``) laid over it: unknown keys refused, every value checked."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
+    raw = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        set_key(raw, dotted, value)
     config = _build(TrainingConfig, raw, "")
     data, opt = config.data, config.optimization
     if isinstance(data.train_dirs, str):
@@ -309,21 +295,19 @@ def check_model(config: TrainingConfig) -> None:
     if not isinstance(model, dict):
         raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
     hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
-    hints.pop("return", None)
     for key, value in model.items():
         if key in SET_BY_THE_SCRIPT:
             raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
-        if key not in hints:
-            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT])
+        if key not in hints or key == "return":
+            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT and name != "return"])
         check_value(f"model.{key}", value, hints[key], {})
     saved = {}
     if config.init_from is not None:
-        config_file = Path(config.init_from).expanduser() / "config.json"
         try:
-            saved = json.loads(config_file.read_text())
+            saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
         except (OSError, ValueError) as error:
             raise ValueError(
-                f"config key `init_from`: cannot read {str(config_file)!r} ({type(error).__name__}); pass a folder written by "
+                f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
                 "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
             ) from None
     try:
@@ -331,17 +315,9 @@ def check_model(config: TrainingConfig) -> None:
             wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **model}).config
     except (TypeError, ValueError) as error:
         raise ValueError(f"config section `model`: {error}") from None
-    if not saved:
-        return
-
-    def plain(value):
-        return json.loads(json.dumps(value))
-
-    differ = [
-        f"{key}={plain(wanted[key])!r} here but {plain(saved.get(key))!r} there"
-        for key in wanted
-        if not key.startswith("_") and key not in SET_BY_THE_SCRIPT and plain(wanted[key]) != plain(saved.get(key))
-    ]
+    plain = json.loads(json.dumps({key: wanted[key] for key in wanted if not key.startswith("_")}))
+    differ = [f"{key}={value!r} here but {saved.get(key)!r} there" for key, value in plain.items()
+              if saved and key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
     if differ:
         raise ValueError(
             f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "

@@ -44,7 +44,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainingConfig, ValidationConfig, has_key, load_config, parse_override, read_recipe
+from training.config import TrainingConfig, ValidationConfig, load_config, parse_override, read_recipe, set_key
 from training.data import ImageFolderDataset, collate_skipping_failures
 from training.distributed import LaunchMismatchError, accelerator_kwargs, init_process_group_state
 from training.latent_cache import LatentCache, vae_identity
@@ -135,16 +135,19 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
         dotted, value = parse_override(item)
         overrides[dotted] = value
     if args.smoke_test:
-        smoke = {key: value for key, value in SMOKE_TEST.items() if not has_key(raw, key) and key not in overrides}
-        output = Path(overrides.get("output_dir", raw.get("output_dir", smoke.get("output_dir", "")))).expanduser()
+        smoke = {"model": _smoke_test_model()}
+        for dotted, value in SMOKE_TEST.items():
+            set_key(smoke, dotted, value)
+        for key, value in raw.items():  # the recipe over the smoke test's values
+            smoke[key] = {**smoke[key], **value} if isinstance(value, dict) and key in smoke else value
+        raw = smoke
+        folder = Path(overrides.get("output_dir", raw["output_dir"])).expanduser() / "smoke-test"
         if args.vae is None:
-            smoke["vae"] = str(output / "smoke-test" / "vae")
-        if not overrides.get("data.train_dirs", (raw.get("data") or {}).get("train_dirs")):
-            smoke["data.train_dirs"] = [str(output / "smoke-test" / "images")]
-            if not has_key(raw, "validation.dir") and "validation.dir" not in overrides:
-                smoke["validation.dir"] = smoke["data.train_dirs"][0]  # validation on the generated images
-        smoke["model"] = {**_smoke_test_model(), **(raw.get("model") or {})}
-        overrides = {**smoke, **overrides}
+            overrides["vae"] = str(folder / "vae")
+        if not overrides.get("data.train_dirs", raw["data"].get("train_dirs")):
+            overrides["data.train_dirs"] = [str(folder / "images")]
+            if "dir" not in raw["validation"]:  # validation on the generated images
+                overrides.setdefault("validation.dir", str(folder / "images"))
     return load_config(raw, overrides)
 
 
