@@ -199,27 +199,20 @@ def resolve_resume(config: TrainingConfig, resume: Optional[str], require: bool 
 
 def resume_command(argv: List[str], environ=None) -> str:
     """The command line that resumes this run: the same arguments with ``--resume latest``, under
-    the same kind of launcher."""
+    the same kind of launcher (on several nodes ``...`` stands for the rendezvous flags)."""
     environ = os.environ if environ is None else environ
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
+    kept, items = [], iter(argv)
+    for item in items:
         if item == "--resume":
-            skip = True
-            continue
-        if item.startswith("--resume=") or item in ("--require-resume", "--require_resume"):
-            continue
-        kept.append(item)
-    world = int(environ.get("WORLD_SIZE", "1") or 1)
-    local = int(environ.get("LOCAL_WORLD_SIZE", world) or world)
-    if world == 1:
-        launcher = [sys.executable, "-m"]
-    elif local == world:
-        launcher = ["torchrun", "--nproc_per_node", str(world), "-m"]
-    else:
-        launcher = ["torchrun", "--nnodes", str(world // max(local, 1)), "--nproc_per_node", str(local), "...", "-m"]
+            next(items, None)
+        elif not (item.startswith("--resume=") or item in ("--require-resume", "--require_resume")):
+            kept.append(item)
+    world = int(environ.get("WORLD_SIZE") or 1)
+    local = int(environ.get("LOCAL_WORLD_SIZE") or world)
+    launcher = [sys.executable, "-m"]
+    if world > 1:
+        nodes = ["--nnodes", str(world // local)] if local != world else []
+        launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), *(["..."] if nodes else []), "-m"]
     return shlex.join([*launcher, MODULE, *kept, "--resume", "latest"])
 
 
@@ -311,6 +304,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     same output back-projected (the super-resolution pipeline's default); saves a sheet of the
     first ``num_samples`` images (bicubic | UPLiFT | HR)."""
     from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils import make_image_grid
     from PIL import Image
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
@@ -350,14 +344,9 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
                 tiles.append([lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image])
     upscaler.train(was_training)
     if tiles:
-        samples_dir = output_dir / "samples"
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        side = val.hr_size
-        sheet = Image.new("RGB", (3 * side, len(tiles) * side))
-        for row, images in enumerate(tiles):
-            for col, image in enumerate(images):
-                sheet.paste(image, (col * side, row * side))
-        sheet.save(samples_dir / f"step-{step:07d}.png")
+        (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+        sheet = make_image_grid([image for row in tiles for image in row], rows=len(tiles), cols=3)
+        sheet.save(output_dir / "samples" / f"step-{step:07d}.png")
     result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
     if scores["psnr_bp"]:
         result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
@@ -365,35 +354,32 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
 
 
 def write_model_card(model_dir: Path, config: TrainingConfig, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
-    lines = [
-        "---",
-        "library_name: uplift-diffusers",
-        "tags: [uplift, super-resolution, latent-upscaler, diffusers]",
-        "---",
-        "",
-        "# UPLiFT latent upscaler",
-        "",
-        "Trained with `python -m training.train_uplift` of uplift-diffusers.",
-        "",
-        f"- VAE: `{config.vae}`",
-        f"- Training data: {', '.join(map(str, config.data.train_dirs))} ({num_items} items, {skipped} images skipped)",
-        f"- Optimiser steps: {step} ({seconds / 60:.1f} min)",
-        f"- Validation (4x super-resolution, {config.validation.dir}): "
-        + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) if metrics else "not run"),
-        "",
-        "```python",
-        "from uplift_diffusers import UPLiFTLatentUpscaler",
-        "upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')",
-        "```",
-        "",
-        "## Training configuration",
-        "",
-        "```yaml",
-        yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    (model_dir / "README.md").write_text("\n".join(lines))
+    scores = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) or "not run"
+    (model_dir / "README.md").write_text(f"""---
+library_name: uplift-diffusers
+tags: [uplift, super-resolution, latent-upscaler, diffusers]
+---
+
+# UPLiFT latent upscaler
+
+Trained with `python -m {MODULE}` of uplift-diffusers.
+
+- VAE: `{config.vae}`
+- Training data: {', '.join(map(str, config.data.train_dirs))} ({num_items} items, {skipped} images skipped)
+- Optimiser steps: {step} ({seconds / 60:.1f} min)
+- Validation (4x super-resolution, {config.validation.dir}): {scores}
+
+```python
+from uplift_diffusers import UPLiFTLatentUpscaler
+upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')
+```
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
+```
+""")
 
 
 def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Optional[str] = None) -> Dict:
