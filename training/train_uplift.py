@@ -44,7 +44,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainingConfig, ValidationConfig, load_config, parse_override, read_recipe, set_key
+from training.config import TrainingConfig, ValidationConfig, load_config, parse_override, read_recipe
 from training.data import ImageFolderDataset, collate_skipping_failures
 from training.distributed import LaunchMismatchError, accelerator_kwargs, init_process_group_state
 from training.latent_cache import LatentCache, vae_identity
@@ -52,25 +52,8 @@ from training.objective import image_pyramid, multi_depth_loss
 
 MODULE = "training.train_uplift"
 
-#: ``--smoke-test``: a tiny random VAE (factor 8, 4 latent channels) and a tiny upscaler trained
-#: for a few steps on generated images at 64 px, all under ``OUTPUT/smoke-test/``; the recipe,
-#: the flags and ``--set`` still override these values.
-SMOKE_TEST = {
-    "output_dir": "runs/smoke-test",
-    "data.resolution": 64,
-    "data.crops_per_image": 1,
-    "optimization.depths": [1, 2],
-    "optimization.lat_aug": 0.1,
-    "optimization.batch_size": 2,
-    "optimization.max_steps": 4,
-    "checkpointing.every_steps": 2,
-    "checkpointing.keep_last": 2,
-    "validation.every_steps": 0,
-    "validation.num_images": 2,
-    "validation.hr_size": 64,
-    "validation.lr_size": 16,
-    "validation.num_samples": 1,
-}
+#: ``--smoke-test``: the recipe beneath the given one (see its comments)
+SMOKE_TEST = Path(__file__).parent / "configs" / "smoke-test.yaml"
 SMOKE_TEST_IMAGES = 6
 
 
@@ -135,9 +118,7 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
         dotted, value = parse_override(item)
         overrides[dotted] = value
     if args.smoke_test:
-        smoke = {"model": _smoke_test_model()}
-        for dotted, value in SMOKE_TEST.items():
-            set_key(smoke, dotted, value)
+        smoke = read_recipe(SMOKE_TEST)
         for key, value in raw.items():  # the recipe over the smoke test's values
             smoke[key] = {**smoke[key], **value} if isinstance(value, dict) and key in smoke else value
         raw = smoke
@@ -149,12 +130,6 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
             if "dir" not in raw["validation"]:  # validation on the generated images
                 overrides.setdefault("validation.dir", str(folder / "images"))
     return load_config(raw, overrides)
-
-
-def _smoke_test_model() -> Dict:
-    from uplift_diffusers.utils.testing_utils import TINY_UPSCALER
-
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_UPSCALER.items()}
 
 
 def prepare_smoke_test(config: TrainingConfig) -> None:
