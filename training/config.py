@@ -207,17 +207,9 @@ def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None)
 
 
 # ---------------------------------------------------------------------------- checks
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 _KINDS = {
-    int: (_is_int, "an integer"),
-    float: (_is_number, "a number"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
     bool: (lambda v: isinstance(v, bool), "true or false"),
     str: (lambda v: isinstance(v, str) and bool(v), "a string"),
 }
@@ -227,11 +219,11 @@ _BOUNDS = {"min": (">=", operator.ge), "above": (">", operator.gt), "below": ("<
 def check_value(dotted: str, value, hint, rule: Dict) -> None:
     """ValueError unless ``value`` has the type ``hint`` (int, float, bool, str, Optional[...],
     List[...]) and obeys ``rule`` (see :func:`option`)."""
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    if optional:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    optional = type(None) in typing.get_args(hint)
     if optional and value is None:
         return
+    if optional:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     is_list = typing.get_origin(hint) in (list, List)
     kind = typing.get_args(hint)[0] if is_list else hint
     if kind not in _KINDS:

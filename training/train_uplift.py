@@ -441,15 +441,12 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         accelerator.register_for_checkpointing(ema)
 
     step, epoch, position, elapsed_before = 0, 0, 0, 0.0
-    if resume:
-        path = checkpoint_path
-        if path is not None:
-            state = load_checkpoint(accelerator, path)
-            step, epoch, position = state["step"], state["epoch"], state["position"]
-            elapsed_before = state["elapsed"]
-            accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
-        else:
-            accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
+    if checkpoint_path is not None:
+        state = load_checkpoint(accelerator, checkpoint_path)
+        step, epoch, position, elapsed_before = (state[key] for key in ("step", "epoch", "position", "elapsed"))
+        accelerator.print(f"resumed from {checkpoint_path} at step {step} (epoch {epoch}, batch {position})")
+    elif resume:
+        accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
     log_path = output_dir / "train_log.jsonl"
     val_csv = output_dir / "validation.csv"
