@@ -487,7 +487,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         # draws its own noise (seed + process index; a resumed run restores each process's state)
         set_seed(opt.seed, device_specific=True)
     model.train()
-    interval_start, interval_steps = time.time(), 0
     reported_failures = set()
     stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
     # --stop-at-step ends this run early; the schedule above still spans max_steps
@@ -531,7 +530,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            interval_steps += 1
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             record = {
@@ -548,9 +546,8 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
                     handle.write(json.dumps(record) + "\n")
             if step % log.log_every == 0:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
-            rate = interval_steps / max(time.time() - interval_start, 1e-9)
             progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", its=f"{rate:.2f}")
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
             if ckpt.every_steps and step % ckpt.every_steps == 0:
                 checkpoint()
             if val.dir and val.every_steps and step % val.every_steps == 0:
