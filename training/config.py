@@ -3,9 +3,9 @@
 Every key is a dataclass field: its type, its default and, in ``metadata``, its allowed range
 (``min`` / ``above`` / ``below``), its ``choices`` or the ``expected`` text of its error. A recipe
 is a nested mapping ``{key: value, section: {key: value}}``; :func:`load_config` lays dotted
-overrides (``optimization.lr``) over it and :func:`from_dict` turns the result into a
-:class:`TrainingConfig`, refusing unknown keys and checking every value, each problem as one
-``ValueError`` line that names the key and says what it must be.
+overrides (``optimization.lr``) over it and turns the result into a :class:`TrainingConfig`,
+refusing unknown keys and checking every value, each problem as one ``ValueError`` line that
+names the key and says what it must be.
 """
 from __future__ import annotations
 

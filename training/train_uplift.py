@@ -302,7 +302,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
         return float(peak_signal_noise_ratio(output.float().cpu().clamp(0, 1), hr, data_range=(0.0, 1.0)))
 
     scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
-    tiles = []
+    tiles: List[list] = []
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
