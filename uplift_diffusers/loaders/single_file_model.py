@@ -38,13 +38,11 @@ def _pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]
     return chosen
 
 
-def _single_file_path(source, subfolder: Optional[str], revision: Optional[str], hub: dict) -> str:
+def _single_file_path(source, revision: Optional[str], hub: dict) -> str:
     """The local path of a checkpoint given as a local path, a Hub URL or ``org/repo/file``."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_file():
-        if subfolder:
-            raise ValueError(f"`subfolder` {subfolder!r} applies to Hub files, but `{_SOURCE}` {text!r} is a local file; leave it out.")
         return str(path)
     if path.is_dir():
         raise ValueError(f"`{_SOURCE}` {text!r} is a folder; pass the checkpoint file inside it, or load the folder "
@@ -55,7 +53,6 @@ def _single_file_path(source, subfolder: Optional[str], revision: Optional[str],
     repo_id, name, pinned = found
     if pinned is not None and revision is not None and revision != pinned:
         raise ValueError(f"`revision`={revision!r} differs from the revision {pinned!r} in `{_SOURCE}` {text!r}; pass one.")
-    name = f"{subfolder}/{name}" if subfolder else name
     return locate_hub_file(repo_id, [name], revision=revision or pinned, **hub)[0]
 
 
@@ -122,35 +119,29 @@ class FromOriginalUPLiFTMixin:
         token: Union[str, bool, None] = None,
         force_download: bool = False,
         proxies: Optional[dict] = None,
-        subfolder: Optional[str] = None,
         *,
         original_config: Union[str, "os.PathLike", Mapping, None] = None,
         dtype: Optional[torch.dtype] = None,
     ):
-        """Load the authors' single-file checkpoint, like diffusers' ``from_single_file``.
+        """Load the authors' checkpoint format, like diffusers' ``from_single_file``.
 
         >>> UPLiFTLatentUpscaler.from_single_file(
         ...     "https://huggingface.co/UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")
 
         Args:
             pretrained_model_link_or_path: a local ``.safetensors`` / ``.pth`` file (read without
-                running pickled code); a Hub URL (``https://huggingface.co/<org>/<repo>/blob/<revision>/<file>``,
-                also ``resolve/`` or ``hf.co``); ``"<org>/<repo>/<file>"``; or an official state dict.
-            config: the official YAML (path or parsed dict). ``None``: read off the weights' shapes
-                (:func:`~uplift_diffusers.loaders.single_file.config_from_state_dict`), which for the
-                authors' release is exactly the default ``UPLiFTLatentUpscaler()``.
-            original_config: diffusers' name for ``config``; pass one of the two.
-            torch_dtype, dtype: cast the weights to this floating dtype (``dtype`` is diffusers' newer name).
-            cache_dir, revision, local_files_only, token, force_download, proxies, subfolder: where
-                and how to fetch a Hub file, as in ``hf_hub_download``. A revision in the URL is
-                used when ``revision`` is not given.
+                running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
+                ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself.
+            config, original_config: the official YAML (path or parsed dict), under either name.
+                By default the config is read off the weights' shapes (for the authors' release:
+                the default ``UPLiFTLatentUpscaler()``).
+            torch_dtype, dtype: cast the weights to this floating dtype.
+            cache_dir, revision, local_files_only, token, force_download, proxies: for a Hub
+                file, as in ``hf_hub_download``; by default the revision in the URL.
 
-        The model's ``latent_space`` is ``"sd15"`` for 4 latent channels (the authors' format is
-        their SD1.5-VAE model's), unless the YAML's ``backbone.diff_pipe_name`` names another pipeline.
-
-        Raises:
-            FileNotFoundError: a local path that does not exist.
-            ValueError: listing missing / unexpected keys and shape mismatches, or a bad argument.
+        The config's ``latent_space`` is ``"sd15"`` for 4 latent channels (the authors' format is
+        that of their SD1.5-VAE model) unless the YAML's ``backbone.diff_pipe_name`` names another
+        pipeline. Errors list every missing or unexpected key and shape mismatch at once.
         """
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
@@ -161,7 +152,7 @@ class FromOriginalUPLiFTMixin:
             state_dict, where = dict(source), "the state dict"
         elif isinstance(source, (str, os.PathLike)):
             hub = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token, force_download=force_download, proxies=proxies)
-            where = _single_file_path(source, subfolder, revision, hub)
+            where = _single_file_path(source, revision, hub)
             state_dict = load_state_dict_file(where, _SOURCE)
         else:
             raise ValueError(f"`{_SOURCE}` must be a file path or a state dict, got {type(source).__name__} "
@@ -182,20 +173,13 @@ class FromOriginalUPLiFTMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, "os.PathLike"], **kwargs):
-        """diffusers' ``from_pretrained``, also for a folder or Hub repository holding only the
-        authors' single file (their release :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`).
-
-        A diffusers ``config.json`` (``save_pretrained``, ``uplift-diffusers convert``) loads as in
-        diffusers. The authors' file loads with :meth:`from_single_file`, honouring the dtype, the
-        Hub arguments, ``subfolder`` and ``device_map`` (one device); ``low_cpu_mem_usage``,
-        ``disable_mmap`` and ``use_safetensors`` change nothing there, other options are refused.
-
-        Args:
-            pretrained_model_name_or_path: a folder or a Hub repository id.
-            weight_name: the single file's name (default ``uplift_sd1.5vae.safetensors``).
-            original_config: the official YAML for a single file not trained with the official
-                configuration (by default the configuration is read off the weights' shapes).
-            **kwargs: every other argument of diffusers' ``ModelMixin.from_pretrained``.
+        """diffusers' ``from_pretrained``, also for a folder or Hub repository that holds only the
+        authors' single file, as their release :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`
+        does (a ``config.json`` comes first). That file loads with :meth:`from_single_file`, with
+        the dtype, the Hub arguments, ``subfolder`` and ``device_map`` (one device); ``weight_name``
+        names it (default ``uplift_sd1.5vae.safetensors``), ``original_config`` is its YAML.
+        ``low_cpu_mem_usage``, ``disable_mmap`` and ``use_safetensors`` change nothing there, other
+        options are refused.
         """
         weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
         original_config = kwargs.pop("original_config", None)

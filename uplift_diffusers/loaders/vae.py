@@ -71,25 +71,13 @@ def load_vae(
 ) -> torch.nn.Module:
     """Load a VAE, in evaluation mode, from a local directory or a Hub id.
 
-    * A directory holding ``encoder.pth`` and ``decoder.pth`` (or exactly one ``*encoder*.pth``
-      and one ``*decoder*.pth``, e.g. ``taef2_encoder.pth``) loads with
-      :meth:`TinyAutoencoder.from_original_checkpoint`.
-    * A diffusers directory or Hub repository (``config.json`` at its root, or a pipeline's
-      ``vae/``) loads with the class its config names in ``_class_name`` (one of
-      :data:`SUPPORTED_VAE_CLASSES`).
-
-    Args:
-        path_or_id: local directory or Hub repository id.
-        torch_dtype: a floating dtype, or None for the default (float32).
-        subfolder: the folder holding the VAE; by default the root, else ``vae/``.
-        revision, cache_dir, local_files_only, token: for a Hub id, as in ``from_pretrained``. The
-            cache is read first: offline a cached pipeline's ``vae/`` loads, and a VAE missing from
-            the cache is reported at once (``huggingface_hub.errors.LocalEntryNotFoundError``).
-        argument: how errors name ``path_or_id`` (e.g. a command-line flag, ``"--vae"``).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist, or a Hub repository without a VAE config.
-        ValueError: a file, a directory without a VAE, an unsupported ``_class_name`` or a bad argument.
+    A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair, e.g.
+    ``encoder.pth`` / ``decoder.pth``) loads with :meth:`TinyAutoencoder.from_original_checkpoint`;
+    a diffusers folder or Hub repository (``config.json`` in ``subfolder``, by default at its root
+    or else in a pipeline's ``vae/``) with the class its ``_class_name`` names (one of
+    :data:`SUPPORTED_VAE_CLASSES`). ``revision``, ``cache_dir``, ``local_files_only`` and ``token``
+    are for a Hub id; the cache is read first, so a VAE missing from it offline is reported at
+    once (``LocalEntryNotFoundError``). ``argument`` is how errors name ``path_or_id`` (e.g. ``"--vae"``).
     """
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
         raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {path_or_id!r}")
@@ -124,62 +112,41 @@ def load_vae(
 
 
 def vae_scale_factor(vae) -> int:
-    """Spatial down-sampling factor of ``vae``: ``2 ** (len(vae.config.block_out_channels) - 1)``."""
+    """Pixels per latent of ``vae``: ``2 ** (len(vae.config.block_out_channels) - 1)``."""
     channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
     if not channels:
-        raise ValueError(
-            f"vae must be a diffusers autoencoder whose config has block_out_channels, got {type(vae).__name__}"
-        )
+        raise ValueError(f"vae must be a diffusers autoencoder whose config has block_out_channels, got {type(vae).__name__}")
     return 2 ** (len(channels) - 1)
 
 
-def _model_dtype(vae) -> torch.dtype:
-    """The dtype of ``vae``'s weights, which its inputs are cast to. The inputs keep the device
-    the caller put them on (a pipeline's execution device): under accelerate's offloading the
-    weights rest on the CPU or on the ``meta`` device and its hooks move them for the call."""
+def _weights_dtype(vae) -> torch.dtype:
+    """The dtype the inputs are cast to. They keep their device (the caller's execution device):
+    under accelerate's offloading the weights rest on the CPU or on ``meta``, and its hooks move
+    them for the call."""
     if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "encode") or not hasattr(vae, "decode"):
         raise ValueError(f"vae must be an autoencoder module with encode/decode, got {type(vae).__name__}")
-    parameter = next(vae.parameters(), None)
-    if parameter is None:
-        raise ValueError(f"vae ({type(vae).__name__}) has no parameters")
-    return parameter.dtype
+    return next(vae.parameters()).dtype
 
 
 def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
-    """Encode images in [-1, 1] of shape (batch, 3, H, W) into *unscaled* latents.
+    """Encode images in [-1, 1] (``B x 3 x H x W``, H and W multiples of :func:`vae_scale_factor`)
+    into *unscaled* latents: a KL autoencoder's posterior mode, a tiny autoencoder's ``.latents``.
 
-    KL autoencoders return the posterior mode (``vae.encode(x).latent_dist.mode()``), tiny
-    autoencoders their ``.latents``. H and W must be multiples of :func:`vae_scale_factor`.
-    The images are cast to the VAE's dtype and stay on their device (put them on the VAE's
-    execution device). Gradients follow the caller's mode:
-    wrap the call in ``torch.no_grad()`` for a frozen VAE. Shapes are checked, values are not
-    (no device synchronisation per call): check data where it enters, with
-    :func:`uplift_diffusers.utils.validation.check_values`.
+    Gradients follow the caller's mode (wrap the call in ``torch.no_grad()`` for a frozen VAE).
+    Shapes are checked, values are not (that would synchronise with the device on every call):
+    check data where it enters, with :func:`uplift_diffusers.utils.validation.check_values`.
     """
-    dtype = _model_dtype(vae)
+    dtype = _weights_dtype(vae)
     channels = getattr(vae.config, "in_channels", 3)
     check_image_batch("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
     output = vae.encode(images_minus1_1.to(dtype=dtype))
-    if hasattr(output, "latent_dist"):
-        return output.latent_dist.mode()
-    if hasattr(output, "latents"):
-        return output.latents
-    raise ValueError(
-        f"vae ({type(vae).__name__}).encode returned {type(output).__name__} with neither latent_dist nor latents"
-    )
+    return output.latent_dist.mode() if hasattr(output, "latent_dist") else output.latents
 
 
 def decode_latents(vae, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-    """Decode *unscaled* latents (batch, latent_channels, h, w) into images in [-1, 1].
-
-    The latents are cast to the VAE's dtype and stay on their device. With ``clamp=True`` (default) the
-    images are clamped to [-1, 1]; pass ``clamp=False`` for the raw decoder output. Gradients
-    follow the caller's mode.
-    """
-    dtype = _model_dtype(vae)
-    channels = getattr(vae.config, "latent_channels", None)
-    if channels is None:
-        raise ValueError(f"vae ({type(vae).__name__}) config has no latent_channels")
-    check_image_batch("latents", latents, channels=channels)
+    """Decode *unscaled* latents (``B x latent_channels x h x w``) into images in [-1, 1]
+    (``clamp=False``: the raw decoder output). Gradients follow the caller's mode."""
+    dtype = _weights_dtype(vae)
+    check_image_batch("latents", latents, channels=getattr(vae.config, "latent_channels", None))
     images = vae.decode(latents.to(dtype=dtype)).sample
     return images.clamp(-1, 1) if clamp else images
