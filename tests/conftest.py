@@ -163,8 +163,10 @@ def tiny_autoencoder():
 @pytest.fixture(scope="module")
 def tiny_sd_components(tmp_path_factory):
     """Tiny random SD components (DDIM scheduler, 64 px images) plus a 4-channel upscaler
-    (noise scale 0), built once per test module."""
-    return build_sd_components(tmp_path_factory.mktemp("tokenizer"), scheduler="ddim", with_upscaler=True)
+    (noise scale 0) recorded as trained for the SD1.5 latent space, built once per test module."""
+    components = build_sd_components(tmp_path_factory.mktemp("tokenizer"), scheduler="ddim", with_upscaler=True)
+    components["upscaler"].register_to_config(latent_space="sd15")
+    return components
 
 
 class TinyModelDirs:

@@ -12,10 +12,6 @@ import io
 import json
 import math
 import random
-import threading
-import urllib.parse
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -209,112 +205,51 @@ def test_prepare_sr_pairs_follow_the_protocol(tmp_path, shared_path):
 
 
 # --------------------------------------------------------------------------------------------
-# reLAION selection and download (local HTTP server)
+# reLAION selection from an img2dataset download
 # --------------------------------------------------------------------------------------------
-class _ImageServer:
-    """Serves /img/<name>.<w>x<h> as a JPEG of that size; /img/dead is a 404. Records the raw paths."""
-
-    def __init__(self):
-        self.paths = []
-        self.lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(handler):
-                with self.lock:
-                    self.paths.append(handler.path)
-                name = urllib.parse.urlsplit(handler.path).path.rsplit("/", 1)[-1]
-                if name == "dead":
-                    handler.send_response(404)
-                    handler.send_header("Content-Length", "0")
-                    handler.end_headers()
-                    return
-                width, height = (int(v) for v in name.split(".")[-1].split("x"))
-                buffer = io.BytesIO()
-                Image.new("RGB", (width, height), (width % 256, height % 256, 7)).save(buffer, format="JPEG")
-                body = buffer.getvalue()
-                handler.send_response(200)
-                handler.send_header("Content-Type", "image/jpeg")
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-
-    def url(self, name: str, query: str = "") -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/img/{name}" + (f"?{query}" if query else "")
+def _img2dataset_folder(folder: Path, samples) -> None:
+    """What ``img2dataset --output_format files`` writes: ``<shard>/<key>.jpg`` beside ``<key>.json``."""
+    for index, (url, caption, size, status) in enumerate(samples):
+        shard = folder / f"{index // 4:05d}"
+        shard.mkdir(parents=True, exist_ok=True)
+        key = f"{index:09d}"
+        (shard / f"{key}.json").write_text(json.dumps({"url": url, "caption": caption, "key": key, "status": status}))
+        if size is not None:
+            Image.new("RGB", size, (size[0] % 256, size[1] % 256, 7)).save(shard / f"{key}.jpg")
 
 
-@pytest.fixture
-def image_server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    server = _ImageServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    thread.join(timeout=5)
-
-
-def test_prepare_relaion_selects_downloads_and_replaces_dead_links(tmp_path, image_server):
-    rows = [("URL", "TEXT", "WIDTH", "HEIGHT")]
-    for index in range(8):
-        rows.append((image_server.url(f"a{index}.48x40", "sig=abc&w=9"), f"photo {index}", "48", "40"))
-    rows.append((image_server.url("small.20x40"), "too small", "20", "40"))  # filtered by the metadata
-    rows.append((image_server.url("liar.30x30"), "lying size", "64", "64"))  # metadata says large, image is small
-    rows.append((image_server.url("dead"), "dead link", "64", "64"))
-    rows.append((rows[1][0], "duplicate url", "48", "40"))
-    rows.append(("ftp://example.org/x.jpg", "not http", "64", "64"))
-    metadata = tmp_path / "part-0.csv"
-    metadata.write_text("\n".join(",".join(row) for row in rows) + "\n")
-
+def test_prepare_relaion_selects_by_key_from_an_img2dataset_folder(tmp_path):
+    samples = [(f"http://img.example/a{index}.jpg?sig=abc&w=9", f"photo\n{index}", (48, 40), "success") for index in range(8)]
+    samples += [
+        ("http://img.example/small.jpg", "too small", (30, 30), "success"),  # the metadata said large; the pixels are small
+        ("http://img.example/a0.jpg?sig=abc&w=9", "duplicate url", (48, 40), "success"),
+        ("ftp://example.org/x.jpg", "not http", (64, 64), "success"),
+        ("http://img.example/empty.jpg", "  ", (64, 64), "success"),
+    ]
+    downloads = tmp_path / "downloads"
+    _img2dataset_folder(downloads, samples)
+    (downloads / "00000" / "000000003.jpg").write_bytes(b"not an image")
     out = tmp_path / "relaion"
-    argv = ["--metadata", str(tmp_path), "--output-dir", str(out), "--num", "5", "--min-size", "32", "--oversample", "1.0",
-            "--reference-size", "32", "--workers", "2", "--timeout", "5", "--retries", "0", "--backoff", "0", "--quiet"]
+    argv = ["--downloads", str(downloads), "--output-dir", str(out), "--num", "5", "--min-size", "32", "--reference-size", "32"]
     assert prepare_relaion.main(argv) == 0
     selection = json.loads((out / "selection.json").read_text())
-    assert selection["metadata_counts"] == {"rows": 13, "eligible": 11, "too_small_or_unknown_size": 1, "bad_url_or_caption": 1}
-    # candidates = the 10 smallest keys among the 10 distinct eligible URLs, in key order
-    eligible = sorted({row[0] for row in rows[1:] if row[0].startswith("http") and "small" not in row[0]},
-                      key=lambda url: prepare_relaion.sampling_key(url, 0))
-    assert selection["candidates"] == len(eligible) == 10
+    good = sorted({url for url, _, _, _ in samples[:8] if "a3." not in url}, key=lambda url: prepare_relaion.sampling_key(url, 0))
+    assert selection["eligible"] == 7 and selection["selected"] == 5
     chosen = read_caption_set(out / "captions.jsonl")
-    good = [url for url in eligible if "dead" not in url and "liar" not in url]
-    assert [row.extra["url"] for row in chosen] == good[:5]
-    reasons = {item["url"]: item["reason"] for item in selection["rejected"]}
-    for url in eligible[: eligible.index(good[4])]:
-        if url not in good:
-            assert ("404" in reasons[url]) if "dead" in url else ("30 x 30" in reasons[url])
+    assert [row.extra["url"] for row in chosen] == good[:5]  # the smallest keys, the first of duplicate URLs
+    assert [row.id for row in chosen] == [f"{prepare_relaion.sampling_key(url, 0):016x}" for url in good[:5]]
+    assert all(row.caption.startswith("photo ") for row in chosen)  # whitespace collapsed
+    reasons = sorted(item["reason"] for item in selection["rejected"])
+    assert len(reasons) == 4 and "image is 30 x 30" in reasons and any("does not decode" in r for r in reasons)
+    assert sum("no http(s) url or no caption" in r for r in reasons) == 2
     for row in chosen:
         with Image.open(out / "images" / row.file_name) as image:
             assert image.size == (32, 32)
-    # URLs were requested exactly as in the metadata (no added w= parameter)
-    assert all("w=1" not in path for path in image_server.paths)
-    assert any(path.endswith("?sig=abc&w=9") for path in image_server.paths)
-    # rerun: same selection, nothing downloaded again
-    requests = len(image_server.paths)
-    assert prepare_relaion.main(argv) == 0
-    assert [row.id for row in read_caption_set(out / "captions.jsonl")] == [row.id for row in chosen]
-    assert Counter(path.rsplit("/", 1)[-1].split("?")[0] for path in image_server.paths[requests:]) == Counter({"dead": 1})
-
-
-def test_prepare_relaion_parquet_column_spellings(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    table = pa.table({"url": ["http://a/1", "http://a/2"], "caption": ["one", "two"], "width": [2048, 100], "height": [1024, 4000]})
-    pq.write_table(table, tmp_path / "part.parquet")
-    rows = list(prepare_relaion.read_metadata(tmp_path / "part.parquet"))
-    assert rows[0] == {"url": "http://a/1", "caption": "one", "width": 2048, "height": 1024}
-    selected, stats = prepare_relaion.select_candidates(rows, 5, 0, 1024)
-    assert [c.url for c in selected] == ["http://a/1"] and stats["eligible"] == 1
+    # another seed, another sample; too few eligible images: one line naming --num
+    assert prepare_relaion.main(argv[:-2] + ["--seed", "1"]) == 0
+    assert [row.id for row in read_caption_set(out / "captions.jsonl")] != [row.id for row in chosen]
+    assert prepare_relaion.main(argv[:5] + ["8"]) == 2
+    assert prepare_relaion.main(["--downloads", str(tmp_path / "absent"), "--output-dir", str(out)]) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +276,7 @@ def test_eval_super_resolution_rows(tmp_path, shared_path, taef2_dir, tiny_dirs)
     assert result["methods"]["bicubic"]["psnr"] == pytest.approx(_bicubic_psnr(files, 64, 16), abs=1e-5)
 
     # the bilinear row: encode LR, interpolate the latents (align_corners=False), decode, colour-correct
-    from uplift_diffusers.loaders.vae import load_vae
+    from uplift_diffusers.loaders import load_vae
 
     vae = load_vae(str(taef2_dir))
     assert result["methods"]["bilinear"]["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-4)
@@ -547,13 +482,13 @@ def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_siz
 
 
 # --------------------------------------------------------------------------------------------
-# Metric protocol of the scripts: the paper's metrics by default, clean-fid /
-# open_clip selectable, latent baselines colour-corrected only on request, all recorded
+# Metric protocol of the scripts: the paper's metrics by default, clean-fid
+# selectable, latent baselines colour-corrected only on request, all recorded
 # --------------------------------------------------------------------------------------------
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
     """Mean PSNR of the bilinear latent baseline (64 <- 16): encode LR, interpolate the latents
     (align_corners=False), decode, and colour-correct against LR when ``color_correction``."""
-    from uplift_diffusers.loaders.vae import decode_latents, encode_latents
+    from uplift_diffusers.loaders import decode_latents, encode_latents
 
     psnrs = []
     for path in files:
@@ -569,7 +504,7 @@ def _baseline_psnr(vae, files, color_correction: bool) -> float:
 
 def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tmp_path, shared_path, taef2_dir):
     from evaluation.metrics import metric_setup
-    from uplift_diffusers.loaders.vae import load_vae
+    from uplift_diffusers.loaders import load_vae
 
     bsds = shared_path("data", "bsds500", "test")
     common = ["--data", str(bsds), "--vae", str(taef2_dir), "--upscaler", "bicubic,bilinear", "--hr-size", "64", "--lr-size", "16",
@@ -595,7 +530,7 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
         assert all(math.isfinite(values[key]) for key in ("fid", "kid", "patch_fid", "patch_kid"))
     record = result["settings"]["metrics"]
     assert result["settings"]["color_correct_baselines"] is False
-    assert (record["fid_backend"], record["feature_extractor"], record["clip_backend"]) == ("clean-fid", "tiny-random", None)
+    assert (record["fid_backend"], record["feature_extractor"], record["clip_model"]) == ("clean-fid", "tiny-random", None)
     assert set(record["definitions"]) == {"psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"}
     assert record["definitions"]["fid"] == metric_setup.DEFINITIONS["fid/clean-fid"]
     assert "4 random 32 x 32 crops" in record["definitions"]["patch_fid"]
@@ -615,30 +550,29 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
     assert eval_super_resolution.main(common + ["--output-dir", str(corrected), "--feature-extractor", "tiny-random"]) == 2
 
 
-def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny_dirs):
-    from evaluation.metrics.image_metrics import OpenCLIPScorer
-    from tiny_models import save_tiny_open_clip
+def test_eval_text_to_image_clip_record_and_baseline_record(tmp_path, tiny_dirs):
+    from evaluation.metrics.image_metrics import CLIPScorer
+    from uplift_diffusers.constants import CLIP_MODEL_ID
 
     prompts = _coco_prompts(tmp_path)
     rows = read_caption_set(prompts)
-    open_clip_name = save_tiny_open_clip(tmp_path / "open-clip")
+    clip_dir = str(tiny_dirs.clip())
     out = tmp_path / "t2i"
     argv = ["--prompts", str(prompts), "--output-dir", str(out), "--model", str(tiny_dirs.sd_pipeline()), "--steps", "2", "--size", "64",
-            "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-backend", "open_clip",
-            "--clip-model", open_clip_name, "--clip-pretrained", "none", "--quiet"]
+            "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-model", clip_dir, "--quiet"]
     defaults = eval_text_to_image.build_parser().parse_args(["--prompts", "p", "--output-dir", "o"])
-    assert (defaults.clip_backend, defaults.clip_model, defaults.fid_backend, defaults.patch_size) == ("transformers", None, "torchmetrics", 512)
+    assert (defaults.clip_model, defaults.fid_backend, defaults.patch_size) == (CLIP_MODEL_ID, "torchmetrics", 512)
     assert eval_text_to_image.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     record = result["settings"]["metrics"]
-    assert (record["clip_backend"], record["clip_model"], record["clip_pretrained"]) == ("open_clip", open_clip_name, None)
+    assert record["clip_model"] == clip_dir
     assert record["fid_backend"] is None and record["feature_extractor"] is None and set(record["definitions"]) == {"clip"}
-    assert "open_clip" in record["definitions"]["clip"] and "not clamped" in record["definitions"]["clip"]
+    assert "clip-score" in record["definitions"]["clip"] and "not clamped" in record["definitions"]["clip"]
     assert result["methods"]["bilinear"]["color_correction"] is False and result["methods"]["base512"]["color_correction"] is False
     marker = out / "images" / "bilinear" / "color_correction.json"
     assert json.loads(marker.read_text()) == {"color_correction": False}
-    # the CLIP score is the open_clip scorer's on the saved PNGs (the model's weights are in its folder)
-    scorer = OpenCLIPScorer(model_name=open_clip_name, pretrained=None)
+    # the CLIP score is the paper's scorer's on the saved PNGs
+    scorer = CLIPScorer(model_id=clip_dir)
     for method in ("bilinear", "base512"):
         scorer.reset()
         size = result["methods"][method]["size"]
@@ -649,9 +583,6 @@ def test_eval_text_to_image_open_clip_backend_and_baseline_record(tmp_path, tiny
     assert eval_text_to_image.main(argv + ["--color-correct-baselines"]) == 2
     assert eval_text_to_image.main(argv + ["--color-correct-baselines", "--metrics-only"]) == 2
     assert eval_text_to_image.main(argv + ["--metrics-only"]) == 0
-    # --clip-pretrained belongs to open_clip
-    transformers_argv = [item for item in argv if item not in ("--clip-backend", "open_clip")]
-    assert eval_text_to_image.main(transformers_argv) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -891,18 +822,18 @@ def test_alpha_study_smoke_test_and_candidates(tmp_path):
     assert alpha_study.main(["--smoke-test", "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["config"]["smoke_test"] is True and result["config"]["images"] == 2 and result["config"]["factor"] == 4
-    assert len(result["alpha"]) == 15 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
+    assert len(result["alpha"]) == 5 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
     for row in result["alpha"].values():
         assert row["mean_psnr"] == pytest.approx(np.mean([row[mask]["psnr"] for mask in alpha_study.MASKS]))
         assert all(0 <= row[mask]["band_mae"] <= 255 for mask in alpha_study.MASKS) and 0 <= row["solid_wrong"] <= 100
-    assert set(result["colour"]) >= {"filled (as colour)", "white, alpha dropped (before)"}
+    assert set(result["colour"]) == {"filled (as colour)", "white (as colour)", "premultiplied (as colour)"}
     table = output.with_suffix(".md").read_text()
     assert f"| filled (as colour) | {result['colour']['filled (as colour)']['psnr']:.2f} |" in table
     assert (tmp_path / "smoke-inputs" / "images").is_dir()
     # the candidates on a constant alpha, and the LR quantisation
     ones = torch.ones(1, 1, 8, 8)
-    guide_lr, guide_hr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.rand(1, 1, 32, 32)
-    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_lr, guide_hr).items():
+    guide_hr = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_hr).items():
         assert alpha.shape == (1, 1, 32, 32) and torch.allclose(alpha, torch.ones_like(alpha), atol=1e-5), name
     hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     masks = alpha_study.masks_for(hr)

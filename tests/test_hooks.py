@@ -304,7 +304,7 @@ def test_mismatched_vae_or_upscaler_is_refused_at_apply(base_pipes, tiny_sd_comp
     sdxl_vae = make_kl_vae()
     sdxl_vae.register_to_config(scaling_factor=0.13025)  # SDXL's VAE: the same shapes, another latent space
     sdxl_like = StableDiffusionPipeline(**{**base.components, "vae": sdxl_vae})
-    with pytest.raises(ValueError, match=r"scaling_factor=0.13025.*Stable Diffusion 1.5 VAE's latent space"):
+    with pytest.raises(ValueError, match=r"trained for the Stable Diffusion 1.5 VAE .*latent_space='sd15'.*is the SDXL VAE.*check_latent_space=False"):
         apply_uplift(sdxl_like, tiny_sd_components["upscaler"])
     assert "decode" not in sdxl_vae.__dict__ and "decode" not in base.vae.__dict__  # nothing applied
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation.benchmarks import benchmark_latency, benchmark_sr_latency
+from evaluation.benchmarks import benchmark_latency, benchmark_sr_latency, common
 
 
 def _argv(tiny_dirs, out: Path, *extra):
@@ -35,7 +35,7 @@ def test_rounds_alternate_and_each_time_goes_to_the_method_that_ran(monkeypatch)
         wall = next(clock)
         return wall, 10 * wall if order[-1] == "uplift" else wall  # CPU times: UPLiFT 10x its wall time
 
-    monkeypatch.setattr(benchmark_sr_latency, "time_call", fake_time_call)
+    monkeypatch.setattr(common, "time_call", fake_time_call)
     calls = {"uplift": lambda: order.append("uplift"), "bilinear": lambda: order.append("bilinear")}
     times = benchmark_sr_latency.interleaved_times(calls, warmup=2, iters=4, device="cpu")
     # 2 untimed rounds, then the timed rounds with the order reversed every other round
@@ -46,7 +46,7 @@ def test_rounds_alternate_and_each_time_goes_to_the_method_that_ran(monkeypatch)
 
 def test_sr_latency_end_to_end_run(tmp_path, tiny_dirs, monkeypatch):
     from uplift_diffusers.utils.color_correction import color_correct
-    from uplift_diffusers.loaders.vae import decode_latents, encode_latents
+    from uplift_diffusers.loaders import decode_latents, encode_latents
 
     seen = []
     original = benchmark_sr_latency.super_resolve

@@ -1,7 +1,7 @@
-"""Tests of evaluation/metrics/image_metrics.py: the paper's metric definitions and the alternative backends.
+"""Tests of evaluation/metrics/image_metrics.py: the paper's metric definitions and the clean-fid alternative.
 
-Offline, CPU, small: FID gets small random conv extractors, the CLIP scores tiny random-weight
-transformers / open_clip models built here (nothing is downloaded). Reference numbers come from
+Offline, CPU, small: FID gets small random conv extractors, the CLIP score a tiny random-weight
+transformers model built here (nothing is downloaded). Reference numbers come from
 independent computations: CFM's formulas (``CompVis/fm-boosting`` ``fmboost/metrics.py``)
 written out in numpy / torch, scipy's ``sqrtm`` for the Frechet distance, a direct MMD for KID,
 scipy's Gaussian filter for SSIM, scikit-image for PSNR, PIL for the image resizes,
@@ -25,14 +25,11 @@ from PIL import Image
 from torch import nn
 
 from evaluation.metrics import image_metrics as metrics
-from tiny_models import clip_image_processor, make_tiny_clip, make_tokenizer, save_tiny_open_clip
+from tiny_models import clip_image_processor, make_tiny_clip, make_tokenizer
 from evaluation.metrics.image_metrics import (
-    OPEN_CLIP_MODEL,
-    OPEN_CLIP_PRETRAINED,
     CleanFIDAccumulator,
     CLIPScorer,
     FIDAccumulator,
-    OpenCLIPScorer,
     PatchFID,
     extract_patches,
     psnr,
@@ -134,7 +131,7 @@ def test_import_does_not_load_the_metric_backends():
         """
         import sys
         import evaluation.metrics.image_metrics
-        print(sorted(m for m in ("torchmetrics", "torch_fidelity", "cleanfid", "open_clip") if m in sys.modules))
+        print(sorted(m for m in ("torchmetrics", "torch_fidelity", "cleanfid") if m in sys.modules))
         """
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -537,7 +534,7 @@ def test_patch_fid_with_clean_fid_and_identical_pairs():
 
 
 # --------------------------------------------------------------------------------------------
-# CLIP score: transformers (the paper's) and open_clip
+# CLIP score (the paper's: the clip-score package's computation)
 # --------------------------------------------------------------------------------------------
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "car", "on", "the", "road"]
 CAPTIONS = ["a photo of a cat", "a red car on the road", "blue dog", "the cat", "a photo of the road"]
@@ -662,49 +659,6 @@ def test_clip_scorer_rejects_bad_inputs(tiny_clip):
         scorer.update(images, ["a cat", "  "])
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         scorer.update(images * 255, CAPTIONS[:2])
-
-
-def test_open_clip_score_with_a_random_weight_model(tmp_path):
-    import open_clip
-
-    name = save_tiny_open_clip(tmp_path / "open-clip", weights=False)
-    torch.manual_seed(1)
-    scorer = OpenCLIPScorer(model_name=name, pretrained=None)
-    torch.manual_seed(1)
-    model = open_clip.create_model(name, pretrained=None).eval()  # the same random weights, built directly
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), scorer.model.state_dict().values()))
-    images = _smooth_images(3, 40, 52, seed=26)
-    # independently: PIL bicubic resize of the 8-bit image's shortest side, centre crop, normalise
-    pixels = []
-    for image in images:
-        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        resized = np.asarray(Image.fromarray(array).resize((41, 32), Image.BICUBIC)).astype(np.float64)  # 52 * 32 / 40
-        pixels.append(((resized[:, 4:36] / 255.0 - OPENAI_MEAN) / OPENAI_STD).transpose(2, 0, 1))
-    tokens = open_clip.get_tokenizer(name)(CAPTIONS[:3])
-    assert tokens.shape == (3, 77)
-    with torch.no_grad():
-        image_embeds = model.encode_image(torch.from_numpy(np.stack(pixels)).float())
-        text_embeds = model.encode_text(tokens)
-    expected = nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
-    scores = scorer.update(images, CAPTIONS[:3])
-    torch.testing.assert_close(scores, 100 * expected, atol=2e-3, rtol=0)  # PIL vs torchvision bicubic: tiny differences
-    assert scorer.compute() == pytest.approx(float(scores.mean()), abs=1e-4)
-    with pytest.raises(ValueError, match="together"):
-        OpenCLIPScorer(model=model)
-
-
-def test_open_clip_default_is_the_openai_vit_b_32(monkeypatch):
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg
-
-    assert (OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED) == ("ViT-B-32-quickgelu", "openai")
-    config = get_pretrained_cfg(OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED)  # the OpenAI weights, QuickGELU as trained
-    assert config["quick_gelu"] is True and "openai" in config["hf_hub"]
-    calls = []
-    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda name, pretrained=None: calls.append((name, pretrained)) or 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        OpenCLIPScorer()
-    assert calls == [(OPEN_CLIP_MODEL, OPEN_CLIP_PRETRAINED)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -995,15 +995,6 @@ def test_a_signal_stops_with_its_exit_status_and_the_resumed_time_is_cumulative(
     assert 50.0 <= minutes < 52.0
 
 
-def test_elapsed_time_of_a_checkpoint_written_by_an_older_version(tmp_path):
-    # older checkpoints have no `elapsed`: the log's time of their step is used
-    (tmp_path / "train_log.jsonl").write_text(
-        "\n".join(json.dumps({"step": step, "time": 10.0 * step}) for step in (1, 2, 3)) + "\n")
-    assert train_uplift.elapsed_at_checkpoint({"step": 2, "epoch": 0, "position": 2}, tmp_path) == 20.0
-    assert train_uplift.elapsed_at_checkpoint({"step": 2, "elapsed": 7.5}, tmp_path) == 7.5
-    assert train_uplift.elapsed_at_checkpoint({"step": 9}, tmp_path / "elsewhere") == 0.0
-
-
 def test_resume_latest_without_a_checkpoint_says_so_and_require_resume_makes_it_an_error(taef2_dir, images, tmp_path, capsys):
     output = tmp_path / "run"
     assert main(_tiny_argv(taef2_dir, images, output, 4) + ["--require-resume"]) == 2

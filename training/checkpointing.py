@@ -41,35 +41,27 @@ def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Optional[Path]
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, state: Dict, keep_last: Optional[int] = None) -> Optional[Path]:
+def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, state: Dict, keep_last: Optional[int] = None) -> None:
     """Save model/optimiser/scheduler/RNG state and ``state`` (JSON) atomically; prune old ones."""
     root = Path(output_dir) / "checkpoints"
-    final = root / f"checkpoint-{step}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process's files (its random state) are in `tmp` before the rename
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return None
-    with open(tmp / STATE_FILE, "w") as handle:
-        json.dump({**state, "step": step}, handle)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep_last:
-        for old in checkpoint_dirs(output_dir)[:-keep_last]:
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}))
+        final = root / f"checkpoint-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(output_dir)[:-keep_last] if keep_last else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return final
 
 
 def load_checkpoint(accelerator, path: Union[str, Path]) -> Dict:
     """Restore what ``save_checkpoint`` saved; returns its JSON state."""
     accelerator.load_state(str(path))
-    with open(Path(path) / STATE_FILE) as handle:
-        return json.load(handle)
+    return json.loads((Path(path) / STATE_FILE).read_text())

@@ -3,9 +3,9 @@
 Every key is a dataclass field: its type, its default and, in ``metadata``, its allowed range
 (``min`` / ``above`` / ``below``), its ``choices`` or the ``expected`` text of its error. A recipe
 is a nested mapping ``{key: value, section: {key: value}}``; :func:`load_config` lays dotted
-overrides (``optimization.lr``) over it and :func:`from_dict` turns the result into a
-:class:`TrainingConfig`, refusing unknown keys and checking every value, each problem as one
-``ValueError`` line that names the key and says what it must be.
+overrides (``optimization.lr``) over it and turns the result into a :class:`TrainingConfig`,
+refusing unknown keys and checking every value, each problem as one ``ValueError`` line that
+names the key and says what it must be.
 """
 from __future__ import annotations
 
@@ -134,15 +134,6 @@ def read_recipe(path) -> Dict[str, Any]:
         raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
-def has_key(raw: Dict, dotted: str) -> bool:
-    *sections, key = dotted.split(".")
-    for section in sections:
-        raw = raw.get(section)
-        if not isinstance(raw, dict):
-            return False
-    return key in raw
-
-
 def set_key(raw: Dict, dotted: str, value) -> None:
     """``raw[a][b] = value`` for ``dotted`` = ``"a.b"`` (sections created as needed)."""
     *sections, key = dotted.split(".")
@@ -173,17 +164,6 @@ def parse_override(item: str):
     return dotted, value
 
 
-def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
-    """The checked configuration of the recipe mapping ``raw`` with ``overrides``
-    (``{"optimization.lr": 0.01}``) laid over it."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
-    raw = copy.deepcopy(raw)
-    for dotted, value in (overrides or {}).items():
-        set_key(raw, dotted, value)
-    return from_dict(raw)
-
-
 def _unknown_key(dotted: str, choices) -> ValueError:
     where, _, name = dotted.rpartition(".")
     close = difflib.get_close_matches(name, list(choices), n=1)
@@ -205,8 +185,14 @@ def _build(cls, values, where: str):
     return cls(**kwargs)
 
 
-def from_dict(raw: Dict[str, Any]) -> TrainingConfig:
-    """A :class:`TrainingConfig` of a nested mapping (unknown keys refused, every value checked)."""
+def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
+    """The checked configuration of the recipe mapping ``raw`` with ``overrides``
+    (``{"optimization.lr": 0.01}``) laid over it: unknown keys refused, every value checked."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
+    raw = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        set_key(raw, dotted, value)
     config = _build(TrainingConfig, raw, "")
     data, opt = config.data, config.optimization
     if isinstance(data.train_dirs, str):
@@ -221,17 +207,9 @@ def from_dict(raw: Dict[str, Any]) -> TrainingConfig:
 
 
 # ---------------------------------------------------------------------------- checks
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 _KINDS = {
-    int: (_is_int, "an integer"),
-    float: (_is_number, "a number"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
     bool: (lambda v: isinstance(v, bool), "true or false"),
     str: (lambda v: isinstance(v, str) and bool(v), "a string"),
 }
@@ -241,11 +219,11 @@ _BOUNDS = {"min": (">=", operator.ge), "above": (">", operator.gt), "below": ("<
 def check_value(dotted: str, value, hint, rule: Dict) -> None:
     """ValueError unless ``value`` has the type ``hint`` (int, float, bool, str, Optional[...],
     List[...]) and obeys ``rule`` (see :func:`option`)."""
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    if optional:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    optional = type(None) in typing.get_args(hint)
     if optional and value is None:
         return
+    if optional:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     is_list = typing.get_origin(hint) in (list, List)
     kind = typing.get_args(hint)[0] if is_list else hint
     if kind not in _KINDS:
@@ -309,21 +287,19 @@ def check_model(config: TrainingConfig) -> None:
     if not isinstance(model, dict):
         raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
     hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
-    hints.pop("return", None)
     for key, value in model.items():
         if key in SET_BY_THE_SCRIPT:
             raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
-        if key not in hints:
-            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT])
+        if key not in hints or key == "return":
+            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT and name != "return"])
         check_value(f"model.{key}", value, hints[key], {})
     saved = {}
     if config.init_from is not None:
-        config_file = Path(config.init_from).expanduser() / "config.json"
         try:
-            saved = json.loads(config_file.read_text())
+            saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
         except (OSError, ValueError) as error:
             raise ValueError(
-                f"config key `init_from`: cannot read {str(config_file)!r} ({type(error).__name__}); pass a folder written by "
+                f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
                 "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
             ) from None
     try:
@@ -331,17 +307,9 @@ def check_model(config: TrainingConfig) -> None:
             wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **model}).config
     except (TypeError, ValueError) as error:
         raise ValueError(f"config section `model`: {error}") from None
-    if not saved:
-        return
-
-    def plain(value):
-        return json.loads(json.dumps(value))
-
-    differ = [
-        f"{key}={plain(wanted[key])!r} here but {plain(saved.get(key))!r} there"
-        for key in wanted
-        if not key.startswith("_") and key not in SET_BY_THE_SCRIPT and plain(wanted[key]) != plain(saved.get(key))
-    ]
+    plain = json.loads(json.dumps({key: wanted[key] for key in wanted if not key.startswith("_")}))
+    differ = [f"{key}={value!r} here but {saved.get(key)!r} there" for key, value in plain.items()
+              if saved and key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
     if differ:
         raise ValueError(
             f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "

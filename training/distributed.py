@@ -1,22 +1,15 @@
-"""One process group for every launcher of ``python -m training.train_uplift``: ``torchrun`` /
-``python -m torch.distributed.run``, ``accelerate launch`` and MPI, on GPUs and on CPU-only machines.
+"""One process group for ``torchrun`` and ``accelerate launch``, on GPUs and on CPU-only machines.
 
-accelerate forms a CPU (gloo) group only when it is told to use the CPU (``cpu=True`` or
+accelerate forms a CPU (gloo) group only when told to use the CPU (``cpu=True`` or
 ``ACCELERATE_USE_CPU``); without it, N processes started by ``torchrun`` on a machine without
-GPUs each build their own one-process state and run N *independent duplicate* trainings.
-And ``accelerate launch --cpu --num_processes N`` starts a single process (accelerate starts
-several CPU processes only through mpirun, ``--mpirun_hostfile``). :func:`init_process_group_state`,
-called before any work, fixes the first and turns the second into a clear error that names the
-commands that work.
+GPUs each build their own one-process state and run N *independent duplicate* trainings. And
+``accelerate launch --cpu --num_processes N`` starts a single process. :func:`init_process_group_state`,
+called before any work, fixes the first and turns the second into a clear error.
 """
 from __future__ import annotations
 
 import os
 from typing import Dict, Mapping, Optional
-
-# the environment variables launchers use for the number of processes (torchrun / accelerate,
-# Intel MPI / MPICH, Open MPI, MVAPICH), in the order accelerate reads them
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class LaunchMismatchError(RuntimeError):
@@ -24,39 +17,32 @@ class LaunchMismatchError(RuntimeError):
 
 
 def launched_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
-    """The number of processes the launcher says it started (1 when it says nothing)."""
-    environ = os.environ if environ is None else environ
-    for name in WORLD_SIZE_VARIABLES:
-        value = environ.get(name, "").strip()
-        if value:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                raise LaunchMismatchError(f"environment variable {name}={value!r} is not a number of processes.") from None
-    return 1
+    """The number of processes the launcher says it started (``WORLD_SIZE``; 1 when unset)."""
+    value = (os.environ if environ is None else environ).get("WORLD_SIZE", "").strip()
+    try:
+        return max(1, int(value)) if value else 1
+    except ValueError:
+        raise LaunchMismatchError(f"environment variable WORLD_SIZE={value!r} is not a number of processes.") from None
 
 
 def _has_accelerator_device() -> bool:
     import torch
 
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    return bool(xpu is not None and xpu.is_available())
+    return torch.cuda.is_available() or bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
 
 
 def check_single_process_launch(environ: Optional[Mapping[str, str]] = None) -> None:
-    """Raise when ``accelerate launch --cpu --num_processes N`` (N > 1, without mpirun) started
-    one process: that launcher sets ``MASTER_ADDR`` and ``ACCELERATE_USE_CPU`` only when asked
-    for several processes, but leaves ``WORLD_SIZE`` unset because it starts just one."""
+    """Raise when ``accelerate launch --cpu --num_processes N`` (N > 1) started one process: that
+    launcher sets ``MASTER_ADDR`` and ``ACCELERATE_USE_CPU`` when asked for several processes but
+    leaves ``WORLD_SIZE`` unset, because it starts just one."""
     environ = os.environ if environ is None else environ
     if "ACCELERATE_USE_CPU" in environ and environ.get("MASTER_ADDR") and launched_world_size(environ) == 1 \
             and "LOCAL_RANK" not in environ:
         raise LaunchMismatchError(
-            "`accelerate launch --cpu --num_processes N` started ONE process (accelerate starts several CPU "
-            "processes only through mpirun, --mpirun_hostfile), so this would be a single-process run. On CPUs use "
-            f"`accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...` or `torchrun --nproc_per_node N -m training.train_uplift ...` "
-            "(both form one N-process gloo group); for one process drop --num_processes."
+            "`accelerate launch --cpu --num_processes N` started ONE process, so this would be a single-process run. "
+            "On CPUs use `accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...` or "
+            "`torchrun --nproc_per_node N -m training.train_uplift ...` (both form one N-process gloo group); "
+            "for one process drop --num_processes."
         )
 
 
@@ -77,17 +63,12 @@ def accelerator_kwargs(cpu: Optional[bool] = None) -> Dict[str, bool]:
 
 
 def init_process_group_state(cpu: Optional[bool] = None):
-    """Initialise accelerate's process state for however this script was launched and check it.
+    """accelerate's ``PartialState`` for however this script was launched, checked.
 
-    ``cpu``: ``None`` = decide (CPU / gloo when the launcher started N > 1 processes and there
-    is no GPU, or when ``ACCELERATE_USE_CPU`` is set), ``True`` / ``False`` = force. Returns
-    accelerate's ``PartialState`` (``num_processes``, ``process_index``, ``is_main_process``,
-    ``device``, ...). Any ``Accelerator`` created afterwards joins the same group; pass it
-    ``**accelerator_kwargs(cpu)``.
-
-    Raises :class:`LaunchMismatchError` before any work when the launcher's environment says
-    N processes but the group has a different number (never N independent runs), or when
-    ``accelerate launch --cpu --num_processes N`` started a single process.
+    ``cpu``: ``None`` = decide (see :func:`use_cpu_backend`), ``True`` / ``False`` = force. Any
+    ``Accelerator`` created afterwards joins the same group; pass it ``**accelerator_kwargs(cpu)``.
+    Raises :class:`LaunchMismatchError` before any work when the launcher says N processes but the
+    group has another number (never N independent runs), or for :func:`check_single_process_launch`.
     """
     from accelerate import PartialState
 
@@ -95,9 +76,8 @@ def init_process_group_state(cpu: Optional[bool] = None):
     expected = launched_world_size()
     state = PartialState(cpu=use_cpu_backend(cpu))
     if state.num_processes != expected:
-        names = ", ".join(f"{name}={os.environ[name]}" for name in WORLD_SIZE_VARIABLES if os.environ.get(name))
         raise LaunchMismatchError(
-            f"the launcher started {expected} processes ({names}) but accelerate formed a group of "
+            f"the launcher started {expected} processes (WORLD_SIZE={expected}) but accelerate formed a group of "
             f"{state.num_processes} (distributed type {state.distributed_type}, device {state.device}); "
             "each process would run its own duplicate job. Pass cpu=True (or set ACCELERATE_USE_CPU=1) "
             "on a machine without GPUs, or launch with `torchrun --nproc_per_node N` / "

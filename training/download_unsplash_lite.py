@@ -64,17 +64,6 @@ class PhotoRow:
     photo_height: str = ""
 
 
-@dataclass(frozen=True)
-class DownloadResult:
-    """What happened to one photo: ``status`` downloaded / skipped / failed, the number of
-    requests and why it failed."""
-
-    name: str
-    status: str
-    attempts: int = 0
-    reason: str = ""
-
-
 @dataclass
 class DownloadSummary:
     """Counts of one run, the failed ids (in input order) and why each failed."""
@@ -86,7 +75,6 @@ class DownloadSummary:
     failed_ids: list = field(default_factory=list)
     failure_reasons: dict = field(default_factory=dict)
     output_dir: Optional[Path] = None
-    failed_list_path: Optional[Path] = None
     size: str = ""
     upscaled_ids: list = field(default_factory=list)
 
@@ -100,7 +88,7 @@ class DownloadSummary:
             f"Unsplash-Lite download: {self.total} photos" + (f" at {self.size}" if self.size else "") + f" -> {self.output_dir}",
             f"  downloaded: {self.downloaded}",
             f"  skipped (already complete): {self.skipped}",
-            f"  failed: {self.failed}" + (f" (ids in {self.failed_list_path})" if self.failed else ""),
+            f"  failed: {self.failed}" + (f" (ids in {self.output_dir / 'failed.txt'})" if self.failed else ""),
         ]
         if self.upscaled_ids:
             lines.insert(2, f"    of which {len(self.upscaled_ids)} smaller than that in the tsv (upscaled by the CDN)")
@@ -138,40 +126,33 @@ def find_tsv_files(inputs) -> list:
     return files
 
 
-def iter_photo_rows(tsv_files: Iterable) -> Iterable[PhotoRow]:
-    """Every data row of the files, in order; ValueError naming the file (and line) for a missing
-    column, an empty or unsafe ``photo_id`` (letters, digits, ``-``, ``_``) or an empty URL."""
-    for path in map(Path, tsv_files):
-        with path.open("r", encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            header = reader.fieldnames or []
-            for column in REQUIRED_COLUMNS:
-                if column not in header:
-                    raise ValueError(f"{path} has no column '{column}' (header: {', '.join(header)}); pass the Unsplash-Lite photos.tsv* files")
-            for row in reader:
-                photo_id = (row.get("photo_id") or "").strip()
-                url = (row.get("photo_image_url") or "").strip()
-                width, height = ((row.get(column) or "").strip() for column in SIZE_COLUMNS)
-                if not PHOTO_ID_PATTERN.match(photo_id):
-                    raise ValueError(f"{path} line {reader.line_num}: photo_id {photo_id!r} is empty or not a safe file "
-                                     "name (letters, digits, '-', '_'); fix or remove the row")
-                if not url:
-                    raise ValueError(f"{path} line {reader.line_num}: photo_image_url is empty for photo_id {photo_id!r}; fix or remove the row")
-                yield PhotoRow(photo_id, url, width, height)
-
-
 def read_photo_rows(tsv_files: Iterable, limit: Optional[int] = None) -> list:
-    """The rows of ``tsv_files``, at most ``limit``; a photo id that appears twice is an error."""
+    """The data rows of ``tsv_files`` in order, at most ``limit``; ValueError naming the file (and
+    line) for a missing column, an empty or unsafe ``photo_id`` (letters, digits, ``-``, ``_``), an
+    empty URL or a photo id that appears twice."""
     if limit is not None:
         _check_number("limit", limit, 1, "pass a positive number of photos or None for all")
     rows, seen = [], set()
-    for row in iter_photo_rows(tsv_files):
-        if limit is not None and len(rows) >= limit:
-            break
-        if row.photo_id in seen:
-            raise ValueError(f"photo_id {row.photo_id!r} appears more than once in the tsv files; remove the duplicate row")
-        seen.add(row.photo_id)
-        rows.append(row)
+    for path in map(Path, tsv_files):
+        with path.open("r", encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            for column in REQUIRED_COLUMNS:
+                if column not in (reader.fieldnames or []):
+                    raise ValueError(f"{path} has no column '{column}' (header: {', '.join(reader.fieldnames or [])}); "
+                                     "pass the Unsplash-Lite photos.tsv* files")
+            for row in reader:
+                if limit is not None and len(rows) >= limit:
+                    return rows
+                photo_id, url, width, height = ((row.get(column) or "").strip() for column in REQUIRED_COLUMNS + SIZE_COLUMNS)
+                where = f"{path} line {reader.line_num}"
+                if not PHOTO_ID_PATTERN.match(photo_id):
+                    raise ValueError(f"{where}: photo_id {photo_id!r} is empty or not a safe file name (letters, digits, '-', '_'); fix or remove the row")
+                if not url:
+                    raise ValueError(f"{where}: photo_image_url is empty for photo_id {photo_id!r}; fix or remove the row")
+                if photo_id in seen:
+                    raise ValueError(f"{where}: photo_id {photo_id!r} appears more than once in the tsv files; remove the duplicate row")
+                seen.add(photo_id)
+                rows.append(PhotoRow(photo_id, url, width, height))
     return rows
 
 
@@ -265,75 +246,63 @@ def _fetch(opener, url: str, timeout: float) -> bytes:
     return body
 
 
-def download_image(url: str, destination, name: str, size_problem: Callable[[Tuple[int, int]], str],
-                   timeout: float, retries: int, backoff_base: float, opener) -> DownloadResult:
-    """``url`` into ``destination`` unless a complete file is there; ``size_problem(size)`` says
-    why an image of that size is not wanted ("" when it is). Never raises for a download problem."""
-    existing = decoded_size(destination)
-    if existing is not None and not size_problem(existing):
-        return DownloadResult(name, SKIPPED)
-
-    def write(temporary: Path) -> None:
-        temporary.write_bytes(body)
-        size = decoded_size(temporary)
-        if size is None:
-            raise _Rejected(f"body of {len(body)} bytes does not decode as an image")
-        if size_problem(size):
-            raise _Rejected(size_problem(size))
-
-    reason = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_base * 2 ** (attempt - 1))
-        try:
-            body = _fetch(opener, url, timeout)
-            atomic_write(Path(destination), write)
-            return DownloadResult(name, DOWNLOADED, attempt + 1)
-        except _Retryable as err:
-            reason = str(err)
-        except _Rejected as err:
-            return DownloadResult(name, FAILED, attempt + 1, str(err))
-        except OSError as err:
-            return DownloadResult(name, FAILED, attempt + 1, f"could not write {destination}: {err}")
-    return DownloadResult(name, FAILED, retries + 1, f"{reason} (after {retries + 1} attempts)")
-
-
 def download_photo(row: PhotoRow, output_dir, width: Optional[int] = None, *, min_side: Optional[int] = None,
-                   timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, opener=None) -> DownloadResult:
+                   timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, opener=None) -> Tuple[str, str]:
     """One photo into ``<output_dir>/<photo_id>.jpg``, ``width`` px wide or with its shorter side at
-    ``min_side`` px. A row without a valid size fails with ``min_side`` even when its file exists."""
-    _check_size_choice(width, min_side)
+    ``min_side`` px, unless a complete file of that size is there. Returns ``(status, reason)``:
+    downloaded / skipped / failed; never raises for a download problem. A row without a valid
+    size fails with ``min_side`` even when its file exists."""
     try:
         url = with_width(row.image_url, width) if min_side is None else with_size(row.image_url, *min_side_request(row, min_side))
     except ValueError as err:
-        return DownloadResult(row.photo_id, FAILED, 0, str(err))
+        return FAILED, str(err)
 
     def size_problem(size) -> str:
         if min_side is None or min(size) == min_side:
             return ""
         return f"served {size[0]} x {size[1]} px, but --min-side {min_side} needs a shorter side of {min_side} px"
 
-    return download_image(url, Path(output_dir) / f"{row.photo_id}.jpg", row.photo_id, size_problem,
-                          timeout, retries, backoff_base, opener or urllib.request.build_opener())
+    destination = Path(output_dir) / f"{row.photo_id}.jpg"
+    existing = decoded_size(destination)
+    if existing is not None and not size_problem(existing):
+        return SKIPPED, ""
+
+    def write(temporary: Path) -> None:
+        temporary.write_bytes(body)
+        size = decoded_size(temporary)
+        if size is None or size_problem(size):
+            raise _Rejected(size_problem(size) if size else f"body of {len(body)} bytes does not decode as an image")
+
+    reason = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_base * 2 ** (attempt - 1))
+        try:
+            body = _fetch(opener or urllib.request.build_opener(), url, timeout)
+            atomic_write(destination, write)
+            return DOWNLOADED, ""
+        except _Retryable as err:
+            reason = str(err)
+        except _Rejected as err:
+            return FAILED, str(err)
+        except OSError as err:
+            return FAILED, f"could not write {destination}: {err}"
+    return FAILED, f"{reason} (after {retries + 1} attempts)"
 
 
 # --------------------------------------------------------------------------- all photos
-def _check_size_choice(width, min_side) -> None:
-    if (width is None) == (min_side is None):
-        raise ValueError(f"pass exactly one of width ({width!r}) and min_side ({min_side!r}): min_side=1024 (shorter side "
-                         "1024 px, aspect kept) builds the training set; width fixes the width of every photo")
-    if width is not None:
-        _check_number("width", width, 1, "pass the wanted image width in pixels, e.g. 1024")
-    else:
-        _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels, e.g. 1024")
-
-
 def download_photos(rows: Sequence[PhotoRow], output_dir, width: Optional[int] = None, *, min_side: Optional[int] = None,
                     workers: int = 8, timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0,
                     progress: bool = True) -> DownloadSummary:
     """``rows`` into ``output_dir`` with ``workers`` threads (see :func:`download_photo`); writes
     ``failed.txt`` and returns the summary. Every option and URL is checked before anything is written."""
-    _check_size_choice(width, min_side)
+    if (width is None) == (min_side is None):
+        raise ValueError(f"pass exactly one of width ({width!r}) and min_side ({min_side!r}): min_side=1024 (shorter side "
+                         "1024 px, aspect kept) builds the training set; width fixes the width of every photo")
+    if width is not None:
+        _check_number("width", width, 1, "pass the wanted image width in pixels (--width), e.g. 1024")
+    else:
+        _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels (--min-side), e.g. 1024")
     _check_number("workers", workers, 1, "pass at least one worker thread")
     _check_number("retries", retries, 0, "pass 0 to disable retries")
     _check_number("timeout", timeout, 0, "pass a timeout in seconds, e.g. 30", integer=False, strict=True)
@@ -349,21 +318,19 @@ def download_photos(rows: Sequence[PhotoRow], output_dir, width: Optional[int] =
         futures = {pool.submit(download_photo, row, out, width, min_side=min_side, timeout=timeout, retries=retries,
                                backoff_base=backoff_base, opener=opener): row for row in rows}
         for future in as_completed(futures):
-            row = futures[future]
             try:
-                results[row.photo_id] = future.result()
+                results[futures[future].photo_id] = future.result()
             except Exception as err:  # an unexpected bug must not stop the other downloads
-                results[row.photo_id] = DownloadResult(row.photo_id, FAILED, reason=f"{type(err).__name__}: {err}")
+                results[futures[future].photo_id] = (FAILED, f"{type(err).__name__}: {err}")
             bar.update(1)
-    count = {status: sum(result.status == status for result in results.values()) for status in (DOWNLOADED, SKIPPED, FAILED)}
-    failed_ids = [row.photo_id for row in rows if results[row.photo_id].status == FAILED]
-    upscaled_ids = [row.photo_id for row in rows if min_side is not None and results[row.photo_id].status == DOWNLOADED
+    count = {status: sum(result[0] == status for result in results.values()) for status in (DOWNLOADED, SKIPPED, FAILED)}
+    failed_ids = [row.photo_id for row in rows if results[row.photo_id][0] == FAILED]
+    upscaled_ids = [row.photo_id for row in rows if min_side is not None and results[row.photo_id][0] == DOWNLOADED
                     and min(tsv_size(row)) < min_side]
-    failed_list = out / "failed.txt"
-    atomic_write_text(failed_list, "".join(f"{photo_id}\n" for photo_id in failed_ids))
+    atomic_write_text(out / "failed.txt", "".join(f"{photo_id}\n" for photo_id in failed_ids))
     return DownloadSummary(
         len(rows), count[DOWNLOADED], count[SKIPPED], count[FAILED], failed_ids,
-        {pid: results[pid].reason for pid in failed_ids}, out, failed_list,
+        {pid: results[pid][1] for pid in failed_ids}, out,
         f"width {width} px" if min_side is None else f"shorter side {min_side} px", upscaled_ids,
     )
 
@@ -392,11 +359,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     try:
-        if args.width is not None:
-            _check_number("--width", args.width, 1, "pass --width 1024 or another positive width")
-        else:
-            args.min_side = DEFAULT_MIN_SIDE if args.min_side is None else args.min_side
-            _check_number("--min-side", args.min_side, 1, "pass --min-side 1024 or another positive size")
+        if args.width is None and args.min_side is None:
+            args.min_side = DEFAULT_MIN_SIDE
         files = find_tsv_files(args.inputs)
         rows = read_photo_rows(files, limit=args.limit)
         if not rows:

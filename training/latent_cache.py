@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from uplift_diffusers.utils.atomic_files import atomic_write
 
 
 def vae_identity(vae: torch.nn.Module) -> str:
@@ -56,16 +57,8 @@ class LatentCache:
             return None
 
     def put(self, key: str, latents: torch.Tensor) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        os.close(fd)
-        try:
-            save_file({"latents": latents.detach().cpu().contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        tensors = {"latents": latents.detach().cpu().contiguous()}
+        atomic_write(self._path(key), lambda temporary: save_file(tensors, str(temporary), metadata={"key": key}))
 
     def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         cached = self.get(key)

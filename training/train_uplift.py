@@ -44,7 +44,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainingConfig, ValidationConfig, has_key, load_config, parse_override, read_recipe
+from training.config import TrainingConfig, ValidationConfig, load_config, parse_override, read_recipe
 from training.data import ImageFolderDataset, collate_skipping_failures
 from training.distributed import LaunchMismatchError, accelerator_kwargs, init_process_group_state
 from training.latent_cache import LatentCache, vae_identity
@@ -52,25 +52,8 @@ from training.objective import image_pyramid, multi_depth_loss
 
 MODULE = "training.train_uplift"
 
-#: ``--smoke-test``: a tiny random VAE (factor 8, 4 latent channels) and a tiny upscaler trained
-#: for a few steps on generated images at 64 px, all under ``OUTPUT/smoke-test/``; the recipe,
-#: the flags and ``--set`` still override these values.
-SMOKE_TEST = {
-    "output_dir": "runs/smoke-test",
-    "data.resolution": 64,
-    "data.crops_per_image": 1,
-    "optimization.depths": [1, 2],
-    "optimization.lat_aug": 0.1,
-    "optimization.batch_size": 2,
-    "optimization.max_steps": 4,
-    "checkpointing.every_steps": 2,
-    "checkpointing.keep_last": 2,
-    "validation.every_steps": 0,
-    "validation.num_images": 2,
-    "validation.hr_size": 64,
-    "validation.lr_size": 16,
-    "validation.num_samples": 1,
-}
+#: ``--smoke-test``: the recipe beneath the given one (see its comments)
+SMOKE_TEST = Path(__file__).parent / "configs" / "smoke-test.yaml"
 SMOKE_TEST_IMAGES = 6
 
 
@@ -135,23 +118,18 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
         dotted, value = parse_override(item)
         overrides[dotted] = value
     if args.smoke_test:
-        smoke = {key: value for key, value in SMOKE_TEST.items() if not has_key(raw, key) and key not in overrides}
-        output = Path(overrides.get("output_dir", raw.get("output_dir", smoke.get("output_dir", "")))).expanduser()
+        smoke = read_recipe(SMOKE_TEST)
+        for key, value in raw.items():  # the recipe over the smoke test's values
+            smoke[key] = {**smoke[key], **value} if isinstance(value, dict) and key in smoke else value
+        raw = smoke
+        folder = Path(overrides.get("output_dir", raw["output_dir"])).expanduser() / "smoke-test"
         if args.vae is None:
-            smoke["vae"] = str(output / "smoke-test" / "vae")
-        if not overrides.get("data.train_dirs", (raw.get("data") or {}).get("train_dirs")):
-            smoke["data.train_dirs"] = [str(output / "smoke-test" / "images")]
-            if not has_key(raw, "validation.dir") and "validation.dir" not in overrides:
-                smoke["validation.dir"] = smoke["data.train_dirs"][0]  # validation on the generated images
-        smoke["model"] = {**_smoke_test_model(), **(raw.get("model") or {})}
-        overrides = {**smoke, **overrides}
+            overrides["vae"] = str(folder / "vae")
+        if not overrides.get("data.train_dirs", raw["data"].get("train_dirs")):
+            overrides["data.train_dirs"] = [str(folder / "images")]
+            if "dir" not in raw["validation"]:  # validation on the generated images
+                overrides.setdefault("validation.dir", str(folder / "images"))
     return load_config(raw, overrides)
-
-
-def _smoke_test_model() -> Dict:
-    from uplift_diffusers.utils.testing_utils import TINY_UPSCALER
-
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_UPSCALER.items()}
 
 
 def prepare_smoke_test(config: TrainingConfig) -> None:
@@ -196,27 +174,20 @@ def resolve_resume(config: TrainingConfig, resume: Optional[str], require: bool 
 
 def resume_command(argv: List[str], environ=None) -> str:
     """The command line that resumes this run: the same arguments with ``--resume latest``, under
-    the same kind of launcher."""
+    the same kind of launcher (on several nodes ``...`` stands for the rendezvous flags)."""
     environ = os.environ if environ is None else environ
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
+    kept, items = [], iter(argv)
+    for item in items:
         if item == "--resume":
-            skip = True
-            continue
-        if item.startswith("--resume=") or item in ("--require-resume", "--require_resume"):
-            continue
-        kept.append(item)
-    world = int(environ.get("WORLD_SIZE", "1") or 1)
-    local = int(environ.get("LOCAL_WORLD_SIZE", world) or world)
-    if world == 1:
-        launcher = [sys.executable, "-m"]
-    elif local == world:
-        launcher = ["torchrun", "--nproc_per_node", str(world), "-m"]
-    else:
-        launcher = ["torchrun", "--nnodes", str(world // max(local, 1)), "--nproc_per_node", str(local), "...", "-m"]
+            next(items, None)
+        elif not (item.startswith("--resume=") or item in ("--require-resume", "--require_resume")):
+            kept.append(item)
+    world = int(environ.get("WORLD_SIZE") or 1)
+    local = int(environ.get("LOCAL_WORLD_SIZE") or world)
+    launcher = [sys.executable, "-m"]
+    if world > 1:
+        nodes = ["--nnodes", str(world // local)] if local != world else []
+        launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), *(["..."] if nodes else []), "-m"]
     return shlex.join([*launcher, MODULE, *kept, "--resume", "latest"])
 
 
@@ -272,24 +243,6 @@ def parameter_checksum(model) -> float:
     return total
 
 
-def elapsed_at_checkpoint(state: Dict, output_dir: Path) -> float:
-    """Training seconds up to a checkpoint: saved in it, or (checkpoints of older versions) the
-    ``time`` the log recorded for its step."""
-    if "elapsed" in state:
-        return float(state["elapsed"])
-    log_path = output_dir / "train_log.jsonl"
-    seconds = 0.0
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step") == state["step"] and isinstance(record.get("time"), (int, float)):
-                seconds = float(record["time"])
-    return seconds
-
-
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
     """Unscaled VAE latents of every pyramid level (from the cache when possible).
 
@@ -326,6 +279,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     same output back-projected (the super-resolution pipeline's default); saves a sheet of the
     first ``num_samples`` images (bicubic | UPLiFT | HR)."""
     from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils import make_image_grid
     from PIL import Image
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
@@ -348,7 +302,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
         return float(peak_signal_noise_ratio(output.float().cpu().clamp(0, 1), hr, data_range=(0.0, 1.0)))
 
     scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
-    tiles = []
+    tiles: List[list] = []
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
@@ -365,14 +319,9 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
                 tiles.append([lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image])
     upscaler.train(was_training)
     if tiles:
-        samples_dir = output_dir / "samples"
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        side = val.hr_size
-        sheet = Image.new("RGB", (3 * side, len(tiles) * side))
-        for row, images in enumerate(tiles):
-            for col, image in enumerate(images):
-                sheet.paste(image, (col * side, row * side))
-        sheet.save(samples_dir / f"step-{step:07d}.png")
+        (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+        sheet = make_image_grid([image for row in tiles for image in row], rows=len(tiles), cols=3)
+        sheet.save(output_dir / "samples" / f"step-{step:07d}.png")
     result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
     if scores["psnr_bp"]:
         result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
@@ -380,35 +329,32 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
 
 
 def write_model_card(model_dir: Path, config: TrainingConfig, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
-    lines = [
-        "---",
-        "library_name: uplift-diffusers",
-        "tags: [uplift, super-resolution, latent-upscaler, diffusers]",
-        "---",
-        "",
-        "# UPLiFT latent upscaler",
-        "",
-        "Trained with `python -m training.train_uplift` of uplift-diffusers.",
-        "",
-        f"- VAE: `{config.vae}`",
-        f"- Training data: {', '.join(map(str, config.data.train_dirs))} ({num_items} items, {skipped} images skipped)",
-        f"- Optimiser steps: {step} ({seconds / 60:.1f} min)",
-        f"- Validation (4x super-resolution, {config.validation.dir}): "
-        + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) if metrics else "not run"),
-        "",
-        "```python",
-        "from uplift_diffusers import UPLiFTLatentUpscaler",
-        "upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')",
-        "```",
-        "",
-        "## Training configuration",
-        "",
-        "```yaml",
-        yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    (model_dir / "README.md").write_text("\n".join(lines))
+    scores = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()) or "not run"
+    (model_dir / "README.md").write_text(f"""---
+library_name: uplift-diffusers
+tags: [uplift, super-resolution, latent-upscaler, diffusers]
+---
+
+# UPLiFT latent upscaler
+
+Trained with `python -m {MODULE}` of uplift-diffusers.
+
+- VAE: `{config.vae}`
+- Training data: {', '.join(map(str, config.data.train_dirs))} ({num_items} items, {skipped} images skipped)
+- Optimiser steps: {step} ({seconds / 60:.1f} min)
+- Validation (4x super-resolution, {config.validation.dir}): {scores}
+
+```python
+from uplift_diffusers import UPLiFTLatentUpscaler
+upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')
+```
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
+```
+""")
 
 
 def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Optional[str] = None) -> Dict:
@@ -495,15 +441,12 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         accelerator.register_for_checkpointing(ema)
 
     step, epoch, position, elapsed_before = 0, 0, 0, 0.0
-    if resume:
-        path = checkpoint_path
-        if path is not None:
-            state = load_checkpoint(accelerator, path)
-            step, epoch, position = state["step"], state["epoch"], state["position"]
-            elapsed_before = elapsed_at_checkpoint(state, output_dir)
-            accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {position})")
-        else:
-            accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
+    if checkpoint_path is not None:
+        state = load_checkpoint(accelerator, checkpoint_path)
+        step, epoch, position, elapsed_before = (state[key] for key in ("step", "epoch", "position", "elapsed"))
+        accelerator.print(f"resumed from {checkpoint_path} at step {step} (epoch {epoch}, batch {position})")
+    elif resume:
+        accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
     log_path = output_dir / "train_log.jsonl"
     val_csv = output_dir / "validation.csv"
@@ -531,15 +474,11 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         last_metrics = validate(unwrapped, vae, val, output_dir, step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
-        header = val_csv.read_text().partition("\n")[0] if val_csv.exists() else None
+        psnr_bp = f"{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ""
         with open(val_csv, "a") as handle:
-            if header is None:
-                header = "step,psnr,count,psnr_bp"
-                handle.write(header + "\n")
-            row = f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']}"
-            if header.endswith(",psnr_bp"):  # a file of a run started before psnr_bp keeps its three columns
-                row += f",{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ","
-            handle.write(row + "\n")
+            if handle.tell() == 0:
+                handle.write("step,psnr,count,psnr_bp\n")
+            handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']},{psnr_bp}\n")
         accelerator.log({f"val/{k}": v for k, v in last_metrics.items()}, step=step)
         accelerator.print(f"step {step}: validation {last_metrics}")
 
@@ -548,7 +487,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         # draws its own noise (seed + process index; a resumed run restores each process's state)
         set_seed(opt.seed, device_specific=True)
     model.train()
-    interval_start, interval_steps = time.time(), 0
     reported_failures = set()
     stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
     # --stop-at-step ends this run early; the schedule above still spans max_steps
@@ -592,7 +530,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            interval_steps += 1
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
             record = {
@@ -609,9 +546,8 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
                     handle.write(json.dumps(record) + "\n")
             if step % log.log_every == 0:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
-            rate = interval_steps / max(time.time() - interval_start, 1e-9)
             progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", its=f"{rate:.2f}")
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
             if ckpt.every_steps and step % ckpt.every_steps == 0:
                 checkpoint()
             if val.dir and val.every_steps and step % val.every_steps == 0:

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hooks import apply_uplift, check_pipeline_latent_space, check_upscaler_matches_vae, remove_uplift, vae_scale_factor
+from .hooks import apply_uplift, guard_latent_space, remove_uplift, vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import upscale_latents
@@ -46,12 +46,11 @@ def _family(pipe) -> str:
     )
 
 
-def _check(pipe, upscaler, upscale_factor, strength, refine_steps) -> None:
+def _check(pipe, upscaler, upscale_factor, strength, refine_steps, check_latent_space) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`.")
-    check_upscaler_matches_vae(vae, upscaler)
-    check_pipeline_latent_space(vae, upscaler)
+    guard_latent_space(vae, upscaler, check_latent_space)
     if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
             or not math.log2(upscale_factor).is_integer():
         raise ValueError(f"`upscale_factor` must be a power of two >= 2 (2, 4, 8): the latents are refined, got {upscale_factor!r}.")
@@ -119,6 +118,7 @@ def hires_fix(
     refine_steps: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     output_type: str = "pil",
+    check_latent_space: bool = True,
     **call_kwargs,
 ):
     """Generate with ``pipe``, upscale with UPLiFT, and refine at the new size (see the module doc).
@@ -133,6 +133,7 @@ def hires_fix(
             num_inference_steps)`` of the call (50 when not given).
         generator: seeds the pipeline's calls, UPLiFT's noise and the second pass's noise.
         output_type: the final images' type, as the pipeline takes it.
+        check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
         **call_kwargs: the pipeline's own arguments (``prompt``, ``height``, ``width``,
             ``num_inference_steps``, ``guidance_scale``, ...), for both passes.
 
@@ -144,9 +145,9 @@ def hires_fix(
             supported families.
     """
     family = _family(pipe)
-    _check(pipe, upscaler, upscale_factor, strength, refine_steps)
+    _check(pipe, upscaler, upscale_factor, strength, refine_steps, check_latent_space)
     if strength == 0:
-        apply_uplift(pipe, upscaler, upscale_factor)
+        apply_uplift(pipe, upscaler, upscale_factor, check_latent_space=check_latent_space)
         try:
             return pipe(generator=generator, output_type=output_type, **call_kwargs)
         finally:

@@ -25,11 +25,14 @@ import functools
 import hashlib
 import inspect
 import math
+import weakref
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .constants import SD15_VAE_SCALING_FACTOR
+from diffusers.utils import logging
+
+from .constants import LATENT_SPACES
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, stage_updates, upscale_and_decode
@@ -37,7 +40,17 @@ from .utils.back_projection import check_back_projection_steps
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
-__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "vae_scale_factor"]
+__all__ = [
+    "apply_uplift",
+    "remove_uplift",
+    "UPLiFTDecodeHook",
+    "check_upscaler_matches_vae",
+    "guard_latent_space",
+    "vae_latent_space",
+    "vae_scale_factor",
+]
+
+logger = logging.get_logger(__name__)
 
 #: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
 _HOOK_ATTRIBUTE = "_uplift_decode_hook"
@@ -70,23 +83,58 @@ def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
         )
 
 
-def check_pipeline_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler) -> None:
-    """Raise ValueError unless a pipeline's VAE hands ``decode`` the latents a 4-channel upscaler
-    was trained on: the Stable Diffusion 1.5 VAE's (``scaling_factor`` 0.18215, no shift). SDXL's
-    VAE has the same shapes but another latent space (``scaling_factor`` 0.13025); TAESD is
-    configured with ``scaling_factor`` 1.0 (its latents are already scaled)."""
-    if upscaler.config.latent_channels != 4:
+def vae_latent_space(vae: Any) -> Optional[str]:
+    """The latent space a VAE's ``decode`` takes (a key of :data:`~uplift_diffusers.constants.LATENT_SPACES`),
+    read off its class and config, or None when it is none of them. Channel counts alone do not
+    tell (SD1.5 and SDXL both have 4): the ``scaling_factor`` / ``shift_factor`` of the config do."""
+    config = vae.config
+    channels, name = config.get("latent_channels"), type(vae).__name__
+    if name == "AutoencoderKLFlux2" or (channels == 32 and name in _TINY_AUTOENCODERS):
+        return "flux2"
+    if name in _TINY_AUTOENCODERS:
+        return "taesd" if channels == 4 else None
+    scaling, shift = config.get("scaling_factor"), config.get("shift_factor") or 0.0
+    for space, (space_channels, space_scaling, space_shift) in _KL_SPACES.items():
+        if channels == space_channels and _close(scaling, space_scaling) and _close(shift, space_shift):
+            return space
+    return None
+
+
+#: The KL autoencoders' latent spaces: ``(latent_channels, scaling_factor, shift_factor)``.
+_KL_SPACES = {"sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159)}
+_TINY_AUTOENCODERS = ("TinyAutoencoder", "AutoencoderTiny")
+#: Upscalers already warned about naming no latent space (one warning per model).
+_WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _close(value, expected: float) -> bool:
+    return isinstance(value, (int, float)) and math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-6)
+
+
+def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = True) -> None:
+    """Refuse an upscaler trained for another latent space than the VAE's (ValueError naming both
+    and the override); ``check=False`` (the override, for experiments) only logs a warning. An
+    upscaler whose config names no ``latent_space`` is checked on its channel count alone, with
+    a one-line warning."""
+    check_upscaler_matches_vae(vae, upscaler)
+    trained = upscaler.config.get("latent_space")
+    if trained is None:
+        if upscaler not in _WARNED_NO_SPACE:
+            _WARNED_NO_SPACE.add(upscaler)
+            logger.warning("The upscaler's config names no `latent_space`: it is checked against the VAE on its channel count alone.")
         return
-    scaling = getattr(vae.config, "scaling_factor", None)
-    shift = getattr(vae.config, "shift_factor", None)
-    if not isinstance(scaling, (int, float)) or not math.isclose(scaling, SD15_VAE_SCALING_FACTOR, rel_tol=1e-6) or shift:
-        raise ValueError(
-            f"The pipeline's VAE ({type(vae).__name__}) has scaling_factor={scaling}"
-            + (f", shift_factor={shift}" if shift else "")
-            + f": not the Stable Diffusion 1.5 VAE's latent space (scaling_factor={SD15_VAE_SCALING_FACTOR}, no shift), "
-            "the one a 4-channel UPLiFT model is trained on (an SDXL VAE has scaling_factor=0.13025). Use an "
-            "SD1.5-family pipeline with the SD1.5 VAE, or an UPLiFT model trained for this VAE."
-        )
+    space = vae_latent_space(vae)
+    if space == trained:
+        return
+    described = LATENT_SPACES[space] if space else "of a latent space this package does not know"
+    message = (
+        f"The upscaler was trained for {LATENT_SPACES[trained]} (latent_space={trained!r}), but the VAE "
+        f"({type(vae).__name__}) is {described}; use an UPLiFT model trained for this VAE, or pass "
+        "check_latent_space=False to try it anyway."
+    )
+    if check:
+        raise ValueError(message)
+    logger.warning(message)
 
 
 def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method) -> None:
@@ -252,6 +300,7 @@ def apply_uplift(
     back_projection_steps: int = 0,
     tiling: Union[None, bool, Tuple[int, int]] = None,
     upscale_method: str = DEFAULT_UPSCALE_METHOD,
+    check_latent_space: bool = True,
 ) -> None:
     """Make ``pipe`` generate its images ``upscale_factor`` times larger with UPLiFT.
 
@@ -277,16 +326,18 @@ def apply_uplift(
             True uses the default tiles, or ``(tile_size, overlap)`` in latents.
         upscale_method: how a factor that is not a power of two is reached (one of
             :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
+        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
+            (its config's ``latent_space``); False only warns, for experiments.
 
     Raises:
         ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
-            space (channels or pixels per latent), or a bad setting.
+            space (:func:`guard_latent_space`), or a bad setting.
     """
     vae = getattr(pipe, "vae", None)
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
-    check_upscaler_matches_vae(vae, upscaler)
-    check_pipeline_latent_space(vae, upscaler)
+    check_flag("check_latent_space", check_latent_space)
+    guard_latent_space(vae, upscaler, check_latent_space)
     check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method)
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
@@ -315,3 +366,4 @@ def uplift_applied(pipe, upscaler: UPLiFTLatentUpscaler, **settings):
         hook.uninstall()
         if previous is not None:
             previous.install()
+

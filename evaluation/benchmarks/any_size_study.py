@@ -14,9 +14,6 @@ The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,25 +21,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.benchmarks import common
 from evaluation.metrics.image_metrics import ssim
-from evaluation.arguments import load_upscaler, load_vae
-from evaluation.sharding import LaunchMismatchError, require_one_process
-from evaluation.smoke import add_smoke_test_argument, prepare_smoke_study
-from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
-from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
-from uplift_diffusers.utils.atomic_files import atomic_write_text
+from evaluation.sharding import LaunchMismatchError
 from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = Path(os.environ.get("UPLIFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
-DEFAULT_MODEL = REPO_ROOT / "examples" / "models" / "uplift-taef2-bsds500"
-DEFAULT_VAE = SHARED_DIR / "models" / "taef2"
-DEFAULT_DATA = SHARED_DIR / "data" / "bsds500" / "test"
-DEFAULT_OUTPUT = REPO_ROOT / "evaluation" / "results" / "any_size_study.json"
 BICUBIC = "bicubic"
-#: ``--smoke-test``: 2 synthetic images, 96 px HR (LR 64, 32 and 16 px at the default factors).
-SMOKE_IMAGES, SMOKE_HR_SIZE = 2, 96
 
 #: One line per candidate for the table.
 METHOD_DESCRIPTIONS = {
@@ -55,21 +40,9 @@ METHOD_DESCRIPTIONS = {
 }
 
 
-def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """The options of the one-process studies on BSDS500 (this one, ``alpha_study``): ``--model``,
-    ``--vae``, ``--data``, ``--output`` (default ``evaluation/results/<name>.json``; None until
-    :func:`~evaluation.smoke.prepare_smoke_study` or the script sets it) and ``--smoke-test``."""
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="the UPLiFT model (folder, Hub id or the authors' file)")
-    parser.add_argument("--vae", default=str(DEFAULT_VAE), help="its VAE (folder or Hub id)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of test images (default: BSDS500 test, ../shared/data/bsds500/test)")
-    parser.add_argument("--output", default=None, help=f"JSON results; the tables go next to it as .md "
-                        f"(default evaluation/results/{name}.json; with --smoke-test a temporary folder)")
-    add_smoke_test_argument(parser)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study_arguments(parser, "any_size_study")
+    common.add_study_arguments(parser, "any_size_study")
     parser.add_argument("--factors", type=float, nargs="+", default=[1.5, 3.0, 6.0])
     parser.add_argument("--hr-size", type=int, default=192, help="HR centre crop side; hr-size / factor must be an integer")
     parser.add_argument("--num-images", type=int, default=None, help="the first N images (sorted by name); default all")
@@ -80,26 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[int]:
-    """The LR side of every factor; parser errors (one line, exit status 2) for bad values."""
-    lr_sides = []
+def lr_sides(args) -> List[int]:
+    """The LR side of every factor; ValueError (one line, naming the flag) for bad values."""
+    sides = []
     for factor in args.factors:
         lr = args.hr_size / factor
         if factor < 1 or abs(lr - round(lr)) > 1e-9:
-            parser.error(f"--factors: {factor:g} must be >= 1 and divide --hr-size {args.hr_size} into an integer LR side.")
-        lr_sides.append(int(round(lr)))
+            raise ValueError(f"--factors: {factor:g} must be >= 1 and divide --hr-size {args.hr_size} into an integer LR side.")
+        sides.append(int(round(lr)))
     for name in ("hr_size", "batch_size", "threads"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    if args.num_images is not None and args.num_images < 1:
-        parser.error(f"--num-images must be >= 1, got {args.num_images}.")
-    if not Path(args.data).is_dir():
-        parser.error(f"--data {args.data!r} is not a folder (set UPLIFT_SHARED_DIR or pass --data).")
-    return lr_sides
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    return sides
 
 
 def study(
-    pipe: UPLiFTSuperResolutionPipeline,
+    pipe,
     files: Sequence[Path],
     factors: Sequence[float],
     lr_sides: Sequence[int],
@@ -187,50 +156,26 @@ def markdown_table(rows: Sequence[Dict], config: Dict, best: Dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        require_one_process("evaluation.benchmarks.any_size_study")
-    except LaunchMismatchError as error:
+        pipe, files = common.prepare_study(args, "any_size_study", smoke_images=2, smoke_hr_size=96)  # LR 64, 32, 16 px
+    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.smoke_test:
-        prepare_smoke_study(args, "any_size_study", SMOKE_IMAGES, SMOKE_HR_SIZE)
-        args.num_images, args.hr_size = SMOKE_IMAGES, SMOKE_HR_SIZE
-    elif args.output is None:
-        args.output = str(DEFAULT_OUTPUT)
-    lr_sides = check_arguments(args, parser)
+    try:
+        sides = lr_sides(args)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
-    files = list_images(args.data)
-    if args.num_images is not None:
-        files = files[: args.num_images]
-    if not files:
-        parser.error(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
-    pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     with torch.no_grad():
-        rows = study(pipe, files, args.factors, lr_sides, args.hr_size, args.methods, args.batch_size, args.seed)
+        rows = study(pipe, files, args.factors, sides, args.hr_size, args.methods, args.batch_size, args.seed)
     best = best_methods(rows, args.methods)
-    config = {
-        "model": os.path.relpath(args.model, REPO_ROOT) if Path(args.model).exists() else args.model,
-        "vae": os.path.relpath(args.vae, REPO_ROOT) if Path(args.vae).exists() else args.vae,
-        "data": os.path.relpath(args.data, REPO_ROOT) if Path(args.data).exists() else args.data,
-        "images": len(files),
-        "hr_size": args.hr_size,
-        "factors": args.factors,
-        "threads": args.threads,
-        "seed": args.seed,
-        "smoke_test": bool(args.smoke_test),
-        "default_method": DEFAULT_UPSCALE_METHOD,
-        "seconds_total": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, json.dumps({"config": config, "best": best, "rows": rows}, indent=2) + "\n")
-    atomic_write_text(output.with_suffix(".md"), markdown_table(rows, config, best))
+    config = common.study_config(args, files, hr_size=args.hr_size, factors=args.factors, threads=args.threads, seed=args.seed,
+                                 default_method=DEFAULT_UPSCALE_METHOD, seconds_total=round(time.perf_counter() - start, 1))
+    common.write_results(args.output, {"config": config, "best": best, "rows": rows}, markdown_table(rows, config, best))
     print(markdown_table(rows, config, best))
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from evaluation.arguments import check_at_least, load_upscaler, loading
+from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
 from evaluation.sharding import LaunchMismatchError, require_one_process
@@ -37,7 +37,6 @@ from uplift_diffusers.constants import SD15_MODEL_ID
 from uplift_diffusers.utils.color_correction import color_correct
 
 DEFAULT_SD_MODEL = SD15_MODEL_ID
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TEXT_TOKENS = 77  # CLIP context of SD1.5
 
 STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=10, help="timed batches averaged (default 10)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the UNet, the VAE decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
+    parser.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32)")
     parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents / embeddings / random weights")
     add_smoke_test_argument(parser)
@@ -201,8 +200,8 @@ def benchmark(args) -> Dict:
     if args.smoke_test:
         prepare_smoke_test(args)
     _check_args(args)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype]
+    device = common.default_device(args.device)
+    dtype = common.DTYPES[args.dtype]
     random_weights = args.random_weights or args.smoke_test
     reason = "--smoke-test (tiny models)" if args.smoke_test else "--random-weights"
     if not random_weights:
@@ -230,11 +229,11 @@ def benchmark(args) -> Dict:
                 samples[stage].append(timer.current[stage])
 
     stages = {stage: statistics.fmean(values) for stage, values in samples.items()}
-    common = stages["unet"] + stages["vae_decode_base"]
+    base = stages["unet"] + stages["vae_decode_base"]
     upscaled_tail = stages["vae_decode_upscaled"] + stages["color_correction"]
-    methods = {"base512": common}
+    methods = {"base512": base}
     for method in ("uplift",) + LATENT_BASELINES:
-        methods[method] = common + stages[method] + upscaled_tail
+        methods[method] = base + stages[method] + upscaled_tail
     parameters = {
         name: sum(p.numel() for p in model.parameters())
         for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
@@ -244,7 +243,6 @@ def benchmark(args) -> Dict:
         if random_weights and not args.smoke_test
         else ("--smoke-test: tiny random models, the times mean nothing" if args.smoke_test else "pretrained weights")
     )
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     result = {
         "task": "latency",
         "dataset": args.dataset_name,
@@ -259,7 +257,7 @@ def benchmark(args) -> Dict:
             "compile": args.compile,
             "dtype": args.dtype,
             "device": str(device),
-            "device_name": device_name,
+            "device_name": common.device_name(device),
             "torch": torch.__version__,
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,

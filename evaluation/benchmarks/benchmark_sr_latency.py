@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from evaluation.arguments import check_at_least, load_upscaler, load_vae
-from evaluation.benchmarks.benchmark_upscaler import time_call
+from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_VAE_CONFIG
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
@@ -38,7 +37,6 @@ from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 METHODS = ("uplift", "bilinear")
 FACTORS = (2, 4, 8)
 #: The paper's numbers (A100, SD1.5 VAE, 256 -> 1024): UPLiFT end to end, and its ratio to bilinear.
@@ -64,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the VAE encoder and decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default; the authors use max-autotune on GPUs)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32, as the paper)")
+    parser.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32, as the paper)")
     parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input images and of random weights")
@@ -117,7 +115,7 @@ def compile_models(vae, upscaler, mode: Optional[str]) -> None:
 def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
     """One end-to-end call: encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents,
     decode and (``color_correction``) colour-correct against ``images``; ``B x 3 x 2^k h x 2^k w`` in [0, 1]."""
-    from uplift_diffusers.loaders.vae import encode_latents
+    from uplift_diffusers.loaders import encode_latents
 
     latents = encode_latents(vae, images * 2 - 1)
     upscaled = upscaler(latents, images.to(latents.dtype), num_steps=num_steps).sample
@@ -128,22 +126,10 @@ def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_cor
 # Timing
 # --------------------------------------------------------------------------------------------
 def interleaved_times(calls: Dict[str, Callable[[], object]], warmup: int, iters: int, device: str) -> Dict[str, Dict[str, List[float]]]:
-    """``warmup`` untimed rounds, then ``iters`` timed rounds; each round calls every function of
-    ``calls`` once, in turn (order reversed every other round). ``{"wall": {name: seconds per
-    call}, "cpu": {name: CPU seconds of this process per call}}``."""
-    names = list(calls)
-    for _ in range(warmup):
-        for name in names:
-            calls[name]()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()  # the first timed call must not wait for warm-up work
-    times: Dict[str, Dict[str, List[float]]] = {"wall": {name: [] for name in names}, "cpu": {name: [] for name in names}}
-    for round_index in range(iters):
-        for name in names if round_index % 2 == 0 else reversed(names):
-            wall, cpu = time_call(calls[name], device)
-            times["wall"][name].append(wall)
-            times["cpu"][name].append(cpu)
-    return times
+    """``{"wall": {name: seconds per call}, "cpu": {name: CPU seconds per call}}`` of
+    :func:`evaluation.benchmarks.common.interleaved` (every function once per round, in turn)."""
+    wall, cpu = common.interleaved(calls, iters, warmup, device)
+    return {"wall": wall, "cpu": cpu}
 
 
 def _median_ratio(times: Dict[str, List[float]]) -> float:
@@ -191,8 +177,7 @@ def prepare_smoke_test(args) -> None:
 
 def benchmark(args) -> Dict:
     """Run the protocol described by parsed ``args``; returns the results (also written to ``--output`` and .md)."""
-    from uplift_diffusers.hooks import check_upscaler_matches_vae
-    from uplift_diffusers.loaders.vae import vae_scale_factor
+    from uplift_diffusers.hooks import check_upscaler_matches_vae, vae_scale_factor
 
     require_one_process("evaluation.benchmarks.benchmark_sr_latency")
     if args.smoke_test:
@@ -200,10 +185,10 @@ def benchmark(args) -> Dict:
     elif args.output is None:
         args.output = RESULTS_DIR / "benchmark_sr_latency.json"
     _check_args(args)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = common.default_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
+    dtype = common.DTYPES[args.dtype]
     vae, upscaler = load_models(args, dtype)
     check_upscaler_matches_vae(vae, upscaler)
     factor = vae_scale_factor(vae)
@@ -222,7 +207,6 @@ def benchmark(args) -> Dict:
     }
     times = interleaved_times(calls, args.warmup, args.iters, str(device))
     summary = summarise(times, args.batch_size)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     result = {
         "task": "sr_latency",
         "settings": {
@@ -243,7 +227,7 @@ def benchmark(args) -> Dict:
             "compile_mode": args.compile_mode,
             "dtype": args.dtype,
             "device": str(device),
-            "device_name": device_name,
+            "device_name": common.device_name(device),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "torch": torch.__version__,
             "note": args.note,

@@ -1,73 +1,32 @@
 """Image metrics of the paper's tables, defined as the paper computed them.
 
-The paper computes FID, patch-FID, SSIM and PSNR "with the official code of CFM"
+The paper computes FID, patch-FID, SSIM and PSNR with the official code of CFM
 (``CompVis/fm-boosting``, ``fmboost/metrics.py``) and the CLIP score with the ``clip-score``
-package. This module computes the same numbers with the same libraries (torchmetrics,
-torch-fidelity, transformers) and offers the design card's alternatives (clean-fid for FID / KID,
-open_clip for the CLIP score).
+package; this module computes the same numbers with the same libraries (torchmetrics,
+torch-fidelity, transformers), and FID / KID with clean-fid as an alternative.
 
-The paper's protocol (the defaults)
------------------------------------
-* **uint8 images for FID** (:func:`to_uint8`, ``"cfm"``): an image ``x`` in [0, 1] is put in
-  CFM's [-1, 1] convention (``2x - 1``) and quantised like CFM's ``un_normalize_ims``:
-  ``(y * 127.5 + 127.5).clip(0, 255).to(torch.uint8)``, which *truncates* (it does not round).
-  Images read from 8-bit files come back bit-exactly.
-* **FID** (:class:`FIDAccumulator`): torchmetrics
-  ``FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=True)`` fed those
-  uint8 images, with ``antialias=False``: the authors ran torchmetrics 1.7.1 (``mwalmer-umd/UPLiFT``
-  ``requirements.txt``), which always resized the Inception input with torch-fidelity's
-  TF1-compatible bilinear resize; torchmetrics 1.9 offers that as ``antialias=False`` (its new
-  default ``True`` gives other numbers). The Frechet distance is torchmetrics'.
-* **patch-FID** (:class:`PatchFID`): every image pair is replaced by ``num_patches`` = 4 random
-  ``patch`` x ``patch`` = 512 x 512 crops, the same box in the generated and the real image, and
-  the FID is computed on the crops only. Boxes are drawn as torchvision's
-  ``RandomCrop.get_params`` draws them (per crop ``top`` then ``left``, each
-  ``randint(0, side - patch + 1)``; ``(0, 0)`` without drawing when the image is exactly
-  ``patch`` x ``patch``; an error when it is smaller), image by image, crop by crop.
-* **SSIM** (:func:`ssim`): torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1.0)``
-  with its defaults (11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding, the
-  whole SSIM map averaged) per image; the scripts average over all images.
-* **PSNR** (:func:`psnr`): per image, both images clamped to [0, 1],
-  ``10 log10(1 / MSE)`` (= CFM's ``20 log10(1 / sqrt(MSE))``); averaged over all images. It is
-  the library's :func:`uplift_diffusers.utils.sr_protocol.psnr` (training validates with it too),
-  as are the image checks every metric here applies.
-* **CLIP score** (:class:`CLIPScorer`): as the ``clip-score`` package (0.2.1 and the authors'
-  fork): ``openai/clip-vit-base-patch32`` with its transformers ``CLIPProcessor`` (PIL backend,
-  the processor transformers 4.48 used) on the 8-bit image (:func:`to_uint8` ``"round"``, what
-  the saved PNG holds) and its tokenizer (``padding=True, truncation=True``), the projected
-  embeddings L2-normalised, and ``100 x`` the mean cosine similarity (negative cosines are
-  not clamped).
+* **uint8 images for FID** (:func:`to_uint8` ``"cfm"``): CFM's ``un_normalize_ims`` of ``2x - 1``,
+  which *truncates*; images read from 8-bit files come back bit-exactly.
+* **FID** (:class:`FIDAccumulator`): torchmetrics ``FrechetInceptionDistance(feature=2048,
+  normalize=False)`` on those images with ``antialias=False``: the authors ran torchmetrics 1.7.1
+  (``mwalmer-umd/UPLiFT`` ``requirements.txt``), which always resized the Inception input with
+  torch-fidelity's TF1-compatible bilinear resize (torchmetrics 1.9's default gives other numbers).
+* **patch-FID** (:class:`PatchFID`): FID on ``num_patches`` = 4 random 512 x 512 crops per image
+  pair, the same box in both images, drawn as torchvision's ``RandomCrop.get_params`` draws them.
+* **SSIM** (:func:`ssim`): torchmetrics' defaults with ``data_range=1.0``, whole map averaged.
+* **PSNR** (:func:`psnr`): per image ``10 log10(1 / MSE)`` of the clamped images (the library's).
+* **CLIP score** (:class:`CLIPScorer`): ``openai/clip-vit-base-patch32`` through its transformers
+  ``CLIPProcessor`` (PIL backend) on the 8-bit image, ``100 x`` the mean cosine, not clamped.
+* **clean-fid** (:class:`CleanFIDAccumulator`): FID and KID in clean-fid's ``clean`` mode, the
+  numbers ``cleanfid.fid.compute_fid`` / ``compute_kid`` give on folders of the PNGs.
 
-CFM averages SSIM and PSNR per batch and then over batches (and only on its own process);
-here they are averaged over all images of all processes, which is the same number whenever the
-batches have equal sizes and does not depend on the batching.
+CFM averages SSIM and PSNR per batch and then over batches; here they are averaged over all
+images, the same number for equal batches and independent of the batching.
 
-Alternative backends
---------------------
-* :class:`CleanFIDAccumulator`: FID and KID in clean-fid's ``clean`` mode: the 8-bit image
-  (``"round"``, what the saved PNG holds, as clean-fid reads files) resized to 299 x 299 with
-  clean-fid's resizer (PIL bicubic on float channels), its Inception features, and clean-fid's
-  ``frechet_distance`` / ``kernel_distance``: the numbers ``cleanfid.fid.compute_fid`` /
-  ``compute_kid`` give on folders of those PNGs.
-* :class:`OpenCLIPScorer`: the CLIP score with an open_clip model and its own preprocessing and
-  tokenizer (default ``ViT-B-32-quickgelu`` / ``openai``, the OpenAI ViT-B/32 weights).
-
-Conventions
------------
-* Images are ``B x 3 x H x W`` floating-point tensors with values in ``[0, 1]`` (the pipelines'
-  ``output_type="pt"``). Images out of range, with the wrong shape or with non-finite values
-  raise ``ValueError``; nothing is resized behind your back.
-* Distributed evaluation: every accumulator keeps its statistics in ``torchmetrics`` metric
-  states; when ``torch.distributed`` is initialised, ``compute()`` gathers them over every
-  process first (and restores the local states afterwards), so each rank feeds its own shard and
-  all ranks get the global number. Call ``compute()`` on every rank: it is a collective call.
-
-Optional dependencies
----------------------
-Everything here needs the ``eval`` extra (``pip install "uplift-diffusers[eval]"``: torchmetrics,
-torch-fidelity, torchvision, clean-fid, open-clip-torch). Importing this module imports none of
-the metric back-ends (torchmetrics, torch-fidelity, clean-fid, open_clip): each is imported when a
-metric first needs it. Tests inject small feature extractors and random-weight CLIP models.
+Images are ``B x 3 x H x W`` floats in ``[0, 1]`` (the pipelines' ``output_type="pt"``); others
+raise ``ValueError`` and nothing is resized behind your back. Every accumulator keeps its
+statistics in torchmetrics states: under ``torch.distributed``, ``compute()`` (a collective call)
+gathers them over all processes. The back-ends (the ``eval`` extra) are imported on first use.
 """
 from __future__ import annotations
 
@@ -92,17 +51,11 @@ __all__ = [
     "extract_patches",
     "PatchFID",
     "CLIPScorer",
-    "OpenCLIPScorer",
     "UINT8_METHODS",
-    "OPEN_CLIP_MODEL",
-    "OPEN_CLIP_PRETRAINED",
     "EVAL_INSTALL_HINT",
 ]
 
 EVAL_INSTALL_HINT = 'pip install "uplift-diffusers[eval]"'
-#: open_clip's name and weights tag of the OpenAI ViT-B/32 (the network of openai/clip-vit-base-patch32).
-OPEN_CLIP_MODEL = "ViT-B-32-quickgelu"
-OPEN_CLIP_PRETRAINED = "openai"
 #: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
 UINT8_METHODS = ("cfm", "round")
 
@@ -619,30 +572,85 @@ def _pooled(output: Any) -> Tensor:
     )
 
 
-class _CLIPScore(nn.Module):
-    """``100 x`` the mean cosine similarity of image and caption embeddings, accumulated over processes.
+class CLIPScorer(nn.Module):
+    """The paper's CLIP score (the ``clip-score`` package) with a transformers CLIP model.
 
-    Subclasses implement :meth:`_embed` (the backend's own preprocessing and model); images reach
-    it as the RGB PIL images of their 8-bit PNGs (:func:`to_uint8` ``"round"``).
+    Images: ``processor(images=...)`` (``CLIPProcessor``; loaded with ``backend="pil"``, the PIL
+    image processor of transformers 4.48 that the package used: shortest side to the model's size
+    with PIL bicubic, centre crop, /255, OpenAI mean / std) on the 8-bit images. Captions:
+    ``processor.tokenizer(captions, padding=True, truncation=True, max_length=...)``. Embeddings:
+    ``get_image_features`` / ``get_text_features``, L2-normalised; score ``100 x`` mean cosine.
+
+    Args:
+        model: a ``transformers.CLIPModel`` (or a module with ``get_image_features``,
+            ``get_text_features`` and a CLIP ``config``). ``None`` loads ``model_id``.
+        processor: the matching ``CLIPProcessor`` (``image_processor`` + ``tokenizer``); inject it
+            together with ``model``, or leave both ``None``.
+        model_id: Hub id or local folder used when ``model`` and ``processor`` are ``None``
+            (default ``openai/clip-vit-base-patch32``).
+        truncate_captions: captions longer than the text encoder's context
+            (``max_position_embeddings``, 77 tokens for OpenAI CLIP) are truncated, as the authors'
+            clip-score does, with a warning; ``False`` raises ValueError instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        processor: Any = None,
+        model_id: Optional[str] = None,
+        truncate_captions: bool = True,
+    ) -> None:
         super().__init__()
         _require("torchmetrics", "The CLIP score")
         from torchmetrics.aggregation import SumMetric
 
         self._cosine_sum = SumMetric(nan_strategy="error").set_dtype(torch.float64)
         self._count = SumMetric(nan_strategy="error").set_dtype(torch.float64)
+        if (model is None) != (processor is None):
+            raise ValueError(
+                f"pass model and processor together or neither (got model={type(model).__name__}, "
+                f"processor={type(processor).__name__}); a CLIP model needs its own processor."
+            )
+        if not isinstance(truncate_captions, bool):
+            raise ValueError(f"truncate_captions must be a bool, got {truncate_captions!r}.")
+        if model is None:
+            from uplift_diffusers.constants import CLIP_MODEL_ID
 
-    def train(self, mode: bool = True) -> "_CLIPScore":
+            model_id = CLIP_MODEL_ID if model_id is None else model_id
+            if not isinstance(model_id, str) or not model_id:
+                raise ValueError(f"model_id must be a Hugging Face model id or local folder, got {model_id!r}.")
+            from transformers import CLIPModel, CLIPProcessor
+
+            import transformers
+
+            model = CLIPModel.from_pretrained(model_id)
+            # the PIL image processor: transformers 5 names it backend="pil", 4.x use_fast=False
+            pil_backend = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
+            processor = CLIPProcessor.from_pretrained(model_id, **pil_backend)
+        for method in ("get_image_features", "get_text_features"):
+            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
+                raise ValueError(f"model must provide {method}() like transformers.CLIPModel, got {type(model).__name__}.")
+        try:
+            self.max_length = int(model.config.text_config.max_position_embeddings)
+        except AttributeError as error:
+            raise ValueError(
+                f"model.config must be a CLIPConfig with text_config.max_position_embeddings, got "
+                f"{type(getattr(model, 'config', None)).__name__}."
+            ) from error
+        if not callable(processor) or not callable(getattr(processor, "tokenizer", None)):
+            raise ValueError(
+                f"processor must be a transformers CLIPProcessor (callable, with .tokenizer), got {type(processor).__name__}."
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.truncate_captions = truncate_captions
+
+    def train(self, mode: bool = True) -> "CLIPScorer":
         """The CLIP model always stays in evaluation mode."""
         return super().train(False)
 
     def _device(self) -> torch.device:
         return _device_of(self.model, torch.device("cpu"))
-
-    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
-        raise NotImplementedError
 
     def cosine_similarity(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Cosine similarity between each image's and its caption's CLIP embedding, shape ``(B,)``."""
@@ -694,75 +702,6 @@ class _CLIPScore(nn.Module):
         self._cosine_sum.reset()
         self._count.reset()
 
-
-class CLIPScorer(_CLIPScore):
-    """The paper's CLIP score (the ``clip-score`` package) with a transformers CLIP model.
-
-    Images: ``processor(images=...)`` (``CLIPProcessor``; loaded with ``backend="pil"``, the PIL
-    image processor of transformers 4.48 that the package used: shortest side to the model's size
-    with PIL bicubic, centre crop, /255, OpenAI mean / std) on the 8-bit images. Captions:
-    ``processor.tokenizer(captions, padding=True, truncation=True, max_length=...)``. Embeddings:
-    ``get_image_features`` / ``get_text_features``, L2-normalised; score ``100 x`` mean cosine.
-
-    Args:
-        model: a ``transformers.CLIPModel`` (or a module with ``get_image_features``,
-            ``get_text_features`` and a CLIP ``config``). ``None`` loads ``model_id``.
-        processor: the matching ``CLIPProcessor`` (``image_processor`` + ``tokenizer``); inject it
-            together with ``model``, or leave both ``None``.
-        model_id: Hub id or local folder used when ``model`` and ``processor`` are ``None``
-            (default ``openai/clip-vit-base-patch32``).
-        truncate_captions: captions longer than the text encoder's context
-            (``max_position_embeddings``, 77 tokens for OpenAI CLIP) are truncated, as the authors'
-            clip-score does, with a warning; ``False`` raises ValueError instead.
-    """
-
-    def __init__(
-        self,
-        model: Optional[nn.Module] = None,
-        processor: Any = None,
-        model_id: Optional[str] = None,
-        truncate_captions: bool = True,
-    ) -> None:
-        super().__init__()
-        if (model is None) != (processor is None):
-            raise ValueError(
-                f"pass model and processor together or neither (got model={type(model).__name__}, "
-                f"processor={type(processor).__name__}); a CLIP model needs its own processor."
-            )
-        if not isinstance(truncate_captions, bool):
-            raise ValueError(f"truncate_captions must be a bool, got {truncate_captions!r}.")
-        if model is None:
-            from uplift_diffusers.constants import CLIP_MODEL_ID
-
-            model_id = CLIP_MODEL_ID if model_id is None else model_id
-            if not isinstance(model_id, str) or not model_id:
-                raise ValueError(f"model_id must be a Hugging Face model id or local folder, got {model_id!r}.")
-            from transformers import CLIPModel, CLIPProcessor
-
-            import transformers
-
-            model = CLIPModel.from_pretrained(model_id)
-            # the PIL image processor: transformers 5 names it backend="pil", 4.x use_fast=False
-            pil_backend = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
-            processor = CLIPProcessor.from_pretrained(model_id, **pil_backend)
-        for method in ("get_image_features", "get_text_features"):
-            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
-                raise ValueError(f"model must provide {method}() like transformers.CLIPModel, got {type(model).__name__}.")
-        try:
-            self.max_length = int(model.config.text_config.max_position_embeddings)
-        except AttributeError as error:
-            raise ValueError(
-                f"model.config must be a CLIPConfig with text_config.max_position_embeddings, got "
-                f"{type(getattr(model, 'config', None)).__name__}."
-            ) from error
-        if not callable(processor) or not callable(getattr(processor, "tokenizer", None)):
-            raise ValueError(
-                f"processor must be a transformers CLIPProcessor (callable, with .tokenizer), got {type(processor).__name__}."
-            )
-        self.model = model.eval()
-        self.processor = processor
-        self.truncate_captions = truncate_captions
-
     def _tokenize(self, captions: List[str]) -> Any:
         tokenizer = self.processor.tokenizer
         lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
@@ -785,58 +724,3 @@ class CLIPScorer(_CLIPScore):
             )
         )
         return image_embeds, text_embeds
-
-
-class OpenCLIPScorer(_CLIPScore):
-    """The CLIP score (``100 x`` mean cosine, not clamped) with an open_clip model.
-
-    Images go through the model's own evaluation transform (``create_model_and_transforms``'s
-    ``preprocess_val``: shortest side resize, centre crop, normalisation of the model's
-    pretrained configuration) and captions through ``open_clip.get_tokenizer`` (which truncates
-    to the model's context length); embeddings are ``encode_image`` / ``encode_text``.
-
-    Args:
-        model, preprocess, tokenizer: an open_clip model with its evaluation transform and
-            tokenizer; inject all three or none.
-        model_name: open_clip model name (or ``local-dir:`` / ``hf-hub:`` reference) used when none
-            is injected (default ``ViT-B-32-quickgelu``).
-        pretrained: open_clip weights tag or file for ``model_name`` (default ``openai``, the
-            OpenAI ViT-B/32 weights); ``None`` builds the model with random weights.
-    """
-
-    def __init__(
-        self,
-        model: Optional[nn.Module] = None,
-        preprocess: Any = None,
-        tokenizer: Any = None,
-        model_name: str = OPEN_CLIP_MODEL,
-        pretrained: Optional[str] = OPEN_CLIP_PRETRAINED,
-    ) -> None:
-        super().__init__()
-        given = [part is not None for part in (model, preprocess, tokenizer)]
-        if any(given) and not all(given):
-            raise ValueError("pass model, preprocess and tokenizer together (an open_clip model needs its own) or none of them.")
-        if model is None:
-            if not isinstance(model_name, str) or not model_name:
-                raise ValueError(f"model_name must be an open_clip model name, got {model_name!r}.")
-            if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
-                raise ValueError(f"pretrained must be an open_clip weights tag / file or None, got {pretrained!r}.")
-            _require("open_clip", "The open_clip CLIP score")
-            import open_clip
-
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-            tokenizer = open_clip.get_tokenizer(model_name)
-        for method in ("encode_image", "encode_text"):
-            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
-                raise ValueError(f"model must provide {method}() like an open_clip model, got {type(model).__name__}.")
-        if not callable(preprocess) or not callable(tokenizer):
-            raise ValueError("preprocess and tokenizer must be callables (open_clip's transform and tokenizer).")
-        self.model = model.eval()
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-
-    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
-        device = self._device()
-        pixels = torch.stack([self.preprocess(image) for image in images]).to(device)
-        tokens = self.tokenizer(captions).to(device)
-        return self.model.encode_image(pixels), self.model.encode_text(tokens)

@@ -3,8 +3,8 @@
 Defaults are the paper's protocol (:mod:`evaluation.metrics.image_metrics`): FID and patch-FID (4 crops of
 512 x 512) with torchmetrics on CFM's uint8 images, CLIP score as the ``clip-score`` package with
 ``openai/clip-vit-base-patch32``. Per script: ``--fid-backend clean-fid`` computes FID and KID in
-clean-fid's ``clean`` mode instead; ``--clip-backend open_clip`` scores with an open_clip model
-(``--clip-model`` / ``--clip-pretrained``). ``--feature-extractor tiny-random`` is a small seeded
+clean-fid's ``clean`` mode instead; ``--clip-model`` takes another CLIP model (a Hub id or a local
+copy). ``--feature-extractor tiny-random`` is a small seeded
 random network for offline tests only (its numbers mean nothing). A caller running a script
 in-process can pass its own ``nn.Module`` feature extractor or ready-made CLIP scorer instead.
 """
@@ -18,36 +18,15 @@ import torch
 from torch import nn
 
 from evaluation.arguments import check_at_least, loading
-from evaluation.metrics.image_metrics import (
-    OPEN_CLIP_MODEL,
-    OPEN_CLIP_PRETRAINED,
-    CleanFIDAccumulator,
-    CLIPScorer,
-    FIDAccumulator,
-    OpenCLIPScorer,
-    PatchFID,
-)
+from evaluation.metrics.image_metrics import CleanFIDAccumulator, CLIPScorer, FIDAccumulator, PatchFID
 
 __all__ = [
-    "FEATURE_EXTRACTORS",
-    "FID_BACKENDS",
-    "CLIP_BACKENDS",
-    "TinyRandomFeatures",
-    "resolve_feature_extractor",
-    "add_fid_arguments",
-    "add_clip_arguments",
-    "check_metric_arguments",
-    "build_fid",
-    "build_patch_fid",
-    "build_clip_scorer",
-    "clip_model_and_weights",
-    "fid_results",
+    "FEATURE_EXTRACTORS", "FID_BACKENDS", "TinyRandomFeatures", "resolve_feature_extractor", "add_fid_arguments",
+    "add_clip_arguments", "check_metric_arguments", "build_fid", "build_patch_fid", "build_clip_scorer", "fid_results",
     "metrics_record",
 ]
-
 FEATURE_EXTRACTORS = ("inception", "tiny-random")
 FID_BACKENDS = ("torchmetrics", "clean-fid")
-CLIP_BACKENDS = ("transformers", "open_clip")
 #: CFM's patch-FID: 4 crops of 512 x 512 per image.
 PATCH_SIZE = 512
 NUM_PATCHES = 4
@@ -77,14 +56,10 @@ DEFINITIONS = {
         f"K1 0.01, K2 0.03, whole reflect-padded SSIM map) per image, mean over all images [{_CFM}]"
     ),
     "psnr": f"per image 10 log10(1 / MSE) after clamping both images to [0, 1], mean over all images [{_CFM} calculate_PSNR]",
-    "clip/transformers": (
+    "clip": (
         "clip-score package: transformers CLIPModel {model}, CLIPProcessor (PIL backend) on the 8-bit image "
         "(round(255 x)), tokenizer(padding=True, truncation=True); 100 x mean cosine of the L2-normalised "
         "get_image_features / get_text_features, not clamped [PyPI clip-score 0.2.1, AniAggarwal/clip-score]"
-    ),
-    "clip/open_clip": (
-        "open_clip {model} (weights {pretrained}): its evaluation transform on the 8-bit image (round(255 x)), "
-        "open_clip tokenizer; 100 x mean cosine of the L2-normalised encode_image / encode_text, not clamped"
     ),
 }
 
@@ -138,35 +113,18 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--no-clip``, ``--clip-backend``, ``--clip-model``, ``--clip-pretrained``."""
+    """``--no-clip``, ``--clip-model``."""
     from uplift_diffusers.constants import CLIP_MODEL_ID
 
     parser.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
-    parser.add_argument("--clip-backend", choices=CLIP_BACKENDS, default="transformers",
-                        help="'transformers' (default, the paper's clip-score) or 'open_clip'")
-    parser.add_argument("--clip-model", default=None,
-                        help=f"transformers: Hub id / CLIPModel folder (default {CLIP_MODEL_ID}); "
-                        f"open_clip: model name or local-dir:/hf-hub: reference (default {OPEN_CLIP_MODEL})")
-    parser.add_argument("--clip-pretrained", default=None,
-                        help=f"open_clip weights tag or file (default {OPEN_CLIP_PRETRAINED}; 'none' = random weights)")
+    parser.add_argument("--clip-model", default=CLIP_MODEL_ID,
+                        help=f"Hub id or local folder of the transformers CLIPModel (default {CLIP_MODEL_ID}, the paper's)")
 
 
 def check_metric_arguments(args) -> None:
-    """ValueError for bad metric flags (those of :func:`add_fid_arguments` / :func:`add_clip_arguments`)."""
+    """ValueError for bad metric flags (those of :func:`add_fid_arguments`)."""
     if hasattr(args, "num_patches"):
         check_at_least(args, {"patch_size": 1, "num_patches": 1})
-    if getattr(args, "clip_pretrained", None) is not None and args.clip_backend != "open_clip":
-        raise ValueError(f"--clip-pretrained {args.clip_pretrained!r} applies to --clip-backend open_clip only.")
-
-
-def clip_model_and_weights(args) -> tuple:
-    """``(model, pretrained)`` of the CLIP flags with the backend's defaults filled in."""
-    from uplift_diffusers.constants import CLIP_MODEL_ID
-
-    if args.clip_backend == "open_clip":
-        pretrained = OPEN_CLIP_PRETRAINED if args.clip_pretrained is None else args.clip_pretrained
-        return args.clip_model or OPEN_CLIP_MODEL, None if pretrained.lower() == "none" else pretrained
-    return args.clip_model or CLIP_MODEL_ID, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,16 +158,11 @@ def build_patch_fid(
     return PatchFID(build_fid(spec, device, backend, kid_seed=kid_seed), patch=patch, num_patches=num_patches, seed=seed)
 
 
-def build_clip_scorer(backend: str, model: str, pretrained: Optional[str], device: torch.device) -> nn.Module:
-    """:class:`CLIPScorer` (``"transformers"``, ``model`` = Hub id / folder) or :class:`OpenCLIPScorer`
-    (``"open_clip"``, ``model`` = open_clip name, ``pretrained`` = weights tag / file or None) on ``device``."""
+def build_clip_scorer(model: str, device: torch.device) -> nn.Module:
+    """The paper's :class:`CLIPScorer` with the CLIP model ``model`` (Hub id or folder) on ``device``."""
     if not isinstance(model, str) or not model:
-        raise ValueError(f"--clip-model must be a model name / Hub id / folder, got {model!r}.")
-    if backend == "transformers":
-        return loading("the CLIP model", model, "--clip-model DIR", lambda: CLIPScorer(model_id=model)).to(device)
-    if backend == "open_clip":
-        return OpenCLIPScorer(model_name=model, pretrained=pretrained).to(device)
-    raise ValueError(f"CLIP backend must be one of {CLIP_BACKENDS}, got {backend!r}.")
+        raise ValueError(f"--clip-model must be a Hub id or folder, got {model!r}.")
+    return loading("the CLIP model", model, "--clip-model DIR", lambda: CLIPScorer(model_id=model)).to(device)
 
 
 def fid_results(fid: nn.Module, patch_fid: PatchFID) -> Dict[str, float]:
@@ -245,7 +198,7 @@ def metrics_record(
         feature_extractor / clip_scorer: objects a caller injected instead of the flags (their class
             name is recorded).
     """
-    record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_backend": None, "clip_model": None}
+    record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_model": None}
     definitions: Dict[str, str] = {}
     versions = {"torchmetrics": _version("torchmetrics")}
     if pixel:
@@ -265,16 +218,9 @@ def metrics_record(
         else:
             versions["torch-fidelity"] = _version("torch-fidelity")
     if clip:
-        backend = args.clip_backend
-        model, pretrained = clip_model_and_weights(args)
-        record["clip_backend"] = backend
-        record["clip_model"] = type(clip_scorer).__name__ if clip_scorer is not None else model
-        if backend == "open_clip":
-            record["clip_pretrained"] = pretrained
-            versions["open_clip_torch"] = _version("open_clip_torch")
-        else:
-            versions["transformers"] = _version("transformers")
-        definitions["clip"] = DEFINITIONS[f"clip/{backend}"].format(model=record["clip_model"], pretrained=pretrained)
+        record["clip_model"] = type(clip_scorer).__name__ if clip_scorer is not None else args.clip_model
+        versions["transformers"] = _version("transformers")
+        definitions["clip"] = DEFINITIONS["clip"].format(model=record["clip_model"])
     record["definitions"] = definitions
     record["library_versions"] = versions
     return record

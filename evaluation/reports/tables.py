@@ -14,7 +14,7 @@ super-resolution (Table 4) and the text-to-image latency breakdown (the time col
         "metrics": {                          # the metrics used (evaluation.metrics.metric_setup.metrics_record):
           "fid_backend": "torchmetrics",      #   "clean-fid", or null without FID
           "feature_extractor": "inception",   #   null without FID
-          "clip_backend": ..., "clip_model": ...,   # null without the CLIP score
+          "clip_model": ...,                  #   null without the CLIP score
           "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
           "library_versions": {...}
         },

@@ -255,7 +255,7 @@ class SuperResolutionRunner:
         """Latent baselines need an LR side that the VAE encodes without padding (the pipeline pads)."""
         if self.vae is None:
             return
-        from uplift_diffusers.loaders.vae import vae_scale_factor
+        from uplift_diffusers.hooks import vae_scale_factor
 
         factor = vae_scale_factor(self.vae)
         latent_rows = [m.name for m in self.methods if m.kind in LATENT_BASELINES]
@@ -275,7 +275,7 @@ class SuperResolutionRunner:
     def run(self, method: MethodSpec, batch: SRBatch, seed: int) -> torch.Tensor:
         """``B x 3 x H x W`` output in [0, 1] (float32, on the device) of ``method`` for the batch;
         the UPLiFT noise of image ``i`` is seeded ``seed + i`` (``i`` = its position in the whole list)."""
-        from uplift_diffusers.loaders.vae import encode_latents
+        from uplift_diffusers.loaders import encode_latents
 
         hr, lr = batch.hr, batch.lr
         if method.kind == "model":

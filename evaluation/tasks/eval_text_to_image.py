@@ -51,7 +51,6 @@ from evaluation.metrics.metric_setup import (
     build_fid,
     build_patch_fid,
     check_metric_arguments,
-    clip_model_and_weights,
     fid_results,
     metrics_record,
 )
@@ -412,7 +411,7 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
         raise ValueError(f"FID needs at least 2 images, the caption set gives {len(rows)}; add captions or pass --no-fid.")
     clip = None
     if not args.no_clip:
-        clip = clip_scorer if clip_scorer is not None else build_clip_scorer(args.clip_backend, *clip_model_and_weights(args), device)
+        clip = clip_scorer if clip_scorer is not None else build_clip_scorer(args.clip_model, device)
     reference_dir = Path(args.reference_dir).expanduser() if compute_fid else None
     results: Dict[str, Dict] = {}
     for method in methods:
@@ -464,7 +463,7 @@ def prepare_smoke_test(args, state) -> None:
     models = inputs / "models"
     args.prompts, args.reference_dir = str(inputs / "captions.jsonl"), str(inputs / "references")
     args.model, args.upscaler, args.upscaler_config = str(models / "stable-diffusion"), str(models / "upscaler"), None
-    args.clip_model, args.clip_backend, args.clip_pretrained = str(models / "clip"), "transformers", None
+    args.clip_model = str(models / "clip")
     args.methods = ",".join(SD15_METHODS)
     args.size, args.steps, args.upscale_factor, args.batch_size, args.limit = 64, 2, 2, 2, None
     args.feature_extractor, args.patch_size, args.num_patches, args.fid_backend = "tiny-random", 32, 2, "torchmetrics"
@@ -475,8 +474,7 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     """Generate (resumably) and score; returns the results dict (also written to OUTPUT/results.json).
 
     ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor``; ``clip_scorer`` (a
-    :class:`~evaluation.metrics.image_metrics.CLIPScorer` or :class:`~evaluation.metrics.image_metrics.OpenCLIPScorer`)
-    overrides ``--clip-backend`` / ``--clip-model``.
+    :class:`~evaluation.metrics.image_metrics.CLIPScorer`) overrides ``--clip-model``.
     """
     state = process_state()
     if args.smoke_test:

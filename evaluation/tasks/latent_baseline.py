@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from uplift_diffusers.utils.color_correction import color_correct
 from uplift_diffusers.models.modeling_uplift import UPLiFTOutput
-from uplift_diffusers.loaders.vae import decode_latents
+from uplift_diffusers.loaders import decode_latents
 
 __all__ = ["LATENT_BASELINES", "LatentInterpolationUpscaler", "decode_and_correct"]
 

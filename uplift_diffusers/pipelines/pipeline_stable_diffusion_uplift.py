@@ -18,7 +18,7 @@ Diffusion output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -32,7 +32,7 @@ from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
-from ..hooks import check_pipeline_latent_space, check_uplift_settings, check_upscaler_matches_vae, uplift_applied
+from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
@@ -42,6 +42,8 @@ from .upscale_decode import latent_updates, upscale_latents, upscale_steps
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+#: The tensor arguments whose values are checked once, where they enter (NaN / infinite).
+_CHECKED_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds", "ip_adapter_image_embeds")
 
 logger = logging.get_logger(__name__)
 
@@ -100,6 +102,8 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
+        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
+            (:func:`~uplift_diffusers.hooks.guard_latent_space`); False only warns, for experiments.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->upscaler"
@@ -117,6 +121,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         feature_extractor: CLIPImageProcessor = None,
         image_encoder: CLIPVisionModelWithProjection = None,
         requires_safety_checker: bool = False,
+        check_latent_space: bool = True,
     ):
         super().__init__(
             vae=vae,
@@ -129,9 +134,11 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             image_encoder=image_encoder,
             requires_safety_checker=requires_safety_checker,
         )
+        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
-            check_upscaler_matches_vae(vae, upscaler)
+            guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(upscaler=upscaler)
+        self.register_to_config(check_latent_space=check_latent_space)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,8 +206,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     f"`upscale_factor`={upscale_factor} needs an upscaler, but this pipeline has none (upscaler=None); "
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
-            check_upscaler_matches_vae(self.vae, self.upscaler)
-            check_pipeline_latent_space(self.vae, self.upscaler)
+            guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
 
     @staticmethod
     def check_input_values(**tensors) -> None:
@@ -216,60 +222,37 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     @torch.no_grad()
     def __call__(
         self,
-        prompt: Union[str, List[str]] = None,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        num_inference_steps: int = 50,
-        timesteps: List[int] = None,
-        sigmas: List[float] = None,
-        guidance_scale: float = 7.5,
-        negative_prompt: Optional[Union[str, List[str]]] = None,
-        num_images_per_prompt: Optional[int] = 1,
-        eta: float = 0.0,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        latents: Optional[torch.Tensor] = None,
-        prompt_embeds: Optional[torch.Tensor] = None,
-        negative_prompt_embeds: Optional[torch.Tensor] = None,
-        ip_adapter_image=None,
-        ip_adapter_image_embeds: Optional[List[torch.Tensor]] = None,
-        output_type: Optional[str] = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
-        guidance_rescale: float = 0.0,
-        clip_skip: Optional[int] = None,
-        callback_on_step_end: Optional[Callable] = None,
-        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+        *args,
         upscale_factor: Optional[float] = None,
-        color_correction: bool = True,
-        return_base_images: bool = False,
-        back_projection_steps: int = 0,
         output_size: Optional[Tuple[int, int]] = None,
+        color_correction: bool = True,
+        back_projection_steps: int = 0,
+        return_base_images: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
         **kwargs,
     ):
-        r"""Generate images at ``height x width`` and upscale them ``upscale_factor`` times.
+        r"""Generate images at the base size (``height`` x ``width``) and upscale them.
 
-        Accepts every argument of ``StableDiffusionPipeline.__call__`` (same meaning; ``height``
-        and ``width`` are the *base* size, by default the UNet's sample size x 8, 512 for
-        SD1.5) plus:
+        Takes every argument of ``StableDiffusionPipeline.__call__``, with the same meaning
+        (``height`` and ``width`` are the *base* size: the UNet's sample size x 8 by default, 512
+        for SD1.5; ``generator`` also seeds UPLiFT's noise), plus:
 
         Args:
             upscale_factor: any real number >= 1 (1: no upscaling; e.g. 2, 3, 1.5). The output is
                 ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up);
                 powers of two run one UPLiFT step per 2x, other factors also resample once (see
                 :mod:`uplift_diffusers.pipelines.upscale_decode`); ``output_type="latent"`` needs a
-                power of two. ``None`` (default): 2, or 1 for a pipeline
-                without an upscaler (``upscaler=None``).
+                power of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
             output_size: ``(height, width)`` of the final images instead of ``upscale_factor``
                 (at least the base size).
             color_correction: shift each RGB channel of the upscaled image to the base image's
                 mean (the authors' post-processing).
             back_projection_steps: rounds of back-projection of the upscaled image onto the base
-                image (:mod:`uplift_diffusers.utils.back_projection`): its downsampled version then
-                matches the base image. Default 0, the paper's output.
+                image (:mod:`uplift_diffusers.utils.back_projection`). Default 0, the paper's output.
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
                 multiplied by ``vae.config.scaling_factor``, the UNet's space).
-            generator: also seeds the upscaler's noise channels.
 
         Returns:
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple
@@ -278,46 +261,14 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         if upscale_factor is None and output_size is None:
             upscale_factor = 1 if self.upscaler is None else 2
         self.check_upscale_inputs(upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps)
-        self.check_input_values(
-            latents=latents,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            ip_adapter_image_embeds=ip_adapter_image_embeds,
-        )
-        generate = dict(
-            prompt=prompt,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            timesteps=timesteps,
-            sigmas=sigmas,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            eta=eta,
-            generator=generator,
-            latents=latents,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            ip_adapter_image=ip_adapter_image,
-            ip_adapter_image_embeds=ip_adapter_image_embeds,
-            return_dict=True,
-            cross_attention_kwargs=cross_attention_kwargs,
-            guidance_rescale=guidance_rescale,
-            clip_skip=clip_skip,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=(
-                ["latents"] if callback_on_step_end_tensor_inputs is None else callback_on_step_end_tensor_inputs
-            ),
-            **kwargs,
-        )
+        self.check_input_values(**{name: kwargs.get(name) for name in _CHECKED_TENSORS})
         if output_type == "latent":
-            images = super().__call__(**generate, output_type="latent").images
+            images = super().__call__(*args, output_type="latent", **kwargs).images
             base_images = images if return_base_images else None
-            images = self._upscale_latents(images, upscale_factor, generator)
+            images = self._upscale_latents(images, upscale_factor, kwargs.get("generator"))
             nsfw = None
         elif self.upscaler is None:
-            out = super().__call__(**generate, output_type=output_type)
+            out = super().__call__(*args, output_type=output_type, **kwargs)
             images, nsfw = out.images, out.nsfw_content_detected
             base_images = images if return_base_images else None
         else:
@@ -330,7 +281,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                 keep_base_images=return_base_images,
             )
             with uplift_applied(self, self.upscaler, **settings) as hook:
-                out = super().__call__(**generate, output_type=output_type)
+                out = super().__call__(*args, output_type=output_type, **kwargs)
             images, nsfw = out.images, out.nsfw_content_detected
             base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None
 

@@ -29,13 +29,14 @@ from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
-from ..hooks import check_uplift_settings, check_upscaler_matches_vae, vae_scale_factor
+from ..hooks import check_uplift_settings, guard_latent_space, vae_scale_factor
 from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_groups, split_images
 from ..loaders.vae import decode_latents, encode_latents
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.back_projection import back_project
 from ..utils.output_size import output_size_for
+from ..utils.validation import check_flag
 from .pipeline_utils import HubComponentsMixin, TilingMixin
 from .upscale_decode import DEFAULT_UPSCALE_METHOD, stage_updates, upscale_and_decode
 
@@ -76,15 +77,21 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             (posterior mode is used) or ``AutoencoderTiny``, or a :class:`~uplift_diffusers.TinyAutoencoder`.
         upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler`): the UPLiFT model; its
             ``latent_channels`` must equal the VAE's.
+        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
+            (:func:`~uplift_diffusers.hooks.guard_latent_space`); False only warns, for experiments.
     """
 
     model_cpu_offload_seq = "vae->upscaler"
 
-    def __init__(self, vae: Union[AutoencoderKL, AutoencoderTiny, TinyAutoencoder], upscaler: UPLiFTLatentUpscaler):
+    def __init__(
+        self, vae: Union[AutoencoderKL, AutoencoderTiny, TinyAutoencoder], upscaler: UPLiFTLatentUpscaler, check_latent_space: bool = True
+    ):
         super().__init__()
+        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
-            check_upscaler_matches_vae(vae, upscaler)
+            guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(vae=vae, upscaler=upscaler)
+        self.register_to_config(check_latent_space=check_latent_space)
 
     #: How factors that are not powers of two are reached (one of
     #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
@@ -97,7 +104,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     ) -> None:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
-        check_upscaler_matches_vae(self.vae, self.upscaler)
+        guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method)
         if isinstance(generator, list):
