@@ -22,8 +22,8 @@ from uplift_diffusers.loaders.single_file import (
     config_from_state_dict,
     convert_original_state_dict,
     convert_to_original_state_dict,
-    load_state_dict_file,
 )
+from uplift_diffusers.utils.state_dicts import load_state_dict_file
 
 MINI = ("fixtures", "uplift-reference", "sd15vae-mini")
 CASES = ["square", "batch2_nonsquare"]

@@ -16,7 +16,6 @@ import torch
 import yaml
 
 from ..constants import SD15_MODEL_ID
-from ..utils.state_dicts import load_state_dict_file  # noqa: F401 - the reader of the authors' files
 
 # official key <-> ours; {part} is the index inside the official ConvBlock's nn.Sequential
 _LAYOUT = [
@@ -127,12 +126,16 @@ def _widths(config: Mapping, path: str) -> List[int]:
     return widths
 
 
-def _encoder_kwargs(widths: List[List[int]]) -> Dict[str, Any]:
-    """One width per group when every group has the same number of equal blocks, else the lists."""
-    per_group = {len(w) for w in widths}
-    if all(len(set(w)) == 1 for w in widths) and len(per_group) == 1:
-        return dict(encoder_channels=[w[0] for w in widths], encoder_blocks_per_group=per_group.pop())
-    return dict(encoder_channels=widths, encoder_blocks_per_group=2)
+def _architecture(latent: int, encoder: List[List[int]], before: List[int], after: List[int], refiner: List[int], **rest) -> Dict[str, Any]:
+    """The kwargs of a model of these per-block widths (the encoder's per group), plus ``rest``:
+    one width per encoder group when every group has the same number of equal blocks."""
+    per_group = {len(w) for w in encoder}
+    if all(len(set(w)) == 1 for w in encoder) and len(per_group) == 1:
+        rest.update(encoder_channels=[w[0] for w in encoder], encoder_blocks_per_group=per_group.pop())
+    else:
+        rest.update(encoder_channels=encoder, encoder_blocks_per_group=2)
+    return dict(latent_channels=latent, decoder_channels=before[0], decoder_blocks_before_upsample=len(before),
+                decoder_blocks_after_upsample=len(after), refiner_channels=refiner[0], refiner_blocks=len(refiner), **rest)
 
 
 def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
@@ -175,14 +178,9 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
         raise ValueError(f"Official UPLiFT config: `uplift.refiner.ref_con` = {ref_con} names no encoder group (there are {groups}).")
     backbone = config.get("backbone") or {}
     attender = uplift["attender"]
-    return dict(
-        latent_channels=int(backbone.get("channel", 4)),
-        **_encoder_kwargs(encoder),
-        decoder_channels=before[0],
-        decoder_blocks_before_upsample=len(before),
-        decoder_blocks_after_upsample=len(after),
-        refiner_channels=refiner_widths[0],
-        refiner_blocks=len(refiner_widths),
+    latent = int(backbone.get("channel", 4))
+    return _architecture(
+        latent, encoder, before, after, refiner_widths,
         refiner_encoder_group=None if ref_con is None else int(ref_con),
         neighborhood=attender if isinstance(attender, int) else [list(p) for p in attender],
         noise_channels=int(decoder.get("ncat_c") or 0),
@@ -192,7 +190,7 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
         bilinear_residual=decoder["up_1"]["residual"] == "bilinear",
         vae_scale_factor=int(backbone.get("stride", 8)),
         trained_upscale_factors=trained_factors_from_original(config.get("train") or {}),
-        latent_space=latent_space_of(int(backbone.get("channel", 4)), backbone.get("diff_pipe_name")),
+        latent_space=latent_space_of(latent, backbone.get("diff_pipe_name")),
     )
 
 
@@ -247,14 +245,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
     matches = [g for g, widths in enumerate(groups) if widths[-1] == skip]
     if skip and not matches:
         raise cannot(f"the refiner's input width {refiner[0][1]} matches no encoder group (widths {[w[-1] for w in groups]})")
-    return dict(
-        latent_channels=latent,
-        **_encoder_kwargs(groups),
-        decoder_channels=before[0][0],
-        decoder_blocks_before_upsample=len(before),
-        decoder_blocks_after_upsample=len(after),
-        refiner_channels=refiner[0][0],
-        refiner_blocks=len(refiner),
+    return _architecture(
+        latent, groups, *([shape[0] for shape in stage] for stage in (before, after, refiner)),
         refiner_encoder_group=matches[-1] - len(groups) if skip else None,
         neighborhood=state_dict["attender.conv1.weight"].shape[0],
         noise_channels=noise,
