@@ -22,8 +22,8 @@ from uplift_diffusers.loaders.single_file import (
     config_from_state_dict,
     convert_original_state_dict,
     convert_to_original_state_dict,
-    load_state_dict_file,
 )
+from uplift_diffusers.utils.state_dicts import load_state_dict_file
 
 MINI = ("fixtures", "uplift-reference", "sd15vae-mini")
 CASES = ["square", "batch2_nonsquare"]
@@ -291,9 +291,11 @@ def test_official_sd15_yaml_is_the_default_config(shared_path):
         out.pop("refiner_noise_channels")  # compared above through the resolved noise settings
         out.pop("refiner_noise_scale")
         out.pop("trained_upscale_factors")  # the class default is None (unknown); the YAML says
+        out.pop("latent_space")  # the class default is None (unknown); the authors' format is SD1.5's
         return out
 
     assert normalised(converted.config) == normalised(default.config)
+    assert converted.config.latent_space == "sd15"
     assert converted.config.trained_upscale_factors == [2, 4, 8, 16]  # down_steps 4, multi_step: every depth
     assert converted.attender.offsets == OFFSETS[17]
 
@@ -473,7 +475,7 @@ def test_config_from_state_dict_of_the_release_is_the_default_model():
     with torch.device("meta"):
         rebuilt = UPLiFTLatentUpscaler(**inferred)
     # every field is inferred or the official value; the trained factors stay unknown (None, the default)
-    assert config_fields(rebuilt) == config_fields(default)
+    assert config_fields(rebuilt) == {**config_fields(default), "latent_space": "sd15"}
     assert {k: inferred[k] for k in OFFICIAL_FIELDS_NOT_IN_WEIGHTS} == OFFICIAL_FIELDS_NOT_IN_WEIGHTS
 
 
@@ -570,3 +572,19 @@ def test_an_already_converted_state_dict_is_recognised(tmp_path):
         UPLiFTLatentUpscaler.from_single_file(next((tmp_path / "converted").glob("*.safetensors")))
     with pytest.raises(ValueError, match="`pretrained_model_link_or_path` 'the state dict' is already converted"):
         UPLiFTLatentUpscaler.from_single_file(model.state_dict())
+
+
+def test_the_authors_format_is_in_the_sd15_latent_space(mini, tmp_path):
+    """A model from the authors' format records the SD1.5 VAE's latent space, unless its YAML names
+    another pipeline's VAE or it has other than 4 latent channels; a converted folder keeps it."""
+    from uplift_diffusers.constants import SDXL_MODEL_ID
+
+    model = UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"])
+    assert model.config.latent_space == "sd15"
+    assert UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], mini["yaml"]).config.latent_space == "sd15"
+    sdxl = _edit(mini["config"], ("backbone", "diff_pipe_name"), SDXL_MODEL_ID)
+    assert UPLiFTLatentUpscaler.from_single_file(mini["state_dict"], sdxl).config.latent_space is None
+    config = variant_config(mini["config"], "widths-attender9-refcon-2")  # 16 latent channels
+    assert UPLiFTLatentUpscaler.from_single_file(official_state_dict(config), config).config.latent_space is None
+    model.save_pretrained(tmp_path / "converted")
+    assert UPLiFTLatentUpscaler.from_pretrained(tmp_path / "converted").config.latent_space == "sd15"

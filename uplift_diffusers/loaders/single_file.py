@@ -1,11 +1,9 @@
-"""Loading the authors' released UPLiFT checkpoints (official YAML config + key layout).
+"""The authors' checkpoint format: their key layout and their YAML configuration.
 
-The official config's ``uplift:`` section becomes an :class:`UPLiFTLatentUpscaler` config
-(:func:`config_from_original`); without it, the config is read off the checkpoint's shapes
-(:func:`config_from_state_dict`). The official state-dict keys are renamed to ours
-(:func:`convert_original_state_dict`, and back with :func:`convert_to_original_state_dict`).
-Checkpoints are read without executing pickled code
-(:func:`~uplift_diffusers.utils.state_dicts.load_state_dict_file`).
+:func:`convert_original_state_dict` renames the official keys to this package's (and
+:func:`convert_to_original_state_dict` back); the config of :class:`UPLiFTLatentUpscaler` comes
+from the official YAML (:func:`config_from_original`) or, without it, from the weights' shapes
+(:func:`config_from_state_dict`).
 """
 from __future__ import annotations
 
@@ -17,162 +15,133 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 import yaml
 
-from ..utils.state_dicts import load_state_dict_file, state_dict_problems
+from ..constants import SD15_MODEL_ID
 
-__all__ = [
-    "config_from_original",
-    "config_from_state_dict",
-    "convert_original_state_dict",
-    "convert_to_original_state_dict",
-    "already_converted_error",
-    "load_original_into",
-    "load_state_dict_file",
-    "OFFICIAL_FIELDS_NOT_IN_WEIGHTS",
+# official key <-> ours; {part} is the index inside the official ConvBlock's nn.Sequential
+_LAYOUT = [
+    ("encoder.block_{g}.blocks.{i}.conv.{part}.{p}", "encoder.groups.{g}.{i}.{part}.{p}"),
+    ("decoder.block_0.blocks.{i}.conv.{part}.{p}", "decoder.in_blocks.{i}.{part}.{p}"),
+    ("decoder.block_1.blocks.{i}.conv.{part}.{p}", "decoder.out_blocks.{i}.{part}.{p}"),
+    ("refiner.blocks.{i}.conv.{part}.{p}", "refiner.blocks.{i}.{part}.{p}"),
+    ("decoder.up_1.up.{p}", "decoder.upsample.{p}"),
+    ("attender.conv1.{p}", "attender.to_logits.{p}"),
+    ("ref_outc.{p}", "refiner.out.{p}"),
 ]
-
-PathLike = Union[str, os.PathLike]
-
-# official key (regex) -> our key (format string); ConvBlock keys end in `.conv.<index>.<param>`
-_KEY_RULES = [
-    (r"encoder\.block_(\d+)\.blocks\.(\d+)\.conv\.(\d)\.(weight|bias)", "encoder.groups.{0}.{1}.{2}.{3}"),
-    (r"decoder\.block_0\.blocks\.(\d+)\.conv\.(\d)\.(weight|bias)", "decoder.in_blocks.{0}.{1}.{2}"),
-    (r"decoder\.block_1\.blocks\.(\d+)\.conv\.(\d)\.(weight|bias)", "decoder.out_blocks.{0}.{1}.{2}"),
-    (r"refiner\.blocks\.(\d+)\.conv\.(\d)\.(weight|bias)", "refiner.blocks.{0}.{1}.{2}"),
-    (r"decoder\.up_1\.up\.(weight|bias)", "decoder.upsample.{0}"),
-    (r"attender\.conv1\.(weight|bias)", "attender.to_logits.{0}"),
-    (r"ref_outc\.(weight|bias)", "refiner.out.{0}"),
-]
-# index inside the official ConvBlock's nn.Sequential -> our ConvBlock attribute
-_CONV_PARTS = {"0": "conv", "1": "norm", "3": "proj"}
-# our key (regex) -> official key, the inverse of _KEY_RULES (used to name keys in error messages)
-_OFFICIAL_RULES = [
-    (r"encoder\.groups\.(\d+)\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "encoder.block_{0}.blocks.{1}.conv.{2}.{3}"),
-    (r"decoder\.in_blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "decoder.block_0.blocks.{0}.conv.{1}.{2}"),
-    (r"decoder\.out_blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "decoder.block_1.blocks.{0}.conv.{1}.{2}"),
-    (r"refiner\.blocks\.(\d+)\.(conv|norm|proj)\.(weight|bias)", "refiner.blocks.{0}.conv.{1}.{2}"),
-    (r"decoder\.upsample\.(weight|bias)", "decoder.up_1.up.{0}"),
-    (r"attender\.to_logits\.(weight|bias)", "attender.conv1.{0}"),
-    (r"refiner\.out\.(weight|bias)", "ref_outc.{0}"),
-]
-_CONV_INDEX = {part: index for index, part in _CONV_PARTS.items()}
+_PARTS = {"0": "conv", "1": "norm", "3": "proj"}
+_INDICES = {part: index for index, part in _PARTS.items()}
+#: The ``diff_pipe_name`` values of an official YAML that mean the Stable Diffusion 1.5 VAE.
+_SD15_PIPELINES = (None, SD15_MODEL_ID, "runwayml/stable-diffusion-v1-5")
 
 
-def _official_key(key: str) -> Optional[str]:
-    """The official checkpoint key of one of our parameter names, or None."""
-    for pattern, template in _OFFICIAL_RULES:
+def _rename(key: str, to_ours: bool) -> Optional[str]:
+    """``key`` in the other layout (official -> ours with ``to_ours``), or None when it has no counterpart."""
+    parts = _PARTS if to_ours else _INDICES
+    for official, ours in _LAYOUT:
+        source, target = (official, ours) if to_ours else (ours, official)
+        pattern = source.replace(".", r"\.").format(
+            g=r"(?P<g>\d+)", i=r"(?P<i>\d+)", part=f"(?P<part>{'|'.join(parts)})", p="(?P<p>weight|bias)"
+        )
         match = re.fullmatch(pattern, key)
         if match is not None:
-            return template.format(*(_CONV_INDEX.get(g, g) for g in match.groups()))
+            fields = match.groupdict()
+            if "part" in fields:
+                fields["part"] = parts[fields["part"]]
+            return target.format(**fields)
     return None
 
 
-def _official_name(key: str) -> str:
-    """The official checkpoint key of one of our parameter names (``key`` itself if none)."""
-    return _official_key(key) or key
-
-
-def _rename_keys(state_dict: Mapping[str, torch.Tensor], rename, problem: str) -> Dict[str, torch.Tensor]:
-    """``state_dict`` with every key renamed by ``rename``; keys it maps to None raise one
-    ValueError (``problem``: the list of them)."""
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        new_key = rename(key)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            converted[new_key] = value
+def _rename_all(state_dict: Mapping[str, torch.Tensor], to_ours: bool, problem: str) -> Dict[str, torch.Tensor]:
+    renamed = {key: _rename(key, to_ours) for key in state_dict}
+    unknown = sorted(key for key, new in renamed.items() if new is None)
     if unknown:
-        raise ValueError(f"{problem}: {sorted(unknown)}")
-    return converted
-
-
-def _rename(key: str) -> Optional[str]:
-    for pattern, template in _KEY_RULES:
-        match = re.fullmatch(pattern, key)
-        if match is None:
-            continue
-        groups = list(match.groups())
-        if pattern.endswith(r"conv\.(\d)\.(weight|bias)"):  # a sequential index inside a ConvBlock
-            if groups[-2] not in _CONV_PARTS:
-                return None
-            groups[-2] = _CONV_PARTS[groups[-2]]
-        return template.format(*groups)
-    return None
-
-
-def already_converted_error(state_dict: Mapping[str, torch.Tensor], argument: str, where: str) -> Optional[ValueError]:
-    """The error for a state dict that is already in this package's (diffusers) layout, as
-    ``save_pretrained`` / ``uplift-diffusers convert`` write it, or None when it is not: such a
-    file has nothing to convert and must be loaded with its folder's ``config.json``."""
-    if not state_dict or not all(isinstance(k, str) and _official_key(k) is not None for k in state_dict):
-        return None
-    folder = Path(where).parent if Path(where).is_file() else None
-    if folder is not None and (folder / "config.json").is_file():
-        load = f"load its folder {str(folder)!r} with UPLiFTLatentUpscaler.from_pretrained or `--upscaler {folder}`"
-    else:
-        load = "load the folder holding it and its config.json with UPLiFTLatentUpscaler.from_pretrained or `--upscaler FOLDER`"
-    return ValueError(
-        f"`{argument}` {where!r} is already converted (it has this package's diffusers keys, as save_pretrained "
-        f"and `uplift-diffusers convert` write them): there is nothing to convert; {load}."
-    )
+        raise ValueError(f"{problem}: {unknown}")
+    return {renamed[key]: value for key, value in state_dict.items()}
 
 
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename an official UPLiFT state dict to this package's keys.
-
-    Raises:
-        ValueError: listing the keys that belong to no part of the model.
-    """
-    return _rename_keys(state_dict, _rename, "Unexpected keys in the UPLiFT checkpoint (not in the official layout)")
+    """An official UPLiFT state dict with this package's keys; ValueError listing keys of no part of the model."""
+    return _rename_all(state_dict, True, "Unexpected keys in the UPLiFT checkpoint (not in the official layout)")
 
 
 def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a state dict of :class:`UPLiFTLatentUpscaler` to the official key layout (the
-    inverse of :func:`convert_original_state_dict`).
-
-    Raises:
-        ValueError: listing the keys that have no official name.
-    """
-    return _rename_keys(state_dict, _official_key, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
+    """An :class:`UPLiFTLatentUpscaler` state dict with the official keys (the authors' layout)."""
+    return _rename_all(state_dict, False, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
 
 
-def _require(section: Mapping, key: str, where: str, allowed=None) -> Any:
-    if key not in section:
-        raise ValueError(f"Official UPLiFT config: `{where}.{key}` is missing.")
-    value = section[key]
+def official_name(key: str) -> str:
+    """How the authors' files spell one of this package's keys (``key`` itself if they do not)."""
+    return _rename(key, to_ours=False) or key
+
+
+def is_converted(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every key is already this package's (as ``save_pretrained`` writes them)."""
+    return bool(state_dict) and all(_rename(key, to_ours=False) is not None for key in state_dict)
+
+
+def latent_space_of(latent_channels: int, pipeline: Optional[str] = None) -> Optional[str]:
+    """The latent space of a model in the authors' format: ``"sd15"`` (their release's, and their
+    training code's default VAE) for 4 latent channels unless the YAML names another pipeline's VAE
+    (``backbone.diff_pipe_name``); None (unknown) otherwise."""
+    return "sd15" if latent_channels == 4 and pipeline in _SD15_PIPELINES else None
+
+
+def _value(config: Mapping, path: str, allowed: Optional[list] = None) -> Any:
+    """The value at the dotted ``path`` of an official YAML; ValueError naming ``path`` when it
+    is missing or not one of ``allowed``."""
+    value, where = config, "<root>"
+    for key in path.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            raise ValueError(f"Official UPLiFT config: `{where}.{key}` is missing.")
+        value, where = value[key], key if where == "<root>" else f"{where}.{key}"
     if allowed is not None and value not in allowed:
         raise ValueError(
-            f"Official UPLiFT config: `{where}.{key}` = {value!r} is not supported by this implementation "
-            f"(supported: {allowed})."
+            f"Official UPLiFT config: `{path}` = {value!r} is not supported by this implementation (supported: {allowed})."
         )
     return value
 
 
-def _block_widths(section: Mapping, name: str, where: str) -> list:
-    block = _require(section, name, where)
-    _require(block, "block", f"{where}.{name}", ["SingleConv"])
-    _require(block, "norm", f"{where}.{name}", ["layer"])
-    widths = [int(c) for c in _require(block, "hc", f"{where}.{name}")]
-    if len(widths) != int(block.get("count", len(widths))):
-        raise ValueError(f"Official UPLiFT config: `{where}.{name}.count` = {block.get('count')} but `hc` lists {len(widths)} widths.")
+#: The settings of the official code that this implementation has; others are refused by name.
+_SUPPORTED = {
+    "uplift.up_factor": [2],
+    "uplift.no_UEP": [True],
+    "uplift.enc_share": [True],
+    "uplift.decoder.up_steps": [1],
+    "uplift.decoder.enc_resample": ["nearest"],
+    "uplift.decoder.up_1.up_op": ["tconv"],
+    "uplift.decoder.up_1.factor": [2],
+    "uplift.decoder.up_1.residual": ["bilinear", "none", None],
+    "uplift.refiner.enc_resample": ["nearest"],
+    "uplift.attender": None,
+}
+
+
+def _widths(config: Mapping, path: str) -> List[int]:
+    """The block widths (``hc``) of one official stage of single convolutions with layer norm."""
+    _value(config, f"{path}.block", ["SingleConv"])
+    _value(config, f"{path}.norm", ["layer"])
+    widths = [int(c) for c in _value(config, f"{path}.hc")]
+    count = _value(config, path).get("count", len(widths))
+    if len(widths) != int(count):
+        raise ValueError(f"Official UPLiFT config: `{path}.count` = {count} but `hc` lists {len(widths)} widths.")
     return widths
 
 
-def _encoder_kwargs(widths: list) -> Dict[str, Any]:
-    """``encoder_channels`` / ``encoder_blocks_per_group`` for per-group lists of block widths:
-    one width per group when every group has the same number of blocks of one width, else the
-    lists themselves."""
-    per_group = {len(w) for w in widths}
-    if all(len(set(w)) == 1 for w in widths) and len(per_group) == 1:
-        return dict(encoder_channels=[w[0] for w in widths], encoder_blocks_per_group=per_group.pop())
-    return dict(encoder_channels=widths, encoder_blocks_per_group=2)
+def _architecture(latent: int, encoder: List[List[int]], before: List[int], after: List[int], refiner: List[int], **rest) -> Dict[str, Any]:
+    """The kwargs of a model of these per-block widths (the encoder's per group), plus ``rest``:
+    one width per encoder group when every group has the same number of equal blocks."""
+    per_group = {len(w) for w in encoder}
+    if all(len(set(w)) == 1 for w in encoder) and len(per_group) == 1:
+        rest.update(encoder_channels=[w[0] for w in encoder], encoder_blocks_per_group=per_group.pop())
+    else:
+        rest.update(encoder_channels=encoder, encoder_blocks_per_group=2)
+    return dict(latent_channels=latent, decoder_channels=before[0], decoder_blocks_before_upsample=len(before),
+                decoder_blocks_after_upsample=len(after), refiner_channels=refiner[0], refiner_blocks=len(refiner), **rest)
 
 
 def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
-    """The upscale factors an official ``train:`` section trained (the ``trained_upscale_factors``
-    config key). With ``multi_step`` every step of every depth is supervised (the authors' loop puts
-    a loss on each returned step), so depths 1 ... ``down_steps`` train 2 ... 2 ** ``down_steps`` (also
-    with ``only_deepest``); without it every run is one 2x step. ``None`` when the section does not say."""
+    """The upscale factors an official ``train:`` section trained, or None when it does not say.
+    With ``multi_step`` every step of every depth is supervised (also with ``only_deepest``), so
+    depths 1 ... ``down_steps`` train 2 ... 2 ** ``down_steps``; without it every run is one 2x step."""
     if not isinstance(train, Mapping) or "down_steps" not in train:
         return None
     if not train.get("multi_step", False):
@@ -180,85 +149,59 @@ def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
     return [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)]
 
 
-def config_from_original(config: Union[PathLike, Mapping, None] = None) -> Dict[str, Any]:
-    """Translate an official UPLiFT YAML (path or parsed dict) to ``UPLiFTLatentUpscaler`` kwargs.
-
-    ``None`` gives the official SD1.5-VAE model (this class's defaults).
-    """
-    if config is None:
-        return {}
+def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, Any]:
+    """``UPLiFTLatentUpscaler`` kwargs of an official UPLiFT YAML (a path or the parsed dict)."""
     if isinstance(config, (str, os.PathLike)):
         path = Path(config).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"`config` file not found: {str(path)!r}; pass the official UPLiFT YAML or a dict.")
-        with open(path) as handle:
-            config = yaml.safe_load(handle)
+        config = yaml.safe_load(path.read_text())
     if not isinstance(config, Mapping):
         raise ValueError(f"`config` must be a path to an official UPLiFT YAML or a dict, got {type(config).__name__}.")
-    uplift = _require(config, "uplift", "<root>")
-    _require(uplift, "up_factor", "uplift", [2])
-    _require(uplift, "no_UEP", "uplift", [True])
-    _require(uplift, "enc_share", "uplift", [True])
-    encoder = _require(uplift, "encoder", "uplift")
-    decoder = _require(uplift, "decoder", "uplift")
-    refiner = _require(uplift, "refiner", "uplift")
-
-    groups = int(_require(encoder, "down_steps", "uplift.encoder")) + 1
-    encoder_channels = []
-    for g in range(groups):
-        encoder_channels.append(_block_widths(encoder, f"block_{g}", "uplift.encoder"))
-        if g:
-            _require(_require(encoder, f"down_{g}", "uplift.encoder"), "down_op", f"uplift.encoder.down_{g}", ["none"])
-    _require(decoder, "up_steps", "uplift.decoder", [1])
-    _require(decoder, "enc_resample", "uplift.decoder", ["nearest"])
-    _require(refiner, "enc_resample", "uplift.refiner", ["nearest"])
-    before = _block_widths(decoder, "block_0", "uplift.decoder")
-    after = _block_widths(decoder, "block_1", "uplift.decoder")
-    up = _require(decoder, "up_1", "uplift.decoder")
-    _require(up, "up_op", "uplift.decoder.up_1", ["tconv"])
-    _require(up, "factor", "uplift.decoder.up_1", [2])
-    residual = _require(up, "residual", "uplift.decoder.up_1", ["bilinear", "none", None])
-    refiner_widths = _block_widths(refiner, "block_0", "uplift.refiner")
-    decoder_widths = set(before + after)
-    if len(decoder_widths) != 1 or len(set(refiner_widths)) != 1:
+    for path, allowed in _SUPPORTED.items():
+        _value(config, path, allowed)
+    groups = int(_value(config, "uplift.encoder.down_steps")) + 1
+    encoder = [_widths(config, f"uplift.encoder.block_{g}") for g in range(groups)]
+    for g in range(1, groups):
+        _value(config, f"uplift.encoder.down_{g}.down_op", ["none"])
+    before, after = _widths(config, "uplift.decoder.block_0"), _widths(config, "uplift.decoder.block_1")
+    refiner_widths = _widths(config, "uplift.refiner.block_0")
+    if len(set(before + after)) != 1 or len(set(refiner_widths)) != 1:
         raise ValueError(
             "Official UPLiFT config: decoder and refiner blocks of different widths within a stage are not supported "
             f"(decoder {before + after}, refiner {refiner_widths})."
         )
+    uplift = config["uplift"]
+    decoder, refiner = uplift["decoder"], uplift["refiner"]
     ref_con = refiner.get("ref_con", -1)
-    if ref_con is not None and not (-groups <= int(ref_con) < groups):
+    if ref_con is not None and not -groups <= int(ref_con) < groups:
         raise ValueError(f"Official UPLiFT config: `uplift.refiner.ref_con` = {ref_con} names no encoder group (there are {groups}).")
-    attender = _require(uplift, "attender", "uplift")
     backbone = config.get("backbone") or {}
-    return dict(
-        latent_channels=int(backbone.get("channel", 4)),
-        **_encoder_kwargs(encoder_channels),
-        decoder_channels=before[0],
-        decoder_blocks_before_upsample=len(before),
-        decoder_blocks_after_upsample=len(after),
-        refiner_channels=refiner_widths[0],
-        refiner_blocks=len(refiner_widths),
+    attender = uplift["attender"]
+    latent = int(backbone.get("channel", 4))
+    return _architecture(
+        latent, encoder, before, after, refiner_widths,
         refiner_encoder_group=None if ref_con is None else int(ref_con),
         neighborhood=attender if isinstance(attender, int) else [list(p) for p in attender],
-        noise_channels=int(decoder.get("ncat_c", 0) or 0),
-        noise_scale=float(decoder.get("ncat_s", 0) or 0),
-        refiner_noise_channels=int(refiner.get("ncat_c", 0) or 0),
-        refiner_noise_scale=float(refiner.get("ncat_s", 0) or 0),
-        bilinear_residual=residual == "bilinear",
+        noise_channels=int(decoder.get("ncat_c") or 0),
+        noise_scale=float(decoder.get("ncat_s") or 0),
+        refiner_noise_channels=int(refiner.get("ncat_c") or 0),
+        refiner_noise_scale=float(refiner.get("ncat_s") or 0),
+        bilinear_residual=decoder["up_1"]["residual"] == "bilinear",
         vae_scale_factor=int(backbone.get("stride", 8)),
         trained_upscale_factors=trained_factors_from_original(config.get("train") or {}),
+        latent_space=latent_space_of(latent, backbone.get("diff_pipe_name")),
     )
 
 
-#: The config fields that the weights do not determine: :func:`config_from_state_dict` gives them
-#: the official SD1.5-VAE model's values (noise of scale 1 in every noise channel, the bilinear
-#: residual, 8 pixels per latent). The trained factors stay unknown (``None``, no warning): a single
-#: file does not say how deep it was trained; its YAML does (:func:`trained_factors_from_original`).
+#: The config fields the weights do not determine, at the official SD1.5-VAE model's values (noise
+#: of scale 1 in every noise channel, the bilinear residual, 8 pixels per latent). The trained
+#: factors stay unknown: a single file does not say how deep it was trained; its YAML does.
 OFFICIAL_FIELDS_NOT_IN_WEIGHTS = dict(noise_scale=1.0, refiner_noise_scale=None, bilinear_residual=True, vae_scale_factor=8)
 
 
-def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list:
-    """Shapes of the 3x3 convolutions of the ConvBlocks ``{prefix}.0``, ``{prefix}.1``, ... (official keys)."""
+def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> List[tuple]:
+    """Shapes of the 3x3 convolutions of the official ConvBlocks ``{prefix}.0``, ``{prefix}.1``, ..."""
     shapes = []
     while f"{prefix}.{len(shapes)}.conv.0.weight" in state_dict:
         shapes.append(tuple(state_dict[f"{prefix}.{len(shapes)}.conv.0.weight"].shape))
@@ -268,29 +211,22 @@ def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list:
 def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     """``UPLiFTLatentUpscaler`` kwargs read off the shapes of an official state dict (no YAML).
 
-    The shapes give the latent channels, every block's width, the blocks per stage, the Local
-    Attender's neighbourhood size and the noise channels. The refiner's encoder connection is
-    the encoder group whose width its input implies, assuming the refiner has as many noise
-    channels as the decoder (as in the official configs); of equally wide groups the last one
-    (the official ``ref_con: -1``). The rest is :data:`OFFICIAL_FIELDS_NOT_IN_WEIGHTS`; pass
-    the official YAML to :func:`config_from_original` for a model trained otherwise (e.g.
-    ``ncat_s: 0``). For the authors' released SD1.5-VAE file this is exactly the default
-    ``UPLiFTLatentUpscaler()``.
+    The shapes give the latent and noise channels, every width, the blocks per stage and the
+    attender's neighbourhood. The refiner's encoder connection is the group whose width its input
+    implies, assuming as many refiner noise channels as decoder ones (as in the official configs);
+    of equally wide groups the last (the official ``ref_con: -1``). The rest is
+    :data:`OFFICIAL_FIELDS_NOT_IN_WEIGHTS`. For the authors' release this is the default
+    ``UPLiFTLatentUpscaler()`` in the ``"sd15"`` latent space.
 
     Raises:
-        ValueError: the state dict is not in the official layout or its widths do not fit together.
+        ValueError: not the official layout, or widths that do not fit together; the YAML is needed.
     """
     def cannot(reason: str) -> ValueError:
-        return ValueError(
-            f"Cannot infer the UPLiFT config from the checkpoint: {reason}; pass the official YAML the checkpoint "
-            "was trained with as `config`."
-        )
+        return ValueError(f"Cannot infer the UPLiFT config from the checkpoint: {reason}; pass the official YAML the "
+                          "checkpoint was trained with as `config`.")
 
     groups = []
-    while True:
-        blocks = _conv_shapes(state_dict, f"encoder.block_{len(groups)}.blocks")
-        if not blocks:
-            break
+    while blocks := _conv_shapes(state_dict, f"encoder.block_{len(groups)}.blocks"):
         groups.append([shape[0] for shape in blocks])
     stages = {name: _conv_shapes(state_dict, f"{name}.blocks") for name in ("decoder.block_0", "decoder.block_1", "refiner")}
     for key in ("ref_outc.weight", "attender.conv1.weight"):
@@ -299,44 +235,23 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
     if len(groups) < 2 or not all(stages.values()):
         missing = "encoder.block_1" if len(groups) < 2 else next(name for name, shapes in stages.items() if not shapes)
         raise cannot(f"it has no {missing}.blocks.0 (not the official key layout?)")
-    before, after, refiner = stages["decoder.block_0"], stages["decoder.block_1"], stages["refiner"]
+    before, after, refiner = stages.values()
     latent = state_dict["ref_outc.weight"].shape[0]
     noise = before[0][1] - latent - groups[-1][-1]
     if noise < 0 or after[0][1] != before[0][0] + groups[-2][-1] + noise:
-        raise cannot(
-            f"the decoder's input widths ({before[0][1]}, {after[0][1]}) do not fit {latent} latent channels and "
-            f"encoder widths {groups[-1][-1]}, {groups[-2][-1]}"
-        )
+        raise cannot(f"the decoder's input widths ({before[0][1]}, {after[0][1]}) do not fit {latent} latent channels "
+                     f"and encoder widths {groups[-1][-1]}, {groups[-2][-1]}")
     skip = refiner[0][1] - latent - noise
     matches = [g for g, widths in enumerate(groups) if widths[-1] == skip]
     if skip and not matches:
         raise cannot(f"the refiner's input width {refiner[0][1]} matches no encoder group (widths {[w[-1] for w in groups]})")
-    return dict(
-        latent_channels=latent,
-        **_encoder_kwargs(groups),
-        decoder_channels=before[0][0],
-        decoder_blocks_before_upsample=len(before),
-        decoder_blocks_after_upsample=len(after),
-        refiner_channels=refiner[0][0],
-        refiner_blocks=len(refiner),
+    return _architecture(
+        latent, groups, *([shape[0] for shape in stage] for stage in (before, after, refiner)),
         refiner_encoder_group=matches[-1] - len(groups) if skip else None,
         neighborhood=state_dict["attender.conv1.weight"].shape[0],
         noise_channels=noise,
         refiner_noise_channels=None,
-        trained_upscale_factors=None,  # unknown: the weights do not say
+        trained_upscale_factors=None,
+        latent_space=latent_space_of(latent),
         **OFFICIAL_FIELDS_NOT_IN_WEIGHTS,
     )
-
-
-def load_original_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Copy an official state dict into ``model``; any missing / unexpected key or shape mismatch
-    raises one ValueError listing all of them (under the official key names, as the user's
-    checkpoint spells them)."""
-    converted = convert_original_state_dict(state_dict)
-    problems = state_dict_problems(converted, model.state_dict(), display=_official_name)
-    if problems:
-        raise ValueError(
-            "The UPLiFT checkpoint does not match the config (pass the YAML the checkpoint was trained with): "
-            + "; ".join(problems)
-        )
-    model.load_state_dict(converted, strict=True)
