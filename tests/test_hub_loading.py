@@ -150,10 +150,8 @@ def test_from_single_file_bad_sources(release_cached, tmp_path):
 
 # ------------------------------------------------------------------------------- every kind of model string
 def test_every_kind_of_upscaler_source(release_cached, tiny_upscaler, tiny_autoencoder, hub_cache, tmp_path):
-    """The two loaders take every kind of source; the CLI's model string goes to the right one:
-    the release, single files, folders, pipelines, Hub ids."""
-    import argparse
-
+    """The two loaders take every kind of source; the CLI's --upscaler goes to the right one:
+    the release, single files, folders, pipelines, Hub ids, Hub files."""
     from uplift_diffusers import cli
     from uplift_diffusers.constants import UPSCALER_SUBFOLDER
     from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
@@ -172,12 +170,10 @@ def test_every_kind_of_upscaler_source(release_cached, tiny_upscaler, tiny_autoe
         UPLiFTLatentUpscaler.from_single_file(f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}"),
         UPLiFTLatentUpscaler.from_single_file(single_file),
     ]
-    for source in (None, UPLIFT_SD15_REPO_ID, single_file, release_cached, tmp_path / "saved", tmp_path / "pipeline", "someone/uplift-diffusers"):
-        args = argparse.Namespace(upscaler=None if source is None else str(source), original_checkpoint=None, original_config=None)
-        loaded.append(cli.load_upscaler(args, None))
-    for source in (URL, f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}", single_file):
-        loaded.append(cli.load_upscaler(argparse.Namespace(upscaler=None, original_checkpoint=str(source), original_config=None), None))
-    saved_by_diffusers = {2, 3, 4, 12, 13, 14}  # their config.json; the authors' single files are SD1.5's
+    for source in (UPLIFT_SD15_REPO_ID, single_file, release_cached, tmp_path / "saved", tmp_path / "pipeline",
+                   "someone/uplift-diffusers", URL, f"{UPLIFT_SD15_REPO_ID}/{UPLIFT_SD15_WEIGHTS_NAME}"):
+        loaded.append(cli.load_upscaler(str(source), None, None))
+    saved_by_diffusers = {2, 3, 4, 11, 12, 13}  # their config.json; the authors' single files are SD1.5's
     for index, model in enumerate(loaded):
         assert isinstance(model, UPLiFTLatentUpscaler) and same_weights(model, tiny_upscaler), index
         space = None if index in saved_by_diffusers else "sd15"
@@ -287,63 +283,13 @@ def test_hub_file_of_parses_hub_files_only():
         hub_file_of("https://example.com/w.pth", "--x")
 
 
-def test_missing_from_cache(release_cached, sd15_cached, tmp_path):
-    from uplift_diffusers.loaders.hub import HubModel, missing_from_cache
+def test_is_cached_reads_the_cache_only(release_cached, sd15_cached):
+    from uplift_diffusers.loaders.hub import is_cached
 
-    sd = HubModel(SD15_MODEL_ID, ("model_index.json",), hint="--model DIR")
-    vae_only = HubModel(SD15_MODEL_ID, ("config.json",))  # the root config.json: SD1.5 has none
-    models = [sd, vae_only, UPLIFT_SD15_REPO_ID, URL, f"{UPLIFT_SD15_REPO_ID}/other.safetensors", "org/absent",
-              str(tmp_path), "./not/here"]
-    missing = missing_from_cache(models)
-    assert [m.source for m in missing] == [SD15_MODEL_ID, f"{UPLIFT_SD15_REPO_ID}/other.safetensors", "org/absent"]
-    assert missing[0] is vae_only
-
-
-def test_check_models_available(release_cached, monkeypatch, tmp_path):
-    import huggingface_hub.constants as hub_constants
-
-    import uplift_diffusers.loaders.hub as hub
-
-    asked = []
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.QUICK_TIMEOUT: asked.append(timeout) or answer)
-    answer = True
-    # offline (the fixture): cached -> the cache only; missing -> one error naming every missing model
-    assert hub.check_models_available([UPLIFT_SD15_REPO_ID]) is False
-    with pytest.raises(hub.MissingModelsError) as raised:
-        hub.check_models_available([UPLIFT_SD15_REPO_ID, hub.HubModel("a/b", what="the model A", hint="--a"), "c/d"])
-    assert [m.source for m in raised.value.missing] == ["a/b", "c/d"]
-    message = str(raised.value)
-    assert "\n" not in message and message.startswith("HF_HUB_OFFLINE is set and 2 models it needs are not in the local Hub cache")
-    assert "the model A (or pass --a); 'c/d'." in message and "HF_HOME" in message
-    assert isinstance(raised.value, FileNotFoundError)
-    assert asked == []  # offline: the Hub is not asked
-    # online: reachable -> the Hub may be used (missing models get downloaded)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    assert hub.check_models_available(["a/b"]) is True and asked == [hub.QUICK_TIMEOUT]
-    # unreachable: cached -> the cache only; missing -> the error, which says the Hub cannot be reached
-    answer = False
-    assert hub.check_models_available([UPLIFT_SD15_REPO_ID], timeout=1.0) is False and asked[-1] == 1.0
-    with pytest.raises(hub.MissingModelsError, match="^the Hugging Face Hub cannot be reached and a model it needs is"):
-        hub.check_models_available(["a/b"])
-    # nothing from the Hub: not asked at all
-    count = len(asked)
-    assert hub.check_models_available([str(tmp_path)]) is True and len(asked) == count
-
-
-def test_hub_models_available_uses_the_cache_only_when_unreachable(release_cached, monkeypatch):
-    import huggingface_hub.constants as hub_constants
-
-    import uplift_diffusers.loaders.hub as hub
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=None: False)
-    notices = []
-    with hub.hub_models_available([UPLIFT_SD15_REPO_ID], notify=notices.append) as online:
-        assert online is False and hub_constants.HF_HUB_OFFLINE is True
-        model = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID)
-    assert hub_constants.HF_HUB_OFFLINE is False  # restored
-    assert model.config.latent_channels == 4
-    assert len(notices) == 1 and "cannot be reached; using the local cache only" in notices[0]
+    assert is_cached(UPLIFT_SD15_REPO_ID, ("config.json", UPLIFT_SD15_WEIGHTS_NAME))
+    assert is_cached(SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"))  # a pipeline's vae/ counts
+    assert not is_cached(SD15_MODEL_ID, ("config.json",))  # SD1.5 has no root config.json
+    assert not is_cached("org/absent", ("model_index.json",))
 
 
 @pytest.mark.parametrize("status, reachable", [(200, True), (302, True), (404, False), (502, False)])
@@ -364,7 +310,6 @@ def test_hub_reachable_needs_a_success(monkeypatch, status, reachable):
 
 
 def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
-    import argparse
     import shutil
 
     from uplift_diffusers import cli
@@ -372,8 +317,8 @@ def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dirs.upscaler(4), broken)
     (broken / "config.json").write_text("{oops")
-    with pytest.raises(cli.CLIError, match=r"^--upscaler: its '.*broken/config.json' is not valid JSON"):
-        cli.load_upscaler(argparse.Namespace(upscaler=str(broken), original_checkpoint=None, original_config=None), None)
+    with pytest.raises(cli.Failure, match=r"^--upscaler: its '.*broken/config.json' is not valid JSON"):
+        cli.load_upscaler(str(broken), None, None)
     (broken / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="holds a JSON list, not a model config object"):
         UPLiFTLatentUpscaler.from_pretrained(str(broken))
@@ -384,51 +329,29 @@ def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
 
 
 # ------------------------------------------------------------------------------- models named by a user (CLI)
-def test_vae_hub_model_counts_a_pipelines_vae_folder(sd15_cached):
-    """The VAE check before loading: a pipeline repository with its ``vae/config.json`` cached
-    counts (SD1.5 has no root config.json); loading names it too."""
-    import argparse
-
+def test_cli_checks_every_model_before_loading(sd15_cached, release_cached, tmp_path):
+    """The check before loading: cached Hub models and local paths pass; the missing ones are
+    named together, each with its flag; a string that is neither is a usage error."""
     from uplift_diffusers import cli
-    from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
 
-    args = argparse.Namespace(command="upscale", vae=SD15_MODEL_ID, upscaler=None, original_checkpoint=None)
-    vae = cli.command_models(args)[0]
-    assert (vae.source, vae.files, vae.hint) == (SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"), "--vae DIR")
-    assert vae.label == f"the VAE {SD15_MODEL_ID!r}"
-    absent = cli.command_models(argparse.Namespace(**{**vars(args), "vae": "org/absent-vae"}))[0]
-    assert missing_from_cache([vae, absent]) == [absent]
-    expected = AutoencoderKL.from_pretrained(sd15_cached / SD15_VAE_SUBFOLDER)
-    assert same_weights(cli.load_vae_arg(args, None), expected)
-    with pytest.raises(HubUnavailableError, match=r"the VAE 'org/absent-vae' is not in the local cache; pass a local path with --vae DIR \(a"):
-        cli.load_vae_arg(argparse.Namespace(vae="org/absent-vae"), None)
+    cli.check_models([("--vae", SD15_MODEL_ID, cli.VAE_FILES), ("--upscaler", UPLIFT_SD15_REPO_ID, cli.UPSCALER_FILES),
+                      ("--model", str(tmp_path), ("model_index.json",)), ("--upscaler", URL, cli.UPSCALER_FILES)], "hint")
+    with pytest.raises(cli.Failure, match=r"^HF_HUB_OFFLINE is set and the local Hub cache lacks --vae org/absent-vae, "
+                                          r"--upscaler org/repo/w.pth; pass local paths$"):
+        cli.check_models([("--vae", "org/absent-vae", cli.VAE_FILES), ("--model", SD15_MODEL_ID, ("model_index.json",)),
+                          ("--upscaler", "org/repo/w.pth", cli.UPSCALER_FILES)], "pass local paths")
+    with pytest.raises(cli.UsageError, match=r"^--vae './no/such/vae': no such file or folder, and not a Hub id"):
+        cli.check_models([("--vae", "./no/such/vae", cli.VAE_FILES)], "hint")
+    with pytest.raises(cli.UsageError, match="^--upscaler 'https://example.com/w.pth' is not a Hugging Face Hub file URL"):
+        cli.check_models([("--upscaler", "https://example.com/w.pth", cli.UPSCALER_FILES)], "hint")
 
 
-def test_cli_models_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
-    """The check before loading and the loading name the same model, and every error names the flag."""
-    import argparse
-    import shutil
-
+def test_cli_loaders_name_the_callers_flags(release_cached, tiny_upscaler, tmp_path, tiny_dirs):
     from uplift_diffusers import cli
-    from uplift_diffusers.loaders.hub import HubUnavailableError, missing_from_cache
 
-    def upscaler_args(upscaler=None, original_checkpoint=None):
-        return argparse.Namespace(upscaler=upscaler, original_checkpoint=original_checkpoint, original_config=None)
-
-    default = cli.upscaler_model(upscaler_args())
-    assert (default.source, default.files, default.hint) == (UPLIFT_SD15_REPO_ID, cli.UPSCALER_HUB_FILES, cli.UPSCALER_HINT)
-    assert default.label == f"the default UPLiFT model ({UPLIFT_SD15_REPO_ID}, {UPLIFT_SD15_WEIGHTS_NAME})"
-    assert cli.upscaler_model(upscaler_args("org/absent")).label == "the upscaler 'org/absent'"
-    assert cli.upscaler_model(upscaler_args(original_checkpoint="c.pth")).label == "the checkpoint 'c.pth'"
-    absent = cli.upscaler_model(upscaler_args("org/absent"))
-    assert missing_from_cache([default, absent]) == [absent]
-    # loading: the cached release (offline), then errors naming the flag / the hint
-    assert same_weights(cli.load_upscaler(upscaler_args(), None), tiny_upscaler)
-    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE=1\) and the upscaler 'org/absent' is not in the local cache; pass a local path with --upscaler DIR or --original-checkpoint FILE"):
-        cli.load_upscaler(upscaler_args("org/absent"), None)
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_dirs.upscaler(4), broken)
-    with pytest.raises(cli.CLIError, match=r"^--original-checkpoint '.*broken' is a folder; pass the checkpoint file"):
-        cli.load_upscaler(upscaler_args(original_checkpoint=str(broken)), None)
-    with pytest.raises(cli.CLIError, match=r"^--vae: local path not found"):
-        cli.load_vae_arg(argparse.Namespace(vae="./no/such/vae"), None)
+    assert same_weights(cli.load_upscaler(UPLIFT_SD15_REPO_ID, None, None), tiny_upscaler)  # the cached release, offline
+    weights = next(tiny_dirs.upscaler(4).glob("*.safetensors"))
+    with pytest.raises(cli.Failure, match=r"is already converted"):  # a file goes to from_single_file
+        cli.load_upscaler(str(weights), None, None)
+    with pytest.raises(cli.Failure, match=r"^--upscaler 'org/absent': .*HF_HUB_OFFLINE"):
+        cli.load_upscaler("org/absent", None, None)
