@@ -453,22 +453,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse printed --help (0) or its usage error (2)
         return exit_.code if isinstance(exit_.code, int) else 2
+    return run(PROG, args.handler, args)
+
+
+def run(prog: str, handler, args) -> int:
+    """``handler(args)`` with the command line's conventions (:data:`EXIT_STATUSES`): one
+    ``prog: error: ...`` line and no traceback, 2 for a :class:`UsageError`, 1 for anything else,
+    130 when interrupted. ``handler`` returns the failed inputs (exit 1 when there are any).
+    The examples use it too."""
     from huggingface_hub import constants
 
     offline = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     try:
-        failures = args.handler(args)
+        failures = handler(args)
         if failures:
             raise Failure(f"{len(failures)} input(s) failed: " + "; ".join(failures))
         return 0
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the outputs already written are complete", file=sys.stderr)
+        print(f"{prog}: interrupted; the outputs already written are complete", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - every error is one line
         message = one_line(error)
         if not isinstance(error, (UsageError, Failure)):
             message = f"{type(error).__name__}: {message}"
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     finally:  # check_models may have turned the Hub off for this command
         if offline[0] is None:

@@ -1,16 +1,13 @@
 """Loading: the authors' single-file checkpoints (``FromOriginalUPLiFTMixin``, which gives
 ``UPLiFTLatentUpscaler`` its ``from_single_file`` and ``from_pretrained``), VAEs of every supported
-kind (:func:`load_vae`) and the Hugging Face Hub helpers (:mod:`.hub`).
-
-Names are imported on first use, so that ``loaders.hub``'s checks run before torch and diffusers
-are imported.
+kind (:func:`load_vae`) and the Hugging Face Hub helpers (:mod:`.hub`, which imports neither torch
+nor diffusers: names here are imported on first use).
 """
 from ..utils.lazy_exports import lazy_exports
 
 _MODULES = {
     ".single_file_model": ("FromOriginalUPLiFTMixin",),
     ".vae": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
-    ".hub": ("from_hub", "HubUnavailableError"),
 }
 
 __all__ = [name for names in _MODULES.values() for name in names]
