@@ -385,7 +385,7 @@ TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2",
 def test_benchmark_latency_times_every_stage_of_a_generation(tmp_path):
     """Each stage of a generation is timed, and a method's time is the sum of the stages it runs."""
     out = tmp_path / "latency"
-    assert benchmark_latency.main(["--output-dir", str(out), "--smoke-test"]) == 0
+    assert benchmark_latency.main(["text-to-image", "--output-dir", str(out), "--smoke-test"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["task"] == "latency" and result["random_weights"] is True and "tiny" in result["note"]
     assert result["settings"]["smoke_test"] is True and result["settings"]["size"] == 64 and result["settings"]["compile"] is False
@@ -406,7 +406,7 @@ def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkey
     original = benchmark_latency.random_models
     monkeypatch.setattr(benchmark_latency, "random_models", lambda *a: built.append(a) or original(a[0], a[1], True, a[3]))
     out = tmp_path / "latency"
-    assert benchmark_latency.main(["--output-dir", str(out)] + TINY_LATENCY) == 0
+    assert benchmark_latency.main(["text-to-image", "--output-dir", str(out)] + TINY_LATENCY) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["random_weights"] is True and "weights unavailable" in result["note"]
     assert built and built[0][2] is False  # the real-size configuration was asked for
@@ -802,10 +802,8 @@ def test_eval_text_to_image_smoke_test_offline(tmp_path, hub_cache, capsys):
 
 
 def test_sr_latency_smoke_test(tmp_path, hub_cache):
-    from evaluation.benchmarks import benchmark_sr_latency
-
     output = tmp_path / "latency.json"
-    assert benchmark_sr_latency.main(["--smoke-test", "--output", str(output)]) == 0
+    assert benchmark_latency.main(["super-resolution", "--smoke-test", "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["settings"]["smoke_test"] is True and result["settings"]["random_weights"] is True
     assert result["settings"]["lr_size"] == 64 and result["settings"]["output_size"] == 256 and result["settings"]["compile"] is False
@@ -986,7 +984,7 @@ def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "module", ["benchmark_latency", "benchmark_sr_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
+    "module", ["benchmark_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
 )
 def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, capsys):
     """A benchmark times one process: under `torchrun --nproc_per_node 2` it stops before any work
@@ -997,7 +995,9 @@ def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     script = importlib.import_module(f"evaluation.benchmarks.{module}")
-    argv = ["--smoke-test", "--output" if module != "benchmark_latency" else "--output-dir", str(tmp_path / "out.json")]
+    argv = ["--smoke-test", "--output", str(tmp_path / "out.json")]
+    if module == "benchmark_latency":
+        argv = ["text-to-image", "--smoke-test", "--output-dir", str(tmp_path / "out.json")]
     if module in ("benchmark_upscaler", "benchmark_tiling_memory"):
         with pytest.raises(LaunchMismatchError, match="times ONE process, but the launcher started 2"):
             script.main(argv)
