@@ -12,7 +12,7 @@ super-resolution (Table 4) and the text-to-image latency breakdown (the time col
       "dataset": "coco",                      # label of the column group in the tables
       "settings": {                           # the command-line settings of the run, and
         "metrics": {                          # the metrics used (evaluation.metrics.metric_setup.metrics_record):
-          "fid_backend": "torchmetrics",      #   "clean-fid", or null without FID
+          "fid_backend": "torchmetrics",      #   null without FID
           "feature_extractor": "inception",   #   null without FID
           "clip_model": ...,                  #   null without the CLIP score
           "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
@@ -24,7 +24,7 @@ super-resolution (Table 4) and the text-to-image latency breakdown (the time col
       "methods": {                            # one entry per row of the table
         "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, "color_correction": true, ...},  # text_to_image
         "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000, "color_correction": true},  # super_resolution
-        ...                                   # clean-fid adds "kid" and "patch_kid"
+        ...
       },
       # with a single method its metric keys are repeated at the top level ("psnr", "ssim", ...)
     }
