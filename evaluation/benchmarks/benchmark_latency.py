@@ -126,6 +126,16 @@ def prepare_smoke_test(args) -> None:
         args.note = "--smoke-test: tiny random models, the times mean nothing"
 
 
+def _flags(args, *names: str) -> Dict:
+    """The settings ``names`` of the run, as the results record them."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _machine(device: torch.device) -> Dict:
+    """The device and the torch version, recorded with the timings."""
+    return {"device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
@@ -295,18 +305,8 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
         "task": "latency",
         "dataset": args.dataset_name,
         "settings": {
-            "batch_size": args.batch_size,
-            "steps": args.steps,
-            "size": args.size,
-            "upscale_factor": args.upscale_factor,
-            "guidance_scale": args.guidance_scale,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "compile": args.compile,
-            "dtype": args.dtype,
-            "device": str(device),
-            "device_name": common.device_name(device),
-            "torch": torch.__version__,
+            **_flags(args, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
+            **_machine(device),
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,
             "smoke_test": bool(args.smoke_test),
@@ -406,16 +406,9 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
             "output_size": args.lr_size * args.upscale_factor,
             "upscale_factor": args.upscale_factor,
             "color_correction": {name: correct for name, (_, correct) in rows.items()},
-            "batch_size": args.batch_size,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "compile": args.compile,
-            "compile_mode": args.compile_mode,
-            "dtype": args.dtype,
-            "device": str(device),
-            "device_name": common.device_name(device),
+            **_flags(args, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
+            **_machine(device),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "torch": torch.__version__,
             "note": args.note,
             "command": getattr(args, "command", None),
         },

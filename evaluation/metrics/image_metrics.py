@@ -389,13 +389,10 @@ class CLIPScorer(nn.Module):
         text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         return (image_embeds.float() * text_embeds.float()).sum(dim=-1)
 
-    def score(self, images: Tensor, captions: Sequence[str]) -> Tensor:
-        """Per-image CLIP score ``100 * cos`` (not clamped), shape ``(B,)``, without accumulating it."""
-        return 100.0 * self.cosine_similarity(images, captions)
-
     def update(self, images: Tensor, captions: Sequence[str]) -> Tensor:
-        """Score a batch of B x 3 x H x W images in [0, 1] with one caption each; returns the per-image scores."""
-        scores = self.score(images, captions)
+        """Score a batch of B x 3 x H x W images in [0, 1] with one caption each; returns the per-image
+        scores ``100 * cos`` (not clamped), shape ``(B,)``."""
+        scores = 100.0 * self.cosine_similarity(images, captions)
         self._cosine_sum.update(scores.double().sum() / 100.0)
         self._count.update(torch.tensor(float(scores.shape[0]), dtype=torch.float64))
         return scores

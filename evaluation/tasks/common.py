@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.arguments import check_at_least
 from evaluation.metrics.metric_setup import add_fid_arguments, check_metric_arguments
 from evaluation.reports.tables import top_level_metrics, write_report
 from evaluation.sharding import LaunchMismatchError, process_state
@@ -20,7 +21,7 @@ from evaluation.tasks.latent_baseline import LATENT_BASELINES
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 __all__ = [
-    "add_common_arguments", "check_required", "check_fid_count", "device_for", "color_correction", "batches",
+    "add_common_arguments", "check_required", "check_fid_count", "device_for", "generators", "color_correction", "batches",
     "common_settings", "check_settings_record", "write_results", "run_main",
 ]
 
@@ -41,13 +42,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_smoke_test_argument(parser)
 
 
-def check_required(args, flags: Sequence[str]) -> None:
-    """ValueError naming every flag of ``flags`` (``"--data"``, ...) left unset, in one line; then the metric flags."""
+def check_required(args, flags: Sequence[str], minimums: Dict[str, float]) -> None:
+    """ValueError naming every flag of ``flags`` (``"--data"``, ...) left unset, in one line; then
+    the first flag below its least value (the script's ``minimums`` and the common flags')."""
     missing = [flag for flag in flags if not getattr(args, flag[2:].replace("-", "_"))]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise ValueError(f"{', '.join(missing)} {verb} required (or pass --smoke-test to check the installation).")
     check_metric_arguments(args)
+    check_at_least(args, {**minimums, "batch_size": 1, "limit": 1, "seed": 0})
 
 
 def check_fid_count(args, count: int, source: str) -> None:
@@ -59,6 +62,12 @@ def check_fid_count(args, count: int, source: str) -> None:
 def device_for(args, state) -> torch.device:
     """``--device``, else this process's device."""
     return torch.device(args.device) if args.device else state.device
+
+
+def generators(args, indices: Sequence[int]) -> List[torch.Generator]:
+    """One generator per input, seeded ``--seed + i`` (i = the input's position in the whole list):
+    an input's result does not depend on its batch, its process or a resumed run."""
+    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
 
 
 def color_correction(kind: str, baselines: bool) -> bool:

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least, load_upscaler, load_vae
+from evaluation.arguments import load_upscaler, load_vae
 from evaluation.metrics.metric_setup import build_fid, build_patch_fid, fid_results, metrics_record
 from evaluation.sharding import gather_list, process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
@@ -133,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
-    common.check_required(args, ("--data", "--upscaler", "--output-dir"))
-    check_at_least(args, {"back_projection_steps": 0, "hr_size": 1, "lr_size": 1, "batch_size": 1, "limit": 1, "seed": 0})
+    common.check_required(args, ("--data", "--upscaler", "--output-dir"), {"back_projection_steps": 0, "hr_size": 1, "lr_size": 1})
     if args.hr_size % args.lr_size or (args.hr_size // args.lr_size) not in (2, 4, 8):
         raise ValueError(
             f"--hr-size / --lr-size must be 2, 4 or 8, got {args.hr_size} / {args.lr_size}; e.g. --hr-size 1024 --lr-size 256."

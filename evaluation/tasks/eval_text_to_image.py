@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least, load_upscaler, loading
+from evaluation.arguments import load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
 from evaluation.metrics.metric_setup import add_clip_arguments, build_clip_scorer, build_fid, build_patch_fid, fid_results, metrics_record
@@ -111,9 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> List[str]:
-    common.check_required(args, ("--prompts", "--output-dir"))
+    common.check_required(args, ("--prompts", "--output-dir"), {"steps": 1, "size": 1})
     methods = parse_method_list(args.methods)
-    check_at_least(args, {"steps": 1, "size": 1, "batch_size": 1, "limit": 1, "seed": 0})
     if args.size % 8:
         raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
     if any(m in NATIVE_ROWS for m in methods) and (args.sdxl_size < 8 or args.sdxl_size % 8):
@@ -153,11 +152,6 @@ def method_size(args, method: str) -> int:
     return args.size if method == "base512" else args.size * args.upscale_factor
 
 
-def caption_generators(indices: Sequence[int], args) -> List[torch.Generator]:
-    """One generator per caption, seeded ``--seed + i`` (i = the caption's position): every row uses these."""
-    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
-
-
 def save_png(tensor: torch.Tensor, path: Path) -> None:
     """Save a ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, atomically (never a half-written file)."""
     array = (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -194,7 +188,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
         width=args.size,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
-        generator=caption_generators(indices, args),
+        generator=common.generators(args, indices),
         upscale_factor=factor,
         color_correction=True,
         return_base_images=factor > 1,
@@ -261,7 +255,7 @@ def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[in
         width=args.sdxl_size,
         num_inference_steps=row.steps,
         guidance_scale=row.guidance_scale,
-        generator=caption_generators(indices, args),
+        generator=common.generators(args, indices),
         output_type="pt",
     )
     return output.images.float()
