@@ -26,14 +26,7 @@ from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.validation import check_image_batch, check_values
 
 __all__ = [
-    "bicubic_upscale",
-    "check_unit_images",
-    "check_image_pair",
-    "as_float_pair",
-    "psnr",
-    "SRBatch",
-    "SRPairs",
-    "SRScores",
+    "bicubic_upscale", "check_unit_images", "check_image_pair", "as_float_pair", "psnr", "SRBatch", "SRPairs", "SRScores",
     "score_super_resolution",
 ]
 
@@ -96,10 +89,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Returns:
         Tensor of shape ``(B,)``.
     """
-    try:
-        from torchmetrics.functional.image import peak_signal_noise_ratio
-    except ImportError as error:
-        raise ImportError('psnr needs torchmetrics: pip install "uplift-diffusers[eval]".') from error
+    from torchmetrics.functional.image import peak_signal_noise_ratio
 
     check_image_pair(pred, target)
     pred, target = as_float_pair(pred, target)
@@ -139,16 +129,10 @@ class SRPairs:
         load: Optional[Callable[[Any], Tuple[Image.Image, Image.Image]]] = None,
         indices: Optional[Sequence[int]] = None,
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if load is None:
-            if hr_size is None or lr_size is None:
-                raise ValueError("pass hr_size and lr_size (HR crop and LR sides), or a `load` function.")
             load = lambda path: load_hr_lr(path, hr_size, lr_size)  # noqa: E731
         self.items = list(items)
         self.indices = list(range(len(self.items))) if indices is None else list(indices)
-        if len(self.indices) != len(self.items):
-            raise ValueError(f"indices has {len(self.indices)} entries for {len(self.items)} items; pass one index per item.")
         self.load, self.batch_size, self.device = load, batch_size, device
 
     def __len__(self) -> int:

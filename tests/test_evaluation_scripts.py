@@ -87,10 +87,6 @@ def test_latent_baseline_is_plain_interpolation():
     assert torch.equal(nearest, latents.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
     with pytest.raises(ValueError, match="mode"):
         LatentInterpolationUpscaler("bicubic")
-    with pytest.raises(ValueError, match="num_steps"):
-        LatentInterpolationUpscaler("nearest")(latents, num_steps=0)
-    with pytest.raises(ValueError, match="floating-point"):
-        LatentInterpolationUpscaler("nearest")(latents.long())
 
 
 def test_sr_protocol_uses_the_project_psnr():
@@ -385,7 +381,7 @@ TINY_LATENCY = ["--size", "64", "--steps", "2", "--warmup", "1", "--iters", "2",
 def test_benchmark_latency_times_every_stage_of_a_generation(tmp_path):
     """Each stage of a generation is timed, and a method's time is the sum of the stages it runs."""
     out = tmp_path / "latency"
-    assert benchmark_latency.main(["--output-dir", str(out), "--smoke-test"]) == 0
+    assert benchmark_latency.main(["text-to-image", "--output-dir", str(out), "--smoke-test"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["task"] == "latency" and result["random_weights"] is True and "tiny" in result["note"]
     assert result["settings"]["smoke_test"] is True and result["settings"]["size"] == 64 and result["settings"]["compile"] is False
@@ -406,7 +402,7 @@ def test_benchmark_latency_falls_back_to_random_weights_offline(tmp_path, monkey
     original = benchmark_latency.random_models
     monkeypatch.setattr(benchmark_latency, "random_models", lambda *a: built.append(a) or original(a[0], a[1], True, a[3]))
     out = tmp_path / "latency"
-    assert benchmark_latency.main(["--output-dir", str(out)] + TINY_LATENCY) == 0
+    assert benchmark_latency.main(["text-to-image", "--output-dir", str(out)] + TINY_LATENCY) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["random_weights"] is True and "weights unavailable" in result["note"]
     assert built and built[0][2] is False  # the real-size configuration was asked for
@@ -482,8 +478,7 @@ def test_make_tables_shows_runs_with_one_label_separately_and_names_the_base_siz
 
 
 # --------------------------------------------------------------------------------------------
-# Metric protocol of the scripts: the paper's metrics by default, clean-fid
-# selectable, latent baselines colour-corrected only on request, all recorded
+# Metric protocol of the scripts: the paper's metrics by default, latent baselines colour-corrected only on request, all recorded
 # --------------------------------------------------------------------------------------------
 def _baseline_psnr(vae, files, color_correction: bool) -> float:
     """Mean PSNR of the bilinear latent baseline (64 <- 16): encode LR, interpolate the latents
@@ -511,12 +506,12 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
               "--limit", "3", "--batch-size", "2", "--quiet"]
     # the defaults are the paper's protocol
     args = eval_super_resolution.build_parser().parse_args(common + ["--output-dir", str(tmp_path)])
-    assert (args.fid_backend, args.feature_extractor, args.patch_size, args.num_patches) == ("torchmetrics", "inception", 512, 4)
+    assert (args.feature_extractor, args.patch_size, args.num_patches) == ("inception", 512, 4)
     assert args.color_correct_baselines is False
 
-    # default: the bilinear row is not colour-corrected; clean-fid gives FID and KID
+    # default: the bilinear row is not colour-corrected
     out = tmp_path / "plain"
-    assert eval_super_resolution.main(common + ["--output-dir", str(out), "--fid-backend", "clean-fid",
+    assert eval_super_resolution.main(common + ["--output-dir", str(out),
                                                 "--feature-extractor", "tiny-random", "--patch-size", "32"]) == 0
     result = json.loads((out / "results.json").read_text())
     vae = load_vae(str(taef2_dir))
@@ -526,16 +521,16 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
     assert bilinear["psnr"] == pytest.approx(_baseline_psnr(vae, files, color_correction=False), abs=1e-4)
     assert bilinear["psnr"] != pytest.approx(_baseline_psnr(vae, files, color_correction=True), abs=1e-3)
     for values in result["methods"].values():
-        assert {"fid", "kid", "patch_fid", "patch_kid"} <= set(values)
-        assert all(math.isfinite(values[key]) for key in ("fid", "kid", "patch_fid", "patch_kid"))
+        assert {"fid", "patch_fid"} <= set(values)
+        assert all(math.isfinite(values[key]) for key in ("fid", "patch_fid"))
     record = result["settings"]["metrics"]
     assert result["settings"]["color_correct_baselines"] is False
-    assert (record["fid_backend"], record["feature_extractor"], record["clip_model"]) == ("clean-fid", "tiny-random", None)
-    assert set(record["definitions"]) == {"psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"}
-    assert record["definitions"]["fid"] == metric_setup.DEFINITIONS["fid/clean-fid"]
+    assert (record["fid_backend"], record["feature_extractor"], record["clip_model"]) == ("torchmetrics", "tiny-random", None)
+    assert set(record["definitions"]) == {"psnr", "ssim", "fid", "patch_fid"}
+    assert record["definitions"]["fid"] == metric_setup.DEFINITIONS["fid"]
     assert "4 random 32 x 32 crops" in record["definitions"]["patch_fid"]
     assert "StructuralSimilarityIndexMeasure(data_range=1.0)" in record["definitions"]["ssim"]
-    assert record["library_versions"]["clean-fid"]
+    assert record["library_versions"]["torch-fidelity"]
 
     # --color-correct-baselines: corrected like UPLiFT, and said so; without FID nothing claims a feature extractor
     corrected = tmp_path / "corrected"
@@ -561,7 +556,7 @@ def test_eval_text_to_image_clip_record_and_baseline_record(tmp_path, tiny_dirs)
     argv = ["--prompts", str(prompts), "--output-dir", str(out), "--model", str(tiny_dirs.sd_pipeline()), "--steps", "2", "--size", "64",
             "--batch-size", "2", "--seed", "5", "--methods", "bilinear,base512", "--no-fid", "--clip-model", clip_dir, "--quiet"]
     defaults = eval_text_to_image.build_parser().parse_args(["--prompts", "p", "--output-dir", "o"])
-    assert (defaults.clip_model, defaults.fid_backend, defaults.patch_size) == (CLIP_MODEL_ID, "torchmetrics", 512)
+    assert (defaults.clip_model, defaults.patch_size) == (CLIP_MODEL_ID, 512)
     assert eval_text_to_image.main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     record = result["settings"]["metrics"]
@@ -688,26 +683,16 @@ def test_eval_super_resolution_resumes_per_image_and_refuses_other_settings(tmp_
 
 def test_eval_super_resolution_back_projection(tmp_path, capsys):
     """The UPLiFT rows are the pipeline's default output (5 rounds of back-projection);
-    --back-projection-steps 0 gives the paper's; --back-project-baselines back-projects bicubic too
-    (checked by hand); rows record their rounds and the table names them."""
-    from uplift_diffusers.utils.back_projection import back_project
-
+    --back-projection-steps 0 gives the paper's; rows record their rounds and the table names them."""
     runs = {}
-    for name, extra in (("default", []), ("paper", ["--back-projection-steps", "0"]), ("baselines", ["--back-projection-steps", "3", "--back-project-baselines"])):
+    for name, extra in (("default", []), ("paper", ["--back-projection-steps", "0"])):
         out = tmp_path / name
         assert _sr_smoke(out, "--no-fid", *extra) == 0
         runs[name] = json.loads((out / "results.json").read_text())["methods"]
     assert [runs["default"][row]["back_projection"] for row in ("bicubic", "vae", "bilinear", "uplift")] == [0, 0, 0, 5]
     assert [runs["paper"][row]["back_projection"] for row in ("bicubic", "uplift")] == [0, 0]
-    assert [runs["baselines"][row]["back_projection"] for row in ("bicubic", "vae", "bilinear", "nearest", "uplift")] == [3, 0, 3, 3, 3]
     assert runs["default"]["uplift"]["psnr"] != pytest.approx(runs["paper"]["uplift"]["psnr"], abs=1e-3)
     assert runs["default"]["bicubic"]["psnr"] == runs["paper"]["bicubic"]["psnr"]
-    expected = []
-    for path in list_images(tmp_path / "baselines" / "smoke-inputs" / "images"):
-        hr, lr = load_hr_lr(path, 64, 16)
-        output = back_project(sr_protocol.bicubic_upscale(lr, (64, 64)), pil_to_tensor(lr), 3)
-        expected.append(sr_protocol.psnr(output, pil_to_tensor(hr)).item())
-    assert runs["baselines"]["bicubic"]["psnr"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
     table = (tmp_path / "default" / "results.md").read_text()
     assert "| UPLiFT + back-projection (5) |" in table and "| Bicubic (pixel space) |" in table
     assert eval_super_resolution.main(["--smoke-test", "--quiet", "--output-dir", str(tmp_path / "x"), "--back-projection-steps", "-1"]) == 2
@@ -802,10 +787,8 @@ def test_eval_text_to_image_smoke_test_offline(tmp_path, hub_cache, capsys):
 
 
 def test_sr_latency_smoke_test(tmp_path, hub_cache):
-    from evaluation.benchmarks import benchmark_sr_latency
-
     output = tmp_path / "latency.json"
-    assert benchmark_sr_latency.main(["--smoke-test", "--output", str(output)]) == 0
+    assert benchmark_latency.main(["super-resolution", "--smoke-test", "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["settings"]["smoke_test"] is True and result["settings"]["random_weights"] is True
     assert result["settings"]["lr_size"] == 64 and result["settings"]["output_size"] == 256 and result["settings"]["compile"] is False
@@ -986,7 +969,7 @@ def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "module", ["benchmark_latency", "benchmark_sr_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
+    "module", ["benchmark_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
 )
 def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, capsys):
     """A benchmark times one process: under `torchrun --nproc_per_node 2` it stops before any work
@@ -997,7 +980,9 @@ def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     script = importlib.import_module(f"evaluation.benchmarks.{module}")
-    argv = ["--smoke-test", "--output" if module != "benchmark_latency" else "--output-dir", str(tmp_path / "out.json")]
+    argv = ["--smoke-test", "--output", str(tmp_path / "out.json")]
+    if module == "benchmark_latency":
+        argv = ["text-to-image", "--smoke-test", "--output-dir", str(tmp_path / "out.json")]
     if module in ("benchmark_upscaler", "benchmark_tiling_memory"):
         with pytest.raises(LaunchMismatchError, match="times ONE process, but the launcher started 2"):
             script.main(argv)

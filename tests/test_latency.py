@@ -1,5 +1,5 @@
-"""Latency protocols: the end-to-end super-resolution timing (evaluation.benchmarks.benchmark_sr_latency,
-the paper's Fig. 11 / Table 4) and the compile default of evaluation.benchmarks.benchmark_latency."""
+"""Latency protocols of evaluation.benchmarks.benchmark_latency: the end-to-end super-resolution
+timing (the paper's Fig. 11 / Table 4) and the compile default of both modes."""
 from __future__ import annotations
 
 import json
@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation.benchmarks import benchmark_latency, benchmark_sr_latency, common
+from evaluation.benchmarks import benchmark_latency, common
 
 
 def _argv(tiny_dirs, out: Path, *extra):
     """The tiny SD pipeline's 8x VAE and a 4-channel upscaler without noise (its output is recomputed below)."""
     vae, upscaler = tiny_dirs.sd_pipeline() / "vae", tiny_dirs.upscaler(4, noise_scale=0.0)
-    return ["--vae", str(vae), "--upscaler", str(upscaler), "--lr-size", "32", "--warmup", "1", "--iters", "3",
+    return ["super-resolution", "--vae", str(vae), "--upscaler", str(upscaler), "--lr-size", "32", "--warmup", "1", "--iters", "3",
             "--no-compile", "--output", str(out), *extra]
 
 
 def test_compile_is_on_by_default_as_in_the_paper():
-    for parser, required in ((benchmark_sr_latency.build_parser(), []), (benchmark_latency.build_parser(), ["--output-dir", "x"])):
+    parser = benchmark_latency.build_parser()
+    for required in (["super-resolution"], ["text-to-image", "--output-dir", "x"]):
         assert parser.parse_args(required).compile is True
         assert parser.parse_args(required + ["--no-compile"]).compile is False
-    defaults = benchmark_sr_latency.build_parser().parse_args([])
+    defaults = parser.parse_args(["super-resolution"])
     assert (defaults.lr_size, defaults.upscale_factor, defaults.warmup, defaults.iters, defaults.dtype) == (256, 4, 3, 10, "float32")
 
 
@@ -37,11 +38,11 @@ def test_rounds_alternate_and_each_time_goes_to_the_method_that_ran(monkeypatch)
 
     monkeypatch.setattr(common, "time_call", fake_time_call)
     calls = {"uplift": lambda: order.append("uplift"), "bilinear": lambda: order.append("bilinear")}
-    times = benchmark_sr_latency.interleaved_times(calls, warmup=2, iters=4, device="cpu")
+    wall, cpu = common.interleaved(calls, 4, 2, "cpu")
     # 2 untimed rounds, then the timed rounds with the order reversed every other round
     assert order == ["uplift", "bilinear"] * 2 + ["uplift", "bilinear", "bilinear", "uplift"] * 2
-    assert times["wall"] == {"uplift": [1.0, 2.0, 1.0, 2.0], "bilinear": [2.0, 4.0, 3.0, 6.0]}
-    assert times["cpu"] == {"uplift": [10.0, 20.0, 10.0, 20.0], "bilinear": [2.0, 4.0, 3.0, 6.0]}
+    assert wall == {"uplift": [1.0, 2.0, 1.0, 2.0], "bilinear": [2.0, 4.0, 3.0, 6.0]}
+    assert cpu == {"uplift": [10.0, 20.0, 10.0, 20.0], "bilinear": [2.0, 4.0, 3.0, 6.0]}
 
 
 def test_sr_latency_end_to_end_run(tmp_path, tiny_dirs, monkeypatch):
@@ -49,16 +50,16 @@ def test_sr_latency_end_to_end_run(tmp_path, tiny_dirs, monkeypatch):
     from uplift_diffusers.loaders import decode_latents, encode_latents
 
     seen = []
-    original = benchmark_sr_latency.super_resolve
+    original = benchmark_latency.super_resolve
 
     def spy(vae, upscaler, images, num_steps, color_correction):
         output = original(vae, upscaler, images, num_steps, color_correction)
         seen.append((type(upscaler).__name__, tuple(images.shape), num_steps, color_correction, output))
         return output
 
-    monkeypatch.setattr(benchmark_sr_latency, "super_resolve", spy)
+    monkeypatch.setattr(benchmark_latency, "super_resolve", spy)
     out = tmp_path / "sr" / "latency.json"
-    assert benchmark_sr_latency.main(_argv(tiny_dirs, out, "--batch-size", "2", "--threads", "1")) == 0
+    assert benchmark_latency.main(_argv(tiny_dirs, out, "--batch-size", "2", "--threads", "1")) == 0
     result = json.loads(out.read_text())
     for name in ("uplift", "bilinear"):
         assert len(result["methods"][name]["times_s"]) == 3 and all(t > 0 for t in result["methods"][name]["times_s"])
@@ -94,20 +95,20 @@ def test_sr_latency_compiles_the_encoder_decoder_and_upscaler(tmp_path, tiny_dir
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append((type(self).__name__, kwargs)))
     out = tmp_path / "latency.json"
     argv = [a for a in _argv(tiny_dirs, out, "--compile-mode", "max-autotune", "--iters", "1") if a != "--no-compile"]
-    assert benchmark_sr_latency.main(argv) == 0
+    assert benchmark_latency.main(argv) == 0
     assert compiled == [(name, {"mode": "max-autotune", "dynamic": False}) for name in ("Encoder", "Decoder", "UPLiFTLatentUpscaler")]
 
 
 def test_sr_latency_rejects_bad_inputs(tmp_path, tiny_dirs, capsys):
     out = tmp_path / "latency.json"
-    assert benchmark_sr_latency.main(_argv(tiny_dirs, out, "--lr-size", "36")) == 2
+    assert benchmark_latency.main(_argv(tiny_dirs, out, "--lr-size", "36")) == 2
     assert "--lr-size must be a multiple of the VAE's factor 8, got 36" in capsys.readouterr().err
     argv = _argv(tiny_dirs, out)
     argv[argv.index("--upscaler") + 1] = str(tiny_dirs.upscaler(32))
-    assert benchmark_sr_latency.main(argv) == 2
+    assert benchmark_latency.main(argv) == 2
     assert "latent_channels=32" in capsys.readouterr().err
-    assert benchmark_sr_latency.main(_argv(tiny_dirs, out, "--iters", "0")) == 2
+    assert benchmark_latency.main(_argv(tiny_dirs, out, "--iters", "0")) == 2
     assert "--iters must be >= 1, got 0" in capsys.readouterr().err
-    assert benchmark_sr_latency.main(_argv(tiny_dirs, tmp_path / "latency.txt")) == 2
+    assert benchmark_latency.main(_argv(tiny_dirs, tmp_path / "latency.txt")) == 2
     assert "--output must end in .json" in capsys.readouterr().err
     assert not out.exists()

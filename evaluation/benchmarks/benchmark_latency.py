@@ -1,80 +1,139 @@
-"""Latency of SD1.5 + latent upscaling, broken down by stage (the time columns of the paper's
-Tables 2-3). Commands: ``docs/evaluation.md``.
+"""Latency of latent upscaling, in two modes. Commands: ``docs/evaluation.md``.
 
-The paper's protocol: the UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
+``text-to-image`` (the time columns of the paper's Tables 2-3): SD1.5 + latent upscaling, broken
+down by stage. The UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
 ``--warmup`` untimed batches (compiling happens there), then the mean of the next ``--iters``.
 Each stage of a batch is timed separately (CUDA synchronised): ``unet`` (``--steps`` steps with
 classifier-free guidance and the PNDM scheduler step), ``vae_decode_base`` (UPLiFT's guide and
 the colour reference), ``uplift``, ``bilinear`` / ``nearest``, ``vae_decode_upscaled`` and
 ``color_correction``. ``methods`` sums the stages of each row (``base512`` = unet + base decode).
 Text encoding is left out (random prompt embeddings of the real shape): it does not depend on
-the method.
+the method. Writes ``results.json`` / ``results.md`` into ``--output-dir``.
 
-With ``--random-weights``, or when the weights cannot be loaded, models of the real SD1.5 /
-UPLiFT sizes get random weights (latency does not depend on their values); the results say so
-(``random_weights``, ``note``).
+``super-resolution`` (the paper's Fig. 11 / Table 4: 256 -> 1024; on an A100 UPLiFT takes 271 ms,
+13% more than bilinear): each method maps a batch of ``--lr-size`` images (random pixels) to
+``--upscale-factor`` times their size as the evaluation's rows do: VAE encode -> UPLiFT or
+bilinear latent interpolation -> VAE decode [-> colour correction: part of UPLiFT; the baseline
+only with ``--color-correct-baselines``, as in the paper]. ``--warmup`` untimed rounds, then
+``--iters`` rounds, each running both methods in turn (the order alternating). Reported per
+method: mean (the paper's statistic), median and standard deviation of the seconds per batch, and
+seconds per image; the UPLiFT / bilinear ratio is the median of the per-round ratios (two times
+taken seconds apart: a machine whose speed drifts, like a shared CPU, slows both alike), next to
+the ratio of the means. Writes ``--output`` (JSON) and its table beside it as ``.md``.
+
+``--random-weights`` times models of the real SD1.5 / UPLiFT sizes without downloading (latency
+does not depend on the weights); in ``text-to-image`` mode weights that cannot be loaded fall
+back to them, and the results say so (``random_weights``, ``note``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least, load_upscaler, loading
+from evaluation.arguments import check_at_least, load_upscaler, load_vae, loading
 from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
 from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
-from uplift_diffusers.constants import SD15_MODEL_ID
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.utils.atomic_files import atomic_write_text
 from uplift_diffusers.utils.color_correction import color_correct
 
-DEFAULT_SD_MODEL = SD15_MODEL_ID
 TEXT_TOKENS = 77  # CLIP context of SD1.5
-
 STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
+#: The paper's numbers (A100, SD1.5 VAE, 256 -> 1024): UPLiFT end to end, and its ratio to bilinear.
+PAPER = {"uplift_s_per_image": 0.271, "uplift_over_bilinear": 1.13, "device": "NVIDIA A100"}
 
 
 # --------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Latency breakdown of SD1.5 + UPLiFT (the time columns of the paper's Tables 2-3).")
-    parser.add_argument("--output-dir", default=None, help="results.json and results.md go here (required unless --smoke-test)")
-    parser.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
-    parser.add_argument("--model", default=DEFAULT_SD_MODEL, help="Stable Diffusion folder or Hub id (UNet, VAE, scheduler)")
-    parser.add_argument("--upscaler", default=None, help="UPLiFT folder / Hub id / official checkpoint file (default: the authors' model)")
-    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
-    parser.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per batch (paper: 4 for COCO, 1 for reLAION)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--size", type=int, default=512, help="base image side (default 512)")
-    parser.add_argument("--upscale-factor", type=int, default=2, choices=(2, 4, 8), help="latent upscaling factor (default 2)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up batches (default 3)")
-    parser.add_argument("--iters", type=int, default=10, help="timed batches averaged (default 10)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.compile the UNet, the VAE decoder and UPLiFT (default on, as the paper; --no-compile: eager)")
-    parser.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latents / embeddings / random weights")
-    add_smoke_test_argument(parser)
+    parser = argparse.ArgumentParser(description="Latency of latent upscaling: text-to-image stages (Tables 2-3) "
+                                     "or end-to-end super-resolution (Fig. 11 / Table 4).")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="{text-to-image,super-resolution}")
+    t2i = modes.add_parser("text-to-image", help="stage breakdown of SD1.5 + UPLiFT (the time columns of Tables 2-3)")
+    t2i.add_argument("--output-dir", default=None, help="results.json and results.md go here (required unless --smoke-test)")
+    t2i.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
+    t2i.add_argument("--model", default=SD15_MODEL_ID, help="Stable Diffusion folder or Hub id (UNet, VAE, scheduler)")
+    t2i.add_argument("--upscaler", default=None, help="UPLiFT folder / Hub id / official checkpoint file (default: the authors' model)")
+    t2i.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
+    t2i.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    t2i.add_argument("--size", type=int, default=512, help="base image side (default 512)")
+    t2i.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    sr = modes.add_parser("super-resolution", help="end-to-end 4x latent super-resolution, UPLiFT vs bilinear (Fig. 11 / Table 4)")
+    sr.add_argument("--vae", default=SD15_MODEL_ID, help=f"VAE folder / Hub id / TAESD-family folder (default {SD15_MODEL_ID})")
+    sr.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help=f"UPLiFT folder, Hub id or the authors' file (default {UPLIFT_SD15_REPO_ID})")
+    sr.add_argument("--lr-size", type=int, default=256, help="input image side (default 256)")
+    sr.add_argument("--color-correct-baselines", action="store_true", help="colour-correct the bilinear row too (the paper does not)")
+    sr.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default; the authors use max-autotune on GPUs)")
+    sr.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
+    sr.add_argument("--note", default="", help="free text stored in the results")
+    sr.add_argument("--output", type=Path, default=None, help="results JSON; the table goes to the same path with .md (default "
+                    "evaluation/results/benchmark_sr_latency.json; with --smoke-test a temporary folder)")
+    for mode, batch_size, factor in ((t2i, 4, 2), (sr, 1, 4)):
+        mode.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
+        mode.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
+        mode.add_argument("--upscale-factor", type=int, default=factor, choices=(2, 4, 8), help=f"upscaling factor (default {factor})")
+        mode.add_argument("--warmup", type=int, default=3, help="untimed batches / rounds first (default 3; compiling happens there)")
+        mode.add_argument("--iters", type=int, default=10, help="timed batches / rounds (default 10)")
+        mode.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                          help="torch.compile the models (default on, as the paper; --no-compile: eager)")
+        mode.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32)")
+        mode.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+        mode.add_argument("--seed", type=int, default=0, help="seed of the inputs and of random weights")
+        add_smoke_test_argument(mode)
     return parser
 
 
 def _check_args(args) -> None:
-    if not args.output_dir:
-        raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
-    check_at_least(args, {"batch_size": 1, "steps": 1, "size": 1, "iters": 1, "warmup": 0})
-    if args.size % 8:
-        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
+    check_at_least(args, {"batch_size": 1, "iters": 1, "warmup": 0})
+    if args.mode == "text-to-image":
+        if not args.output_dir:
+            raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
+        check_at_least(args, {"steps": 1, "size": 1})
+        if args.size % 8:
+            raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
+    else:
+        check_at_least(args, {"lr_size": 1, "threads": 1})
+        if args.output.suffix != ".json":
+            raise ValueError(f"--output must end in .json (the table is written beside it as .md), got {str(args.output)!r}.")
+
+
+def prepare_smoke_test(args) -> None:
+    """``--smoke-test``: the tiny random models, 1 warm-up and 2 timed batches of 1, eager;
+    text-to-image at 64 px with 2 steps, super-resolution 64 -> 256 px."""
+    use_one_thread()
+    args.warmup, args.iters, args.batch_size, args.compile, args.dtype = 1, 2, 1, False, "float32"
+    if args.mode == "text-to-image":
+        args.output_dir = args.output_dir or tempfile.mkdtemp(prefix="uplift-smoke-latency-")
+        args.size, args.steps, args.upscale_factor = 64, 2, 2
+    else:
+        args.output = args.output or Path(tempfile.mkdtemp(prefix="uplift-smoke-sr-latency-")) / "results.json"
+        args.lr_size, args.upscale_factor = 64, 4
+        args.note = "--smoke-test: tiny random models, the times mean nothing"
+
+
+def _flags(args, *names: str) -> Dict:
+    """The settings ``names`` of the run, as the results record them."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _machine(device: torch.device) -> Dict:
+    """The device and the torch version, recorded with the timings."""
+    return {"device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +176,24 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
+def sr_models(args, dtype: torch.dtype):
+    """(vae, upscaler) of the super-resolution mode: from ``--vae`` / ``--upscaler``, or random models."""
+    from diffusers import AutoencoderKL
+
+    from uplift_diffusers import UPLiFTLatentUpscaler
+    from uplift_diffusers.utils import testing_utils
+
+    torch.manual_seed(args.seed)
+    if args.smoke_test:
+        return testing_utils.make_kl_vae().eval(), testing_utils.make_upscaler(seed=None).eval()
+    if args.random_weights:
+        return AutoencoderKL(**SD15_VAE_CONFIG).to(dtype=dtype).eval(), UPLiFTLatentUpscaler().to(dtype=dtype).eval()
+    vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights")
+    return vae, load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
+
+
 # --------------------------------------------------------------------------------------------
-# Timing
+# Text-to-image: stage by stage
 # --------------------------------------------------------------------------------------------
 class StageTimer:
     """Accumulates wall-clock seconds per stage; synchronises CUDA around every stage."""
@@ -183,25 +258,8 @@ def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.G
     timer.time("color_correction", lambda: color_correct(image, base))
 
 
-def prepare_smoke_test(args) -> None:
-    """``--smoke-test``: the tiny random models at 64 px, 2 steps, 1 warm-up and 2 timed batches of 1, eager."""
-    import tempfile
-
-    use_one_thread()
-    if args.output_dir is None:
-        args.output_dir = tempfile.mkdtemp(prefix="uplift-smoke-latency-")
-    args.size, args.steps, args.warmup, args.iters, args.batch_size, args.compile = 64, 2, 1, 2, 1, False
-    args.upscale_factor, args.dtype = 2, "float32"
-
-
-def benchmark(args) -> Dict:
-    """Run the protocol described by parsed ``args``; returns the results dict (also written to disk)."""
-    require_one_process("evaluation.benchmarks.benchmark_latency")
-    if args.smoke_test:
-        prepare_smoke_test(args)
-    _check_args(args)
-    device = common.default_device(args.device)
-    dtype = common.DTYPES[args.dtype]
+def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
+    """The text-to-image mode; returns the results (also written to ``--output-dir``)."""
     random_weights = args.random_weights or args.smoke_test
     reason = "--smoke-test (tiny models)" if args.smoke_test else "--random-weights"
     if not random_weights:
@@ -247,18 +305,8 @@ def benchmark(args) -> Dict:
         "task": "latency",
         "dataset": args.dataset_name,
         "settings": {
-            "batch_size": args.batch_size,
-            "steps": args.steps,
-            "size": args.size,
-            "upscale_factor": args.upscale_factor,
-            "guidance_scale": args.guidance_scale,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "compile": args.compile,
-            "dtype": args.dtype,
-            "device": str(device),
-            "device_name": common.device_name(device),
-            "torch": torch.__version__,
+            **_flags(args, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
+            **_machine(device),
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,
             "smoke_test": bool(args.smoke_test),
@@ -275,16 +323,162 @@ def benchmark(args) -> Dict:
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# Super-resolution: end to end, interleaved
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
+    """One end-to-end call: encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents,
+    decode and (``color_correction``) colour-correct against ``images``; ``B x 3 x 2^k h x 2^k w`` in [0, 1]."""
+    from uplift_diffusers.loaders import encode_latents
+
+    latents = encode_latents(vae, images * 2 - 1)
+    upscaled = upscaler(latents, images.to(latents.dtype), num_steps=num_steps).sample
+    return decode_and_correct(vae, upscaled, images, color_correction=color_correction)
+
+
+def _median_ratio(times: Dict[str, List[float]]) -> float:
+    return statistics.median(u / b for u, b in zip(times["uplift"], times["bilinear"]))
+
+
+def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_size: int) -> Dict:
+    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s times.
+
+    The headline numbers are wall-clock times (the paper's); ``uplift_over_bilinear_cpu`` is the
+    same ratio from the process's CPU times, which a CPU shared with other work disturbs less."""
+    methods = {
+        name: {
+            "mean_s": statistics.fmean(values),
+            "median_s": statistics.median(values),
+            "std_s": statistics.pstdev(values),
+            "mean_s_per_image": statistics.fmean(values) / batch_size,
+            "times_s": [round(value, 5) for value in values],
+            "cpu_times_s": [round(value, 5) for value in cpu[name]],
+        }
+        for name, values in wall.items()
+    }
+    ratio = _median_ratio(wall)
+    return {
+        "methods": methods,
+        "uplift_over_bilinear": ratio,
+        "uplift_over_bilinear_of_means": methods["uplift"]["mean_s"] / methods["bilinear"]["mean_s"],
+        "uplift_extra_percent": 100 * (ratio - 1),
+        "uplift_over_bilinear_cpu": _median_ratio(cpu),
+        "per_round_ratios": [round(u / b, 4) for u, b in zip(wall["uplift"], wall["bilinear"])],
+    }
+
+
+def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
+    """The super-resolution mode; returns the results (also written to ``--output`` and .md)."""
+    from uplift_diffusers.hooks import check_upscaler_matches_vae, vae_scale_factor
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    vae, upscaler = sr_models(args, dtype)
+    check_upscaler_matches_vae(vae, upscaler)
+    factor = vae_scale_factor(vae)
+    if args.lr_size % factor:
+        raise ValueError(f"--lr-size must be a multiple of the VAE's factor {factor}, got {args.lr_size}.")
+    vae, upscaler = vae.to(device), upscaler.to(device)
+    if args.compile:
+        for module in (vae.encoder, vae.decoder, upscaler):
+            module.compile(mode=args.compile_mode, dynamic=False)
+    num_steps = int(math.log2(args.upscale_factor))
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.rand((args.batch_size, 3, args.lr_size, args.lr_size), generator=generator).to(device=device, dtype=dtype)
+    rows = {"uplift": (upscaler, True), "bilinear": (LatentInterpolationUpscaler("bilinear"), args.color_correct_baselines)}
+    calls = {
+        name: (lambda model=model, correct=correct: super_resolve(vae, model, images, num_steps, correct))
+        for name, (model, correct) in rows.items()
+    }
+    wall, cpu = common.interleaved(calls, args.iters, args.warmup, str(device))
+    random_weights = args.random_weights or args.smoke_test
+    result = {
+        "task": "sr_latency",
+        "settings": {
+            "vae": None if random_weights else args.vae,
+            "upscaler": None if random_weights else args.upscaler,
+            "random_weights": random_weights,
+            "smoke_test": bool(args.smoke_test),
+            "vae_class": type(vae).__name__,
+            "upscaler_parameters": sum(p.numel() for p in upscaler.parameters()),
+            "lr_size": args.lr_size,
+            "output_size": args.lr_size * args.upscale_factor,
+            "upscale_factor": args.upscale_factor,
+            "color_correction": {name: correct for name, (_, correct) in rows.items()},
+            **_flags(args, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
+            **_machine(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "note": args.note,
+            "command": getattr(args, "command", None),
+        },
+        **summarise(wall, cpu, args.batch_size),
+        "paper": PAPER,
+    }
+    atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output.with_suffix(".md"), sr_markdown(result) + "\n")
+    return result
+
+
+def sr_markdown(result: Dict) -> str:
+    """The super-resolution results as a markdown table (Fig. 11 / Table 4 layout: seconds per image, ratio)."""
+    settings, methods = result["settings"], result["methods"]
+    what = (
+        f"{settings['lr_size']} -> {settings['output_size']} ({settings['upscale_factor']}x), batch {settings['batch_size']}, "
+        f"{settings['dtype']}, {'compiled' if settings['compile'] else 'eager'}, {settings['device_name']} ({settings['device']}), "
+        f"{'random weights' if settings['random_weights'] else settings['vae_class']}; mean of {settings['iters']} rounds after "
+        f"{settings['warmup']} warm-up"
+    )
+    corrected = [name for name, correct in settings["color_correction"].items() if correct]
+    lines = [
+        f"Super-resolution latency, end to end (encode, upscale, decode; colour correction: {', '.join(corrected)}): {what}",
+        "",
+        "| Method | s / image (mean) | s / batch (median) | std (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    labels = {"bilinear": "Bilinear latent upsampling", "uplift": "UPLiFT"}
+    for name in ("bilinear", "uplift"):
+        values = methods[name]
+        lines.append(f"| {labels[name]} | {values['mean_s_per_image']:.4f} | {values['median_s']:.4f} | {values['std_s']:.4f} |")
+    lines += [
+        "",
+        f"UPLiFT / bilinear: {result['uplift_over_bilinear']:.3f} (median of per-round ratios; "
+        f"{result['uplift_extra_percent']:+.1f}%), {result['uplift_over_bilinear_of_means']:.3f} from the means, "
+        f"{result['uplift_over_bilinear_cpu']:.3f} from CPU times (median). "
+        f"Paper ({PAPER['device']}, SD1.5 VAE, 256 -> 1024): UPLiFT {PAPER['uplift_s_per_image'] * 1000:.0f} ms, "
+        f"ratio {PAPER['uplift_over_bilinear']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def benchmark(args) -> Dict:
+    """Run the mode described by parsed ``args``; returns the results dict (also written to disk)."""
+    require_one_process("evaluation.benchmarks.benchmark_latency")
+    if args.smoke_test:
+        prepare_smoke_test(args)
+    elif args.mode == "super-resolution" and args.output is None:
+        args.output = RESULTS_DIR / "benchmark_sr_latency.json"
+    _check_args(args)
+    device = common.default_device(args.device)
+    run = text_to_image if args.mode == "text-to-image" else super_resolution
+    return run(args, device, common.DTYPES[args.dtype])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status (2 on a bad argument)."""
+    """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
+    args.command = "python -m evaluation.benchmarks.benchmark_latency " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = benchmark(args)
     except (ValueError, OSError, LaunchMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-    print(f"note: {result['note']}")
+    if args.mode == "text-to-image":
+        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+        print(f"note: {result['note']}")
+    else:
+        print(sr_markdown(result))
+        print(f"results: {args.output} and {args.output.with_suffix('.md')}")
     return 0
 
 

@@ -1,8 +1,7 @@
 """Caption sets: the prompt / reference-image lists written by ``evaluation.data.prepare_coco`` and
 ``evaluation.data.prepare_relaion`` and read by ``evaluation.tasks.eval_text_to_image``.
 
-A caption set is a ``.jsonl`` file (one JSON object a line) or a ``.csv`` file (header row)
-with the fields
+A caption set is a ``.jsonl`` file, one JSON object a line, with the fields
 
 * ``id``: a unique, file-name-safe key (letters, digits, ``_``, ``-``, ``.``); generated
   images are stored as ``<method>/<id>.png``;
@@ -11,13 +10,10 @@ with the fields
   reference image exists);
 
 plus any extra fields (``url``, ``width``, ``height``, ...): JSON scalars (strings, numbers,
-booleans) in ``.jsonl``, read back with their types; a ``.csv`` file stores text, so there they
-come back as strings.
+booleans), read back with their types.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,7 +26,6 @@ __all__ = ["CaptionRow", "read_caption_set", "write_caption_set", "ID_PATTERN", 
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 REQUIRED_FIELDS = ("id", "caption", "file_name")
-SUFFIXES = (".jsonl", ".csv")
 
 
 @dataclass(frozen=True)
@@ -52,8 +47,8 @@ def clean_caption(text: str) -> str:
 
 
 def _check_suffix(path: Path, what: str) -> None:
-    if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{what} {str(path)!r} must end in {' or '.join(SUFFIXES)}, got {path.suffix!r}.")
+    if path.suffix.lower() != ".jsonl":
+        raise ValueError(f"{what} {str(path)!r} must end in .jsonl, got {path.suffix!r}.")
 
 
 def _validate(rows: Sequence[CaptionRow], source: str) -> None:
@@ -69,24 +64,14 @@ def _validate(rows: Sequence[CaptionRow], source: str) -> None:
 
 
 def write_caption_set(rows: Sequence[CaptionRow], path) -> Path:
-    """Write ``rows`` to ``path`` (``.jsonl`` or ``.csv``, chosen by the suffix), atomically."""
+    """Write ``rows`` to the ``.jsonl`` file ``path``, atomically."""
     path = Path(path)
     _check_suffix(path, "caption set path")
     rows = list(rows)
     if not rows or not all(isinstance(row, CaptionRow) for row in rows):
         raise ValueError("rows must be a non-empty list of CaptionRow.")
     _validate(rows, str(path))
-    buffer = io.StringIO(newline="")
-    if path.suffix.lower() == ".jsonl":
-        for row in rows:
-            buffer.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
-    else:
-        names = list(REQUIRED_FIELDS) + sorted({key for row in rows for key in row.extra})
-        writer = csv.DictWriter(buffer, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.as_dict())
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, "".join(json.dumps(row.as_dict(), ensure_ascii=False) + "\n" for row in rows))
     return path
 
 
@@ -101,28 +86,20 @@ def _row_from_dict(record: Dict, source: str, number: int) -> CaptionRow:
 
 
 def read_caption_set(path) -> List[CaptionRow]:
-    """Read a ``.jsonl`` / ``.csv`` caption set; checks ids (unique, file-name safe) and captions."""
+    """Read a ``.jsonl`` caption set; checks ids (unique, file-name safe) and captions."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"caption set not found: {str(path)!r}; write one with python -m evaluation.data.prepare_coco or evaluation.data.prepare_relaion.")
     _check_suffix(path, "caption set")
     rows: List[CaptionRow] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        if path.suffix.lower() == ".jsonl":
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path} line {number} is not valid JSON: {error}") from error
-                rows.append(_row_from_dict(record, str(path), number))
-        else:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "id" not in reader.fieldnames or "caption" not in reader.fieldnames:
-                raise ValueError(f"{path} must have a header row with the columns id, caption[, file_name]; got {reader.fieldnames}.")
-            for record in reader:
-                rows.append(_row_from_dict(dict(record), str(path), reader.line_num))
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not valid JSON: {error}") from error
+        rows.append(_row_from_dict(record, str(path), number))
     if not rows:
         raise ValueError(f"caption set {str(path)!r} is empty.")
     _validate(rows, str(path))

@@ -5,7 +5,7 @@ image id, ``random.Random(seed).sample`` picks ``--num`` of them, the picks are 
 image id again, and the same generator then picks one caption per image (``choice`` among that
 image's captions sorted by annotation id). Captions are whitespace-normalised.
 
-Writes ``--output`` (``.jsonl`` or ``.csv``; see :mod:`evaluation.data.caption_sets`) with ``id``
+Writes ``--output`` (``.jsonl``; see :mod:`evaluation.data.caption_sets`) with ``id``
 (the zero-padded COCO image id), ``caption``, ``file_name`` and the extra fields ``coco_id``,
 ``width``, ``height`` (numbers). With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
 also written to ``--reference-dir`` for the FID: copied unchanged (the default, and the better
@@ -111,7 +111,7 @@ def export_references(rows: Sequence[CaptionRow], images_dir, reference_dir, siz
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Sample the COCO 2014 val caption set (5k images, one caption each).")
     parser.add_argument("--captions", required=True, help="annotations/captions_val2014.json")
-    parser.add_argument("--output", required=True, help="caption set to write (.jsonl or .csv)")
+    parser.add_argument("--output", required=True, help="caption set to write (.jsonl)")
     parser.add_argument("--num", type=int, default=5000, help="number of images / captions (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--images-dir", default=None, help="val2014 image folder: also export the reference images")

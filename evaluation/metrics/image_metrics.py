@@ -3,7 +3,7 @@
 The paper computes FID, patch-FID, SSIM and PSNR with the official code of CFM
 (``CompVis/fm-boosting``, ``fmboost/metrics.py``) and the CLIP score with the ``clip-score``
 package; this module computes the same numbers with the same libraries (torchmetrics,
-torch-fidelity, transformers), and FID / KID with clean-fid as an alternative.
+torch-fidelity, transformers).
 
 * **uint8 images for FID** (:func:`to_uint8` ``"cfm"``): CFM's ``un_normalize_ims`` of ``2x - 1``,
   which *truncates*; images read from 8-bit files come back bit-exactly.
@@ -17,71 +17,32 @@ torch-fidelity, transformers), and FID / KID with clean-fid as an alternative.
 * **PSNR** (:func:`psnr`): per image ``10 log10(1 / MSE)`` of the clamped images (the library's).
 * **CLIP score** (:class:`CLIPScorer`): ``openai/clip-vit-base-patch32`` through its transformers
   ``CLIPProcessor`` (PIL backend) on the 8-bit image, ``100 x`` the mean cosine, not clamped.
-* **clean-fid** (:class:`CleanFIDAccumulator`): FID and KID in clean-fid's ``clean`` mode, the
-  numbers ``cleanfid.fid.compute_fid`` / ``compute_kid`` give on folders of the PNGs.
 
 CFM averages SSIM and PSNR per batch and then over batches; here they are averaged over all
 images, the same number for equal batches and independent of the batching.
 
-Images are ``B x 3 x H x W`` floats in ``[0, 1]`` (the pipelines' ``output_type="pt"``); others
-raise ``ValueError`` and nothing is resized behind your back. Every accumulator keeps its
-statistics in torchmetrics states: under ``torch.distributed``, ``compute()`` (a collective call)
-gathers them over all processes. The back-ends (the ``eval`` extra) are imported on first use.
+Images are ``B x 3 x H x W`` floats in ``[0, 1]`` (the pipelines' ``output_type="pt"``), checked
+where they enter (:func:`to_uint8`, :func:`psnr`, :func:`ssim`); nothing is resized behind your
+back. Every accumulator keeps its statistics in torchmetrics states: under ``torch.distributed``,
+``compute()`` (a collective call) gathers them over all processes. The back-ends (the ``eval``
+extra) are imported on first use.
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from evaluation.sr_protocol import as_float_pair, check_unit_images, check_image_pair, psnr
+from evaluation.sr_protocol import as_float_pair, check_image_pair, check_unit_images, psnr
 
-__all__ = [
-    "to_uint8",
-    "psnr",
-    "ssim",
-    "FIDAccumulator",
-    "CleanFIDAccumulator",
-    "random_patch_anchors",
-    "extract_patches",
-    "PatchFID",
-    "CLIPScorer",
-    "UINT8_METHODS",
-    "EVAL_INSTALL_HINT",
-]
+__all__ = ["to_uint8", "psnr", "ssim", "FIDAccumulator", "random_patch_anchors", "extract_patches", "PatchFID", "CLIPScorer"]
 
-EVAL_INSTALL_HINT = 'pip install "uplift-diffusers[eval]"'
 #: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
 UINT8_METHODS = ("cfm", "round")
-
 SSIM_KERNEL_SIZE = 11
-
-
-# --------------------------------------------------------------------------------------------
-# Input validation
-# --------------------------------------------------------------------------------------------
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def _require(module: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(
-            f"{what} needs the Python package {module!r}, which is not installed. Install the evaluation "
-            f"extra with `{EVAL_INSTALL_HINT}`."
-        )
-
-
-def _device_of(module: Any, default: torch.device) -> torch.device:
-    parameter = next(module.parameters(), None) if isinstance(module, nn.Module) else None
-    return parameter.device if parameter is not None else default
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +55,7 @@ def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
     ``((2x - 1) * 127.5 + 127.5).clip(0, 255)`` cast with ``.to(torch.uint8)`` (truncation), in
     float32. This is what the paper's FID / patch-FID see.
     ``"round"``: ``round(255 x)``, what diffusers' ``numpy_to_pil`` and an 8-bit PNG of the image
-    hold (clean-fid and clip-score read such files).
+    hold (clip-score reads such files).
 
     Both give back ``k`` exactly for an image read from an 8-bit file (``x = k / 255``).
     """
@@ -131,59 +92,8 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# FID (torchmetrics, the paper's) and FID / KID (clean-fid)
+# FID (torchmetrics, the paper's)
 # --------------------------------------------------------------------------------------------
-def _check_extractor(feature_extractor: Any) -> nn.Module:
-    if not isinstance(feature_extractor, nn.Module):
-        raise ValueError(
-            f"feature_extractor must be a torch.nn.Module, got {type(feature_extractor).__name__}; "
-            "wrap a function in an nn.Module subclass."
-        )
-    return feature_extractor.eval()
-
-
-def _checked_features(features: Any, count: int, num_features: Optional[int] = None) -> Tensor:
-    """``features`` must be a finite ``(count, d)`` tensor (``d = num_features`` when given)."""
-    expected = f"(N, {num_features})" if num_features is not None else "(N, d)"
-    if (
-        not isinstance(features, Tensor)
-        or features.ndim != 2
-        or features.shape[0] != count
-        or (num_features is not None and features.shape[1] != num_features)
-    ):
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(
-            f"feature_extractor must return a tensor of shape {expected} for N = {count} images, got {shape}; "
-            "flatten pooled features with .flatten(1)."
-        )
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("feature_extractor returned NaN or infinite features; check the extractor and its inputs.")
-    return features
-
-
-class _CheckedFeatureExtractor(nn.Module):
-    """Runs an injected extractor on the uint8 batches FID feeds it, without gradients, checking ``(N, d)``."""
-
-    def __init__(self, extractor: nn.Module, num_features: Optional[int]) -> None:
-        super().__init__()
-        self.extractor = extractor
-        if num_features is None:
-            num_features = getattr(extractor, "num_features", None)
-        if num_features is None:  # probe like torchmetrics does for normalize=False
-            probe = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8, device=_device_of(extractor, torch.device("cpu")))
-            with torch.no_grad():
-                num_features = int(_checked_features(extractor(probe), 1).shape[1])
-        self.num_features = _check_positive_int("num_features", num_features)
-
-    def forward(self, images: Tensor) -> Tensor:
-        with torch.no_grad():
-            return _checked_features(self.extractor(images), images.shape[0], self.num_features)
-
-    def train(self, mode: bool = True) -> "_CheckedFeatureExtractor":
-        """The extractor always stays in evaluation mode."""
-        return super().train(False)
-
-
 class FIDAccumulator(nn.Module):
     """The paper's FID: torchmetrics ``FrechetInceptionDistance`` on CFM's uint8 images.
 
@@ -194,10 +104,9 @@ class FIDAccumulator(nn.Module):
 
     Args:
         feature_extractor: an ``nn.Module`` taking the uint8 ``B x 3 x H x W`` batch (as the
-            Inception network does) and returning ``(B, d)`` features. ``None`` (default): the
-            2048-d pool features of torch-fidelity's FID Inception-v3 (weights downloaded on first use).
-        num_features: ``d`` of an injected extractor (read from ``feature_extractor.num_features``
-            or found by running it once on a random uint8 1 x 3 x 299 x 299 image when omitted).
+            Inception network does) and returning ``(B, d)`` features (torchmetrics finds ``d`` by
+            running it once on a random uint8 image). ``None`` (default): the 2048-d pool features
+            of torch-fidelity's FID Inception-v3 (weights downloaded on first use).
         reset_real_features: ``False`` keeps the real statistics across :meth:`reset`.
         inception_antialias: the Inception input resize. ``False`` (default, the paper's):
             torch-fidelity's TF1-compatible bilinear, what torchmetrics <= 1.7 always did;
@@ -207,37 +116,24 @@ class FIDAccumulator(nn.Module):
     def __init__(
         self,
         feature_extractor: Optional[nn.Module] = None,
-        num_features: Optional[int] = None,
         reset_real_features: bool = True,
         inception_antialias: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("reset_real_features", reset_real_features), ("inception_antialias", inception_antialias)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be a bool, got {value!r}.")
-        _require("torchmetrics", "FID")
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if feature_extractor is None:
-            if num_features is not None:
-                raise ValueError(
-                    f"num_features={num_features!r} only applies to an injected feature_extractor; the default "
-                    "Inception extractor always gives 2048 features. Leave num_features unset."
-                )
-            _require("torch_fidelity", "The default FID feature extractor (torch-fidelity's Inception-v3)")
+            # torchmetrics < 1.8 has no antialias option: it always used the TF1-compatible resize
             options = {"antialias": inception_antialias}
             if "antialias" not in inspect.signature(FrechetInceptionDistance.__init__).parameters:
-                if inception_antialias:  # older torchmetrics: always the TF1-compatible resize
-                    raise ValueError(
-                        "inception_antialias=True needs a torchmetrics with FrechetInceptionDistance(antialias=...); "
-                        "upgrade torchmetrics."
-                    )
+                if inception_antialias:
+                    raise ValueError("inception_antialias=True needs a newer torchmetrics; upgrade torchmetrics.")
                 options = {}
             self.metric = FrechetInceptionDistance(
                 feature=2048, normalize=False, reset_real_features=reset_real_features, **options
             )
         else:
-            extractor = _CheckedFeatureExtractor(_check_extractor(feature_extractor), num_features)
+            extractor = feature_extractor.eval().requires_grad_(False)
             self.metric = FrechetInceptionDistance(feature=extractor, normalize=False, reset_real_features=reset_real_features)
 
     @property
@@ -258,8 +154,6 @@ class FIDAccumulator(nn.Module):
 
     def add_features(self, features: Tensor, real: bool) -> None:
         """Add ``(B, d)`` features from :meth:`features` to the real or the generated set (as torchmetrics' update does)."""
-        if not isinstance(real, bool):
-            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
         metric = self.metric
         metric.orig_dtype = features.dtype
         features = features.to(metric.real_features_sum.device).double()
@@ -272,9 +166,8 @@ class FIDAccumulator(nn.Module):
 
     def update(self, images: Tensor, real: bool) -> None:
         """Add a batch of B x 3 x H x W float images in [0, 1] (on the accumulator's device) to one set."""
-        if not isinstance(real, bool):
-            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
-        self.metric.update(to_uint8(images, "cfm"), real=real)
+        with torch.no_grad():
+            self.metric.update(to_uint8(images, "cfm"), real=real)
 
     def compute(self) -> Dict[str, float]:
         """``{"fid": ...}`` between the generated and the real images seen so far (all processes)."""
@@ -283,107 +176,6 @@ class FIDAccumulator(nn.Module):
     def reset(self) -> None:
         """Forget the generated statistics, and the real ones unless ``reset_real_features=False``."""
         self.metric.reset()
-
-
-class CleanFIDAccumulator(nn.Module):
-    """FID and KID as clean-fid computes them in its ``clean`` mode.
-
-    Each image is quantised as its 8-bit PNG (:func:`to_uint8` ``"round"``), resized to
-    299 x 299 by ``cleanfid.resize.build_resizer("clean")`` (PIL bicubic on float channels, no
-    re-quantisation) and passed as a float ``[0, 255]`` batch to the feature extractor. The
-    features are kept (gathered across processes on :meth:`compute`); FID is
-    ``cleanfid.fid.frechet_distance`` of their means / covariances (``np.mean`` / ``np.cov``) and
-    KID is ``cleanfid.fid.kernel_distance(generated, real)`` (100 subsets of at most 1000
-    features, drawn from numpy's global generator, which is seeded with ``kid_seed`` for the call
-    and restored afterwards). These are the numbers ``cleanfid.fid.compute_fid`` /
-    ``compute_kid(generated_dir, real_dir, mode="clean")`` give on folders of the PNGs.
-
-    Args:
-        feature_extractor: an ``nn.Module`` taking the ``B x 3 x 299 x 299`` float batch in
-            ``[0, 255]`` and returning ``(B, d)``. ``None``: clean-fid's Inception
-            (``build_feature_extractor("clean")``, weights downloaded on first use) on ``device``.
-        device: where the default extractor runs (an injected one runs where its parameters are).
-        kid_seed: seed of the KID subsets.
-    """
-
-    def __init__(self, feature_extractor: Optional[nn.Module] = None, device: Any = "cpu", kid_seed: int = 0) -> None:
-        super().__init__()
-        if isinstance(kid_seed, bool) or not isinstance(kid_seed, (int, np.integer)) or kid_seed < 0:
-            raise ValueError(f"kid_seed must be a non-negative integer, got {kid_seed!r}.")
-        _require("cleanfid", "clean-fid FID / KID")
-        from cleanfid.resize import build_resizer
-        from torchmetrics.aggregation import CatMetric
-
-        self.kid_seed = int(kid_seed)
-        self.resize = build_resizer("clean")
-        self.device = torch.device(device)
-        if feature_extractor is None:
-            from cleanfid.features import build_feature_extractor
-
-            self.extractor = build_feature_extractor("clean", self.device, use_dataparallel=False)
-        else:
-            self.extractor = _check_extractor(feature_extractor)
-        self.real_features = CatMetric(nan_strategy="error")
-        self.fake_features = CatMetric(nan_strategy="error")
-
-    @property
-    def num_real(self) -> int:
-        """Number of real images seen by this process."""
-        return sum(len(value) for value in self.real_features.value)
-
-    @property
-    def num_fake(self) -> int:
-        """Number of generated images seen by this process."""
-        return sum(len(value) for value in self.fake_features.value)
-
-    def features(self, images: Tensor) -> Tensor:
-        """clean-fid features ``(B, d)`` (float32, on this process's metric device) of B x 3 x H x W images in [0, 1]."""
-        arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
-        resized = np.stack([self.resize(array) for array in arrays])  # B x 299 x 299 x 3 float32 in [0, 255]
-        batch = torch.from_numpy(resized.transpose(0, 3, 1, 2).copy()).to(_device_of(self.extractor, self.device))
-        with torch.no_grad():
-            features = self.extractor(batch)
-        return _checked_features(features, images.shape[0]).float().to(images.device)
-
-    def update(self, images: Tensor, real: bool) -> None:
-        """Add a batch of B x 3 x H x W float images in [0, 1] to the real or the generated set."""
-        if not isinstance(real, bool):
-            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
-        self.add_features(self.features(images), real)
-
-    def add_features(self, features: Tensor, real: bool) -> None:
-        """Add ``(B, d)`` features from :meth:`features` to the real or the generated set."""
-        if not isinstance(real, bool):
-            raise ValueError(f"real must be True (reference images) or False (generated images), got {real!r}.")
-        (self.real_features if real else self.fake_features).update(features)
-
-    def compute(self) -> Dict[str, float]:
-        """``{"fid": ..., "kid": ...}`` of the generated against the real images (all processes)."""
-        from cleanfid.fid import frechet_distance, kernel_distance
-
-        gathered = []
-        for name, metric in (("generated", self.fake_features), ("real", self.real_features)):
-            with warnings.catch_warnings():  # a set without update() is reported below
-                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-                values = metric.compute()  # concatenated over all processes
-            count = int(values.shape[0]) if isinstance(values, Tensor) else 0
-            if count < 2:
-                raise RuntimeError(f"FID / KID need at least 2 {name} images, got {count}; call update() with more images.")
-            gathered.append(values.cpu().numpy())
-        fake, real = gathered
-        fid = frechet_distance(np.mean(fake, axis=0), np.cov(fake, rowvar=False), np.mean(real, axis=0), np.cov(real, rowvar=False))
-        state = np.random.get_state()
-        np.random.seed(self.kid_seed)
-        try:
-            kid = kernel_distance(fake, real)
-        finally:
-            np.random.set_state(state)
-        return {"fid": float(fid), "kid": float(kid)}
-
-    def reset(self) -> None:
-        """Forget both sets."""
-        self.real_features.reset()
-        self.fake_features.reset()
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,17 +199,11 @@ def random_patch_anchors(
     Returns:
         int64 tensor of shape ``(num_patches, 2)`` holding ``(top, left)`` per crop.
     """
-    height = _check_positive_int("height", height)
-    width = _check_positive_int("width", width)
-    patch = _check_positive_int("patch", patch)
-    num_patches = _check_positive_int("num_patches", num_patches)
     if patch > height or patch > width:
         raise ValueError(
-            f"patch={patch} is larger than the {height} x {width} image; use a patch size of at most "
-            f"{min(height, width)}."
+            f"patch={patch} is larger than the {height} x {width} images (CFM's crops must fit); use a patch "
+            f"size of at most {min(height, width)}."
         )
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
     anchors = torch.zeros(num_patches, 2, dtype=torch.int64)
     if (height, width) == (patch, patch):
         return anchors
@@ -440,33 +226,11 @@ def extract_patches(images: Tensor, anchors: Tensor, patch: int) -> Tensor:
         Tensor of shape ``(B * K, C, patch, patch)``, ordered image by image
         (image 0 crops 0..K-1, then image 1, ...).
     """
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a B x C x H x W tensor, got {shape}.")
-    patch = _check_positive_int("patch", patch)
-    if not isinstance(anchors, Tensor) or anchors.dtype.is_floating_point or anchors.dtype == torch.bool:
-        raise ValueError(
-            f"anchors must be an integer tensor of (top, left) corners, got "
-            f"{anchors.dtype if isinstance(anchors, Tensor) else type(anchors).__name__}; use random_patch_anchors."
-        )
-    batch, _, height, width = images.shape
     if anchors.ndim == 2:
-        anchors = anchors.unsqueeze(0).expand(batch, -1, -1)
-    if anchors.ndim != 3 or anchors.shape[0] != batch or anchors.shape[2] != 2:
-        raise ValueError(
-            f"anchors must have shape (K, 2) or ({batch}, K, 2) for a batch of {batch} images, got "
-            f"{tuple(anchors.shape)}."
-        )
-    tops, lefts = anchors[..., 0], anchors[..., 1]
-    if bool((tops < 0).any() or (lefts < 0).any() or (tops + patch > height).any() or (lefts + patch > width).any()):
-        raise ValueError(
-            f"anchors put {patch} x {patch} crops outside the {height} x {width} images (tops in "
-            f"[{int(tops.min())}, {int(tops.max())}], lefts in [{int(lefts.min())}, {int(lefts.max())}]); "
-            "compute them with random_patch_anchors for this image size."
-        )
+        anchors = anchors.unsqueeze(0).expand(images.shape[0], -1, -1)
     crops = [
         images[index, :, top : top + patch, left : left + patch]
-        for index in range(batch)
+        for index in range(images.shape[0])
         for top, left in anchors[index].tolist()
     ]
     return torch.stack(crops, dim=0)
@@ -484,24 +248,16 @@ class PatchFID(nn.Module):
     not its batch, its process in a distributed evaluation, or a resumed run.
 
     Args:
-        accumulator: a fresh :class:`FIDAccumulator` (the paper's) or :class:`CleanFIDAccumulator`.
+        accumulator: a fresh :class:`FIDAccumulator`.
         patch: side of the square crops (CFM: 512).
         num_patches: crops per image pair (CFM: 4).
         seed: seed of the box generator; :meth:`reset` restarts the sequence.
     """
 
-    def __init__(self, accumulator: nn.Module, patch: int = 512, num_patches: int = 4, seed: int = 0) -> None:
+    def __init__(self, accumulator: FIDAccumulator, patch: int = 512, num_patches: int = 4, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(accumulator, (FIDAccumulator, CleanFIDAccumulator)):
-            raise ValueError(
-                f"accumulator must be a FIDAccumulator or a CleanFIDAccumulator, got {type(accumulator).__name__}."
-            )
-        self.patch = _check_positive_int("patch", patch)
-        self.num_patches = _check_positive_int("num_patches", num_patches)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-        self.seed = int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.patch, self.num_patches, self.seed = patch, num_patches, seed
+        self.generator = torch.Generator().manual_seed(seed)
         self.accumulator = accumulator
 
     def anchors(self, generated: Tensor, real: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
@@ -510,11 +266,6 @@ class PatchFID(nn.Module):
         an image's boxes depend on nothing else (not its batch, process or a resumed run)."""
         check_image_pair(generated, real, names=("generated", "real"))
         batch, _, height, width = generated.shape
-        if self.patch > height or self.patch > width:
-            raise ValueError(
-                f"patch={self.patch} is larger than the {height} x {width} images (CFM's crops must fit); "
-                f"use a patch size of at most {min(height, width)}."
-            )
         if seeds is not None and len(seeds) != batch:
             raise ValueError(f"seeds has {len(seeds)} entries for a batch of {batch} images; pass one seed per image.")
         generators = [self.generator] * batch if seeds is None else [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -560,16 +311,9 @@ class PatchFID(nn.Module):
 # CLIP score
 # --------------------------------------------------------------------------------------------
 def _pooled(output: Any) -> Tensor:
-    """Projected embeddings from ``get_*_features`` (a tensor, or an output with ``pooler_output``)."""
-    if isinstance(output, Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if isinstance(pooled, Tensor):
-        return pooled
-    raise ValueError(
-        f"the CLIP model's get_image_features / get_text_features returned {type(output).__name__}; expected a "
-        "tensor or an output with .pooler_output (a transformers CLIPModel)."
-    )
+    """Projected embeddings from ``get_*_features``: a tensor (transformers 4), or an output whose
+    ``pooler_output`` holds them (transformers 5)."""
+    return output if isinstance(output, Tensor) else output.pooler_output
 
 
 class CLIPScorer(nn.Module):
@@ -580,12 +324,11 @@ class CLIPScorer(nn.Module):
     with PIL bicubic, centre crop, /255, OpenAI mean / std) on the 8-bit images. Captions:
     ``processor.tokenizer(captions, padding=True, truncation=True, max_length=...)``. Embeddings:
     ``get_image_features`` / ``get_text_features``, L2-normalised; score ``100 x`` mean cosine.
+    torchmetrics' ``CLIPScore`` is not the paper's: it clamps each score at 0.
 
     Args:
-        model: a ``transformers.CLIPModel`` (or a module with ``get_image_features``,
-            ``get_text_features`` and a CLIP ``config``). ``None`` loads ``model_id``.
-        processor: the matching ``CLIPProcessor`` (``image_processor`` + ``tokenizer``); inject it
-            together with ``model``, or leave both ``None``.
+        model: a ``transformers.CLIPModel``. ``None`` loads ``model_id``.
+        processor: the matching ``CLIPProcessor``; inject it together with ``model``, or leave both ``None``.
         model_id: Hub id or local folder used when ``model`` and ``processor`` are ``None``
             (default ``openai/clip-vit-base-patch32``).
         truncate_captions: captions longer than the text encoder's context
@@ -601,7 +344,6 @@ class CLIPScorer(nn.Module):
         truncate_captions: bool = True,
     ) -> None:
         super().__init__()
-        _require("torchmetrics", "The CLIP score")
         from torchmetrics.aggregation import SumMetric
 
         self._cosine_sum = SumMetric(nan_strategy="error").set_dtype(torch.float64)
@@ -611,36 +353,18 @@ class CLIPScorer(nn.Module):
                 f"pass model and processor together or neither (got model={type(model).__name__}, "
                 f"processor={type(processor).__name__}); a CLIP model needs its own processor."
             )
-        if not isinstance(truncate_captions, bool):
-            raise ValueError(f"truncate_captions must be a bool, got {truncate_captions!r}.")
         if model is None:
-            from uplift_diffusers.constants import CLIP_MODEL_ID
-
-            model_id = CLIP_MODEL_ID if model_id is None else model_id
-            if not isinstance(model_id, str) or not model_id:
-                raise ValueError(f"model_id must be a Hugging Face model id or local folder, got {model_id!r}.")
+            import transformers
             from transformers import CLIPModel, CLIPProcessor
 
-            import transformers
+            from uplift_diffusers.constants import CLIP_MODEL_ID
 
+            model_id = model_id or CLIP_MODEL_ID
             model = CLIPModel.from_pretrained(model_id)
             # the PIL image processor: transformers 5 names it backend="pil", 4.x use_fast=False
             pil_backend = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
             processor = CLIPProcessor.from_pretrained(model_id, **pil_backend)
-        for method in ("get_image_features", "get_text_features"):
-            if not isinstance(model, nn.Module) or not callable(getattr(model, method, None)):
-                raise ValueError(f"model must provide {method}() like transformers.CLIPModel, got {type(model).__name__}.")
-        try:
-            self.max_length = int(model.config.text_config.max_position_embeddings)
-        except AttributeError as error:
-            raise ValueError(
-                f"model.config must be a CLIPConfig with text_config.max_position_embeddings, got "
-                f"{type(getattr(model, 'config', None)).__name__}."
-            ) from error
-        if not callable(processor) or not callable(getattr(processor, "tokenizer", None)):
-            raise ValueError(
-                f"processor must be a transformers CLIPProcessor (callable, with .tokenizer), got {type(processor).__name__}."
-            )
+        self.max_length = int(model.config.text_config.max_position_embeddings)
         self.model = model.eval()
         self.processor = processor
         self.truncate_captions = truncate_captions
@@ -649,26 +373,14 @@ class CLIPScorer(nn.Module):
         """The CLIP model always stays in evaluation mode."""
         return super().train(False)
 
-    def _device(self) -> torch.device:
-        return _device_of(self.model, torch.device("cpu"))
-
     def cosine_similarity(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """Cosine similarity between each image's and its caption's CLIP embedding, shape ``(B,)``."""
         from PIL import Image
 
-        check_unit_images("images", images)
-        if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
-            raise ValueError(
-                f"captions must be a list of strings (one per image), got {type(captions).__name__}; "
-                "wrap a single caption in a list."
-            )
         if len(captions) != images.shape[0]:
             raise ValueError(
                 f"captions has {len(captions)} entries for {images.shape[0]} images; pass exactly one caption per image."
             )
-        bad = [index for index, caption in enumerate(captions) if not isinstance(caption, str) or not caption.strip()]
-        if bad:
-            raise ValueError(f"captions {bad[:5]} are empty or not strings; every image needs a non-empty caption.")
         arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
         pil_images = [Image.fromarray(array, "RGB") for array in arrays]
         with torch.no_grad():
@@ -677,13 +389,10 @@ class CLIPScorer(nn.Module):
         text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         return (image_embeds.float() * text_embeds.float()).sum(dim=-1)
 
-    def score(self, images: Tensor, captions: Sequence[str]) -> Tensor:
-        """Per-image CLIP score ``100 * cos`` (not clamped), shape ``(B,)``, without accumulating it."""
-        return 100.0 * self.cosine_similarity(images, captions)
-
     def update(self, images: Tensor, captions: Sequence[str]) -> Tensor:
-        """Score a batch of B x 3 x H x W images in [0, 1] with one caption each; returns the per-image scores."""
-        scores = self.score(images, captions)
+        """Score a batch of B x 3 x H x W images in [0, 1] with one caption each; returns the per-image
+        scores ``100 * cos`` (not clamped), shape ``(B,)``."""
+        scores = 100.0 * self.cosine_similarity(images, captions)
         self._cosine_sum.update(scores.double().sum() / 100.0)
         self._count.update(torch.tensor(float(scores.shape[0]), dtype=torch.float64))
         return scores
@@ -714,7 +423,7 @@ class CLIPScorer(nn.Module):
         return tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
-        device = self._device()
+        device = next(self.model.parameters()).device
         pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
         tokens = self._tokenize(captions)
         image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))

@@ -2,8 +2,7 @@
 
 Defaults are the paper's protocol (:mod:`evaluation.metrics.image_metrics`): FID and patch-FID (4 crops of
 512 x 512) with torchmetrics on CFM's uint8 images, CLIP score as the ``clip-score`` package with
-``openai/clip-vit-base-patch32``. Per script: ``--fid-backend clean-fid`` computes FID and KID in
-clean-fid's ``clean`` mode instead; ``--clip-model`` takes another CLIP model (a Hub id or a local
+``openai/clip-vit-base-patch32``. ``--clip-model`` takes another CLIP model (a Hub id or a local
 copy). ``--feature-extractor tiny-random`` is a small seeded
 random network for offline tests only (its numbers mean nothing). A caller running a script
 in-process can pass its own ``nn.Module`` feature extractor or ready-made CLIP scorer instead.
@@ -18,33 +17,24 @@ import torch
 from torch import nn
 
 from evaluation.arguments import check_at_least, loading
-from evaluation.metrics.image_metrics import CleanFIDAccumulator, CLIPScorer, FIDAccumulator, PatchFID
+from evaluation.metrics.image_metrics import CLIPScorer, FIDAccumulator, PatchFID
 
 __all__ = [
-    "FEATURE_EXTRACTORS", "FID_BACKENDS", "TinyRandomFeatures", "resolve_feature_extractor", "add_fid_arguments",
+    "FEATURE_EXTRACTORS", "TinyRandomFeatures", "resolve_feature_extractor", "add_fid_arguments",
     "add_clip_arguments", "check_metric_arguments", "build_fid", "build_patch_fid", "build_clip_scorer", "fid_results",
     "metrics_record",
 ]
 FEATURE_EXTRACTORS = ("inception", "tiny-random")
-FID_BACKENDS = ("torchmetrics", "clean-fid")
 #: CFM's patch-FID: 4 crops of 512 x 512 per image.
 PATCH_SIZE = 512
 NUM_PATCHES = 4
 
 _CFM = "CompVis/fm-boosting fmboost/metrics.py"
 DEFINITIONS = {
-    "fid/torchmetrics": (
+    "fid": (
         "torchmetrics FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=True, "
         "antialias=False) on uint8 images ((2x - 1) * 127.5 + 127.5 clipped to [0, 255] and truncated: CFM's "
         f"un_normalize_ims) [{_CFM}; torchmetrics 1.7.1 resize as in mwalmer-umd/UPLiFT requirements.txt]"
-    ),
-    "fid/clean-fid": (
-        "clean-fid mode='clean': the 8-bit image (round(255 x)) resized to 299 x 299 by PIL bicubic on float "
-        "channels, clean-fid's Inception features, cleanfid.fid.frechet_distance of their means / covariances"
-    ),
-    "kid/clean-fid": (
-        "cleanfid.fid.kernel_distance(generated, real): 100 subsets of min(N, 1000) features, kernel "
-        "(x.y / d + 1)^3, subsets drawn from numpy seeded with {seed}"
     ),
     "patch": (
         "the same as {metric} on {num_patches} random {patch} x {patch} crops per image pair, the same box in the "
@@ -67,7 +57,7 @@ DEFINITIONS = {
 class TinyRandomFeatures(nn.Module):
     """A fixed random feature extractor for tests: strided conv, ReLU, global average pool.
 
-    Takes uint8 ``[0, 255]`` (torchmetrics) or float ``[0, 255]`` (clean-fid) batches. Seeded, so
+    Takes uint8 ``[0, 255]`` batches (as torchmetrics feeds them). Seeded, so
     every process and every run gets the same network. Not a meaningful metric.
     """
 
@@ -101,10 +91,8 @@ def resolve_feature_extractor(spec: Union[str, nn.Module, None]) -> Optional[nn.
 # Command-line flags
 # --------------------------------------------------------------------------------------------
 def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--no-fid``, ``--fid-backend``, ``--feature-extractor``, ``--patch-size``, ``--num-patches``."""
+    """``--no-fid``, ``--feature-extractor``, ``--patch-size``, ``--num-patches``."""
     parser.add_argument("--no-fid", action="store_true", help="skip FID and patch-FID")
-    parser.add_argument("--fid-backend", choices=FID_BACKENDS, default="torchmetrics",
-                        help="'torchmetrics' (default, the paper's: CFM's FID) or 'clean-fid' (FID and KID, clean mode)")
     parser.add_argument("--feature-extractor", choices=FEATURE_EXTRACTORS, default="inception",
                         help="FID features: 'inception' (default; the backend's network) or 'tiny-random' (offline tests only)")
     parser.add_argument("--patch-size", type=int, default=PATCH_SIZE,
@@ -130,32 +118,19 @@ def check_metric_arguments(args) -> None:
 # --------------------------------------------------------------------------------------------
 # Metric objects
 # --------------------------------------------------------------------------------------------
-def build_fid(spec: Union[str, nn.Module, None], device: torch.device, backend: str = "torchmetrics", kid_seed: int = 0) -> nn.Module:
-    """A :class:`FIDAccumulator` (``"torchmetrics"``) or :class:`CleanFIDAccumulator` (``"clean-fid"``) on ``device``."""
-    extractor = resolve_feature_extractor(spec)
-    if backend == "torchmetrics":
-        return FIDAccumulator(feature_extractor=extractor).to(device)
-    if backend == "clean-fid":
-        return CleanFIDAccumulator(feature_extractor=extractor, device=device, kid_seed=kid_seed).to(device)
-    raise ValueError(f"FID backend must be one of {FID_BACKENDS}, got {backend!r}.")
+def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAccumulator:
+    """A :class:`FIDAccumulator` with the feature extractor ``spec`` names, on ``device``."""
+    return FIDAccumulator(feature_extractor=resolve_feature_extractor(spec)).to(device)
 
 
-def build_patch_fid(
-    spec: Union[str, nn.Module, None],
-    device: torch.device,
-    patch: int,
-    num_patches: int,
-    seed: int,
-    backend: str = "torchmetrics",
-    kid_seed: int = 0,
-) -> PatchFID:
-    """A :class:`PatchFID` over a new accumulator of ``backend`` (crop side, crops per image, box seed).
+def build_patch_fid(spec: Union[str, nn.Module, None], device: torch.device, patch: int, num_patches: int, seed: int) -> PatchFID:
+    """A :class:`PatchFID` over a new accumulator (crop side, crops per image, box seed).
 
     ``seed`` draws the boxes when :meth:`PatchFID.update` gets no per-image ``seeds`` (the evaluation
     scripts pass ``--seed + i`` for image i, so that the boxes do not depend on batches, processes or
-    resuming); ``kid_seed`` draws clean-fid's KID subsets of the gathered features (the same on every process).
+    resuming).
     """
-    return PatchFID(build_fid(spec, device, backend, kid_seed=kid_seed), patch=patch, num_patches=num_patches, seed=seed)
+    return PatchFID(build_fid(spec, device), patch=patch, num_patches=num_patches, seed=seed)
 
 
 def build_clip_scorer(model: str, device: torch.device) -> nn.Module:
@@ -166,7 +141,7 @@ def build_clip_scorer(model: str, device: torch.device) -> nn.Module:
 
 
 def fid_results(fid: nn.Module, patch_fid: PatchFID) -> Dict[str, float]:
-    """``fid`` / ``patch_fid`` (and ``kid`` / ``patch_kid`` with clean-fid) of a row (collective call)."""
+    """``fid`` / ``patch_fid`` of a row (collective call)."""
     values = dict(fid.compute())
     values.update({f"patch_{key}": value for key, value in patch_fid.compute().items()})
     return values
@@ -205,18 +180,12 @@ def metrics_record(
         definitions["psnr"] = DEFINITIONS["psnr"]
         definitions["ssim"] = DEFINITIONS["ssim"]
     if fid:
-        backend = args.fid_backend
-        record["fid_backend"] = backend
+        record["fid_backend"] = "torchmetrics"
         record["feature_extractor"] = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
-        definitions["fid"] = DEFINITIONS[f"fid/{backend}"]
+        definitions["fid"] = DEFINITIONS["fid"]
         patch = dict(num_patches=args.num_patches, patch=args.patch_size, seed=args.seed)
         definitions["patch_fid"] = DEFINITIONS["patch"].format(metric="fid", **patch)
-        if backend == "clean-fid":
-            definitions["kid"] = DEFINITIONS["kid/clean-fid"].format(seed=args.seed)
-            definitions["patch_kid"] = DEFINITIONS["patch"].format(metric="kid", **patch)
-            versions["clean-fid"] = _version("clean-fid")
-        else:
-            versions["torch-fidelity"] = _version("torch-fidelity")
+        versions["torch-fidelity"] = _version("torch-fidelity")
     if clip:
         record["clip_model"] = type(clip_scorer).__name__ if clip_scorer is not None else args.clip_model
         versions["transformers"] = _version("transformers")

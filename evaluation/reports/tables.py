@@ -12,7 +12,7 @@ super-resolution (Table 4) and the text-to-image latency breakdown (the time col
       "dataset": "coco",                      # label of the column group in the tables
       "settings": {                           # the command-line settings of the run, and
         "metrics": {                          # the metrics used (evaluation.metrics.metric_setup.metrics_record):
-          "fid_backend": "torchmetrics",      #   "clean-fid", or null without FID
+          "fid_backend": "torchmetrics",      #   null without FID
           "feature_extractor": "inception",   #   null without FID
           "clip_model": ...,                  #   null without the CLIP score
           "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
@@ -24,7 +24,7 @@ super-resolution (Table 4) and the text-to-image latency breakdown (the time col
       "methods": {                            # one entry per row of the table
         "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, "color_correction": true, ...},  # text_to_image
         "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000, "color_correction": true},  # super_resolution
-        ...                                   # clean-fid adds "kid" and "patch_kid"
+        ...
       },
       # with a single method its metric keys are repeated at the top level ("psnr", "ssim", ...)
     }
@@ -97,9 +97,6 @@ def write_report(result: Mapping, output_dir, name: str = "results") -> Tuple[Pa
 
     Returns the two paths. Files are replaced atomically.
     """
-    if not isinstance(result, Mapping) or result.get("task") not in TASKS:
-        raise ValueError(f"result must be a dict with 'task' in {TASKS}, got {type(result).__name__} with task "
-                         f"{result.get('task') if isinstance(result, Mapping) else None!r}.")
     output_dir = Path(output_dir)
     json_path, md_path = output_dir / f"{name}.json", output_dir / f"{name}.md"
     atomic_write_text(json_path, json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
@@ -152,12 +149,6 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str
     return "\n".join(lines)
 
 
-def _check_task(results: Sequence[Mapping], task: str) -> None:
-    for result in results:
-        if result.get("task") != task:
-            raise ValueError(f"expected {task} results, got one with task={result.get('task')!r} (dataset {result.get('dataset')!r}).")
-
-
 def _group(result: Mapping):
     """The dataset label a result was written with (``make_tables`` may relabel its column group)."""
     return result.get("dataset_group", result.get("dataset"))
@@ -175,8 +166,6 @@ def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping]
     ``latencies`` are latency results; the one whose ``dataset`` matches a column group's
     (case-insensitively) fills its time column (``methods[<row>]``, seconds per batch of its ``settings.batch_size``).
     """
-    _check_task(results, "text_to_image")
-    _check_task(latencies, "latency")
     by_dataset = {str(_group(latency)).lower(): latency for latency in latencies}
     header = ["Method"]
     for result in results:
@@ -203,7 +192,6 @@ def text_to_image_table(results: Sequence[Mapping], latencies: Sequence[Mapping]
 
 def super_resolution_table(results: Sequence[Mapping]) -> str:
     """Table 4: per dataset PSNR (dB), SSIM, FID and patch-FID of every method."""
-    _check_task(results, "super_resolution")
     header = ["Method"]
     for result in results:
         name = result.get("dataset", "?")
@@ -225,7 +213,6 @@ def super_resolution_table(results: Sequence[Mapping]) -> str:
 
 def latency_table(results: Sequence[Mapping]) -> str:
     """The text-to-image latency breakdown: mean seconds per batch of every stage, one column per latency run."""
-    _check_task(results, "latency")
     header = ["Stage"]
     for result in results:
         settings = result.get("settings", {})
@@ -239,15 +226,9 @@ def latency_table(results: Sequence[Mapping]) -> str:
     return _markdown(header, rows, "Text-to-image latency breakdown (seconds per batch, mean of the timed iterations)")
 
 
-def table_for(task: str, results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
-    """The table of ``task`` for ``results`` (text-to-image, super-resolution or latency)."""
-    if task == "text_to_image":
-        return text_to_image_table(results, latencies)
-    if task == "super_resolution":
-        return super_resolution_table(results)
-    if task == "latency":
-        return latency_table(results)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+def table_for(task: str, results: Sequence[Mapping]) -> str:
+    """The table of ``task`` (one of :data:`TASKS`) for ``results``."""
+    return {"text_to_image": text_to_image_table, "super_resolution": super_resolution_table, "latency": latency_table}[task](results)
 
 
 def top_level_metrics(result: Dict, keys: Sequence[str]) -> Dict:

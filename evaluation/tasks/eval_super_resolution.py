@@ -23,28 +23,26 @@ scored; a rerun skips them, and refuses (naming the differences) when
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
-import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least, load_upscaler, load_vae
-from evaluation.metrics.metric_setup import add_fid_arguments, build_fid, build_patch_fid, check_metric_arguments, fid_results, metrics_record
-from evaluation.reports.tables import top_level_metrics, write_report
-from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
-from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
+from evaluation.arguments import load_upscaler, load_vae
+from evaluation.metrics.metric_setup import build_fid, build_patch_fid, fid_results, metrics_record
+from evaluation.sharding import gather_list, process_state, shard
+from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
+from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
 from uplift_diffusers.image_processor import list_images
-from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
-from uplift_diffusers.utils.back_projection import back_project
-from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
+from uplift_diffusers.utils.atomic_files import atomic_write
+from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 PIXEL_METHODS = ("bicubic", "vae")
@@ -104,16 +102,9 @@ def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
     return methods
 
 
-def with_pipeline_options(methods: Sequence[MethodSpec], steps: int, baselines: bool = False, ensemble: int = 1) -> List[MethodSpec]:
-    """``methods`` with their rounds of back-projection onto the LR image: ``steps`` for the model
-    rows (the pipeline's ``back_projection_steps``), and for the bicubic and latent baselines with
-    ``baselines``; never for the ``vae`` row (a reconstruction of the HR image). The model rows also
-    get the pipeline's ``ensemble``."""
-    projected = ("model",) + (("bicubic",) + LATENT_BASELINES if baselines else ())
-    return [
-        replace(method, back_projection=steps if method.kind in projected else 0, ensemble=ensemble if method.kind == "model" else 1)
-        for method in methods
-    ]
+def with_pipeline_options(methods: Sequence[MethodSpec], steps: int, ensemble: int = 1) -> List[MethodSpec]:
+    """``methods`` with the pipeline's ``back_projection_steps`` and ``ensemble`` on the model rows."""
+    return [replace(method, back_projection=steps, ensemble=ensemble) if method.kind == "model" else method for method in methods]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,16 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="row(s): a model folder / Hub id / official .safetensors|.pth file, 'uplift' (the authors' model), "
         "'bilinear', 'nearest', 'bicubic' or 'vae'; repeat or comma-separate; NAME=SPEC names a row",
     )
-    parser.add_argument("--upscaler-config", default=None, help="the authors' YAML for an authors' checkpoint file (default: read off the weights)")
     parser.add_argument("--hr-size", type=int, default=1024, help="side of the HR centre crop (default 1024)")
     parser.add_argument("--lr-size", type=int, default=256, help="side of the LR input (default 256)")
-    parser.add_argument("--output-dir", default=None,
-                        help="where results.json, results.md and the per-image results (per_image/, for resuming) are written")
-    parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the --data folder name)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the UPLiFT noise (image i uses seed + i) and of the patch crops")
-    add_fid_arguments(parser)
+    common.add_common_arguments(parser)
     parser.add_argument(
         "--back-projection-steps", type=int, default=DEFAULT_BACK_PROJECTION_STEPS, metavar="N",
         help=f"rounds of back-projection onto the LR image in the UPLiFT rows (default {DEFAULT_BACK_PROJECTION_STEPS}, "
@@ -145,22 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
                         help="UPLiFT rows: average the upscales of that many flipped / rotated copies (the pipeline's "
                         "geometric self-ensemble; default 1: none, as in the paper)")
-    parser.add_argument("--back-project-baselines", action="store_true",
-                        help="back-project the bicubic / bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
-    parser.add_argument("--color-correct-baselines", action="store_true",
-                        help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
-    parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_smoke_test_argument(parser)
     return parser
 
 
 def _check_args(args) -> None:
-    missing = [flag for flag, value in (("--data", args.data), ("--upscaler", args.upscaler), ("--output-dir", args.output_dir)) if not value]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
-    check_metric_arguments(args)
-    check_at_least(args, {"back_projection_steps": 0, "hr_size": 1, "lr_size": 1, "batch_size": 1, "limit": 1, "seed": 0})
+    common.check_required(args, ("--data", "--upscaler", "--output-dir"), {"back_projection_steps": 0, "hr_size": 1, "lr_size": 1})
     if args.hr_size % args.lr_size or (args.hr_size // args.lr_size) not in (2, 4, 8):
         raise ValueError(
             f"--hr-size / --lr-size must be 2, 4 or 8, got {args.hr_size} / {args.lr_size}; e.g. --hr-size 1024 --lr-size 256."
@@ -265,11 +238,8 @@ class SuperResolutionRunner:
             raise ValueError(f"--hr-size {hr_size} is not a multiple of the VAE's factor {factor} needed by the 'vae' row.")
 
     def color_correction(self, method: MethodSpec) -> bool:
-        """Whether ``method``'s output is colour-corrected: UPLiFT rows yes (the paper's), latent
-        baselines with ``--color-correct-baselines``, bicubic and the VAE reconstruction never."""
-        if method.kind == "model":
-            return True
-        return self.color_correct_baselines and method.kind in LATENT_BASELINES
+        """Whether ``method``'s output is colour-corrected (:func:`evaluation.tasks.common.color_correction`)."""
+        return common.color_correction(method.kind, self.color_correct_baselines)
 
     @torch.no_grad()
     def run(self, method: MethodSpec, batch: SRBatch, seed: int) -> torch.Tensor:
@@ -287,21 +257,15 @@ class SuperResolutionRunner:
             return output.images.to(self.device).float()
         if method.kind == "bicubic":
             size = (hr.shape[-1], hr.shape[-2])
-            output = torch.cat([bicubic_upscale(image, size) for image in batch.lr_images]).to(self.device)
-            return back_project(output, lr, method.back_projection)
+            return torch.cat([bicubic_upscale(image, size) for image in batch.lr_images]).to(self.device)
         if method.kind == "vae":
             latents = encode_latents(self.vae, hr * 2 - 1)
             return decode_and_correct(self.vae, latents, hr, color_correction=self.color_correction(method))
         if method.kind in LATENT_BASELINES:
             latents = encode_latents(self.vae, lr * 2 - 1)
             upscaled = LatentInterpolationUpscaler(method.kind)(latents, lr, num_steps=self.num_steps).sample
-            output = decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
-            return back_project(output, lr, method.back_projection)
+            return decode_and_correct(self.vae, upscaled, lr, color_correction=self.color_correction(method))
         raise ValueError(f"unknown row kind {method.kind!r}")
-
-    def method(self, method: MethodSpec, seed: int) -> Callable[[SRBatch], torch.Tensor]:
-        """``method`` as a function of a batch, for :func:`~evaluation.sr_protocol.score_super_resolution`."""
-        return lambda batch: self.run(method, batch, seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,21 +291,8 @@ class PerImageResults:
 
     def check_settings(self, write: bool) -> None:
         """ValueError when the folder holds results of other settings; ``write``: record ours when new."""
-        record = self.folder / RECORD_SETTINGS
-        if record.is_file():
-            old = json.loads(record.read_text(encoding="utf-8"))
-            if old != self.settings:
-                changed = sorted(key for key in set(old) | set(self.settings) if old.get(key) != self.settings.get(key))
-                details = "; ".join(f"{key}: {old.get(key)!r} -> {self.settings.get(key)!r}" for key in changed)
-                raise ValueError(
-                    f"{self.folder} holds per-image results of the row {self.method!r} made with other settings ({details}); "
-                    "they cannot be mixed with this run's: pass another --output-dir, or delete that folder to recompute the row."
-                )
-            return
-        if self.folder.is_dir() and any(self.folder.rglob("*.pt")):
-            raise ValueError(f"{self.folder} holds per-image results without {RECORD_SETTINGS}; delete the folder or use another --output-dir.")
-        if write:
-            atomic_write_text(record, json.dumps(self.settings, indent=2, sort_keys=True) + "\n")
+        what = f"per-image results of the row {self.method!r}"
+        common.check_settings_record(self.folder, RECORD_SETTINGS, self.settings, what, "*.pt", write)
 
     def path(self, item: SRItem) -> Path:
         return self.folder / f"{item.key}.pt"
@@ -374,7 +325,7 @@ def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feat
     }
     if not args.no_fid:
         extractor = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
-        settings["fid"] = {"backend": args.fid_backend, "feature_extractor": extractor, "patch_size": args.patch_size,
+        settings["fid"] = {"feature_extractor": extractor, "patch_size": args.patch_size,
                            "num_patches": args.num_patches, "patch_seed": args.seed}
     return settings
 
@@ -382,6 +333,73 @@ def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feat
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+def score_batch(args, output: torch.Tensor, batch: SRBatch, fid, patch_fid) -> List[Dict]:
+    """Every image's results of a batch: PSNR, SSIM and, with FID, its FID / patch-FID features."""
+    from evaluation.metrics.image_metrics import ssim
+
+    records = [{"psnr": p, "ssim": s} for p, s in zip(psnr(output, batch.hr).tolist(), ssim(output, batch.hr).tolist())]
+    if fid is not None:
+        real, fake = fid.features(batch.hr).cpu(), fid.features(output).cpu()
+        patch_fake, patch_real = patch_fid.features(output, batch.hr, seeds=[args.seed + i for i in batch.indices])
+        k = args.num_patches
+        for i, record in enumerate(records):
+            record.update(fid_real=real[i : i + 1], fid_fake=fake[i : i + 1],
+                          patch_fake=patch_fake[i * k : (i + 1) * k].cpu(), patch_real=patch_real[i * k : (i + 1) * k].cpu())
+    return records
+
+
+def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: PerImageResults, local, extractor, device, state):
+    """One row over this process's shard ``local`` (``(index, item)`` pairs): the kept per-image
+    results are added, the others computed batch by batch and saved at once; then gathered over
+    all processes. Returns ``(the row's results, images skipped in all processes)``."""
+    from tqdm.auto import tqdm
+
+    compute_fid = not args.no_fid
+    fid = build_fid(extractor, device) if compute_fid else None
+    patch_fid = build_patch_fid(extractor, device, args.patch_size, args.num_patches, args.seed) if compute_fid else None
+    pixel: Dict[str, List[float]] = {"psnr": [], "ssim": []}
+
+    def add(record: Dict) -> None:
+        pixel["psnr"].append(float(record["psnr"]))
+        pixel["ssim"].append(float(record["ssim"]))
+        if compute_fid:
+            fid.add_features(record["fid_real"].to(device), real=True)
+            fid.add_features(record["fid_fake"].to(device), real=False)
+            patch_fid.add_features(record["patch_fake"].to(device), record["patch_real"].to(device))
+
+    pending = []
+    for index, item in local:
+        if store.has(item):
+            add(store.load(item))
+        else:
+            pending.append((index, item))
+    pairs = SRPairs([item for _, item in pending], batch_size=args.batch_size, device=device,
+                    load=lambda item: load_pair(item, args.hr_size, args.lr_size), indices=[index for index, _ in pending])
+    by_index, seconds = dict(pending), 0.0
+    for batch in tqdm(pairs, desc=f"super-resolution {method.name}", disable=args.quiet or not state.is_main_process):
+        start = time.perf_counter()
+        output = runner.run(method, batch, args.seed).to(device, torch.float32).clamp(0, 1)
+        seconds += time.perf_counter() - start
+        for index, record in zip(batch.indices, score_batch(args, output, batch, fid, patch_fid)):
+            store.save(by_index[index], record)
+            add(record)
+    psnrs, ssims = gather_list(pixel["psnr"], state), gather_list(pixel["ssim"], state)
+    entry = {
+        "psnr": float(sum(psnrs) / len(psnrs)),
+        "ssim": float(sum(ssims) / len(ssims)),
+        "count": len(psnrs),
+        "kind": method.kind,
+        "source": method.source,
+        "color_correction": runner.color_correction(method),
+        "back_projection": method.back_projection,
+        "ensemble": method.ensemble,
+        "seconds_per_image_process0": seconds / len(pending) if pending else None,
+    }
+    if compute_fid:
+        entry.update(fid_results(fid, patch_fid))
+    return entry, sum(gather_list([len(local) - len(pending)], state))
+
+
 def prepare_smoke_test(args, state) -> None:
     """``--smoke-test``: tiny random VAE and upscaler, 4 synthetic 64 px images, every kind of row, 64 -> 16 px."""
     inputs = prepare_smoke_dir(args, state, "super-resolution")
@@ -392,7 +410,7 @@ def prepare_smoke_test(args, state) -> None:
     args.data, args.vae = str(inputs / "images"), str(inputs / "models" / "vae")
     args.upscaler = ["bicubic,vae,bilinear,nearest", f"uplift={inputs / 'models' / 'upscaler'}"]
     args.hr_size, args.lr_size, args.limit, args.batch_size = 64, 16, None, 2
-    args.feature_extractor, args.patch_size, args.num_patches, args.fid_backend = "tiny-random", 32, 2, "torchmetrics"
+    args.feature_extractor, args.patch_size, args.num_patches = "tiny-random", 32, 2
     args.dataset_name = args.dataset_name or "smoke-test"
 
 
@@ -403,18 +421,15 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     Per-image results are kept in ``OUTPUT/per_image`` (see :class:`PerImageResults`): a rerun
     skips the images already scored.
     """
-    from evaluation.metrics.image_metrics import ssim
-
     state = process_state()
     if args.smoke_test:
         prepare_smoke_test(args, state)
     _check_args(args)
-    methods = with_pipeline_options(parse_methods(args.upscaler), args.back_projection_steps, args.back_project_baselines, args.ensemble)
-    device = torch.device(args.device) if args.device else state.device
+    methods = with_pipeline_options(parse_methods(args.upscaler), args.back_projection_steps, args.ensemble)
+    device = common.device_for(args, state)
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
-    if compute_fid and len(items) < 2:
-        raise ValueError(f"FID needs at least 2 images, --data gives {len(items)}; add images or pass --no-fid.")
+    common.check_fid_count(args, len(items), "--data")
     runner = SuperResolutionRunner(methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines)
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
@@ -427,95 +442,9 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
     state.wait_for_everyone()
 
     local = shard(list(enumerate(items)), state)
-    fids, patch_fids = {}, {}
-    if compute_fid:
-        for m in methods:
-            fids[m.name] = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed)
-            patch_fids[m.name] = build_patch_fid(extractor, device, args.patch_size, args.num_patches, args.seed, args.fid_backend, kid_seed=args.seed)
-
-    kept: Dict[str, Dict[str, List[float]]] = {m.name: {"psnr": [], "ssim": []} for m in methods}
-    skipped = {m.name: 0 for m in methods}
-
-    def add(name: str, record: Dict) -> None:
-        kept[name]["psnr"].append(float(record["psnr"]))
-        kept[name]["ssim"].append(float(record["ssim"]))
-        if compute_fid:
-            fids[name].add_features(record["fid_real"].to(device), real=True)
-            fids[name].add_features(record["fid_fake"].to(device), real=False)
-            patch_fids[name].add_features(record["patch_fake"].to(device), record["patch_real"].to(device))
-
-    todo: Dict[str, List[Tuple[int, SRItem]]] = {}
-    for method in methods:
-        store = stores[method.name]
-        todo[method.name] = [(index, item) for index, item in local if not store.has(item)]
-        for index, item in local:
-            if store.has(item):
-                add(method.name, store.load(item))
-                skipped[method.name] += 1
-
-    latest: Dict[str, List[float]] = {}
-
-    def recorded(metric: str, function):
-        def run(output, target):
-            values = function(output, target)
-            latest[metric] = values.tolist()
-            return values
-
-        return run
-
-    def keep(name: str, output: torch.Tensor, batch: SRBatch) -> None:
-        """Save every image's results of the batch (atomically, at once) and add them to the metrics."""
-        items_by_index = dict(todo[name])
-        if compute_fid:
-            real, fake = fids[name].features(batch.hr), fids[name].features(output)
-            patch_fake, patch_real = patch_fids[name].features(output, batch.hr, seeds=[args.seed + i for i in batch.indices])
-            k = args.num_patches
-        for position, index in enumerate(batch.indices):
-            record = {"psnr": latest["psnr"][position], "ssim": latest["ssim"][position]}
-            if compute_fid:
-                record.update(
-                    fid_real=real[position : position + 1].cpu(), fid_fake=fake[position : position + 1].cpu(),
-                    patch_fake=patch_fake[position * k : (position + 1) * k].cpu(), patch_real=patch_real[position * k : (position + 1) * k].cpu(),
-                )
-            stores[name].save(items_by_index[index], record)
-            add(name, record)
-
-    seconds = {}
-    for method in methods:
-        pending = todo[method.name]
-        if not pending:
-            continue
-        pairs = SRPairs(
-            [item for _, item in pending], batch_size=args.batch_size, device=device,
-            load=lambda item: load_pair(item, args.hr_size, args.lr_size), indices=[index for index, _ in pending],
-        )
-        scores = score_super_resolution(
-            {method.name: runner.method(method, args.seed)}, pairs,
-            metrics={"psnr": recorded("psnr", psnr), "ssim": recorded("ssim", ssim)},
-            on_output=keep, progress=not args.quiet and state.is_main_process,
-        )
-        seconds[method.name] = scores[method.name].seconds / len(pending)
-
-    results: Dict[str, Dict] = {}
-    skipped_all = {}
-    for method in methods:
-        psnrs = gather_list(kept[method.name]["psnr"], state)
-        ssims = gather_list(kept[method.name]["ssim"], state)
-        skipped_all[method.name] = sum(gather_list([skipped[method.name]], state))
-        entry = {
-            "psnr": float(sum(psnrs) / len(psnrs)),
-            "ssim": float(sum(ssims) / len(ssims)),
-            "count": len(psnrs),
-            "kind": method.kind,
-            "source": method.source,
-            "color_correction": runner.color_correction(method),
-            "back_projection": method.back_projection,
-            "ensemble": method.ensemble,
-            "seconds_per_image_process0": seconds.get(method.name),
-        }
-        if compute_fid:
-            entry.update(fid_results(fids[method.name], patch_fids[method.name]))
-        results[method.name] = entry
+    results, skipped = {}, {}
+    for method in methods:  # row by row: every process runs the rows in the same order (gathering is collective)
+        results[method.name], skipped[method.name] = score_row(args, method, runner, stores[method.name], local, extractor, device, state)
 
     settings = {
         "data": str(args.data),
@@ -523,53 +452,40 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         "upscalers": [{"name": m.name, "kind": m.kind, "source": m.source} for m in methods],
         "hr_size": args.hr_size,
         "lr_size": args.lr_size,
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
         "fid": compute_fid,
         "patch_size": args.patch_size if compute_fid else None,
         "num_patches": args.num_patches if compute_fid else None,
-        "color_correct_baselines": args.color_correct_baselines,
         "back_projection_steps": args.back_projection_steps,
-        "back_project_baselines": args.back_project_baselines,
         "ensemble": args.ensemble,
         "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
-        "num_processes": state.num_processes,
-        "smoke_test": bool(args.smoke_test),
+        **common.common_settings(args, state),
     }
     result = {
         "task": "super_resolution",
         "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
         "settings": settings,
         "count": len(items),
-        "resumed": {"skipped": skipped_all, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)},
+        "resumed": {"skipped": skipped, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)},
         "methods": results,
     }
-    top_level_metrics(result, ("psnr", "ssim", "fid", "patch_fid", "kid", "patch_kid"))
-    if state.is_main_process:
-        write_report(result, args.output_dir)
-    state.wait_for_everyone()
-    return result
+    return common.write_results(result, ("psnr", "ssim", "fid", "patch_fid"), args, state)
+
+
+def _summary(result: Dict) -> str:
+    skipped = {name: count for name, count in result["resumed"]["skipped"].items() if count}
+    resumed = (
+        f"resumed: skipped the images already scored in {result['resumed']['per_image_dir']} "
+        f"({', '.join(f'{name}: {count}' for name, count in skipped.items())} of {result['count']})\n"
+        if skipped else ""
+    )
+    return f"{resumed}{result['count']} images"
 
 
 def main(argv: Optional[Sequence[str]] = None, feature_extractor=None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
-    args = build_parser().parse_args(argv)
-    try:
-        result = evaluate_super_resolution(args, feature_extractor=feature_extractor)
-    except (ValueError, OSError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if process_state().is_main_process:
-        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-        skipped = {name: count for name, count in result["resumed"]["skipped"].items() if count}
-        if skipped:
-            print(f"resumed: skipped the images already scored in {result['resumed']['per_image_dir']} "
-                  f"({', '.join(f'{name}: {count}' for name, count in skipped.items())} of {result['count']})")
-        smoke = " (--smoke-test: tiny random models, the numbers mean nothing)" if args.smoke_test else ""
-        print(f"{result['count']} images; results in {Path(args.output_dir) / 'results.json'}{smoke}")
-    return 0
+    evaluate = lambda args: evaluate_super_resolution(args, feature_extractor=feature_extractor)  # noqa: E731
+    return common.run_main(build_parser(), argv, evaluate, _summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

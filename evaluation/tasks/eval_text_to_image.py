@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -41,26 +38,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.arguments import check_at_least, load_upscaler, loading
+from evaluation.arguments import load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
-from evaluation.metrics.metric_setup import (
-    add_clip_arguments,
-    add_fid_arguments,
-    build_clip_scorer,
-    build_fid,
-    build_patch_fid,
-    check_metric_arguments,
-    fid_results,
-    metrics_record,
-)
-from evaluation.reports.tables import top_level_metrics, write_report
-from evaluation.sharding import LaunchMismatchError, gather_list, process_state, shard
-from evaluation.smoke import add_smoke_test_argument, prepare_smoke_dir, save_smoke_models, write_smoke_images
+from evaluation.metrics.metric_setup import add_clip_arguments, build_clip_scorer, build_fid, build_patch_fid, fid_results, metrics_record
+from evaluation.sharding import gather_list, process_state, shard
+from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
+from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
-from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
+from uplift_diffusers.utils.atomic_files import atomic_save_image
 
 #: The SD1.5 rows: one generation per caption, upscaled (or not) in latent space. The default.
 SD15_METHODS = ("uplift", "bilinear", "nearest", "base512")
@@ -101,13 +89,11 @@ def parse_method_list(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Tables 2-3.")
-    parser.add_argument("--prompts", default=None, help="caption set (.jsonl / .csv) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
+    parser.add_argument("--prompts", default=None, help="caption set (.jsonl) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
     parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
-    parser.add_argument("--output-dir", default=None, help="images/<method>/<id>.png, results.json and results.md go here")
     parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
     parser.add_argument("--upscaler", default=None,
                         help="UPLiFT model folder / Hub id / official .safetensors|.pth (default: the authors' SD1.5 model)")
-    parser.add_argument("--upscaler-config", default=None, help="official YAML for an official checkpoint file")
     parser.add_argument("--methods", default=",".join(SD15_METHODS),
                         help=f"rows to produce, a subset of {','.join(METHODS)} (default {','.join(SD15_METHODS)})")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (the paper: 25 or 40)")
@@ -118,28 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lcm-lora", default=SDXL_LCM_LORA_ID, help=f"LCM-LoRA folder or Hub id of lcm-lora-sdxl (default {SDXL_LCM_LORA_ID})")
     parser.add_argument("--sdxl-size", type=int, default=SDXL_NATIVE_SIZE,
                         help=f"image side of the sdxl rows: the model's native size (default {SDXL_NATIVE_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="caption i is generated with seed + i")
-    parser.add_argument("--batch-size", type=int, default=4, help="captions per pipeline call (per process)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N captions")
-    parser.add_argument("--dataset-name", default=None, help="column label in the tables (default: the prompts file's folder name)")
-    add_fid_arguments(parser)
+    common.add_common_arguments(parser)
     add_clip_arguments(parser)
-    parser.add_argument("--color-correct-baselines", action="store_true",
-                        help="colour-correct the bilinear / nearest rows like UPLiFT (default: not, as in the paper)")
     parser.add_argument("--metrics-only", action="store_true", help="do not generate; score the images already in OUTPUT/images")
-    parser.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_smoke_test_argument(parser)
     return parser
 
 
 def _check_args(args) -> List[str]:
-    missing = [flag for flag, value in (("--prompts", args.prompts), ("--output-dir", args.output_dir)) if not value]
-    if missing:
-        raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or pass --smoke-test to check the installation).")
+    common.check_required(args, ("--prompts", "--output-dir"), {"steps": 1, "size": 1})
     methods = parse_method_list(args.methods)
-    check_metric_arguments(args)
-    check_at_least(args, {"steps": 1, "size": 1, "batch_size": 1, "limit": 1, "seed": 0})
     if args.size % 8:
         raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
     if any(m in NATIVE_ROWS for m in methods) and (args.sdxl_size < 8 or args.sdxl_size % 8):
@@ -160,42 +133,15 @@ def image_path(output_dir: Path, method: str, row: CaptionRow) -> Path:
     return output_dir / "images" / method / f"{row.id}.png"
 
 
-def row_color_correction(args, method: str) -> bool:
-    """Whether a row is colour-corrected: UPLiFT yes (the paper's), the latent baselines with
-    ``--color-correct-baselines``, the base and native rows never."""
-    if method == "uplift":
-        return True
-    return method in LATENT_BASELINES and args.color_correct_baselines
-
-
 def check_baseline_images(args, methods: Sequence[str], state) -> None:
-    """Keep a folder of baseline images made with one colour-correction setting only.
-
-    ``images/<row>/color_correction.json`` records the setting of the bilinear / nearest images;
-    a run with the other setting (or a folder of images without the record) raises ValueError
-    instead of mixing or mislabelling them. Writes the record for new folders (main process).
-    """
+    """Keep a folder of baseline images made with one colour-correction setting only:
+    ``images/<row>/color_correction.json`` records the setting of the bilinear / nearest images
+    (:func:`evaluation.tasks.common.check_settings_record`; written by the main process)."""
     for method in [m for m in methods if m in LATENT_BASELINES]:
         folder = Path(args.output_dir) / "images" / method
-        record = folder / "color_correction.json"
-        wanted = row_color_correction(args, method)
-        if record.is_file():
-            made = json.loads(record.read_text(encoding="utf-8")).get("color_correction")
-            if made != wanted:
-                raise ValueError(
-                    f"the {method} images in {folder} were made with color_correction={made}, this run asks for "
-                    f"{wanted}; pass {'--color-correct-baselines' if made else 'no --color-correct-baselines'} or another --output-dir."
-                )
-            continue
-        if folder.is_dir() and any(folder.glob("*.png")):
-            raise ValueError(
-                f"{folder} holds images without a colour-correction record ({record.name}); they may have been made "
-                "with the other setting: delete the folder (they are regenerated) or use another --output-dir."
-            )
-        if args.metrics_only:
-            continue
-        if state.is_main_process:
-            atomic_write_text(record, json.dumps({"color_correction": wanted}) + "\n")
+        settings = {"color_correction": common.color_correction(method, args.color_correct_baselines)}
+        write = state.is_main_process and not args.metrics_only
+        common.check_settings_record(folder, "color_correction.json", settings, f"{method} images", "*.png", write)
     state.wait_for_everyone()
 
 
@@ -204,11 +150,6 @@ def method_size(args, method: str) -> int:
     if method in NATIVE_ROWS:
         return args.sdxl_size
     return args.size if method == "base512" else args.size * args.upscale_factor
-
-
-def caption_generators(indices: Sequence[int], args) -> List[torch.Generator]:
-    """One generator per caption, seeded ``--seed + i`` (i = the caption's position): every row uses these."""
-    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
 
 
 def save_png(tensor: torch.Tensor, path: Path) -> None:
@@ -247,7 +188,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
         width=args.size,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
-        generator=caption_generators(indices, args),
+        generator=common.generators(args, indices),
         upscale_factor=factor,
         color_correction=True,
         return_base_images=factor > 1,
@@ -266,7 +207,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
         if mode in methods:
             unscaled = final["latents"] / pipe.vae.config.scaling_factor
             upscaled = LatentInterpolationUpscaler(mode)(unscaled, base, num_steps=num_steps).sample
-            images[mode] = decode_and_correct(pipe.vae, upscaled, base, color_correction=row_color_correction(args, mode))
+            images[mode] = decode_and_correct(pipe.vae, upscaled, base, color_correction=common.color_correction(mode, args.color_correct_baselines))
     return images
 
 
@@ -314,7 +255,7 @@ def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[in
         width=args.sdxl_size,
         num_inference_steps=row.steps,
         guidance_scale=row.guidance_scale,
-        generator=caption_generators(indices, args),
+        generator=common.generators(args, indices),
         output_type="pt",
     )
     return output.images.float()
@@ -330,8 +271,7 @@ def _generate_and_save(todo, methods: Sequence[str], make_images, args, state, o
     from tqdm.auto import tqdm
 
     written = 0
-    batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=args.quiet or not state.is_main_process):
+    for batch in tqdm(common.batches(todo, args.batch_size), desc=desc, disable=args.quiet or not state.is_main_process):
         images = make_images(batch)
         for position, (_, row) in enumerate(batch):
             for method in methods:
@@ -407,8 +347,7 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
     local = shard(list(enumerate(rows)), state)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
     compute_fid = not args.no_fid
-    if compute_fid and len(rows) < 2:
-        raise ValueError(f"FID needs at least 2 images, the caption set gives {len(rows)}; add captions or pass --no-fid.")
+    common.check_fid_count(args, len(rows), "the caption set")
     clip = None
     if not args.no_clip:
         clip = clip_scorer if clip_scorer is not None else build_clip_scorer(args.clip_model, device)
@@ -417,16 +356,11 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
     for method in methods:
         size = method_size(args, method)
         patch = min(args.patch_size, size)
-        fid = build_fid(extractor, device, args.fid_backend, kid_seed=args.seed) if compute_fid else None
-        patch_fid = (
-            build_patch_fid(extractor, device, patch, args.num_patches, args.seed, args.fid_backend, kid_seed=args.seed)
-            if compute_fid
-            else None
-        )
+        fid = build_fid(extractor, device) if compute_fid else None
+        patch_fid = build_patch_fid(extractor, device, patch, args.num_patches, args.seed) if compute_fid else None
         if clip is not None:
             clip.reset()
-        batches = [local[i : i + args.batch_size] for i in range(0, len(local), args.batch_size)]
-        for batch in tqdm(batches, desc=f"scoring {method}", disable=args.quiet or not state.is_main_process):
+        for batch in tqdm(common.batches(local, args.batch_size), desc=f"scoring {method}", disable=args.quiet or not state.is_main_process):
             generated = torch.cat([load_generated(image_path(output_dir, method, row), size) for _, row in batch]).to(device)
             if compute_fid:
                 for _, row in batch:
@@ -438,7 +372,7 @@ def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, devic
                 patch_fid.update(generated, real, seeds=[args.seed + index for index, _ in batch])
             if clip is not None:
                 clip.update(generated, [row.caption for _, row in batch])
-        entry = {"count": len(rows), "size": size, "color_correction": row_color_correction(args, method)}
+        entry = {"count": len(rows), "size": size, "color_correction": common.color_correction(method, args.color_correct_baselines)}
         if compute_fid:
             entry.update(fid_results(fid, patch_fid), patch_size=patch)
         if clip is not None:
@@ -466,7 +400,7 @@ def prepare_smoke_test(args, state) -> None:
     args.clip_model = str(models / "clip")
     args.methods = ",".join(SD15_METHODS)
     args.size, args.steps, args.upscale_factor, args.batch_size, args.limit = 64, 2, 2, 2, None
-    args.feature_extractor, args.patch_size, args.num_patches, args.fid_backend = "tiny-random", 32, 2, "torchmetrics"
+    args.feature_extractor, args.patch_size, args.num_patches = "tiny-random", 32, 2
     args.dataset_name = args.dataset_name or "smoke-test"
 
 
@@ -483,7 +417,7 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     rows = read_caption_set(args.prompts)
     if args.limit is not None:
         rows = rows[: args.limit]
-    device = torch.device(args.device) if args.device else state.device
+    device = common.device_for(args, state)
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
     if not args.metrics_only:
@@ -513,18 +447,13 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
             for method in methods
             if method in NATIVE_ROWS
         },
-        "seed": args.seed,
-        "batch_size": args.batch_size,
-        "limit": args.limit,
         "dtype": "float32",
         "fid": not args.no_fid,
         "num_patches": None if args.no_fid else args.num_patches,
-        "color_correct_baselines": args.color_correct_baselines,
         "metrics": metrics_record(
             args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer
         ),
-        "num_processes": state.num_processes,
-        "smoke_test": bool(args.smoke_test),
+        **common.common_settings(args, state),
     }
     result = {
         "task": "text_to_image",
@@ -534,48 +463,19 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
         "generation": totals,
         "methods": metrics,
     }
-    top_level_metrics(result, ("fid", "patch_fid", "kid", "patch_kid", "clip"))
-    if state.is_main_process:
-        write_report(result, args.output_dir)
-    state.wait_for_everyone()
-    return result
+    return common.write_results(result, ("fid", "patch_fid", "clip"), args, state)
 
 
-@contextmanager
-def loading_bars(enabled: bool):
-    """diffusers' and transformers' loading progress bars on or off inside the block (restored after)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    before = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
-    for module, _ in before:
-        (module.enable_progress_bar if enabled else module.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        for module, was in before:
-            (module.enable_progress_bar if was else module.disable_progress_bar)()
+def _summary(result: Dict) -> str:
+    generation = result["generation"]
+    return f"{result['count']} captions: {generation['generated']} generated, {generation['skipped']} already done"
 
 
 def main(argv: Optional[Sequence[str]] = None, feature_extractor=None, clip_scorer=None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
-    args = build_parser().parse_args(argv)
-    try:
-        with loading_bars(not args.quiet):
-            result = evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)
-    except (ValueError, OSError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if process_state().is_main_process:
-        generation = result["generation"]
-        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-        print(
-            f"{result['count']} captions: {generation['generated']} generated, {generation['skipped']} already done; "
-            f"results in {Path(args.output_dir) / 'results.json'}"
-            + (" (--smoke-test: tiny random models, the numbers mean nothing)" if args.smoke_test else "")
-        )
-    return 0
+    evaluate = lambda args: evaluate_text_to_image(args, feature_extractor=feature_extractor, clip_scorer=clip_scorer)  # noqa: E731
+    return common.run_main(build_parser(), argv, evaluate, _summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

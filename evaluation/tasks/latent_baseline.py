@@ -65,15 +65,6 @@ class LatentInterpolationUpscaler:
         and no noise). Returns an :class:`~uplift_diffusers.UPLiFTOutput` (or a tuple with
         ``return_dict=False``) like the UPLiFT upscaler.
         """
-        if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
-            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ValueError(f"latents must be a 4-D tensor B x C x h x w, got {got}.")
-        if not latents.is_floating_point():
-            raise ValueError(f"latents must be a floating-point tensor, got dtype {latents.dtype}; cast with .float().")
-        if min(latents.shape) < 1:
-            raise ValueError(f"latents is empty (shape {tuple(latents.shape)}); pass at least one latent pixel.")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an int >= 1 (each step is 2x), got {num_steps!r}.")
         factor = 2**num_steps
         size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         if self.mode == "bilinear":
@@ -99,8 +90,6 @@ def decode_and_correct(vae: Any, latents: torch.Tensor, reference: torch.Tensor,
     Returns:
         ``B x 3 x 8H x 8W`` float32 images in [0, 1] on the VAE's device.
     """
-    if not isinstance(color_correction, bool):
-        raise ValueError(f"color_correction must be True or False, got {color_correction!r}.")
     images = (decode_latents(vae, latents).float() / 2 + 0.5).clamp(0, 1)
     if color_correction:
         images = color_correct(images, reference.to(images.device).float())
