@@ -42,11 +42,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
-from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DecoderTiny, EncoderTiny
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
@@ -73,90 +73,34 @@ _TILE_SAMPLE_MIN_SIZE = 512
 _TILE_OVERLAP_FACTOR = 0.25
 
 
-def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+class PooledBlock(AutoencoderTinyBlock):
+    """diffusers' TAESD block preceded by TAEF2's pooling branch: ``x = x + pool(x)``."""
+
+    def __init__(self, channels: int, hidden_channels: int, num_groups: int):
+        super().__init__(channels, channels, "relu")
+        self.pool = nn.Sequential(
+            nn.Conv2d(channels, hidden_channels, 1, bias=False),
+            nn.GroupNorm(num_groups, hidden_channels),
+            nn.ReLU(),
+            nn.Conv2d(hidden_channels, channels, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + self.pool(x))
 
 
 class _TanhClamp(nn.Module):
-    """Soft clamp ``x -> m * tanh(x / m)`` applied to latents before decoding."""
-
-    def __init__(self, magnitude: float = _LATENT_CLAMP):
-        super().__init__()
-        self.magnitude = magnitude
+    """The decoder's soft clamp of the latents, ``x -> m * tanh(x / m)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / self.magnitude) * self.magnitude
+        return torch.tanh(x / _LATENT_CLAMP) * _LATENT_CLAMP
 
 
-class _Block(nn.Module):
-    """Residual block ``ReLU(body(x) + x)``, optionally preceded by ``x = x + pool(x)``."""
-
-    def __init__(self, channels: int, pooled: bool, pool_hidden_channels: int, pool_num_groups: int):
-        super().__init__()
-        self.conv = nn.Sequential(
-            _conv(channels, channels),
-            nn.ReLU(inplace=True),
-            _conv(channels, channels),
-            nn.ReLU(inplace=True),
-            _conv(channels, channels),
-        )
-        self.pool = (
-            nn.Sequential(
-                nn.Conv2d(channels, pool_hidden_channels, 1, bias=False),
-                nn.GroupNorm(pool_num_groups, pool_hidden_channels),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(pool_hidden_channels, channels, 1, bias=False),
-            )
-            if pooled
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is not None:
-            x = x + self.pool(x)
-        return F.relu(self.conv(x) + x, inplace=True)
-
-
-class _TinyEncoder(nn.Module):
-    """The original encoder ``nn.Sequential`` (images in [0, 1] -> latents) as ``self.layers``."""
-
-    def __init__(self, in_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
-        super().__init__()
-
-        def block(index: int) -> _Block:
-            return _Block(width, index in pooled, pool_hidden, pool_groups)
-
-        layers: list[nn.Module] = [_conv(in_channels, width), block(1)]
-        for first in (2, 6, 10):  # three stride-2 stages of three blocks each
-            layers.append(_conv(width, width, stride=2, bias=False))
-            layers.extend(block(first + k) for k in (1, 2, 3))
-        layers.append(_conv(width, latent_channels))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class _TinyDecoder(nn.Module):
-    """The original decoder ``nn.Sequential`` (latents -> images in [0, 1]) as ``self.layers``."""
-
-    def __init__(self, out_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
-        super().__init__()
-
-        def block(index: int) -> _Block:
-            return _Block(width, index in pooled, pool_hidden, pool_groups)
-
-        layers: list[nn.Module] = [_TanhClamp(), _conv(latent_channels, width), nn.ReLU(inplace=True)]
-        layers.extend(block(i) for i in (3, 4, 5))
-        for first, count in ((6, 3), (11, 3), (16, 1)):  # upsample, conv, blocks
-            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            layers.append(_conv(width, width, bias=False))
-            layers.extend(block(first + 2 + k) for k in range(count))
-        layers.append(_conv(width, out_channels))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+def _pool_blocks(layers: nn.Sequential, pooled, width: int, hidden: int, groups: int) -> nn.Sequential:
+    """``layers`` with the blocks at the indices ``pooled`` swapped for :class:`PooledBlock`."""
+    for index in pooled:
+        layers[index] = PooledBlock(width, hidden, groups)
+    return layers
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -256,9 +200,15 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
         dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
 
-        pool = (pool_hidden_channels, pool_num_groups)
-        self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, *pool)
-        self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, *pool)
+        # diffusers' EncoderTiny / DecoderTiny lay their layers out as the original files; the
+        # decoder's soft clamp is prepended so that the indices match the files' keys. Both are
+        # run through ``.layers`` (their ``forward`` also rescales the images / clamps).
+        pool = (width, pool_hidden_channels, pool_num_groups)
+        widths, blocks = (width,) * 4, (1, 3, 3, 3)
+        self.encoder = EncoderTiny(in_channels, latent_channels, blocks, widths, "relu")
+        _pool_blocks(self.encoder.layers, enc_pooled, *pool)
+        self.decoder = DecoderTiny(latent_channels, out_channels, blocks[::-1], widths, 2, "relu", "nearest")
+        self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), dec_pooled, *pool)
         # AutoencoderMixin switches (enable_tiling / enable_slicing) and diffusers' tile settings
         self.use_slicing = False
         self.use_tiling = False
@@ -419,7 +369,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         would change (TAEF2 pools only at latent resolution, where the whole map is cheap)."""
         x = x * 0.5 + 0.5
         if not self.use_tiling:
-            return self.encoder(x)
+            return self.encoder.layers(x)
         layers = self.encoder.layers
         downs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d) and layer.stride[0] > 1]
         split = min([downs[-1] + 1] + [int(p) for p in self.config.encoder_pooled_blocks])
@@ -436,7 +386,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         the last pooled block, see :meth:`_encode_one`) run on the whole map, the rest on
         overlapping blended tiles."""
         if not self.use_tiling:
-            return self.decoder(z).mul(2).sub_(1)
+            return self.decoder.layers(z).mul(2).sub_(1)
         layers = self.decoder.layers
         ups = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
         split = max([ups[0]] + [int(p) + 1 for p in self.config.decoder_pooled_blocks])

@@ -76,53 +76,12 @@ def strided_conv_block(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.
     return block.pointwise(conv_out, x[:, :, ::stride, ::stride])
 
 
-#: The nine (dy, dx) around a strided pixel that a 3x3 convolution reads.
-PHASE_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def conv_block_phases(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``block(x)`` at the pixels ``(stride * i + dy, stride * j + dx)`` for the nine
-    ``(dy, dx)`` in :data:`PHASE_OFFSETS`, with ``i, j`` running over ``ceil(H / stride)``,
-    ``ceil(W / stride)``; pixels outside the image are zero (the next block's zero padding).
-    Returns ``B x 9 x C_out x ceil(H / stride) x ceil(W / stride)``."""
-    batch, _, height, width = x.shape
-    rows, cols = -(-height // stride), -(-width // stride)
-    padded = F.pad(x, (2, 2, 2, 2))  # padded[r + 2] = x[r]; zeros outside
-    phases = []
-    for dy, dx in PHASE_OFFSETS:
-        # the 3x3 window centred at x[stride*i + dy] starts at padded[stride*i + dy + 1]
-        window = padded[:, :, dy + 1 :, dx + 1 :]
-        conv_out = F.conv2d(window, block.conv.weight, None, stride=stride)[:, :, :rows, :cols]
-        residual = padded[:, :, dy + 2 :: stride, dx + 2 :: stride][:, :, :rows, :cols]
-        out = block.pointwise(conv_out, residual)
-        row_pos = torch.arange(rows, device=x.device) * stride + dy
-        col_pos = torch.arange(cols, device=x.device) * stride + dx
-        inside = ((row_pos >= 0) & (row_pos < height))[:, None] & ((col_pos >= 0) & (col_pos < width))[None, :]
-        phases.append(out * inside.to(out.dtype))
-    return torch.stack(phases, dim=1)
-
-
-def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int, phases: bool) -> torch.Tensor:
-    """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input.
-
-    The last block runs as a strided ConvBlock. Its 3x3 convolution reads the block before
-    it only at rows and columns ``stride * i + {-1, 0, 1}``; for ``stride >= 3`` those are
-    fewer than all pixels, so with ``phases`` that block is evaluated only there, as nine
-    strided "phases" (:func:`conv_block_phases`: 9 / stride**2 of its work), and the last
-    block's 3x3 convolution becomes one 1x1 convolution over the nine phases stacked as
-    channels. That pays in float32; in half precision (AMX / tensor cores) the nine strided
-    phase convolutions and their input copies cost more than the dense block (measured on an
-    AMX CPU), so :class:`FastInference` uses phases only in float32."""
+def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input:
+    the blocks before the last run densely, the last one only at the pixels read."""
     if stride == 1:
         return group(x)
-    if stride < 3 or len(group) < 2 or not phases:
-        return strided_conv_block(group[-1], group[:-1](x), stride)
-    stacked = conv_block_phases(group[-2], group[:-2](x), stride)  # B x 9 x C x H/s x W/s
-    last = group[-1]
-    batch, _, channels, height, width = stacked.shape
-    weight = last.conv.weight.permute(0, 2, 3, 1).reshape(last.out_channels, 9 * channels, 1, 1)
-    conv_out = F.conv2d(stacked.reshape(batch, 9 * channels, height, width), weight)
-    return last.pointwise(conv_out, stacked[:, 4])  # phase 4 is the offset (0, 0)
+    return strided_conv_block(group[-1], group[:-1](x), stride)
 
 
 # =============================================================================== the fast passes
@@ -140,8 +99,6 @@ class FastInference:
         # (official-size model, random weights)
         widths = [group[-1].out_channels for group in model.encoder.groups]
         self.half_stream_from = widths.index(max(widths))
-        #: the strided last encoder group with phases (:func:`last_group_strided`): in float32 only
-        self.phases = dtype == torch.float32
         #: stride of the last encoder map for the call in progress (set by :meth:`forward`)
         self.read_stride = 1
         self._eager = {"encode": self.encode, "step": self.step}
@@ -183,7 +140,7 @@ class FastInference:
                 if index < len(groups) - 1:
                     x = group(x)
                 else:
-                    x = last_group_strided(group, x, stride, self.phases)
+                    x = last_group_strided(group, x, stride)
             maps.append(self._layout(x.to(self.dtype)))
         return maps
 
@@ -279,16 +236,8 @@ def _freezing():
 
 def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
     """``torch.compile(fn)``, or ``None`` with a warning when that is not possible."""
-    compile_fn = getattr(torch, "compile", None)
-    if compile_fn is None:
-        warnings.warn(
-            f"torch.compile is not available in torch {torch.__version__}; UPLiFT fast inference runs eagerly.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
     try:
-        return compile_fn(fn, mode=mode, dynamic=False)
+        return torch.compile(fn, mode=mode, dynamic=False)
     except Exception as error:
         warnings.warn(
             f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
@@ -296,6 +245,7 @@ def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
             stacklevel=4,
         )
         return None
+
 
 
 def apply_fast_inference(
