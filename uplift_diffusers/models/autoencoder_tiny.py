@@ -1,39 +1,19 @@
 """A diffusers model for the TAESD family of tiny autoencoders (TAESD, TAESDXL, TAEF1, TAEF2, ...).
 
-The original madebyollin/taesd checkpoints are two plain PyTorch state dicts,
-``encoder.pth`` and ``decoder.pth``, each indexing one ``nn.Sequential``:
+The original madebyollin/taesd checkpoints are two state dicts, ``encoder.pth`` and ``decoder.pth``,
+each indexing one ``nn.Sequential`` laid out as diffusers' ``EncoderTiny`` / ``DecoderTiny`` (the
+decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). Newer variants (TAEF2) make some blocks
+"pooled": before the block ``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias),
+GroupNorm(4, 256), ReLU, Conv1x1(256, 64, no bias)``. :class:`TinyAutoencoder` keeps that key layout
+under ``encoder.layers.`` / ``decoder.layers.``; the latent channel count and the pooled blocks are
+read from the keys and stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip
+any variant.
 
-Encoder (images in [0, 1] -> latents, 8x smaller)::
-
-    0 conv(3, 64); 1 Block; 2 conv(64, 64, stride 2, no bias); 3-5 Block x3;
-    6 conv(stride 2, no bias); 7-9 Block x3; 10 conv(stride 2, no bias); 11-13 Block x3;
-    14 conv(64, C)
-
-Decoder (latents -> images in [0, 1])::
-
-    0 clamp x -> 3 tanh(x / 3); 1 conv(C, 64); 2 ReLU; 3-5 Block x3; 6 nearest 2x upsample;
-    7 conv(no bias); 8-10 Block x3; 11 upsample; 12 conv(no bias); 13-15 Block x3;
-    16 upsample; 17 conv(no bias); 18 Block; 19 conv(64, 3)
-
-``conv(a, b)`` is a 3x3 convolution with padding 1. A Block is the residual
-``ReLU(body(x) + x)`` with ``body = conv, ReLU, conv, ReLU, conv`` (keys ``conv.0``,
-``conv.2``, ``conv.4``). Newer variants (TAEF2) make some blocks "pooled": before the body
-``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias), GroupNorm(4, 256), ReLU,
-Conv1x1(256, 64, no bias)`` (keys ``pool.0``, ``pool.1``, ``pool.3``).
-
-:class:`TinyAutoencoder` keeps that key layout under the prefixes ``encoder.layers.`` and
-``decoder.layers.``, so converting an original checkpoint is a direct prefix mapping. The
-latent channel count and which blocks are pooled are read from the state-dict keys and
-stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip any variant.
-
-The public methods follow diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode`
-takes images in [-1, 1] and :meth:`TinyAutoencoder.decode` returns images in [-1, 1]; the
-conversion to the [0, 1] range of the original modules happens inside. The latents are used
-unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``). ``enable_tiling()`` /
-``enable_slicing()`` (diffusers' ``AutoencoderMixin``) encode and decode in overlapping tiles /
-one image at a time, as ``AutoencoderTiny`` does; the tiles are blended by
-:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops write
-4 latent / 3 image channels and cannot be called for other layouts).
+As diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode` takes images in [-1, 1],
+:meth:`TinyAutoencoder.decode` returns images in [-1, 1], the latents are unscaled, and
+``enable_tiling()`` / ``enable_slicing()`` work; the tiles are blended by
+:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops assume 4
+latent / 3 image channels).
 """
 from __future__ import annotations
 
