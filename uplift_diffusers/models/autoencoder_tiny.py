@@ -288,13 +288,6 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.encoder.layers.load_state_dict(enc_sd, strict=True)
         self.decoder.layers.load_state_dict(dec_sd, strict=True)
 
-    def original_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Return ``(encoder_state_dict, decoder_state_dict)`` in the original file layout (detached copies)."""
-        return (
-            {k: v.detach().clone() for k, v in self.encoder.layers.state_dict().items()},
-            {k: v.detach().clone() for k, v in self.decoder.layers.state_dict().items()},
-        )
-
     # ------------------------------------------------------------------ inference
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:

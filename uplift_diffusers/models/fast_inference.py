@@ -1,39 +1,26 @@
-"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, beside the model.
+"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, applied from outside the model.
 
-``apply_fast_inference(model, dtype=torch.bfloat16, compile=True)`` makes ``model(...)`` run
-the model's own ``forward`` (its one step loop and input checks) with its two replaceable
-passes, :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`,
-swapped for faster versions of themselves (the model's own blocks, no second copy):
+``apply_fast_inference(model)`` keeps the model's own ``forward`` (its input checks and its one
+step loop) and swaps its two passes, :meth:`~UPLiFTLatentUpscaler.encode` and
+:meth:`~UPLiFTLatentUpscaler.upscale_step`, for faster versions of themselves (the same blocks and
+weights, no copy):
 
-- ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86
-  CPUs, tensor cores on CUDA): every convolution computes in ``dtype``, while the residual
-  stream (the ConvBlock sums, the concatenations, the Local Attender's softmax and mixing)
-  stays float32, so that each block rounds only its own update, not the running sum. Two
-  exceptions, both chosen by measurement on the official-size model: the first encoder group,
-  which reads the raw image, runs without autocast (about 3% of the encoder's work; in bf16
-  it alone costs a trained model about 3% relative error); and the widest encoder groups
-  (512 channels at full image resolution) carry their stream in ``dtype``: they set the peak
-  memory, which a float32 stream there would double. The encoder maps are stored in
-  ``dtype``. The weights themselves are never changed: autocast casts them on the fly, and
-  a compiled graph folds those casts into constants (Inductor freezing);
-- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`):
-  the steps read the last encoder map only through nearest resampling on a grid of every
-  s-th pixel, so only those pixels are computed (equal to the dense map to float rounding);
-- inputs in ``channels_last`` (when asked), the output returned in the dtype of the caller's
-  ``latents`` (standard memory format);
-- the encoder and the 2x step wrapped in ``torch.compile`` when it is available, with
-  Inductor's weight freezing in the default mode (weights become graph constants: oneDNN
-  pre-packs them and fuses residual adds into the 1x1 convolutions on CPU). If compiling is
-  not possible (no ``torch.compile``, no C compiler for the CPU backend, a backend error), a
-  ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
-- noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise` (same generator
-  calls, same order, same dtype as the eager model), or taken from ``noise`` when given (as
-  the eager ``forward``), outside the compiled graphs;
-- ``torch.no_grad()`` (inference only).
+- ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 CPUs, tensor cores):
+  the convolutions compute in ``dtype`` while the residual stream (ConvBlock sums, concatenations,
+  the Local Attender's softmax and mix) stays float32, so each block rounds only its own update.
+  Chosen by measurement on the official-size model: the first encoder group, which reads the raw
+  image, runs without autocast (in bf16 it alone costs a trained model about 3% relative error),
+  and the widest encoder groups (full resolution, the peak memory) carry their stream in ``dtype``;
+- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`): the steps
+  read that map only through nearest resampling on every s-th pixel, so only those are computed;
+- ``channels_last`` inputs (when asked), the output in the caller's dtype and memory format;
+- ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
+  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU). When compiling
+  is not possible a ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
+- the noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise`, outside the
+  compiled graphs (same calls, same order as the eager model), and ``torch.no_grad()``.
 
-While it is applied, the passes and a thin ``forward`` wrapper (``torch.no_grad``, the output
-dtype) are set on the instance, the wrapper beneath accelerate's hooks when the model has them;
-:func:`remove_fast_inference` removes them. The model module never imports this one.
+:func:`remove_fast_inference` gives the model its own passes back. The model never imports this module.
 """
 from __future__ import annotations
 
@@ -103,11 +90,9 @@ class FastInference:
         self.read_stride = 1
         self._eager = {"encode": self.encode, "step": self.step}
         self._compiled: Dict[str, Optional[Callable]] = {}
-        # freezing: weights become constants of the compiled graphs (autocast's weight casts
-        # folded), which lets Inductor pre-pack them for oneDNN and fuse the residual add into
-        # the 1x1 convolution (CPU). Dynamo reads the flag while tracing and guards on it, so
-        # it is set around every call, not only passed as a compile option (which reaches
-        # Inductor alone: weights would stay graph inputs).
+        # freezing makes the weights constants of the compiled graphs. Dynamo reads the flag
+        # while tracing and guards on it, so it is set around every call (as a compile option
+        # it would reach Inductor alone and the weights would stay graph inputs).
         self.freezing = compile and compile_mode is None
         if compile:
             self._compiled = {name: _try_compile(fn, compile_mode) for name, fn in self._eager.items()}
@@ -137,10 +122,7 @@ class FastInference:
             if index >= self.half_stream_from:
                 x = x.to(self.dtype)
             with self._autocast(image.device.type, enabled=index > 0):  # the first group reads the raw image
-                if index < len(groups) - 1:
-                    x = group(x)
-                else:
-                    x = last_group_strided(group, x, stride)
+                x = group(x) if index < len(groups) - 1 else last_group_strided(group, x, stride)
             maps.append(self._layout(x.to(self.dtype)))
         return maps
 
@@ -161,11 +143,12 @@ class FastInference:
     def _call(self, name: str, *args):
         compiled = self._compiled.get(name)
         if compiled is not None:
+            import torch._inductor.config as inductor_config  # slow to import: only when compiling
+
+            freezing = inductor_config.patch(freezing=True) if self.freezing else contextlib.nullcontext()
             try:
-                if self.freezing:
-                    with _freezing():
-                        return compiled(*args)
-                return compiled(*args)
+                with freezing:
+                    return compiled(*args)
             except Exception as error:  # a backend failure (e.g. no C compiler): run eagerly
                 warnings.warn(
                     f"torch.compile could not compile the UPLiFT {name} pass ({type(error).__name__}: "
@@ -227,13 +210,6 @@ def _forward_slot(model) -> str:
     return "_old_forward" if hasattr(model, "_hf_hook") and hasattr(model, "_old_forward") else "forward"
 
 
-def _freezing():
-    """Inductor's ``freezing`` switched on (see :attr:`FastInference.freezing`)."""
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
-
-
 def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
     """``torch.compile(fn)``, or ``None`` with a warning when that is not possible."""
     try:
@@ -245,7 +221,6 @@ def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
             stacklevel=4,
         )
         return None
-
 
 
 def apply_fast_inference(
