@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -45,7 +44,6 @@ _DECODER_IN_INDEX = 1  # conv(latent_channels, 64)
 _DECODER_OUT_INDEX = 19  # conv(64, 3)
 _LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
 _SPATIAL_FACTOR = 8
-_MAX_LISTED = 12  # keys listed per kind of problem in a checkpoint error
 #: Tiled encoding / decoding (diffusers' attribute names): tile side in image pixels, and the
 #: overlap of neighbouring tiles as a fraction of it (512 px tiles sharing 128 px; the overlap
 #: covers the decoder's receptive field: TAEF2 tiled vs untiled decode, see tests/test_tiling.py).
@@ -83,20 +81,10 @@ def _pool_blocks(layers: nn.Sequential, pooled, width: int, hidden: int, groups:
     return layers
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of block indices out of {list(allowed)}, got {value!r}")
-    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v not in allowed]
-    if bad or len(set(value)) != len(value):
-        raise ValueError(
-            f"{name} must list distinct block indices out of {list(allowed)}, got {list(value)!r} "
-            f"(invalid: {bad!r})"
-        )
+    valid = isinstance(value, Sequence) and not isinstance(value, str) and len(set(value)) == len(value)
+    if not valid or any(isinstance(v, bool) or not isinstance(v, int) or v not in allowed for v in value):
+        raise ValueError(f"`{name}` must list distinct block indices out of {list(allowed)}, got {value!r}.")
     return sorted(value)
 
 
@@ -152,31 +140,14 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         force_upcast: bool = False,
     ):
         super().__init__()
-        for name, value in (
-            ("latent_channels", latent_channels),
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("pool_hidden_channels", pool_hidden_channels),
-            ("pool_num_groups", pool_num_groups),
-        ):
-            _check_positive_int(name, value)
-        if (
-            isinstance(block_out_channels, (str, bytes))
-            or not isinstance(block_out_channels, Sequence)
-            or len(block_out_channels) != 4
-            or len(set(block_out_channels)) != 1
-        ):
+        if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or latent_channels < 1:
+            raise ValueError(f"`latent_channels` must be a positive int, got {latent_channels!r}.")
+        if not isinstance(block_out_channels, Sequence) or len(block_out_channels) != 4 or len(set(block_out_channels)) != 1:
             raise ValueError(
-                "block_out_channels must list four equal widths (one per resolution stage, e.g. "
-                f"[64, 64, 64, 64]), got {block_out_channels!r}"
+                "`block_out_channels` must list four equal widths (the architecture has one width; four entries give "
+                f"pipelines the spatial factor 2 ** 3 = 8), e.g. [64, 64, 64, 64]; got {block_out_channels!r}."
             )
         width = block_out_channels[0]
-        _check_positive_int("block_out_channels[0]", width)
-        if pool_hidden_channels % pool_num_groups:
-            raise ValueError(
-                f"pool_hidden_channels ({pool_hidden_channels}) must be divisible by "
-                f"pool_num_groups ({pool_num_groups})"
-            )
         enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
         dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
 
@@ -219,74 +190,50 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             The model in evaluation mode.
         """
         if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-            raise ValueError(
-                f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}"
-            )
-        for name, path in (("encoder_path", encoder_path), ("decoder_path", decoder_path)):
-            if not isinstance(path, (str, os.PathLike)):
-                raise ValueError(f"`{name}` must be a path (str or os.PathLike), got {type(path).__name__}")
-        enc_path, dec_path = Path(encoder_path).expanduser(), Path(decoder_path).expanduser()
-        enc_sd = load_state_dict_file(enc_path, "encoder_path")
-        dec_sd = load_state_dict_file(dec_path, "decoder_path")
-
+            raise ValueError(f"`torch_dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}.")
+        enc_sd = load_state_dict_file(encoder_path, "encoder_path")
+        dec_sd = load_state_dict_file(decoder_path, "decoder_path")
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
         dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
         if enc_latent is None and dec_latent is None:
             raise ValueError(
-                f"cannot detect the latent channel count: neither encoder_path ({enc_path}) holds "
-                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({dec_path}) holds '{_DECODER_IN_INDEX}.weight'; "
+                f"cannot detect the latent channel count: neither encoder_path ({encoder_path}) holds "
+                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({decoder_path}) holds '{_DECODER_IN_INDEX}.weight'; "
                 "are these TAESD-family checkpoints?"
             )
-        if enc_latent is not None and dec_latent is not None and enc_latent != dec_latent:
+        if None not in (enc_latent, dec_latent) and enc_latent != dec_latent:
             raise ValueError(
-                f"encoder_path ({enc_path}) produces {enc_latent} latent channels but decoder_path ({dec_path}) "
-                f"expects {dec_latent}; pass the encoder and decoder of the same variant"
+                f"encoder_path ({encoder_path}) produces {enc_latent} latent channels but decoder_path ({decoder_path}) "
+                f"expects {dec_latent}; pass the encoder and decoder of the same variant."
             )
-        latent_channels = enc_latent if enc_latent is not None else dec_latent
-        width = _shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64
-        pool_hidden = next(
-            (
-                int(state[k].shape[0])
-                for state in (enc_sd, dec_sd)
-                for k in sorted(state)
-                if k.endswith(".pool.0.weight") and state[k].ndim > 0
-            ),
-            256,
-        )
+        pool_widths = [int(sd[k].shape[0]) for sd in (enc_sd, dec_sd) for k in sorted(sd) if k.endswith(".pool.0.weight")]
         model = cls(
-            latent_channels=latent_channels,
+            latent_channels=enc_latent or dec_latent,
             encoder_pooled_blocks=_pooled_indices(enc_sd, ENCODER_BLOCK_POSITIONS),
             decoder_pooled_blocks=_pooled_indices(dec_sd, DECODER_BLOCK_POSITIONS),
-            block_out_channels=[width] * 4,
+            block_out_channels=[_shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64] * 4,
             in_channels=_shape(enc_sd, "0.weight", 1) or 3,
             out_channels=_shape(dec_sd, f"{_DECODER_OUT_INDEX}.weight", 0) or 3,
-            pool_hidden_channels=pool_hidden,
+            pool_hidden_channels=pool_widths[0] if pool_widths else 256,
         )
-        model._load_original(enc_sd, dec_sd, str(enc_path), str(dec_path))
+        problems = []
+        for arg, path, given, layers in (
+            ("encoder_path", encoder_path, enc_sd, model.encoder.layers),
+            ("decoder_path", decoder_path, dec_sd, model.decoder.layers),
+        ):
+            parts = state_dict_problems(given, layers.state_dict(), limit=12)
+            if parts:
+                problems.append(f"{arg} ({path}): " + "; ".join(parts))
+        if problems:
+            detected = {key: model.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")}
+            raise ValueError(f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems))
+        model.encoder.layers.load_state_dict(enc_sd)
+        model.decoder.layers.load_state_dict(dec_sd)
         if torch_dtype is not None:
-            # Cast the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning.
+            # the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning
             model.encoder.to(torch_dtype)
             model.decoder.to(torch_dtype)
         return model.eval()
-
-    def _load_original(self, enc_sd, dec_sd, enc_name: str, dec_name: str) -> None:
-        problems = []
-        for arg, name, given, module in (
-            ("encoder_path", enc_name, enc_sd, self.encoder.layers),
-            ("decoder_path", dec_name, dec_sd, self.decoder.layers),
-        ):
-            parts = state_dict_problems(given, module.state_dict(), limit=_MAX_LISTED)
-            if parts:
-                problems.append(f"{arg} ({name}): " + "; ".join(parts))
-        if problems:
-            detected = {
-                key: self.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")
-            }
-            raise ValueError(
-                f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems)
-            )
-        self.encoder.layers.load_state_dict(enc_sd, strict=True)
-        self.decoder.layers.load_state_dict(dec_sd, strict=True)
 
     # ------------------------------------------------------------------ inference
     @apply_forward_hook
