@@ -65,12 +65,12 @@ def blend_ramp(size: int, start_ramp: int, end_ramp: int, device=None) -> torch.
     """1-D weights of a tile of ``size`` pixels: rising over the first ``start_ramp`` pixels,
     falling over the last ``end_ramp``, 1 elsewhere. The rise is ``(i + 0.5) / start_ramp``
     (never 0), so a neighbour's fall over the same pixels complements it to exactly 1."""
+    position = torch.arange(size, device=device, dtype=torch.float32) + 0.5
     weights = torch.ones(size, device=device)
-    for ramp, at_start in ((min(start_ramp, size), True), (min(end_ramp, size), False)):
-        if ramp > 0:
-            rise = (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp
-            part = weights[:ramp] if at_start else weights[size - ramp :]
-            part.copy_(torch.minimum(part, rise if at_start else rise.flip(0)))
+    if start_ramp > 0:
+        weights = torch.minimum(weights, position / min(start_ramp, size))
+    if end_ramp > 0:
+        weights = torch.minimum(weights, position.flip(0) / min(end_ramp, size))
     return weights
 
 
