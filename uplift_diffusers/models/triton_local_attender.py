@@ -66,8 +66,6 @@ def _local_attention_kernel(
 def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Sequence[Tuple[int, int]], scale: int) -> torch.Tensor:
     """``attend(softmax(logits), value, offsets, padding, scale)`` in one kernel.
 
-    The caller (the Local Attender) has checked the shapes.
-
     Args:
         logits: ``B x n x sH x sW`` attention logits (any float dtype and strides).
         value: ``B x C x H x W`` (any float dtype and strides).
@@ -81,6 +79,12 @@ def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Se
     """
     batch, channels, height, width = value.shape
     expected = (batch, len(offsets), height * scale, width * scale)
+    # the kernel reads raw pointers: a wrong shape would read outside the tensors, silently
+    if tuple(logits.shape) != expected or logits.device != value.device:
+        raise ValueError(
+            f"`logits` must be B x n x sH x sW = {expected} on {value.device} for a {tuple(value.shape)} value, "
+            f"{len(offsets)} offsets and scale {scale}; got {tuple(logits.shape)} on {logits.device}."
+        )
     dtype = torch.promote_types(logits.dtype, value.dtype)
     out = torch.empty(expected[:1] + (channels,) + expected[2:], dtype=dtype, device=value.device)
     dy = torch.tensor([o[0] for o in offsets], dtype=torch.int32, device=value.device)
