@@ -162,6 +162,10 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
 def test_processor_is_swappable():
     att = LocalAttender(24)
     assert isinstance(att.processor, AutoLocalAttenderProcessor)
+    guide, value = torch.randn(1, 24, 8, 8), torch.randn(1, 4, 4, 4)
+    reference = att(guide, value)
+    att.set_processor(LocalAttenderProcessor())
+    assert isinstance(att.processor, LocalAttenderProcessor) and torch.equal(att(guide, value), reference)
     calls = []
     att.set_processor(lambda attender, guide, value, scale: calls.append(scale) or value.repeat_interleave(scale, -1).repeat_interleave(scale, -2))
     out = att(torch.randn(1, 24, 9, 9), torch.randn(1, 4, 3, 3))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
