@@ -289,7 +289,7 @@ def test_compiled_passes_run_with_inductor_freezing(monkeypatch, mode, frozen):
 def test_compile_unavailable_warns(monkeypatch):
     monkeypatch.delattr(torch, "compile")
     model = make_small_upscaler()
-    with pytest.warns(RuntimeWarning, match="not available"):
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         state = apply_fast_inference(model, compile=True)
     assert not state.compiled
 
@@ -321,13 +321,12 @@ def random_encoder():
 
 @pytest.mark.parametrize("stride", [2, 3, 4, 8])
 @pytest.mark.parametrize("size", [(32, 48), (33, 29)])
-@pytest.mark.parametrize("phases", [True, False])
-def test_strided_last_map_equals_dense_subsampling(stride, size, phases):
+def test_strided_last_map_equals_dense_subsampling(stride, size):
     encoder = random_encoder()
     image = torch.rand(2, 3, *size)
     with torch.no_grad():
         dense = encoder(image)
-        strided = last_group_strided(encoder.groups[-1], dense[-2], stride, phases=phases)
+        strided = last_group_strided(encoder.groups[-1], dense[-2], stride)
     expected = dense[-1][..., ::stride, ::stride]
     assert strided.shape == expected.shape
     assert (strided - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())

@@ -28,7 +28,7 @@ needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not 
 CHECK_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from uplift_diffusers.models.local_attender import LocalAttender, attend
+    from uplift_diffusers.models.local_attender import FusedLocalAttenderProcessor, LocalAttender, attend
     from uplift_diffusers.models.triton_local_attender import fused_local_attention
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ CHECK_SCRIPT = textwrap.dedent(
         with torch.no_grad():
             reference = attend(att.attention(guide), value, att.offsets, att.padding, scale)
             fused = fused_local_attention(att.logits(guide).to(dtype), value.to(dtype), att.offsets, scale)
-            att.fused_kernel = True
+            att.set_processor(FusedLocalAttenderProcessor())
             forward = att(guide, value)
         results.append(dict(
             name=name, dtype=str(fused.dtype), shape=list(fused.shape), contiguous=fused.is_contiguous(),
@@ -140,7 +140,7 @@ def test_cpu_tensors_use_pytorch_and_never_load_the_kernel():
 def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
     att = LocalAttender(24)
     auto = att.processor
-    assert isinstance(auto, AutoLocalAttenderProcessor) and att.fused_kernel is None
+    assert isinstance(auto, AutoLocalAttenderProcessor)
 
     class FakeCuda:
         is_cuda, requires_grad = True, False
@@ -159,22 +159,19 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
         assert not auto.use_fused(att, cuda, cuda)
 
 
-def test_processor_is_swappable_and_fused_kernel_flag_names_it():
+def test_processor_is_swappable():
     att = LocalAttender(24)
-    att.fused_kernel = True
-    assert isinstance(att.processor, FusedLocalAttenderProcessor) and att.fused_kernel is True
-    att.fused_kernel = False
-    assert isinstance(att.processor, LocalAttenderProcessor) and att.fused_kernel is False
-    att.set_processor(AutoLocalAttenderProcessor())
-    assert att.fused_kernel is None
+    assert isinstance(att.processor, AutoLocalAttenderProcessor)
+    guide, value = torch.randn(1, 24, 8, 8), torch.randn(1, 4, 4, 4)
+    reference = att(guide, value)
+    att.set_processor(LocalAttenderProcessor())
+    assert isinstance(att.processor, LocalAttenderProcessor) and torch.equal(att(guide, value), reference)
     calls = []
     att.set_processor(lambda attender, guide, value, scale: calls.append(scale) or value.repeat_interleave(scale, -1).repeat_interleave(scale, -2))
     out = att(torch.randn(1, 24, 9, 9), torch.randn(1, 4, 3, 3))
     assert calls == [3] and out.shape == (1, 4, 9, 9)
     with pytest.raises(ValueError, match="processor"):
         att.set_processor("pytorch")
-    with pytest.raises(ValueError, match="fused_kernel"):
-        att.fused_kernel = "yes"
 
 
 def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
@@ -200,7 +197,7 @@ def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
         warnings.simplefilter("error")  # warned once: PyTorch from then on
         with torch.no_grad():
             assert torch.equal(att(guide, value), reference)
-    att.fused_kernel = True  # forced: the error is raised, not hidden
+    att.set_processor(FusedLocalAttenderProcessor())  # forced: the error is raised, not hidden
     with pytest.raises(RuntimeError, match="no CUDA driver"), torch.no_grad():
         att(guide, value)
 

@@ -1,52 +1,31 @@
 """A diffusers model for the TAESD family of tiny autoencoders (TAESD, TAESDXL, TAEF1, TAEF2, ...).
 
-The original madebyollin/taesd checkpoints are two plain PyTorch state dicts,
-``encoder.pth`` and ``decoder.pth``, each indexing one ``nn.Sequential``:
+The original madebyollin/taesd checkpoints are two state dicts, ``encoder.pth`` and ``decoder.pth``,
+each indexing one ``nn.Sequential`` laid out as diffusers' ``EncoderTiny`` / ``DecoderTiny`` (the
+decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). Newer variants (TAEF2) make some blocks
+"pooled": before the block ``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias),
+GroupNorm(4, 256), ReLU, Conv1x1(256, 64, no bias)``. :class:`TinyAutoencoder` keeps that key layout
+under ``encoder.layers.`` / ``decoder.layers.``; the latent channel count and the pooled blocks are
+read from the keys and stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip
+any variant.
 
-Encoder (images in [0, 1] -> latents, 8x smaller)::
-
-    0 conv(3, 64); 1 Block; 2 conv(64, 64, stride 2, no bias); 3-5 Block x3;
-    6 conv(stride 2, no bias); 7-9 Block x3; 10 conv(stride 2, no bias); 11-13 Block x3;
-    14 conv(64, C)
-
-Decoder (latents -> images in [0, 1])::
-
-    0 clamp x -> 3 tanh(x / 3); 1 conv(C, 64); 2 ReLU; 3-5 Block x3; 6 nearest 2x upsample;
-    7 conv(no bias); 8-10 Block x3; 11 upsample; 12 conv(no bias); 13-15 Block x3;
-    16 upsample; 17 conv(no bias); 18 Block; 19 conv(64, 3)
-
-``conv(a, b)`` is a 3x3 convolution with padding 1. A Block is the residual
-``ReLU(body(x) + x)`` with ``body = conv, ReLU, conv, ReLU, conv`` (keys ``conv.0``,
-``conv.2``, ``conv.4``). Newer variants (TAEF2) make some blocks "pooled": before the body
-``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias), GroupNorm(4, 256), ReLU,
-Conv1x1(256, 64, no bias)`` (keys ``pool.0``, ``pool.1``, ``pool.3``).
-
-:class:`TinyAutoencoder` keeps that key layout under the prefixes ``encoder.layers.`` and
-``decoder.layers.``, so converting an original checkpoint is a direct prefix mapping. The
-latent channel count and which blocks are pooled are read from the state-dict keys and
-stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip any variant.
-
-The public methods follow diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode`
-takes images in [-1, 1] and :meth:`TinyAutoencoder.decode` returns images in [-1, 1]; the
-conversion to the [0, 1] range of the original modules happens inside. The latents are used
-unscaled (``scaling_factor=1.0``, ``shift_factor=0.0``). ``enable_tiling()`` /
-``enable_slicing()`` (diffusers' ``AutoencoderMixin``) encode and decode in overlapping tiles /
-one image at a time, as ``AutoencoderTiny`` does; the tiles are blended by
-:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops write
-4 latent / 3 image channels and cannot be called for other layouts).
+As diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode` takes images in [-1, 1],
+:meth:`TinyAutoencoder.decode` returns images in [-1, 1], the latents are unscaled, and
+``enable_tiling()`` / ``enable_slicing()`` work; the tiles are blended by
+:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops assume 4
+latent / 3 image channels).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
-from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DecoderTiny, EncoderTiny
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
@@ -65,7 +44,6 @@ _DECODER_IN_INDEX = 1  # conv(latent_channels, 64)
 _DECODER_OUT_INDEX = 19  # conv(64, 3)
 _LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
 _SPATIAL_FACTOR = 8
-_MAX_LISTED = 12  # keys listed per kind of problem in a checkpoint error
 #: Tiled encoding / decoding (diffusers' attribute names): tile side in image pixels, and the
 #: overlap of neighbouring tiles as a fraction of it (512 px tiles sharing 128 px; the overlap
 #: covers the decoder's receptive field: TAEF2 tiled vs untiled decode, see tests/test_tiling.py).
@@ -73,106 +51,40 @@ _TILE_SAMPLE_MIN_SIZE = 512
 _TILE_OVERLAP_FACTOR = 0.25
 
 
-def _conv(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+class PooledBlock(AutoencoderTinyBlock):
+    """diffusers' TAESD block preceded by TAEF2's pooling branch: ``x = x + pool(x)``."""
+
+    def __init__(self, channels: int, hidden_channels: int, num_groups: int):
+        super().__init__(channels, channels, "relu")
+        self.pool = nn.Sequential(
+            nn.Conv2d(channels, hidden_channels, 1, bias=False),
+            nn.GroupNorm(num_groups, hidden_channels),
+            nn.ReLU(),
+            nn.Conv2d(hidden_channels, channels, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + self.pool(x))
 
 
 class _TanhClamp(nn.Module):
-    """Soft clamp ``x -> m * tanh(x / m)`` applied to latents before decoding."""
-
-    def __init__(self, magnitude: float = _LATENT_CLAMP):
-        super().__init__()
-        self.magnitude = magnitude
+    """The decoder's soft clamp of the latents, ``x -> m * tanh(x / m)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / self.magnitude) * self.magnitude
+        return torch.tanh(x / _LATENT_CLAMP) * _LATENT_CLAMP
 
 
-class _Block(nn.Module):
-    """Residual block ``ReLU(body(x) + x)``, optionally preceded by ``x = x + pool(x)``."""
-
-    def __init__(self, channels: int, pooled: bool, pool_hidden_channels: int, pool_num_groups: int):
-        super().__init__()
-        self.conv = nn.Sequential(
-            _conv(channels, channels),
-            nn.ReLU(inplace=True),
-            _conv(channels, channels),
-            nn.ReLU(inplace=True),
-            _conv(channels, channels),
-        )
-        self.pool = (
-            nn.Sequential(
-                nn.Conv2d(channels, pool_hidden_channels, 1, bias=False),
-                nn.GroupNorm(pool_num_groups, pool_hidden_channels),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(pool_hidden_channels, channels, 1, bias=False),
-            )
-            if pooled
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is not None:
-            x = x + self.pool(x)
-        return F.relu(self.conv(x) + x, inplace=True)
-
-
-class _TinyEncoder(nn.Module):
-    """The original encoder ``nn.Sequential`` (images in [0, 1] -> latents) as ``self.layers``."""
-
-    def __init__(self, in_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
-        super().__init__()
-
-        def block(index: int) -> _Block:
-            return _Block(width, index in pooled, pool_hidden, pool_groups)
-
-        layers: list[nn.Module] = [_conv(in_channels, width), block(1)]
-        for first in (2, 6, 10):  # three stride-2 stages of three blocks each
-            layers.append(_conv(width, width, stride=2, bias=False))
-            layers.extend(block(first + k) for k in (1, 2, 3))
-        layers.append(_conv(width, latent_channels))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class _TinyDecoder(nn.Module):
-    """The original decoder ``nn.Sequential`` (latents -> images in [0, 1]) as ``self.layers``."""
-
-    def __init__(self, out_channels, latent_channels, width, pooled, pool_hidden, pool_groups):
-        super().__init__()
-
-        def block(index: int) -> _Block:
-            return _Block(width, index in pooled, pool_hidden, pool_groups)
-
-        layers: list[nn.Module] = [_TanhClamp(), _conv(latent_channels, width), nn.ReLU(inplace=True)]
-        layers.extend(block(i) for i in (3, 4, 5))
-        for first, count in ((6, 3), (11, 3), (16, 1)):  # upsample, conv, blocks
-            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            layers.append(_conv(width, width, bias=False))
-            layers.extend(block(first + 2 + k) for k in range(count))
-        layers.append(_conv(width, out_channels))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _pool_blocks(layers: nn.Sequential, pooled, width: int, hidden: int, groups: int) -> nn.Sequential:
+    """``layers`` with the blocks at the indices ``pooled`` swapped for :class:`PooledBlock`."""
+    for index in pooled:
+        layers[index] = PooledBlock(width, hidden, groups)
+    return layers
 
 
 def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of block indices out of {list(allowed)}, got {value!r}")
-    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v not in allowed]
-    if bad or len(set(value)) != len(value):
-        raise ValueError(
-            f"{name} must list distinct block indices out of {list(allowed)}, got {list(value)!r} "
-            f"(invalid: {bad!r})"
-        )
+    valid = isinstance(value, Sequence) and not isinstance(value, str) and len(set(value)) == len(value)
+    if not valid or any(isinstance(v, bool) or not isinstance(v, int) or v not in allowed for v in value):
+        raise ValueError(f"`{name}` must list distinct block indices out of {list(allowed)}, got {value!r}.")
     return sorted(value)
 
 
@@ -228,37 +140,26 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         force_upcast: bool = False,
     ):
         super().__init__()
-        for name, value in (
-            ("latent_channels", latent_channels),
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("pool_hidden_channels", pool_hidden_channels),
-            ("pool_num_groups", pool_num_groups),
-        ):
-            _check_positive_int(name, value)
-        if (
-            isinstance(block_out_channels, (str, bytes))
-            or not isinstance(block_out_channels, Sequence)
-            or len(block_out_channels) != 4
-            or len(set(block_out_channels)) != 1
-        ):
+        if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or latent_channels < 1:
+            raise ValueError(f"`latent_channels` must be a positive int, got {latent_channels!r}.")
+        if not isinstance(block_out_channels, Sequence) or len(block_out_channels) != 4 or len(set(block_out_channels)) != 1:
             raise ValueError(
-                "block_out_channels must list four equal widths (one per resolution stage, e.g. "
-                f"[64, 64, 64, 64]), got {block_out_channels!r}"
+                "`block_out_channels` must list four equal widths (the architecture has one width; four entries give "
+                f"pipelines the spatial factor 2 ** 3 = 8), e.g. [64, 64, 64, 64]; got {block_out_channels!r}."
             )
         width = block_out_channels[0]
-        _check_positive_int("block_out_channels[0]", width)
-        if pool_hidden_channels % pool_num_groups:
-            raise ValueError(
-                f"pool_hidden_channels ({pool_hidden_channels}) must be divisible by "
-                f"pool_num_groups ({pool_num_groups})"
-            )
         enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
         dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
 
-        pool = (pool_hidden_channels, pool_num_groups)
-        self.encoder = _TinyEncoder(in_channels, latent_channels, width, enc_pooled, *pool)
-        self.decoder = _TinyDecoder(out_channels, latent_channels, width, dec_pooled, *pool)
+        # diffusers' EncoderTiny / DecoderTiny lay their layers out as the original files; the
+        # decoder's soft clamp is prepended so that the indices match the files' keys. Both are
+        # run through ``.layers`` (their ``forward`` also rescales the images / clamps).
+        pool = (width, pool_hidden_channels, pool_num_groups)
+        widths, blocks = (width,) * 4, (1, 3, 3, 3)
+        self.encoder = EncoderTiny(in_channels, latent_channels, blocks, widths, "relu")
+        _pool_blocks(self.encoder.layers, enc_pooled, *pool)
+        self.decoder = DecoderTiny(latent_channels, out_channels, blocks[::-1], widths, 2, "relu", "nearest")
+        self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), dec_pooled, *pool)
         # AutoencoderMixin switches (enable_tiling / enable_slicing) and diffusers' tile settings
         self.use_slicing = False
         self.use_tiling = False
@@ -289,81 +190,50 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             The model in evaluation mode.
         """
         if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-            raise ValueError(
-                f"torch_dtype must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}"
-            )
-        for name, path in (("encoder_path", encoder_path), ("decoder_path", decoder_path)):
-            if not isinstance(path, (str, os.PathLike)):
-                raise ValueError(f"`{name}` must be a path (str or os.PathLike), got {type(path).__name__}")
-        enc_path, dec_path = Path(encoder_path).expanduser(), Path(decoder_path).expanduser()
-        enc_sd = load_state_dict_file(enc_path, "encoder_path")
-        dec_sd = load_state_dict_file(dec_path, "decoder_path")
-
+            raise ValueError(f"`torch_dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}.")
+        enc_sd = load_state_dict_file(encoder_path, "encoder_path")
+        dec_sd = load_state_dict_file(decoder_path, "decoder_path")
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
         dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
         if enc_latent is None and dec_latent is None:
             raise ValueError(
-                f"cannot detect the latent channel count: neither encoder_path ({enc_path}) holds "
-                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({dec_path}) holds '{_DECODER_IN_INDEX}.weight'; "
+                f"cannot detect the latent channel count: neither encoder_path ({encoder_path}) holds "
+                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({decoder_path}) holds '{_DECODER_IN_INDEX}.weight'; "
                 "are these TAESD-family checkpoints?"
             )
-        if enc_latent is not None and dec_latent is not None and enc_latent != dec_latent:
+        if None not in (enc_latent, dec_latent) and enc_latent != dec_latent:
             raise ValueError(
-                f"encoder_path ({enc_path}) produces {enc_latent} latent channels but decoder_path ({dec_path}) "
-                f"expects {dec_latent}; pass the encoder and decoder of the same variant"
+                f"encoder_path ({encoder_path}) produces {enc_latent} latent channels but decoder_path ({decoder_path}) "
+                f"expects {dec_latent}; pass the encoder and decoder of the same variant."
             )
-        latent_channels = enc_latent if enc_latent is not None else dec_latent
-        width = _shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64
-        pool_hidden = next(
-            (
-                int(state[k].shape[0])
-                for state in (enc_sd, dec_sd)
-                for k in sorted(state)
-                if k.endswith(".pool.0.weight") and state[k].ndim > 0
-            ),
-            256,
-        )
+        pool_widths = [int(sd[k].shape[0]) for sd in (enc_sd, dec_sd) for k in sorted(sd) if k.endswith(".pool.0.weight")]
         model = cls(
-            latent_channels=latent_channels,
+            latent_channels=enc_latent or dec_latent,
             encoder_pooled_blocks=_pooled_indices(enc_sd, ENCODER_BLOCK_POSITIONS),
             decoder_pooled_blocks=_pooled_indices(dec_sd, DECODER_BLOCK_POSITIONS),
-            block_out_channels=[width] * 4,
+            block_out_channels=[_shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64] * 4,
             in_channels=_shape(enc_sd, "0.weight", 1) or 3,
             out_channels=_shape(dec_sd, f"{_DECODER_OUT_INDEX}.weight", 0) or 3,
-            pool_hidden_channels=pool_hidden,
+            pool_hidden_channels=pool_widths[0] if pool_widths else 256,
         )
-        model._load_original(enc_sd, dec_sd, str(enc_path), str(dec_path))
+        problems = []
+        for arg, path, given, layers in (
+            ("encoder_path", encoder_path, enc_sd, model.encoder.layers),
+            ("decoder_path", decoder_path, dec_sd, model.decoder.layers),
+        ):
+            parts = state_dict_problems(given, layers.state_dict(), limit=12)
+            if parts:
+                problems.append(f"{arg} ({path}): " + "; ".join(parts))
+        if problems:
+            detected = {key: model.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")}
+            raise ValueError(f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems))
+        model.encoder.layers.load_state_dict(enc_sd)
+        model.decoder.layers.load_state_dict(dec_sd)
         if torch_dtype is not None:
-            # Cast the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning.
+            # the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning
             model.encoder.to(torch_dtype)
             model.decoder.to(torch_dtype)
         return model.eval()
-
-    def _load_original(self, enc_sd, dec_sd, enc_name: str, dec_name: str) -> None:
-        problems = []
-        for arg, name, given, module in (
-            ("encoder_path", enc_name, enc_sd, self.encoder.layers),
-            ("decoder_path", dec_name, dec_sd, self.decoder.layers),
-        ):
-            parts = state_dict_problems(given, module.state_dict(), limit=_MAX_LISTED)
-            if parts:
-                problems.append(f"{arg} ({name}): " + "; ".join(parts))
-        if problems:
-            detected = {
-                key: self.config[key] for key in ("latent_channels", "encoder_pooled_blocks", "decoder_pooled_blocks")
-            }
-            raise ValueError(
-                f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems)
-            )
-        self.encoder.layers.load_state_dict(enc_sd, strict=True)
-        self.decoder.layers.load_state_dict(dec_sd, strict=True)
-
-    def original_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Return ``(encoder_state_dict, decoder_state_dict)`` in the original file layout (detached copies)."""
-        return (
-            {k: v.detach().clone() for k, v in self.encoder.layers.state_dict().items()},
-            {k: v.detach().clone() for k, v in self.decoder.layers.state_dict().items()},
-        )
 
     # ------------------------------------------------------------------ inference
     @apply_forward_hook
@@ -419,7 +289,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         would change (TAEF2 pools only at latent resolution, where the whole map is cheap)."""
         x = x * 0.5 + 0.5
         if not self.use_tiling:
-            return self.encoder(x)
+            return self.encoder.layers(x)
         layers = self.encoder.layers
         downs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d) and layer.stride[0] > 1]
         split = min([downs[-1] + 1] + [int(p) for p in self.config.encoder_pooled_blocks])
@@ -436,7 +306,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         the last pooled block, see :meth:`_encode_one`) run on the whole map, the rest on
         overlapping blended tiles."""
         if not self.use_tiling:
-            return self.decoder(z).mul(2).sub_(1)
+            return self.decoder.layers(z).mul(2).sub_(1)
         layers = self.decoder.layers
         ups = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample)]
         split = max([ups[0]] + [int(p) + 1 for p in self.config.decoder_pooled_blocks])

@@ -1,39 +1,26 @@
-"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, beside the model.
+"""Fast inference for :class:`~uplift_diffusers.UPLiFTLatentUpscaler`, applied from outside the model.
 
-``apply_fast_inference(model, dtype=torch.bfloat16, compile=True)`` makes ``model(...)`` run
-the model's own ``forward`` (its one step loop and input checks) with its two replaceable
-passes, :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`,
-swapped for faster versions of themselves (the model's own blocks, no second copy):
+``apply_fast_inference(model)`` keeps the model's own ``forward`` (its input checks and its one
+step loop) and swaps its two passes, :meth:`~UPLiFTLatentUpscaler.encode` and
+:meth:`~UPLiFTLatentUpscaler.upscale_step`, for faster versions of themselves (the same blocks and
+weights, no copy):
 
-- ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 on recent x86
-  CPUs, tensor cores on CUDA): every convolution computes in ``dtype``, while the residual
-  stream (the ConvBlock sums, the concatenations, the Local Attender's softmax and mixing)
-  stays float32, so that each block rounds only its own update, not the running sum. Two
-  exceptions, both chosen by measurement on the official-size model: the first encoder group,
-  which reads the raw image, runs without autocast (about 3% of the encoder's work; in bf16
-  it alone costs a trained model about 3% relative error); and the widest encoder groups
-  (512 channels at full image resolution) carry their stream in ``dtype``: they set the peak
-  memory, which a float32 stream there would double. The encoder maps are stored in
-  ``dtype``. The weights themselves are never changed: autocast casts them on the fly, and
-  a compiled graph folds those casts into constants (Inductor freezing);
-- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`):
-  the steps read the last encoder map only through nearest resampling on a grid of every
-  s-th pixel, so only those pixels are computed (equal to the dense map to float rounding);
-- inputs in ``channels_last`` (when asked), the output returned in the dtype of the caller's
-  ``latents`` (standard memory format);
-- the encoder and the 2x step wrapped in ``torch.compile`` when it is available, with
-  Inductor's weight freezing in the default mode (weights become graph constants: oneDNN
-  pre-packs them and fuses residual adds into the 1x1 convolutions on CPU). If compiling is
-  not possible (no ``torch.compile``, no C compiler for the CPU backend, a backend error), a
-  ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
-- noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise` (same generator
-  calls, same order, same dtype as the eager model), or taken from ``noise`` when given (as
-  the eager ``forward``), outside the compiled graphs;
-- ``torch.no_grad()`` (inference only).
+- ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 CPUs, tensor cores):
+  the convolutions compute in ``dtype`` while the residual stream (ConvBlock sums, concatenations,
+  the Local Attender's softmax and mix) stays float32, so each block rounds only its own update.
+  Chosen by measurement on the official-size model: the first encoder group, which reads the raw
+  image, runs without autocast (in bf16 it alone costs a trained model about 3% relative error),
+  and the widest encoder groups (full resolution, the peak memory) carry their stream in ``dtype``;
+- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`): the steps
+  read that map only through nearest resampling on every s-th pixel, so only those are computed;
+- ``channels_last`` inputs (when asked), the output in the caller's dtype and memory format;
+- ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
+  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU). When compiling
+  is not possible a ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
+- the noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise`, outside the
+  compiled graphs (same calls, same order as the eager model), and ``torch.no_grad()``.
 
-While it is applied, the passes and a thin ``forward`` wrapper (``torch.no_grad``, the output
-dtype) are set on the instance, the wrapper beneath accelerate's hooks when the model has them;
-:func:`remove_fast_inference` removes them. The model module never imports this one.
+:func:`remove_fast_inference` gives the model its own passes back. The model never imports this module.
 """
 from __future__ import annotations
 
@@ -76,53 +63,12 @@ def strided_conv_block(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.
     return block.pointwise(conv_out, x[:, :, ::stride, ::stride])
 
 
-#: The nine (dy, dx) around a strided pixel that a 3x3 convolution reads.
-PHASE_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def conv_block_phases(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``block(x)`` at the pixels ``(stride * i + dy, stride * j + dx)`` for the nine
-    ``(dy, dx)`` in :data:`PHASE_OFFSETS`, with ``i, j`` running over ``ceil(H / stride)``,
-    ``ceil(W / stride)``; pixels outside the image are zero (the next block's zero padding).
-    Returns ``B x 9 x C_out x ceil(H / stride) x ceil(W / stride)``."""
-    batch, _, height, width = x.shape
-    rows, cols = -(-height // stride), -(-width // stride)
-    padded = F.pad(x, (2, 2, 2, 2))  # padded[r + 2] = x[r]; zeros outside
-    phases = []
-    for dy, dx in PHASE_OFFSETS:
-        # the 3x3 window centred at x[stride*i + dy] starts at padded[stride*i + dy + 1]
-        window = padded[:, :, dy + 1 :, dx + 1 :]
-        conv_out = F.conv2d(window, block.conv.weight, None, stride=stride)[:, :, :rows, :cols]
-        residual = padded[:, :, dy + 2 :: stride, dx + 2 :: stride][:, :, :rows, :cols]
-        out = block.pointwise(conv_out, residual)
-        row_pos = torch.arange(rows, device=x.device) * stride + dy
-        col_pos = torch.arange(cols, device=x.device) * stride + dx
-        inside = ((row_pos >= 0) & (row_pos < height))[:, None] & ((col_pos >= 0) & (col_pos < width))[None, :]
-        phases.append(out * inside.to(out.dtype))
-    return torch.stack(phases, dim=1)
-
-
-def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int, phases: bool) -> torch.Tensor:
-    """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input.
-
-    The last block runs as a strided ConvBlock. Its 3x3 convolution reads the block before
-    it only at rows and columns ``stride * i + {-1, 0, 1}``; for ``stride >= 3`` those are
-    fewer than all pixels, so with ``phases`` that block is evaluated only there, as nine
-    strided "phases" (:func:`conv_block_phases`: 9 / stride**2 of its work), and the last
-    block's 3x3 convolution becomes one 1x1 convolution over the nine phases stacked as
-    channels. That pays in float32; in half precision (AMX / tensor cores) the nine strided
-    phase convolutions and their input copies cost more than the dense block (measured on an
-    AMX CPU), so :class:`FastInference` uses phases only in float32."""
+def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input:
+    the blocks before the last run densely, the last one only at the pixels read."""
     if stride == 1:
         return group(x)
-    if stride < 3 or len(group) < 2 or not phases:
-        return strided_conv_block(group[-1], group[:-1](x), stride)
-    stacked = conv_block_phases(group[-2], group[:-2](x), stride)  # B x 9 x C x H/s x W/s
-    last = group[-1]
-    batch, _, channels, height, width = stacked.shape
-    weight = last.conv.weight.permute(0, 2, 3, 1).reshape(last.out_channels, 9 * channels, 1, 1)
-    conv_out = F.conv2d(stacked.reshape(batch, 9 * channels, height, width), weight)
-    return last.pointwise(conv_out, stacked[:, 4])  # phase 4 is the offset (0, 0)
+    return strided_conv_block(group[-1], group[:-1](x), stride)
 
 
 # =============================================================================== the fast passes
@@ -140,17 +86,13 @@ class FastInference:
         # (official-size model, random weights)
         widths = [group[-1].out_channels for group in model.encoder.groups]
         self.half_stream_from = widths.index(max(widths))
-        #: the strided last encoder group with phases (:func:`last_group_strided`): in float32 only
-        self.phases = dtype == torch.float32
         #: stride of the last encoder map for the call in progress (set by :meth:`forward`)
         self.read_stride = 1
         self._eager = {"encode": self.encode, "step": self.step}
         self._compiled: Dict[str, Optional[Callable]] = {}
-        # freezing: weights become constants of the compiled graphs (autocast's weight casts
-        # folded), which lets Inductor pre-pack them for oneDNN and fuse the residual add into
-        # the 1x1 convolution (CPU). Dynamo reads the flag while tracing and guards on it, so
-        # it is set around every call, not only passed as a compile option (which reaches
-        # Inductor alone: weights would stay graph inputs).
+        # freezing makes the weights constants of the compiled graphs. Dynamo reads the flag
+        # while tracing and guards on it, so it is set around every call (as a compile option
+        # it would reach Inductor alone and the weights would stay graph inputs).
         self.freezing = compile and compile_mode is None
         if compile:
             self._compiled = {name: _try_compile(fn, compile_mode) for name, fn in self._eager.items()}
@@ -180,10 +122,7 @@ class FastInference:
             if index >= self.half_stream_from:
                 x = x.to(self.dtype)
             with self._autocast(image.device.type, enabled=index > 0):  # the first group reads the raw image
-                if index < len(groups) - 1:
-                    x = group(x)
-                else:
-                    x = last_group_strided(group, x, stride, self.phases)
+                x = group(x) if index < len(groups) - 1 else last_group_strided(group, x, stride)
             maps.append(self._layout(x.to(self.dtype)))
         return maps
 
@@ -204,11 +143,12 @@ class FastInference:
     def _call(self, name: str, *args):
         compiled = self._compiled.get(name)
         if compiled is not None:
+            import torch._inductor.config as inductor_config  # slow to import: only when compiling
+
+            freezing = inductor_config.patch(freezing=True) if self.freezing else contextlib.nullcontext()
             try:
-                if self.freezing:
-                    with _freezing():
-                        return compiled(*args)
-                return compiled(*args)
+                with freezing:
+                    return compiled(*args)
             except Exception as error:  # a backend failure (e.g. no C compiler): run eagerly
                 warnings.warn(
                     f"torch.compile could not compile the UPLiFT {name} pass ({type(error).__name__}: "
@@ -270,25 +210,10 @@ def _forward_slot(model) -> str:
     return "_old_forward" if hasattr(model, "_hf_hook") and hasattr(model, "_old_forward") else "forward"
 
 
-def _freezing():
-    """Inductor's ``freezing`` switched on (see :attr:`FastInference.freezing`)."""
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
-
-
 def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
     """``torch.compile(fn)``, or ``None`` with a warning when that is not possible."""
-    compile_fn = getattr(torch, "compile", None)
-    if compile_fn is None:
-        warnings.warn(
-            f"torch.compile is not available in torch {torch.__version__}; UPLiFT fast inference runs eagerly.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
     try:
-        return compile_fn(fn, mode=mode, dynamic=False)
+        return torch.compile(fn, mode=mode, dynamic=False)
     except Exception as error:
         warnings.warn(
             f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",

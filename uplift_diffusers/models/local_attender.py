@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -127,23 +127,11 @@ class LocalAttender(nn.Module):
 
     def set_processor(self, processor: "LocalAttenderProcessor") -> None:
         """Choose how the operator is computed: :class:`LocalAttenderProcessor` (PyTorch),
-        :class:`FusedLocalAttenderProcessor` (Triton, CUDA) or :class:`AutoLocalAttenderProcessor`."""
+        :class:`FusedLocalAttenderProcessor` (Triton, CUDA, errors raised) or
+        :class:`AutoLocalAttenderProcessor` (the default)."""
         if not callable(processor):
             raise ValueError(f"`processor` must be callable as processor(attender, guide, value, scale), got {processor!r}.")
         self.processor = processor
-
-    @property
-    def fused_kernel(self) -> Optional[bool]:
-        """The processor as a flag: ``True`` the fused kernel, ``False`` PyTorch, ``None`` automatic."""
-        if isinstance(self.processor, FusedLocalAttenderProcessor):
-            return True
-        return None if isinstance(self.processor, AutoLocalAttenderProcessor) else False
-
-    @fused_kernel.setter
-    def fused_kernel(self, value: Optional[bool]) -> None:
-        if value not in (True, False, None):
-            raise ValueError(f"`fused_kernel` must be True, False or None, got {value!r}.")
-        self.set_processor({True: FusedLocalAttenderProcessor, False: LocalAttenderProcessor, None: AutoLocalAttenderProcessor}[value]())
 
     def _check_inputs(self, guide: torch.Tensor, value: torch.Tensor) -> int:
         for name, tensor in (("guide", guide), ("value", value)):
@@ -208,7 +196,7 @@ class AutoLocalAttenderProcessor:
             except Exception as error:  # a Triton / driver failure: never a crash
                 warnings.warn(
                     f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
-                    "using the PyTorch formulation from now on. Set `fused_kernel = False` to skip it.",
+                    "using the PyTorch formulation from now on. Call `set_processor(LocalAttenderProcessor())` to skip it.",
                     RuntimeWarning,
                     stacklevel=3,
                 )

@@ -1,38 +1,22 @@
 """Tiled UPLiFT inference: large outputs within bounded memory.
 
-:func:`tiled_upscale` runs an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` on overlapping
-tiles of the latents (each with the matching pixels of the guide image) and blends the
-upscaled tiles into one output, as diffusers' VAE tiling blends its tiles:
+:func:`tiled_upscale` runs an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` on overlapping tiles
+of the latents (each with the matching pixels of the guide image) and blends the upscaled tiles,
+as diffusers' VAE tiling does: each tile's output is weighted by a linear ramp across the latents
+it shares with a neighbour (1 at the image border) and the weighted tiles are averaged, so one tile
+covering everything gives the untiled result. Every step's noise is drawn at full size, in the
+order of an untiled run, and sliced per tile; each tile goes through the model's ``forward``, so
+fast inference and accelerate's hooks apply per tile. Only the input, the noise and the output are
+full size; the encoder maps and activations exist for one tile at a time.
 
-- the tiles are ``tile_size`` x ``tile_size`` latents (fewer where the input is smaller),
-  evenly spaced so that neighbours share at least ``overlap`` latents (:func:`tile_starts`);
-- each tile's output is weighted by a ramp across the overlap on the sides it shares with a
-  neighbour (1 at the image border), and the weighted tiles are averaged: the seams are
-  linear cross-fades, and where one tile covers everything the result is the untiled one;
-- every step's noise is drawn at FULL size from ``generator`` (the calls and the order of
-  :meth:`~UPLiFTLatentUpscaler.step_noise` in an untiled run) and sliced per tile, so tiled
-  and untiled runs see the same noise;
-- each tile goes through the model's ``forward`` (``upscaler(...)``) with its slices of the
-  noise as ``noise=``, so fast inference
-  (:func:`~uplift_diffusers.models.fast_inference.apply_fast_inference`) and accelerate's
-  hooks apply per tile.
-
-Why the overlap matters (the receptive field): there is no global operation in the model
-(its LayerNorms are per pixel), but a tile sees zero padding where the full image has
-neighbours, so its outermost latents differ from the untiled ones. How far that reaches, in
-latents of the input, for the TAEF2 model trained here: the encoder's 10 ConvBlocks (3x3) run
-on the guide at 8 px per latent (10 px, ~1.3 latents); a 2x step's decoder (1 conv before the
-upsampling, 2 after, at 2x), the Local Attender's 17-neighbourhood (2 latents) and the
-refiner's 6 ConvBlocks (at 2x) add ~7 latents, the next step half that, and so on (< 15 for
-any number of steps). :data:`DEFAULT_TILE_OVERLAP` (16) covers it, and the linear ramp gives
-the outermost latents of each tile little weight. Measured: a 384 x 256 image at 4x, 32-latent
-tiles sharing 8, decodes within 76 dB of the untiled result; the full 1024 x 768 job is in
-``evaluation/results/tiling_memory.md``.
-
-The same loop (:func:`blend_tiles`) tiles :class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`.
-
-Memory: the encoder maps and the steps' activations exist for one tile at a time; only the
-input, the full-size step noise and the output (plus one weight map) are full size.
+Why the overlap matters: no operation of the model is global (its LayerNorms are per pixel), but a
+tile sees zero padding where the image has neighbours. For the TAEF2 model trained here that
+reaches, in input latents: the encoder's 10 ConvBlocks at 8 px per latent ~1.3, a 2x step's decoder,
+17-neighbourhood Local Attender and refiner ~7, the next step half that (< 15 for any number of
+steps). :data:`DEFAULT_TILE_OVERLAP` (16) covers it. Measured: a 384 x 256 image at 4x, 32-latent
+tiles sharing 8, decodes within 76 dB of the untiled result (the full 1024 x 768 job:
+``evaluation/results/tiling_memory.md``). :func:`blend_tiles` also tiles
+:class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`.
 """
 from __future__ import annotations
 
@@ -42,19 +26,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .modeling_uplift import GeneratorArg, StepNoise
-
-__all__ = [
-    "DEFAULT_TILE_SIZE",
-    "DEFAULT_TILE_OVERLAP",
-    "check_tile_arguments",
-    "tile_starts",
-    "count_tiles",
-    "blend_ramp",
-    "axis_weights",
-    "blend_tiles",
-    "full_size_step_noise",
-    "tiled_upscale",
-]
 
 #: Default tile side, in latents of the input (x ``vae_scale_factor`` guide pixels: 64 -> 512 px).
 DEFAULT_TILE_SIZE = 64
@@ -94,12 +65,12 @@ def blend_ramp(size: int, start_ramp: int, end_ramp: int, device=None) -> torch.
     """1-D weights of a tile of ``size`` pixels: rising over the first ``start_ramp`` pixels,
     falling over the last ``end_ramp``, 1 elsewhere. The rise is ``(i + 0.5) / start_ramp``
     (never 0), so a neighbour's fall over the same pixels complements it to exactly 1."""
+    position = torch.arange(size, device=device, dtype=torch.float32) + 0.5
     weights = torch.ones(size, device=device)
-    for ramp, at_start in ((min(start_ramp, size), True), (min(end_ramp, size), False)):
-        if ramp > 0:
-            rise = (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp
-            part = weights[:ramp] if at_start else weights[size - ramp :]
-            part.copy_(torch.minimum(part, rise if at_start else rise.flip(0)))
+    if start_ramp > 0:
+        weights = torch.minimum(weights, position / min(start_ramp, size))
+    if end_ramp > 0:
+        weights = torch.minimum(weights, position.flip(0) / min(end_ramp, size))
     return weights
 
 

@@ -1,20 +1,12 @@
 """The Local Attender as one fused Triton kernel (CUDA).
 
-One pass per output pixel: read its ``n`` logits, take the softmax in float32, gather the
-``n`` neighbours of its parent pixel in the value (replicate padding = clamped
-coordinates) and write the weighted sum, channel by channel. Nothing but the output is
-allocated: neither the softmax weights nor any ``n x output`` tensor, and the output is
-written once instead of being read and written once per offset as in
-:func:`~uplift_diffusers.models.local_attender.attend`.
-
-:class:`~uplift_diffusers.models.local_attender.LocalAttender` runs it through its processor
-(:class:`~uplift_diffusers.models.local_attender.FusedLocalAttenderProcessor`); the default
-processor chooses it for CUDA tensors when Triton is installed (it comes with PyTorch's CUDA
-builds), no gradient is needed and the call is not being traced by ``torch.compile`` (which
-fuses the PyTorch formulation by itself); everywhere else the PyTorch formulation runs. ``TRITON_INTERPRET=1``
-(set before this module is imported) runs the kernel on CPU tensors, which is how it is
-tested on machines without a GPU.
-
+One pass per output pixel: read its ``n`` logits, take the softmax in float32, gather the ``n``
+neighbours of its parent pixel in the value (replicate padding = clamped coordinates) and write the
+weighted sum. Only the output is allocated (no softmax weights, nothing of ``n`` times the output),
+and it is written once instead of once per offset as in
+:func:`~uplift_diffusers.models.local_attender.attend`. The Local Attender's default processor picks
+it for CUDA inference (see :class:`~uplift_diffusers.models.local_attender.AutoLocalAttenderProcessor`);
+``TRITON_INTERPRET=1`` (set before this module is imported) runs it on CPU tensors, for the tests.
 This module imports Triton; import it only where the kernel is wanted.
 """
 from __future__ import annotations
@@ -85,17 +77,14 @@ def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Se
         :func:`~uplift_diffusers.models.local_attender.attend` gives (``logits`` and ``value``
         promoted).
     """
-    if logits.ndim != 4 or value.ndim != 4:
-        raise ValueError(f"`logits` and `value` must be 4-D, got {tuple(logits.shape)} and {tuple(value.shape)}.")
     batch, channels, height, width = value.shape
     expected = (batch, len(offsets), height * scale, width * scale)
-    if tuple(logits.shape) != expected:
+    # the kernel reads raw pointers: a wrong shape would read outside the tensors, silently
+    if tuple(logits.shape) != expected or logits.device != value.device:
         raise ValueError(
-            f"`logits` must be B x n x sH x sW = {expected} for a {tuple(value.shape)} value, "
-            f"{len(offsets)} offsets and scale {scale}; got {tuple(logits.shape)}."
+            f"`logits` must be B x n x sH x sW = {expected} on {value.device} for a {tuple(value.shape)} value, "
+            f"{len(offsets)} offsets and scale {scale}; got {tuple(logits.shape)} on {logits.device}."
         )
-    if logits.device != value.device:
-        raise ValueError(f"`logits` is on {logits.device} but `value` on {value.device}; put both on one device.")
     dtype = torch.promote_types(logits.dtype, value.dtype)
     out = torch.empty(expected[:1] + (channels,) + expected[2:], dtype=dtype, device=value.device)
     dy = torch.tensor([o[0] for o in offsets], dtype=torch.int32, device=value.device)

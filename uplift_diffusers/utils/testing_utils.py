@@ -1,19 +1,9 @@
 """Tiny, randomly initialised components for smoke tests and unit tests (the diffusers convention).
 
-``python -m evaluation.<...> --smoke-test`` runs every evaluation script end to end on these in
-seconds, with no download, to check an installation before renting GPUs; the project's tests
-build their tiny models from here too (``tests/tiny_models.py`` re-exports them), so each model has
-one definition. Their outputs mean nothing: the weights are random.
-
-- :func:`make_upscaler`: a tiny UPLiFT upscaler (:data:`TINY_UPSCALER`, any number of latent channels).
-- :func:`make_kl_vae`: an ``AutoencoderKL`` with 8-channel blocks (factor 8 by default).
-- Stable Diffusion: :func:`make_tokenizer` (character level), :func:`make_unet`,
-  :func:`make_scheduler`, :func:`build_sd_components`, :func:`save_sd_pipeline`.
-- CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers ``CLIPModel`` + ``CLIPProcessor``).
-
-The builders of whole models and folders seed torch themselves (``seed``), so the same call gives
-the same weights in any order; the component builders used inside them (:func:`make_kl_vae`,
-:func:`make_unet`) draw from torch's generator as it stands.
+The evaluation scripts' ``--smoke-test`` runs and the project's tests build their tiny models
+here, in seconds and offline; the outputs mean nothing, the weights are random. Builders of whole
+models and folders seed torch themselves (``seed``); the component builders used inside them
+(:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands.
 """
 from __future__ import annotations
 
@@ -24,41 +14,17 @@ from typing import Optional
 
 import torch
 
-__all__ = [
-    "TINY_UPSCALER",
-    "TINY_CLIP_TEXT",
-    "make_upscaler",
-    "make_kl_vae",
-    "make_tokenizer",
-    "tiny_text_config",
-    "make_tiny_clip",
-    "clip_image_processor",
-    "save_tiny_clip",
-    "make_unet",
-    "make_scheduler",
-    "build_sd_components",
-    "save_sd_pipeline",
-]
-
 #: The tiny upscaler's architecture (a few thousand parameters): 3 encoder groups, one block each.
 TINY_UPSCALER = dict(
-    encoder_channels=(8, 8, 16),
-    encoder_blocks_per_group=1,
-    decoder_channels=16,
-    decoder_blocks_after_upsample=1,
-    refiner_channels=16,
-    refiner_blocks=1,
+    encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16, decoder_blocks_after_upsample=1, refiner_channels=16, refiner_blocks=1
 )
 #: The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score): 16 positions.
 TINY_CLIP_TEXT = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16)
 
 
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode.
-
-    ``seed=None`` draws the weights from torch's global generator as it stands (to continue the
-    stream of :func:`build_sd_components`) instead of reseeding it.
-    """
+    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode;
+    ``seed=None`` continues torch's global generator (the stream of :func:`build_sd_components`)."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
@@ -73,13 +39,8 @@ def make_kl_vae(blocks: int = 4, sample_size: int = 32):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8,) * blocks,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=sample_size,
+        block_out_channels=(8,) * blocks, down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=sample_size,
     ).eval()
 
 
@@ -112,8 +73,7 @@ def tiny_text_config(vocab_size: int, **overrides) -> dict:
 
 
 def make_tiny_clip(vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (text :func:`tiny_text_config`, 32 px images in 8 px patches,
-    projection 16), in eval mode."""
+    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(seed)
@@ -133,8 +93,7 @@ def clip_image_processor():
 
 
 def save_tiny_clip(folder, seed: int = 0) -> Path:
-    """Save :func:`make_tiny_clip`, the character tokenizer and :func:`clip_image_processor` to
-    ``folder``: a ``CLIPProcessor`` folder."""
+    """Save :func:`make_tiny_clip` with its tokenizer and image processor: a ``CLIPProcessor`` folder."""
     folder = Path(folder)
     tokenizer, vocab_size = make_tokenizer(folder)
     make_tiny_clip(vocab_size, seed).save_pretrained(folder)
@@ -148,19 +107,12 @@ def make_unet(**overrides):
     for 4-channel latents, in eval mode; SDXL's passes its conditioning as ``overrides``."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**{
-        "block_out_channels": (8, 16),
-        "layers_per_block": 1,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 16,
-        "norm_num_groups": 4,
-        "attention_head_dim": 2,
-        **overrides,
-    }).eval()
+    config = dict(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2,
+    )
+    return UNet2DConditionModel(**{**config, **overrides}).eval()
 
 
 def make_scheduler(kind: str = "pndm"):
@@ -176,12 +128,8 @@ def make_scheduler(kind: str = "pndm"):
 
 
 def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """vae (:func:`make_kl_vae`), text_encoder, tokenizer, unet and scheduler (see
-    :func:`make_scheduler`) of a tiny SD model: 64 px images, 8 x 8 latents.
-
-    With ``with_upscaler=True`` the dict also holds ``upscaler``: a 4-channel :func:`make_upscaler`
-    whose weights continue the same seeded random stream.
-    """
+    """The components of a tiny SD model (64 px images, 8 x 8 latents); with ``with_upscaler`` also
+    ``upscaler``, a :func:`make_upscaler` whose weights continue the same seeded random stream."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
