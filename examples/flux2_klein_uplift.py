@@ -21,6 +21,9 @@ FLUX2_KLEIN_ID = "black-forest-labs/FLUX.2-klein-4B"
 def generate(args) -> list:
     if not 0 <= args.refine_strength < 1:
         raise UsageError(f"--refine-strength must be in [0, 1), got {args.refine_strength}")
+    if not args.smoke_test:  # before the heavy imports: a missing model is reported at once
+        check_models([("--model", args.model, ("model_index.json",)), ("--upscaler", args.upscaler, UPSCALER_FILES)],
+                     hint="pass local copies with --model DIR and --upscaler DIR")
     import torch
     from diffusers import Flux2KleinPipeline
 
@@ -34,8 +37,6 @@ def generate(args) -> list:
         upscaler = make_upscaler(latent_channels=32, latent_space="flux2")
         call.update(max_sequence_length=16, text_encoder_out_layers=FLUX2_TEXT_LAYERS, height=64, width=64, num_inference_steps=2)
     else:
-        check_models([("--model", args.model, ("model_index.json",)), ("--upscaler", args.upscaler, UPSCALER_FILES)],
-                     hint="pass local copies with --model DIR and --upscaler DIR")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         pipe = Flux2KleinPipeline.from_pretrained(args.model, dtype=dtype).to(device)

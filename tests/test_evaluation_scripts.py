@@ -872,82 +872,6 @@ def test_offline_evaluation_names_the_missing_model_in_one_line(tmp_path, hub_ca
     assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "--vae DIR" in error
 
 
-def _example(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_examples_end_in_one_line_offline(tmp_path, hub_cache, capsys):
-    photo = tmp_path / "photo.png"
-    Image.new("RGB", (32, 32)).save(photo)
-    assert _example("super_resolution").main([str(photo), "--output-dir", str(tmp_path / "out")]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("error: HF_HUB_OFFLINE is set") and "--vae DIR" in error and "--upscaler DIR|FILE" in error
-    assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit) as exit_status:
-        _example("text_to_image").main(["a cat", "--output", str(tmp_path / "cat.png")])
-    assert exit_status.value.code == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in error and "UPLiFT-upsampler/uplift_sd1.5vae" in error
-    assert "--original-checkpoint" not in error  # not asked for: the default release is named with --upscaler DIR
-    with pytest.raises(SystemExit):
-        _example("text_to_image").main(["a cat", "--original-checkpoint", "org/repo/file.safetensors"])
-    assert "--original-checkpoint FILE" in capsys.readouterr().err
-
-
-def test_example_super_resolution_runs_on_local_models_and_writes_where_git_ignores(tmp_path, hub_cache, tiny_dirs, monkeypatch, capsys):
-    import subprocess
-
-    module = _example("super_resolution")
-    photo = tmp_path / "photo.png"
-    Image.new("RGB", (24, 16), (200, 30, 30)).save(photo)
-    monkeypatch.chdir(tmp_path)
-    assert module.main([str(photo), "--vae", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--scale", "2"]) == 0
-    written = tmp_path / module.DEFAULT_OUTPUT_DIR / "photo_x2.png"
-    with Image.open(written) as image:
-        assert image.size == (48, 32)
-    # the default output folders of both examples are ignored by git in the repository
-    for path in (module.DEFAULT_OUTPUT_DIR / "photo_x2.png", _example("text_to_image").DEFAULT_OUTPUT, Path("uplift_outputs/x.png")):
-        check = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO_ROOT)
-        assert check.returncode == 0, path
-
-
-def test_examples_take_any_scale_of_at_least_one(tmp_path, tiny_dirs, capsys):
-    """Both examples take the pipelines' factors (any real >= 1, each side times it, rounded) and
-    refuse others in one line before loading any model (the library's check_upscale_factor)."""
-    photo = tmp_path / "photo.png"
-    Image.new("RGB", (24, 16), (200, 30, 30)).save(photo)
-    sr = _example("super_resolution")
-    out = tmp_path / "sr"
-    assert sr.main([str(photo), "--vae", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--scale", "1.5",
-                    "--output-dir", str(out)]) == 0
-    with Image.open(out / "photo_x1.5.png") as image:
-        assert image.size == (36, 24)
-    capsys.readouterr()
-    t2i = _example("text_to_image")
-    output = tmp_path / "t2i.png"
-    assert t2i.main(["a cat", "--model", str(tiny_dirs.sd_pipeline()), "--upscaler", str(tiny_dirs.upscaler(4)), "--size", "32",
-                     "--scale", "3", "--steps", "1", "--output", str(output)]) == 0
-    with Image.open(output) as image, Image.open(output.with_name("t2i_base.png")) as base:
-        assert base.size == (32, 32) and image.size == (96, 96)
-    capsys.readouterr()
-    missing = str(tmp_path / "no-such-model")
-    for scale in ("0.5", "nan", "inf"):
-        assert sr.main([str(photo), "--vae", missing, "--upscaler", missing, "--scale", scale, "--output-dir", str(out)]) == 2
-        error = capsys.readouterr().err
-        assert error.count("\n") == 1 and error.startswith("error: `--scale` must be a finite number >= 1") and scale in error
-        with pytest.raises(SystemExit) as exit_status:
-            t2i.main(["a cat", "--model", missing, "--scale", scale, "--output", str(tmp_path / "bad.png")])
-        assert exit_status.value.code == 2
-        error = capsys.readouterr().err
-        assert error.count("\n") == 1 and error.startswith("error: `--scale` must be a finite number >= 1") and scale in error
-    assert not (tmp_path / "bad.png").exists()
-
-
 def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_path, capsys):
     captions = _write_coco(tmp_path)  # images 40 x 30..35
     out = tmp_path / "coco.jsonl"
@@ -994,10 +918,10 @@ def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, caps
 
 @pytest.mark.slow  # TAEF2 on 2 images, twice: about 9 s (measured)
 def test_comparison_figure_shows_the_pipelines_default_output(tmp_path, shared_path, taef2_dir, tiny_dirs, capsys):
-    """examples.make_comparison_figure: one row per image, four columns (bicubic | bilinear latent |
+    """evaluation.reports.comparison_figure: one row per image, four columns (bicubic | bilinear latent |
     UPLiFT | ground truth) of the zoomed centre crop; the UPLiFT column is the pipeline's default
-    output (back-projected) unless --back-projection-steps 0."""
-    from examples import make_comparison_figure
+    output (back-projected) unless --back-projection-steps 0. A bad --output is refused first."""
+    from evaluation.reports import comparison_figure as make_comparison_figure
 
     common = ["--data", str(shared_path("data", "bsds500", "test")), "--vae", str(taef2_dir),
               "--upscaler", str(tiny_dirs.upscaler(32, noise_scale=1.0)), "--images", "2", "--hr-size", "64",
@@ -1014,6 +938,10 @@ def test_comparison_figure_shows_the_pipelines_default_output(tmp_path, shared_p
         assert np.array_equal(columns["5"][column], columns["0"][column])
     assert not np.array_equal(columns["5"][2], columns["0"][2])
     assert "wrote" in capsys.readouterr().out
+    for bad in (str(tmp_path) + "/", str(tmp_path / "figure.jpg")):
+        with pytest.raises(SystemExit) as exit_status:
+            make_comparison_figure.main([*common, "--output", bad])
+        assert exit_status.value.code == 2 and "--output" in capsys.readouterr().err
 
 
 def test_json_files_named_by_a_flag_fail_in_one_wording(tmp_path):

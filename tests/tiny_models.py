@@ -13,7 +13,7 @@ another width, seed or noise scale is an argument of the builder, never a second
   (our TAESD-family ``TinyAutoencoder``, 4 latent channels).
 - Stable Diffusion: :func:`make_tokenizer` (character level), :func:`make_unet`,
   :func:`make_scheduler`, :func:`build_sd_components`, :func:`save_sd_pipeline`.
-- CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers), :func:`save_tiny_open_clip`.
+- CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers).
 - SDXL rows: :func:`build_sdxl_components`, :func:`save_sdxl_pipeline` and :func:`save_unet_lora`.
 - :func:`offload`: a pipeline's models offloaded on the CPU (model, sequential or group offloading).
 
@@ -32,7 +32,10 @@ from accelerate import cpu_offload
 
 from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's tiny builders, re-exported for the tests
     TINY_CLIP_TEXT,
+    FLUX2_TEXT_HIDDEN,
+    FLUX2_TEXT_LAYERS,
     TINY_UPSCALER,
+    build_flux2_components,
     build_sd_components,
     clip_image_processor,
     make_kl_vae,
@@ -89,39 +92,6 @@ def make_tiny_autoencoder(**overrides):
 
 
 # ------------------------------------------------------------------------------------ text
-def save_tiny_open_clip(folder, weights: bool = True, seed: int = 0) -> str:
-    """A tiny open_clip model (32 px images, OpenAI mean / std, open_clip's own tokenizer) as a
-    ``local-dir:`` folder; returns its ``local-dir:...`` name. ``weights``: save random weights
-    (seeded) as ``open_clip_model.safetensors``, so every load gives the same model; otherwise
-    open_clip initialises it randomly on each load."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_cfg": {
-            "embed_dim": 16,
-            "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        },
-        "preprocess_cfg": {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        },
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    name = f"local-dir:{folder}"
-    if weights:
-        import open_clip
-        from safetensors.torch import save_file
-
-        torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None)
-        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    return name
-
-
 # ------------------------------------------------------------------------------------ SDXL
 def build_sdxl_components(tokenizer_dir, seed: int = 0) -> dict:
     """The components of a tiny ``StableDiffusionXLPipeline``, laid out as SDXL's are.
@@ -206,52 +176,3 @@ def offload(pipe, kind: str, names=("unet", "vae")) -> None:
             cpu_offload(module, execution_device=torch.device("cpu"))
         else:
             module.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
-
-
-# ------------------------------------------------------------------------------------ FLUX.2
-#: The tiny FLUX.2 text encoders' hidden size and the layers whose states the pipelines stack.
-FLUX2_TEXT_HIDDEN = 16
-FLUX2_TEXT_LAYERS = (1, 2)
-
-
-def make_byte_tokenizer():
-    """A byte-level BPE tokenizer with a chat template, made with ``tokenizers`` (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(i): i for i in range(256)}
-    vocab["<|endoftext|>"] = 256
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
-    wrapped.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    return wrapped
-
-
-def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
-    """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the resolution-dependent
-    shift (as the released configurations) and, for FLUX.2 [klein], a
-    hidden-size-16 Qwen3 text encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder
-    is left out: its tests pass ``prompt_embeds``)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=32, norm_num_groups=4)
-        transformer = Flux2Transformer2DModel(
-            patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-            joint_attention_dim=len(FLUX2_TEXT_LAYERS) * FLUX2_TEXT_HIDDEN, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=not klein,
-        )
-        text_encoder = None
-        if klein:
-            text_encoder = Qwen3ForCausalLM(Qwen3Config(
-                vocab_size=300, hidden_size=FLUX2_TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=max(FLUX2_TEXT_LAYERS),
-                num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
-            )).eval()
-    return dict(
-        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae.eval(), transformer=transformer.eval(),
-        text_encoder=text_encoder, tokenizer=make_byte_tokenizer() if klein else None,
-    )

@@ -1,10 +1,10 @@
 """Side-by-side 4x super-resolution crops: bicubic | bilinear-latent | UPLiFT | ground truth (UPLiFT as
 the pipeline returns it by default: with back-projection onto the input, ``--back-projection-steps``).
 
-Run from the repository root (the figure shows rows of the evaluation, so it imports ``evaluation``)::
+Run from the repository root::
 
-    python -m examples.make_comparison_figure --data ../shared/data/bsds500/test \
-        --vae ../shared/models/taef2 --upscaler examples/models/uplift-taef2-bsds500 \
+    python -m evaluation.reports.comparison_figure --data ../shared/data/bsds500/test \
+        --vae examples/models/uplift-taef2-bsds500/vae --upscaler examples/models/uplift-taef2-bsds500/upscaler \
         --output examples/figures/comparison.png --color-correct-baselines
 
 Uses the super-resolution protocol (:mod:`uplift_diffusers.utils.sr_protocol`: HR = centre crop,
@@ -22,10 +22,11 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageDraw
 
+from evaluation.sr_protocol import SRPairs
 from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods, with_pipeline_options
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
 from uplift_diffusers.image_processor import list_images
-from evaluation.sr_protocol import SRPairs
+from uplift_diffusers.utils.atomic_files import check_writable_directory
 from uplift_diffusers.utils.sr_protocol import centre_crop
 
 
@@ -51,6 +52,13 @@ def main(argv=None) -> int:
     if args.hr_size % args.lr_size or args.crop > args.hr_size or args.images < 1 or args.back_projection_steps < 0:
         parser.error("need --hr-size a multiple of --lr-size, --crop <= --hr-size, --images >= 1 and --back-projection-steps >= 0")
 
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        parser.error(f"--output must name a .png file, got {args.output!r}")
+    try:
+        check_writable_directory(output.parent, "--output")  # before any computing
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     files = list_images(args.data)[args.first : args.first + args.images]
     if not files:
         parser.error(f"no images in {args.data} from index {args.first}")
@@ -70,8 +78,6 @@ def main(argv=None) -> int:
         for col, tile in enumerate(tiles):
             crop = centre_crop(tile, args.crop).resize((side, side), Image.NEAREST)
             sheet.paste(crop, (col * side, 20 + row * side))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     print(f"wrote {output} ({len(files)} images: {', '.join(p.name for p in files)})")
     return 0
