@@ -38,6 +38,7 @@ from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's
     build_flux2_components,
     build_sd_components,
     clip_image_processor,
+    make_byte_tokenizer,
     make_kl_vae,
     make_scheduler,
     make_tiny_clip,
