@@ -109,3 +109,27 @@ def test_bad_arguments_and_unsupported_pipelines(pipes, upscalers):
 
     with pytest.raises(ValueError, match=r"no refine path for Other; supported: Stable Diffusion 1.5.*FLUX.2 \[dev\].*FLUX.2 \[klein\]"):
         hires_fix(Other(), upscaler)
+
+
+def test_offloading_and_vae_tiling_of_the_pipeline_are_honoured(tiny_sd_components, upscalers):
+    """The second pass shares the pipeline's components (from_pipe): under model CPU offload the
+    result is the same, and a VAE set to tiling decodes in tiles in both passes."""
+    import copy
+
+    from tiny_models import offload
+
+    shared = {k: copy.deepcopy(v) for k, v in tiny_sd_components.items() if k != "upscaler"}
+    pipe = StableDiffusionPipeline(**shared, **NO_SAFETY)
+    pipe.set_progress_bar_config(disable=True)
+    expected = hires_fix(pipe, upscalers["sd"], strength=0.5, refine_steps=2, generator=seeded(), **call_kwargs("sd")).images
+    offload(pipe, "model")
+    np.testing.assert_allclose(
+        hires_fix(pipe, upscalers["sd"], strength=0.5, refine_steps=2, generator=seeded(), **call_kwargs("sd")).images, expected, atol=1e-5
+    )
+    pipe.remove_all_hooks()
+    tiled = []
+    original = pipe.vae.tiled_decode
+    pipe.vae.tiled_decode = lambda z, *a, **k: tiled.append(tuple(z.shape[-2:])) or original(z, *a, **k)
+    pipe.vae.enable_tiling()
+    out = hires_fix(pipe, upscalers["sd"], strength=0.5, refine_steps=2, generator=seeded(), **call_kwargs("sd")).images
+    assert out.shape == (1, 128, 128, 3) and (16, 16) in tiled
