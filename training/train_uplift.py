@@ -1,29 +1,18 @@
-r"""Train an UPLiFT latent upscaler for any VAE, with accelerate. Run from the repository root:
+r"""Train an UPLiFT latent upscaler for any VAE, with accelerate (docs/training.md is the user guide):
 
     python -m training.train_uplift --config training/configs/sd15-vae.yaml \
         --train-data data/unsplash-lite/min-side-1024 --output-dir runs/sd15
     python -m training.train_uplift --smoke-test      # tiny random VAE + model, no download, seconds
+    torchrun --nproc_per_node N -m training.train_uplift --config ...   # N processes, GPUs or CPUs
 
-Several processes (one group; each process trains on its own shard of every epoch):
-
-    torchrun --nproc_per_node N -m training.train_uplift --config ...              # GPUs or CPUs
-    accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...   # GPUs or CPUs
-
-(on a machine without GPUs the script joins the processes into one CPU / gloo group itself;
-``accelerate launch --cpu --num_processes N`` starts ONE process and is refused with a message).
-
-The configuration is a YAML recipe with sections ``model``, ``data``, ``optimization``,
-``checkpointing``, ``validation`` and ``logging`` (training/configs/, :mod:`training.config`);
-flags and ``--set SECTION.KEY=VALUE`` override it, and every value is checked before anything is
-written. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step: the ``lr`` used by that
-step, ``time`` = training seconds, cumulative across resumes), ``OUTPUT/checkpoints/checkpoint-{step}``
-(resumable with ``--resume latest``), validation samples and metrics (PSNR of 4x super-resolution
-of held-out images), and finally ``OUTPUT/model`` in diffusers format with a model card.
-docs/training.md is the user guide.
+The YAML recipe (training/configs/, :mod:`training.config`) is overridden by the flags and by
+``--set SECTION.KEY=VALUE``; every value is checked before anything is written. Writes
+``OUTPUT/train_log.jsonl``, ``OUTPUT/checkpoints/checkpoint-{step}`` (``--resume latest``),
+validation PSNR and samples, and ``OUTPUT/model`` in diffusers format with a model card.
 
 Exit status: 0 finished; 2 bad arguments / configuration / launch (one line, nothing written);
-143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT) -- both after saving a checkpoint and
-printing the full command that resumes the run.
+143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT): both after saving a checkpoint and
+printing the command that resumes the run.
 """
 from __future__ import annotations
 
@@ -254,19 +243,14 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
         with torch.no_grad(), autocast():
             return encode_latents(vae, images.contiguous(memory_format=torch.channels_last) * 2 - 1).float()
 
+    if cache is None:
+        return [encode(images) for images in pyramid]
     levels = []
     for level, images in enumerate(pyramid):
-        if cache is None:
-            levels.append(encode(images))
-            continue
-        per_item = []
-        for i, key in enumerate(keys):
-            full_key = f"{key}|level={level}|vae={vae_id}"
-
-            def compute(i=i, images=images):
-                return encode(images[i : i + 1])[0].cpu()
-
-            per_item.append(cache.get_or_compute(full_key, compute))
+        per_item = [
+            cache.get_or_compute(f"{key}|level={level}|vae={vae_id}", lambda i=i, images=images: encode(images[i : i + 1])[0].cpu())
+            for i, key in enumerate(keys)
+        ]
         levels.append(torch.stack(per_item).to(images.device))
     return levels
 
@@ -283,7 +267,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     from PIL import Image
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    from uplift_diffusers.image_processor import list_images
+    from uplift_diffusers.image_processor import list_images, pil_to_tensor
     from uplift_diffusers.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusers.utils.back_projection import back_project
     from uplift_diffusers.utils.sr_protocol import load_hr_lr
@@ -294,34 +278,28 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-
-    def to_tensor(image):
-        return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image))
-
-    def psnr(output, hr) -> float:
-        return float(peak_signal_noise_ratio(output.float().cpu().clamp(0, 1), hr, data_range=(0.0, 1.0)))
-
     scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
-    tiles: List[list] = []
+    tiles: List[Image.Image] = []
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
         for path in files:
             hr_image, lr_image = load_hr_lr(path, val.hr_size, val.lr_size)
-            hr, lr = to_tensor(hr_image), to_tensor(lr_image)
+            hr, lr = pil_to_tensor(hr_image), pil_to_tensor(lr_image)
             output = pipe(lr, upscale_factor=val.hr_size // val.lr_size, generator=generator, output_type="pt",
-                          back_projection_steps=0).images.float()
-            scores["psnr"].append(psnr(output, hr))
+                          back_projection_steps=0).images.float().cpu()
+            outputs = {"psnr": output}
             if val.back_projection_steps:  # the same output, back-projected: no second model run
-                scores["psnr_bp"].append(psnr(back_project(output, lr.to(output.device), val.back_projection_steps), hr))
-            if len(tiles) < val.num_samples:
-                (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.cpu().clamp(0, 1)))
-                tiles.append([lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image])
+                outputs["psnr_bp"] = back_project(output, lr, val.back_projection_steps)
+            for name, image in outputs.items():
+                scores[name].append(float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))))
+            if len(tiles) < 3 * val.num_samples:
+                (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.clamp(0, 1)))
+                tiles += [lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image]
     upscaler.train(was_training)
     if tiles:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-        sheet = make_image_grid([image for row in tiles for image in row], rows=len(tiles), cols=3)
-        sheet.save(output_dir / "samples" / f"step-{step:07d}.png")
+        make_image_grid(tiles, rows=len(tiles) // 3, cols=3).save(output_dir / "samples" / f"step-{step:07d}.png")
     result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
     if scores["psnr_bp"]:
         result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
