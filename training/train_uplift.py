@@ -352,6 +352,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     from uplift_diffusers import UPLiFTLatentUpscaler
@@ -377,21 +378,15 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
 
     vae = load_vae(config.vae).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     vae_id = f"{vae_identity(vae)}-{opt.mixed_precision}"
-    model_config = dict(config.model)
-    vae_channels = vae.config.latent_channels
-    model_config.setdefault("latent_channels", vae_channels)
-    if model_config["latent_channels"] != vae_channels:
-        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
+    model_config = {"latent_channels": vae.config.latent_channels, **config.model}
+    if model_config["latent_channels"] != vae.config.latent_channels:
+        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae.config.latent_channels} latent channels.")
     model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt.depths))
     checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
     if config.init_from is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
         model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config.init_from).state_dict())
         accelerator.print(f"initialised the weights from {config.init_from} (fresh optimiser and LR schedule)")
-    ema = None
-    if opt.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(model.parameters(), decay=opt.ema_decay)
+    ema = EMAModel(model.parameters(), decay=opt.ema_decay) if opt.ema_decay else None
 
     dataset = ImageFolderDataset(
         data.train_dirs, data.resolution, train=True, crops_per_image=data.crops_per_image,
@@ -399,9 +394,9 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     )
     accelerator.print(f"training data: {dataset.describe()}")
     if accelerator.is_main_process and dataset.skipped.total:
-        skipped_list = output_dir / "skipped_images.tsv"
-        skipped_list.write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in dataset.skipped.rows(data.resolution)))
-        accelerator.print(f"  (every skipped file is listed in {skipped_list})")
+        rows = dataset.skipped.rows(data.resolution)
+        (output_dir / "skipped_images.tsv").write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in rows))
+        accelerator.print(f"  (every skipped file is listed in {output_dir / 'skipped_images.tsv'})")
     cache = LatentCache(data.cache_dir) if data.cache_dir else None
     batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // opt.gradient_accumulation_steps)
@@ -426,8 +421,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     elif resume:
         accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
-    log_path = output_dir / "train_log.jsonl"
-    val_csv = output_dir / "validation.csv"
     depths = list(opt.depths)
     last_metrics: Dict = {}
     started = time.time()
@@ -453,7 +446,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         if ema is not None:
             ema.restore(unwrapped.parameters())
         psnr_bp = f"{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ""
-        with open(val_csv, "a") as handle:
+        with open(output_dir / "validation.csv", "a") as handle:
             if handle.tell() == 0:
                 handle.write("step,psnr,count,psnr_bp\n")
             handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']},{psnr_bp}\n")
@@ -520,7 +513,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
                 "time": round(elapsed(), 2),
             }
             if accelerator.is_main_process:
-                with open(log_path, "a") as handle:
+                with open(output_dir / "train_log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
             if step % log.log_every == 0:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
