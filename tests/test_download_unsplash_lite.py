@@ -238,7 +238,7 @@ def test_download_resume_and_redownload(server, tmp_path):
     # Third run: a corrupted (truncated) existing file is downloaded again.
     target = out / "jpegA.jpg"
     target.write_bytes(target.read_bytes()[:100])
-    assert not dl.is_complete_image(target)
+    assert dl.decoded_size(target) is None
     before = Counter(server.hits)
     summary3 = _run(data_dir, out, retries=0)
     assert (summary3.downloaded, summary3.skipped, summary3.failed) == (1, 3, 4)

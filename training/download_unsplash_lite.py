@@ -201,14 +201,6 @@ def decoded_size(path) -> Optional[Tuple[int, int]]:
         return None
 
 
-def is_complete_image(path) -> bool:
-    return decoded_size(path) is not None
-
-
-class _Rejected(Exception):
-    """A served body that does not decode or has the wrong size."""
-
-
 def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, *, timeout: float = 30.0,
                    retries: int = 3, backoff_base: float = 1.0) -> Tuple[str, str]:
     """One photo into ``<output_dir>/<photo_id>.jpg`` with its shorter side at ``min_side`` px,
@@ -236,14 +228,14 @@ def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, 
     def write(temporary: Path) -> None:
         temporary.write_bytes(response.content)
         size = decoded_size(temporary)
-        if size is None:
-            raise _Rejected(f"body of {len(response.content)} bytes does not decode as an image")
+        if size is None:  # ValueError: not worth a retry
+            raise ValueError(f"body of {len(response.content)} bytes does not decode as an image")
         if min(size) != min_side:
-            raise _Rejected(f"served {size[0]} x {size[1]} px, but --min-side {min_side} needs a shorter side of {min_side} px")
+            raise ValueError(f"served {size[0]} x {size[1]} px, but --min-side {min_side} needs a shorter side of {min_side} px")
 
     try:
         atomic_write(destination, write)
-    except _Rejected as err:
+    except ValueError as err:
         return FAILED, str(err)
     except OSError as err:
         return FAILED, f"could not write {destination}: {err}"
