@@ -223,7 +223,7 @@ def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, 
     except Exception as err:  # connection errors, timeouts, truncated bodies after the last retry; 5xx from raise_for_status
         return FAILED, f"{type(err).__name__}: {err} (after {retries + 1} attempts)"
     if response.status_code != 200:
-        return FAILED, f"HTTP {response.status_code} {response.reason_phrase}"
+        return FAILED, f"HTTP {response.status_code}"
 
     def write(temporary: Path) -> None:
         temporary.write_bytes(response.content)
