@@ -1,17 +1,12 @@
 """Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
 
 ``crop`` (docs/training.md has the details): ``center`` is the authors' preprocessing
-(``mwalmer-umd/UPLiFT`` ``uplift/train_uplift.py``: torchvision ``Resize(resolution, BILINEAR)``
-then ``CenterCrop(resolution)``, reproduced with PIL to the pixel); ``random`` the same resize and
-a square at a random position; ``random_resized`` (the default for training) a random square
-between ``resolution`` and ``max_upscale_crop`` x the shorter side, resized to ``resolution``
-(PIL bicubic) and flipped with probability 1/2. With ``crops_per_image`` the random crops are a
-fixed, seeded set per image (so a latent cache hits in later epochs). Validation items
-(``train=False``) are ``center`` crops.
-
-Images never get upscaled: one whose shorter side is under ``resolution`` is skipped, an
-unreadable one too, each counted with its reason (also when a file breaks after indexing).
-Images are read as 8-bit RGB (PIL's ``convert("RGB")``), as the training photos are.
+(torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``, reproduced with
+PIL to the pixel); ``random`` the same resize and a square at a random position;
+``random_resized`` (the default) a random square between ``resolution`` and ``max_upscale_crop``
+x the shorter side, bicubic-resized and flipped with probability 1/2. Images are never upscaled:
+one whose shorter side is under ``resolution`` is skipped, an unreadable one too, each counted
+with its reason (also when a file breaks after indexing). Images are read as 8-bit RGB.
 """
 from __future__ import annotations
 
