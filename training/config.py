@@ -45,13 +45,17 @@ def _scheduler_names() -> List[str]:
 
 @dataclass
 class DataConfig:
-    train_dirs: List[str] = option(factory=list, expected="a folder or a list of folders")
+    train_dirs: List[str] = option(factory=list, expected="a folder or a list of folders (pass --train-data DIR [DIR ...])")
     resolution: int = option(1024, min=8)
     crop: str = "random_resized"  # these three: checked by training.data.check_crop_options
     crops_per_image: Optional[int] = None
     max_upscale_crop: float = 1.0
     cache_dir: Optional[str] = None
     num_workers: int = option(0, min=0)
+
+    def __post_init__(self):
+        if isinstance(self.train_dirs, str):
+            self.train_dirs = [self.train_dirs]
 
 
 @dataclass
@@ -77,6 +81,10 @@ class OptimizationConfig:
     mixed_precision: str = option("no", choices=["no", "fp16", "bf16", "fp8"])
     ema_decay: Optional[float] = option(None, min=0, below=1, expected="null or a number in [0, 1) (0 / null = no EMA)")
     seed: int = option(0, min=0)
+
+    def __post_init__(self):
+        if self.mixed_precision is False:  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
 
 
 @dataclass
@@ -173,16 +181,20 @@ def _unknown_key(dotted: str, choices) -> ValueError:
 
 
 def _build(cls, values, where: str):
+    """``cls`` made of the mapping ``values``: unknown keys refused, every field checked."""
     if not isinstance(values, dict):
         raise ValueError(f"config section `{where}` must be a mapping of keys to values, got {values!r}.")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
+    prefix = where + "." if where else ""
+    for key in values:
         if key not in hints:
-            raise _unknown_key(f"{where + '.' if where else ''}{key}", hints)
-        sub = hints[key]
-        kwargs[key] = _build(sub, value or {}, key) if dataclasses.is_dataclass(sub) else value
-    return cls(**kwargs)
+            raise _unknown_key(prefix + key, hints)
+    config = cls(**{key: _build(hints[key], value or {}, key) if dataclasses.is_dataclass(hints[key]) else value
+                    for key, value in values.items()})
+    for item in dataclasses.fields(config):
+        if not dataclasses.is_dataclass(hints[item.name]):
+            check_value(prefix + item.name, getattr(config, item.name), hints[item.name], dict(item.metadata))
+    return config
 
 
 def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainingConfig:
@@ -194,14 +206,6 @@ def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None)
     for dotted, value in (overrides or {}).items():
         set_key(raw, dotted, value)
     config = _build(TrainingConfig, raw, "")
-    data, opt = config.data, config.optimization
-    if isinstance(data.train_dirs, str):
-        data.train_dirs = [data.train_dirs]
-    if not data.train_dirs:
-        raise ValueError("no training data: pass --train-data DIR [DIR ...] or set data.train_dirs in the config.")
-    if opt.mixed_precision is False:  # YAML reads an unquoted `no` as false
-        opt.mixed_precision = "no"
-    check_fields(config)
     check_config(config)
     return config
 
@@ -248,17 +252,6 @@ def check_value(dotted: str, value, hint, rule: Dict) -> None:
         expected = f"one of {', '.join(choices)}" if choices else f"{text} {limits}".strip()
         expected = ("null or " if optional else "") + expected
     raise ValueError(f"config key `{dotted}` must be {expected}, got {value!r} ({type(value).__name__}).")
-
-
-def check_fields(config, where: str = "") -> None:
-    """:func:`check_value` on every field of ``config`` and of its sections."""
-    hints = typing.get_type_hints(type(config))
-    for item in dataclasses.fields(config):
-        value, dotted = getattr(config, item.name), f"{where}{item.name}"
-        if dataclasses.is_dataclass(value):
-            check_fields(value, dotted + ".")
-        else:
-            check_value(dotted, value, hints[item.name], dict(item.metadata))
 
 
 def check_config(config: TrainingConfig) -> None:

@@ -1,18 +1,12 @@
 """Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
 
 ``crop`` (docs/training.md has the details): ``center`` is the authors' preprocessing
-(``mwalmer-umd/UPLiFT`` ``uplift/train_uplift.py``: torchvision ``Resize(resolution, BILINEAR)``
-then ``CenterCrop(resolution)``, reproduced with PIL to the pixel); ``random`` the same resize and
-a square at a random position; ``random_resized`` (the default for training) a random square
-between ``resolution`` and ``max_upscale_crop`` x the shorter side, resized to ``resolution``
-(PIL bicubic) and flipped with probability 1/2. With ``crops_per_image`` the random crops are a
-fixed, seeded set per image (so a latent cache hits in later epochs). Validation items
-(``train=False``) are ``center`` crops.
-
-Images never get upscaled: one whose shorter side is under ``resolution`` is skipped, an
-unreadable one too, each counted with its reason (also when a file breaks after indexing).
-16-bit and float images, which PIL's ``convert("RGB")`` would saturate, are converted by value
-(:func:`load_rgb`) and refused when they hold non-finite or out-of-range values.
+(torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``, reproduced with
+PIL to the pixel); ``random`` the same resize and a square at a random position;
+``random_resized`` (the default) a random square between ``resolution`` and ``max_upscale_crop``
+x the shorter side, bicubic-resized and flipped with probability 1/2. Images are never upscaled:
+one whose shorter side is under ``resolution`` is skipped, an unreadable one too, each counted
+with its reason (also when a file breaks after indexing). Images are read as 8-bit RGB.
 """
 from __future__ import annotations
 
@@ -26,11 +20,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from uplift_diffusers.image_processor import images_to_tensors, list_images
+from uplift_diffusers.image_processor import list_images
 
 CROP_MODES = ("center", "random", "random_resized")
-#: PIL modes with more than 8 bits per value: converted by value, and checked (see :func:`load_rgb`).
-HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 @dataclass
@@ -97,25 +89,6 @@ def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Option
     return crop
 
 
-def load_rgb(path: Union[str, Path]) -> Image.Image:
-    """The image file ``path`` as an 8-bit RGB PIL image.
-
-    Raises:
-        ValueError: a 16-bit or float image with NaN / infinite values or values outside its
-            mode's range (naming the file).
-        OSError: the file cannot be read as an image.
-    """
-    with Image.open(path) as handle:
-        if handle.mode not in HIGH_DEPTH_MODES:
-            return handle.convert("RGB")
-        try:
-            (tensor,) = images_to_tensors(handle)
-        except ValueError as error:
-            raise ValueError(f"training image {str(path)!r}: {error}") from None
-    array = (tensor[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array, "RGB")
-
-
 class ImageFolderDataset(Dataset):
     """Square crops of ``resolution`` px from the images under ``folders``.
 
@@ -175,23 +148,16 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files) * (self.crops_per_image or 1)
 
-    def describe(self, examples: int = 3) -> str:
+    def describe(self) -> str:
         """How many images are used and how many are skipped, and why, e.g. ``"1240 images
         usable (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side
-        < 1024 px, 2 unreadable"``, then up to ``examples`` files per reason."""
+        < 1024 px, 2 unreadable"`` (the training script lists the files in skipped_images.tsv)."""
         skipped = self.skipped
-        lines = [
+        return (
             f"{len(self.files)} images usable ({len(self)} items per epoch, crop={self.crop} at {self.resolution} px); "
             f"skipped {skipped.total}: {len(skipped.too_small)} shorter side < {self.resolution} px, "
             f"{len(skipped.unreadable)} unreadable"
-        ]
-        by_reason: Dict[str, List[str]] = {}
-        for reason, path, detail in skipped.rows(self.resolution):
-            by_reason.setdefault(reason, []).append(f"{path} ({detail})")
-        for reason, entries in by_reason.items():
-            more = f"; and {len(entries) - examples} more" if len(entries) > examples else ""
-            lines.append(f"  {reason}: " + "; ".join(entries[:examples]) + more)
-        return "\n".join(lines)
+        )
 
     def crop_params(self, index: int) -> Dict:
         """Resize (None or the (width, height) the whole image is resized to first), crop box
@@ -227,8 +193,9 @@ class ImageFolderDataset(Dataset):
         params = self.crop_params(index)
         path = self.files[params["image_index"]]
         try:
-            image = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+            with Image.open(path) as handle:
+                image = handle.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
             self.skipped.add_unreadable(str(path), str(error))
             return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
         if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call

@@ -18,11 +18,10 @@ class LaunchMismatchError(RuntimeError):
 
 def launched_world_size(environ: Optional[Mapping[str, str]] = None) -> int:
     """The number of processes the launcher says it started (``WORLD_SIZE``; 1 when unset)."""
-    value = (os.environ if environ is None else environ).get("WORLD_SIZE", "").strip()
-    try:
-        return max(1, int(value)) if value else 1
-    except ValueError:
-        raise LaunchMismatchError(f"environment variable WORLD_SIZE={value!r} is not a number of processes.") from None
+    value = (os.environ if environ is None else environ).get("WORLD_SIZE", "").strip() or "1"
+    if not value.isdigit():
+        raise LaunchMismatchError(f"environment variable WORLD_SIZE={value!r} is not a number of processes.")
+    return max(1, int(value))
 
 
 def _has_accelerator_device() -> bool:
@@ -36,8 +35,8 @@ def check_single_process_launch(environ: Optional[Mapping[str, str]] = None) -> 
     launcher sets ``MASTER_ADDR`` and ``ACCELERATE_USE_CPU`` when asked for several processes but
     leaves ``WORLD_SIZE`` unset, because it starts just one."""
     environ = os.environ if environ is None else environ
-    if "ACCELERATE_USE_CPU" in environ and environ.get("MASTER_ADDR") and launched_world_size(environ) == 1 \
-            and "LOCAL_RANK" not in environ:
+    if "ACCELERATE_USE_CPU" in environ and environ.get("MASTER_ADDR") and "LOCAL_RANK" not in environ \
+            and launched_world_size(environ) == 1:
         raise LaunchMismatchError(
             "`accelerate launch --cpu --num_processes N` started ONE process, so this would be a single-process run. "
             "On CPUs use `accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...` or "
@@ -63,13 +62,9 @@ def accelerator_kwargs(cpu: Optional[bool] = None) -> Dict[str, bool]:
 
 
 def init_process_group_state(cpu: Optional[bool] = None):
-    """accelerate's ``PartialState`` for however this script was launched, checked.
-
-    ``cpu``: ``None`` = decide (see :func:`use_cpu_backend`), ``True`` / ``False`` = force. Any
-    ``Accelerator`` created afterwards joins the same group; pass it ``**accelerator_kwargs(cpu)``.
-    Raises :class:`LaunchMismatchError` before any work when the launcher says N processes but the
-    group has another number (never N independent runs), or for :func:`check_single_process_launch`.
-    """
+    """accelerate's ``PartialState`` for however this script was launched (``cpu``: None =
+    :func:`use_cpu_backend` decides), checked: :class:`LaunchMismatchError` before any work when
+    the launcher says N processes but the group has another number (never N independent runs)."""
     from accelerate import PartialState
 
     check_single_process_launch()

@@ -1,20 +1,18 @@
-"""Download the Unsplash-Lite photographs with their shorter side at N px (or at a fixed width).
+"""Download the Unsplash-Lite photographs with their shorter side at N px.
 
 The dataset's photo table is ``photos.tsv000``, ``photos.tsv001``, ... (tab-separated, each with
 its header); a row gives ``photo_id``, ``photo_image_url`` and the original ``photo_width`` x
-``photo_height``. Each photo is asked from the Unsplash image CDN (imgix) at the size set by one
-query parameter, aspect kept, and stored as ``<output-dir>/<photo_id>.jpg``:
+``photo_height``. Each photo is asked from the Unsplash image CDN (imgix) with its shorter side at
+``--min-side`` px (default 1024, the training set), aspect kept: ``h=N`` for a landscape photo,
+``w=N`` otherwise. A row without a valid size, a photo whose longer side would pass the CDN's
+8192 px limit and a served image whose shorter side is not N px fail, with the reason.
 
-* ``--min-side N`` (default 1024, the training set): ``h=N`` for a landscape photo, ``w=N``
-  otherwise; a row without a valid size, a photo whose longer side would pass the CDN's 8192 px
-  limit and a served image whose shorter side is not N px fail, with the reason.
-* ``--width W``: ``w=W`` for every photo (landscape photos then have a shorter side under W).
-
-Every request has a timeout; connection errors, timeouts, HTTP 5xx / 408 / 429 and truncated
-bodies are retried with exponential backoff (``backoff_base * 2**k`` s before retry k), other
-4xx answers fail at once. A body must decode completely with PIL (and have the right size) and is
-written atomically, so an interrupted run leaves no half-written image; a run resumes, skipping
-the files that decode (with the right size). The failed ids go to ``<output-dir>/failed.txt``.
+Requests go through ``huggingface_hub``'s ``http_backoff``: a timeout on every request;
+connection errors, timeouts, truncated bodies and HTTP 408 / 429 / 5xx retried with exponential
+backoff (``backoff_base * 2**k`` s before retry k, capped at 8 s); other 4xx answers fail at
+once. A body must decode completely with PIL at the right size and is written atomically, so an
+interrupted run leaves no half-written image; a run resumes, skipping the files that decode at
+the right size. The failed ids go to ``<output-dir>/failed.txt``.
 
     python -m training.download_unsplash_lite /data/unsplash-lite \\
         --output-dir data/unsplash-lite/min-side-1024 --min-side 1024 --workers 16
@@ -25,19 +23,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import math
 import os
 import re
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 from PIL import Image
 from tqdm import tqdm
@@ -45,7 +39,7 @@ from tqdm import tqdm
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 
 REQUIRED_COLUMNS = ("photo_id", "photo_image_url")
-SIZE_COLUMNS = ("photo_width", "photo_height")  # needed per row for --min-side
+SIZE_COLUMNS = ("photo_width", "photo_height")
 DEFAULT_MIN_SIDE = 1024
 CDN_MAX_SIDE = 8192  # imgix scales every output image to fit 8192 x 8192 px
 TSV_NAME_PATTERN = re.compile(r"^photos\.tsv\d*$")
@@ -75,7 +69,7 @@ class DownloadSummary:
     failed_ids: list = field(default_factory=list)
     failure_reasons: dict = field(default_factory=dict)
     output_dir: Optional[Path] = None
-    size: str = ""
+    min_side: int = DEFAULT_MIN_SIDE
     upscaled_ids: list = field(default_factory=list)
 
     @property
@@ -85,24 +79,22 @@ class DownloadSummary:
     def format(self, max_reasons: int = 10) -> str:
         """The counts, then up to ``max_reasons`` failures."""
         lines = [
-            f"Unsplash-Lite download: {self.total} photos" + (f" at {self.size}" if self.size else "") + f" -> {self.output_dir}",
+            f"Unsplash-Lite download: {self.total} photos at shorter side {self.min_side} px -> {self.output_dir}",
             f"  downloaded: {self.downloaded}",
+            f"    of which {len(self.upscaled_ids)} smaller than that in the tsv (upscaled by the CDN)",
             f"  skipped (already complete): {self.skipped}",
             f"  failed: {self.failed}" + (f" (ids in {self.output_dir / 'failed.txt'})" if self.failed else ""),
         ]
-        if self.upscaled_ids:
-            lines.insert(2, f"    of which {len(self.upscaled_ids)} smaller than that in the tsv (upscaled by the CDN)")
         lines += [f"    {pid}: {self.failure_reasons.get(pid, '')}" for pid in self.failed_ids[:max_reasons]]
         if len(self.failed_ids) > max_reasons:
             lines.append(f"    ... and {len(self.failed_ids) - max_reasons} more")
         return "\n".join(lines)
 
 
-def _check_number(name: str, value, minimum: float, fix: str, integer: bool = True, strict: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < minimum or (strict and value == minimum):
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}: {fix}")
+def _check_number(name: str, value, minimum: float, fix: str, kind=int) -> None:
+    """ValueError unless ``value`` is an int (a number with ``kind=float``) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, kind)) or value < minimum:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} >= {minimum}, got {value!r}: {fix}")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -174,11 +166,6 @@ def with_size(url: str, param: str, pixels: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query + [(param, str(pixels))])))
 
 
-def with_width(url: str, width: int) -> str:
-    """``url`` asking for ``w=width`` (see :func:`with_size`)."""
-    return with_size(url, "w", width)
-
-
 def tsv_size(row: PhotoRow) -> Optional[Tuple[int, int]]:
     """The photo's (width, height) from the tsv, or None when missing or not positive integers."""
     if row.photo_width.isdigit() and row.photo_height.isdigit() and int(row.photo_width) > 0 and int(row.photo_height) > 0:
@@ -193,7 +180,7 @@ def min_side_request(row: PhotoRow, min_side: int) -> Tuple[str, int]:
     size = tsv_size(row)
     if size is None:
         raise ValueError(f"photo_width={row.photo_width!r}, photo_height={row.photo_height!r}: --min-side needs both as "
-                         "positive integers (tsv columns photo_width, photo_height); fix the row or use --width")
+                         "positive integers (tsv columns photo_width, photo_height); fix the row")
     width, height = size
     longer = math.ceil(min_side * max(width, height) / min(width, height))
     if longer > CDN_MAX_SIDE:
@@ -203,14 +190,6 @@ def min_side_request(row: PhotoRow, min_side: int) -> Tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- one file
-class _Retryable(Exception):
-    """A transient problem: connection, timeout, 5xx / 408 / 429, truncated body."""
-
-
-class _Rejected(Exception):
-    """A problem retrying will not fix: 4xx, a body that does not decode or has the wrong size."""
-
-
 def decoded_size(path) -> Optional[Tuple[int, int]]:
     """(width, height) of ``path`` if it exists and decodes completely with PIL, else None (PIL
     raises for truncated data while ``ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default)."""
@@ -222,130 +201,86 @@ def decoded_size(path) -> Optional[Tuple[int, int]]:
         return None
 
 
-def is_complete_image(path) -> bool:
-    return decoded_size(path) is not None
+def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, *, timeout: float = 30.0,
+                   retries: int = 3, backoff_base: float = 1.0) -> Tuple[str, str]:
+    """One photo into ``<output_dir>/<photo_id>.jpg`` with its shorter side at ``min_side`` px,
+    unless a complete file of that size is there. Returns ``(status, reason)``: downloaded /
+    skipped / failed; never raises for a download problem. A row without a valid size fails
+    even when its file exists."""
+    from huggingface_hub.utils import http_backoff
 
-
-def _fetch(opener, url: str, timeout: float) -> bytes:
-    """The complete body of ``url``."""
     try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}), timeout=timeout) as response:
-            expected = response.headers.get("Content-Length")
-            body = response.read()
-    except urllib.error.HTTPError as err:
-        err.close()
-        error = _Retryable if err.code >= 500 or err.code in (408, 429) else _Rejected
-        raise error(f"HTTP {err.code} {err.reason}") from err
-    except http.client.IncompleteRead as err:
-        raise _Retryable(f"truncated body: got {len(err.partial)} bytes, expected {len(err.partial) + (err.expected or 0)}") from err
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # OSError: timeouts, connection errors
-        reason = err.reason if isinstance(err, urllib.error.URLError) else err
-        raise _Retryable(f"{type(reason).__name__}: {reason}") from err
-    if expected is not None and expected.isdigit() and len(body) != int(expected):
-        raise _Retryable(f"truncated body: got {len(body)} bytes, Content-Length {expected}")
-    return body
-
-
-def download_photo(row: PhotoRow, output_dir, width: Optional[int] = None, *, min_side: Optional[int] = None,
-                   timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, opener=None) -> Tuple[str, str]:
-    """One photo into ``<output_dir>/<photo_id>.jpg``, ``width`` px wide or with its shorter side at
-    ``min_side`` px, unless a complete file of that size is there. Returns ``(status, reason)``:
-    downloaded / skipped / failed; never raises for a download problem. A row without a valid
-    size fails with ``min_side`` even when its file exists."""
-    try:
-        url = with_width(row.image_url, width) if min_side is None else with_size(row.image_url, *min_side_request(row, min_side))
+        url = with_size(row.image_url, *min_side_request(row, min_side))
     except ValueError as err:
         return FAILED, str(err)
-
-    def size_problem(size) -> str:
-        if min_side is None or min(size) == min_side:
-            return ""
-        return f"served {size[0]} x {size[1]} px, but --min-side {min_side} needs a shorter side of {min_side} px"
-
     destination = Path(output_dir) / f"{row.photo_id}.jpg"
     existing = decoded_size(destination)
-    if existing is not None and not size_problem(existing):
+    if existing is not None and min(existing) == min_side:
         return SKIPPED, ""
+    try:
+        response = http_backoff("GET", url, max_retries=retries, base_wait_time=backoff_base, timeout=timeout,
+                                headers={"User-Agent": USER_AGENT})
+    except Exception as err:  # connection errors, timeouts, truncated bodies after the last retry; 5xx from raise_for_status
+        return FAILED, f"{type(err).__name__}: {err} (after {retries + 1} attempts)"
+    if response.status_code != 200:
+        return FAILED, f"HTTP {response.status_code}"
 
     def write(temporary: Path) -> None:
-        temporary.write_bytes(body)
+        temporary.write_bytes(response.content)
         size = decoded_size(temporary)
-        if size is None or size_problem(size):
-            raise _Rejected(size_problem(size) if size else f"body of {len(body)} bytes does not decode as an image")
+        if size is None:  # ValueError: not worth a retry
+            raise ValueError(f"body of {len(response.content)} bytes does not decode as an image")
+        if min(size) != min_side:
+            raise ValueError(f"served {size[0]} x {size[1]} px, but --min-side {min_side} needs a shorter side of {min_side} px")
 
-    reason = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_base * 2 ** (attempt - 1))
-        try:
-            body = _fetch(opener or urllib.request.build_opener(), url, timeout)
-            atomic_write(destination, write)
-            return DOWNLOADED, ""
-        except _Retryable as err:
-            reason = str(err)
-        except _Rejected as err:
-            return FAILED, str(err)
-        except OSError as err:
-            return FAILED, f"could not write {destination}: {err}"
-    return FAILED, f"{reason} (after {retries + 1} attempts)"
+    try:
+        atomic_write(destination, write)
+    except ValueError as err:
+        return FAILED, str(err)
+    except OSError as err:
+        return FAILED, f"could not write {destination}: {err}"
+    return DOWNLOADED, ""
 
 
 # --------------------------------------------------------------------------- all photos
-def download_photos(rows: Sequence[PhotoRow], output_dir, width: Optional[int] = None, *, min_side: Optional[int] = None,
-                    workers: int = 8, timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0,
-                    progress: bool = True) -> DownloadSummary:
+def download_photos(rows: Sequence[PhotoRow], output_dir, min_side: int = DEFAULT_MIN_SIDE, *, workers: int = 8,
+                    timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, progress: bool = True) -> DownloadSummary:
     """``rows`` into ``output_dir`` with ``workers`` threads (see :func:`download_photo`); writes
     ``failed.txt`` and returns the summary. Every option and URL is checked before anything is written."""
-    if (width is None) == (min_side is None):
-        raise ValueError(f"pass exactly one of width ({width!r}) and min_side ({min_side!r}): min_side=1024 (shorter side "
-                         "1024 px, aspect kept) builds the training set; width fixes the width of every photo")
-    if width is not None:
-        _check_number("width", width, 1, "pass the wanted image width in pixels (--width), e.g. 1024")
-    else:
-        _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels (--min-side), e.g. 1024")
+    _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels (--min-side), e.g. 1024")
     _check_number("workers", workers, 1, "pass at least one worker thread")
     _check_number("retries", retries, 0, "pass 0 to disable retries")
-    _check_number("timeout", timeout, 0, "pass a timeout in seconds, e.g. 30", integer=False, strict=True)
-    _check_number("backoff_base", backoff_base, 0, "pass a delay in seconds, e.g. 1.0", integer=False)
+    _check_number("timeout", timeout, 1e-3, "pass a timeout in seconds, e.g. 30", kind=float)
+    _check_number("backoff_base", backoff_base, 0, "pass a delay in seconds, e.g. 1.0", kind=float)
     rows = list(rows)
     for row in rows:
         check_http_url(row.image_url, "photo_image_url")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    opener = urllib.request.build_opener()
-    results = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(rows), unit="img", desc="unsplash-lite", disable=not progress) as bar:
-        futures = {pool.submit(download_photo, row, out, width, min_side=min_side, timeout=timeout, retries=retries,
-                               backoff_base=backoff_base, opener=opener): row for row in rows}
-        for future in as_completed(futures):
-            try:
-                results[futures[future].photo_id] = future.result()
-            except Exception as err:  # an unexpected bug must not stop the other downloads
-                results[futures[future].photo_id] = (FAILED, f"{type(err).__name__}: {err}")
-            bar.update(1)
-    count = {status: sum(result[0] == status for result in results.values()) for status in (DOWNLOADED, SKIPPED, FAILED)}
-    failed_ids = [row.photo_id for row in rows if results[row.photo_id][0] == FAILED]
-    upscaled_ids = [row.photo_id for row in rows if min_side is not None and results[row.photo_id][0] == DOWNLOADED
-                    and min(tsv_size(row)) < min_side]
-    atomic_write_text(out / "failed.txt", "".join(f"{photo_id}\n" for photo_id in failed_ids))
-    return DownloadSummary(
-        len(rows), count[DOWNLOADED], count[SKIPPED], count[FAILED], failed_ids,
-        {pid: results[pid][1] for pid in failed_ids}, out,
-        f"width {width} px" if min_side is None else f"shorter side {min_side} px", upscaled_ids,
-    )
+
+    def one(row: PhotoRow) -> Tuple[str, str]:
+        try:
+            return download_photo(row, out, min_side, timeout=timeout, retries=retries, backoff_base=backoff_base)
+        except Exception as err:  # an unexpected bug must not stop the other downloads
+            return FAILED, f"{type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(one, rows), total=len(rows), unit="img", desc="unsplash-lite", disable=not progress))
+    statuses = [status for status, _ in results]
+    failed = [(row.photo_id, reason) for row, (status, reason) in zip(rows, results) if status == FAILED]
+    upscaled = [row.photo_id for row, status in zip(rows, statuses) if status == DOWNLOADED and min(tsv_size(row)) < min_side]
+    atomic_write_text(out / "failed.txt", "".join(f"{photo_id}\n" for photo_id, _ in failed))
+    return DownloadSummary(len(rows), statuses.count(DOWNLOADED), statuses.count(SKIPPED), len(failed),
+                           [pid for pid, _ in failed], dict(failed), out, min_side, upscaled)
 
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(
-        "Download the Unsplash-Lite photos (photos.tsv*) with their shorter side at N px, aspect kept "
-        f"(--min-side, default {DEFAULT_MIN_SIDE}: the training set), or at a fixed width (--width)."))
+    parser = argparse.ArgumentParser(description="Download the Unsplash-Lite photos (photos.tsv*) with their shorter side at N px, aspect kept.")
     parser.add_argument("inputs", nargs="+", help="the Unsplash-Lite directory (its photos.tsv* files are read) or explicit tsv files")
     parser.add_argument("--output-dir", required=True, help="where <photo_id>.jpg files are written")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--min-side", type=int, default=None, metavar="N",
-                      help=f"shorter side in pixels, aspect kept (default {DEFAULT_MIN_SIDE}; the way to build the training set)")
-    size.add_argument("--width", type=int, default=None, help="fixed width in pixels; landscape photos then have a shorter side under it")
+    parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="N",
+                        help=f"shorter side in pixels, aspect kept (default {DEFAULT_MIN_SIDE}: the training set)")
     parser.add_argument("--workers", type=int, default=8, help="number of parallel download threads")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
     parser.add_argument("--retries", type=int, default=3, help="retries for transient errors")
@@ -359,15 +294,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     try:
-        if args.width is None and args.min_side is None:
-            args.min_side = DEFAULT_MIN_SIDE
         files = find_tsv_files(args.inputs)
         rows = read_photo_rows(files, limit=args.limit)
         if not rows:
             raise ValueError(f"no photo rows in {', '.join(map(str, files))}: check the tsv files")
-        summary = download_photos(rows, args.output_dir, args.width, min_side=args.min_side, workers=args.workers,
-                                  timeout=args.timeout, retries=args.retries, backoff_base=args.backoff_base,
-                                  progress=not args.no_progress)
+        summary = download_photos(rows, args.output_dir, args.min_side, workers=args.workers, timeout=args.timeout,
+                                  retries=args.retries, backoff_base=args.backoff_base, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,16 +1,11 @@
-"""The multi-depth, multi-step UPLiFT objective (all in latent space).
+"""The multi-depth, multi-step UPLiFT objective (in latent space, with an optional pixel term).
 
-For a ground-truth image ``x`` and a depth ``d``, the input image is ``x`` downsampled
-``2^d`` times (antialiased bilinear), the input latents are its VAE latents (plus Gaussian
-noise of std ``lat_aug``), and step ``k`` of a ``d``-step run is compared (MSE) with the
-latents of ``x`` downsampled ``2^(d-k)`` times. The loss is the sum over depths and steps.
-
-With ``noisy_targets`` the noise is kept, as in the authors' loop (``mwalmer-umd/UPLiFT``
-``uplift/train_uplift.py`` adds it in place, ``feat_in += noise_aug``, to the latents that
-also serve as targets): once depth ``j`` has used the noised latents of level ``j`` as its
-input, later depths compare their step at level ``j`` with those noised latents instead of the
-clean ones. The noise is independent of those steps' inputs, so the expected gradient is the
-same; the loss gains ``lat_aug**2`` per noisy target and the gradient some variance.
+For a ground-truth image ``x`` and a depth ``d``, the input image is ``x`` downsampled ``2^d``
+times (antialiased bilinear), the input latents are its VAE latents plus Gaussian noise of std
+``lat_aug``, and step ``k`` of a ``d``-step run is compared (MSE) with the latents of ``x``
+downsampled ``2^(d-k)`` times; the loss is the sum over depths and steps. ``noisy_targets``
+keeps the noise in the targets of later depths, as the authors' loop does (it adds it in place):
+the expected gradient is the same, the loss gains ``lat_aug**2`` per noisy target.
 """
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ import torch.nn.functional as F
 
 
 def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> List[torch.Tensor]:
-    """``[x, x/2, x/4, ...]`` (``max_depth + 1`` levels), antialiased bilinear downsampling.
-
-    Every level must stay a multiple of ``multiple`` pixels (the VAE's scale factor).
-    """
+    """``[x, x/2, x/4, ...]`` (``max_depth + 1`` levels, each a multiple of ``multiple`` px),
+    antialiased bilinear downsampling."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"`images` must be B x 3 x H x W, got {tuple(images.shape)}.")
     height, width = images.shape[-2:]
@@ -44,14 +37,9 @@ def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> Li
 def pixel_loss(
     vae, latents: torch.Tensor, reference: torch.Tensor, target: torch.Tensor, back_projection_steps: int = 0
 ) -> torch.Tensor:
-    """MSE in [0, 1] pixels between the decoded, colour-corrected ``latents`` and ``target``.
-
-    The decode goes through the frozen ``vae`` with gradients flowing to ``latents``; the
-    colour correction is the pipelines' per-channel mean shift towards ``reference`` (the
-    low-resolution input), without the final clamp so that it stays differentiable. With
-    ``back_projection_steps`` the image is then back-projected onto ``reference`` as the
-    super-resolution pipeline does (unclamped), so that the loss scores what the pipeline returns.
-    """
+    """MSE in [0, 1] pixels between ``target`` and ``latents`` decoded by the frozen ``vae``,
+    colour-corrected towards ``reference`` (the low-resolution input) and back-projected onto it
+    ``back_projection_steps`` rounds, as the pipelines do but unclamped, to stay differentiable."""
     from uplift_diffusers.loaders.vae import decode_latents
     from uplift_diffusers.utils.back_projection import project_to
     from uplift_diffusers.utils.color_correction import mean_shift
@@ -75,24 +63,12 @@ def multi_depth_loss(
     noisy_targets: bool = False,
     pixel_back_projection: int = 0,
 ) -> Dict[str, torch.Tensor]:
-    """Sum over ``depths`` and steps of the per-step MSE (plus an optional pixel term).
+    """Sum over ``depths`` and steps of the per-step MSE, ``latents[j]`` / ``images[j]`` being
+    the VAE latents (unscaled) / pixels in [0, 1] of the image downsampled ``2^j`` times. With
+    ``pixel_weight`` > 0, ``pixel_weight`` x :func:`pixel_loss` of each depth's final latents
+    against ``images[0]`` is added (latent MSE alone does not track pixel PSNR for every VAE).
 
-    Args:
-        model: an ``UPLiFTLatentUpscaler`` (or anything with its forward signature).
-        latents: ``latents[j]`` = VAE latents (unscaled posterior mode) of the image at level j.
-        images: ``images[j]`` = the image downsampled ``2^j`` times, in [0, 1].
-        depths: depths to train (each <= len(latents) - 1).
-        lat_aug: std of the Gaussian noise added to the input latents.
-        vae, pixel_weight: with ``pixel_weight > 0``, each depth's final latents are also
-            decoded by ``vae`` and ``pixel_weight`` x :func:`pixel_loss` against ``images[0]``
-            is added (latent MSE alone does not track pixel PSNR well for every VAE).
-        pixel_back_projection: rounds of back-projection onto the input image before the pixel
-            term (:func:`pixel_loss`'s ``back_projection_steps``; 0: none).
-        noisy_targets: keep each depth's noised input latents as the target of that level
-            for the depths after it (the authors' in-place noise, see the module docstring).
-
-    Returns a dict with ``loss`` and ``loss_depth{d}`` (and ``pixel_depth{d}``) entries,
-    the parts detached.
+    Returns ``loss`` and the detached parts ``loss_depth{d}`` (and ``pixel_depth{d}``).
     """
     if pixel_weight and vae is None:
         raise ValueError("`pixel_weight` > 0 needs the `vae` to decode with.")

@@ -1,29 +1,18 @@
-r"""Train an UPLiFT latent upscaler for any VAE, with accelerate. Run from the repository root:
+r"""Train an UPLiFT latent upscaler for any VAE, with accelerate (docs/training.md is the user guide):
 
     python -m training.train_uplift --config training/configs/sd15-vae.yaml \
         --train-data data/unsplash-lite/min-side-1024 --output-dir runs/sd15
     python -m training.train_uplift --smoke-test      # tiny random VAE + model, no download, seconds
+    torchrun --nproc_per_node N -m training.train_uplift --config ...   # N processes, GPUs or CPUs
 
-Several processes (one group; each process trains on its own shard of every epoch):
-
-    torchrun --nproc_per_node N -m training.train_uplift --config ...              # GPUs or CPUs
-    accelerate launch --multi_gpu --num_processes N -m training.train_uplift ...   # GPUs or CPUs
-
-(on a machine without GPUs the script joins the processes into one CPU / gloo group itself;
-``accelerate launch --cpu --num_processes N`` starts ONE process and is refused with a message).
-
-The configuration is a YAML recipe with sections ``model``, ``data``, ``optimization``,
-``checkpointing``, ``validation`` and ``logging`` (training/configs/, :mod:`training.config`);
-flags and ``--set SECTION.KEY=VALUE`` override it, and every value is checked before anything is
-written. Writes ``OUTPUT/train_log.jsonl`` (one line per optimiser step: the ``lr`` used by that
-step, ``time`` = training seconds, cumulative across resumes), ``OUTPUT/checkpoints/checkpoint-{step}``
-(resumable with ``--resume latest``), validation samples and metrics (PSNR of 4x super-resolution
-of held-out images), and finally ``OUTPUT/model`` in diffusers format with a model card.
-docs/training.md is the user guide.
+The YAML recipe (training/configs/, :mod:`training.config`) is overridden by the flags and by
+``--set SECTION.KEY=VALUE``; every value is checked before anything is written. Writes
+``OUTPUT/train_log.jsonl``, ``OUTPUT/checkpoints/checkpoint-{step}`` (``--resume latest``),
+validation PSNR and samples, and ``OUTPUT/model`` in diffusers format with a model card.
 
 Exit status: 0 finished; 2 bad arguments / configuration / launch (one line, nothing written);
-143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT) -- both after saving a checkpoint and
-printing the full command that resumes the run.
+143 stopped by SIGTERM, 130 stopped by Ctrl-C (SIGINT): both after saving a checkpoint and
+printing the command that resumes the run.
 """
 from __future__ import annotations
 
@@ -254,19 +243,14 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
         with torch.no_grad(), autocast():
             return encode_latents(vae, images.contiguous(memory_format=torch.channels_last) * 2 - 1).float()
 
+    if cache is None:
+        return [encode(images) for images in pyramid]
     levels = []
     for level, images in enumerate(pyramid):
-        if cache is None:
-            levels.append(encode(images))
-            continue
-        per_item = []
-        for i, key in enumerate(keys):
-            full_key = f"{key}|level={level}|vae={vae_id}"
-
-            def compute(i=i, images=images):
-                return encode(images[i : i + 1])[0].cpu()
-
-            per_item.append(cache.get_or_compute(full_key, compute))
+        per_item = [
+            cache.get_or_compute(f"{key}|level={level}|vae={vae_id}", lambda i=i, images=images: encode(images[i : i + 1])[0].cpu())
+            for i, key in enumerate(keys)
+        ]
         levels.append(torch.stack(per_item).to(images.device))
     return levels
 
@@ -283,7 +267,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     from PIL import Image
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    from uplift_diffusers.image_processor import list_images
+    from uplift_diffusers.image_processor import list_images, pil_to_tensor
     from uplift_diffusers.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusers.utils.back_projection import back_project
     from uplift_diffusers.utils.sr_protocol import load_hr_lr
@@ -294,34 +278,28 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-
-    def to_tensor(image):
-        return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image))
-
-    def psnr(output, hr) -> float:
-        return float(peak_signal_noise_ratio(output.float().cpu().clamp(0, 1), hr, data_range=(0.0, 1.0)))
-
     scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
-    tiles: List[list] = []
+    tiles: List[Image.Image] = []
     was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
         for path in files:
             hr_image, lr_image = load_hr_lr(path, val.hr_size, val.lr_size)
-            hr, lr = to_tensor(hr_image), to_tensor(lr_image)
+            hr, lr = pil_to_tensor(hr_image), pil_to_tensor(lr_image)
             output = pipe(lr, upscale_factor=val.hr_size // val.lr_size, generator=generator, output_type="pt",
-                          back_projection_steps=0).images.float()
-            scores["psnr"].append(psnr(output, hr))
+                          back_projection_steps=0).images.float().cpu()
+            outputs = {"psnr": output}
             if val.back_projection_steps:  # the same output, back-projected: no second model run
-                scores["psnr_bp"].append(psnr(back_project(output, lr.to(output.device), val.back_projection_steps), hr))
-            if len(tiles) < val.num_samples:
-                (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.cpu().clamp(0, 1)))
-                tiles.append([lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image])
+                outputs["psnr_bp"] = back_project(output, lr, val.back_projection_steps)
+            for name, image in outputs.items():
+                scores[name].append(float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))))
+            if len(tiles) < 3 * val.num_samples:
+                (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.clamp(0, 1)))
+                tiles += [lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image]
     upscaler.train(was_training)
     if tiles:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-        sheet = make_image_grid([image for row in tiles for image in row], rows=len(tiles), cols=3)
-        sheet.save(output_dir / "samples" / f"step-{step:07d}.png")
+        make_image_grid(tiles, rows=len(tiles) // 3, cols=3).save(output_dir / "samples" / f"step-{step:07d}.png")
     result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
     if scores["psnr_bp"]:
         result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
@@ -374,6 +352,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     from uplift_diffusers import UPLiFTLatentUpscaler
@@ -399,21 +378,15 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
 
     vae = load_vae(config.vae).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     vae_id = f"{vae_identity(vae)}-{opt.mixed_precision}"
-    model_config = dict(config.model)
-    vae_channels = vae.config.latent_channels
-    model_config.setdefault("latent_channels", vae_channels)
-    if model_config["latent_channels"] != vae_channels:
-        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae_channels} latent channels.")
+    model_config = {"latent_channels": vae.config.latent_channels, **config.model}
+    if model_config["latent_channels"] != vae.config.latent_channels:
+        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae.config.latent_channels} latent channels.")
     model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt.depths))
     checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
     if config.init_from is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
         model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config.init_from).state_dict())
         accelerator.print(f"initialised the weights from {config.init_from} (fresh optimiser and LR schedule)")
-    ema = None
-    if opt.ema_decay:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(model.parameters(), decay=opt.ema_decay)
+    ema = EMAModel(model.parameters(), decay=opt.ema_decay) if opt.ema_decay else None
 
     dataset = ImageFolderDataset(
         data.train_dirs, data.resolution, train=True, crops_per_image=data.crops_per_image,
@@ -421,9 +394,9 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     )
     accelerator.print(f"training data: {dataset.describe()}")
     if accelerator.is_main_process and dataset.skipped.total:
-        skipped_list = output_dir / "skipped_images.tsv"
-        skipped_list.write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in dataset.skipped.rows(data.resolution)))
-        accelerator.print(f"  (every skipped file is listed in {skipped_list})")
+        rows = dataset.skipped.rows(data.resolution)
+        (output_dir / "skipped_images.tsv").write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in rows))
+        accelerator.print(f"  (every skipped file is listed in {output_dir / 'skipped_images.tsv'})")
     cache = LatentCache(data.cache_dir) if data.cache_dir else None
     batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // opt.gradient_accumulation_steps)
@@ -448,8 +421,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     elif resume:
         accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
-    log_path = output_dir / "train_log.jsonl"
-    val_csv = output_dir / "validation.csv"
     depths = list(opt.depths)
     last_metrics: Dict = {}
     started = time.time()
@@ -475,7 +446,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         if ema is not None:
             ema.restore(unwrapped.parameters())
         psnr_bp = f"{last_metrics['psnr_bp']:.4f}" if "psnr_bp" in last_metrics else ""
-        with open(val_csv, "a") as handle:
+        with open(output_dir / "validation.csv", "a") as handle:
             if handle.tell() == 0:
                 handle.write("step,psnr,count,psnr_bp\n")
             handle.write(f"{step},{last_metrics['psnr']:.4f},{last_metrics['count']},{psnr_bp}\n")
@@ -542,7 +513,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
                 "time": round(elapsed(), 2),
             }
             if accelerator.is_main_process:
-                with open(log_path, "a") as handle:
+                with open(output_dir / "train_log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
             if step % log.log_every == 0:
                 accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
