@@ -1,14 +1,6 @@
-"""``--smoke-test``: every evaluation script end to end in seconds, on tiny random models, offline.
-
-It checks an installation (the libraries, the loading paths, the metric code, the results
-files, a multi-process launch) before renting GPUs; its numbers mean nothing. The script
-writes its inputs into ``OUTPUT/smoke-inputs`` (tiny models with random weights from
-:mod:`uplift_diffusers.utils.testing_utils`, saved and then loaded by the script's ordinary
-loading code; a few synthetic images / captions) and then runs as usual on them, with the FID
-features of a small seeded random network (``--feature-extractor tiny-random``) and a tiny
-random CLIP model. Nothing is downloaded. Without ``--output-dir`` the results go to a new
-temporary folder, printed at the end.
-"""
+"""``--smoke-test``: every evaluation script end to end in seconds on tiny random models, offline
+(its numbers mean nothing). Inputs are written to ``OUTPUT/smoke-inputs`` and then loaded by
+the script's ordinary loading code."""
 from __future__ import annotations
 
 import argparse

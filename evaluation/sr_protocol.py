@@ -41,9 +41,6 @@ def bicubic_upscale(lr: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
     return pil_to_tensor(lr.resize(size, Image.BICUBIC))
 
 
-# --------------------------------------------------------------------------------------------
-# Image checks and PSNR
-# --------------------------------------------------------------------------------------------
 def check_unit_images(name: str, images: Any, min_size: int = 1) -> None:
     """ValueError unless ``images`` is a finite float ``B x 3 x H x W`` tensor in [0, 1] of at least
     ``min_size`` x ``min_size`` pixels (one reduction: a device synchronisation)."""
@@ -96,9 +93,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return peak_signal_noise_ratio(pred, target, data_range=(0.0, 1.0), reduction="none", dim=(1, 2, 3))
 
 
-# --------------------------------------------------------------------------------------------
-# Batches and the scoring loop
-# --------------------------------------------------------------------------------------------
 @dataclass
 class SRBatch:
     """(HR, LR) pairs scored together: ``hr`` / ``lr`` are ``B x 3 x H x W`` float32 in [0, 1] on

@@ -1,29 +1,12 @@
-"""Latency of latent upscaling, in two modes. Commands: ``docs/evaluation.md``.
+"""Latency of latent upscaling (commands and outputs: ``docs/evaluation.md``).
 
-``text-to-image`` (the time columns of the paper's Tables 2-3): SD1.5 + latent upscaling, broken
-down by stage. The UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
-``--warmup`` untimed batches (compiling happens there), then the mean of the next ``--iters``.
-Each stage of a batch is timed separately (CUDA synchronised): ``unet`` (``--steps`` steps with
-classifier-free guidance and the PNDM scheduler step), ``vae_decode_base`` (UPLiFT's guide and
-the colour reference), ``uplift``, ``bilinear`` / ``nearest``, ``vae_decode_upscaled`` and
-``color_correction``. ``methods`` sums the stages of each row (``base512`` = unet + base decode).
-Text encoding is left out (random prompt embeddings of the real shape): it does not depend on
-the method. Writes ``results.json`` / ``results.md`` into ``--output-dir``.
-
-``super-resolution`` (the paper's Fig. 11 / Table 4: 256 -> 1024; on an A100 UPLiFT takes 271 ms,
-13% more than bilinear): each method maps a batch of ``--lr-size`` images (random pixels) to
-``--upscale-factor`` times their size as the evaluation's rows do: VAE encode -> UPLiFT or
-bilinear latent interpolation -> VAE decode [-> colour correction: part of UPLiFT; the baseline
-only with ``--color-correct-baselines``, as in the paper]. ``--warmup`` untimed rounds, then
-``--iters`` rounds, each running both methods in turn (the order alternating). Reported per
-method: mean (the paper's statistic), median and standard deviation of the seconds per batch, and
-seconds per image; the UPLiFT / bilinear ratio is the median of the per-round ratios (two times
-taken seconds apart: a machine whose speed drifts, like a shared CPU, slows both alike), next to
-the ratio of the means. Writes ``--output`` (JSON) and its table beside it as ``.md``.
-
-``--random-weights`` times models of the real SD1.5 / UPLiFT sizes without downloading (latency
-does not depend on the weights); in ``text-to-image`` mode weights that cannot be loaded fall
-back to them, and the results say so (``random_weights``, ``note``).
+``text-to-image`` (the time columns of Tables 2-3): each stage of an SD1.5 + upscaling batch timed
+separately; text encoding is left out (random prompt embeddings of the real shape) since it does
+not depend on the method. ``super-resolution`` (Fig. 11 / Table 4, on an A100 UPLiFT takes 271 ms,
+13% more than bilinear): encode -> UPLiFT or bilinear latents -> decode, both timed in turn every
+round; the ratio is the median of the per-round ratios, which a machine whose speed drifts (a
+shared CPU) disturbs much less than the ratio of two means. Latency does not depend on the
+weights, hence ``--random-weights`` (models of the real sizes, nothing downloaded).
 """
 from __future__ import annotations
 
@@ -57,9 +40,6 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
 PAPER = {"uplift_s_per_image": 0.271, "uplift_over_bilinear": 1.13, "device": "NVIDIA A100"}
 
 
-# --------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Latency of latent upscaling: text-to-image stages (Tables 2-3) "
                                      "or end-to-end super-resolution (Fig. 11 / Table 4).")
@@ -136,9 +116,6 @@ def _machine(device: torch.device) -> Dict:
     return {"device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
 
 
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
 def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
     """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``: of the real
     SD1.5 / UPLiFT sizes, or (``tiny``, ``--smoke-test``) the tiny models of
@@ -192,9 +169,6 @@ def sr_models(args, dtype: torch.dtype):
     return vae, load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
 
 
-# --------------------------------------------------------------------------------------------
-# Text-to-image: stage by stage
-# --------------------------------------------------------------------------------------------
 class StageTimer:
     """Accumulates wall-clock seconds per stage; synchronises CUDA around every stage."""
 
@@ -323,9 +297,6 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Super-resolution: end to end, interleaved
-# --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
     """One end-to-end call: encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents,

@@ -45,9 +45,6 @@ UINT8_METHODS = ("cfm", "round")
 SSIM_KERNEL_SIZE = 11
 
 
-# --------------------------------------------------------------------------------------------
-# uint8 conversion, PSNR, SSIM
-# --------------------------------------------------------------------------------------------
 def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
     """Quantise B x 3 x H x W float images in [0, 1] to uint8 (same shape).
 
@@ -91,9 +88,6 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
 
 
-# --------------------------------------------------------------------------------------------
-# FID (torchmetrics, the paper's)
-# --------------------------------------------------------------------------------------------
 class FIDAccumulator(nn.Module):
     """The paper's FID: torchmetrics ``FrechetInceptionDistance`` on CFM's uint8 images.
 
@@ -178,9 +172,6 @@ class FIDAccumulator(nn.Module):
         self.metric.reset()
 
 
-# --------------------------------------------------------------------------------------------
-# patch-FID
-# --------------------------------------------------------------------------------------------
 def random_patch_anchors(
     height: int,
     width: int,
@@ -307,9 +298,6 @@ class PatchFID(nn.Module):
         self.generator.manual_seed(self.seed)
 
 
-# --------------------------------------------------------------------------------------------
-# CLIP score
-# --------------------------------------------------------------------------------------------
 def _pooled(output: Any) -> Tensor:
     """Projected embeddings from ``get_*_features``: a tensor (transformers 4), or an output whose
     ``pooler_output`` holds them (transformers 5)."""

@@ -1,12 +1,6 @@
-"""The metric options of the evaluation scripts: command-line flags, metric objects, results record.
-
-Defaults are the paper's protocol (:mod:`evaluation.metrics.image_metrics`): FID and patch-FID (4 crops of
-512 x 512) with torchmetrics on CFM's uint8 images, CLIP score as the ``clip-score`` package with
-``openai/clip-vit-base-patch32``. ``--clip-model`` takes another CLIP model (a Hub id or a local
-copy). ``--feature-extractor tiny-random`` is a small seeded
-random network for offline tests only (its numbers mean nothing). A caller running a script
-in-process can pass its own ``nn.Module`` feature extractor or ready-made CLIP scorer instead.
-"""
+"""The metric flags of the evaluation scripts, the metric objects they build and the record of
+the metrics' definitions written to ``results.json``. ``--feature-extractor tiny-random`` is a
+small seeded random network for offline tests only."""
 from __future__ import annotations
 
 import argparse
@@ -87,9 +81,6 @@ def resolve_feature_extractor(spec: Union[str, nn.Module, None]) -> Optional[nn.
     raise ValueError(f"feature extractor must be one of {FEATURE_EXTRACTORS} or an nn.Module, got {spec!r}.")
 
 
-# --------------------------------------------------------------------------------------------
-# Command-line flags
-# --------------------------------------------------------------------------------------------
 def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
     """``--no-fid``, ``--feature-extractor``, ``--patch-size``, ``--num-patches``."""
     parser.add_argument("--no-fid", action="store_true", help="skip FID and patch-FID")
@@ -115,9 +106,6 @@ def check_metric_arguments(args) -> None:
         check_at_least(args, {"patch_size": 1, "num_patches": 1})
 
 
-# --------------------------------------------------------------------------------------------
-# Metric objects
-# --------------------------------------------------------------------------------------------
 def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAccumulator:
     """A :class:`FIDAccumulator` with the feature extractor ``spec`` names, on ``device``."""
     return FIDAccumulator(feature_extractor=resolve_feature_extractor(spec)).to(device)
@@ -147,9 +135,6 @@ def fid_results(fid: nn.Module, patch_fid: PatchFID) -> Dict[str, float]:
     return values
 
 
-# --------------------------------------------------------------------------------------------
-# Results record
-# --------------------------------------------------------------------------------------------
 def _version(distribution: str) -> Optional[str]:
     try:
         return metadata.version(distribution)

@@ -78,9 +78,6 @@ LATENCY_STAGES = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
 def _json_safe(value):
     """inf / nan are not valid JSON: they are written as the strings "inf", "-inf", "nan"."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -116,9 +113,6 @@ def load_result(path) -> Dict:
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
 def _number(value, digits: int) -> str:
     if value is None:
         return "-"
