@@ -1,15 +1,7 @@
-"""The super-resolution scoring of the evaluation: the pixel-space baseline, the paper's PSNR and
-the scoring loop over (HR, LR) pairs (the pairs themselves: :mod:`uplift_diffusers.utils.sr_protocol`).
-
-* The pixel-space baseline is PIL bicubic (:func:`bicubic_upscale`).
-* **Scoring** (:func:`score_super_resolution`): every method maps a batch of LR images
-  (:class:`SRBatch`) to images of the HR size; each output is clamped to [0, 1] and scored against
-  its HR image with per-image metrics, by default the paper's PSNR (:func:`psnr`: CFM's
-  ``calculate_PSNR`` per image, both images clamped to [0, 1], ``10 log10(1 / MSE)``); the
-  evaluation adds SSIM and feeds FID through ``on_output``.
-
-Images are ``B x 3 x H x W`` float tensors in [0, 1]; :func:`check_unit_images` and
-:func:`check_image_pair` are the checks every image metric of the evaluation applies.
+"""The super-resolution scoring: the pixel-space baseline (PIL bicubic), the paper's PSNR (CFM's
+``calculate_PSNR`` per image) and the loop scoring methods over (HR, LR) pairs (the pairs
+themselves: :mod:`uplift_diffusers.utils.sr_protocol`). Images are ``B x 3 x H x W`` floats in
+[0, 1]; :func:`check_image_pair` is the check every image metric applies.
 """
 from __future__ import annotations
 

@@ -11,12 +11,10 @@ weights, hence ``--random-weights`` (models of the real sizes, nothing downloade
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -30,7 +28,6 @@ from evaluation.sharding import LaunchMismatchError, require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.utils.atomic_files import atomic_write_text
 from uplift_diffusers.utils.color_correction import color_correct
 
 TEXT_TOKENS = 77  # CLIP context of SD1.5
@@ -106,14 +103,10 @@ def prepare_smoke_test(args) -> None:
         args.note = "--smoke-test: tiny random models, the times mean nothing"
 
 
-def _flags(args, *names: str) -> Dict:
-    """The settings ``names`` of the run, as the results record them."""
-    return {name: getattr(args, name) for name in names}
-
-
-def _machine(device: torch.device) -> Dict:
-    """The device and the torch version, recorded with the timings."""
-    return {"device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
+def _settings(args, device: torch.device, *names: str) -> Dict:
+    """The flags ``names`` of the run, the device and the torch version, as the results record them."""
+    flags = {name: getattr(args, name) for name in names}
+    return {**flags, "device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
 
 
 def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
@@ -170,23 +163,17 @@ def sr_models(args, dtype: torch.dtype):
 
 
 class StageTimer:
-    """Accumulates wall-clock seconds per stage; synchronises CUDA around every stage."""
+    """Wall-clock seconds of each stage of a batch (``current``), CUDA synchronised around every stage."""
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.current: Dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.device, self.current = device, {}
 
     def time(self, stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self._sync()
-        start = time.perf_counter()
-        result = function()
-        self._sync()
-        self.current[stage] = self.current.get(stage, 0.0) + time.perf_counter() - start
-        return result
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # work queued before the stage stays out of its time
+        result = []
+        self.current[stage] = common.time_call(lambda: result.append(function()), self.device)[0]
+        return result[0]
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
@@ -270,17 +257,16 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
         name: sum(p.numel() for p in model.parameters())
         for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
     }
-    note = (
-        f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
-        if random_weights and not args.smoke_test
-        else ("--smoke-test: tiny random models, the times mean nothing" if args.smoke_test else "pretrained weights")
-    )
+    note = "pretrained weights"
+    if random_weights:
+        note = f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
+    if args.smoke_test:
+        note = "--smoke-test: tiny random models, the times mean nothing"
     result = {
         "task": "latency",
         "dataset": args.dataset_name,
         "settings": {
-            **_flags(args, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
-            **_machine(device),
+            **_settings(args, device, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,
             "smoke_test": bool(args.smoke_test),
@@ -299,8 +285,8 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
 
 @torch.no_grad()
 def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
-    """One end-to-end call: encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents,
-    decode and (``color_correction``) colour-correct against ``images``; ``B x 3 x 2^k h x 2^k w`` in [0, 1]."""
+    """Encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents, decode and (``color_correction``)
+    colour-correct against ``images``."""
     from uplift_diffusers.loaders import encode_latents
 
     latents = encode_latents(vae, images * 2 - 1)
@@ -308,15 +294,9 @@ def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_cor
     return decode_and_correct(vae, upscaled, images, color_correction=color_correction)
 
 
-def _median_ratio(times: Dict[str, List[float]]) -> float:
-    return statistics.median(u / b for u, b in zip(times["uplift"], times["bilinear"]))
-
-
 def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_size: int) -> Dict:
-    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s times.
-
-    The headline numbers are wall-clock times (the paper's); ``uplift_over_bilinear_cpu`` is the
-    same ratio from the process's CPU times, which a CPU shared with other work disturbs less."""
+    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s wall
+    times (the paper's) and CPU times (``uplift_over_bilinear_cpu``: less disturbed by a shared CPU)."""
     methods = {
         name: {
             "mean_s": statistics.fmean(values),
@@ -328,14 +308,15 @@ def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_s
         }
         for name, values in wall.items()
     }
-    ratio = _median_ratio(wall)
+    ratios = [u / b for u, b in zip(wall["uplift"], wall["bilinear"])]
+    ratio = statistics.median(ratios)
     return {
         "methods": methods,
         "uplift_over_bilinear": ratio,
         "uplift_over_bilinear_of_means": methods["uplift"]["mean_s"] / methods["bilinear"]["mean_s"],
         "uplift_extra_percent": 100 * (ratio - 1),
-        "uplift_over_bilinear_cpu": _median_ratio(cpu),
-        "per_round_ratios": [round(u / b, 4) for u, b in zip(wall["uplift"], wall["bilinear"])],
+        "uplift_over_bilinear_cpu": statistics.median(u / b for u, b in zip(cpu["uplift"], cpu["bilinear"])),
+        "per_round_ratios": [round(r, 4) for r in ratios],
     }
 
 
@@ -377,8 +358,7 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
             "output_size": args.lr_size * args.upscale_factor,
             "upscale_factor": args.upscale_factor,
             "color_correction": {name: correct for name, (_, correct) in rows.items()},
-            **_flags(args, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
-            **_machine(device),
+            **_settings(args, device, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "note": args.note,
             "command": getattr(args, "command", None),
@@ -386,8 +366,7 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
         **summarise(wall, cpu, args.batch_size),
         "paper": PAPER,
     }
-    atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.output.with_suffix(".md"), sr_markdown(result) + "\n")
+    common.write_results(args.output, result, sr_markdown(result) + "\n")
     return result
 
 

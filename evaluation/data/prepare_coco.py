@@ -1,26 +1,13 @@
 """COCO 2014 validation captions -> a caption set of ``--num`` (5000) random images, one caption each.
 
-Deterministic for a given ``--seed``: the images that have at least one caption are sorted by
-image id, ``random.Random(seed).sample`` picks ``--num`` of them, the picks are sorted by
-image id again, and the same generator then picks one caption per image (``choice`` among that
-image's captions sorted by annotation id). Captions are whitespace-normalised.
-
-Writes ``--output`` (``.jsonl``; see :mod:`evaluation.data.caption_sets`) with ``id``
-(the zero-padded COCO image id), ``caption``, ``file_name`` and the extra fields ``coco_id``,
-``width``, ``height`` (numbers). With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
-also written to ``--reference-dir`` for the FID: copied unchanged (the default, and the better
-choice: the evaluation crops and resizes each reference once, to each row's size), or with
-``--reference-size N`` centre-cropped to a square and resized to N x N (PIL bicubic, PNG);
-``file_name`` then names the written file. The protocol takes 5k random pairs whatever their size
-(COCO photos are about 640 x 480), so ``--reference-size`` larger than an image's shorter side
-ENLARGES it: the script warns with the count (and the rows get ``reference_enlarged: true``);
-``--skip-smaller`` instead leaves such images out of the sampling (a different set than the paper's). Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
-from ``val2014`` (``python -m evaluation.tasks.eval_text_to_image --reference-dir val2014``).
-
-Example::
-
-    python -m evaluation.data.prepare_coco --captions annotations/captions_val2014.json \\
-        --output data/coco5k/captions.jsonl --images-dir val2014 --reference-dir data/coco5k/images
+Deterministic for ``--seed``: the captioned images sorted by id, ``random.Random(seed).sample``
+picks ``--num``, sorted by id again, and the same generator picks one caption per image (among
+its captions sorted by annotation id). The protocol takes the images whatever their size (COCO
+photos are about 640 x 480): ``--reference-size`` larger than an image's shorter side ENLARGES
+it (a warning with the count; ``reference_enlarged: true`` in the rows), while ``--skip-smaller``
+leaves such images out of the sampling (a different set than the paper's). Copying the
+references unchanged (the default) is the better choice: the evaluation resizes each reference
+once, to each row's size.
 """
 from __future__ import annotations
 

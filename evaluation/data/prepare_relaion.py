@@ -1,23 +1,11 @@
 """reLAION-400M -> a caption set of ``--num`` (5000) images with both sides >= ``--min-size`` (1024).
 
-Downloading is img2dataset's job (retries, parallelism, resuming); this script reads the folder
-it writes (``--output_format files``: ``<shard>/<key>.<image suffix>`` beside ``<key>.json``
-holding ``url``, ``caption`` and ``status``) and picks the set. The command, and the sampling of
-the metadata that precedes it, are in ``docs/evaluation.md``.
-
-Selection (deterministic for a given ``--seed``, independent of file order and of how
-img2dataset named the files): every downloaded image whose pixels really have both sides
->= ``--min-size``, with an http(s) URL and a caption, gets the key ``blake2b("<seed>:<url>")``
-(64 bits; duplicate URLs count once); the ``--num`` smallest keys form the set. Download more
-candidates than ``--num`` (dead links and small images are dropped here, each listed with the
-reason in ``selection.json``). Output::
-
-    OUTPUT/images/<id>.png       with --reference-size N: square centre crops at N x N (PIL bicubic)
-    OUTPUT/captions.jsonl        the caption set (id, caption, file_name, url, width, height)
-    OUTPUT/selection.json        settings, counts and the rejected downloads
-
-``file_name`` is relative to ``OUTPUT/images`` with ``--reference-size``, else to ``--downloads``
-(pass that folder as ``python -m evaluation.tasks.eval_text_to_image --reference-dir``).
+Reads the folder img2dataset writes (``--output_format files``; commands in ``docs/evaluation.md``).
+Selection, independent of file order and of img2dataset's names: every downloaded image whose
+pixels really have both sides >= ``--min-size``, with an http(s) URL and a caption, gets the key
+``blake2b("<seed>:<url>")`` (64 bits; duplicate URLs count once); the ``--num`` smallest keys form
+the set. Writes ``OUTPUT/captions.jsonl``, ``OUTPUT/images/`` (with ``--reference-size``) and
+``OUTPUT/selection.json`` (settings, counts, every rejected download with the reason).
 """
 from __future__ import annotations
 

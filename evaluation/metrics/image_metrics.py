@@ -1,31 +1,17 @@
-"""Image metrics of the paper's tables, defined as the paper computed them.
+"""Image metrics of the paper's tables, computed as the paper computed them: FID, patch-FID, SSIM
+and PSNR with CFM's code (``CompVis/fm-boosting``, ``fmboost/metrics.py``), the CLIP score as the
+``clip-score`` package, with the same libraries (torchmetrics, torch-fidelity, transformers).
 
-The paper computes FID, patch-FID, SSIM and PSNR with the official code of CFM
-(``CompVis/fm-boosting``, ``fmboost/metrics.py``) and the CLIP score with the ``clip-score``
-package; this module computes the same numbers with the same libraries (torchmetrics,
-torch-fidelity, transformers).
+* FID sees CFM's truncating uint8 conversion (:func:`to_uint8` ``"cfm"``), and torchmetrics with
+  ``antialias=False``: the authors ran torchmetrics 1.7.1, which always resized the Inception
+  input with torch-fidelity's TF1-compatible bilinear (1.9's default gives other numbers).
+* patch-FID: 4 random 512 x 512 crops per image pair, the same box in both, drawn as
+  torchvision's ``RandomCrop.get_params`` draws them.
+* SSIM and PSNR are averaged over all images (CFM averages per batch, then over batches: the
+  same for equal batches, and here independent of the batching).
 
-* **uint8 images for FID** (:func:`to_uint8` ``"cfm"``): CFM's ``un_normalize_ims`` of ``2x - 1``,
-  which *truncates*; images read from 8-bit files come back bit-exactly.
-* **FID** (:class:`FIDAccumulator`): torchmetrics ``FrechetInceptionDistance(feature=2048,
-  normalize=False)`` on those images with ``antialias=False``: the authors ran torchmetrics 1.7.1
-  (``mwalmer-umd/UPLiFT`` ``requirements.txt``), which always resized the Inception input with
-  torch-fidelity's TF1-compatible bilinear resize (torchmetrics 1.9's default gives other numbers).
-* **patch-FID** (:class:`PatchFID`): FID on ``num_patches`` = 4 random 512 x 512 crops per image
-  pair, the same box in both images, drawn as torchvision's ``RandomCrop.get_params`` draws them.
-* **SSIM** (:func:`ssim`): torchmetrics' defaults with ``data_range=1.0``, whole map averaged.
-* **PSNR** (:func:`psnr`): per image ``10 log10(1 / MSE)`` of the clamped images (the library's).
-* **CLIP score** (:class:`CLIPScorer`): ``openai/clip-vit-base-patch32`` through its transformers
-  ``CLIPProcessor`` (PIL backend) on the 8-bit image, ``100 x`` the mean cosine, not clamped.
-
-CFM averages SSIM and PSNR per batch and then over batches; here they are averaged over all
-images, the same number for equal batches and independent of the batching.
-
-Images are ``B x 3 x H x W`` floats in ``[0, 1]`` (the pipelines' ``output_type="pt"``), checked
-where they enter (:func:`to_uint8`, :func:`psnr`, :func:`ssim`); nothing is resized behind your
-back. Every accumulator keeps its statistics in torchmetrics states: under ``torch.distributed``,
-``compute()`` (a collective call) gathers them over all processes. The back-ends (the ``eval``
-extra) are imported on first use.
+Every accumulator keeps torchmetrics states: under ``torch.distributed`` ``compute()`` (a
+collective call) gathers them over all processes.
 """
 from __future__ import annotations
 
