@@ -38,11 +38,12 @@ SD15_METHODS = ("uplift", "bilinear", "nearest", "base512")
 
 @dataclass(frozen=True)
 class NativeRow:
-    """A reference row of the paper generated natively at SDXL's size (no upscaling)."""
+    """A reference row of the paper generated natively at SDXL's size: its fixed steps and guidance,
+    and whether ``--lcm-lora`` is fused into the model and sampled with ``LCMScheduler``."""
 
-    steps: int  # the paper's step count for the row (fixed)
+    steps: int
     guidance_scale: float
-    lcm_lora: bool  # load --lcm-lora into the model and sample with LCMScheduler
+    lcm_lora: bool
 
 
 #: The paper's SDXL reference rows (the module docstring gives the settings' sources).
@@ -128,13 +129,13 @@ def method_size(args, method: str) -> int:
 
 
 def save_png(tensor: torch.Tensor, path: Path) -> None:
-    """Save a ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, atomically (never a half-written file)."""
+    """A ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, written atomically (never a half-written file)."""
     array = (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_save_image(Image.fromarray(array, "RGB"), path, format="PNG")
 
 
 def load_pipeline(args, methods: Sequence[str], device: torch.device):
-    """``StableDiffusionUPLiFTPipeline`` from ``--model`` (float32, no safety checker) with the upscaler when needed."""
+    """``StableDiffusionUPLiFTPipeline`` from ``--model``: float32, no safety checker."""
     from uplift_diffusers import StableDiffusionUPLiFTPipeline
 
     upscaler = load_upscaler(args.upscaler, args.upscaler_config) if "uplift" in methods else None
@@ -149,7 +150,7 @@ def load_pipeline(args, methods: Sequence[str], device: torch.device):
 
 @torch.no_grad()
 def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], methods: Sequence[str], args) -> Dict[str, torch.Tensor]:
-    """All requested rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
+    """All requested SD1.5 rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
     final = {}
 
     def keep_latents(pipeline, step, timestep, tensors):
@@ -158,18 +159,10 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
 
     factor = args.upscale_factor if "uplift" in methods else 1
     output = pipe(
-        [row.caption for row in rows],
-        height=args.size,
-        width=args.size,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=common.generators(args, indices),
-        upscale_factor=factor,
-        color_correction=True,
-        return_base_images=factor > 1,
-        output_type="pt",
-        callback_on_step_end=keep_latents,
-        callback_on_step_end_tensor_inputs=["latents"],
+        [row.caption for row in rows], height=args.size, width=args.size, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, generator=common.generators(args, indices), upscale_factor=factor,
+        color_correction=True, return_base_images=factor > 1, output_type="pt",
+        callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"],
     )
     base = (output.base_images if factor > 1 else output.images).float()
     images = {}
@@ -281,7 +274,6 @@ def generate(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, de
 
 
 def load_reference(path: Path, size: int) -> torch.Tensor:
-    """Reference image as ``1 x 3 x size x size`` (:func:`~evaluation.data.reference_images.square_crop_resize`)."""
     if not path.is_file():
         raise FileNotFoundError(f"reference image not found: {str(path)!r}; check --reference-dir and the caption set's file_name.")
     with Image.open(path) as handle:
@@ -299,7 +291,6 @@ def load_generated(path: Path, size: int) -> torch.Tensor:
 
 
 def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, device, feature_extractor=None, clip_scorer=None) -> Dict[str, Dict]:
-    """FID / patch-FID / CLIP of every method over all captions (all processes)."""
     from tqdm.auto import tqdm
 
     output_dir = Path(args.output_dir)
@@ -394,15 +385,12 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
                 "guidance_scale": NATIVE_ROWS[method].guidance_scale,
                 "size": args.sdxl_size,
             }
-            for method in methods
-            if method in NATIVE_ROWS
+            for method in methods if method in NATIVE_ROWS
         },
         "dtype": "float32",
         "fid": not args.no_fid,
         "num_patches": None if args.no_fid else args.num_patches,
-        "metrics": metrics_record(
-            args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer
-        ),
+        "metrics": metrics_record(args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer),
         **common.common_settings(args, state),
     }
     dataset = args.dataset_name or Path(args.prompts).expanduser().resolve().parent.name
