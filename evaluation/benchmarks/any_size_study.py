@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.arguments import attempt, check_at_least
 from evaluation.benchmarks import common
 from evaluation.metrics.image_metrics import ssim
-from evaluation.sharding import LaunchMismatchError
 from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
 from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
 
@@ -61,9 +61,7 @@ def lr_sides(args) -> List[int]:
         if factor < 1 or abs(lr - round(lr)) > 1e-9:
             raise ValueError(f"--factors: {factor:g} must be >= 1 and divide --hr-size {args.hr_size} into an integer LR side.")
         sides.append(int(round(lr)))
-    for name in ("hr_size", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    check_at_least(args, {"hr_size": 1, "batch_size": 1, "threads": 1})
     return sides
 
 
@@ -159,11 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        pipe, files = common.prepare_study(args, "any_size_study", smoke_images=2, smoke_hr_size=96)  # LR 64, 32, 16 px
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    prepared, status = attempt(lambda: common.prepare_study(args, "any_size_study", smoke_images=2, smoke_hr_size=96))  # LR 64, 32, 16 px
+    if status:
+        return status
+    pipe, files = prepared
     try:
         sides = lr_sides(args)
     except ValueError as error:

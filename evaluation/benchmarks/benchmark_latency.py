@@ -20,11 +20,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least, load_upscaler, load_vae, loading
+from evaluation.arguments import attempt, check_at_least, load_upscaler, load_vae, loading
 from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
-from evaluation.sharding import LaunchMismatchError, require_one_process
+from evaluation.sharding import require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
@@ -418,11 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
     args.command = "python -m evaluation.benchmarks.benchmark_latency " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        result = benchmark(args)
-    except (ValueError, OSError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result, status = attempt(lambda: benchmark(args))
+    if status:
+        return status
     if args.mode == "text-to-image":
         print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
         print(f"note: {result['note']}")

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from evaluation.arguments import check_at_least, read_json_file
+from evaluation.arguments import attempt, check_at_least, read_json_file
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 
@@ -36,8 +36,6 @@ def load_coco_captions(path) -> Dict:
 def sample_caption_pairs(data: Dict, num: int, seed: int, min_side: Optional[int] = None) -> List[CaptionRow]:
     """``num`` random (image, one caption) pairs of a COCO captions dict; see the module docstring.
     ``min_side``: sample only images whose ``width`` and ``height`` are at least this (``--skip-smaller``)."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}.")
     images = {}
     for image in data["images"]:
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
@@ -110,22 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare(args) -> List[CaptionRow]:
+    """The caption set of parsed ``args`` (and its reference images), written; returns its rows."""
+    check_at_least(args, {"num": 1, "reference_size": 1, "skip_smaller": 1})
+    if args.images_dir is None and (args.reference_dir or args.reference_size):
+        raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
+    rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
+    if args.images_dir is not None:
+        reference_dir = args.reference_dir or Path(args.output).parent / "images"
+        rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)
+        print(f"reference images in {reference_dir}")
+    write_caption_set(rows, args.output)
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_at_least(args, {"reference_size": 1, "skip_smaller": 1})
-        if args.images_dir is None and (args.reference_dir or args.reference_size):
-            raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
-        rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
-        if args.images_dir is not None:
-            reference_dir = args.reference_dir or Path(args.output).parent / "images"
-            rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)
-            print(f"reference images in {reference_dir}")
-        path = write_caption_set(rows, args.output)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{len(rows)} caption / image pairs written to {path} (seed {args.seed})")
+    rows, status = attempt(lambda: prepare(args))
+    if status:
+        return status
+    print(f"{len(rows)} caption / image pairs written to {args.output} (seed {args.seed})")
     return 0
 
 

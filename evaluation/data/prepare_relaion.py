@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import attempt, check_at_least
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 from uplift_diffusers.image_processor import list_images
@@ -103,11 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--reference-size", type=int, default=None, help="also store N x N square crops in images/ (e.g. 1024)")
     args = parser.parse_args(argv)
-    try:
-        report = prepare(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report, status = attempt(lambda: prepare(args))
+    if status:
+        return status
     print(f"{report['selected']} images selected of {report['eligible']} eligible downloads; {len(report['rejected'])} "
           f"rejected (see selection.json). Reference images: {report['reference_dir']}")
     return 0

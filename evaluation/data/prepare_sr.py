@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from evaluation.arguments import attempt
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
@@ -93,11 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        manifest = prepare(args.inputs, args.output_dir, args.num, args.seed, args.hr_size, args.lr_size)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    manifest, status = attempt(lambda: prepare(args.inputs, args.output_dir, args.num, args.seed, args.hr_size, args.lr_size))
+    if status:
+        return status
     skipped = len(manifest["skipped_too_small"])
     print(
         f"{len(manifest['pairs'])} pairs in {args.output_dir} ({manifest['written']} written, "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from evaluation.arguments import attempt
 from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
@@ -71,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        markdown = make_tables(args.results)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    markdown, status = attempt(lambda: make_tables(args.results))
+    if status:
+        return status
     if args.output:
         atomic_write_text(args.output, markdown)
     print(markdown, end="")
