@@ -87,11 +87,9 @@ def save_smoke_models(folder: Path, upscaler: bool = True, vae: bool = False, sd
 
 
 def prepare_smoke_study(args, script: str, count: int, size: int) -> None:
-    """``--smoke-test`` of a one-process study with ``--model`` / ``--vae`` / ``--data`` / ``--output``
-    (a ``.json`` file): ``args.output`` set to a new temporary folder's ``<script>.json`` when not
-    given; the tiny random upscaler and KL VAE and ``count`` smooth ``size`` px images written to
-    ``smoke-inputs`` beside it, and ``args.model``, ``args.vae``, ``args.data`` pointed at them.
-    Also :func:`use_one_thread`."""
+    """``--smoke-test`` of a one-process study: the tiny upscaler and KL VAE and ``count`` ``size`` px images
+    written to ``smoke-inputs`` beside ``--output`` (a new temporary folder when not given), and
+    ``--model`` / ``--vae`` / ``--data`` pointed at them."""
     use_one_thread()
     if args.output is None:
         args.output = str(Path(tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-")) / f"{script}.json")

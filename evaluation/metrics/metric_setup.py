@@ -49,11 +49,8 @@ DEFINITIONS = {
 
 
 class TinyRandomFeatures(nn.Module):
-    """A fixed random feature extractor for tests: strided conv, ReLU, global average pool.
-
-    Takes uint8 ``[0, 255]`` batches (as torchmetrics feeds them). Seeded, so
-    every process and every run gets the same network. Not a meaningful metric.
-    """
+    """A fixed, seeded random feature extractor for offline tests (strided conv, ReLU, global average
+    pool on uint8 batches): the same network in every process and run. Not a meaningful metric."""
 
     num_features = 16
 
@@ -112,12 +109,7 @@ def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAcc
 
 
 def build_patch_fid(spec: Union[str, nn.Module, None], device: torch.device, patch: int, num_patches: int, seed: int) -> PatchFID:
-    """A :class:`PatchFID` over a new accumulator (crop side, crops per image, box seed).
-
-    ``seed`` draws the boxes when :meth:`PatchFID.update` gets no per-image ``seeds`` (the evaluation
-    scripts pass ``--seed + i`` for image i, so that the boxes do not depend on batches, processes or
-    resuming).
-    """
+    """A :class:`PatchFID` over a new accumulator; ``seed`` draws the boxes of updates without per-image ``seeds``."""
     return PatchFID(build_fid(spec, device), patch=patch, num_patches=num_patches, seed=seed)
 
 
@@ -150,14 +142,9 @@ def metrics_record(
     feature_extractor: Any = None,
     clip_scorer: Any = None,
 ) -> Dict[str, Any]:
-    """What ``results.json`` says about the metrics: backends, models and the definition of each metric.
-
-    Args:
-        args: the parsed flags of :func:`add_fid_arguments` (and :func:`add_clip_arguments`).
-        fid: FID / patch-FID were computed. ``clip``: the CLIP score was. ``pixel``: PSNR / SSIM were.
-        feature_extractor / clip_scorer: objects a caller injected instead of the flags (their class
-            name is recorded).
-    """
+    """What ``results.json`` says about the metrics computed (``fid``, ``clip``, ``pixel``: PSNR / SSIM):
+    backends, models, each metric's exact definition and the library versions; an injected
+    ``feature_extractor`` / ``clip_scorer`` is recorded by its class name."""
     record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_model": None}
     definitions: Dict[str, str] = {}
     versions = {"torchmetrics": _version("torchmetrics")}
