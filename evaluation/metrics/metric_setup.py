@@ -115,8 +115,6 @@ def build_patch_fid(spec: Union[str, nn.Module, None], device: torch.device, pat
 
 def build_clip_scorer(model: str, device: torch.device) -> nn.Module:
     """The paper's :class:`CLIPScorer` with the CLIP model ``model`` (Hub id or folder) on ``device``."""
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"--clip-model must be a Hub id or folder, got {model!r}.")
     return loading("the CLIP model", model, "--clip-model DIR", lambda: CLIPScorer(model_id=model)).to(device)
 
 
