@@ -1,15 +1,9 @@
 """Any output size: which way of reaching a factor that is not a power of two is best.
 Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/any_size_study.{json,md}``.
 
-UPLiFT upscales 2x per step; for other factors the super-resolution pipeline resamples once, in
-one of the ways of :data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`
-(:data:`METHOD_DESCRIPTIONS`). Every candidate runs through ``UPLiFTSuperResolutionPipeline`` with
-``upscale_method`` set, colour correction on and no back-projection (the paper's output; the
-back-projection after it is the same for every candidate), next to PIL bicubic.
-
-HR = the centre ``--hr-size`` crop of each BSDS500 test image, LR = PIL bilinear resize to
-``hr-size / f`` (:mod:`uplift_diffusers.utils.sr_protocol`); per-image PSNR and SSIM, averaged.
-The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
+Every ``upscale_method`` of the super-resolution pipeline runs with colour correction and no
+back-projection (the paper's output; back-projection after it is the same for every candidate),
+next to PIL bicubic. The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
 """
 from __future__ import annotations
 
