@@ -3,12 +3,25 @@ all, and the loading of the models the flags name."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 
-__all__ = ["check_at_least", "read_json_file", "loading", "load_upscaler", "load_vae"]
+from evaluation.sharding import LaunchMismatchError
+
+__all__ = ["attempt", "check_at_least", "read_json_file", "loading", "load_upscaler", "load_vae"]
+
+
+def attempt(function: Callable[[], Any]) -> Tuple[Any, int]:
+    """``(function(), 0)``; on a bad argument or a missing input (ValueError, OSError, a launch of the
+    wrong size) one ``error:`` line on stderr and ``(None, 2)``: the scripts' exit status."""
+    try:
+        return function(), 0
+    except (ValueError, OSError, LaunchMismatchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None, 2
 
 
 def check_at_least(args, minimums: Mapping[str, float]) -> None:

@@ -1,14 +1,6 @@
-"""``--smoke-test``: every evaluation script end to end in seconds, on tiny random models, offline.
-
-It checks an installation (the libraries, the loading paths, the metric code, the results
-files, a multi-process launch) before renting GPUs; its numbers mean nothing. The script
-writes its inputs into ``OUTPUT/smoke-inputs`` (tiny models with random weights from
-:mod:`uplift_diffusers.utils.testing_utils`, saved and then loaded by the script's ordinary
-loading code; a few synthetic images / captions) and then runs as usual on them, with the FID
-features of a small seeded random network (``--feature-extractor tiny-random``) and a tiny
-random CLIP model. Nothing is downloaded. Without ``--output-dir`` the results go to a new
-temporary folder, printed at the end.
-"""
+"""``--smoke-test``: every evaluation script end to end in seconds on tiny random models, offline
+(its numbers mean nothing). Inputs are written to ``OUTPUT/smoke-inputs`` and then loaded by
+the script's ordinary loading code."""
 from __future__ import annotations
 
 import argparse
@@ -95,11 +87,9 @@ def save_smoke_models(folder: Path, upscaler: bool = True, vae: bool = False, sd
 
 
 def prepare_smoke_study(args, script: str, count: int, size: int) -> None:
-    """``--smoke-test`` of a one-process study with ``--model`` / ``--vae`` / ``--data`` / ``--output``
-    (a ``.json`` file): ``args.output`` set to a new temporary folder's ``<script>.json`` when not
-    given; the tiny random upscaler and KL VAE and ``count`` smooth ``size`` px images written to
-    ``smoke-inputs`` beside it, and ``args.model``, ``args.vae``, ``args.data`` pointed at them.
-    Also :func:`use_one_thread`."""
+    """``--smoke-test`` of a one-process study: the tiny upscaler and KL VAE and ``count`` ``size`` px images
+    written to ``smoke-inputs`` beside ``--output`` (a new temporary folder when not given), and
+    ``--model`` / ``--vae`` / ``--data`` pointed at them."""
     use_one_thread()
     if args.output is None:
         args.output = str(Path(tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-")) / f"{script}.json")

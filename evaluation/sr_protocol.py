@@ -1,15 +1,7 @@
-"""The super-resolution scoring of the evaluation: the pixel-space baseline, the paper's PSNR and
-the scoring loop over (HR, LR) pairs (the pairs themselves: :mod:`uplift_diffusers.utils.sr_protocol`).
-
-* The pixel-space baseline is PIL bicubic (:func:`bicubic_upscale`).
-* **Scoring** (:func:`score_super_resolution`): every method maps a batch of LR images
-  (:class:`SRBatch`) to images of the HR size; each output is clamped to [0, 1] and scored against
-  its HR image with per-image metrics, by default the paper's PSNR (:func:`psnr`: CFM's
-  ``calculate_PSNR`` per image, both images clamped to [0, 1], ``10 log10(1 / MSE)``); the
-  evaluation adds SSIM and feeds FID through ``on_output``.
-
-Images are ``B x 3 x H x W`` float tensors in [0, 1]; :func:`check_unit_images` and
-:func:`check_image_pair` are the checks every image metric of the evaluation applies.
+"""The super-resolution scoring: the pixel-space baseline (PIL bicubic), the paper's PSNR (CFM's
+``calculate_PSNR`` per image) and the loop scoring methods over (HR, LR) pairs (the pairs
+themselves: :mod:`uplift_diffusers.utils.sr_protocol`). Images are ``B x 3 x H x W`` floats in
+[0, 1]; :func:`check_image_pair` is the check every image metric applies.
 """
 from __future__ import annotations
 
@@ -41,9 +33,6 @@ def bicubic_upscale(lr: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
     return pil_to_tensor(lr.resize(size, Image.BICUBIC))
 
 
-# --------------------------------------------------------------------------------------------
-# Image checks and PSNR
-# --------------------------------------------------------------------------------------------
 def check_unit_images(name: str, images: Any, min_size: int = 1) -> None:
     """ValueError unless ``images`` is a finite float ``B x 3 x H x W`` tensor in [0, 1] of at least
     ``min_size`` x ``min_size`` pixels (one reduction: a device synchronisation)."""
@@ -76,19 +65,9 @@ def as_float_pair(pred: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tenso
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio of each image, in dB (CFM's ``calculate_PSNR`` per image).
-
-    Both images are clamped to [0, 1] (data range 1) and ``10 * log10(1 / MSE)`` is computed over
-    all pixels and channels of each image, with torchmetrics' ``peak_signal_noise_ratio``
-    (``data_range=(0.0, 1.0)`` clamps). Identical images give ``inf``.
-
-    Args:
-        pred: B x 3 x H x W float images in [0, 1].
-        target: reference images of the same shape.
-
-    Returns:
-        Tensor of shape ``(B,)``.
-    """
+    """Per-image PSNR in dB, ``(B,)`` (CFM's ``calculate_PSNR``): both images clamped to [0, 1],
+    ``10 log10(1 / MSE)`` over all pixels and channels (torchmetrics ``peak_signal_noise_ratio``);
+    identical images give ``inf``."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     check_image_pair(pred, target)
@@ -96,9 +75,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return peak_signal_noise_ratio(pred, target, data_range=(0.0, 1.0), reduction="none", dim=(1, 2, 3))
 
 
-# --------------------------------------------------------------------------------------------
-# Batches and the scoring loop
-# --------------------------------------------------------------------------------------------
 @dataclass
 class SRBatch:
     """(HR, LR) pairs scored together: ``hr`` / ``lr`` are ``B x 3 x H x W`` float32 in [0, 1] on
@@ -112,12 +88,9 @@ class SRBatch:
 
 
 class SRPairs:
-    """The batches of ``items``, loaded lazily: ``load(item) -> (HR, LR)`` PIL images (by default
-    ``item`` is an image file and ``load`` is :func:`load_hr_lr` at ``hr_size`` / ``lr_size``).
-
-    ``indices`` are the items' positions in the whole list (default ``0, 1, ...``; a process that
-    scores a shard passes the shard's positions). ``len()`` is the number of batches.
-    """
+    """The batches (:class:`SRBatch`) of ``items``, loaded lazily by ``load(item) -> (HR, LR)`` PIL images
+    (default: ``item`` is an image file, :func:`load_hr_lr` at ``hr_size`` / ``lr_size``); ``indices``
+    are the items' positions in the whole list (a process scoring a shard passes the shard's)."""
 
     def __init__(
         self,
@@ -173,23 +146,11 @@ def score_super_resolution(
     on_output: Optional[Callable[[str, torch.Tensor, SRBatch], None]] = None,
     progress: bool = False,
 ) -> Dict[str, SRScores]:
-    """Run every method on every batch and score its outputs against the HR images.
-
-    Args:
-        methods: ``{name: method}``; ``method(batch)`` returns ``B x 3 x H x W`` images of the HR size.
-        batches: :class:`SRBatch` items, e.g. an :class:`SRPairs`.
-        metrics: ``{name: metric(pred, target) -> B values}``; default ``{"psnr": psnr}``.
-        on_output: called as ``on_output(method_name, output, batch)`` with every output (float32,
-            clamped to [0, 1], on the HR images' device), e.g. to feed FID or keep samples.
-        progress: show a progress bar.
-
-    Returns:
-        ``{method_name: SRScores}``: per metric the value of every image, and the seconds spent
-        in the method (wall clock, without the metrics).
-
-    Raises:
-        ValueError: ``methods`` is empty, or a method returned another shape than the HR images.
-    """
+    """``{name: SRScores}``: every method (``method(batch)`` -> images of the HR size) on every batch,
+    its outputs clamped to [0, 1] and scored against the HR images with ``metrics`` (``{name:
+    metric(pred, target) -> B values}``, default PSNR), and the seconds spent in the method.
+    ``on_output(name, output, batch)`` sees every output (e.g. to feed FID). ValueError when a
+    method returns another shape than the HR images."""
     from tqdm.auto import tqdm
 
     if not methods:

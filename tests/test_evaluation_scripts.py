@@ -799,36 +799,6 @@ def test_sr_latency_smoke_test(tmp_path, hub_cache):
     assert output.with_suffix(".md").is_file()
 
 
-def test_alpha_study_smoke_test_and_candidates(tmp_path):
-    """``alpha_study --smoke-test`` writes both tables (tiny random models, numbers mean nothing);
-    every alpha candidate keeps a constant alpha constant, and the LR alpha is 8-bit as a PNG stores it."""
-    from evaluation.benchmarks import alpha_study
-
-    output = tmp_path / "alpha.json"
-    assert alpha_study.main(["--smoke-test", "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
-    assert result["config"]["smoke_test"] is True and result["config"]["images"] == 2 and result["config"]["factor"] == 4
-    assert len(result["alpha"]) == 5 and "Lanczos + anti-ringing clamp (upscale_alpha)" in result["alpha"]
-    for row in result["alpha"].values():
-        assert row["mean_psnr"] == pytest.approx(np.mean([row[mask]["psnr"] for mask in alpha_study.MASKS]))
-        assert all(0 <= row[mask]["band_mae"] <= 255 for mask in alpha_study.MASKS) and 0 <= row["solid_wrong"] <= 100
-    assert set(result["colour"]) == {"filled (as colour)", "white (as colour)", "premultiplied (as colour)"}
-    table = output.with_suffix(".md").read_text()
-    assert f"| filled (as colour) | {result['colour']['filled (as colour)']['psnr']:.2f} |" in table
-    assert (tmp_path / "smoke-inputs" / "images").is_dir()
-    # the candidates on a constant alpha, and the LR quantisation
-    ones = torch.ones(1, 1, 8, 8)
-    guide_hr = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    for name, alpha in alpha_study.alpha_candidates(ones, 32, guide_hr).items():
-        assert alpha.shape == (1, 1, 32, 32) and torch.allclose(alpha, torch.ones_like(alpha), atol=1e-5), name
-    hr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    masks = alpha_study.masks_for(hr)
-    assert set(masks) == set(alpha_study.MASKS) and all(0 <= float(m.min()) and float(m.max()) <= 1 for m in masks.values())
-    colour, alpha = alpha_study.to_lr(hr, masks["cutout"], 16)
-    assert colour.shape == (1, 3, 16, 16) and torch.equal(alpha * 255, (alpha * 255).round())
-    assert alpha_study.main(["--smoke-test", "--output", str(tmp_path / "alpha.txt")]) == 2
-
-
 def test_any_size_study_smoke_test(tmp_path):
     """``any_size_study --smoke-test``: every method at 1.5x, 3x and 6x on two synthetic 96 px images."""
     from evaluation.benchmarks import any_size_study
@@ -896,7 +866,7 @@ def test_prepare_coco_warns_about_enlarged_references_and_writes_numbers(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "module", ["benchmark_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study", "alpha_study"]
+    "module", ["benchmark_latency", "benchmark_upscaler", "benchmark_tiling_memory", "any_size_study"]
 )
 def test_benchmarks_refuse_several_processes(module, tmp_path, monkeypatch, capsys):
     """A benchmark times one process: under `torchrun --nproc_per_node 2` it stops before any work

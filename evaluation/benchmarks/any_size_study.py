@@ -1,15 +1,9 @@
 """Any output size: which way of reaching a factor that is not a power of two is best.
 Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/any_size_study.{json,md}``.
 
-UPLiFT upscales 2x per step; for other factors the super-resolution pipeline resamples once, in
-one of the ways of :data:`uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`
-(:data:`METHOD_DESCRIPTIONS`). Every candidate runs through ``UPLiFTSuperResolutionPipeline`` with
-``upscale_method`` set, colour correction on and no back-projection (the paper's output; the
-back-projection after it is the same for every candidate), next to PIL bicubic.
-
-HR = the centre ``--hr-size`` crop of each BSDS500 test image, LR = PIL bilinear resize to
-``hr-size / f`` (:mod:`uplift_diffusers.utils.sr_protocol`); per-image PSNR and SSIM, averaged.
-The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
+Every ``upscale_method`` of the super-resolution pipeline runs with colour correction and no
+back-projection (the paper's output; back-projection after it is the same for every candidate),
+next to PIL bicubic. The default ``--hr-size 192`` makes the LR sides 128, 64 and 32 at 1.5x, 3x and 6x.
 """
 from __future__ import annotations
 
@@ -21,9 +15,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from evaluation.arguments import attempt, check_at_least
 from evaluation.benchmarks import common
 from evaluation.metrics.image_metrics import ssim
-from evaluation.sharding import LaunchMismatchError
 from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr, score_super_resolution
 from uplift_diffusers.pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS
 
@@ -61,9 +55,7 @@ def lr_sides(args) -> List[int]:
         if factor < 1 or abs(lr - round(lr)) > 1e-9:
             raise ValueError(f"--factors: {factor:g} must be >= 1 and divide --hr-size {args.hr_size} into an integer LR side.")
         sides.append(int(round(lr)))
-    for name in ("hr_size", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    check_at_least(args, {"hr_size": 1, "batch_size": 1, "threads": 1})
     return sides
 
 
@@ -159,11 +151,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        pipe, files = common.prepare_study(args, "any_size_study", smoke_images=2, smoke_hr_size=96)  # LR 64, 32, 16 px
-    except (ValueError, FileNotFoundError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    prepared, status = attempt(lambda: common.prepare_study(args, "any_size_study", smoke_images=2, smoke_hr_size=96))  # LR 64, 32, 16 px
+    if status:
+        return status
+    pipe, files = prepared
     try:
         sides = lr_sides(args)
     except ValueError as error:

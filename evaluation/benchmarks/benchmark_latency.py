@@ -1,53 +1,33 @@
-"""Latency of latent upscaling, in two modes. Commands: ``docs/evaluation.md``.
+"""Latency of latent upscaling (commands and outputs: ``docs/evaluation.md``).
 
-``text-to-image`` (the time columns of the paper's Tables 2-3): SD1.5 + latent upscaling, broken
-down by stage. The UNet, the VAE decoder and UPLiFT compiled (``--no-compile``: eager),
-``--warmup`` untimed batches (compiling happens there), then the mean of the next ``--iters``.
-Each stage of a batch is timed separately (CUDA synchronised): ``unet`` (``--steps`` steps with
-classifier-free guidance and the PNDM scheduler step), ``vae_decode_base`` (UPLiFT's guide and
-the colour reference), ``uplift``, ``bilinear`` / ``nearest``, ``vae_decode_upscaled`` and
-``color_correction``. ``methods`` sums the stages of each row (``base512`` = unet + base decode).
-Text encoding is left out (random prompt embeddings of the real shape): it does not depend on
-the method. Writes ``results.json`` / ``results.md`` into ``--output-dir``.
-
-``super-resolution`` (the paper's Fig. 11 / Table 4: 256 -> 1024; on an A100 UPLiFT takes 271 ms,
-13% more than bilinear): each method maps a batch of ``--lr-size`` images (random pixels) to
-``--upscale-factor`` times their size as the evaluation's rows do: VAE encode -> UPLiFT or
-bilinear latent interpolation -> VAE decode [-> colour correction: part of UPLiFT; the baseline
-only with ``--color-correct-baselines``, as in the paper]. ``--warmup`` untimed rounds, then
-``--iters`` rounds, each running both methods in turn (the order alternating). Reported per
-method: mean (the paper's statistic), median and standard deviation of the seconds per batch, and
-seconds per image; the UPLiFT / bilinear ratio is the median of the per-round ratios (two times
-taken seconds apart: a machine whose speed drifts, like a shared CPU, slows both alike), next to
-the ratio of the means. Writes ``--output`` (JSON) and its table beside it as ``.md``.
-
-``--random-weights`` times models of the real SD1.5 / UPLiFT sizes without downloading (latency
-does not depend on the weights); in ``text-to-image`` mode weights that cannot be loaded fall
-back to them, and the results say so (``random_weights``, ``note``).
+``text-to-image`` (the time columns of Tables 2-3): each stage of an SD1.5 + upscaling batch timed
+separately; text encoding is left out (random prompt embeddings of the real shape) since it does
+not depend on the method. ``super-resolution`` (Fig. 11 / Table 4, on an A100 UPLiFT takes 271 ms,
+13% more than bilinear): encode -> UPLiFT or bilinear latents -> decode, both timed in turn every
+round; the ratio is the median of the per-round ratios, which a machine whose speed drifts (a
+shared CPU) disturbs much less than the ratio of two means. Latency does not depend on the
+weights, hence ``--random-weights`` (models of the real sizes, nothing downloaded).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least, load_upscaler, load_vae, loading
+from evaluation.arguments import attempt, check_at_least, load_upscaler, load_vae, loading
 from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
-from evaluation.sharding import LaunchMismatchError, require_one_process
+from evaluation.sharding import require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
-from uplift_diffusers.utils.atomic_files import atomic_write_text
 from uplift_diffusers.utils.color_correction import color_correct
 
 TEXT_TOKENS = 77  # CLIP context of SD1.5
@@ -57,9 +37,6 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
 PAPER = {"uplift_s_per_image": 0.271, "uplift_over_bilinear": 1.13, "device": "NVIDIA A100"}
 
 
-# --------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Latency of latent upscaling: text-to-image stages (Tables 2-3) "
                                      "or end-to-end super-resolution (Fig. 11 / Table 4).")
@@ -126,19 +103,12 @@ def prepare_smoke_test(args) -> None:
         args.note = "--smoke-test: tiny random models, the times mean nothing"
 
 
-def _flags(args, *names: str) -> Dict:
-    """The settings ``names`` of the run, as the results record them."""
-    return {name: getattr(args, name) for name in names}
+def _settings(args, device: torch.device, *names: str) -> Dict:
+    """The flags ``names`` of the run, the device and the torch version, as the results record them."""
+    flags = {name: getattr(args, name) for name in names}
+    return {**flags, "device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
 
 
-def _machine(device: torch.device) -> Dict:
-    """The device and the torch version, recorded with the timings."""
-    return {"device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
 def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
     """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``: of the real
     SD1.5 / UPLiFT sizes, or (``tiny``, ``--smoke-test``) the tiny models of
@@ -192,27 +162,18 @@ def sr_models(args, dtype: torch.dtype):
     return vae, load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
 
 
-# --------------------------------------------------------------------------------------------
-# Text-to-image: stage by stage
-# --------------------------------------------------------------------------------------------
 class StageTimer:
-    """Accumulates wall-clock seconds per stage; synchronises CUDA around every stage."""
+    """Wall-clock seconds of each stage of a batch (``current``), CUDA synchronised around every stage."""
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.current: Dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.device, self.current = device, {}
 
     def time(self, stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self._sync()
-        start = time.perf_counter()
-        result = function()
-        self._sync()
-        self.current[stage] = self.current.get(stage, 0.0) + time.perf_counter() - start
-        return result
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # work queued before the stage stays out of its time
+        result = []
+        self.current[stage] = common.time_call(lambda: result.append(function()), self.device)[0]
+        return result[0]
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
@@ -296,17 +257,16 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
         name: sum(p.numel() for p in model.parameters())
         for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
     }
-    note = (
-        f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
-        if random_weights and not args.smoke_test
-        else ("--smoke-test: tiny random models, the times mean nothing" if args.smoke_test else "pretrained weights")
-    )
+    note = "pretrained weights"
+    if random_weights:
+        note = f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
+    if args.smoke_test:
+        note = "--smoke-test: tiny random models, the times mean nothing"
     result = {
         "task": "latency",
         "dataset": args.dataset_name,
         "settings": {
-            **_flags(args, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
-            **_machine(device),
+            **_settings(args, device, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
             "model": None if random_weights else args.model,
             "upscaler": None if random_weights else args.upscaler,
             "smoke_test": bool(args.smoke_test),
@@ -323,13 +283,10 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Super-resolution: end to end, interleaved
-# --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
-    """One end-to-end call: encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents,
-    decode and (``color_correction``) colour-correct against ``images``; ``B x 3 x 2^k h x 2^k w`` in [0, 1]."""
+    """Encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents, decode and (``color_correction``)
+    colour-correct against ``images``."""
     from uplift_diffusers.loaders import encode_latents
 
     latents = encode_latents(vae, images * 2 - 1)
@@ -337,15 +294,9 @@ def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_cor
     return decode_and_correct(vae, upscaled, images, color_correction=color_correction)
 
 
-def _median_ratio(times: Dict[str, List[float]]) -> float:
-    return statistics.median(u / b for u, b in zip(times["uplift"], times["bilinear"]))
-
-
 def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_size: int) -> Dict:
-    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s times.
-
-    The headline numbers are wall-clock times (the paper's); ``uplift_over_bilinear_cpu`` is the
-    same ratio from the process's CPU times, which a CPU shared with other work disturbs less."""
+    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s wall
+    times (the paper's) and CPU times (``uplift_over_bilinear_cpu``: less disturbed by a shared CPU)."""
     methods = {
         name: {
             "mean_s": statistics.fmean(values),
@@ -357,14 +308,15 @@ def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_s
         }
         for name, values in wall.items()
     }
-    ratio = _median_ratio(wall)
+    ratios = [u / b for u, b in zip(wall["uplift"], wall["bilinear"])]
+    ratio = statistics.median(ratios)
     return {
         "methods": methods,
         "uplift_over_bilinear": ratio,
         "uplift_over_bilinear_of_means": methods["uplift"]["mean_s"] / methods["bilinear"]["mean_s"],
         "uplift_extra_percent": 100 * (ratio - 1),
-        "uplift_over_bilinear_cpu": _median_ratio(cpu),
-        "per_round_ratios": [round(u / b, 4) for u, b in zip(wall["uplift"], wall["bilinear"])],
+        "uplift_over_bilinear_cpu": statistics.median(u / b for u, b in zip(cpu["uplift"], cpu["bilinear"])),
+        "per_round_ratios": [round(r, 4) for r in ratios],
     }
 
 
@@ -406,8 +358,7 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
             "output_size": args.lr_size * args.upscale_factor,
             "upscale_factor": args.upscale_factor,
             "color_correction": {name: correct for name, (_, correct) in rows.items()},
-            **_flags(args, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
-            **_machine(device),
+            **_settings(args, device, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "note": args.note,
             "command": getattr(args, "command", None),
@@ -415,8 +366,7 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
         **summarise(wall, cpu, args.batch_size),
         "paper": PAPER,
     }
-    atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.output.with_suffix(".md"), sr_markdown(result) + "\n")
+    common.write_results(args.output, result, sr_markdown(result) + "\n")
     return result
 
 
@@ -468,11 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
     args.command = "python -m evaluation.benchmarks.benchmark_latency " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        result = benchmark(args)
-    except (ValueError, OSError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result, status = attempt(lambda: benchmark(args))
+    if status:
+        return status
     if args.mode == "text-to-image":
         print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
         print(f"note: {result['note']}")

@@ -240,9 +240,7 @@ def markdown(result: Dict) -> str:
 
 
 def write(result: Dict, output: Path) -> Dict:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    output.with_suffix(".md").write_text(markdown(result))
+    common.write_results(output, result, markdown(result))
     print(f"wrote {output} and {output.with_suffix('.md')}")
     print(json.dumps({"ratios": result["ratios"], "targets": result["targets"]}, indent=2))
     return result

@@ -146,9 +146,6 @@ def device_name(device: str) -> str:
     return f"cpu: {platform.processor()}"
 
 
-# --------------------------------------------------------------------------------------------
-# The one-process studies on BSDS500 (any_size_study, alpha_study)
-# --------------------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DIR = Path(os.environ.get("UPLIFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
 

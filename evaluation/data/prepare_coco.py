@@ -1,26 +1,13 @@
 """COCO 2014 validation captions -> a caption set of ``--num`` (5000) random images, one caption each.
 
-Deterministic for a given ``--seed``: the images that have at least one caption are sorted by
-image id, ``random.Random(seed).sample`` picks ``--num`` of them, the picks are sorted by
-image id again, and the same generator then picks one caption per image (``choice`` among that
-image's captions sorted by annotation id). Captions are whitespace-normalised.
-
-Writes ``--output`` (``.jsonl``; see :mod:`evaluation.data.caption_sets`) with ``id``
-(the zero-padded COCO image id), ``caption``, ``file_name`` and the extra fields ``coco_id``,
-``width``, ``height`` (numbers). With ``--images-dir`` (the ``val2014`` folder) the chosen real images are
-also written to ``--reference-dir`` for the FID: copied unchanged (the default, and the better
-choice: the evaluation crops and resizes each reference once, to each row's size), or with
-``--reference-size N`` centre-cropped to a square and resized to N x N (PIL bicubic, PNG);
-``file_name`` then names the written file. The protocol takes 5k random pairs whatever their size
-(COCO photos are about 640 x 480), so ``--reference-size`` larger than an image's shorter side
-ENLARGES it: the script warns with the count (and the rows get ``reference_enlarged: true``);
-``--skip-smaller`` instead leaves such images out of the sampling (a different set than the paper's). Without ``--images-dir``, ``file_name`` is the COCO file name, to be read
-from ``val2014`` (``python -m evaluation.tasks.eval_text_to_image --reference-dir val2014``).
-
-Example::
-
-    python -m evaluation.data.prepare_coco --captions annotations/captions_val2014.json \\
-        --output data/coco5k/captions.jsonl --images-dir val2014 --reference-dir data/coco5k/images
+Deterministic for ``--seed``: the captioned images sorted by id, ``random.Random(seed).sample``
+picks ``--num``, sorted by id again, and the same generator picks one caption per image (among
+its captions sorted by annotation id). The protocol takes the images whatever their size (COCO
+photos are about 640 x 480): ``--reference-size`` larger than an image's shorter side ENLARGES
+it (a warning with the count; ``reference_enlarged: true`` in the rows), while ``--skip-smaller``
+leaves such images out of the sampling (a different set than the paper's). Copying the
+references unchanged (the default) is the better choice: the evaluation resizes each reference
+once, to each row's size.
 """
 from __future__ import annotations
 
@@ -32,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from evaluation.arguments import check_at_least, read_json_file
+from evaluation.arguments import attempt, check_at_least, read_json_file
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 
@@ -49,8 +36,6 @@ def load_coco_captions(path) -> Dict:
 def sample_caption_pairs(data: Dict, num: int, seed: int, min_side: Optional[int] = None) -> List[CaptionRow]:
     """``num`` random (image, one caption) pairs of a COCO captions dict; see the module docstring.
     ``min_side``: sample only images whose ``width`` and ``height`` are at least this (``--skip-smaller``)."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}.")
     images = {}
     for image in data["images"]:
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
@@ -123,22 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare(args) -> List[CaptionRow]:
+    """The caption set of parsed ``args`` (and its reference images), written; returns its rows."""
+    check_at_least(args, {"num": 1, "reference_size": 1, "skip_smaller": 1})
+    if args.images_dir is None and (args.reference_dir or args.reference_size):
+        raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
+    rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
+    if args.images_dir is not None:
+        reference_dir = args.reference_dir or Path(args.output).parent / "images"
+        rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)
+        print(f"reference images in {reference_dir}")
+    write_caption_set(rows, args.output)
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_at_least(args, {"reference_size": 1, "skip_smaller": 1})
-        if args.images_dir is None and (args.reference_dir or args.reference_size):
-            raise ValueError("--reference-dir / --reference-size need --images-dir (the COCO val2014 folder).")
-        rows = sample_caption_pairs(load_coco_captions(args.captions), args.num, args.seed, args.skip_smaller)
-        if args.images_dir is not None:
-            reference_dir = args.reference_dir or Path(args.output).parent / "images"
-            rows = export_references(rows, args.images_dir, reference_dir, args.reference_size)
-            print(f"reference images in {reference_dir}")
-        path = write_caption_set(rows, args.output)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{len(rows)} caption / image pairs written to {path} (seed {args.seed})")
+    rows, status = attempt(lambda: prepare(args))
+    if status:
+        return status
+    print(f"{len(rows)} caption / image pairs written to {args.output} (seed {args.seed})")
     return 0
 
 

@@ -1,23 +1,11 @@
 """reLAION-400M -> a caption set of ``--num`` (5000) images with both sides >= ``--min-size`` (1024).
 
-Downloading is img2dataset's job (retries, parallelism, resuming); this script reads the folder
-it writes (``--output_format files``: ``<shard>/<key>.<image suffix>`` beside ``<key>.json``
-holding ``url``, ``caption`` and ``status``) and picks the set. The command, and the sampling of
-the metadata that precedes it, are in ``docs/evaluation.md``.
-
-Selection (deterministic for a given ``--seed``, independent of file order and of how
-img2dataset named the files): every downloaded image whose pixels really have both sides
->= ``--min-size``, with an http(s) URL and a caption, gets the key ``blake2b("<seed>:<url>")``
-(64 bits; duplicate URLs count once); the ``--num`` smallest keys form the set. Download more
-candidates than ``--num`` (dead links and small images are dropped here, each listed with the
-reason in ``selection.json``). Output::
-
-    OUTPUT/images/<id>.png       with --reference-size N: square centre crops at N x N (PIL bicubic)
-    OUTPUT/captions.jsonl        the caption set (id, caption, file_name, url, width, height)
-    OUTPUT/selection.json        settings, counts and the rejected downloads
-
-``file_name`` is relative to ``OUTPUT/images`` with ``--reference-size``, else to ``--downloads``
-(pass that folder as ``python -m evaluation.tasks.eval_text_to_image --reference-dir``).
+Reads the folder img2dataset writes (``--output_format files``; commands in ``docs/evaluation.md``).
+Selection, independent of file order and of img2dataset's names: every downloaded image whose
+pixels really have both sides >= ``--min-size``, with an http(s) URL and a caption, gets the key
+``blake2b("<seed>:<url>")`` (64 bits; duplicate URLs count once); the ``--num`` smallest keys form
+the set. Writes ``OUTPUT/captions.jsonl``, ``OUTPUT/images/`` (with ``--reference-size``) and
+``OUTPUT/selection.json`` (settings, counts, every rejected download with the reason).
 """
 from __future__ import annotations
 
@@ -31,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import attempt, check_at_least
 from evaluation.data.caption_sets import CaptionRow, clean_caption, write_caption_set
 from evaluation.data.reference_images import export_reference
 from uplift_diffusers.image_processor import list_images
@@ -115,11 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--reference-size", type=int, default=None, help="also store N x N square crops in images/ (e.g. 1024)")
     args = parser.parse_args(argv)
-    try:
-        report = prepare(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report, status = attempt(lambda: prepare(args))
+    if status:
+        return status
     print(f"{report['selected']} images selected of {report['eligible']} eligible downloads; {len(report['rejected'])} "
           f"rejected (see selection.json). Reference images: {report['reference_dir']}")
     return 0

@@ -1,21 +1,10 @@
 """Super-resolution test sets (FacesHQ = CelebA-HQ + FFHQ, LHQ): ``--num`` random images as HR / LR pairs.
 
-Deterministic for a given ``--seed``: all images under the ``--inputs`` folders are listed
-(recursively, sorted by path), ``random.Random(seed)`` shuffles that list, and the first
-``--num`` images whose shorter side is at least ``--hr-size`` are taken (smaller ones are
-skipped and listed in the manifest). Each pair follows :mod:`uplift_diffusers.utils.sr_protocol`: HR =
-centre ``--hr-size`` crop, LR = PIL bilinear resize of HR to ``--lr-size``.
-
-Output (PNG, lossless; a rerun keeps pairs already written)::
-
-    OUTPUT/hr/00000.png ...   OUTPUT/lr/00000.png ...
-    OUTPUT/manifest.json      seed, sizes, inputs, the source file of every pair, skipped files
-
-``python -m evaluation.tasks.eval_super_resolution --data OUTPUT`` reads these pairs as they are.
-
-Example (FacesHQ)::
-
-    python -m evaluation.data.prepare_sr --inputs /data/celeba_hq /data/ffhq --output-dir data/faceshq
+Deterministic for ``--seed``: the images under ``--inputs`` sorted by path, shuffled by
+``random.Random(seed)``, and the first ``--num`` whose shorter side is at least ``--hr-size``
+taken (the others listed in ``manifest.json``). HR = centre ``--hr-size`` crop, LR = PIL
+bilinear resize to ``--lr-size`` (:mod:`uplift_diffusers.utils.sr_protocol`); PNG pairs in
+``OUTPUT/hr`` and ``OUTPUT/lr``, a rerun keeps those already written.
 """
 from __future__ import annotations
 
@@ -28,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
+from evaluation.arguments import attempt
 from uplift_diffusers.image_processor import list_images
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
@@ -104,11 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        manifest = prepare(args.inputs, args.output_dir, args.num, args.seed, args.hr_size, args.lr_size)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    manifest, status = attempt(lambda: prepare(args.inputs, args.output_dir, args.num, args.seed, args.hr_size, args.lr_size))
+    if status:
+        return status
     skipped = len(manifest["skipped_too_small"])
     print(
         f"{len(manifest['pairs'])} pairs in {args.output_dir} ({manifest['written']} written, "

@@ -1,31 +1,17 @@
-"""Image metrics of the paper's tables, defined as the paper computed them.
+"""Image metrics of the paper's tables, computed as the paper computed them: FID, patch-FID, SSIM
+and PSNR with CFM's code (``CompVis/fm-boosting``, ``fmboost/metrics.py``), the CLIP score as the
+``clip-score`` package, with the same libraries (torchmetrics, torch-fidelity, transformers).
 
-The paper computes FID, patch-FID, SSIM and PSNR with the official code of CFM
-(``CompVis/fm-boosting``, ``fmboost/metrics.py``) and the CLIP score with the ``clip-score``
-package; this module computes the same numbers with the same libraries (torchmetrics,
-torch-fidelity, transformers).
+* FID sees CFM's truncating uint8 conversion (:func:`to_uint8` ``"cfm"``), and torchmetrics with
+  ``antialias=False``: the authors ran torchmetrics 1.7.1, which always resized the Inception
+  input with torch-fidelity's TF1-compatible bilinear (1.9's default gives other numbers).
+* patch-FID: 4 random 512 x 512 crops per image pair, the same box in both, drawn as
+  torchvision's ``RandomCrop.get_params`` draws them.
+* SSIM and PSNR are averaged over all images (CFM averages per batch, then over batches: the
+  same for equal batches, and here independent of the batching).
 
-* **uint8 images for FID** (:func:`to_uint8` ``"cfm"``): CFM's ``un_normalize_ims`` of ``2x - 1``,
-  which *truncates*; images read from 8-bit files come back bit-exactly.
-* **FID** (:class:`FIDAccumulator`): torchmetrics ``FrechetInceptionDistance(feature=2048,
-  normalize=False)`` on those images with ``antialias=False``: the authors ran torchmetrics 1.7.1
-  (``mwalmer-umd/UPLiFT`` ``requirements.txt``), which always resized the Inception input with
-  torch-fidelity's TF1-compatible bilinear resize (torchmetrics 1.9's default gives other numbers).
-* **patch-FID** (:class:`PatchFID`): FID on ``num_patches`` = 4 random 512 x 512 crops per image
-  pair, the same box in both images, drawn as torchvision's ``RandomCrop.get_params`` draws them.
-* **SSIM** (:func:`ssim`): torchmetrics' defaults with ``data_range=1.0``, whole map averaged.
-* **PSNR** (:func:`psnr`): per image ``10 log10(1 / MSE)`` of the clamped images (the library's).
-* **CLIP score** (:class:`CLIPScorer`): ``openai/clip-vit-base-patch32`` through its transformers
-  ``CLIPProcessor`` (PIL backend) on the 8-bit image, ``100 x`` the mean cosine, not clamped.
-
-CFM averages SSIM and PSNR per batch and then over batches; here they are averaged over all
-images, the same number for equal batches and independent of the batching.
-
-Images are ``B x 3 x H x W`` floats in ``[0, 1]`` (the pipelines' ``output_type="pt"``), checked
-where they enter (:func:`to_uint8`, :func:`psnr`, :func:`ssim`); nothing is resized behind your
-back. Every accumulator keeps its statistics in torchmetrics states: under ``torch.distributed``,
-``compute()`` (a collective call) gathers them over all processes. The back-ends (the ``eval``
-extra) are imported on first use.
+Every accumulator keeps torchmetrics states: under ``torch.distributed`` ``compute()`` (a
+collective call) gathers them over all processes.
 """
 from __future__ import annotations
 
@@ -45,20 +31,11 @@ UINT8_METHODS = ("cfm", "round")
 SSIM_KERNEL_SIZE = 11
 
 
-# --------------------------------------------------------------------------------------------
-# uint8 conversion, PSNR, SSIM
-# --------------------------------------------------------------------------------------------
 def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
-    """Quantise B x 3 x H x W float images in [0, 1] to uint8 (same shape).
-
-    ``"cfm"``: CFM's ``un_normalize_ims`` applied to ``2x - 1``:
-    ``((2x - 1) * 127.5 + 127.5).clip(0, 255)`` cast with ``.to(torch.uint8)`` (truncation), in
-    float32. This is what the paper's FID / patch-FID see.
-    ``"round"``: ``round(255 x)``, what diffusers' ``numpy_to_pil`` and an 8-bit PNG of the image
-    hold (clip-score reads such files).
-
-    Both give back ``k`` exactly for an image read from an 8-bit file (``x = k / 255``).
-    """
+    """Quantise ``B x 3 x H x W`` float images in [0, 1] to uint8. ``"cfm"``: CFM's ``un_normalize_ims``
+    of ``2x - 1``, ``((2x - 1) * 127.5 + 127.5).clip(0, 255)`` truncated (what the paper's FID sees);
+    ``"round"``: ``round(255 x)``, what an 8-bit PNG of the image holds (clip-score reads such files).
+    Both give back ``k`` exactly for an image read from an 8-bit file."""
     check_unit_images("images", images)
     values = images.float()
     if method == "cfm":
@@ -69,21 +46,10 @@ def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
 
 
 def ssim(pred: Tensor, target: Tensor) -> Tensor:
-    """SSIM of each image as torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1.0)`` computes it.
-
-    The metric's defaults: 11 x 11 Gaussian window, sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``,
-    images reflect-padded and the whole SSIM map averaged over pixels and channels (torchmetrics
-    >= 1.4.3, including the 1.7.1 the authors ran; older releases, like scikit-image, left the
-    border out and give slightly different numbers). The metric object's own ``compute()`` is
-    the mean of these values.
-
-    Args:
-        pred: B x 3 x H x W float images in [0, 1], at least 11 x 11 pixels.
-        target: reference images of the same shape.
-
-    Returns:
-        Tensor of shape ``(B,)``.
-    """
+    """Per-image SSIM, ``(B,)``, as torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1.0)``: 11 x 11
+    Gaussian window, sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, reflect-padded, the whole map averaged
+    (torchmetrics >= 1.4.3, as the 1.7.1 the authors ran; older releases, like scikit-image, leave the
+    border out). ``pred`` / ``target``: ``B x 3 x H x W`` in [0, 1], at least 11 x 11 pixels."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     check_image_pair(pred, target, min_size=SSIM_KERNEL_SIZE)
@@ -91,27 +57,14 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
 
 
-# --------------------------------------------------------------------------------------------
-# FID (torchmetrics, the paper's)
-# --------------------------------------------------------------------------------------------
 class FIDAccumulator(nn.Module):
-    """The paper's FID: torchmetrics ``FrechetInceptionDistance`` on CFM's uint8 images.
+    """The paper's FID: torchmetrics ``FrechetInceptionDistance(feature=2048, normalize=False)`` on
+    :func:`to_uint8` ``"cfm"`` images; its states are summed across processes on :meth:`compute`.
 
-    ``FrechetInceptionDistance(feature=2048, normalize=False, reset_real_features=...,
-    antialias=inception_antialias)``; :meth:`update` converts the [0, 1] images with
-    :func:`to_uint8` (``"cfm"``) and feeds them. States (float64 feature sums, outer-product sums,
-    counts) are summed across processes on :meth:`compute`.
-
-    Args:
-        feature_extractor: an ``nn.Module`` taking the uint8 ``B x 3 x H x W`` batch (as the
-            Inception network does) and returning ``(B, d)`` features (torchmetrics finds ``d`` by
-            running it once on a random uint8 image). ``None`` (default): the 2048-d pool features
-            of torch-fidelity's FID Inception-v3 (weights downloaded on first use).
-        reset_real_features: ``False`` keeps the real statistics across :meth:`reset`.
-        inception_antialias: the Inception input resize. ``False`` (default, the paper's):
-            torch-fidelity's TF1-compatible bilinear, what torchmetrics <= 1.7 always did;
-            ``True``: torchmetrics 1.9's default antialiased bilinear.
-    """
+    ``feature_extractor``: an ``nn.Module`` taking the uint8 batch and returning ``(B, d)`` features
+    (default: torch-fidelity's FID Inception-v3, downloaded on first use). ``inception_antialias``:
+    ``False`` (the paper's) is torch-fidelity's TF1-compatible bilinear resize that torchmetrics
+    <= 1.7 always used; ``True`` torchmetrics 1.9's default."""
 
     def __init__(
         self,
@@ -178,9 +131,6 @@ class FIDAccumulator(nn.Module):
         self.metric.reset()
 
 
-# --------------------------------------------------------------------------------------------
-# patch-FID
-# --------------------------------------------------------------------------------------------
 def random_patch_anchors(
     height: int,
     width: int,
@@ -188,17 +138,10 @@ def random_patch_anchors(
     num_patches: int = 4,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """Top-left corners of ``num_patches`` random ``patch`` x ``patch`` crops, drawn as CFM draws them.
-
-    Crop by crop, exactly as ``torchvision.transforms.RandomCrop.get_params(image, (patch, patch))``
-    does (CFM's patch-FID): ``top = randint(0, height - patch + 1)`` then
-    ``left = randint(0, width - patch + 1)``, each a ``(1,)`` draw from ``generator``; an image of
-    exactly ``patch`` x ``patch`` gives ``(0, 0)`` without drawing. With a generator seeded like
-    torch's global one, the boxes equal CFM's.
-
-    Returns:
-        int64 tensor of shape ``(num_patches, 2)`` holding ``(top, left)`` per crop.
-    """
+    """``(num_patches, 2)`` int64 ``(top, left)`` corners of random ``patch`` x ``patch`` crops, drawn crop by
+    crop as ``torchvision.transforms.RandomCrop.get_params`` draws them (CFM's patch-FID): ``top``,
+    then ``left``, each a ``(1,)`` ``randint`` from ``generator``; an image of exactly the patch size
+    gives ``(0, 0)`` without drawing."""
     if patch > height or patch > width:
         raise ValueError(
             f"patch={patch} is larger than the {height} x {width} images (CFM's crops must fit); use a patch "
@@ -214,18 +157,8 @@ def random_patch_anchors(
 
 
 def extract_patches(images: Tensor, anchors: Tensor, patch: int) -> Tensor:
-    """Crop ``patch`` x ``patch`` squares at the given anchors.
-
-    Args:
-        images: B x C x H x W tensor.
-        anchors: ``(K, 2)`` integer ``(top, left)`` corners used for every image, or
-            ``(B, K, 2)`` corners per image.
-        patch: side of the square crops.
-
-    Returns:
-        Tensor of shape ``(B * K, C, patch, patch)``, ordered image by image
-        (image 0 crops 0..K-1, then image 1, ...).
-    """
+    """``(B * K, C, patch, patch)`` crops of ``images`` (image by image) at ``anchors``: ``(K, 2)``
+    ``(top, left)`` corners for every image, or ``(B, K, 2)`` per image."""
     if anchors.ndim == 2:
         anchors = anchors.unsqueeze(0).expand(images.shape[0], -1, -1)
     crops = [
@@ -237,22 +170,11 @@ def extract_patches(images: Tensor, anchors: Tensor, patch: int) -> Tensor:
 
 
 class PatchFID(nn.Module):
-    """patch-FID: FID on random crops cut at the same places from generated and real images (CFM's).
-
-    For each generated / real image pair, ``num_patches`` boxes are drawn with
-    :func:`random_patch_anchors` from this object's seeded generator (image by image, as CFM
-    draws its anchors for a batch), the same crops are cut from both images and only the crops
-    are fed to ``accumulator`` (generated as fake, real as real). The box sequence is
-    deterministic for a given ``seed`` and order of updates. With ``seeds`` (one per image, e.g.
-    ``seed + image index``, as the evaluation scripts pass) an image's boxes depend on nothing else:
-    not its batch, its process in a distributed evaluation, or a resumed run.
-
-    Args:
-        accumulator: a fresh :class:`FIDAccumulator`.
-        patch: side of the square crops (CFM: 512).
-        num_patches: crops per image pair (CFM: 4).
-        seed: seed of the box generator; :meth:`reset` restarts the sequence.
-    """
+    """patch-FID (CFM's): FID on ``num_patches`` random crops cut at the same boxes from each generated /
+    real image pair (:func:`random_patch_anchors`), only the crops fed to ``accumulator``. With
+    ``seeds`` (one per image, the scripts pass ``seed + image index``) an image's boxes depend on
+    nothing else: not its batch, its process or a resumed run; without, they come from this object's
+    generator seeded ``seed`` (:meth:`reset` restarts it)."""
 
     def __init__(self, accumulator: FIDAccumulator, patch: int = 512, num_patches: int = 4, seed: int = 0) -> None:
         super().__init__()
@@ -286,12 +208,8 @@ class PatchFID(nn.Module):
         self.accumulator.add_features(real, real=True)
 
     def update(self, generated: Tensor, real: Tensor, seeds: Optional[Sequence[int]] = None) -> Tensor:
-        """Add a batch of generated images and their real counterparts (same shape, in [0, 1]);
-        ``seeds``: see :meth:`anchors`.
-
-        Returns:
-            The boxes used, int64 tensor of shape ``(B, num_patches, 2)`` of ``(top, left)``.
-        """
+        """Add generated images and their real counterparts (same shape, in [0, 1]); returns the boxes,
+        ``(B, num_patches, 2)``."""
         anchors = self.anchors(generated, real, seeds)
         self.accumulator.update(extract_patches(generated, anchors, self.patch), real=False)
         self.accumulator.update(extract_patches(real, anchors, self.patch), real=True)
@@ -307,9 +225,6 @@ class PatchFID(nn.Module):
         self.generator.manual_seed(self.seed)
 
 
-# --------------------------------------------------------------------------------------------
-# CLIP score
-# --------------------------------------------------------------------------------------------
 def _pooled(output: Any) -> Tensor:
     """Projected embeddings from ``get_*_features``: a tensor (transformers 4), or an output whose
     ``pooler_output`` holds them (transformers 5)."""

@@ -1,12 +1,6 @@
-"""The metric options of the evaluation scripts: command-line flags, metric objects, results record.
-
-Defaults are the paper's protocol (:mod:`evaluation.metrics.image_metrics`): FID and patch-FID (4 crops of
-512 x 512) with torchmetrics on CFM's uint8 images, CLIP score as the ``clip-score`` package with
-``openai/clip-vit-base-patch32``. ``--clip-model`` takes another CLIP model (a Hub id or a local
-copy). ``--feature-extractor tiny-random`` is a small seeded
-random network for offline tests only (its numbers mean nothing). A caller running a script
-in-process can pass its own ``nn.Module`` feature extractor or ready-made CLIP scorer instead.
-"""
+"""The metric flags of the evaluation scripts, the metric objects they build and the record of
+the metrics' definitions written to ``results.json``. ``--feature-extractor tiny-random`` is a
+small seeded random network for offline tests only."""
 from __future__ import annotations
 
 import argparse
@@ -55,11 +49,8 @@ DEFINITIONS = {
 
 
 class TinyRandomFeatures(nn.Module):
-    """A fixed random feature extractor for tests: strided conv, ReLU, global average pool.
-
-    Takes uint8 ``[0, 255]`` batches (as torchmetrics feeds them). Seeded, so
-    every process and every run gets the same network. Not a meaningful metric.
-    """
+    """A fixed, seeded random feature extractor for offline tests (strided conv, ReLU, global average
+    pool on uint8 batches): the same network in every process and run. Not a meaningful metric."""
 
     num_features = 16
 
@@ -87,9 +78,6 @@ def resolve_feature_extractor(spec: Union[str, nn.Module, None]) -> Optional[nn.
     raise ValueError(f"feature extractor must be one of {FEATURE_EXTRACTORS} or an nn.Module, got {spec!r}.")
 
 
-# --------------------------------------------------------------------------------------------
-# Command-line flags
-# --------------------------------------------------------------------------------------------
 def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
     """``--no-fid``, ``--feature-extractor``, ``--patch-size``, ``--num-patches``."""
     parser.add_argument("--no-fid", action="store_true", help="skip FID and patch-FID")
@@ -115,28 +103,18 @@ def check_metric_arguments(args) -> None:
         check_at_least(args, {"patch_size": 1, "num_patches": 1})
 
 
-# --------------------------------------------------------------------------------------------
-# Metric objects
-# --------------------------------------------------------------------------------------------
 def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAccumulator:
     """A :class:`FIDAccumulator` with the feature extractor ``spec`` names, on ``device``."""
     return FIDAccumulator(feature_extractor=resolve_feature_extractor(spec)).to(device)
 
 
 def build_patch_fid(spec: Union[str, nn.Module, None], device: torch.device, patch: int, num_patches: int, seed: int) -> PatchFID:
-    """A :class:`PatchFID` over a new accumulator (crop side, crops per image, box seed).
-
-    ``seed`` draws the boxes when :meth:`PatchFID.update` gets no per-image ``seeds`` (the evaluation
-    scripts pass ``--seed + i`` for image i, so that the boxes do not depend on batches, processes or
-    resuming).
-    """
+    """A :class:`PatchFID` over a new accumulator; ``seed`` draws the boxes of updates without per-image ``seeds``."""
     return PatchFID(build_fid(spec, device), patch=patch, num_patches=num_patches, seed=seed)
 
 
 def build_clip_scorer(model: str, device: torch.device) -> nn.Module:
     """The paper's :class:`CLIPScorer` with the CLIP model ``model`` (Hub id or folder) on ``device``."""
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"--clip-model must be a Hub id or folder, got {model!r}.")
     return loading("the CLIP model", model, "--clip-model DIR", lambda: CLIPScorer(model_id=model)).to(device)
 
 
@@ -147,9 +125,6 @@ def fid_results(fid: nn.Module, patch_fid: PatchFID) -> Dict[str, float]:
     return values
 
 
-# --------------------------------------------------------------------------------------------
-# Results record
-# --------------------------------------------------------------------------------------------
 def _version(distribution: str) -> Optional[str]:
     try:
         return metadata.version(distribution)
@@ -165,14 +140,9 @@ def metrics_record(
     feature_extractor: Any = None,
     clip_scorer: Any = None,
 ) -> Dict[str, Any]:
-    """What ``results.json`` says about the metrics: backends, models and the definition of each metric.
-
-    Args:
-        args: the parsed flags of :func:`add_fid_arguments` (and :func:`add_clip_arguments`).
-        fid: FID / patch-FID were computed. ``clip``: the CLIP score was. ``pixel``: PSNR / SSIM were.
-        feature_extractor / clip_scorer: objects a caller injected instead of the flags (their class
-            name is recorded).
-    """
+    """What ``results.json`` says about the metrics computed (``fid``, ``clip``, ``pixel``: PSNR / SSIM):
+    backends, models, each metric's exact definition and the library versions; an injected
+    ``feature_extractor`` / ``clip_scorer`` is recorded by its class name."""
     record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_model": None}
     definitions: Dict[str, str] = {}
     versions = {"torchmetrics": _version("torchmetrics")}

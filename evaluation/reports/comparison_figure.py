@@ -1,16 +1,7 @@
-"""Side-by-side 4x super-resolution crops: bicubic | bilinear-latent | UPLiFT | ground truth (UPLiFT as
-the pipeline returns it by default: with back-projection onto the input, ``--back-projection-steps``).
-
-Run from the repository root::
-
-    python -m evaluation.reports.comparison_figure --data ../shared/data/bsds500/test \
-        --vae examples/models/uplift-taef2-bsds500/vae --upscaler examples/models/uplift-taef2-bsds500/upscaler \
-        --output examples/figures/comparison.png --color-correct-baselines
-
-Uses the super-resolution protocol (:mod:`uplift_diffusers.utils.sr_protocol`: HR = centre crop,
-LR = PIL bilinear resize) and the rows of ``python -m evaluation.tasks.eval_super_resolution``
-(its ``SuperResolutionRunner``); each row of the figure is one image, each column shows the centre
-``--crop`` pixels of a method's output, enlarged ``--zoom`` times.
+"""Side-by-side 4x super-resolution crops: bicubic | bilinear-latent | UPLiFT | ground truth, with the
+rows of ``evaluation.tasks.eval_super_resolution``; UPLiFT as the pipeline returns it by default
+(with back-projection, ``--back-projection-steps``). Each figure row is one image, each column
+the centre ``--crop`` pixels of a method's output, enlarged ``--zoom`` times.
 """
 from __future__ import annotations
 

@@ -1,24 +1,8 @@
-"""Collect ``results.json`` files of the evaluation scripts into the paper's tables.
+"""Collect ``results.json`` files of the evaluation scripts into the paper's tables (Tables 2-4 and
+the text-to-image latency breakdown), one column group per file, in the order given.
 
-* Tables 2-3 (text-to-image): every ``eval_text_to_image.py`` result is one column group
-  (FID, patch-FID, CLIP, time); the time comes from the ``benchmark_latency.py text-to-image`` result with the
-  same dataset label (``--dataset-name``), seconds per batch of that run's batch size. The
-  paper's reference rows SDXL and LCM-LoRA SDXL come first when the results have them
-  (``--methods ...,sdxl,lcm-lora-sdxl``).
-* Table 4 (super-resolution): every ``eval_super_resolution.py`` result is one column group
-  (PSNR, SSIM, FID, patch-FID).
-* Text-to-image latency breakdown: every ``benchmark_latency.py text-to-image`` result is one column of stage times.
-
-Column groups appear in the order the files are given. Several results of one task with the
-same dataset label (``--dataset-name``) are separate runs: each gets its own column group,
-labelled ``LABEL (FOLDER)`` by the folder of its ``results.json`` (``LABEL (run K)`` when those
-coincide), and a note says so; to have one column, evaluate the data set in one run (the
-evaluation scripts resume into one ``--output-dir``). The end-to-end super-resolution latency
-(``benchmark_latency.py super-resolution``, Fig. 11 / Table 4) writes its own table beside its JSON. Example::
-
-    python -m evaluation.reports.make_tables results/coco/results.json results/relaion/results.json \\
-        results/faceshq/results.json results/lhq/results.json \\
-        results/latency-coco/results.json results/latency-relaion/results.json --output tables.md
+Several results of one task with the same ``--dataset-name`` are separate runs: each gets its
+own column group, labelled by its folder, and a note says so.
 """
 from __future__ import annotations
 
@@ -27,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from evaluation.arguments import attempt
 from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
@@ -87,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        markdown = make_tables(args.results)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    markdown, status = attempt(lambda: make_tables(args.results))
+    if status:
+        return status
     if args.output:
         atomic_write_text(args.output, markdown)
     print(markdown, end="")

@@ -1,37 +1,12 @@
 """Results files of the evaluation scripts and the markdown tables in the paper's layout.
 
-Every script writes ``results.json`` (layout below) and ``results.md`` (its table) into its
-output directory; ``python -m evaluation.reports.make_tables`` reads several ``results.json`` and
-prints the paper's tables with one column group per dataset: text-to-image (Tables 2-3),
-super-resolution (Table 4) and the text-to-image latency breakdown (the time columns of Tables 2-3).
-
-``results.json`` layout (all numbers are floats; times in seconds)::
-
-    {
-      "task": "text_to_image" | "super_resolution" | "latency",
-      "dataset": "coco",                      # label of the column group in the tables
-      "settings": {                           # the command-line settings of the run, and
-        "metrics": {                          # the metrics used (evaluation.metrics.metric_setup.metrics_record):
-          "fid_backend": "torchmetrics",      #   null without FID
-          "feature_extractor": "inception",   #   null without FID
-          "clip_model": ...,                  #   null without the CLIP score
-          "definitions": {"fid": "...", "patch_fid": "...", "clip": "...", ...},  # each metric's exact definition
-          "library_versions": {...}
-        },
-        "color_correct_baselines": false, ...
-      },
-      "count": 5000,                          # images evaluated (all processes)
-      "methods": {                            # one entry per row of the table
-        "uplift": {"fid": ..., "patch_fid": ..., "clip": ..., "count": 5000, "color_correction": true, ...},  # text_to_image
-        "uplift": {"psnr": ..., "ssim": ..., "fid": ..., "patch_fid": ..., "count": 5000, "color_correction": true},  # super_resolution
-        ...
-      },
-      # with a single method its metric keys are repeated at the top level ("psnr", "ssim", ...)
-    }
-
-Latency results instead hold ``"stages"`` (mean seconds per batch of every stage),
-``"methods"`` (end-to-end seconds per batch of each text-to-image row), ``"random_weights"``
-and ``"note"``; see :mod:`evaluation.benchmarks.benchmark_latency`.
+Every script writes ``results.json`` and ``results.md`` (its table) into its output directory.
+``results.json`` holds ``task`` (``text_to_image`` | ``super_resolution`` | ``latency``),
+``dataset`` (the column label), ``settings`` (the run's flags and, under ``metrics``, each
+metric's exact definition and library versions), ``count`` and ``methods`` (one entry per table
+row; with a single row its metrics are repeated at the top level). Latency results hold
+``stages`` (mean seconds per batch of every stage) and ``methods`` (seconds per batch of each row).
+Non-finite numbers are written as the strings ``"inf"`` / ``"nan"``.
 """
 from __future__ import annotations
 
@@ -44,14 +19,7 @@ from evaluation.arguments import read_json_file
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 __all__ = [
-    "TASKS",
-    "METHOD_LABELS",
-    "write_report",
-    "load_result",
-    "text_to_image_table",
-    "super_resolution_table",
-    "latency_table",
-    "table_for",
+    "TASKS", "METHOD_LABELS", "write_report", "load_result", "text_to_image_table", "super_resolution_table", "latency_table", "table_for",
 ]
 
 TASKS = ("text_to_image", "super_resolution", "latency")
@@ -78,9 +46,6 @@ LATENCY_STAGES = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------
 def _json_safe(value):
     """inf / nan are not valid JSON: they are written as the strings "inf", "-inf", "nan"."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -93,10 +58,7 @@ def _json_safe(value):
 
 
 def write_report(result: Mapping, output_dir, name: str = "results") -> Tuple[Path, Path]:
-    """Write ``<output_dir>/<name>.json`` and ``<output_dir>/<name>.md`` (the table of ``result``'s task).
-
-    Returns the two paths. Files are replaced atomically.
-    """
+    """Write ``<output_dir>/<name>.json`` and ``<output_dir>/<name>.md`` (the table of ``result``'s task), atomically."""
     output_dir = Path(output_dir)
     json_path, md_path = output_dir / f"{name}.json", output_dir / f"{name}.md"
     atomic_write_text(json_path, json.dumps(_json_safe(result), indent=2, sort_keys=False) + "\n")
@@ -116,9 +78,6 @@ def load_result(path) -> Dict:
     return result
 
 
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
 def _number(value, digits: int) -> str:
     if value is None:
         return "-"

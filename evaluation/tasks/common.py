@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import check_at_least
+from evaluation.arguments import attempt, check_at_least
 from evaluation.metrics.metric_setup import add_fid_arguments, check_metric_arguments
 from evaluation.reports.tables import top_level_metrics, write_report
-from evaluation.sharding import LaunchMismatchError, process_state
+from evaluation.sharding import process_state
 from evaluation.smoke import add_smoke_test_argument
 from evaluation.tasks.latent_baseline import LATENT_BASELINES
 from uplift_diffusers.utils.atomic_files import atomic_write_text
@@ -144,12 +143,10 @@ def run_main(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], eva
     ``summary(result)`` (main process); exit status 2 with one ``error:`` line on a bad argument
     or missing input."""
     args = parser.parse_args(argv)
-    try:
-        with loading_bars(not args.quiet):
-            result = evaluate(args)
-    except (ValueError, OSError, LaunchMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with loading_bars(not args.quiet):
+        result, status = attempt(lambda: evaluate(args))
+    if status:
+        return status
     if process_state().is_main_process:
         print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
         smoke = " (--smoke-test: tiny random models, the numbers mean nothing)" if args.smoke_test else ""

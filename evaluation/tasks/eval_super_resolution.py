@@ -1,25 +1,5 @@
 """Super-resolution evaluation (the paper's Table 4): PSNR, SSIM, FID and patch-FID.
-Commands and the meaning of each number: ``docs/evaluation.md``.
-
-Protocol (:mod:`uplift_diffusers.utils.sr_protocol`) and scoring loop (:mod:`evaluation.sr_protocol`):
-HR = centre ``--hr-size`` crop of every image, LR = PIL bilinear resize of HR to ``--lr-size``;
-the ``hr/`` + ``lr/`` folders of ``python -m evaluation.data.prepare_sr`` are read as they are.
-Each row maps LR to an image of the HR size:
-
-* a model (``--upscaler DIR|HUB_ID|FILE``, or ``uplift``: the authors' release):
-  ``UPLiFTSuperResolutionPipeline`` (encode, UPLiFT, decode, colour correction, then
-  ``--back-projection-steps`` rounds of back-projection onto the LR image: 0 is the paper's output);
-* ``bilinear`` / ``nearest``: encode, interpolate the latents, decode; not colour-corrected (the
-  paper applies colour correction as part of UPLiFT) unless ``--color-correct-baselines``;
-* ``bicubic``: PIL bicubic in pixel space; ``vae``: encode and decode the HR image (the
-  autoencoder's ceiling).
-
-Metric definitions: :mod:`evaluation.metrics.image_metrics`. Resumable: every image's results
-(PSNR, SSIM, FID features) go to ``OUTPUT/per_image/<row>/<image>.pt`` as soon as its batch is
-scored; a rerun skips them, and refuses (naming the differences) when
-``per_image/<row>/settings.json`` says they were made with other settings. Under ``torchrun`` /
-``accelerate launch`` every process scores a shard; the numbers are gathered and written once.
-"""
+Commands, rows, metrics and resuming: ``docs/evaluation.md``."""
 from __future__ import annotations
 
 import argparse
@@ -71,9 +51,6 @@ class SRItem:
     lr_path: Optional[Path] = None
 
 
-# --------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------
 def parse_methods(values: Sequence[str]) -> List[MethodSpec]:
     """``["bicubic,bilinear", "uplift=/models/x"]`` -> MethodSpecs (order kept, names unique)."""
     items = [item.strip() for value in values for item in value.split(",") if item.strip()]
@@ -145,9 +122,6 @@ def _check_args(args) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
 def list_items(data, limit: Optional[int] = None) -> List[SRItem]:
     """The evaluation images of ``data``: hr/ + lr/ pairs (matched by relative path without suffix) or all images."""
     data = Path(data).expanduser()
@@ -189,26 +163,13 @@ def load_pair(item: SRItem, hr_size: int, lr_size: int) -> Tuple[Image.Image, Im
     return hr, lr
 
 
-# --------------------------------------------------------------------------------------------
-# Methods
-# --------------------------------------------------------------------------------------------
 class SuperResolutionRunner:
     """Runs every method on a batch of (HR, LR) pairs; models are loaded once."""
 
-    def __init__(
-        self,
-        methods: Sequence[MethodSpec],
-        vae_spec: Optional[str],
-        upscaler_config: Optional[str],
-        factor: int,
-        device: torch.device,
-        color_correct_baselines: bool = False,
-    ):
-        self.methods = list(methods)
-        self.color_correct_baselines = color_correct_baselines
-        self.factor = factor
-        self.num_steps = int(math.log2(factor))
-        self.device = device
+    def __init__(self, methods: Sequence[MethodSpec], vae_spec: Optional[str], upscaler_config: Optional[str], factor: int,
+                 device: torch.device, color_correct_baselines: bool = False):
+        self.methods, self.color_correct_baselines, self.device = list(methods), color_correct_baselines, device
+        self.factor, self.num_steps = factor, int(math.log2(factor))
         needs_vae = any(m.kind != "bicubic" for m in self.methods)
         if needs_vae and vae_spec is None:
             rows = [m.name for m in self.methods if m.kind != "bicubic"]
@@ -238,7 +199,6 @@ class SuperResolutionRunner:
             raise ValueError(f"--hr-size {hr_size} is not a multiple of the VAE's factor {factor} needed by the 'vae' row.")
 
     def color_correction(self, method: MethodSpec) -> bool:
-        """Whether ``method``'s output is colour-corrected (:func:`evaluation.tasks.common.color_correction`)."""
         return common.color_correction(method.kind, self.color_correct_baselines)
 
     @torch.no_grad()
@@ -268,29 +228,20 @@ class SuperResolutionRunner:
         raise ValueError(f"unknown row kind {method.kind!r}")
 
 
-# --------------------------------------------------------------------------------------------
-# Per-image results (resuming)
-# --------------------------------------------------------------------------------------------
 PER_IMAGE_DIR = "per_image"
 RECORD_SETTINGS = "settings.json"
 
 
 class PerImageResults:
-    """One row's per-image results in ``OUTPUT/per_image/<row>/``: ``<image key>.pt`` per image
-    (PSNR, SSIM and, with FID, the image's FID / patch-FID features), each written atomically as
-    soon as its batch is scored, and ``settings.json``, everything those results depend on.
-
-    A rerun with the same settings skips the images already scored and adds their kept results;
-    a rerun whose settings differ raises ValueError naming the differences (results made with
-    different settings are never mixed).
-    """
+    """One row's per-image results (PSNR, SSIM, FID features): ``OUTPUT/per_image/<row>/<image key>.pt``,
+    each written atomically as soon as its batch is scored, and ``settings.json``, everything those
+    results depend on: a rerun with other settings is refused, never mixed."""
 
     def __init__(self, output_dir, method: str, settings: Dict):
         self.folder = Path(output_dir) / PER_IMAGE_DIR / method
         self.method, self.settings = method, settings
 
     def check_settings(self, write: bool) -> None:
-        """ValueError when the folder holds results of other settings; ``write``: record ours when new."""
         what = f"per-image results of the row {self.method!r}"
         common.check_settings_record(self.folder, RECORD_SETTINGS, self.settings, what, "*.pt", write)
 
@@ -309,19 +260,13 @@ class PerImageResults:
 
 def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feature_extractor=None) -> Dict:
     """What a row's per-image results depend on (not the batch size, the process count or --limit)."""
+    model = method.kind == "model"
     settings = {
-        "data": str(Path(args.data).expanduser().resolve()),
-        "vae": args.vae if method.kind != "bicubic" else None,
-        "kind": method.kind,
-        "source": method.source,
-        "upscaler_config": args.upscaler_config if method.kind == "model" else None,
-        "hr_size": args.hr_size,
-        "lr_size": args.lr_size,
-        "seed": args.seed if method.kind == "model" else None,
-        "color_correction": runner.color_correction(method),
-        "back_projection": method.back_projection,
-        "ensemble": method.ensemble,
-        "fid": None,
+        "data": str(Path(args.data).expanduser().resolve()), "vae": args.vae if method.kind != "bicubic" else None,
+        "kind": method.kind, "source": method.source, "upscaler_config": args.upscaler_config if model else None,
+        "hr_size": args.hr_size, "lr_size": args.lr_size, "seed": args.seed if model else None,
+        "color_correction": runner.color_correction(method), "back_projection": method.back_projection,
+        "ensemble": method.ensemble, "fid": None,
     }
     if not args.no_fid:
         extractor = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
@@ -330,11 +275,7 @@ def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feat
     return settings
 
 
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
 def score_batch(args, output: torch.Tensor, batch: SRBatch, fid, patch_fid) -> List[Dict]:
-    """Every image's results of a batch: PSNR, SSIM and, with FID, its FID / patch-FID features."""
     from evaluation.metrics.image_metrics import ssim
 
     records = [{"psnr": p, "ssim": s} for p, s in zip(psnr(output, batch.hr).tolist(), ssim(output, batch.hr).tolist())]
@@ -349,9 +290,8 @@ def score_batch(args, output: torch.Tensor, batch: SRBatch, fid, patch_fid) -> L
 
 
 def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: PerImageResults, local, extractor, device, state):
-    """One row over this process's shard ``local`` (``(index, item)`` pairs): the kept per-image
-    results are added, the others computed batch by batch and saved at once; then gathered over
-    all processes. Returns ``(the row's results, images skipped in all processes)``."""
+    """One row over this process's shard ``local`` (``(index, item)`` pairs), the kept per-image
+    results reused; returns ``(the row's results, images skipped in all processes)``."""
     from tqdm.auto import tqdm
 
     compute_fid = not args.no_fid
@@ -385,14 +325,9 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: 
             add(record)
     psnrs, ssims = gather_list(pixel["psnr"], state), gather_list(pixel["ssim"], state)
     entry = {
-        "psnr": float(sum(psnrs) / len(psnrs)),
-        "ssim": float(sum(ssims) / len(ssims)),
-        "count": len(psnrs),
-        "kind": method.kind,
-        "source": method.source,
-        "color_correction": runner.color_correction(method),
-        "back_projection": method.back_projection,
-        "ensemble": method.ensemble,
+        "psnr": float(sum(psnrs) / len(psnrs)), "ssim": float(sum(ssims) / len(ssims)), "count": len(psnrs),
+        "kind": method.kind, "source": method.source, "color_correction": runner.color_correction(method),
+        "back_projection": method.back_projection, "ensemble": method.ensemble,
         "seconds_per_image_process0": seconds / len(pending) if pending else None,
     }
     if compute_fid:
@@ -415,12 +350,8 @@ def prepare_smoke_test(args, state) -> None:
 
 
 def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
-    """Run the evaluation described by parsed ``args``; returns the results dict (also written to disk).
-
-    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor`` for FID / patch-FID.
-    Per-image results are kept in ``OUTPUT/per_image`` (see :class:`PerImageResults`): a rerun
-    skips the images already scored.
-    """
+    """Run the evaluation of parsed ``args``; returns the results (also written to ``--output-dir``).
+    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor``."""
     state = process_state()
     if args.smoke_test:
         prepare_smoke_test(args, state)
@@ -447,16 +378,10 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         results[method.name], skipped[method.name] = score_row(args, method, runner, stores[method.name], local, extractor, device, state)
 
     settings = {
-        "data": str(args.data),
-        "vae": args.vae,
-        "upscalers": [{"name": m.name, "kind": m.kind, "source": m.source} for m in methods],
-        "hr_size": args.hr_size,
-        "lr_size": args.lr_size,
-        "fid": compute_fid,
-        "patch_size": args.patch_size if compute_fid else None,
-        "num_patches": args.num_patches if compute_fid else None,
-        "back_projection_steps": args.back_projection_steps,
-        "ensemble": args.ensemble,
+        "data": str(args.data), "vae": args.vae, "upscalers": [{"name": m.name, "kind": m.kind, "source": m.source} for m in methods],
+        "hr_size": args.hr_size, "lr_size": args.lr_size, "fid": compute_fid,
+        "patch_size": args.patch_size if compute_fid else None, "num_patches": args.num_patches if compute_fid else None,
+        "back_projection_steps": args.back_projection_steps, "ensemble": args.ensemble,
         "metrics": metrics_record(args, fid=compute_fid, pixel=True, feature_extractor=feature_extractor),
         **common.common_settings(args, state),
     }

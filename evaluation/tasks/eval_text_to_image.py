@@ -1,29 +1,11 @@
 """Text-to-image evaluation (the paper's Tables 2-3): FID, patch-FID and CLIP score.
-Commands and the meaning of each number: ``docs/evaluation.md``.
+Commands, rows and metrics: ``docs/evaluation.md``.
 
-For every caption of ``--prompts`` (from ``evaluation.data.prepare_coco`` / ``prepare_relaion``),
-Stable Diffusion (``--model``, its default scheduler, float32) generates a ``--size`` image with
-the seed ``--seed + i`` once; the rows of ``--methods`` all come from that one generation:
-
-* ``base512``: the base image; ``uplift``: ``StableDiffusionUPLiFTPipeline`` with ``--upscaler``
-  (UPLiFT ``--upscale-factor`` x, decode, colour correction against the base image);
-* ``bilinear`` / ``nearest``: the same final latents interpolated and decoded, not
-  colour-corrected (the paper applies colour correction as part of UPLiFT) unless
-  ``--color-correct-baselines``; ``images/<row>/color_correction.json`` records which, and a run
-  with the other setting refuses to mix the two.
-
-The paper's reference rows, generated natively at ``--sdxl-size`` with the same seeds and the
-paper's fixed step counts: ``sdxl`` (``--sdxl-model``, its default scheduler, 50 steps, guidance
-5.0, the pipeline's default) and ``lcm-lora-sdxl`` (``--lcm-lora`` fused, ``LCMScheduler``, 4
-steps, guidance 1.0: the LCM-LoRA model card asks for 1.0-2.0, and diffusers disables guidance
-at <= 1, so 0 and 1.0 give the same images; needs ``peft``).
-
-Images go to ``OUTPUT/images/<row>/<id>.png`` (a rerun only writes missing files); the metrics are
-computed from the saved PNGs against the ``--reference-dir`` images, centre-cropped and resized
-to each row's size (definitions: :mod:`evaluation.metrics.image_metrics`). A row smaller than
-``--patch-size`` uses patches of its own size. Under ``torchrun`` / ``accelerate launch`` every
-process generates and scores a shard; the patch boxes of caption i are seeded ``--seed + i``, so
-the numbers do not depend on the number of processes.
+The paper's SDXL reference rows are generated natively at ``--sdxl-size`` with the same seeds
+and the paper's fixed step counts: ``sdxl`` (50 steps, guidance 5.0, the pipeline's default)
+and ``lcm-lora-sdxl`` (``--lcm-lora`` fused, ``LCMScheduler``, 4 steps, guidance 1.0: the
+LCM-LoRA model card asks for 1.0-2.0, and diffusers disables guidance at <= 1; needs ``peft``).
+A row smaller than ``--patch-size`` uses patches of its own size.
 """
 from __future__ import annotations
 
@@ -56,14 +38,15 @@ SD15_METHODS = ("uplift", "bilinear", "nearest", "base512")
 
 @dataclass(frozen=True)
 class NativeRow:
-    """A reference row of the paper generated natively at SDXL's size (no upscaling)."""
+    """A reference row of the paper generated natively at SDXL's size: its fixed steps and guidance,
+    and whether ``--lcm-lora`` is fused into the model and sampled with ``LCMScheduler``."""
 
-    steps: int  # the paper's step count for the row (fixed)
+    steps: int
     guidance_scale: float
-    lcm_lora: bool  # load --lcm-lora into the model and sample with LCMScheduler
+    lcm_lora: bool
 
 
-#: The paper's SDXL reference rows (see the module docstring for the settings' sources).
+#: The paper's SDXL reference rows (the module docstring gives the settings' sources).
 NATIVE_ROWS = {
     "sdxl": NativeRow(steps=50, guidance_scale=5.0, lcm_lora=False),
     "lcm-lora-sdxl": NativeRow(steps=4, guidance_scale=1.0, lcm_lora=True),
@@ -73,9 +56,6 @@ METHODS = SD15_METHODS + tuple(NATIVE_ROWS)
 DEFAULT_SD_MODEL = SD15_MODEL_ID
 
 
-# --------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------
 def parse_method_list(text: str) -> List[str]:
     """``"uplift,bilinear"`` -> ``["uplift", "bilinear"]`` (known names, no repeats)."""
     methods = [item.strip() for item in text.split(",") if item.strip()]
@@ -126,17 +106,13 @@ def _check_args(args) -> List[str]:
     return methods
 
 
-# --------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------
 def image_path(output_dir: Path, method: str, row: CaptionRow) -> Path:
     return output_dir / "images" / method / f"{row.id}.png"
 
 
 def check_baseline_images(args, methods: Sequence[str], state) -> None:
-    """Keep a folder of baseline images made with one colour-correction setting only:
-    ``images/<row>/color_correction.json`` records the setting of the bilinear / nearest images
-    (:func:`evaluation.tasks.common.check_settings_record`; written by the main process)."""
+    """Never mix baseline images of both colour-correction settings: ``images/<row>/color_correction.json``
+    records the setting of the bilinear / nearest images."""
     for method in [m for m in methods if m in LATENT_BASELINES]:
         folder = Path(args.output_dir) / "images" / method
         settings = {"color_correction": common.color_correction(method, args.color_correct_baselines)}
@@ -153,13 +129,13 @@ def method_size(args, method: str) -> int:
 
 
 def save_png(tensor: torch.Tensor, path: Path) -> None:
-    """Save a ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, atomically (never a half-written file)."""
+    """A ``3 x H x W`` tensor in [0, 1] as an 8-bit PNG, written atomically (never a half-written file)."""
     array = (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_save_image(Image.fromarray(array, "RGB"), path, format="PNG")
 
 
 def load_pipeline(args, methods: Sequence[str], device: torch.device):
-    """``StableDiffusionUPLiFTPipeline`` from ``--model`` (float32, no safety checker) with the upscaler when needed."""
+    """``StableDiffusionUPLiFTPipeline`` from ``--model``: float32, no safety checker."""
     from uplift_diffusers import StableDiffusionUPLiFTPipeline
 
     upscaler = load_upscaler(args.upscaler, args.upscaler_config) if "uplift" in methods else None
@@ -174,7 +150,7 @@ def load_pipeline(args, methods: Sequence[str], device: torch.device):
 
 @torch.no_grad()
 def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], methods: Sequence[str], args) -> Dict[str, torch.Tensor]:
-    """All requested rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
+    """All requested SD1.5 rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
     final = {}
 
     def keep_latents(pipeline, step, timestep, tensors):
@@ -183,18 +159,10 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
 
     factor = args.upscale_factor if "uplift" in methods else 1
     output = pipe(
-        [row.caption for row in rows],
-        height=args.size,
-        width=args.size,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=common.generators(args, indices),
-        upscale_factor=factor,
-        color_correction=True,
-        return_base_images=factor > 1,
-        output_type="pt",
-        callback_on_step_end=keep_latents,
-        callback_on_step_end_tensor_inputs=["latents"],
+        [row.caption for row in rows], height=args.size, width=args.size, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, generator=common.generators(args, indices), upscale_factor=factor,
+        color_correction=True, return_base_images=factor > 1, output_type="pt",
+        callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"],
     )
     base = (output.base_images if factor > 1 else output.images).float()
     images = {}
@@ -212,11 +180,8 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
 
 
 def load_sdxl_pipeline(args, device: torch.device):
-    """``StableDiffusionXLPipeline`` from ``--sdxl-model``: float32, its default scheduler, no watermark.
-
-    Raises ValueError when ``--sdxl-size`` is not the model's native size (the paper's SDXL rows
-    are generated natively).
-    """
+    """``StableDiffusionXLPipeline`` from ``--sdxl-model``: float32, its default scheduler, no watermark,
+    at its native size (ValueError for another ``--sdxl-size``)."""
     from diffusers import StableDiffusionXLPipeline
 
     pipe = loading(
@@ -249,15 +214,8 @@ def add_lcm_lora(pipe, args) -> None:
 @torch.no_grad()
 def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], row: NativeRow, args) -> torch.Tensor:
     """One SDXL row for a batch of captions: ``B x 3 x S x S`` in [0, 1], S = ``--sdxl-size``."""
-    output = pipe(
-        [caption.caption for caption in rows],
-        height=args.sdxl_size,
-        width=args.sdxl_size,
-        num_inference_steps=row.steps,
-        guidance_scale=row.guidance_scale,
-        generator=common.generators(args, indices),
-        output_type="pt",
-    )
+    output = pipe([caption.caption for caption in rows], height=args.sdxl_size, width=args.sdxl_size, num_inference_steps=row.steps,
+                  guidance_scale=row.guidance_scale, generator=common.generators(args, indices), output_type="pt")
     return output.images.float()
 
 
@@ -283,11 +241,8 @@ def _generate_and_save(todo, methods: Sequence[str], make_images, args, state, o
 
 
 def generate(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, device) -> Dict[str, int]:
-    """Generate the missing images of this process's shard; returns counts (this process).
-
-    The SD1.5 rows come from one pipeline run per caption; each SDXL row from its own run of
-    one SDXL pipeline (``sdxl`` first: ``lcm-lora-sdxl`` then fuses the LoRA into it).
-    """
+    """Generate the missing images of this process's shard; returns counts (this process). Each SDXL
+    row is its own run of one SDXL pipeline (``sdxl`` first: ``lcm-lora-sdxl`` then fuses the LoRA into it)."""
     output_dir = Path(args.output_dir)
     local = shard(list(enumerate(rows)), state)
     pending = _missing(output_dir, local, methods)
@@ -318,11 +273,7 @@ def generate(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, de
     return counts
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
 def load_reference(path: Path, size: int) -> torch.Tensor:
-    """Reference image as ``1 x 3 x size x size`` (:func:`~evaluation.data.reference_images.square_crop_resize`)."""
     if not path.is_file():
         raise FileNotFoundError(f"reference image not found: {str(path)!r}; check --reference-dir and the caption set's file_name.")
     with Image.open(path) as handle:
@@ -340,7 +291,6 @@ def load_generated(path: Path, size: int) -> torch.Tensor:
 
 
 def score(args, rows: Sequence[CaptionRow], methods: Sequence[str], state, device, feature_extractor=None, clip_scorer=None) -> Dict[str, Dict]:
-    """FID / patch-FID / CLIP of every method over all captions (all processes)."""
     from tqdm.auto import tqdm
 
     output_dir = Path(args.output_dir)
@@ -405,11 +355,8 @@ def prepare_smoke_test(args, state) -> None:
 
 
 def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Dict:
-    """Generate (resumably) and score; returns the results dict (also written to OUTPUT/results.json).
-
-    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor``; ``clip_scorer`` (a
-    :class:`~evaluation.metrics.image_metrics.CLIPScorer`) overrides ``--clip-model``.
-    """
+    """Generate (resumably) and score; returns the results (also written to ``--output-dir``).
+    ``feature_extractor`` (an ``nn.Module``) overrides ``--feature-extractor``, ``clip_scorer`` ``--clip-model``."""
     state = process_state()
     if args.smoke_test:
         prepare_smoke_test(args, state)
@@ -426,14 +373,8 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
     metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
-        "prompts": str(args.prompts),
-        "reference_dir": args.reference_dir,
-        "model": args.model,
-        "upscaler": args.upscaler,
-        "methods": list(methods),
-        "steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "size": args.size,
+        "prompts": str(args.prompts), "reference_dir": args.reference_dir, "model": args.model, "upscaler": args.upscaler,
+        "methods": list(methods), "steps": args.steps, "guidance_scale": args.guidance_scale, "size": args.size,
         "upscale_factor": args.upscale_factor,
         "native_rows": {
             method: {
@@ -444,25 +385,16 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
                 "guidance_scale": NATIVE_ROWS[method].guidance_scale,
                 "size": args.sdxl_size,
             }
-            for method in methods
-            if method in NATIVE_ROWS
+            for method in methods if method in NATIVE_ROWS
         },
         "dtype": "float32",
         "fid": not args.no_fid,
         "num_patches": None if args.no_fid else args.num_patches,
-        "metrics": metrics_record(
-            args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer
-        ),
+        "metrics": metrics_record(args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer),
         **common.common_settings(args, state),
     }
-    result = {
-        "task": "text_to_image",
-        "dataset": args.dataset_name or Path(args.prompts).expanduser().resolve().parent.name,
-        "settings": settings,
-        "count": len(rows),
-        "generation": totals,
-        "methods": metrics,
-    }
+    dataset = args.dataset_name or Path(args.prompts).expanduser().resolve().parent.name
+    result = {"task": "text_to_image", "dataset": dataset, "settings": settings, "count": len(rows), "generation": totals, "methods": metrics}
     return common.write_results(result, ("fid", "patch_fid", "clip"), args, state)
 
 
