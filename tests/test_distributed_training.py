@@ -35,7 +35,9 @@ needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU (
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_", "MASTER_"))}
-    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    # PYTHONPATH: a probe script outside the repository imports `training` as the scripts' `-m` runs do
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO_ROOT)}
 
 
 def _free_port() -> int:
