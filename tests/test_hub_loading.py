@@ -192,7 +192,7 @@ def test_load_vae_pipeline_repository_offline(sd15_cached, tiny_dirs, hub_cache,
     """A local "not found" of the root config.json must not hide the cached vae/."""
     if root_config_recorded_absent:  # what an earlier online lookup leaves in the cache
         hub_cache.mark_absent(SD15_MODEL_ID, "config.json")
-    vae = load_vae(SD15_MODEL_ID, torch_dtype=torch.float64)
+    vae = load_vae(SD15_MODEL_ID, dtype=torch.float64)
     expected = AutoencoderKL.from_pretrained(tiny_dirs.sd_pipeline(), subfolder=SD15_VAE_SUBFOLDER)
     assert type(vae) is AutoencoderKL and vae.dtype == torch.float64 and same_weights(expected, vae)
     assert same_weights(expected, load_vae(SD15_MODEL_ID, subfolder=SD15_VAE_SUBFOLDER, revision=sd15_cached.name))

@@ -20,11 +20,6 @@ _HUB_URL = re.compile(r"(?:https?://)?(?:huggingface\.co|hf\.co)/(.*)")
 _HUB_FILE = re.compile(r"([^/]+)/([^/]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)")
 
 
-def hub_kwargs_of(kwargs: dict) -> dict:
-    """The :data:`HUB_KWARGS` entries of ``kwargs`` that are set (not None / False)."""
-    return {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) not in (None, False)}
-
-
 def dtype_kwargs(dtype) -> dict:
     """``from_pretrained``'s dtype keyword: diffusers calls it ``dtype`` (``torch_dtype`` is
     deprecated there); ``{}`` for None (float32, the loaders' default)."""
@@ -47,12 +42,8 @@ def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str,
     """``(local path, name)`` of the first of ``filenames`` that the repository holds, by
     ``hf_hub_download`` (``hub``: its :data:`HUB_KWARGS`). A file missing from the repository,
     or offline from the cache, is skipped: a root ``config.json`` the cache lacks does not hide
-    a cached ``vae/config.json``.
-
-    Raises:
-        LocalEntryNotFoundError: none of the files is in the cache and the Hub cannot be used.
-        FileNotFoundError: the repository holds none of the files.
-    """
+    a cached ``vae/config.json``. LocalEntryNotFoundError when none is cached and the Hub cannot
+    be used, FileNotFoundError when the repository holds none."""
     hub = {key: value for key, value in hub.items() if value is not None}
     errors = []
     for name in filenames:
@@ -71,11 +62,8 @@ def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str,
 def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Optional[str]]]:
     """``(repo_id, filename, revision or None)`` of a Hub file given as a URL
     (``https://huggingface.co/<org>/<repo>/blob|resolve/<revision>/<file>``, or ``hf.co``) or as
-    ``"<org>/<repo>/<file>"``; None for anything else (a local path, a repository id).
-
-    Raises:
-        ValueError: a URL that names no file of a Hub repository.
-    """
+    ``"<org>/<repo>/<file>"``; None for anything else (a local path, a repository id), ValueError
+    naming ``argument`` for a Hub URL that names no file."""
     if not isinstance(source, str):
         return None
     url = _HUB_URL.fullmatch(source)

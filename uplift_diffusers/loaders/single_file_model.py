@@ -18,7 +18,7 @@ from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
-from .hub import HUB_KWARGS, hub_file_of, hub_kwargs_of, locate_hub_file, looks_like_local_path
+from .hub import HUB_KWARGS, hub_file_of, locate_hub_file, looks_like_local_path
 from .single_file import config_from_original, config_from_state_dict, convert_original_state_dict, is_converted, official_name
 
 _SOURCE = "pretrained_model_link_or_path"
@@ -26,16 +26,6 @@ _FOLDER = "pretrained_model_name_or_path"
 #: ``from_pretrained`` arguments that apply to the authors' single file (with the Hub's), or change nothing there.
 _SINGLE_FILE_KWARGS = {*HUB_KWARGS, "subfolder", "torch_dtype", "dtype", "device_map", "low_cpu_mem_usage",
                        "disable_mmap", "use_safetensors"}
-
-
-def _pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]) -> Optional[torch.dtype]:
-    """The one dtype of ``torch_dtype`` / ``dtype`` (diffusers' old and new names), checked."""
-    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
-        raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
-    chosen = dtype if dtype is not None else torch_dtype
-    if chosen is not None and (not isinstance(chosen, torch.dtype) or not chosen.is_floating_point):
-        raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {chosen!r}.")
-    return chosen
 
 
 def _single_file_path(source, revision: Optional[str], hub: dict) -> str:
@@ -100,7 +90,7 @@ def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     if looks_like_local_path(text, max_slashes=1):
         raise FileNotFoundError(f"`{_FOLDER}`: local path not found: {text!r}.")
     prefix = f"{subfolder}/" if subfolder else ""
-    found, name = locate_hub_file(text, [prefix + CONFIG_NAME, prefix + weight_name], **hub_kwargs_of(kwargs))
+    found, name = locate_hub_file(text, [prefix + CONFIG_NAME, prefix + weight_name], **{key: kwargs.get(key) for key in HUB_KWARGS})
     return None if name == prefix + CONFIG_NAME else found
 
 
@@ -146,7 +136,11 @@ class FromOriginalUPLiFTMixin:
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
         config = original_config if config is None else config
-        torch_dtype = _pick_dtype(torch_dtype, dtype)
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
+        dtype = dtype if dtype is not None else torch_dtype
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {dtype!r}.")
         source = pretrained_model_link_or_path
         if isinstance(source, Mapping):
             state_dict, where = dict(source), "the state dict"
@@ -166,9 +160,9 @@ class FromOriginalUPLiFTMixin:
             raise ValueError("The UPLiFT checkpoint does not match the config (pass the YAML the checkpoint was trained "
                              "with): " + "; ".join(problems))
         model.load_state_dict(converted)
-        if torch_dtype is not None:
+        if dtype is not None:
             # nn.Module.to: diffusers' ModelMixin.to warns about float32-kept modules on every cast
-            model = nn.Module.to(model, torch_dtype)
+            model = nn.Module.to(model, dtype)
         return model.eval()
 
     @classmethod
@@ -196,6 +190,6 @@ class FromOriginalUPLiFTMixin:
         device = kwargs.get("device_map")
         if device is not None and not isinstance(device, (str, torch.device)):
             raise ValueError(f"`device_map` must be one device (e.g. 'cpu', 'cuda') for the single-file checkpoint, got {device!r}.")
-        torch_dtype = _pick_dtype(kwargs.get("torch_dtype"), kwargs.get("dtype"))
-        model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=torch_dtype)
+        model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=kwargs.get("torch_dtype"),
+                                     dtype=kwargs.get("dtype"))
         return model if device is None else model.to(device)

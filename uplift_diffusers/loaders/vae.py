@@ -23,8 +23,7 @@ from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path
 
 __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
-#: The ``_class_name`` values :func:`load_vae` accepts: diffusers' autoencoders (loaded with
-#: ``diffusers.AutoModel``) and this package's TinyAutoencoder (which AutoModel does not know).
+#: The ``_class_name`` values :func:`load_vae` accepts.
 SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
 
 
@@ -45,22 +44,9 @@ def _find_pth_pair(directory: Path, argument: str) -> tuple[Path, Path] | None:
     return encoders[0], decoders[0]
 
 
-def _class_for(config_file, source: str, argument: str) -> type:
-    """The class that loads the VAE whose config is ``config_file``, by its ``_class_name``."""
-    try:
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{argument} {source!r}: could not read the VAE config {config_file}: {error}") from error
-    name = config.get("_class_name") if isinstance(config, dict) else None
-    if name not in SUPPORTED_VAE_CLASSES:
-        raise ValueError(f"{argument} {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
-                         f"classes are {list(SUPPORTED_VAE_CLASSES)}")
-    return TinyAutoencoder if name == TinyAutoencoder.__name__ else diffusers.AutoModel
-
-
 def load_vae(
     path_or_id: str | os.PathLike,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     subfolder: str | None = None,
     *,
     revision: str | None = None,
@@ -81,10 +67,8 @@ def load_vae(
     """
     if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
         raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {path_or_id!r}")
-    if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-        raise ValueError(f"torch_dtype must be a floating torch.dtype or None, got {torch_dtype!r}")
-    if subfolder is not None and (not isinstance(subfolder, str) or not subfolder):
-        raise ValueError(f"subfolder must be a non-empty string or None, got {subfolder!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
     text = os.fspath(path_or_id)
     path = Path(text).expanduser()
     places = [subfolder] if subfolder else ["", SD15_VAE_SUBFOLDER]
@@ -95,7 +79,7 @@ def load_vae(
     if path.is_dir():
         pair = None if subfolder else _find_pth_pair(path, argument)
         if pair is not None:
-            return TinyAutoencoder.from_original_checkpoint(*pair, torch_dtype=torch_dtype)
+            return TinyAutoencoder.from_original_checkpoint(*pair, dtype)
         found = next((place for place in places if (path / place / CONFIG_NAME).is_file()), None)
         if found is None:
             raise ValueError(f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
@@ -107,8 +91,17 @@ def load_vae(
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         config_file, name = locate_hub_file(text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)
         found, source = name.rpartition("/")[0], text
-    cls = _class_for(config_file, text, argument)
-    return cls.from_pretrained(source, subfolder=found or None, **dtype_kwargs(torch_dtype), **hub).eval()
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{argument} {text!r}: could not read the VAE config {config_file}: {error}") from error
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    if class_name not in SUPPORTED_VAE_CLASSES:
+        raise ValueError(f"{argument} {text!r}: the VAE config {config_file} names _class_name={class_name!r}; supported "
+                         f"classes are {list(SUPPORTED_VAE_CLASSES)}")
+    # diffusers.AutoModel knows every supported class but this package's TinyAutoencoder
+    cls = TinyAutoencoder if class_name == TinyAutoencoder.__name__ else diffusers.AutoModel
+    return cls.from_pretrained(source, subfolder=found or None, **dtype_kwargs(dtype), **hub).eval()
 
 
 def vae_scale_factor(vae) -> int:
