@@ -1,11 +1,12 @@
-"""The Hugging Face Hub, through ``huggingface_hub``: the file of a repository a loader reads
-(:func:`locate_hub_file`), Hub file names (:func:`hub_file_of`), and the two quick checks the
-command line makes before loading anything (:func:`is_cached`, :func:`hub_reachable`).
+"""Model files: the file of a Hub repository a loader reads (:func:`locate_hub_file`), a model's
+``config.json`` (:func:`read_model_config`), Hub file names (:func:`hub_file_of`), and the two
+quick checks the command line makes before loading anything (:func:`is_cached`, :func:`hub_reachable`).
 
 No torch, no diffusers here: the checks answer before those imports.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -24,6 +25,20 @@ def dtype_kwargs(dtype) -> dict:
     """``from_pretrained``'s dtype keyword: diffusers calls it ``dtype`` (``torch_dtype`` is
     deprecated there); ``{}`` for None (float32, the loaders' default)."""
     return {} if dtype is None else {"dtype": dtype}
+
+
+def read_model_config(config_file, argument: str) -> dict:
+    """A model's ``config.json``, checked here because diffusers' own error for a broken one
+    blames the network. ``argument`` names the folder or id it came from in the errors."""
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{argument}: its {str(config_file)!r} is not valid JSON ({error}); restore it, or save the "
+                         "model again (save_pretrained).") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{argument}: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a model "
+                         "config object; restore it, or save the model again.")
+    return config
 
 
 def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:

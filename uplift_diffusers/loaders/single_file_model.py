@@ -7,7 +7,6 @@ holds only the authors' single file: their release, which has no ``config.json``
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
-from .hub import HUB_KWARGS, hub_file_of, locate_hub_file, looks_like_local_path
+from .hub import HUB_KWARGS, hub_file_of, locate_hub_file, looks_like_local_path, read_model_config
 from .single_file import config_from_original, config_from_state_dict, convert_original_state_dict, is_converted, official_name
 
 _SOURCE = "pretrained_model_link_or_path"
@@ -56,18 +55,6 @@ def _already_converted(where: str) -> ValueError:
                       f"and `uplift-diffusers convert` write them): there is nothing to convert; {load}.")
 
 
-def _check_config_file(config_file: Path) -> None:
-    """A model folder's ``config.json`` must be a JSON object (diffusers' own error blames the network)."""
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"`{_FOLDER}`: its {str(config_file)!r} is not valid JSON ({error}); restore it, or save the "
-                         "model again (save_pretrained, or `uplift-diffusers convert` for the authors' file).") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"`{_FOLDER}`: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a model "
-                         "config object; restore it, or save the model again.")
-
-
 def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     """The local path of the authors' single file in the folder or Hub repository ``source``, or
     None when it holds a diffusers ``config.json`` (that comes first)."""
@@ -80,7 +67,7 @@ def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     if path.is_dir():
         folder = path / subfolder
         if (folder / CONFIG_NAME).is_file():
-            _check_config_file(folder / CONFIG_NAME)
+            read_model_config(folder / CONFIG_NAME, f"`{_FOLDER}`")
             return None
         if (folder / weight_name).is_file():
             return str(folder / weight_name)

@@ -8,7 +8,6 @@ without ``scaling_factor`` / ``shift_factor``, and :func:`decode_latents` expect
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from diffusers.utils import CONFIG_NAME
 from ..constants import SD15_VAE_SUBFOLDER
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..utils.validation import check_image_batch
-from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path
+from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path, read_model_config
 
 __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
@@ -91,11 +90,7 @@ def load_vae(
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         config_file, name = locate_hub_file(text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)
         found, source = name.rpartition("/")[0], text
-    try:
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{argument} {text!r}: could not read the VAE config {config_file}: {error}") from error
-    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    class_name = read_model_config(config_file, f"{argument} {text!r}").get("_class_name")
     if class_name not in SUPPORTED_VAE_CLASSES:
         raise ValueError(f"{argument} {text!r}: the VAE config {config_file} names _class_name={class_name!r}; supported "
                          f"classes are {list(SUPPORTED_VAE_CLASSES)}")
