@@ -78,7 +78,7 @@ def test_from_pretrained_local_folders(release_cached, tiny_upscaler, tmp_path):
     assert same_weights(UPLiFTLatentUpscaler.from_pretrained(renamed.parent, weight_name="mine.safetensors"), tiny_upscaler)
     with pytest.raises(FileNotFoundError, match=r"neither a diffusers config.json nor the authors' single file 'uplift_sd1.5vae"):
         UPLiFTLatentUpscaler.from_pretrained(renamed.parent)
-    with pytest.raises(ValueError, match="is a file; load it with UPLiFTLatentUpscaler.from_single_file"):
+    with pytest.raises(ValueError, match="got the file .*; load it with UPLiFTLatentUpscaler.from_single_file"):
         UPLiFTLatentUpscaler.from_pretrained(renamed)
     with pytest.raises(FileNotFoundError, match="local path not found"):
         UPLiFTLatentUpscaler.from_pretrained(tmp_path / "missing")

@@ -53,6 +53,23 @@ def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
     return parent != Path(".") and parent.exists()
 
 
+def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
+    """The local folder ``source`` names, or None for a Hub repository id. ValueError naming
+    ``argument`` for anything else (a file: ``file_hint`` says what to do with it),
+    FileNotFoundError for a local path that does not exist."""
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+        raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {source!r}.")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise ValueError(f"{argument} must be a directory or a Hub id, got the file {text!r}; {file_hint}.")
+    if path.is_dir():
+        return path
+    if looks_like_local_path(text, max_slashes=1):
+        raise FileNotFoundError(f"{argument}: local path not found: {text!r}.")
+    return None
+
+
 def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str, str]:
     """``(local path, name)`` of the first of ``filenames`` that the repository holds, by
     ``hf_hub_download`` (``hub``: its :data:`HUB_KWARGS`). A file missing from the repository,

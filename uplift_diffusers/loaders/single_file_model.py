@@ -17,7 +17,7 @@ from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
-from .hub import HUB_KWARGS, hub_file_of, locate_hub_file, looks_like_local_path, read_model_config
+from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_hub_file, read_model_config
 from .single_file import config_from_original, config_from_state_dict, convert_original_state_dict, is_converted, official_name
 
 _SOURCE = "pretrained_model_link_or_path"
@@ -58,26 +58,20 @@ def _already_converted(where: str) -> ValueError:
 def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     """The local path of the authors' single file in the folder or Hub repository ``source``, or
     None when it holds a diffusers ``config.json`` (that comes first)."""
-    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
-        raise ValueError(f"`{_FOLDER}` must be a folder or a Hub repository id, got {source!r}.")
-    text, subfolder = os.fspath(source), kwargs.get("subfolder") or ""
-    path = Path(text).expanduser()
-    if path.is_file():
-        raise ValueError(f"`{_FOLDER}` {text!r} is a file; load it with UPLiFTLatentUpscaler.from_single_file.")
-    if path.is_dir():
+    subfolder = kwargs.get("subfolder") or ""
+    path = local_folder(source, f"`{_FOLDER}`", "load it with UPLiFTLatentUpscaler.from_single_file")
+    if path is not None:
         folder = path / subfolder
         if (folder / CONFIG_NAME).is_file():
             read_model_config(folder / CONFIG_NAME, f"`{_FOLDER}`")
             return None
         if (folder / weight_name).is_file():
             return str(folder / weight_name)
-        where = repr(text) + (f" (subfolder {subfolder!r})" if subfolder else "")
+        where = repr(os.fspath(source)) + (f" (subfolder {subfolder!r})" if subfolder else "")
         raise FileNotFoundError(f"`{_FOLDER}` {where} holds neither a diffusers config.json nor the authors' single file "
                                 f"{weight_name!r}; pass a folder written by save_pretrained, or one holding that file.")
-    if looks_like_local_path(text, max_slashes=1):
-        raise FileNotFoundError(f"`{_FOLDER}`: local path not found: {text!r}.")
     prefix = f"{subfolder}/" if subfolder else ""
-    found, name = locate_hub_file(text, [prefix + CONFIG_NAME, prefix + weight_name], **{key: kwargs.get(key) for key in HUB_KWARGS})
+    found, name = locate_hub_file(os.fspath(source), [prefix + CONFIG_NAME, prefix + weight_name], **{key: kwargs.get(key) for key in HUB_KWARGS})
     return None if name == prefix + CONFIG_NAME else found
 
 
@@ -105,16 +99,13 @@ class FromOriginalUPLiFTMixin:
         >>> UPLiFTLatentUpscaler.from_single_file(
         ...     "https://huggingface.co/UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")
 
-        Args:
-            pretrained_model_link_or_path: a local ``.safetensors`` / ``.pth`` file (read without
-                running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
-                ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself.
-            config, original_config: the official YAML (path or parsed dict), under either name.
-                By default the config is read off the weights' shapes (for the authors' release:
-                the default ``UPLiFTLatentUpscaler()``).
-            torch_dtype, dtype: cast the weights to this floating dtype.
-            cache_dir, revision, local_files_only, token, force_download, proxies: for a Hub
-                file, as in ``hf_hub_download``; by default the revision in the URL.
+        ``pretrained_model_link_or_path`` is a local ``.safetensors`` / ``.pth`` file (read without
+        running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
+        ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or
+        ``original_config``) is the official YAML, a path or the parsed dict; without it the config
+        is read off the weights' shapes (for the authors' release: the default
+        ``UPLiFTLatentUpscaler()``). ``torch_dtype`` / ``dtype`` casts the weights; the other
+        arguments are ``hf_hub_download``'s, for a Hub file (the revision defaults to the URL's).
 
         The config's ``latent_space`` is ``"sd15"`` for 4 latent channels (the authors' format is
         that of their SD1.5-VAE model) unless the YAML's ``backbone.diff_pipe_name`` names another

@@ -18,7 +18,7 @@ from diffusers.utils import CONFIG_NAME
 from ..constants import SD15_VAE_SUBFOLDER
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..utils.validation import check_image_batch
-from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path, read_model_config
+from .hub import dtype_kwargs, local_folder, locate_hub_file, read_model_config
 
 __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
@@ -64,18 +64,14 @@ def load_vae(
     are for a Hub id; the cache is read first, so a VAE missing from it offline is reported at
     once (``LocalEntryNotFoundError``). ``argument`` is how errors name ``path_or_id`` (e.g. ``"--vae"``).
     """
-    if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
-        raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {path_or_id!r}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    path = local_folder(path_or_id, argument, "pass its directory, or call "
+                        "TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair")
     text = os.fspath(path_or_id)
-    path = Path(text).expanduser()
     places = [subfolder] if subfolder else ["", SD15_VAE_SUBFOLDER]
     hub = {}
-    if path.is_file():
-        raise ValueError(f"{argument} must be a directory or a Hub id, got the file {str(path)!r}; pass its directory, "
-                         "or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair")
-    if path.is_dir():
+    if path is not None:
         pair = None if subfolder else _find_pth_pair(path, argument)
         if pair is not None:
             return TinyAutoencoder.from_original_checkpoint(*pair, dtype)
@@ -84,8 +80,6 @@ def load_vae(
             raise ValueError(f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
                              f"{CONFIG_NAME} in {[place + '/' for place in places]}; point it at a VAE directory")
         config_file, source = path / found / CONFIG_NAME, str(path)
-    elif looks_like_local_path(text, max_slashes=1):
-        raise FileNotFoundError(f"{argument}: local path not found: {str(path)!r}")
     else:
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         config_file, name = locate_hub_file(text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)

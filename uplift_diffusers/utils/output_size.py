@@ -6,13 +6,9 @@ import math
 import numbers
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for", "is_int"]
+__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for"]
 
 Size = Tuple[int, int]
-
-
-def is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_upscale_factor(upscale_factor, name: str = "upscale_factor") -> float:
@@ -49,7 +45,7 @@ def output_size_for(
     out_width: Optional[int] = None,
     names: Sequence[str] = ("upscale_factor", "height", "width"),
 ) -> Size:
-    """The output size ``(H, W)`` of an input of ``height x width``: the one rule of the package.
+    """The output size ``(H, W)`` of an input of ``height x width`` (sides >= 1): the one rule of the package.
 
     - ``upscale_factor`` (any real number >= 1): ``round(factor * side)`` per side, halves up;
     - ``out_height`` and ``out_width``: exactly that size;
@@ -60,9 +56,6 @@ def output_size_for(
     a factor and a size together, neither, or a size that is not an int or is smaller than the input.
     """
     factor_name, height_name, width_name = names
-    for name, value in (("height", height), ("width", width)):
-        if not is_int(value) or value < 1:
-            raise ValueError(f"the input {name} must be an int >= 1, got {value!r}.")
     sized = out_height is not None or out_width is not None
     if upscale_factor is not None and sized:
         raise ValueError(
@@ -77,7 +70,7 @@ def output_size_for(
     for name, value, side in ((height_name, out_height, height), (width_name, out_width, width)):
         if value is None:
             continue
-        if not is_int(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"`{name}` must be an int (pixels) or None, got {value!r}.")
         if value < side:
             raise ValueError(
