@@ -74,11 +74,8 @@ def check_values(
     hint: str = "",
 ) -> Tuple[float, float]:
     """ValueError unless ``x`` is finite and, with ``low`` / ``high``, within
-    ``[low - tolerance, high + tolerance]``; returns ``(min, max)``.
-
-    One reduction (``torch.aminmax``) and one device synchronisation: call it once where the
-    data enters, not per step. ``hint`` ends the range error (how to convert the values).
-    """
+    ``[low - tolerance, high + tolerance]`` (``hint`` ends that error); returns ``(min, max)``.
+    One reduction, so one device synchronisation: call it where the data enters, not per step."""
     lowest, highest = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError(f"`{name}` contains NaN or infinite values (min {lowest}, max {highest}); pass finite values.")
