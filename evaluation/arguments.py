@@ -81,4 +81,4 @@ def load_vae(source: str, dtype: Optional[torch.dtype] = None, flag: str = "--va
     """The VAE ``source`` names (Hub id, diffusers folder or TAESD-family folder), in evaluation mode."""
     from uplift_diffusers.loaders import load_vae as load
 
-    return loading("the VAE", source, flag, lambda: load(source, torch_dtype=dtype)).eval()
+    return loading("the VAE", source, flag, lambda: load(source, dtype=dtype)).eval()

@@ -78,7 +78,7 @@ def test_from_pretrained_local_folders(release_cached, tiny_upscaler, tmp_path):
     assert same_weights(UPLiFTLatentUpscaler.from_pretrained(renamed.parent, weight_name="mine.safetensors"), tiny_upscaler)
     with pytest.raises(FileNotFoundError, match=r"neither a diffusers config.json nor the authors' single file 'uplift_sd1.5vae"):
         UPLiFTLatentUpscaler.from_pretrained(renamed.parent)
-    with pytest.raises(ValueError, match="is a file; load it with UPLiFTLatentUpscaler.from_single_file"):
+    with pytest.raises(ValueError, match="got the file .*; load it with UPLiFTLatentUpscaler.from_single_file"):
         UPLiFTLatentUpscaler.from_pretrained(renamed)
     with pytest.raises(FileNotFoundError, match="local path not found"):
         UPLiFTLatentUpscaler.from_pretrained(tmp_path / "missing")
@@ -192,7 +192,7 @@ def test_load_vae_pipeline_repository_offline(sd15_cached, tiny_dirs, hub_cache,
     """A local "not found" of the root config.json must not hide the cached vae/."""
     if root_config_recorded_absent:  # what an earlier online lookup leaves in the cache
         hub_cache.mark_absent(SD15_MODEL_ID, "config.json")
-    vae = load_vae(SD15_MODEL_ID, torch_dtype=torch.float64)
+    vae = load_vae(SD15_MODEL_ID, dtype=torch.float64)
     expected = AutoencoderKL.from_pretrained(tiny_dirs.sd_pipeline(), subfolder=SD15_VAE_SUBFOLDER)
     assert type(vae) is AutoencoderKL and vae.dtype == torch.float64 and same_weights(expected, vae)
     assert same_weights(expected, load_vae(SD15_MODEL_ID, subfolder=SD15_VAE_SUBFOLDER, revision=sd15_cached.name))

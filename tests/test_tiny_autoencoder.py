@@ -325,7 +325,7 @@ def test_load_vae_pth_pair_directories(tmp_path, classic_pair, taef2_dir):
     named.mkdir()
     for src, name in ((enc_path, "taesd_encoder.pth"), (dec_path, "taesd_decoder.pth")):
         (named / name).symlink_to(src)
-    assert load_vae(str(named), torch_dtype=torch.float16).dtype == torch.float16
+    assert load_vae(str(named), dtype=torch.float16).dtype == torch.float16
     (named / "other_encoder.pth").symlink_to(enc_path)
     with pytest.raises(ValueError, match="exactly one"):
         load_vae(named)
@@ -438,7 +438,7 @@ def test_load_vae_hub_id_falls_back_to_vae_subfolder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub_utils, "hf_hub_download", fake_download)
     monkeypatch.setattr(TinyAutoencoder, "from_pretrained", classmethod(fake_from_pretrained))
-    assert isinstance(load_vae("someone/some-pipeline", torch_dtype=torch.float16), TinyAutoencoder)
+    assert isinstance(load_vae("someone/some-pipeline", dtype=torch.float16), TinyAutoencoder)
     assert requests == [("someone/some-pipeline", "config.json"), ("someone/some-pipeline", "vae/config.json")]
     assert calls == [("TinyAutoencoder", "someone/some-pipeline", "vae", torch.float16)]
     # a repository with neither: one error naming both places

@@ -9,8 +9,6 @@ UPLIFT_SD15_WEIGHTS_NAME = "uplift_sd1.5vae.safetensors"
 #: Stable Diffusion 1.5 pipeline repository (its VAE is in the ``vae/`` subfolder).
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_VAE_SUBFOLDER = "vae"
-#: The Stable Diffusion 1.5 VAE's ``scaling_factor`` (UNet latents = posterior x it): its latent space.
-SD15_VAE_SCALING_FACTOR = 0.18215
 #: A ControlNet for Stable Diffusion 1.5 (Canny edges), for the ControlNet + UPLiFT example.
 SD15_CONTROLNET_CANNY_ID = "lllyasviel/control_v11p_sd15_canny"
 

@@ -1,11 +1,12 @@
-"""The Hugging Face Hub, through ``huggingface_hub``: the file of a repository a loader reads
-(:func:`locate_hub_file`), Hub file names (:func:`hub_file_of`), and the two quick checks the
-command line makes before loading anything (:func:`is_cached`, :func:`hub_reachable`).
+"""Model files: the file of a Hub repository a loader reads (:func:`locate_hub_file`), a model's
+``config.json`` (:func:`read_model_config`), Hub file names (:func:`hub_file_of`), and the two
+quick checks the command line makes before loading anything (:func:`is_cached`, :func:`hub_reachable`).
 
 No torch, no diffusers here: the checks answer before those imports.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -20,15 +21,24 @@ _HUB_URL = re.compile(r"(?:https?://)?(?:huggingface\.co|hf\.co)/(.*)")
 _HUB_FILE = re.compile(r"([^/]+)/([^/]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)")
 
 
-def hub_kwargs_of(kwargs: dict) -> dict:
-    """The :data:`HUB_KWARGS` entries of ``kwargs`` that are set (not None / False)."""
-    return {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) not in (None, False)}
-
-
 def dtype_kwargs(dtype) -> dict:
     """``from_pretrained``'s dtype keyword: diffusers calls it ``dtype`` (``torch_dtype`` is
     deprecated there); ``{}`` for None (float32, the loaders' default)."""
     return {} if dtype is None else {"dtype": dtype}
+
+
+def read_model_config(config_file, argument: str) -> dict:
+    """A model's ``config.json``, checked here because diffusers' own error for a broken one
+    blames the network. ``argument`` names the folder or id it came from in the errors."""
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{argument}: its {str(config_file)!r} is not valid JSON ({error}); restore it, or save the "
+                         "model again (save_pretrained).") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{argument}: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a model "
+                         "config object; restore it, or save the model again.")
+    return config
 
 
 def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
@@ -43,16 +53,29 @@ def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
     return parent != Path(".") and parent.exists()
 
 
+def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
+    """The local folder ``source`` names, or None for a Hub repository id. ValueError naming
+    ``argument`` for anything else (a file: ``file_hint`` says what to do with it),
+    FileNotFoundError for a local path that does not exist."""
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+        raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {source!r}.")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise ValueError(f"{argument} must be a directory or a Hub id, got the file {text!r}; {file_hint}.")
+    if path.is_dir():
+        return path
+    if looks_like_local_path(text, max_slashes=1):
+        raise FileNotFoundError(f"{argument}: local path not found: {text!r}.")
+    return None
+
+
 def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str, str]:
     """``(local path, name)`` of the first of ``filenames`` that the repository holds, by
     ``hf_hub_download`` (``hub``: its :data:`HUB_KWARGS`). A file missing from the repository,
     or offline from the cache, is skipped: a root ``config.json`` the cache lacks does not hide
-    a cached ``vae/config.json``.
-
-    Raises:
-        LocalEntryNotFoundError: none of the files is in the cache and the Hub cannot be used.
-        FileNotFoundError: the repository holds none of the files.
-    """
+    a cached ``vae/config.json``. LocalEntryNotFoundError when none is cached and the Hub cannot
+    be used, FileNotFoundError when the repository holds none."""
     hub = {key: value for key, value in hub.items() if value is not None}
     errors = []
     for name in filenames:
@@ -71,11 +94,8 @@ def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str,
 def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Optional[str]]]:
     """``(repo_id, filename, revision or None)`` of a Hub file given as a URL
     (``https://huggingface.co/<org>/<repo>/blob|resolve/<revision>/<file>``, or ``hf.co``) or as
-    ``"<org>/<repo>/<file>"``; None for anything else (a local path, a repository id).
-
-    Raises:
-        ValueError: a URL that names no file of a Hub repository.
-    """
+    ``"<org>/<repo>/<file>"``; None for anything else (a local path, a repository id), ValueError
+    naming ``argument`` for a Hub URL that names no file."""
     if not isinstance(source, str):
         return None
     url = _HUB_URL.fullmatch(source)

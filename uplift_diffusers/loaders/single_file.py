@@ -86,8 +86,7 @@ def latent_space_of(latent_channels: int, pipeline: Optional[str] = None) -> Opt
 
 
 def _value(config: Mapping, path: str, allowed: Optional[list] = None) -> Any:
-    """The value at the dotted ``path`` of an official YAML; ValueError naming ``path`` when it
-    is missing or not one of ``allowed``."""
+    """The value at the dotted ``path`` of an official YAML, checked against ``allowed``."""
     value, where = config, "<root>"
     for key in path.split("."):
         if not isinstance(value, Mapping) or key not in value:
@@ -216,10 +215,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
     implies, assuming as many refiner noise channels as decoder ones (as in the official configs);
     of equally wide groups the last (the official ``ref_con: -1``). The rest is
     :data:`OFFICIAL_FIELDS_NOT_IN_WEIGHTS`. For the authors' release this is the default
-    ``UPLiFTLatentUpscaler()`` in the ``"sd15"`` latent space.
-
-    Raises:
-        ValueError: not the official layout, or widths that do not fit together; the YAML is needed.
+    ``UPLiFTLatentUpscaler()`` in the ``"sd15"`` latent space. ValueError (the YAML is needed) for
+    another key layout or widths that do not fit together.
     """
     def cannot(reason: str) -> ValueError:
         return ValueError(f"Cannot infer the UPLiFT config from the checkpoint: {reason}; pass the official YAML the "

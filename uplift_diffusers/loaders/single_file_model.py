@@ -7,7 +7,6 @@ holds only the authors' single file: their release, which has no ``config.json``
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
-from .hub import HUB_KWARGS, hub_file_of, hub_kwargs_of, locate_hub_file, looks_like_local_path
+from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_hub_file, read_model_config
 from .single_file import config_from_original, config_from_state_dict, convert_original_state_dict, is_converted, official_name
 
 _SOURCE = "pretrained_model_link_or_path"
@@ -26,16 +25,6 @@ _FOLDER = "pretrained_model_name_or_path"
 #: ``from_pretrained`` arguments that apply to the authors' single file (with the Hub's), or change nothing there.
 _SINGLE_FILE_KWARGS = {*HUB_KWARGS, "subfolder", "torch_dtype", "dtype", "device_map", "low_cpu_mem_usage",
                        "disable_mmap", "use_safetensors"}
-
-
-def _pick_dtype(torch_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]) -> Optional[torch.dtype]:
-    """The one dtype of ``torch_dtype`` / ``dtype`` (diffusers' old and new names), checked."""
-    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
-        raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
-    chosen = dtype if dtype is not None else torch_dtype
-    if chosen is not None and (not isinstance(chosen, torch.dtype) or not chosen.is_floating_point):
-        raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {chosen!r}.")
-    return chosen
 
 
 def _single_file_path(source, revision: Optional[str], hub: dict) -> str:
@@ -66,41 +55,23 @@ def _already_converted(where: str) -> ValueError:
                       f"and `uplift-diffusers convert` write them): there is nothing to convert; {load}.")
 
 
-def _check_config_file(config_file: Path) -> None:
-    """A model folder's ``config.json`` must be a JSON object (diffusers' own error blames the network)."""
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"`{_FOLDER}`: its {str(config_file)!r} is not valid JSON ({error}); restore it, or save the "
-                         "model again (save_pretrained, or `uplift-diffusers convert` for the authors' file).") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"`{_FOLDER}`: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a model "
-                         "config object; restore it, or save the model again.")
-
-
 def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     """The local path of the authors' single file in the folder or Hub repository ``source``, or
     None when it holds a diffusers ``config.json`` (that comes first)."""
-    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
-        raise ValueError(f"`{_FOLDER}` must be a folder or a Hub repository id, got {source!r}.")
-    text, subfolder = os.fspath(source), kwargs.get("subfolder") or ""
-    path = Path(text).expanduser()
-    if path.is_file():
-        raise ValueError(f"`{_FOLDER}` {text!r} is a file; load it with UPLiFTLatentUpscaler.from_single_file.")
-    if path.is_dir():
+    subfolder = kwargs.get("subfolder") or ""
+    path = local_folder(source, f"`{_FOLDER}`", "load it with UPLiFTLatentUpscaler.from_single_file")
+    if path is not None:
         folder = path / subfolder
         if (folder / CONFIG_NAME).is_file():
-            _check_config_file(folder / CONFIG_NAME)
+            read_model_config(folder / CONFIG_NAME, f"`{_FOLDER}`")
             return None
         if (folder / weight_name).is_file():
             return str(folder / weight_name)
-        where = repr(text) + (f" (subfolder {subfolder!r})" if subfolder else "")
+        where = repr(os.fspath(source)) + (f" (subfolder {subfolder!r})" if subfolder else "")
         raise FileNotFoundError(f"`{_FOLDER}` {where} holds neither a diffusers config.json nor the authors' single file "
                                 f"{weight_name!r}; pass a folder written by save_pretrained, or one holding that file.")
-    if looks_like_local_path(text, max_slashes=1):
-        raise FileNotFoundError(f"`{_FOLDER}`: local path not found: {text!r}.")
     prefix = f"{subfolder}/" if subfolder else ""
-    found, name = locate_hub_file(text, [prefix + CONFIG_NAME, prefix + weight_name], **hub_kwargs_of(kwargs))
+    found, name = locate_hub_file(os.fspath(source), [prefix + CONFIG_NAME, prefix + weight_name], **{key: kwargs.get(key) for key in HUB_KWARGS})
     return None if name == prefix + CONFIG_NAME else found
 
 
@@ -128,16 +99,13 @@ class FromOriginalUPLiFTMixin:
         >>> UPLiFTLatentUpscaler.from_single_file(
         ...     "https://huggingface.co/UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")
 
-        Args:
-            pretrained_model_link_or_path: a local ``.safetensors`` / ``.pth`` file (read without
-                running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
-                ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself.
-            config, original_config: the official YAML (path or parsed dict), under either name.
-                By default the config is read off the weights' shapes (for the authors' release:
-                the default ``UPLiFTLatentUpscaler()``).
-            torch_dtype, dtype: cast the weights to this floating dtype.
-            cache_dir, revision, local_files_only, token, force_download, proxies: for a Hub
-                file, as in ``hf_hub_download``; by default the revision in the URL.
+        ``pretrained_model_link_or_path`` is a local ``.safetensors`` / ``.pth`` file (read without
+        running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
+        ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or
+        ``original_config``) is the official YAML, a path or the parsed dict; without it the config
+        is read off the weights' shapes (for the authors' release: the default
+        ``UPLiFTLatentUpscaler()``). ``torch_dtype`` / ``dtype`` casts the weights; the other
+        arguments are ``hf_hub_download``'s, for a Hub file (the revision defaults to the URL's).
 
         The config's ``latent_space`` is ``"sd15"`` for 4 latent channels (the authors' format is
         that of their SD1.5-VAE model) unless the YAML's ``backbone.diff_pipe_name`` names another
@@ -146,7 +114,11 @@ class FromOriginalUPLiFTMixin:
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
         config = original_config if config is None else config
-        torch_dtype = _pick_dtype(torch_dtype, dtype)
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"`torch_dtype`={torch_dtype} and `dtype`={dtype} disagree; pass one of them.")
+        dtype = dtype if dtype is not None else torch_dtype
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"`torch_dtype` / `dtype` must be a floating torch.dtype (e.g. torch.float16), got {dtype!r}.")
         source = pretrained_model_link_or_path
         if isinstance(source, Mapping):
             state_dict, where = dict(source), "the state dict"
@@ -166,9 +138,9 @@ class FromOriginalUPLiFTMixin:
             raise ValueError("The UPLiFT checkpoint does not match the config (pass the YAML the checkpoint was trained "
                              "with): " + "; ".join(problems))
         model.load_state_dict(converted)
-        if torch_dtype is not None:
+        if dtype is not None:
             # nn.Module.to: diffusers' ModelMixin.to warns about float32-kept modules on every cast
-            model = nn.Module.to(model, torch_dtype)
+            model = nn.Module.to(model, dtype)
         return model.eval()
 
     @classmethod
@@ -196,6 +168,6 @@ class FromOriginalUPLiFTMixin:
         device = kwargs.get("device_map")
         if device is not None and not isinstance(device, (str, torch.device)):
             raise ValueError(f"`device_map` must be one device (e.g. 'cpu', 'cuda') for the single-file checkpoint, got {device!r}.")
-        torch_dtype = _pick_dtype(kwargs.get("torch_dtype"), kwargs.get("dtype"))
-        model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=torch_dtype)
+        model = cls.from_single_file(single_file, original_config=original_config, torch_dtype=kwargs.get("torch_dtype"),
+                                     dtype=kwargs.get("dtype"))
         return model if device is None else model.to(device)

@@ -8,7 +8,6 @@ without ``scaling_factor`` / ``shift_factor``, and :func:`decode_latents` expect
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,12 +18,11 @@ from diffusers.utils import CONFIG_NAME
 from ..constants import SD15_VAE_SUBFOLDER
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..utils.validation import check_image_batch
-from .hub import dtype_kwargs, locate_hub_file, looks_like_local_path
+from .hub import dtype_kwargs, local_folder, locate_hub_file, read_model_config
 
 __all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
-#: The ``_class_name`` values :func:`load_vae` accepts: diffusers' autoencoders (loaded with
-#: ``diffusers.AutoModel``) and this package's TinyAutoencoder (which AutoModel does not know).
+#: The ``_class_name`` values :func:`load_vae` accepts.
 SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
 
 
@@ -45,22 +43,9 @@ def _find_pth_pair(directory: Path, argument: str) -> tuple[Path, Path] | None:
     return encoders[0], decoders[0]
 
 
-def _class_for(config_file, source: str, argument: str) -> type:
-    """The class that loads the VAE whose config is ``config_file``, by its ``_class_name``."""
-    try:
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{argument} {source!r}: could not read the VAE config {config_file}: {error}") from error
-    name = config.get("_class_name") if isinstance(config, dict) else None
-    if name not in SUPPORTED_VAE_CLASSES:
-        raise ValueError(f"{argument} {source!r}: the VAE config {config_file} names _class_name={name!r}; supported "
-                         f"classes are {list(SUPPORTED_VAE_CLASSES)}")
-    return TinyAutoencoder if name == TinyAutoencoder.__name__ else diffusers.AutoModel
-
-
 def load_vae(
     path_or_id: str | os.PathLike,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     subfolder: str | None = None,
     *,
     revision: str | None = None,
@@ -79,36 +64,33 @@ def load_vae(
     are for a Hub id; the cache is read first, so a VAE missing from it offline is reported at
     once (``LocalEntryNotFoundError``). ``argument`` is how errors name ``path_or_id`` (e.g. ``"--vae"``).
     """
-    if not isinstance(path_or_id, (str, os.PathLike)) or not os.fspath(path_or_id):
-        raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {path_or_id!r}")
-    if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-        raise ValueError(f"torch_dtype must be a floating torch.dtype or None, got {torch_dtype!r}")
-    if subfolder is not None and (not isinstance(subfolder, str) or not subfolder):
-        raise ValueError(f"subfolder must be a non-empty string or None, got {subfolder!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    path = local_folder(path_or_id, argument, "pass its directory, or call "
+                        "TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair")
     text = os.fspath(path_or_id)
-    path = Path(text).expanduser()
     places = [subfolder] if subfolder else ["", SD15_VAE_SUBFOLDER]
     hub = {}
-    if path.is_file():
-        raise ValueError(f"{argument} must be a directory or a Hub id, got the file {str(path)!r}; pass its directory, "
-                         "or call TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair")
-    if path.is_dir():
+    if path is not None:
         pair = None if subfolder else _find_pth_pair(path, argument)
         if pair is not None:
-            return TinyAutoencoder.from_original_checkpoint(*pair, torch_dtype=torch_dtype)
+            return TinyAutoencoder.from_original_checkpoint(*pair, dtype)
         found = next((place for place in places if (path / place / CONFIG_NAME).is_file()), None)
         if found is None:
             raise ValueError(f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
                              f"{CONFIG_NAME} in {[place + '/' for place in places]}; point it at a VAE directory")
         config_file, source = path / found / CONFIG_NAME, str(path)
-    elif looks_like_local_path(text, max_slashes=1):
-        raise FileNotFoundError(f"{argument}: local path not found: {str(path)!r}")
     else:
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
         config_file, name = locate_hub_file(text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)
         found, source = name.rpartition("/")[0], text
-    cls = _class_for(config_file, text, argument)
-    return cls.from_pretrained(source, subfolder=found or None, **dtype_kwargs(torch_dtype), **hub).eval()
+    class_name = read_model_config(config_file, f"{argument} {text!r}").get("_class_name")
+    if class_name not in SUPPORTED_VAE_CLASSES:
+        raise ValueError(f"{argument} {text!r}: the VAE config {config_file} names _class_name={class_name!r}; supported "
+                         f"classes are {list(SUPPORTED_VAE_CLASSES)}")
+    # diffusers.AutoModel knows every supported class but this package's TinyAutoencoder
+    cls = TinyAutoencoder if class_name == TinyAutoencoder.__name__ else diffusers.AutoModel
+    return cls.from_pretrained(source, subfolder=found or None, **dtype_kwargs(dtype), **hub).eval()
 
 
 def vae_scale_factor(vae) -> int:

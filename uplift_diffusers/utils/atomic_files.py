@@ -29,12 +29,8 @@ def _probe_write(folder: Path) -> None:
 
 def check_writable_directory(path: Union[str, os.PathLike], argument: str = "output") -> Path:
     """Make sure files can be written in the folder ``path`` before any work: create it (and its
-    parents) if needed and write and remove one empty file in it. Returns the folder.
-
-    Raises:
-        ValueError: one line naming ``argument`` and ``path``: an existing file, a path under a
-            file, or a folder that cannot be created or written (read-only, no permission, ...).
-    """
+    parents) if needed and write and remove one empty file in it. Returns the folder; a ValueError
+    naming ``argument`` and ``path`` when it cannot be created or written."""
     folder = Path(path).expanduser()
     shown = f"`{argument}` {str(path)!r}"
     if folder.exists() and not folder.is_dir():
@@ -67,13 +63,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
 
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}.")
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8", newline=""))
 
 
 def atomic_save_image(image: Image.Image, path: Union[str, os.PathLike], format: str = "PNG", **options) -> Path:
     """Save a PIL image to ``path`` atomically (``format`` is explicit: the temporary name has no suffix)."""
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
     return atomic_write(path, lambda temporary: image.save(temporary, format=format, **options))

@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import DEFAULT_BACK_PROJECTION_STEPS
-from .validation import UNIT_RANGE_TOLERANCE, check_image_batch, check_values
+from .validation import check_unit_image_pair
 
 __all__ = ["back_project", "project_to", "check_back_projection_steps", "DEFAULT_BACK_PROJECTION_STEPS"]
-
-_HINT = "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`."
 
 
 def check_back_projection_steps(steps, name: str = "back_projection_steps") -> int:
@@ -55,25 +53,13 @@ def project_to(image: torch.Tensor, reference: torch.Tensor, steps: int) -> torc
 def back_project(image: torch.Tensor, reference: torch.Tensor, steps: int = DEFAULT_BACK_PROJECTION_STEPS) -> torch.Tensor:
     """``image`` corrected so that its antialiased bilinear downsampling matches ``reference``.
 
-    Args:
-        image: ``B x 3 x H x W`` floating-point RGB tensor in [0, 1] (the upscaled image).
-        reference: ``B x 3 x h x w`` floating-point RGB tensor in [0, 1], ``h <= H`` and ``w <= W``,
-            the same batch size (the low-resolution image the upscale started from).
-        steps: rounds of back-projection, an int >= 0 (0 returns ``image`` unchanged).
-
-    Returns:
-        A tensor with the shape, dtype and device of ``image``, clamped to [0, 1].
-
-    Raises:
-        ValueError: naming the argument, when either image is not a finite floating-point
-            ``B x 3 x H x W`` tensor in [0, 1], the batch sizes differ, ``reference`` is larger
-            than ``image``, or ``steps`` is not an int >= 0.
+    ``image`` (the upscaled image) and ``reference`` (the low-resolution image it came from,
+    ``h <= H`` and ``w <= W``) are ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size;
+    ``steps`` rounds (0 returns ``image`` unchanged). The result has the shape, dtype and device
+    of ``image``, clamped to [0, 1]. ValueError naming the argument for anything else.
     """
     check_back_projection_steps(steps, "steps")
-    check_image_batch("image", image)
-    check_image_batch("reference", reference, batch=image.shape[0])
-    for name, tensor in (("image", image), ("reference", reference)):
-        check_values(name, tensor, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE, hint=_HINT)
+    check_unit_image_pair(image, reference)
     if reference.shape[-2] > image.shape[-2] or reference.shape[-1] > image.shape[-1]:
         raise ValueError(
             f"`reference` ({reference.shape[-2]} x {reference.shape[-1]}) is larger than `image` "

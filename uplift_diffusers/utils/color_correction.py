@@ -9,37 +9,22 @@ from __future__ import annotations
 
 import torch
 
-from .validation import UNIT_RANGE_TOLERANCE, check_image_batch, check_values
+from .validation import check_unit_image_pair
 
 __all__ = ["color_correct", "mean_shift"]
 
-_HINT = "convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`."
-
 
 def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Shift every channel of ``image`` so that its mean matches ``reference``'s, then clamp to [0, 1].
-
-    For each image ``b`` and channel ``c``::
+    """Shift every channel of ``image`` so that its mean matches ``reference``'s, then clamp to [0, 1]::
 
         out[b, c] = clamp(image[b, c] - (mean(image[b, c]) - mean(reference[b, c])), 0, 1)
 
-    Args:
-        image: ``B x 3 x H x W`` floating-point RGB tensor in [0, 1] (the decoded upscaled image).
-        reference: ``B x 3 x h x w`` floating-point RGB tensor in [0, 1] of any spatial size and
-            the same batch size (the low-resolution image the upscale started from).
-
-    Returns:
-        A tensor with the shape, dtype and device of ``image``. The means match exactly unless
-        the clamp to [0, 1] had to cut values.
-
-    Raises:
-        ValueError: when either argument is not a finite floating-point ``B x 3 x H x W``
-            tensor, or the batch sizes differ.
+    ``image`` (the decoded upscaled image) and ``reference`` (the low-resolution image the upscale
+    started from, of any spatial size) are ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch
+    size; ValueError naming the argument otherwise. The result has the shape, dtype and device of
+    ``image``; the means match exactly unless the clamp had to cut values.
     """
-    check_image_batch("image", image)
-    check_image_batch("reference", reference, batch=image.shape[0])
-    for name, tensor in (("image", image), ("reference", reference)):
-        check_values(name, tensor, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE, hint=_HINT)
+    check_unit_image_pair(image, reference)
     return mean_shift(image, reference).clamp(0.0, 1.0).to(image.dtype)
 
 

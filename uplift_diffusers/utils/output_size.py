@@ -1,20 +1,14 @@
-"""Output sizes, the one rule of the package (no torch: the command line checks its flags with it
-before importing anything heavy): a real factor >= 1 gives ``round(factor x side)`` (halves up);
-an exact size, or one side with the aspect ratio kept. Used by every pipeline
-(:mod:`uplift_diffusers.pipelines.upscale_decode`) and by the command line."""
+"""Output sizes: the one rule of every pipeline and of the command line (no torch here: the
+command line checks its flags with it before importing anything heavy)."""
 from __future__ import annotations
 
 import math
 import numbers
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for", "is_int"]
+__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for"]
 
 Size = Tuple[int, int]
-
-
-def is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_upscale_factor(upscale_factor, name: str = "upscale_factor") -> float:
@@ -51,28 +45,17 @@ def output_size_for(
     out_width: Optional[int] = None,
     names: Sequence[str] = ("upscale_factor", "height", "width"),
 ) -> Size:
-    """The output size ``(H, W)`` of an input of ``height x width``: the one rule of the package.
+    """The output size ``(H, W)`` of an input of ``height x width`` (sides >= 1): the one rule of the package.
 
-    - ``upscale_factor`` (any real number >= 1): each side times the factor, rounded to the
-      nearest integer (halves up): ``round(factor * side)``;
+    - ``upscale_factor`` (any real number >= 1): ``round(factor * side)`` per side, halves up;
     - ``out_height`` and ``out_width``: exactly that size;
-    - only one of them: that side, and the other side keeps the aspect ratio
-      (``round(other * out_side / side)``).
+    - only one of them: that side, and the other keeps the aspect ratio (``round(other * out_side / side)``).
 
-    Args:
-        height, width: the input size in pixels.
-        upscale_factor, out_height, out_width: the request (a factor, or a size: not both).
-        names: how the errors name ``upscale_factor``, ``out_height`` and ``out_width`` (the
-            caller's own argument names, e.g. ``("--scale", "--size height", "--size width")``).
-
-    Raises:
-        ValueError: naming the argument, for a factor and a size together, neither, a factor that
-            is not a finite real >= 1, a size that is not an int, or smaller than the input.
+    ``names`` is how the errors name ``upscale_factor``, ``out_height`` and ``out_width`` (the
+    caller's own arguments, e.g. ``("--scale", "--size height", "--size width")``). ValueError for
+    a factor and a size together, neither, or a size that is not an int or is smaller than the input.
     """
     factor_name, height_name, width_name = names
-    for name, value in (("height", height), ("width", width)):
-        if not is_int(value) or value < 1:
-            raise ValueError(f"the input {name} must be an int >= 1, got {value!r}.")
     sized = out_height is not None or out_width is not None
     if upscale_factor is not None and sized:
         raise ValueError(
@@ -87,7 +70,7 @@ def output_size_for(
     for name, value, side in ((height_name, out_height, height), (width_name, out_width, width)):
         if value is None:
             continue
-        if not is_int(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"`{name}` must be an int (pixels) or None, got {value!r}.")
         if value < side:
             raise ValueError(

@@ -1,8 +1,5 @@
-"""Reading foreign checkpoints safely, and saying how one differs from what a model expects.
-
-The authors' UPLiFT files and the TAESD ``.pth`` pairs are read with :func:`load_state_dict_file`
-(no pickled code runs); :func:`state_dict_problems` lists every mismatch at once.
-"""
+"""Reading foreign checkpoints (the authors' UPLiFT files, TAESD ``.pth`` pairs) without running
+pickled code, and listing every way one differs from what a model expects at once."""
 from __future__ import annotations
 
 import os
@@ -56,12 +53,8 @@ def _torch_load(path: Path, name: str):
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt``/``.bin`` state dict without running
     pickled code. A training checkpoint's ``{"state_dict" | "model" | "uplift": ...}`` is unwrapped
-    and DataParallel's ``module.`` prefix removed. Errors name the path as ``argument``.
-
-    Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: an unknown suffix, an unreadable file, or contents that are not a state dict.
-    """
+    and DataParallel's ``module.`` prefix removed. Errors (FileNotFoundError, ValueError for
+    anything that is not a readable state dict) name the path as ``argument``."""
     path = Path(path).expanduser()
     name = f"`{argument}` {str(path)!r}"
     if not path.is_file():
@@ -91,13 +84,9 @@ def state_dict_problems(
     display: Callable[[str], str] = str,
     limit: Optional[int] = None,
 ) -> List[str]:
-    """How ``given`` differs from ``expected``, one phrase per kind, empty when they match::
-
-        ["missing keys: ['a', ...]", "unexpected keys: [...]", "shape mismatches: ['k: checkpoint (..) vs model (..)']"]
-
-    ``display`` names a key as the user's file spells it; ``limit`` cuts each list to that many
-    entries plus a count of the rest.
-    """
+    """How ``given`` differs from ``expected``: one phrase per kind (missing keys, unexpected keys,
+    shape mismatches), empty when they match. ``display`` names a key as the user's file spells
+    it; ``limit`` cuts each list to that many entries plus a count of the rest."""
     shared = sorted(set(given) & set(expected))
     kinds = {
         "missing keys": sorted(display(k) for k in set(expected) - set(given)),

@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-__all__ = ["check_flag", "check_image_batch", "check_values", "UNIT_RANGE_TOLERANCE"]
+__all__ = ["check_flag", "check_image_batch", "check_values", "check_unit_image_pair", "UNIT_RANGE_TOLERANCE"]
 
 #: Float images this far outside [0, 1] are accepted (and clamped by the callers): the rounding
 #: of resampled images and of half-precision decoders.
@@ -34,15 +34,9 @@ def check_image_batch(
     dtype: Optional[torch.dtype] = None,
     batch: Optional[int] = None,
 ) -> None:
-    """ValueError unless ``x`` is a non-empty floating-point ``B x channels x H x W`` tensor.
-
-    Args:
-        name: the argument's name, as the caller's signature spells it.
-        channels: the required channel count (``None``: any).
-        multiple: H and W must be multiples of it.
-        dtype: the required dtype (e.g. the model's), or ``None`` for any floating dtype.
-        batch: the required batch size (e.g. that of a paired argument), or ``None``.
-    """
+    """ValueError unless ``x`` (the argument ``name``) is a non-empty floating-point
+    ``B x channels x H x W`` tensor (``channels=None``: any), H and W multiples of ``multiple``,
+    of ``dtype`` and ``batch`` items when those are given."""
     layout = f"B x {channels if channels is not None else 'C'} x H x W"
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(x).__name__}.")
@@ -80,11 +74,8 @@ def check_values(
     hint: str = "",
 ) -> Tuple[float, float]:
     """ValueError unless ``x`` is finite and, with ``low`` / ``high``, within
-    ``[low - tolerance, high + tolerance]``; returns ``(min, max)``.
-
-    One reduction (``torch.aminmax``) and one device synchronisation: call it once where the
-    data enters, not per step. ``hint`` ends the range error (how to convert the values).
-    """
+    ``[low - tolerance, high + tolerance]`` (``hint`` ends that error); returns ``(min, max)``.
+    One reduction, so one device synchronisation: call it where the data enters, not per step."""
     lowest, highest = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError(f"`{name}` contains NaN or infinite values (min {lowest}, max {highest}); pass finite values.")
@@ -96,3 +87,13 @@ def check_values(
             f"`{name}` must hold values in {wanted}, got the range [{lowest:.4g}, {highest:.4g}]" + (f"; {hint}" if hint else ".")
         )
     return lowest, highest
+
+
+def check_unit_image_pair(image: Any, reference: Any) -> None:
+    """The arguments of the colour corrections: ``image`` and ``reference``, RGB batches of one
+    batch size, finite and in [0, 1] (two reductions: where the data enters)."""
+    check_image_batch("image", image)
+    check_image_batch("reference", reference, batch=image.shape[0])
+    for name, tensor in (("image", image), ("reference", reference)):
+        check_values(name, tensor, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE,
+                     hint="convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`.")
