@@ -223,7 +223,7 @@ def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dty
 
     parts = {}
     if vae is not None:
-        parts["vae"] = named_errors("--vae", vae, lambda: load_vae(vae, torch_dtype=dtype, argument="--vae"))
+        parts["vae"] = named_errors("--vae", vae, lambda: load_vae(vae, dtype=dtype, argument="--vae"))
     if upscaler is not None:
         parts["upscaler"] = load_upscaler(upscaler, args.upscaler_config, dtype)
     if not args.model:
