@@ -194,9 +194,9 @@ def test_save_pretrained_round_trip(taef2, tmp_path):
         assert torch.equal(loaded.decode(z).sample, taef2.decode(z).sample)
 
 
-def test_torch_dtype_bfloat16(taef2_dir, taef2):
+def test_dtype_bfloat16(taef2_dir, taef2):
     d = taef2_dir
-    half = TinyAutoencoder.from_original_checkpoint(d / "encoder.pth", d / "decoder.pth", torch_dtype=torch.bfloat16)
+    half = TinyAutoencoder.from_original_checkpoint(d / "encoder.pth", d / "decoder.pth", dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
@@ -267,9 +267,9 @@ def test_mismatched_pair_and_bad_files(tmp_path):
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="encoder_path"):
         TinyAutoencoder.from_original_checkpoint(tmp_path / "junk.pth", tmp_path / "mix" / "decoder.pth")
-    with pytest.raises(ValueError, match="torch_dtype"):
+    with pytest.raises(ValueError, match="`dtype` must be a floating torch.dtype"):
         TinyAutoencoder.from_original_checkpoint(
-            tmp_path / "mix" / "encoder.pth", tmp_path / "mix" / "decoder.pth", torch_dtype=torch.int8
+            tmp_path / "mix" / "encoder.pth", tmp_path / "mix" / "decoder.pth", dtype=torch.int8
         )
 
 

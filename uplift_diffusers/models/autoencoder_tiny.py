@@ -172,7 +172,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         cls,
         encoder_path: str | os.PathLike,
         decoder_path: str | os.PathLike,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "TinyAutoencoder":
         """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair.
 
@@ -183,14 +183,14 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         Args:
             encoder_path: path of the encoder state dict (``encoder.pth``, ``taef2_encoder.pth``, ...).
             decoder_path: path of the decoder state dict.
-            torch_dtype: dtype of the returned model (a floating dtype); float32 when None
+            dtype: dtype of the returned model (a floating dtype); float32 when None
                 (the original files store float16).
 
         Returns:
             The model in evaluation mode.
         """
-        if torch_dtype is not None and (not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point):
-            raise ValueError(f"`torch_dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {torch_dtype!r}.")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"`dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {dtype!r}.")
         enc_sd = load_state_dict_file(encoder_path, "encoder_path")
         dec_sd = load_state_dict_file(decoder_path, "decoder_path")
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
@@ -229,10 +229,10 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"the checkpoint does not match the TAESD layout (detected config {detected}): " + " | ".join(problems))
         model.encoder.layers.load_state_dict(enc_sd)
         model.decoder.layers.load_state_dict(dec_sd)
-        if torch_dtype is not None:
+        if dtype is not None:
             # the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning
-            model.encoder.to(torch_dtype)
-            model.decoder.to(torch_dtype)
+            model.encoder.to(dtype)
+            model.decoder.to(dtype)
         return model.eval()
 
     # ------------------------------------------------------------------ inference
