@@ -194,7 +194,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
-@pytest.mark.slow  # about 2 minutes on 2 CPU cores
+@pytest.mark.slow  # 216 s measured on 2 busy CPU cores
 def test_default_settings_keep_a_2048_px_output_under_3_gb(shared_path):
     """The embedded TAEF2 model, 256 px -> 2048 px with the default settings, in a fresh process:
     untiled it would peak near 5 GB; tiling switches itself on (the 4096 px run is recorded in

@@ -142,8 +142,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
 
         With ``ensemble`` > 1 (geometric self-ensemble) the batch is upscaled once per transform of
         :data:`ENSEMBLE_TRANSFORMS` (flipped / rotated, then turned back), the results are averaged,
-        and the back-projection runs once, on the average. ``tiling``: ``(tile_size, overlap)``
-        (:meth:`tiling_for`) or None."""
+        and the back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
+        (:meth:`tiling_for`; the caller switches the VAE's tiling) or None."""
         images = images.to(device=self._execution_device, dtype=torch.float32)
         if ensemble == 1:
             return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps, tiling)
@@ -151,7 +151,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
             upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0, tiling)
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
-        show_stage(progress, "back-projection")
+        if back_projection_steps:
+            show_stage(progress, "back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
 
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
@@ -177,21 +178,20 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         latents = encode_latents(self.vae, padded * 2 - 1)
         if progress is not None:
             progress.update()
-        with vae_tiling(self.vae, tiling is not None):
-            return upscale_and_decode(
-                self.upscaler,
-                lambda upscaled: decode_latents(self.vae, upscaled),
-                latents,
-                padded,
-                output_size,
-                guide_size=(height, width),
-                generator=generator,
-                color_correction=color_correction,
-                back_projection_steps=back_projection_steps,
-                tiling=tiling,
-                method=self.upscale_method,
-                progress=progress,
-            )
+        return upscale_and_decode(
+            self.upscaler,
+            lambda upscaled: decode_latents(self.vae, upscaled),
+            latents,
+            padded,
+            output_size,
+            guide_size=(height, width),
+            generator=generator,
+            color_correction=color_correction,
+            back_projection_steps=back_projection_steps,
+            tiling=tiling,
+            method=self.upscale_method,
+            progress=progress,
+        )
 
     @torch.no_grad()
     def __call__(
@@ -281,9 +281,10 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 batch = torch.cat([tensors[i] for i in indices])
                 show_stage(progress, _image_counts(done, len(indices), len(tensors)), "set_description")
                 done += len(indices)
-                upscaled = self.upscale_batch(
-                    batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
-                )
+                with vae_tiling(self.vae, tiling is not None):
+                    upscaled = self.upscale_batch(
+                        batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
+                    )
                 for position, index in enumerate(indices):
                     results[index] = restore_mode(upscaled[position].cpu(), items[index])
 

@@ -46,17 +46,8 @@ from ..utils.back_projection import back_project
 from ..utils.color_correction import color_correct
 from ..utils.memory import estimate_upscale_bytes
 
-__all__ = [
-    "UPSCALE_METHODS",
-    "DEFAULT_UPSCALE_METHOD",
-    "upscale_steps",
-    "upscale_latents",
-    "upscale_and_decode",
-    "stage_updates",
-    "auto_tiling",
-    "vae_tiling",
-    "show_stage",
-]
+__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_and_decode", "stage_updates",
+           "auto_tiling", "vae_tiling", "show_stage"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")

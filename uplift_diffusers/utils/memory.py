@@ -1,10 +1,6 @@
-"""The memory budget of the upscale stage: :func:`parse_memory` and :func:`estimate_upscale_bytes`.
-
-Untiled, the upscale stage's memory grows with the output's pixels: the VAE decodes the whole
-upscaled image at once (a 4096 x 3072 output took 10.7 GB on the CPU). The pipelines and
-:func:`~uplift_diffusers.apply_uplift` therefore tile by themselves when the estimate passes
-``max_memory`` (default :data:`DEFAULT_MAX_MEMORY`) and no tiling was chosen explicitly.
-"""
+"""The memory budget of the upscale stage. Untiled, its memory grows with the output's pixels (the
+VAE decodes the whole image at once: 10.7 GB for 4096 x 3072 on the CPU), so the pipelines and
+:func:`~uplift_diffusers.apply_uplift` tile when :func:`estimate_upscale_bytes` passes ``max_memory``."""
 from __future__ import annotations
 
 import re
