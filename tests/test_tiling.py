@@ -352,6 +352,7 @@ def test_benchmark_settings_are_parsed_and_checked():
     from evaluation.benchmarks.benchmark_tiling_memory import parse_setting
 
     assert parse_setting("untiled") is None
+    assert parse_setting("auto") is None  # the default settings: tiling by itself above the budget
     assert parse_setting("tiled") == {}
     assert parse_setting("tiled:32:8") == {"tile_size": 32, "overlap": 8}
     for bad in ("tiles", "tiled:32", "tiled:a:b"):

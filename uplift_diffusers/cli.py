@@ -52,6 +52,16 @@ def parse_scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)") from None
 
 
+def parse_max_memory(text: str) -> float:
+    """``--max-memory``: bytes or a size such as ``3GB`` / ``500MB``, by the pipelines' own check."""
+    from .utils.memory import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use bytes or e.g. 3GB, 500MB") from None
+
+
 def parse_count(text: str, minimum: int) -> int:
     if not text.strip().isdigit() or int(text) < minimum:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {minimum}")
@@ -261,7 +271,7 @@ def cmd_upscale(args) -> List[str]:
                     result = pipe(
                         image, upscale_factor=args.scale, width=args.size and args.size[0],
                         height=args.size and args.size[1], generator=generator, ensemble=args.ensemble,
-                        back_projection_steps=args.back_projection_steps,
+                        back_projection_steps=args.back_projection_steps, max_memory=args.max_memory,
                     ).images[0]
                 atomic_save_image(result, target)
                 print(f"{target} ({result.width}x{result.height})")
@@ -353,7 +363,8 @@ def cmd_generate(args) -> List[str]:
             images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
                                refine_steps=args.refine_steps, **call).images
         else:
-            apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps)
+            apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
+                         max_memory=args.max_memory)
             images = pipe(**call).images
     except ValueError as error:
         raise Failure(one_line(error)) from error
@@ -386,6 +397,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                         help="weights dtype (auto: float16 on CUDA, else float32)")
     parser.add_argument("--tiling", "--vae-tiling", action="store_true", help="upscale and decode in overlapping tiles (bounded memory)")
+    parser.add_argument("--max-memory", type=parse_max_memory, default="1.5GB", metavar="SIZE",
+                        help="without --tiling, tile when the upscale stage's estimated peak passes SIZE (bytes, 500MB, 3GB; default 1.5GB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -35,8 +35,10 @@ from diffusers.utils import logging
 from .constants import LATENT_SPACES
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
-from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, stage_updates, upscale_and_decode
+from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, stage_updates
+from .pipelines.upscale_decode import upscale_and_decode, vae_tiling
 from .utils.back_projection import check_back_projection_steps
+from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
@@ -137,8 +139,10 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     logger.warning(message)
 
 
-def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method) -> None:
-    """The arguments :func:`apply_uplift` and the pipelines share, checked at the door."""
+def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
+                          max_memory=DEFAULT_MAX_MEMORY) -> float:
+    """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
+    ``max_memory`` in bytes."""
     if output_size is None:
         output_size_for(1, 1, 2 if upscale_factor is None else upscale_factor)  # a finite real >= 1
     elif upscale_factor is not None:
@@ -156,6 +160,7 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
         )
     if upscale_method not in UPSCALE_METHODS:
         raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
+    return parse_memory(max_memory)
 
 
 def _sample(output) -> torch.Tensor:
@@ -180,7 +185,8 @@ class UPLiFTDecodeHook:
 
     def __init__(self, pipe, upscaler: UPLiFTLatentUpscaler, upscale_factor=2, output_size=None, generator=None,
                  color_correction: bool = True, back_projection_steps: int = 0, tiling=None,
-                 upscale_method: str = DEFAULT_UPSCALE_METHOD, keep_base_images: bool = False):
+                 upscale_method: str = DEFAULT_UPSCALE_METHOD, keep_base_images: bool = False,
+                 max_memory: float = DEFAULT_MAX_MEMORY):
         self.pipe = pipe
         self.vae = pipe.vae
         self.upscaler = upscaler
@@ -191,6 +197,7 @@ class UPLiFTDecodeHook:
         self.back_projection_steps = back_projection_steps
         self.tiling = tiling
         self.upscale_method = upscale_method
+        self.max_memory = max_memory
         #: With ``keep_base_images``, every call appends its base images (in [-1, 1]) here.
         self.base_images: Optional[List[torch.Tensor]] = [] if keep_base_images else None
         previous = getattr(self.vae, _HOOK_ATTRIBUTE, None)
@@ -214,11 +221,14 @@ class UPLiFTDecodeHook:
             self.vae.decode = self._own_decode
 
     # ------------------------------------------------------------------ settings
-    def tiling_settings(self) -> Optional[Tuple[int, int]]:
-        """``(tile_size, overlap)`` or None: ``tiling=None`` follows the VAE (``vae.use_tiling``)."""
+    def tiling_settings(self, batch: int, base_size, output_size) -> Optional[Tuple[int, int]]:
+        """``(tile_size, overlap)`` or None. ``tiling=None`` follows the VAE (``vae.use_tiling``),
+        and when that is off tiles when the untiled estimate passes ``max_memory``."""
         tiling = self.tiling
+        if tiling is None and getattr(self.vae, "use_tiling", False):
+            tiling = True
         if tiling is None:
-            tiling = bool(getattr(self.vae, "use_tiling", False))
+            return auto_tiling(self.upscaler, self.vae, batch, base_size, output_size, self.upscale_method, self.max_memory)
         if tiling is True:
             return check_tile_arguments(None, None)
         return tuple(tiling) if tiling else None
@@ -247,7 +257,7 @@ class UPLiFTDecodeHook:
         if output_size != base_size:
             output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
         upscale = output_size != base_size
-        tiling = self.tiling_settings() if upscale else None
+        tiling = self.tiling_settings(latents.shape[0], base_size, output_size) if upscale else None
         total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
         with _progress(self.pipe, total) as progress:
             base_output = self.original(latents, *args, **kwargs)
@@ -258,19 +268,21 @@ class UPLiFTDecodeHook:
             if not upscale:
                 return base_output
             guide = (base.float() / 2 + 0.5).clamp(0, 1)
-            image = upscale_and_decode(
-                self.upscaler,
-                lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
-                latents,
-                guide,
-                output_size,
-                generator=self._generator(latents, args, kwargs),
-                color_correction=self.color_correction,
-                back_projection_steps=self.back_projection_steps,
-                tiling=tiling,
-                method=self.upscale_method,
-                progress=progress,
-            )
+            show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
+            with vae_tiling(self.vae, tiling is not None):
+                image = upscale_and_decode(
+                    self.upscaler,
+                    lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
+                    latents,
+                    guide,
+                    output_size,
+                    generator=self._generator(latents, args, kwargs),
+                    color_correction=self.color_correction,
+                    back_projection_steps=self.back_projection_steps,
+                    tiling=tiling,
+                    method=self.upscale_method,
+                    progress=progress,
+                )
         return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
 
 
@@ -301,6 +313,7 @@ def apply_uplift(
     tiling: Union[None, bool, Tuple[int, int]] = None,
     upscale_method: str = DEFAULT_UPSCALE_METHOD,
     check_latent_space: bool = True,
+    max_memory: Union[int, float, str] = DEFAULT_MAX_MEMORY,
 ) -> None:
     """Make ``pipe`` generate its images ``upscale_factor`` times larger with UPLiFT.
 
@@ -322,12 +335,18 @@ def apply_uplift(
             from the latents (so a seeded call of any pipeline is reproducible).
         color_correction: shift each RGB channel of the result to the base image's mean.
         back_projection_steps: rounds of back-projection onto the base image (0: the paper's output).
-        tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``),
-            True uses the default tiles, or ``(tile_size, overlap)`` in latents.
+        tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``)
+            and otherwise tiles when the estimate passes ``max_memory``; True uses the default
+            tiles, ``(tile_size, overlap)`` sets them (in latents), False never tiles. The VAE
+            decodes the upscaled latents with its own tiling whenever UPLiFT tiles.
         upscale_method: how a factor that is not a power of two is reached (one of
             :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
         check_latent_space: refuse an upscaler trained for another latent space than the VAE's
             (its config's ``latent_space``); False only warns, for experiments.
+        max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``: with
+            ``tiling=None``, UPLiFT and the VAE tile when the untiled stage's estimated peak
+            (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it. Default
+            :data:`~uplift_diffusers.utils.memory.DEFAULT_MAX_MEMORY` (1.5 GB).
 
     Raises:
         ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
@@ -338,11 +357,12 @@ def apply_uplift(
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     check_flag("check_latent_space", check_latent_space)
     guard_latent_space(vae, upscaler, check_latent_space)
-    check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method)
+    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
+                                   max_memory)
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
-                     tiling, upscale_method).install()
+                     tiling, upscale_method, max_memory=budget).install()
 
 
 def remove_uplift(pipe) -> None:

@@ -1,19 +1,24 @@
 """Peak memory and closeness of tiled UPLiFT super-resolution.
-Command: ``docs/evaluation.md``; the recorded run is ``evaluation/results/tiling_memory.{json,md}``.
+Command: ``docs/evaluation.md``; the recorded runs are ``evaluation/results/tiling_memory.{json,md}``
+(a 1024 x 768 photo) and ``evaluation/results/tiling_memory_sizes.{json,md}`` (1024, 2048 and
+4096 px outputs: ``--sizes 256x256 512x512 1024x1024``).
 
-The job: a 1024 x 768 photo (``--image``, PIL bicubic) upscaled 4x by
-:class:`~uplift_diffusers.UPLiFTSuperResolutionPipeline`, as ``uplift-diffusers upscale --scale 4``
-does. Every setting of ``--settings`` (``untiled``; ``tiled``: ``enable_tiling()``;
-``tiled:T:O``: ``enable_tiling(tile_size=T, overlap=O)``) runs in a FRESH one-thread subprocess so
-that its peak resident memory (``ru_maxrss``, models and libraries included) is its own.
-Closeness: PSNR and the largest pixel difference (of 255) of each tiled output against the
-untiled one. ``--reuse`` takes a setting's earlier output and numbers from ``--work-dir`` (the
-untiled run takes minutes and ~10 GB: run it once).
+The job: a photo (``--image``, PIL bicubic-resized to each of ``--sizes``, default 1024 x 768)
+upscaled 4x by :class:`~uplift_diffusers.UPLiFTSuperResolutionPipeline`, as
+``uplift-diffusers upscale --scale 4`` does. Every setting of ``--settings`` (``auto``: the default
+settings, which tile by themselves above the memory budget; ``untiled``: never tiled,
+``max_memory=inf``; ``tiled``: ``enable_tiling()``; ``tiled:T:O``: ``enable_tiling(tile_size=T,
+overlap=O)``) runs in a FRESH one-thread subprocess so that its peak resident memory
+(``ru_maxrss``, models and libraries included) is its own. Closeness: PSNR and the largest pixel
+difference (of 255) of each output against the untiled one of its size, where that ran.
+``--reuse`` takes a setting's earlier output and numbers from ``--work-dir`` (the untiled runs
+of large outputs take minutes and ~10 GB: run them once).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -32,7 +37,7 @@ from evaluation.smoke import add_smoke_test_argument
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_OUTPUT = RESULTS_DIR / "tiling_memory.json"
-DEFAULT_UPSCALER = "examples/models/uplift-taef2-bsds500"
+DEFAULT_UPSCALER = "examples/models/uplift-taef2-bsds500/upscaler"
 DEFAULT_VAE = "../shared/models/taef2"
 DEFAULT_IMAGE = "../shared/data/bsds500/test/100039.jpg"
 DEFAULT_SIZE = (1024, 768)  # width x height of the photo
@@ -45,12 +50,12 @@ _SEED = 0
 
 # ============================================================================== one setting (subprocess)
 def parse_setting(text: str) -> Optional[Dict[str, int]]:
-    """``"untiled"`` -> None; ``"tiled"`` -> {} (the defaults); ``"tiled:T:O"`` -> tile_size / overlap."""
-    if text == "untiled":
+    """``"untiled"`` / ``"auto"`` -> None; ``"tiled"`` -> {} (the defaults); ``"tiled:T:O"`` -> tile_size / overlap."""
+    if text in ("untiled", "auto"):
         return None
     parts = text.split(":")
     if parts[0] != "tiled" or len(parts) not in (1, 3) or not all(p.isdigit() for p in parts[1:]):
-        raise ValueError(f"--settings: {text!r} is not 'untiled', 'tiled' or 'tiled:TILE_SIZE:OVERLAP' (e.g. tiled:64:16).")
+        raise ValueError(f"--settings: {text!r} is not 'auto', 'untiled', 'tiled' or 'tiled:TILE_SIZE:OVERLAP' (e.g. tiled:64:16).")
     return {} if len(parts) == 1 else {"tile_size": int(parts[1]), "overlap": int(parts[2])}
 
 
@@ -62,20 +67,27 @@ def run_worker(args) -> Dict:
     torch.set_num_threads(1)
     from evaluation.arguments import load_upscaler, load_vae
     from uplift_diffusers import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.utils.memory import DEFAULT_MAX_MEMORY
 
     tiling = parse_setting(args.setting)
     pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.upscaler))
     pipe.set_progress_bar_config(disable=True)
     if tiling is not None:
         pipe.enable_tiling(**tiling)
+    max_memory = math.inf if args.setting == "untiled" else DEFAULT_MAX_MEMORY
     image = Image.open(args.input).convert("RGB")
+    output_size = (round(args.scale * image.height), round(args.scale * image.width))
+    used_tiling = pipe.tiling_for(1, (image.height, image.width), output_size, max_memory)
     start = time.perf_counter()
-    out = pipe(image, upscale_factor=args.scale, generator=torch.Generator().manual_seed(_SEED), output_type="pil").images[0]
+    out = pipe(image, upscale_factor=args.scale, generator=torch.Generator().manual_seed(_SEED), output_type="pil",
+               max_memory=max_memory).images[0]
     seconds = time.perf_counter() - start
     out.save(args.result)
     return {
         "setting": args.setting,
         "tiling": tiling,
+        "tiles_used": used_tiling,
+        "input_size": [image.width, image.height],
         "seconds": round(seconds, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
         "output_size": list(out.size),
@@ -91,7 +103,7 @@ def make_photo(source: Path, size, path: Path) -> Path:
 
 def run_setting(setting: str, photo: Path, work_dir: Path, args) -> Dict:
     """One setting in a fresh subprocess (one thread); returns its numbers and output path."""
-    result = work_dir / f"{setting.replace(':', '-')}.png"
+    result = work_dir / f"{photo.stem}-{setting.replace(':', '-')}.png"
     stats = result.with_suffix(".json")
     if args.reuse and result.exists() and stats.exists():
         return json.loads(stats.read_text())
@@ -125,17 +137,20 @@ def closeness(path: str, reference: str) -> Dict:
 
 def markdown(rows: List[Dict], meta: Dict) -> str:
     lines = [
-        f"Peak RSS and closeness of tiled UPLiFT super-resolution: {meta['input_size'][0]}x{meta['input_size'][1]} "
-        f"-> {meta['scale']}x, upscaler `{meta['upscaler']}`, VAE `{meta['vae']}`, one CPU thread, each setting in a "
-        "fresh process (`python -m evaluation.benchmarks.benchmark_tiling_memory`).",
+        f"Peak RSS and closeness of tiled UPLiFT super-resolution: {meta['scale']}x, upscaler `{meta['upscaler']}`, "
+        f"VAE `{meta['vae']}`, one CPU thread, each setting in a fresh process "
+        f"(`python -m evaluation.benchmarks.benchmark_tiling_memory {meta['command']}`). "
+        "auto: the default settings (tiles: those it chose; - untiled).",
         "",
-        "| setting | peak RSS (GB) | time (s) | PSNR vs untiled (dB) | max diff (/255) |",
-        "|---|---:|---:|---:|---:|",
+        "| input | output | setting | tiles | peak RSS (GB) | time (s) | PSNR vs untiled (dB) | max diff (/255) |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         psnr_text = "-" if row.get("psnr_vs_untiled_db") is None else f"{row['psnr_vs_untiled_db']:.2f}"
         diff = "-" if row.get("max_abs_diff_255") is None else str(row["max_abs_diff_255"])
-        lines.append(f"| {row['setting']} | {row['peak_rss_gb']:.2f} | {row['seconds']:.0f} | {psnr_text} | {diff} |")
+        tiles = "-" if not row.get("tiles_used") else "x".join(map(str, row["tiles_used"]))
+        sizes = "| " + " | ".join("x".join(map(str, row[key])) for key in ("input_size", "output_size"))
+        lines.append(f"{sizes} | {row['setting']} | {tiles} | {row['peak_rss_gb']:.2f} | {row['seconds']:.0f} | {psnr_text} | {diff} |")
     lines += ["", f"Bounds: tiled peak RSS <= {RSS_BOUND_GB} GB, PSNR(tiled, untiled) >= {PSNR_BOUND_DB} dB."]
     return "\n".join(lines) + "\n"
 
@@ -149,11 +164,11 @@ def smoke_models(work_dir: Path) -> Dict[str, str]:
 
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="untiled,tiled", help="comma-separated: untiled, tiled, tiled:TILE:OVERLAP (latents)")
+    parser.add_argument("--settings", default="untiled,tiled", help="comma-separated: auto, untiled, tiled, tiled:TILE:OVERLAP (latents)")
     parser.add_argument("--upscaler", default=DEFAULT_UPSCALER)
     parser.add_argument("--vae", default=DEFAULT_VAE)
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the photo to resize to --size")
-    parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), help="WIDTHxHEIGHT of the input photo")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the photo to resize to --sizes")
+    parser.add_argument("--sizes", nargs="+", default=["x".join(map(str, DEFAULT_SIZE))], help="WIDTHxHEIGHT of each input photo")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE)
     parser.add_argument("--work-dir", default=None, help="outputs and per-setting numbers (default: a new temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse the outputs and numbers of settings already in --work-dir")
@@ -176,18 +191,16 @@ def main(argv=None) -> Dict:
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     for setting in settings:
         parse_setting(setting)  # errors before any work
-    if "untiled" not in settings:
-        raise SystemExit("--settings must include 'untiled' (the reference of the closeness).")
     try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes]
     except ValueError:
-        raise SystemExit(f"--size must be WIDTHxHEIGHT, e.g. 1024x768, got {args.size!r}.") from None
+        raise SystemExit(f"--sizes must be WIDTHxHEIGHT, e.g. 1024x768, got {args.sizes!r}.") from None
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="uplift-tiling-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     if args.smoke_test:
         models = smoke_models(work_dir)
         args.upscaler, args.vae = models["upscaler"], models["vae"]
-        width, height = 128, 96
+        sizes = [(128, 96)]
         settings = ["untiled", "tiled:8:2"]
         if args.output == str(DEFAULT_OUTPUT):
             args.output = str(work_dir / "tiling_memory.json")
@@ -197,21 +210,22 @@ def main(argv=None) -> Dict:
     source = Path(args.image)
     if not args.smoke_test and not source.is_file():
         raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
-    photo = work_dir / "input.png"
     if args.smoke_test:
         from evaluation.smoke import write_smoke_images
 
-        photo = make_photo(write_smoke_images(work_dir, 1, 64)[0], (width, height), photo)
-    else:
-        make_photo(source, (width, height), photo)
-
-    rows = [run_setting(setting, photo, work_dir, args) for setting in settings]
-    reference = next(row for row in rows if row["setting"] == "untiled")
-    for row in rows:
-        if row is not reference:
-            row.update(closeness(row["result"], reference["result"]))
+        source = write_smoke_images(work_dir, 1, 64)[0]
+    rows = []
+    for width, height in sizes:
+        photo = make_photo(source, (width, height), work_dir / f"input-{width}x{height}.png")
+        size_rows = [run_setting(setting, photo, work_dir, args) for setting in settings]
+        reference = next((row for row in size_rows if row["setting"] == "untiled"), None)
+        for row in size_rows:
+            if reference is not None and row is not reference:
+                row.update(closeness(row["result"], reference["result"]))
+        rows += size_rows
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     meta = {
-        "input": str(source), "input_size": [width, height], "scale": args.scale, **named,
+        "input": str(source), "input_sizes": [list(size) for size in sizes], "scale": args.scale, **named, "command": command,
         "threads": 1, "seed": _SEED, "platform": platform.platform(), "python": platform.python_version(),
         "bounds": {"peak_rss_gb": RSS_BOUND_GB, "psnr_db": PSNR_BOUND_DB}, "smoke_test": args.smoke_test,
     }

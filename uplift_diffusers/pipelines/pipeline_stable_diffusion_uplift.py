@@ -34,6 +34,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
 from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
+from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
 from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, saved_component_entry
@@ -190,9 +191,10 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
 
     # ------------------------------------------------------------------ checks
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
-                             back_projection_steps) -> None:
-        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``."""
-        check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto")
+                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY) -> float:
+        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``;
+        returns ``max_memory`` in bytes."""
+        budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto", max_memory)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -207,6 +209,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
             guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
+        return budget
 
     @staticmethod
     def check_input_values(**tensors) -> None:
@@ -230,6 +233,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         return_base_images: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
+        max_memory: Union[int, float, str] = DEFAULT_MAX_MEMORY,
         **kwargs,
     ):
         r"""Generate images at the base size (``height`` x ``width``) and upscale them.
@@ -253,6 +257,10 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
                 multiplied by ``vae.config.scaling_factor``, the UNet's space).
+            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
+                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves when
+                the untiled estimated peak passes it (as ``max_memory`` of
+                :func:`~uplift_diffusers.apply_uplift`; ``float("inf")``: never). Default 1.5 GB.
 
         Returns:
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple
@@ -260,7 +268,9 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """
         if upscale_factor is None and output_size is None:
             upscale_factor = 1 if self.upscaler is None else 2
-        self.check_upscale_inputs(upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps)
+        budget = self.check_upscale_inputs(
+            upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory
+        )
         self.check_input_values(**{name: kwargs.get(name) for name in _CHECKED_TENSORS})
         if output_type == "latent":
             images = super().__call__(*args, output_type="latent", **kwargs).images
@@ -279,6 +289,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                 back_projection_steps=back_projection_steps,
                 tiling=self.tiling_settings,
                 keep_base_images=return_base_images,
+                max_memory=budget,
             )
             with uplift_applied(self, self.upscaler, **settings) as hook:
                 out = super().__call__(*args, output_type=output_type, **kwargs)

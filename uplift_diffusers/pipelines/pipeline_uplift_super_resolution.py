@@ -35,10 +35,11 @@ from ..loaders.vae import decode_latents, encode_latents
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.back_projection import back_project
+from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
 from ..utils.validation import check_flag
 from .pipeline_utils import HubComponentsMixin, TilingMixin
-from .upscale_decode import DEFAULT_UPSCALE_METHOD, stage_updates, upscale_and_decode
+from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
 
 __all__ = [
     "UPLiFTSuperResolutionPipeline",
@@ -101,12 +102,13 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
         back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS,
         ensemble=1,
-    ) -> None:
+        max_memory=DEFAULT_MAX_MEMORY,
+    ) -> float:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
-        check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method)
+        budget = check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method, max_memory)
         if isinstance(generator, list):
             if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError(
@@ -119,6 +121,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        return budget
 
     def upscale_batch(
         self,
@@ -129,6 +132,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         progress=None,
         back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
         ensemble: int = 1,
+        tiling=None,
     ) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
         ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
@@ -138,28 +142,39 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
 
         With ``ensemble`` > 1 (geometric self-ensemble) the batch is upscaled once per transform of
         :data:`ENSEMBLE_TRANSFORMS` (flipped / rotated, then turned back), the results are averaged,
-        and the back-projection runs once, on the average."""
+        and the back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
+        (:meth:`tiling_for`; the caller switches the VAE's tiling) or None."""
         images = images.to(device=self._execution_device, dtype=torch.float32)
         if ensemble == 1:
-            return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps)
+            return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps, tiling)
         total = 0.0
         for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
-            upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0)
+            upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0, tiling)
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
+        if back_projection_steps:
+            show_stage(progress, "back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
 
-    def progress_updates(self, output_size, input_size, ensemble: int = 1) -> int:
+    def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
+        """The tiles of one size group: :meth:`enable_tiling`'s, else the default tiles when the
+        untiled estimate passes ``max_memory`` bytes (:func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`), else None."""
+        if self.tiling_settings is not None:
+            return self.tiling_settings
+        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory)
+
+    def progress_updates(self, output_size, input_size, ensemble: int = 1, tiling=None) -> int:
         """``progress.update()`` calls of :meth:`upscale_batch` for one size group: per ensemble
         copy, the encode, every 2x step (every tile when tiling) and the decode."""
         factor = vae_scale_factor(self.vae)
         return sum(
-            1 + stage_updates(self.upscaler, out, size, factor, self.tiling_settings, self.upscale_method)
+            1 + stage_updates(self.upscaler, out, size, factor, tiling, self.upscale_method)
             for _, _, out, size in _ensemble_views(ensemble, output_size, input_size)
         )
 
-    def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps) -> torch.Tensor:
+    def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps, tiling) -> torch.Tensor:
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, vae_scale_factor(self.vae))
+        show_stage(progress, "encode")
         latents = encode_latents(self.vae, padded * 2 - 1)
         if progress is not None:
             progress.update()
@@ -173,7 +188,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             generator=generator,
             color_correction=color_correction,
             back_projection_steps=back_projection_steps,
-            tiling=self.tiling_settings,
+            tiling=tiling,
             method=self.upscale_method,
             progress=progress,
         )
@@ -191,6 +206,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         width: Optional[int] = None,
         back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
         ensemble: int = 1,
+        max_memory: Union[int, float, str] = DEFAULT_MAX_MEMORY,
     ):
         r"""Upscale ``image`` by ``upscale_factor``, or to ``height`` x ``width``.
 
@@ -224,9 +240,15 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
                 0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
+            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
+                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves for
+                the images whose untiled estimated peak
+                (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it
+                (``float("inf")``: never). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
 
         The pipeline's progress bar advances after every stage of every image size: the encode,
-        each UPLiFT 2x step (each tile when tiling) and the decode.
+        each UPLiFT 2x step (each tile when tiling) and the decode. It names the images being
+        upscaled (``"images 1-2/3"``) and the running stage (encode, upscale, decode, back-projection).
 
         Sizes that are not multiples of 8 are padded (reflection) for the VAE and the result is
         cropped. Images of the same size are processed as one batch, others one size at a time.
@@ -242,22 +264,27 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
         items = split_images(image)
         tensors = [item.rgb for item in items]
-        self.check_inputs(
+        budget = self.check_inputs(
             upscale_factor, generator, color_correction, output_type, len(tensors), height, width, back_projection_steps,
-            ensemble,
+            ensemble, max_memory,
         )
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
-        total = sum(self.progress_updates(out, size, ensemble) for out, size in zip(output_sizes, input_sizes))
+        tilings = [self.tiling_for(len(g), size, out, budget) for g, size, out in zip(groups, input_sizes, output_sizes)]
+        total = sum(map(self.progress_updates, output_sizes, input_sizes, [ensemble] * len(groups), tilings))
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
+        done = 0
         with self.progress_bar(total=total) as progress:
-            for indices, output_size in zip(groups, output_sizes):
+            for indices, output_size, tiling in zip(groups, output_sizes, tilings):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
-                upscaled = self.upscale_batch(
-                    batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble
-                )
+                show_stage(progress, _image_counts(done, len(indices), len(tensors)), "set_description")
+                done += len(indices)
+                with vae_tiling(self.vae, tiling is not None):
+                    upscaled = self.upscale_batch(
+                        batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
+                    )
                 for position, index in enumerate(indices):
                     results[index] = restore_mode(upscaled[position].cpu(), items[index])
 
@@ -279,6 +306,11 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         if output_type == "np":
             return np.stack(arrays) if same_size else arrays
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
+
+
+def _image_counts(done: int, count: int, total: int) -> str:
+    """``"image 3/3"`` or ``"images 1-2/3"``: the next ``count`` images after ``done``, of ``total``."""
+    return f"image {done + 1}/{total}" if count == 1 else f"images {done + 1}-{done + count}/{total}"
 
 
 def _ensemble_views(ensemble: int, output_size, input_size):

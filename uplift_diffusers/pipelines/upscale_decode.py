@@ -34,17 +34,20 @@ The functions here are internal: they trust their callers, which check the user'
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..models.tiled_upscaling import count_tiles, tiled_upscale
+from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
 from ..utils.back_projection import back_project
 from ..utils.color_correction import color_correct
+from ..utils.memory import estimate_upscale_bytes
 
-__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_and_decode", "stage_updates"]
+__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_and_decode", "stage_updates",
+           "auto_tiling", "vae_tiling", "show_stage"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
@@ -89,6 +92,38 @@ def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int
     num_steps = _model_steps(upscaler, output_size, guide_size, method)
     latent_size = (math.ceil(guide_size[0] / vae_factor), math.ceil(guide_size[1] / vae_factor))
     return latent_updates(latent_size, num_steps, tiling) + 1
+
+
+def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float) -> Tiling:
+    """The default tiles when the untiled stage's estimated peak
+    (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes ``max_memory`` bytes, else None."""
+    scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
+    decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
+    if estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory:
+        return check_tile_arguments(None, None)
+    return None
+
+
+@contextlib.contextmanager
+def vae_tiling(vae, tiled: bool):
+    """The VAE's own tiling switched on within the block when ``tiled`` and it is off; restored after."""
+    switch = tiled and not getattr(vae, "use_tiling", True) and hasattr(vae, "enable_tiling")
+    if switch:
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if switch:
+            vae.disable_tiling()
+
+
+def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
+    """Name the running stage (``"encode"``, ``"upscale"``, ``"decode"``, ``"back-projection"``)
+    at the end of the progress bar (tqdm's postfix), or with ``method="set_description"`` the
+    images being upscaled, at its start; bars without that method show nothing."""
+    show = getattr(progress, method, None)
+    if show is not None:
+        show(text)
 
 
 def latent_updates(latent_size: Size, num_steps: int, tiling: Tiling = None) -> int:
@@ -163,6 +198,7 @@ def upscale_and_decode(
     guide_size = tuple(guide.shape[-2:]) if guide_size is None else guide_size
     num_steps = _model_steps(upscaler, output_size, guide_size, method)
     scale = 2**num_steps
+    show_stage(progress, "upscale")
     upscaled = upscale_latents(upscaler, latents, guide, num_steps, generator, tiling, progress)
 
     reached = (scale * guide_size[0], scale * guide_size[1])
@@ -173,6 +209,7 @@ def upscale_and_decode(
         covered = (math.ceil(output_size[0] / factor), math.ceil(output_size[1] / factor))
         upscaled = _resample_latents(upscaled, ratio, covered, *latent_resample)
         reached = output_size
+    show_stage(progress, "decode")
     decoded = decode(upscaled.to(latents.dtype))
     decoded = (decoded.float().to(device) / 2 + 0.5).clamp(0, 1)
     if progress is not None:
@@ -185,5 +222,6 @@ def upscale_and_decode(
     if color_correction:
         result = color_correct(result, reference)
     if back_projection_steps:
+        show_stage(progress, "back-projection")
         result = back_project(result, reference, back_projection_steps)
     return result
