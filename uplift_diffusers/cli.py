@@ -151,11 +151,11 @@ def load_upscaler(source: str, config: Optional[str], dtype, subfolder: Optional
     path = Path(source).expanduser()
     if path.is_file() or hub_file_of(source, "--upscaler") is not None:
         return named_errors("--upscaler", source, lambda: UPLiFTLatentUpscaler.from_single_file(
-            source, config=config, torch_dtype=dtype))
+            source, config=config, dtype=dtype))
     if (path / "model_index.json").is_file() and not (path / "config.json").is_file():
         subfolder = UPSCALER_SUBFOLDER
     return named_errors("--upscaler", source, lambda: UPLiFTLatentUpscaler.from_pretrained(
-        source, subfolder=subfolder, torch_dtype=dtype))
+        source, subfolder=subfolder, dtype=dtype))
 
 
 def device_and_dtype(args):
