@@ -195,6 +195,7 @@ def bsds_test_pairs(shared_path, taef2, count: int, factor: int):
     return pairs, hr, lr, pipe
 
 
+@pytest.mark.slow  # the committed model on 8 BSDS500 images, about 6 s
 def test_gain_on_bsds500_with_the_committed_model(taef2, shared_path):
     """Measured on the first 8 BSDS500 test images (centre 256 crops, 64 -> 256, PIL bilinear LR):
     back-projection adds > 0.4 dB to UPLiFT (the full 200 images: +0.64 dB) and to bicubic, and

@@ -636,3 +636,21 @@ def test_cli_import_does_not_import_torch():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_an_upscaler_of_another_latent_space_is_refused_unless_asked(tmp_path, tiny_dirs, inputs, capsys):
+    """The latent-space guard on the command line: one error line naming both spaces and the
+    override; --ignore-latent-space runs anyway (a warning)."""
+    from tiny_models import make_upscaler
+
+    sdxl = tmp_path / "sdxl-upscaler"
+    make_upscaler(4, latent_space="sdxl").save_pretrained(sdxl)
+    argv = ["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "out"), "--vae", str(tiny_dirs.sd_pipeline()),
+            "--upscaler", str(sdxl), "--scale", "2", "--quiet"]
+    capsys.readouterr()  # the saving's progress bars
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "trained for the SDXL VAE" in error[0] and "is the Stable Diffusion 1.5 VAE" in error[0]
+    assert "--ignore-latent-space" in error[0]
+    assert main(argv + ["--ignore-latent-space"]) == 0
+    assert PIL.Image.open(tmp_path / "out" / "odd_x2.png").size == (42, 26)

@@ -255,6 +255,7 @@ def test_fid_of_a_set_against_itself_is_zero_and_real_features_can_be_kept():
     assert (fid.num_real, fid.num_fake) == (24, 0)
 
 
+@pytest.mark.slow  # builds the full-size Inception network, about 2 s
 def test_fid_default_is_torchmetrics_inception_2048_without_antialias(monkeypatch):
     """The paper's network: torchmetrics' NoTrainInceptionV3, 2048 features, the resize torchmetrics
     1.7.1 (the authors' version) used (antialias=False); built here without its weights."""

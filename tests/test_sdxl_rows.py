@@ -75,6 +75,7 @@ def _png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
+@pytest.mark.slow  # a tiny SDXL pipeline saved and run, about 2 s
 def test_sdxl_rows_native_size_steps_scheduler_and_names(tmp_path, tiny_dirs, caption_set, pipeline_calls):
     from diffusers import LCMScheduler, StableDiffusionXLPipeline
 

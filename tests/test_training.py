@@ -350,6 +350,7 @@ class SimulatedKill(Exception):
     pass
 
 
+@pytest.mark.slow  # three training runs, about 3 s
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(taef2_dir, images, tmp_path, monkeypatch):
     # 6 images, batch 2: 3 batches per epoch; checkpoints every 2 steps (mid-epoch), 7 steps.
     # Both random sources of a step are on (lat_aug noise and the model's noise channels), and

@@ -139,6 +139,7 @@ def named_errors(flag: str, source: str, load):
         message = one_line(error)
         for name in ("`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`", "`path_or_id`", "path_or_id"):
             message = message.replace(name, flag)
+        message = message.replace("check_latent_space=False", "--ignore-latent-space")
         raise Failure(message if flag in message else f"{flag} {source!r}: {message}") from error
 
 
@@ -236,10 +237,11 @@ def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dty
         parts["vae"] = named_errors("--vae", vae, lambda: load_vae(vae, dtype=dtype, argument="--vae"))
     if upscaler is not None:
         parts["upscaler"] = load_upscaler(upscaler, args.upscaler_config, dtype)
+    check = {"check_latent_space": not args.ignore_latent_space}
     if not args.model:
-        return UPLiFTSuperResolutionPipeline(**parts)
+        return named_errors("--upscaler", upscaler, lambda: UPLiFTSuperResolutionPipeline(**parts, **check))
     return named_errors("--model", args.model, lambda: UPLiFTSuperResolutionPipeline.from_pretrained(
-        args.model, **parts, **dtype_kwargs(dtype)))
+        args.model, **parts, **check, **dtype_kwargs(dtype)))
 
 
 def cmd_upscale(args) -> List[str]:
@@ -361,10 +363,10 @@ def cmd_generate(args) -> List[str]:
             images = pipe(**call).images
         elif args.refine_strength:
             images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
-                               refine_steps=args.refine_steps, **call).images
+                               refine_steps=args.refine_steps, check_latent_space=not args.ignore_latent_space, **call).images
         else:
             apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
-                         max_memory=args.max_memory)
+                         max_memory=args.max_memory, check_latent_space=not args.ignore_latent_space)
             images = pipe(**call).images
     except ValueError as error:
         raise Failure(one_line(error)) from error
@@ -399,6 +401,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiling", "--vae-tiling", action="store_true", help="upscale and decode in overlapping tiles (bounded memory)")
     parser.add_argument("--max-memory", type=parse_max_memory, default="1.5GB", metavar="SIZE",
                         help="without --tiling, tile when the upscale stage's estimated peak passes SIZE (bytes, 500MB, 3GB; default 1.5GB)")
+    parser.add_argument("--ignore-latent-space", action="store_true",
+                        help="use an upscaler trained for another VAE latent space anyway (a warning instead of an error; experiments)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
