@@ -25,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .hooks import apply_uplift, guard_latent_space, remove_uplift, vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
-from .pipelines.upscale_decode import upscale_latents
+from .pipelines.upscale_decode import upscale_latents_guided
 
 __all__ = ["hires_fix", "HIRES_FIX_FAMILIES"]
 
@@ -160,9 +160,7 @@ def hires_fix(
     default_side = getattr(pipe, "default_sample_size", 0) * vae_scale_factor(pipe.vae)
     height, width = call_kwargs.get("height") or default_side, call_kwargs.get("width") or default_side
     raw = _raw_latents(pipe, family, latents, height, width)
-    guide = (pipe.vae.decode(raw.to(pipe.vae.dtype), return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
     tiling = check_tile_arguments(None, None) if getattr(pipe.vae, "use_tiling", False) else None
-    num_steps = int(math.log2(upscale_factor))
-    upscaled = upscale_latents(upscaler, raw, guide, num_steps, generator, tiling).to(raw.dtype)
+    upscaled = upscale_latents_guided(upscaler, pipe.vae, raw, int(math.log2(upscale_factor)), generator, tiling).to(raw.dtype)
     refine_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("num_inference_steps", "upscale_factor")}
     return _refine(pipe, family, upscaled, float(strength), steps, generator, dict(refine_kwargs, output_type=output_type))

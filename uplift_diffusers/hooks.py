@@ -29,10 +29,12 @@ import weakref
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+from diffusers.image_processor import VaeImageProcessor
 
 from diffusers.utils import logging
 
 from .constants import LATENT_SPACES
+from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, stage_updates
@@ -56,14 +58,6 @@ logger = logging.get_logger(__name__)
 
 #: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
 _HOOK_ATTRIBUTE = "_uplift_decode_hook"
-
-
-def vae_scale_factor(vae: Any) -> int:
-    """Pixels per latent of a diffusers-style VAE: ``2 ** (len(vae.config.block_out_channels) - 1)``."""
-    channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
-    if not channels:
-        raise ValueError(f"`vae` ({type(vae).__name__}) has no `config.block_out_channels`; pass a diffusers autoencoder.")
-    return 2 ** (len(channels) - 1)
 
 
 def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
@@ -267,7 +261,7 @@ class UPLiFTDecodeHook:
                 self.base_images.append(base)
             if not upscale:
                 return base_output
-            guide = (base.float() / 2 + 0.5).clamp(0, 1)
+            guide = VaeImageProcessor.denormalize(base.float())
             show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(

@@ -38,7 +38,7 @@ from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
 from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, saved_component_entry
-from .upscale_decode import latent_updates, upscale_latents, upscale_steps
+from .upscale_decode import latent_updates, upscale_latents_guided, upscale_steps
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
@@ -310,10 +310,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             if num_steps == 0:
                 progress.update()
                 return scaled_latents
-            unscaled = scaled_latents / scaling
-            guide = (self.vae.decode(unscaled.to(self.vae.dtype), return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
-            progress.update()
-            upscaled = upscale_latents(self.upscaler, unscaled, guide, num_steps, generator, tiling, progress)
+            upscaled = upscale_latents_guided(self.upscaler, self.vae, scaled_latents / scaling, num_steps, generator, tiling, progress)
         self.maybe_free_model_hooks()
         return upscaled.to(scaled_latents.dtype) * scaling
 

@@ -40,13 +40,14 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
 
 from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
 from ..utils.back_projection import back_project
 from ..utils.color_correction import color_correct
 from ..utils.memory import estimate_upscale_bytes
 
-__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_and_decode", "stage_updates",
+__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_latents_guided", "upscale_and_decode", "stage_updates",
            "auto_tiling", "vae_tiling", "show_stage"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
@@ -145,6 +146,16 @@ def upscale_latents(upscaler, latents: torch.Tensor, guide: torch.Tensor, num_st
     return upscaler(latents, guide, num_steps=num_steps, generator=generator, callback=callback).sample
 
 
+def upscale_latents_guided(upscaler, vae, latents: torch.Tensor, num_steps: int, generator=None, tiling: Tiling = None,
+                           progress=None) -> torch.Tensor:
+    """UPLiFT on raw latents alone (no final decode: latent outputs, hires-fix): the VAE decodes
+    them once for the guide (``progress.update()``), then :func:`upscale_latents`."""
+    guide = VaeImageProcessor.denormalize(vae.decode(latents.to(vae.dtype), return_dict=False)[0].float())
+    if progress is not None:
+        progress.update()
+    return upscale_latents(upscaler, latents, guide, num_steps, generator, tiling, progress)
+
+
 def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: Size, mode: str, antialias: bool) -> torch.Tensor:
     """``latents`` resampled by ``scale`` (per axis, pixel centres aligned as in the image), the
     first ``size`` latents kept; replicated at the bottom / right so that the result covers ``size``."""
@@ -211,7 +222,7 @@ def upscale_and_decode(
         reached = output_size
     show_stage(progress, "decode")
     decoded = decode(upscaled.to(latents.dtype))
-    decoded = (decoded.float().to(device) / 2 + 0.5).clamp(0, 1)
+    decoded = VaeImageProcessor.denormalize(decoded.float().to(device))
     if progress is not None:
         progress.update()
     result = decoded[:, :, : reached[0], : reached[1]]
