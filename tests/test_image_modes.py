@@ -15,7 +15,6 @@ from uplift_diffusers import UPLiFTLatentUpscaler, UPLiFTSuperResolutionPipeline
 from uplift_diffusers.image_processor import (
     OUTPUT_MODES,
     fill_transparent,
-    images_to_tensors,
     restore_mode,
     split_images,
     upscale_alpha,
@@ -103,9 +102,10 @@ def test_split_images_values():
     assert premultiplied.rgb[0, :, 0, 0].tolist() == pytest.approx([100 / 128, 50 / 128, 25 / 128], abs=1e-6)
     (palette,) = split_images(_with_transparency(PIL.Image.new("P", (2, 2), 0), 0))
     assert palette.alpha.unique().tolist() == [0.0]
-    # images_to_tensors (training / evaluation data) still composites on white and replicates gray
-    assert images_to_tensors(np.array([[[0, 0]]], np.uint8))[0].flatten().tolist() == [1.0, 1.0, 1.0]
-    assert images_to_tensors(PIL.Image.new("LA", (1, 1), (51, 255)))[0].flatten().tolist() == pytest.approx([0.2] * 3)
+    (clear,) = split_images(np.array([[[0, 0]]], np.uint8))  # gray + alpha, all transparent: its mean colour
+    assert clear.rgb.flatten().tolist() == [0.0, 0.0, 0.0] and clear.alpha.flatten().tolist() == [0.0]
+    (opaque,) = split_images(PIL.Image.new("LA", (1, 1), (51, 255)))
+    assert opaque.rgb.flatten().tolist() == pytest.approx([0.2] * 3) and opaque.alpha.flatten().tolist() == [1.0]
 
 
 def test_bad_channel_counts_name_the_argument():

@@ -12,7 +12,7 @@ import torch
 from tiny_models import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.models.autoencoder_tiny import TinyAutoencoder
-from uplift_diffusers.image_processor import images_to_tensors, pad_to_multiple, pil_to_tensor, size_groups
+from uplift_diffusers.image_processor import pad_to_multiple, pil_to_tensor, size_groups, split_images
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline, UPLiFTSuperResolutionPipelineOutput
 
 TAEF2_CHANNELS = 32  # latent channels of the TAEF2 autoencoder
@@ -56,7 +56,7 @@ def test_color_correction_matches_input_means(pipe):
     image = gradient_image(24, 16)
     corrected = pipe(image, upscale_factor=2, output_type="pt", back_projection_steps=0).images
     raw = pipe(image, upscale_factor=2, output_type="pt", color_correction=False, back_projection_steps=0).images
-    target = images_to_tensors(image)[0].mean(dim=(2, 3))
+    target = pil_to_tensor(image).mean(dim=(2, 3))
     clipped = ((corrected <= 0) | (corrected >= 1)).float().mean()
     assert clipped < 1e-3
     torch.testing.assert_close(corrected.mean(dim=(2, 3)), target, atol=1e-4, rtol=0)
@@ -100,7 +100,9 @@ def test_every_pil_mode(pipe):
 
 def test_mode_conversion_numbers():
     def value(image):
-        return images_to_tensors(image)[0][0, :, 0, 0].tolist()
+        (item,) = split_images(image)
+        rgb = item.rgb if item.alpha is None else item.rgb * item.alpha + 1 - item.alpha  # over white
+        return rgb[0, :, 0, 0].tolist()
 
     assert value(PIL.Image.new("L", (2, 2), 51)) == pytest.approx([0.2] * 3)
     assert value(PIL.Image.new("I;16", (2, 2), 65535)) == pytest.approx([1.0] * 3)
@@ -180,15 +182,15 @@ def test_size_groups_order_and_validation():
         size_groups([torch.zeros(1, 3, 4, 4), np.zeros((4, 4))])
 
 
-def test_pil_to_tensor_agrees_with_images_to_tensors_on_rgb():
+def test_pil_to_tensor_agrees_with_split_images_on_rgb():
     image = gradient_image(13, 9)
     converted = pil_to_tensor(image)
     assert converted.shape == (1, 3, 9, 13) and converted.dtype == torch.float32 and converted.is_contiguous()
-    assert torch.equal(converted, images_to_tensors(image)[0])
-    # pil_to_tensor drops alpha (PIL's convert), the pipeline composites on white
+    assert torch.equal(converted, split_images(image)[0].rgb)
+    # pil_to_tensor drops alpha (PIL's convert), the pipeline keeps it
     rgba = PIL.Image.new("RGBA", (2, 2), (0, 0, 0, 0))
     assert pil_to_tensor(rgba)[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
-    assert images_to_tensors(rgba)[0][0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert split_images(rgba)[0].alpha.flatten().tolist() == [0.0] * 4
 
 
 @pytest.mark.slow  # a new interpreter importing diffusers: 5.7 s (measured)
