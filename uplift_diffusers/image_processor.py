@@ -26,17 +26,8 @@ from .constants import IMAGE_SUFFIXES
 from .utils.validation import UNIT_RANGE_TOLERANCE, check_values
 
 __all__ = [
-    "ImageInput",
-    "list_images",
-    "pil_to_tensor",
-    "ModedImage",
-    "split_images",
-    "restore_mode",
-    "fill_transparent",
-    "upscale_alpha",
-    "OUTPUT_MODES",
-    "size_groups",
-    "pad_to_multiple",
+    "ImageInput", "list_images", "pil_to_tensor", "ModedImage", "split_images", "restore_mode", "fill_transparent",
+    "upscale_alpha", "OUTPUT_MODES", "size_groups", "pad_to_multiple",
 ]
 
 #: One image as the super-resolution pipeline accepts it.
@@ -71,14 +62,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return split_images(image.convert("RGB"))[0].rgb
 
 
-# ---------------------------------------------------------------------------------------------
 # Input conversion: PIL image -> numpy array -> B x C x H x W tensor -> float32 in [0, 1], C in 1..4
-# ---------------------------------------------------------------------------------------------
-def _check_size(height: int, width: int, where: str) -> None:
-    if height < 1 or width < 1:
-        raise ValueError(f"`{where}` has zero size ({height} x {width}); pass images of at least 1 x 1 pixels.")
-
-
 def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
     """A PIL image of any mode -> an array as numpy inputs are: ``H x W`` (gray) or ``H x W x C``
     (gray + alpha, RGB, RGBA), uint8 or float32 in [0, 1]."""
@@ -128,7 +112,9 @@ def _unit_images(batch: torch.Tensor, where: str) -> List[torch.Tensor]:
         raise ValueError(f"`{where}` has shape {tuple(batch.shape)}; tensors are C x H x W or B x C x H x W.")
     if batch.shape[0] == 0:
         raise ValueError(f"`{where}` is an empty batch; pass at least one image.")
-    _check_size(batch.shape[2], batch.shape[3], where)
+    height, width = batch.shape[2:]
+    if height < 1 or width < 1:
+        raise ValueError(f"`{where}` has zero size ({height} x {width}); pass images of at least 1 x 1 pixels.")
     if batch.shape[1] not in OUTPUT_MODES:
         raise ValueError(
             f"`{where}` has shape {tuple(batch.shape)}: dimension 1 must be the channels ({_CHANNELS_HINT}); "
@@ -147,9 +133,7 @@ def _unit_images(batch: torch.Tensor, where: str) -> List[torch.Tensor]:
     return [image.contiguous() for image in batch.split(1)]
 
 
-# ---------------------------------------------------------------------------------------------
 # Image modes in the pipeline: gray stays gray, alpha is upscaled beside the colour
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class ModedImage:
     """One input image as the super-resolution pipeline processes it.
@@ -173,19 +157,10 @@ class ModedImage:
 
 
 def split_images(image: Union[ImageInput, Sequence[ImageInput]]) -> List[ModedImage]:
-    """Convert the pipeline's ``image`` argument to one :class:`ModedImage` per image.
-
-    Accepted: a PIL image of any mode (16-bit modes scaled by 65535, mode ``"F"`` read on PIL's
-    0..255 scale, palette / CMYK / YCbCr / ... converted by PIL), a numpy array (``H x W``,
-    ``H x W x C`` or ``B x H x W x C``; uint8, uint16 or float in [0, 1]), a tensor (``C x H x W`` or
-    ``B x C x H x W``; float in [0, 1], uint8 or uint16), or a list of them. One, two, three or four
-    channels mean gray, gray + alpha, RGB or RGBA.
-
-    Output modes: gray PIL modes (``"1"``, ``"L"``, ``"I;16"``, ``"I"``, ``"F"``) and 1-channel
-    arrays / tensors give ``"L"``; ``"LA"`` / ``"La"``, gray with a transparent value and
-    2-channel inputs give ``"LA"``; ``"RGBA"``, ``"RGBa"``, ``"PA"``, palette or RGB with a
-    transparent colour, and 4-channel inputs give ``"RGBA"``; every other mode gives ``"RGB"``.
-    An alpha channel that is opaque everywhere is kept (the output has alpha 1).
+    """Convert the super-resolution pipeline's ``image`` argument (the inputs and output modes its
+    ``__call__`` lists) to one :class:`ModedImage` per image. 16-bit PIL modes are scaled by 65535,
+    mode ``"F"`` is read on PIL's 0..255 scale, other modes (palette, CMYK, ...) are converted by
+    PIL. An alpha channel that is opaque everywhere is kept (the output has alpha 1).
 
     Raises:
         ValueError: an empty list, a zero-size image, an unknown type, dtype, layout or value range.
@@ -197,7 +172,6 @@ def split_images(image: Union[ImageInput, Sequence[ImageInput]]) -> List[ModedIm
     for index, item in enumerate(inputs):
         where = f"image[{index}]" if isinstance(image, (list, tuple)) else "image"
         if isinstance(item, Image.Image):
-            _check_size(item.height, item.width, where)
             item = _pil_to_array(item, where)
         if isinstance(item, np.ndarray):
             item = _array_to_batch(item, where)
@@ -261,16 +235,16 @@ def upscale_alpha(alpha: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 def restore_mode(rgb: torch.Tensor, item: ModedImage) -> torch.Tensor:
-    """The pipeline's upscaled colour ``3 x H x W`` (or ``1 x 3 x H x W``) in [0, 1] -> the input's
-    mode: gray is the mean of the three channels (1 channel), and the alpha channel, upscaled to
-    exactly ``H x W`` by :func:`upscale_alpha`, is appended (2 or 4 channels)."""
-    if rgb.ndim not in (3, 4) or rgb.shape[-3] != 3:
-        raise ValueError(f"`rgb` must be 3 x H x W or 1 x 3 x H x W, got {tuple(rgb.shape)}.")
-    colour = rgb.mean(dim=-3, keepdim=True) if item.gray else rgb
+    """The pipeline's upscaled colour ``3 x H x W`` in [0, 1] -> the input's mode: gray is the mean
+    of the three channels (1 channel), and the alpha channel, upscaled to exactly ``H x W`` by
+    :func:`upscale_alpha`, is appended (2 or 4 channels)."""
+    if rgb.ndim != 3 or rgb.shape[0] != 3:
+        raise ValueError(f"`rgb` must be 3 x H x W, got {tuple(rgb.shape)}.")
+    colour = rgb.mean(dim=0, keepdim=True) if item.gray else rgb
     if item.alpha is None:
         return colour
-    alpha = upscale_alpha(item.alpha.to(device=rgb.device, dtype=rgb.dtype), rgb.shape[-2:])
-    return torch.cat([colour, alpha if rgb.ndim == 4 else alpha[0]], dim=-3)
+    alpha = upscale_alpha(item.alpha[0].to(device=rgb.device, dtype=rgb.dtype), rgb.shape[-2:])
+    return torch.cat([colour, alpha])
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -279,10 +253,6 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     Reflection padding, or replication along a side shorter than the padding it needs (where
     reflection is undefined).
     """
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise ValueError(f"`image` must be a B x C x H x W tensor, got {getattr(image, 'shape', type(image).__name__)}.")
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"`multiple` must be an int >= 1, got {multiple!r}.")
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_w:

@@ -8,8 +8,6 @@ from typing import Optional, Sequence, Tuple
 
 __all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for"]
 
-Size = Tuple[int, int]
-
 
 def check_upscale_factor(upscale_factor, name: str = "upscale_factor") -> float:
     """``upscale_factor`` as a float; ValueError naming ``name`` unless it is a finite real number >= 1."""
@@ -44,7 +42,7 @@ def output_size_for(
     out_height: Optional[int] = None,
     out_width: Optional[int] = None,
     names: Sequence[str] = ("upscale_factor", "height", "width"),
-) -> Size:
+) -> Tuple[int, int]:
     """The output size ``(H, W)`` of an input of ``height x width`` (sides >= 1): the one rule of the package.
 
     - ``upscale_factor`` (any real number >= 1): ``round(factor * side)`` per side, halves up;

@@ -8,7 +8,7 @@ model's ``forward`` or a training step. Messages name the argument, what was fou
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
@@ -72,21 +72,20 @@ def check_values(
     *,
     tolerance: float = 0.0,
     hint: str = "",
-) -> Tuple[float, float]:
-    """ValueError unless ``x`` is finite and, with ``low`` / ``high``, within
-    ``[low - tolerance, high + tolerance]`` (``hint`` ends that error); returns ``(min, max)``.
-    One reduction, so one device synchronisation: call it where the data enters, not per step."""
+) -> None:
+    """ValueError unless ``x`` is finite and, with ``low`` and ``high``, within
+    ``[low - tolerance, high + tolerance]`` (``hint`` ends that error). One reduction, so one
+    device synchronisation: call it where the data enters, not per step. An empty ``x`` passes."""
+    if x.numel() == 0:
+        return
     lowest, highest = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError(f"`{name}` contains NaN or infinite values (min {lowest}, max {highest}); pass finite values.")
-    too_low = low is not None and lowest < low - tolerance
-    too_high = high is not None and highest > high + tolerance
-    if too_low or too_high:
-        wanted = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+    if low is not None and (lowest < low - tolerance or highest > high + tolerance):
         raise ValueError(
-            f"`{name}` must hold values in {wanted}, got the range [{lowest:.4g}, {highest:.4g}]" + (f"; {hint}" if hint else ".")
+            f"`{name}` must hold values in [{low:g}, {high:g}], got the range [{lowest:.4g}, {highest:.4g}]"
+            + (f"; {hint}" if hint else ".")
         )
-    return lowest, highest
 
 
 def check_unit_image_pair(image: Any, reference: Any) -> None:
