@@ -54,11 +54,8 @@ def list_images(folders: Union[str, Path, Sequence[Union[str, Path]]]) -> List[P
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> 1 x 3 x H x W float tensor in [0, 1].
-
-    Other modes are converted by PIL's ``convert("RGB")`` (an alpha channel is dropped, not
-    composited); :func:`split_images` is the pipeline's conversion, which keeps gray and alpha.
-    """
+    """RGB PIL image -> 1 x 3 x H x W float tensor in [0, 1]. Other modes are converted by PIL's
+    ``convert("RGB")`` (alpha dropped), unlike the pipeline's :func:`split_images`, which keeps gray and alpha."""
     return split_images(image.convert("RGB"))[0].rgb
 
 
