@@ -1,10 +1,6 @@
-"""The authors' checkpoint format: their key layout and their YAML configuration.
-
-:func:`convert_original_state_dict` renames the official keys to this package's (and
-:func:`convert_to_original_state_dict` back); the config of :class:`UPLiFTLatentUpscaler` comes
-from the official YAML (:func:`config_from_original`) or, without it, from the weights' shapes
-(:func:`config_from_state_dict`).
-"""
+"""The authors' checkpoint format: their key layout (:func:`convert_original_state_dict` and back)
+and the model config, from their YAML (:func:`config_from_original`) or, without it, from the
+weights' shapes (:func:`config_from_state_dict`)."""
 from __future__ import annotations
 
 import os
@@ -59,18 +55,13 @@ def _rename_all(state_dict: Mapping[str, torch.Tensor], to_ours: bool, problem: 
 
 
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """An official UPLiFT state dict with this package's keys; ValueError listing keys of no part of the model."""
+    """An official UPLiFT state dict with this package's keys."""
     return _rename_all(state_dict, True, "Unexpected keys in the UPLiFT checkpoint (not in the official layout)")
 
 
 def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """An :class:`UPLiFTLatentUpscaler` state dict with the official keys (the authors' layout)."""
+    """An :class:`UPLiFTLatentUpscaler` state dict with the official keys."""
     return _rename_all(state_dict, False, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
-
-
-def official_name(key: str) -> str:
-    """How the authors' files spell one of this package's keys (``key`` itself if they do not)."""
-    return _rename(key, to_ours=False) or key
 
 
 def is_converted(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -200,7 +191,7 @@ OFFICIAL_FIELDS_NOT_IN_WEIGHTS = dict(noise_scale=1.0, refiner_noise_scale=None,
 
 
 def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> List[tuple]:
-    """Shapes of the 3x3 convolutions of the official ConvBlocks ``{prefix}.0``, ``{prefix}.1``, ..."""
+    """Shapes of the 3x3 convolutions of the official blocks ``{prefix}.0``, ``{prefix}.1``, ..."""
     shapes = []
     while f"{prefix}.{len(shapes)}.conv.0.weight" in state_dict:
         shapes.append(tuple(state_dict[f"{prefix}.{len(shapes)}.conv.0.weight"].shape))
@@ -222,17 +213,14 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
         return ValueError(f"Cannot infer the UPLiFT config from the checkpoint: {reason}; pass the official YAML the "
                           "checkpoint was trained with as `config`.")
 
+    stages = ("encoder.block_0", "encoder.block_1", "decoder.block_0", "decoder.block_1", "refiner")
+    for key in ("ref_outc.weight", "attender.conv1.weight", *(f"{stage}.blocks.0.conv.0.weight" for stage in stages)):
+        if key not in state_dict:
+            raise cannot(f"it has no {key!r} (not the official key layout?)")
     groups = []
     while blocks := _conv_shapes(state_dict, f"encoder.block_{len(groups)}.blocks"):
         groups.append([shape[0] for shape in blocks])
-    stages = {name: _conv_shapes(state_dict, f"{name}.blocks") for name in ("decoder.block_0", "decoder.block_1", "refiner")}
-    for key in ("ref_outc.weight", "attender.conv1.weight"):
-        if key not in state_dict:
-            raise cannot(f"it has no {key!r} (not the official key layout?)")
-    if len(groups) < 2 or not all(stages.values()):
-        missing = "encoder.block_1" if len(groups) < 2 else next(name for name, shapes in stages.items() if not shapes)
-        raise cannot(f"it has no {missing}.blocks.0 (not the official key layout?)")
-    before, after, refiner = stages.values()
+    before, after, refiner = (_conv_shapes(state_dict, f"{stage}.blocks") for stage in stages[2:])
     latent = state_dict["ref_outc.weight"].shape[0]
     noise = before[0][1] - latent - groups[-1][-1]
     if noise < 0 or after[0][1] != before[0][0] + groups[-2][-1] + noise:

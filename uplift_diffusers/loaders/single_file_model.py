@@ -17,8 +17,9 @@ from torch import nn
 
 from ..constants import UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
-from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_hub_file, read_model_config
-from .single_file import config_from_original, config_from_state_dict, convert_original_state_dict, is_converted, official_name
+from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_file, read_model_config
+from .single_file import (config_from_original, config_from_state_dict, convert_original_state_dict,
+                          convert_to_original_state_dict, is_converted)
 
 _SOURCE = "pretrained_model_link_or_path"
 _FOLDER = "pretrained_model_name_or_path"
@@ -31,28 +32,16 @@ def _single_file_path(source, revision: Optional[str], hub: dict) -> str:
     """The local path of a checkpoint given as a local path, a Hub URL or ``org/repo/file``."""
     text = os.fspath(source)
     path = Path(text).expanduser()
-    if path.is_file():
-        return str(path)
     if path.is_dir():
         raise ValueError(f"`{_SOURCE}` {text!r} is a folder; pass the checkpoint file inside it, or load the folder "
                          "with UPLiFTLatentUpscaler.from_pretrained.")
-    found = hub_file_of(source, _SOURCE)
-    if found is None:
-        raise FileNotFoundError(f"`{_SOURCE}` file not found: {text!r}; pass the path to the .safetensors or .pth file.")
+    found = None if path.is_file() else hub_file_of(source, _SOURCE)
+    if found is None:  # a local file; load_state_dict_file names a missing one
+        return str(path)
     repo_id, name, pinned = found
     if pinned is not None and revision is not None and revision != pinned:
         raise ValueError(f"`revision`={revision!r} differs from the revision {pinned!r} in `{_SOURCE}` {text!r}; pass one.")
-    return locate_hub_file(repo_id, [name], revision=revision or pinned, **hub)[0]
-
-
-def _already_converted(where: str) -> ValueError:
-    folder = Path(where).parent
-    if Path(where).is_file() and (folder / CONFIG_NAME).is_file():
-        load = f"load its folder {str(folder)!r} with UPLiFTLatentUpscaler.from_pretrained or `--upscaler {folder}`"
-    else:
-        load = "load the folder holding it and its config.json with UPLiFTLatentUpscaler.from_pretrained or `--upscaler FOLDER`"
-    return ValueError(f"`{_SOURCE}` {where!r} is already converted (it has this package's diffusers keys, as save_pretrained "
-                      f"and `uplift-diffusers convert` write them): there is nothing to convert; {load}.")
+    return locate_file(repo_id, [name], revision=revision or pinned, **hub)[0]
 
 
 def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
@@ -60,19 +49,16 @@ def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
     None when it holds a diffusers ``config.json`` (that comes first)."""
     subfolder = kwargs.get("subfolder") or ""
     path = local_folder(source, f"`{_FOLDER}`", "load it with UPLiFTLatentUpscaler.from_single_file")
-    if path is not None:
-        folder = path / subfolder
-        if (folder / CONFIG_NAME).is_file():
-            read_model_config(folder / CONFIG_NAME, f"`{_FOLDER}`")
-            return None
-        if (folder / weight_name).is_file():
-            return str(folder / weight_name)
+    names = [f"{subfolder}/{name}".lstrip("/") for name in (CONFIG_NAME, weight_name)]
+    found = locate_file(path or os.fspath(source), names, **{key: kwargs.get(key) for key in HUB_KWARGS})
+    if found is None:
         where = repr(os.fspath(source)) + (f" (subfolder {subfolder!r})" if subfolder else "")
         raise FileNotFoundError(f"`{_FOLDER}` {where} holds neither a diffusers config.json nor the authors' single file "
                                 f"{weight_name!r}; pass a folder written by save_pretrained, or one holding that file.")
-    prefix = f"{subfolder}/" if subfolder else ""
-    found, name = locate_hub_file(os.fspath(source), [prefix + CONFIG_NAME, prefix + weight_name], **{key: kwargs.get(key) for key in HUB_KWARGS})
-    return None if name == prefix + CONFIG_NAME else found
+    if found[1] == names[1]:
+        return found[0]
+    read_model_config(found[0], f"`{_FOLDER}`")
+    return None
 
 
 class FromOriginalUPLiFTMixin:
@@ -130,10 +116,17 @@ class FromOriginalUPLiFTMixin:
             raise ValueError(f"`{_SOURCE}` must be a file path or a state dict, got {type(source).__name__} "
                              "(a Hub file may also be given as its URL or as 'org/repo/file').")
         if is_converted(state_dict):
-            raise _already_converted(where)
+            folder = Path(where).parent
+            load = "the folder holding it and its config.json"
+            if Path(where).is_file() and (folder / CONFIG_NAME).is_file():
+                load = f"its folder {str(folder)!r}"
+            raise ValueError(f"`{_SOURCE}` {where!r} is already converted (it has this package's diffusers keys, as "
+                             "save_pretrained and `uplift-diffusers convert` write them): there is nothing to convert; "
+                             f"load {load} with UPLiFTLatentUpscaler.from_pretrained or `--upscaler FOLDER`.")
         model = cls(**(config_from_state_dict(state_dict) if config is None else config_from_original(config)))
         converted = convert_original_state_dict(state_dict)
-        problems = state_dict_problems(converted, model.state_dict(), display=official_name)
+        # compared in the official names, as the user's file spells them
+        problems = state_dict_problems(state_dict, convert_to_original_state_dict(model.state_dict()))
         if problems:
             raise ValueError("The UPLiFT checkpoint does not match the config (pass the YAML the checkpoint was trained "
                              "with): " + "; ".join(problems))

@@ -7,7 +7,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -78,20 +78,16 @@ def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpo
 
 
 def state_dict_problems(
-    given: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    *,
-    display: Callable[[str], str] = str,
-    limit: Optional[int] = None,
+    given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], limit: Optional[int] = None
 ) -> List[str]:
     """How ``given`` differs from ``expected``: one phrase per kind (missing keys, unexpected keys,
-    shape mismatches), empty when they match. ``display`` names a key as the user's file spells
-    it; ``limit`` cuts each list to that many entries plus a count of the rest."""
+    shape mismatches), empty when they match; ``limit`` cuts each list to that many entries plus a
+    count of the rest."""
     shared = sorted(set(given) & set(expected))
     kinds = {
-        "missing keys": sorted(display(k) for k in set(expected) - set(given)),
-        "unexpected keys": sorted(display(k) for k in set(given) - set(expected)),
-        "shape mismatches": [f"{display(k)}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        "missing keys": sorted(set(expected) - set(given)),
+        "unexpected keys": sorted(set(given) - set(expected)),
+        "shape mismatches": [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
                              for k in shared if given[k].shape != expected[k].shape],
     }
     problems = []

@@ -14,23 +14,17 @@ from typing import Optional
 
 import torch
 
-#: The tiny upscaler's architecture (a few thousand parameters): 3 encoder groups, one block each.
-TINY_UPSCALER = dict(
-    encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16, decoder_blocks_after_upsample=1, refiner_channels=16, refiner_blocks=1
-)
-#: The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score): 16 positions.
-TINY_CLIP_TEXT = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16)
-
-
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode;
-    ``seed=None`` continues torch's global generator (the stream of :func:`build_sd_components`)."""
+    """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
+    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator
+    (the stream of :func:`build_sd_components`)."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
         torch.manual_seed(seed)
-    config = {**TINY_UPSCALER, **architecture}
-    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **config).eval()
+    config = dict(encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16,
+                  decoder_blocks_after_upsample=1, refiner_channels=16, refiner_blocks=1)
+    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **{**config, **architecture}).eval()
 
 
 def make_kl_vae(blocks: int = 4, sample_size: int = 32):
@@ -68,8 +62,10 @@ def make_tokenizer(folder, max_length: int = 16, words=()):
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> dict:
-    """:data:`TINY_CLIP_TEXT` for a :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
-    return dict(TINY_CLIP_TEXT, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
+    """The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score), 16 positions, for a
+    :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
+    return dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16,
+                vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
 
 
 def make_tiny_clip(vocab_size: int, seed: int = 0):
@@ -115,29 +111,26 @@ def make_unet(**overrides):
     return UNet2DConditionModel(**{**config, **overrides}).eval()
 
 
-def make_scheduler(kind: str = "pndm"):
-    """The SD1.5 noise schedule in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` scheduler."""
-    from diffusers import DDIMScheduler, PNDMScheduler
-
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if kind == "pndm":
-        return PNDMScheduler(**schedule, skip_prk_steps=True)
-    if kind == "ddim":
-        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
-    raise ValueError(f"`kind` must be 'pndm' or 'ddim', got {kind!r}; pass one of these scheduler names.")
-
-
 def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """The components of a tiny SD model (64 px images, 8 x 8 latents); with ``with_upscaler`` also
+    """The components of a tiny SD model (64 px images, 8 x 8 latents) with the SD1.5 noise schedule
+    in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` ``scheduler``; with ``with_upscaler`` also
     ``upscaler``, a :func:`make_upscaler` whose weights continue the same seeded random stream."""
+    from diffusers import DDIMScheduler, PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if scheduler not in ("pndm", "ddim"):
+        raise ValueError(f"`scheduler` must be 'pndm' or 'ddim', got {scheduler!r}; pass one of these scheduler names.")
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    if scheduler == "pndm":
+        scheduler = PNDMScheduler(**schedule, skip_prk_steps=True)
+    else:
+        scheduler = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
     torch.manual_seed(seed)
     tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
     unet = make_unet()
     vae = make_kl_vae(sample_size=32)
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
-    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(scheduler))
+    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
     if with_upscaler:
         components["upscaler"] = make_upscaler(seed=None)
     return components
