@@ -93,14 +93,9 @@ def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Op
     if not isinstance(source, str):
         return None
     url = _HUB_URL.fullmatch(source)
-    if url is not None:
-        match = _HUB_FILE.fullmatch(url.group(1))
-    elif "://" in source:
-        match = None
-    elif source.count("/") >= 2 and not looks_like_local_path(source):
-        match = _HUB_FILE.fullmatch(source)
-    else:
+    if url is None and "://" not in source and (source.count("/") < 2 or looks_like_local_path(source)):
         return None
+    match = _HUB_FILE.fullmatch(source if url is None else url.group(1))  # never a URL of another site
     if match is None:
         raise ValueError(
             f"`{argument}` {source!r} is not a Hugging Face Hub file URL; expected "

@@ -1,10 +1,7 @@
-"""``from_single_file`` and ``from_pretrained`` of :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
-
-``from_single_file`` reads the authors' checkpoint format (a local file, a Hub URL,
-``org/repo/file`` or a state dict), as diffusers' single-file loaders do for original
-checkpoints. ``from_pretrained`` is diffusers', and also takes a folder or Hub repository that
-holds only the authors' single file: their release, which has no ``config.json``.
-"""
+"""``from_single_file`` (the authors' checkpoint format, as diffusers' single-file loaders read
+original checkpoints) and ``from_pretrained`` (diffusers', also for a folder or Hub repository that
+holds only the authors' single file: their release has no ``config.json``) of
+:class:`~uplift_diffusers.UPLiFTLatentUpscaler`."""
 from __future__ import annotations
 
 import os
@@ -80,22 +77,18 @@ class FromOriginalUPLiFTMixin:
         original_config: Union[str, "os.PathLike", Mapping, None] = None,
         dtype: Optional[torch.dtype] = None,
     ):
-        """Load the authors' checkpoint format, like diffusers' ``from_single_file``.
-
-        >>> UPLiFTLatentUpscaler.from_single_file(
-        ...     "https://huggingface.co/UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")
+        """Load the authors' checkpoint format, e.g. ``from_single_file("https://huggingface.co/
+        UPLiFT-upsampler/uplift_sd1.5vae/blob/main/uplift_sd1.5vae.safetensors")``.
 
         ``pretrained_model_link_or_path`` is a local ``.safetensors`` / ``.pth`` file (read without
-        running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or
-        ``hf.co``), ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or
-        ``original_config``) is the official YAML, a path or the parsed dict; without it the config
-        is read off the weights' shapes (for the authors' release: the default
-        ``UPLiFTLatentUpscaler()``). ``torch_dtype`` / ``dtype`` casts the weights; the other
-        arguments are ``hf_hub_download``'s, for a Hub file (the revision defaults to the URL's).
-
-        The config's ``latent_space`` is ``"sd15"`` for 4 latent channels (the authors' format is
-        that of their SD1.5-VAE model) unless the YAML's ``backbone.diff_pipe_name`` names another
-        pipeline. Errors list every missing or unexpected key and shape mismatch at once.
+        running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or ``hf.co``),
+        ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or ``original_config``) is
+        the official YAML, a path or the parsed dict; without it the config is read off the weights'
+        shapes. ``torch_dtype`` / ``dtype`` casts the weights; the other arguments are
+        ``hf_hub_download``'s (the revision defaults to the URL's). The ``latent_space`` is
+        ``"sd15"`` for 4 latent channels (the authors' format is that of their SD1.5-VAE model)
+        unless the YAML's ``backbone.diff_pipe_name`` names another pipeline. Errors list every
+        missing or unexpected key and shape mismatch at once.
         """
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
@@ -140,11 +133,10 @@ class FromOriginalUPLiFTMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, "os.PathLike"], **kwargs):
         """diffusers' ``from_pretrained``, also for a folder or Hub repository that holds only the
         authors' single file, as their release :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`
-        does (a ``config.json`` comes first). That file loads with :meth:`from_single_file`, with
-        the dtype, the Hub arguments, ``subfolder`` and ``device_map`` (one device); ``weight_name``
-        names it (default ``uplift_sd1.5vae.safetensors``), ``original_config`` is its YAML.
-        ``low_cpu_mem_usage``, ``disable_mmap`` and ``use_safetensors`` change nothing there, other
-        options are refused.
+        does (a ``config.json`` comes first). That file (``weight_name``, default
+        ``uplift_sd1.5vae.safetensors``; ``original_config`` its YAML) loads with
+        :meth:`from_single_file`, with the dtype, the Hub arguments, ``subfolder`` and a one-device
+        ``device_map``; options that would change nothing pass, others are refused.
         """
         weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
         original_config = kwargs.pop("original_config", None)

@@ -1,11 +1,8 @@
-"""Load a VAE of any supported kind, and encode / decode with it uniformly.
-
-The pipelines, the training script and the evaluation code use these so that they work the same
-with diffusers' ``AutoencoderKL`` (and ``AutoencoderKLFlux2``), diffusers' ``AutoencoderTiny`` and
-:class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`. Latents are always *unscaled*:
-:func:`encode_latents` returns the raw encoder output (the posterior mode for KL autoencoders),
-without ``scaling_factor`` / ``shift_factor``, and :func:`decode_latents` expects the same.
-"""
+"""Load a VAE of any supported kind (diffusers' ``AutoencoderKL``, ``AutoencoderKLFlux2`` and
+``AutoencoderTiny``, this package's :class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`)
+and encode / decode with all of them alike, for the pipelines, training and evaluation. Latents are
+*unscaled*: the raw encoder output (a KL autoencoder's posterior mode), without ``scaling_factor`` /
+``shift_factor``."""
 from __future__ import annotations
 
 import os
@@ -19,8 +16,6 @@ from ..constants import SD15_VAE_SUBFOLDER
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..utils.validation import check_image_batch
 from .hub import local_folder, locate_file, read_model_config
-
-__all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
 
 #: The ``_class_name`` values :func:`load_vae` accepts.
 SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
@@ -56,13 +51,12 @@ def load_vae(
 ) -> torch.nn.Module:
     """Load a VAE, in evaluation mode, from a local directory or a Hub id.
 
-    A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair, e.g.
-    ``encoder.pth`` / ``decoder.pth``) loads with :meth:`TinyAutoencoder.from_original_checkpoint`;
-    a diffusers folder or Hub repository (``config.json`` in ``subfolder``, by default at its root
-    or else in a pipeline's ``vae/``) with the class its ``_class_name`` names (one of
-    :data:`SUPPORTED_VAE_CLASSES`). ``revision``, ``cache_dir``, ``local_files_only`` and ``token``
-    are for a Hub id; the cache is read first, so a VAE missing from it offline is reported at
-    once (``LocalEntryNotFoundError``). ``argument`` is how errors name ``path_or_id`` (e.g. ``"--vae"``).
+    A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair) loads
+    with :meth:`TinyAutoencoder.from_original_checkpoint`; a diffusers folder or Hub repository
+    (``config.json`` in ``subfolder``, by default at its root or else in a pipeline's ``vae/``) with
+    the class its ``_class_name`` names (one of :data:`SUPPORTED_VAE_CLASSES`). The Hub arguments
+    are ``hf_hub_download``'s; offline, a VAE missing from the cache is reported at once
+    (``LocalEntryNotFoundError``). ``argument`` names ``path_or_id`` in errors (e.g. ``"--vae"``).
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")

@@ -7,8 +7,6 @@ import contextlib
 import importlib
 from typing import Callable, ContextManager, Dict, Optional, Sequence
 
-__all__ = ["lazy_exports"]
-
 
 def lazy_exports(
     package: str,

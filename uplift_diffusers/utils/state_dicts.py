@@ -13,8 +13,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-__all__ = ["load_state_dict_file", "state_dict_problems"]
-
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 #: Training checkpoints nest the weights under one of these keys.
 _WRAPPERS = ("state_dict", "model", "uplift")

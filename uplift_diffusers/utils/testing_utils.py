@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
     """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
     ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator
