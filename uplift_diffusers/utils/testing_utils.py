@@ -39,7 +39,7 @@ def make_kl_vae(blocks: int = 4, sample_size: int = 32):
     ).eval()
 
 
-def make_tokenizer(folder, max_length: int = 16, words=()):
+def make_tokenizer(folder, words=()):
     """A CLIPTokenizer saved in ``folder``: lower-case letters and ``!.,`` one token each, plus
     BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
     from transformers import CLIPTokenizer
@@ -59,7 +59,7 @@ def make_tokenizer(folder, max_length: int = 16, words=()):
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length), len(vocab)
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> dict:
@@ -69,9 +69,11 @@ def tiny_text_config(vocab_size: int, **overrides) -> dict:
                 vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
 
 
-def make_tiny_clip(vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode."""
-    from transformers import CLIPConfig, CLIPModel
+def make_tiny_clip(tokenizer, vocab_size: int, seed: int = 0):
+    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode, and
+    its ``CLIPProcessor``: ``tokenizer`` (a :func:`make_tokenizer`) and the PIL image processor
+    (shortest side 32, centre crop 32)."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
     config = CLIPConfig(
@@ -79,24 +81,16 @@ def make_tiny_clip(vocab_size: int, seed: int = 0):
         vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8),
         projection_dim=16,
     )
-    return CLIPModel(config).eval()
-
-
-def clip_image_processor():
-    """The PIL ``CLIPImageProcessorPil`` of the tiny CLIP models: shortest side 32, centre crop 32."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def save_tiny_clip(folder, seed: int = 0) -> Path:
-    """Save :func:`make_tiny_clip` with its tokenizer and image processor: a ``CLIPProcessor`` folder."""
-    folder = Path(folder)
-    tokenizer, vocab_size = make_tokenizer(folder)
-    make_tiny_clip(vocab_size, seed).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    clip_image_processor().save_pretrained(folder)
-    return folder
+    """Save :func:`make_tiny_clip` and its processor to ``folder`` (what ``from_pretrained`` reads); returns it."""
+    model, processor = make_tiny_clip(*make_tokenizer(folder), seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return Path(folder)
 
 
 def make_unet(**overrides):
