@@ -6,7 +6,7 @@ nor diffusers: names here are imported on first use).
 from ..utils.lazy_exports import lazy_exports
 
 _MODULES = {
-    ".single_file_model": ("FromOriginalUPLiFTMixin",),
+    ".single_file": ("FromOriginalUPLiFTMixin",),
     ".vae": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
 }
 
