@@ -71,11 +71,6 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Di
     return _rename_all(state_dict, False, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
 
 
-def is_converted(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """Whether every key is already this package's (as ``save_pretrained`` writes them)."""
-    return bool(state_dict) and all(_rename(key, to_ours=False) is not None for key in state_dict)
-
-
 def latent_space_of(latent_channels: int, pipeline: Optional[str] = None) -> Optional[str]:
     """The latent space of a model in the authors' format: ``"sd15"`` (their release's, and their
     training code's default VAE) for 4 latent channels unless the YAML names another pipeline's VAE
@@ -272,23 +267,6 @@ def _single_file_path(source, revision: Optional[str], hub: dict) -> str:
     return locate_file(repo_id, [name], revision=revision or pinned, **hub)[0]
 
 
-def _authors_file_in(source, weight_name: str, kwargs: dict) -> Optional[str]:
-    """The local path of the authors' single file in the folder or Hub repository ``source``, or
-    None when it holds a diffusers ``config.json`` (that comes first)."""
-    subfolder = kwargs.get("subfolder") or ""
-    path = local_folder(source, f"`{_FOLDER}`", "load it with UPLiFTLatentUpscaler.from_single_file")
-    names = [f"{subfolder}/{name}".lstrip("/") for name in (CONFIG_NAME, weight_name)]
-    found = locate_file(path or os.fspath(source), names, **{key: kwargs.get(key) for key in HUB_KWARGS})
-    if found is None:
-        where = repr(os.fspath(source)) + (f" (subfolder {subfolder!r})" if subfolder else "")
-        raise FileNotFoundError(f"`{_FOLDER}` {where} holds neither a diffusers config.json nor the authors' single file "
-                                f"{weight_name!r}; pass a folder written by save_pretrained, or one holding that file.")
-    if found[1] == names[1]:
-        return found[0]
-    read_model_config(found[0], f"`{_FOLDER}`")
-    return None
-
-
 class FromOriginalUPLiFTMixin:
     """``from_single_file`` and a single-file-aware ``from_pretrained``."""
 
@@ -339,7 +317,7 @@ class FromOriginalUPLiFTMixin:
         else:
             raise ValueError(f"`{_SOURCE}` must be a file path or a state dict, got {type(source).__name__} "
                              "(a Hub file may also be given as its URL or as 'org/repo/file').")
-        if is_converted(state_dict):
+        if state_dict and all(_rename(key, to_ours=False) is not None for key in state_dict):  # this package's keys
             folder = Path(where).parent
             load = "the folder holding it and its config.json"
             if Path(where).is_file() and (folder / CONFIG_NAME).is_file():
@@ -371,8 +349,17 @@ class FromOriginalUPLiFTMixin:
         """
         weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
         original_config = kwargs.pop("original_config", None)
-        single_file = _authors_file_in(pretrained_model_name_or_path, weight_name, kwargs)
-        if single_file is None:
+        source, subfolder = pretrained_model_name_or_path, kwargs.get("subfolder") or ""
+        path = local_folder(source, f"`{_FOLDER}`", "load it with UPLiFTLatentUpscaler.from_single_file")
+        names = [f"{subfolder}/{name}".lstrip("/") for name in (CONFIG_NAME, weight_name)]
+        found = locate_file(path or os.fspath(source), names, **{key: kwargs.get(key) for key in HUB_KWARGS})
+        if found is None:
+            where = repr(os.fspath(source)) + (f" (subfolder {subfolder!r})" if subfolder else "")
+            raise FileNotFoundError(f"`{_FOLDER}` {where} holds neither a diffusers config.json nor the authors' single "
+                                    f"file {weight_name!r}; pass a folder written by save_pretrained, or one holding that file.")
+        single_file, name = found
+        if name == names[0]:  # a diffusers config.json comes first
+            read_model_config(single_file, f"`{_FOLDER}`")
             if original_config is not None:
                 raise ValueError(f"`original_config` is for the authors' single file, but {str(pretrained_model_name_or_path)!r} "
                                  "holds a diffusers config.json; leave it out.")

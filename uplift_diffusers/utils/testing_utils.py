@@ -1,10 +1,7 @@
-"""Tiny, randomly initialised components for smoke tests and unit tests (the diffusers convention).
-
-The evaluation scripts' ``--smoke-test`` runs and the project's tests build their tiny models
-here, in seconds and offline; the outputs mean nothing, the weights are random. Builders of whole
+"""Tiny, randomly initialised components (the diffusers convention) for the tests and the
+``--smoke-test`` runs: built in seconds and offline, their outputs mean nothing. Builders of whole
 models and folders seed torch themselves (``seed``); the component builders used inside them
-(:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands.
-"""
+(:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands."""
 from __future__ import annotations
 
 import json
@@ -165,10 +162,10 @@ def make_byte_tokenizer():
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the resolution-dependent
-    shift (as the released configurations) and, for FLUX.2 [klein], a
-    hidden-size-16 Qwen3 text encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder
-    is left out: its tests pass ``prompt_embeds``)."""
+    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the released
+    configurations' resolution-dependent shift and, for FLUX.2 [klein], a hidden-size-16 Qwen3 text
+    encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
+    ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
