@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from evaluation.metrics import image_metrics as metrics
-from tiny_models import clip_image_processor, make_tiny_clip, make_tokenizer
+from tiny_models import make_tiny_clip, make_tokenizer
 from evaluation.metrics.image_metrics import (
     CLIPScorer,
     FIDAccumulator,
@@ -449,13 +449,11 @@ CAPTIONS = ["a photo of a cat", "a red car on the road", "blue dog", "the cat", 
 def tiny_clip(tmp_path):
     """The tiny random CLIPModel (tests/tiny_models.py) and its CLIPProcessor, with a tokenizer
     that reads each of ``WORDS`` as one token (as CLIP's own reads common words)."""
-    from transformers import CLIPProcessor
-
     tokenizer, vocab_size = make_tokenizer(tmp_path, words=WORDS)
     assert tokenizer.convert_ids_to_tokens(tokenizer("a photo of a cat")["input_ids"]) == [
         "<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>", "<|endoftext|>",
     ]
-    return make_tiny_clip(vocab_size), CLIPProcessor(image_processor=clip_image_processor(), tokenizer=tokenizer)
+    return make_tiny_clip(tokenizer, vocab_size)
 
 
 def _clip_score_package_cosines(model, tokenizer, images: torch.Tensor, captions) -> torch.Tensor:

@@ -12,7 +12,7 @@ another width, seed or noise scale is an argument of the builder, never a second
 - :func:`make_kl_vae` (an ``AutoencoderKL``, 8x by default) and :func:`make_tiny_autoencoder`
   (our TAESD-family ``TinyAutoencoder``, 4 latent channels).
 - Stable Diffusion: :func:`make_tokenizer` (character level), :func:`make_unet`,
-  :func:`make_scheduler`, :func:`build_sd_components`, :func:`save_sd_pipeline`.
+  :func:`build_sd_components`, :func:`save_sd_pipeline`.
 - CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers).
 - SDXL rows: :func:`build_sdxl_components`, :func:`save_sdxl_pipeline` and :func:`save_unet_lora`.
 - :func:`offload`: a pipeline's models offloaded on the CPU (model, sequential or group offloading).
@@ -31,16 +31,12 @@ import torch
 from accelerate import cpu_offload
 
 from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's tiny builders, re-exported for the tests
-    TINY_CLIP_TEXT,
     FLUX2_TEXT_HIDDEN,
     FLUX2_TEXT_LAYERS,
-    TINY_UPSCALER,
     build_flux2_components,
     build_sd_components,
-    clip_image_processor,
     make_byte_tokenizer,
     make_kl_vae,
-    make_scheduler,
     make_tiny_clip,
     make_tokenizer,
     make_unet,

@@ -1,8 +1,6 @@
-"""UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem.
-
-Names are imported on first use (:func:`~uplift_diffusers.utils.lazy_exports.lazy_exports`): ``import
-uplift_diffusers`` and the command line's ``--help`` import neither torch nor diffusers.
-"""
+"""UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem. Names are imported on
+first use: ``import uplift_diffusers`` and the command line's ``--help`` import neither torch nor
+diffusers."""
 from . import pipelines  # lazy itself
 from .utils.lazy_exports import lazy_exports
 

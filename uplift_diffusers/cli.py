@@ -228,7 +228,6 @@ def plan_outputs(args, files: Sequence[Path], output: Path):
 
 def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dtype):
     """``--model`` (a pipeline folder or Hub id), its parts replaced by ``vae`` / ``upscaler`` when given."""
-    from .loaders.hub import dtype_kwargs
     from .loaders.vae import load_vae
     from .pipelines import UPLiFTSuperResolutionPipeline
 
@@ -241,7 +240,7 @@ def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dty
     if not args.model:
         return named_errors("--upscaler", upscaler, lambda: UPLiFTSuperResolutionPipeline(**parts, **check))
     return named_errors("--model", args.model, lambda: UPLiFTSuperResolutionPipeline.from_pretrained(
-        args.model, **parts, **check, **dtype_kwargs(dtype)))
+        args.model, **parts, **check, dtype=dtype))
 
 
 def cmd_upscale(args) -> List[str]:
@@ -316,8 +315,6 @@ def load_text_to_image(args, config: dict, family: str, device, dtype):
     (``--upscaler``, else the folder's ``upscaler/``, else the authors' SD1.5 release)."""
     import diffusers
 
-    from .loaders.hub import dtype_kwargs
-
     upscaler = None
     if args.scale > 1:
         source, subfolder = args.upscaler, None
@@ -328,7 +325,7 @@ def load_text_to_image(args, config: dict, family: str, device, dtype):
         upscaler = load_upscaler(source, args.upscaler_config, dtype, subfolder).to(device)
     cls = diffusers.StableDiffusionPipeline if family == "sd" else getattr(diffusers, config["_class_name"])
     extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker and family == "sd" else {}
-    pipe = named_errors("--model", args.model, lambda: cls.from_pretrained(args.model, **extra, **dtype_kwargs(dtype)))
+    pipe = named_errors("--model", args.model, lambda: cls.from_pretrained(args.model, **extra, dtype=dtype))
     return pipe.to(device), upscaler
 
 

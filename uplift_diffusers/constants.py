@@ -1,8 +1,7 @@
 """Model ids and file names used across the package, its scripts and its documentation: defined once."""
 
 #: The authors' released UPLiFT for the Stable Diffusion 1.5 VAE: Hub repository and its single file
-#: (official key layout, float32, no ``config.json``; the configuration is the official YAML, which is
-#: this package's default ``UPLiFTLatentUpscaler()``).
+#: (official key layout, no ``config.json``; its configuration is the default ``UPLiFTLatentUpscaler()``).
 UPLIFT_SD15_REPO_ID = "UPLiFT-upsampler/uplift_sd1.5vae"
 UPLIFT_SD15_WEIGHTS_NAME = "uplift_sd1.5vae.safetensors"
 
@@ -26,15 +25,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 UPSCALER_SUBFOLDER = "upscaler"
 
 #: Rounds of back-projection onto the input that the super-resolution pipeline and the CLI's
-#: ``upscale`` run by default (uplift_diffusers/utils/back_projection.py; 0 = the paper's output).
+#: ``upscale`` run by default (0 = the paper's output).
 DEFAULT_BACK_PROJECTION_STEPS = 5
 #: The super-resolution pipeline's ``ensemble`` values (and the CLI's / evaluation's ``--ensemble``):
 #: how many flipped / rotated copies are upscaled and averaged (1: none).
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 #: The latent spaces an UPLiFT model can be trained for (its config's ``latent_space``): whose raw
-#: latents (what a pipeline hands ``vae.decode``) it upscales. :func:`uplift_diffusers.hooks.vae_latent_space`
-#: tells a VAE's; SDXL / SD3 / FLUX.1 / TAESD are listed so that their VAEs are named when refused.
+#: latents (what a pipeline hands ``vae.decode``) it upscales. SDXL / SD3 / FLUX.1 / TAESD are listed
+#: so that their VAEs are named when refused.
 LATENT_SPACES = {
     "sd15": "the Stable Diffusion 1.5 VAE (4 channels, scaling_factor 0.18215)",
     "sdxl": "the SDXL VAE (4 channels, scaling_factor 0.13025)",
@@ -43,4 +42,3 @@ LATENT_SPACES = {
     "flux2": "the FLUX.2 VAE and its tiny autoencoder TAEF2 (32 channels)",
     "taesd": "a TAESD-family tiny autoencoder with scaled latents (scaling_factor 1.0)",
 }
-

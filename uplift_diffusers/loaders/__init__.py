@@ -1,12 +1,10 @@
-"""Loading: the authors' single-file checkpoints (``FromOriginalUPLiFTMixin``, which gives
-``UPLiFTLatentUpscaler`` its ``from_single_file`` and ``from_pretrained``), VAEs of every supported
-kind (:func:`load_vae`) and the Hugging Face Hub helpers (:mod:`.hub`, which imports neither torch
-nor diffusers: names here are imported on first use).
-"""
+"""Loading: the authors' single-file checkpoints (:mod:`.single_file`), VAEs of every supported kind
+(:mod:`.vae`) and model files (:mod:`.hub`, which imports neither torch nor diffusers: names here
+are imported on first use)."""
 from ..utils.lazy_exports import lazy_exports
 
 _MODULES = {
-    ".single_file_model": ("FromOriginalUPLiFTMixin",),
+    ".single_file": ("FromOriginalUPLiFTMixin",),
     ".vae": ("load_vae", "encode_latents", "decode_latents", "vae_scale_factor"),
 }
 

@@ -1,16 +1,13 @@
-"""Model files: the file of a Hub repository a loader reads (:func:`locate_hub_file`), a model's
-``config.json`` (:func:`read_model_config`), Hub file names (:func:`hub_file_of`), and the two
-quick checks the command line makes before loading anything (:func:`is_cached`, :func:`hub_reachable`).
-
-No torch, no diffusers here: the checks answer before those imports.
-"""
+"""Model files in local folders and Hub repositories, and the two quick checks the command line
+makes before loading anything (:func:`is_cached`, :func:`hub_reachable`): no torch, no diffusers
+here, so that those checks answer before their imports."""
 from __future__ import annotations
 
 import json
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -19,12 +16,6 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 _HUB_URL = re.compile(r"(?:https?://)?(?:huggingface\.co|hf\.co)/(.*)")
 _HUB_FILE = re.compile(r"([^/]+)/([^/]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)")
-
-
-def dtype_kwargs(dtype) -> dict:
-    """``from_pretrained``'s dtype keyword: diffusers calls it ``dtype`` (``torch_dtype`` is
-    deprecated there); ``{}`` for None (float32, the loaders' default)."""
-    return {} if dtype is None else {"dtype": dtype}
 
 
 def read_model_config(config_file, argument: str) -> dict:
@@ -70,25 +61,28 @@ def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
     return None
 
 
-def locate_hub_file(repo_id: str, filenames: Sequence[str], **hub) -> Tuple[str, str]:
-    """``(local path, name)`` of the first of ``filenames`` that the repository holds, by
-    ``hf_hub_download`` (``hub``: its :data:`HUB_KWARGS`). A file missing from the repository,
+def locate_file(source: Union[Path, str], filenames: Sequence[str], **hub) -> Optional[Tuple[str, str]]:
+    """``(local path, name)`` of the first of ``filenames`` in the local folder ``source`` (a Path,
+    as :func:`local_folder` gives it; None when it holds none) or in the Hub repository ``source``
+    (by ``hf_hub_download``, ``hub`` its :data:`HUB_KWARGS`). A file missing from the repository,
     or offline from the cache, is skipped: a root ``config.json`` the cache lacks does not hide
     a cached ``vae/config.json``. LocalEntryNotFoundError when none is cached and the Hub cannot
     be used, FileNotFoundError when the repository holds none."""
+    if isinstance(source, Path):
+        return next(((str(source / name), name) for name in filenames if (source / name).is_file()), None)
     hub = {key: value for key, value in hub.items() if value is not None}
     errors = []
     for name in filenames:
         try:
-            return hf_hub_download(repo_id, name, **hub), name
+            return hf_hub_download(source, name, **hub), name
         except EntryNotFoundError as error:  # LocalEntryNotFoundError too: not in the cache, offline
             errors.append(error)
     if all(isinstance(error, LocalEntryNotFoundError) for error in errors):
         raise LocalEntryNotFoundError(
-            f"None of {list(filenames)} of the Hub repository {repo_id!r} is in the local cache and the Hub cannot be "
+            f"None of {list(filenames)} of the Hub repository {source!r} is in the local cache and the Hub cannot be "
             "used (HF_HUB_OFFLINE=1, local_files_only=True or no network); download it once or pass a local path."
         ) from errors[-1]
-    raise FileNotFoundError(f"The Hub repository {repo_id!r} holds none of {list(filenames)}.") from errors[-1]
+    raise FileNotFoundError(f"The Hub repository {source!r} holds none of {list(filenames)}.") from errors[-1]
 
 
 def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Optional[str]]]:
@@ -99,14 +93,9 @@ def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Op
     if not isinstance(source, str):
         return None
     url = _HUB_URL.fullmatch(source)
-    if url is not None:
-        match = _HUB_FILE.fullmatch(url.group(1))
-    elif "://" in source:
-        match = None
-    elif source.count("/") >= 2 and not looks_like_local_path(source):
-        match = _HUB_FILE.fullmatch(source)
-    else:
+    if url is None and "://" not in source and (source.count("/") < 2 or looks_like_local_path(source)):
         return None
+    match = _HUB_FILE.fullmatch(source if url is None else url.group(1))  # never a URL of another site
     if match is None:
         raise ValueError(
             f"`{argument}` {source!r} is not a Hugging Face Hub file URL; expected "

@@ -1,11 +1,8 @@
-"""Load a VAE of any supported kind, and encode / decode with it uniformly.
-
-The pipelines, the training script and the evaluation code use these so that they work the same
-with diffusers' ``AutoencoderKL`` (and ``AutoencoderKLFlux2``), diffusers' ``AutoencoderTiny`` and
-:class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`. Latents are always *unscaled*:
-:func:`encode_latents` returns the raw encoder output (the posterior mode for KL autoencoders),
-without ``scaling_factor`` / ``shift_factor``, and :func:`decode_latents` expects the same.
-"""
+"""Load a VAE of any supported kind (diffusers' ``AutoencoderKL``, ``AutoencoderKLFlux2`` and
+``AutoencoderTiny``, this package's :class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`)
+and encode / decode with all of them alike, for the pipelines, training and evaluation. Latents are
+*unscaled*: the raw encoder output (a KL autoencoder's posterior mode), without ``scaling_factor`` /
+``shift_factor``."""
 from __future__ import annotations
 
 import os
@@ -18,9 +15,7 @@ from diffusers.utils import CONFIG_NAME
 from ..constants import SD15_VAE_SUBFOLDER
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..utils.validation import check_image_batch
-from .hub import dtype_kwargs, local_folder, locate_hub_file, read_model_config
-
-__all__ = ["load_vae", "encode_latents", "decode_latents", "vae_scale_factor", "SUPPORTED_VAE_CLASSES"]
+from .hub import local_folder, locate_file, read_model_config
 
 #: The ``_class_name`` values :func:`load_vae` accepts.
 SUPPORTED_VAE_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderTiny", "TinyAutoencoder")
@@ -56,41 +51,35 @@ def load_vae(
 ) -> torch.nn.Module:
     """Load a VAE, in evaluation mode, from a local directory or a Hub id.
 
-    A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair, e.g.
-    ``encoder.pth`` / ``decoder.pth``) loads with :meth:`TinyAutoencoder.from_original_checkpoint`;
-    a diffusers folder or Hub repository (``config.json`` in ``subfolder``, by default at its root
-    or else in a pipeline's ``vae/``) with the class its ``_class_name`` names (one of
-    :data:`SUPPORTED_VAE_CLASSES`). ``revision``, ``cache_dir``, ``local_files_only`` and ``token``
-    are for a Hub id; the cache is read first, so a VAE missing from it offline is reported at
-    once (``LocalEntryNotFoundError``). ``argument`` is how errors name ``path_or_id`` (e.g. ``"--vae"``).
+    A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair) loads
+    with :meth:`TinyAutoencoder.from_original_checkpoint`; a diffusers folder or Hub repository
+    (``config.json`` in ``subfolder``, by default at its root or else in a pipeline's ``vae/``) with
+    the class its ``_class_name`` names (one of :data:`SUPPORTED_VAE_CLASSES`). The Hub arguments
+    are ``hf_hub_download``'s; offline, a VAE missing from the cache is reported at once
+    (``LocalEntryNotFoundError``). ``argument`` names ``path_or_id`` in errors (e.g. ``"--vae"``).
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
     path = local_folder(path_or_id, argument, "pass its directory, or call "
                         "TinyAutoencoder.from_original_checkpoint(encoder_path, decoder_path) for a .pth pair")
     text = os.fspath(path_or_id)
+    pair = _find_pth_pair(path, argument) if path is not None and not subfolder else None
+    if pair is not None:
+        return TinyAutoencoder.from_original_checkpoint(*pair, dtype)
     places = [subfolder] if subfolder else ["", SD15_VAE_SUBFOLDER]
-    hub = {}
-    if path is not None:
-        pair = None if subfolder else _find_pth_pair(path, argument)
-        if pair is not None:
-            return TinyAutoencoder.from_original_checkpoint(*pair, dtype)
-        found = next((place for place in places if (path / place / CONFIG_NAME).is_file()), None)
-        if found is None:
-            raise ValueError(f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
-                             f"{CONFIG_NAME} in {[place + '/' for place in places]}; point it at a VAE directory")
-        config_file, source = path / found / CONFIG_NAME, str(path)
-    else:
-        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-        config_file, name = locate_hub_file(text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)
-        found, source = name.rpartition("/")[0], text
+    hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    found = locate_file(path or text, [f"{place}/{CONFIG_NAME}".lstrip("/") for place in places], **hub)
+    if found is None:
+        raise ValueError(f"{argument} {text!r} holds neither an encoder.pth / decoder.pth pair nor a diffusers "
+                         f"{CONFIG_NAME} in {[place + '/' for place in places]}; point it at a VAE directory")
+    config_file, name = found
     class_name = read_model_config(config_file, f"{argument} {text!r}").get("_class_name")
     if class_name not in SUPPORTED_VAE_CLASSES:
         raise ValueError(f"{argument} {text!r}: the VAE config {config_file} names _class_name={class_name!r}; supported "
                          f"classes are {list(SUPPORTED_VAE_CLASSES)}")
     # diffusers.AutoModel knows every supported class but this package's TinyAutoencoder
     cls = TinyAutoencoder if class_name == TinyAutoencoder.__name__ else diffusers.AutoModel
-    return cls.from_pretrained(source, subfolder=found or None, **dtype_kwargs(dtype), **hub).eval()
+    return cls.from_pretrained(str(path or text), subfolder=name.rpartition("/")[0] or None, dtype=dtype, **hub).eval()
 
 
 def vae_scale_factor(vae) -> int:

@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..constants import LATENT_SPACES
-from ..loaders.single_file_model import FromOriginalUPLiFTMixin
+from ..loaders.single_file import FromOriginalUPLiFTMixin
 from .local_attender import LocalAttender, channel_residual
 
 logger = logging.get_logger(__name__)

@@ -7,8 +7,6 @@ import contextlib
 import importlib
 from typing import Callable, ContextManager, Dict, Optional, Sequence
 
-__all__ = ["lazy_exports"]
-
 
 def lazy_exports(
     package: str,
@@ -16,10 +14,10 @@ def lazy_exports(
     modules: Dict[str, Sequence[str]],
     context: Optional[Callable[[], ContextManager]] = None,
 ) -> Callable[[str], object]:
-    """A module ``__getattr__`` for ``package`` (its ``__name__``): ``modules`` maps a module
-    (relative, e.g. ``".vae"``) to the names it exports; the first use of one imports that module
-    (inside ``context()`` when given, e.g. to silence import-time notices) and stores all its
-    names in ``namespace`` (the package's ``globals()``), so later uses are plain attributes."""
+    """A module ``__getattr__`` for ``package``: ``modules`` maps a module (relative, e.g.
+    ``".vae"``) to the names it exports; the first use of one imports that module (inside
+    ``context()`` when given, e.g. to silence import-time notices) and stores its names in
+    ``namespace`` (the package's ``globals()``), so later uses are plain attributes."""
     owner = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str):

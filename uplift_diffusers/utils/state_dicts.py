@@ -3,17 +3,14 @@ pickled code, and listing every way one differs from what a model expects at onc
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-
-__all__ = ["load_state_dict_file", "state_dict_problems"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 #: Training checkpoints nest the weights under one of these keys.
@@ -35,19 +32,17 @@ def _torch_load(path: Path, name: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the errors below say enough
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
-            reason = _first_sentence(str(error).split("WeightsUnpickler error:")[-1])
-            raise ValueError(f"{name} cannot be read as a checkpoint of tensors ({reason}): it is corrupt, or not a "
-                             "state dict saved with torch.save.") from None
-        refused = ", ".join(sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(error))))) or "unknown classes"
+    except Exception as error:  # noqa: BLE001 - a refused, damaged or foreign pickle or archive
+        message = str(error)
+    if "Unsupported global" in message:
+        refused = ", ".join(sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))) or "unknown classes"
         raise ValueError(
             f"{name} was refused for safety: besides tensors it holds pickled Python objects ({refused}), and loading "
             "those could run arbitrary code. Ask its publisher for a .safetensors file, or re-save only its tensors "
             "where it was made (safetensors.torch.save_file(state_dict, 'model.safetensors')) and pass that file."
-        ) from None
-    except Exception as error:  # noqa: BLE001 - a damaged archive or pickle
-        raise ValueError(f"{name} is corrupt or truncated ({_first_sentence(error)}); download or save it again.") from error
+        )
+    reason = _first_sentence(message.split("WeightsUnpickler error:")[-1])
+    raise ValueError(f"{name} is corrupt or truncated, or not saved with torch.save ({reason}); download or save it again.")
 
 
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -78,20 +73,16 @@ def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpo
 
 
 def state_dict_problems(
-    given: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    *,
-    display: Callable[[str], str] = str,
-    limit: Optional[int] = None,
+    given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], limit: Optional[int] = None
 ) -> List[str]:
     """How ``given`` differs from ``expected``: one phrase per kind (missing keys, unexpected keys,
-    shape mismatches), empty when they match. ``display`` names a key as the user's file spells
-    it; ``limit`` cuts each list to that many entries plus a count of the rest."""
+    shape mismatches), empty when they match; ``limit`` cuts each list to that many entries plus a
+    count of the rest."""
     shared = sorted(set(given) & set(expected))
     kinds = {
-        "missing keys": sorted(display(k) for k in set(expected) - set(given)),
-        "unexpected keys": sorted(display(k) for k in set(given) - set(expected)),
-        "shape mismatches": [f"{display(k)}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        "missing keys": sorted(set(expected) - set(given)),
+        "unexpected keys": sorted(set(given) - set(expected)),
+        "shape mismatches": [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
                              for k in shared if given[k].shape != expected[k].shape],
     }
     problems = []

@@ -1,10 +1,7 @@
-"""Tiny, randomly initialised components for smoke tests and unit tests (the diffusers convention).
-
-The evaluation scripts' ``--smoke-test`` runs and the project's tests build their tiny models
-here, in seconds and offline; the outputs mean nothing, the weights are random. Builders of whole
+"""Tiny, randomly initialised components (the diffusers convention) for the tests and the
+``--smoke-test`` runs: built in seconds and offline, their outputs mean nothing. Builders of whole
 models and folders seed torch themselves (``seed``); the component builders used inside them
-(:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands.
-"""
+(:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands."""
 from __future__ import annotations
 
 import json
@@ -14,23 +11,18 @@ from typing import Optional
 
 import torch
 
-#: The tiny upscaler's architecture (a few thousand parameters): 3 encoder groups, one block each.
-TINY_UPSCALER = dict(
-    encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16, decoder_blocks_after_upsample=1, refiner_channels=16, refiner_blocks=1
-)
-#: The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score): 16 positions.
-TINY_CLIP_TEXT = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16)
-
 
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (:data:`TINY_UPSCALER`, any ``architecture`` key overridden), in eval mode;
-    ``seed=None`` continues torch's global generator (the stream of :func:`build_sd_components`)."""
+    """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
+    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator
+    (the stream of :func:`build_sd_components`)."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
         torch.manual_seed(seed)
-    config = {**TINY_UPSCALER, **architecture}
-    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **config).eval()
+    config = dict(encoder_channels=(8, 8, 16), encoder_blocks_per_group=1, decoder_channels=16,
+                  decoder_blocks_after_upsample=1, refiner_channels=16, refiner_blocks=1)
+    return UPLiFTLatentUpscaler(latent_channels=latent_channels, noise_scale=noise_scale, **{**config, **architecture}).eval()
 
 
 def make_kl_vae(blocks: int = 4, sample_size: int = 32):
@@ -44,7 +36,7 @@ def make_kl_vae(blocks: int = 4, sample_size: int = 32):
     ).eval()
 
 
-def make_tokenizer(folder, max_length: int = 16, words=()):
+def make_tokenizer(folder, words=()):
     """A CLIPTokenizer saved in ``folder``: lower-case letters and ``!.,`` one token each, plus
     BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
     from transformers import CLIPTokenizer
@@ -64,17 +56,21 @@ def make_tokenizer(folder, max_length: int = 16, words=()):
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length), len(vocab)
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> dict:
-    """:data:`TINY_CLIP_TEXT` for a :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
-    return dict(TINY_CLIP_TEXT, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
+    """The text side of every tiny CLIP text encoder (SD, SDXL, CLIP score), 16 positions, for a
+    :func:`make_tokenizer` vocabulary (token ids 0 and 1 = start / end / pad)."""
+    return dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16,
+                vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, **overrides)
 
 
-def make_tiny_clip(vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode."""
-    from transformers import CLIPConfig, CLIPModel
+def make_tiny_clip(tokenizer, vocab_size: int, seed: int = 0):
+    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode, and
+    its ``CLIPProcessor``: ``tokenizer`` (a :func:`make_tokenizer`) and the PIL image processor
+    (shortest side 32, centre crop 32)."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
     config = CLIPConfig(
@@ -82,24 +78,16 @@ def make_tiny_clip(vocab_size: int, seed: int = 0):
         vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8),
         projection_dim=16,
     )
-    return CLIPModel(config).eval()
-
-
-def clip_image_processor():
-    """The PIL ``CLIPImageProcessorPil`` of the tiny CLIP models: shortest side 32, centre crop 32."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def save_tiny_clip(folder, seed: int = 0) -> Path:
-    """Save :func:`make_tiny_clip` with its tokenizer and image processor: a ``CLIPProcessor`` folder."""
-    folder = Path(folder)
-    tokenizer, vocab_size = make_tokenizer(folder)
-    make_tiny_clip(vocab_size, seed).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    clip_image_processor().save_pretrained(folder)
-    return folder
+    """Save :func:`make_tiny_clip` and its processor to ``folder`` (what ``from_pretrained`` reads); returns it."""
+    model, processor = make_tiny_clip(*make_tokenizer(folder), seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return Path(folder)
 
 
 def make_unet(**overrides):
@@ -115,29 +103,26 @@ def make_unet(**overrides):
     return UNet2DConditionModel(**{**config, **overrides}).eval()
 
 
-def make_scheduler(kind: str = "pndm"):
-    """The SD1.5 noise schedule in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` scheduler."""
-    from diffusers import DDIMScheduler, PNDMScheduler
-
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if kind == "pndm":
-        return PNDMScheduler(**schedule, skip_prk_steps=True)
-    if kind == "ddim":
-        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
-    raise ValueError(f"`kind` must be 'pndm' or 'ddim', got {kind!r}; pass one of these scheduler names.")
-
-
 def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """The components of a tiny SD model (64 px images, 8 x 8 latents); with ``with_upscaler`` also
+    """The components of a tiny SD model (64 px images, 8 x 8 latents) with the SD1.5 noise schedule
+    in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` ``scheduler``; with ``with_upscaler`` also
     ``upscaler``, a :func:`make_upscaler` whose weights continue the same seeded random stream."""
+    from diffusers import DDIMScheduler, PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if scheduler not in ("pndm", "ddim"):
+        raise ValueError(f"`scheduler` must be 'pndm' or 'ddim', got {scheduler!r}; pass one of these scheduler names.")
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    if scheduler == "pndm":
+        scheduler = PNDMScheduler(**schedule, skip_prk_steps=True)
+    else:
+        scheduler = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
     torch.manual_seed(seed)
     tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
     unet = make_unet()
     vae = make_kl_vae(sample_size=32)
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
-    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(scheduler))
+    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
     if with_upscaler:
         components["upscaler"] = make_upscaler(seed=None)
     return components
@@ -177,10 +162,10 @@ def make_byte_tokenizer():
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the resolution-dependent
-    shift (as the released configurations) and, for FLUX.2 [klein], a
-    hidden-size-16 Qwen3 text encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder
-    is left out: its tests pass ``prompt_embeds``)."""
+    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the released
+    configurations' resolution-dependent shift and, for FLUX.2 [klein], a hidden-size-16 Qwen3 text
+    encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
+    ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
