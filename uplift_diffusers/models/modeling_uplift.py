@@ -165,21 +165,6 @@ class UPLiFTRefiner(nn.Module):
 
 
 # =============================================================================== the model
-def check_trained_upscale_factors(factors) -> None:
-    """ValueError unless ``factors`` is None or a non-empty list of distinct powers of two >= 2
-    (the config key ``trained_upscale_factors``)."""
-    if factors is None:
-        return
-    valid = isinstance(factors, (list, tuple)) and len(factors) > 0 and all(
-        isinstance(f, int) and not isinstance(f, bool) and f >= 2 and f & (f - 1) == 0 for f in factors
-    )
-    if not valid or len(set(factors)) != len(factors):
-        raise ValueError(
-            f"`trained_upscale_factors` must be None (unknown) or a list of distinct powers of two >= 2 "
-            f"(the factors 2 ** depth the model was trained for, e.g. [2, 4]), got {factors!r}."
-        )
-
-
 @dataclass
 class UPLiFTOutput(BaseOutput):
     """Output of :class:`UPLiFTLatentUpscaler`.
@@ -252,7 +237,17 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         latent_space: Optional[str] = None,
     ):
         super().__init__()
-        check_trained_upscale_factors(trained_upscale_factors)
+        factors = trained_upscale_factors
+        if factors is not None and (
+            not isinstance(factors, (list, tuple))
+            or not factors
+            or any(isinstance(f, bool) or not isinstance(f, int) or f < 2 or f & (f - 1) for f in factors)
+            or len(set(factors)) != len(factors)
+        ):
+            raise ValueError(
+                f"`trained_upscale_factors` must be None (unknown) or a list of distinct powers of two >= 2 "
+                f"(the factors 2 ** depth the model was trained for, e.g. [2, 4]), got {factors!r}."
+            )
         if latent_space is not None and latent_space not in LATENT_SPACES:
             raise ValueError(f"`latent_space` must be None or one of {sorted(LATENT_SPACES)}, got {latent_space!r}.")
         self._warned_untrained_factor = False
@@ -356,15 +351,13 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         return [(batch, channels, *size) if channels else None for channels, *size in sizes]
 
     def _noise_settings(self, noise_scale: Optional[float]):
-        """``((decoder channels, scale), (refiner channels, scale))``."""
+        """``((decoder channels, scale), (refiner channels, scale))``; ``noise_scale`` overrides both scales."""
         cfg = self.config
-        dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
-        if noise_scale is not None:
-            ref_scale = noise_scale
-        else:
-            ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
-        return (cfg.noise_channels, float(dec_scale)), (ref_channels, float(ref_scale))
+        if noise_scale is not None:
+            return (cfg.noise_channels, float(noise_scale)), (ref_channels, float(noise_scale))
+        ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
+        return (cfg.noise_channels, float(cfg.noise_scale)), (ref_channels, float(ref_scale))
 
     def check_inputs(self, latents, image, num_steps, generator=None, noise_scale=None, noise=None, callback=None) -> None:
         """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only (no
@@ -398,8 +391,34 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"`noise_scale` must be a number >= 0 or None, got {noise_scale!r}.")
         if callback is not None and not callable(callback):
             raise ValueError(f"`callback` must be None or a function called as callback(step_index, latents), got {type(callback).__name__}.")
-        if noise is not None:
-            self._check_noise(noise, latents, num_steps, generator, noise_scale)
+        if noise is not None and (generator is not None or noise_scale is not None):
+            raise ValueError(
+                f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
+                f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
+            )
+        if noise is not None and (not isinstance(noise, (list, tuple)) or len(noise) != num_steps):
+            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
+            raise ValueError(
+                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
+                f"as `step_noise` returns), got {got}."
+            )
+        for index, step in enumerate(noise or ()):
+            expected = self.step_noise_shapes((batch, channels, h * 2**index, w * 2**index))
+            if isinstance(step, (list, tuple)):
+                got = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in step]
+            else:
+                got = type(step).__name__
+            if got != expected:
+                raise ValueError(
+                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
+                    f"as `step_noise` draws it for step {index}; got {got}."
+                )
+            for n in step:
+                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
+                    raise ValueError(
+                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
+                        f"{self.dtype} on the latents' device {latents.device}."
+                    )
         trained = self.config.get("trained_upscale_factors")
         if trained and 2**num_steps > max(trained) and not self._warned_untrained_factor:
             self._warned_untrained_factor = True
@@ -409,35 +428,3 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"To avoid it, upscale by at most {max(trained)}x per pass (e.g. {max(trained)}x, then "
                 f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
             )
-
-    def _check_noise(self, noise, latents, num_steps, generator, noise_scale) -> None:
-        """The ``noise`` of :meth:`forward`: one step noise per step, each shaped as
-        :meth:`step_noise` draws it for that step's latents."""
-        if generator is not None or noise_scale is not None:
-            raise ValueError(
-                f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
-                f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
-            )
-        if not isinstance(noise, (list, tuple)) or len(noise) != num_steps:
-            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
-            raise ValueError(
-                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
-                f"as `step_noise` returns), got {got}."
-            )
-        batch, _, h, w = latents.shape
-        for index, step in enumerate(noise):
-            expected = self.step_noise_shapes((batch, None, h * 2**index, w * 2**index))
-            parts = list(step) if isinstance(step, (list, tuple)) else [step]
-            shapes = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in parts]
-            if not isinstance(step, (list, tuple)) or shapes != expected:
-                got = type(step).__name__ if not isinstance(step, (list, tuple)) else shapes
-                raise ValueError(
-                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
-                    f"as `step_noise` draws it for step {index}; got {got}."
-                )
-            for n in parts:
-                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
-                    raise ValueError(
-                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
-                        f"{self.dtype} on the latents' device {latents.device}."
-                    )
