@@ -12,12 +12,10 @@ Data flow for one call (``num_steps`` 2x steps, weights shared between steps)::
         refiner:  [attended, nearest(E4), noise] -> ConvBlocks -> 1x1 conv -> z (2h x 2w)
 
 The file follows that order: ConvBlock, encoder, decoder, (Local Attender, in
-:mod:`.local_attender`), refiner, then the model. The module and parameter names follow the
-paper; :mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto
-them. Speed (bf16, ``torch.compile``, computing only the encoder pixels the steps read) is
-not here: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference` swaps the two
-passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`
-for faster versions of themselves, from outside; ``forward`` and its step loop stay this file's.
+:mod:`.local_attender`), refiner, then the model. The names follow the paper;
+:mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto them. Speed
+is applied from outside: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference`
+swaps the passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`.
 """
 from __future__ import annotations
 
@@ -148,9 +146,7 @@ class UPLiFTDecoder(nn.Module):
         return self.out_blocks(concat(up, skip_map, noise_out))
 
 
-# The Local Attender (guide, value) -> value mixed over a neighbourhood: see local_attender.py.
-
-
+# (the Local Attender: local_attender.py)
 class UPLiFTRefiner(nn.Module):
     """``[attended latents, nearest(encoder map), noise]`` -> ConvBlocks -> Conv1x1 back to the
     latent width (no residual around it)."""
@@ -211,8 +207,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             :data:`~uplift_diffusers.constants.LATENT_SPACES` (``"sd15"``, ``"flux2"``, ...), or
             ``None`` when unknown (then only the channel count is checked against a VAE).
     """
-
-    _supports_gradient_checkpointing = False
 
     @register_to_config
     def __init__(
@@ -331,9 +325,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
     def step_noise(self, latents: torch.Tensor, generator: GeneratorArg = None, noise_scale: Optional[float] = None) -> StepNoise:
         """Fresh noise for the three concatenations of one step, in the model's dtype, drawn
         in the order they are used (``noise_scale`` overrides the configured scales)."""
-        (_, dec_scale), (_, ref_scale) = self._noise_settings(noise_scale)
         noise = []
-        for shape, scale in zip(self.step_noise_shapes(latents.shape), (dec_scale, dec_scale, ref_scale)):
+        for shape, scale in self._noise_layout(latents.shape, noise_scale):
             if shape is None:
                 noise.append(None)
             elif scale == 0.0:
@@ -342,22 +335,17 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 noise.append(randn_tensor(shape, generator=generator, device=latents.device, dtype=self.dtype) * scale)
         return tuple(noise)
 
-    def step_noise_shapes(self, latents_shape) -> List[Optional[Tuple[int, int, int, int]]]:
-        """Shapes of the three tensors of :meth:`step_noise` for latents of ``latents_shape``
-        (``None`` where there are no noise channels)."""
-        batch, _, h, w = latents_shape
-        (dec_channels, _), (ref_channels, _) = self._noise_settings(None)
-        sizes = ((dec_channels, h, w), (dec_channels, 2 * h, 2 * w), (ref_channels, 2 * h, 2 * w))
-        return [(batch, channels, *size) if channels else None for channels, *size in sizes]
-
-    def _noise_settings(self, noise_scale: Optional[float]):
-        """``((decoder channels, scale), (refiner channels, scale))``; ``noise_scale`` overrides both scales."""
+    def _noise_layout(self, latents_shape, noise_scale: Optional[float] = None) -> List[Tuple[Optional[Tuple[int, ...]], float]]:
+        """``(shape, scale)`` of each tensor of :meth:`step_noise` for latents of ``latents_shape``
+        (shape ``None`` where there are no noise channels)."""
         cfg = self.config
+        batch, _, h, w = latents_shape
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
-        if noise_scale is not None:
-            return (cfg.noise_channels, float(noise_scale)), (ref_channels, float(noise_scale))
+        dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
         ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
-        return (cfg.noise_channels, float(cfg.noise_scale)), (ref_channels, float(ref_scale))
+        ref_scale = ref_scale if noise_scale is None else noise_scale
+        parts = ((cfg.noise_channels, 1, dec_scale), (cfg.noise_channels, 2, dec_scale), (ref_channels, 2, ref_scale))
+        return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 
     def check_inputs(self, latents, image, num_steps, generator=None, noise_scale=None, noise=None, callback=None) -> None:
         """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only (no
@@ -403,7 +391,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"as `step_noise` returns), got {got}."
             )
         for index, step in enumerate(noise or ()):
-            expected = self.step_noise_shapes((batch, channels, h * 2**index, w * 2**index))
+            expected = [shape for shape, _ in self._noise_layout((batch, channels, h * 2**index, w * 2**index))]
             if isinstance(step, (list, tuple)):
                 got = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in step]
             else:
