@@ -183,30 +183,6 @@ class FastInference:
             return (sample, intermediate)
         return UPLiFTOutput(sample=sample, intermediate=intermediate)
 
-    # ----------------------------------------------------------------- switching
-    def install(self) -> None:
-        """Set the passes and the forward wrapper on the model. accelerate's hooks (CPU offload)
-        replace ``forward`` on the instance and call ``_old_forward``: then that is replaced, so
-        the hook still moves the weights first."""
-        model = self.model
-        model.encode = self.model_encode
-        model.upscale_step = self.model_upscale_step
-        under_hook = hasattr(model, "_hf_hook") and hasattr(model, "_old_forward")
-        setattr(model, "_old_forward" if under_hook else "forward", self.forward)
-        model._fast_inference = self
-
-    def remove(self) -> None:
-        """Give the model its own passes and ``forward`` back and drop the compiled passes."""
-        model = self.model
-        for name in ("encode", "upscale_step"):
-            model.__dict__.pop(name, None)
-        if model.__dict__.get("forward") == self.forward:
-            del model.forward
-        if model.__dict__.get("_old_forward") == self.forward:  # under an accelerate hook: it calls this again
-            model._old_forward = type(model).forward.__get__(model)
-        model._fast_inference = None
-        self._compiled.clear()
-
 
 def apply_fast_inference(
     model,
@@ -250,13 +226,27 @@ def apply_fast_inference(
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
     remove_fast_inference(model)
     state = FastInference(model, dtype, compile, compile_mode, channels_last)
-    state.install()
+    model.encode = state.model_encode
+    model.upscale_step = state.model_upscale_step
+    # accelerate's hooks (CPU offload) replace `forward` on the instance and call `_old_forward`:
+    # then that is replaced, so the hook still moves the weights first
+    under_hook = hasattr(model, "_hf_hook") and hasattr(model, "_old_forward")
+    setattr(model, "_old_forward" if under_hook else "forward", state.forward)
+    model._fast_inference = state
     return state
 
 
 def remove_fast_inference(model) -> None:
-    """Undo :func:`apply_fast_inference`: the model's own (float32 eager) passes again.
-    Does nothing when fast inference is not applied."""
+    """Undo :func:`apply_fast_inference`: the model's own (float32 eager) passes and ``forward``
+    again, the compiled passes dropped. Does nothing when fast inference is not applied."""
     state = getattr(model, "_fast_inference", None)
-    if state is not None:
-        state.remove()
+    if state is None:
+        return
+    for name in ("encode", "upscale_step"):
+        model.__dict__.pop(name, None)
+    if model.__dict__.get("forward") == state.forward:
+        del model.forward
+    if model.__dict__.get("_old_forward") == state.forward:  # under an accelerate hook: it calls this again
+        model._old_forward = type(model).forward.__get__(model)
+    model._fast_inference = None
+    state._compiled.clear()

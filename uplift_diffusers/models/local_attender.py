@@ -29,13 +29,7 @@ NEIGHBORHOODS = {
     5: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if abs(dy) + abs(dx) <= 1],
     9: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)],
     13: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2],
-    17: [
-        (-2, -2), (-2, 0), (-2, 2),
-        (-1, -1), (-1, 0), (-1, 1),
-        (0, -2), (0, -1), (0, 0), (0, 1), (0, 2),
-        (1, -1), (1, 0), (1, 1),
-        (2, -2), (2, 0), (2, 2),
-    ],
+    17: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if {abs(dy), abs(dx)} != {1, 2}],  # 5x5 minus knight moves
     25: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
 }
 
