@@ -151,7 +151,6 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.tile_sample_min_size = 512
         self.tile_overlap_factor = 0.25
 
-    # ------------------------------------------------------------------ conversion
     @classmethod
     def from_original_checkpoint(
         cls,
@@ -218,7 +217,6 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             model.decoder.to(dtype)
         return model.eval()
 
-    # ------------------------------------------------------------------ inference
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Encode images in [-1, 1] of shape (batch, 3, H, W), H and W multiples of 8, into
@@ -244,7 +242,6 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             return (images,)
         return DecoderOutput(sample=images)
 
-    # ------------------------------------------------------------------ slicing and tiling
     def _run_sliced(self, run, x: torch.Tensor) -> torch.Tensor:
         """``run(x)``, one batch element at a time when slicing is on (as diffusers does)."""
         if self.use_slicing and x.shape[0] > 1:

@@ -85,13 +85,13 @@ def axis_weights(starts: Sequence[int], length: int, tile_size: int, out_scale: 
     return weights
 
 
-def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None, noise_scale=None) -> List[StepNoise]:
+def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None) -> List[StepNoise]:
     """Every step's noise for upscaling ``latents`` by ``2 ** num_steps``, drawn by the model's
     :meth:`~UPLiFTLatentUpscaler.step_noise` at full size, in the order an untiled run draws it."""
     batch, channels, h, w = latents.shape
     # step_noise reads only the shape and device of the latents: zero-size stand-ins
     stand_ins = [latents.new_zeros(()).expand(batch, channels, h * 2**step, w * 2**step) for step in range(num_steps)]
-    return [upscaler.step_noise(stand_in, generator, noise_scale) for stand_in in stand_ins]
+    return [upscaler.step_noise(stand_in, generator) for stand_in in stand_ins]
 
 
 def count_tiles(height: int, width: int, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> int:
@@ -149,7 +149,6 @@ def tiled_upscale(
     tile_size: Optional[int] = None,
     overlap: Optional[int] = None,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-    noise_scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Upscale ``latents`` by ``2 ** num_steps`` tile by tile (see the module doc).
 
@@ -163,16 +162,15 @@ def tiled_upscale(
             :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
         callback: ``callback(step_index, tile_latents)`` after every 2x step of every tile
             (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
-        noise_scale: override of the model's noise scale, as in ``forward``.
 
     Returns:
         The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's
         output dtype; equal to the untiled call when one tile covers the latents.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
-    upscaler.check_inputs(latents, image, num_steps, generator, noise_scale, callback=callback)
+    upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)
     factor = upscaler.config.vae_scale_factor
-    noises = full_size_step_noise(upscaler, latents, num_steps, generator, noise_scale)
+    noises = full_size_step_noise(upscaler, latents, num_steps, generator)
 
     def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         tile_noise = []
