@@ -45,13 +45,6 @@ StepCallback = Callable[[int, torch.Tensor], None]
 
 
 # =============================================================================== building blocks
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel dimension of a B x C x H x W map (per pixel)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class ConvBlock(nn.Module):
     """Conv3x3 (no bias) -> LayerNorm over channels -> ReLU -> Conv1x1, plus a residual of the
     input (first channels kept, or zero-padded, when the widths differ)."""
@@ -60,25 +53,22 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.out_channels = out_channels
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.norm = ChannelLayerNorm(out_channels, eps=1e-6)
+        self.norm = nn.LayerNorm(out_channels, eps=1e-6)
         self.proj = nn.Conv2d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.conv(x), x)
 
     def pointwise(self, conv_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Everything after the 3x3 convolution, pixel by pixel: LayerNorm -> ReLU -> Conv1x1
-        -> + residual (the block input at the pixels of ``conv_out``)."""
-        return self.proj(F.relu(self.norm(conv_out))) + channel_residual(residual, self.out_channels)
+        """Everything after the 3x3 convolution, pixel by pixel: LayerNorm over the channels ->
+        ReLU -> Conv1x1 -> + residual (the block input at the pixels of ``conv_out``)."""
+        normed = self.norm(conv_out.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj(F.relu(normed)) + channel_residual(residual, self.out_channels)
 
 
 def conv_blocks(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     """A chain of ConvBlocks with the given output widths."""
-    blocks = []
-    for width in widths:
-        blocks.append(ConvBlock(in_channels, width))
-        in_channels = width
-    return nn.Sequential(*blocks)
+    return nn.Sequential(*(ConvBlock(i, o) for i, o in zip([in_channels, *widths], widths)))
 
 
 def concat(x: torch.Tensor, encoder_map: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> torch.Tensor:
