@@ -136,7 +136,7 @@ class UPLiFTDecoder(nn.Module):
         return self.out_blocks(concat(up, skip_map, noise_out))
 
 
-# (the Local Attender: local_attender.py)
+# The Local Attender, (guide, value) -> value mixed over a neighbourhood: see local_attender.py.
 class UPLiFTRefiner(nn.Module):
     """``[attended latents, nearest(encoder map), noise]`` -> ConvBlocks -> Conv1x1 back to the
     latent width (no residual around it)."""
@@ -331,9 +331,11 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         cfg = self.config
         batch, _, h, w = latents_shape
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
-        dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
-        ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
-        ref_scale = ref_scale if noise_scale is None else noise_scale
+        if noise_scale is not None:
+            dec_scale = ref_scale = noise_scale
+        else:
+            dec_scale = cfg.noise_scale
+            ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
         parts = ((cfg.noise_channels, 1, dec_scale), (cfg.noise_channels, 2, dec_scale), (ref_channels, 2, ref_scale))
         return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 

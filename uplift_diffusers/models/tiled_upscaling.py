@@ -131,7 +131,7 @@ def blend_tiles(
             if out is None:
                 out = tile.new_zeros(tile.shape[:2] + (height * out_scale, width * out_scale), dtype=torch.float32)
                 weight_sum = tile.new_zeros((1, 1) + out.shape[-2:], dtype=torch.float32)
-            weight = (row_weights[row][:, None] * col_weights[col][None, :]).to(tile.device)
+            weight = row_weights[row].to(tile.device)[:, None] * col_weights[col].to(tile.device)[None, :]
             region = (slice(None), slice(None), slice(y0 * out_scale, y1 * out_scale), slice(x0 * out_scale, x1 * out_scale))
             out[region] += tile.float() * weight
             weight_sum[region] += weight
