@@ -160,7 +160,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     ) -> "TinyAutoencoder":
         """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair,
         its config read from the state-dict keys and shapes. Missing or unexpected keys and shape
-        mismatches raise ``ValueError`` listing them.
+        mismatches raise ``ValueError`` listing them, a missing file ``FileNotFoundError``.
 
         Args:
             encoder_path: path of the encoder state dict (``encoder.pth``, ``taef2_encoder.pth``, ...).
