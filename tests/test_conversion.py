@@ -283,7 +283,8 @@ def test_official_sd15_yaml_is_the_default_config(shared_path):
         default = UPLiFTLatentUpscaler()
     assert sum(p.numel() for p in converted.parameters()) == 53_487_445
     assert {k: v.shape for k, v in converted.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
-    assert converted._noise_settings(None) == default._noise_settings(None) == ((4, 1.0), (4, 1.0))
+    noise_layout = [(None if shape is None else shape[1], scale) for shape, scale in converted._noise_layout((1, 4, 2, 2))]
+    assert noise_layout == [(4, 1.0)] * 3 and converted._noise_layout((1, 4, 2, 2)) == default._noise_layout((1, 4, 2, 2))
 
     def normalised(config):
         out = {k: v for k, v in config.items() if not k.startswith("_")}

@@ -2,16 +2,12 @@
 
 The original madebyollin/taesd checkpoints are two state dicts, ``encoder.pth`` and ``decoder.pth``,
 each indexing one ``nn.Sequential`` laid out as diffusers' ``EncoderTiny`` / ``DecoderTiny`` (the
-decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). Newer variants (TAEF2) make some blocks
-"pooled": before the block ``x = x + pool(x)`` with ``pool = Conv1x1(64, 256, no bias),
-GroupNorm(4, 256), ReLU, Conv1x1(256, 64, no bias)``. :class:`TinyAutoencoder` keeps that key layout
-under ``encoder.layers.`` / ``decoder.layers.``; the latent channel count and the pooled blocks are
-read from the keys and stored in the config, so ``save_pretrained`` / ``from_pretrained`` round-trip
-any variant.
+decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). TAEF2 makes some blocks "pooled"
+(``x = x + pool(x)`` before the block), which diffusers' ``AutoencoderTiny`` cannot hold: hence this
+model, keeping the files' key layout under ``encoder.layers.`` / ``decoder.layers.``.
 
-As diffusers' ``AutoencoderTiny``: :meth:`TinyAutoencoder.encode` takes images in [-1, 1],
-:meth:`TinyAutoencoder.decode` returns images in [-1, 1], the latents are unscaled, and
-``enable_tiling()`` / ``enable_slicing()`` work; the tiles are blended by
+As ``AutoencoderTiny``: images in [-1, 1], unscaled latents, ``enable_tiling()`` /
+``enable_slicing()``; the tiles are blended by
 :func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops assume 4
 latent / 3 image channels).
 """
@@ -33,8 +29,6 @@ from ..utils.state_dicts import load_state_dict_file, state_dict_problems
 from ..utils.validation import check_image_batch
 from .tiled_upscaling import blend_tiles
 
-__all__ = ["TinyAutoencoder", "ENCODER_BLOCK_POSITIONS", "DECODER_BLOCK_POSITIONS"]
-
 #: Indices of the residual blocks in the original encoder ``nn.Sequential``.
 ENCODER_BLOCK_POSITIONS = (1, 3, 4, 5, 7, 8, 9, 11, 12, 13)
 #: Indices of the residual blocks in the original decoder ``nn.Sequential``.
@@ -42,13 +36,6 @@ DECODER_BLOCK_POSITIONS = (3, 4, 5, 8, 9, 10, 13, 14, 15, 18)
 _ENCODER_OUT_INDEX = 14  # conv(64, latent_channels)
 _DECODER_IN_INDEX = 1  # conv(latent_channels, 64)
 _DECODER_OUT_INDEX = 19  # conv(64, 3)
-_LATENT_CLAMP = 3.0  # decoder input soft clamp: x -> 3 tanh(x / 3)
-_SPATIAL_FACTOR = 8
-#: Tiled encoding / decoding (diffusers' attribute names): tile side in image pixels, and the
-#: overlap of neighbouring tiles as a fraction of it (512 px tiles sharing 128 px; the overlap
-#: covers the decoder's receptive field: TAEF2 tiled vs untiled decode, see tests/test_tiling.py).
-_TILE_SAMPLE_MIN_SIZE = 512
-_TILE_OVERLAP_FACTOR = 0.25
 
 
 class PooledBlock(AutoencoderTinyBlock):
@@ -68,10 +55,10 @@ class PooledBlock(AutoencoderTinyBlock):
 
 
 class _TanhClamp(nn.Module):
-    """The decoder's soft clamp of the latents, ``x -> m * tanh(x / m)``."""
+    """The decoder's soft clamp of the latents, ``x -> 3 tanh(x / 3)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / _LATENT_CLAMP) * _LATENT_CLAMP
+        return torch.tanh(x / 3) * 3
 
 
 def _pool_blocks(layers: nn.Sequential, pooled, width: int, hidden: int, groups: int) -> nn.Sequential:
@@ -91,10 +78,6 @@ def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
 def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int) -> int | None:
     tensor = state.get(key)
     return int(tensor.shape[dim]) if tensor is not None and tensor.ndim > dim else None
-
-
-def _pooled_indices(state: Mapping[str, torch.Tensor], allowed: Sequence[int]) -> list[int]:
-    return sorted(i for i in allowed if f"{i}.pool.0.weight" in state)
 
 
 class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
@@ -160,13 +143,14 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         _pool_blocks(self.encoder.layers, enc_pooled, *pool)
         self.decoder = DecoderTiny(latent_channels, out_channels, blocks[::-1], widths, 2, "relu", "nearest")
         self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), dec_pooled, *pool)
-        # AutoencoderMixin switches (enable_tiling / enable_slicing) and diffusers' tile settings
+        # AutoencoderMixin's switches (enable_tiling / enable_slicing) and diffusers' tile settings:
+        # 512 px tiles sharing 128 px, which covers the decoder's receptive field (TAEF2 tiled vs
+        # untiled decode: tests/test_tiling.py)
         self.use_slicing = False
         self.use_tiling = False
-        self.tile_sample_min_size = _TILE_SAMPLE_MIN_SIZE
-        self.tile_overlap_factor = _TILE_OVERLAP_FACTOR
+        self.tile_sample_min_size = 512
+        self.tile_overlap_factor = 0.25
 
-    # ------------------------------------------------------------------ conversion
     @classmethod
     def from_original_checkpoint(
         cls,
@@ -174,11 +158,9 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         decoder_path: str | os.PathLike,
         dtype: torch.dtype | None = None,
     ) -> "TinyAutoencoder":
-        """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair.
-
-        The latent channel count, the pooled blocks and the widths are read from the state-dict
-        keys and shapes. Missing or unexpected keys and shape mismatches raise ``ValueError``
-        listing them; a missing file raises ``FileNotFoundError`` naming the argument.
+        """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair,
+        its config read from the state-dict keys and shapes. Missing or unexpected keys and shape
+        mismatches raise ``ValueError`` listing them, a missing file ``FileNotFoundError``.
 
         Args:
             encoder_path: path of the encoder state dict (``encoder.pth``, ``taef2_encoder.pth``, ...).
@@ -209,8 +191,8 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         pool_widths = [int(sd[k].shape[0]) for sd in (enc_sd, dec_sd) for k in sorted(sd) if k.endswith(".pool.0.weight")]
         model = cls(
             latent_channels=enc_latent or dec_latent,
-            encoder_pooled_blocks=_pooled_indices(enc_sd, ENCODER_BLOCK_POSITIONS),
-            decoder_pooled_blocks=_pooled_indices(dec_sd, DECODER_BLOCK_POSITIONS),
+            encoder_pooled_blocks=[i for i in ENCODER_BLOCK_POSITIONS if f"{i}.pool.0.weight" in enc_sd],
+            decoder_pooled_blocks=[i for i in DECODER_BLOCK_POSITIONS if f"{i}.pool.0.weight" in dec_sd],
             block_out_channels=[_shape(enc_sd, "0.weight", 0) or _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 0) or 64] * 4,
             in_channels=_shape(enc_sd, "0.weight", 1) or 3,
             out_channels=_shape(dec_sd, f"{_DECODER_OUT_INDEX}.weight", 0) or 3,
@@ -235,18 +217,13 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             model.decoder.to(dtype)
         return model.eval()
 
-    # ------------------------------------------------------------------ inference
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
-        """Encode images in [-1, 1] of shape (batch, 3, H, W), H and W multiples of 8.
-
-        Returns an ``AutoencoderTinyOutput`` whose ``latents`` have shape
-        (batch, latent_channels, H / 8, W / 8), or the tuple ``(latents,)``. Gradients follow
-        the caller's mode: wrap calls in ``torch.no_grad()`` when none are needed. Shapes and
-        dtypes are checked, values are not (that would wait for the device on every call; the
-        pipelines check their inputs where they enter).
-        """
-        check_image_batch("x", x, channels=self.config.in_channels, multiple=_SPATIAL_FACTOR, dtype=self.dtype)
+        """Encode images in [-1, 1] of shape (batch, 3, H, W), H and W multiples of 8, into
+        latents (batch, latent_channels, H / 8, W / 8). Shapes and dtypes are checked, values
+        are not (that would wait for the device on every call; the pipelines check their
+        inputs where they enter)."""
+        check_image_batch("x", x, channels=self.config.in_channels, multiple=8, dtype=self.dtype)
         latents = self._run_sliced(self._encode_one, x)
         if not return_dict:
             return (latents,)
@@ -256,20 +233,15 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     def decode(
         self, z: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        """Decode latents of shape (batch, latent_channels, h, w) into images (batch, 3, 8h, 8w).
-
-        The images are in [-1, 1] up to the decoder's small overshoot; like diffusers'
-        autoencoders the output is not clamped (image post-processing clamps). ``generator`` is
-        accepted for signature compatibility with diffusers and unused (decoding is
-        deterministic).
-        """
+        """Decode latents of shape (batch, latent_channels, h, w) into images (batch, 3, 8h, 8w)
+        in [-1, 1], not clamped, like diffusers' autoencoders (image post-processing clamps).
+        ``generator`` is unused (decoding is deterministic), there for diffusers' signature."""
         check_image_batch("z", z, channels=self.config.latent_channels, dtype=self.dtype)
         images = self._run_sliced(self._decode_one, z)
         if not return_dict:
             return (images,)
         return DecoderOutput(sample=images)
 
-    # ------------------------------------------------------------------ slicing and tiling
     def _run_sliced(self, run, x: torch.Tensor) -> torch.Tensor:
         """``run(x)``, one batch element at a time when slicing is on (as diffusers does)."""
         if self.use_slicing and x.shape[0] > 1:

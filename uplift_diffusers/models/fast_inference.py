@@ -17,8 +17,8 @@ weights, no copy):
 - ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
   default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU). When compiling
   is not possible a ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
-- the noise drawn by the model's own :meth:`~UPLiFTLatentUpscaler.step_noise`, outside the
-  compiled graphs (same calls, same order as the eager model), and ``torch.no_grad()``.
+- the noise drawn by the model's own ``step_noise`` outside the compiled graphs (same calls, same
+  order as the eager model), and ``torch.no_grad()``.
 
 :func:`remove_fast_inference` gives the model its own passes back. The model never imports this module.
 """
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_uplift import ConvBlock, UPLiFTOutput
+from .modeling_uplift import UPLiFTOutput
 
 #: dtypes accepted by :func:`apply_fast_inference`.
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -54,21 +54,16 @@ def encoder_read_stride(model, num_steps: int) -> int:
     return factor // finest if factor % finest == 0 else 1
 
 
-def strided_conv_block(block: ConvBlock, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``block(x)[..., ::stride, ::stride]``, computing only those pixels: the 3x3 convolution
-    runs with ``stride`` (same zero padding) on the dense input; the rest is per pixel."""
-    if stride == 1:
-        return block(x)
-    conv_out = F.conv2d(x, block.conv.weight, None, stride=stride, padding=1)
-    return block.pointwise(conv_out, x[:, :, ::stride, ::stride])
-
-
 def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int) -> torch.Tensor:
     """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input:
-    the blocks before the last run densely, the last one only at the pixels read."""
+    the blocks before the last run densely; the last one computes only the pixels read (its
+    3x3 convolution with ``stride`` and the same zero padding, the rest is per pixel)."""
     if stride == 1:
         return group(x)
-    return strided_conv_block(group[-1], group[:-1](x), stride)
+    x = group[:-1](x)
+    block = group[-1]
+    conv_out = F.conv2d(x, block.conv.weight, None, stride=stride, padding=1)
+    return block.pointwise(conv_out, x[:, :, ::stride, ::stride])
 
 
 # =============================================================================== the fast passes
@@ -88,19 +83,28 @@ class FastInference:
         self.half_stream_from = widths.index(max(widths))
         #: stride of the last encoder map for the call in progress (set by :meth:`forward`)
         self.read_stride = 1
-        self._eager = {"encode": self.encode, "step": self.step}
-        self._compiled: Dict[str, Optional[Callable]] = {}
         # freezing makes the weights constants of the compiled graphs. Dynamo reads the flag
         # while tracing and guards on it, so it is set around every call (as a compile option
         # it would reach Inductor alone and the weights would stay graph inputs).
         self.freezing = compile and compile_mode is None
+        #: the compiled passes by name; a pass that fails to compile is dropped (runs eagerly)
+        self._compiled = {}
         if compile:
-            self._compiled = {name: _try_compile(fn, compile_mode) for name, fn in self._eager.items()}
+            try:
+                for name in ("encode", "step"):
+                    self._compiled[name] = torch.compile(getattr(self, name), mode=compile_mode, dynamic=False)
+            except Exception as error:
+                self._compiled.clear()
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     @property
     def compiled(self) -> bool:
         """Whether compiled functions are in use (False after a fallback to eager)."""
-        return any(fn is not None for fn in self._compiled.values())
+        return bool(self._compiled)
 
     def _layout(self, tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """``tensor`` in channels_last when asked; otherwise as it is (no copy)."""
@@ -157,8 +161,8 @@ class FastInference:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-                self._compiled[name] = None
-        return self._eager[name](*args)
+                del self._compiled[name]
+        return getattr(self, name)(*args)
 
     def forward(self, latents, image, num_steps=1, *args, **kwargs):
         """The model's own ``forward`` (same arguments, checks and step loop) without gradients,
@@ -178,49 +182,6 @@ class FastInference:
         if isinstance(output, tuple):
             return (sample, intermediate)
         return UPLiFTOutput(sample=sample, intermediate=intermediate)
-
-    # ----------------------------------------------------------------- switching
-    def install(self) -> None:
-        """Set the passes and the forward wrapper on the model. accelerate's hooks (CPU offload)
-        replace ``forward`` on the instance and call ``_old_forward``: then that is replaced, so
-        the hook still moves the weights first."""
-        model = self.model
-        model.encode = self.model_encode
-        model.upscale_step = self.model_upscale_step
-        setattr(model, _forward_slot(model), self.forward)
-        model._fast_inference = self
-
-    def remove(self) -> None:
-        """Give the model its own passes and ``forward`` back and drop the compiled passes."""
-        model = self.model
-        for name in ("encode", "upscale_step"):
-            model.__dict__.pop(name, None)
-        for slot in ("forward", "_old_forward"):
-            installed = model.__dict__.get(slot)
-            if getattr(installed, "__self__", None) is self:
-                if slot == "forward":
-                    del model.forward
-                else:  # under an accelerate hook: the hook calls the model's own forward again
-                    model._old_forward = type(model).forward.__get__(model)
-        model._fast_inference = None
-        self._compiled.clear()
-
-
-def _forward_slot(model) -> str:
-    return "_old_forward" if hasattr(model, "_hf_hook") and hasattr(model, "_old_forward") else "forward"
-
-
-def _try_compile(fn: Callable, mode: Optional[str]) -> Optional[Callable]:
-    """``torch.compile(fn)``, or ``None`` with a warning when that is not possible."""
-    try:
-        return torch.compile(fn, mode=mode, dynamic=False)
-    except Exception as error:
-        warnings.warn(
-            f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
 
 
 def apply_fast_inference(
@@ -265,13 +226,27 @@ def apply_fast_inference(
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
     remove_fast_inference(model)
     state = FastInference(model, dtype, compile, compile_mode, channels_last)
-    state.install()
+    model.encode = state.model_encode
+    model.upscale_step = state.model_upscale_step
+    # accelerate's hooks (CPU offload) replace `forward` on the instance and call `_old_forward`:
+    # then that is replaced, so the hook still moves the weights first
+    under_hook = hasattr(model, "_hf_hook") and hasattr(model, "_old_forward")
+    setattr(model, "_old_forward" if under_hook else "forward", state.forward)
+    model._fast_inference = state
     return state
 
 
 def remove_fast_inference(model) -> None:
-    """Undo :func:`apply_fast_inference`: the model's own (float32 eager) passes again.
-    Does nothing when fast inference is not applied."""
+    """Undo :func:`apply_fast_inference`: the model's own (float32 eager) passes and ``forward``
+    again, the compiled passes dropped. Does nothing when fast inference is not applied."""
     state = getattr(model, "_fast_inference", None)
-    if state is not None:
-        state.remove()
+    if state is None:
+        return
+    for name in ("encode", "upscale_step"):
+        model.__dict__.pop(name, None)
+    if model.__dict__.get("forward") == state.forward:
+        del model.forward
+    if model.__dict__.get("_old_forward") == state.forward:  # under an accelerate hook: it calls this again
+        model._old_forward = type(model).forward.__get__(model)
+    model._fast_inference = None
+    state._compiled.clear()

@@ -29,27 +29,16 @@ NEIGHBORHOODS = {
     5: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if abs(dy) + abs(dx) <= 1],
     9: [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)],
     13: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2],
-    17: [
-        (-2, -2), (-2, 0), (-2, 2),
-        (-1, -1), (-1, 0), (-1, 1),
-        (0, -2), (0, -1), (0, 0), (0, 1), (0, 2),
-        (1, -1), (1, 0), (1, 1),
-        (2, -2), (2, 0), (2, 2),
-    ],
+    17: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if {abs(dy), abs(dx)} != {1, 2}],  # 5x5 minus knight moves
     25: [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)],
 }
 
 
 def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> Offsets:
     """Return the list of (dy, dx) offsets for a neighbourhood size or an explicit list."""
-    if isinstance(neighborhood, bool):
-        raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
     if isinstance(neighborhood, int):
-        if neighborhood not in NEIGHBORHOODS:
-            raise ValueError(
-                f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, "
-                f"got {neighborhood}."
-            )
+        if isinstance(neighborhood, bool) or neighborhood not in NEIGHBORHOODS:
+            raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
         return list(NEIGHBORHOODS[neighborhood])
     try:
         offsets = [tuple(int(v) for v in pair) for pair in neighborhood]
@@ -121,10 +110,6 @@ class LocalAttender(nn.Module):
         softmax_dtype = torch.promote_types(logits.dtype, torch.float32)
         return torch.softmax(logits, dim=1, dtype=softmax_dtype).to(logits.dtype)
 
-    def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        scale = self._check_inputs(guide, value)
-        return self.processor(self, guide, value, scale)
-
     def set_processor(self, processor: "LocalAttenderProcessor") -> None:
         """Choose how the operator is computed: :class:`LocalAttenderProcessor` (PyTorch),
         :class:`FusedLocalAttenderProcessor` (Triton, CUDA, errors raised) or
@@ -133,7 +118,7 @@ class LocalAttender(nn.Module):
             raise ValueError(f"`processor` must be callable as processor(attender, guide, value, scale), got {processor!r}.")
         self.processor = processor
 
-    def _check_inputs(self, guide: torch.Tensor, value: torch.Tensor) -> int:
+    def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         for name, tensor in (("guide", guide), ("value", value)):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
                 got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -151,7 +136,7 @@ class LocalAttender(nn.Module):
                 f"`guide` size {gh} x {gw} must be the same integer multiple s >= 1 of the `value` size "
                 f"{vh} x {vw} in both dimensions (e.g. {2 * vh} x {2 * vw} for s = 2)."
             )
-        return gh // vh
+        return self.processor(self, guide, value, gh // vh)
 
 
 # =============================================================================== processors
@@ -178,9 +163,7 @@ class AutoLocalAttenderProcessor:
     everywhere else. If the kernel fails (Triton / driver), one ``RuntimeWarning`` and PyTorch
     from then on: never a crash."""
 
-    def __init__(self):
-        self.fused, self.pytorch = FusedLocalAttenderProcessor(), LocalAttenderProcessor()
-        self.kernel_failed = False
+    kernel_failed = False
 
     def use_fused(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor) -> bool:
         if self.kernel_failed or torch.compiler.is_compiling() or not (value.is_cuda and guide.is_cuda):
@@ -192,7 +175,7 @@ class AutoLocalAttenderProcessor:
     def __call__(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor, scale: int) -> torch.Tensor:
         if self.use_fused(attender, guide, value):
             try:
-                return self.fused(attender, guide, value, scale)
+                return FusedLocalAttenderProcessor()(attender, guide, value, scale)
             except Exception as error:  # a Triton / driver failure: never a crash
                 warnings.warn(
                     f"The fused Triton Local Attender failed ({type(error).__name__}: {str(error)[:300]}); "
@@ -201,7 +184,7 @@ class AutoLocalAttenderProcessor:
                     stacklevel=3,
                 )
                 self.kernel_failed = True
-        return self.pytorch(attender, guide, value, scale)
+        return LocalAttenderProcessor()(attender, guide, value, scale)
 
 
 def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding: int, scale: int) -> torch.Tensor:

@@ -12,12 +12,10 @@ Data flow for one call (``num_steps`` 2x steps, weights shared between steps)::
         refiner:  [attended, nearest(E4), noise] -> ConvBlocks -> 1x1 conv -> z (2h x 2w)
 
 The file follows that order: ConvBlock, encoder, decoder, (Local Attender, in
-:mod:`.local_attender`), refiner, then the model. The module and parameter names follow the
-paper; :mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto
-them. Speed (bf16, ``torch.compile``, computing only the encoder pixels the steps read) is
-not here: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference` swaps the two
-passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`
-for faster versions of themselves, from outside; ``forward`` and its step loop stay this file's.
+:mod:`.local_attender`), refiner, then the model. The names follow the paper;
+:mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto them. Speed
+is applied from outside: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference`
+swaps the passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`.
 """
 from __future__ import annotations
 
@@ -47,13 +45,6 @@ StepCallback = Callable[[int, torch.Tensor], None]
 
 
 # =============================================================================== building blocks
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel dimension of a B x C x H x W map (per pixel)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class ConvBlock(nn.Module):
     """Conv3x3 (no bias) -> LayerNorm over channels -> ReLU -> Conv1x1, plus a residual of the
     input (first channels kept, or zero-padded, when the widths differ)."""
@@ -62,25 +53,22 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.out_channels = out_channels
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.norm = ChannelLayerNorm(out_channels, eps=1e-6)
+        self.norm = nn.LayerNorm(out_channels, eps=1e-6)
         self.proj = nn.Conv2d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.conv(x), x)
 
     def pointwise(self, conv_out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Everything after the 3x3 convolution, pixel by pixel: LayerNorm -> ReLU -> Conv1x1
-        -> + residual (the block input at the pixels of ``conv_out``)."""
-        return self.proj(F.relu(self.norm(conv_out))) + channel_residual(residual, self.out_channels)
+        """Everything after the 3x3 convolution, pixel by pixel: LayerNorm over the channels ->
+        ReLU -> Conv1x1 -> + residual (the block input at the pixels of ``conv_out``)."""
+        normed = self.norm(conv_out.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj(F.relu(normed)) + channel_residual(residual, self.out_channels)
 
 
 def conv_blocks(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     """A chain of ConvBlocks with the given output widths."""
-    blocks = []
-    for width in widths:
-        blocks.append(ConvBlock(in_channels, width))
-        in_channels = width
-    return nn.Sequential(*blocks)
+    return nn.Sequential(*(ConvBlock(i, o) for i, o in zip([in_channels, *widths], widths)))
 
 
 def concat(x: torch.Tensor, encoder_map: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> torch.Tensor:
@@ -148,9 +136,7 @@ class UPLiFTDecoder(nn.Module):
         return self.out_blocks(concat(up, skip_map, noise_out))
 
 
-# The Local Attender (guide, value) -> value mixed over a neighbourhood: see local_attender.py.
-
-
+# The Local Attender, (guide, value) -> value mixed over a neighbourhood: see local_attender.py.
 class UPLiFTRefiner(nn.Module):
     """``[attended latents, nearest(encoder map), noise]`` -> ConvBlocks -> Conv1x1 back to the
     latent width (no residual around it)."""
@@ -165,21 +151,6 @@ class UPLiFTRefiner(nn.Module):
 
 
 # =============================================================================== the model
-def check_trained_upscale_factors(factors) -> None:
-    """ValueError unless ``factors`` is None or a non-empty list of distinct powers of two >= 2
-    (the config key ``trained_upscale_factors``)."""
-    if factors is None:
-        return
-    valid = isinstance(factors, (list, tuple)) and len(factors) > 0 and all(
-        isinstance(f, int) and not isinstance(f, bool) and f >= 2 and f & (f - 1) == 0 for f in factors
-    )
-    if not valid or len(set(factors)) != len(factors):
-        raise ValueError(
-            f"`trained_upscale_factors` must be None (unknown) or a list of distinct powers of two >= 2 "
-            f"(the factors 2 ** depth the model was trained for, e.g. [2, 4]), got {factors!r}."
-        )
-
-
 @dataclass
 class UPLiFTOutput(BaseOutput):
     """Output of :class:`UPLiFTLatentUpscaler`.
@@ -227,8 +198,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             ``None`` when unknown (then only the channel count is checked against a VAE).
     """
 
-    _supports_gradient_checkpointing = False
-
     @register_to_config
     def __init__(
         self,
@@ -252,7 +221,17 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         latent_space: Optional[str] = None,
     ):
         super().__init__()
-        check_trained_upscale_factors(trained_upscale_factors)
+        factors = trained_upscale_factors
+        if factors is not None and (
+            not isinstance(factors, (list, tuple))
+            or not factors
+            or any(isinstance(f, bool) or not isinstance(f, int) or f < 2 or f & (f - 1) for f in factors)
+            or len(set(factors)) != len(factors)
+        ):
+            raise ValueError(
+                f"`trained_upscale_factors` must be None (unknown) or a list of distinct powers of two >= 2 "
+                f"(the factors 2 ** depth the model was trained for, e.g. [2, 4]), got {factors!r}."
+            )
         if latent_space is not None and latent_space not in LATENT_SPACES:
             raise ValueError(f"`latent_space` must be None or one of {sorted(LATENT_SPACES)}, got {latent_space!r}.")
         self._warned_untrained_factor = False
@@ -336,9 +315,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
     def step_noise(self, latents: torch.Tensor, generator: GeneratorArg = None, noise_scale: Optional[float] = None) -> StepNoise:
         """Fresh noise for the three concatenations of one step, in the model's dtype, drawn
         in the order they are used (``noise_scale`` overrides the configured scales)."""
-        (_, dec_scale), (_, ref_scale) = self._noise_settings(noise_scale)
         noise = []
-        for shape, scale in zip(self.step_noise_shapes(latents.shape), (dec_scale, dec_scale, ref_scale)):
+        for shape, scale in self._noise_layout(latents.shape, noise_scale):
             if shape is None:
                 noise.append(None)
             elif scale == 0.0:
@@ -347,24 +325,19 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 noise.append(randn_tensor(shape, generator=generator, device=latents.device, dtype=self.dtype) * scale)
         return tuple(noise)
 
-    def step_noise_shapes(self, latents_shape) -> List[Optional[Tuple[int, int, int, int]]]:
-        """Shapes of the three tensors of :meth:`step_noise` for latents of ``latents_shape``
-        (``None`` where there are no noise channels)."""
-        batch, _, h, w = latents_shape
-        (dec_channels, _), (ref_channels, _) = self._noise_settings(None)
-        sizes = ((dec_channels, h, w), (dec_channels, 2 * h, 2 * w), (ref_channels, 2 * h, 2 * w))
-        return [(batch, channels, *size) if channels else None for channels, *size in sizes]
-
-    def _noise_settings(self, noise_scale: Optional[float]):
-        """``((decoder channels, scale), (refiner channels, scale))``."""
+    def _noise_layout(self, latents_shape, noise_scale: Optional[float] = None) -> List[Tuple[Optional[Tuple[int, ...]], float]]:
+        """``(shape, scale)`` of each tensor of :meth:`step_noise` for latents of ``latents_shape``
+        (shape ``None`` where there are no noise channels)."""
         cfg = self.config
-        dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
-        if noise_scale is not None:
-            ref_scale = noise_scale
-        else:
-            ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
+        batch, _, h, w = latents_shape
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
-        return (cfg.noise_channels, float(dec_scale)), (ref_channels, float(ref_scale))
+        if noise_scale is not None:
+            dec_scale = ref_scale = noise_scale
+        else:
+            dec_scale = cfg.noise_scale
+            ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
+        parts = ((cfg.noise_channels, 1, dec_scale), (cfg.noise_channels, 2, dec_scale), (ref_channels, 2, ref_scale))
+        return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 
     def check_inputs(self, latents, image, num_steps, generator=None, noise_scale=None, noise=None, callback=None) -> None:
         """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only (no
@@ -398,8 +371,34 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"`noise_scale` must be a number >= 0 or None, got {noise_scale!r}.")
         if callback is not None and not callable(callback):
             raise ValueError(f"`callback` must be None or a function called as callback(step_index, latents), got {type(callback).__name__}.")
-        if noise is not None:
-            self._check_noise(noise, latents, num_steps, generator, noise_scale)
+        if noise is not None and (generator is not None or noise_scale is not None):
+            raise ValueError(
+                f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
+                f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
+            )
+        if noise is not None and (not isinstance(noise, (list, tuple)) or len(noise) != num_steps):
+            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
+            raise ValueError(
+                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
+                f"as `step_noise` returns), got {got}."
+            )
+        for index, step in enumerate(noise or ()):
+            expected = [shape for shape, _ in self._noise_layout((batch, channels, h * 2**index, w * 2**index))]
+            if isinstance(step, (list, tuple)):
+                got = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in step]
+            else:
+                got = type(step).__name__
+            if got != expected:
+                raise ValueError(
+                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
+                    f"as `step_noise` draws it for step {index}; got {got}."
+                )
+            for n in step:
+                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
+                    raise ValueError(
+                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
+                        f"{self.dtype} on the latents' device {latents.device}."
+                    )
         trained = self.config.get("trained_upscale_factors")
         if trained and 2**num_steps > max(trained) and not self._warned_untrained_factor:
             self._warned_untrained_factor = True
@@ -409,35 +408,3 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"To avoid it, upscale by at most {max(trained)}x per pass (e.g. {max(trained)}x, then "
                 f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
             )
-
-    def _check_noise(self, noise, latents, num_steps, generator, noise_scale) -> None:
-        """The ``noise`` of :meth:`forward`: one step noise per step, each shaped as
-        :meth:`step_noise` draws it for that step's latents."""
-        if generator is not None or noise_scale is not None:
-            raise ValueError(
-                f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
-                f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
-            )
-        if not isinstance(noise, (list, tuple)) or len(noise) != num_steps:
-            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
-            raise ValueError(
-                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
-                f"as `step_noise` returns), got {got}."
-            )
-        batch, _, h, w = latents.shape
-        for index, step in enumerate(noise):
-            expected = self.step_noise_shapes((batch, None, h * 2**index, w * 2**index))
-            parts = list(step) if isinstance(step, (list, tuple)) else [step]
-            shapes = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in parts]
-            if not isinstance(step, (list, tuple)) or shapes != expected:
-                got = type(step).__name__ if not isinstance(step, (list, tuple)) else shapes
-                raise ValueError(
-                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
-                    f"as `step_noise` draws it for step {index}; got {got}."
-                )
-            for n in parts:
-                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
-                    raise ValueError(
-                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
-                        f"{self.dtype} on the latents' device {latents.device}."
-                    )

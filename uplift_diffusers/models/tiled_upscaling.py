@@ -1,13 +1,12 @@
 """Tiled UPLiFT inference: large outputs within bounded memory.
 
 :func:`tiled_upscale` runs an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` on overlapping tiles
-of the latents (each with the matching pixels of the guide image) and blends the upscaled tiles,
-as diffusers' VAE tiling does: each tile's output is weighted by a linear ramp across the latents
-it shares with a neighbour (1 at the image border) and the weighted tiles are averaged, so one tile
-covering everything gives the untiled result. Every step's noise is drawn at full size, in the
-order of an untiled run, and sliced per tile; each tile goes through the model's ``forward``, so
-fast inference and accelerate's hooks apply per tile. Only the input, the noise and the output are
-full size; the encoder maps and activations exist for one tile at a time.
+of the latents (each with the matching pixels of the guide image) and cross-fades the upscaled
+tiles, as diffusers' VAE tiling does; one tile covering everything gives the untiled result. Every
+step's noise is drawn at full size, in the order of an untiled run, and sliced per tile; each tile
+goes through the model's ``forward``, so fast inference and accelerate's hooks apply per tile. Only
+the input, the noise and the output are full size; the encoder maps and activations exist for one
+tile at a time.
 
 Why the overlap matters: no operation of the model is global (its LayerNorms are per pixel), but a
 tile sees zero padding where the image has neighbours. For the TAEF2 model trained here that
@@ -61,12 +60,12 @@ def tile_starts(length: int, tile_size: int, overlap: int) -> List[int]:
     return [round(index * (length - tile_size) / (count - 1)) for index in range(count)]
 
 
-def blend_ramp(size: int, start_ramp: int, end_ramp: int, device=None) -> torch.Tensor:
+def blend_ramp(size: int, start_ramp: int, end_ramp: int) -> torch.Tensor:
     """1-D weights of a tile of ``size`` pixels: rising over the first ``start_ramp`` pixels,
     falling over the last ``end_ramp``, 1 elsewhere. The rise is ``(i + 0.5) / start_ramp``
     (never 0), so a neighbour's fall over the same pixels complements it to exactly 1."""
-    position = torch.arange(size, device=device, dtype=torch.float32) + 0.5
-    weights = torch.ones(size, device=device)
+    position = torch.arange(size, dtype=torch.float32) + 0.5
+    weights = torch.ones(size)
     if start_ramp > 0:
         weights = torch.minimum(weights, position / min(start_ramp, size))
     if end_ramp > 0:
@@ -74,39 +73,25 @@ def blend_ramp(size: int, start_ramp: int, end_ramp: int, device=None) -> torch.
     return weights
 
 
-def axis_weights(starts: Sequence[int], length: int, tile_size: int, out_scale: int = 1, device=None) -> List[torch.Tensor]:
-    """The :func:`blend_ramp` of each tile along one axis (output pixels): each ramp spans exactly
-    the pixels the tile shares with its neighbour (at least ``overlap``), so neighbours
-    cross-fade linearly."""
+def axis_weights(starts: Sequence[int], length: int, tile_size: int, out_scale: int) -> List[torch.Tensor]:
+    """The :func:`blend_ramp` of each tile along one axis (output pixels), each ramp spanning
+    exactly the pixels the tile shares with its neighbour."""
     weights = []
     for index, start in enumerate(starts):
         end = min(start + tile_size, length)
         before = starts[index - 1] + tile_size - start if index > 0 else 0
         after = end - starts[index + 1] if index + 1 < len(starts) else 0
-        weights.append(blend_ramp((end - start) * out_scale, before * out_scale, after * out_scale, device))
+        weights.append(blend_ramp((end - start) * out_scale, before * out_scale, after * out_scale))
     return weights
 
 
-def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None, noise_scale=None) -> List[StepNoise]:
+def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None) -> List[StepNoise]:
     """Every step's noise for upscaling ``latents`` by ``2 ** num_steps``, drawn by the model's
     :meth:`~UPLiFTLatentUpscaler.step_noise` at full size, in the order an untiled run draws it."""
     batch, channels, h, w = latents.shape
-    noises = []
-    for step in range(num_steps):
-        scale = 2**step
-        # step_noise reads only the shape and device of the latents: a zero-size stand-in
-        stand_in = latents.new_zeros(()).expand(batch, channels, h * scale, w * scale)
-        noises.append(upscaler.step_noise(stand_in, generator, noise_scale))
-    return noises
-
-
-def _slice_noise(noise: StepNoise, step: int, y0: int, y1: int, x0: int, x1: int) -> StepNoise:
-    """The tile ``[y0:y1, x0:x1]`` (input latents) of one step's noise: the decoder input at the
-    step's input scale, the other two at twice it."""
-    scales = (2**step, 2 ** (step + 1), 2 ** (step + 1))
-    return tuple(
-        None if n is None else n[:, :, y0 * s : y1 * s, x0 * s : x1 * s].contiguous() for n, s in zip(noise, scales)
-    )
+    # step_noise reads only the shape and device of the latents: zero-size stand-ins
+    stand_ins = [latents.new_zeros(()).expand(batch, channels, h * 2**step, w * 2**step) for step in range(num_steps)]
+    return [upscaler.step_noise(stand_in, generator) for stand_in in stand_ins]
 
 
 def count_tiles(height: int, width: int, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> int:
@@ -127,31 +112,26 @@ def blend_tiles(
     blend the results (the one tiling loop of the package: UPLiFT and TinyAutoencoder).
 
     ``run_tile`` returns the output of grid region ``[y0:y1, x0:x1]``, ``B x C x (y1 - y0) *
-    out_scale x (x1 - x0) * out_scale``. Tiles start every ``tile_size - overlap`` (see
-    :func:`tile_starts`); each output is weighted by :func:`blend_ramp` across ``overlap *
-    out_scale`` output pixels (the whole shared part: :func:`axis_weights`) on the sides it
-    shares with a neighbour, and the weighted outputs are averaged (a linear cross-fade in each
-    overlap). Returns ``B x C x height * out_scale x
-    width * out_scale`` in the tiles' dtype; one tile (``height, width <= tile_size``) gives
-    that tile unchanged.
+    out_scale x (x1 - x0) * out_scale``. Each output is weighted by :func:`blend_ramp` across
+    the part it shares with a neighbour and the weighted outputs are averaged (a linear
+    cross-fade in each overlap). Returns ``B x C x height * out_scale x width * out_scale`` in
+    the tiles' dtype; one tile (``height, width <= tile_size``) gives that tile unchanged.
     """
     rows, cols = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
-    row_weights = col_weights = None
+    if len(rows) == len(cols) == 1:
+        return run_tile(0, height, 0, width)
+    row_weights = axis_weights(rows, height, tile_size, out_scale)
+    col_weights = axis_weights(cols, width, tile_size, out_scale)
     out = weight_sum = None
     for row, y0 in enumerate(rows):
         y1 = min(y0 + tile_size, height)
         for col, x0 in enumerate(cols):
             x1 = min(x0 + tile_size, width)
             tile = run_tile(y0, y1, x0, x1)
-            if len(rows) == len(cols) == 1:
-                return tile
             if out is None:
-                shape = (tile.shape[0], tile.shape[1], height * out_scale, width * out_scale)
-                out = torch.zeros(shape, device=tile.device, dtype=torch.float32)
-                weight_sum = torch.zeros(1, 1, *shape[-2:], device=tile.device, dtype=torch.float32)
-                row_weights = axis_weights(rows, height, tile_size, out_scale, tile.device)
-                col_weights = axis_weights(cols, width, tile_size, out_scale, tile.device)
-            weight = row_weights[row][:, None] * col_weights[col][None, :]
+                out = tile.new_zeros(tile.shape[:2] + (height * out_scale, width * out_scale), dtype=torch.float32)
+                weight_sum = tile.new_zeros((1, 1) + out.shape[-2:], dtype=torch.float32)
+            weight = row_weights[row].to(tile.device)[:, None] * col_weights[col].to(tile.device)[None, :]
             region = (slice(None), slice(None), slice(y0 * out_scale, y1 * out_scale), slice(x0 * out_scale, x1 * out_scale))
             out[region] += tile.float() * weight
             weight_sum[region] += weight
@@ -169,7 +149,6 @@ def tiled_upscale(
     tile_size: Optional[int] = None,
     overlap: Optional[int] = None,
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-    noise_scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Upscale ``latents`` by ``2 ** num_steps`` tile by tile (see the module doc).
 
@@ -183,24 +162,29 @@ def tiled_upscale(
             :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
         callback: ``callback(step_index, tile_latents)`` after every 2x step of every tile
             (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
-        noise_scale: override of the model's noise scale, as in ``forward``.
 
     Returns:
         The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's
         output dtype; equal to the untiled call when one tile covers the latents.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
-    upscaler.check_inputs(latents, image, num_steps, generator, noise_scale, callback=callback)
+    upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)
     factor = upscaler.config.vae_scale_factor
-    noises = full_size_step_noise(upscaler, latents, num_steps, generator, noise_scale)
+    noises = full_size_step_noise(upscaler, latents, num_steps, generator)
 
     def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        tile_noise = []
+        for step, noise in enumerate(noises):
+            # the decoder input's noise at the step's input scale, the other two at twice it
+            scales = (2**step, 2 ** (step + 1), 2 ** (step + 1))
+            sliced = [None if n is None else n[:, :, y0 * s : y1 * s, x0 * s : x1 * s].contiguous() for n, s in zip(noise, scales)]
+            tile_noise.append(tuple(sliced))
         return upscaler(
             latents[:, :, y0:y1, x0:x1],
             image[:, :, y0 * factor : y1 * factor, x0 * factor : x1 * factor],
             num_steps=num_steps,
             callback=callback,
-            noise=[_slice_noise(noise, step, y0, y1, x0, x1) for step, noise in enumerate(noises)],
+            noise=tile_noise,
         ).sample
 
     return blend_tiles(run_tile, latents.shape[-2], latents.shape[-1], tile_size, overlap, out_scale=2**num_steps)
