@@ -554,8 +554,8 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     Image.new("RGB", (80, 40)).save(small)
     dataset = ImageFolderDataset(folder, 64)
     assert len(dataset) == 3
-    assert dataset.skipped.unreadable == [str(garbage)]
-    assert dataset.skipped.too_small == [str(small)]
+    assert list(dataset.skipped.unreadable) == [str(garbage)]
+    assert dataset.skipped.too_small == {str(small): "80 x 40 px"}
     assert dataset.skipped.total == 2
     for i in range(len(dataset)):
         assert dataset[i]["pixel_values"].shape == (3, 64, 64)
@@ -565,23 +565,21 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])
     item = dataset[1]
     assert item["pixel_values"] is None
-    assert dataset.skipped.unreadable == [str(garbage), str(broken)]
-    assert dataset[1]["pixel_values"] is None and dataset.skipped.unreadable == [str(garbage), str(broken)]  # counted once
+    assert list(dataset.skipped.unreadable) == [str(garbage), str(broken)]
+    assert dataset[1]["pixel_values"] is None and list(dataset.skipped.unreadable) == [str(garbage), str(broken)]  # counted once
     batch = collate_skipping_failures([dataset[0], item, dataset[2]])
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["keys"]) == 2
     assert batch["failed"] == [(str(broken), item["error"])] and item["error"]
     assert collate_skipping_failures([item]) == {"pixel_values": None, "keys": [], "failed": [(str(broken), item["error"])]}
     assert dataset.describe() == ("3 images usable (3 items per epoch, crop=random_resized at 64 px); skipped 3: "
                                   "1 shorter side < 64 px, 2 unreadable")
-    assert [row[:2] for row in dataset.skipped.rows(64)] == [
-        ("shorter side < 64 px", str(small)), ("unreadable", str(garbage)), ("unreadable", str(broken))]
-    assert dataset.skipped.details[str(small)] == "80 x 40 px"
+    assert dataset.skipped.unreadable[str(broken)] == item["error"]
 
 
-def test_validation_items_are_centre_crops(shared_path, tmp_path):
+def test_center_crops_cut_the_middle_of_an_image_already_at_resolution(shared_path, tmp_path):
     folder = _shrink_bsds(shared_path, tmp_path / "data", 2)
-    dataset = ImageFolderDataset(folder, 64, train=False, crops_per_image=5)
-    assert len(dataset) == 2  # crops_per_image only applies to training
+    dataset = ImageFolderDataset(folder, 64, crop="center")
+    assert len(dataset) == 2
     for i, path in enumerate(dataset.files):
         with Image.open(path) as image:
             width, height = image.size
@@ -614,7 +612,7 @@ def test_center_crops_are_the_official_torchvision_preprocessing(tmp_path):
         transforms.CenterCrop(64),
         transforms.ToTensor(),
     ])
-    for dataset in (ImageFolderDataset(folder, 64, crop="center"), ImageFolderDataset(folder, 64, train=False)):
+    for dataset in (ImageFolderDataset(folder, 64, crop="center"), ImageFolderDataset(folder, 64, crop="center", crops_per_image=1)):
         assert dataset.crop == "center" and len(dataset) == len(CROP_SIZES)
         for i, path in enumerate(dataset.files):
             with Image.open(path) as image:
@@ -657,7 +655,6 @@ def test_random_crops_cut_the_resized_image_at_seeded_positions(tmp_path):
         ({"crop": "middle"}, "`crop` must be one of center, random, random_resized, got 'middle'"),
         ({"crop": "random", "max_upscale_crop": 0.5}, "applies to crop='random_resized' only"),
         ({"crop": "center", "crops_per_image": 2}, "would repeat the same crop"),
-        ({"train": False, "crop": "random"}, "validation items"),
         ({"max_upscale_crop": 1.5}, r"`max_upscale_crop` must be a number in \(0, 1\]"),
         ({"crops_per_image": 0}, "`crops_per_image` must be an integer >= 1"),
     ],

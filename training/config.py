@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
+from diffusers.optimization import SchedulerType
 
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, SD15_MODEL_ID
 
@@ -31,16 +32,10 @@ from training.data import check_crop_options
 
 def option(default=None, *, factory=None, **rule) -> Any:
     """A config field with its allowed values: ``min`` (>=), ``above`` (>), ``below`` (<),
-    ``choices`` (a list, or a function returning one) and ``expected`` (the text of its error)."""
+    ``length`` (of a list), ``choices`` and ``expected`` (the text of its error)."""
     if factory is not None:
         return field(default_factory=factory, metadata=rule)
     return field(default=default, metadata=rule)
-
-
-def _scheduler_names() -> List[str]:
-    from diffusers.optimization import SchedulerType
-
-    return [kind.value for kind in SchedulerType]
 
 
 @dataclass
@@ -76,7 +71,7 @@ class OptimizationConfig:
     stop_at_step: Optional[int] = option(None, min=1)
     gradient_accumulation_steps: int = option(1, min=1)
     max_grad_norm: Optional[float] = option(1.0, above=0, expected="a number > 0, or null for no gradient clipping")
-    lr_scheduler: str = option("constant", choices=_scheduler_names)
+    lr_scheduler: str = option("constant", choices=[kind.value for kind in SchedulerType])
     lr_warmup_steps: int = option(0, min=0)
     mixed_precision: str = option("no", choices=["no", "fp16", "bf16", "fp8"])
     ema_decay: Optional[float] = option(None, min=0, below=1, expected="null or a number in [0, 1) (0 / null = no EMA)")
@@ -124,10 +119,6 @@ class TrainingConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-#: model arguments the script sets itself
-SET_BY_THE_SCRIPT = {"trained_upscale_factors": "it is set from optimization.depths"}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -235,7 +226,6 @@ def check_value(dotted: str, value, hint, rule: Dict) -> None:
     test, text = _KINDS[kind]
     bounds = [(sign, compare, rule[name]) for name, (sign, compare) in _BOUNDS.items() if name in rule]
     choices = rule.get("choices")
-    choices = choices() if callable(choices) else choices
 
     def ok(v) -> bool:
         return test(v) and all(compare(v, bound) for _, compare, bound in bounds) and (choices is None or v in choices)
@@ -262,7 +252,7 @@ def check_config(config: TrainingConfig) -> None:
     if len(set(opt.depths)) != len(opt.depths):
         raise ValueError(f"optimization.depths {opt.depths!r} repeats a depth; list each depth once.")
     try:
-        check_crop_options(data.crop, True, data.crops_per_image, data.max_upscale_crop)
+        check_crop_options(data.crop, data.crops_per_image, data.max_upscale_crop)
     except ValueError as error:
         raise ValueError(f"data: {error}") from None
     if val.hr_size % val.lr_size:
@@ -280,11 +270,13 @@ def check_model(config: TrainingConfig) -> None:
     if not isinstance(model, dict):
         raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
     hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
+    for name in ("return", "trained_upscale_factors"):
+        hints.pop(name, None)
     for key, value in model.items():
-        if key in SET_BY_THE_SCRIPT:
-            raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
-        if key not in hints or key == "return":
-            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT and name != "return"])
+        if key == "trained_upscale_factors":
+            raise ValueError("config key `model.trained_upscale_factors` cannot be set: it is set from optimization.depths.")
+        if key not in hints:
+            raise _unknown_key(f"model.{key}", hints)
         check_value(f"model.{key}", value, hints[key], {})
     saved = {}
     if config.init_from is not None:
@@ -302,7 +294,7 @@ def check_model(config: TrainingConfig) -> None:
         raise ValueError(f"config section `model`: {error}") from None
     plain = json.loads(json.dumps({key: wanted[key] for key in wanted if not key.startswith("_")}))
     differ = [f"{key}={value!r} here but {saved.get(key)!r} there" for key, value in plain.items()
-              if saved and key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
+              if saved and key != "trained_upscale_factors" and value != saved.get(key)]
     if differ:
         raise ValueError(
             f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "

@@ -1,12 +1,8 @@
-"""Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
-
-``crop`` (docs/training.md has the details): ``center`` is the authors' preprocessing
-(torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``, reproduced with
-PIL to the pixel); ``random`` the same resize and a square at a random position;
-``random_resized`` (the default) a random square between ``resolution`` and ``max_upscale_crop``
-x the shorter side, bicubic-resized and flipped with probability 1/2. Images are never upscaled:
-one whose shorter side is under ``resolution`` is skipped, an unreadable one too, each counted
-with its reason (also when a file breaks after indexing). Images are read as 8-bit RGB.
+"""Training data: any folder of images (recursive), made into square crops of ``resolution`` px
+(the crop modes: docs/training.md). ``center`` is the authors' preprocessing (torchvision
+``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``), reproduced with PIL to the pixel.
+Images are never upscaled: one whose shorter side is under ``resolution`` is skipped, an
+unreadable one too, each counted with its reason (also when a file breaks after indexing).
 """
 from __future__ import annotations
 
@@ -27,32 +23,14 @@ CROP_MODES = ("center", "random", "random_resized")
 
 @dataclass
 class SkipCounts:
-    """The files a dataset does not use, by reason; ``details[path]`` says why (size or error)."""
+    """The files a dataset does not use, by reason: ``path -> why`` (its size, or its error)."""
 
-    too_small: List[str] = field(default_factory=list)
-    unreadable: List[str] = field(default_factory=list)
-    details: Dict[str, str] = field(default_factory=dict)
+    too_small: Dict[str, str] = field(default_factory=dict)
+    unreadable: Dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return len(self.too_small) + len(self.unreadable)
-
-    def add_unreadable(self, path: str, error: str) -> None:
-        """Count ``path`` as unreadable (once, however often it fails to load)."""
-        if path not in self.details:
-            self.unreadable.append(path)
-            self.details[path] = error
-
-    def add_too_small(self, path: str, size: Tuple[int, int]) -> None:
-        self.too_small.append(path)
-        self.details[path] = f"{size[0]} x {size[1]} px"
-
-    def rows(self, resolution: int) -> List[Tuple[str, str, str]]:
-        """``(reason, path, detail)`` for every skipped file, too small first."""
-        small = f"shorter side < {resolution} px"
-        return [(small, p, self.details[p]) for p in self.too_small] + [
-            ("unreadable", p, self.details[p]) for p in self.unreadable
-        ]
 
 
 def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
@@ -63,17 +41,13 @@ def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
     return int(resolution * width / height), resolution
 
 
-def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Optional[int], max_upscale_crop: float) -> str:
+def check_crop_options(crop: str, crops_per_image: Optional[int], max_upscale_crop: float) -> None:
     """Validate the cropping options of :class:`ImageFolderDataset` (ValueError naming the
-    option, its value and the fix) and return the crop mode (``None`` resolved)."""
+    option, its value and the fix)."""
     if crops_per_image is not None and (isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1):
         raise ValueError(f"`crops_per_image` must be an integer >= 1 or None, got {crops_per_image!r}.")
-    if crop is None:
-        crop = "random_resized" if train else "center"
     if crop not in CROP_MODES:
         raise ValueError(f"`crop` must be one of {', '.join(CROP_MODES)}, got {crop!r}.")
-    if not train and crop != "center":
-        raise ValueError(f"validation items (`train=False`) are centre crops; got `crop={crop!r}`: pass crop='center' or None.")
     if isinstance(max_upscale_crop, bool) or not isinstance(max_upscale_crop, (int, float)) or not 0 < max_upscale_crop <= 1:
         raise ValueError(f"`max_upscale_crop` must be a number in (0, 1], got {max_upscale_crop!r}.")
     if crop != "random_resized" and max_upscale_crop != 1.0:
@@ -81,12 +55,11 @@ def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Option
             f"`max_upscale_crop={max_upscale_crop}` applies to crop='random_resized' only (crop={crop!r} always "
             "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
         )
-    if train and crop == "center" and crops_per_image not in (None, 1):
+    if crop == "center" and crops_per_image not in (None, 1):
         raise ValueError(
             f"`crops_per_image={crops_per_image}` with crop='center' would repeat the same crop: "
             "set it to None, or use crop='random'."
         )
-    return crop
 
 
 class ImageFolderDataset(Dataset):
@@ -95,33 +68,29 @@ class ImageFolderDataset(Dataset):
     Args:
         folders: one or more directories, searched recursively.
         resolution: side of the crops (px).
-        train: training items (cropped as ``crop`` says) or validation items (``center`` crops).
-        crops_per_image: with ``train`` and a random ``crop``, a fixed number of seeded crops per
-            image instead of fresh random ones every time.
+        crops_per_image: with a random ``crop``, a fixed number of seeded crops per image instead
+            of fresh random ones every time.
         max_upscale_crop: with ``crop="random_resized"``, the largest fraction of the shorter side
             a random crop may span before being resized to ``resolution`` (1.0 = the whole side).
         seed: seed of the fixed crops.
-        crop: ``"center"``, ``"random"`` or ``"random_resized"`` (see the module docstring);
-            ``None`` = ``"random_resized"`` for training, ``"center"`` otherwise.
+        crop: ``"center"``, ``"random"`` or ``"random_resized"`` (see the module docstring).
     """
 
     def __init__(
         self,
         folders: Union[str, Path, Sequence[Union[str, Path]]],
         resolution: int,
-        train: bool = True,
         crops_per_image: Optional[int] = None,
         max_upscale_crop: float = 1.0,
         seed: int = 0,
-        crop: Optional[str] = None,
+        crop: str = "random_resized",
     ):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
             raise ValueError(f"`resolution` must be an integer >= 8, got {resolution!r}.")
-        crop = check_crop_options(crop, train, crops_per_image, max_upscale_crop)
+        check_crop_options(crop, crops_per_image, max_upscale_crop)
         self.resolution = resolution
-        self.train = train
         self.crop = crop
-        self.crops_per_image = crops_per_image if train and crop != "center" else None
+        self.crops_per_image = crops_per_image if crop != "center" else None
         self.max_upscale_crop = max_upscale_crop
         self.seed = seed
         self.skipped = SkipCounts()
@@ -132,10 +101,10 @@ class ImageFolderDataset(Dataset):
                 with Image.open(path) as handle:
                     size = handle.size
             except (OSError, UnidentifiedImageError) as error:
-                self.skipped.add_unreadable(str(path), str(error))
+                self.skipped.unreadable[str(path)] = str(error)
                 continue
             if min(size) < resolution:
-                self.skipped.add_too_small(str(path), size)
+                self.skipped.too_small[str(path)] = f"{size[0]} x {size[1]} px"
                 continue
             self.files.append(path)
             self.sizes.append(size)
@@ -149,9 +118,8 @@ class ImageFolderDataset(Dataset):
         return len(self.files) * (self.crops_per_image or 1)
 
     def describe(self) -> str:
-        """How many images are used and how many are skipped, and why, e.g. ``"1240 images
-        usable (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side
-        < 1024 px, 2 unreadable"`` (the training script lists the files in skipped_images.tsv)."""
+        """How many images are used and how many are skipped, and why, e.g. ``"1240 images usable
+        (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side < 1024 px, 2 unreadable"``."""
         skipped = self.skipped
         return (
             f"{len(self.files)} images usable ({len(self)} items per epoch, crop={self.crop} at {self.resolution} px); "
@@ -196,7 +164,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as handle:
                 image = handle.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
-            self.skipped.add_unreadable(str(path), str(error))
+            self.skipped.unreadable.setdefault(str(path), str(error))  # counted once, however often it fails
             return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
         if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call
             image = image.resize(params["resize"], Image.BILINEAR)
