@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 STATE_FILE = "training_state.json"
-_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def checkpoint_dirs(output_dir: Union[str, Path]) -> list:
     """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _NAME.fullmatch(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    found = [path for path in Path(output_dir).glob("checkpoints/checkpoint-*") if (path / STATE_FILE).is_file()]
+    return sorted(found, key=lambda path: int(path.name.removeprefix("checkpoint-")))
 
 
 def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Optional[Path]:

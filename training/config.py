@@ -1,11 +1,8 @@
 """The training configuration: one dataclass per section of the YAML recipes (training/configs/).
 
-Every key is a dataclass field: its type, its default and, in ``metadata``, its allowed range
-(``min`` / ``above`` / ``below``), its ``choices`` or the ``expected`` text of its error. A recipe
-is a nested mapping ``{key: value, section: {key: value}}``; :func:`load_config` lays dotted
-overrides (``optimization.lr``) over it and turns the result into a :class:`TrainingConfig`,
-refusing unknown keys and checking every value, each problem as one ``ValueError`` line that
-names the key and says what it must be.
+Every key is a dataclass field with its type, its default and its allowed values (:func:`option`).
+:func:`load_config` lays dotted overrides (``optimization.lr``) over a recipe and checks every
+value, each problem one ``ValueError`` line that names the key and says what it must be.
 """
 from __future__ import annotations
 
@@ -117,11 +114,11 @@ class TrainingConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+
+#: the model arguments the training script sets itself
+SET_BY_THE_SCRIPT = {"latent_channels": "it is taken from the VAE", "trained_upscale_factors": "it is set from optimization.depths"}
 
 
-# ---------------------------------------------------------------------------- loading
 def read_recipe(path) -> Dict[str, Any]:
     """The mapping in the YAML file ``path`` (FileNotFoundError / one-line ValueError)."""
     path = Path(path).expanduser()
@@ -131,18 +128,6 @@ def read_recipe(path) -> Dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
-
-
-def set_key(raw: Dict, dotted: str, value) -> None:
-    """``raw[a][b] = value`` for ``dotted`` = ``"a.b"`` (sections created as needed)."""
-    *sections, key = dotted.split(".")
-    for section in sections:
-        if not isinstance(raw.get(section), dict):
-            if section in raw and raw[section] is not None:
-                raise ValueError(f"cannot set `{dotted}`: `{section}` is not a section.")
-            raw[section] = {}
-        raw = raw[section]
-    raw[key] = value
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -195,13 +180,20 @@ def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None)
         raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
     raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
-        set_key(raw, dotted, value)
+        *sections, key = dotted.split(".")
+        target = raw
+        for section in sections:
+            if target.get(section) is None:
+                target[section] = {}
+            target = target[section]
+            if not isinstance(target, dict):
+                raise ValueError(f"cannot set `{dotted}`: `{section}` is not a section.")
+        target[key] = value
     config = _build(TrainingConfig, raw, "")
     check_config(config)
     return config
 
 
-# ---------------------------------------------------------------------------- checks
 _KINDS = {
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
@@ -270,31 +262,31 @@ def check_model(config: TrainingConfig) -> None:
     if not isinstance(model, dict):
         raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
     hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
-    for name in ("return", "trained_upscale_factors"):
+    for name in ("return", *SET_BY_THE_SCRIPT):
         hints.pop(name, None)
     for key, value in model.items():
-        if key == "trained_upscale_factors":
-            raise ValueError("config key `model.trained_upscale_factors` cannot be set: it is set from optimization.depths.")
+        if key in SET_BY_THE_SCRIPT:
+            raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
         if key not in hints:
             raise _unknown_key(f"model.{key}", hints)
         check_value(f"model.{key}", value, hints[key], {})
-    saved = {}
-    if config.init_from is not None:
-        try:
-            saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
-                "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
-            ) from None
     try:
         with torch.device("meta"):
-            wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **model}).config
+            wanted = UPLiFTLatentUpscaler(**model).config
     except (TypeError, ValueError) as error:
         raise ValueError(f"config section `model`: {error}") from None
+    if config.init_from is None:
+        return
+    try:
+        saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
+            "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
+        ) from None
     plain = json.loads(json.dumps({key: wanted[key] for key in wanted if not key.startswith("_")}))
     differ = [f"{key}={value!r} here but {saved.get(key)!r} there" for key, value in plain.items()
-              if saved and key != "trained_upscale_factors" and value != saved.get(key)]
+              if key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
     if differ:
         raise ValueError(
             f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "

@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import list_images, pil_to_tensor
 
 CROP_MODES = ("center", "random", "random_resized")
 
@@ -43,7 +42,7 @@ def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
 
 def check_crop_options(crop: str, crops_per_image: Optional[int], max_upscale_crop: float) -> None:
     """Validate the cropping options of :class:`ImageFolderDataset` (ValueError naming the
-    option, its value and the fix)."""
+    option, its value and the fix); the configuration calls it, the dataset trusts it."""
     if crops_per_image is not None and (isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1):
         raise ValueError(f"`crops_per_image` must be an integer >= 1 or None, got {crops_per_image!r}.")
     if crop not in CROP_MODES:
@@ -85,9 +84,6 @@ class ImageFolderDataset(Dataset):
         seed: int = 0,
         crop: str = "random_resized",
     ):
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
-            raise ValueError(f"`resolution` must be an integer >= 8, got {resolution!r}.")
-        check_crop_options(crop, crops_per_image, max_upscale_crop)
         self.resolution = resolution
         self.crop = crop
         self.crops_per_image = crops_per_image if crop != "center" else None
@@ -173,8 +169,7 @@ class ImageFolderDataset(Dataset):
             image = image.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=None)
         if params["flip"]:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "key": params["key"]}
+        return {"pixel_values": pil_to_tensor(image)[0], "key": params["key"]}
 
 
 def collate_skipping_failures(items: List[Dict]) -> Dict:
@@ -182,11 +177,8 @@ def collate_skipping_failures(items: List[Dict]) -> Dict:
     ``(path, error)`` so that the training process counts them (DataLoader workers count in
     their own copy of the dataset)."""
     good = [item for item in items if item["pixel_values"] is not None]
-    failed = [(item["path"], item["error"]) for item in items if item["pixel_values"] is None]
-    if not good:
-        return {"pixel_values": None, "keys": [], "failed": failed}
     return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in good]),
+        "pixel_values": torch.stack([item["pixel_values"] for item in good]) if good else None,
         "keys": [item["key"] for item in good],
-        "failed": failed,
+        "failed": [(item["path"], item["error"]) for item in items if item["pixel_values"] is None],
     }

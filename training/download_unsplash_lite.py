@@ -69,10 +69,6 @@ class DownloadSummary:
     def failed_ids(self) -> list:
         return list(self.failure_reasons)
 
-    @property
-    def all_failed(self) -> bool:
-        return self.total > 0 and self.failed == self.total
-
     def format(self, max_reasons: int = 10) -> str:
         """The counts, then up to ``max_reasons`` failures."""
         lines = [
@@ -94,12 +90,9 @@ def _check_number(name: str, value, minimum: float, fix: str, kind=int) -> None:
         raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} >= {minimum}, got {value!r}: {fix}")
 
 
-# --------------------------------------------------------------------------- inputs
 def find_tsv_files(inputs) -> list:
     """The ``photos.tsv*`` files of ``inputs`` (folders, searched for ``photos.tsv<digits>``, or files)."""
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not inputs:
-        raise ValueError("inputs is empty: pass the Unsplash-Lite directory or its photos.tsv* files")
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     files = []
     for path in map(Path, inputs):
         if path.is_dir():
@@ -176,7 +169,6 @@ def min_side_request(row: PhotoRow, min_side: int) -> Tuple[str, int]:
     return ("h", min_side) if width > height else ("w", min_side)
 
 
-# --------------------------------------------------------------------------- one file
 def decoded_size(path) -> Optional[Tuple[int, int]]:
     """(width, height) of ``path`` if it exists and decodes completely with PIL, else None (PIL
     raises for truncated data while ``ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default)."""
@@ -229,7 +221,6 @@ def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, 
     return DOWNLOADED, ""
 
 
-# --------------------------------------------------------------------------- all photos
 def download_photos(rows: Sequence[PhotoRow], output_dir, min_side: int = DEFAULT_MIN_SIDE, *, workers: int = 8,
                     timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, progress: bool = True) -> DownloadSummary:
     """``rows`` (from :func:`read_photo_rows`) into ``output_dir`` with ``workers`` threads (see
@@ -252,8 +243,8 @@ def download_photos(rows: Sequence[PhotoRow], output_dir, min_side: int = DEFAUL
     return DownloadSummary(len(rows), statuses.count(DOWNLOADED), statuses.count(SKIPPED), len(failed), failed, out, min_side, upscaled)
 
 
-# --------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
     parser = argparse.ArgumentParser(description="Download the Unsplash-Lite photos (photos.tsv*) with their shorter side at N px, aspect kept.")
     parser.add_argument("inputs", nargs="+", help="the Unsplash-Lite directory (its photos.tsv* files are read) or explicit tsv files")
     parser.add_argument("--output-dir", required=True, help="where <photo_id>.jpg files are written")
@@ -265,12 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backoff-base", type=float, default=1.0, help="seconds before the first retry; doubled before each further retry")
     parser.add_argument("--limit", type=int, default=None, help="download only the first N photos")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         files = find_tsv_files(args.inputs)
         rows = read_photo_rows(files, limit=args.limit)
@@ -282,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary.format())
-    return 1 if summary.all_failed else 0
+    return 1 if 0 < summary.total == summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ printing the command that resumes the run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -47,7 +46,6 @@ SMOKE_TEST = Path(__file__).parent / "configs" / "smoke-test.yaml"
 SMOKE_TEST_IMAGES = 6
 
 
-# ---------------------------------------------------------------------------- command line
 @dataclass
 class ScriptArguments:
     """The command line (``transformers.HfArgumentParser`` makes the flags, in ``--a_b`` and ``--a-b`` spelling)."""
@@ -149,20 +147,6 @@ def resume_command(argv: List[str]) -> str:
     return shlex.join([*launcher, MODULE, *kept, "--resume", "latest"])
 
 
-# ---------------------------------------------------------------------------- training pieces
-@contextlib.contextmanager
-def stop_requests():
-    """SIGTERM / SIGINT appended to the yielded list, which the loop checks after every optimiser
-    step, instead of killing the run; the previous handlers are back when the block ends or fails."""
-    received: List[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def trained_upscale_factors(depths) -> List[int]:
     """The factors a run with these depths trains: depth d trains 2**d, and its multi-step loss
     every step 2**1 ... 2**d on the way."""
@@ -186,13 +170,9 @@ def any_process(accelerator, *values: float) -> List[float]:
 
 
 def parameter_checksum(model) -> float:
-    """A float64 fingerprint of the weights (sum of every parameter times a fixed ramp)."""
-    total = 0.0
-    for index, parameter in enumerate(model.parameters()):
-        values = parameter.detach().double().flatten()
-        ramp = torch.linspace(1.0, 2.0, values.numel(), dtype=torch.float64, device=values.device)
-        total += float((values * ramp).sum()) * (1 + index % 7)
-    return total
+    """A float64 fingerprint of the weights: every weight times its place on a fixed ramp, summed."""
+    values = torch.cat([parameter.detach().double().flatten().cpu() for parameter in model.parameters()])
+    return float(values @ torch.linspace(1.0, 2.0, values.numel(), dtype=torch.float64))
 
 
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
@@ -238,7 +218,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-    scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
+    scores = {"psnr": 0.0, "psnr_bp": 0.0} if val.back_projection_steps else {"psnr": 0.0}  # means over the files
     tiles: List[Image.Image] = []
     was_training = upscaler.training
     upscaler.eval()
@@ -252,7 +232,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
             if val.back_projection_steps:  # the same output, back-projected: no second model run
                 outputs["psnr_bp"] = back_project(output, lr, val.back_projection_steps)
             for name, image in outputs.items():
-                scores[name].append(float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))))
+                scores[name] += float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))) / len(files)
             if len(tiles) < 3 * val.num_samples:
                 (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.clamp(0, 1)))
                 tiles += [lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image]
@@ -260,10 +240,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     if tiles:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
         make_image_grid(tiles, rows=len(tiles) // 3, cols=3).save(output_dir / "samples" / f"step-{step:07d}.png")
-    result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
-    if scores["psnr_bp"]:
-        result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
-    return result
+    return {**scores, "count": len(files)}
 
 
 def write_model_card(model_dir: Path, config: TrainingConfig, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
@@ -290,7 +267,7 @@ upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')
 ## Training configuration
 
 ```yaml
-{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
+{yaml.safe_dump(asdict(config), sort_keys=False).rstrip()}
 ```
 """)
 
@@ -300,8 +277,13 @@ def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Opt
     "latest" or a checkpoint directory ("latest" with no checkpoint yet says so and starts from
     scratch). SIGTERM / SIGINT stop it after the current step with a checkpoint (the result has
     ``stopped: True`` and ``signal``) and print ``resume_hint`` (the command that resumes)."""
-    with stop_requests() as received:
+    received: List[int] = []  # the signals, checked after every optimiser step; the handlers are restored after
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
         return _train(config, resume, received, resume_hint or "the same command with --resume latest")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _train(config: TrainingConfig, resume: Optional[str], received: List[int], resume_hint: str) -> Dict:
@@ -328,16 +310,14 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
     set_seed(opt.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     if report_to:
         accelerator.init_trackers("uplift")
 
     vae = load_vae(config.vae).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     vae_id = f"{vae_identity(vae)}-{opt.mixed_precision}"
-    model_config = {"latent_channels": vae.config.latent_channels, **config.model}
-    if model_config["latent_channels"] != vae.config.latent_channels:
-        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae.config.latent_channels} latent channels.")
-    model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt.depths))
+    factors = trained_upscale_factors(opt.depths)
+    model = UPLiFTLatentUpscaler(latent_channels=vae.config.latent_channels, trained_upscale_factors=factors, **config.model)
     checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
     if config.init_from is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
         model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config.init_from).state_dict())
@@ -438,7 +418,7 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
             if any_process(accelerator, batch["pixel_values"] is None)[0]:
                 continue  # no image left in a process's batch: every process skips it, so they keep stepping together
             images = batch["pixel_values"].to(accelerator.device)
-            pyramid = image_pyramid(images, max(opt.depths), multiple=8)
+            pyramid = image_pyramid(images, max(opt.depths))
             latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, accelerator.autocast)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -459,15 +439,9 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
             step += 1
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean()),
-                **{k: float(v) for k, v in losses.items() if k != "loss"},
-                "lr": lr_used,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "time": round(elapsed(), 2),
-            }
+            record = {"step": step, "epoch": epoch, "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean())}
+            record.update({k: float(v) for k, v in losses.items() if k != "loss"})
+            record.update(lr=lr_used, grad_norm=None if grad_norm is None else float(grad_norm), time=round(elapsed(), 2))
             if accelerator.is_main_process:
                 with open(output_dir / "train_log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
