@@ -24,7 +24,7 @@ from diffusers.optimization import SchedulerType
 
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, SD15_MODEL_ID
 
-from training.data import check_crop_options
+from training.data import CROP_MODES
 
 
 def option(default=None, *, factory=None, **rule) -> Any:
@@ -39,7 +39,7 @@ def option(default=None, *, factory=None, **rule) -> Any:
 class DataConfig:
     train_dirs: List[str] = option(factory=list, expected="a folder or a list of folders (pass --train-data DIR [DIR ...])")
     resolution: int = option(1024, min=8)
-    crop: str = "random_resized"  # these three: checked by training.data.check_crop_options
+    crop: str = "random_resized"  # these three: checked together by check_config
     crops_per_image: Optional[int] = None
     max_upscale_crop: float = 1.0
     cache_dir: Optional[str] = None
@@ -243,10 +243,22 @@ def check_config(config: TrainingConfig) -> None:
         raise ValueError(f"data.resolution {data.resolution} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(opt.depths)}.")
     if len(set(opt.depths)) != len(opt.depths):
         raise ValueError(f"optimization.depths {opt.depths!r} repeats a depth; list each depth once.")
-    try:
-        check_crop_options(data.crop, data.crops_per_image, data.max_upscale_crop)
-    except ValueError as error:
-        raise ValueError(f"data: {error}") from None
+    crops, largest = data.crops_per_image, data.max_upscale_crop
+    if crops is not None and crops < 1:
+        raise ValueError(f"data: `crops_per_image` must be an integer >= 1 or None, got {crops!r}.")
+    if data.crop not in CROP_MODES:
+        raise ValueError(f"data: `crop` must be one of {', '.join(CROP_MODES)}, got {data.crop!r}.")
+    if not 0 < largest <= 1:
+        raise ValueError(f"data: `max_upscale_crop` must be a number in (0, 1], got {largest!r}.")
+    if data.crop != "random_resized" and largest != 1.0:
+        raise ValueError(
+            f"data: `max_upscale_crop={largest}` applies to crop='random_resized' only (crop={data.crop!r} always "
+            "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
+        )
+    if data.crop == "center" and crops not in (None, 1):
+        raise ValueError(
+            f"data: `crops_per_image={crops}` with crop='center' would repeat the same crop: set it to None, or use crop='random'."
+        )
     if val.hr_size % val.lr_size:
         raise ValueError(f"validation.hr_size {val.hr_size} must be a multiple of validation.lr_size {val.lr_size}.")
     check_model(config)

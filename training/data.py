@@ -40,40 +40,10 @@ def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
     return int(resolution * width / height), resolution
 
 
-def check_crop_options(crop: str, crops_per_image: Optional[int], max_upscale_crop: float) -> None:
-    """Validate the cropping options of :class:`ImageFolderDataset` (ValueError naming the
-    option, its value and the fix); the configuration calls it, the dataset trusts it."""
-    if crops_per_image is not None and (isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1):
-        raise ValueError(f"`crops_per_image` must be an integer >= 1 or None, got {crops_per_image!r}.")
-    if crop not in CROP_MODES:
-        raise ValueError(f"`crop` must be one of {', '.join(CROP_MODES)}, got {crop!r}.")
-    if isinstance(max_upscale_crop, bool) or not isinstance(max_upscale_crop, (int, float)) or not 0 < max_upscale_crop <= 1:
-        raise ValueError(f"`max_upscale_crop` must be a number in (0, 1], got {max_upscale_crop!r}.")
-    if crop != "random_resized" and max_upscale_crop != 1.0:
-        raise ValueError(
-            f"`max_upscale_crop={max_upscale_crop}` applies to crop='random_resized' only (crop={crop!r} always "
-            "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
-        )
-    if crop == "center" and crops_per_image not in (None, 1):
-        raise ValueError(
-            f"`crops_per_image={crops_per_image}` with crop='center' would repeat the same crop: "
-            "set it to None, or use crop='random'."
-        )
-
-
 class ImageFolderDataset(Dataset):
-    """Square crops of ``resolution`` px from the images under ``folders``.
-
-    Args:
-        folders: one or more directories, searched recursively.
-        resolution: side of the crops (px).
-        crops_per_image: with a random ``crop``, a fixed number of seeded crops per image instead
-            of fresh random ones every time.
-        max_upscale_crop: with ``crop="random_resized"``, the largest fraction of the shorter side
-            a random crop may span before being resized to ``resolution`` (1.0 = the whole side).
-        seed: seed of the fixed crops.
-        crop: ``"center"``, ``"random"`` or ``"random_resized"`` (see the module docstring).
-    """
+    """Square crops of ``resolution`` px from the images under ``folders`` (searched recursively).
+    ``crop``, ``crops_per_image`` (a fixed, seeded set of random crops per image) and
+    ``max_upscale_crop`` are the recipe's ``data`` keys, checked by the configuration; ``seed`` seeds the fixed crops."""
 
     def __init__(
         self,

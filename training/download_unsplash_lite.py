@@ -1,11 +1,7 @@
-"""Download the Unsplash-Lite photographs with their shorter side at N px (docs/training.md).
-
-The dataset's photo table is ``photos.tsv000``, ``photos.tsv001``, ... (tab-separated, each with
-its header); a row gives ``photo_id``, ``photo_image_url`` and the original ``photo_width`` x
-``photo_height``. Each photo is asked from the Unsplash image CDN (imgix) with its shorter side at
-``--min-side`` px, aspect kept: ``h=N`` for a landscape photo, ``w=N`` otherwise. Requests go
-through ``huggingface_hub``'s ``http_backoff`` (timeouts, retries of transient errors); a body is
-kept only when it decodes completely at the right size, and is written atomically, so that a
+"""Download the Unsplash-Lite photographs (rows of ``photos.tsv000``, ``photos.tsv001``, ...) with
+their shorter side at N px (docs/training.md). Each is asked from the Unsplash image CDN (imgix)
+with ``h=N`` for a landscape photo, ``w=N`` otherwise, through huggingface_hub's ``http_backoff``;
+a body is kept only when it decodes completely at that size, and is written atomically, so that a
 re-run resumes by skipping the files already complete.
 
     python -m training.download_unsplash_lite /data/unsplash-lite \\
@@ -214,10 +210,8 @@ def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, 
 
     try:
         atomic_write(destination, write)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # a bad body, or a disk error (which names the file)
         return FAILED, str(err)
-    except OSError as err:
-        return FAILED, f"could not write {destination}: {err}"
     return DOWNLOADED, ""
 
 

@@ -43,7 +43,6 @@ MODULE = "training.train_uplift"
 
 #: ``--smoke-test``: the recipe beneath the given one (see its comments)
 SMOKE_TEST = Path(__file__).parent / "configs" / "smoke-test.yaml"
-SMOKE_TEST_IMAGES = 6
 
 
 @dataclass
@@ -79,10 +78,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ScriptArguments:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(ScriptArguments, prog=f"python -m {MODULE}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
-    return args
+    return ScriptArguments(**vars(parser.parse_args(argv)))  # argparse's own parse: an unknown flag is exit status 2
 
 
 def build_config(args: ScriptArguments) -> TrainingConfig:
@@ -124,7 +120,7 @@ def prepare_smoke_test(config: TrainingConfig) -> None:
         images.mkdir(parents=True)
         generator = torch.Generator().manual_seed(0)
         shape = (config.data.resolution, config.data.resolution, 3)
-        for index in range(SMOKE_TEST_IMAGES):  # noise: the smoke test checks the machinery, not the model
+        for index in range(6):  # noise: the smoke test checks the machinery, not the model
             pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
             Image.fromarray(pixels.numpy()).save(images / f"smoke-{index}.png")
 
@@ -176,10 +172,8 @@ def parameter_checksum(model) -> float:
 
 
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
-    """Unscaled VAE latents of every pyramid level (from the cache when possible).
-
-    ``autocast`` is the accelerator's autocast context factory (the VAE runs in the mixed
-    precision of the run; the precision is part of ``vae_id`` so cached latents never mix)."""
+    """Unscaled VAE latents of every pyramid level, from the cache when possible. The VAE runs under
+    ``autocast``, in the run's mixed precision, which is part of ``vae_id``: cached latents never mix."""
     from uplift_diffusers.loaders.vae import encode_latents
 
     def encode(images):
@@ -220,7 +214,6 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     generator = torch.Generator().manual_seed(0)
     scores = {"psnr": 0.0, "psnr_bp": 0.0} if val.back_projection_steps else {"psnr": 0.0}  # means over the files
     tiles: List[Image.Image] = []
-    was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
         for path in files:
@@ -236,7 +229,7 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
             if len(tiles) < 3 * val.num_samples:
                 (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.clamp(0, 1)))
                 tiles += [lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image]
-    upscaler.train(was_training)
+    upscaler.train()  # validation runs on the model being trained
     if tiles:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
         make_image_grid(tiles, rows=len(tiles) // 3, cols=3).save(output_dir / "samples" / f"step-{step:07d}.png")
@@ -372,8 +365,6 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
 
     def run_validation() -> None:
         nonlocal last_metrics
-        if not accelerator.is_main_process:
-            return
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.store(unwrapped.parameters())
@@ -402,8 +393,7 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
         order = epoch_order(len(dataset), opt.seed, epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
             torch.utils.data.Subset(dataset, order[position * opt.batch_size :]),
-            batch_size=opt.batch_size, shuffle=False, num_workers=data.num_workers,
-            collate_fn=collate_skipping_failures, drop_last=False,
+            batch_size=opt.batch_size, num_workers=data.num_workers, collate_fn=collate_skipping_failures,
             # its own generator: creating an iterator draws a seed, which from the global RNG
             # would shift the lat_aug noise of a resumed run away from the uninterrupted one
             generator=torch.Generator().manual_seed(opt.seed * 100_003 + epoch),
@@ -451,7 +441,7 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
             progress.set_postfix(loss=f"{record['loss']:.4f}")
             if ckpt.every_steps and step % ckpt.every_steps == 0:
                 checkpoint()
-            if val.dir and val.every_steps and step % val.every_steps == 0:
+            if accelerator.is_main_process and val.dir and val.every_steps and step % val.every_steps == 0:
                 run_validation()
             out_of_time = bool(opt.max_minutes) and time.time() - started > 60 * opt.max_minutes
             stop_signal, out_of_time = (int(v) for v in any_process(accelerator, max(received, default=0), out_of_time))
@@ -477,7 +467,7 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
 
     if not ckpt.every_steps or step % ckpt.every_steps:
         checkpoint()
-    if val.dir and (not val.every_steps or step % val.every_steps):
+    if accelerator.is_main_process and val.dir and (not val.every_steps or step % val.every_steps):
         run_validation()
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
