@@ -547,9 +547,9 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     Image.new("RGB", (80, 40)).save(small)
     dataset = ImageFolderDataset(folder, 64)
     assert len(dataset) == 3
-    assert list(dataset.skipped.unreadable) == [str(garbage)]
-    assert dataset.skipped.too_small == {str(small): "80 x 40 px"}
-    assert dataset.skipped.total == 2
+    assert list(dataset.unreadable) == [str(garbage)]
+    assert dataset.too_small == {str(small): "80 x 40 px"}
+    assert dataset.num_skipped == 2
     for i in range(len(dataset)):
         assert dataset[i]["pixel_values"].shape == (3, 64, 64)
 
@@ -558,15 +558,15 @@ def test_dataset_skips_unreadable_and_small_images(shared_path, tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])
     item = dataset[1]
     assert item["pixel_values"] is None
-    assert list(dataset.skipped.unreadable) == [str(garbage), str(broken)]
-    assert dataset[1]["pixel_values"] is None and list(dataset.skipped.unreadable) == [str(garbage), str(broken)]  # counted once
+    assert list(dataset.unreadable) == [str(garbage), str(broken)]
+    assert dataset[1]["pixel_values"] is None and list(dataset.unreadable) == [str(garbage), str(broken)]  # counted once
     batch = collate_skipping_failures([dataset[0], item, dataset[2]])
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["keys"]) == 2
     assert batch["failed"] == [(str(broken), item["error"])] and item["error"]
     assert collate_skipping_failures([item]) == {"pixel_values": None, "keys": [], "failed": [(str(broken), item["error"])]}
     assert dataset.describe() == ("3 images usable (3 items per epoch, crop=random_resized at 64 px); skipped 3: "
                                   "1 shorter side < 64 px, 2 unreadable")
-    assert dataset.skipped.unreadable[str(broken)] == item["error"]
+    assert dataset.unreadable[str(broken)] == item["error"]
 
 
 def test_center_crops_cut_the_middle_of_an_image_already_at_resolution(shared_path, tmp_path):

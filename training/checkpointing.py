@@ -37,10 +37,9 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, state:
     root = Path(output_dir) / "checkpoints"
     tmp = root / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial one of an interrupted save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp))  # creates the folders
     accelerator.wait_for_everyone()  # every process's files (its random state) are in `tmp` before the rename
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}))

@@ -7,7 +7,6 @@ unreadable one too, each counted with its reason (also when a file breaks after 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,18 +17,6 @@ from torch.utils.data import Dataset
 from uplift_diffusers.image_processor import list_images, pil_to_tensor
 
 CROP_MODES = ("center", "random", "random_resized")
-
-
-@dataclass
-class SkipCounts:
-    """The files a dataset does not use, by reason: ``path -> why`` (its size, or its error)."""
-
-    too_small: Dict[str, str] = field(default_factory=dict)
-    unreadable: Dict[str, str] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return len(self.too_small) + len(self.unreadable)
 
 
 def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
@@ -59,7 +46,8 @@ class ImageFolderDataset(Dataset):
         self.crops_per_image = crops_per_image if crop != "center" else None
         self.max_upscale_crop = max_upscale_crop
         self.seed = seed
-        self.skipped = SkipCounts()
+        self.too_small: Dict[str, str] = {}  # the files skipped: path -> size
+        self.unreadable: Dict[str, str] = {}  # path -> error
         self.files: List[Path] = []
         self.sizes: List[tuple] = []
         for path in list_images(folders):
@@ -67,18 +55,22 @@ class ImageFolderDataset(Dataset):
                 with Image.open(path) as handle:
                     size = handle.size
             except (OSError, UnidentifiedImageError) as error:
-                self.skipped.unreadable[str(path)] = str(error)
+                self.unreadable[str(path)] = str(error)
                 continue
             if min(size) < resolution:
-                self.skipped.too_small[str(path)] = f"{size[0]} x {size[1]} px"
+                self.too_small[str(path)] = f"{size[0]} x {size[1]} px"
                 continue
             self.files.append(path)
             self.sizes.append(size)
         if not self.files:
             raise ValueError(
                 f"no usable image of at least {resolution} px under {folders} "
-                f"({len(self.skipped.too_small)} too small, {len(self.skipped.unreadable)} unreadable)."
+                f"({len(self.too_small)} too small, {len(self.unreadable)} unreadable)."
             )
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.too_small) + len(self.unreadable)
 
     def __len__(self) -> int:
         return len(self.files) * (self.crops_per_image or 1)
@@ -86,11 +78,10 @@ class ImageFolderDataset(Dataset):
     def describe(self) -> str:
         """How many images are used and how many are skipped, and why, e.g. ``"1240 images usable
         (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side < 1024 px, 2 unreadable"``."""
-        skipped = self.skipped
         return (
             f"{len(self.files)} images usable ({len(self)} items per epoch, crop={self.crop} at {self.resolution} px); "
-            f"skipped {skipped.total}: {len(skipped.too_small)} shorter side < {self.resolution} px, "
-            f"{len(skipped.unreadable)} unreadable"
+            f"skipped {self.num_skipped}: {len(self.too_small)} shorter side < {self.resolution} px, "
+            f"{len(self.unreadable)} unreadable"
         )
 
     def crop_params(self, index: int) -> Dict:
@@ -106,8 +97,7 @@ class ImageFolderDataset(Dataset):
         identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if self.crop == "random_resized":
             short = min(width, height)
-            low = res / short
-            side = int(round(short * rng.uniform(min(low, self.max_upscale_crop), self.max_upscale_crop)))
+            side = int(round(short * rng.uniform(min(res / short, self.max_upscale_crop), self.max_upscale_crop)))
             side = max(res, min(side, short))
             left, top = rng.randint(0, width - side), rng.randint(0, height - side)
             flip = rng.random() < 0.5
@@ -130,7 +120,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as handle:
                 image = handle.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
-            self.skipped.unreadable.setdefault(str(path), str(error))  # counted once, however often it fails
+            self.unreadable.setdefault(str(path), str(error))  # counted once, however often it fails
             return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
         if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call
             image = image.resize(params["resize"], Image.BILINEAR)

@@ -86,9 +86,7 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
     test's values beneath both), checked."""
     raw = read_recipe(args.config) if args.config else {}
     overrides = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
-    for item in args.set:  # --set KEY=null sets null (e.g. optimization.max_grad_norm=null)
-        dotted, value = parse_override(item)
-        overrides[dotted] = value
+    overrides.update(parse_override(item) for item in args.set)
     if args.smoke_test:
         smoke = read_recipe(SMOKE_TEST)
         for key, value in raw.items():  # the recipe over the smoke test's values
@@ -322,8 +320,8 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
         max_upscale_crop=data.max_upscale_crop, seed=opt.seed, crop=data.crop,
     )
     accelerator.print(f"training data: {dataset.describe()}")
-    if accelerator.is_main_process and dataset.skipped.total:
-        reasons = {f"shorter side < {data.resolution} px": dataset.skipped.too_small, "unreadable": dataset.skipped.unreadable}
+    if accelerator.is_main_process and dataset.num_skipped:
+        reasons = {f"shorter side < {data.resolution} px": dataset.too_small, "unreadable": dataset.unreadable}
         rows = [f"{reason}\t{path}\t{why}\n" for reason, files in reasons.items() for path, why in files.items()]
         (output_dir / "skipped_images.tsv").write_text("".join(rows))
         accelerator.print(f"  (every skipped file is listed in {output_dir / 'skipped_images.tsv'})")
@@ -401,7 +399,7 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
         for batch in loader:
             position += 1
             for path, error in batch["failed"]:  # counted here too: workers count in their own copy
-                dataset.skipped.unreadable.setdefault(path, error)
+                dataset.unreadable.setdefault(path, error)
                 if path not in reported_failures:
                     reported_failures.add(path)
                     print(f"skipped an image that no longer loads: {path} ({error})", flush=True)  # by the process that met it
@@ -459,14 +457,12 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
             "without --stop-at-step, with --resume latest"
         )
 
-    if stop_signal:
+    if not ckpt.every_steps or step % ckpt.every_steps:  # unless this step's checkpoint is written
         checkpoint()
+    if stop_signal:
         accelerator.print(f"stopped by signal {stop_signal} at step {step}; resume with: {resume_hint}")
         accelerator.end_training()
         return {"step": step, "stopped": True, "signal": stop_signal}
-
-    if not ckpt.every_steps or step % ckpt.every_steps:
-        checkpoint()
     if accelerator.is_main_process and val.dir and (not val.every_steps or step % val.every_steps):
         run_validation()
     accelerator.wait_for_everyone()
@@ -482,10 +478,10 @@ def _train(config: TrainingConfig, resume: Optional[str], received: List[int], r
     if accelerator.is_main_process:
         model_dir = output_dir / "model"
         unwrapped.save_pretrained(model_dir)
-        write_model_card(model_dir, config, step, last_metrics, elapsed(), dataset.skipped.total, len(dataset))
+        write_model_card(model_dir, config, step, last_metrics, elapsed(), dataset.num_skipped, len(dataset))
         accelerator.print(
-            f"saved {model_dir} after {step} steps; skipped images: {len(dataset.skipped.too_small)} too small, "
-            f"{len(dataset.skipped.unreadable)} unreadable"
+            f"saved {model_dir} after {step} steps; skipped images: {len(dataset.too_small)} too small, "
+            f"{len(dataset.unreadable)} unreadable"
             + (f"; latent cache {cache.hits} hits / {cache.misses} misses" if cache else "")
         )
     accelerator.wait_for_everyone()
@@ -512,9 +508,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {error}", file=sys.stderr)
         return 2
     if args.smoke_test:
-        if state.is_main_process:
+        with state.main_process_first():  # the others find the files written
             prepare_smoke_test(config)
-        state.wait_for_everyone()
     result = train(config, resume=str(checkpoint) if checkpoint else resume, resume_hint=resume_command(argv))
     if result["stopped"]:
         return 128 + result["signal"]  # 143 = SIGTERM, 130 = SIGINT (Ctrl-C), as shells report them
