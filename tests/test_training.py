@@ -996,6 +996,7 @@ def test_the_logged_lr_is_the_one_each_step_used(taef2_dir, images, tmp_path):
         (["--set", "model.refiner_blocks=abc"], "error: config key `model.refiner_blocks` must be an integer, got 'abc' (str)."),
         (["--set", "model.refiner_blocks=0"], "error: config section `model`: `refiner_blocks` must be >= 1, got 0."),
         (["--set", "model.trained_upscale_factors=[2]"], "error: config key `model.trained_upscale_factors` cannot be set: it is set from optimization.depths."),
+        (["--set", "model.latent_channels=4"], "error: config key `model.latent_channels` cannot be set: it is taken from the VAE."),
         (["--set", "optimization.lr_scheduler=cosinus"], "error: config key `optimization.lr_scheduler` must be one of linear, cosine,"),
         (["--set", "optimization.adam_betas=[0.9]"], "error: config key `optimization.adam_betas` must be a list of two numbers in [0, 1)"),
         (["--set", "validation.lr_size=48"], "error: validation.hr_size 256 must be a multiple of validation.lr_size 48."),
