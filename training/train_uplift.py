@@ -268,7 +268,7 @@ def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Opt
     "latest" or a checkpoint directory ("latest" with no checkpoint yet says so and starts from
     scratch). SIGTERM / SIGINT stop it after the current step with a checkpoint (the result has
     ``stopped: True`` and ``signal``) and print ``resume_hint`` (the command that resumes)."""
-    received: List[int] = []  # the signals, checked after every optimiser step; the handlers are restored after
+    received: List[int] = []  # SIGTERM / SIGINT, checked after every optimiser step (the old handlers come back below)
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _train(config, resume, received, resume_hint or "the same command with --resume latest")
