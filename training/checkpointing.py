@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 STATE_FILE = "training_state.json"
-_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def checkpoint_dirs(output_dir: Union[str, Path]) -> list:
     """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _NAME.fullmatch(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    found = [path for path in Path(output_dir).glob("checkpoints/checkpoint-*") if (path / STATE_FILE).is_file()]
+    return sorted(found, key=lambda path: int(path.name.removeprefix("checkpoint-")))
 
 
 def find_checkpoint(output_dir: Union[str, Path], resume: str) -> Optional[Path]:
@@ -46,10 +37,9 @@ def save_checkpoint(accelerator, output_dir: Union[str, Path], step: int, state:
     root = Path(output_dir) / "checkpoints"
     tmp = root / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial one of an interrupted save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp))  # creates the folders
     accelerator.wait_for_everyone()  # every process's files (its random state) are in `tmp` before the rename
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}))

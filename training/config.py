@@ -1,11 +1,8 @@
 """The training configuration: one dataclass per section of the YAML recipes (training/configs/).
 
-Every key is a dataclass field: its type, its default and, in ``metadata``, its allowed range
-(``min`` / ``above`` / ``below``), its ``choices`` or the ``expected`` text of its error. A recipe
-is a nested mapping ``{key: value, section: {key: value}}``; :func:`load_config` lays dotted
-overrides (``optimization.lr``) over it and turns the result into a :class:`TrainingConfig`,
-refusing unknown keys and checking every value, each problem as one ``ValueError`` line that
-names the key and says what it must be.
+Every key is a dataclass field with its type, its default and its allowed values (:func:`option`).
+:func:`load_config` lays dotted overrides (``optimization.lr``) over a recipe and checks every
+value, each problem one ``ValueError`` line that names the key and says what it must be.
 """
 from __future__ import annotations
 
@@ -23,31 +20,26 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
+from diffusers.optimization import SchedulerType
 
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, SD15_MODEL_ID
 
-from training.data import check_crop_options
+from training.data import CROP_MODES
 
 
 def option(default=None, *, factory=None, **rule) -> Any:
     """A config field with its allowed values: ``min`` (>=), ``above`` (>), ``below`` (<),
-    ``choices`` (a list, or a function returning one) and ``expected`` (the text of its error)."""
+    ``length`` (of a list), ``choices`` and ``expected`` (the text of its error)."""
     if factory is not None:
         return field(default_factory=factory, metadata=rule)
     return field(default=default, metadata=rule)
-
-
-def _scheduler_names() -> List[str]:
-    from diffusers.optimization import SchedulerType
-
-    return [kind.value for kind in SchedulerType]
 
 
 @dataclass
 class DataConfig:
     train_dirs: List[str] = option(factory=list, expected="a folder or a list of folders (pass --train-data DIR [DIR ...])")
     resolution: int = option(1024, min=8)
-    crop: str = "random_resized"  # these three: checked by training.data.check_crop_options
+    crop: str = "random_resized"  # these three: checked together by check_config
     crops_per_image: Optional[int] = None
     max_upscale_crop: float = 1.0
     cache_dir: Optional[str] = None
@@ -76,7 +68,7 @@ class OptimizationConfig:
     stop_at_step: Optional[int] = option(None, min=1)
     gradient_accumulation_steps: int = option(1, min=1)
     max_grad_norm: Optional[float] = option(1.0, above=0, expected="a number > 0, or null for no gradient clipping")
-    lr_scheduler: str = option("constant", choices=_scheduler_names)
+    lr_scheduler: str = option("constant", choices=[kind.value for kind in SchedulerType])
     lr_warmup_steps: int = option(0, min=0)
     mixed_precision: str = option("no", choices=["no", "fp16", "bf16", "fp8"])
     ema_decay: Optional[float] = option(None, min=0, below=1, expected="null or a number in [0, 1) (0 / null = no EMA)")
@@ -122,15 +114,11 @@ class TrainingConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+
+#: the model arguments the training script sets itself
+SET_BY_THE_SCRIPT = {"latent_channels": "it is taken from the VAE", "trained_upscale_factors": "it is set from optimization.depths"}
 
 
-#: model arguments the script sets itself
-SET_BY_THE_SCRIPT = {"trained_upscale_factors": "it is set from optimization.depths"}
-
-
-# ---------------------------------------------------------------------------- loading
 def read_recipe(path) -> Dict[str, Any]:
     """The mapping in the YAML file ``path`` (FileNotFoundError / one-line ValueError)."""
     path = Path(path).expanduser()
@@ -140,18 +128,6 @@ def read_recipe(path) -> Dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ValueError(f"--config {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
-
-
-def set_key(raw: Dict, dotted: str, value) -> None:
-    """``raw[a][b] = value`` for ``dotted`` = ``"a.b"`` (sections created as needed)."""
-    *sections, key = dotted.split(".")
-    for section in sections:
-        if not isinstance(raw.get(section), dict):
-            if section in raw and raw[section] is not None:
-                raise ValueError(f"cannot set `{dotted}`: `{section}` is not a section.")
-            raw[section] = {}
-        raw = raw[section]
-    raw[key] = value
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -204,13 +180,20 @@ def load_config(raw: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None)
         raise ValueError(f"a recipe must be a mapping of sections, got {raw!r}.")
     raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
-        set_key(raw, dotted, value)
+        *sections, key = dotted.split(".")
+        target = raw
+        for section in sections:
+            if target.get(section) is None:
+                target[section] = {}
+            target = target[section]
+            if not isinstance(target, dict):
+                raise ValueError(f"cannot set `{dotted}`: `{section}` is not a section.")
+        target[key] = value
     config = _build(TrainingConfig, raw, "")
     check_config(config)
     return config
 
 
-# ---------------------------------------------------------------------------- checks
 _KINDS = {
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
@@ -235,7 +218,6 @@ def check_value(dotted: str, value, hint, rule: Dict) -> None:
     test, text = _KINDS[kind]
     bounds = [(sign, compare, rule[name]) for name, (sign, compare) in _BOUNDS.items() if name in rule]
     choices = rule.get("choices")
-    choices = choices() if callable(choices) else choices
 
     def ok(v) -> bool:
         return test(v) and all(compare(v, bound) for _, compare, bound in bounds) and (choices is None or v in choices)
@@ -261,10 +243,22 @@ def check_config(config: TrainingConfig) -> None:
         raise ValueError(f"data.resolution {data.resolution} must be divisible by 8 * 2^max(depths) = {8 * 2 ** max(opt.depths)}.")
     if len(set(opt.depths)) != len(opt.depths):
         raise ValueError(f"optimization.depths {opt.depths!r} repeats a depth; list each depth once.")
-    try:
-        check_crop_options(data.crop, True, data.crops_per_image, data.max_upscale_crop)
-    except ValueError as error:
-        raise ValueError(f"data: {error}") from None
+    crops, largest = data.crops_per_image, data.max_upscale_crop
+    if crops is not None and crops < 1:
+        raise ValueError(f"data: `crops_per_image` must be an integer >= 1 or None, got {crops!r}.")
+    if data.crop not in CROP_MODES:
+        raise ValueError(f"data: `crop` must be one of {', '.join(CROP_MODES)}, got {data.crop!r}.")
+    if not 0 < largest <= 1:
+        raise ValueError(f"data: `max_upscale_crop` must be a number in (0, 1], got {largest!r}.")
+    if data.crop != "random_resized" and largest != 1.0:
+        raise ValueError(
+            f"data: `max_upscale_crop={largest}` applies to crop='random_resized' only (crop={data.crop!r} always "
+            "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
+        )
+    if data.crop == "center" and crops not in (None, 1):
+        raise ValueError(
+            f"data: `crops_per_image={crops}` with crop='center' would repeat the same crop: set it to None, or use crop='random'."
+        )
     if val.hr_size % val.lr_size:
         raise ValueError(f"validation.hr_size {val.hr_size} must be a multiple of validation.lr_size {val.lr_size}.")
     check_model(config)
@@ -280,29 +274,31 @@ def check_model(config: TrainingConfig) -> None:
     if not isinstance(model, dict):
         raise ValueError(f"config section `model` must be a mapping of UPLiFTLatentUpscaler arguments, got {model!r}.")
     hints = typing.get_type_hints(UPLiFTLatentUpscaler.__init__)
+    for name in ("return", *SET_BY_THE_SCRIPT):
+        hints.pop(name, None)
     for key, value in model.items():
         if key in SET_BY_THE_SCRIPT:
             raise ValueError(f"config key `model.{key}` cannot be set: {SET_BY_THE_SCRIPT[key]}.")
-        if key not in hints or key == "return":
-            raise _unknown_key(f"model.{key}", [name for name in hints if name not in SET_BY_THE_SCRIPT and name != "return"])
+        if key not in hints:
+            raise _unknown_key(f"model.{key}", hints)
         check_value(f"model.{key}", value, hints[key], {})
-    saved = {}
-    if config.init_from is not None:
-        try:
-            saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
-                "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
-            ) from None
     try:
         with torch.device("meta"):
-            wanted = UPLiFTLatentUpscaler(**{"latent_channels": saved.get("latent_channels", 4), **model}).config
+            wanted = UPLiFTLatentUpscaler(**model).config
     except (TypeError, ValueError) as error:
         raise ValueError(f"config section `model`: {error}") from None
+    if config.init_from is None:
+        return
+    try:
+        saved = UPLiFTLatentUpscaler.load_config(Path(config.init_from).expanduser())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"config key `init_from`: cannot read {config.init_from!r} ({type(error).__name__}); pass a folder written by "
+            "UPLiFTLatentUpscaler.save_pretrained (e.g. OUTPUT/model of an earlier run)."
+        ) from None
     plain = json.loads(json.dumps({key: wanted[key] for key in wanted if not key.startswith("_")}))
     differ = [f"{key}={value!r} here but {saved.get(key)!r} there" for key, value in plain.items()
-              if saved and key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
+              if key not in SET_BY_THE_SCRIPT and value != saved.get(key)]
     if differ:
         raise ValueError(
             f"config key `init_from` ({config.init_from!r}) holds another architecture: {'; '.join(differ)}; "

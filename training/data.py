@@ -1,58 +1,22 @@
-"""Training data: any folder of images (recursive), made into square crops of ``resolution`` px.
-
-``crop`` (docs/training.md has the details): ``center`` is the authors' preprocessing
-(torchvision ``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``, reproduced with
-PIL to the pixel); ``random`` the same resize and a square at a random position;
-``random_resized`` (the default) a random square between ``resolution`` and ``max_upscale_crop``
-x the shorter side, bicubic-resized and flipped with probability 1/2. Images are never upscaled:
-one whose shorter side is under ``resolution`` is skipped, an unreadable one too, each counted
-with its reason (also when a file breaks after indexing). Images are read as 8-bit RGB.
+"""Training data: any folder of images (recursive), made into square crops of ``resolution`` px
+(the crop modes: docs/training.md). ``center`` is the authors' preprocessing (torchvision
+``Resize(resolution, BILINEAR)`` then ``CenterCrop(resolution)``), reproduced with PIL to the pixel.
+Images are never upscaled: one whose shorter side is under ``resolution`` is skipped, an
+unreadable one too, each counted with its reason (also when a file breaks after indexing).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import list_images, pil_to_tensor
 
 CROP_MODES = ("center", "random", "random_resized")
-
-
-@dataclass
-class SkipCounts:
-    """The files a dataset does not use, by reason; ``details[path]`` says why (size or error)."""
-
-    too_small: List[str] = field(default_factory=list)
-    unreadable: List[str] = field(default_factory=list)
-    details: Dict[str, str] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return len(self.too_small) + len(self.unreadable)
-
-    def add_unreadable(self, path: str, error: str) -> None:
-        """Count ``path`` as unreadable (once, however often it fails to load)."""
-        if path not in self.details:
-            self.unreadable.append(path)
-            self.details[path] = error
-
-    def add_too_small(self, path: str, size: Tuple[int, int]) -> None:
-        self.too_small.append(path)
-        self.details[path] = f"{size[0]} x {size[1]} px"
-
-    def rows(self, resolution: int) -> List[Tuple[str, str, str]]:
-        """``(reason, path, detail)`` for every skipped file, too small first."""
-        small = f"shorter side < {resolution} px"
-        return [(small, p, self.details[p]) for p in self.too_small] + [
-            ("unreadable", p, self.details[p]) for p in self.unreadable
-        ]
 
 
 def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
@@ -63,68 +27,27 @@ def resized_size(width: int, height: int, resolution: int) -> Tuple[int, int]:
     return int(resolution * width / height), resolution
 
 
-def check_crop_options(crop: Optional[str], train: bool, crops_per_image: Optional[int], max_upscale_crop: float) -> str:
-    """Validate the cropping options of :class:`ImageFolderDataset` (ValueError naming the
-    option, its value and the fix) and return the crop mode (``None`` resolved)."""
-    if crops_per_image is not None and (isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int) or crops_per_image < 1):
-        raise ValueError(f"`crops_per_image` must be an integer >= 1 or None, got {crops_per_image!r}.")
-    if crop is None:
-        crop = "random_resized" if train else "center"
-    if crop not in CROP_MODES:
-        raise ValueError(f"`crop` must be one of {', '.join(CROP_MODES)}, got {crop!r}.")
-    if not train and crop != "center":
-        raise ValueError(f"validation items (`train=False`) are centre crops; got `crop={crop!r}`: pass crop='center' or None.")
-    if isinstance(max_upscale_crop, bool) or not isinstance(max_upscale_crop, (int, float)) or not 0 < max_upscale_crop <= 1:
-        raise ValueError(f"`max_upscale_crop` must be a number in (0, 1], got {max_upscale_crop!r}.")
-    if crop != "random_resized" and max_upscale_crop != 1.0:
-        raise ValueError(
-            f"`max_upscale_crop={max_upscale_crop}` applies to crop='random_resized' only (crop={crop!r} always "
-            "resizes the whole shorter side to `resolution`): set it to 1.0 or use crop='random_resized'."
-        )
-    if train and crop == "center" and crops_per_image not in (None, 1):
-        raise ValueError(
-            f"`crops_per_image={crops_per_image}` with crop='center' would repeat the same crop: "
-            "set it to None, or use crop='random'."
-        )
-    return crop
-
-
 class ImageFolderDataset(Dataset):
-    """Square crops of ``resolution`` px from the images under ``folders``.
-
-    Args:
-        folders: one or more directories, searched recursively.
-        resolution: side of the crops (px).
-        train: training items (cropped as ``crop`` says) or validation items (``center`` crops).
-        crops_per_image: with ``train`` and a random ``crop``, a fixed number of seeded crops per
-            image instead of fresh random ones every time.
-        max_upscale_crop: with ``crop="random_resized"``, the largest fraction of the shorter side
-            a random crop may span before being resized to ``resolution`` (1.0 = the whole side).
-        seed: seed of the fixed crops.
-        crop: ``"center"``, ``"random"`` or ``"random_resized"`` (see the module docstring);
-            ``None`` = ``"random_resized"`` for training, ``"center"`` otherwise.
-    """
+    """Square crops of ``resolution`` px from the images under ``folders`` (searched recursively).
+    ``crop``, ``crops_per_image`` (a fixed, seeded set of random crops per image) and
+    ``max_upscale_crop`` are the recipe's ``data`` keys, checked by the configuration; ``seed`` seeds the fixed crops."""
 
     def __init__(
         self,
         folders: Union[str, Path, Sequence[Union[str, Path]]],
         resolution: int,
-        train: bool = True,
         crops_per_image: Optional[int] = None,
         max_upscale_crop: float = 1.0,
         seed: int = 0,
-        crop: Optional[str] = None,
+        crop: str = "random_resized",
     ):
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
-            raise ValueError(f"`resolution` must be an integer >= 8, got {resolution!r}.")
-        crop = check_crop_options(crop, train, crops_per_image, max_upscale_crop)
         self.resolution = resolution
-        self.train = train
         self.crop = crop
-        self.crops_per_image = crops_per_image if train and crop != "center" else None
+        self.crops_per_image = crops_per_image if crop != "center" else None
         self.max_upscale_crop = max_upscale_crop
         self.seed = seed
-        self.skipped = SkipCounts()
+        self.too_small: Dict[str, str] = {}  # the files skipped: path -> size
+        self.unreadable: Dict[str, str] = {}  # path -> error
         self.files: List[Path] = []
         self.sizes: List[tuple] = []
         for path in list_images(folders):
@@ -132,31 +55,33 @@ class ImageFolderDataset(Dataset):
                 with Image.open(path) as handle:
                     size = handle.size
             except (OSError, UnidentifiedImageError) as error:
-                self.skipped.add_unreadable(str(path), str(error))
+                self.unreadable[str(path)] = str(error)
                 continue
             if min(size) < resolution:
-                self.skipped.add_too_small(str(path), size)
+                self.too_small[str(path)] = f"{size[0]} x {size[1]} px"
                 continue
             self.files.append(path)
             self.sizes.append(size)
         if not self.files:
             raise ValueError(
                 f"no usable image of at least {resolution} px under {folders} "
-                f"({len(self.skipped.too_small)} too small, {len(self.skipped.unreadable)} unreadable)."
+                f"({len(self.too_small)} too small, {len(self.unreadable)} unreadable)."
             )
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.too_small) + len(self.unreadable)
 
     def __len__(self) -> int:
         return len(self.files) * (self.crops_per_image or 1)
 
     def describe(self) -> str:
-        """How many images are used and how many are skipped, and why, e.g. ``"1240 images
-        usable (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side
-        < 1024 px, 2 unreadable"`` (the training script lists the files in skipped_images.tsv)."""
-        skipped = self.skipped
+        """How many images are used and how many are skipped, and why, e.g. ``"1240 images usable
+        (1240 items per epoch, crop=center at 1024 px); skipped 12: 10 shorter side < 1024 px, 2 unreadable"``."""
         return (
             f"{len(self.files)} images usable ({len(self)} items per epoch, crop={self.crop} at {self.resolution} px); "
-            f"skipped {skipped.total}: {len(skipped.too_small)} shorter side < {self.resolution} px, "
-            f"{len(skipped.unreadable)} unreadable"
+            f"skipped {self.num_skipped}: {len(self.too_small)} shorter side < {self.resolution} px, "
+            f"{len(self.unreadable)} unreadable"
         )
 
     def crop_params(self, index: int) -> Dict:
@@ -172,8 +97,7 @@ class ImageFolderDataset(Dataset):
         identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         if self.crop == "random_resized":
             short = min(width, height)
-            low = res / short
-            side = int(round(short * rng.uniform(min(low, self.max_upscale_crop), self.max_upscale_crop)))
+            side = int(round(short * rng.uniform(min(res / short, self.max_upscale_crop), self.max_upscale_crop)))
             side = max(res, min(side, short))
             left, top = rng.randint(0, width - side), rng.randint(0, height - side)
             flip = rng.random() < 0.5
@@ -196,7 +120,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as handle:
                 image = handle.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
-            self.skipped.add_unreadable(str(path), str(error))
+            self.unreadable.setdefault(str(path), str(error))  # counted once, however often it fails
             return {"pixel_values": None, "key": params["key"], "path": str(path), "error": str(error)}
         if params["resize"] is not None:  # torchvision's Resize on a PIL image is this call
             image = image.resize(params["resize"], Image.BILINEAR)
@@ -205,8 +129,7 @@ class ImageFolderDataset(Dataset):
             image = image.resize((self.resolution, self.resolution), Image.BICUBIC, reducing_gap=None)
         if params["flip"]:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "key": params["key"]}
+        return {"pixel_values": pil_to_tensor(image)[0], "key": params["key"]}
 
 
 def collate_skipping_failures(items: List[Dict]) -> Dict:
@@ -214,11 +137,8 @@ def collate_skipping_failures(items: List[Dict]) -> Dict:
     ``(path, error)`` so that the training process counts them (DataLoader workers count in
     their own copy of the dataset)."""
     good = [item for item in items if item["pixel_values"] is not None]
-    failed = [(item["path"], item["error"]) for item in items if item["pixel_values"] is None]
-    if not good:
-        return {"pixel_values": None, "keys": [], "failed": failed}
     return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in good]),
+        "pixel_values": torch.stack([item["pixel_values"] for item in good]) if good else None,
         "keys": [item["key"] for item in good],
-        "failed": failed,
+        "failed": [(item["path"], item["error"]) for item in items if item["pixel_values"] is None],
     }

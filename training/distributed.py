@@ -9,7 +9,7 @@ called before any work, fixes the first and turns the second into a clear error.
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
 
 class LaunchMismatchError(RuntimeError):
@@ -54,11 +54,6 @@ def use_cpu_backend(cpu: Optional[bool] = None, environ: Optional[Mapping[str, s
     if environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     return launched_world_size(environ) > 1 and not _has_accelerator_device()
-
-
-def accelerator_kwargs(cpu: Optional[bool] = None) -> Dict[str, bool]:
-    """Keyword arguments for ``accelerate.Accelerator`` matching :func:`init_process_group_state`."""
-    return {"cpu": use_cpu_backend(cpu)}
 
 
 def init_process_group_state(cpu: Optional[bool] = None):

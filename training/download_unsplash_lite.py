@@ -1,18 +1,8 @@
-"""Download the Unsplash-Lite photographs with their shorter side at N px.
-
-The dataset's photo table is ``photos.tsv000``, ``photos.tsv001``, ... (tab-separated, each with
-its header); a row gives ``photo_id``, ``photo_image_url`` and the original ``photo_width`` x
-``photo_height``. Each photo is asked from the Unsplash image CDN (imgix) with its shorter side at
-``--min-side`` px (default 1024, the training set), aspect kept: ``h=N`` for a landscape photo,
-``w=N`` otherwise. A row without a valid size, a photo whose longer side would pass the CDN's
-8192 px limit and a served image whose shorter side is not N px fail, with the reason.
-
-Requests go through ``huggingface_hub``'s ``http_backoff``: a timeout on every request;
-connection errors, timeouts, truncated bodies and HTTP 408 / 429 / 5xx retried with exponential
-backoff (``backoff_base * 2**k`` s before retry k, capped at 8 s); other 4xx answers fail at
-once. A body must decode completely with PIL at the right size and is written atomically, so an
-interrupted run leaves no half-written image; a run resumes, skipping the files that decode at
-the right size. The failed ids go to ``<output-dir>/failed.txt``.
+"""Download the Unsplash-Lite photographs (rows of ``photos.tsv000``, ``photos.tsv001``, ...) with
+their shorter side at N px (docs/training.md). Each is asked from the Unsplash image CDN (imgix)
+with ``h=N`` for a landscape photo, ``w=N`` otherwise, through huggingface_hub's ``http_backoff``;
+a body is kept only when it decodes completely at that size, and is written atomically, so that a
+re-run resumes by skipping the files already complete.
 
     python -m training.download_unsplash_lite /data/unsplash-lite \\
         --output-dir data/unsplash-lite/min-side-1024 --min-side 1024 --workers 16
@@ -23,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import re
 import sys
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple
 
 from PIL import Image
-from tqdm import tqdm
+from tqdm.contrib.concurrent import thread_map
 
 from uplift_diffusers.utils.atomic_files import atomic_write, atomic_write_text
 
@@ -60,21 +50,20 @@ class PhotoRow:
 
 @dataclass
 class DownloadSummary:
-    """Counts of one run, the failed ids (in input order) and why each failed."""
+    """Counts of one run and why each failed photo failed (``failure_reasons``, in input order)."""
 
     total: int
     downloaded: int
     skipped: int
     failed: int
-    failed_ids: list = field(default_factory=list)
     failure_reasons: dict = field(default_factory=dict)
     output_dir: Optional[Path] = None
     min_side: int = DEFAULT_MIN_SIDE
     upscaled_ids: list = field(default_factory=list)
 
     @property
-    def all_failed(self) -> bool:
-        return self.total > 0 and self.failed == self.total
+    def failed_ids(self) -> list:
+        return list(self.failure_reasons)
 
     def format(self, max_reasons: int = 10) -> str:
         """The counts, then up to ``max_reasons`` failures."""
@@ -97,12 +86,9 @@ def _check_number(name: str, value, minimum: float, fix: str, kind=int) -> None:
         raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} >= {minimum}, got {value!r}: {fix}")
 
 
-# --------------------------------------------------------------------------- inputs
 def find_tsv_files(inputs) -> list:
     """The ``photos.tsv*`` files of ``inputs`` (folders, searched for ``photos.tsv<digits>``, or files)."""
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not inputs:
-        raise ValueError("inputs is empty: pass the Unsplash-Lite directory or its photos.tsv* files")
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     files = []
     for path in map(Path, inputs):
         if path.is_dir():
@@ -120,8 +106,8 @@ def find_tsv_files(inputs) -> list:
 
 def read_photo_rows(tsv_files: Iterable, limit: Optional[int] = None) -> list:
     """The data rows of ``tsv_files`` in order, at most ``limit``; ValueError naming the file (and
-    line) for a missing column, an empty or unsafe ``photo_id`` (letters, digits, ``-``, ``_``), an
-    empty URL or a photo id that appears twice."""
+    line) for a missing column, an empty or unsafe ``photo_id`` (letters, digits, ``-``, ``_``), a
+    URL that is not http(s) or a photo id that appears twice."""
     if limit is not None:
         _check_number("limit", limit, 1, "pass a positive number of photos or None for all")
     rows, seen = [], set()
@@ -139,8 +125,9 @@ def read_photo_rows(tsv_files: Iterable, limit: Optional[int] = None) -> list:
                 where = f"{path} line {reader.line_num}"
                 if not PHOTO_ID_PATTERN.match(photo_id):
                     raise ValueError(f"{where}: photo_id {photo_id!r} is empty or not a safe file name (letters, digits, '-', '_'); fix or remove the row")
-                if not url:
-                    raise ValueError(f"{where}: photo_image_url is empty for photo_id {photo_id!r}; fix or remove the row")
+                parts = urllib.parse.urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.netloc:
+                    raise ValueError(f"{where}: photo_image_url {url!r} of photo_id {photo_id!r} is not an http(s) URL; fix or remove the row")
                 if photo_id in seen:
                     raise ValueError(f"{where}: photo_id {photo_id!r} appears more than once in the tsv files; remove the duplicate row")
                 seen.add(photo_id)
@@ -148,20 +135,10 @@ def read_photo_rows(tsv_files: Iterable, limit: Optional[int] = None) -> list:
     return rows
 
 
-def check_http_url(url: str, what: str = "url") -> urllib.parse.SplitResult:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} {url!r} is not an http(s) URL; pass a URL starting with http:// or https://")
-    return parts
-
-
 def with_size(url: str, param: str, pixels: int) -> str:
     """``url`` asking for ``param`` (``"w"`` or ``"h"``) = ``pixels``: its ``w`` and ``h`` are
     removed (with both the CDN fits the image into that box), the other parameters kept in order."""
-    if param not in ("w", "h"):
-        raise ValueError(f"param must be 'w' or 'h', got {param!r}")
-    _check_number("width" if param == "w" else "height", pixels, 1, "pass the wanted size in pixels, e.g. 1024")
-    parts = check_http_url(url, "photo_image_url")
+    parts = urllib.parse.urlsplit(url)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in ("w", "h")]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query + [(param, str(pixels))])))
 
@@ -176,7 +153,6 @@ def tsv_size(row: PhotoRow) -> Optional[Tuple[int, int]]:
 def min_side_request(row: PhotoRow, min_side: int) -> Tuple[str, int]:
     """``("h", min_side)`` for a landscape photo, ``("w", min_side)`` otherwise; ValueError when the
     tsv gives no valid size or the longer side would pass :data:`CDN_MAX_SIDE`."""
-    _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels, e.g. 1024")
     size = tsv_size(row)
     if size is None:
         raise ValueError(f"photo_width={row.photo_width!r}, photo_height={row.photo_height!r}: --min-side needs both as "
@@ -189,7 +165,6 @@ def min_side_request(row: PhotoRow, min_side: int) -> Tuple[str, int]:
     return ("h", min_side) if width > height else ("w", min_side)
 
 
-# --------------------------------------------------------------------------- one file
 def decoded_size(path) -> Optional[Tuple[int, int]]:
     """(width, height) of ``path`` if it exists and decodes completely with PIL, else None (PIL
     raises for truncated data while ``ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default)."""
@@ -235,47 +210,35 @@ def download_photo(row: PhotoRow, output_dir, min_side: int = DEFAULT_MIN_SIDE, 
 
     try:
         atomic_write(destination, write)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # a bad body, or a disk error (which names the file)
         return FAILED, str(err)
-    except OSError as err:
-        return FAILED, f"could not write {destination}: {err}"
     return DOWNLOADED, ""
 
 
-# --------------------------------------------------------------------------- all photos
 def download_photos(rows: Sequence[PhotoRow], output_dir, min_side: int = DEFAULT_MIN_SIDE, *, workers: int = 8,
                     timeout: float = 30.0, retries: int = 3, backoff_base: float = 1.0, progress: bool = True) -> DownloadSummary:
-    """``rows`` into ``output_dir`` with ``workers`` threads (see :func:`download_photo`); writes
-    ``failed.txt`` and returns the summary. Every option and URL is checked before anything is written."""
+    """``rows`` (from :func:`read_photo_rows`) into ``output_dir`` with ``workers`` threads (see
+    :func:`download_photo`); writes ``failed.txt`` and returns the summary. Every option is checked
+    before anything is written."""
     _check_number("min_side", min_side, 1, "pass the wanted shorter side in pixels (--min-side), e.g. 1024")
     _check_number("workers", workers, 1, "pass at least one worker thread")
     _check_number("retries", retries, 0, "pass 0 to disable retries")
     _check_number("timeout", timeout, 1e-3, "pass a timeout in seconds, e.g. 30", kind=float)
     _check_number("backoff_base", backoff_base, 0, "pass a delay in seconds, e.g. 1.0", kind=float)
     rows = list(rows)
-    for row in rows:
-        check_http_url(row.image_url, "photo_image_url")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    def one(row: PhotoRow) -> Tuple[str, str]:
-        try:
-            return download_photo(row, out, min_side, timeout=timeout, retries=retries, backoff_base=backoff_base)
-        except Exception as err:  # an unexpected bug must not stop the other downloads
-            return FAILED, f"{type(err).__name__}: {err}"
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(one, rows), total=len(rows), unit="img", desc="unsplash-lite", disable=not progress))
+    one = functools.partial(download_photo, output_dir=out, min_side=min_side, timeout=timeout, retries=retries, backoff_base=backoff_base)
+    results = thread_map(one, rows, max_workers=workers, unit="img", desc="unsplash-lite", disable=not progress)
     statuses = [status for status, _ in results]
-    failed = [(row.photo_id, reason) for row, (status, reason) in zip(rows, results) if status == FAILED]
+    failed = {row.photo_id: reason for row, (status, reason) in zip(rows, results) if status == FAILED}
     upscaled = [row.photo_id for row, status in zip(rows, statuses) if status == DOWNLOADED and min(tsv_size(row)) < min_side]
-    atomic_write_text(out / "failed.txt", "".join(f"{photo_id}\n" for photo_id, _ in failed))
-    return DownloadSummary(len(rows), statuses.count(DOWNLOADED), statuses.count(SKIPPED), len(failed),
-                           [pid for pid, _ in failed], dict(failed), out, min_side, upscaled)
+    atomic_write_text(out / "failed.txt", "".join(f"{photo_id}\n" for photo_id in failed))
+    return DownloadSummary(len(rows), statuses.count(DOWNLOADED), statuses.count(SKIPPED), len(failed), failed, out, min_side, upscaled)
 
 
-# --------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
     parser = argparse.ArgumentParser(description="Download the Unsplash-Lite photos (photos.tsv*) with their shorter side at N px, aspect kept.")
     parser.add_argument("inputs", nargs="+", help="the Unsplash-Lite directory (its photos.tsv* files are read) or explicit tsv files")
     parser.add_argument("--output-dir", required=True, help="where <photo_id>.jpg files are written")
@@ -287,12 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backoff-base", type=float, default=1.0, help="seconds before the first retry; doubled before each further retry")
     parser.add_argument("--limit", type=int, default=None, help="download only the first N photos")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the download; 0 on success, 1 when every photo failed, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         files = find_tsv_files(args.inputs)
         rows = read_photo_rows(files, limit=args.limit)
@@ -304,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary.format())
-    return 1 if summary.all_failed else 0
+    return 1 if 0 < summary.total == summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from uplift_diffusers.utils.atomic_files import atomic_write
 def vae_identity(vae: torch.nn.Module) -> str:
     """A short hash of a VAE's class, config and weights."""
     digest = hashlib.sha256(type(vae).__name__.encode())
-    config = getattr(vae, "config", None)
-    if config is not None:
-        digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
@@ -45,16 +43,13 @@ class LatentCache:
         return self.directory / name[:2] / f"{name}.safetensors"
 
     def get(self, key: str) -> Optional[torch.Tensor]:
-        path = self._path(key)
-        if not path.is_file():
-            return None
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                if (handle.metadata() or {}).get("key") != key:
-                    return None
-                return handle.get_tensor("latents")
-        except Exception:  # a corrupt entry is a miss; it is rewritten by the next put
-            return None
+            with safe_open(str(self._path(key)), framework="pt") as handle:
+                if (handle.metadata() or {}).get("key") == key:
+                    return handle.get_tensor("latents")
+        except Exception:  # a missing or corrupt entry is a miss; the next put rewrites it
+            pass
+        return None
 
     def put(self, key: str, latents: torch.Tensor) -> None:
         tensors = {"latents": latents.detach().cpu().contiguous()}

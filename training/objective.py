@@ -15,18 +15,10 @@ import torch
 import torch.nn.functional as F
 
 
-def image_pyramid(images: torch.Tensor, max_depth: int, multiple: int = 8) -> List[torch.Tensor]:
-    """``[x, x/2, x/4, ...]`` (``max_depth + 1`` levels, each a multiple of ``multiple`` px),
-    antialiased bilinear downsampling."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"`images` must be B x 3 x H x W, got {tuple(images.shape)}.")
+def image_pyramid(images: torch.Tensor, max_depth: int) -> List[torch.Tensor]:
+    """``[x, x/2, x/4, ...]`` (``max_depth + 1`` levels), antialiased bilinear downsampling. The
+    configuration makes the resolution divisible by ``8 * 2**max_depth``: every level is encodable."""
     height, width = images.shape[-2:]
-    need = multiple * 2**max_depth
-    if height % need or width % need:
-        raise ValueError(
-            f"`images` of {height} x {width} cannot be halved {max_depth} times into multiples of {multiple}: "
-            f"use a resolution divisible by {need}."
-        )
     levels = [images]
     for level in range(1, max_depth + 1):
         size = (height >> level, width >> level)

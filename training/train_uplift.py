@@ -24,18 +24,18 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainingConfig, ValidationConfig, load_config, parse_override, read_recipe
 from training.data import ImageFolderDataset, collate_skipping_failures
-from training.distributed import LaunchMismatchError, accelerator_kwargs, init_process_group_state
+from training.distributed import LaunchMismatchError, init_process_group_state, use_cpu_backend
 from training.latent_cache import LatentCache, vae_identity
 from training.objective import image_pyramid, multi_depth_loss
 
@@ -43,36 +43,26 @@ MODULE = "training.train_uplift"
 
 #: ``--smoke-test``: the recipe beneath the given one (see its comments)
 SMOKE_TEST = Path(__file__).parent / "configs" / "smoke-test.yaml"
-SMOKE_TEST_IMAGES = 6
 
 
-# ---------------------------------------------------------------------------- command line
 @dataclass
 class ScriptArguments:
     """The command line (``transformers.HfArgumentParser`` makes the flags, in ``--a_b`` and ``--a-b`` spelling)."""
 
-    config: Optional[str] = field(default=None, metadata={"help": "YAML recipe (sections: model, data, optimization, ...)"})
-    vae: Optional[str] = field(default=None, metadata={
-        "help": "Hub id or diffusers directory (AutoencoderKL / AutoencoderTiny), or a directory with TAESD-family encoder.pth + decoder.pth"})
+    config: Optional[str] = field(default=None, metadata={"help": "YAML recipe (training/configs/)"})
+    vae: Optional[str] = field(default=None, metadata={"help": "Hub id or folder of a diffusers VAE, or a TAESD-family folder"})
     train_data: Optional[List[str]] = field(default=None, metadata={"help": "folders of training images (recursive)"})
     validation_data: Optional[str] = field(default=None, metadata={"help": "held-out folder for validation (4x super-resolution PSNR)"})
     output_dir: Optional[str] = None
     max_steps: Optional[int] = None
-    stop_at_step: Optional[int] = field(default=None, metadata={
-        "metavar": "N", "help": "end this run after step N (checkpoint, validation and OUTPUT/model of step N) without changing the LR "
-        "schedule, which still runs to max_steps; continue with --resume latest (config key optimization.stop_at_step)"})
+    stop_at_step: Optional[int] = field(default=None, metadata={"metavar": "N", "help": "end this run at step N; the LR schedule still spans max_steps"})
     checkpointing_steps: Optional[int] = None
     resolution: Optional[int] = None
     batch_size: Optional[int] = None
-    init_from: Optional[str] = field(default=None, metadata={
-        "metavar": "MODEL_DIR", "help": "start from the weights of a saved UPLiFTLatentUpscaler (save_pretrained folder) of the same "
-        "architecture, with a fresh optimiser and LR schedule (fine-tuning); config key init_from"})
-    resume: Optional[str] = field(default=None, metadata={
-        "help": "'latest' (the newest checkpoint in OUTPUT/checkpoints; says so and starts from scratch when there is none) or a checkpoint directory"})
-    require_resume: bool = field(default=False, metadata={"help": "resume from --resume (default: latest) and make a missing checkpoint an error"})
-    smoke_test: bool = field(default=False, metadata={
-        "help": "check an installation in seconds: a tiny random VAE and model trained for a few steps on generated images "
-        "(no download, no data needed); outputs mean nothing"})
+    init_from: Optional[str] = field(default=None, metadata={"metavar": "MODEL_DIR", "help": "fine-tune a saved UPLiFTLatentUpscaler of the same architecture"})
+    resume: Optional[str] = field(default=None, metadata={"help": "'latest' (the newest checkpoint, if any) or a checkpoint directory"})
+    require_resume: bool = field(default=False, metadata={"help": "resume from --resume (default: latest); no checkpoint is an error"})
+    smoke_test: bool = field(default=False, metadata={"help": "check an installation in seconds: tiny random VAE and model, generated images"})
     set: List[str] = field(default_factory=list, metadata={"metavar": "SECTION.KEY=VALUE", "help": "any other override, value parsed as YAML"})
 
 
@@ -84,18 +74,11 @@ FLAG_KEYS = {
 }
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and the defaults of the flags."""
-
-
 def parse_args(argv: Optional[List[str]] = None) -> ScriptArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ScriptArguments, prog=f"python -m {MODULE}", description=__doc__, formatter_class=_HelpFormatter)
-    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse
-    return args
+    parser = HfArgumentParser(ScriptArguments, prog=f"python -m {MODULE}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ScriptArguments(**vars(parser.parse_args(argv)))  # argparse's own parse: an unknown flag is exit status 2
 
 
 def build_config(args: ScriptArguments) -> TrainingConfig:
@@ -103,9 +86,7 @@ def build_config(args: ScriptArguments) -> TrainingConfig:
     test's values beneath both), checked."""
     raw = read_recipe(args.config) if args.config else {}
     overrides = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
-    for item in args.set:  # --set KEY=null sets null (e.g. optimization.max_grad_norm=null)
-        dotted, value = parse_override(item)
-        overrides[dotted] = value
+    overrides.update(parse_override(item) for item in args.set)
     if args.smoke_test:
         smoke = read_recipe(SMOKE_TEST)
         for key, value in raw.items():  # the recipe over the smoke test's values
@@ -136,65 +117,28 @@ def prepare_smoke_test(config: TrainingConfig) -> None:
     if str(images) in config.data.train_dirs and not images.is_dir():
         images.mkdir(parents=True)
         generator = torch.Generator().manual_seed(0)
-        side = config.data.resolution
-        ramp = torch.linspace(0, 1, side)
-        for index in range(SMOKE_TEST_IMAGES):  # smooth colour ramps + a little noise
-            weights = torch.rand(3, 3, generator=generator)
-            pixels = weights[:, 0, None, None] * ramp[None, :, None] + weights[:, 1, None, None] * ramp[None, None, :]
-            pixels = (pixels / 2 + weights[:, 2, None, None] / 2 + 0.05 * torch.randn(3, side, side, generator=generator)).clamp(0, 1)
-            Image.fromarray((pixels.permute(1, 2, 0) * 255).round().byte().numpy()).save(images / f"smoke-{index}.png")
+        shape = (config.data.resolution, config.data.resolution, 3)
+        for index in range(6):  # noise: the smoke test checks the machinery, not the model
+            pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+            Image.fromarray(pixels.numpy()).save(images / f"smoke-{index}.png")
 
 
-def resolve_resume(config: TrainingConfig, resume: Optional[str], require: bool = False) -> Optional[Path]:
-    """The checkpoint to resume from (None = start from scratch), checked before anything is
-    written: a bad path, or ``require`` with no checkpoint, is an error."""
-    if require and not resume:
-        resume = "latest"
-    if not resume:
-        return None
-    path = find_checkpoint(config.output_dir, resume)  # FileNotFoundError for a bad path
-    if path is None and require:
-        raise FileNotFoundError(
-            f"--require-resume: no checkpoint to resume from in {str(Path(config.output_dir).expanduser() / 'checkpoints')!r}; "
-            "check --output-dir, or drop --require-resume to start from scratch."
-        )
-    return path
-
-
-def resume_command(argv: List[str], environ=None) -> str:
+def resume_command(argv: List[str]) -> str:
     """The command line that resumes this run: the same arguments with ``--resume latest``, under
     the same kind of launcher (on several nodes ``...`` stands for the rendezvous flags)."""
-    environ = os.environ if environ is None else environ
     kept, items = [], iter(argv)
     for item in items:
         if item == "--resume":
             next(items, None)
         elif not (item.startswith("--resume=") or item in ("--require-resume", "--require_resume")):
             kept.append(item)
-    world = int(environ.get("WORLD_SIZE") or 1)
-    local = int(environ.get("LOCAL_WORLD_SIZE") or world)
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
     launcher = [sys.executable, "-m"]
     if world > 1:
         nodes = ["--nnodes", str(world // local)] if local != world else []
         launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), *(["..."] if nodes else []), "-m"]
     return shlex.join([*launcher, MODULE, *kept, "--resume", "latest"])
-
-
-# ---------------------------------------------------------------------------- training pieces
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag checked after every optimiser step."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def restore(self) -> None:
-        """Reinstall the handlers that were active before (after training, or when it fails)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def trained_upscale_factors(depths) -> List[int]:
@@ -204,14 +148,11 @@ def trained_upscale_factors(depths) -> List[int]:
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int, world: int) -> List[int]:
-    """This process's share of a seeded permutation of the dataset for one epoch. With several
-    processes the permutation is padded with its first items (as ``DistributedSampler`` does) so
-    that every process has the same number of batches: the processes step together."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(num_items, generator=generator)
-    if world > 1 and num_items % world:
-        order = torch.cat([order, order[: world - num_items % world]])
-    return order[rank::world].tolist()
+    """This process's share of a seeded permutation of the dataset for one epoch, padded so that
+    every process has the same number of batches: the processes step together."""
+    sampler = DistributedSampler(range(num_items), num_replicas=world, rank=rank, seed=seed * 100_003)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
 def any_process(accelerator, *values: float) -> List[float]:
@@ -223,20 +164,14 @@ def any_process(accelerator, *values: float) -> List[float]:
 
 
 def parameter_checksum(model) -> float:
-    """A float64 fingerprint of the weights (sum of every parameter times a fixed ramp)."""
-    total = 0.0
-    for index, parameter in enumerate(model.parameters()):
-        values = parameter.detach().double().flatten()
-        ramp = torch.linspace(1.0, 2.0, values.numel(), dtype=torch.float64, device=values.device)
-        total += float((values * ramp).sum()) * (1 + index % 7)
-    return total
+    """A float64 fingerprint of the weights: every weight times its place on a fixed ramp, summed."""
+    values = torch.cat([parameter.detach().double().flatten().cpu() for parameter in model.parameters()])
+    return float(values @ torch.linspace(1.0, 2.0, values.numel(), dtype=torch.float64))
 
 
 def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Optional[LatentCache], vae_id: str, autocast) -> List[torch.Tensor]:
-    """Unscaled VAE latents of every pyramid level (from the cache when possible).
-
-    ``autocast`` is the accelerator's autocast context factory (the VAE runs in the mixed
-    precision of the run; the precision is part of ``vae_id`` so cached latents never mix)."""
+    """Unscaled VAE latents of every pyramid level, from the cache when possible. The VAE runs under
+    ``autocast``, in the run's mixed precision, which is part of ``vae_id``: cached latents never mix."""
     from uplift_diffusers.loaders.vae import encode_latents
 
     def encode(images):
@@ -256,12 +191,9 @@ def encode_levels(vae, pyramid: List[torch.Tensor], keys: List[str], cache: Opti
 
 
 def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) -> Dict[str, float]:
-    """PSNR of super-resolution (``lr_size`` -> ``hr_size``) on the held-out folder: each image's
-    centre crop and its bilinear reduction (the library's ``load_hr_lr``), the output clamped to
-    [0, 1] and scored against the crop (``10 log10(1 / MSE)``, torchmetrics). ``psnr`` is the mean
-    over the images of the paper's output, ``psnr_bp`` (with ``back_projection_steps`` > 0) of the
-    same output back-projected (the super-resolution pipeline's default); saves a sheet of the
-    first ``num_samples`` images (bicubic | UPLiFT | HR)."""
+    """Mean PSNR of super-resolution (``lr_size`` -> ``hr_size``, the library's ``load_hr_lr``) on
+    the held-out folder: ``psnr`` of the paper's output, ``psnr_bp`` of the same output back-projected
+    (the pipeline's default); saves a sheet of the first ``num_samples`` images (bicubic | UPLiFT | HR)."""
     from diffusers.image_processor import VaeImageProcessor
     from diffusers.utils import make_image_grid
     from PIL import Image
@@ -278,9 +210,8 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upscaler=upscaler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-    scores: Dict[str, List[float]] = {"psnr": [], "psnr_bp": []}
+    scores = {"psnr": 0.0, "psnr_bp": 0.0} if val.back_projection_steps else {"psnr": 0.0}  # means over the files
     tiles: List[Image.Image] = []
-    was_training = upscaler.training
     upscaler.eval()
     with torch.no_grad():
         for path in files:
@@ -292,18 +223,15 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
             if val.back_projection_steps:  # the same output, back-projected: no second model run
                 outputs["psnr_bp"] = back_project(output, lr, val.back_projection_steps)
             for name, image in outputs.items():
-                scores[name].append(float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))))
+                scores[name] += float(peak_signal_noise_ratio(image.clamp(0, 1), hr, data_range=(0.0, 1.0))) / len(files)
             if len(tiles) < 3 * val.num_samples:
                 (sr,) = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(output.clamp(0, 1)))
                 tiles += [lr_image.resize(hr_image.size, Image.BICUBIC), sr, hr_image]
-    upscaler.train(was_training)
+    upscaler.train()  # validation runs on the model being trained
     if tiles:
         (output_dir / "samples").mkdir(parents=True, exist_ok=True)
         make_image_grid(tiles, rows=len(tiles) // 3, cols=3).save(output_dir / "samples" / f"step-{step:07d}.png")
-    result = {"psnr": sum(scores["psnr"]) / len(files), "count": len(files)}
-    if scores["psnr_bp"]:
-        result["psnr_bp"] = sum(scores["psnr_bp"]) / len(files)
-    return result
+    return {**scores, "count": len(files)}
 
 
 def write_model_card(model_dir: Path, config: TrainingConfig, step: int, metrics: Dict, seconds: float, skipped: int, num_items: int) -> None:
@@ -330,7 +258,7 @@ upscaler = UPLiFTLatentUpscaler.from_pretrained('PATH')
 ## Training configuration
 
 ```yaml
-{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
+{yaml.safe_dump(asdict(config), sort_keys=False).rstrip()}
 ```
 """)
 
@@ -339,16 +267,17 @@ def train(config: TrainingConfig, resume: Optional[str] = None, resume_hint: Opt
     """Run the training described by ``config`` (see :func:`build_config`); ``resume`` is
     "latest" or a checkpoint directory ("latest" with no checkpoint yet says so and starts from
     scratch). SIGTERM / SIGINT stop it after the current step with a checkpoint (the result has
-    ``stopped: True`` and ``signal``) and print ``resume_hint`` (the command that resumes); the
-    previous signal handlers are restored when it returns or fails."""
-    stopper = StopRequest()
+    ``stopped: True`` and ``signal``) and print ``resume_hint`` (the command that resumes)."""
+    received: List[int] = []  # SIGTERM / SIGINT, checked after every optimiser step (the old handlers come back below)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _train(config, resume, stopper, resume_hint or "the same command with --resume latest")
+        return _train(config, resume, received, resume_hint or "the same command with --resume latest")
     finally:
-        stopper.restore()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, resume_hint: str) -> Dict:
+def _train(config: TrainingConfig, resume: Optional[str], received: List[int], resume_hint: str) -> Dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -363,7 +292,7 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     output_dir = Path(config.output_dir).expanduser()
     report_to = log.report_to if log.report_to not in (None, "none") else None
     accelerator = Accelerator(
-        **accelerator_kwargs(),
+        cpu=use_cpu_backend(),
         mixed_precision=opt.mixed_precision,
         gradient_accumulation_steps=opt.gradient_accumulation_steps,
         log_with=report_to,
@@ -372,16 +301,14 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     set_seed(opt.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     if report_to:
         accelerator.init_trackers("uplift")
 
     vae = load_vae(config.vae).to(accelerator.device, memory_format=torch.channels_last).eval().requires_grad_(False)
     vae_id = f"{vae_identity(vae)}-{opt.mixed_precision}"
-    model_config = {"latent_channels": vae.config.latent_channels, **config.model}
-    if model_config["latent_channels"] != vae.config.latent_channels:
-        raise ValueError(f"model.latent_channels={model_config['latent_channels']} but the VAE has {vae.config.latent_channels} latent channels.")
-    model = UPLiFTLatentUpscaler(**model_config, trained_upscale_factors=trained_upscale_factors(opt.depths))
+    factors = trained_upscale_factors(opt.depths)
+    model = UPLiFTLatentUpscaler(latent_channels=vae.config.latent_channels, trained_upscale_factors=factors, **config.model)
     checkpoint_path = find_checkpoint(output_dir, resume) if resume else None
     if config.init_from is not None and checkpoint_path is None:  # a resumed run takes its weights from the checkpoint
         model.load_state_dict(UPLiFTLatentUpscaler.from_pretrained(config.init_from).state_dict())
@@ -389,16 +316,17 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     ema = EMAModel(model.parameters(), decay=opt.ema_decay) if opt.ema_decay else None
 
     dataset = ImageFolderDataset(
-        data.train_dirs, data.resolution, train=True, crops_per_image=data.crops_per_image,
+        data.train_dirs, data.resolution, crops_per_image=data.crops_per_image,
         max_upscale_crop=data.max_upscale_crop, seed=opt.seed, crop=data.crop,
     )
     accelerator.print(f"training data: {dataset.describe()}")
-    if accelerator.is_main_process and dataset.skipped.total:
-        rows = dataset.skipped.rows(data.resolution)
-        (output_dir / "skipped_images.tsv").write_text("".join(f"{reason}\t{path}\t{detail}\n" for reason, path, detail in rows))
+    if accelerator.is_main_process and dataset.num_skipped:
+        reasons = {f"shorter side < {data.resolution} px": dataset.too_small, "unreadable": dataset.unreadable}
+        rows = [f"{reason}\t{path}\t{why}\n" for reason, files in reasons.items() for path, why in files.items()]
+        (output_dir / "skipped_images.tsv").write_text("".join(rows))
         accelerator.print(f"  (every skipped file is listed in {output_dir / 'skipped_images.tsv'})")
     cache = LatentCache(data.cache_dir) if data.cache_dir else None
-    batches_per_epoch = math.ceil(len(range(accelerator.process_index, len(dataset), accelerator.num_processes)) / opt.batch_size)
+    batches_per_epoch = math.ceil(math.ceil(len(dataset) / accelerator.num_processes) / opt.batch_size)  # as epoch_order pads
     steps_per_epoch = max(1, batches_per_epoch // opt.gradient_accumulation_steps)
     max_steps = opt.max_steps or opt.epochs * steps_per_epoch
 
@@ -421,7 +349,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     elif resume:
         accelerator.print(f"--resume {resume}: no checkpoint in {output_dir / 'checkpoints'} yet; starting from scratch")
 
-    depths = list(opt.depths)
     last_metrics: Dict = {}
     started = time.time()
 
@@ -436,8 +363,6 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
 
     def run_validation() -> None:
         nonlocal last_metrics
-        if not val.dir or not accelerator.is_main_process:
-            return
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.store(unwrapped.parameters())
@@ -459,15 +384,14 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         set_seed(opt.seed, device_specific=True)
     model.train()
     reported_failures = set()
-    stop_signal = int(any_process(accelerator, stopper.signal or 0)[0])  # the processes agree on stopping
+    stop_signal = int(any_process(accelerator, max(received, default=0))[0])  # the processes agree on stopping
     # --stop-at-step ends this run early; the schedule above still spans max_steps
     end_step = min(max_steps, opt.stop_at_step or max_steps)
     while step < end_step and not stop_signal:
         order = epoch_order(len(dataset), opt.seed, epoch, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(
             torch.utils.data.Subset(dataset, order[position * opt.batch_size :]),
-            batch_size=opt.batch_size, shuffle=False, num_workers=data.num_workers,
-            collate_fn=collate_skipping_failures, drop_last=False,
+            batch_size=opt.batch_size, num_workers=data.num_workers, collate_fn=collate_skipping_failures,
             # its own generator: creating an iterator draws a seed, which from the global RNG
             # would shift the lat_aug noise of a resumed run away from the uninterrupted one
             generator=torch.Generator().manual_seed(opt.seed * 100_003 + epoch),
@@ -475,19 +399,19 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
         for batch in loader:
             position += 1
             for path, error in batch["failed"]:  # counted here too: workers count in their own copy
-                dataset.skipped.add_unreadable(path, error)
+                dataset.unreadable.setdefault(path, error)
                 if path not in reported_failures:
                     reported_failures.add(path)
                     print(f"skipped an image that no longer loads: {path} ({error})", flush=True)  # by the process that met it
             if any_process(accelerator, batch["pixel_values"] is None)[0]:
                 continue  # no image left in a process's batch: every process skips it, so they keep stepping together
             images = batch["pixel_values"].to(accelerator.device)
-            pyramid = image_pyramid(images, max(depths), multiple=8)
+            pyramid = image_pyramid(images, max(opt.depths))
             latents = encode_levels(vae, pyramid, batch["keys"], cache, vae_id, accelerator.autocast)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     losses = multi_depth_loss(
-                        model, latents, pyramid, depths, lat_aug=opt.lat_aug, vae=vae, pixel_weight=opt.pixel_loss_weight,
+                        model, latents, pyramid, opt.depths, lat_aug=opt.lat_aug, vae=vae, pixel_weight=opt.pixel_loss_weight,
                         noisy_targets=opt.lat_aug_noisy_targets, pixel_back_projection=opt.pixel_loss_back_projection,
                     )
                 accelerator.backward(losses["loss"])
@@ -503,15 +427,9 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
             step += 1
             if ema is not None:
                 ema.step(accelerator.unwrap_model(model).parameters())
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean()),
-                **{k: float(v) for k, v in losses.items() if k != "loss"},
-                "lr": lr_used,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "time": round(elapsed(), 2),
-            }
+            record = {"step": step, "epoch": epoch, "loss": float(accelerator.gather(losses["loss"].detach()[None]).mean())}
+            record.update({k: float(v) for k, v in losses.items() if k != "loss"})
+            record.update(lr=lr_used, grad_norm=None if grad_norm is None else float(grad_norm), time=round(elapsed(), 2))
             if accelerator.is_main_process:
                 with open(output_dir / "train_log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -521,10 +439,10 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
             progress.set_postfix(loss=f"{record['loss']:.4f}")
             if ckpt.every_steps and step % ckpt.every_steps == 0:
                 checkpoint()
-            if val.dir and val.every_steps and step % val.every_steps == 0:
+            if accelerator.is_main_process and val.dir and val.every_steps and step % val.every_steps == 0:
                 run_validation()
             out_of_time = bool(opt.max_minutes) and time.time() - started > 60 * opt.max_minutes
-            stop_signal, out_of_time = (int(v) for v in any_process(accelerator, stopper.signal or 0, out_of_time))
+            stop_signal, out_of_time = (int(v) for v in any_process(accelerator, max(received, default=0), out_of_time))
             if out_of_time:
                 accelerator.print(f"time budget of {opt.max_minutes} min reached at step {step}")
                 max_steps = end_step = step
@@ -539,15 +457,13 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
             "without --stop-at-step, with --resume latest"
         )
 
-    if stop_signal:
+    if not ckpt.every_steps or step % ckpt.every_steps:  # unless this step's checkpoint is written
         checkpoint()
+    if stop_signal:
         accelerator.print(f"stopped by signal {stop_signal} at step {step}; resume with: {resume_hint}")
         accelerator.end_training()
         return {"step": step, "stopped": True, "signal": stop_signal}
-
-    if not ckpt.every_steps or step % ckpt.every_steps:
-        checkpoint()
-    if val.dir and (not val.every_steps or step % val.every_steps):
+    if accelerator.is_main_process and val.dir and (not val.every_steps or step % val.every_steps):
         run_validation()
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -562,10 +478,10 @@ def _train(config: TrainingConfig, resume: Optional[str], stopper: StopRequest, 
     if accelerator.is_main_process:
         model_dir = output_dir / "model"
         unwrapped.save_pretrained(model_dir)
-        write_model_card(model_dir, config, step, last_metrics, elapsed(), dataset.skipped.total, len(dataset))
+        write_model_card(model_dir, config, step, last_metrics, elapsed(), dataset.num_skipped, len(dataset))
         accelerator.print(
-            f"saved {model_dir} after {step} steps; skipped images: {len(dataset.skipped.too_small)} too small, "
-            f"{len(dataset.skipped.unreadable)} unreadable"
+            f"saved {model_dir} after {step} steps; skipped images: {len(dataset.too_small)} too small, "
+            f"{len(dataset.unreadable)} unreadable"
             + (f"; latent cache {cache.hits} hits / {cache.misses} misses" if cache else "")
         )
     accelerator.wait_for_everyone()
@@ -577,22 +493,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    resume = args.resume or ("latest" if args.require_resume else None)
     try:  # everything checked before anything is written
         config = build_config(args)
-        checkpoint = resolve_resume(config, args.resume, args.require_resume)
+        checkpoint = find_checkpoint(config.output_dir, resume) if resume else None
+        if checkpoint is None and args.require_resume:
+            raise FileNotFoundError(
+                f"--require-resume: no checkpoint to resume from in {str(Path(config.output_dir).expanduser() / 'checkpoints')!r}; "
+                "check --output-dir, or drop --require-resume to start from scratch."
+            )
         state = init_process_group_state()
     except (ValueError, FileNotFoundError, LaunchMismatchError) as error:
         if os.environ.get("RANK", "0") == "0":  # one line, not one per process
             print(f"error: {error}", file=sys.stderr)
         return 2
     if args.smoke_test:
-        if state.is_main_process:
+        with state.main_process_first():  # the others find the files written
             prepare_smoke_test(config)
-        state.wait_for_everyone()
-    resume = args.resume or ("latest" if args.require_resume else None)
-    if checkpoint is not None:
-        resume = str(checkpoint)
-    result = train(config, resume=resume, resume_hint=resume_command(argv))
+    result = train(config, resume=str(checkpoint) if checkpoint else resume, resume_hint=resume_command(argv))
     if result["stopped"]:
         return 128 + result["signal"]  # 143 = SIGTERM, 130 = SIGINT (Ctrl-C), as shells report them
     return 0
