@@ -337,18 +337,15 @@ def cmd_generate(args) -> List[str]:
                "width": width, "height": height}
     call = {"prompt": args.prompt, "num_images_per_prompt": args.num_images, "generator": torch.Generator().manual_seed(args.seed),
             **{key: value for key, value in options.items() if value is not None}}
-    try:
-        if upscaler is None:
-            images = pipe(**call).images
-        elif args.refine_strength:
-            images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
-                               refine_steps=args.refine_steps, check_latent_space=not args.ignore_latent_space, **call).images
-        else:
-            apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
-                         max_memory=args.max_memory, check_latent_space=not args.ignore_latent_space)
-            images = pipe(**call).images
-    except ValueError as error:
-        raise Failure(one_line(error)) from error
+    if upscaler is None:
+        images = pipe(**call).images
+    elif args.refine_strength:
+        images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
+                           refine_steps=args.refine_steps, check_latent_space=not args.ignore_latent_space, **call).images
+    else:
+        apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
+                     max_memory=args.max_memory, check_latent_space=not args.ignore_latent_space)
+        images = pipe(**call).images
     for image, target in zip(images, targets):
         atomic_save_image(image, target, format=PIL.Image.registered_extensions().get(target.suffix.lower(), "PNG"))
         print(f"{target} ({image.width}x{image.height})")
@@ -456,7 +453,8 @@ def run(prog: str, handler, args) -> int:
     """``handler(args)`` with the command line's conventions (:data:`EXIT_STATUSES`): one
     ``prog: error: ...`` line and no traceback, 2 for a :class:`UsageError`, 1 for anything else,
     130 when interrupted. ``handler`` returns the failed inputs (exit 1 when there are any).
-    The examples use it too."""
+    A ValueError's message is shown as it is (the library's errors name the argument and the fix);
+    an unexpected error's type comes first. The examples use it too."""
     from huggingface_hub import constants
 
     offline = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
@@ -470,7 +468,7 @@ def run(prog: str, handler, args) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - every error is one line
         message = one_line(error)
-        if not isinstance(error, (UsageError, Failure)):
+        if not isinstance(error, (UsageError, Failure, ValueError)):
             message = f"{type(error).__name__}: {message}"
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
