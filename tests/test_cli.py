@@ -654,3 +654,6 @@ def test_an_upscaler_of_another_latent_space_is_refused_unless_asked(tmp_path, t
     assert "--ignore-latent-space" in error[0]
     assert main(argv + ["--ignore-latent-space"]) == 0
     assert PIL.Image.open(tmp_path / "out" / "odd_x2.png").size == (42, 26)
+    assert generate(tiny_dirs.sd_pipeline(), tmp_path, "--upscaler", str(sdxl), "--size", "64") == 1  # generate names the flag too
+    line = one_error_line(capsys)
+    assert "trained for the SDXL VAE" in line and "--ignore-latent-space" in line and "check_latent_space" not in line

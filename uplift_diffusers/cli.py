@@ -15,6 +15,8 @@ from .constants import (
     DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES, IMAGE_SUFFIXES, SD15_MODEL_ID, SD15_VAE_SUBFOLDER, UPLIFT_SD15_REPO_ID,
     UPLIFT_SD15_WEIGHTS_NAME, UPSCALER_SUBFOLDER,
 )
+from .utils.memory import parse_memory
+from .utils.output_size import check_upscale_factor, output_size_for
 
 PROG = "uplift-diffusers"
 EMBEDDED_MODEL = "examples/models/uplift-taef2-bsds500"
@@ -42,24 +44,21 @@ class Failure(Exception):
     """A failure while running (exit status 1)."""
 
 
-def parse_scale(text: str) -> float:
-    """``--scale``: a finite number >= 1 (``"3"``, ``"1.5"``), by the pipelines' own check."""
-    from .utils.output_size import check_upscale_factor
+def checked_by(check, expected: str):
+    """An argparse ``type=`` checked by the library's own check, whose ValueError becomes the usage
+    error ``'TEXT' is not <expected>``."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+    return parse
 
-    try:
-        return check_upscale_factor(float(text), "--scale")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a scale: use a number >= 1 (e.g. 2, 3 or 1.5)") from None
 
-
-def parse_max_memory(text: str) -> float:
-    """``--max-memory``: bytes or a size such as ``3GB`` / ``500MB``, by the pipelines' own check."""
-    from .utils.memory import parse_memory
-
-    try:
-        return parse_memory(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use bytes or e.g. 3GB, 500MB") from None
+#: ``--scale``: a finite number >= 1 (``"3"``, ``"1.5"``).
+parse_scale = checked_by(lambda text: check_upscale_factor(float(text)), "a scale: use a number >= 1 (e.g. 2, 3 or 1.5)")
+#: ``--max-memory``: bytes or a size such as ``3GB`` / ``500MB``.
+parse_max_memory = checked_by(parse_memory, "a size: use bytes or e.g. 3GB, 500MB")
 
 
 def parse_count(text: str, minimum: int) -> int:
@@ -106,10 +105,7 @@ def check_models(models: Sequence[Tuple[str, str, Sequence[str]]], hint: str) ->
     for flag, source, files in models:
         if Path(source).expanduser().exists():
             continue
-        try:
-            hub_file = hub_file_of(source, flag)
-        except ValueError as error:
-            raise UsageError(str(error).replace(f"`{flag}`", flag)) from None
+        hub_file = named_errors(flag, source, lambda: hub_file_of(source, flag), UsageError)
         repo_id, revision = source, None
         if hub_file is not None:
             repo_id, files, revision = hub_file[0], (hub_file[1],), hub_file[2]
@@ -128,19 +124,21 @@ def check_models(models: Sequence[Tuple[str, str, Sequence[str]]], hint: str) ->
 
 
 def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    """An error as one line of the command line, where the latent-space guard's override is a flag."""
+    message = " ".join(str(error).split()).replace("check_latent_space=False", "--ignore-latent-space")
+    return message or type(error).__name__
 
 
-def named_errors(flag: str, source: str, load):
-    """``load()``, with a loader's error (naming its own argument) as a :class:`Failure` naming ``flag``."""
+def named_errors(flag: str, source, call, error_type=Failure):
+    """``call()``, with a library's error (naming `flag` or its own argument) as one ``error_type``
+    line naming ``flag``, and ``source`` where the message does not."""
     try:
-        return load()
+        return call()
     except (ValueError, OSError) as error:
         message = one_line(error)
-        for name in ("`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`", "`path_or_id`", "path_or_id"):
+        for name in (f"`{flag}`", "`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`", "`path_or_id`", "path_or_id"):
             message = message.replace(name, flag)
-        message = message.replace("check_latent_space=False", "--ignore-latent-space")
-        raise Failure(message if flag in message else f"{flag} {source!r}: {message}") from error
+        raise error_type(message if flag in message else f"{flag} {source!r}: {message}") from error
 
 
 def load_upscaler(source: str, config: Optional[str], dtype, subfolder: Optional[str] = None):
@@ -177,42 +175,34 @@ def device_and_dtype(args):
 def writable_folder(path: str) -> Path:
     from .utils.atomic_files import check_writable_directory
 
-    try:
-        return check_writable_directory(path, "--output")
-    except ValueError as error:
-        raise UsageError(" ".join(str(error).replace("`--output`", "--output").split())) from None
+    return named_errors("--output", path, lambda: check_writable_directory(path, "--output"), UsageError)
 
 
-def collect_inputs(inputs: Sequence[str]) -> List[Path]:
-    """Image files named on the command line; folders contribute their images (recursively)."""
-    missing = [entry for entry in inputs if not Path(entry).expanduser().exists()]
+def plan_outputs(args) -> Tuple[List[Tuple[Path, Path]], List[str]]:
+    """The images named on the command line (folders: their images, recursively), each with its
+    output file, named after its real output size; and the failures of those that cannot be read
+    (they fail alone, at the end)."""
+    import PIL.Image
+
+    missing = [entry for entry in args.inputs if not Path(entry).expanduser().exists()]
     if missing:
         raise UsageError(f"INPUT not found: {', '.join(repr(entry) for entry in missing)}")
+    output = writable_folder(args.output)
     files: List[Path] = []
-    for entry in inputs:
+    for entry in args.inputs:
         path = Path(entry).expanduser()
         found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not found:
             raise UsageError(f"INPUT {entry!r}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files.extend(found)
-    return files
-
-
-def plan_outputs(args, files: Sequence[Path], output: Path):
-    """``[(input, target or None, reason)]``: each input's output file, named after its real
-    output size; an image that cannot be read gets its reason (it fails alone, at the end)."""
-    import PIL.Image
-
-    from .utils.output_size import output_size_for
-
     width, height = args.size or (None, None)
-    plan = []
+    plan, failures = [], []
     for path in files:
         try:
             with PIL.Image.open(path) as image:
                 size = image.size
         except (OSError, ValueError) as error:
-            plan.append((path, None, "cannot read it as an image: " + one_line(error)))
+            failures.append(f"{str(path)!r}: cannot read it as an image: {one_line(error)}")
             continue
         try:
             out_h, out_w = output_size_for(size[1], size[0], args.scale, height, width, ("--scale", "--size height", "--size width"))
@@ -220,10 +210,10 @@ def plan_outputs(args, files: Sequence[Path], output: Path):
             raise UsageError(f"{str(path)!r} is {size[0]}x{size[1]}: {error}".replace("`", "")) from None
         suffix = f"_{out_w}x{out_h}" if args.size else f"_x{args.scale:g}"
         target = output / f"{path.stem}{suffix}.png"
-        if target.is_dir() or any(target == other for _, other, _ in plan):
+        if target.is_dir() or any(target == other for _, other in plan):
             raise UsageError(f"--output: {str(target)!r} is a folder or the output of another input; use another --output")
-        plan.append((path, target, None))
-    return plan
+        plan.append((path, target))
+    return plan, failures
 
 
 def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dtype):
@@ -231,23 +221,20 @@ def load_super_resolution(args, vae: Optional[str], upscaler: Optional[str], dty
     from .loaders.vae import load_vae
     from .pipelines import UPLiFTSuperResolutionPipeline
 
-    parts = {}
+    parts = {"check_latent_space": not args.ignore_latent_space}
     if vae is not None:
         parts["vae"] = named_errors("--vae", vae, lambda: load_vae(vae, dtype=dtype, argument="--vae"))
     if upscaler is not None:
         parts["upscaler"] = load_upscaler(upscaler, args.upscaler_config, dtype)
-    check = {"check_latent_space": not args.ignore_latent_space}
     if not args.model:
-        return named_errors("--upscaler", upscaler, lambda: UPLiFTSuperResolutionPipeline(**parts, **check))
+        return named_errors("--upscaler", upscaler, lambda: UPLiFTSuperResolutionPipeline(**parts))
     return named_errors("--model", args.model, lambda: UPLiFTSuperResolutionPipeline.from_pretrained(
-        args.model, **parts, **check, dtype=dtype))
+        args.model, **parts, dtype=dtype))
 
 
 def cmd_upscale(args) -> List[str]:
-    files = collect_inputs(args.inputs)
-    output = writable_folder(args.output)
     args.scale = None if args.size else args.scale  # --scale's default is 4
-    plan = plan_outputs(args, files, output)
+    plan, failures = plan_outputs(args)
     vae = args.vae or (None if args.model else SD15_MODEL_ID)  # without --model: the defaults
     upscaler = args.upscaler or (None if args.model else UPLIFT_SD15_REPO_ID)
     models = [("--model", args.model, ("model_index.json",)), ("--vae", vae, VAE_FILES), ("--upscaler", upscaler, UPSCALER_FILES)]
@@ -264,50 +251,52 @@ def cmd_upscale(args) -> List[str]:
     if args.tiling:
         pipe.enable_tiling()
     generator = torch.Generator().manual_seed(args.seed)
-    failures = []
-    for path, target, reason in plan:
-        if reason is None:
-            try:
-                with PIL.Image.open(path) as image:
-                    result = pipe(
-                        image, upscale_factor=args.scale, width=args.size and args.size[0],
-                        height=args.size and args.size[1], generator=generator, ensemble=args.ensemble,
-                        back_projection_steps=args.back_projection_steps, max_memory=args.max_memory,
-                    ).images[0]
-                atomic_save_image(result, target)
-                print(f"{target} ({result.width}x{result.height})")
-                continue
-            except (OSError, ValueError, torch.OutOfMemoryError) as error:
-                reason = one_line(error) + ("; try --tiling" if isinstance(error, torch.OutOfMemoryError) else "")
-        failures.append(f"{str(path)!r}: {reason}")
+    for path, target in plan:
+        try:
+            with PIL.Image.open(path) as image:
+                result = pipe(
+                    image, upscale_factor=args.scale, width=args.size and args.size[0], height=args.size and args.size[1],
+                    generator=generator, ensemble=args.ensemble, back_projection_steps=args.back_projection_steps,
+                    max_memory=args.max_memory,
+                ).images[0]
+            atomic_save_image(result, target)
+            print(f"{target} ({result.width}x{result.height})")
+        except (OSError, ValueError, torch.OutOfMemoryError) as error:
+            hint = "; try --tiling" if isinstance(error, torch.OutOfMemoryError) else ""
+            failures.append(f"{str(path)!r}: {one_line(error)}{hint}")
     return failures
 
 
-def generate_targets(args) -> List[Path]:
-    """The output files: ``--output`` an image file name, or a folder (``uplift_<seed>_<i>.png``)."""
+def plan_generation(args) -> Tuple[List[Path], dict, str]:
+    """What ``generate`` checks before loading anything: its flags, its output files (``--output``
+    an image file name, or a folder: ``uplift_<seed>_<i>.png``) and ``--model``'s
+    ``model_index.json``, returned with the family of the pipeline class it names."""
+    if not 0 <= args.refine_strength < 1:
+        raise UsageError(f"--refine-strength {args.refine_strength:g} is not in [0, 1) (the fraction of the noise schedule re-run)")
+    if args.refine_strength and args.scale not in (2, 4, 8):
+        raise UsageError(f"--refine-strength needs --scale 2, 4 or 8 (the refined latents exist at powers of two), got {args.scale:g}")
+    if args.refine_strength and args.back_projection_steps:
+        raise UsageError("--back-projection-steps applies without --refine-strength")
     path = Path(args.output).expanduser()
     if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
-        writable_folder(str(path.parent))
+        folder = writable_folder(str(path.parent))
         names = [path.name] if args.num_images == 1 else [f"{path.stem}_{i}{path.suffix}" for i in range(args.num_images)]
-        return [path.parent / name for name in names]
-    folder = writable_folder(args.output)
-    return [folder / f"uplift_{args.seed}_{i}.png" for i in range(args.num_images)]
-
-
-def pipeline_class(args) -> Tuple[dict, str]:
-    """``--model``'s ``model_index.json`` and the family of the class it names (checked)."""
+    else:
+        folder = writable_folder(args.output)
+        names = [f"uplift_{args.seed}_{i}.png" for i in range(args.num_images)]
+    check_models([("--model", args.model, ("model_index.json",))], "pass a local --model folder")
     from diffusers import DiffusionPipeline
 
     config = named_errors("--model", args.model, lambda: DiffusionPipeline.load_config(args.model))
-    name = config.get("_class_name")
-    family = PIPELINE_FAMILIES.get(name)
+    pipeline = config.get("_class_name")
+    family = PIPELINE_FAMILIES.get(pipeline)
     if family is None:
-        raise UsageError(f"--model {args.model!r} is a {name}; supported: {', '.join(PIPELINE_FAMILIES)}")
+        raise UsageError(f"--model {args.model!r} is a {pipeline}; supported: {', '.join(PIPELINE_FAMILIES)}")
     if family != "sd" and args.negative_prompt is not None:
-        raise UsageError(f"--negative-prompt applies to Stable Diffusion pipelines, not {name}")
+        raise UsageError(f"--negative-prompt applies to Stable Diffusion pipelines, not {pipeline}")
     if family != "sd" and args.scale > 1 and args.upscaler is None and "upscaler" not in config:
-        raise UsageError(f"{name} needs --upscaler: an UPLiFT model for its latents (e.g. --upscaler {EMBEDDED_MODEL})")
-    return config, family
+        raise UsageError(f"{pipeline} needs --upscaler: an UPLiFT model for its latents (e.g. --upscaler {EMBEDDED_MODEL})")
+    return [folder / name for name in names], config, family
 
 
 def load_text_to_image(args, config: dict, family: str, device, dtype):
@@ -317,12 +306,10 @@ def load_text_to_image(args, config: dict, family: str, device, dtype):
 
     upscaler = None
     if args.scale > 1:
-        source, subfolder = args.upscaler, None
-        if source is None and "upscaler" in config:
-            source, subfolder = args.model, UPSCALER_SUBFOLDER
-        source = source or UPLIFT_SD15_REPO_ID
+        own = args.upscaler is None and "upscaler" in config  # the --model folder's upscaler/
+        source = args.upscaler or (args.model if own else UPLIFT_SD15_REPO_ID)
         check_models([("--upscaler", source, UPSCALER_FILES)], "pass a local --upscaler")
-        upscaler = load_upscaler(source, args.upscaler_config, dtype, subfolder).to(device)
+        upscaler = load_upscaler(source, args.upscaler_config, dtype, UPSCALER_SUBFOLDER if own else None).to(device)
     cls = diffusers.StableDiffusionPipeline if family == "sd" else getattr(diffusers, config["_class_name"])
     extra = {"safety_checker": None, "requires_safety_checker": False} if args.no_safety_checker and family == "sd" else {}
     pipe = named_errors("--model", args.model, lambda: cls.from_pretrained(args.model, **extra, dtype=dtype))
@@ -330,43 +317,32 @@ def load_text_to_image(args, config: dict, family: str, device, dtype):
 
 
 def cmd_generate(args) -> List[str]:
-    if not 0 <= args.refine_strength < 1:
-        raise UsageError(f"--refine-strength {args.refine_strength:g} is not in [0, 1) (the fraction of the noise schedule re-run)")
-    if args.refine_strength and args.scale not in (2, 4, 8):
-        raise UsageError(f"--refine-strength needs --scale 2, 4 or 8 (the refined latents exist at powers of two), got {args.scale:g}")
-    if args.refine_strength and args.back_projection_steps:
-        raise UsageError("--back-projection-steps applies without --refine-strength")
-    targets = generate_targets(args)
-    check_models([("--model", args.model, ("model_index.json",))], "pass a local --model folder")
+    targets, config, family = plan_generation(args)
     import PIL.Image
     import torch
 
     from . import apply_uplift, hires_fix
     from .utils.atomic_files import atomic_save_image
 
-    config, family = pipeline_class(args)
     device, dtype = device_and_dtype(args)
     pipe, upscaler = load_text_to_image(args, config, family, device, dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     if args.tiling:
         pipe.vae.enable_tiling()
-    call = {"prompt": args.prompt, "num_images_per_prompt": args.num_images, "generator": torch.Generator().manual_seed(args.seed)}
     width, height = args.size or (None, None)
     options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "negative_prompt": args.negative_prompt,
                "width": width, "height": height}
-    call.update({key: value for key, value in options.items() if value is not None})
-    try:
-        if upscaler is None:
-            images = pipe(**call).images
-        elif args.refine_strength:
-            images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
-                               refine_steps=args.refine_steps, check_latent_space=not args.ignore_latent_space, **call).images
-        else:
-            apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
-                         max_memory=args.max_memory, check_latent_space=not args.ignore_latent_space)
-            images = pipe(**call).images
-    except ValueError as error:
-        raise Failure(one_line(error)) from error
+    call = {"prompt": args.prompt, "num_images_per_prompt": args.num_images, "generator": torch.Generator().manual_seed(args.seed),
+            **{key: value for key, value in options.items() if value is not None}}
+    if upscaler is None:
+        images = pipe(**call).images
+    elif args.refine_strength:
+        images = hires_fix(pipe, upscaler, upscale_factor=int(args.scale), strength=args.refine_strength,
+                           refine_steps=args.refine_steps, check_latent_space=not args.ignore_latent_space, **call).images
+    else:
+        apply_uplift(pipe, upscaler, upscale_factor=args.scale, back_projection_steps=args.back_projection_steps,
+                     max_memory=args.max_memory, check_latent_space=not args.ignore_latent_space)
+        images = pipe(**call).images
     for image, target in zip(images, targets):
         atomic_save_image(image, target, format=PIL.Image.registered_extensions().get(target.suffix.lower(), "PNG"))
         print(f"{target} ({image.width}x{image.height})")
@@ -474,7 +450,8 @@ def run(prog: str, handler, args) -> int:
     """``handler(args)`` with the command line's conventions (:data:`EXIT_STATUSES`): one
     ``prog: error: ...`` line and no traceback, 2 for a :class:`UsageError`, 1 for anything else,
     130 when interrupted. ``handler`` returns the failed inputs (exit 1 when there are any).
-    The examples use it too."""
+    A ValueError's message is shown as it is (the library's errors name the argument and the fix);
+    an unexpected error's type comes first. The examples use it too."""
     from huggingface_hub import constants
 
     offline = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
@@ -488,7 +465,7 @@ def run(prog: str, handler, args) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - every error is one line
         message = one_line(error)
-        if not isinstance(error, (UsageError, Failure)):
+        if not isinstance(error, (UsageError, Failure, ValueError)):
             message = f"{type(error).__name__}: {message}"
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
