@@ -16,7 +16,6 @@ from evaluation.sharding import broadcast_value
 
 __all__ = [
     "SMOKE_HELP", "add_smoke_test_argument", "use_one_thread", "prepare_smoke_dir", "write_smoke_images", "save_smoke_models",
-    "prepare_smoke_study",
 ]
 
 SMOKE_HELP = (
@@ -84,16 +83,3 @@ def save_smoke_models(folder: Path, upscaler: bool = True, vae: bool = False, sd
             saved["clip"] = testing_utils.save_tiny_clip(folder / "clip")
     (folder / "README.json").write_text(json.dumps({"what": "tiny random models of --smoke-test; outputs mean nothing"}) + "\n")
     return {name: str(path) for name, path in saved.items()}
-
-
-def prepare_smoke_study(args, script: str, count: int, size: int) -> None:
-    """``--smoke-test`` of a one-process study: the tiny upscaler and KL VAE and ``count`` ``size`` px images
-    written to ``smoke-inputs`` beside ``--output`` (a new temporary folder when not given), and
-    ``--model`` / ``--vae`` / ``--data`` pointed at them."""
-    use_one_thread()
-    if args.output is None:
-        args.output = str(Path(tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-")) / f"{script}.json")
-    inputs = Path(args.output).parent / "smoke-inputs"
-    models = save_smoke_models(inputs, upscaler=True, vae=True)
-    write_smoke_images(inputs / "images", count, size)
-    args.model, args.vae, args.data = models["upscaler"], models["vae"], str(inputs / "images")
