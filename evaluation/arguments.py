@@ -11,8 +11,6 @@ import torch
 
 from evaluation.sharding import LaunchMismatchError
 
-__all__ = ["attempt", "check_at_least", "read_json_file", "loading", "load_upscaler", "load_vae"]
-
 
 def attempt(function: Callable[[], Any]) -> Tuple[Any, int]:
     """``(function(), 0)``; on a bad argument or a missing input (ValueError, OSError, a launch of the

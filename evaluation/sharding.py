@@ -19,8 +19,6 @@ from typing import Any, List, Sequence
 
 import torch
 
-__all__ = ["LaunchMismatchError", "process_state", "require_one_process", "shard", "gather_list", "broadcast_value"]
-
 
 class LaunchMismatchError(RuntimeError):
     """The launcher's environment and the process group disagree on the number of processes."""

@@ -14,10 +14,6 @@ from PIL import Image
 
 from evaluation.sharding import broadcast_value
 
-__all__ = [
-    "SMOKE_HELP", "add_smoke_test_argument", "use_one_thread", "prepare_smoke_dir", "write_smoke_images", "save_smoke_models",
-]
-
 SMOKE_HELP = (
     "check the installation: run end to end in seconds on tiny random models and synthetic inputs written to "
     "OUTPUT/smoke-inputs (no download; the numbers mean nothing); replaces the models, data and sizes"

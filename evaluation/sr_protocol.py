@@ -17,11 +17,6 @@ from uplift_diffusers.image_processor import pil_to_tensor
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.validation import check_image_batch, check_values
 
-__all__ = [
-    "bicubic_upscale", "check_unit_images", "check_image_pair", "as_float_pair", "psnr", "SRBatch", "SRPairs", "SRScores",
-    "score_super_resolution",
-]
-
 #: A method of the protocol: a batch of LR images -> ``B x 3 x H x W`` images of the HR size.
 SRMethod = Callable[["SRBatch"], torch.Tensor]
 #: A per-image metric: ``(pred, target)`` -> a tensor of ``B`` values.

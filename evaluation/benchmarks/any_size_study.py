@@ -102,44 +102,26 @@ def lr_sides(args) -> List[int]:
     return sides
 
 
-def study(
-    pipe,
-    files: Sequence[Path],
-    factors: Sequence[float],
-    lr_sides: Sequence[int],
-    hr_size: int,
-    methods: Sequence[str],
-    batch_size: int = 4,
-    seed: int = 0,
-) -> List[Dict]:
+def study(pipe, files: Sequence[Path], args, lr_sides: Sequence[int]) -> List[Dict]:
     """One row per (factor, method): mean PSNR / SSIM and seconds per image."""
     rows = []
-    for factor, lr_side in zip(factors, lr_sides):
+    for factor, lr_side in zip(args.factors, lr_sides):
 
         def uplift(method: str):
             def run(batch: SRBatch) -> torch.Tensor:
                 pipe.upscale_method = method
-                generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
+                generators = [torch.Generator().manual_seed(args.seed + index) for index in batch.indices]
                 return pipe(batch.lr, upscale_factor=factor, generator=generators, output_type="pt", back_projection_steps=0).images
 
             return run
 
-        candidates = {method: uplift(method) for method in methods}
-        candidates[BICUBIC] = lambda batch: torch.cat([bicubic_upscale(lr, (hr_size, hr_size)) for lr in batch.lr_images])
-        pairs = SRPairs(files, hr_size=hr_size, lr_size=lr_side, batch_size=batch_size)
-        scores = score_super_resolution(candidates, pairs, metrics={"psnr": psnr, "ssim": ssim})
-        for name, score in scores.items():
-            rows.append(
-                {
-                    "factor": factor,
-                    "lr_size": lr_side,
-                    "method": name,
-                    "psnr": score.mean("psnr"),
-                    "ssim": score.mean("ssim"),
-                    "seconds_per_image": score.seconds / score.count,
-                    "images": score.count,
-                }
-            )
+        candidates = {method: uplift(method) for method in args.methods}
+        size = (args.hr_size, args.hr_size)
+        candidates[BICUBIC] = lambda batch: torch.cat([bicubic_upscale(lr, size) for lr in batch.lr_images])
+        pairs = SRPairs(files, hr_size=args.hr_size, lr_size=lr_side, batch_size=args.batch_size)
+        for name, score in score_super_resolution(candidates, pairs, metrics={"psnr": psnr, "ssim": ssim}).items():
+            rows.append({"factor": factor, "lr_size": lr_side, "method": name, "psnr": score.mean("psnr"), "ssim": score.mean("ssim"),
+                         "seconds_per_image": score.seconds / score.count, "images": score.count})
             print(f"{factor:g}x {name:>18}: PSNR {rows[-1]['psnr']:.3f}  SSIM {rows[-1]['ssim']:.4f}", file=sys.stderr)
     return rows
 
@@ -205,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     with torch.no_grad():
-        rows = study(pipe, files, args.factors, sides, args.hr_size, args.methods, args.batch_size, args.seed)
+        rows = study(pipe, files, args, sides)
     best = best_methods(rows, args.methods)
 
     def relative(path):

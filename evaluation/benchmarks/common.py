@@ -13,11 +13,6 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-__all__ = [
-    "time_call", "timed", "interleaved", "median_ratio", "PeakMemory", "return_freed_memory_to_the_system", "device_name",
-    "write_results",
-]
-
 
 def time_call(fn: Callable[[], object], device: str) -> Tuple[float, float]:
     """One call of ``fn``: its wall and CPU times (s), CUDA work waited for."""

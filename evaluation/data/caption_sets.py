@@ -22,8 +22,6 @@ from typing import Any, Dict, List, Sequence
 
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
-__all__ = ["CaptionRow", "read_caption_set", "write_caption_set", "ID_PATTERN", "clean_caption"]
-
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 REQUIRED_FIELDS = ("id", "caption", "file_name")
 

@@ -17,8 +17,6 @@ from PIL import Image
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write
 from uplift_diffusers.utils.sr_protocol import centre_crop
 
-__all__ = ["square_crop_resize", "export_reference"]
-
 
 def square_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Centre square crop of ``image`` (RGB), PIL-bicubic resized to ``size`` x ``size`` when needed."""

@@ -24,8 +24,6 @@ from torch import Tensor, nn
 
 from evaluation.sr_protocol import as_float_pair, check_image_pair, check_unit_images, psnr
 
-__all__ = ["to_uint8", "psnr", "ssim", "FIDAccumulator", "random_patch_anchors", "extract_patches", "PatchFID", "CLIPScorer"]
-
 #: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
 UINT8_METHODS = ("cfm", "round")
 SSIM_KERNEL_SIZE = 11

@@ -13,11 +13,6 @@ from torch import nn
 from evaluation.arguments import check_at_least, loading
 from evaluation.metrics.image_metrics import CLIPScorer, FIDAccumulator, PatchFID
 
-__all__ = [
-    "FEATURE_EXTRACTORS", "TinyRandomFeatures", "resolve_feature_extractor", "add_fid_arguments",
-    "add_clip_arguments", "check_metric_arguments", "build_fid", "build_patch_fid", "build_clip_scorer", "fid_results",
-    "metrics_record",
-]
 FEATURE_EXTRACTORS = ("inception", "tiny-random")
 #: CFM's patch-FID: 4 crops of 512 x 512 per image.
 PATCH_SIZE = 512

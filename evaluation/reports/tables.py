@@ -18,10 +18,6 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 from evaluation.arguments import read_json_file
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
-__all__ = [
-    "TASKS", "METHOD_LABELS", "write_report", "load_result", "text_to_image_table", "super_resolution_table", "latency_table", "table_for",
-]
-
 TASKS = ("text_to_image", "super_resolution", "latency")
 
 METHOD_LABELS = {

@@ -19,11 +19,6 @@ from evaluation.smoke import add_smoke_test_argument
 from evaluation.tasks.latent_baseline import LATENT_BASELINES
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
-__all__ = [
-    "add_common_arguments", "check_required", "check_fid_count", "device_for", "generators", "color_correction", "batches",
-    "common_settings", "check_settings_record", "write_results", "run_main",
-]
-
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of both scripts: outputs, sizes of the run, seed, FID, colour correction, device."""
