@@ -12,7 +12,6 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from evaluation.sharding import broadcast_value
 
 SMOKE_HELP = (
     "check the installation: run end to end in seconds on tiny random models and synthetic inputs written to "
@@ -35,10 +34,12 @@ def use_one_thread() -> None:
 def prepare_smoke_dir(args, state, script: str) -> Path:
     """``OUTPUT/smoke-inputs`` (``--output-dir`` set to a new temporary folder when not given, the
     same on every process); created empty by the main process. Also :func:`use_one_thread`."""
+    from accelerate.utils import broadcast_object_list
+
     use_one_thread()
     if args.output_dir is None:
         made = tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-") if state.is_main_process else None
-        args.output_dir = broadcast_value(made, state)
+        args.output_dir = broadcast_object_list([made])[0]
     return Path(args.output_dir) / "smoke-inputs"
 
 

@@ -139,20 +139,17 @@ def score_super_resolution(
     batches: Iterable[SRBatch],
     metrics: Optional[Mapping[str, ImageMetric]] = None,
     on_output: Optional[Callable[[str, torch.Tensor, SRBatch], None]] = None,
-    progress: bool = False,
 ) -> Dict[str, SRScores]:
     """``{name: SRScores}``: every method (``method(batch)`` -> images of the HR size) on every batch,
     its outputs clamped to [0, 1] and scored against the HR images with ``metrics`` (``{name:
     metric(pred, target) -> B values}``, default PSNR), and the seconds spent in the method.
     ``on_output(name, output, batch)`` sees every output (e.g. to feed FID). ValueError when a
     method returns another shape than the HR images."""
-    from tqdm.auto import tqdm
-
     if not methods:
         raise ValueError("`methods` is empty; pass at least one {name: method}.")
     metrics = {"psnr": psnr} if metrics is None else dict(metrics)
     scores = {name: SRScores({metric: [] for metric in metrics}) for name in methods}
-    for batch in tqdm(batches, desc="super-resolution", disable=not progress):
+    for batch in batches:
         for name, method in methods.items():
             start = time.perf_counter()
             output = method(batch).to(batch.hr.device, torch.float32).clamp(0, 1)

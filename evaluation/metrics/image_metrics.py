@@ -296,8 +296,13 @@ class CLIPScorer(nn.Module):
             )
         arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
         pil_images = [Image.fromarray(array, "RGB") for array in arrays]
+        device = next(self.model.parameters()).device
+        pixel_values = self.processor(images=pil_images, return_tensors="pt")["pixel_values"].to(device)
+        tokens = self._tokenize(list(captions))
         with torch.no_grad():
-            image_embeds, text_embeds = self._embed(pil_images, list(captions))
+            image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))
+            text_embeds = _pooled(self.model.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                                               attention_mask=tokens["attention_mask"].to(device)))
         image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         return (image_embeds.float() * text_embeds.float()).sum(dim=-1)
@@ -334,15 +339,3 @@ class CLIPScorer(nn.Module):
                 raise ValueError(f"{message}; shorten them or build CLIPScorer(truncate_captions=True).")
             warnings.warn(f"{message}; they are truncated to {self.max_length} tokens.", stacklevel=4)
         return tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-
-    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
-        device = next(self.model.parameters()).device
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-        tokens = self._tokenize(captions)
-        image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))
-        text_embeds = _pooled(
-            self.model.get_text_features(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-            )
-        )
-        return image_embeds, text_embeds

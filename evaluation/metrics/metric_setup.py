@@ -94,8 +94,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_metric_arguments(args) -> None:
     """ValueError for bad metric flags (those of :func:`add_fid_arguments`)."""
-    if hasattr(args, "num_patches"):
-        check_at_least(args, {"patch_size": 1, "num_patches": 1})
+    check_at_least(args, {"patch_size": 1, "num_patches": 1})
 
 
 def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAccumulator:

@@ -184,15 +184,3 @@ def latency_table(results: Sequence[Mapping]) -> str:
 def table_for(task: str, results: Sequence[Mapping]) -> str:
     """The table of ``task`` (one of :data:`TASKS`) for ``results``."""
     return {"text_to_image": text_to_image_table, "super_resolution": super_resolution_table, "latency": latency_table}[task](results)
-
-
-def top_level_metrics(result: Dict, keys: Sequence[str]) -> Dict:
-    """With exactly one method, repeat its metric ``keys`` at the top level of ``result`` (in place)."""
-    methods = result.get("methods", {})
-    if len(methods) == 1:
-        (values,) = methods.values()
-        for key in keys:
-            if key in values:
-                result[key] = values[key]
-    return result
-

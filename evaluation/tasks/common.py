@@ -1,6 +1,6 @@
 """What the two evaluation scripts (``eval_text_to_image``, ``eval_super_resolution``) share: their
-common flags and checks, which rows are colour-corrected, the FID batching of kept features, the
-results file and the command-line entry point."""
+common flags and checks, which rows are colour-corrected, the record that keeps results of other
+settings apart, the results file and the command-line entry point."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ import torch
 
 from evaluation.arguments import attempt, check_at_least
 from evaluation.metrics.metric_setup import add_fid_arguments, check_metric_arguments
-from evaluation.reports.tables import top_level_metrics, write_report
+from evaluation.reports.tables import write_report
 from evaluation.sharding import process_state
 from evaluation.smoke import add_smoke_test_argument
 from evaluation.tasks.latent_baseline import LATENT_BASELINES
@@ -110,7 +110,9 @@ def check_settings_record(folder: Path, record_name: str, settings: Dict, what: 
 def write_results(result: Dict, keys: Sequence[str], args, state) -> Dict:
     """Repeat a single row's metric ``keys`` at the top level, write ``results.json`` / ``results.md``
     (main process) and wait for every process."""
-    top_level_metrics(result, keys)
+    if len(result["methods"]) == 1:
+        (values,) = result["methods"].values()
+        result.update({key: values[key] for key in keys if key in values})
     if state.is_main_process:
         write_report(result, args.output_dir)
     state.wait_for_everyone()

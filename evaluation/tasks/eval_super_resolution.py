@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from accelerate.utils import gather_object
 from PIL import Image
 
 from evaluation.arguments import load_upscaler, load_vae
 from evaluation.metrics.metric_setup import build_fid, build_patch_fid, fid_results, metrics_record
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
@@ -300,7 +301,7 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", local, 
         for index, record in zip(batch.indices, score_batch(args, output, batch, fid, patch_fid)):
             atomic_write(folder / f"{by_index[index].key}.pt", lambda temporary: torch.save(record, temporary))
             add(record)
-    psnrs, ssims = gather_list(pixel["psnr"], state), gather_list(pixel["ssim"], state)
+    psnrs, ssims = gather_object(pixel["psnr"]), gather_object(pixel["ssim"])
     entry = {
         "psnr": float(sum(psnrs) / len(psnrs)), "ssim": float(sum(ssims) / len(ssims)), "count": len(psnrs),
         "kind": method.kind, "source": method.source, "color_correction": runner.color_correction(method),
@@ -309,7 +310,7 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", local, 
     }
     if compute_fid:
         entry.update(fid_results(fid, patch_fid))
-    return entry, sum(gather_list([len(local) - len(pending)], state))
+    return entry, sum(gather_object([len(local) - len(pending)]))
 
 
 def prepare_smoke_test(args, state) -> None:

@@ -18,13 +18,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from PIL import Image
 
 from evaluation.arguments import load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
 from evaluation.metrics.metric_setup import add_clip_arguments, build_clip_scorer, build_fid, build_patch_fid, fid_results, metrics_record
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
@@ -53,7 +54,6 @@ NATIVE_ROWS = {
 }
 SDXL_NATIVE_SIZE = 1024
 METHODS = SD15_METHODS + tuple(NATIVE_ROWS)
-DEFAULT_SD_MODEL = SD15_MODEL_ID
 
 
 def parse_method_list(text: str) -> List[str]:
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Tables 2-3.")
     parser.add_argument("--prompts", default=None, help="caption set (.jsonl) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
     parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
-    parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
+    parser.add_argument("--model", default=SD15_MODEL_ID, help=f"Stable Diffusion folder or Hub id (default {SD15_MODEL_ID})")
     parser.add_argument("--upscaler", default=None,
                         help="UPLiFT model folder / Hub id / official .safetensors|.pth (default: the authors' SD1.5 model)")
     parser.add_argument("--methods", default=",".join(SD15_METHODS),
@@ -370,7 +370,7 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     if not args.metrics_only:
         counts = generate(args, rows, methods, state, device)
     state.wait_for_everyone()
-    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+    totals = {key: sum(gather_object([value])) for key, value in counts.items()}
     metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
         "prompts": str(args.prompts), "reference_dir": args.reference_dir, "model": args.model, "upscaler": args.upscaler,
