@@ -111,27 +111,23 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
-class StageTimer:
-    """Wall-clock seconds of each stage of a batch (``current``), CUDA synchronised around every stage."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.current = device, {}
-
-    def time(self, stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # work queued before the stage stays out of its time
-        result = []
-        self.current[stage] = common.time_call(lambda: result.append(function()), self.device)[0]
-        return result[0]
-
-
 def _unit(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 @torch.no_grad()
-def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.Generator, random_weights: bool) -> None:
-    """One batch through every stage (denoise, base decode, each upscaler, upscaled decode, colour correction)."""
+def run_batch(models, args, device, dtype, generator: torch.Generator, random_weights: bool) -> Dict[str, float]:
+    """One batch through every stage (denoise, base decode, each upscaler, upscaled decode, colour
+    correction); returns the wall-clock seconds of each stage."""
+    times = {}
+
+    def timed(stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # work queued before the stage stays out of its time
+        result = []
+        times[stage] = common.time_call(lambda: result.append(function()), device)[0]
+        return result[0]
+
     unet, vae, scheduler, upscaler, decode = models
     batch, latent_size = args.batch_size, args.size // 8
     latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator).to(device=device, dtype=dtype)
@@ -148,24 +144,25 @@ def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.G
             x = scheduler.step(uncond + args.guidance_scale * (text - uncond), t, x).prev_sample
         return x
 
-    final = timer.time("unet", denoise)
+    final = timed("unet", denoise)
     if random_weights:  # random weights may overflow; keep later stages on finite values (untimed)
         final = torch.nan_to_num(final).clamp(-10, 10)
     unscaled = final / vae.config.scaling_factor
-    base = timer.time("vae_decode_base", lambda: _unit(decode(unscaled)))
+    base = timed("vae_decode_base", lambda: _unit(decode(unscaled)))
     if random_weights:
         base = torch.nan_to_num(base)
     num_steps = int(math.log2(args.upscale_factor))
-    upscaled = timer.time("uplift", lambda: upscaler(unscaled, base.to(dtype), num_steps=num_steps, generator=generator).sample)
+    upscaled = timed("uplift", lambda: upscaler(unscaled, base.to(dtype), num_steps=num_steps, generator=generator).sample)
     for mode in LATENT_BASELINES:
         baseline = LatentInterpolationUpscaler(mode)
-        timer.time(mode, lambda: baseline(unscaled, num_steps=num_steps).sample)
+        timed(mode, lambda: baseline(unscaled, num_steps=num_steps).sample)
     if random_weights:
         upscaled = torch.nan_to_num(upscaled).clamp(-10, 10)
-    image = timer.time("vae_decode_upscaled", lambda: _unit(decode(upscaled)))
+    image = timed("vae_decode_upscaled", lambda: _unit(decode(upscaled)))
     if random_weights:
         image = torch.nan_to_num(image)
-    timer.time("color_correction", lambda: color_correct(image, base))
+    timed("color_correction", lambda: color_correct(image, base))
+    return times
 
 
 def text_to_image(args) -> Dict:
@@ -193,14 +190,12 @@ def text_to_image(args) -> Dict:
         upscaler = torch.compile(upscaler)
     models = (unet, vae, scheduler, upscaler, decode)
     generator = torch.Generator().manual_seed(args.seed)
-    timer = StageTimer(device)
     samples: Dict[str, List[float]] = {stage: [] for stage in STAGES}
     for iteration in range(args.warmup + args.iters):
-        timer.current = {}
-        run_batch(models, args, device, dtype, timer, generator, random_weights)
+        times = run_batch(models, args, device, dtype, generator, random_weights)
         if iteration >= args.warmup:
             for stage in STAGES:
-                samples[stage].append(timer.current[stage])
+                samples[stage].append(times[stage])
 
     stages = {stage: statistics.fmean(values) for stage, values in samples.items()}
     base = stages["unet"] + stages["vae_decode_base"]

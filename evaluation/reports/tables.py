@@ -181,6 +181,9 @@ def latency_table(results: Sequence[Mapping]) -> str:
     return _markdown(header, rows, "Text-to-image latency breakdown (seconds per batch, mean of the timed iterations)")
 
 
-def table_for(task: str, results: Sequence[Mapping]) -> str:
-    """The table of ``task`` (one of :data:`TASKS`) for ``results``."""
-    return {"text_to_image": text_to_image_table, "super_resolution": super_resolution_table, "latency": latency_table}[task](results)
+def table_for(task: str, results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
+    """The table of ``task`` (one of :data:`TASKS`) for ``results``; ``latencies`` fill the time
+    columns of the text-to-image table."""
+    if task == "text_to_image":
+        return text_to_image_table(results, latencies)
+    return super_resolution_table(results) if task == "super_resolution" else latency_table(results)

@@ -53,11 +53,6 @@ def check_fid_count(args, count: int, source: str) -> None:
         raise ValueError(f"FID needs at least 2 images, {source} gives {count}; add images or pass --no-fid.")
 
 
-def device_for(args, state) -> torch.device:
-    """``--device``, else this process's device."""
-    return torch.device(args.device) if args.device else state.device
-
-
 def generators(args, indices: Sequence[int]) -> List[torch.Generator]:
     """One generator per input, seeded ``--seed + i`` (i = the input's position in the whole list):
     an input's result does not depend on its batch, its process or a resumed run."""

@@ -335,7 +335,7 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         prepare_smoke_test(args, state)
     _check_args(args)
     methods = with_pipeline_options(parse_methods(args.upscaler), args.back_projection_steps, args.ensemble)
-    device = common.device_for(args, state)
+    device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
     common.check_fid_count(args, len(items), "--data")

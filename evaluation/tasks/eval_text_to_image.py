@@ -364,7 +364,7 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     rows = read_caption_set(args.prompts)
     if args.limit is not None:
         rows = rows[: args.limit]
-    device = common.device_for(args, state)
+    device = torch.device(args.device) if args.device else state.device
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
     if not args.metrics_only:
