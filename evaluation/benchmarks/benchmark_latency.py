@@ -203,10 +203,7 @@ def text_to_image(args) -> Dict:
     methods = {"base512": base}
     for method in ("uplift",) + LATENT_BASELINES:
         methods[method] = base + stages[method] + upscaled_tail
-    parameters = {
-        name: sum(p.numel() for p in model.parameters())
-        for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
-    }
+    flags = ("batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype")
     note = "pretrained weights"
     if random_weights:
         note = f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
@@ -216,7 +213,7 @@ def text_to_image(args) -> Dict:
         "task": "latency",
         "dataset": args.dataset_name,
         "settings": {
-            **{name: getattr(args, name) for name in ("batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype")},
+            **{name: getattr(args, name) for name in flags},
             "device": str(device),
             "device_name": common.device_name(device),
             "torch": torch.__version__,
@@ -226,7 +223,7 @@ def text_to_image(args) -> Dict:
         },
         "random_weights": random_weights,
         "note": note,
-        "parameters": parameters,
+        "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in (("unet", unet), ("vae", vae), ("upscaler", upscaler))},
         "stages": stages,
         "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()},
         "methods": methods,

@@ -185,21 +185,20 @@ def main(argv=None) -> Dict:
         raise SystemExit(f"--sizes must be WIDTHxHEIGHT, e.g. 1024x768, got {args.sizes!r}.") from None
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="uplift-tiling-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(args.image)
     if args.smoke_test:
         models = save_smoke_models(work_dir / "smoke-inputs", upscaler=True, vae=True)
         args.upscaler, args.vae = models["upscaler"], models["vae"]
+        source = write_smoke_images(work_dir, 1, 64)[0]
         sizes = [(128, 96)]
         settings = ["untiled", "tiled:8:2"]
         if args.output == str(DEFAULT_OUTPUT):
             args.output = str(work_dir / "tiling_memory.json")
+    elif not source.is_file():
+        raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
     named = {"upscaler": args.upscaler, "vae": args.vae}  # as given, for the results
     # the settings run from the repository root: local model paths made absolute
     args.upscaler, args.vae = (str(Path(p).resolve()) if Path(p).exists() else p for p in (args.upscaler, args.vae))
-    source = Path(args.image)
-    if not args.smoke_test and not source.is_file():
-        raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
-    if args.smoke_test:
-        source = write_smoke_images(work_dir, 1, 64)[0]
     rows = []
     for width, height in sizes:
         photo = make_photo(source, (width, height), work_dir / f"input-{width}x{height}.png")
