@@ -209,24 +209,15 @@ def text_to_image(args) -> Dict:
         note = f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
     if args.smoke_test:
         note = "--smoke-test: tiny random models, the times mean nothing"
+    settings = {
+        **{name: getattr(args, name) for name in flags}, "device": str(device), "device_name": common.device_name(device),
+        "torch": torch.__version__, "model": None if random_weights else args.model,
+        "upscaler": None if random_weights else args.upscaler, "smoke_test": bool(args.smoke_test),
+    }
     result = {
-        "task": "latency",
-        "dataset": args.dataset_name,
-        "settings": {
-            **{name: getattr(args, name) for name in flags},
-            "device": str(device),
-            "device_name": common.device_name(device),
-            "torch": torch.__version__,
-            "model": None if random_weights else args.model,
-            "upscaler": None if random_weights else args.upscaler,
-            "smoke_test": bool(args.smoke_test),
-        },
-        "random_weights": random_weights,
-        "note": note,
+        "task": "latency", "dataset": args.dataset_name, "settings": settings, "random_weights": random_weights, "note": note,
         "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in (("unet", unet), ("vae", vae), ("upscaler", upscaler))},
-        "stages": stages,
-        "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()},
-        "methods": methods,
+        "stages": stages, "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()}, "methods": methods,
         "seconds_per_image": {method: value / args.batch_size for method, value in methods.items()},
     }
     write_report(result, args.output_dir)

@@ -79,12 +79,8 @@ def run_worker(args) -> Dict:
     seconds = time.perf_counter() - start
     out.save(args.result)
     return {
-        "setting": args.setting,
-        "tiling": tiling,
-        "tiles_used": used_tiling,
-        "input_size": [image.width, image.height],
-        "seconds": round(seconds, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
+        "setting": args.setting, "tiling": tiling, "tiles_used": used_tiling, "input_size": [image.width, image.height],
+        "seconds": round(seconds, 1), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
         "output_size": list(out.size),
     }
 

@@ -64,12 +64,8 @@ class FIDAccumulator(nn.Module):
     ``False`` (the paper's) is torch-fidelity's TF1-compatible bilinear resize that torchmetrics
     <= 1.7 always used; ``True`` torchmetrics 1.9's default."""
 
-    def __init__(
-        self,
-        feature_extractor: Optional[nn.Module] = None,
-        reset_real_features: bool = True,
-        inception_antialias: bool = False,
-    ) -> None:
+    def __init__(self, feature_extractor: Optional[nn.Module] = None, reset_real_features: bool = True,
+                 inception_antialias: bool = False) -> None:
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -129,13 +125,8 @@ class FIDAccumulator(nn.Module):
         self.metric.reset()
 
 
-def random_patch_anchors(
-    height: int,
-    width: int,
-    patch: int = 512,
-    num_patches: int = 4,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
+def random_patch_anchors(height: int, width: int, patch: int = 512, num_patches: int = 4,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
     """``(num_patches, 2)`` int64 ``(top, left)`` corners of random ``patch`` x ``patch`` crops, drawn crop by
     crop as ``torchvision.transforms.RandomCrop.get_params`` draws them (CFM's patch-FID): ``top``,
     then ``left``, each a ``(1,)`` ``randint`` from ``generator``; an image of exactly the patch size
@@ -249,13 +240,8 @@ class CLIPScorer(nn.Module):
             clip-score does, with a warning; ``False`` raises ValueError instead.
     """
 
-    def __init__(
-        self,
-        model: Optional[nn.Module] = None,
-        processor: Any = None,
-        model_id: Optional[str] = None,
-        truncate_captions: bool = True,
-    ) -> None:
+    def __init__(self, model: Optional[nn.Module] = None, processor: Any = None, model_id: Optional[str] = None,
+                 truncate_captions: bool = True) -> None:
         super().__init__()
         from torchmetrics.aggregation import SumMetric
 

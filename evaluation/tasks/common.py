@@ -53,10 +53,10 @@ def check_fid_count(args, count: int, source: str) -> None:
         raise ValueError(f"FID needs at least 2 images, {source} gives {count}; add images or pass --no-fid.")
 
 
-def generators(args, indices: Sequence[int]) -> List[torch.Generator]:
+def generators(seed: int, indices: Sequence[int]) -> List[torch.Generator]:
     """One generator per input, seeded ``--seed + i`` (i = the input's position in the whole list):
     an input's result does not depend on its batch, its process or a resumed run."""
-    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
+    return [torch.Generator().manual_seed(seed + index) for index in indices]
 
 
 def color_correction(kind: str, baselines: bool) -> bool:

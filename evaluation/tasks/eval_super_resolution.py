@@ -210,9 +210,8 @@ class SuperResolutionRunner:
 
         hr, lr = batch.hr, batch.lr
         if method.kind == "model":
-            generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
             output = self.pipelines[method.name](
-                lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method),
+                lr, upscale_factor=self.factor, generator=common.generators(seed, batch.indices), color_correction=self.color_correction(method),
                 output_type="pt", back_projection_steps=method.back_projection, ensemble=method.ensemble,
             )
             return output.images.to(self.device).float()
@@ -364,12 +363,9 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         **common.common_settings(args, state),
     }
     result = {
-        "task": "super_resolution",
-        "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
-        "settings": settings,
-        "count": len(items),
-        "resumed": {"skipped": skipped, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)},
-        "methods": results,
+        "task": "super_resolution", "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
+        "settings": settings, "count": len(items),
+        "resumed": {"skipped": skipped, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)}, "methods": results,
     }
     return common.write_results(result, ("psnr", "ssim", "fid", "patch_fid"), args, state)
 

@@ -160,7 +160,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
     factor = args.upscale_factor if "uplift" in methods else 1
     output = pipe(
         [row.caption for row in rows], height=args.size, width=args.size, num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale, generator=common.generators(args, indices), upscale_factor=factor,
+        guidance_scale=args.guidance_scale, generator=common.generators(args.seed, indices), upscale_factor=factor,
         color_correction=True, return_base_images=factor > 1, output_type="pt",
         callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"],
     )
@@ -215,7 +215,7 @@ def add_lcm_lora(pipe, args) -> None:
 def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], row: NativeRow, args) -> torch.Tensor:
     """One SDXL row for a batch of captions: ``B x 3 x S x S`` in [0, 1], S = ``--sdxl-size``."""
     output = pipe([caption.caption for caption in rows], height=args.sdxl_size, width=args.sdxl_size, num_inference_steps=row.steps,
-                  guidance_scale=row.guidance_scale, generator=common.generators(args, indices), output_type="pt")
+                  guidance_scale=row.guidance_scale, generator=common.generators(args.seed, indices), output_type="pt")
     return output.images.float()
 
 
@@ -377,19 +377,12 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
         "methods": list(methods), "steps": args.steps, "guidance_scale": args.guidance_scale, "size": args.size,
         "upscale_factor": args.upscale_factor,
         "native_rows": {
-            method: {
-                "model": args.sdxl_model,
-                "lora": args.lcm_lora if NATIVE_ROWS[method].lcm_lora else None,
-                "scheduler": "LCMScheduler" if NATIVE_ROWS[method].lcm_lora else "the model's default",
-                "steps": NATIVE_ROWS[method].steps,
-                "guidance_scale": NATIVE_ROWS[method].guidance_scale,
-                "size": args.sdxl_size,
-            }
+            method: {"model": args.sdxl_model, "lora": args.lcm_lora if NATIVE_ROWS[method].lcm_lora else None,
+                     "scheduler": "LCMScheduler" if NATIVE_ROWS[method].lcm_lora else "the model's default",
+                     "steps": NATIVE_ROWS[method].steps, "guidance_scale": NATIVE_ROWS[method].guidance_scale, "size": args.sdxl_size}
             for method in methods if method in NATIVE_ROWS
         },
-        "dtype": "float32",
-        "fid": not args.no_fid,
-        "num_patches": None if args.no_fid else args.num_patches,
+        "dtype": "float32", "fid": not args.no_fid, "num_patches": None if args.no_fid else args.num_patches,
         "metrics": metrics_record(args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer),
         **common.common_settings(args, state),
     }
