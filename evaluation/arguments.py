@@ -11,8 +11,6 @@ import torch
 
 from evaluation.sharding import LaunchMismatchError
 
-__all__ = ["attempt", "check_at_least", "read_json_file", "loading", "load_upscaler", "load_vae"]
-
 
 def attempt(function: Callable[[], Any]) -> Tuple[Any, int]:
     """``(function(), 0)``; on a bad argument or a missing input (ValueError, OSError, a launch of the
@@ -70,11 +68,9 @@ def load_upscaler(source: Optional[str], config: Optional[str] = None, dtype: Op
 
     source = source or UPLIFT_SD15_REPO_ID
     options = {"torch_dtype": dtype} if config is None else {"torch_dtype": dtype, "original_config": config}
-    if source.lower().endswith(SINGLE_FILE_SUFFIXES):
-        load = lambda: UPLiFTLatentUpscaler.from_single_file(source, **options)  # noqa: E731
-    else:
-        load = lambda: UPLiFTLatentUpscaler.from_pretrained(source, **options)  # noqa: E731
-    return loading("the upscaler", source, flag, load).eval()
+    single_file = source.lower().endswith(SINGLE_FILE_SUFFIXES)
+    from_source = UPLiFTLatentUpscaler.from_single_file if single_file else UPLiFTLatentUpscaler.from_pretrained
+    return loading("the upscaler", source, flag, lambda: from_source(source, **options)).eval()
 
 
 def load_vae(source: str, dtype: Optional[torch.dtype] = None, flag: str = "--vae DIR"):

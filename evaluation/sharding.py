@@ -19,8 +19,6 @@ from typing import Any, List, Sequence
 
 import torch
 
-__all__ = ["LaunchMismatchError", "process_state", "require_one_process", "shard", "gather_list", "broadcast_value"]
-
 
 class LaunchMismatchError(RuntimeError):
     """The launcher's environment and the process group disagree on the number of processes."""
@@ -73,21 +71,3 @@ def shard(items: Sequence[Any], state) -> List[Any]:
     """This process's contiguous share of ``items`` (all of them with one process)."""
     with state.split_between_processes(list(items)) as part:
         return list(part)
-
-
-def gather_list(values: Sequence[Any], state) -> List[Any]:
-    """Concatenate every process's ``values`` in process order (the input with one process)."""
-    if state.num_processes == 1:
-        return list(values)
-    from accelerate.utils import gather_object
-
-    return list(gather_object(list(values)))
-
-
-def broadcast_value(value: Any, state) -> Any:
-    """The main process's ``value`` on every process (``value`` itself with one process)."""
-    if state.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]

@@ -12,12 +12,6 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from evaluation.sharding import broadcast_value
-
-__all__ = [
-    "SMOKE_HELP", "add_smoke_test_argument", "use_one_thread", "prepare_smoke_dir", "write_smoke_images", "save_smoke_models",
-    "prepare_smoke_study",
-]
 
 SMOKE_HELP = (
     "check the installation: run end to end in seconds on tiny random models and synthetic inputs written to "
@@ -40,10 +34,12 @@ def use_one_thread() -> None:
 def prepare_smoke_dir(args, state, script: str) -> Path:
     """``OUTPUT/smoke-inputs`` (``--output-dir`` set to a new temporary folder when not given, the
     same on every process); created empty by the main process. Also :func:`use_one_thread`."""
+    from accelerate.utils import broadcast_object_list
+
     use_one_thread()
     if args.output_dir is None:
         made = tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-") if state.is_main_process else None
-        args.output_dir = broadcast_value(made, state)
+        args.output_dir = broadcast_object_list([made])[0]
     return Path(args.output_dir) / "smoke-inputs"
 
 
@@ -84,16 +80,3 @@ def save_smoke_models(folder: Path, upscaler: bool = True, vae: bool = False, sd
             saved["clip"] = testing_utils.save_tiny_clip(folder / "clip")
     (folder / "README.json").write_text(json.dumps({"what": "tiny random models of --smoke-test; outputs mean nothing"}) + "\n")
     return {name: str(path) for name, path in saved.items()}
-
-
-def prepare_smoke_study(args, script: str, count: int, size: int) -> None:
-    """``--smoke-test`` of a one-process study: the tiny upscaler and KL VAE and ``count`` ``size`` px images
-    written to ``smoke-inputs`` beside ``--output`` (a new temporary folder when not given), and
-    ``--model`` / ``--vae`` / ``--data`` pointed at them."""
-    use_one_thread()
-    if args.output is None:
-        args.output = str(Path(tempfile.mkdtemp(prefix=f"uplift-smoke-{script}-")) / f"{script}.json")
-    inputs = Path(args.output).parent / "smoke-inputs"
-    models = save_smoke_models(inputs, upscaler=True, vae=True)
-    write_smoke_images(inputs / "images", count, size)
-    args.model, args.vae, args.data = models["upscaler"], models["vae"], str(inputs / "images")

@@ -17,11 +17,6 @@ from uplift_diffusers.image_processor import pil_to_tensor
 from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.validation import check_image_batch, check_values
 
-__all__ = [
-    "bicubic_upscale", "check_unit_images", "check_image_pair", "as_float_pair", "psnr", "SRBatch", "SRPairs", "SRScores",
-    "score_super_resolution",
-]
-
 #: A method of the protocol: a batch of LR images -> ``B x 3 x H x W`` images of the HR size.
 SRMethod = Callable[["SRBatch"], torch.Tensor]
 #: A per-image metric: ``(pred, target)`` -> a tensor of ``B`` values.
@@ -43,9 +38,7 @@ def check_unit_images(name: str, images: Any, min_size: int = 1) -> None:
     check_values(name, images, 0.0, 1.0, hint="map [-1, 1] images with (x + 1) / 2 and clamp small overshoots with x.clamp(0, 1).")
 
 
-def check_image_pair(
-    pred: torch.Tensor, target: torch.Tensor, min_size: int = 1, names: Tuple[str, str] = ("pred", "target")
-) -> None:
+def check_image_pair(pred: torch.Tensor, target: torch.Tensor, min_size: int = 1, names: Tuple[str, str] = ("pred", "target")) -> None:
     """:func:`check_unit_images` on both, and the same shape (nothing is resized)."""
     check_unit_images(names[0], pred, min_size)
     check_unit_images(names[1], target, min_size)
@@ -92,16 +85,9 @@ class SRPairs:
     (default: ``item`` is an image file, :func:`load_hr_lr` at ``hr_size`` / ``lr_size``); ``indices``
     are the items' positions in the whole list (a process scoring a shard passes the shard's)."""
 
-    def __init__(
-        self,
-        items: Sequence,
-        hr_size: Optional[int] = None,
-        lr_size: Optional[int] = None,
-        batch_size: int = 1,
-        device: Union[str, torch.device, None] = None,
-        load: Optional[Callable[[Any], Tuple[Image.Image, Image.Image]]] = None,
-        indices: Optional[Sequence[int]] = None,
-    ):
+    def __init__(self, items: Sequence, hr_size: Optional[int] = None, lr_size: Optional[int] = None, batch_size: int = 1,
+                 device: Union[str, torch.device, None] = None, load: Optional[Callable[[Any], Tuple[Image.Image, Image.Image]]] = None,
+                 indices: Optional[Sequence[int]] = None):
         if load is None:
             load = lambda path: load_hr_lr(path, hr_size, lr_size)  # noqa: E731
         self.items = list(items)
@@ -139,25 +125,18 @@ class SRScores:
         return float(sum(values) / len(values))
 
 
-def score_super_resolution(
-    methods: Mapping[str, SRMethod],
-    batches: Iterable[SRBatch],
-    metrics: Optional[Mapping[str, ImageMetric]] = None,
-    on_output: Optional[Callable[[str, torch.Tensor, SRBatch], None]] = None,
-    progress: bool = False,
-) -> Dict[str, SRScores]:
+def score_super_resolution(methods: Mapping[str, SRMethod], batches: Iterable[SRBatch], metrics: Optional[Mapping[str, ImageMetric]] = None,
+                           on_output: Optional[Callable[[str, torch.Tensor, SRBatch], None]] = None) -> Dict[str, SRScores]:
     """``{name: SRScores}``: every method (``method(batch)`` -> images of the HR size) on every batch,
     its outputs clamped to [0, 1] and scored against the HR images with ``metrics`` (``{name:
     metric(pred, target) -> B values}``, default PSNR), and the seconds spent in the method.
     ``on_output(name, output, batch)`` sees every output (e.g. to feed FID). ValueError when a
     method returns another shape than the HR images."""
-    from tqdm.auto import tqdm
-
     if not methods:
         raise ValueError("`methods` is empty; pass at least one {name: method}.")
     metrics = {"psnr": psnr} if metrics is None else dict(metrics)
     scores = {name: SRScores({metric: [] for metric in metrics}) for name in methods}
-    for batch in tqdm(batches, desc="super-resolution", disable=not progress):
+    for batch in batches:
         for name, method in methods.items():
             start = time.perf_counter()
             output = method(batch).to(batch.hr.device, torch.float32).clamp(0, 1)

@@ -2,11 +2,8 @@
 
 ``text-to-image`` (the time columns of Tables 2-3): each stage of an SD1.5 + upscaling batch timed
 separately; text encoding is left out (random prompt embeddings of the real shape) since it does
-not depend on the method. ``super-resolution`` (Fig. 11 / Table 4, on an A100 UPLiFT takes 271 ms,
-13% more than bilinear): encode -> UPLiFT or bilinear latents -> decode, both timed in turn every
-round; the ratio is the median of the per-round ratios, which a machine whose speed drifts (a
-shared CPU) disturbs much less than the ratio of two means. Latency does not depend on the
-weights, hence ``--random-weights`` (models of the real sizes, nothing downloaded).
+not depend on the method. Latency does not depend on the weights, hence ``--random-weights``
+(models of the real sizes, nothing downloaded).
 """
 from __future__ import annotations
 
@@ -20,27 +17,24 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import attempt, check_at_least, load_upscaler, load_vae, loading
+from evaluation.arguments import attempt, check_at_least, load_upscaler, loading
 from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
 from evaluation.sharding import require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
-from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
+from uplift_diffusers.constants import SD15_MODEL_ID
 from uplift_diffusers.utils.color_correction import color_correct
 
 TEXT_TOKENS = 77  # CLIP context of SD1.5
 STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "results"
-#: The paper's numbers (A100, SD1.5 VAE, 256 -> 1024): UPLiFT end to end, and its ratio to bilinear.
-PAPER = {"uplift_s_per_image": 0.271, "uplift_over_bilinear": 1.13, "device": "NVIDIA A100"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Latency of latent upscaling: text-to-image stages (Tables 2-3) "
-                                     "or end-to-end super-resolution (Fig. 11 / Table 4).")
-    modes = parser.add_subparsers(dest="mode", required=True, metavar="{text-to-image,super-resolution}")
+    parser = argparse.ArgumentParser(description="Latency of latent upscaling: the text-to-image stages (Tables 2-3).")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="{text-to-image}")
     t2i = modes.add_parser("text-to-image", help="stage breakdown of SD1.5 + UPLiFT (the time columns of Tables 2-3)")
     t2i.add_argument("--output-dir", default=None, help="results.json and results.md go here (required unless --smoke-test)")
     t2i.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
@@ -50,63 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     t2i.add_argument("--size", type=int, default=512, help="base image side (default 512)")
     t2i.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
-    sr = modes.add_parser("super-resolution", help="end-to-end 4x latent super-resolution, UPLiFT vs bilinear (Fig. 11 / Table 4)")
-    sr.add_argument("--vae", default=SD15_MODEL_ID, help=f"VAE folder / Hub id / TAESD-family folder (default {SD15_MODEL_ID})")
-    sr.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help=f"UPLiFT folder, Hub id or the authors' file (default {UPLIFT_SD15_REPO_ID})")
-    sr.add_argument("--lr-size", type=int, default=256, help="input image side (default 256)")
-    sr.add_argument("--color-correct-baselines", action="store_true", help="colour-correct the bilinear row too (the paper does not)")
-    sr.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default; the authors use max-autotune on GPUs)")
-    sr.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
-    sr.add_argument("--note", default="", help="free text stored in the results")
-    sr.add_argument("--output", type=Path, default=None, help="results JSON; the table goes to the same path with .md (default "
-                    "evaluation/results/benchmark_sr_latency.json; with --smoke-test a temporary folder)")
-    for mode, batch_size, factor in ((t2i, 4, 2), (sr, 1, 4)):
-        mode.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
-        mode.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
-        mode.add_argument("--upscale-factor", type=int, default=factor, choices=(2, 4, 8), help=f"upscaling factor (default {factor})")
-        mode.add_argument("--warmup", type=int, default=3, help="untimed batches / rounds first (default 3; compiling happens there)")
-        mode.add_argument("--iters", type=int, default=10, help="timed batches / rounds (default 10)")
-        mode.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                          help="torch.compile the models (default on, as the paper; --no-compile: eager)")
-        mode.add_argument("--dtype", choices=tuple(common.DTYPES), default="float32", help="model dtype (default float32)")
-        mode.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-        mode.add_argument("--seed", type=int, default=0, help="seed of the inputs and of random weights")
-        add_smoke_test_argument(mode)
+    t2i.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
+    t2i.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
+    t2i.add_argument("--upscale-factor", type=int, default=2, choices=(2, 4, 8), help="upscaling factor (default 2)")
+    t2i.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3; compiling happens there)")
+    t2i.add_argument("--iters", type=int, default=10, help="timed batches (default 10)")
+    t2i.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                     help="torch.compile the models (default on, as the paper; --no-compile: eager)")
+    t2i.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
+    t2i.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    t2i.add_argument("--seed", type=int, default=0, help="seed of the inputs and of random weights")
+    add_smoke_test_argument(t2i)
     return parser
 
 
 def _check_args(args) -> None:
-    check_at_least(args, {"batch_size": 1, "iters": 1, "warmup": 0})
-    if args.mode == "text-to-image":
-        if not args.output_dir:
-            raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
-        check_at_least(args, {"steps": 1, "size": 1})
-        if args.size % 8:
-            raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
-    else:
-        check_at_least(args, {"lr_size": 1, "threads": 1})
-        if args.output.suffix != ".json":
-            raise ValueError(f"--output must end in .json (the table is written beside it as .md), got {str(args.output)!r}.")
+    if not args.output_dir:
+        raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
+    check_at_least(args, {"batch_size": 1, "iters": 1, "warmup": 0, "steps": 1, "size": 1})
+    if args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
 
 
 def prepare_smoke_test(args) -> None:
-    """``--smoke-test``: the tiny random models, 1 warm-up and 2 timed batches of 1, eager;
-    text-to-image at 64 px with 2 steps, super-resolution 64 -> 256 px."""
+    """``--smoke-test``: the tiny random models, 1 warm-up and 2 timed batches of 1, eager, at 64 px with 2 steps."""
     use_one_thread()
     args.warmup, args.iters, args.batch_size, args.compile, args.dtype = 1, 2, 1, False, "float32"
-    if args.mode == "text-to-image":
-        args.output_dir = args.output_dir or tempfile.mkdtemp(prefix="uplift-smoke-latency-")
-        args.size, args.steps, args.upscale_factor = 64, 2, 2
-    else:
-        args.output = args.output or Path(tempfile.mkdtemp(prefix="uplift-smoke-sr-latency-")) / "results.json"
-        args.lr_size, args.upscale_factor = 64, 4
-        args.note = "--smoke-test: tiny random models, the times mean nothing"
-
-
-def _settings(args, device: torch.device, *names: str) -> Dict:
-    """The flags ``names`` of the run, the device and the torch version, as the results record them."""
-    flags = {name: getattr(args, name) for name in names}
-    return {**flags, "device": str(device), "device_name": common.device_name(device), "torch": torch.__version__}
+    args.output_dir = args.output_dir or tempfile.mkdtemp(prefix="uplift-smoke-latency-")
+    args.size, args.steps, args.upscale_factor = 64, 2, 2
 
 
 def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
@@ -146,43 +111,23 @@ def pretrained_models(args, device: torch.device, dtype: torch.dtype):
     return unet.to(device).eval(), vae.to(device).eval(), scheduler, upscaler.to(device).eval()
 
 
-def sr_models(args, dtype: torch.dtype):
-    """(vae, upscaler) of the super-resolution mode: from ``--vae`` / ``--upscaler``, or random models."""
-    from diffusers import AutoencoderKL
-
-    from uplift_diffusers import UPLiFTLatentUpscaler
-    from uplift_diffusers.utils import testing_utils
-
-    torch.manual_seed(args.seed)
-    if args.smoke_test:
-        return testing_utils.make_kl_vae().eval(), testing_utils.make_upscaler(seed=None).eval()
-    if args.random_weights:
-        return AutoencoderKL(**SD15_VAE_CONFIG).to(dtype=dtype).eval(), UPLiFTLatentUpscaler().to(dtype=dtype).eval()
-    vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights")
-    return vae, load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights")
-
-
-class StageTimer:
-    """Wall-clock seconds of each stage of a batch (``current``), CUDA synchronised around every stage."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.current = device, {}
-
-    def time(self, stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # work queued before the stage stays out of its time
-        result = []
-        self.current[stage] = common.time_call(lambda: result.append(function()), self.device)[0]
-        return result[0]
-
-
 def _unit(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 @torch.no_grad()
-def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.Generator, random_weights: bool) -> None:
-    """One batch through every stage (denoise, base decode, each upscaler, upscaled decode, colour correction)."""
+def run_batch(models, args, device, dtype, generator: torch.Generator, random_weights: bool) -> Dict[str, float]:
+    """One batch through every stage (denoise, base decode, each upscaler, upscaled decode, colour
+    correction); returns the wall-clock seconds of each stage."""
+    times = {}
+
+    def timed(stage: str, function: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # work queued before the stage stays out of its time
+        result = []
+        times[stage] = common.time_call(lambda: result.append(function()), device)[0]
+        return result[0]
+
     unet, vae, scheduler, upscaler, decode = models
     batch, latent_size = args.batch_size, args.size // 8
     latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator).to(device=device, dtype=dtype)
@@ -199,28 +144,35 @@ def run_batch(models, args, device, dtype, timer: StageTimer, generator: torch.G
             x = scheduler.step(uncond + args.guidance_scale * (text - uncond), t, x).prev_sample
         return x
 
-    final = timer.time("unet", denoise)
+    final = timed("unet", denoise)
     if random_weights:  # random weights may overflow; keep later stages on finite values (untimed)
         final = torch.nan_to_num(final).clamp(-10, 10)
     unscaled = final / vae.config.scaling_factor
-    base = timer.time("vae_decode_base", lambda: _unit(decode(unscaled)))
+    base = timed("vae_decode_base", lambda: _unit(decode(unscaled)))
     if random_weights:
         base = torch.nan_to_num(base)
     num_steps = int(math.log2(args.upscale_factor))
-    upscaled = timer.time("uplift", lambda: upscaler(unscaled, base.to(dtype), num_steps=num_steps, generator=generator).sample)
+    upscaled = timed("uplift", lambda: upscaler(unscaled, base.to(dtype), num_steps=num_steps, generator=generator).sample)
     for mode in LATENT_BASELINES:
         baseline = LatentInterpolationUpscaler(mode)
-        timer.time(mode, lambda: baseline(unscaled, num_steps=num_steps).sample)
+        timed(mode, lambda: baseline(unscaled, num_steps=num_steps).sample)
     if random_weights:
         upscaled = torch.nan_to_num(upscaled).clamp(-10, 10)
-    image = timer.time("vae_decode_upscaled", lambda: _unit(decode(upscaled)))
+    image = timed("vae_decode_upscaled", lambda: _unit(decode(upscaled)))
     if random_weights:
         image = torch.nan_to_num(image)
-    timer.time("color_correction", lambda: color_correct(image, base))
+    timed("color_correction", lambda: color_correct(image, base))
+    return times
 
 
-def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
-    """The text-to-image mode; returns the results (also written to ``--output-dir``)."""
+def text_to_image(args) -> Dict:
+    """The text-to-image mode of parsed ``args``; returns the results (also written to ``--output-dir``)."""
+    require_one_process("evaluation.benchmarks.benchmark_latency")
+    if args.smoke_test:
+        prepare_smoke_test(args)
+    _check_args(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype]
     random_weights = args.random_weights or args.smoke_test
     reason = "--smoke-test (tiny models)" if args.smoke_test else "--random-weights"
     if not random_weights:
@@ -238,14 +190,12 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
         upscaler = torch.compile(upscaler)
     models = (unet, vae, scheduler, upscaler, decode)
     generator = torch.Generator().manual_seed(args.seed)
-    timer = StageTimer(device)
     samples: Dict[str, List[float]] = {stage: [] for stage in STAGES}
     for iteration in range(args.warmup + args.iters):
-        timer.current = {}
-        run_batch(models, args, device, dtype, timer, generator, random_weights)
+        times = run_batch(models, args, device, dtype, generator, random_weights)
         if iteration >= args.warmup:
             for stage in STAGES:
-                samples[stage].append(timer.current[stage])
+                samples[stage].append(times[stage])
 
     stages = {stage: statistics.fmean(values) for stage, values in samples.items()}
     base = stages["unet"] + stages["vae_decode_base"]
@@ -253,180 +203,35 @@ def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
     methods = {"base512": base}
     for method in ("uplift",) + LATENT_BASELINES:
         methods[method] = base + stages[method] + upscaled_tail
-    parameters = {
-        name: sum(p.numel() for p in model.parameters())
-        for name, model in (("unet", models[0]), ("vae", vae), ("upscaler", models[3]))
-    }
+    flags = ("batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype")
     note = "pretrained weights"
     if random_weights:
         note = f"random weights of the real model sizes ({reason}); latency does not depend on the weights"
     if args.smoke_test:
         note = "--smoke-test: tiny random models, the times mean nothing"
+    settings = {
+        **{name: getattr(args, name) for name in flags}, "device": str(device), "device_name": common.device_name(device),
+        "torch": torch.__version__, "model": None if random_weights else args.model,
+        "upscaler": None if random_weights else args.upscaler, "smoke_test": bool(args.smoke_test),
+    }
     result = {
-        "task": "latency",
-        "dataset": args.dataset_name,
-        "settings": {
-            **_settings(args, device, "batch_size", "steps", "size", "upscale_factor", "guidance_scale", "warmup", "iters", "compile", "dtype"),
-            "model": None if random_weights else args.model,
-            "upscaler": None if random_weights else args.upscaler,
-            "smoke_test": bool(args.smoke_test),
-        },
-        "random_weights": random_weights,
-        "note": note,
-        "parameters": parameters,
-        "stages": stages,
-        "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()},
-        "methods": methods,
+        "task": "latency", "dataset": args.dataset_name, "settings": settings, "random_weights": random_weights, "note": note,
+        "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in (("unet", unet), ("vae", vae), ("upscaler", upscaler))},
+        "stages": stages, "stages_std": {stage: statistics.pstdev(values) for stage, values in samples.items()}, "methods": methods,
         "seconds_per_image": {method: value / args.batch_size for method, value in methods.items()},
     }
     write_report(result, args.output_dir)
     return result
 
 
-@torch.no_grad()
-def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
-    """Encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents, decode and (``color_correction``)
-    colour-correct against ``images``."""
-    from uplift_diffusers.loaders import encode_latents
-
-    latents = encode_latents(vae, images * 2 - 1)
-    upscaled = upscaler(latents, images.to(latents.dtype), num_steps=num_steps).sample
-    return decode_and_correct(vae, upscaled, images, color_correction=color_correction)
-
-
-def summarise(wall: Dict[str, List[float]], cpu: Dict[str, List[float]], batch_size: int) -> Dict:
-    """Per-method statistics and the UPLiFT / bilinear ratios of :func:`common.interleaved`'s wall
-    times (the paper's) and CPU times (``uplift_over_bilinear_cpu``: less disturbed by a shared CPU)."""
-    methods = {
-        name: {
-            "mean_s": statistics.fmean(values),
-            "median_s": statistics.median(values),
-            "std_s": statistics.pstdev(values),
-            "mean_s_per_image": statistics.fmean(values) / batch_size,
-            "times_s": [round(value, 5) for value in values],
-            "cpu_times_s": [round(value, 5) for value in cpu[name]],
-        }
-        for name, values in wall.items()
-    }
-    ratios = [u / b for u, b in zip(wall["uplift"], wall["bilinear"])]
-    ratio = statistics.median(ratios)
-    return {
-        "methods": methods,
-        "uplift_over_bilinear": ratio,
-        "uplift_over_bilinear_of_means": methods["uplift"]["mean_s"] / methods["bilinear"]["mean_s"],
-        "uplift_extra_percent": 100 * (ratio - 1),
-        "uplift_over_bilinear_cpu": statistics.median(u / b for u, b in zip(cpu["uplift"], cpu["bilinear"])),
-        "per_round_ratios": [round(r, 4) for r in ratios],
-    }
-
-
-def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
-    """The super-resolution mode; returns the results (also written to ``--output`` and .md)."""
-    from uplift_diffusers.hooks import check_upscaler_matches_vae, vae_scale_factor
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    vae, upscaler = sr_models(args, dtype)
-    check_upscaler_matches_vae(vae, upscaler)
-    factor = vae_scale_factor(vae)
-    if args.lr_size % factor:
-        raise ValueError(f"--lr-size must be a multiple of the VAE's factor {factor}, got {args.lr_size}.")
-    vae, upscaler = vae.to(device), upscaler.to(device)
-    if args.compile:
-        for module in (vae.encoder, vae.decoder, upscaler):
-            module.compile(mode=args.compile_mode, dynamic=False)
-    num_steps = int(math.log2(args.upscale_factor))
-    generator = torch.Generator().manual_seed(args.seed)
-    images = torch.rand((args.batch_size, 3, args.lr_size, args.lr_size), generator=generator).to(device=device, dtype=dtype)
-    rows = {"uplift": (upscaler, True), "bilinear": (LatentInterpolationUpscaler("bilinear"), args.color_correct_baselines)}
-    calls = {
-        name: (lambda model=model, correct=correct: super_resolve(vae, model, images, num_steps, correct))
-        for name, (model, correct) in rows.items()
-    }
-    wall, cpu = common.interleaved(calls, args.iters, args.warmup, str(device))
-    random_weights = args.random_weights or args.smoke_test
-    result = {
-        "task": "sr_latency",
-        "settings": {
-            "vae": None if random_weights else args.vae,
-            "upscaler": None if random_weights else args.upscaler,
-            "random_weights": random_weights,
-            "smoke_test": bool(args.smoke_test),
-            "vae_class": type(vae).__name__,
-            "upscaler_parameters": sum(p.numel() for p in upscaler.parameters()),
-            "lr_size": args.lr_size,
-            "output_size": args.lr_size * args.upscale_factor,
-            "upscale_factor": args.upscale_factor,
-            "color_correction": {name: correct for name, (_, correct) in rows.items()},
-            **_settings(args, device, "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype"),
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "note": args.note,
-            "command": getattr(args, "command", None),
-        },
-        **summarise(wall, cpu, args.batch_size),
-        "paper": PAPER,
-    }
-    common.write_results(args.output, result, sr_markdown(result) + "\n")
-    return result
-
-
-def sr_markdown(result: Dict) -> str:
-    """The super-resolution results as a markdown table (Fig. 11 / Table 4 layout: seconds per image, ratio)."""
-    settings, methods = result["settings"], result["methods"]
-    what = (
-        f"{settings['lr_size']} -> {settings['output_size']} ({settings['upscale_factor']}x), batch {settings['batch_size']}, "
-        f"{settings['dtype']}, {'compiled' if settings['compile'] else 'eager'}, {settings['device_name']} ({settings['device']}), "
-        f"{'random weights' if settings['random_weights'] else settings['vae_class']}; mean of {settings['iters']} rounds after "
-        f"{settings['warmup']} warm-up"
-    )
-    corrected = [name for name, correct in settings["color_correction"].items() if correct]
-    lines = [
-        f"Super-resolution latency, end to end (encode, upscale, decode; colour correction: {', '.join(corrected)}): {what}",
-        "",
-        "| Method | s / image (mean) | s / batch (median) | std (s) |",
-        "|---|---:|---:|---:|",
-    ]
-    labels = {"bilinear": "Bilinear latent upsampling", "uplift": "UPLiFT"}
-    for name in ("bilinear", "uplift"):
-        values = methods[name]
-        lines.append(f"| {labels[name]} | {values['mean_s_per_image']:.4f} | {values['median_s']:.4f} | {values['std_s']:.4f} |")
-    lines += [
-        "",
-        f"UPLiFT / bilinear: {result['uplift_over_bilinear']:.3f} (median of per-round ratios; "
-        f"{result['uplift_extra_percent']:+.1f}%), {result['uplift_over_bilinear_of_means']:.3f} from the means, "
-        f"{result['uplift_over_bilinear_cpu']:.3f} from CPU times (median). "
-        f"Paper ({PAPER['device']}, SD1.5 VAE, 256 -> 1024): UPLiFT {PAPER['uplift_s_per_image'] * 1000:.0f} ms, "
-        f"ratio {PAPER['uplift_over_bilinear']:.2f}.",
-    ]
-    return "\n".join(lines)
-
-
-def benchmark(args) -> Dict:
-    """Run the mode described by parsed ``args``; returns the results dict (also written to disk)."""
-    require_one_process("evaluation.benchmarks.benchmark_latency")
-    if args.smoke_test:
-        prepare_smoke_test(args)
-    elif args.mode == "super-resolution" and args.output is None:
-        args.output = RESULTS_DIR / "benchmark_sr_latency.json"
-    _check_args(args)
-    device = common.default_device(args.device)
-    run = text_to_image if args.mode == "text-to-image" else super_resolution
-    return run(args, device, common.DTYPES[args.dtype])
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
-    args.command = "python -m evaluation.benchmarks.benchmark_latency " + " ".join(sys.argv[1:] if argv is None else argv)
-    result, status = attempt(lambda: benchmark(args))
+    result, status = attempt(lambda: text_to_image(args))
     if status:
         return status
-    if args.mode == "text-to-image":
-        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-        print(f"note: {result['note']}")
-    else:
-        print(sr_markdown(result))
-        print(f"results: {args.output} and {args.output.with_suffix('.md')}")
+    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+    print(f"note: {result['note']}")
     return 0
 
 

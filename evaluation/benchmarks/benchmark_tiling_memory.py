@@ -32,16 +32,11 @@ from typing import Dict, List, Optional
 import numpy as np
 from PIL import Image
 
+from evaluation.benchmarks import common
 from evaluation.sharding import require_one_process
-from evaluation.smoke import add_smoke_test_argument
+from evaluation.smoke import add_smoke_test_argument, save_smoke_models, write_smoke_images
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
-DEFAULT_OUTPUT = RESULTS_DIR / "tiling_memory.json"
-DEFAULT_UPSCALER = "examples/models/uplift-taef2-bsds500/upscaler"
-DEFAULT_VAE = "../shared/models/taef2"
-DEFAULT_IMAGE = "../shared/data/bsds500/test/100039.jpg"
-DEFAULT_SIZE = (1024, 768)  # width x height of the photo
-DEFAULT_SCALE = 4
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "results" / "tiling_memory.json"
 #: The bounds the tiled job is held to: its peak RSS, and PSNR(tiled, untiled).
 RSS_BOUND_GB = 3.0
 PSNR_BOUND_DB = 35.0
@@ -84,12 +79,8 @@ def run_worker(args) -> Dict:
     seconds = time.perf_counter() - start
     out.save(args.result)
     return {
-        "setting": args.setting,
-        "tiling": tiling,
-        "tiles_used": used_tiling,
-        "input_size": [image.width, image.height],
-        "seconds": round(seconds, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
+        "setting": args.setting, "tiling": tiling, "tiles_used": used_tiling, "input_size": [image.width, image.height],
+        "seconds": round(seconds, 1), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
         "output_size": list(out.size),
     }
 
@@ -155,21 +146,14 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def smoke_models(work_dir: Path) -> Dict[str, str]:
-    """Tiny random 4-channel upscaler and KL VAE saved under ``work_dir`` (``--smoke-test``)."""
-    from evaluation.smoke import save_smoke_models
-
-    return save_smoke_models(work_dir / "smoke-inputs", upscaler=True, vae=True)
-
-
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="untiled,tiled", help="comma-separated: auto, untiled, tiled, tiled:TILE:OVERLAP (latents)")
-    parser.add_argument("--upscaler", default=DEFAULT_UPSCALER)
-    parser.add_argument("--vae", default=DEFAULT_VAE)
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the photo to resize to --sizes")
-    parser.add_argument("--sizes", nargs="+", default=["x".join(map(str, DEFAULT_SIZE))], help="WIDTHxHEIGHT of each input photo")
-    parser.add_argument("--scale", type=float, default=DEFAULT_SCALE)
+    parser.add_argument("--upscaler", default="examples/models/uplift-taef2-bsds500/upscaler")
+    parser.add_argument("--vae", default="../shared/models/taef2")
+    parser.add_argument("--image", default="../shared/data/bsds500/test/100039.jpg", help="the photo to resize to --sizes")
+    parser.add_argument("--sizes", nargs="+", default=["1024x768"], help="WIDTHxHEIGHT of each input photo")
+    parser.add_argument("--scale", type=float, default=4)
     parser.add_argument("--work-dir", default=None, help="outputs and per-setting numbers (default: a new temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse the outputs and numbers of settings already in --work-dir")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="results JSON (and .md beside it)")
@@ -197,23 +181,20 @@ def main(argv=None) -> Dict:
         raise SystemExit(f"--sizes must be WIDTHxHEIGHT, e.g. 1024x768, got {args.sizes!r}.") from None
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="uplift-tiling-")).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(args.image)
     if args.smoke_test:
-        models = smoke_models(work_dir)
+        models = save_smoke_models(work_dir / "smoke-inputs", upscaler=True, vae=True)
         args.upscaler, args.vae = models["upscaler"], models["vae"]
+        source = write_smoke_images(work_dir, 1, 64)[0]
         sizes = [(128, 96)]
         settings = ["untiled", "tiled:8:2"]
         if args.output == str(DEFAULT_OUTPUT):
             args.output = str(work_dir / "tiling_memory.json")
+    elif not source.is_file():
+        raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
     named = {"upscaler": args.upscaler, "vae": args.vae}  # as given, for the results
     # the settings run from the repository root: local model paths made absolute
     args.upscaler, args.vae = (str(Path(p).resolve()) if Path(p).exists() else p for p in (args.upscaler, args.vae))
-    source = Path(args.image)
-    if not args.smoke_test and not source.is_file():
-        raise SystemExit(f"--image {source} does not exist; pass a photo (e.g. a BSDS500 test image).")
-    if args.smoke_test:
-        from evaluation.smoke import write_smoke_images
-
-        source = write_smoke_images(work_dir, 1, 64)[0]
     rows = []
     for width, height in sizes:
         photo = make_photo(source, (width, height), work_dir / f"input-{width}x{height}.png")
@@ -231,9 +212,7 @@ def main(argv=None) -> Dict:
     }
     result = {"meta": meta, "rows": [{k: v for k, v in row.items() if k != "result"} for row in rows]}
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    output.with_suffix(".md").write_text(markdown(rows, meta))
+    common.write_results(output, result, markdown(rows, meta))
     print(markdown(rows, meta))
     print(f"wrote {output} and {output.with_suffix('.md')} (outputs in {work_dir})", file=sys.stderr)
     return result

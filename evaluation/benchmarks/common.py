@@ -1,11 +1,9 @@
 """What the benchmarks share: one clock, one interleaving loop, one peak-memory probe, one
-description of the device, and the setup of the one-process studies on BSDS500."""
+description of the device and one way of writing the results."""
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
-import os
 import platform
 import statistics
 import threading
@@ -14,19 +12,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
-
-__all__ = [
-    "DTYPES", "default_device", "time_call", "timed", "interleaved", "median_ratio", "PeakMemory",
-    "return_freed_memory_to_the_system", "device_name", "add_study_arguments", "prepare_study", "study_config", "write_results",
-]
-
-#: The ``--dtype`` choices of the latency benchmarks.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def default_device(name) -> torch.device:
-    """``--device``, or cuda when available, else cpu."""
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def time_call(fn: Callable[[], object], device: str) -> Tuple[float, float]:
@@ -144,63 +129,6 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return f"cpu: {platform.processor()}"
-
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = Path(os.environ.get("UPLIFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
-
-
-def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--model``, ``--vae``, ``--data``, ``--output`` (None until :func:`prepare_study` sets it) and ``--smoke-test``."""
-    from evaluation.smoke import add_smoke_test_argument
-
-    parser.add_argument("--model", default=str(REPO_ROOT / "examples" / "models" / "uplift-taef2-bsds500"),
-                        help="the UPLiFT model (folder, Hub id or the authors' file; default: the example TAEF2 model)")
-    parser.add_argument("--vae", default=str(SHARED_DIR / "models" / "taef2"), help="its VAE (folder or Hub id; default ../shared/models/taef2)")
-    parser.add_argument("--data", default=str(SHARED_DIR / "data" / "bsds500" / "test"),
-                        help="folder of test images (default: BSDS500 test, ../shared/data/bsds500/test)")
-    parser.add_argument("--output", default=None, help=f"JSON results, the tables beside it as .md "
-                        f"(default evaluation/results/{name}.json; with --smoke-test a temporary folder)")
-    add_smoke_test_argument(parser)
-
-
-def prepare_study(args, name: str, smoke_images: int, smoke_hr_size: int):
-    """Check the one-process launch, apply ``--smoke-test`` (tiny random models, ``smoke_images``
-    synthetic images of ``smoke_hr_size`` px), fill in ``--output``, check ``--data`` and return
-    ``(pipeline, image files)``: the first ``args.num_images`` images (all when None)."""
-    from evaluation.arguments import load_upscaler, load_vae
-    from evaluation.sharding import require_one_process
-    from evaluation.smoke import prepare_smoke_study
-    from uplift_diffusers import UPLiFTSuperResolutionPipeline
-    from uplift_diffusers.image_processor import list_images
-
-    require_one_process(f"evaluation.benchmarks.{name}")
-    if args.smoke_test:
-        prepare_smoke_study(args, name, smoke_images, smoke_hr_size)
-        args.num_images, args.hr_size = smoke_images, smoke_hr_size
-    args.output = args.output or str(REPO_ROOT / "evaluation" / "results" / f"{name}.json")
-    if not args.output.endswith(".json"):
-        raise ValueError(f"--output must end in .json (the tables are written beside it as .md), got {args.output!r}.")
-    if args.num_images is not None and args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}.")
-    if not Path(args.data).is_dir():
-        raise ValueError(f"--data {args.data!r} is not a folder (set UPLIFT_SHARED_DIR or pass --data).")
-    files = list_images(args.data)[: args.num_images]
-    if not files:
-        raise ValueError(f"--data {args.data!r} holds no images.")
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae), upscaler=load_upscaler(args.model, flag="--model DIR|FILE"))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, files
-
-
-def study_config(args, files, **settings) -> Dict:
-    """The ``config`` record of a study's results: its inputs (paths relative to the repository) and settings."""
-
-    def relative(path):
-        return os.path.relpath(path, REPO_ROOT) if Path(path).exists() and not args.smoke_test else str(path)
-
-    return {"model": relative(args.model), "vae": relative(args.vae), "data": relative(args.data), "images": len(files),
-            **settings, "smoke_test": bool(args.smoke_test), "torch": torch.__version__, "machine": platform.machine()}
 
 
 def write_results(output, result: Dict, table: str) -> None:

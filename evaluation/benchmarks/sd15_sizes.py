@@ -1,5 +1,5 @@
 """The real Stable Diffusion 1.5 model sizes, for timing with random weights (latency does
-not depend on the weights): used by benchmark_latency.py (both modes) and benchmark_upscaler.py."""
+not depend on the weights): used by benchmark_latency.py and benchmark_upscaler.py."""
 
 #: Stable Diffusion 1.5 UNet (859.5 M parameters), as in its unet/config.json.
 SD15_UNET_CONFIG = dict(

@@ -22,8 +22,6 @@ from typing import Any, Dict, List, Sequence
 
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
-__all__ = ["CaptionRow", "read_caption_set", "write_caption_set", "ID_PATTERN", "clean_caption"]
-
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 REQUIRED_FIELDS = ("id", "caption", "file_name")
 
@@ -49,18 +47,6 @@ def clean_caption(text: str) -> str:
 def _check_suffix(path: Path, what: str) -> None:
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{what} {str(path)!r} must end in .jsonl, got {path.suffix!r}.")
-
-
-def _validate(rows: Sequence[CaptionRow], source: str) -> None:
-    seen = set()
-    for number, row in enumerate(rows, start=1):
-        if not ID_PATTERN.match(row.id):
-            raise ValueError(f"{source} row {number}: id {row.id!r} is empty or not file-name safe (letters, digits, _ - .).")
-        if row.id in seen:
-            raise ValueError(f"{source} row {number}: id {row.id!r} appears twice; ids must be unique.")
-        seen.add(row.id)
-        if not row.caption.strip():
-            raise ValueError(f"{source} row {number} (id {row.id!r}): the caption is empty.")
 
 
 def write_caption_set(rows: Sequence[CaptionRow], path) -> Path:
@@ -98,5 +84,13 @@ def read_caption_set(path) -> List[CaptionRow]:
         rows.append(_row_from_dict(record, str(path), number))
     if not rows:
         raise ValueError(f"caption set {str(path)!r} is empty.")
-    _validate(rows, str(path))
+    seen = set()
+    for number, row in enumerate(rows, start=1):
+        if not ID_PATTERN.match(row.id):
+            raise ValueError(f"{path} row {number}: id {row.id!r} is empty or not file-name safe (letters, digits, _ - .).")
+        if row.id in seen:
+            raise ValueError(f"{path} row {number}: id {row.id!r} appears twice; ids must be unique.")
+        seen.add(row.id)
+        if not row.caption.strip():
+            raise ValueError(f"{path} row {number} (id {row.id!r}): the caption is empty.")
     return rows

@@ -67,14 +67,8 @@ def prepare(inputs: Sequence, output_dir, num: int, seed: int, hr_size: int, lr_
         atomic_save_image(lr, lr_path, format="PNG")
         written += 1
     manifest = {
-        "seed": seed,
-        "num": num,
-        "hr_size": hr_size,
-        "lr_size": lr_size,
-        "protocol": "HR = centre crop; LR = PIL bilinear resize of HR",
-        "inputs": [str(i) for i in inputs],
-        "pairs": entries,
-        "skipped_too_small": [str(p) for p in choice["skipped"]],
+        "seed": seed, "num": num, "hr_size": hr_size, "lr_size": lr_size, "protocol": "HR = centre crop; LR = PIL bilinear resize of HR",
+        "inputs": [str(i) for i in inputs], "pairs": entries, "skipped_too_small": [str(p) for p in choice["skipped"]],
     }
     atomic_write_text(output_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     manifest["written"] = written

@@ -17,15 +17,9 @@ from PIL import Image
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write
 from uplift_diffusers.utils.sr_protocol import centre_crop
 
-__all__ = ["square_crop_resize", "export_reference"]
-
 
 def square_crop_resize(image: Image.Image, size: int) -> Image.Image:
     """Centre square crop of ``image`` (RGB), PIL-bicubic resized to ``size`` x ``size`` when needed."""
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}.")
     image = centre_crop(image.convert("RGB"), min(image.size))
     return image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC)
 

@@ -24,8 +24,6 @@ from torch import Tensor, nn
 
 from evaluation.sr_protocol import as_float_pair, check_image_pair, check_unit_images, psnr
 
-__all__ = ["to_uint8", "psnr", "ssim", "FIDAccumulator", "random_patch_anchors", "extract_patches", "PatchFID", "CLIPScorer"]
-
 #: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
 UINT8_METHODS = ("cfm", "round")
 SSIM_KERNEL_SIZE = 11
@@ -66,12 +64,8 @@ class FIDAccumulator(nn.Module):
     ``False`` (the paper's) is torch-fidelity's TF1-compatible bilinear resize that torchmetrics
     <= 1.7 always used; ``True`` torchmetrics 1.9's default."""
 
-    def __init__(
-        self,
-        feature_extractor: Optional[nn.Module] = None,
-        reset_real_features: bool = True,
-        inception_antialias: bool = False,
-    ) -> None:
+    def __init__(self, feature_extractor: Optional[nn.Module] = None, reset_real_features: bool = True,
+                 inception_antialias: bool = False) -> None:
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -131,13 +125,8 @@ class FIDAccumulator(nn.Module):
         self.metric.reset()
 
 
-def random_patch_anchors(
-    height: int,
-    width: int,
-    patch: int = 512,
-    num_patches: int = 4,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
+def random_patch_anchors(height: int, width: int, patch: int = 512, num_patches: int = 4,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
     """``(num_patches, 2)`` int64 ``(top, left)`` corners of random ``patch`` x ``patch`` crops, drawn crop by
     crop as ``torchvision.transforms.RandomCrop.get_params`` draws them (CFM's patch-FID): ``top``,
     then ``left``, each a ``(1,)`` ``randint`` from ``generator``; an image of exactly the patch size
@@ -251,13 +240,8 @@ class CLIPScorer(nn.Module):
             clip-score does, with a warning; ``False`` raises ValueError instead.
     """
 
-    def __init__(
-        self,
-        model: Optional[nn.Module] = None,
-        processor: Any = None,
-        model_id: Optional[str] = None,
-        truncate_captions: bool = True,
-    ) -> None:
+    def __init__(self, model: Optional[nn.Module] = None, processor: Any = None, model_id: Optional[str] = None,
+                 truncate_captions: bool = True) -> None:
         super().__init__()
         from torchmetrics.aggregation import SumMetric
 
@@ -298,8 +282,13 @@ class CLIPScorer(nn.Module):
             )
         arrays = to_uint8(images, "round").permute(0, 2, 3, 1).cpu().numpy()
         pil_images = [Image.fromarray(array, "RGB") for array in arrays]
+        device = next(self.model.parameters()).device
+        pixel_values = self.processor(images=pil_images, return_tensors="pt")["pixel_values"].to(device)
+        tokens = self._tokenize(list(captions))
         with torch.no_grad():
-            image_embeds, text_embeds = self._embed(pil_images, list(captions))
+            image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))
+            text_embeds = _pooled(self.model.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                                               attention_mask=tokens["attention_mask"].to(device)))
         image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True).to(torch.float32)
         return (image_embeds.float() * text_embeds.float()).sum(dim=-1)
@@ -336,15 +325,3 @@ class CLIPScorer(nn.Module):
                 raise ValueError(f"{message}; shorten them or build CLIPScorer(truncate_captions=True).")
             warnings.warn(f"{message}; they are truncated to {self.max_length} tokens.", stacklevel=4)
         return tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-
-    def _embed(self, images: List[Any], captions: List[str]) -> Tuple[Tensor, Tensor]:
-        device = next(self.model.parameters()).device
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-        tokens = self._tokenize(captions)
-        image_embeds = _pooled(self.model.get_image_features(pixel_values=pixel_values))
-        text_embeds = _pooled(
-            self.model.get_text_features(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-            )
-        )
-        return image_embeds, text_embeds

@@ -13,11 +13,6 @@ from torch import nn
 from evaluation.arguments import check_at_least, loading
 from evaluation.metrics.image_metrics import CLIPScorer, FIDAccumulator, PatchFID
 
-__all__ = [
-    "FEATURE_EXTRACTORS", "TinyRandomFeatures", "resolve_feature_extractor", "add_fid_arguments",
-    "add_clip_arguments", "check_metric_arguments", "build_fid", "build_patch_fid", "build_clip_scorer", "fid_results",
-    "metrics_record",
-]
 FEATURE_EXTRACTORS = ("inception", "tiny-random")
 #: CFM's patch-FID: 4 crops of 512 x 512 per image.
 PATCH_SIZE = 512
@@ -30,8 +25,8 @@ DEFINITIONS = {
         "antialias=False) on uint8 images ((2x - 1) * 127.5 + 127.5 clipped to [0, 255] and truncated: CFM's "
         f"un_normalize_ims) [{_CFM}; torchmetrics 1.7.1 resize as in mwalmer-umd/UPLiFT requirements.txt]"
     ),
-    "patch": (
-        "the same as {metric} on {num_patches} random {patch} x {patch} crops per image pair, the same box in the "
+    "patch_fid": (
+        "the same as fid on {num_patches} random {patch} x {patch} crops per image pair, the same box in the "
         "generated and the real image (torchvision RandomCrop.get_params order, image i's boxes drawn with seed {seed} + i), "
         f"crops only [{_CFM}]"
     ),
@@ -99,8 +94,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_metric_arguments(args) -> None:
     """ValueError for bad metric flags (those of :func:`add_fid_arguments`)."""
-    if hasattr(args, "num_patches"):
-        check_at_least(args, {"patch_size": 1, "num_patches": 1})
+    check_at_least(args, {"patch_size": 1, "num_patches": 1})
 
 
 def build_fid(spec: Union[str, nn.Module, None], device: torch.device) -> FIDAccumulator:
@@ -132,34 +126,24 @@ def _version(distribution: str) -> Optional[str]:
         return None
 
 
-def metrics_record(
-    args,
-    fid: bool,
-    clip: bool = False,
-    pixel: bool = False,
-    feature_extractor: Any = None,
-    clip_scorer: Any = None,
-) -> Dict[str, Any]:
+def metrics_record(args, fid: bool, clip: bool = False, pixel: bool = False, feature_extractor: Any = None,
+                   clip_scorer: Any = None) -> Dict[str, Any]:
     """What ``results.json`` says about the metrics computed (``fid``, ``clip``, ``pixel``: PSNR / SSIM):
     backends, models, each metric's exact definition and the library versions; an injected
     ``feature_extractor`` / ``clip_scorer`` is recorded by its class name."""
-    record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_model": None}
-    definitions: Dict[str, str] = {}
-    versions = {"torchmetrics": _version("torchmetrics")}
+    record: Dict[str, Any] = {"fid_backend": None, "feature_extractor": None, "clip_model": None, "definitions": {}}
+    packages = ["torchmetrics"]
     if pixel:
-        definitions["psnr"] = DEFINITIONS["psnr"]
-        definitions["ssim"] = DEFINITIONS["ssim"]
+        record["definitions"].update(psnr=DEFINITIONS["psnr"], ssim=DEFINITIONS["ssim"])
     if fid:
         record["fid_backend"] = "torchmetrics"
         record["feature_extractor"] = type(feature_extractor).__name__ if feature_extractor is not None else args.feature_extractor
-        definitions["fid"] = DEFINITIONS["fid"]
-        patch = dict(num_patches=args.num_patches, patch=args.patch_size, seed=args.seed)
-        definitions["patch_fid"] = DEFINITIONS["patch"].format(metric="fid", **patch)
-        versions["torch-fidelity"] = _version("torch-fidelity")
+        patch_fid = DEFINITIONS["patch_fid"].format(num_patches=args.num_patches, patch=args.patch_size, seed=args.seed)
+        record["definitions"].update(fid=DEFINITIONS["fid"], patch_fid=patch_fid)
+        packages.append("torch-fidelity")
     if clip:
         record["clip_model"] = type(clip_scorer).__name__ if clip_scorer is not None else args.clip_model
-        versions["transformers"] = _version("transformers")
-        definitions["clip"] = DEFINITIONS["clip"].format(model=record["clip_model"])
-    record["definitions"] = definitions
-    record["library_versions"] = versions
+        record["definitions"]["clip"] = DEFINITIONS["clip"].format(model=record["clip_model"])
+        packages.append("transformers")
+    record["library_versions"] = {name: _version(name) for name in packages}
     return record

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from evaluation.arguments import attempt
-from evaluation.reports.tables import latency_table, load_result, super_resolution_table, text_to_image_table
+from evaluation.reports.tables import TASKS, load_result, table_for
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
 
@@ -20,23 +20,14 @@ def make_tables(paths: Sequence) -> str:
     """The markdown of every table for which ``paths`` hold results (tables separated by blank lines)."""
     if not paths:
         raise ValueError("no results files given; pass the results.json files of the evaluation scripts.")
-    by_task: Dict[str, List[Dict]] = {"text_to_image": [], "super_resolution": [], "latency": []}
-    sources: Dict[int, Path] = {}
-    for path in paths:
-        result = load_result(path)
-        sources[id(result)] = Path(path)
-        by_task[result["task"]].append(result)
-    notes = []
-    for task, results in by_task.items():
-        by_task[task], note = separate_runs(results, [sources[id(r)] for r in results], task)
+    loaded = [(load_result(path), Path(path)) for path in paths]
+    by_task: Dict[str, List[Dict]] = {}
+    notes: List[str] = []
+    for task in TASKS:
+        of_task = [(result, path) for result, path in loaded if result["task"] == task]
+        by_task[task], note = separate_runs([result for result, _ in of_task], [path for _, path in of_task], task)
         notes += note
-    tables = []
-    if by_task["text_to_image"]:
-        tables.append(text_to_image_table(by_task["text_to_image"], by_task["latency"]))
-    if by_task["super_resolution"]:
-        tables.append(super_resolution_table(by_task["super_resolution"]))
-    if by_task["latency"]:
-        tables.append(latency_table(by_task["latency"]))
+    tables = [table_for(task, by_task[task], latencies=by_task["latency"]) for task in TASKS if by_task[task]]
     return "\n\n".join(tables + notes) + "\n"
 
 

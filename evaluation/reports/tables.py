@@ -18,10 +18,6 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 from evaluation.arguments import read_json_file
 from uplift_diffusers.utils.atomic_files import atomic_write_text
 
-__all__ = [
-    "TASKS", "METHOD_LABELS", "write_report", "load_result", "text_to_image_table", "super_resolution_table", "latency_table", "table_for",
-]
-
 TASKS = ("text_to_image", "super_resolution", "latency")
 
 METHOD_LABELS = {
@@ -185,18 +181,9 @@ def latency_table(results: Sequence[Mapping]) -> str:
     return _markdown(header, rows, "Text-to-image latency breakdown (seconds per batch, mean of the timed iterations)")
 
 
-def table_for(task: str, results: Sequence[Mapping]) -> str:
-    """The table of ``task`` (one of :data:`TASKS`) for ``results``."""
-    return {"text_to_image": text_to_image_table, "super_resolution": super_resolution_table, "latency": latency_table}[task](results)
-
-
-def top_level_metrics(result: Dict, keys: Sequence[str]) -> Dict:
-    """With exactly one method, repeat its metric ``keys`` at the top level of ``result`` (in place)."""
-    methods = result.get("methods", {})
-    if len(methods) == 1:
-        (values,) = methods.values()
-        for key in keys:
-            if key in values:
-                result[key] = values[key]
-    return result
-
+def table_for(task: str, results: Sequence[Mapping], latencies: Sequence[Mapping] = ()) -> str:
+    """The table of ``task`` (one of :data:`TASKS`) for ``results``; ``latencies`` fill the time
+    columns of the text-to-image table."""
+    if task == "text_to_image":
+        return text_to_image_table(results, latencies)
+    return super_resolution_table(results) if task == "super_resolution" else latency_table(results)

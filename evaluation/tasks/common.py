@@ -1,6 +1,6 @@
 """What the two evaluation scripts (``eval_text_to_image``, ``eval_super_resolution``) share: their
-common flags and checks, which rows are colour-corrected, the FID batching of kept features, the
-results file and the command-line entry point."""
+common flags and checks, which rows are colour-corrected, the record that keeps results of other
+settings apart, the results file and the command-line entry point."""
 from __future__ import annotations
 
 import argparse
@@ -13,16 +13,11 @@ import torch
 
 from evaluation.arguments import attempt, check_at_least
 from evaluation.metrics.metric_setup import add_fid_arguments, check_metric_arguments
-from evaluation.reports.tables import top_level_metrics, write_report
+from evaluation.reports.tables import write_report
 from evaluation.sharding import process_state
 from evaluation.smoke import add_smoke_test_argument
 from evaluation.tasks.latent_baseline import LATENT_BASELINES
 from uplift_diffusers.utils.atomic_files import atomic_write_text
-
-__all__ = [
-    "add_common_arguments", "check_required", "check_fid_count", "device_for", "generators", "color_correction", "batches",
-    "common_settings", "check_settings_record", "write_results", "run_main",
-]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,15 +53,10 @@ def check_fid_count(args, count: int, source: str) -> None:
         raise ValueError(f"FID needs at least 2 images, {source} gives {count}; add images or pass --no-fid.")
 
 
-def device_for(args, state) -> torch.device:
-    """``--device``, else this process's device."""
-    return torch.device(args.device) if args.device else state.device
-
-
-def generators(args, indices: Sequence[int]) -> List[torch.Generator]:
+def generators(seed: int, indices: Sequence[int]) -> List[torch.Generator]:
     """One generator per input, seeded ``--seed + i`` (i = the input's position in the whole list):
     an input's result does not depend on its batch, its process or a resumed run."""
-    return [torch.Generator().manual_seed(args.seed + index) for index in indices]
+    return [torch.Generator().manual_seed(seed + index) for index in indices]
 
 
 def color_correction(kind: str, baselines: bool) -> bool:
@@ -115,7 +105,9 @@ def check_settings_record(folder: Path, record_name: str, settings: Dict, what: 
 def write_results(result: Dict, keys: Sequence[str], args, state) -> Dict:
     """Repeat a single row's metric ``keys`` at the top level, write ``results.json`` / ``results.md``
     (main process) and wait for every process."""
-    top_level_metrics(result, keys)
+    if len(result["methods"]) == 1:
+        (values,) = result["methods"].values()
+        result.update({key: values[key] for key in keys if key in values})
     if state.is_main_process:
         write_report(result, args.output_dir)
     state.wait_for_everyone()

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from accelerate.utils import gather_object
 from PIL import Image
 
 from evaluation.arguments import load_upscaler, load_vae
 from evaluation.metrics.metric_setup import build_fid, build_patch_fid, fid_results, metrics_record
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
@@ -209,9 +210,8 @@ class SuperResolutionRunner:
 
         hr, lr = batch.hr, batch.lr
         if method.kind == "model":
-            generators = [torch.Generator().manual_seed(seed + index) for index in batch.indices]
             output = self.pipelines[method.name](
-                lr, upscale_factor=self.factor, generator=generators, color_correction=self.color_correction(method),
+                lr, upscale_factor=self.factor, generator=common.generators(seed, batch.indices), color_correction=self.color_correction(method),
                 output_type="pt", back_projection_steps=method.back_projection, ensemble=method.ensemble,
             )
             return output.images.to(self.device).float()
@@ -228,34 +228,10 @@ class SuperResolutionRunner:
         raise ValueError(f"unknown row kind {method.kind!r}")
 
 
+#: Per-image results (PSNR, SSIM, FID features): ``OUTPUT/per_image/<row>/<image key>.pt``, each
+#: written atomically as soon as its batch is scored, and ``settings.json``, everything those results
+#: depend on (:func:`row_settings`): a rerun with other settings is refused, never mixed.
 PER_IMAGE_DIR = "per_image"
-RECORD_SETTINGS = "settings.json"
-
-
-class PerImageResults:
-    """One row's per-image results (PSNR, SSIM, FID features): ``OUTPUT/per_image/<row>/<image key>.pt``,
-    each written atomically as soon as its batch is scored, and ``settings.json``, everything those
-    results depend on: a rerun with other settings is refused, never mixed."""
-
-    def __init__(self, output_dir, method: str, settings: Dict):
-        self.folder = Path(output_dir) / PER_IMAGE_DIR / method
-        self.method, self.settings = method, settings
-
-    def check_settings(self, write: bool) -> None:
-        what = f"per-image results of the row {self.method!r}"
-        common.check_settings_record(self.folder, RECORD_SETTINGS, self.settings, what, "*.pt", write)
-
-    def path(self, item: SRItem) -> Path:
-        return self.folder / f"{item.key}.pt"
-
-    def has(self, item: SRItem) -> bool:
-        return self.path(item).is_file()
-
-    def load(self, item: SRItem) -> Dict:
-        return torch.load(self.path(item), map_location="cpu", weights_only=True)
-
-    def save(self, item: SRItem, record: Dict) -> None:
-        atomic_write(self.path(item), lambda temporary: torch.save(record, temporary))
 
 
 def row_settings(args, method: MethodSpec, runner: "SuperResolutionRunner", feature_extractor=None) -> Dict:
@@ -289,7 +265,7 @@ def score_batch(args, output: torch.Tensor, batch: SRBatch, fid, patch_fid) -> L
     return records
 
 
-def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: PerImageResults, local, extractor, device, state):
+def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", local, extractor, device, state):
     """One row over this process's shard ``local`` (``(index, item)`` pairs), the kept per-image
     results reused; returns ``(the row's results, images skipped in all processes)``."""
     from tqdm.auto import tqdm
@@ -307,10 +283,11 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: 
             fid.add_features(record["fid_fake"].to(device), real=False)
             patch_fid.add_features(record["patch_fake"].to(device), record["patch_real"].to(device))
 
+    folder = Path(args.output_dir) / PER_IMAGE_DIR / method.name
     pending = []
     for index, item in local:
-        if store.has(item):
-            add(store.load(item))
+        if (folder / f"{item.key}.pt").is_file():
+            add(torch.load(folder / f"{item.key}.pt", map_location="cpu", weights_only=True))
         else:
             pending.append((index, item))
     pairs = SRPairs([item for _, item in pending], batch_size=args.batch_size, device=device,
@@ -321,9 +298,9 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: 
         output = runner.run(method, batch, args.seed).to(device, torch.float32).clamp(0, 1)
         seconds += time.perf_counter() - start
         for index, record in zip(batch.indices, score_batch(args, output, batch, fid, patch_fid)):
-            store.save(by_index[index], record)
+            atomic_write(folder / f"{by_index[index].key}.pt", lambda temporary: torch.save(record, temporary))
             add(record)
-    psnrs, ssims = gather_list(pixel["psnr"], state), gather_list(pixel["ssim"], state)
+    psnrs, ssims = gather_object(pixel["psnr"]), gather_object(pixel["ssim"])
     entry = {
         "psnr": float(sum(psnrs) / len(psnrs)), "ssim": float(sum(ssims) / len(ssims)), "count": len(psnrs),
         "kind": method.kind, "source": method.source, "color_correction": runner.color_correction(method),
@@ -332,7 +309,7 @@ def score_row(args, method: MethodSpec, runner: "SuperResolutionRunner", store: 
     }
     if compute_fid:
         entry.update(fid_results(fid, patch_fid))
-    return entry, sum(gather_list([len(local) - len(pending)], state))
+    return entry, sum(gather_object([len(local) - len(pending)]))
 
 
 def prepare_smoke_test(args, state) -> None:
@@ -357,25 +334,25 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         prepare_smoke_test(args, state)
     _check_args(args)
     methods = with_pipeline_options(parse_methods(args.upscaler), args.back_projection_steps, args.ensemble)
-    device = common.device_for(args, state)
+    device = torch.device(args.device) if args.device else state.device
     items = list_items(args.data, args.limit)
     compute_fid = not args.no_fid
     common.check_fid_count(args, len(items), "--data")
     runner = SuperResolutionRunner(methods, args.vae, args.upscaler_config, args.hr_size // args.lr_size, device, args.color_correct_baselines)
     runner.check_sizes(args.lr_size, args.hr_size)
     extractor = feature_extractor if feature_extractor is not None else args.feature_extractor
-    stores = {m.name: PerImageResults(args.output_dir, m.name, row_settings(args, m, runner, feature_extractor)) for m in methods}
-    for store in stores.values():  # every process checks (an error stops them all); the main process writes
-        store.check_settings(write=False)
-    if state.is_main_process:
-        for store in stores.values():
-            store.check_settings(write=True)
+    # every process checks the recorded settings (an error stops them all); the main process then writes them
+    for write in (False, True) if state.is_main_process else (False,):
+        for method in methods:
+            folder, what = Path(args.output_dir) / PER_IMAGE_DIR / method.name, f"per-image results of the row {method.name!r}"
+            settings = row_settings(args, method, runner, feature_extractor)
+            common.check_settings_record(folder, "settings.json", settings, what, "*.pt", write)
     state.wait_for_everyone()
 
     local = shard(list(enumerate(items)), state)
     results, skipped = {}, {}
     for method in methods:  # row by row: every process runs the rows in the same order (gathering is collective)
-        results[method.name], skipped[method.name] = score_row(args, method, runner, stores[method.name], local, extractor, device, state)
+        results[method.name], skipped[method.name] = score_row(args, method, runner, local, extractor, device, state)
 
     settings = {
         "data": str(args.data), "vae": args.vae, "upscalers": [{"name": m.name, "kind": m.kind, "source": m.source} for m in methods],
@@ -386,12 +363,9 @@ def evaluate_super_resolution(args, feature_extractor=None) -> Dict:
         **common.common_settings(args, state),
     }
     result = {
-        "task": "super_resolution",
-        "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
-        "settings": settings,
-        "count": len(items),
-        "resumed": {"skipped": skipped, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)},
-        "methods": results,
+        "task": "super_resolution", "dataset": args.dataset_name or Path(args.data).expanduser().resolve().name,
+        "settings": settings, "count": len(items),
+        "resumed": {"skipped": skipped, "per_image_dir": str(Path(args.output_dir) / PER_IMAGE_DIR)}, "methods": results,
     }
     return common.write_results(result, ("psnr", "ssim", "fid", "patch_fid"), args, state)
 

@@ -18,13 +18,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from PIL import Image
 
 from evaluation.arguments import load_upscaler, loading
 from evaluation.data.caption_sets import CaptionRow, read_caption_set, write_caption_set
 from evaluation.data.reference_images import square_crop_resize
 from evaluation.metrics.metric_setup import add_clip_arguments, build_clip_scorer, build_fid, build_patch_fid, fid_results, metrics_record
-from evaluation.sharding import gather_list, process_state, shard
+from evaluation.sharding import process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
@@ -53,7 +54,6 @@ NATIVE_ROWS = {
 }
 SDXL_NATIVE_SIZE = 1024
 METHODS = SD15_METHODS + tuple(NATIVE_ROWS)
-DEFAULT_SD_MODEL = SD15_MODEL_ID
 
 
 def parse_method_list(text: str) -> List[str]:
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate SD1.5 + latent upscaling (FID, patch-FID, CLIP): the paper's Tables 2-3.")
     parser.add_argument("--prompts", default=None, help="caption set (.jsonl) from evaluation.data.prepare_coco or evaluation.data.prepare_relaion")
     parser.add_argument("--reference-dir", default=None, help="folder of the reference images named by file_name (needed for FID)")
-    parser.add_argument("--model", default=DEFAULT_SD_MODEL, help=f"Stable Diffusion folder or Hub id (default {DEFAULT_SD_MODEL})")
+    parser.add_argument("--model", default=SD15_MODEL_ID, help=f"Stable Diffusion folder or Hub id (default {SD15_MODEL_ID})")
     parser.add_argument("--upscaler", default=None,
                         help="UPLiFT model folder / Hub id / official .safetensors|.pth (default: the authors' SD1.5 model)")
     parser.add_argument("--methods", default=",".join(SD15_METHODS),
@@ -160,7 +160,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
     factor = args.upscale_factor if "uplift" in methods else 1
     output = pipe(
         [row.caption for row in rows], height=args.size, width=args.size, num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale, generator=common.generators(args, indices), upscale_factor=factor,
+        guidance_scale=args.guidance_scale, generator=common.generators(args.seed, indices), upscale_factor=factor,
         color_correction=True, return_base_images=factor > 1, output_type="pt",
         callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"],
     )
@@ -215,7 +215,7 @@ def add_lcm_lora(pipe, args) -> None:
 def generate_native_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], row: NativeRow, args) -> torch.Tensor:
     """One SDXL row for a batch of captions: ``B x 3 x S x S`` in [0, 1], S = ``--sdxl-size``."""
     output = pipe([caption.caption for caption in rows], height=args.sdxl_size, width=args.sdxl_size, num_inference_steps=row.steps,
-                  guidance_scale=row.guidance_scale, generator=common.generators(args, indices), output_type="pt")
+                  guidance_scale=row.guidance_scale, generator=common.generators(args.seed, indices), output_type="pt")
     return output.images.float()
 
 
@@ -364,32 +364,25 @@ def evaluate_text_to_image(args, feature_extractor=None, clip_scorer=None) -> Di
     rows = read_caption_set(args.prompts)
     if args.limit is not None:
         rows = rows[: args.limit]
-    device = common.device_for(args, state)
+    device = torch.device(args.device) if args.device else state.device
     check_baseline_images(args, methods, state)
     counts = {"generated": 0, "skipped": 0, "files_written": 0}
     if not args.metrics_only:
         counts = generate(args, rows, methods, state, device)
     state.wait_for_everyone()
-    totals = {key: sum(gather_list([value], state)) for key, value in counts.items()}
+    totals = {key: sum(gather_object([value])) for key, value in counts.items()}
     metrics = score(args, rows, methods, state, device, feature_extractor, clip_scorer)
     settings = {
         "prompts": str(args.prompts), "reference_dir": args.reference_dir, "model": args.model, "upscaler": args.upscaler,
         "methods": list(methods), "steps": args.steps, "guidance_scale": args.guidance_scale, "size": args.size,
         "upscale_factor": args.upscale_factor,
         "native_rows": {
-            method: {
-                "model": args.sdxl_model,
-                "lora": args.lcm_lora if NATIVE_ROWS[method].lcm_lora else None,
-                "scheduler": "LCMScheduler" if NATIVE_ROWS[method].lcm_lora else "the model's default",
-                "steps": NATIVE_ROWS[method].steps,
-                "guidance_scale": NATIVE_ROWS[method].guidance_scale,
-                "size": args.sdxl_size,
-            }
+            method: {"model": args.sdxl_model, "lora": args.lcm_lora if NATIVE_ROWS[method].lcm_lora else None,
+                     "scheduler": "LCMScheduler" if NATIVE_ROWS[method].lcm_lora else "the model's default",
+                     "steps": NATIVE_ROWS[method].steps, "guidance_scale": NATIVE_ROWS[method].guidance_scale, "size": args.sdxl_size}
             for method in methods if method in NATIVE_ROWS
         },
-        "dtype": "float32",
-        "fid": not args.no_fid,
-        "num_patches": None if args.no_fid else args.num_patches,
+        "dtype": "float32", "fid": not args.no_fid, "num_patches": None if args.no_fid else args.num_patches,
         "metrics": metrics_record(args, fid=not args.no_fid, clip=not args.no_clip, feature_extractor=feature_extractor, clip_scorer=clip_scorer),
         **common.common_settings(args, state),
     }

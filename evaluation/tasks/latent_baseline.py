@@ -14,8 +14,6 @@ from uplift_diffusers.loaders import decode_latents
 from uplift_diffusers.models.modeling_uplift import UPLiFTOutput
 from uplift_diffusers.utils.color_correction import color_correct
 
-__all__ = ["LATENT_BASELINES", "LatentInterpolationUpscaler", "decode_and_correct"]
-
 LATENT_BASELINES = ("bilinear", "nearest")
 
 
