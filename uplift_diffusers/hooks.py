@@ -23,15 +23,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import inspect
 import math
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.image_processor import VaeImageProcessor
-
 from diffusers.utils import logging
+from tqdm.auto import tqdm
 
 from .constants import LATENT_SPACES
 from .loaders.vae import vae_scale_factor
@@ -202,7 +201,6 @@ class UPLiFTDecodeHook:
             self._own_decode = self.vae.__dict__.get("decode")  # a decode set on the instance, if any
         functools.update_wrapper(self, self.original)
 
-    # ------------------------------------------------------------------ installing
     def install(self) -> None:
         self.vae.decode = self
         setattr(self.vae, _HOOK_ATTRIBUTE, self)
@@ -214,46 +212,22 @@ class UPLiFTDecodeHook:
         else:
             self.vae.decode = self._own_decode
 
-    # ------------------------------------------------------------------ settings
-    def tiling_settings(self, batch: int, base_size, output_size) -> Optional[Tuple[int, int]]:
-        """``(tile_size, overlap)`` or None. ``tiling=None`` follows the VAE (``vae.use_tiling``),
-        and when that is off tiles when the untiled estimate passes ``max_memory``."""
-        tiling = self.tiling
-        if tiling is None and getattr(self.vae, "use_tiling", False):
-            tiling = True
-        if tiling is None:
-            return auto_tiling(self.upscaler, self.vae, batch, base_size, output_size, self.upscale_method, self.max_memory)
-        if tiling is True:
-            return check_tile_arguments(None, None)
-        return tuple(tiling) if tiling else None
-
-    def _generator(self, latents: torch.Tensor, args, kwargs):
-        """The hook's generator, else the one the pipeline passed to ``decode`` (diffusers' Stable
-        Diffusion pipelines pass theirs), else one seeded from the latents themselves (FLUX.2
-        pipelines pass none): a seeded pipeline call then gives the same image, without touching
-        torch's global random state."""
-        if self.generator is not None:
-            return self.generator
-        try:
-            passed = inspect.signature(self.original).bind_partial(None, *args, **kwargs).arguments.get("generator")
-        except TypeError:
-            passed = None
-        if passed is not None:
-            return passed
-        digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-    # ------------------------------------------------------------------ the hook
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
         factor = vae_scale_factor(self.vae)
         base_size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         output_size = self.output_size or output_size_for(*base_size, self.upscale_factor)
-        if output_size != base_size:
-            output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
         upscale = output_size != base_size
-        tiling = self.tiling_settings(latents.shape[0], base_size, output_size) if upscale else None
+        tiling = self.tiling
+        if upscale:
+            output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
+            if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
+                tiling = check_tile_arguments(None, None)
+            tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
+                                 tiling)
         total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
-        with _progress(self.pipe, total) as progress:
+        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent tqdm counts
+        progress_bar = getattr(self.pipe, "progress_bar", None) or functools.partial(tqdm, disable=True)
+        with progress_bar(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
             base = _sample(base_output)
             progress.update()
@@ -261,16 +235,22 @@ class UPLiFTDecodeHook:
                 self.base_images.append(base)
             if not upscale:
                 return base_output
-            guide = VaeImageProcessor.denormalize(base.float())
+            # diffusers' Stable Diffusion pipelines pass their generator to ``decode``; FLUX.2 pipelines
+            # pass none: then a generator seeded from the latents makes a seeded call repeatable
+            # without touching torch's global random state
+            generator = self.generator if self.generator is not None else kwargs.get("generator")
+            if generator is None:
+                digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
+                generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
             show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(
                     self.upscaler,
                     lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
                     latents,
-                    guide,
+                    VaeImageProcessor.denormalize(base.float()),
                     output_size,
-                    generator=self._generator(latents, args, kwargs),
+                    generator=generator,
                     color_correction=self.color_correction,
                     back_projection_steps=self.back_projection_steps,
                     tiling=tiling,
@@ -278,21 +258,6 @@ class UPLiFTDecodeHook:
                     progress=progress,
                 )
         return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
-
-
-@contextlib.contextmanager
-def _progress(pipe, total: int):
-    bar = getattr(pipe, "progress_bar", None)
-    if bar is None:
-        yield _NoProgress()
-    else:
-        with bar(total=total) as progress:
-            yield progress
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
 
 
 def apply_uplift(
@@ -355,6 +320,8 @@ def apply_uplift(
                                    max_memory)
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
+    if tiling is True:
+        tiling = check_tile_arguments(None, None)
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
                      tiling, upscale_method, max_memory=budget).install()
 

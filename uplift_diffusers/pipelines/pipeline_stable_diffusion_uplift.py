@@ -37,7 +37,7 @@ from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
-from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, saved_component_entry
+from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, model_index
 from .upscale_decode import latent_updates, upscale_latents_guided, upscale_steps
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
@@ -141,7 +141,6 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         self.register_modules(upscaler=upscaler)
         self.register_to_config(check_latent_space=check_latent_space)
 
-    # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' ``from_pretrained``; without ``upscaler=`` and without an ``upscaler``
@@ -155,8 +154,11 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """
         upscaler_revision = kwargs.pop("upscaler_revision", None)
         no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
-        if no_default is None:
-            entry = saved_component_entry(cls, pretrained_model_name_or_path, UPSCALER_SUBFOLDER, kwargs)
+        # the saved entry: [library, class], [None, None] (saved without one), absent, or None when
+        # the index cannot be read here (diffusers then says why)
+        index = None if no_default else model_index(cls, pretrained_model_name_or_path, kwargs)
+        if index is not None:
+            entry = index.get(UPSCALER_SUBFOLDER, [])
             if entry == []:  # a plain Stable Diffusion pipeline
                 hub = {key: kwargs[key] for key in HUB_ARGUMENTS if key in kwargs and key != "revision"}
                 dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
@@ -179,21 +181,17 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
         pins the UPLiFT repository's revision for that default."""
         upscaler_revision = kwargs.pop("upscaler_revision", None)
-        if UPSCALER_SUBFOLDER not in kwargs:
-            if UPSCALER_SUBFOLDER in pipeline.components:
-                kwargs[UPSCALER_SUBFOLDER] = pipeline.components[UPSCALER_SUBFOLDER]
-            else:
-                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
-                upscaler_revision = None
-        if upscaler_revision is not None:
+        if UPSCALER_SUBFOLDER not in kwargs and UPSCALER_SUBFOLDER not in pipeline.components:
+            kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
+        elif upscaler_revision is not None:
             raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
         return super().from_pipe(pipeline, **kwargs)
 
-    # ------------------------------------------------------------------ checks
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
-                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY) -> float:
-        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``;
-        returns ``max_memory`` in bytes."""
+                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY, **kwargs) -> float:
+        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
+        values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
+        ``max_memory`` in bytes."""
         budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto", max_memory)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
@@ -209,19 +207,15 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
             guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
-        return budget
-
-    @staticmethod
-    def check_input_values(**tensors) -> None:
-        """Raise ValueError naming the first of the given tensors (``latents``, ``prompt_embeds``,
-        ...; None or a list of tensors allowed) that holds NaN or infinite values: checked once,
-        where the data enters (the denoising, the upscaler and the decoder do not check values)."""
-        for name, value in tensors.items():
+        # NaN / infinite values, checked once where they enter (the denoising, the upscaler and the
+        # decoder do not check values)
+        for name in _CHECKED_TENSORS:
+            value = kwargs.get(name)
             for index, tensor in enumerate(value if isinstance(value, (list, tuple)) else [value]):
                 if isinstance(tensor, torch.Tensor):
                     check_values(name if not isinstance(value, (list, tuple)) else f"{name}[{index}]", tensor)
+        return budget
 
-    # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
         self,
@@ -269,9 +263,8 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         if upscale_factor is None and output_size is None:
             upscale_factor = 1 if self.upscaler is None else 2
         budget = self.check_upscale_inputs(
-            upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory
+            upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory, **kwargs
         )
-        self.check_input_values(**{name: kwargs.get(name) for name in _CHECKED_TENSORS})
         if output_type == "latent":
             images = super().__call__(*args, output_type="latent", **kwargs).images
             base_images = images if return_base_images else None
@@ -282,16 +275,11 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             images, nsfw = out.images, out.nsfw_content_detected
             base_images = images if return_base_images else None
         else:
-            settings = dict(
-                upscale_factor=upscale_factor,
-                output_size=output_size,
-                color_correction=color_correction,
-                back_projection_steps=back_projection_steps,
-                tiling=self.tiling_settings,
-                keep_base_images=return_base_images,
+            with uplift_applied(
+                self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
+                back_projection_steps=back_projection_steps, tiling=self.tiling_settings, keep_base_images=return_base_images,
                 max_memory=budget,
-            )
-            with uplift_applied(self, self.upscaler, **settings) as hook:
+            ) as hook:
                 out = super().__call__(*args, output_type=output_type, **kwargs)
             images, nsfw = out.images, out.nsfw_content_detected
             base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None

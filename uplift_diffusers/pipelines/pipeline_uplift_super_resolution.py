@@ -158,9 +158,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
         """The tiles of one size group: :meth:`enable_tiling`'s, else the default tiles when the
         untiled estimate passes ``max_memory`` bytes (:func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`), else None."""
-        if self.tiling_settings is not None:
-            return self.tiling_settings
-        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory)
+        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
 
     def progress_updates(self, output_size, input_size, ensemble: int = 1, tiling=None) -> int:
         """``progress.update()`` calls of :meth:`upscale_batch` for one size group: per ensemble
