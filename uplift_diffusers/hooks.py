@@ -2,16 +2,11 @@
 
 Every diffusers pipeline ends with ``self.vae.decode(latents)`` on the VAE's raw latents (for
 Stable Diffusion divided by ``scaling_factor``; for FLUX.2 de-normalised and un-patchified):
-exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` on the pipeline's VAE
-(as ``diffusers.hooks`` replace a module's ``forward``) with one that
-
-1. decodes the latents as before: the base image, which guides UPLiFT;
-2. upscales the latents with UPLiFT and decodes them, to the requested size, with colour
-   correction against the base image (and back-projection onto it, where asked):
-   :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`.
-
-The pipeline's own post-processing, safety checker, offloading, LoRA and callbacks then run
-unchanged on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
+exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` (as ``diffusers.hooks``
+replace a module's ``forward``) with one that decodes the base image as before, then upscales the
+latents guided by it (:func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`).
+The pipeline's post-processing, safety checker, offloading, LoRA and callbacks then run unchanged
+on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
 
     >>> pipe = StableDiffusionPipeline.from_pretrained(...)
     >>> apply_uplift(pipe, UPLiFTLatentUpscaler.from_pretrained("UPLiFT-upsampler/uplift_sd1.5vae"))
@@ -169,12 +164,9 @@ def _with_sample(output, image: torch.Tensor):
 
 
 class UPLiFTDecodeHook:
-    """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE (see the module doc).
-
-    Called as the VAE's ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a
-    tuple), holding the upscaled image in [-1, 1]. Where the requested size is the base size
-    (``upscale_factor=1``) it returns the original decode's output untouched.
-    """
+    """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE: called as the VAE's
+    ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a tuple) holding the
+    upscaled image in [-1, 1]; at the base size (``upscale_factor=1``) the original output untouched."""
 
     def __init__(self, pipe, upscaler: UPLiFTLatentUpscaler, upscale_factor=2, output_size=None, generator=None,
                  color_correction: bool = True, back_projection_steps: int = 0, tiling=None,
@@ -276,18 +268,16 @@ def apply_uplift(
 ) -> None:
     """Make ``pipe`` generate its images ``upscale_factor`` times larger with UPLiFT.
 
-    Works on any pipeline whose ``vae`` decodes the latent space the upscaler was trained for
-    (e.g. every Stable Diffusion 1.5 pipeline with the authors' release): text-to-image, img2img,
-    inpainting, ControlNet, PAG, ... Calling it again replaces the settings.
+    Works on any pipeline whose ``vae`` decodes the upscaler's latent space (text-to-image,
+    img2img, inpainting, ControlNet, PAG, ...). Calling it again replaces the settings.
 
     Args:
         pipe: a diffusers pipeline with a ``vae`` (left unmodified but for its ``decode``).
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for that VAE's latents, on
             the pipeline's device (or managed by its offloading).
-        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output);
-            None (default): 2, unless ``output_size`` is given.
-            Powers of two run one UPLiFT step per 2x; others also resample once
-            (:mod:`uplift_diffusers.pipelines.upscale_decode`).
+        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output;
+            None: 2, unless ``output_size`` is given). Powers of two run one UPLiFT step per 2x;
+            others also resample once (:mod:`uplift_diffusers.pipelines.upscale_decode`).
         output_size: ``(height, width)`` of the final image instead of ``upscale_factor``.
         generator: seeds UPLiFT's noise; None: the ``generator`` the pipeline passes to the VAE's
             ``decode`` (Stable Diffusion pipelines pass the call's own), else a generator seeded
@@ -302,10 +292,9 @@ def apply_uplift(
             :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
         check_latent_space: refuse an upscaler trained for another latent space than the VAE's
             (its config's ``latent_space``); False only warns, for experiments.
-        max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``: with
-            ``tiling=None``, UPLiFT and the VAE tile when the untiled stage's estimated peak
-            (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it. Default
-            :data:`~uplift_diffusers.utils.memory.DEFAULT_MAX_MEMORY` (1.5 GB).
+        max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"`` (default
+            1.5 GB): with ``tiling=None``, UPLiFT and the VAE tile when the untiled stage's
+            estimated peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
 
     Raises:
         ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent

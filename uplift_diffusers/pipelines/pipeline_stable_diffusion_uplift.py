@@ -10,10 +10,6 @@ for its duration::
               vae.decode, resampling to the exact size for factors that are not powers of
               two, colour correction against the base image          image     round(8fh) x round(8fw)
            -> the parent's safety checker and post-processing, on the upscaled image
-
-Loading a plain Stable Diffusion pipeline (``from_pretrained`` / ``from_pipe`` without
-``upscaler=``) adds the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable
-Diffusion output.
 """
 from __future__ import annotations
 
@@ -50,10 +46,8 @@ logger = logging.get_logger(__name__)
 
 
 def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
-    """The authors' released UPLiFT model (:data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`),
-    for a pipeline given no ``upscaler``: ``dtype`` as the pipeline's (a per-component dict is
-    looked up under ``"upscaler"``, then ``"default"``), ``revision`` of the UPLiFT repository
-    (not the pipeline's), and the pipeline's cache / offline / token settings."""
+    """The authors' released UPLiFT model, for a pipeline given no ``upscaler``: ``dtype`` as the
+    pipeline's (a per-component dict is looked up under ``"upscaler"``, then ``"default"``)."""
     if isinstance(dtype, dict):
         dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
     logger.info(
@@ -84,16 +78,13 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by any factor >= 1.
 
     Inherits everything from diffusers' ``StableDiffusionPipeline`` (LoRA / textual inversion /
-    IP-Adapter loading, schedulers, offloading, ``from_pipe``) and adds the component
-    ``upscaler``.
+    IP-Adapter loading, schedulers, offloading) and adds the component ``upscaler``.
 
     ``from_pretrained`` of a Stable Diffusion repository or folder without an ``upscaler``
-    component (e.g. ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) and ``from_pipe`` of a
-    pipeline without one load the authors' released UPLiFT model, with the same dtype, cache,
-    offline and token settings (``revision`` stays the pipeline's; ``upscaler_revision=`` pins the
-    UPLiFT repository's) and one log line (INFO) saying so. ``upscaler=...`` selects another model,
-    ``upscaler=None`` none (plain Stable Diffusion output). To add one to a pipeline built without,
-    use ``pipe.register_modules(upscaler=model)`` (as for any diffusers component).
+    component and ``from_pipe`` of a pipeline without one load the authors' released UPLiFT
+    model, with the same dtype, cache, offline and token settings, and log it (INFO).
+    ``upscaler=...`` selects another model, ``upscaler=None`` none (plain Stable Diffusion
+    output); ``pipe.register_modules(upscaler=model)`` adds one later.
 
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
@@ -143,15 +134,10 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``; without ``upscaler=`` and without an ``upscaler``
-        component in the folder / repository, the authors' released UPLiFT model is added (see
-        the class docstring).
-
-        Args:
-            upscaler_revision: revision of the UPLiFT repository for that default (``revision``
-                applies to the Stable Diffusion repository only).
-            **kwargs: every argument of ``DiffusionPipeline.from_pretrained``.
-        """
+        """diffusers' ``from_pretrained`` (every argument); without ``upscaler=`` and without an
+        ``upscaler`` component in the folder / repository, the authors' released UPLiFT model is
+        added, at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion
+        repository's only)."""
         upscaler_revision = kwargs.pop("upscaler_revision", None)
         no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
         # the saved entry: [library, class], [None, None] (saved without one), absent, or None when
@@ -270,11 +256,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             base_images = images if return_base_images else None
             images = self._upscale_latents(images, upscale_factor, kwargs.get("generator"))
             nsfw = None
-        elif self.upscaler is None:
-            out = super().__call__(*args, output_type=output_type, **kwargs)
-            images, nsfw = out.images, out.nsfw_content_detected
-            base_images = images if return_base_images else None
-        else:
+        else:  # without an upscaler the factor is 1: the hook hands the base images on untouched
             with uplift_applied(
                 self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
                 back_projection_steps=back_projection_steps, tiling=self.tiling_settings, keep_base_images=return_base_images,

@@ -8,14 +8,8 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
          to the exact output size (factors that are not powers of two), colour correction,
          back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
-The output size is ``round(upscale_factor x side)`` for any real factor >= 1, or an exact
-``height`` / ``width`` (one of them: the aspect ratio is kept), by
-:func:`~uplift_diffusers.utils.output_size.output_size_for`.
-
-Every output keeps its input's mode (:func:`uplift_diffusers.image_processor.split_images` /
-:func:`~uplift_diffusers.image_processor.restore_mode`): gray stays gray, and the alpha channel of a
-transparent image is upscaled beside the colour (the VAE sees the colour with its transparent
-pixels filled from the visible ones). Hub downloads and tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
+Every output keeps its input's mode (gray, alpha): :func:`uplift_diffusers.image_processor.split_images`
+and :func:`~uplift_diffusers.image_processor.restore_mode`.
 """
 from __future__ import annotations
 
@@ -135,24 +129,38 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         tiling=None,
     ) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
-        runs after the encode and every stage of
-        :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`
-        (:meth:`progress_updates` calls in all).
+        ``(height, width)`` in [0, 1], with :meth:`progress_updates` ``progress.update()`` calls.
 
-        With ``ensemble`` > 1 (geometric self-ensemble) the batch is upscaled once per transform of
-        :data:`ENSEMBLE_TRANSFORMS` (flipped / rotated, then turned back), the results are averaged,
-        and the back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
-        (:meth:`tiling_for`; the caller switches the VAE's tiling) or None."""
+        The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
+        turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
+        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles (:meth:`tiling_for`;
+        the caller switches the VAE's tiling) or None."""
         images = images.to(device=self._execution_device, dtype=torch.float32)
-        if ensemble == 1:
-            return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps, tiling)
         total = 0.0
         for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
-            upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0, tiling)
+            view = _transform(images, turns, mirrored)
+            padded = pad_to_multiple(view, vae_scale_factor(self.vae))
+            show_stage(progress, "encode")
+            latents = encode_latents(self.vae, padded * 2 - 1)
+            if progress is not None:
+                progress.update()
+            upscaled = upscale_and_decode(
+                self.upscaler,
+                lambda upscaled: decode_latents(self.vae, upscaled),
+                latents,
+                padded,
+                size,
+                guide_size=tuple(view.shape[-2:]),
+                generator=generator,
+                color_correction=color_correction,
+                tiling=tiling,
+                method=self.upscale_method,
+                progress=progress,
+            )
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
-        if back_projection_steps:
-            show_stage(progress, "back-projection")
+        if not back_projection_steps:
+            return total / ensemble
+        show_stage(progress, "back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
 
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
@@ -167,28 +175,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         return sum(
             1 + stage_updates(self.upscaler, out, size, factor, tiling, self.upscale_method)
             for _, _, out, size in _ensemble_views(ensemble, output_size, input_size)
-        )
-
-    def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps, tiling) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        padded = pad_to_multiple(images, vae_scale_factor(self.vae))
-        show_stage(progress, "encode")
-        latents = encode_latents(self.vae, padded * 2 - 1)
-        if progress is not None:
-            progress.update()
-        return upscale_and_decode(
-            self.upscaler,
-            lambda upscaled: decode_latents(self.vae, upscaled),
-            latents,
-            padded,
-            output_size,
-            guide_size=(height, width),
-            generator=generator,
-            color_correction=color_correction,
-            back_projection_steps=back_projection_steps,
-            tiling=tiling,
-            method=self.upscale_method,
-            progress=progress,
         )
 
     @torch.no_grad()
@@ -244,12 +230,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it
                 (``float("inf")``: never). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
 
-        The pipeline's progress bar advances after every stage of every image size: the encode,
-        each UPLiFT 2x step (each tile when tiling) and the decode. It names the images being
-        upscaled (``"images 1-2/3"``) and the running stage (encode, upscale, decode, back-projection).
-
-        Sizes that are not multiples of 8 are padded (reflection) for the VAE and the result is
-        cropped. Images of the same size are processed as one batch, others one size at a time.
+        The progress bar advances after every stage (encode, each 2x step of each tile, decode)
+        and names the images being upscaled (``"images 1-2/3"``) and the stage. Images of the same
+        size are processed as one batch, others one size at a time.
 
         Raises:
             ValueError: naming ``image`` (or ``image[i]``) for a wrong type, layout, dtype or size,
@@ -277,8 +260,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             for indices, output_size, tiling in zip(groups, output_sizes, tilings):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
-                show_stage(progress, _image_counts(done, len(indices), len(tensors)), "set_description")
-                done += len(indices)
+                first, done = done + 1, done + len(indices)
+                counted = f"image {done}" if first == done else f"images {first}-{done}"
+                show_stage(progress, f"{counted}/{len(tensors)}", "set_description")
                 with vae_tiling(self.vae, tiling is not None):
                     upscaled = self.upscale_batch(
                         batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
@@ -304,11 +288,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         if output_type == "np":
             return np.stack(arrays) if same_size else arrays
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
-
-
-def _image_counts(done: int, count: int, total: int) -> str:
-    """``"image 3/3"`` or ``"images 1-2/3"``: the next ``count`` images after ``done``, of ``total``."""
-    return f"image {done + 1}/{total}" if count == 1 else f"images {done + 1}-{done + count}/{total}"
 
 
 def _ensemble_views(ensemble: int, output_size, input_size):
