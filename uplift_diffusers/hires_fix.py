@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hooks import apply_uplift, guard_latent_space, remove_uplift, vae_scale_factor
+from .hooks import guard_latent_space, uplift_applied, vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import upscale_latents_guided
@@ -139,11 +139,8 @@ def hires_fix(
     if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
         raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
-        apply_uplift(pipe, upscaler, upscale_factor, check_latent_space=check_latent_space)
-        try:
+        with uplift_applied(pipe, upscaler, upscale_factor=upscale_factor):
             return pipe(generator=generator, output_type=output_type, **call_kwargs)
-        finally:
-            remove_uplift(pipe)
     steps = refine_steps or max(1, math.ceil(strength * call_kwargs.get("num_inference_steps", 50)))
     first = dict(call_kwargs, output_type="latent", generator=generator)
     if hasattr(pipe, "upscaler"):  # StableDiffusionUPLiFTPipeline: its own upscaling off for the first pass

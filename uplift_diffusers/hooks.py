@@ -106,6 +106,7 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     and the override); ``check=False`` (the override, for experiments) only logs a warning. An
     upscaler whose config names no ``latent_space`` is checked on its channel count alone, with
     a one-line warning."""
+    check_flag("check_latent_space", check)
     check_upscaler_matches_vae(vae, upscaler)
     trained = upscaler.config.get("latent_space")
     if trained is None:
@@ -149,11 +150,6 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     if upscale_method not in UPSCALE_METHODS:
         raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
     return parse_memory(max_memory)
-
-
-def _sample(output) -> torch.Tensor:
-    """The image of a VAE ``decode`` output: a ``DecoderOutput`` or a tuple."""
-    return output[0] if isinstance(output, tuple) else output.sample
 
 
 def _with_sample(output, image: torch.Tensor):
@@ -221,7 +217,7 @@ class UPLiFTDecodeHook:
         progress_bar = getattr(self.pipe, "progress_bar", None) or functools.partial(tqdm, disable=True)
         with progress_bar(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
-            base = _sample(base_output)
+            base = base_output[0]  # the image, first in a tuple or a ``DecoderOutput``
             progress.update()
             if self.base_images is not None:
                 self.base_images.append(base)
@@ -238,7 +234,7 @@ class UPLiFTDecodeHook:
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(
                     self.upscaler,
-                    lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
+                    lambda upscaled: self.original(upscaled, *args, **kwargs)[0],
                     latents,
                     VaeImageProcessor.denormalize(base.float()),
                     output_size,
@@ -284,17 +280,16 @@ def apply_uplift(
             from the latents (so a seeded call of any pipeline is reproducible).
         color_correction: shift each RGB channel of the result to the base image's mean.
         back_projection_steps: rounds of back-projection onto the base image (0: the paper's output).
-        tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``)
-            and otherwise tiles when the estimate passes ``max_memory``; True uses the default
-            tiles, ``(tile_size, overlap)`` sets them (in latents), False never tiles. The VAE
-            decodes the upscaled latents with its own tiling whenever UPLiFT tiles.
+        tiling: upscale in tiles to bound memory (the VAE then decodes with its own tiling too):
+            None follows the VAE (``pipe.enable_vae_tiling()``), else tiles above ``max_memory``;
+            True: the default tiles; ``(tile_size, overlap)`` in latents; False: never.
         upscale_method: how a factor that is not a power of two is reached (one of
             :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
         check_latent_space: refuse an upscaler trained for another latent space than the VAE's
             (its config's ``latent_space``); False only warns, for experiments.
         max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"`` (default
-            1.5 GB): with ``tiling=None``, UPLiFT and the VAE tile when the untiled stage's
-            estimated peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
+            1.5 GB; ``float("inf")``: no limit): with ``tiling=None``, UPLiFT and the VAE tile when
+            the estimated untiled peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
 
     Raises:
         ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
@@ -303,7 +298,6 @@ def apply_uplift(
     vae = getattr(pipe, "vae", None)
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
-    check_flag("check_latent_space", check_latent_space)
     guard_latent_space(vae, upscaler, check_latent_space)
     budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
                                    max_memory)

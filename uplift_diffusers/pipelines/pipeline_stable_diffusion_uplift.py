@@ -126,7 +126,6 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             image_encoder=image_encoder,
             requires_safety_checker=requires_safety_checker,
         )
-        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
             guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(upscaler=upscaler)
@@ -223,24 +222,18 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         for SD1.5; ``generator`` also seeds UPLiFT's noise), plus:
 
         Args:
-            upscale_factor: any real number >= 1 (1: no upscaling; e.g. 2, 3, 1.5). The output is
-                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up);
-                powers of two run one UPLiFT step per 2x, other factors also resample once (see
-                :mod:`uplift_diffusers.pipelines.upscale_decode`); ``output_type="latent"`` needs a
-                power of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
+            upscale_factor: any real number >= 1 (1: no upscaling); the output is
+                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up),
+                as :func:`~uplift_diffusers.apply_uplift`; ``output_type="latent"`` needs a power
+                of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
             output_size: ``(height, width)`` of the final images instead of ``upscale_factor``
                 (at least the base size).
-            color_correction: shift each RGB channel of the upscaled image to the base image's
-                mean (the authors' post-processing).
-            back_projection_steps: rounds of back-projection of the upscaled image onto the base
-                image (:mod:`uplift_diffusers.utils.back_projection`). Default 0, the paper's output.
+            color_correction, back_projection_steps: as in :func:`~uplift_diffusers.apply_uplift`.
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
                 multiplied by ``vae.config.scaling_factor``, the UNet's space).
-            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
-                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves when
-                the untiled estimated peak passes it (as ``max_memory`` of
-                :func:`~uplift_diffusers.apply_uplift`; ``float("inf")``: never). Default 1.5 GB.
+            max_memory: the upscale stage's budget (as in :func:`~uplift_diffusers.apply_uplift`):
+                without :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves above it.
 
         Returns:
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple

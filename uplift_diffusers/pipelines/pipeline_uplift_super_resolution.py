@@ -31,7 +31,6 @@ from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.back_projection import back_project
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
-from ..utils.validation import check_flag
 from .pipeline_utils import HubComponentsMixin, TilingMixin
 from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
 
@@ -82,7 +81,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         self, vae: Union[AutoencoderKL, AutoencoderTiny, TinyAutoencoder], upscaler: UPLiFTLatentUpscaler, check_latent_space: bool = True
     ):
         super().__init__()
-        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
             guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(vae=vae, upscaler=upscaler)
@@ -224,22 +222,20 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
                 0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
-            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
-                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves for
-                the images whose untiled estimated peak
-                (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it
-                (``float("inf")``: never). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
+            max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"``: without
+                :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves for the images whose
+                estimated untiled peak passes it (``float("inf")``: never). Default 1.5 GB: a
+                4096 x 4096 output stays under 3 GB.
 
         The progress bar advances after every stage (encode, each 2x step of each tile, decode)
         and names the images being upscaled (``"images 1-2/3"``) and the stage. Images of the same
         size are processed as one batch, others one size at a time.
 
         Raises:
-            ValueError: naming ``image`` (or ``image[i]``) for a wrong type, layout, dtype or size,
-                NaN / infinite values, or float values outside [0, 1]: the values are checked here,
-                once, where they enter (the VAE and the upscaler do not check them); naming
-                ``upscale_factor`` / ``height`` / ``width`` for a factor below 1 or not finite, a size
-                smaller than an input, or a factor and a size together.
+            ValueError: naming the argument: ``image`` (or ``image[i]``) of a wrong type, layout,
+                dtype or size, NaN / infinite values, or float values outside [0, 1];
+                ``upscale_factor`` / ``height`` / ``width`` below 1 or not finite, a size smaller
+                than an input, or a factor and a size together.
         """
         if upscale_factor is None and height is None and width is None:
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
