@@ -38,15 +38,8 @@ from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
-__all__ = [
-    "apply_uplift",
-    "remove_uplift",
-    "UPLiFTDecodeHook",
-    "check_upscaler_matches_vae",
-    "guard_latent_space",
-    "vae_latent_space",
-    "vae_scale_factor",
-]
+__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "guard_latent_space",
+           "vae_latent_space", "vae_scale_factor"]
 
 logger = logging.get_logger(__name__)
 

@@ -116,15 +116,8 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         check_latent_space: bool = True,
     ):
         super().__init__(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=safety_checker,
-            feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
-            requires_safety_checker=requires_safety_checker,
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=safety_checker,
+            feature_extractor=feature_extractor, image_encoder=image_encoder, requires_safety_checker=requires_safety_checker,
         )
         if vae is not None and upscaler is not None:
             guard_latent_space(vae, upscaler, check_latent_space)

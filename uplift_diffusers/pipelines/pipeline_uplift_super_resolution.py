@@ -34,12 +34,7 @@ from ..utils.output_size import output_size_for
 from .pipeline_utils import HubComponentsMixin, TilingMixin
 from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
 
-__all__ = [
-    "UPLiFTSuperResolutionPipeline",
-    "UPLiFTSuperResolutionPipelineOutput",
-    "DEFAULT_SUPER_RESOLUTION_FACTOR",
-    "ENSEMBLE_SIZES",
-]
+__all__ = ["UPLiFTSuperResolutionPipeline", "UPLiFTSuperResolutionPipelineOutput", "DEFAULT_SUPER_RESOLUTION_FACTOR", "ENSEMBLE_SIZES"]
 
 #: The upscale factor when neither ``upscale_factor`` nor an output size is given.
 DEFAULT_SUPER_RESOLUTION_FACTOR = 4
@@ -90,12 +85,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
-    def check_inputs(
-        self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
-        back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS,
-        ensemble=1,
-        max_memory=DEFAULT_MAX_MEMORY,
-    ) -> float:
+    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
+                     back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS, ensemble=1, max_memory=DEFAULT_MAX_MEMORY) -> float:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
