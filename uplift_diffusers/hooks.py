@@ -226,17 +226,10 @@ class UPLiFTDecodeHook:
             show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(
-                    self.upscaler,
-                    lambda upscaled: self.original(upscaled, *args, **kwargs)[0],
-                    latents,
-                    VaeImageProcessor.denormalize(base.float()),
-                    output_size,
-                    generator=generator,
-                    color_correction=self.color_correction,
-                    back_projection_steps=self.back_projection_steps,
-                    tiling=tiling,
-                    method=self.upscale_method,
-                    progress=progress,
+                    self.upscaler, lambda upscaled: self.original(upscaled, *args, **kwargs)[0], latents,
+                    VaeImageProcessor.denormalize(base.float()), output_size, generator=generator,
+                    color_correction=self.color_correction, back_projection_steps=self.back_projection_steps, tiling=tiling,
+                    method=self.upscale_method, progress=progress,
                 )
         return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
 

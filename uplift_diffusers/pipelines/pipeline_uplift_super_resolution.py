@@ -106,17 +106,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         return budget
 
-    def upscale_batch(
-        self,
-        images: torch.Tensor,
-        output_size: Tuple[int, int],
-        generator=None,
-        color_correction: bool = True,
-        progress=None,
-        back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
-        ensemble: int = 1,
-        tiling=None,
-    ) -> torch.Tensor:
+    def upscale_batch(self, images: torch.Tensor, output_size: Tuple[int, int], generator=None, color_correction: bool = True,
+                      progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
+                      tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
         ``(height, width)`` in [0, 1], with :meth:`progress_updates` ``progress.update()`` calls.
 
@@ -134,17 +126,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             if progress is not None:
                 progress.update()
             upscaled = upscale_and_decode(
-                self.upscaler,
-                lambda upscaled: decode_latents(self.vae, upscaled),
-                latents,
-                padded,
-                size,
-                guide_size=tuple(view.shape[-2:]),
-                generator=generator,
-                color_correction=color_correction,
-                tiling=tiling,
-                method=self.upscale_method,
-                progress=progress,
+                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size,
+                guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
+                method=self.upscale_method, progress=progress,
             )
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
         if not back_projection_steps:
@@ -153,8 +137,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         return back_project(total / ensemble, images, back_projection_steps)
 
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
-        """The tiles of one size group: :meth:`enable_tiling`'s, else the default tiles when the
-        untiled estimate passes ``max_memory`` bytes (:func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`), else None."""
+        """The tiles of one size group: :meth:`enable_tiling`'s, else :func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`'s."""
         return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
 
     def progress_updates(self, output_size, input_size, ensemble: int = 1, tiling=None) -> int:

@@ -50,10 +50,8 @@ class HubComponentsMixin:
 
 
 class TilingMixin:
-    """``enable_tiling`` / ``disable_tiling``: one switch for tiled inference, UPLiFT and the VAE.
-
-    Needs ``self.vae``. The tile settings reach the upscale stage as ``self.tiling_settings``.
-    """
+    """``enable_tiling`` / ``disable_tiling``: one switch for tiled inference, UPLiFT and the VAE
+    (``self.vae``)."""
 
     #: ``(tile_size, overlap)`` while tiling is on, else None.
     tiling_settings: Optional[Tuple[int, int]] = None
@@ -68,9 +66,8 @@ class TilingMixin:
             overlap: latents shared by neighbouring tiles; None:
                 :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_OVERLAP`.
 
-        The tiled result differs slightly from the untiled one (measured closeness in
-        docs/fast-inference.md). Raises ``ValueError`` naming the argument for a bad ``tile_size`` /
-        ``overlap``, and for a VAE without ``enable_tiling``.
+        The tiled result differs slightly from the untiled one (docs/fast-inference.md). Raises
+        ``ValueError`` for a bad ``tile_size`` / ``overlap``, or a VAE without ``enable_tiling``.
         """
         settings = check_tile_arguments(tile_size, overlap)
         if not hasattr(self.vae, "enable_tiling"):

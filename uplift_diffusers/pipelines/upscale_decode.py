@@ -94,8 +94,7 @@ def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int
 def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
                 tiling=None) -> Tiling:
     """``tiling`` where it is set (``(tile_size, overlap)``; False: none); for None, the default tiles
-    when the untiled stage's estimated peak
-    (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes ``max_memory`` bytes, else None."""
+    when the untiled stage's estimated peak passes ``max_memory`` bytes, else None."""
     if tiling is not None:
         return tiling or None
     scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
@@ -119,9 +118,8 @@ def vae_tiling(vae, tiled: bool):
 
 
 def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
-    """Name the running stage (``"encode"``, ``"upscale"``, ``"decode"``, ``"back-projection"``)
-    at the end of the progress bar (tqdm's postfix), or with ``method="set_description"`` the
-    images being upscaled, at its start; bars without that method show nothing."""
+    """Name the running stage at the end of the progress bar (tqdm's postfix), or with
+    ``method="set_description"`` the images being upscaled at its start, where the bar can."""
     show = getattr(progress, method, None)
     if show is not None:
         show(text)
@@ -168,20 +166,10 @@ def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: S
     return resized[:, :, : size[0], : size[1]]
 
 
-def upscale_and_decode(
-    upscaler,
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    latents: torch.Tensor,
-    guide: torch.Tensor,
-    output_size: Size,
-    guide_size: Optional[Size] = None,
-    generator=None,
-    color_correction: bool = True,
-    back_projection_steps: int = 0,
-    tiling: Tiling = None,
-    method: str = DEFAULT_UPSCALE_METHOD,
-    progress=None,
-) -> torch.Tensor:
+def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, guide: torch.Tensor,
+                       output_size: Size, guide_size: Optional[Size] = None, generator=None, color_correction: bool = True,
+                       back_projection_steps: int = 0, tiling: Tiling = None, method: str = DEFAULT_UPSCALE_METHOD,
+                       progress=None) -> torch.Tensor:
     """Upscale ``latents`` with UPLiFT and decode them to exactly ``output_size``: ``B x 3 x
     output_size`` float32 images in [0, 1] on the latents' device.
 
