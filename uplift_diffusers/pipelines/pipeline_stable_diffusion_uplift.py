@@ -13,6 +13,7 @@ for its duration::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -34,7 +35,7 @@ from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
 from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, model_index
-from .upscale_decode import latent_updates, upscale_latents_guided, upscale_steps
+from .upscale_decode import latent_updates, upscale_latents_guided
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
@@ -260,7 +261,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """``output_type="latent"``: the base latents upscaled (a power-of-two factor), under a
         progress bar of the base decode (the guide) and every 2x step."""
         scaling = self.vae.config.scaling_factor
-        num_steps = upscale_steps((upscale_factor, upscale_factor), (1, 1))
+        num_steps = int(math.log2(upscale_factor))  # a power of two (checked)
         tiling = self.tiling_settings
         with self.progress_bar(total=1 + latent_updates(scaled_latents.shape[-2:], num_steps, tiling)) as progress:
             if num_steps == 0:
