@@ -186,9 +186,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
             guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
-        # NaN / infinite values, checked once where they enter (the denoising, the upscaler and the
-        # decoder do not check values)
-        for name in _CHECKED_TENSORS:
+        for name in _CHECKED_TENSORS:  # the denoising, the upscaler and the decoder do not check values
             value = kwargs.get(name)
             for index, tensor in enumerate(value if isinstance(value, (list, tuple)) else [value]):
                 if isinstance(tensor, torch.Tensor):
