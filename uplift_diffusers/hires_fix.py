@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hooks import apply_uplift, guard_latent_space, remove_uplift, vae_scale_factor
+from .hooks import guard_latent_space, uplift_applied, vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import upscale_latents_guided
@@ -46,23 +46,6 @@ def _family(pipe) -> str:
     )
 
 
-def _check(pipe, upscaler, upscale_factor, strength, refine_steps, check_latent_space) -> None:
-    vae = getattr(pipe, "vae", None)
-    if vae is None:
-        raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`.")
-    guard_latent_space(vae, upscaler, check_latent_space)
-    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
-            or not math.log2(upscale_factor).is_integer():
-        raise ValueError(f"`upscale_factor` must be a power of two >= 2 (2, 4, 8): the latents are refined, got {upscale_factor!r}.")
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < 1:
-        raise ValueError(f"`strength` must be a number in [0, 1) (the fraction of the noise schedule re-run; 0: none), got {strength!r}.")
-    if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
-        raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Latents of each family <-> the VAE's raw latents (UPLiFT's space)
-# ---------------------------------------------------------------------------------------------
 def _flux2_normalisation(pipe, like: torch.Tensor):
     vae = pipe.vae
     mean = vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
@@ -145,13 +128,19 @@ def hires_fix(
             supported families.
     """
     family = _family(pipe)
-    _check(pipe, upscaler, upscale_factor, strength, refine_steps, check_latent_space)
+    if getattr(pipe, "vae", None) is None:
+        raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`.")
+    guard_latent_space(pipe.vae, upscaler, check_latent_space)
+    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
+            or not math.log2(upscale_factor).is_integer():
+        raise ValueError(f"`upscale_factor` must be a power of two >= 2 (2, 4, 8): the latents are refined, got {upscale_factor!r}.")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < 1:
+        raise ValueError(f"`strength` must be a number in [0, 1) (the fraction of the noise schedule re-run; 0: none), got {strength!r}.")
+    if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
+        raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
-        apply_uplift(pipe, upscaler, upscale_factor, check_latent_space=check_latent_space)
-        try:
+        with uplift_applied(pipe, upscaler, upscale_factor=upscale_factor):
             return pipe(generator=generator, output_type=output_type, **call_kwargs)
-        finally:
-            remove_uplift(pipe)
     steps = refine_steps or max(1, math.ceil(strength * call_kwargs.get("num_inference_steps", 50)))
     first = dict(call_kwargs, output_type="latent", generator=generator)
     if hasattr(pipe, "upscaler"):  # StableDiffusionUPLiFTPipeline: its own upscaling off for the first pass

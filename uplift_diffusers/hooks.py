@@ -2,16 +2,11 @@
 
 Every diffusers pipeline ends with ``self.vae.decode(latents)`` on the VAE's raw latents (for
 Stable Diffusion divided by ``scaling_factor``; for FLUX.2 de-normalised and un-patchified):
-exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` on the pipeline's VAE
-(as ``diffusers.hooks`` replace a module's ``forward``) with one that
-
-1. decodes the latents as before: the base image, which guides UPLiFT;
-2. upscales the latents with UPLiFT and decodes them, to the requested size, with colour
-   correction against the base image (and back-projection onto it, where asked):
-   :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`.
-
-The pipeline's own post-processing, safety checker, offloading, LoRA and callbacks then run
-unchanged on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
+exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` (as ``diffusers.hooks``
+replace a module's ``forward``) with one that decodes the base image as before, then upscales the
+latents guided by it (:func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`).
+The pipeline's post-processing, safety checker, offloading, LoRA and callbacks then run unchanged
+on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
 
     >>> pipe = StableDiffusionPipeline.from_pretrained(...)
     >>> apply_uplift(pipe, UPLiFTLatentUpscaler.from_pretrained("UPLiFT-upsampler/uplift_sd1.5vae"))
@@ -23,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import inspect
 import math
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.image_processor import VaeImageProcessor
-
 from diffusers.utils import logging
+from tqdm.auto import tqdm
 
 from .constants import LATENT_SPACES
 from .loaders.vae import vae_scale_factor
@@ -44,15 +38,8 @@ from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
-__all__ = [
-    "apply_uplift",
-    "remove_uplift",
-    "UPLiFTDecodeHook",
-    "check_upscaler_matches_vae",
-    "guard_latent_space",
-    "vae_latent_space",
-    "vae_scale_factor",
-]
+__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "guard_latent_space",
+           "vae_latent_space", "vae_scale_factor"]
 
 logger = logging.get_logger(__name__)
 
@@ -112,6 +99,7 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     and the override); ``check=False`` (the override, for experiments) only logs a warning. An
     upscaler whose config names no ``latent_space`` is checked on its channel count alone, with
     a one-line warning."""
+    check_flag("check_latent_space", check)
     check_upscaler_matches_vae(vae, upscaler)
     trained = upscaler.config.get("latent_space")
     if trained is None:
@@ -157,11 +145,6 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     return parse_memory(max_memory)
 
 
-def _sample(output) -> torch.Tensor:
-    """The image of a VAE ``decode`` output: a ``DecoderOutput`` or a tuple."""
-    return output[0] if isinstance(output, tuple) else output.sample
-
-
 def _with_sample(output, image: torch.Tensor):
     """``output`` (as the VAE's ``decode`` returned it) holding ``image`` instead."""
     if isinstance(output, tuple):
@@ -170,12 +153,9 @@ def _with_sample(output, image: torch.Tensor):
 
 
 class UPLiFTDecodeHook:
-    """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE (see the module doc).
-
-    Called as the VAE's ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a
-    tuple), holding the upscaled image in [-1, 1]. Where the requested size is the base size
-    (``upscale_factor=1``) it returns the original decode's output untouched.
-    """
+    """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE: called as the VAE's
+    ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a tuple) holding the
+    upscaled image in [-1, 1]; at the base size (``upscale_factor=1``) the original output untouched."""
 
     def __init__(self, pipe, upscaler: UPLiFTLatentUpscaler, upscale_factor=2, output_size=None, generator=None,
                  color_correction: bool = True, back_projection_steps: int = 0, tiling=None,
@@ -202,7 +182,6 @@ class UPLiFTDecodeHook:
             self._own_decode = self.vae.__dict__.get("decode")  # a decode set on the instance, if any
         functools.update_wrapper(self, self.original)
 
-    # ------------------------------------------------------------------ installing
     def install(self) -> None:
         self.vae.decode = self
         setattr(self.vae, _HOOK_ATTRIBUTE, self)
@@ -214,85 +193,45 @@ class UPLiFTDecodeHook:
         else:
             self.vae.decode = self._own_decode
 
-    # ------------------------------------------------------------------ settings
-    def tiling_settings(self, batch: int, base_size, output_size) -> Optional[Tuple[int, int]]:
-        """``(tile_size, overlap)`` or None. ``tiling=None`` follows the VAE (``vae.use_tiling``),
-        and when that is off tiles when the untiled estimate passes ``max_memory``."""
-        tiling = self.tiling
-        if tiling is None and getattr(self.vae, "use_tiling", False):
-            tiling = True
-        if tiling is None:
-            return auto_tiling(self.upscaler, self.vae, batch, base_size, output_size, self.upscale_method, self.max_memory)
-        if tiling is True:
-            return check_tile_arguments(None, None)
-        return tuple(tiling) if tiling else None
-
-    def _generator(self, latents: torch.Tensor, args, kwargs):
-        """The hook's generator, else the one the pipeline passed to ``decode`` (diffusers' Stable
-        Diffusion pipelines pass theirs), else one seeded from the latents themselves (FLUX.2
-        pipelines pass none): a seeded pipeline call then gives the same image, without touching
-        torch's global random state."""
-        if self.generator is not None:
-            return self.generator
-        try:
-            passed = inspect.signature(self.original).bind_partial(None, *args, **kwargs).arguments.get("generator")
-        except TypeError:
-            passed = None
-        if passed is not None:
-            return passed
-        digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-    # ------------------------------------------------------------------ the hook
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
         factor = vae_scale_factor(self.vae)
         base_size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         output_size = self.output_size or output_size_for(*base_size, self.upscale_factor)
-        if output_size != base_size:
-            output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
         upscale = output_size != base_size
-        tiling = self.tiling_settings(latents.shape[0], base_size, output_size) if upscale else None
+        tiling = self.tiling
+        if upscale:
+            output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
+            if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
+                tiling = check_tile_arguments(None, None)
+            tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
+                                 tiling)
         total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
-        with _progress(self.pipe, total) as progress:
+        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent tqdm counts
+        progress_bar = getattr(self.pipe, "progress_bar", None) or functools.partial(tqdm, disable=True)
+        with progress_bar(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
-            base = _sample(base_output)
+            base = base_output[0]  # the image, first in a tuple or a ``DecoderOutput``
             progress.update()
             if self.base_images is not None:
                 self.base_images.append(base)
             if not upscale:
                 return base_output
-            guide = VaeImageProcessor.denormalize(base.float())
+            # diffusers' Stable Diffusion pipelines pass their generator to ``decode``; FLUX.2 pipelines
+            # pass none: then a generator seeded from the latents makes a seeded call repeatable
+            # without touching torch's global random state
+            generator = self.generator if self.generator is not None else kwargs.get("generator")
+            if generator is None:
+                digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
+                generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
             show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(
-                    self.upscaler,
-                    lambda upscaled: _sample(self.original(upscaled, *args, **kwargs)),
-                    latents,
-                    guide,
-                    output_size,
-                    generator=self._generator(latents, args, kwargs),
-                    color_correction=self.color_correction,
-                    back_projection_steps=self.back_projection_steps,
-                    tiling=tiling,
-                    method=self.upscale_method,
-                    progress=progress,
+                    self.upscaler, lambda upscaled: self.original(upscaled, *args, **kwargs)[0], latents,
+                    VaeImageProcessor.denormalize(base.float()), output_size, generator=generator,
+                    color_correction=self.color_correction, back_projection_steps=self.back_projection_steps, tiling=tiling,
+                    method=self.upscale_method, progress=progress,
                 )
         return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
-
-
-@contextlib.contextmanager
-def _progress(pipe, total: int):
-    bar = getattr(pipe, "progress_bar", None)
-    if bar is None:
-        yield _NoProgress()
-    else:
-        with bar(total=total) as progress:
-            yield progress
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
 
 
 def apply_uplift(
@@ -311,36 +250,32 @@ def apply_uplift(
 ) -> None:
     """Make ``pipe`` generate its images ``upscale_factor`` times larger with UPLiFT.
 
-    Works on any pipeline whose ``vae`` decodes the latent space the upscaler was trained for
-    (e.g. every Stable Diffusion 1.5 pipeline with the authors' release): text-to-image, img2img,
-    inpainting, ControlNet, PAG, ... Calling it again replaces the settings.
+    Works on any pipeline whose ``vae`` decodes the upscaler's latent space (text-to-image,
+    img2img, inpainting, ControlNet, PAG, ...). Calling it again replaces the settings.
 
     Args:
         pipe: a diffusers pipeline with a ``vae`` (left unmodified but for its ``decode``).
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for that VAE's latents, on
             the pipeline's device (or managed by its offloading).
-        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output);
-            None (default): 2, unless ``output_size`` is given.
-            Powers of two run one UPLiFT step per 2x; others also resample once
-            (:mod:`uplift_diffusers.pipelines.upscale_decode`).
+        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output;
+            None: 2, unless ``output_size`` is given). Powers of two run one UPLiFT step per 2x;
+            others also resample once (:mod:`uplift_diffusers.pipelines.upscale_decode`).
         output_size: ``(height, width)`` of the final image instead of ``upscale_factor``.
         generator: seeds UPLiFT's noise; None: the ``generator`` the pipeline passes to the VAE's
             ``decode`` (Stable Diffusion pipelines pass the call's own), else a generator seeded
             from the latents (so a seeded call of any pipeline is reproducible).
         color_correction: shift each RGB channel of the result to the base image's mean.
         back_projection_steps: rounds of back-projection onto the base image (0: the paper's output).
-        tiling: upscale in tiles to bound memory: None follows the VAE (``pipe.enable_vae_tiling()``)
-            and otherwise tiles when the estimate passes ``max_memory``; True uses the default
-            tiles, ``(tile_size, overlap)`` sets them (in latents), False never tiles. The VAE
-            decodes the upscaled latents with its own tiling whenever UPLiFT tiles.
+        tiling: upscale in tiles to bound memory (the VAE then decodes with its own tiling too):
+            None follows the VAE (``pipe.enable_vae_tiling()``), else tiles above ``max_memory``;
+            True: the default tiles; ``(tile_size, overlap)`` in latents; False: never.
         upscale_method: how a factor that is not a power of two is reached (one of
             :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`).
         check_latent_space: refuse an upscaler trained for another latent space than the VAE's
             (its config's ``latent_space``); False only warns, for experiments.
-        max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``: with
-            ``tiling=None``, UPLiFT and the VAE tile when the untiled stage's estimated peak
-            (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it. Default
-            :data:`~uplift_diffusers.utils.memory.DEFAULT_MAX_MEMORY` (1.5 GB).
+        max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"`` (default
+            1.5 GB; ``float("inf")``: no limit): with ``tiling=None``, UPLiFT and the VAE tile when
+            the estimated untiled peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
 
     Raises:
         ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
@@ -349,12 +284,13 @@ def apply_uplift(
     vae = getattr(pipe, "vae", None)
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
-    check_flag("check_latent_space", check_latent_space)
     guard_latent_space(vae, upscaler, check_latent_space)
     budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
                                    max_memory)
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
+    if tiling is True:
+        tiling = check_tile_arguments(None, None)
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
                      tiling, upscale_method, max_memory=budget).install()
 

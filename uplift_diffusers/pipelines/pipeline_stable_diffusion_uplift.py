@@ -10,13 +10,10 @@ for its duration::
               vae.decode, resampling to the exact size for factors that are not powers of
               two, colour correction against the base image          image     round(8fh) x round(8fw)
            -> the parent's safety checker and post-processing, on the upscaled image
-
-Loading a plain Stable Diffusion pipeline (``from_pretrained`` / ``from_pipe`` without
-``upscaler=``) adds the authors' released UPLiFT model; ``upscaler=None`` gives plain Stable
-Diffusion output.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -37,8 +34,8 @@ from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
-from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, saved_component_entry
-from .upscale_decode import latent_updates, upscale_latents_guided, upscale_steps
+from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, model_index
+from .upscale_decode import latent_updates, upscale_latents_guided
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
@@ -50,10 +47,8 @@ logger = logging.get_logger(__name__)
 
 
 def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
-    """The authors' released UPLiFT model (:data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`),
-    for a pipeline given no ``upscaler``: ``dtype`` as the pipeline's (a per-component dict is
-    looked up under ``"upscaler"``, then ``"default"``), ``revision`` of the UPLiFT repository
-    (not the pipeline's), and the pipeline's cache / offline / token settings."""
+    """The authors' released UPLiFT model, for a pipeline given no ``upscaler``: ``dtype`` as the
+    pipeline's (a per-component dict is looked up under ``"upscaler"``, then ``"default"``)."""
     if isinstance(dtype, dict):
         dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
     logger.info(
@@ -84,16 +79,13 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     r"""Stable Diffusion text-to-image at a base size, then UPLiFT latent upscaling by any factor >= 1.
 
     Inherits everything from diffusers' ``StableDiffusionPipeline`` (LoRA / textual inversion /
-    IP-Adapter loading, schedulers, offloading, ``from_pipe``) and adds the component
-    ``upscaler``.
+    IP-Adapter loading, schedulers, offloading) and adds the component ``upscaler``.
 
     ``from_pretrained`` of a Stable Diffusion repository or folder without an ``upscaler``
-    component (e.g. ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``) and ``from_pipe`` of a
-    pipeline without one load the authors' released UPLiFT model, with the same dtype, cache,
-    offline and token settings (``revision`` stays the pipeline's; ``upscaler_revision=`` pins the
-    UPLiFT repository's) and one log line (INFO) saying so. ``upscaler=...`` selects another model,
-    ``upscaler=None`` none (plain Stable Diffusion output). To add one to a pipeline built without,
-    use ``pipe.register_modules(upscaler=model)`` (as for any diffusers component).
+    component and ``from_pipe`` of a pipeline without one load the authors' released UPLiFT
+    model, with the same dtype, cache, offline and token settings, and log it (INFO).
+    ``upscaler=...`` selects another model, ``upscaler=None`` none (plain Stable Diffusion
+    output); ``pipe.register_modules(upscaler=model)`` adds one later.
 
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
@@ -125,38 +117,27 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         check_latent_space: bool = True,
     ):
         super().__init__(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=safety_checker,
-            feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
-            requires_safety_checker=requires_safety_checker,
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=safety_checker,
+            feature_extractor=feature_extractor, image_encoder=image_encoder, requires_safety_checker=requires_safety_checker,
         )
-        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
             guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(upscaler=upscaler)
         self.register_to_config(check_latent_space=check_latent_space)
 
-    # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``; without ``upscaler=`` and without an ``upscaler``
-        component in the folder / repository, the authors' released UPLiFT model is added (see
-        the class docstring).
-
-        Args:
-            upscaler_revision: revision of the UPLiFT repository for that default (``revision``
-                applies to the Stable Diffusion repository only).
-            **kwargs: every argument of ``DiffusionPipeline.from_pretrained``.
-        """
+        """diffusers' ``from_pretrained`` (every argument); without ``upscaler=`` and without an
+        ``upscaler`` component in the folder / repository, the authors' released UPLiFT model is
+        added, at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion
+        repository's only)."""
         upscaler_revision = kwargs.pop("upscaler_revision", None)
         no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
-        if no_default is None:
-            entry = saved_component_entry(cls, pretrained_model_name_or_path, UPSCALER_SUBFOLDER, kwargs)
+        # the saved entry: [library, class], [None, None] (saved without one), absent, or None when
+        # the index cannot be read here (diffusers then says why)
+        index = None if no_default else model_index(cls, pretrained_model_name_or_path, kwargs)
+        if index is not None:
+            entry = index.get(UPSCALER_SUBFOLDER, [])
             if entry == []:  # a plain Stable Diffusion pipeline
                 hub = {key: kwargs[key] for key in HUB_ARGUMENTS if key in kwargs and key != "revision"}
                 dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
@@ -179,21 +160,17 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
         pins the UPLiFT repository's revision for that default."""
         upscaler_revision = kwargs.pop("upscaler_revision", None)
-        if UPSCALER_SUBFOLDER not in kwargs:
-            if UPSCALER_SUBFOLDER in pipeline.components:
-                kwargs[UPSCALER_SUBFOLDER] = pipeline.components[UPSCALER_SUBFOLDER]
-            else:
-                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
-                upscaler_revision = None
-        if upscaler_revision is not None:
+        if UPSCALER_SUBFOLDER not in kwargs and UPSCALER_SUBFOLDER not in pipeline.components:
+            kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
+        elif upscaler_revision is not None:
             raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
         return super().from_pipe(pipeline, **kwargs)
 
-    # ------------------------------------------------------------------ checks
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
-                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY) -> float:
-        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``;
-        returns ``max_memory`` in bytes."""
+                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY, **kwargs) -> float:
+        """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
+        values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
+        ``max_memory`` in bytes."""
         budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto", max_memory)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
@@ -209,19 +186,13 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                     "pass upscale_factor=1 (or leave it out), or add one with `pipe.register_modules(upscaler=model)`."
                 )
             guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
-        return budget
-
-    @staticmethod
-    def check_input_values(**tensors) -> None:
-        """Raise ValueError naming the first of the given tensors (``latents``, ``prompt_embeds``,
-        ...; None or a list of tensors allowed) that holds NaN or infinite values: checked once,
-        where the data enters (the denoising, the upscaler and the decoder do not check values)."""
-        for name, value in tensors.items():
+        for name in _CHECKED_TENSORS:  # the denoising, the upscaler and the decoder do not check values
+            value = kwargs.get(name)
             for index, tensor in enumerate(value if isinstance(value, (list, tuple)) else [value]):
                 if isinstance(tensor, torch.Tensor):
                     check_values(name if not isinstance(value, (list, tuple)) else f"{name}[{index}]", tensor)
+        return budget
 
-    # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
         self,
@@ -243,24 +214,18 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         for SD1.5; ``generator`` also seeds UPLiFT's noise), plus:
 
         Args:
-            upscale_factor: any real number >= 1 (1: no upscaling; e.g. 2, 3, 1.5). The output is
-                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up);
-                powers of two run one UPLiFT step per 2x, other factors also resample once (see
-                :mod:`uplift_diffusers.pipelines.upscale_decode`); ``output_type="latent"`` needs a
-                power of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
+            upscale_factor: any real number >= 1 (1: no upscaling); the output is
+                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up),
+                as :func:`~uplift_diffusers.apply_uplift`; ``output_type="latent"`` needs a power
+                of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
             output_size: ``(height, width)`` of the final images instead of ``upscale_factor``
                 (at least the base size).
-            color_correction: shift each RGB channel of the upscaled image to the base image's
-                mean (the authors' post-processing).
-            back_projection_steps: rounds of back-projection of the upscaled image onto the base
-                image (:mod:`uplift_diffusers.utils.back_projection`). Default 0, the paper's output.
+            color_correction, back_projection_steps: as in :func:`~uplift_diffusers.apply_uplift`.
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
                 multiplied by ``vae.config.scaling_factor``, the UNet's space).
-            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
-                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves when
-                the untiled estimated peak passes it (as ``max_memory`` of
-                :func:`~uplift_diffusers.apply_uplift`; ``float("inf")``: never). Default 1.5 GB.
+            max_memory: the upscale stage's budget (as in :func:`~uplift_diffusers.apply_uplift`):
+                without :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves above it.
 
         Returns:
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple
@@ -269,29 +234,19 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         if upscale_factor is None and output_size is None:
             upscale_factor = 1 if self.upscaler is None else 2
         budget = self.check_upscale_inputs(
-            upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory
+            upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory, **kwargs
         )
-        self.check_input_values(**{name: kwargs.get(name) for name in _CHECKED_TENSORS})
         if output_type == "latent":
             images = super().__call__(*args, output_type="latent", **kwargs).images
             base_images = images if return_base_images else None
             images = self._upscale_latents(images, upscale_factor, kwargs.get("generator"))
             nsfw = None
-        elif self.upscaler is None:
-            out = super().__call__(*args, output_type=output_type, **kwargs)
-            images, nsfw = out.images, out.nsfw_content_detected
-            base_images = images if return_base_images else None
-        else:
-            settings = dict(
-                upscale_factor=upscale_factor,
-                output_size=output_size,
-                color_correction=color_correction,
-                back_projection_steps=back_projection_steps,
-                tiling=self.tiling_settings,
-                keep_base_images=return_base_images,
+        else:  # without an upscaler the factor is 1: the hook hands the base images on untouched
+            with uplift_applied(
+                self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
+                back_projection_steps=back_projection_steps, tiling=self.tiling_settings, keep_base_images=return_base_images,
                 max_memory=budget,
-            )
-            with uplift_applied(self, self.upscaler, **settings) as hook:
+            ) as hook:
                 out = super().__call__(*args, output_type=output_type, **kwargs)
             images, nsfw = out.images, out.nsfw_content_detected
             base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None
@@ -304,7 +259,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """``output_type="latent"``: the base latents upscaled (a power-of-two factor), under a
         progress bar of the base decode (the guide) and every 2x step."""
         scaling = self.vae.config.scaling_factor
-        num_steps = upscale_steps((upscale_factor, upscale_factor), (1, 1))
+        num_steps = int(math.log2(upscale_factor))  # a power of two (checked)
         tiling = self.tiling_settings
         with self.progress_bar(total=1 + latent_updates(scaled_latents.shape[-2:], num_steps, tiling)) as progress:
             if num_steps == 0:

@@ -8,14 +8,8 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
          to the exact output size (factors that are not powers of two), colour correction,
          back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
-The output size is ``round(upscale_factor x side)`` for any real factor >= 1, or an exact
-``height`` / ``width`` (one of them: the aspect ratio is kept), by
-:func:`~uplift_diffusers.utils.output_size.output_size_for`.
-
-Every output keeps its input's mode (:func:`uplift_diffusers.image_processor.split_images` /
-:func:`~uplift_diffusers.image_processor.restore_mode`): gray stays gray, and the alpha channel of a
-transparent image is upscaled beside the colour (the VAE sees the colour with its transparent
-pixels filled from the visible ones). Hub downloads and tiling come from :mod:`uplift_diffusers.pipelines.pipeline_utils`.
+Every output keeps its input's mode (gray, alpha): :func:`uplift_diffusers.image_processor.split_images`
+and :func:`~uplift_diffusers.image_processor.restore_mode`.
 """
 from __future__ import annotations
 
@@ -37,16 +31,10 @@ from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.back_projection import back_project
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
-from ..utils.validation import check_flag
 from .pipeline_utils import HubComponentsMixin, TilingMixin
 from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
 
-__all__ = [
-    "UPLiFTSuperResolutionPipeline",
-    "UPLiFTSuperResolutionPipelineOutput",
-    "DEFAULT_SUPER_RESOLUTION_FACTOR",
-    "ENSEMBLE_SIZES",
-]
+__all__ = ["UPLiFTSuperResolutionPipeline", "UPLiFTSuperResolutionPipelineOutput", "DEFAULT_SUPER_RESOLUTION_FACTOR", "ENSEMBLE_SIZES"]
 
 #: The upscale factor when neither ``upscale_factor`` nor an output size is given.
 DEFAULT_SUPER_RESOLUTION_FACTOR = 4
@@ -88,7 +76,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         self, vae: Union[AutoencoderKL, AutoencoderTiny, TinyAutoencoder], upscaler: UPLiFTLatentUpscaler, check_latent_space: bool = True
     ):
         super().__init__()
-        check_flag("check_latent_space", check_latent_space)
         if vae is not None and upscaler is not None:
             guard_latent_space(vae, upscaler, check_latent_space)
         self.register_modules(vae=vae, upscaler=upscaler)
@@ -98,12 +85,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
-    def check_inputs(
-        self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
-        back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS,
-        ensemble=1,
-        max_memory=DEFAULT_MAX_MEMORY,
-    ) -> float:
+    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
+                     back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS, ensemble=1, max_memory=DEFAULT_MAX_MEMORY) -> float:
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
@@ -123,44 +106,39 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         return budget
 
-    def upscale_batch(
-        self,
-        images: torch.Tensor,
-        output_size: Tuple[int, int],
-        generator=None,
-        color_correction: bool = True,
-        progress=None,
-        back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS,
-        ensemble: int = 1,
-        tiling=None,
-    ) -> torch.Tensor:
+    def upscale_batch(self, images: torch.Tensor, output_size: Tuple[int, int], generator=None, color_correction: bool = True,
+                      progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
+                      tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)``; returns ``B x 3 x height x width`` in [0, 1]. ``progress.update()``
-        runs after the encode and every stage of
-        :func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`
-        (:meth:`progress_updates` calls in all).
+        ``(height, width)`` in [0, 1], with :meth:`progress_updates` ``progress.update()`` calls.
 
-        With ``ensemble`` > 1 (geometric self-ensemble) the batch is upscaled once per transform of
-        :data:`ENSEMBLE_TRANSFORMS` (flipped / rotated, then turned back), the results are averaged,
-        and the back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
-        (:meth:`tiling_for`; the caller switches the VAE's tiling) or None."""
+        The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
+        turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
+        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles (:meth:`tiling_for`;
+        the caller switches the VAE's tiling) or None."""
         images = images.to(device=self._execution_device, dtype=torch.float32)
-        if ensemble == 1:
-            return self._upscale_once(images, output_size, generator, color_correction, progress, back_projection_steps, tiling)
         total = 0.0
         for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
-            upscaled = self._upscale_once(_transform(images, turns, mirrored), size, generator, color_correction, progress, 0, tiling)
+            view = _transform(images, turns, mirrored)
+            padded = pad_to_multiple(view, vae_scale_factor(self.vae))
+            show_stage(progress, "encode")
+            latents = encode_latents(self.vae, padded * 2 - 1)
+            if progress is not None:
+                progress.update()
+            upscaled = upscale_and_decode(
+                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size,
+                guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
+                method=self.upscale_method, progress=progress,
+            )
             total = total + _transform(upscaled, turns, mirrored, inverse=True)
-        if back_projection_steps:
-            show_stage(progress, "back-projection")
+        if not back_projection_steps:
+            return total / ensemble
+        show_stage(progress, "back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
 
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
-        """The tiles of one size group: :meth:`enable_tiling`'s, else the default tiles when the
-        untiled estimate passes ``max_memory`` bytes (:func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`), else None."""
-        if self.tiling_settings is not None:
-            return self.tiling_settings
-        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory)
+        """The tiles of one size group: :meth:`enable_tiling`'s, else :func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`'s."""
+        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
 
     def progress_updates(self, output_size, input_size, ensemble: int = 1, tiling=None) -> int:
         """``progress.update()`` calls of :meth:`upscale_batch` for one size group: per ensemble
@@ -169,28 +147,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         return sum(
             1 + stage_updates(self.upscaler, out, size, factor, tiling, self.upscale_method)
             for _, _, out, size in _ensemble_views(ensemble, output_size, input_size)
-        )
-
-    def _upscale_once(self, images, output_size, generator, color_correction, progress, back_projection_steps, tiling) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        padded = pad_to_multiple(images, vae_scale_factor(self.vae))
-        show_stage(progress, "encode")
-        latents = encode_latents(self.vae, padded * 2 - 1)
-        if progress is not None:
-            progress.update()
-        return upscale_and_decode(
-            self.upscaler,
-            lambda upscaled: decode_latents(self.vae, upscaled),
-            latents,
-            padded,
-            output_size,
-            guide_size=(height, width),
-            generator=generator,
-            color_correction=color_correction,
-            back_projection_steps=back_projection_steps,
-            tiling=tiling,
-            method=self.upscale_method,
-            progress=progress,
         )
 
     @torch.no_grad()
@@ -240,25 +196,20 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
                 0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
-            max_memory: the budget of the upscale stage in bytes, or a size such as ``"3GB"``:
-                without :meth:`enable_tiling`, UPLiFT and the VAE decode tile by themselves for
-                the images whose untiled estimated peak
-                (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it
-                (``float("inf")``: never). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
+            max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"``: without
+                :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves for the images whose
+                estimated untiled peak passes it (``float("inf")``: never). Default 1.5 GB: a
+                4096 x 4096 output stays under 3 GB.
 
-        The pipeline's progress bar advances after every stage of every image size: the encode,
-        each UPLiFT 2x step (each tile when tiling) and the decode. It names the images being
-        upscaled (``"images 1-2/3"``) and the running stage (encode, upscale, decode, back-projection).
-
-        Sizes that are not multiples of 8 are padded (reflection) for the VAE and the result is
-        cropped. Images of the same size are processed as one batch, others one size at a time.
+        The progress bar advances after every stage (encode, each 2x step of each tile, decode)
+        and names the images being upscaled (``"images 1-2/3"``) and the stage. Images of the same
+        size are processed as one batch, others one size at a time.
 
         Raises:
-            ValueError: naming ``image`` (or ``image[i]``) for a wrong type, layout, dtype or size,
-                NaN / infinite values, or float values outside [0, 1]: the values are checked here,
-                once, where they enter (the VAE and the upscaler do not check them); naming
-                ``upscale_factor`` / ``height`` / ``width`` for a factor below 1 or not finite, a size
-                smaller than an input, or a factor and a size together.
+            ValueError: naming the argument: ``image`` (or ``image[i]``) of a wrong type, layout,
+                dtype or size, NaN / infinite values, or float values outside [0, 1];
+                ``upscale_factor`` / ``height`` / ``width`` below 1 or not finite, a size smaller
+                than an input, or a factor and a size together.
         """
         if upscale_factor is None and height is None and width is None:
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
@@ -279,8 +230,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             for indices, output_size, tiling in zip(groups, output_sizes, tilings):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
-                show_stage(progress, _image_counts(done, len(indices), len(tensors)), "set_description")
-                done += len(indices)
+                first, done = done + 1, done + len(indices)
+                counted = f"image {done}" if first == done else f"images {first}-{done}"
+                show_stage(progress, f"{counted}/{len(tensors)}", "set_description")
                 with vae_tiling(self.vae, tiling is not None):
                     upscaled = self.upscale_batch(
                         batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
@@ -306,11 +258,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         if output_type == "np":
             return np.stack(arrays) if same_size else arrays
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
-
-
-def _image_counts(done: int, count: int, total: int) -> str:
-    """``"image 3/3"`` or ``"images 1-2/3"``: the next ``count`` images after ``done``, of ``total``."""
-    return f"image {done + 1}/{total}" if count == 1 else f"images {done + 1}-{done + count}/{total}"
 
 
 def _ensemble_views(ensemble: int, output_size, input_size):

@@ -12,29 +12,20 @@ from typing import Any, Mapping, Optional, Tuple
 
 from ..models.tiled_upscaling import check_tile_arguments
 
-__all__ = ["HUB_ARGUMENTS", "HubComponentsMixin", "TilingMixin", "saved_component_entry"]
+__all__ = ["HUB_ARGUMENTS", "HubComponentsMixin", "TilingMixin", "model_index"]
 
 LIBRARY_NAME = "uplift_diffusers"
 #: The arguments of ``from_pretrained`` that say where and how to find files on the Hub.
 HUB_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
 
-def _model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -> Optional[dict]:
+def model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -> Optional[dict]:
     """The ``model_index.json`` of a pipeline folder or Hub repository (diffusers' ``load_config``:
     the cache first), or None when it cannot be read here (``from_pretrained`` then says why)."""
     try:
         return cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs})
     except Exception:  # noqa: BLE001 - missing, unreachable or unreadable: diffusers gives the error
         return None
-
-
-def saved_component_entry(cls, pretrained_model_name_or_path, name: str, kwargs: Mapping[str, Any]) -> Optional[list]:
-    """The ``name`` entry of a pipeline's ``model_index.json``: ``[library, class]``, ``[None, None]``
-    when it was saved without one, ``[]`` when the index has no such entry (e.g. a plain Stable
-    Diffusion pipeline), or ``None`` when the index cannot be read here."""
-    index = _model_index(cls, pretrained_model_name_or_path, kwargs)
-    entry = None if index is None else index.get(name, [])
-    return list(entry) if isinstance(entry, (list, tuple)) else None
 
 
 class HubComponentsMixin:
@@ -47,7 +38,7 @@ class HubComponentsMixin:
         of the components not passed as keyword arguments (the Hub cache first, as diffusers)."""
         from huggingface_hub import snapshot_download
 
-        index = _model_index(cls, pretrained_model_name, kwargs)
+        index = model_index(cls, pretrained_model_name, kwargs)
         entries = {k: v for k, v in (index or {}).items() if not k.startswith("_") and isinstance(v, (list, tuple)) and v}
         if not any(isinstance(v[0], str) and v[0].split(".")[0] == LIBRARY_NAME for v in entries.values()):
             return super().download(pretrained_model_name, **kwargs)
@@ -59,10 +50,11 @@ class HubComponentsMixin:
 
 
 class TilingMixin:
-    """``enable_tiling`` / ``disable_tiling``: one switch for tiled inference, UPLiFT and the VAE.
+    """``enable_tiling`` / ``disable_tiling``: one switch for tiled inference, UPLiFT and the VAE
+    (``self.vae``)."""
 
-    Needs ``self.vae``. The tile settings reach the upscale stage as ``self.tiling_settings``.
-    """
+    #: ``(tile_size, overlap)`` while tiling is on, else None.
+    tiling_settings: Optional[Tuple[int, int]] = None
 
     def enable_tiling(self, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> None:
         """Upscale in overlapping tiles with blended seams, and encode / decode with the VAE's
@@ -74,9 +66,8 @@ class TilingMixin:
             overlap: latents shared by neighbouring tiles; None:
                 :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_OVERLAP`.
 
-        The tiled result differs slightly from the untiled one (measured closeness in
-        docs/fast-inference.md). Raises ``ValueError`` naming the argument for a bad ``tile_size`` /
-        ``overlap``, and for a VAE without ``enable_tiling``.
+        The tiled result differs slightly from the untiled one (docs/fast-inference.md). Raises
+        ``ValueError`` for a bad ``tile_size`` / ``overlap``, or a VAE without ``enable_tiling``.
         """
         settings = check_tile_arguments(tile_size, overlap)
         if not hasattr(self.vae, "enable_tiling"):
@@ -85,15 +76,10 @@ class TilingMixin:
                 "use a diffusers AutoencoderKL / AutoencoderTiny or a uplift_diffusers TinyAutoencoder."
             )
         self.vae.enable_tiling()
-        self._uplift_tiling = settings
+        self.tiling_settings = settings
 
     def disable_tiling(self) -> None:
         """Back to single-pass upscaling, encoding and decoding (after :meth:`enable_tiling`)."""
-        self._uplift_tiling = None
+        self.tiling_settings = None
         if hasattr(self.vae, "disable_tiling"):
             self.vae.disable_tiling()
-
-    @property
-    def tiling_settings(self) -> Optional[Tuple[int, int]]:
-        """``(tile_size, overlap)`` while tiling is on, else None."""
-        return self.__dict__.get("_uplift_tiling")

@@ -1,8 +1,8 @@
 """The one upscale-and-decode stage, for any output size: :func:`upscale_and_decode`.
 
-Every way of running UPLiFT ends here: the decode hook of :func:`~uplift_diffusers.apply_uplift`
-(and so :class:`~uplift_diffusers.StableDiffusionUPLiFTPipeline`) and the super-resolution
-pipeline. Given unscaled latents (``h x w``), the image they describe (the guide, ``8h x 8w`` in
+The decode hook of :func:`~uplift_diffusers.apply_uplift` (and so
+:class:`~uplift_diffusers.StableDiffusionUPLiFTPipeline`) and the super-resolution pipeline end
+here. Given unscaled latents (``h x w``), the image they describe (the guide, ``8h x 8w`` in
 [0, 1]), the VAE's own decode and an exact output size, it runs::
 
     latents -> UPLiFT, num_steps 2x steps (tiled or not)       latents  2^s h x 2^s w
@@ -12,23 +12,21 @@ pipeline. Given unscaled latents (``h x w``), the image they describe (the guide
             -> colour correction against the guide's content    image    exactly output_size
             -> [back-projection onto the guide's content]       (back_projection_steps > 0)
 
-A factor that is a power of two (2, 4, 8) runs ``log2(factor)`` steps and resamples nothing. Other
-factors resample once, by one of :data:`UPSCALE_METHODS`; the default was chosen by measurement
-(``python -m evaluation.benchmarks.any_size_study``, PSNR / SSIM on BSDS500 at 1.5x, 3x and 6x):
+A power of two (2, 4, 8) runs ``log2(factor)`` steps and resamples nothing. Other factors resample
+once, by one of :data:`UPSCALE_METHODS`:
 
-- ``"downsample_image"``: ``ceil(log2 f)`` steps, then an antialiased bicubic downsampling of the
-  decoded image;
-- ``"resample_latents"``: ``ceil(log2 f)`` steps, then an antialiased bicubic resampling of the
-  latents to the output size before decoding;
-- ``"upsample_image"``: ``floor(log2 f)`` steps, then a bicubic upsampling of the decoded image;
-- ``"bilinear_latents"``: the authors' choice, ``ceil(log2 f)`` steps then a bilinear resize of the
-  latents (``out_size`` of their extractor);
+- ``"downsample_image"``: ``ceil(log2 f)`` steps, then an antialiased bicubic downsampling of the image;
+- ``"resample_latents"``: ``ceil(log2 f)`` steps, then an antialiased bicubic resampling of the latents;
+- ``"upsample_image"``: ``floor(log2 f)`` steps, then a bicubic upsampling of the image;
+- ``"bilinear_latents"``: the authors' choice, ``ceil(log2 f)`` steps then a bilinear resize of the latents;
 - ``"auto"`` (the default): ``"downsample_image"``, but never more steps than the model was trained
   for (its config's ``trained_upscale_factors``): beyond that, ``"upsample_image"`` from the
-  largest trained factor. Measured with the TAEF2 model on 100 BSDS500 images
-  (evaluation/results/any_size_study.md): resampling the decoded image beat resampling the
-  latents (either filter) by 4.7-7 dB PSNR at 1.5x and 3x; at 6x, stepping past the trained depth
-  (8x, then down, with a model trained for 2x and 4x) lost 1.8 dB to stopping at 4x and upsampling.
+  largest trained factor.
+
+The default is measured (``python -m evaluation.benchmarks.any_size_study``, TAEF2 model, 100
+BSDS500 images, evaluation/results/any_size_study.md): resampling the decoded image beat resampling
+the latents by 4.7-7 dB PSNR at 1.5x and 3x; at 6x, stepping past the trained depth (8x, then
+down, with a model trained for 2x and 4x) lost 1.8 dB to stopping at 4x and upsampling.
 
 The functions here are internal: they trust their callers, which check the user's arguments.
 """
@@ -54,8 +52,6 @@ __all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscal
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
 #: The measured best of :data:`UPSCALE_METHODS` (evaluation/results/any_size_study.md).
 DEFAULT_UPSCALE_METHOD = "auto"
-#: Methods that run ``floor(log2 f)`` steps and upsample; the others run ``ceil(log2 f)`` and reduce.
-_FLOOR_METHODS = ("upsample_image",)
 _LATENT_METHODS = {"resample_latents": ("bicubic", True), "bilinear_latents": ("bilinear", False)}
 #: log2 of a ratio of integer sizes is exact for powers of two; this absorbs rounding elsewhere.
 _LOG_TOLERANCE = 1e-9
@@ -75,7 +71,7 @@ def upscale_steps(
     factor = max(output_size[0] / guide_size[0], output_size[1] / guide_size[1])
     log_factor = math.log2(factor)
     floor, ceil = math.floor(log_factor + _LOG_TOLERANCE), math.ceil(log_factor - _LOG_TOLERANCE)
-    if method in _FLOOR_METHODS:
+    if method == "upsample_image":  # the one method that upsamples after floor(log2 f) steps
         return max(0, floor)
     if method == "auto" and trained_factors and floor != ceil:
         return max(0, min(ceil, int(math.log2(max(trained_factors)))))
@@ -95,9 +91,12 @@ def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int
     return latent_updates(latent_size, num_steps, tiling) + 1
 
 
-def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float) -> Tiling:
-    """The default tiles when the untiled stage's estimated peak
-    (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes ``max_memory`` bytes, else None."""
+def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
+                tiling=None) -> Tiling:
+    """``tiling`` where it is set (``(tile_size, overlap)``; False: none); for None, the default tiles
+    when the untiled stage's estimated peak passes ``max_memory`` bytes, else None."""
+    if tiling is not None:
+        return tiling or None
     scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
     decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
     if estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory:
@@ -119,9 +118,8 @@ def vae_tiling(vae, tiled: bool):
 
 
 def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
-    """Name the running stage (``"encode"``, ``"upscale"``, ``"decode"``, ``"back-projection"``)
-    at the end of the progress bar (tqdm's postfix), or with ``method="set_description"`` the
-    images being upscaled, at its start; bars without that method show nothing."""
+    """Name the running stage at the end of the progress bar (tqdm's postfix), or with
+    ``method="set_description"`` the images being upscaled at its start, where the bar can."""
     show = getattr(progress, method, None)
     if show is not None:
         show(text)
@@ -168,42 +166,25 @@ def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: S
     return resized[:, :, : size[0], : size[1]]
 
 
-def upscale_and_decode(
-    upscaler,
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    latents: torch.Tensor,
-    guide: torch.Tensor,
-    output_size: Size,
-    guide_size: Optional[Size] = None,
-    generator=None,
-    color_correction: bool = True,
-    back_projection_steps: int = 0,
-    tiling: Tiling = None,
-    method: str = DEFAULT_UPSCALE_METHOD,
-    progress=None,
-) -> torch.Tensor:
-    """Upscale ``latents`` with UPLiFT and decode them to exactly ``output_size``.
+def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, guide: torch.Tensor,
+                       output_size: Size, guide_size: Optional[Size] = None, generator=None, color_correction: bool = True,
+                       back_projection_steps: int = 0, tiling: Tiling = None, method: str = DEFAULT_UPSCALE_METHOD,
+                       progress=None) -> torch.Tensor:
+    """Upscale ``latents`` with UPLiFT and decode them to exactly ``output_size``: ``B x 3 x
+    output_size`` float32 images in [0, 1] on the latents' device.
 
     Args:
-        upscaler: the :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
         decode: the VAE's own decoding, unscaled latents -> images in [-1, 1] (for a hooked VAE,
             its original ``decode``: never the hook itself).
-        latents: ``B x C x h x w`` unscaled latents on the device to run on (VAE posterior mode,
-            or a UNet's latents divided by ``vae.config.scaling_factor``).
+        latents: ``B x C x h x w`` unscaled latents on the device to run on.
         guide: ``B x 3 x 8h x 8w`` in [0, 1], the image the latents describe.
-        output_size: ``(height, width)`` of the result, at least ``guide_size``.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
             multiple of 8); default the whole guide.
-        generator: seeds the upscaler's noise (one generator, or one per image).
-        color_correction: shift each channel's mean to the guide content's.
         back_projection_steps: rounds of :func:`~uplift_diffusers.utils.back_projection.back_project`
             onto the guide's content after the colour correction (0: none, the paper's output).
-        tiling: ``(tile_size, overlap)`` to upscale in tiles (:func:`~uplift_diffusers.models.tiled_upscaling.tiled_upscale`).
+        tiling: ``(tile_size, overlap)`` to upscale in tiles, or None.
         method: one of :data:`UPSCALE_METHODS`, for factors that are not powers of two.
         progress: a progress bar, ``update()``-d :func:`stage_updates` times.
-
-    Returns:
-        ``B x 3 x output_size`` float32 images in [0, 1] on the latents' device.
     """
     device = latents.device
     guide_size = tuple(guide.shape[-2:]) if guide_size is None else guide_size
