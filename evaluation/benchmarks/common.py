@@ -91,7 +91,7 @@ class PeakMemory:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(self.interval)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *_exc_info):
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
             self.peak_extra = torch.cuda.max_memory_allocated() - self.base

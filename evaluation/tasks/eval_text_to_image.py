@@ -153,7 +153,7 @@ def generate_batch(pipe, rows: Sequence[CaptionRow], indices: Sequence[int], met
     """All requested SD1.5 rows for a batch of captions from one denoising run: ``{method: B x 3 x H x W in [0, 1]}``."""
     final = {}
 
-    def keep_latents(pipeline, step, timestep, tensors):
+    def keep_latents(_pipeline, _step, _timestep, tensors):
         final["latents"] = tensors["latents"]  # after the last step: the latents the base image is decoded from
         return tensors
 
