@@ -789,6 +789,16 @@ def test_eval_text_to_image_smoke_test_offline(tmp_path, hub_cache, capsys):
     assert "--prompts is required (or pass --smoke-test" in capsys.readouterr().err
 
 
+def test_sr_latency_smoke_test(tmp_path, hub_cache):
+    output = tmp_path / "latency.json"
+    assert benchmark_latency.main(["super-resolution", "--smoke-test", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["settings"]["smoke_test"] is True and result["settings"]["random_weights"] is True
+    assert result["settings"]["lr_size"] == 64 and result["settings"]["output_size"] == 256 and result["settings"]["compile"] is False
+    assert all(len(values["times_s"]) == 2 and min(values["times_s"]) > 0 for values in result["methods"].values())
+    assert output.with_suffix(".md").is_file()
+
+
 def test_any_size_study_smoke_test(tmp_path):
     """``any_size_study --smoke-test``: every method at 1.5x, 3x and 6x on two synthetic 96 px images."""
     from evaluation.benchmarks import any_size_study

@@ -2,8 +2,10 @@
 
 ``text-to-image`` (the time columns of Tables 2-3): each stage of an SD1.5 + upscaling batch timed
 separately; text encoding is left out (random prompt embeddings of the real shape) since it does
-not depend on the method. Latency does not depend on the weights, hence ``--random-weights``
-(models of the real sizes, nothing downloaded).
+not depend on the method. ``super-resolution`` (Fig. 11 / Table 4, on an A100 UPLiFT takes 271 ms,
+13% more than bilinear): encode -> UPLiFT or bilinear latents -> decode, both timed in turn every
+round; the ratio is the median of the per-round ratios (why: :func:`common.interleaved`). Latency
+does not depend on the weights, hence ``--random-weights`` (models of the real sizes, nothing downloaded).
 """
 from __future__ import annotations
 
@@ -17,24 +19,28 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from evaluation.arguments import attempt, check_at_least, load_upscaler, loading
+from evaluation.arguments import attempt, check_at_least, load_upscaler, load_vae, loading
 from evaluation.benchmarks import common
 from evaluation.benchmarks.sd15_sizes import SD15_SCHEDULER_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 from evaluation.reports.tables import write_report
 from evaluation.sharding import require_one_process
 from evaluation.smoke import add_smoke_test_argument, use_one_thread
-from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler
-from uplift_diffusers.constants import SD15_MODEL_ID
+from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 from uplift_diffusers.utils.color_correction import color_correct
 
 TEXT_TOKENS = 77  # CLIP context of SD1.5
 STAGES = ("unet", "vae_decode_base", "uplift", "bilinear", "nearest", "vae_decode_upscaled", "color_correction")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+#: The paper's numbers (A100, SD1.5 VAE, 256 -> 1024): UPLiFT end to end, and its ratio to bilinear.
+PAPER = {"uplift_s_per_image": 0.271, "uplift_over_bilinear": 1.13, "device": "NVIDIA A100"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Latency of latent upscaling: the text-to-image stages (Tables 2-3).")
-    modes = parser.add_subparsers(dest="mode", required=True, metavar="{text-to-image}")
+    parser = argparse.ArgumentParser(description="Latency of latent upscaling: text-to-image stages (Tables 2-3) "
+                                     "or end-to-end super-resolution (Fig. 11 / Table 4).")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="{text-to-image,super-resolution}")
     t2i = modes.add_parser("text-to-image", help="stage breakdown of SD1.5 + UPLiFT (the time columns of Tables 2-3)")
     t2i.add_argument("--output-dir", default=None, help="results.json and results.md go here (required unless --smoke-test)")
     t2i.add_argument("--dataset-name", default="coco", help="column label in the tables (coco: batch 4, relaion: batch 1)")
@@ -44,55 +50,65 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     t2i.add_argument("--size", type=int, default=512, help="base image side (default 512)")
     t2i.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
-    t2i.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
-    t2i.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
-    t2i.add_argument("--upscale-factor", type=int, default=2, choices=(2, 4, 8), help="upscaling factor (default 2)")
-    t2i.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3; compiling happens there)")
-    t2i.add_argument("--iters", type=int, default=10, help="timed batches (default 10)")
-    t2i.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                     help="torch.compile the models (default on, as the paper; --no-compile: eager)")
-    t2i.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
-    t2i.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-    t2i.add_argument("--seed", type=int, default=0, help="seed of the inputs and of random weights")
-    add_smoke_test_argument(t2i)
+    sr = modes.add_parser("super-resolution", help="end-to-end 4x latent super-resolution, UPLiFT vs bilinear (Fig. 11 / Table 4)")
+    sr.add_argument("--vae", default=SD15_MODEL_ID, help=f"VAE folder / Hub id / TAESD-family folder (default {SD15_MODEL_ID})")
+    sr.add_argument("--upscaler", default=UPLIFT_SD15_REPO_ID, help=f"UPLiFT folder, Hub id or the authors' file (default {UPLIFT_SD15_REPO_ID})")
+    sr.add_argument("--lr-size", type=int, default=256, help="input image side (default 256)")
+    sr.add_argument("--color-correct-baselines", action="store_true", help="colour-correct the bilinear row too (the paper does not)")
+    sr.add_argument("--compile-mode", default=None, help="torch.compile mode (default: its default; the authors use max-autotune on GPUs)")
+    sr.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
+    sr.add_argument("--note", default="", help="free text stored in the results")
+    sr.add_argument("--output", type=Path, default=None, help="results JSON; the table goes to the same path with .md (default "
+                    "evaluation/results/benchmark_sr_latency.json; with --smoke-test a temporary folder)")
+    for mode, batch_size, factor in ((t2i, 4, 2), (sr, 1, 4)):
+        mode.add_argument("--random-weights", action="store_true", help="do not load weights: random models of the real sizes")
+        mode.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
+        mode.add_argument("--upscale-factor", type=int, default=factor, choices=(2, 4, 8), help=f"upscaling factor (default {factor})")
+        mode.add_argument("--warmup", type=int, default=3, help="untimed batches / rounds first (default 3; compiling happens there)")
+        mode.add_argument("--iters", type=int, default=10, help="timed batches / rounds (default 10)")
+        mode.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                          help="torch.compile the models (default on, as the paper; --no-compile: eager)")
+        mode.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default float32)")
+        mode.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+        mode.add_argument("--seed", type=int, default=0, help="seed of the inputs and of random weights")
+        add_smoke_test_argument(mode)
     return parser
 
 
-def _check_args(args) -> None:
-    if not args.output_dir:
-        raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
-    check_at_least(args, {"batch_size": 1, "iters": 1, "warmup": 0, "steps": 1, "size": 1})
-    if args.size % 8:
-        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
-
-
 def prepare_smoke_test(args) -> None:
-    """``--smoke-test``: the tiny random models, 1 warm-up and 2 timed batches of 1, eager, at 64 px with 2 steps."""
+    """``--smoke-test``: the tiny random models, 1 warm-up and 2 timed batches / rounds of 1, eager;
+    text-to-image at 64 px with 2 steps, super-resolution 64 -> 256 px."""
     use_one_thread()
     args.warmup, args.iters, args.batch_size, args.compile, args.dtype = 1, 2, 1, False, "float32"
+    if args.mode == "super-resolution":
+        args.output = args.output or Path(tempfile.mkdtemp(prefix="uplift-smoke-sr-latency-")) / "results.json"
+        args.lr_size, args.upscale_factor = 64, 4
+        args.note = "--smoke-test: tiny random models, the times mean nothing"
+        return
     args.output_dir = args.output_dir or tempfile.mkdtemp(prefix="uplift-smoke-latency-")
     args.size, args.steps, args.upscale_factor = 64, 2, 2
 
 
-def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int):
-    """(unet, vae, scheduler, upscaler) with random weights, built directly on ``device``: of the real
-    SD1.5 / UPLiFT sizes, or (``tiny``, ``--smoke-test``) the tiny models of
+def random_models(device: torch.device, dtype: torch.dtype, tiny: bool, seed: int, unet: bool = True) -> List[torch.nn.Module]:
+    """[unet (when ``unet``),] vae and upscaler with random weights, built directly on ``device``: of
+    the real SD1.5 / UPLiFT sizes, or (``tiny``, ``--smoke-test``) the tiny models of
     :mod:`uplift_diffusers.utils.testing_utils`."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from uplift_diffusers import UPLiFTLatentUpscaler
     from uplift_diffusers.utils import testing_utils
 
+    if tiny:
+        builders = [testing_utils.make_unet, testing_utils.make_kl_vae, lambda: testing_utils.make_upscaler(seed=None)]
+    else:
+        builders = [lambda: UNet2DConditionModel(**SD15_UNET_CONFIG), lambda: AutoencoderKL(**SD15_VAE_CONFIG), UPLiFTLatentUpscaler]
+    if not unet:
+        builders = builders[1:]
     torch.manual_seed(seed)
     with torch.device(device):
-        if tiny:
-            unet, vae, upscaler = testing_utils.make_unet(), testing_utils.make_kl_vae(), testing_utils.make_upscaler(seed=None)
-        else:
-            unet, vae, upscaler = UNet2DConditionModel(**SD15_UNET_CONFIG), AutoencoderKL(**SD15_VAE_CONFIG), UPLiFTLatentUpscaler()
-    scheduler = PNDMScheduler(**SD15_SCHEDULER_CONFIG)
-    if dtype != torch.float32:
-        unet, vae, upscaler = unet.to(dtype=dtype), vae.to(dtype=dtype), upscaler.to(dtype=dtype)
-    return unet.eval(), vae.eval(), scheduler, upscaler.eval()
+        models = [build().eval() for build in builders]
+    # diffusers warns on every to(dtype=...), a no-op one included
+    return models if dtype == torch.float32 else [model.to(dtype=dtype) for model in models]
 
 
 def pretrained_models(args, device: torch.device, dtype: torch.dtype):
@@ -165,14 +181,15 @@ def run_batch(models, args, device, dtype, generator: torch.Generator, random_we
     return times
 
 
-def text_to_image(args) -> Dict:
-    """The text-to-image mode of parsed ``args``; returns the results (also written to ``--output-dir``)."""
-    require_one_process("evaluation.benchmarks.benchmark_latency")
-    if args.smoke_test:
-        prepare_smoke_test(args)
-    _check_args(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype]
+def text_to_image(args, device: torch.device, dtype: torch.dtype) -> Dict:
+    """The text-to-image mode; returns the results (also written to ``--output-dir``)."""
+    from diffusers import PNDMScheduler
+
+    if not args.output_dir:
+        raise ValueError("--output-dir is required (or pass --smoke-test to check the installation).")
+    check_at_least(args, {"steps": 1, "size": 1})
+    if args.size % 8:
+        raise ValueError(f"--size must be a multiple of 8 (the VAE factor), got {args.size}.")
     random_weights = args.random_weights or args.smoke_test
     reason = "--smoke-test (tiny models)" if args.smoke_test else "--random-weights"
     if not random_weights:
@@ -182,7 +199,8 @@ def text_to_image(args) -> Dict:
             random_weights, reason = True, f"weights unavailable ({error})"
             print(f"note: {reason}; timing models of the real SD1.5 / UPLiFT sizes with random weights.", file=sys.stderr)
     if random_weights:
-        unet, vae, scheduler, upscaler = random_models(device, dtype, args.smoke_test, args.seed)
+        unet, vae, upscaler = random_models(device, dtype, args.smoke_test, args.seed)
+        scheduler = PNDMScheduler(**SD15_SCHEDULER_CONFIG)
     decode = lambda latents: vae.decode(latents).sample  # noqa: E731
     if args.compile:
         unet = torch.compile(unet)
@@ -224,14 +242,129 @@ def text_to_image(args) -> Dict:
     return result
 
 
+@torch.no_grad()
+def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_correction: bool) -> torch.Tensor:
+    """Encode ``images`` (``B x 3 x h x w`` in [0, 1]), upscale the latents, decode and (``color_correction``)
+    colour-correct against ``images``."""
+    from uplift_diffusers.loaders import encode_latents
+
+    latents = encode_latents(vae, images * 2 - 1)
+    upscaled = upscaler(latents, images.to(latents.dtype), num_steps=num_steps).sample
+    return decode_and_correct(vae, upscaled, images, color_correction=color_correction)
+
+
+def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
+    """The super-resolution mode; returns the results (also written to ``--output`` and .md)."""
+    from uplift_diffusers.hooks import check_upscaler_matches_vae, vae_scale_factor
+
+    args.output = args.output or RESULTS_DIR / "benchmark_sr_latency.json"
+    check_at_least(args, {"lr_size": 1, "threads": 1})
+    if args.output.suffix != ".json":
+        raise ValueError(f"--output must end in .json (the table is written beside it as .md), got {str(args.output)!r}.")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    random_weights = args.random_weights or args.smoke_test
+    if random_weights:
+        vae, upscaler = random_models(device, dtype, args.smoke_test, args.seed, unet=False)
+    else:
+        vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights").to(device)
+        upscaler = load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights").to(device)
+    check_upscaler_matches_vae(vae, upscaler)
+    factor = vae_scale_factor(vae)
+    if args.lr_size % factor:
+        raise ValueError(f"--lr-size must be a multiple of the VAE's factor {factor}, got {args.lr_size}.")
+    if args.compile:
+        for module in (vae.encoder, vae.decoder, upscaler):
+            module.compile(mode=args.compile_mode, dynamic=False)
+    num_steps = int(math.log2(args.upscale_factor))
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.rand((args.batch_size, 3, args.lr_size, args.lr_size), generator=generator).to(device=device, dtype=dtype)
+    bilinear, color_correction = LatentInterpolationUpscaler("bilinear"), {"uplift": True, "bilinear": args.color_correct_baselines}
+    calls = {
+        "uplift": lambda: super_resolve(vae, upscaler, images, num_steps, color_correction["uplift"]),
+        "bilinear": lambda: super_resolve(vae, bilinear, images, num_steps, color_correction["bilinear"]),
+    }
+    wall, cpu = common.interleaved(calls, args.iters, args.warmup, str(device))
+    methods = {
+        name: {
+            "mean_s": statistics.fmean(times), "median_s": statistics.median(times), "std_s": statistics.pstdev(times),
+            "mean_s_per_image": statistics.fmean(times) / args.batch_size,
+            "times_s": [round(t, 5) for t in times], "cpu_times_s": [round(t, 5) for t in cpu[name]],
+        }
+        for name, times in wall.items()
+    }
+    ratio = common.median_ratio(wall["uplift"], wall["bilinear"], 4)
+    flags = ("lr_size", "upscale_factor", "batch_size", "warmup", "iters", "compile", "compile_mode", "dtype", "note", "command")
+    settings = {
+        "vae": None if random_weights else args.vae, "upscaler": None if random_weights else args.upscaler,
+        "random_weights": random_weights, "smoke_test": bool(args.smoke_test), "vae_class": type(vae).__name__,
+        "upscaler_parameters": sum(p.numel() for p in upscaler.parameters()), "output_size": args.lr_size * args.upscale_factor,
+        "color_correction": color_correction, **{name: getattr(args, name) for name in flags},
+        "device": str(device), "device_name": common.device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+    }
+    result = {
+        "task": "sr_latency", "settings": settings, "methods": methods, "uplift_over_bilinear": ratio,
+        "uplift_over_bilinear_of_means": methods["uplift"]["mean_s"] / methods["bilinear"]["mean_s"],
+        "uplift_extra_percent": 100 * (ratio - 1), "uplift_over_bilinear_cpu": common.median_ratio(cpu["uplift"], cpu["bilinear"], 4),
+        "per_round_ratios": [round(u / b, 4) for u, b in zip(wall["uplift"], wall["bilinear"])], "paper": PAPER,
+    }
+    common.write_results(args.output, result, sr_markdown(result) + "\n")
+    return result
+
+
+def sr_markdown(result: Dict) -> str:
+    """The super-resolution results as a markdown table (Fig. 11 / Table 4 layout: seconds per image, ratio)."""
+    settings, methods = result["settings"], result["methods"]
+    corrected = ", ".join(name for name, correct in settings["color_correction"].items() if correct)
+    lines = [
+        f"Super-resolution latency, end to end (encode, upscale, decode; colour correction: {corrected}): "
+        f"{settings['lr_size']} -> {settings['output_size']} ({settings['upscale_factor']}x), batch {settings['batch_size']}, "
+        f"{settings['dtype']}, {'compiled' if settings['compile'] else 'eager'}, {settings['device_name']} ({settings['device']}), "
+        f"{'random weights' if settings['random_weights'] else settings['vae_class']}; mean of {settings['iters']} rounds after "
+        f"{settings['warmup']} warm-up",
+        "",
+        "| Method | s / image (mean) | s / batch (median) | std (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, label in (("bilinear", "Bilinear latent upsampling"), ("uplift", "UPLiFT")):
+        values = methods[name]
+        lines.append(f"| {label} | {values['mean_s_per_image']:.4f} | {values['median_s']:.4f} | {values['std_s']:.4f} |")
+    lines += [
+        "",
+        f"UPLiFT / bilinear: {result['uplift_over_bilinear']:.3f} (median of per-round ratios; "
+        f"{result['uplift_extra_percent']:+.1f}%), {result['uplift_over_bilinear_of_means']:.3f} from the means, "
+        f"{result['uplift_over_bilinear_cpu']:.3f} from CPU times (median). "
+        f"Paper ({PAPER['device']}, SD1.5 VAE, 256 -> 1024): UPLiFT {PAPER['uplift_s_per_image'] * 1000:.0f} ms, "
+        f"ratio {PAPER['uplift_over_bilinear']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def benchmark(args) -> Dict:
+    """Run the mode of parsed ``args``; returns the results (also written to disk)."""
+    require_one_process("evaluation.benchmarks.benchmark_latency")
+    if args.smoke_test:
+        prepare_smoke_test(args)
+    check_at_least(args, {"batch_size": 1, "iters": 1, "warmup": 0})
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = text_to_image if args.mode == "text-to-image" else super_resolution
+    return run(args, device, DTYPES[args.dtype])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or missing input)."""
     args = build_parser().parse_args(argv)
-    result, status = attempt(lambda: text_to_image(args))
+    args.command = "python -m evaluation.benchmarks.benchmark_latency " + " ".join(sys.argv[1:] if argv is None else argv)
+    result, status = attempt(lambda: benchmark(args))
     if status:
         return status
-    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
-    print(f"note: {result['note']}")
+    if args.mode == "text-to-image":
+        print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
+        print(f"note: {result['note']}")
+    else:
+        print(sr_markdown(result))
+        print(f"results: {args.output} and {args.output.with_suffix('.md')}")
     return 0
 
 
