@@ -15,7 +15,7 @@ from uplift_diffusers.models.fast_inference import (
     last_group_strided,
     remove_fast_inference,
 )
-from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder
+from uplift_diffusers.models.modeling_uplift import UPLiFTEncoder, group_widths
 
 
 def inputs(batch=1, h=6, w=8, seed=1):
@@ -312,7 +312,7 @@ def test_compiled_bf16_matches_eager():
 # ----------------------------------------------------------------------- encoder savings
 def random_encoder():
     torch.manual_seed(3)
-    encoder = UPLiFTEncoder([8, 16, 24, 32, 40], 2).eval()
+    encoder = UPLiFTEncoder(group_widths([8, 16, 24, 32, 40], 2)).eval()
     with torch.no_grad():
         for p in encoder.parameters():
             p.normal_(0, 0.3)

@@ -293,7 +293,4 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
         """Reconstruct images in [-1, 1]: ``decode(encode(sample).latents)`` (no latent quantisation)."""
-        images = self.decode(self.encode(sample).latents).sample
-        if not return_dict:
-            return (images,)
-        return DecoderOutput(sample=images)
+        return self.decode(self.encode(sample).latents, return_dict=return_dict)

@@ -113,9 +113,7 @@ class FastInference:
         return tensor.contiguous(memory_format=torch.channels_last)
 
     def _autocast(self, device_type: str, enabled: bool = True):
-        if not enabled or self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self.dtype)
+        return torch.autocast(device_type, dtype=self.dtype, enabled=enabled and self.dtype != torch.float32)
 
     def encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
         """The encoder pass, uncompiled: the maps of the model's own encoder groups, the last

@@ -88,14 +88,14 @@ def group_widths(encoder_channels: Sequence, blocks_per_group: int) -> List[List
 
 
 class UPLiFTEncoder(nn.Module):
-    """Dense encoder: groups of ConvBlocks at image resolution (no downsampling)."""
+    """Dense encoder: groups of ConvBlocks at image resolution (no downsampling), one per entry of ``widths``."""
 
-    def __init__(self, encoder_channels: Sequence, blocks_per_group: int, in_channels: int = 3):
+    def __init__(self, widths: Sequence[Sequence[int]], in_channels: int = 3):
         super().__init__()
         self.groups = nn.ModuleList()
-        for widths in group_widths(encoder_channels, blocks_per_group):
-            self.groups.append(conv_blocks(in_channels, widths))
-            in_channels = widths[-1]
+        for group in widths:
+            self.groups.append(conv_blocks(in_channels, group))
+            in_channels = group[-1]
 
     def forward(self, image: torch.Tensor) -> List[torch.Tensor]:
         """``B x 3 x H x W`` -> every group's output E0 ... E4, each ``B x width x H x W``."""
@@ -243,7 +243,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
         ref_noise = noise_channels if refiner_noise_channels is None else refiner_noise_channels
         ref_skip = 0 if refiner_encoder_group is None else widths[refiner_encoder_group][-1]
-        self.encoder = UPLiFTEncoder(widths, encoder_blocks_per_group)
+        self.encoder = UPLiFTEncoder(widths)
         self.decoder = UPLiFTDecoder(
             in_channels=latent_channels + widths[-1][-1] + noise_channels,
             skip_channels=widths[-2][-1],

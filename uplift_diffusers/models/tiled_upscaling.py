@@ -24,7 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .modeling_uplift import GeneratorArg, StepNoise
+from .modeling_uplift import GeneratorArg, StepCallback, StepNoise
 
 #: Default tile side, in latents of the input (x ``vae_scale_factor`` guide pixels: 64 -> 512 px).
 DEFAULT_TILE_SIZE = 64
@@ -33,8 +33,7 @@ DEFAULT_TILE_OVERLAP = 16
 
 
 def check_tile_arguments(tile_size, overlap) -> Tuple[int, int]:
-    """``(tile_size, overlap)`` with the defaults filled in; ValueError naming the argument
-    when ``tile_size`` is not an int >= 2 or ``overlap`` not an int in ``[0, tile_size)``."""
+    """``(tile_size, overlap)`` checked, ``None`` replaced by the default."""
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 2:
         raise ValueError(
@@ -148,7 +147,7 @@ def tiled_upscale(
     generator: GeneratorArg = None,
     tile_size: Optional[int] = None,
     overlap: Optional[int] = None,
-    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    callback: Optional[StepCallback] = None,
 ) -> torch.Tensor:
     """Upscale ``latents`` by ``2 ** num_steps`` tile by tile (see the module doc).
 
