@@ -14,8 +14,7 @@ import torch
 
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
     """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
-    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator
-    (the stream of :func:`build_sd_components`)."""
+    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
@@ -103,29 +102,20 @@ def make_unet(**overrides):
     return UNet2DConditionModel(**{**config, **overrides}).eval()
 
 
-def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """The components of a tiny SD model (64 px images, 8 x 8 latents) with the SD1.5 noise schedule
-    in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` ``scheduler``; with ``with_upscaler`` also
-    ``upscaler``, a :func:`make_upscaler` whose weights continue the same seeded random stream."""
-    from diffusers import DDIMScheduler, PNDMScheduler
+def build_sd_components(tokenizer_dir, seed: int = 0) -> dict:
+    """The components of a tiny SD model (64 px images, 8 x 8 latents) with SD1.5's noise schedule
+    and default scheduler (PNDM)."""
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if scheduler not in ("pndm", "ddim"):
-        raise ValueError(f"`scheduler` must be 'pndm' or 'ddim', got {scheduler!r}; pass one of these scheduler names.")
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if scheduler == "pndm":
-        scheduler = PNDMScheduler(**schedule, skip_prk_steps=True)
-    else:
-        scheduler = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                              skip_prk_steps=True)
     torch.manual_seed(seed)
     tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
     unet = make_unet()
-    vae = make_kl_vae(sample_size=32)
+    vae = make_kl_vae()
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
-    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-    if with_upscaler:
-        components["upscaler"] = make_upscaler(seed=None)
-    return components
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
 def save_sd_pipeline(folder, seed: int = 0) -> Path:
