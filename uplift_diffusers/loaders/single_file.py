@@ -125,17 +125,6 @@ def _architecture(latent: int, encoder: List[List[int]], before: List[int], afte
                 latent_space="sd15" if latent == 4 and pipeline in _SD15_PIPELINES else None, **rest)
 
 
-def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
-    """The upscale factors an official ``train:`` section trained, or None when it does not say.
-    With ``multi_step`` every step of every depth is supervised (also with ``only_deepest``), so
-    depths 1 ... ``down_steps`` train 2 ... 2 ** ``down_steps``; without it every run is one 2x step."""
-    if not isinstance(train, Mapping) or "down_steps" not in train:
-        return None
-    if not train.get("multi_step", False):
-        return [2]
-    return [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)]
-
-
 def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, Any]:
     """``UPLiFTLatentUpscaler`` kwargs of an official UPLiFT YAML (a path or the parsed dict)."""
     if isinstance(config, (str, os.PathLike)):
@@ -163,7 +152,12 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
     ref_con = refiner.get("ref_con", -1)
     if ref_con is not None and not -groups <= int(ref_con) < groups:
         raise ValueError(f"Official UPLiFT config: `uplift.refiner.ref_con` = {ref_con} names no encoder group (there are {groups}).")
-    backbone = config.get("backbone") or {}
+    backbone, train = config.get("backbone") or {}, config.get("train") or {}
+    factors = None  # unknown when the train: section does not say
+    if isinstance(train, Mapping) and "down_steps" in train:
+        # with multi_step every step of every depth is supervised (also with only_deepest), so depths
+        # 1 ... down_steps train 2 ... 2 ** down_steps; without it every run is one 2x step
+        factors = [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)] if train.get("multi_step") else [2]
     attender = uplift["attender"]
     latent = int(backbone.get("channel", 4))
     return _architecture(
@@ -177,7 +171,7 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
         bilinear_residual=decoder["up_1"]["residual"] == "bilinear",
         vae_scale_factor=int(backbone.get("stride", 8)),
         pipeline=backbone.get("diff_pipe_name"),
-        trained_upscale_factors=trained_factors_from_original(config.get("train") or {}),
+        trained_upscale_factors=factors,
     )
 
 
@@ -283,11 +277,8 @@ class FromOriginalUPLiFTMixin:
         running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or ``hf.co``),
         ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or ``original_config``) is
         the official YAML, a path or the parsed dict; without it the config is read off the weights'
-        shapes. ``torch_dtype`` / ``dtype`` casts the weights; the other arguments are
-        ``hf_hub_download``'s (the revision defaults to the URL's). The ``latent_space`` is
-        ``"sd15"`` for 4 latent channels (the authors' format is that of their SD1.5-VAE model)
-        unless the YAML's ``backbone.diff_pipe_name`` names another pipeline. Errors list every
-        missing or unexpected key and shape mismatch at once.
+        shapes. The other arguments are ``hf_hub_download``'s (the revision defaults to the URL's).
+        Errors list every missing or unexpected key and shape mismatch at once.
         """
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
