@@ -13,8 +13,8 @@ import torch
 
 
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
-    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator."""
+    """A small random UPLiFT upscaler (a few thousand parameters; any ``architecture`` key
+    overridden), in eval mode; ``seed=None`` continues torch's global generator."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
@@ -66,9 +66,8 @@ def tiny_text_config(vocab_size: int, **overrides) -> dict:
 
 
 def make_tiny_clip(tokenizer, vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode, and
-    its ``CLIPProcessor``: ``tokenizer`` (a :func:`make_tokenizer`) and the PIL image processor
-    (shortest side 32, centre crop 32)."""
+    """A tiny random ``CLIPModel`` for 32 px images, in eval mode, and its ``CLIPProcessor`` (``tokenizer``,
+    a :func:`make_tokenizer`, and the PIL image processor)."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
@@ -90,8 +89,8 @@ def save_tiny_clip(folder, seed: int = 0) -> Path:
 
 
 def make_unet(**overrides):
-    """A 2-block ``UNet2DConditionModel`` (8 and 16 channels, cross-attention in the second block)
-    for 4-channel latents, in eval mode; SDXL's passes its conditioning as ``overrides``."""
+    """A 2-block ``UNet2DConditionModel`` for 4-channel latents, in eval mode; SDXL's passes its
+    conditioning as ``overrides``."""
     from diffusers import UNet2DConditionModel
 
     config = dict(
@@ -151,11 +150,9 @@ def make_byte_tokenizer():
 
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
-    """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the released
-    configurations' resolution-dependent shift and, for FLUX.2 [klein], a hidden-size-16 Qwen3 text
-    encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
-    ``prompt_embeds``)."""
+    """Tiny FLUX.2 components (32 latent channels, 8 px per latent) with the released configurations'
+    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level
+    tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
