@@ -322,12 +322,10 @@ class FromOriginalUPLiFTMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, "os.PathLike"], **kwargs):
         """diffusers' ``from_pretrained``, also for a folder or Hub repository that holds only the
-        authors' single file, as their release :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`
-        does (a ``config.json`` comes first). That file (``weight_name``, default
-        ``uplift_sd1.5vae.safetensors``; ``original_config`` its YAML) loads with
-        :meth:`from_single_file`, with the dtype, the Hub arguments, ``subfolder`` and a one-device
-        ``device_map``; options that would change nothing pass, others are refused.
-        """
+        authors' single file (``weight_name``, default their release's; ``original_config`` its YAML),
+        as their release does; a ``config.json`` comes first. The file loads with :meth:`from_single_file`,
+        with the dtype, the Hub arguments, ``subfolder`` and a one-device ``device_map``; options that
+        would change nothing there pass, others are refused."""
         weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
         original_config = kwargs.pop("original_config", None)
         source, subfolder = pretrained_model_name_or_path, kwargs.get("subfolder") or ""
