@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_models import build_sd_components, make_tiny_autoencoder, make_upscaler, save_original_file, save_sd_pipeline
-from tiny_models import save_sdxl_pipeline, save_tiny_clip, save_unet_lora
+from tiny_models import build_sd_components_with_upscaler, make_tiny_autoencoder, make_upscaler, save_original_file
+from tiny_models import save_sd_pipeline, save_sdxl_pipeline, save_tiny_clip, save_unet_lora
 from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID, UPLIFT_SD15_WEIGHTS_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def tiny_autoencoder():
 def tiny_sd_components(tmp_path_factory):
     """Tiny random SD components (DDIM scheduler, 64 px images) plus a 4-channel upscaler
     (noise scale 0) recorded as trained for the SD1.5 latent space, built once per test module."""
-    components = build_sd_components(tmp_path_factory.mktemp("tokenizer"), scheduler="ddim", with_upscaler=True)
+    components = build_sd_components_with_upscaler(tmp_path_factory.mktemp("tokenizer"))
     components["upscaler"].register_to_config(latent_space="sd15")
     return components
 

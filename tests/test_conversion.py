@@ -527,10 +527,8 @@ def test_convert_to_original_state_dict_inverts_the_renaming(mini):
     [({}, None), ({"down_steps": 3, "multi_step": True}, [2, 4, 8]), ({"down_steps": 3, "multi_step": True, "only_deepest": True}, [2, 4, 8]),
      ({"down_steps": 4, "multi_step": False}, [2])],
 )
-def test_trained_factors_from_the_yaml(train, factors):
-    from uplift_diffusers.loaders.single_file import trained_factors_from_original
-
-    assert trained_factors_from_original(train) == factors
+def test_trained_factors_from_the_yaml(mini, train, factors):
+    assert config_from_original({**mini["config"], "train": train})["trained_upscale_factors"] == factors
 
 
 def test_unreadable_files_are_named_without_unsafe_advice(tmp_path):

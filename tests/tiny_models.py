@@ -12,7 +12,7 @@ another width, seed or noise scale is an argument of the builder, never a second
 - :func:`make_kl_vae` (an ``AutoencoderKL``, 8x by default) and :func:`make_tiny_autoencoder`
   (our TAESD-family ``TinyAutoencoder``, 4 latent channels).
 - Stable Diffusion: :func:`make_tokenizer` (character level), :func:`make_unet`,
-  :func:`build_sd_components`, :func:`save_sd_pipeline`.
+  :func:`build_sd_components` (also :func:`build_sd_components_with_upscaler`), :func:`save_sd_pipeline`.
 - CLIP: :func:`make_tiny_clip`, :func:`save_tiny_clip` (transformers).
 - SDXL rows: :func:`build_sdxl_components`, :func:`save_sdxl_pipeline` and :func:`save_unet_lora`.
 - :func:`offload`: a pipeline's models offloaded on the CPU (model, sequential or group offloading).
@@ -78,6 +78,16 @@ def save_original_file(model, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(convert_to_original_state_dict(model.state_dict()), str(path))
     return path
+
+
+def build_sd_components_with_upscaler(tokenizer_dir) -> dict:
+    """:func:`build_sd_components` (seed 0) with a DDIM scheduler and ``upscaler``, a
+    :func:`make_upscaler` whose weights continue the same seeded random stream."""
+    from diffusers import DDIMScheduler
+
+    components = build_sd_components(tokenizer_dir)
+    scheduler = DDIMScheduler.from_config(components["scheduler"].config, clip_sample=False, set_alpha_to_one=False)
+    return dict(components, scheduler=scheduler, upscaler=make_upscaler(seed=None))
 
 
 # ------------------------------------------------------------------------------------ VAEs

@@ -1,7 +1,7 @@
 """UPLiFT latent upsampling (Local Attenders) for the diffusers ecosystem. Names are imported on
 first use: ``import uplift_diffusers`` and the command line's ``--help`` import neither torch nor
 diffusers."""
-from . import pipelines  # lazy itself
+from . import pipelines  # lazy itself: one pipeline module at a time
 from .utils.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
@@ -12,14 +12,7 @@ _MODULES = {
     ".utils.color_correction": ("color_correct",),
     ".hooks": ("apply_uplift", "remove_uplift"),
     ".hires_fix": ("hires_fix",),
+    ".pipelines": tuple(pipelines.__all__),
 }
-_lazy = lazy_exports(__name__, globals(), _MODULES)
-
-
-def __getattr__(name):
-    if name in pipelines.__all__:  # one pipeline module at a time (pipelines/__init__ is lazy)
-        return getattr(pipelines, name)
-    return _lazy(name)
-
-
-__all__ = [name for names in _MODULES.values() for name in names] + [*pipelines.__all__, "__version__"]
+__all__ = [name for names in _MODULES.values() for name in names] + ["__version__"]
+__getattr__ = lazy_exports(__name__, globals(), _MODULES)

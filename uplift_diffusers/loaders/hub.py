@@ -33,9 +33,8 @@ def read_model_config(config_file, argument: str) -> dict:
 
 
 def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
-    """Whether ``text`` is meant as a local path rather than a Hub name: it starts with ``.``,
-    ``/``, ``~`` or ``\\``, is absolute, its parent folder exists, or (with ``max_slashes``) it
-    has more slashes than a Hub name of that kind."""
+    """Whether ``text`` is meant as a local path rather than a Hub name (``max_slashes``: the most
+    slashes a Hub name of that kind has)."""
     if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text):
         return True
     if max_slashes is not None and text.count("/") > max_slashes:
@@ -62,12 +61,10 @@ def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
 
 
 def locate_file(source: Union[Path, str], filenames: Sequence[str], **hub) -> Optional[Tuple[str, str]]:
-    """``(local path, name)`` of the first of ``filenames`` in the local folder ``source`` (a Path,
-    as :func:`local_folder` gives it; None when it holds none) or in the Hub repository ``source``
-    (by ``hf_hub_download``, ``hub`` its :data:`HUB_KWARGS`). A file missing from the repository,
-    or offline from the cache, is skipped: a root ``config.json`` the cache lacks does not hide
-    a cached ``vae/config.json``. LocalEntryNotFoundError when none is cached and the Hub cannot
-    be used, FileNotFoundError when the repository holds none."""
+    """``(local path, name)`` of the first of ``filenames`` in the local folder ``source`` (a Path;
+    None when it holds none) or in the Hub repository ``source`` (``hub``: :data:`HUB_KWARGS`). A
+    file missing from the repository, or offline from the cache, is skipped: a root ``config.json``
+    the cache lacks does not hide a cached ``vae/config.json``."""
     if isinstance(source, Path):
         return next(((str(source / name), name) for name in filenames if (source / name).is_file()), None)
     hub = {key: value for key, value in hub.items() if value is not None}

@@ -1,9 +1,7 @@
-"""The authors' single-file checkpoints: their key layout (:func:`convert_original_state_dict` and
-back), the model config from their YAML (:func:`config_from_original`) or, without it, from the
-weights' shapes (:func:`config_from_state_dict`), and :class:`FromOriginalUPLiFTMixin`, which gives
-:class:`~uplift_diffusers.UPLiFTLatentUpscaler` its ``from_single_file`` (as diffusers' single-file
-loaders read original checkpoints) and a ``from_pretrained`` that also takes a folder or Hub
-repository holding only the authors' file (their release has no ``config.json``)."""
+"""The authors' single-file checkpoints: their key layout, the model config from their YAML or
+from the weights' shapes, and :class:`FromOriginalUPLiFTMixin`: ``from_single_file`` (as diffusers'
+single-file loaders) and a ``from_pretrained`` that also takes a folder or Hub repository holding
+only the authors' file (their release has no ``config.json``)."""
 from __future__ import annotations
 
 import os
@@ -71,13 +69,6 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Di
     return _rename_all(state_dict, False, "Keys without an official UPLiFT name (not an UPLiFTLatentUpscaler state dict?)")
 
 
-def latent_space_of(latent_channels: int, pipeline: Optional[str] = None) -> Optional[str]:
-    """The latent space of a model in the authors' format: ``"sd15"`` (their release's, and their
-    training code's default VAE) for 4 latent channels unless the YAML names another pipeline's VAE
-    (``backbone.diff_pipe_name``); None (unknown) otherwise."""
-    return "sd15" if latent_channels == 4 and pipeline in _SD15_PIPELINES else None
-
-
 def _value(config: Mapping, path: str, allowed: Optional[list] = None) -> Any:
     """The value at the dotted ``path`` of an official YAML, checked against ``allowed``."""
     value, where = config, "<root>"
@@ -118,27 +109,20 @@ def _widths(config: Mapping, path: str) -> List[int]:
     return widths
 
 
-def _architecture(latent: int, encoder: List[List[int]], before: List[int], after: List[int], refiner: List[int], **rest) -> Dict[str, Any]:
+def _architecture(latent: int, encoder: List[List[int]], before: List[int], after: List[int], refiner: List[int],
+                  pipeline: Optional[str] = None, **rest) -> Dict[str, Any]:
     """The kwargs of a model of these per-block widths (the encoder's per group), plus ``rest``:
-    one width per encoder group when every group has the same number of equal blocks."""
+    one width per encoder group when every group has the same number of equal blocks. The latent
+    space is ``"sd15"`` (the VAE of the authors' release and their training code's default) for 4
+    latent channels unless the YAML names another ``pipeline`` (``backbone.diff_pipe_name``)."""
     per_group = {len(w) for w in encoder}
     if all(len(set(w)) == 1 for w in encoder) and len(per_group) == 1:
         rest.update(encoder_channels=[w[0] for w in encoder], encoder_blocks_per_group=per_group.pop())
     else:
         rest.update(encoder_channels=encoder, encoder_blocks_per_group=2)
     return dict(latent_channels=latent, decoder_channels=before[0], decoder_blocks_before_upsample=len(before),
-                decoder_blocks_after_upsample=len(after), refiner_channels=refiner[0], refiner_blocks=len(refiner), **rest)
-
-
-def trained_factors_from_original(train: Mapping) -> Optional[List[int]]:
-    """The upscale factors an official ``train:`` section trained, or None when it does not say.
-    With ``multi_step`` every step of every depth is supervised (also with ``only_deepest``), so
-    depths 1 ... ``down_steps`` train 2 ... 2 ** ``down_steps``; without it every run is one 2x step."""
-    if not isinstance(train, Mapping) or "down_steps" not in train:
-        return None
-    if not train.get("multi_step", False):
-        return [2]
-    return [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)]
+                decoder_blocks_after_upsample=len(after), refiner_channels=refiner[0], refiner_blocks=len(refiner),
+                latent_space="sd15" if latent == 4 and pipeline in _SD15_PIPELINES else None, **rest)
 
 
 def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, Any]:
@@ -168,7 +152,12 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
     ref_con = refiner.get("ref_con", -1)
     if ref_con is not None and not -groups <= int(ref_con) < groups:
         raise ValueError(f"Official UPLiFT config: `uplift.refiner.ref_con` = {ref_con} names no encoder group (there are {groups}).")
-    backbone = config.get("backbone") or {}
+    backbone, train = config.get("backbone") or {}, config.get("train") or {}
+    factors = None  # unknown when the train: section does not say
+    if isinstance(train, Mapping) and "down_steps" in train:
+        # with multi_step every step of every depth is supervised (also with only_deepest), so depths
+        # 1 ... down_steps train 2 ... 2 ** down_steps; without it every run is one 2x step
+        factors = [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)] if train.get("multi_step") else [2]
     attender = uplift["attender"]
     latent = int(backbone.get("channel", 4))
     return _architecture(
@@ -181,15 +170,15 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
         refiner_noise_scale=float(refiner.get("ncat_s") or 0),
         bilinear_residual=decoder["up_1"]["residual"] == "bilinear",
         vae_scale_factor=int(backbone.get("stride", 8)),
-        trained_upscale_factors=trained_factors_from_original(config.get("train") or {}),
-        latent_space=latent_space_of(latent, backbone.get("diff_pipe_name")),
+        pipeline=backbone.get("diff_pipe_name"),
+        trained_upscale_factors=factors,
     )
 
 
-#: The config fields the weights do not determine, at the official SD1.5-VAE model's values (noise
-#: of scale 1 in every noise channel, the bilinear residual, 8 pixels per latent). The trained
+#: The config fields the weights do not determine, at the official SD1.5-VAE model's values. The trained
 #: factors stay unknown: a single file does not say how deep it was trained; its YAML does.
-OFFICIAL_FIELDS_NOT_IN_WEIGHTS = dict(noise_scale=1.0, refiner_noise_scale=None, bilinear_residual=True, vae_scale_factor=8)
+OFFICIAL_FIELDS_NOT_IN_WEIGHTS = dict(noise_scale=1.0, refiner_noise_scale=None, bilinear_residual=True,
+                                      vae_scale_factor=8, trained_upscale_factors=None)
 
 
 def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> List[tuple]:
@@ -201,15 +190,12 @@ def _conv_shapes(state_dict: Mapping[str, torch.Tensor], prefix: str) -> List[tu
 
 
 def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """``UPLiFTLatentUpscaler`` kwargs read off the shapes of an official state dict (no YAML).
+    """``UPLiFTLatentUpscaler`` kwargs read off the shapes of an official state dict (no YAML); for
+    the authors' release, the default ``UPLiFTLatentUpscaler()`` in the ``"sd15"`` latent space.
 
-    The shapes give the latent and noise channels, every width, the blocks per stage and the
-    attender's neighbourhood. The refiner's encoder connection is the group whose width its input
-    implies, assuming as many refiner noise channels as decoder ones (as in the official configs);
-    of equally wide groups the last (the official ``ref_con: -1``). The rest is
-    :data:`OFFICIAL_FIELDS_NOT_IN_WEIGHTS`. For the authors' release this is the default
-    ``UPLiFTLatentUpscaler()`` in the ``"sd15"`` latent space. ValueError (the YAML is needed) for
-    another key layout or widths that do not fit together.
+    The refiner's encoder connection is the group whose width its input implies, assuming as many
+    refiner noise channels as decoder ones (as in the official configs); of equally wide groups the
+    last (the official ``ref_con: -1``). The rest is :data:`OFFICIAL_FIELDS_NOT_IN_WEIGHTS`.
     """
     def cannot(reason: str) -> ValueError:
         return ValueError(f"Cannot infer the UPLiFT config from the checkpoint: {reason}; pass the official YAML the "
@@ -238,8 +224,6 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
         neighborhood=state_dict["attender.conv1.weight"].shape[0],
         noise_channels=noise,
         refiner_noise_channels=None,
-        trained_upscale_factors=None,
-        latent_space=latent_space_of(latent),
         **OFFICIAL_FIELDS_NOT_IN_WEIGHTS,
     )
 
@@ -293,11 +277,8 @@ class FromOriginalUPLiFTMixin:
         running pickled code), a Hub URL (``blob/`` or ``resolve/``, ``huggingface.co`` or ``hf.co``),
         ``"<org>/<repo>/<file>"``, or the state dict itself. ``config`` (or ``original_config``) is
         the official YAML, a path or the parsed dict; without it the config is read off the weights'
-        shapes. ``torch_dtype`` / ``dtype`` casts the weights; the other arguments are
-        ``hf_hub_download``'s (the revision defaults to the URL's). The ``latent_space`` is
-        ``"sd15"`` for 4 latent channels (the authors' format is that of their SD1.5-VAE model)
-        unless the YAML's ``backbone.diff_pipe_name`` names another pipeline. Errors list every
-        missing or unexpected key and shape mismatch at once.
+        shapes. The other arguments are ``hf_hub_download``'s (the revision defaults to the URL's).
+        Errors list every missing or unexpected key and shape mismatch at once.
         """
         if config is not None and original_config is not None:
             raise ValueError("Pass the official YAML as `config` or as `original_config`, not both.")
@@ -341,12 +322,10 @@ class FromOriginalUPLiFTMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, "os.PathLike"], **kwargs):
         """diffusers' ``from_pretrained``, also for a folder or Hub repository that holds only the
-        authors' single file, as their release :data:`~uplift_diffusers.constants.UPLIFT_SD15_REPO_ID`
-        does (a ``config.json`` comes first). That file (``weight_name``, default
-        ``uplift_sd1.5vae.safetensors``; ``original_config`` its YAML) loads with
-        :meth:`from_single_file`, with the dtype, the Hub arguments, ``subfolder`` and a one-device
-        ``device_map``; options that would change nothing pass, others are refused.
-        """
+        authors' single file (``weight_name``, default their release's; ``original_config`` its YAML),
+        as their release does; a ``config.json`` comes first. The file loads with :meth:`from_single_file`,
+        with the dtype, the Hub arguments, ``subfolder`` and a one-device ``device_map``; options that
+        would change nothing there pass, others are refused."""
         weight_name = kwargs.pop("weight_name", None) or UPLIFT_SD15_WEIGHTS_NAME
         original_config = kwargs.pop("original_config", None)
         source, subfolder = pretrained_model_name_or_path, kwargs.get("subfolder") or ""

@@ -54,9 +54,8 @@ def load_vae(
     A directory holding one ``*encoder*.pth`` and one ``*decoder*.pth`` (a TAESD-family pair) loads
     with :meth:`TinyAutoencoder.from_original_checkpoint`; a diffusers folder or Hub repository
     (``config.json`` in ``subfolder``, by default at its root or else in a pipeline's ``vae/``) with
-    the class its ``_class_name`` names (one of :data:`SUPPORTED_VAE_CLASSES`). The Hub arguments
-    are ``hf_hub_download``'s; offline, a VAE missing from the cache is reported at once
-    (``LocalEntryNotFoundError``). ``argument`` names ``path_or_id`` in errors (e.g. ``"--vae"``).
+    the class its ``_class_name`` names (one of :data:`SUPPORTED_VAE_CLASSES`); offline, a VAE
+    missing from the cache is reported at once. ``argument`` names ``path_or_id`` in errors.
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")

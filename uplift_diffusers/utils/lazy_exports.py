@@ -15,18 +15,17 @@ def lazy_exports(
     context: Optional[Callable[[], ContextManager]] = None,
 ) -> Callable[[str], object]:
     """A module ``__getattr__`` for ``package``: ``modules`` maps a module (relative, e.g.
-    ``".vae"``) to the names it exports; the first use of one imports that module (inside
-    ``context()`` when given, e.g. to silence import-time notices) and stores its names in
-    ``namespace`` (the package's ``globals()``), so later uses are plain attributes."""
+    ``".vae"``) to the names it exports; the first use of a name imports its module (inside
+    ``context()`` when given, e.g. to silence import-time notices) and stores the name in
+    ``namespace`` (the package's ``globals()``), so later uses are plain attributes. A module may
+    be a lazy package itself: only the name asked for is read from it."""
     owner = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str):
         if name not in owner:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         with context() if context is not None else contextlib.nullcontext():
-            module = importlib.import_module(owner[name], package)
-        for exported in modules[owner[name]]:
-            namespace[exported] = getattr(module, exported)
+            namespace[name] = getattr(importlib.import_module(owner[name], package), name)
         return namespace[name]
 
     return __getattr__

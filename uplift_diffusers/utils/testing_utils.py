@@ -13,9 +13,8 @@ import torch
 
 
 def make_upscaler(latent_channels: int = 4, noise_scale: float = 0.0, seed: Optional[int] = 0, **architecture):
-    """A small random UPLiFT upscaler (a few thousand parameters: 3 encoder groups of one block; any
-    ``architecture`` key overridden), in eval mode; ``seed=None`` continues torch's global generator
-    (the stream of :func:`build_sd_components`)."""
+    """A small random UPLiFT upscaler (a few thousand parameters; any ``architecture`` key
+    overridden), in eval mode; ``seed=None`` continues torch's global generator."""
     from uplift_diffusers import UPLiFTLatentUpscaler
 
     if seed is not None:
@@ -67,9 +66,8 @@ def tiny_text_config(vocab_size: int, **overrides) -> dict:
 
 
 def make_tiny_clip(tokenizer, vocab_size: int, seed: int = 0):
-    """A tiny random ``CLIPModel`` (32 px images in 8 px patches, projection 16), in eval mode, and
-    its ``CLIPProcessor``: ``tokenizer`` (a :func:`make_tokenizer`) and the PIL image processor
-    (shortest side 32, centre crop 32)."""
+    """A tiny random ``CLIPModel`` for 32 px images, in eval mode, and its ``CLIPProcessor`` (``tokenizer``,
+    a :func:`make_tokenizer`, and the PIL image processor)."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
@@ -91,8 +89,8 @@ def save_tiny_clip(folder, seed: int = 0) -> Path:
 
 
 def make_unet(**overrides):
-    """A 2-block ``UNet2DConditionModel`` (8 and 16 channels, cross-attention in the second block)
-    for 4-channel latents, in eval mode; SDXL's passes its conditioning as ``overrides``."""
+    """A 2-block ``UNet2DConditionModel`` for 4-channel latents, in eval mode; SDXL's passes its
+    conditioning as ``overrides``."""
     from diffusers import UNet2DConditionModel
 
     config = dict(
@@ -103,29 +101,20 @@ def make_unet(**overrides):
     return UNet2DConditionModel(**{**config, **overrides}).eval()
 
 
-def build_sd_components(tokenizer_dir, seed: int = 0, scheduler: str = "pndm", with_upscaler: bool = False) -> dict:
-    """The components of a tiny SD model (64 px images, 8 x 8 latents) with the SD1.5 noise schedule
-    in a ``"pndm"`` (SD1.5's default) or ``"ddim"`` ``scheduler``; with ``with_upscaler`` also
-    ``upscaler``, a :func:`make_upscaler` whose weights continue the same seeded random stream."""
-    from diffusers import DDIMScheduler, PNDMScheduler
+def build_sd_components(tokenizer_dir, seed: int = 0) -> dict:
+    """The components of a tiny SD model (64 px images, 8 x 8 latents) with SD1.5's noise schedule
+    and default scheduler (PNDM)."""
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if scheduler not in ("pndm", "ddim"):
-        raise ValueError(f"`scheduler` must be 'pndm' or 'ddim', got {scheduler!r}; pass one of these scheduler names.")
-    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if scheduler == "pndm":
-        scheduler = PNDMScheduler(**schedule, skip_prk_steps=True)
-    else:
-        scheduler = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                              skip_prk_steps=True)
     torch.manual_seed(seed)
     tokenizer, vocab_size = make_tokenizer(tokenizer_dir)
     unet = make_unet()
-    vae = make_kl_vae(sample_size=32)
+    vae = make_kl_vae()
     text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(vocab_size))).eval()
-    components = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-    if with_upscaler:
-        components["upscaler"] = make_upscaler(seed=None)
-    return components
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
 def save_sd_pipeline(folder, seed: int = 0) -> Path:
@@ -161,11 +150,9 @@ def make_byte_tokenizer():
 
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
-    """Tiny FLUX.2 components: ``AutoencoderKLFlux2`` (32 latent channels, 8 px per latent), a
-    one-block ``Flux2Transformer2DModel``, a flow-matching scheduler with the released
-    configurations' resolution-dependent shift and, for FLUX.2 [klein], a hidden-size-16 Qwen3 text
-    encoder with a byte-level tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
-    ``prompt_embeds``)."""
+    """Tiny FLUX.2 components (32 latent channels, 8 px per latent) with the released configurations'
+    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level
+    tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
