@@ -25,45 +25,24 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import logging
-from tqdm.auto import tqdm
 
 from .constants import LATENT_SPACES
 from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
-from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, stage_updates
-from .pipelines.upscale_decode import upscale_and_decode, vae_tiling
+from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, silent_progress_bar
+from .pipelines.upscale_decode import stage_updates, upscale_and_decode, vae_tiling
 from .utils.back_projection import check_back_projection_steps
 from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
-__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "guard_latent_space",
-           "vae_latent_space", "vae_scale_factor"]
+__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_space", "vae_latent_space", "vae_scale_factor"]
 
 logger = logging.get_logger(__name__)
 
 #: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
 _HOOK_ATTRIBUTE = "_uplift_decode_hook"
-
-
-def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
-    """Raise ValueError unless ``upscaler`` works in ``vae``'s latent space (channels and pixels per latent)."""
-    if not isinstance(upscaler, UPLiFTLatentUpscaler):
-        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
-    if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
-        raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
-    vae_channels = getattr(vae.config, "latent_channels", None)
-    if upscaler.config.latent_channels != vae_channels:
-        raise ValueError(
-            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
-            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
-        )
-    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
-        raise ValueError(
-            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
-            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
-        )
 
 
 def vae_latent_space(vae: Any) -> Optional[str]:
@@ -100,7 +79,21 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     upscaler whose config names no ``latent_space`` is checked on its channel count alone, with
     a one-line warning."""
     check_flag("check_latent_space", check)
-    check_upscaler_matches_vae(vae, upscaler)
+    if not isinstance(upscaler, UPLiFTLatentUpscaler):
+        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
+    if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
+        raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
+    vae_channels = vae.config.get("latent_channels")
+    if upscaler.config.latent_channels != vae_channels:
+        raise ValueError(
+            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
+            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
+        )
+    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
+        raise ValueError(
+            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
+            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
+        )
     trained = upscaler.config.get("latent_space")
     if trained is None:
         if upscaler not in _WARNED_NO_SPACE:
@@ -143,13 +136,6 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     if upscale_method not in UPSCALE_METHODS:
         raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
     return parse_memory(max_memory)
-
-
-def _with_sample(output, image: torch.Tensor):
-    """``output`` (as the VAE's ``decode`` returned it) holding ``image`` instead."""
-    if isinstance(output, tuple):
-        return (image, *output[1:])
-    return type(output)(sample=image)
 
 
 class UPLiFTDecodeHook:
@@ -205,10 +191,9 @@ class UPLiFTDecodeHook:
                 tiling = check_tile_arguments(None, None)
             tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
                                  tiling)
-        total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
-        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent tqdm counts
-        progress_bar = getattr(self.pipe, "progress_bar", None) or functools.partial(tqdm, disable=True)
-        with progress_bar(total=total) as progress:
+        total = stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 1
+        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent bar counts
+        with getattr(self.pipe, "progress_bar", silent_progress_bar)(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
             base = base_output[0]  # the image, first in a tuple or a ``DecoderOutput``
             progress.update()
@@ -231,7 +216,9 @@ class UPLiFTDecodeHook:
                     color_correction=self.color_correction, back_projection_steps=self.back_projection_steps, tiling=tiling,
                     method=self.upscale_method, progress=progress,
                 )
-        return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
+        image = (image * 2 - 1).to(base.dtype)
+        # ``base_output`` (a tuple or a ``DecoderOutput``) holding the upscaled image
+        return (image, *base_output[1:]) if isinstance(base_output, tuple) else type(base_output)(sample=image)
 
 
 def apply_uplift(

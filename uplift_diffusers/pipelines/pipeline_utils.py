@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
 
+from ..loaders.hub import HUB_KWARGS
 from ..models.tiled_upscaling import check_tile_arguments
 
-__all__ = ["HUB_ARGUMENTS", "HubComponentsMixin", "TilingMixin", "model_index"]
+__all__ = ["HubComponentsMixin", "TilingMixin", "model_index"]
 
 LIBRARY_NAME = "uplift_diffusers"
-#: The arguments of ``from_pretrained`` that say where and how to find files on the Hub.
-HUB_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
 
 def model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -> Optional[dict]:
     """The ``model_index.json`` of a pipeline folder or Hub repository (diffusers' ``load_config``:
     the cache first), or None when it cannot be read here (``from_pretrained`` then says why)."""
     try:
-        return cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs})
+        return cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
     except Exception:  # noqa: BLE001 - missing, unreachable or unreadable: diffusers gives the error
         return None
 
@@ -43,7 +42,7 @@ class HubComponentsMixin:
         if not any(isinstance(v[0], str) and v[0].split(".")[0] == LIBRARY_NAME for v in entries.values()):
             return super().download(pretrained_model_name, **kwargs)
         folders = [name for name, entry in entries.items() if entry[0] is not None and name not in kwargs]
-        hub = {k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         return snapshot_download(
             pretrained_model_name, allow_patterns=["model_index.json"] + [f"{folder}/*" for folder in folders], **hub
         )
