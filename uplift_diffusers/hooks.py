@@ -45,28 +45,28 @@ logger = logging.get_logger(__name__)
 _HOOK_ATTRIBUTE = "_uplift_decode_hook"
 
 
+#: The latent spaces as a VAE's config gives them: ``(latent_channels, scaling_factor, shift_factor)``.
+#: The tiny autoencoders (TAESD, TAEF2) take their latents unscaled (``scaling_factor`` 1.0).
+_SIGNATURES = {
+    "sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159),
+    "flux2": (32, 1.0, 0.0), "taesd": (4, 1.0, 0.0),
+}
+#: Upscalers already warned about naming no latent space (one warning per model).
+_WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
+
+
 def vae_latent_space(vae: Any) -> Optional[str]:
     """The latent space a VAE's ``decode`` takes (a key of :data:`~uplift_diffusers.constants.LATENT_SPACES`),
-    read off its class and config, or None when it is none of them. Channel counts alone do not
-    tell (SD1.5 and SDXL both have 4): the ``scaling_factor`` / ``shift_factor`` of the config do."""
-    config = vae.config
-    channels, name = config.get("latent_channels"), type(vae).__name__
-    if name == "AutoencoderKLFlux2" or (channels == 32 and name in _TINY_AUTOENCODERS):
+    or None when it is none of them. Channel counts alone do not tell (SD1.5 and SDXL both have 4):
+    the config's ``scaling_factor`` / ``shift_factor`` do; the FLUX.2 VAE's config has neither."""
+    if type(vae).__name__ == "AutoencoderKLFlux2":
         return "flux2"
-    if name in _TINY_AUTOENCODERS:
-        return "taesd" if channels == 4 else None
-    scaling, shift = config.get("scaling_factor"), config.get("shift_factor") or 0.0
-    for space, (space_channels, space_scaling, space_shift) in _KL_SPACES.items():
+    config = vae.config
+    channels, scaling, shift = config.get("latent_channels"), config.get("scaling_factor"), config.get("shift_factor") or 0.0
+    for space, (space_channels, space_scaling, space_shift) in _SIGNATURES.items():
         if channels == space_channels and _close(scaling, space_scaling) and _close(shift, space_shift):
             return space
     return None
-
-
-#: The KL autoencoders' latent spaces: ``(latent_channels, scaling_factor, shift_factor)``.
-_KL_SPACES = {"sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159)}
-_TINY_AUTOENCODERS = ("TinyAutoencoder", "AutoencoderTiny")
-#: Upscalers already warned about naming no latent space (one warning per model).
-_WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _close(value, expected: float) -> bool:
@@ -188,7 +188,7 @@ class UPLiFTDecodeHook:
         if upscale:
             output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
             if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
-                tiling = check_tile_arguments(None, None)
+                tiling = True
             tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
                                  tiling)
         total = stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 1
@@ -276,8 +276,6 @@ def apply_uplift(
                                    max_memory)
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
-    if tiling is True:
-        tiling = check_tile_arguments(None, None)
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
                      tiling, upscale_method, max_memory=budget).install()
 

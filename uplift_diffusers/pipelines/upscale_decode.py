@@ -94,15 +94,13 @@ def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int
 
 def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
                 tiling=None) -> Tiling:
-    """``tiling`` where it is set (``(tile_size, overlap)``; False: none); for None, the default tiles
-    when the untiled stage's estimated peak passes ``max_memory`` bytes, else None."""
-    if tiling is not None:
-        return tiling or None
-    scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
-    decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
-    if estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory:
-        return check_tile_arguments(None, None)
-    return None
+    """``tiling`` where it is set (``(tile_size, overlap)``; True: the default tiles; False: none);
+    for None, the default tiles when the untiled stage's estimated peak passes ``max_memory`` bytes."""
+    if tiling is None:
+        scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
+        decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
+        tiling = estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory
+    return check_tile_arguments(None, None) if tiling is True else tiling or None
 
 
 @contextlib.contextmanager
