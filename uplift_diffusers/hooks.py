@@ -114,8 +114,8 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     logger.warning(message)
 
 
-def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
-                          max_memory=DEFAULT_MAX_MEMORY) -> float:
+def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
+                          upscale_method=DEFAULT_UPSCALE_METHOD) -> float:
     """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
     ``max_memory`` in bytes."""
     if output_size is None:
@@ -127,12 +127,6 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
         raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, got {output_size!r}.")
     check_flag("color_correction", color_correction)
     check_back_projection_steps(back_projection_steps)
-    if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
-        check_tile_arguments(*tiling)
-    elif tiling not in (None, True, False):
-        raise ValueError(
-            f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
-        )
     if upscale_method not in UPSCALE_METHODS:
         raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
     return parse_memory(max_memory)
@@ -191,7 +185,7 @@ class UPLiFTDecodeHook:
                 tiling = True
             tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
                                  tiling)
-        total = stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 1
+        total = stage_updates(self.upscaler, output_size, base_size, tiling, self.upscale_method) if upscale else 1
         # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent bar counts
         with getattr(self.pipe, "progress_bar", silent_progress_bar)(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
@@ -272,8 +266,13 @@ def apply_uplift(
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     guard_latent_space(vae, upscaler, check_latent_space)
-    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
-                                   max_memory)
+    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory, upscale_method)
+    if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
+        check_tile_arguments(*tiling)
+    elif tiling not in (None, True, False):
+        raise ValueError(
+            f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
+        )
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,

@@ -172,7 +172,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
         values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
         ``max_memory`` in bytes."""
-        budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto", max_memory)
+        budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")

@@ -91,7 +91,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
-        budget = check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method, max_memory)
+        budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
         if isinstance(generator, list):
             if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError(
@@ -132,7 +132,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
                 method=self.upscale_method, progress=progress,
             )
-            total = total + _transform(upscaled, turns, mirrored, inverse=True)
+            # turned back: a mirrored transform is a reflection, its own inverse; a turn is undone by the opposite one
+            total = total + _transform(upscaled, turns if mirrored else -turns, mirrored)
         if not back_projection_steps:
             return total / ensemble
         show_stage(progress, "back-projection")
@@ -217,9 +218,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
         tilings = [self.tiling_for(len(g), size, out, budget) for g, size, out in zip(groups, input_sizes, output_sizes)]
         # per ensemble copy (a turned view counts as many updates): the encode, every 2x step, the decode
-        factor = vae_scale_factor(self.vae)
         total = ensemble * sum(
-            stage_updates(self.upscaler, out, size, factor, tiling, self.upscale_method)
+            stage_updates(self.upscaler, out, size, tiling, self.upscale_method)
             for out, size, tiling in zip(output_sizes, input_sizes, tilings)
         )
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
@@ -258,10 +258,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
 
 
-def _transform(images: torch.Tensor, turns: int, mirrored: bool, inverse: bool = False) -> torch.Tensor:
-    """``images`` mirrored (left-right), then turned ``turns`` quarter turns; ``inverse`` undoes it."""
-    if inverse:
-        images = torch.rot90(images, -turns, dims=(-2, -1))
-        return images.flip(-1) if mirrored else images
+def _transform(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """``images`` mirrored (left-right), then turned ``turns`` quarter turns."""
     images = images.flip(-1) if mirrored else images
     return torch.rot90(images, turns, dims=(-2, -1))

@@ -1,11 +1,5 @@
-"""What both pipelines of the package add to diffusers' ``DiffusionPipeline``; it imports no Stable
-Diffusion or CLIP code.
-
-- :class:`HubComponentsMixin`: ``download`` of a Hub repository whose ``model_index.json`` names
-  a component of this package (diffusers' own refuses a component library it does not know: it
-  looks for the library's code in the repository). Local folders load with diffusers alone.
-- :class:`TilingMixin`: ``enable_tiling`` / ``disable_tiling``, tiled UPLiFT and VAE together.
-"""
+"""What both pipelines of the package add to diffusers' ``DiffusionPipeline`` (no Stable Diffusion
+or CLIP code here)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
@@ -28,7 +22,9 @@ def model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -
 
 
 class HubComponentsMixin:
-    """``download`` for Hub repositories holding this package's components (see the module doc)."""
+    """``download`` of a Hub repository whose ``model_index.json`` names a component of this package:
+    diffusers' own refuses a component library it does not know (it looks for the library's code in
+    the repository). Local folders load with diffusers alone."""
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):

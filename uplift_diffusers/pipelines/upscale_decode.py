@@ -33,6 +33,7 @@ The functions here are internal: they trust their callers, which check the user'
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -83,12 +84,12 @@ def _model_steps(upscaler, output_size: Size, guide_size: Size, method: str) -> 
     return upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
 
 
-def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int, tiling: Tiling = None,
-                  method: str = DEFAULT_UPSCALE_METHOD) -> int:
+def stage_updates(upscaler, output_size: Size, guide_size: Size, tiling: Tiling = None, method: str = DEFAULT_UPSCALE_METHOD) -> int:
     """The progress rule of an upscale: one update for the guide (the base decode or the encode),
     then those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
     num_steps = _model_steps(upscaler, output_size, guide_size, method)
-    latent_size = (math.ceil(guide_size[0] / vae_factor), math.ceil(guide_size[1] / vae_factor))
+    factor = upscaler.config.vae_scale_factor  # the VAE's (guard_latent_space)
+    latent_size = (math.ceil(guide_size[0] / factor), math.ceil(guide_size[1] / factor))
     return 1 + latent_updates(latent_size, num_steps, tiling) + 1
 
 
@@ -116,9 +117,8 @@ def vae_tiling(vae, tiled: bool):
             vae.disable_tiling()
 
 
-def silent_progress_bar(**kwargs):
-    """A progress bar that shows nothing, for callers without a pipeline's ``progress_bar``."""
-    return tqdm(disable=True, **kwargs)
+#: A progress bar that shows nothing, for callers without a pipeline's ``progress_bar``.
+silent_progress_bar = functools.partial(tqdm, disable=True)
 
 
 def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
