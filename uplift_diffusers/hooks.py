@@ -266,7 +266,8 @@ def apply_uplift(
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     guard_latent_space(vae, upscaler, check_latent_space)
-    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory, upscale_method)
+    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
+                                   upscale_method)
     if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
         check_tile_arguments(*tiling)
     elif tiling not in (None, True, False):

@@ -110,8 +110,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], with ``ensemble`` x :func:`~uplift_diffusers.pipelines.upscale_decode.stage_updates`
-        ``progress.update()`` calls.
+        ``(height, width)`` in [0, 1], with ``ensemble`` x
+        :func:`~uplift_diffusers.pipelines.upscale_decode.stage_updates` ``progress.update()`` calls.
 
         The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
         turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the

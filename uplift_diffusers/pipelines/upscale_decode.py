@@ -84,7 +84,8 @@ def _model_steps(upscaler, output_size: Size, guide_size: Size, method: str) -> 
     return upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
 
 
-def stage_updates(upscaler, output_size: Size, guide_size: Size, tiling: Tiling = None, method: str = DEFAULT_UPSCALE_METHOD) -> int:
+def stage_updates(upscaler, output_size: Size, guide_size: Size, tiling: Tiling = None,
+                  method: str = DEFAULT_UPSCALE_METHOD) -> int:
     """The progress rule of an upscale: one update for the guide (the base decode or the encode),
     then those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
     num_steps = _model_steps(upscaler, output_size, guide_size, method)
