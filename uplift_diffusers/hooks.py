@@ -25,21 +25,19 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import logging
-from tqdm.auto import tqdm
 
 from .constants import LATENT_SPACES
 from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
-from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, stage_updates
-from .pipelines.upscale_decode import upscale_and_decode, vae_tiling
+from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, silent_progress_bar
+from .pipelines.upscale_decode import stage_updates, upscale_and_decode, vae_tiling
 from .utils.back_projection import check_back_projection_steps
 from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_flag
 
-__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "check_upscaler_matches_vae", "guard_latent_space",
-           "vae_latent_space", "vae_scale_factor"]
+__all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_space", "vae_latent_space", "vae_scale_factor"]
 
 logger = logging.get_logger(__name__)
 
@@ -47,47 +45,28 @@ logger = logging.get_logger(__name__)
 _HOOK_ATTRIBUTE = "_uplift_decode_hook"
 
 
-def check_upscaler_matches_vae(vae: Any, upscaler: Any) -> None:
-    """Raise ValueError unless ``upscaler`` works in ``vae``'s latent space (channels and pixels per latent)."""
-    if not isinstance(upscaler, UPLiFTLatentUpscaler):
-        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
-    if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
-        raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
-    vae_channels = getattr(vae.config, "latent_channels", None)
-    if upscaler.config.latent_channels != vae_channels:
-        raise ValueError(
-            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
-            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
-        )
-    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
-        raise ValueError(
-            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
-            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
-        )
+#: The latent spaces as a VAE's config gives them: ``(latent_channels, scaling_factor, shift_factor)``.
+#: The tiny autoencoders (TAESD, TAEF2) take their latents unscaled (``scaling_factor`` 1.0).
+_SIGNATURES = {
+    "sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159),
+    "flux2": (32, 1.0, 0.0), "taesd": (4, 1.0, 0.0),
+}
+#: Upscalers already warned about naming no latent space (one warning per model).
+_WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def vae_latent_space(vae: Any) -> Optional[str]:
     """The latent space a VAE's ``decode`` takes (a key of :data:`~uplift_diffusers.constants.LATENT_SPACES`),
-    read off its class and config, or None when it is none of them. Channel counts alone do not
-    tell (SD1.5 and SDXL both have 4): the ``scaling_factor`` / ``shift_factor`` of the config do."""
-    config = vae.config
-    channels, name = config.get("latent_channels"), type(vae).__name__
-    if name == "AutoencoderKLFlux2" or (channels == 32 and name in _TINY_AUTOENCODERS):
+    or None when it is none of them. Channel counts alone do not tell (SD1.5 and SDXL both have 4):
+    the config's ``scaling_factor`` / ``shift_factor`` do; the FLUX.2 VAE's config has neither."""
+    if type(vae).__name__ == "AutoencoderKLFlux2":
         return "flux2"
-    if name in _TINY_AUTOENCODERS:
-        return "taesd" if channels == 4 else None
-    scaling, shift = config.get("scaling_factor"), config.get("shift_factor") or 0.0
-    for space, (space_channels, space_scaling, space_shift) in _KL_SPACES.items():
+    config = vae.config
+    channels, scaling, shift = config.get("latent_channels"), config.get("scaling_factor"), config.get("shift_factor") or 0.0
+    for space, (space_channels, space_scaling, space_shift) in _SIGNATURES.items():
         if channels == space_channels and _close(scaling, space_scaling) and _close(shift, space_shift):
             return space
     return None
-
-
-#: The KL autoencoders' latent spaces: ``(latent_channels, scaling_factor, shift_factor)``.
-_KL_SPACES = {"sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159)}
-_TINY_AUTOENCODERS = ("TinyAutoencoder", "AutoencoderTiny")
-#: Upscalers already warned about naming no latent space (one warning per model).
-_WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _close(value, expected: float) -> bool:
@@ -100,7 +79,21 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     upscaler whose config names no ``latent_space`` is checked on its channel count alone, with
     a one-line warning."""
     check_flag("check_latent_space", check)
-    check_upscaler_matches_vae(vae, upscaler)
+    if not isinstance(upscaler, UPLiFTLatentUpscaler):
+        raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
+    if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
+        raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
+    vae_channels = vae.config.get("latent_channels")
+    if upscaler.config.latent_channels != vae_channels:
+        raise ValueError(
+            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
+            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
+        )
+    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
+        raise ValueError(
+            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
+            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
+        )
     trained = upscaler.config.get("latent_space")
     if trained is None:
         if upscaler not in _WARNED_NO_SPACE:
@@ -121,8 +114,8 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     logger.warning(message)
 
 
-def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
-                          max_memory=DEFAULT_MAX_MEMORY) -> float:
+def check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
+                          upscale_method=DEFAULT_UPSCALE_METHOD) -> float:
     """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
     ``max_memory`` in bytes."""
     if output_size is None:
@@ -134,22 +127,9 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
         raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, got {output_size!r}.")
     check_flag("color_correction", color_correction)
     check_back_projection_steps(back_projection_steps)
-    if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
-        check_tile_arguments(*tiling)
-    elif tiling not in (None, True, False):
-        raise ValueError(
-            f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
-        )
     if upscale_method not in UPSCALE_METHODS:
         raise ValueError(f"`upscale_method` must be one of {UPSCALE_METHODS}, got {upscale_method!r}.")
     return parse_memory(max_memory)
-
-
-def _with_sample(output, image: torch.Tensor):
-    """``output`` (as the VAE's ``decode`` returned it) holding ``image`` instead."""
-    if isinstance(output, tuple):
-        return (image, *output[1:])
-    return type(output)(sample=image)
 
 
 class UPLiFTDecodeHook:
@@ -202,13 +182,12 @@ class UPLiFTDecodeHook:
         if upscale:
             output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
             if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
-                tiling = check_tile_arguments(None, None)
+                tiling = True
             tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
                                  tiling)
-        total = 1 + (stage_updates(self.upscaler, output_size, base_size, factor, tiling, self.upscale_method) if upscale else 0)
-        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent tqdm counts
-        progress_bar = getattr(self.pipe, "progress_bar", None) or functools.partial(tqdm, disable=True)
-        with progress_bar(total=total) as progress:
+        total = stage_updates(self.upscaler, output_size, base_size, tiling, self.upscale_method) if upscale else 1
+        # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent bar counts
+        with getattr(self.pipe, "progress_bar", silent_progress_bar)(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
             base = base_output[0]  # the image, first in a tuple or a ``DecoderOutput``
             progress.update()
@@ -231,7 +210,9 @@ class UPLiFTDecodeHook:
                     color_correction=self.color_correction, back_projection_steps=self.back_projection_steps, tiling=tiling,
                     method=self.upscale_method, progress=progress,
                 )
-        return _with_sample(base_output, (image * 2 - 1).to(base.dtype))
+        image = (image * 2 - 1).to(base.dtype)
+        # ``base_output`` (a tuple or a ``DecoderOutput``) holding the upscaled image
+        return (image, *base_output[1:]) if isinstance(base_output, tuple) else type(base_output)(sample=image)
 
 
 def apply_uplift(
@@ -285,12 +266,16 @@ def apply_uplift(
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     guard_latent_space(vae, upscaler, check_latent_space)
-    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, tiling, upscale_method,
-                                   max_memory)
+    budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
+                                   upscale_method)
+    if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
+        check_tile_arguments(*tiling)
+    elif tiling not in (None, True, False):
+        raise ValueError(
+            f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
+        )
     if upscale_factor is None and output_size is None:
         upscale_factor = 2
-    if tiling is True:
-        tiling = check_tile_arguments(None, None)
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
                      tiling, upscale_method, max_memory=budget).install()
 

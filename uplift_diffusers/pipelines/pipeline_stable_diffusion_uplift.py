@@ -30,12 +30,13 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
 from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
+from ..loaders.hub import HUB_KWARGS
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
-from .pipeline_utils import HUB_ARGUMENTS, HubComponentsMixin, TilingMixin, model_index
-from .upscale_decode import latent_updates, upscale_latents_guided
+from .pipeline_utils import HubComponentsMixin, TilingMixin, model_index
+from .upscale_decode import upscale_latents_guided
 
 __all__ = ["StableDiffusionUPLiFTPipeline", "StableDiffusionUPLiFTPipelineOutput"]
 
@@ -139,7 +140,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         if index is not None:
             entry = index.get(UPSCALER_SUBFOLDER, [])
             if entry == []:  # a plain Stable Diffusion pipeline
-                hub = {key: kwargs[key] for key in HUB_ARGUMENTS if key in kwargs and key != "revision"}
+                hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
                 dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
                 kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(dtype, upscaler_revision, **hub)
             elif entry and entry[0] is None:
@@ -171,7 +172,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
         values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
         ``max_memory`` in bytes."""
-        budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, None, "auto", max_memory)
+        budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory)
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -236,11 +237,15 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         budget = self.check_upscale_inputs(
             upscale_factor, output_size, color_correction, return_base_images, output_type, back_projection_steps, max_memory, **kwargs
         )
-        if output_type == "latent":
-            images = super().__call__(*args, output_type="latent", **kwargs).images
-            base_images = images if return_base_images else None
-            images = self._upscale_latents(images, upscale_factor, kwargs.get("generator"))
+        if output_type == "latent":  # the base latents upscaled (a power-of-two factor, checked)
+            latents = super().__call__(*args, output_type="latent", **kwargs).images
+            base_images = latents if return_base_images else None
+            scaling = self.vae.config.scaling_factor
+            upscaled = upscale_latents_guided(self.upscaler, self.vae, latents / scaling, int(math.log2(upscale_factor)),
+                                              kwargs.get("generator"), self.tiling_settings, self.progress_bar)
+            images = latents if upscale_factor == 1 else upscaled.to(latents.dtype) * scaling
             nsfw = None
+            self.maybe_free_model_hooks()
         else:  # without an upscaler the factor is 1: the hook hands the base images on untouched
             with uplift_applied(
                 self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
@@ -254,20 +259,6 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         if not return_dict:
             return (images, nsfw, base_images) if return_base_images else (images, nsfw)
         return StableDiffusionUPLiFTPipelineOutput(images=images, nsfw_content_detected=nsfw, base_images=base_images)
-
-    def _upscale_latents(self, scaled_latents: torch.Tensor, upscale_factor: float, generator) -> torch.Tensor:
-        """``output_type="latent"``: the base latents upscaled (a power-of-two factor), under a
-        progress bar of the base decode (the guide) and every 2x step."""
-        scaling = self.vae.config.scaling_factor
-        num_steps = int(math.log2(upscale_factor))  # a power of two (checked)
-        tiling = self.tiling_settings
-        with self.progress_bar(total=1 + latent_updates(scaled_latents.shape[-2:], num_steps, tiling)) as progress:
-            if num_steps == 0:
-                progress.update()
-                return scaled_latents
-            upscaled = upscale_latents_guided(self.upscaler, self.vae, scaled_latents / scaling, num_steps, generator, tiling, progress)
-        self.maybe_free_model_hooks()
-        return upscaled.to(scaled_latents.dtype) * scaling
 
     def _postprocess_base(self, base_image: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
         """The base images in ``output_type``; those of results the safety checker flagged are hidden."""

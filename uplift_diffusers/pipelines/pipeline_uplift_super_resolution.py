@@ -91,7 +91,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
-        budget = check_uplift_settings(1, None, color_correction, back_projection_steps, None, self.upscale_method, max_memory)
+        budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
         if isinstance(generator, list):
             if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError(
@@ -110,7 +110,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], with :meth:`progress_updates` ``progress.update()`` calls.
+        ``(height, width)`` in [0, 1], with ``ensemble`` x
+        :func:`~uplift_diffusers.pipelines.upscale_decode.stage_updates` ``progress.update()`` calls.
 
         The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
         turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
@@ -118,8 +119,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         the caller switches the VAE's tiling) or None."""
         images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
-        for turns, mirrored, size, _ in _ensemble_views(ensemble, output_size, tuple(images.shape[-2:])):
+        for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
             view = _transform(images, turns, mirrored)
+            size = tuple(output_size)[::-1] if turns % 2 else tuple(output_size)  # a quarter turn swaps the sides
             padded = pad_to_multiple(view, vae_scale_factor(self.vae))
             show_stage(progress, "encode")
             latents = encode_latents(self.vae, padded * 2 - 1)
@@ -130,7 +132,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
                 method=self.upscale_method, progress=progress,
             )
-            total = total + _transform(upscaled, turns, mirrored, inverse=True)
+            # turned back: a mirrored transform is a reflection, its own inverse; a turn is undone by the opposite one
+            total = total + _transform(upscaled, turns if mirrored else -turns, mirrored)
         if not back_projection_steps:
             return total / ensemble
         show_stage(progress, "back-projection")
@@ -139,15 +142,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
         """The tiles of one size group: :meth:`enable_tiling`'s, else :func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`'s."""
         return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
-
-    def progress_updates(self, output_size, input_size, ensemble: int = 1, tiling=None) -> int:
-        """``progress.update()`` calls of :meth:`upscale_batch` for one size group: per ensemble
-        copy, the encode, every 2x step (every tile when tiling) and the decode."""
-        factor = vae_scale_factor(self.vae)
-        return sum(
-            1 + stage_updates(self.upscaler, out, size, factor, tiling, self.upscale_method)
-            for _, _, out, size in _ensemble_views(ensemble, output_size, input_size)
-        )
 
     @torch.no_grad()
     def __call__(
@@ -223,7 +217,11 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
         tilings = [self.tiling_for(len(g), size, out, budget) for g, size, out in zip(groups, input_sizes, output_sizes)]
-        total = sum(map(self.progress_updates, output_sizes, input_sizes, [ensemble] * len(groups), tilings))
+        # per ensemble copy (a turned view counts as many updates): the encode, every 2x step, the decode
+        total = ensemble * sum(
+            stage_updates(self.upscaler, out, size, tiling, self.upscale_method)
+            for out, size, tiling in zip(output_sizes, input_sizes, tilings)
+        )
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
         done = 0
         with self.progress_bar(total=total) as progress:
@@ -260,18 +258,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
 
 
-def _ensemble_views(ensemble: int, output_size, input_size):
-    """``(turns, mirrored, output size, input size)`` of each of the first ``ensemble``
-    :data:`ENSEMBLE_TRANSFORMS`: a quarter turn swaps height and width."""
-    for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
-        swap = slice(None, None, -1 if turns % 2 else 1)
-        yield turns, mirrored, tuple(output_size)[swap], tuple(input_size)[swap]
-
-
-def _transform(images: torch.Tensor, turns: int, mirrored: bool, inverse: bool = False) -> torch.Tensor:
-    """``images`` mirrored (left-right), then turned ``turns`` quarter turns; ``inverse`` undoes it."""
-    if inverse:
-        images = torch.rot90(images, -turns, dims=(-2, -1))
-        return images.flip(-1) if mirrored else images
+def _transform(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """``images`` mirrored (left-right), then turned ``turns`` quarter turns."""
     images = images.flip(-1) if mirrored else images
     return torch.rot90(images, turns, dims=(-2, -1))

@@ -1,35 +1,30 @@
-"""What both pipelines of the package add to diffusers' ``DiffusionPipeline``; it imports no Stable
-Diffusion or CLIP code.
-
-- :class:`HubComponentsMixin`: ``download`` of a Hub repository whose ``model_index.json`` names
-  a component of this package (diffusers' own refuses a component library it does not know: it
-  looks for the library's code in the repository). Local folders load with diffusers alone.
-- :class:`TilingMixin`: ``enable_tiling`` / ``disable_tiling``, tiled UPLiFT and VAE together.
-"""
+"""What both pipelines of the package add to diffusers' ``DiffusionPipeline`` (no Stable Diffusion
+or CLIP code here)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
 
+from ..loaders.hub import HUB_KWARGS
 from ..models.tiled_upscaling import check_tile_arguments
 
-__all__ = ["HUB_ARGUMENTS", "HubComponentsMixin", "TilingMixin", "model_index"]
+__all__ = ["HubComponentsMixin", "TilingMixin", "model_index"]
 
 LIBRARY_NAME = "uplift_diffusers"
-#: The arguments of ``from_pretrained`` that say where and how to find files on the Hub.
-HUB_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
 
 def model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -> Optional[dict]:
     """The ``model_index.json`` of a pipeline folder or Hub repository (diffusers' ``load_config``:
     the cache first), or None when it cannot be read here (``from_pretrained`` then says why)."""
     try:
-        return cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs})
+        return cls.load_config(pretrained_model_name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
     except Exception:  # noqa: BLE001 - missing, unreachable or unreadable: diffusers gives the error
         return None
 
 
 class HubComponentsMixin:
-    """``download`` for Hub repositories holding this package's components (see the module doc)."""
+    """``download`` of a Hub repository whose ``model_index.json`` names a component of this package:
+    diffusers' own refuses a component library it does not know (it looks for the library's code in
+    the repository). Local folders load with diffusers alone."""
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):
@@ -43,7 +38,7 @@ class HubComponentsMixin:
         if not any(isinstance(v[0], str) and v[0].split(".")[0] == LIBRARY_NAME for v in entries.values()):
             return super().download(pretrained_model_name, **kwargs)
         folders = [name for name, entry in entries.items() if entry[0] is not None and name not in kwargs]
-        hub = {k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs}
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         return snapshot_download(
             pretrained_model_name, allow_patterns=["model_index.json"] + [f"{folder}/*" for folder in folders], **hub
         )

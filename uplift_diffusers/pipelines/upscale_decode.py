@@ -33,12 +33,14 @@ The functions here are internal: they trust their callers, which check the user'
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
+from tqdm.auto import tqdm
 
 from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
 from ..utils.back_projection import back_project
@@ -46,7 +48,7 @@ from ..utils.color_correction import color_correct
 from ..utils.memory import estimate_upscale_bytes
 
 __all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_latents_guided", "upscale_and_decode", "stage_updates",
-           "auto_tiling", "vae_tiling", "show_stage"]
+           "auto_tiling", "vae_tiling", "show_stage", "silent_progress_bar"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
@@ -82,26 +84,25 @@ def _model_steps(upscaler, output_size: Size, guide_size: Size, method: str) -> 
     return upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
 
 
-def stage_updates(upscaler, output_size: Size, guide_size: Size, vae_factor: int, tiling: Tiling = None,
+def stage_updates(upscaler, output_size: Size, guide_size: Size, tiling: Tiling = None,
                   method: str = DEFAULT_UPSCALE_METHOD) -> int:
-    """How many ``progress.update()`` calls :func:`upscale_and_decode` makes: one per 2x step
-    (per tile when tiling) and one for the decode."""
+    """The progress rule of an upscale: one update for the guide (the base decode or the encode),
+    then those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
     num_steps = _model_steps(upscaler, output_size, guide_size, method)
-    latent_size = (math.ceil(guide_size[0] / vae_factor), math.ceil(guide_size[1] / vae_factor))
-    return latent_updates(latent_size, num_steps, tiling) + 1
+    factor = upscaler.config.vae_scale_factor  # the VAE's (guard_latent_space)
+    latent_size = (math.ceil(guide_size[0] / factor), math.ceil(guide_size[1] / factor))
+    return 1 + latent_updates(latent_size, num_steps, tiling) + 1
 
 
 def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
                 tiling=None) -> Tiling:
-    """``tiling`` where it is set (``(tile_size, overlap)``; False: none); for None, the default tiles
-    when the untiled stage's estimated peak passes ``max_memory`` bytes, else None."""
-    if tiling is not None:
-        return tiling or None
-    scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
-    decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
-    if estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory:
-        return check_tile_arguments(None, None)
-    return None
+    """``tiling`` where it is set (``(tile_size, overlap)``; True: the default tiles; False: none);
+    for None, the default tiles when the untiled stage's estimated peak passes ``max_memory`` bytes."""
+    if tiling is None:
+        scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
+        decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
+        tiling = estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory
+    return check_tile_arguments(None, None) if tiling is True else tiling or None
 
 
 @contextlib.contextmanager
@@ -115,6 +116,10 @@ def vae_tiling(vae, tiled: bool):
     finally:
         if switch:
             vae.disable_tiling()
+
+
+#: A progress bar that shows nothing, for callers without a pipeline's ``progress_bar``.
+silent_progress_bar = functools.partial(tqdm, disable=True)
 
 
 def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
@@ -145,13 +150,17 @@ def upscale_latents(upscaler, latents: torch.Tensor, guide: torch.Tensor, num_st
 
 
 def upscale_latents_guided(upscaler, vae, latents: torch.Tensor, num_steps: int, generator=None, tiling: Tiling = None,
-                           progress=None) -> torch.Tensor:
+                           progress_bar: Callable = silent_progress_bar) -> torch.Tensor:
     """UPLiFT on raw latents alone (no final decode: latent outputs, hires-fix): the VAE decodes
-    them once for the guide (``progress.update()``), then :func:`upscale_latents`."""
-    guide = VaeImageProcessor.denormalize(vae.decode(latents.to(vae.dtype), return_dict=False)[0].float())
-    if progress is not None:
+    them once for the guide, then :func:`upscale_latents`. ``progress_bar`` (a pipeline's) counts
+    the guide's decode and every step; at 0 steps the latents are returned, counted as one update."""
+    with progress_bar(total=1 + latent_updates(latents.shape[-2:], num_steps, tiling)) as progress:
+        if num_steps == 0:
+            progress.update()
+            return latents
+        guide = VaeImageProcessor.denormalize(vae.decode(latents.to(vae.dtype), return_dict=False)[0].float())
         progress.update()
-    return upscale_latents(upscaler, latents, guide, num_steps, generator, tiling, progress)
+        return upscale_latents(upscaler, latents, guide, num_steps, generator, tiling, progress)
 
 
 def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: Size, mode: str, antialias: bool) -> torch.Tensor:
@@ -184,7 +193,7 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
             onto the guide's content after the colour correction (0: none, the paper's output).
         tiling: ``(tile_size, overlap)`` to upscale in tiles, or None.
         method: one of :data:`UPSCALE_METHODS`, for factors that are not powers of two.
-        progress: a progress bar, ``update()``-d :func:`stage_updates` times.
+        progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode.
     """
     device = latents.device
     guide_size = tuple(guide.shape[-2:]) if guide_size is None else guide_size
