@@ -66,7 +66,7 @@ def test_color_correction_matches_input_means(pipe):
 def test_matches_manual_computation(pipe, taef2):
     """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct
     -> back-project (5 rounds, the default)."""
-    from uplift_diffusers.utils.back_projection import back_project
+    from uplift_diffusers.utils.color_correction import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
@@ -385,7 +385,7 @@ def test_powers_of_two_are_a_direct_model_call(tiny_pipe, tiny_autoencoder, tiny
     """Factors 2, 4, 8 (also as floats or as an exact size) are bit-identical to encode -> UPLiFT
     (log2 f steps) -> decode -> crop -> colour correction -> back-projection, whatever the
     resampling method."""
-    from uplift_diffusers.utils.back_projection import back_project
+    from uplift_diffusers.utils.color_correction import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)

@@ -20,12 +20,11 @@ from .utils.output_size import check_upscale_factor, output_size_for
 
 PROG = "uplift-diffusers"
 EMBEDDED_MODEL = "examples/models/uplift-taef2-bsds500"
+#: Shown by ``--help``; docs/command-line.md says what each covers.
 EXIT_STATUSES = {
     0: "done",
-    1: "a failure while running: a model could not be loaded (not in the local Hub cache offline, corrupt, "
-    "for another VAE), or some inputs could not be read or upscaled (each listed; the others were written)",
-    2: "a usage or input error, found before any model loads: a bad flag or value, a missing file or folder, an "
-    "unwritable output, an unsupported pipeline",
+    1: "a failure while running: a model could not be loaded, or some inputs failed (each listed)",
+    2: "a usage or input error, found before any model loads",
     130: "interrupted (Ctrl-C); the outputs already written are complete",
 }
 #: Text-to-image pipelines ``generate`` takes (``_class_name`` of ``model_index.json``) -> family.
