@@ -2,11 +2,8 @@
 (the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
 
 :func:`split_images` converts the pipeline's ``image`` argument (PIL images of any mode, numpy
-arrays, tensors, or lists of them) to :class:`ModedImage` items: the ``1 x 3 x H x W`` float32
-colour in [0, 1] the VAE encodes, the alpha channel (or ``None``) and the output mode. Gray inputs
-get three identical channels; under transparent pixels the colour is filled from the nearby
-visible pixels (:func:`fill_transparent`), so neither a white nor a black background bleeds into
-the result. :func:`restore_mode` turns the upscaled colour back into the input's mode.
+arrays, tensors, or lists of them) to :class:`ModedImage` items, and :func:`restore_mode` turns the
+upscaled colour back into the input's mode.
 
 Not ``VaeImageProcessor.preprocess``: it resizes to the VAE's multiple (we pad and crop back, so
 outputs have exactly the requested size, :func:`pad_to_multiple`), drops alpha, reads 16-bit and

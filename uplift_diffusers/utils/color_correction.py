@@ -17,10 +17,6 @@ low frequencies of the result come from the input while the high frequencies, wh
 stay UPLiFT's. Measured on the 200 BSDS500 test images at 4x with the example TAEF2 model (see its
 card): the default 5 rounds add 0.64 dB PSNR to the paper's output (0 rounds), most of it in the first
 round, and gain all but 0.01 dB of 10 rounds.
-
-:func:`mean_shift` and :func:`project_to` are the corrections unchecked and unclamped, so
-differentiable (e.g. inside a training loss), in float32 at least so that half-precision images do
-not lose the shift.
 """
 from __future__ import annotations
 
@@ -58,7 +54,8 @@ def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def mean_shift(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """:func:`color_correct`, unchecked and unclamped."""
+    """:func:`color_correct`, unchecked and unclamped (so differentiable, e.g. inside a training loss), in
+    float32 at least so that half-precision images do not lose the shift."""
     compute = torch.promote_types(image.dtype, torch.float32)
     image_mean = image.to(compute).mean(dim=(2, 3), keepdim=True)
     reference_mean = reference.to(device=image.device, dtype=compute).mean(dim=(2, 3), keepdim=True)
@@ -86,8 +83,8 @@ def back_project(image: torch.Tensor, reference: torch.Tensor, steps: int = DEFA
 
 
 def project_to(image: torch.Tensor, reference: torch.Tensor, steps: int) -> torch.Tensor:
-    """:func:`back_project`, unchecked and unclamped: ``steps`` rounds of
-    ``image += up(reference - down(image))``."""
+    """:func:`back_project`, unchecked and unclamped (so differentiable): ``steps`` rounds of
+    ``image += up(reference - down(image))``, in float32 at least."""
     compute = torch.promote_types(image.dtype, torch.float32)
     image = image.to(compute)
     reference = reference.to(device=image.device, dtype=compute)
