@@ -92,10 +92,11 @@ def parse_size(text: str) -> Tuple[int, int]:
     return values[0], values[-1]
 
 
-def check_models(models: Sequence[Tuple[str, str, Sequence[str]]], hint: str) -> None:
+def check_models(models: Sequence[Tuple[str, Optional[str], Sequence[str]]], hint: str) -> None:
     """Check ``(flag, source, files)`` models before loading any (a None source: none asked for): a
-    local path must exist; a Hub model must be cached, unless the Hub answers. Offline or unreachable, every missing model is
-    named in one line with ``hint``, and the Hub is off for the rest of the command (no waiting)."""
+    local path must exist; a Hub model must be cached, unless the Hub answers. Offline or
+    unreachable, every missing model is named in one line with ``hint``, and the Hub is off for the
+    rest of the command (no waiting)."""
     from huggingface_hub import constants
 
     from .loaders.hub import hub_file_of, hub_reachable, is_cached, looks_like_local_path
