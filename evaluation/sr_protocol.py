@@ -1,6 +1,6 @@
 """The super-resolution scoring: the pixel-space baseline (PIL bicubic), the paper's PSNR (CFM's
 ``calculate_PSNR`` per image) and the loop scoring methods over (HR, LR) pairs (the pairs
-themselves: :mod:`uplift_diffusers.utils.sr_protocol`). Images are ``B x 3 x H x W`` floats in
+themselves: :func:`uplift_diffusers.image_processor.load_hr_lr`). Images are ``B x 3 x H x W`` floats in
 [0, 1]; :func:`check_image_pair` is the check every image metric applies.
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import torch
 from PIL import Image
 
-from uplift_diffusers.image_processor import pil_to_tensor
-from uplift_diffusers.utils.sr_protocol import load_hr_lr
+from uplift_diffusers.image_processor import load_hr_lr, pil_to_tensor
 from uplift_diffusers.utils.validation import check_image_batch, check_values
 
 #: A method of the protocol: a batch of LR images -> ``B x 3 x H x W`` images of the HR size.

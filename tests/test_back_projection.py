@@ -1,4 +1,4 @@
-"""Back-projection onto the low-resolution input (uplift_diffusers/utils/back_projection.py): the
+"""Back-projection onto the low-resolution input (uplift_diffusers/utils/color_correction.py): the
 operator, its checks, the pipelines' ``back_projection_steps`` and its measured effect on real
 photographs through the committed TAEF2 model."""
 from pathlib import Path
@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from tiny_models import make_upscaler
 from uplift_diffusers import UPLiFTLatentUpscaler
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
-from uplift_diffusers.image_processor import pil_to_tensor
+from uplift_diffusers.image_processor import load_hr_lr, pil_to_tensor
 from uplift_diffusers.pipelines.pipeline_uplift_super_resolution import UPLiFTSuperResolutionPipeline
-from uplift_diffusers.utils.back_projection import back_project, check_back_projection_steps, project_to
+from uplift_diffusers.utils.color_correction import back_project, project_to
+from uplift_diffusers.utils.validation import check_back_projection_steps
 from evaluation.sr_protocol import bicubic_upscale, psnr
-from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
 

@@ -29,9 +29,8 @@ from evaluation.tasks.latent_baseline import LatentInterpolationUpscaler, decode
 from evaluation.metrics.image_metrics import psnr as metrics_psnr
 from evaluation.reports.tables import write_report
 from uplift_diffusers import UPLiFTLatentUpscaler
-from uplift_diffusers.image_processor import list_images, pil_to_tensor
+from uplift_diffusers.image_processor import list_images, load_hr_lr, pil_to_tensor
 from evaluation import sr_protocol
-from uplift_diffusers.utils.sr_protocol import load_hr_lr
 from uplift_diffusers.utils.color_correction import color_correct
 
 CAPTIONS = ["a red cat", "a blue dog", "a tall tree", "the sea", "a small car", "two birds"]

@@ -374,8 +374,7 @@ def test_trained_model_stays_within_one_percent_in_bf16(shared_path):
     from pathlib import Path
 
     from uplift_diffusers import load_vae
-    from uplift_diffusers.image_processor import pil_to_tensor
-    from uplift_diffusers.utils.sr_protocol import load_hr_lr
+    from uplift_diffusers.image_processor import load_hr_lr, pil_to_tensor
     from uplift_diffusers.loaders.vae import encode_latents
 
     model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"

@@ -66,7 +66,7 @@ def test_color_correction_matches_input_means(pipe):
 def test_matches_manual_computation(pipe, taef2):
     """encode (padded, posterior mode) -> upscaler(latents, padded image) -> decode -> crop -> correct
     -> back-project (5 rounds, the default)."""
-    from uplift_diffusers.utils.back_projection import back_project
+    from uplift_diffusers.utils.color_correction import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
@@ -385,7 +385,7 @@ def test_powers_of_two_are_a_direct_model_call(tiny_pipe, tiny_autoencoder, tiny
     """Factors 2, 4, 8 (also as floats or as an exact size) are bit-identical to encode -> UPLiFT
     (log2 f steps) -> decode -> crop -> colour correction -> back-projection, whatever the
     resampling method."""
-    from uplift_diffusers.utils.back_projection import back_project
+    from uplift_diffusers.utils.color_correction import back_project
     from uplift_diffusers.utils.color_correction import color_correct
 
     image = torch.rand(1, 3, 12, 20)
@@ -472,9 +472,8 @@ def test_model_step_callback(tiny_upscaler):
 def test_three_x_at_least_bicubic_with_the_committed_taef2_model(taef2, shared_path):
     """Issue #13 bar: 3x through the committed TAEF2 model >= PIL bicubic (PSNR), on the first four
     BSDS500 test images (centre 192 px crops, LR 64 px = PIL bilinear), with the default method."""
-    from uplift_diffusers.image_processor import list_images
+    from uplift_diffusers.image_processor import list_images, load_hr_lr
     from evaluation.sr_protocol import bicubic_upscale, psnr
-    from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
     model_dir = Path(__file__).resolve().parents[1] / "examples" / "models" / "uplift-taef2-bsds500" / "upscaler"
     files = list_images(shared_path("data", "bsds500", "test"))[:4]

@@ -244,7 +244,7 @@ def test_stop_at_step_keeps_the_schedule_and_continues_exactly(taef2_dir, images
 def test_pixel_loss_with_back_projection_scores_the_pipelines_output():
     """``pixel_back_projection`` = N: the colour-corrected decode is back-projected N rounds onto
     the depth's input image (unclamped, so differentiable) before the MSE, as the SR pipeline does."""
-    from uplift_diffusers.utils.back_projection import project_to
+    from uplift_diffusers.utils.color_correction import project_to
 
     vae = ConstantDecoderVAE()
     latents, images = _toy_levels()

@@ -33,8 +33,7 @@ def pixel_loss(
     colour-corrected towards ``reference`` (the low-resolution input) and back-projected onto it
     ``back_projection_steps`` rounds, as the pipelines do but unclamped, to stay differentiable."""
     from uplift_diffusers.loaders.vae import decode_latents
-    from uplift_diffusers.utils.back_projection import project_to
-    from uplift_diffusers.utils.color_correction import mean_shift
+    from uplift_diffusers.utils.color_correction import mean_shift, project_to
 
     decoded = (decode_latents(vae, latents, clamp=False).float() + 1) / 2
     corrected = mean_shift(decoded, reference)

@@ -199,10 +199,9 @@ def validate(upscaler, vae, val: ValidationConfig, output_dir: Path, step: int) 
     from PIL import Image
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    from uplift_diffusers.image_processor import list_images, pil_to_tensor
+    from uplift_diffusers.image_processor import list_images, load_hr_lr, pil_to_tensor
     from uplift_diffusers.pipelines import UPLiFTSuperResolutionPipeline
-    from uplift_diffusers.utils.back_projection import back_project
-    from uplift_diffusers.utils.sr_protocol import load_hr_lr
+    from uplift_diffusers.utils.color_correction import back_project
 
     files = list_images(val.dir)[: val.num_images]
     if not files:

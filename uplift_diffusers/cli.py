@@ -20,12 +20,11 @@ from .utils.output_size import check_upscale_factor, output_size_for
 
 PROG = "uplift-diffusers"
 EMBEDDED_MODEL = "examples/models/uplift-taef2-bsds500"
+#: Shown by ``--help``; docs/command-line.md says what each covers.
 EXIT_STATUSES = {
     0: "done",
-    1: "a failure while running: a model could not be loaded (not in the local Hub cache offline, corrupt, "
-    "for another VAE), or some inputs could not be read or upscaled (each listed; the others were written)",
-    2: "a usage or input error, found before any model loads: a bad flag or value, a missing file or folder, an "
-    "unwritable output, an unsupported pipeline",
+    1: "a failure while running: a model could not be loaded, or some inputs failed (each listed)",
+    2: "a usage or input error, found before any model loads",
     130: "interrupted (Ctrl-C); the outputs already written are complete",
 }
 #: Text-to-image pipelines ``generate`` takes (``_class_name`` of ``model_index.json``) -> family.
@@ -93,17 +92,18 @@ def parse_size(text: str) -> Tuple[int, int]:
     return values[0], values[-1]
 
 
-def check_models(models: Sequence[Tuple[str, str, Sequence[str]]], hint: str) -> None:
-    """Check ``(flag, source, files)`` models before loading any: a local path must exist; a Hub
-    model must be cached, unless the Hub answers. Offline or unreachable, every missing model is
-    named in one line with ``hint``, and the Hub is off for the rest of the command (no waiting)."""
+def check_models(models: Sequence[Tuple[str, Optional[str], Sequence[str]]], hint: str) -> None:
+    """Check ``(flag, source, files)`` models before loading any (a None source: none asked for): a
+    local path must exist; a Hub model must be cached, unless the Hub answers. Offline or
+    unreachable, every missing model is named in one line with ``hint``, and the Hub is off for the
+    rest of the command (no waiting)."""
     from huggingface_hub import constants
 
     from .loaders.hub import hub_file_of, hub_reachable, is_cached, looks_like_local_path
 
     missing, from_hub = [], False
     for flag, source, files in models:
-        if Path(source).expanduser().exists():
+        if source is None or Path(source).expanduser().exists():
             continue
         hub_file = named_errors(flag, source, lambda: hub_file_of(source, flag), UsageError)
         repo_id, revision = source, None
@@ -238,8 +238,7 @@ def cmd_upscale(args) -> List[str]:
     vae = args.vae or (None if args.model else SD15_MODEL_ID)  # without --model: the defaults
     upscaler = args.upscaler or (None if args.model else UPLIFT_SD15_REPO_ID)
     models = [("--model", args.model, ("model_index.json",)), ("--vae", vae, VAE_FILES), ("--upscaler", upscaler, UPSCALER_FILES)]
-    check_models([model for model in models if model[1] is not None],
-                 f"pass local models, e.g. --model {EMBEDDED_MODEL} (the embedded TAEF2 model)")
+    check_models(models, f"pass local models, e.g. --model {EMBEDDED_MODEL} (the embedded TAEF2 model)")
     import PIL.Image
     import torch
 
@@ -447,11 +446,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(prog: str, handler, args) -> int:
-    """``handler(args)`` with the command line's conventions (:data:`EXIT_STATUSES`): one
-    ``prog: error: ...`` line and no traceback, 2 for a :class:`UsageError`, 1 for anything else,
-    130 when interrupted. ``handler`` returns the failed inputs (exit 1 when there are any).
-    A ValueError's message is shown as it is (the library's errors name the argument and the fix);
-    an unexpected error's type comes first. The examples use it too."""
+    """``handler(args)`` (which returns the failed inputs) with the command line's conventions, for
+    the examples too: one ``prog: error: ...`` line and no traceback, the :data:`EXIT_STATUSES`. A
+    ValueError is shown as it is (the library's errors name the argument and the fix)."""
     from huggingface_hub import constants
 
     offline = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE

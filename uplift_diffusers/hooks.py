@@ -32,10 +32,9 @@ from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, silent_progress_bar
 from .pipelines.upscale_decode import stage_updates, upscale_and_decode, vae_tiling
-from .utils.back_projection import check_back_projection_steps
 from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
-from .utils.validation import check_flag
+from .utils.validation import check_back_projection_steps, check_flag
 
 __all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_space", "vae_latent_space", "vae_scale_factor"]
 

@@ -1,11 +1,9 @@
-"""Images in and out of the super-resolution pipeline, and image files for training and evaluation.
+"""Images in and out of the super-resolution pipeline, and image files for training and evaluation
+(the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
 
 :func:`split_images` converts the pipeline's ``image`` argument (PIL images of any mode, numpy
-arrays, tensors, or lists of them) to :class:`ModedImage` items: the ``1 x 3 x H x W`` float32
-colour in [0, 1] the VAE encodes, the alpha channel (or ``None``) and the output mode. Gray inputs
-get three identical channels; under transparent pixels the colour is filled from the nearby
-visible pixels (:func:`fill_transparent`), so neither a white nor a black background bleeds into
-the result. :func:`restore_mode` turns the upscaled colour back into the input's mode.
+arrays, tensors, or lists of them) to :class:`ModedImage` items, and :func:`restore_mode` turns the
+upscaled colour back into the input's mode.
 
 Not ``VaeImageProcessor.preprocess``: it resizes to the VAE's multiple (we pad and crop back, so
 outputs have exactly the requested size, :func:`pad_to_multiple`), drops alpha, reads 16-bit and
@@ -26,7 +24,7 @@ from .constants import IMAGE_SUFFIXES
 from .utils.validation import UNIT_RANGE_TOLERANCE, check_values
 
 __all__ = [
-    "ImageInput", "list_images", "pil_to_tensor", "ModedImage", "split_images", "restore_mode", "fill_transparent",
+    "ImageInput", "list_images", "pil_to_tensor", "centre_crop", "load_hr_lr", "ModedImage", "split_images", "restore_mode", "fill_transparent",
     "upscale_alpha", "OUTPUT_MODES", "size_groups", "pad_to_multiple",
 ]
 
@@ -57,6 +55,26 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> 1 x 3 x H x W float tensor in [0, 1]. Other modes are converted by PIL's
     ``convert("RGB")`` (alpha dropped), unlike the pipeline's :func:`split_images`, which keeps gray and alpha."""
     return split_images(image.convert("RGB"))[0].rgb
+
+
+def centre_crop(image: Image.Image, size: int) -> Image.Image:
+    """The centre ``size`` x ``size`` crop; ValueError when the image is smaller."""
+    width, height = image.size
+    if width < size or height < size:
+        raise ValueError(f"image of {width} x {height} is smaller than the crop size {size}; pass a smaller `size`.")
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_hr_lr(path: Union[str, Path], hr_size: int, lr_size: int) -> Tuple[Image.Image, Image.Image]:
+    """The super-resolution protocol's pair, defined once for the evaluation, the training and the
+    examples: HR = the centre ``hr_size`` crop of the image file ``path`` (RGB), LR = PIL bilinear
+    resize of HR to ``lr_size`` (the paper's degradation)."""
+    if lr_size < 1 or hr_size < lr_size:
+        raise ValueError(f"need 1 <= lr_size <= hr_size, got lr_size={lr_size}, hr_size={hr_size}.")
+    with Image.open(path) as handle:
+        hr = centre_crop(handle.convert("RGB"), hr_size)
+    return hr, hr.resize((lr_size, lr_size), Image.BILINEAR)
 
 
 # Input conversion: PIL image -> numpy array -> B x C x H x W tensor -> float32 in [0, 1], C in 1..4

@@ -255,7 +255,7 @@ def super_resolve(vae, upscaler, images: torch.Tensor, num_steps: int, color_cor
 
 def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
     """The super-resolution mode; returns the results (also written to ``--output`` and .md)."""
-    from uplift_diffusers.hooks import check_upscaler_matches_vae, vae_scale_factor
+    from uplift_diffusers.hooks import guard_latent_space, vae_scale_factor
 
     args.output = args.output or RESULTS_DIR / "benchmark_sr_latency.json"
     check_at_least(args, {"lr_size": 1, "threads": 1})
@@ -269,7 +269,7 @@ def super_resolution(args, device: torch.device, dtype: torch.dtype) -> Dict:
     else:
         vae = load_vae(args.vae, dtype, "--vae DIR or --random-weights").to(device)
         upscaler = load_upscaler(args.upscaler, None, dtype, "--upscaler DIR|FILE or --random-weights").to(device)
-    check_upscaler_matches_vae(vae, upscaler)
+    guard_latent_space(vae, upscaler, check=False)  # channels and pixels per latent; the space only warns
     factor = vae_scale_factor(vae)
     if args.lr_size % factor:
         raise ValueError(f"--lr-size must be a multiple of the VAE's factor {factor}, got {args.lr_size}.")

@@ -3,7 +3,7 @@
 Deterministic for ``--seed``: the images under ``--inputs`` sorted by path, shuffled by
 ``random.Random(seed)``, and the first ``--num`` whose shorter side is at least ``--hr-size``
 taken (the others listed in ``manifest.json``). HR = centre ``--hr-size`` crop, LR = PIL
-bilinear resize to ``--lr-size`` (:mod:`uplift_diffusers.utils.sr_protocol`); PNG pairs in
+bilinear resize to ``--lr-size`` (:func:`uplift_diffusers.image_processor.load_hr_lr`); PNG pairs in
 ``OUTPUT/hr`` and ``OUTPUT/lr``, a rerun keeps those already written.
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image
 
 from evaluation.arguments import attempt
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import list_images, load_hr_lr
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write_text
-from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 
 def select_images(files: Sequence[Path], num: int, seed: int, hr_size: int) -> Dict[str, List[Path]]:

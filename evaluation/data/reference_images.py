@@ -15,7 +15,7 @@ from typing import Optional
 from PIL import Image
 
 from uplift_diffusers.utils.atomic_files import atomic_save_image, atomic_write
-from uplift_diffusers.utils.sr_protocol import centre_crop
+from uplift_diffusers.image_processor import centre_crop
 
 
 def square_crop_resize(image: Image.Image, size: int) -> Image.Image:

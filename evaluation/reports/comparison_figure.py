@@ -16,9 +16,8 @@ from PIL import Image, ImageDraw
 from evaluation.sr_protocol import SRPairs
 from evaluation.tasks.eval_super_resolution import SuperResolutionRunner, parse_methods, with_pipeline_options
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import centre_crop, list_images
 from uplift_diffusers.utils.atomic_files import check_writable_directory
-from uplift_diffusers.utils.sr_protocol import centre_crop
 
 
 def main(argv=None) -> int:

@@ -21,10 +21,9 @@ from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_i
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
 from uplift_diffusers.constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
-from uplift_diffusers.image_processor import list_images
+from uplift_diffusers.image_processor import list_images, load_hr_lr
 from uplift_diffusers.utils.atomic_files import atomic_write
 from evaluation.sr_protocol import SRBatch, SRPairs, bicubic_upscale, psnr
-from uplift_diffusers.utils.sr_protocol import load_hr_lr
 
 PIXEL_METHODS = ("bicubic", "vae")
 UPLIFT_KEYWORD = "uplift"

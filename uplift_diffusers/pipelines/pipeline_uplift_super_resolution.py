@@ -28,7 +28,7 @@ from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_gr
 from ..loaders.vae import decode_latents, encode_latents
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..utils.back_projection import back_project
+from ..utils.color_correction import back_project
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
 from .pipeline_utils import HubComponentsMixin, TilingMixin
@@ -183,7 +183,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 image gets it); with only one of them each image keeps its aspect ratio. Each must
                 be at least the input's side.
             back_projection_steps: rounds of iterative back-projection onto the input after the
-                colour correction (:mod:`uplift_diffusers.utils.back_projection`): the output,
+                colour correction (:mod:`uplift_diffusers.utils.color_correction`): the output,
                 downsampled (antialiased bilinear), then matches the input. 0 gives the paper's
                 output. Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             ensemble: geometric self-ensemble, 1, 2, 4 or 8: the image is upscaled that many times,

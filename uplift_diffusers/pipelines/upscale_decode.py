@@ -43,8 +43,7 @@ from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 
 from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
-from ..utils.back_projection import back_project
-from ..utils.color_correction import color_correct
+from ..utils.color_correction import back_project, color_correct
 from ..utils.memory import estimate_upscale_bytes
 
 __all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_latents_guided", "upscale_and_decode", "stage_updates",
@@ -189,7 +188,7 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
         guide: ``B x 3 x 8h x 8w`` in [0, 1], the image the latents describe.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
             multiple of 8); default the whole guide.
-        back_projection_steps: rounds of :func:`~uplift_diffusers.utils.back_projection.back_project`
+        back_projection_steps: rounds of :func:`~uplift_diffusers.utils.color_correction.back_project`
             onto the guide's content after the colour correction (0: none, the paper's output).
         tiling: ``(tile_size, overlap)`` to upscale in tiles, or None.
         method: one of :data:`UPSCALE_METHODS`, for factors that are not powers of two.

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["check_flag", "check_image_batch", "check_values", "check_unit_image_pair", "UNIT_RANGE_TOLERANCE"]
+__all__ = ["check_flag", "check_back_projection_steps", "check_image_batch", "check_values", "UNIT_RANGE_TOLERANCE"]
 
 #: Float images this far outside [0, 1] are accepted (and clamped by the callers): the rounding
 #: of resampled images and of half-precision decoders.
@@ -23,6 +23,13 @@ def check_flag(name: str, value: Any) -> None:
     """ValueError unless the argument ``name`` is exactly ``True`` or ``False``."""
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def check_back_projection_steps(steps: Any, name: str = "back_projection_steps") -> int:
+    """``steps`` as an int >= 0, else a ValueError naming ``name``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`{name}` must be an int >= 0 (0 turns back-projection off; 5 is the default), got {steps!r}.")
+    return steps
 
 
 def check_image_batch(
@@ -86,13 +93,3 @@ def check_values(
             f"`{name}` must hold values in [{low:g}, {high:g}], got the range [{lowest:.4g}, {highest:.4g}]"
             + (f"; {hint}" if hint else ".")
         )
-
-
-def check_unit_image_pair(image: Any, reference: Any) -> None:
-    """The arguments of the colour corrections: ``image`` and ``reference``, RGB batches of one
-    batch size, finite and in [0, 1] (two reductions: where the data enters)."""
-    check_image_batch("image", image)
-    check_image_batch("reference", reference, batch=image.shape[0])
-    for name, tensor in (("image", image), ("reference", reference)):
-        check_values(name, tensor, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE,
-                     hint="convert images in [-1, 1] with `(x / 2 + 0.5).clamp(0, 1)`.")
