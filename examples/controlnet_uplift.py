@@ -17,8 +17,10 @@ import sys
 from PIL import Image, ImageFilter, ImageOps
 
 from uplift_diffusers.cli import UPSCALER_FILES, UsageError, check_models, parse_scale, run
-from uplift_diffusers.constants import SD15_CONTROLNET_CANNY_ID, SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
+from uplift_diffusers.constants import SD15_MODEL_ID, UPLIFT_SD15_REPO_ID
 
+#: A ControlNet for Stable Diffusion 1.5 (Canny edges).
+SD15_CONTROLNET_CANNY_ID = "lllyasviel/control_v11p_sd15_canny"
 #: Grey level (0-255) above which an edge-filter response counts as an edge.
 EDGE_THRESHOLD = 40
 

@@ -576,12 +576,10 @@ def test_an_already_converted_state_dict_is_recognised(tmp_path):
 def test_the_authors_format_is_in_the_sd15_latent_space(mini, tmp_path):
     """A model from the authors' format records the SD1.5 VAE's latent space, unless its YAML names
     another pipeline's VAE or it has other than 4 latent channels; a converted folder keeps it."""
-    from uplift_diffusers.constants import SDXL_MODEL_ID
-
     model = UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"])
     assert model.config.latent_space == "sd15"
     assert UPLiFTLatentUpscaler.from_single_file(mini["checkpoint"], mini["yaml"]).config.latent_space == "sd15"
-    sdxl = _edit(mini["config"], ("backbone", "diff_pipe_name"), SDXL_MODEL_ID)
+    sdxl = _edit(mini["config"], ("backbone", "diff_pipe_name"), "stabilityai/stable-diffusion-xl-base-1.0")
     assert UPLiFTLatentUpscaler.from_single_file(mini["state_dict"], sdxl).config.latent_space is None
     config = variant_config(mini["config"], "widths-attender9-refcon-2")  # 16 latent channels
     assert UPLiFTLatentUpscaler.from_single_file(official_state_dict(config), config).config.latent_space is None

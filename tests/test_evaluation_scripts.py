@@ -546,7 +546,7 @@ def test_eval_super_resolution_metric_protocol_and_baseline_colour_correction(tm
 
 def test_eval_text_to_image_clip_record_and_baseline_record(tmp_path, tiny_dirs):
     from evaluation.metrics.image_metrics import CLIPScorer
-    from uplift_diffusers.constants import CLIP_MODEL_ID
+    from evaluation.metrics.image_metrics import CLIP_MODEL_ID
 
     prompts = _coco_prompts(tmp_path)
     rows = read_caption_set(prompts)

@@ -522,7 +522,7 @@ def test_clip_scorer_loads_clip_processor_with_the_pil_backend(tiny_clip, tmp_pa
 def test_clip_scorer_default_is_the_papers_model(monkeypatch):
     from transformers import CLIPModel, CLIPProcessor
 
-    from uplift_diffusers.constants import CLIP_MODEL_ID
+    from evaluation.metrics.image_metrics import CLIP_MODEL_ID
 
     calls = []
     monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(lambda cls, name, **kw: calls.append(("model", name, kw)) or 1 / 0))

@@ -8,15 +8,6 @@ UPLIFT_SD15_WEIGHTS_NAME = "uplift_sd1.5vae.safetensors"
 #: Stable Diffusion 1.5 pipeline repository (its VAE is in the ``vae/`` subfolder).
 SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_VAE_SUBFOLDER = "vae"
-#: A ControlNet for Stable Diffusion 1.5 (Canny edges), for the ControlNet + UPLiFT example.
-SD15_CONTROLNET_CANNY_ID = "lllyasviel/control_v11p_sd15_canny"
-
-#: The paper's comparison rows (Tables 2-3): SDXL base and the LCM-LoRA for SDXL.
-SDXL_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-SDXL_LCM_LORA_ID = "latent-consistency/lcm-lora-sdxl"
-
-#: CLIP score model of the paper (the `clip-score` package's default).
-CLIP_MODEL_ID = "openai/clip-vit-base-patch32"
 
 #: File suffixes read as images (lower case): the CLI's inputs and every image folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -27,6 +27,8 @@ from evaluation.sr_protocol import as_float_pair, check_image_pair, check_unit_i
 #: ``"cfm"``: CFM's truncating conversion (FID); ``"round"``: what an 8-bit PNG of the image holds.
 UINT8_METHODS = ("cfm", "round")
 SSIM_KERNEL_SIZE = 11
+#: CLIP score model of the paper (the `clip-score` package's default).
+CLIP_MODEL_ID = "openai/clip-vit-base-patch32"
 
 
 def to_uint8(images: Tensor, method: str = "cfm") -> Tensor:
@@ -255,8 +257,6 @@ class CLIPScorer(nn.Module):
         if model is None:
             import transformers
             from transformers import CLIPModel, CLIPProcessor
-
-            from uplift_diffusers.constants import CLIP_MODEL_ID
 
             model_id = model_id or CLIP_MODEL_ID
             model = CLIPModel.from_pretrained(model_id)

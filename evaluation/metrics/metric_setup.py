@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from evaluation.arguments import check_at_least, loading
-from evaluation.metrics.image_metrics import CLIPScorer, FIDAccumulator, PatchFID
+from evaluation.metrics.image_metrics import CLIP_MODEL_ID, CLIPScorer, FIDAccumulator, PatchFID
 
 FEATURE_EXTRACTORS = ("inception", "tiny-random")
 #: CFM's patch-FID: 4 crops of 512 x 512 per image.
@@ -85,8 +85,6 @@ def add_fid_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     """``--no-clip``, ``--clip-model``."""
-    from uplift_diffusers.constants import CLIP_MODEL_ID
-
     parser.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
     parser.add_argument("--clip-model", default=CLIP_MODEL_ID,
                         help=f"Hub id or local folder of the transformers CLIPModel (default {CLIP_MODEL_ID}, the paper's)")

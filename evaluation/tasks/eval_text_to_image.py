@@ -29,7 +29,7 @@ from evaluation.sharding import process_state, shard
 from evaluation.smoke import prepare_smoke_dir, save_smoke_models, write_smoke_images
 from evaluation.tasks import common
 from evaluation.tasks.latent_baseline import LATENT_BASELINES, LatentInterpolationUpscaler, decode_and_correct
-from uplift_diffusers.constants import SD15_MODEL_ID, SDXL_LCM_LORA_ID, SDXL_MODEL_ID
+from uplift_diffusers.constants import SD15_MODEL_ID
 from uplift_diffusers.image_processor import pil_to_tensor
 from uplift_diffusers.utils.atomic_files import atomic_save_image
 
@@ -47,7 +47,10 @@ class NativeRow:
     lcm_lora: bool
 
 
-#: The paper's SDXL reference rows (the module docstring gives the settings' sources).
+#: The paper's SDXL reference rows (the module docstring gives the settings' sources): SDXL base
+#: and the LCM-LoRA for SDXL.
+SDXL_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_LCM_LORA_ID = "latent-consistency/lcm-lora-sdxl"
 NATIVE_ROWS = {
     "sdxl": NativeRow(steps=50, guidance_scale=5.0, lcm_lora=False),
     "lcm-lora-sdxl": NativeRow(steps=4, guidance_scale=1.0, lcm_lora=True),
