@@ -113,7 +113,10 @@ class FastInference:
         return tensor.contiguous(memory_format=torch.channels_last)
 
     def _autocast(self, device_type: str, enabled: bool = True):
-        return torch.autocast(device_type, dtype=self.dtype, enabled=enabled and self.dtype != torch.float32)
+        """Autocast to the fast dtype; no context at all when off."""
+        if not enabled or self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.dtype)
 
     def encode(self, image: torch.Tensor, stride: int) -> List[torch.Tensor]:
         """The encoder pass, uncompiled: the maps of the model's own encoder groups, the last
