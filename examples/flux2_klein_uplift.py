@@ -13,7 +13,7 @@ whole path. Exit statuses as the command line's: 2 for a usage or input error, 1
 import argparse
 import sys
 
-from uplift_diffusers.cli import EMBEDDED_MODEL, UPSCALER_FILES, UsageError, check_models, parse_scale, run
+from uplift_diffusers.cli import EMBEDDED_MODEL, UPSCALER_FILES, UsageError, check_models, run
 
 FLUX2_KLEIN_ID = "black-forest-labs/FLUX.2-klein-4B"
 

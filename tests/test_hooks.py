@@ -4,8 +4,6 @@ The hooked pipelines: text-to-image (with and without a LoRA), img2img, inpainti
 and perturbed-attention guidance (PAG), all on ``tiny_sd_components`` (conftest.py; 64 px base images, 8 x 8 latents).
 """
 import copy
-import json
-import logging
 
 import numpy as np
 import PIL.Image
@@ -13,7 +11,6 @@ import pytest
 import torch
 from diffusers import (
     ControlNetModel,
-    DiffusionPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,

@@ -24,7 +24,6 @@ at the start of every test by conftest.py).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -316,7 +316,7 @@ def prepare_smoke_test(args, state) -> None:
     inputs = prepare_smoke_dir(args, state, "super-resolution")
     if state.is_main_process:
         write_smoke_images(inputs / "images", count=4, size=64)
-        models = save_smoke_models(inputs / "models", upscaler=True, vae=True)
+        save_smoke_models(inputs / "models", upscaler=True, vae=True)
     state.wait_for_everyone()
     args.data, args.vae = str(inputs / "images"), str(inputs / "models" / "vae")
     args.upscaler = ["bicubic,vae,bilinear,nearest", f"uplift={inputs / 'models' / 'upscaler'}"]
