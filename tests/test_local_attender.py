@@ -38,7 +38,7 @@ EXPLICIT = [(0, 0), (-3, 1), (2, -1), (1, 3)]  # an irregular user-given neighbo
 
 def reference_logits(attender: LocalAttender, guide: torch.Tensor) -> torch.Tensor:
     """Conv1x1 written as an einsum, plus the guide's first n channels (zero-padded if fewer)."""
-    n = attender.num_offsets
+    n = len(attender.offsets)
     weight = attender.to_logits.weight[:, :, 0, 0]
     logits = torch.einsum("kc,bchw->bkhw", weight, guide) + attender.to_logits.bias[None, :, None, None]
     residual = guide[:, :n]
@@ -84,7 +84,7 @@ def test_neighbourhood_offsets_follow_the_doc(n):
     assert NEIGHBORHOODS[n] == DOC_OFFSETS[n]
     attender = LocalAttender(32, n)
     assert attender.offsets == DOC_OFFSETS[n]
-    assert attender.num_offsets == n
+    assert len(attender.offsets) == n
     assert attender.padding == DOC_PADDING[n]
     assert tuple(attender.to_logits.weight.shape) == (n, 32, 1, 1)
 
@@ -93,7 +93,7 @@ def test_explicit_offsets_are_kept_in_order():
     attender = LocalAttender(8, [list(p) for p in EXPLICIT])
     assert attender.offsets == EXPLICIT
     assert attender.padding == 3
-    assert attender.num_offsets == 4
+    assert len(attender.offsets) == 4
 
 
 def test_neighbourhood_offsets_returns_a_copy():

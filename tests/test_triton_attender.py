@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from uplift_diffusers.models.local_attender import (
+    TRITON_INSTALLED,
     AutoLocalAttenderProcessor,
     FusedLocalAttenderProcessor,
     LocalAttender,
     LocalAttenderProcessor,
     attend,
-    triton_installed,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not installed (pip install triton, or the dev extra)")
+needs_triton = pytest.mark.skipif(not TRITON_INSTALLED, reason="Triton is not installed (pip install triton, or the dev extra)")
 
 # every neighbourhood and scale, batches, odd sizes, strided / channels_last inputs, an
 # explicit asymmetric neighbourhood, more offsets than a power of two, half precision
@@ -145,16 +145,16 @@ def test_automatic_choice_needs_cuda_inference_and_no_tracing(monkeypatch):
     class FakeCuda:
         is_cuda, requires_grad = True, False
 
-    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.TRITON_INSTALLED", True)
     cuda = FakeCuda()
     with torch.no_grad():
         assert auto.use_fused(att, cuda, cuda)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         assert not auto.use_fused(att, cuda, cuda)  # torch.compile fuses the PyTorch form itself
         monkeypatch.undo()
-    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: True)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.TRITON_INSTALLED", True)
     assert not auto.use_fused(att, cuda, cuda)  # gradients wanted (parameters require grad)
-    monkeypatch.setattr("uplift_diffusers.models.local_attender.triton_installed", lambda: False)
+    monkeypatch.setattr("uplift_diffusers.models.local_attender.TRITON_INSTALLED", False)
     with torch.no_grad():
         assert not auto.use_fused(att, cuda, cuda)
 
@@ -202,7 +202,7 @@ def test_kernel_failure_warns_once_and_falls_back(monkeypatch):
         att(guide, value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not triton_installed(), reason="needs a CUDA GPU and Triton")
+@pytest.mark.skipif(not torch.cuda.is_available() or not TRITON_INSTALLED, reason="needs a CUDA GPU and Triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_kernel_matches_pytorch_and_allocates_only_the_output(dtype):
     from uplift_diffusers.models.triton_local_attender import fused_local_attention

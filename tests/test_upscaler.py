@@ -24,7 +24,7 @@ def test_default_model_has_the_released_parameter_count():
         model = UPLiFTLatentUpscaler()
     assert sum(p.numel() for p in model.parameters()) == 53_487_445
     assert len(model.state_dict()) == 131  # the released checkpoint's tensor count
-    assert model.attender.num_offsets == 17
+    assert len(model.attender.offsets) == 17
     assert model.config.latent_channels == 4
 
 

@@ -13,7 +13,6 @@ exceed its channel count) plus one output.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import warnings
 from typing import List, Sequence, Tuple, Union
@@ -42,21 +41,17 @@ def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> O
         return list(NEIGHBORHOODS[neighborhood])
     try:
         offsets = [tuple(int(v) for v in pair) for pair in neighborhood]
-    except TypeError as error:
-        raise ValueError(
-            f"`neighborhood` must be an int or a list of (dy, dx) integer pairs, got {neighborhood!r}."
-        ) from error
+    except (TypeError, ValueError):  # not a list of integer pairs
+        offsets = []
     if not offsets or any(len(pair) != 2 for pair in offsets):
-        raise ValueError(f"`neighborhood` must be a non-empty list of (dy, dx) pairs, got {neighborhood!r}.")
+        raise ValueError(f"`neighborhood` must be a non-empty list of (dy, dx) pairs of ints, got {neighborhood!r}.")
     if len(set(offsets)) != len(offsets):
         raise ValueError(f"`neighborhood` lists an offset twice: {offsets}; give each (dy, dx) once.")
     return offsets
 
 
-@functools.lru_cache(maxsize=None)
-def triton_installed() -> bool:
-    """Whether the ``triton`` package can be imported (it is not imported here)."""
-    return importlib.util.find_spec("triton") is not None
+#: Whether the ``triton`` package can be imported (it is not imported here).
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -94,14 +89,10 @@ class LocalAttender(nn.Module):
         self.to_logits = nn.Conv2d(guide_channels, len(self.offsets), kernel_size=1)
         self.processor = AutoLocalAttenderProcessor()
 
-    @property
-    def num_offsets(self) -> int:
-        return len(self.offsets)
-
     def logits(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits over the neighbourhood, ``B x n x sH x sW``: a 1x1 convolution
         plus the guide's first ``n`` channels."""
-        return self.to_logits(guide) + channel_residual(guide, self.num_offsets)
+        return self.to_logits(guide) + channel_residual(guide, len(self.offsets))
 
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Per-pixel softmax weights over the neighbourhood, ``B x n x sH x sW``."""
@@ -170,7 +161,7 @@ class AutoLocalAttenderProcessor:
             return False
         if torch.is_grad_enabled() and (guide.requires_grad or value.requires_grad or any(p.requires_grad for p in attender.parameters())):
             return False
-        return triton_installed()
+        return TRITON_INSTALLED
 
     def __call__(self, attender: LocalAttender, guide: torch.Tensor, value: torch.Tensor, scale: int) -> torch.Tensor:
         if self.use_fused(attender, guide, value):

@@ -64,19 +64,10 @@ def _local_attention_kernel(
 
 
 def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Sequence[Tuple[int, int]], scale: int) -> torch.Tensor:
-    """``attend(softmax(logits), value, offsets, padding, scale)`` in one kernel.
-
-    Args:
-        logits: ``B x n x sH x sW`` attention logits (any float dtype and strides).
-        value: ``B x C x H x W`` (any float dtype and strides).
-        offsets: the ``n`` neighbourhood offsets ``(dy, dx)``.
-        scale: the integer ``s``.
-
-    Returns:
-        ``B x C x sH x sW``, contiguous, accumulated in float32 and stored in the dtype
-        :func:`~uplift_diffusers.models.local_attender.attend` gives (``logits`` and ``value``
-        promoted).
-    """
+    """``attend(softmax(logits), value, offsets, padding, scale)`` in one kernel: logits ``B x n x sH x sW``
+    and value ``B x C x H x W`` of any float dtypes and strides -> ``B x C x sH x sW``, contiguous,
+    accumulated in float32, in the promoted dtype of the two (as
+    :func:`~uplift_diffusers.models.local_attender.attend` gives)."""
     batch, channels, height, width = value.shape
     expected = (batch, len(offsets), height * scale, width * scale)
     # the kernel reads raw pointers: a wrong shape would read outside the tensors, silently
