@@ -14,11 +14,10 @@ from uplift_diffusers.models.fast_inference import apply_fast_inference, remove_
 from uplift_diffusers.models.tiled_upscaling import (
     DEFAULT_TILE_OVERLAP,
     DEFAULT_TILE_SIZE,
-    blend_ramp,
+    axis_weights,
     blend_tiles,
     check_tile_arguments,
     count_tiles,
-    full_size_step_noise,
     tile_starts,
     tiled_upscale,
 )
@@ -73,7 +72,7 @@ def test_blend_is_a_partition_of_unity_and_has_no_step_at_seams():
     steps = row[1:] - row[:-1]
     assert float(steps.min()) >= 0 and float(steps.max()) == pytest.approx(1.0 / (2 * 4))  # 1 / (overlap * out_scale)
     assert float(row[0]) == 0.0 and float(row[-1]) == len(starts) - 1  # tile values away from seams
-    ramp = blend_ramp(10, 4, 2)
+    ramp = axis_weights([0, 6, 14], 24, 10, 1)[1]  # the middle tile shares 4 pixels before it, 2 after it
     assert torch.all(ramp > 0) and float(ramp[4]) == 1.0 and float(ramp[0]) == pytest.approx(0.125)
     assert float(ramp[-1]) == pytest.approx(0.25) and float(ramp[-3]) == 1.0
 
@@ -91,7 +90,8 @@ def test_one_tile_equals_untiled_exactly_with_noise():
 def test_full_size_noise_is_the_untiled_draw_and_tiles_slice_it():
     model = make_upscaler(4, noise_scale=1.0)
     latents, guide = inputs(10, 12)
-    predrawn = full_size_step_noise(model, latents, 2, seeded())
+    generator = seeded()
+    predrawn = [model.step_noise(torch.empty(1, 4, 10 * 2**step, 12 * 2**step), generator) for step in range(2)]
     assert len(predrawn) == 2
     for step, noise in enumerate(predrawn):
         assert noise[0].shape[-2:] == (10 * 2**step, 12 * 2**step) and noise[1].shape[-2:] == (20 * 2**step, 24 * 2**step)

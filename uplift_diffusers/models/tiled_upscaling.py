@@ -24,7 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .modeling_uplift import GeneratorArg, StepCallback, StepNoise
+from .modeling_uplift import GeneratorArg
 
 #: Default tile side, in latents of the input (x ``vae_scale_factor`` guide pixels: 64 -> 512 px).
 DEFAULT_TILE_SIZE = 64
@@ -59,38 +59,22 @@ def tile_starts(length: int, tile_size: int, overlap: int) -> List[int]:
     return [round(index * (length - tile_size) / (count - 1)) for index in range(count)]
 
 
-def blend_ramp(size: int, start_ramp: int, end_ramp: int) -> torch.Tensor:
-    """1-D weights of a tile of ``size`` pixels: rising over the first ``start_ramp`` pixels,
-    falling over the last ``end_ramp``, 1 elsewhere. The rise is ``(i + 0.5) / start_ramp``
-    (never 0), so a neighbour's fall over the same pixels complements it to exactly 1."""
-    position = torch.arange(size, dtype=torch.float32) + 0.5
-    weights = torch.ones(size)
-    if start_ramp > 0:
-        weights = torch.minimum(weights, position / min(start_ramp, size))
-    if end_ramp > 0:
-        weights = torch.minimum(weights, position.flip(0) / min(end_ramp, size))
-    return weights
-
-
 def axis_weights(starts: Sequence[int], length: int, tile_size: int, out_scale: int) -> List[torch.Tensor]:
-    """The :func:`blend_ramp` of each tile along one axis (output pixels), each ramp spanning
-    exactly the pixels the tile shares with its neighbour."""
+    """1-D blend weights of each tile along one axis, in output pixels: rising over the pixels the
+    tile shares with the previous one, falling over those it shares with the next, 1 elsewhere.
+    The rise over ``n`` shared pixels is ``(i + 0.5) / n`` (never 0), so the neighbour's fall over
+    the same pixels complements it to exactly 1."""
     weights = []
     for index, start in enumerate(starts):
         end = min(start + tile_size, length)
-        before = starts[index - 1] + tile_size - start if index > 0 else 0
-        after = end - starts[index + 1] if index + 1 < len(starts) else 0
-        weights.append(blend_ramp((end - start) * out_scale, before * out_scale, after * out_scale))
+        position = torch.arange((end - start) * out_scale, dtype=torch.float32) + 0.5
+        ramp = torch.ones_like(position)
+        if index > 0:
+            ramp = torch.minimum(ramp, position / ((starts[index - 1] + tile_size - start) * out_scale))
+        if index + 1 < len(starts):
+            ramp = torch.minimum(ramp, position.flip(0) / ((end - starts[index + 1]) * out_scale))
+        weights.append(ramp)
     return weights
-
-
-def full_size_step_noise(upscaler, latents: torch.Tensor, num_steps: int, generator: GeneratorArg = None) -> List[StepNoise]:
-    """Every step's noise for upscaling ``latents`` by ``2 ** num_steps``, drawn by the model's
-    :meth:`~UPLiFTLatentUpscaler.step_noise` at full size, in the order an untiled run draws it."""
-    batch, channels, h, w = latents.shape
-    # step_noise reads only the shape and device of the latents: zero-size stand-ins
-    stand_ins = [latents.new_zeros(()).expand(batch, channels, h * 2**step, w * 2**step) for step in range(num_steps)]
-    return [upscaler.step_noise(stand_in, generator) for stand_in in stand_ins]
 
 
 def count_tiles(height: int, width: int, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> int:
@@ -111,7 +95,7 @@ def blend_tiles(
     blend the results (the one tiling loop of the package: UPLiFT and TinyAutoencoder).
 
     ``run_tile`` returns the output of grid region ``[y0:y1, x0:x1]``, ``B x C x (y1 - y0) *
-    out_scale x (x1 - x0) * out_scale``. Each output is weighted by :func:`blend_ramp` across
+    out_scale x (x1 - x0) * out_scale``. Each output is weighted by :func:`axis_weights` across
     the part it shares with a neighbour and the weighted outputs are averaged (a linear
     cross-fade in each overlap). Returns ``B x C x height * out_scale x width * out_scale`` in
     the tiles' dtype; one tile (``height, width <= tile_size``) gives that tile unchanged.
@@ -147,15 +131,13 @@ def tiled_upscale(
     generator: GeneratorArg = None,
     tile_size: Optional[int] = None,
     overlap: Optional[int] = None,
-    callback: Optional[StepCallback] = None,
+    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Upscale ``latents`` by ``2 ** num_steps`` tile by tile (see the module doc).
 
     Args:
-        upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`.
-        latents: ``B x C x h x w`` unscaled latents; ``image``: the ``B x 3 x fh x fw`` guide in
-            [0, 1] (``f = vae_scale_factor``), as for the model's ``forward``.
-        num_steps: number of 2x steps (>= 1).
+        upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`; ``latents``, ``image`` and
+            ``num_steps`` as for its ``forward``.
         generator: seeds the noise (drawn at full size, sliced per tile).
         tile_size, overlap: tile side and overlap in latents of the input (None: the defaults
             :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
@@ -168,22 +150,18 @@ def tiled_upscale(
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
     upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)
-    factor = upscaler.config.vae_scale_factor
-    noises = full_size_step_noise(upscaler, latents, num_steps, generator)
+    # every step's noise drawn by the model at full size, in the order of an untiled run; step_noise
+    # reads only the shape and device of the latents: zero-size stand-ins
+    batch, channels, h, w = latents.shape
+    stand_ins = [latents.new_zeros(()).expand(batch, channels, h * 2**step, w * 2**step) for step in range(num_steps)]
+    noises = [upscaler.step_noise(stand_in, generator) for stand_in in stand_ins]
 
     def run_tile(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        tile_noise = []
-        for step, noise in enumerate(noises):
-            # the decoder input's noise at the step's input scale, the other two at twice it
-            scales = (2**step, 2 ** (step + 1), 2 ** (step + 1))
-            sliced = [None if n is None else n[:, :, y0 * s : y1 * s, x0 * s : x1 * s].contiguous() for n, s in zip(noise, scales)]
-            tile_noise.append(tuple(sliced))
-        return upscaler(
-            latents[:, :, y0:y1, x0:x1],
-            image[:, :, y0 * factor : y1 * factor, x0 * factor : x1 * factor],
-            num_steps=num_steps,
-            callback=callback,
-            noise=tile_noise,
-        ).sample
+        def crop(tensor: torch.Tensor) -> torch.Tensor:  # the tile of the latents, the guide or a noise
+            scale = tensor.shape[-2] // h
+            return tensor[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale]
+
+        tile_noise = [tuple(None if n is None else crop(n).contiguous() for n in noise) for noise in noises]
+        return upscaler(crop(latents), crop(image), num_steps=num_steps, callback=callback, noise=tile_noise).sample
 
     return blend_tiles(run_tile, latents.shape[-2], latents.shape[-1], tile_size, overlap, out_scale=2**num_steps)
