@@ -15,8 +15,7 @@ weights, no copy):
   read that map only through nearest resampling on every s-th pixel, so only those are computed;
 - ``channels_last`` inputs (when asked), the output in the caller's dtype and memory format;
 - ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
-  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU). When compiling
-  is not possible a ``RuntimeWarning`` says so and the passes run eagerly: never a crash;
+  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU), else eagerly;
 - the noise drawn by the model's own ``step_noise`` outside the compiled graphs (same calls, same
   order as the eager model), and ``torch.no_grad()``.
 
@@ -75,10 +74,8 @@ class FastInference:
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
-        # the encoder groups from the first one as wide as the widest (full resolution: they
-        # set the peak memory) keep their residual stream in `dtype`; a float32 stream there
-        # doubled the peak memory (276 -> 613 MiB at 256 px) for 0.89% -> 0.79% error
-        # (official-size model, random weights)
+        # the groups from the first widest one carry their stream in `dtype`: in float32 it doubled
+        # the peak memory (276 -> 613 MiB at 256 px) for 0.89% -> 0.79% error (official-size model, random weights)
         widths = [group[-1].out_channels for group in model.encoder.groups]
         self.half_stream_from = widths.index(max(widths))
         #: stride of the last encoder map for the call in progress (set by :meth:`forward`)
@@ -88,26 +85,20 @@ class FastInference:
         # it would reach Inductor alone and the weights would stay graph inputs).
         self.freezing = compile and compile_mode is None
         #: the compiled passes by name; a pass that fails to compile is dropped (runs eagerly)
-        self._compiled = {}
+        self.compiled = {}
         if compile:
             try:
                 for name in ("encode", "step"):
-                    self._compiled[name] = torch.compile(getattr(self, name), mode=compile_mode, dynamic=False)
+                    self.compiled[name] = torch.compile(getattr(self, name), mode=compile_mode, dynamic=False)
             except Exception as error:
-                self._compiled.clear()
+                self.compiled.clear()
                 warnings.warn(
                     f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); UPLiFT fast inference runs eagerly.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
 
-    @property
-    def compiled(self) -> bool:
-        """Whether compiled functions are in use (False after a fallback to eager)."""
-        return bool(self._compiled)
-
     def _layout(self, tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """``tensor`` in channels_last when asked; otherwise as it is (no copy)."""
         if tensor is None or not self.channels_last:
             return tensor
         return tensor.contiguous(memory_format=torch.channels_last)
@@ -146,7 +137,7 @@ class FastInference:
         return self._call("step", self._layout(latents), features, tuple(self._layout(n) for n in noise))
 
     def _call(self, name: str, *args):
-        compiled = self._compiled.get(name)
+        compiled = self.compiled.get(name)
         if compiled is not None:
             import torch._inductor.config as inductor_config  # slow to import: only when compiling
 
@@ -162,7 +153,7 @@ class FastInference:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-                del self._compiled[name]
+                del self.compiled[name]
         return getattr(self, name)(*args)
 
     def forward(self, latents, image, num_steps=1, *args, **kwargs):
@@ -178,11 +169,10 @@ class FastInference:
         def back(tensor):
             return tensor.to(dtype=latents.dtype, memory_format=torch.contiguous_format)
 
-        sample = back(sample)
         intermediate = None if intermediate is None else [back(z) for z in intermediate]
         if isinstance(output, tuple):
-            return (sample, intermediate)
-        return UPLiFTOutput(sample=sample, intermediate=intermediate)
+            return (back(sample), intermediate)
+        return UPLiFTOutput(sample=back(sample), intermediate=intermediate)
 
 
 def apply_fast_inference(
@@ -211,9 +201,6 @@ def apply_fast_inference(
     Returns:
         The :class:`FastInference` state (also ``model._fast_inference``). Calling this
         again replaces the previous state.
-
-    Raises:
-        ValueError: for an unsupported ``dtype`` or a non-bool ``compile``/``channels_last``.
     """
     if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
         raise ValueError(
@@ -250,4 +237,4 @@ def remove_fast_inference(model) -> None:
     if model.__dict__.get("_old_forward") == state.forward:  # under an accelerate hook: it calls this again
         model._old_forward = type(model).forward.__get__(model)
     model._fast_inference = None
-    state._compiled.clear()
+    state.compiled.clear()

@@ -40,8 +40,6 @@ GeneratorArg = Optional[Union[torch.Generator, List[torch.Generator]]]
 #: The noise of one 2x step, one tensor (or ``None``: no noise channels) per concatenation:
 #: decoder input (h x w), decoder after upsampling (2h x 2w), refiner input (2h x 2w).
 StepNoise = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
-#: Called as ``callback(step_index, latents)`` after every 2x step of :meth:`UPLiFTLatentUpscaler.forward`.
-StepCallback = Callable[[int, torch.Tensor], None]
 
 
 # =============================================================================== building blocks
@@ -67,7 +65,6 @@ class ConvBlock(nn.Module):
 
 
 def conv_blocks(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
-    """A chain of ConvBlocks with the given output widths."""
     return nn.Sequential(*(ConvBlock(i, o) for i, o in zip([in_channels, *widths], widths)))
 
 
@@ -265,7 +262,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         noise_scale: Optional[float] = None,
         output_intermediate: bool = False,
         return_dict: bool = True,
-        callback: Optional[StepCallback] = None,
+        callback: Optional[Callable[[int, torch.Tensor], None]] = None,
         noise: Optional[Sequence[StepNoise]] = None,
     ) -> Union[UPLiFTOutput, tuple]:
         """Upscale ``latents`` by ``2 ** num_steps``.
@@ -331,11 +328,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         cfg = self.config
         batch, _, h, w = latents_shape
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
-        if noise_scale is not None:
-            dec_scale = ref_scale = noise_scale
-        else:
-            dec_scale = cfg.noise_scale
-            ref_scale = cfg.noise_scale if cfg.refiner_noise_scale is None else cfg.refiner_noise_scale
+        dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
+        ref_scale = cfg.refiner_noise_scale if noise_scale is None and cfg.refiner_noise_scale is not None else dec_scale
         parts = ((cfg.noise_channels, 1, dec_scale), (cfg.noise_channels, 2, dec_scale), (ref_channels, 2, ref_scale))
         return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 
@@ -384,10 +378,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             )
         for index, step in enumerate(noise or ()):
             expected = [shape for shape, _ in self._noise_layout((batch, channels, h * 2**index, w * 2**index))]
+            got = type(step).__name__
             if isinstance(step, (list, tuple)):
                 got = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in step]
-            else:
-                got = type(step).__name__
             if got != expected:
                 raise ValueError(
                     f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
