@@ -36,7 +36,7 @@ NEIGHBORHOODS = {
 def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> Offsets:
     """Return the list of (dy, dx) offsets for a neighbourhood size or an explicit list."""
     if isinstance(neighborhood, int):
-        if isinstance(neighborhood, bool) or neighborhood not in NEIGHBORHOODS:
+        if neighborhood not in NEIGHBORHOODS:  # True == 1 is not a key either
             raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
         return list(NEIGHBORHOODS[neighborhood])
     try:
@@ -179,11 +179,8 @@ class AutoLocalAttenderProcessor:
 
 
 def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding: int, scale: int) -> torch.Tensor:
-    """``out[:, :, s*y+i, s*x+j] = sum_k weights[:, k, s*y+i, s*x+j] * value_pad[:, :, y+dy_k, x+dx_k]``.
-
-    Accumulates one offset at a time into a view of the output shaped
-    ``B x C x H x s x W x s``, so nothing of ``n`` times the output size is ever held.
-    """
+    """``out[:, :, s*y+i, s*x+j] = sum_k weights[:, k, s*y+i, s*x+j] * value_pad[:, :, y+dy_k, x+dx_k]``,
+    accumulated one offset at a time into a ``B x C x H x s x W x s`` view of the output."""
     batch, channels, height, width = value.shape
     padded = F.pad(value, (padding,) * 4, mode="replicate") if padding else value
     out = value.new_zeros(batch, channels, height * scale, width * scale, dtype=torch.promote_types(weights.dtype, value.dtype))

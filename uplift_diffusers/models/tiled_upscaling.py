@@ -35,7 +35,7 @@ DEFAULT_TILE_OVERLAP = 16
 def check_tile_arguments(tile_size, overlap) -> Tuple[int, int]:
     """``(tile_size, overlap)`` checked, ``None`` replaced by the default."""
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else tile_size
-    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 2:
+    if not isinstance(tile_size, int) or tile_size < 2:  # True == 1 is rejected too
         raise ValueError(
             f"`tile_size` must be an int >= 2 (the tile side in latents of the input; "
             f"{DEFAULT_TILE_SIZE} is the default), got {tile_size!r}."
