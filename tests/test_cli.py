@@ -424,7 +424,7 @@ def test_generate_sd_is_apply_uplift_on_the_pipeline(tiny_dirs, tmp_path, capsys
 
     upscaler = tiny_dirs.upscaler(4)
     assert generate(tiny_dirs.sd_pipeline(), tmp_path, "--upscaler", str(upscaler), "--size", "64x48") == 0, capsys.readouterr().err
-    assert f"cat.png (128x96)" in capsys.readouterr().out
+    assert "cat.png (128x96)" in capsys.readouterr().out
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs.sd_pipeline())
     pipe.set_progress_bar_config(disable=True)
     apply_uplift(pipe, UPLiFTLatentUpscaler.from_pretrained(upscaler), upscale_factor=2)

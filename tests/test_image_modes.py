@@ -131,8 +131,6 @@ def test_fill_transparent_continues_the_visible_colours():
     assert 0.9 <= half[0] <= 1 and 0.5 <= half[1] < 0.6 and half[1] == half[2]
     # completely transparent: its mean colour
     assert torch.allclose(fill_transparent(colour, torch.zeros_like(alpha)), colour.mean(dim=(2, 3), keepdim=True).expand_as(colour))
-    with pytest.raises(ValueError, match="`alpha` must be B x 1 x 16 x 16"):
-        fill_transparent(colour, alpha[..., :4])
 
 
 def test_upscale_alpha_exact_size_and_no_ringing():
@@ -159,8 +157,6 @@ def test_restore_mode():
     assert torch.allclose(restored[0], rgb.mean(dim=0)) and torch.allclose(restored[1], torch.full((8, 10), 200 / 255))
     (opaque,) = split_images(PIL.Image.new("RGB", (5, 4)))
     assert restore_mode(rgb, opaque) is rgb
-    with pytest.raises(ValueError, match="`rgb` must be 3 x H x W"):
-        restore_mode(torch.rand(4, 8, 10), opaque)
 
 
 # ------------------------------------------------------------------------------- the pipeline

@@ -34,7 +34,6 @@ from uplift_diffusers.utils.testing_utils import (  # noqa: F401 - the library's
     FLUX2_TEXT_LAYERS,
     build_flux2_components,
     build_sd_components,
-    make_byte_tokenizer,
     make_kl_vae,
     make_tiny_clip,
     make_tokenizer,

@@ -113,9 +113,8 @@ def _array_to_batch(array: np.ndarray, where: str) -> torch.Tensor:
             f"`{where}` has shape {array.shape}: the last axis must be the channels ({_CHANNELS_HINT}); numpy images "
             "are H x W x C (pass a torch tensor for C x H x W)."
         )
-    # a copy when the array is read-only (e.g. np.asarray of a PIL image): torch needs writable memory
-    batch = np.ascontiguousarray(batch) if batch.flags.writeable else np.array(batch)
-    return torch.from_numpy(batch).permute(0, 3, 1, 2)
+    # a copy: torch needs writable memory, and np.asarray of a PIL image is read-only
+    return torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2)
 
 
 def _unit_images(batch: torch.Tensor, where: str) -> List[torch.Tensor]:
@@ -214,8 +213,6 @@ def fill_transparent(colour: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     whose edge would show as a light or dark fringe after upscaling), partly transparent ones the
     colour over that continuation. A completely transparent image keeps its mean colour.
     """
-    if colour.shape[-2:] != alpha.shape[-2:] or alpha.shape[1] != 1:
-        raise ValueError(f"`alpha` must be B x 1 x {colour.shape[-2]} x {colour.shape[-1]}, got {tuple(alpha.shape)}.")
     levels = [(colour * alpha, alpha)]
     while max(levels[-1][1].shape[-2:]) > 1:
         premultiplied, weight = levels[-1]
@@ -253,8 +250,6 @@ def restore_mode(rgb: torch.Tensor, item: ModedImage) -> torch.Tensor:
     """The pipeline's upscaled colour ``3 x H x W`` in [0, 1] -> the input's mode: gray is the mean
     of the three channels (1 channel), and the alpha channel, upscaled to exactly ``H x W`` by
     :func:`upscale_alpha`, is appended (2 or 4 channels)."""
-    if rgb.ndim != 3 or rgb.shape[0] != 3:
-        raise ValueError(f"`rgb` must be 3 x H x W, got {tuple(rgb.shape)}.")
     colour = rgb.mean(dim=0, keepdim=True) if item.gray else rgb
     if item.alpha is None:
         return colour
@@ -278,17 +273,8 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def size_groups(tensors: Sequence[torch.Tensor]) -> List[List[int]]:
-    """Indices of ``... x H x W`` tensors grouped by ``(H, W)``, groups in order of first appearance.
-
-    Raises:
-        ValueError: an item is not a tensor with at least two dimensions.
-    """
+    """Indices of ``... x H x W`` tensors grouped by ``(H, W)``, groups in order of first appearance."""
     groups: Dict[Tuple[int, int], List[int]] = {}
     for index, tensor in enumerate(tensors):
-        if not isinstance(tensor, torch.Tensor) or tensor.ndim < 2:
-            raise ValueError(
-                f"`tensors[{index}]` must be a ... x H x W tensor, got {getattr(tensor, 'shape', type(tensor).__name__)}; "
-                "pass the `rgb` tensors of split_images."
-            )
         groups.setdefault(tuple(tensor.shape[-2:]), []).append(index)
     return list(groups.values())

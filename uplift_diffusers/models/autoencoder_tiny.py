@@ -61,18 +61,15 @@ class _TanhClamp(nn.Module):
         return torch.tanh(x / 3) * 3
 
 
-def _pool_blocks(layers: nn.Sequential, pooled, width: int, hidden: int, groups: int) -> nn.Sequential:
-    """``layers`` with the blocks at the indices ``pooled`` swapped for :class:`PooledBlock`."""
+def _pool_blocks(layers: nn.Sequential, name: str, pooled, allowed: Sequence[int], *pool: int) -> nn.Sequential:
+    """``layers`` with the blocks at the indices ``pooled`` (the config argument ``name``, a subset of
+    ``allowed``) swapped for :class:`PooledBlock` ``(*pool)``."""
+    distinct = isinstance(pooled, Sequence) and not isinstance(pooled, str) and len(set(pooled)) == len(pooled)
+    if not distinct or any(isinstance(v, bool) or not isinstance(v, int) or v not in allowed for v in pooled):
+        raise ValueError(f"`{name}` must list distinct block indices out of {list(allowed)}, got {pooled!r}.")
     for index in pooled:
-        layers[index] = PooledBlock(width, hidden, groups)
+        layers[index] = PooledBlock(*pool)
     return layers
-
-
-def _check_pooled(name: str, value, allowed: Sequence[int]) -> list[int]:
-    valid = isinstance(value, Sequence) and not isinstance(value, str) and len(set(value)) == len(value)
-    if not valid or any(isinstance(v, bool) or not isinstance(v, int) or v not in allowed for v in value):
-        raise ValueError(f"`{name}` must list distinct block indices out of {list(allowed)}, got {value!r}.")
-    return sorted(value)
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int) -> int | None:
@@ -89,22 +86,17 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     Parameters:
         latent_channels (`int`, defaults to 4): channels of the latent space (4 for TAESD,
             16 for TAEF1 / TAESD3, 32 for TAEF2).
-        encoder_pooled_blocks (`list[int]`, defaults to `[]`): indices (in the encoder
-            ``nn.Sequential``) of the blocks with a pooling branch; a subset of
-            ``ENCODER_BLOCK_POSITIONS``.
-        decoder_pooled_blocks (`list[int]`, defaults to `[]`): the same for the decoder, a
-            subset of ``DECODER_BLOCK_POSITIONS``.
-        block_out_channels (`list[int]`, defaults to `[64, 64, 64, 64]`): width of the four
-            resolution stages. The architecture uses one width throughout, so all entries must
-            be equal; the list has four entries so that pipelines computing
-            ``2 ** (len(block_out_channels) - 1)`` get the spatial factor 8.
+        encoder_pooled_blocks / decoder_pooled_blocks (`list[int]`, defaults to `[]`): indices (in
+            the ``nn.Sequential``) of the blocks with a pooling branch, out of
+            ``ENCODER_BLOCK_POSITIONS`` / ``DECODER_BLOCK_POSITIONS``.
+        block_out_channels (`list[int]`, defaults to `[64, 64, 64, 64]`): the one width of the
+            architecture, four times so that pipelines computing ``2 ** (len(block_out_channels) - 1)``
+            get the spatial factor 8.
         in_channels / out_channels (`int`, defaults to 3): image channels.
         pool_hidden_channels (`int`, defaults to 256), pool_num_groups (`int`, defaults to 4):
             width and GroupNorm groups of the pooling branch.
-        scaling_factor (`float`, defaults to 1.0), shift_factor (`float`, defaults to 0.0):
-            latents are used unscaled; present for pipelines that read them.
-        force_upcast (`bool`, defaults to False): read by some pipelines; the model runs in
-            half precision without trouble.
+        scaling_factor (1.0), shift_factor (0.0), force_upcast (False): for the pipelines that read
+            them; the latents are used unscaled, and the model runs in half precision without trouble.
     """
 
     @register_to_config
@@ -131,8 +123,6 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
                 f"pipelines the spatial factor 2 ** 3 = 8), e.g. [64, 64, 64, 64]; got {block_out_channels!r}."
             )
         width = block_out_channels[0]
-        enc_pooled = _check_pooled("encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS)
-        dec_pooled = _check_pooled("decoder_pooled_blocks", decoder_pooled_blocks, DECODER_BLOCK_POSITIONS)
 
         # diffusers' EncoderTiny / DecoderTiny lay their layers out as the original files; the
         # decoder's soft clamp is prepended so that the indices match the files' keys. Both are
@@ -140,9 +130,10 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         pool = (width, pool_hidden_channels, pool_num_groups)
         widths, blocks = (width,) * 4, (1, 3, 3, 3)
         self.encoder = EncoderTiny(in_channels, latent_channels, blocks, widths, "relu")
-        _pool_blocks(self.encoder.layers, enc_pooled, *pool)
+        _pool_blocks(self.encoder.layers, "encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS, *pool)
         self.decoder = DecoderTiny(latent_channels, out_channels, blocks[::-1], widths, 2, "relu", "nearest")
-        self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), dec_pooled, *pool)
+        self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), "decoder_pooled_blocks",
+                                           decoder_pooled_blocks, DECODER_BLOCK_POSITIONS, *pool)
         # AutoencoderMixin's switches (enable_tiling / enable_slicing) and diffusers' tile settings:
         # 512 px tiles sharing 128 px, which covers the decoder's receptive field (TAEF2 tiled vs
         # untiled decode: tests/test_tiling.py)
@@ -158,19 +149,11 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         decoder_path: str | os.PathLike,
         dtype: torch.dtype | None = None,
     ) -> "TinyAutoencoder":
-        """Build a model from an original madebyollin/taesd ``encoder.pth`` / ``decoder.pth`` pair,
-        its config read from the state-dict keys and shapes. Missing or unexpected keys and shape
-        mismatches raise ``ValueError`` listing them, a missing file ``FileNotFoundError``.
-
-        Args:
-            encoder_path: path of the encoder state dict (``encoder.pth``, ``taef2_encoder.pth``, ...).
-            decoder_path: path of the decoder state dict.
-            dtype: dtype of the returned model (a floating dtype); float32 when None
-                (the original files store float16).
-
-        Returns:
-            The model in evaluation mode.
-        """
+        """The model, in evaluation mode, of an original madebyollin/taesd pair ``encoder_path`` /
+        ``decoder_path`` (``encoder.pth``, ``taef2_encoder.pth``, ...), its config read from the
+        state-dict keys and shapes; ``dtype`` a floating dtype, float32 when None (the files store
+        float16). Missing or unexpected keys and shape mismatches raise ``ValueError`` listing
+        them, a missing file ``FileNotFoundError``."""
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise ValueError(f"`dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {dtype!r}.")
         enc_sd = load_state_dict_file(encoder_path, "encoder_path")

@@ -134,27 +134,14 @@ FLUX2_TEXT_HIDDEN = 16
 FLUX2_TEXT_LAYERS = (1, 2)
 
 
-def make_byte_tokenizer():
-    """A byte-level BPE tokenizer with a chat template, made with ``tokenizers`` (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(i): i for i in range(256)}
-    vocab["<|endoftext|>"] = 256
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
-    wrapped.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    return wrapped
-
-
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components (32 latent channels, 8 px per latent) with the released configurations'
-    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level
-    tokenizer (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass ``prompt_embeds``)."""
+    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level BPE
+    tokenizer made with ``tokenizers`` (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
+    ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -163,13 +150,20 @@ def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
             patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
             joint_attention_dim=len(FLUX2_TEXT_LAYERS) * FLUX2_TEXT_HIDDEN, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=not klein,
         )
-        text_encoder = None
+        text_encoder = tokenizer = None
         if klein:
             text_encoder = Qwen3ForCausalLM(Qwen3Config(
                 vocab_size=300, hidden_size=FLUX2_TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=max(FLUX2_TEXT_LAYERS),
                 num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
             )).eval()
+            vocab = {chr(i): i for i in range(256)}
+            vocab["<|endoftext|>"] = 256
+            byte_level = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+            byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            byte_level.decoder = decoders.ByteLevel()
+            tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+            tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     return dict(
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae.eval(), transformer=transformer.eval(),
-        text_encoder=text_encoder, tokenizer=make_byte_tokenizer() if klein else None,
+        text_encoder=text_encoder, tokenizer=tokenizer,
     )
