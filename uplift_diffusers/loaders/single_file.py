@@ -20,8 +20,10 @@ from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_file, read_model_
 
 #: The official ConvBlock's layers (indices in its nn.Sequential) and ours.
 _BLOCK_LAYERS = (("conv.0", "conv"), ("conv.1", "norm"), ("conv.3", "proj"))
-_BLOCKS = (("encoder.block_{g}.blocks.{i}", "encoder.groups.{g}.{i}"), ("decoder.block_0.blocks.{i}", "decoder.in_blocks.{i}"),
-           ("decoder.block_1.blocks.{i}", "decoder.out_blocks.{i}"), ("refiner.blocks.{i}", "refiner.blocks.{i}"))
+_BLOCKS = (("encoder.block_{g}.blocks.{i}", "encoder.groups.{g}.{i}"),
+           ("decoder.block_0.blocks.{i}", "decoder.in_blocks.{i}"),
+           ("decoder.block_1.blocks.{i}", "decoder.out_blocks.{i}"),
+           ("refiner.blocks.{i}", "refiner.blocks.{i}"))
 #: Official module names <-> ours (each with its ``.weight`` / ``.bias``).
 _LAYOUT = [(f"{official}.{a}", f"{ours}.{b}") for official, ours in _BLOCKS for a, b in _BLOCK_LAYERS] + [
     ("decoder.up_1.up", "decoder.upsample"), ("attender.conv1", "attender.to_logits"), ("ref_outc", "refiner.out")]

@@ -89,6 +89,15 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(channels) - 1)
 
 
+def _weights_dtype(vae) -> torch.dtype:
+    """The dtype the inputs are cast to. They keep their device (the caller's execution device):
+    under accelerate's offloading the weights rest on the CPU or on ``meta``, and its hooks move
+    them for the call."""
+    if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "encode") or not hasattr(vae, "decode"):
+        raise ValueError(f"vae must be an autoencoder module with encode/decode, got {type(vae).__name__}")
+    return next(vae.parameters()).dtype
+
+
 def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
     """Encode images in [-1, 1] (``B x 3 x H x W``, H and W multiples of :func:`vae_scale_factor`)
     into *unscaled* latents: a KL autoencoder's posterior mode, a tiny autoencoder's ``.latents``.
@@ -96,19 +105,18 @@ def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
     Gradients follow the caller's mode (wrap the call in ``torch.no_grad()`` for a frozen VAE).
     Shapes are checked, values are not (that would synchronise with the device on every call):
     check data where it enters, with :func:`uplift_diffusers.utils.validation.check_values`.
-    The inputs are cast to ``vae.dtype`` but keep their device (the caller's execution device):
-    under accelerate's offloading the weights rest on the CPU or on ``meta``, and its hooks move
-    them for the call.
     """
-    multiple = vae_scale_factor(vae)
-    check_image_batch("images_minus1_1", images_minus1_1, channels=getattr(vae.config, "in_channels", 3), multiple=multiple)
-    output = vae.encode(images_minus1_1.to(dtype=vae.dtype))
+    dtype = _weights_dtype(vae)
+    channels = getattr(vae.config, "in_channels", 3)
+    check_image_batch("images_minus1_1", images_minus1_1, channels=channels, multiple=vae_scale_factor(vae))
+    output = vae.encode(images_minus1_1.to(dtype=dtype))
     return output.latent_dist.mode() if hasattr(output, "latent_dist") else output.latents
 
 
 def decode_latents(vae, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """Decode *unscaled* latents (``B x latent_channels x h x w``) into images in [-1, 1]
-    (``clamp=False``: the raw decoder output); dtype, device and gradients as in :func:`encode_latents`."""
-    check_image_batch("latents", latents, channels=vae.config.latent_channels)
-    images = vae.decode(latents.to(dtype=vae.dtype)).sample
+    (``clamp=False``: the raw decoder output). Gradients follow the caller's mode."""
+    dtype = _weights_dtype(vae)
+    check_image_batch("latents", latents, channels=getattr(vae.config, "latent_channels", None))
+    images = vae.decode(latents.to(dtype=dtype)).sample
     return images.clamp(-1, 1) if clamp else images
