@@ -582,11 +582,11 @@ def test_read_only_output_is_refused_before_loading(tmp_path, inputs, monkeypatc
 
     import uplift_diffusers.utils.atomic_files as atomic_files
 
-    def read_only(folder):
-        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+    def read_only(dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
 
     forbid_loading(monkeypatch)
-    monkeypatch.setattr(atomic_files, "_probe_write", read_only)
+    monkeypatch.setattr(atomic_files.tempfile, "TemporaryFile", read_only)
     assert main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "ro")]) == 2
     assert "cannot be written (Read-only file system)" in one_error_line(capsys)
     assert main(["generate", "a cat", "-o", str(tmp_path / "ro" / "cat.png")]) == 2

@@ -109,7 +109,7 @@ def check_models(models: Sequence[Tuple[str, Optional[str], Sequence[str]]], hin
         repo_id, revision = source, None
         if hub_file is not None:
             repo_id, files, revision = hub_file[0], (hub_file[1],), hub_file[2]
-        elif looks_like_local_path(source, max_slashes=1) or not _REPO_ID.fullmatch(source):
+        elif looks_like_local_path(source) or not _REPO_ID.fullmatch(source):
             raise UsageError(f"{flag} {source!r}: no such file or folder, and not a Hub id (org/name)")
         from_hub = True
         if not is_cached(repo_id, files, revision):

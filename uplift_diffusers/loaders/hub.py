@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
+import huggingface_hub.utils
 from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -32,12 +33,10 @@ def read_model_config(config_file, argument: str) -> dict:
     return config
 
 
-def looks_like_local_path(text: str, max_slashes: Optional[int] = None) -> bool:
-    """Whether ``text`` is meant as a local path rather than a Hub name (``max_slashes``: the most
-    slashes a Hub name of that kind has)."""
+def looks_like_local_path(text: str) -> bool:
+    """Whether ``text`` is meant as a local path rather than a Hub name: it starts as a path does,
+    or the folder it names something in exists."""
     if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text):
-        return True
-    if max_slashes is not None and text.count("/") > max_slashes:
         return True
     parent = Path(text).parent
     return parent != Path(".") and parent.exists()
@@ -55,7 +54,7 @@ def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
         raise ValueError(f"{argument} must be a directory or a Hub id, got the file {text!r}; {file_hint}.")
     if path.is_dir():
         return path
-    if looks_like_local_path(text, max_slashes=1):
+    if text.count("/") > 1 or looks_like_local_path(text):  # a repository id has one slash at most
         raise FileNotFoundError(f"{argument}: local path not found: {text!r}.")
     return None
 
@@ -112,9 +111,7 @@ def hub_reachable(timeout: float = 1.5) -> bool:
     no answer); False at once with ``HF_HUB_OFFLINE=1``."""
     if constants.is_offline_mode():
         return False
-    from huggingface_hub.utils import get_session
-
     try:
-        return get_session().head(constants.ENDPOINT, timeout=timeout).status_code < 400
+        return huggingface_hub.utils.get_session().head(constants.ENDPOINT, timeout=timeout).status_code < 400
     except Exception:  # noqa: BLE001 - any failure means no answer
         return False

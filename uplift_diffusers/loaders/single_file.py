@@ -18,36 +18,27 @@ from ..constants import SD15_MODEL_ID, UPLIFT_SD15_WEIGHTS_NAME
 from ..utils.state_dicts import load_state_dict_file, state_dict_problems
 from .hub import HUB_KWARGS, hub_file_of, local_folder, locate_file, read_model_config
 
-# official key <-> ours; {part} is the index inside the official ConvBlock's nn.Sequential
-_LAYOUT = [
-    ("encoder.block_{g}.blocks.{i}.conv.{part}.{p}", "encoder.groups.{g}.{i}.{part}.{p}"),
-    ("decoder.block_0.blocks.{i}.conv.{part}.{p}", "decoder.in_blocks.{i}.{part}.{p}"),
-    ("decoder.block_1.blocks.{i}.conv.{part}.{p}", "decoder.out_blocks.{i}.{part}.{p}"),
-    ("refiner.blocks.{i}.conv.{part}.{p}", "refiner.blocks.{i}.{part}.{p}"),
-    ("decoder.up_1.up.{p}", "decoder.upsample.{p}"),
-    ("attender.conv1.{p}", "attender.to_logits.{p}"),
-    ("ref_outc.{p}", "refiner.out.{p}"),
-]
-_PARTS = {"0": "conv", "1": "norm", "3": "proj"}
-_INDICES = {part: index for index, part in _PARTS.items()}
+#: The official ConvBlock's layers (indices in its nn.Sequential) and ours.
+_BLOCK_LAYERS = (("conv.0", "conv"), ("conv.1", "norm"), ("conv.3", "proj"))
+_BLOCKS = (("encoder.block_{g}.blocks.{i}", "encoder.groups.{g}.{i}"),
+           ("decoder.block_0.blocks.{i}", "decoder.in_blocks.{i}"),
+           ("decoder.block_1.blocks.{i}", "decoder.out_blocks.{i}"),
+           ("refiner.blocks.{i}", "refiner.blocks.{i}"))
+#: Official module names <-> ours (each with its ``.weight`` / ``.bias``).
+_LAYOUT = [(f"{official}.{a}", f"{ours}.{b}") for official, ours in _BLOCKS for a, b in _BLOCK_LAYERS] + [
+    ("decoder.up_1.up", "decoder.upsample"), ("attender.conv1", "attender.to_logits"), ("ref_outc", "refiner.out")]
 #: The ``diff_pipe_name`` values of an official YAML that mean the Stable Diffusion 1.5 VAE.
 _SD15_PIPELINES = (None, SD15_MODEL_ID, "runwayml/stable-diffusion-v1-5")
 
 
 def _rename(key: str, to_ours: bool) -> Optional[str]:
     """``key`` in the other layout (official -> ours with ``to_ours``), or None when it has no counterpart."""
-    parts = _PARTS if to_ours else _INDICES
     for official, ours in _LAYOUT:
         source, target = (official, ours) if to_ours else (ours, official)
-        pattern = source.replace(".", r"\.").format(
-            g=r"(?P<g>\d+)", i=r"(?P<i>\d+)", part=f"(?P<part>{'|'.join(parts)})", p="(?P<p>weight|bias)"
-        )
-        match = re.fullmatch(pattern, key)
+        pattern = source.replace(".", r"\.").format(g=r"(?P<g>\d+)", i=r"(?P<i>\d+)")
+        match = re.fullmatch(pattern + r"\.(?P<p>weight|bias)", key)
         if match is not None:
-            fields = match.groupdict()
-            if "part" in fields:
-                fields["part"] = parts[fields["part"]]
-            return target.format(**fields)
+            return f"{target.format(**match.groupdict())}.{match['p']}"
     return None
 
 

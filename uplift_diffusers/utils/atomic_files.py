@@ -7,6 +7,7 @@ which is what makes the evaluation scripts resumable. Files get the usual permis
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Union
@@ -14,17 +15,6 @@ from typing import Callable, Union
 from PIL import Image
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_save_image", "check_writable_directory"]
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-
-
-def _probe_write(folder: Path) -> None:
-    """Create and remove one empty file in ``folder`` (raises the OSError that writing would)."""
-    probe = folder / _temporary_name(Path("write-check")).name
-    probe.touch(exist_ok=False)
-    probe.unlink()
 
 
 def check_writable_directory(path: Union[str, os.PathLike], argument: str = "output") -> Path:
@@ -40,7 +30,7 @@ def check_writable_directory(path: Union[str, os.PathLike], argument: str = "out
         raise ValueError(f"{shown} is under {str(blocking)!r}, which is a file, not a folder; pass another folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _probe_write(folder)
+        tempfile.TemporaryFile(dir=folder).close()  # raises the OSError that writing would
     except OSError as error:
         reason = error.strerror or str(error)
         raise ValueError(f"{shown} cannot be written ({reason}); pass a writable folder.") from error
@@ -51,13 +41,12 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None]) -
     """Call ``write(temporary_path)`` and move the result to ``path`` (parents are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_name(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         write(temporary)
         os.replace(temporary, path)
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -32,7 +32,7 @@ def check_latent_factor(upscale_factor, output_type: str) -> None:
 
 
 def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
+    return math.floor(value + 0.5)
 
 
 def output_size_for(

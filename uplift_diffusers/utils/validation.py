@@ -25,11 +25,10 @@ def check_flag(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
-def check_back_projection_steps(steps: Any, name: str = "back_projection_steps") -> int:
-    """``steps`` as an int >= 0, else a ValueError naming ``name``."""
+def check_back_projection_steps(steps: Any, name: str = "back_projection_steps") -> None:
+    """ValueError naming ``name`` unless ``steps`` is an int >= 0."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`{name}` must be an int >= 0 (0 turns back-projection off; 5 is the default), got {steps!r}.")
-    return steps
 
 
 def check_image_batch(
