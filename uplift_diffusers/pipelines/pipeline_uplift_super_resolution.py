@@ -32,7 +32,7 @@ from ..utils.color_correction import back_project
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
 from .pipeline_utils import HubComponentsMixin, TilingMixin
-from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
+from .upscale_decode import DEFAULT_UPSCALE_METHOD, plan_upscale, silent_progress_bar, upscale_and_decode, vae_tiling
 
 __all__ = ["UPLiFTSuperResolutionPipeline", "UPLiFTSuperResolutionPipelineOutput", "DEFAULT_SUPER_RESOLUTION_FACTOR", "ENSEMBLE_SIZES"]
 
@@ -92,14 +92,12 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
-        if isinstance(generator, list):
-            if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(
-                    f"`generator` is a list of {len(generator)} items but there are {num_images} images; "
-                    "pass one torch.Generator, or a list with one per image."
-                )
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"`generator` must be a torch.Generator, a list of them or None, got {type(generator).__name__}.")
+        generators = generator if isinstance(generator, list) else [] if generator is None else [generator]
+        one_per_image = not isinstance(generator, list) or len(generator) == num_images
+        if not one_per_image or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(
+                f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), got {generator!r}."
+            )
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
         if output_type not in OUTPUT_TYPES:
@@ -115,33 +113,30 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
 
         The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
         turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
-        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles (:meth:`tiling_for`;
-        the caller switches the VAE's tiling) or None."""
+        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
+        (:func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale`; the caller switches the VAE's
+        tiling) or None."""
+        progress = silent_progress_bar() if progress is None else progress
         images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
         for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
             view = _transform(images, turns, mirrored)
             size = tuple(output_size)[::-1] if turns % 2 else tuple(output_size)  # a quarter turn swaps the sides
             padded = pad_to_multiple(view, vae_scale_factor(self.vae))
-            show_stage(progress, "encode")
+            progress.set_postfix_str("encode")
             latents = encode_latents(self.vae, padded * 2 - 1)
-            if progress is not None:
-                progress.update()
+            progress.update()
             upscaled = upscale_and_decode(
-                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size,
+                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size, progress,
                 guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
-                method=self.upscale_method, progress=progress,
+                method=self.upscale_method,
             )
             # turned back: a mirrored transform is a reflection, its own inverse; a turn is undone by the opposite one
             total = total + _transform(upscaled, turns if mirrored else -turns, mirrored)
         if not back_projection_steps:
             return total / ensemble
-        show_stage(progress, "back-projection")
+        progress.set_postfix_str("back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
-
-    def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
-        """The tiles of one size group: :meth:`enable_tiling`'s, else :func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`'s."""
-        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
 
     @torch.no_grad()
     def __call__(
@@ -216,21 +211,19 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
-        tilings = [self.tiling_for(len(g), size, out, budget) for g, size, out in zip(groups, input_sizes, output_sizes)]
-        # per ensemble copy (a turned view counts as many updates): the encode, every 2x step, the decode
-        total = ensemble * sum(
-            stage_updates(self.upscaler, out, size, tiling, self.upscale_method)
-            for out, size, tiling in zip(output_sizes, input_sizes, tilings)
-        )
+        # per size group: :meth:`enable_tiling`'s tiles, else those the memory budget asks for
+        plans = [plan_upscale(self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings)
+                 for indices, size, out in zip(groups, input_sizes, output_sizes)]
+        total = ensemble * sum(updates for _, updates in plans)  # a turned view counts as many updates
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
         done = 0
         with self.progress_bar(total=total) as progress:
-            for indices, output_size, tiling in zip(groups, output_sizes, tilings):
+            for indices, output_size, (tiling, _) in zip(groups, output_sizes, plans):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
                 first, done = done + 1, done + len(indices)
                 counted = f"image {done}" if first == done else f"images {first}-{done}"
-                show_stage(progress, f"{counted}/{len(tensors)}", "set_description")
+                progress.set_description(f"{counted}/{len(tensors)}")
                 with vae_tiling(self.vae, tiling is not None):
                     upscaled = self.upscale_batch(
                         batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
