@@ -11,8 +11,6 @@ noise schedule again at the new size with the same prompt, through the family's 
   remaining ``sigmas=``, on a flow-matching scheduler without the resolution-dependent shift
   (with it, "strength 0.3" would start near sigma 0.8-0.9 at 1024-2048 px: a full
   regeneration). ``strength`` is then the fraction of the noise schedule re-run, for every family.
-
-``strength=0`` skips the second pass: the result is exactly :func:`~uplift_diffusers.apply_uplift`'s.
 """
 from __future__ import annotations
 
@@ -111,7 +109,7 @@ def hires_fix(
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for its VAE's latent space.
         upscale_factor: 2, 4 or 8 (the refined latents exist at powers of two).
         strength: the fraction of the noise schedule re-run at the new size, in [0, 1)
-            (``sigma0 = strength``); 0 gives exactly :func:`~uplift_diffusers.apply_uplift`'s output.
+            (``sigma0 = strength``); 0: no second pass, exactly :func:`~uplift_diffusers.apply_uplift`'s output.
         refine_steps: denoising steps of the second pass; None: ``ceil(strength x
             num_inference_steps)`` of the call (50 when not given).
         generator: seeds the pipeline's calls, UPLiFT's noise and the second pass's noise.
@@ -128,8 +126,6 @@ def hires_fix(
             supported families.
     """
     family = _family(pipe)
-    if getattr(pipe, "vae", None) is None:
-        raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`.")
     guard_latent_space(pipe.vae, upscaler, check_latent_space)
     if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
             or not math.log2(upscale_factor).is_integer():

@@ -106,7 +106,7 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
     ``max_memory`` in bytes."""
     if output_size is None:
-        output_size_for(1, 1, 2 if upscale_factor is None else upscale_factor)  # a finite real >= 1
+        output_size_for(1, 1, upscale_factor)  # a finite real >= 1
     elif upscale_factor is not None:
         raise ValueError(f"pass either `upscale_factor` or `output_size`, not both (got {upscale_factor!r} and {output_size!r}).")
     elif not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
@@ -254,6 +254,8 @@ def apply_uplift(
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     guard_latent_space(vae, upscaler, check_latent_space)
+    if upscale_factor is None and output_size is None:
+        upscale_factor = 2
     budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
                                    upscale_method)
     if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
@@ -262,8 +264,6 @@ def apply_uplift(
         raise ValueError(
             f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
         )
-    if upscale_factor is None and output_size is None:
-        upscale_factor = 2
     UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
                      tiling, upscale_method, max_memory=budget).install()
 

@@ -47,9 +47,15 @@ _CHECKED_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds", "ip_ad
 logger = logging.get_logger(__name__)
 
 
-def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
-    """The authors' released UPLiFT model, for a pipeline given no ``upscaler``: ``dtype`` as the
-    pipeline's (a per-component dict is looked up under ``"upscaler"``, then ``"default"``)."""
+def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kwargs) -> None:
+    """Pop ``upscaler_revision`` from a loader's ``kwargs`` and, for a pipeline without an upscaler of
+    its own (``own``: why it has one, else None), add the authors' released UPLiFT model at that
+    revision, in the pipeline's ``dtype`` (a per-component dict: its ``"upscaler"``, else ``"default"``)."""
+    revision = kwargs.pop("upscaler_revision", None)
+    if own is not None:
+        if revision is not None:
+            raise ValueError(f"`upscaler_revision`={revision!r} applies only to the default UPLiFT model, but {own}; leave it out.")
+        return
     if isinstance(dtype, dict):
         dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
     logger.info(
@@ -57,7 +63,7 @@ def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwar
         + (f" (revision {revision})" if revision else "")
         + "; pass `upscaler=None` for plain Stable Diffusion output or `upscaler=...` for another model."
     )
-    return UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
+    kwargs[UPSCALER_SUBFOLDER] = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
 
 
 @dataclass
@@ -101,7 +107,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->upscaler"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder", "upscaler"]
 
     def __init__(
         self,
@@ -128,43 +134,30 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained`` (every argument); without ``upscaler=`` and without an
-        ``upscaler`` component in the folder / repository, the authors' released UPLiFT model is
-        added, at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion
-        repository's only)."""
-        upscaler_revision = kwargs.pop("upscaler_revision", None)
-        no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
-        # the saved entry: [library, class], [None, None] (saved without one), absent, or None when
-        # the index cannot be read here (diffusers then says why)
-        index = None if no_default else model_index(cls, pretrained_model_name_or_path, kwargs)
-        if index is not None:
-            entry = index.get(UPSCALER_SUBFOLDER, [])
-            if entry == []:  # a plain Stable Diffusion pipeline
-                hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
-                dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
-                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(dtype, upscaler_revision, **hub)
-            elif entry and entry[0] is None:
-                kwargs[UPSCALER_SUBFOLDER] = None  # diffusers needs a component saved as null passed explicitly
-                no_default = "the pipeline was saved without an upscaler"
-            elif entry:
-                no_default = "the pipeline has its own upscaler"
-        if upscaler_revision is not None and no_default is not None:
-            raise ValueError(
-                f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model, but {no_default}; "
-                "leave it out."
-            )
+        """diffusers' ``from_pretrained`` (every argument), with the default upscaler (see the class)
+        at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion repository's only)."""
+        passed = UPSCALER_SUBFOLDER in kwargs
+        index = None if passed else model_index(cls, pretrained_model_name_or_path, kwargs)
+        entry = None if index is None else index.get(UPSCALER_SUBFOLDER)  # [library, class] or [None, None]
+        if passed:
+            _add_default_upscaler(kwargs, "`upscaler` was passed")
+        elif index is None:
+            kwargs.pop("upscaler_revision", None)  # no index readable here: diffusers says why
+        elif entry:
+            _add_default_upscaler(kwargs, "the pipeline has its own upscaler" if entry[0] else "the pipeline was saved without one")
+        else:  # a plain Stable Diffusion pipeline
+            hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
+            _add_default_upscaler(kwargs, None, kwargs.get("dtype") or kwargs.get("torch_dtype"), **hub)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
-        """diffusers' ``from_pipe``; a source pipeline without an ``upscaler`` gets the authors'
-        released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
-        pins the UPLiFT repository's revision for that default."""
-        upscaler_revision = kwargs.pop("upscaler_revision", None)
-        if UPSCALER_SUBFOLDER not in kwargs and UPSCALER_SUBFOLDER not in pipeline.components:
-            kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
-        elif upscaler_revision is not None:
-            raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
+        """diffusers' ``from_pipe``, with the default upscaler (see the class) at the revision
+        ``upscaler_revision`` for a source pipeline without one."""
+        own = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
+        if UPSCALER_SUBFOLDER in pipeline.components:
+            own = "the source pipeline has its own upscaler"
+        _add_default_upscaler(kwargs, own, kwargs.get("dtype"))
         return super().from_pipe(pipeline, **kwargs)
 
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,

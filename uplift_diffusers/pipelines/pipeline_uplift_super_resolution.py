@@ -98,7 +98,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             raise ValueError(
                 f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), got {generator!r}."
             )
-        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble not in ENSEMBLE_SIZES:
+        if type(ensemble) is not int or ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -165,40 +165,30 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 palette or gray with a transparent value; 2- / 4-channel arrays) give ``"RGBA"`` /
                 ``"LA"`` with the alpha channel upscaled (Lanczos) to exactly the output size; the
                 colour under transparent pixels is filled from the visible ones before encoding.
-            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); every output side is
-                ``round(upscale_factor x input side)`` (halves up). Powers of two run one UPLiFT
-                step per 2x; other factors also resample once (see
-                :mod:`uplift_diffusers.pipelines.upscale_decode`). Default: 4, unless
-                ``height`` / ``width`` is given.
+            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); each output side is
+                ``round(upscale_factor x input side)`` (halves up), as for :func:`~uplift_diffusers.apply_uplift`.
+                Default: 4, unless ``height`` / ``width`` is given.
             generator: a ``torch.Generator`` (or one per image) for the upscaler's noise channels.
             color_correction: shift each RGB channel of the output to the input's mean.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict: return a :class:`UPLiFTSuperResolutionPipelineOutput` instead of a tuple.
-            height, width: an exact output size in pixels instead of ``upscale_factor`` (every
-                image gets it); with only one of them each image keeps its aspect ratio. Each must
-                be at least the input's side.
-            back_projection_steps: rounds of iterative back-projection onto the input after the
-                colour correction (:mod:`uplift_diffusers.utils.color_correction`): the output,
-                downsampled (antialiased bilinear), then matches the input. 0 gives the paper's
-                output. Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
+            height, width: an exact output size in pixels instead of ``upscale_factor``, at least
+                the input's; with only one of them each image keeps its aspect ratio.
+            back_projection_steps: rounds of back-projection onto the input after the colour
+                correction (:func:`~uplift_diffusers.utils.color_correction.back_project`; 0: the
+                paper's output). Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             ensemble: geometric self-ensemble, 1, 2, 4 or 8: the image is upscaled that many times,
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
                 0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
-            max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"``: without
-                :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves for the images whose
-                estimated untiled peak passes it (``float("inf")``: never). Default 1.5 GB: a
-                4096 x 4096 output stays under 3 GB.
+            max_memory: as in :func:`~uplift_diffusers.apply_uplift`, per group of same-size images
+                (without :meth:`enable_tiling`). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
 
-        The progress bar advances after every stage (encode, each 2x step of each tile, decode)
-        and names the images being upscaled (``"images 1-2/3"``) and the stage. Images of the same
-        size are processed as one batch, others one size at a time.
+        Images of the same size are upscaled as one batch, others one size at a time; the progress
+        bar names them (``"images 1-2/3"``) and the stage.
 
         Raises:
-            ValueError: naming the argument: ``image`` (or ``image[i]``) of a wrong type, layout,
-                dtype or size, NaN / infinite values, or float values outside [0, 1];
-                ``upscale_factor`` / ``height`` / ``width`` below 1 or not finite, a size smaller
-                than an input, or a factor and a size together.
+            ValueError: naming the argument (``image[i]`` for an image of a list) and the fix.
         """
         if upscale_factor is None and height is None and width is None:
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR

@@ -178,11 +178,8 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
         progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode,
             its postfix naming the stage.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
-            multiple of 8); default the whole guide.
-        back_projection_steps: rounds of :func:`~uplift_diffusers.utils.color_correction.back_project`
-            onto the guide's content after the colour correction (0: none, the paper's output).
-        tiling: ``(tile_size, overlap)`` to upscale in tiles, or None.
-        method: one of :data:`UPSCALE_METHODS`, for factors that are not powers of two.
+            multiple of 8); default the whole guide. The colour correction and the back-projection
+            (:func:`~uplift_diffusers.utils.color_correction.back_project`) refer to that content.
     """
     device = latents.device
     guide_size = tuple(guide.shape[-2:]) if guide_size is None else guide_size
