@@ -41,8 +41,6 @@ __all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_sp
 
 logger = logging.get_logger(__name__)
 
-#: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
-_HOOK_ATTRIBUTE = "_uplift_decode_hook"
 #: Upscalers already warned about naming no latent space (one warning per model).
 _WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
 
@@ -70,17 +68,13 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
         raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
     if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
         raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
-    vae_channels = vae.config.get("latent_channels")
-    if upscaler.config.latent_channels != vae_channels:
-        raise ValueError(
-            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
-            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
-        )
-    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
-        raise ValueError(
-            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
-            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
-        )
+    for name, got, unit in (("latent_channels", vae.config.get("latent_channels"), "latent channels"),
+                            ("vae_scale_factor", vae_scale_factor(vae), "pixels per latent")):
+        if upscaler.config[name] != got:
+            raise ValueError(
+                f"`upscaler` expects {name}={upscaler.config[name]} but the VAE ({type(vae).__name__}) has {got} {unit}; "
+                "use an UPLiFT model trained for this VAE."
+            )
     trained = upscaler.config.get("latent_space")
     if trained is None:
         if upscaler not in _WARNED_NO_SPACE:
@@ -143,20 +137,17 @@ class UPLiFTDecodeHook:
         self.vae = self.pipe.vae
         self.output_size = None if self.output_size is None else tuple(self.output_size)
         self.base_images: Optional[List[torch.Tensor]] = [] if self.keep_base_images else None
-        previous = getattr(self.vae, _HOOK_ATTRIBUTE, None)
-        if previous is not None:  # replacing a hook: keep the true original
+        previous = self.vae.__dict__.get("decode")  # a decode set on the instance: a hook, or another one
+        if isinstance(previous, UPLiFTDecodeHook):  # replacing a hook: keep the true original
             self.original, self._own_decode = previous.original, previous._own_decode
         else:
-            self.original = self.vae.decode
-            self._own_decode = self.vae.__dict__.get("decode")  # a decode set on the instance, if any
+            self.original, self._own_decode = self.vae.decode, previous
         functools.update_wrapper(self, self.original)
 
     def install(self) -> None:
         self.vae.decode = self
-        setattr(self.vae, _HOOK_ATTRIBUTE, self)
 
     def uninstall(self) -> None:
-        del self.vae.__dict__[_HOOK_ATTRIBUTE]
         if self._own_decode is None:
             del self.vae.__dict__["decode"]
         else:
@@ -270,8 +261,8 @@ def apply_uplift(
 
 def remove_uplift(pipe) -> None:
     """Undo :func:`apply_uplift`: the VAE's original ``decode`` is back (nothing to do without one)."""
-    hook = getattr(getattr(pipe, "vae", None), _HOOK_ATTRIBUTE, None)
-    if hook is not None:
+    hook = getattr(getattr(pipe, "vae", None), "decode", None)
+    if isinstance(hook, UPLiFTDecodeHook):
         hook.uninstall()
 
 
@@ -280,13 +271,13 @@ def uplift_applied(pipe, upscaler: UPLiFTLatentUpscaler, **settings):
     """:func:`apply_uplift` for the duration of a ``with`` block (settings as its keyword
     arguments, plus ``keep_base_images``), yielding the hook; a hook applied before is restored
     afterwards. The arguments are trusted: the caller has checked them."""
-    previous = getattr(pipe.vae, _HOOK_ATTRIBUTE, None)
+    previous = pipe.vae.decode
     hook = UPLiFTDecodeHook(pipe, upscaler, **settings)
     hook.install()
     try:
         yield hook
     finally:
         hook.uninstall()
-        if previous is not None:
+        if isinstance(previous, UPLiFTDecodeHook):
             previous.install()
 

@@ -161,7 +161,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         return super().from_pipe(pipeline, **kwargs)
 
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
-                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY, **kwargs) -> float:
+                             back_projection_steps, max_memory, **kwargs) -> float:
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
         values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
         ``max_memory`` in bytes."""
@@ -171,8 +171,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if output_type == "latent" and output_size is not None:
             raise ValueError("`output_size` with output_type='latent': latents exist only at powers of two; pass `upscale_factor`.")
-        if output_size is None:
-            check_latent_factor(upscale_factor, output_type)
+        check_latent_factor(upscale_factor, output_type)
         if output_size is not None or upscale_factor > 1:
             if self.upscaler is None:
                 raise ValueError(

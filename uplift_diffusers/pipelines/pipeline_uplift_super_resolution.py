@@ -4,9 +4,8 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
 
     image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
       -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
-      -> upscale_decode.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
-         to the exact output size (factors that are not powers of two), colour correction,
-         back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
+      -> upscale_decode.upscale_and_decode (UPLiFT, VAE decode, exact size, colour correction)
+      -> back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
 Every output keeps its input's mode (gray, alpha): :func:`uplift_diffusers.image_processor.split_images`
 and :func:`~uplift_diffusers.image_processor.restore_mode`.
@@ -85,8 +84,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
-    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
-                     back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS, ensemble=1, max_memory=DEFAULT_MAX_MEMORY) -> float:
+    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
+                     back_projection_steps, ensemble, max_memory) -> float:
+        """The arguments of :meth:`__call__` but ``image`` (checked as it is read); returns ``max_memory`` in bytes."""
         if self.vae is None or self.upscaler is None:
             raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
@@ -232,13 +232,11 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         """Per-image ``C x H x W`` tensors in [0, 1] (C = 1, 2, 3, 4: ``"L"``, ``"LA"``, ``"RGB"``,
         ``"RGBA"``) -> the requested output type, converted by ``VaeImageProcessor``; a batch when
         all share a shape, else a list (PIL: always a list)."""
-        same_size = len({tuple(r.shape) for r in results}) == 1
-        if output_type == "pt":
-            return torch.stack(results) if same_size else results
-        arrays = [VaeImageProcessor.pt_to_numpy(r[None])[0] for r in results]
-        if output_type == "np":
-            return np.stack(arrays) if same_size else arrays
-        return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
+        processor = VaeImageProcessor(do_normalize=False)  # the results are in [0, 1]
+        images = [processor.postprocess(r[None], output_type)[0] for r in results]
+        if output_type == "pil" or len({tuple(r.shape) for r in results}) > 1:
+            return images
+        return torch.stack(images) if output_type == "pt" else np.stack(images)
 
 
 def _transform(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:

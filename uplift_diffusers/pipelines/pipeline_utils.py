@@ -28,9 +28,8 @@ class HubComponentsMixin:
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):
-        """diffusers' ``DiffusionPipeline.download``; a repository whose ``model_index.json`` names
-        components of this package is fetched here instead: ``model_index.json`` and the folders
-        of the components not passed as keyword arguments (the Hub cache first, as diffusers)."""
+        """diffusers' ``download``, or for a repository naming components of this package:
+        ``model_index.json`` and the folders of the components not passed as keyword arguments."""
         from huggingface_hub import snapshot_download
 
         index = model_index(cls, pretrained_model_name, kwargs)
