@@ -31,19 +31,6 @@ __all__ = ["hires_fix", "HIRES_FIX_FAMILIES"]
 HIRES_FIX_FAMILIES = ("Stable Diffusion 1.5 (StableDiffusionPipeline and subclasses)", "FLUX.2 [dev] (Flux2Pipeline)", "FLUX.2 [klein] (Flux2KleinPipeline)")
 
 
-def _family(pipe) -> str:
-    from diffusers import Flux2KleinPipeline, Flux2Pipeline, StableDiffusionPipeline
-
-    if isinstance(pipe, StableDiffusionPipeline):
-        return "sd"
-    if isinstance(pipe, (Flux2Pipeline, Flux2KleinPipeline)):
-        return "flux2"
-    raise ValueError(
-        f"hires_fix has no refine path for {type(pipe).__name__}; supported: {', '.join(HIRES_FIX_FAMILIES)}. "
-        "Use apply_uplift for UPLiFT without a second pass."
-    )
-
-
 def _flux2_normalisation(pipe, like: torch.Tensor):
     vae = pipe.vae
     mean = vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
@@ -125,7 +112,14 @@ def hires_fix(
         ValueError: naming the argument; for a pipeline without a refine path, naming the
             supported families.
     """
-    family = _family(pipe)
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline, StableDiffusionPipeline
+
+    if not isinstance(pipe, (StableDiffusionPipeline, Flux2Pipeline, Flux2KleinPipeline)):
+        raise ValueError(
+            f"hires_fix has no refine path for {type(pipe).__name__}; supported: {', '.join(HIRES_FIX_FAMILIES)}. "
+            "Use apply_uplift for UPLiFT without a second pass."
+        )
+    family = "sd" if isinstance(pipe, StableDiffusionPipeline) else "flux2"
     guard_latent_space(pipe.vae, upscaler, check_latent_space)
     if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
             or not math.log2(upscale_factor).is_integer():

@@ -108,14 +108,11 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], with ``ensemble`` x
-        :func:`~uplift_diffusers.pipelines.upscale_decode.stage_updates` ``progress.update()`` calls.
-
-        The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
-        turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
-        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles
-        (:func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale`; the caller switches the VAE's
-        tiling) or None."""
+        ``(height, width)`` in [0, 1], once per transform of the ``ensemble`` (flipped / rotated, then
+        turned back: :data:`ENSEMBLE_TRANSFORMS`), averaged, then back-projected once. ``tiling`` and
+        ``ensemble`` x the ``progress.update()`` calls: as
+        :func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale` gives them (the caller switches
+        the VAE's tiling)."""
         progress = silent_progress_bar() if progress is None else progress
         images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
@@ -221,22 +218,14 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 for position, index in enumerate(indices):
                     results[index] = restore_mode(upscaled[position].cpu(), items[index])
 
-        images = self._postprocess(results, output_type)
+        processor = VaeImageProcessor(do_normalize=False)  # the results are in [0, 1]
+        images = [processor.postprocess(result[None], output_type)[0] for result in results]
+        if output_type != "pil" and len({tuple(result.shape) for result in results}) == 1:  # a batch
+            images = torch.stack(images) if output_type == "pt" else np.stack(images)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return UPLiFTSuperResolutionPipelineOutput(images=images)
-
-    @staticmethod
-    def _postprocess(results: List[torch.Tensor], output_type: str):
-        """Per-image ``C x H x W`` tensors in [0, 1] (C = 1, 2, 3, 4: ``"L"``, ``"LA"``, ``"RGB"``,
-        ``"RGBA"``) -> the requested output type, converted by ``VaeImageProcessor``; a batch when
-        all share a shape, else a list (PIL: always a list)."""
-        processor = VaeImageProcessor(do_normalize=False)  # the results are in [0, 1]
-        images = [processor.postprocess(r[None], output_type)[0] for r in results]
-        if output_type == "pil" or len({tuple(r.shape) for r in results}) > 1:
-            return images
-        return torch.stack(images) if output_type == "pt" else np.stack(images)
 
 
 def _transform(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
