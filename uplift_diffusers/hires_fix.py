@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hooks import guard_latent_space, uplift_applied, vae_scale_factor
+from .hooks import UPLiFTDecodeHook, guard_latent_space
+from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import upscale_latents_guided
@@ -129,7 +130,7 @@ def hires_fix(
     if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
         raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
-        with uplift_applied(pipe, upscaler, upscale_factor=upscale_factor):
+        with UPLiFTDecodeHook(pipe, upscaler, upscale_factor=upscale_factor):
             return pipe(generator=generator, output_type=output_type, **call_kwargs)
     steps = refine_steps or max(1, math.ceil(strength * call_kwargs.get("num_inference_steps", 50)))
     first = dict(call_kwargs, output_type="latent", generator=generator)

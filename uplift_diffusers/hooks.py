@@ -15,7 +15,6 @@ on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -153,6 +152,18 @@ class UPLiFTDecodeHook:
         else:
             self.vae.decode = self._own_decode
 
+    def __enter__(self) -> "UPLiFTDecodeHook":
+        """Installed for a ``with`` block (the arguments trusted: the caller has checked them); a
+        hook applied before is restored afterwards."""
+        self._previous = self.vae.decode
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.uninstall()
+        if isinstance(self._previous, UPLiFTDecodeHook):
+            self._previous.install()
+
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
         factor = vae_scale_factor(self.vae)
         base_size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
@@ -264,20 +275,3 @@ def remove_uplift(pipe) -> None:
     hook = getattr(getattr(pipe, "vae", None), "decode", None)
     if isinstance(hook, UPLiFTDecodeHook):
         hook.uninstall()
-
-
-@contextlib.contextmanager
-def uplift_applied(pipe, upscaler: UPLiFTLatentUpscaler, **settings):
-    """:func:`apply_uplift` for the duration of a ``with`` block (settings as its keyword
-    arguments, plus ``keep_base_images``), yielding the hook; a hook applied before is restored
-    afterwards. The arguments are trusted: the caller has checked them."""
-    previous = pipe.vae.decode
-    hook = UPLiFTDecodeHook(pipe, upscaler, **settings)
-    hook.install()
-    try:
-        yield hook
-    finally:
-        hook.uninstall()
-        if isinstance(previous, UPLiFTDecodeHook):
-            previous.install()
-

@@ -29,7 +29,7 @@ from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
-from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
+from ..hooks import UPLiFTDecodeHook, check_uplift_settings, guard_latent_space
 from ..loaders.hub import HUB_KWARGS
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
@@ -239,7 +239,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             nsfw = None
             self.maybe_free_model_hooks()
         else:  # without an upscaler the factor is 1: the hook hands the base images on untouched
-            with uplift_applied(
+            with UPLiFTDecodeHook(
                 self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
                 back_projection_steps=back_projection_steps, tiling=self.tiling_settings, keep_base_images=return_base_images,
                 max_memory=budget,

@@ -22,9 +22,9 @@ from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
-from ..hooks import check_uplift_settings, guard_latent_space, vae_scale_factor
+from ..hooks import check_uplift_settings, guard_latent_space
 from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_groups, split_images
-from ..loaders.vae import decode_latents, encode_latents
+from ..loaders.vae import decode_latents, encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.color_correction import back_project
