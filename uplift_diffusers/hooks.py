@@ -201,7 +201,6 @@ class UPLiFTDecodeHook:
                     method=self.upscale_method,
                 )
         image = (image * 2 - 1).to(base.dtype)
-        # ``base_output`` (a tuple or a ``DecoderOutput``) holding the upscaled image
         return (image, *base_output[1:]) if isinstance(base_output, tuple) else type(base_output)(sample=image)
 
 

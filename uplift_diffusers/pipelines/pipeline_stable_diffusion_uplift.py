@@ -1,9 +1,6 @@
-"""Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling.
-
-:class:`StableDiffusionUPLiFTPipeline` is diffusers' ``StableDiffusionPipeline`` with one more
-component, ``upscaler`` (an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`). A call is the
-parent's own call with UPLiFT's decode hook (:func:`~uplift_diffusers.apply_uplift`) on the VAE
-for its duration::
+"""Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling: a call of
+:class:`StableDiffusionUPLiFTPipeline` is its parent's own call with UPLiFT's decode hook
+(:func:`~uplift_diffusers.apply_uplift`) on the VAE for its duration::
 
     prompt -> StableDiffusionPipeline (denoising at the base size)   latents   h x w
            -> vae.decode, hooked: the base image (8h x 8w), UPLiFT 2x steps guided by it,
@@ -71,9 +68,8 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     """Output of :class:`StableDiffusionUPLiFTPipeline`.
 
     Args:
-        images: the upscaled images (``round(upscale_factor x`` the base size``)``), as PIL images, a
-            ``B x H x W x 3`` numpy array, a ``B x 3 x H x W`` tensor, or, for
-            ``output_type="latent"``, the upscaled latents in the UNet's scaled space.
+        images: the upscaled images in the ``output_type`` (for ``"latent"``: the upscaled latents,
+            in the UNet's scaled space).
         nsfw_content_detected: per image, whether the safety checker flagged it (``None`` without one).
         base_images: with ``return_base_images=True``, the images at the base size in the same
             ``output_type`` (for ``"latent"``: the base latents); otherwise ``None``.
@@ -97,8 +93,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
         upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler` or ``None``): an UPLiFT model for
-            this VAE's latent space (e.g. the authors' SD1.5-VAE model); ``None`` allows only
-            ``upscale_factor=1``.
+            this VAE's latent space; ``None`` allows only ``upscale_factor=1``.
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
@@ -245,18 +240,13 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
                 max_memory=budget,
             ) as hook:
                 out = super().__call__(*args, output_type=output_type, **kwargs)
-            images, nsfw = out.images, out.nsfw_content_detected
-            base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None
+            images, nsfw, base_images = out.images, out.nsfw_content_detected, None
+            if return_base_images:  # those of the results the safety checker flagged are hidden (black)
+                base, keep = hook.base_images[0], None if nsfw is None else [not flagged for flagged in nsfw]
+                if keep is not None:
+                    base = torch.where(torch.tensor(keep, device=base.device).view(-1, 1, 1, 1), base, 0.0)
+                base_images = self.image_processor.postprocess(base, output_type=output_type, do_denormalize=keep)
 
         if not return_dict:
             return (images, nsfw, base_images) if return_base_images else (images, nsfw)
         return StableDiffusionUPLiFTPipelineOutput(images=images, nsfw_content_detected=nsfw, base_images=base_images)
-
-    def _postprocess_base(self, base_image: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
-        """The base images in ``output_type``; those of results the safety checker flagged are hidden."""
-        denormalize = None
-        if nsfw is not None:
-            base_image = base_image.clone()
-            base_image[torch.tensor(nsfw, dtype=torch.bool, device=base_image.device)] = 0
-            denormalize = [not flagged for flagged in nsfw]
-        return self.image_processor.postprocess(base_image, output_type=output_type, do_denormalize=denormalize)

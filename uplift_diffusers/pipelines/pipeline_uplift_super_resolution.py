@@ -87,8 +87,6 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
                      back_projection_steps, ensemble, max_memory) -> float:
         """The arguments of :meth:`__call__` but ``image`` (checked as it is read); returns ``max_memory`` in bytes."""
-        if self.vae is None or self.upscaler is None:
-            raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
