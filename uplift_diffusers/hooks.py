@@ -71,8 +71,8 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
                             ("vae_scale_factor", vae_scale_factor(vae), "pixels per latent")):
         if upscaler.config[name] != got:
             raise ValueError(
-                f"`upscaler` expects {name}={upscaler.config[name]} but the VAE ({type(vae).__name__}) has {got} {unit}; "
-                "use an UPLiFT model trained for this VAE."
+                f"`upscaler` expects {name}={upscaler.config[name]} but the VAE ({type(vae).__name__}) has "
+                f"{got} {unit}; use an UPLiFT model trained for this VAE."
             )
     trained = upscaler.config.get("latent_space")
     if trained is None:
@@ -143,9 +143,6 @@ class UPLiFTDecodeHook:
             self.original, self._own_decode = self.vae.decode, previous
         functools.update_wrapper(self, self.original)
 
-    def install(self) -> None:
-        self.vae.decode = self
-
     def uninstall(self) -> None:
         if self._own_decode is None:
             del self.vae.__dict__["decode"]
@@ -156,13 +153,14 @@ class UPLiFTDecodeHook:
         """Installed for a ``with`` block (the arguments trusted: the caller has checked them); a
         hook applied before is restored afterwards."""
         self._previous = self.vae.decode
-        self.install()
+        self.vae.decode = self
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.uninstall()
         if isinstance(self._previous, UPLiFTDecodeHook):
-            self._previous.install()
+            self.vae.decode = self._previous
+        else:
+            self.uninstall()
 
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
         factor = vae_scale_factor(self.vae)
@@ -174,8 +172,8 @@ class UPLiFTDecodeHook:
             output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
             if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
                 tiling = True
-            tiling, total = plan_upscale(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method,
-                                         self.max_memory, tiling)
+            tiling, total = plan_upscale(self.upscaler, self.vae, latents.shape[0], base_size, output_size,
+                                         self.upscale_method, self.max_memory, tiling)
         # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent bar counts
         with getattr(self.pipe, "progress_bar", silent_progress_bar)(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
@@ -265,8 +263,8 @@ def apply_uplift(
         raise ValueError(
             f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
         )
-    UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
-                     tiling, upscale_method, max_memory=budget).install()
+    vae.decode = UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction,
+                                  back_projection_steps, tiling, upscale_method, max_memory=budget)
 
 
 def remove_uplift(pipe) -> None:

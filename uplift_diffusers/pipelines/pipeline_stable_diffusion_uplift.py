@@ -51,7 +51,9 @@ def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kw
     revision = kwargs.pop("upscaler_revision", None)
     if own is not None:
         if revision is not None:
-            raise ValueError(f"`upscaler_revision`={revision!r} applies only to the default UPLiFT model, but {own}; leave it out.")
+            raise ValueError(
+                f"`upscaler_revision`={revision!r} applies only to the default UPLiFT model, but {own}; leave it out."
+            )
         return
     if isinstance(dtype, dict):
         dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
@@ -60,7 +62,8 @@ def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kw
         + (f" (revision {revision})" if revision else "")
         + "; pass `upscaler=None` for plain Stable Diffusion output or `upscaler=...` for another model."
     )
-    kwargs[UPSCALER_SUBFOLDER] = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
+    upscaler = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
+    kwargs[UPSCALER_SUBFOLDER] = upscaler
 
 
 @dataclass
@@ -139,7 +142,8 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         elif index is None:
             kwargs.pop("upscaler_revision", None)  # no index readable here: diffusers says why
         elif entry:
-            _add_default_upscaler(kwargs, "the pipeline has its own upscaler" if entry[0] else "the pipeline was saved without one")
+            own = "the pipeline has its own upscaler" if entry[0] else "the pipeline was saved without an upscaler"
+            _add_default_upscaler(kwargs, own)
         else:  # a plain Stable Diffusion pipeline
             hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
             _add_default_upscaler(kwargs, None, kwargs.get("dtype") or kwargs.get("torch_dtype"), **hub)

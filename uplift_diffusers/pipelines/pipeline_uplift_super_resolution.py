@@ -94,7 +94,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         one_per_image = not isinstance(generator, list) or len(generator) == num_images
         if not one_per_image or not all(isinstance(g, torch.Generator) for g in generators):
             raise ValueError(
-                f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), got {generator!r}."
+                f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), "
+                f"got {generator!r}."
             )
         if type(ensemble) is not int or ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
@@ -197,8 +198,10 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
         # per size group: :meth:`enable_tiling`'s tiles, else those the memory budget asks for
-        plans = [plan_upscale(self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings)
-                 for indices, size, out in zip(groups, input_sizes, output_sizes)]
+        plans = [
+            plan_upscale(self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings)
+            for indices, size, out in zip(groups, input_sizes, output_sizes)
+        ]
         total = ensemble * sum(updates for _, updates in plans)  # a turned view counts as many updates
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
         done = 0

@@ -46,8 +46,8 @@ from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_up
 from ..utils.color_correction import back_project, color_correct
 from ..utils.memory import estimate_upscale_bytes
 
-__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "plan_upscale", "vae_tiling", "silent_progress_bar",
-           "upscale_latents", "upscale_latents_guided", "upscale_and_decode"]
+__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "plan_upscale", "vae_tiling",
+           "silent_progress_bar", "upscale_latents", "upscale_latents_guided", "upscale_and_decode"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
