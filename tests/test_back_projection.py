@@ -270,6 +270,11 @@ def test_ensemble_progress_counts_every_copy(deterministic_sr, monkeypatch):
         def update(self, n=1):
             updates.append("step")
 
+        def set_postfix_str(self, text):
+            pass
+
+        set_description = set_postfix_str
+
     monkeypatch.setattr(deterministic_sr, "progress_bar", lambda total=None, **kw: Bar(total))
     deterministic_sr(torch.rand(1, 3, 16, 24), upscale_factor=4, ensemble=4)
     assert updates[0] == 4 * (1 + 2 + 1) and updates.count("step") == updates[0]

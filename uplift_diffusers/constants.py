@@ -23,13 +23,14 @@ DEFAULT_BACK_PROJECTION_STEPS = 5
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 #: The latent spaces an UPLiFT model can be trained for (its config's ``latent_space``): whose raw
-#: latents (what a pipeline hands ``vae.decode``) it upscales. SDXL / SD3 / FLUX.1 / TAESD are listed
-#: so that their VAEs are named when refused.
+#: latents (what a pipeline hands ``vae.decode``) it upscales, with the VAE config that tells them apart:
+#: ``(description, latent_channels, scaling_factor, shift_factor)``. Tiny autoencoders (TAESD, TAEF2) take
+#: unscaled latents. SDXL / SD3 / FLUX.1 / TAESD are listed so that their VAEs are named when refused.
 LATENT_SPACES = {
-    "sd15": "the Stable Diffusion 1.5 VAE (4 channels, scaling_factor 0.18215)",
-    "sdxl": "the SDXL VAE (4 channels, scaling_factor 0.13025)",
-    "sd3": "the Stable Diffusion 3 VAE (16 channels)",
-    "flux1": "the FLUX.1 VAE (16 channels)",
-    "flux2": "the FLUX.2 VAE and its tiny autoencoder TAEF2 (32 channels)",
-    "taesd": "a TAESD-family tiny autoencoder with scaled latents (scaling_factor 1.0)",
+    "sd15": ("the Stable Diffusion 1.5 VAE (4 channels, scaling_factor 0.18215)", 4, 0.18215, 0.0),
+    "sdxl": ("the SDXL VAE (4 channels, scaling_factor 0.13025)", 4, 0.13025, 0.0),
+    "sd3": ("the Stable Diffusion 3 VAE (16 channels)", 16, 1.5305, 0.0609),
+    "flux1": ("the FLUX.1 VAE (16 channels)", 16, 0.3611, 0.1159),
+    "flux2": ("the FLUX.2 VAE and its tiny autoencoder TAEF2 (32 channels)", 32, 1.0, 0.0),
+    "taesd": ("a TAESD-family tiny autoencoder with scaled latents (scaling_factor 1.0)", 4, 1.0, 0.0),
 }

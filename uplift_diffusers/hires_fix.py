@@ -11,8 +11,6 @@ noise schedule again at the new size with the same prompt, through the family's 
   remaining ``sigmas=``, on a flow-matching scheduler without the resolution-dependent shift
   (with it, "strength 0.3" would start near sigma 0.8-0.9 at 1024-2048 px: a full
   regeneration). ``strength`` is then the fraction of the noise schedule re-run, for every family.
-
-``strength=0`` skips the second pass: the result is exactly :func:`~uplift_diffusers.apply_uplift`'s.
 """
 from __future__ import annotations
 
@@ -22,7 +20,8 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hooks import guard_latent_space, uplift_applied, vae_scale_factor
+from .hooks import UPLiFTDecodeHook, guard_latent_space
+from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import upscale_latents_guided
@@ -31,19 +30,6 @@ __all__ = ["hires_fix", "HIRES_FIX_FAMILIES"]
 
 #: The families with a refine path, as :func:`hires_fix` names them in its errors.
 HIRES_FIX_FAMILIES = ("Stable Diffusion 1.5 (StableDiffusionPipeline and subclasses)", "FLUX.2 [dev] (Flux2Pipeline)", "FLUX.2 [klein] (Flux2KleinPipeline)")
-
-
-def _family(pipe) -> str:
-    from diffusers import Flux2KleinPipeline, Flux2Pipeline, StableDiffusionPipeline
-
-    if isinstance(pipe, StableDiffusionPipeline):
-        return "sd"
-    if isinstance(pipe, (Flux2Pipeline, Flux2KleinPipeline)):
-        return "flux2"
-    raise ValueError(
-        f"hires_fix has no refine path for {type(pipe).__name__}; supported: {', '.join(HIRES_FIX_FAMILIES)}. "
-        "Use apply_uplift for UPLiFT without a second pass."
-    )
 
 
 def _flux2_normalisation(pipe, like: torch.Tensor):
@@ -111,7 +97,7 @@ def hires_fix(
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for its VAE's latent space.
         upscale_factor: 2, 4 or 8 (the refined latents exist at powers of two).
         strength: the fraction of the noise schedule re-run at the new size, in [0, 1)
-            (``sigma0 = strength``); 0 gives exactly :func:`~uplift_diffusers.apply_uplift`'s output.
+            (``sigma0 = strength``); 0: no second pass, exactly :func:`~uplift_diffusers.apply_uplift`'s output.
         refine_steps: denoising steps of the second pass; None: ``ceil(strength x
             num_inference_steps)`` of the call (50 when not given).
         generator: seeds the pipeline's calls, UPLiFT's noise and the second pass's noise.
@@ -127,9 +113,14 @@ def hires_fix(
         ValueError: naming the argument; for a pipeline without a refine path, naming the
             supported families.
     """
-    family = _family(pipe)
-    if getattr(pipe, "vae", None) is None:
-        raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`.")
+    from diffusers import Flux2KleinPipeline, Flux2Pipeline, StableDiffusionPipeline
+
+    if not isinstance(pipe, (StableDiffusionPipeline, Flux2Pipeline, Flux2KleinPipeline)):
+        raise ValueError(
+            f"hires_fix has no refine path for {type(pipe).__name__}; supported: {', '.join(HIRES_FIX_FAMILIES)}. "
+            "Use apply_uplift for UPLiFT without a second pass."
+        )
+    family = "sd" if isinstance(pipe, StableDiffusionPipeline) else "flux2"
     guard_latent_space(pipe.vae, upscaler, check_latent_space)
     if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
             or not math.log2(upscale_factor).is_integer():
@@ -139,7 +130,7 @@ def hires_fix(
     if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
         raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
-        with uplift_applied(pipe, upscaler, upscale_factor=upscale_factor):
+        with UPLiFTDecodeHook(pipe, upscaler, upscale_factor=upscale_factor):
             return pipe(generator=generator, output_type=output_type, **call_kwargs)
     steps = refine_steps or max(1, math.ceil(strength * call_kwargs.get("num_inference_steps", 50)))
     first = dict(call_kwargs, output_type="latent", generator=generator)

@@ -15,7 +15,7 @@ on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import hashlib
 import math
@@ -30,8 +30,8 @@ from .constants import LATENT_SPACES
 from .loaders.vae import vae_scale_factor
 from .models.modeling_uplift import UPLiFTLatentUpscaler
 from .models.tiled_upscaling import check_tile_arguments
-from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, auto_tiling, show_stage, silent_progress_bar
-from .pipelines.upscale_decode import stage_updates, upscale_and_decode, vae_tiling
+from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, plan_upscale, silent_progress_bar
+from .pipelines.upscale_decode import upscale_and_decode, vae_tiling
 from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
 from .utils.output_size import output_size_for
 from .utils.validation import check_back_projection_steps, check_flag
@@ -40,16 +40,6 @@ __all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_sp
 
 logger = logging.get_logger(__name__)
 
-#: Where the hook is kept on the VAE (``vae._uplift_decode_hook``), for :func:`remove_uplift`.
-_HOOK_ATTRIBUTE = "_uplift_decode_hook"
-
-
-#: The latent spaces as a VAE's config gives them: ``(latent_channels, scaling_factor, shift_factor)``.
-#: The tiny autoencoders (TAESD, TAEF2) take their latents unscaled (``scaling_factor`` 1.0).
-_SIGNATURES = {
-    "sd15": (4, 0.18215, 0.0), "sdxl": (4, 0.13025, 0.0), "sd3": (16, 1.5305, 0.0609), "flux1": (16, 0.3611, 0.1159),
-    "flux2": (32, 1.0, 0.0), "taesd": (4, 1.0, 0.0),
-}
 #: Upscalers already warned about naming no latent space (one warning per model).
 _WARNED_NO_SPACE: "weakref.WeakSet" = weakref.WeakSet()
 
@@ -60,16 +50,11 @@ def vae_latent_space(vae: Any) -> Optional[str]:
     the config's ``scaling_factor`` / ``shift_factor`` do; the FLUX.2 VAE's config has neither."""
     if type(vae).__name__ == "AutoencoderKLFlux2":
         return "flux2"
-    config = vae.config
-    channels, scaling, shift = config.get("latent_channels"), config.get("scaling_factor"), config.get("shift_factor") or 0.0
-    for space, (space_channels, space_scaling, space_shift) in _SIGNATURES.items():
-        if channels == space_channels and _close(scaling, space_scaling) and _close(shift, space_shift):
+    found = [vae.config.get(key) or 0.0 for key in ("latent_channels", "scaling_factor", "shift_factor")]
+    for space, (_, *signature) in LATENT_SPACES.items():
+        if all(math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-6) for value, expected in zip(found, signature)):
             return space
     return None
-
-
-def _close(value, expected: float) -> bool:
-    return isinstance(value, (int, float)) and math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-6)
 
 
 def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = True) -> None:
@@ -82,17 +67,13 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
         raise ValueError(f"`upscaler` must be an UPLiFTLatentUpscaler, got {type(upscaler).__name__}.")
     if not isinstance(vae, torch.nn.Module) or not callable(getattr(vae, "decode", None)):
         raise ValueError(f"`vae` must be an autoencoder module with a `decode`, got {type(vae).__name__}.")
-    vae_channels = vae.config.get("latent_channels")
-    if upscaler.config.latent_channels != vae_channels:
-        raise ValueError(
-            f"`upscaler` expects latent_channels={upscaler.config.latent_channels} but the VAE "
-            f"({type(vae).__name__}) has {vae_channels} latent channels; use an UPLiFT model trained for this VAE."
-        )
-    if upscaler.config.vae_scale_factor != vae_scale_factor(vae):
-        raise ValueError(
-            f"`upscaler` expects vae_scale_factor={upscaler.config.vae_scale_factor} pixels per latent but the VAE "
-            f"({type(vae).__name__}) has {vae_scale_factor(vae)}; use an UPLiFT model trained for this VAE."
-        )
+    for name, got, unit in (("latent_channels", vae.config.get("latent_channels"), "latent channels"),
+                            ("vae_scale_factor", vae_scale_factor(vae), "pixels per latent")):
+        if upscaler.config[name] != got:
+            raise ValueError(
+                f"`upscaler` expects {name}={upscaler.config[name]} but the VAE ({type(vae).__name__}) has "
+                f"{got} {unit}; use an UPLiFT model trained for this VAE."
+            )
     trained = upscaler.config.get("latent_space")
     if trained is None:
         if upscaler not in _WARNED_NO_SPACE:
@@ -102,9 +83,9 @@ def guard_latent_space(vae: Any, upscaler: UPLiFTLatentUpscaler, check: bool = T
     space = vae_latent_space(vae)
     if space == trained:
         return
-    described = LATENT_SPACES[space] if space else "of a latent space this package does not know"
+    described = LATENT_SPACES[space][0] if space else "of a latent space this package does not know"
     message = (
-        f"The upscaler was trained for {LATENT_SPACES[trained]} (latent_space={trained!r}), but the VAE "
+        f"The upscaler was trained for {LATENT_SPACES[trained][0]} (latent_space={trained!r}), but the VAE "
         f"({type(vae).__name__}) is {described}; use an UPLiFT model trained for this VAE, or pass "
         "check_latent_space=False to try it anyway."
     )
@@ -118,7 +99,7 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
     ``max_memory`` in bytes."""
     if output_size is None:
-        output_size_for(1, 1, 2 if upscale_factor is None else upscale_factor)  # a finite real >= 1
+        output_size_for(1, 1, upscale_factor)  # a finite real >= 1
     elif upscale_factor is not None:
         raise ValueError(f"pass either `upscale_factor` or `output_size`, not both (got {upscale_factor!r} and {output_size!r}).")
     elif not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
@@ -131,60 +112,68 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     return parse_memory(max_memory)
 
 
+@dataclasses.dataclass(eq=False)
 class UPLiFTDecodeHook:
     """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE: called as the VAE's
     ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a tuple) holding the
-    upscaled image in [-1, 1]; at the base size (``upscale_factor=1``) the original output untouched."""
+    upscaled image in [-1, 1]; at the base size (``upscale_factor=1``) the original output untouched.
+    The settings are :func:`apply_uplift`'s; with ``keep_base_images``, every call appends its base
+    images (in [-1, 1]) to ``base_images``."""
 
-    def __init__(self, pipe, upscaler: UPLiFTLatentUpscaler, upscale_factor=2, output_size=None, generator=None,
-                 color_correction: bool = True, back_projection_steps: int = 0, tiling=None,
-                 upscale_method: str = DEFAULT_UPSCALE_METHOD, keep_base_images: bool = False,
-                 max_memory: float = DEFAULT_MAX_MEMORY):
-        self.pipe = pipe
-        self.vae = pipe.vae
-        self.upscaler = upscaler
-        self.upscale_factor = upscale_factor
-        self.output_size = None if output_size is None else tuple(output_size)
-        self.generator = generator
-        self.color_correction = color_correction
-        self.back_projection_steps = back_projection_steps
-        self.tiling = tiling
-        self.upscale_method = upscale_method
-        self.max_memory = max_memory
-        #: With ``keep_base_images``, every call appends its base images (in [-1, 1]) here.
-        self.base_images: Optional[List[torch.Tensor]] = [] if keep_base_images else None
-        previous = getattr(self.vae, _HOOK_ATTRIBUTE, None)
-        if previous is not None:  # replacing a hook: keep the true original
+    pipe: Any
+    upscaler: UPLiFTLatentUpscaler
+    upscale_factor: Optional[float] = 2
+    output_size: Optional[Sequence[int]] = None
+    generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None
+    color_correction: bool = True
+    back_projection_steps: int = 0
+    tiling: Union[None, bool, Tuple[int, int]] = None
+    upscale_method: str = DEFAULT_UPSCALE_METHOD
+    keep_base_images: bool = False
+    max_memory: float = DEFAULT_MAX_MEMORY
+
+    def __post_init__(self):
+        self.vae = self.pipe.vae
+        self.output_size = None if self.output_size is None else tuple(self.output_size)
+        self.base_images: Optional[List[torch.Tensor]] = [] if self.keep_base_images else None
+        previous = self.vae.__dict__.get("decode")  # a decode set on the instance: a hook, or another one
+        if isinstance(previous, UPLiFTDecodeHook):  # replacing a hook: keep the true original
             self.original, self._own_decode = previous.original, previous._own_decode
         else:
-            self.original = self.vae.decode
-            self._own_decode = self.vae.__dict__.get("decode")  # a decode set on the instance, if any
+            self.original, self._own_decode = self.vae.decode, previous
         functools.update_wrapper(self, self.original)
 
-    def install(self) -> None:
-        self.vae.decode = self
-        setattr(self.vae, _HOOK_ATTRIBUTE, self)
-
     def uninstall(self) -> None:
-        del self.vae.__dict__[_HOOK_ATTRIBUTE]
         if self._own_decode is None:
             del self.vae.__dict__["decode"]
         else:
             self.vae.decode = self._own_decode
+
+    def __enter__(self) -> "UPLiFTDecodeHook":
+        """Installed for a ``with`` block (the arguments trusted: the caller has checked them); a
+        hook applied before is restored afterwards."""
+        self._previous = self.vae.decode
+        self.vae.decode = self
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if isinstance(self._previous, UPLiFTDecodeHook):
+            self.vae.decode = self._previous
+        else:
+            self.uninstall()
 
     def __call__(self, latents: torch.Tensor, *args, **kwargs):
         factor = vae_scale_factor(self.vae)
         base_size = (latents.shape[-2] * factor, latents.shape[-1] * factor)
         output_size = self.output_size or output_size_for(*base_size, self.upscale_factor)
         upscale = output_size != base_size
-        tiling = self.tiling
+        tiling, total = self.tiling, 1
         if upscale:
             output_size_for(*base_size, None, *output_size, names=("upscale_factor", "output_size height", "output_size width"))
             if tiling is None and getattr(self.vae, "use_tiling", False):  # follow the VAE's own tiling
                 tiling = True
-            tiling = auto_tiling(self.upscaler, self.vae, latents.shape[0], base_size, output_size, self.upscale_method, self.max_memory,
-                                 tiling)
-        total = stage_updates(self.upscaler, output_size, base_size, tiling, self.upscale_method) if upscale else 1
+            tiling, total = plan_upscale(self.upscaler, self.vae, latents.shape[0], base_size, output_size,
+                                         self.upscale_method, self.max_memory, tiling)
         # any pipe with a VAE may be hooked: without diffusers' progress_bar, a silent bar counts
         with getattr(self.pipe, "progress_bar", silent_progress_bar)(total=total) as progress:
             base_output = self.original(latents, *args, **kwargs)
@@ -201,16 +190,15 @@ class UPLiFTDecodeHook:
             if generator is None:
                 digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
                 generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-            show_stage(progress, f"{latents.shape[0]} image(s)", "set_description")
+            progress.set_description(f"{latents.shape[0]} image(s)")
             with vae_tiling(self.vae, tiling is not None):
                 image = upscale_and_decode(
                     self.upscaler, lambda upscaled: self.original(upscaled, *args, **kwargs)[0], latents,
-                    VaeImageProcessor.denormalize(base.float()), output_size, generator=generator,
+                    VaeImageProcessor.denormalize(base.float()), output_size, progress, generator=generator,
                     color_correction=self.color_correction, back_projection_steps=self.back_projection_steps, tiling=tiling,
-                    method=self.upscale_method, progress=progress,
+                    method=self.upscale_method,
                 )
         image = (image * 2 - 1).to(base.dtype)
-        # ``base_output`` (a tuple or a ``DecoderOutput``) holding the upscaled image
         return (image, *base_output[1:]) if isinstance(base_output, tuple) else type(base_output)(sample=image)
 
 
@@ -265,6 +253,8 @@ def apply_uplift(
     if vae is None:
         raise ValueError(f"`pipe` ({type(pipe).__name__}) has no `vae`; UPLiFT hooks the VAE's decode.")
     guard_latent_space(vae, upscaler, check_latent_space)
+    if upscale_factor is None and output_size is None:
+        upscale_factor = 2
     budget = check_uplift_settings(upscale_factor, output_size, color_correction, back_projection_steps, max_memory,
                                    upscale_method)
     if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
@@ -273,31 +263,12 @@ def apply_uplift(
         raise ValueError(
             f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
         )
-    if upscale_factor is None and output_size is None:
-        upscale_factor = 2
-    UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction, back_projection_steps,
-                     tiling, upscale_method, max_memory=budget).install()
+    vae.decode = UPLiFTDecodeHook(pipe, upscaler, upscale_factor, output_size, generator, color_correction,
+                                  back_projection_steps, tiling, upscale_method, max_memory=budget)
 
 
 def remove_uplift(pipe) -> None:
     """Undo :func:`apply_uplift`: the VAE's original ``decode`` is back (nothing to do without one)."""
-    hook = getattr(getattr(pipe, "vae", None), _HOOK_ATTRIBUTE, None)
-    if hook is not None:
+    hook = getattr(getattr(pipe, "vae", None), "decode", None)
+    if isinstance(hook, UPLiFTDecodeHook):
         hook.uninstall()
-
-
-@contextlib.contextmanager
-def uplift_applied(pipe, upscaler: UPLiFTLatentUpscaler, **settings):
-    """:func:`apply_uplift` for the duration of a ``with`` block (settings as its keyword
-    arguments, plus ``keep_base_images``), yielding the hook; a hook applied before is restored
-    afterwards. The arguments are trusted: the caller has checked them."""
-    previous = getattr(pipe.vae, _HOOK_ATTRIBUTE, None)
-    hook = UPLiFTDecodeHook(pipe, upscaler, **settings)
-    hook.install()
-    try:
-        yield hook
-    finally:
-        hook.uninstall()
-        if previous is not None:
-            previous.install()
-

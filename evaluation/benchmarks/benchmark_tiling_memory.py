@@ -62,6 +62,7 @@ def run_worker(args) -> Dict:
     torch.set_num_threads(1)
     from evaluation.arguments import load_upscaler, load_vae
     from uplift_diffusers import UPLiFTSuperResolutionPipeline
+    from uplift_diffusers.pipelines.upscale_decode import plan_upscale
     from uplift_diffusers.utils.memory import DEFAULT_MAX_MEMORY
 
     tiling = parse_setting(args.setting)
@@ -72,7 +73,8 @@ def run_worker(args) -> Dict:
     max_memory = math.inf if args.setting == "untiled" else DEFAULT_MAX_MEMORY
     image = Image.open(args.input).convert("RGB")
     output_size = (round(args.scale * image.height), round(args.scale * image.width))
-    used_tiling = pipe.tiling_for(1, (image.height, image.width), output_size, max_memory)
+    used_tiling, _ = plan_upscale(pipe.upscaler, pipe.vae, 1, (image.height, image.width), output_size,
+                                  pipe.upscale_method, max_memory, pipe.tiling_settings)
     start = time.perf_counter()
     out = pipe(image, upscale_factor=args.scale, generator=torch.Generator().manual_seed(_SEED), output_type="pil",
                max_memory=max_memory).images[0]

@@ -1,9 +1,6 @@
-"""Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling.
-
-:class:`StableDiffusionUPLiFTPipeline` is diffusers' ``StableDiffusionPipeline`` with one more
-component, ``upscaler`` (an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`). A call is the
-parent's own call with UPLiFT's decode hook (:func:`~uplift_diffusers.apply_uplift`) on the VAE
-for its duration::
+"""Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling: a call of
+:class:`StableDiffusionUPLiFTPipeline` is its parent's own call with UPLiFT's decode hook
+(:func:`~uplift_diffusers.apply_uplift`) on the VAE for its duration::
 
     prompt -> StableDiffusionPipeline (denoising at the base size)   latents   h x w
            -> vae.decode, hooked: the base image (8h x 8w), UPLiFT 2x steps guided by it,
@@ -29,7 +26,7 @@ from diffusers.utils import logging
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..constants import UPLIFT_SD15_REPO_ID, UPSCALER_SUBFOLDER
-from ..hooks import check_uplift_settings, guard_latent_space, uplift_applied
+from ..hooks import UPLiFTDecodeHook, check_uplift_settings, guard_latent_space
 from ..loaders.hub import HUB_KWARGS
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
@@ -47,9 +44,17 @@ _CHECKED_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds", "ip_ad
 logger = logging.get_logger(__name__)
 
 
-def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwargs) -> UPLiFTLatentUpscaler:
-    """The authors' released UPLiFT model, for a pipeline given no ``upscaler``: ``dtype`` as the
-    pipeline's (a per-component dict is looked up under ``"upscaler"``, then ``"default"``)."""
+def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kwargs) -> None:
+    """Pop ``upscaler_revision`` from a loader's ``kwargs`` and, for a pipeline without an upscaler of
+    its own (``own``: why it has one, else None), add the authors' released UPLiFT model at that
+    revision, in the pipeline's ``dtype`` (a per-component dict: its ``"upscaler"``, else ``"default"``)."""
+    revision = kwargs.pop("upscaler_revision", None)
+    if own is not None:
+        if revision is not None:
+            raise ValueError(
+                f"`upscaler_revision`={revision!r} applies only to the default UPLiFT model, but {own}; leave it out."
+            )
+        return
     if isinstance(dtype, dict):
         dtype = dtype.get(UPSCALER_SUBFOLDER, dtype.get("default"))
     logger.info(
@@ -57,7 +62,8 @@ def load_default_upscaler(dtype=None, revision: Optional[str] = None, **hub_kwar
         + (f" (revision {revision})" if revision else "")
         + "; pass `upscaler=None` for plain Stable Diffusion output or `upscaler=...` for another model."
     )
-    return UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
+    upscaler = UPLiFTLatentUpscaler.from_pretrained(UPLIFT_SD15_REPO_ID, revision=revision, dtype=dtype, **hub_kwargs)
+    kwargs[UPSCALER_SUBFOLDER] = upscaler
 
 
 @dataclass
@@ -65,9 +71,8 @@ class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
     """Output of :class:`StableDiffusionUPLiFTPipeline`.
 
     Args:
-        images: the upscaled images (``round(upscale_factor x`` the base size``)``), as PIL images, a
-            ``B x H x W x 3`` numpy array, a ``B x 3 x H x W`` tensor, or, for
-            ``output_type="latent"``, the upscaled latents in the UNet's scaled space.
+        images: the upscaled images in the ``output_type`` (for ``"latent"``: the upscaled latents,
+            in the UNet's scaled space).
         nsfw_content_detected: per image, whether the safety checker flagged it (``None`` without one).
         base_images: with ``return_base_images=True``, the images at the base size in the same
             ``output_type`` (for ``"latent"``: the base latents); otherwise ``None``.
@@ -91,8 +96,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     Args:
         vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
         upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler` or ``None``): an UPLiFT model for
-            this VAE's latent space (e.g. the authors' SD1.5-VAE model); ``None`` allows only
-            ``upscale_factor=1``.
+            this VAE's latent space; ``None`` allows only ``upscale_factor=1``.
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
@@ -101,7 +105,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->upscaler"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder", "upscaler"]
 
     def __init__(
         self,
@@ -128,47 +132,35 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained`` (every argument); without ``upscaler=`` and without an
-        ``upscaler`` component in the folder / repository, the authors' released UPLiFT model is
-        added, at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion
-        repository's only)."""
-        upscaler_revision = kwargs.pop("upscaler_revision", None)
-        no_default = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
-        # the saved entry: [library, class], [None, None] (saved without one), absent, or None when
-        # the index cannot be read here (diffusers then says why)
-        index = None if no_default else model_index(cls, pretrained_model_name_or_path, kwargs)
-        if index is not None:
-            entry = index.get(UPSCALER_SUBFOLDER, [])
-            if entry == []:  # a plain Stable Diffusion pipeline
-                hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
-                dtype = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
-                kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(dtype, upscaler_revision, **hub)
-            elif entry and entry[0] is None:
-                kwargs[UPSCALER_SUBFOLDER] = None  # diffusers needs a component saved as null passed explicitly
-                no_default = "the pipeline was saved without an upscaler"
-            elif entry:
-                no_default = "the pipeline has its own upscaler"
-        if upscaler_revision is not None and no_default is not None:
-            raise ValueError(
-                f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model, but {no_default}; "
-                "leave it out."
-            )
+        """diffusers' ``from_pretrained`` (every argument), with the default upscaler (see the class)
+        at the revision ``upscaler_revision`` (``revision`` is the Stable Diffusion repository's only)."""
+        passed = UPSCALER_SUBFOLDER in kwargs
+        index = None if passed else model_index(cls, pretrained_model_name_or_path, kwargs)
+        entry = None if index is None else index.get(UPSCALER_SUBFOLDER)  # [library, class] or [None, None]
+        if passed:
+            _add_default_upscaler(kwargs, "`upscaler` was passed")
+        elif index is None:
+            kwargs.pop("upscaler_revision", None)  # no index readable here: diffusers says why
+        elif entry:
+            own = "the pipeline has its own upscaler" if entry[0] else "the pipeline was saved without an upscaler"
+            _add_default_upscaler(kwargs, own)
+        else:  # a plain Stable Diffusion pipeline
+            hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs and key != "revision"}
+            _add_default_upscaler(kwargs, None, kwargs.get("dtype") or kwargs.get("torch_dtype"), **hub)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
-        """diffusers' ``from_pipe``; a source pipeline without an ``upscaler`` gets the authors'
-        released UPLiFT model unless ``upscaler=`` is passed (``None``: none). ``upscaler_revision``
-        pins the UPLiFT repository's revision for that default."""
-        upscaler_revision = kwargs.pop("upscaler_revision", None)
-        if UPSCALER_SUBFOLDER not in kwargs and UPSCALER_SUBFOLDER not in pipeline.components:
-            kwargs[UPSCALER_SUBFOLDER] = load_default_upscaler(kwargs.get("dtype"), revision=upscaler_revision)
-        elif upscaler_revision is not None:
-            raise ValueError(f"`upscaler_revision`={upscaler_revision!r} applies only to the default UPLiFT model; leave it out.")
+        """diffusers' ``from_pipe``, with the default upscaler (see the class) at the revision
+        ``upscaler_revision`` for a source pipeline without one."""
+        own = "`upscaler` was passed" if UPSCALER_SUBFOLDER in kwargs else None
+        if UPSCALER_SUBFOLDER in pipeline.components:
+            own = "the source pipeline has its own upscaler"
+        _add_default_upscaler(kwargs, own, kwargs.get("dtype"))
         return super().from_pipe(pipeline, **kwargs)
 
     def check_upscale_inputs(self, upscale_factor, output_size, color_correction, return_base_images, output_type,
-                             back_projection_steps, max_memory=DEFAULT_MAX_MEMORY, **kwargs) -> float:
+                             back_projection_steps, max_memory, **kwargs) -> float:
         """Validate the arguments this pipeline adds to ``StableDiffusionPipeline.__call__``, and the
         values of its tensor arguments (``kwargs``: ``latents``, ``prompt_embeds``, ...); returns
         ``max_memory`` in bytes."""
@@ -178,8 +170,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if output_type == "latent" and output_size is not None:
             raise ValueError("`output_size` with output_type='latent': latents exist only at powers of two; pass `upscale_factor`.")
-        if output_size is None:
-            check_latent_factor(upscale_factor, output_type)
+        check_latent_factor(upscale_factor, output_type)
         if output_size is not None or upscale_factor > 1:
             if self.upscaler is None:
                 raise ValueError(
@@ -247,24 +238,19 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             nsfw = None
             self.maybe_free_model_hooks()
         else:  # without an upscaler the factor is 1: the hook hands the base images on untouched
-            with uplift_applied(
+            with UPLiFTDecodeHook(
                 self, self.upscaler, upscale_factor=upscale_factor, output_size=output_size, color_correction=color_correction,
                 back_projection_steps=back_projection_steps, tiling=self.tiling_settings, keep_base_images=return_base_images,
                 max_memory=budget,
             ) as hook:
                 out = super().__call__(*args, output_type=output_type, **kwargs)
-            images, nsfw = out.images, out.nsfw_content_detected
-            base_images = self._postprocess_base(hook.base_images[0], output_type, nsfw) if return_base_images else None
+            images, nsfw, base_images = out.images, out.nsfw_content_detected, None
+            if return_base_images:  # those of the results the safety checker flagged are hidden (black)
+                base, keep = hook.base_images[0], None if nsfw is None else [not flagged for flagged in nsfw]
+                if keep is not None:
+                    base = torch.where(torch.tensor(keep, device=base.device).view(-1, 1, 1, 1), base, 0.0)
+                base_images = self.image_processor.postprocess(base, output_type=output_type, do_denormalize=keep)
 
         if not return_dict:
             return (images, nsfw, base_images) if return_base_images else (images, nsfw)
         return StableDiffusionUPLiFTPipelineOutput(images=images, nsfw_content_detected=nsfw, base_images=base_images)
-
-    def _postprocess_base(self, base_image: torch.Tensor, output_type: str, nsfw: Optional[List[bool]]):
-        """The base images in ``output_type``; those of results the safety checker flagged are hidden."""
-        denormalize = None
-        if nsfw is not None:
-            base_image = base_image.clone()
-            base_image[torch.tensor(nsfw, dtype=torch.bool, device=base_image.device)] = 0
-            denormalize = [not flagged for flagged in nsfw]
-        return self.image_processor.postprocess(base_image, output_type=output_type, do_denormalize=denormalize)

@@ -4,9 +4,8 @@ For every input image (any size, any PIL mode, numpy array or tensor)::
 
     image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
       -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
-      -> upscale_decode.upscale_and_decode: UPLiFT 2x steps, VAE decode, crop, resampling
-         to the exact output size (factors that are not powers of two), colour correction,
-         back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
+      -> upscale_decode.upscale_and_decode (UPLiFT, VAE decode, exact size, colour correction)
+      -> back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
 
 Every output keeps its input's mode (gray, alpha): :func:`uplift_diffusers.image_processor.split_images`
 and :func:`~uplift_diffusers.image_processor.restore_mode`.
@@ -23,16 +22,16 @@ from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..constants import DEFAULT_BACK_PROJECTION_STEPS, ENSEMBLE_SIZES
-from ..hooks import check_uplift_settings, guard_latent_space, vae_scale_factor
+from ..hooks import check_uplift_settings, guard_latent_space
 from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_groups, split_images
-from ..loaders.vae import decode_latents, encode_latents
+from ..loaders.vae import decode_latents, encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.color_correction import back_project
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
 from .pipeline_utils import HubComponentsMixin, TilingMixin
-from .upscale_decode import DEFAULT_UPSCALE_METHOD, auto_tiling, show_stage, stage_updates, upscale_and_decode, vae_tiling
+from .upscale_decode import DEFAULT_UPSCALE_METHOD, plan_upscale, silent_progress_bar, upscale_and_decode, vae_tiling
 
 __all__ = ["UPLiFTSuperResolutionPipeline", "UPLiFTSuperResolutionPipelineOutput", "DEFAULT_SUPER_RESOLUTION_FACTOR", "ENSEMBLE_SIZES"]
 
@@ -85,22 +84,20 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
-    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height=None, width=None,
-                     back_projection_steps=DEFAULT_BACK_PROJECTION_STEPS, ensemble=1, max_memory=DEFAULT_MAX_MEMORY) -> float:
-        if self.vae is None or self.upscaler is None:
-            raise ValueError("The pipeline needs both a `vae` and an `upscaler`.")
+    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
+                     back_projection_steps, ensemble, max_memory) -> float:
+        """The arguments of :meth:`__call__` but ``image`` (checked as it is read); returns ``max_memory`` in bytes."""
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
         output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
-        if isinstance(generator, list):
-            if len(generator) != num_images or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(
-                    f"`generator` is a list of {len(generator)} items but there are {num_images} images; "
-                    "pass one torch.Generator, or a list with one per image."
-                )
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"`generator` must be a torch.Generator, a list of them or None, got {type(generator).__name__}.")
-        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble not in ENSEMBLE_SIZES:
+        generators = generator if isinstance(generator, list) else [] if generator is None else [generator]
+        one_per_image = not isinstance(generator, list) or len(generator) == num_images
+        if not one_per_image or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(
+                f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), "
+                f"got {generator!r}."
+            )
+        if type(ensemble) is not int or ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"`ensemble` must be one of {ENSEMBLE_SIZES} (the number of flips / rotations averaged; 1: none), got {ensemble!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -110,38 +107,32 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
         """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], with ``ensemble`` x
-        :func:`~uplift_diffusers.pipelines.upscale_decode.stage_updates` ``progress.update()`` calls.
-
-        The batch is upscaled once per transform of the ``ensemble`` (flipped / rotated, then
-        turned back: :data:`ENSEMBLE_TRANSFORMS`), the results are averaged, and the
-        back-projection runs once, on the average. ``tiling``: UPLiFT's tiles (:meth:`tiling_for`;
-        the caller switches the VAE's tiling) or None."""
+        ``(height, width)`` in [0, 1], once per transform of the ``ensemble`` (flipped / rotated, then
+        turned back: :data:`ENSEMBLE_TRANSFORMS`), averaged, then back-projected once. ``tiling`` and
+        ``ensemble`` x the ``progress.update()`` calls: as
+        :func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale` gives them (the caller switches
+        the VAE's tiling)."""
+        progress = silent_progress_bar() if progress is None else progress
         images = images.to(device=self._execution_device, dtype=torch.float32)
         total = 0.0
         for turns, mirrored in ENSEMBLE_TRANSFORMS[:ensemble]:
             view = _transform(images, turns, mirrored)
             size = tuple(output_size)[::-1] if turns % 2 else tuple(output_size)  # a quarter turn swaps the sides
             padded = pad_to_multiple(view, vae_scale_factor(self.vae))
-            show_stage(progress, "encode")
+            progress.set_postfix_str("encode")
             latents = encode_latents(self.vae, padded * 2 - 1)
-            if progress is not None:
-                progress.update()
+            progress.update()
             upscaled = upscale_and_decode(
-                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size,
+                self.upscaler, lambda upscaled: decode_latents(self.vae, upscaled), latents, padded, size, progress,
                 guide_size=tuple(view.shape[-2:]), generator=generator, color_correction=color_correction, tiling=tiling,
-                method=self.upscale_method, progress=progress,
+                method=self.upscale_method,
             )
             # turned back: a mirrored transform is a reflection, its own inverse; a turn is undone by the opposite one
             total = total + _transform(upscaled, turns if mirrored else -turns, mirrored)
         if not back_projection_steps:
             return total / ensemble
-        show_stage(progress, "back-projection")
+        progress.set_postfix_str("back-projection")
         return back_project(total / ensemble, images, back_projection_steps)
-
-    def tiling_for(self, batch: int, input_size, output_size, max_memory: float):
-        """The tiles of one size group: :meth:`enable_tiling`'s, else :func:`~uplift_diffusers.pipelines.upscale_decode.auto_tiling`'s."""
-        return auto_tiling(self.upscaler, self.vae, batch, input_size, output_size, self.upscale_method, max_memory, self.tiling_settings)
 
     @torch.no_grad()
     def __call__(
@@ -170,40 +161,30 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 palette or gray with a transparent value; 2- / 4-channel arrays) give ``"RGBA"`` /
                 ``"LA"`` with the alpha channel upscaled (Lanczos) to exactly the output size; the
                 colour under transparent pixels is filled from the visible ones before encoding.
-            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); every output side is
-                ``round(upscale_factor x input side)`` (halves up). Powers of two run one UPLiFT
-                step per 2x; other factors also resample once (see
-                :mod:`uplift_diffusers.pipelines.upscale_decode`). Default: 4, unless
-                ``height`` / ``width`` is given.
+            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); each output side is
+                ``round(upscale_factor x input side)`` (halves up), as for :func:`~uplift_diffusers.apply_uplift`.
+                Default: 4, unless ``height`` / ``width`` is given.
             generator: a ``torch.Generator`` (or one per image) for the upscaler's noise channels.
             color_correction: shift each RGB channel of the output to the input's mean.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict: return a :class:`UPLiFTSuperResolutionPipelineOutput` instead of a tuple.
-            height, width: an exact output size in pixels instead of ``upscale_factor`` (every
-                image gets it); with only one of them each image keeps its aspect ratio. Each must
-                be at least the input's side.
-            back_projection_steps: rounds of iterative back-projection onto the input after the
-                colour correction (:mod:`uplift_diffusers.utils.color_correction`): the output,
-                downsampled (antialiased bilinear), then matches the input. 0 gives the paper's
-                output. Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
+            height, width: an exact output size in pixels instead of ``upscale_factor``, at least
+                the input's; with only one of them each image keeps its aspect ratio.
+            back_projection_steps: rounds of back-projection onto the input after the colour
+                correction (:func:`~uplift_diffusers.utils.color_correction.back_project`; 0: the
+                paper's output). Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             ensemble: geometric self-ensemble, 1, 2, 4 or 8: the image is upscaled that many times,
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
                 0.18 dB on BSDS500 at 4x with the example TAEF2 model. Default 1 (none).
-            max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"``: without
-                :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves for the images whose
-                estimated untiled peak passes it (``float("inf")``: never). Default 1.5 GB: a
-                4096 x 4096 output stays under 3 GB.
+            max_memory: as in :func:`~uplift_diffusers.apply_uplift`, per group of same-size images
+                (without :meth:`enable_tiling`). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
 
-        The progress bar advances after every stage (encode, each 2x step of each tile, decode)
-        and names the images being upscaled (``"images 1-2/3"``) and the stage. Images of the same
-        size are processed as one batch, others one size at a time.
+        Images of the same size are upscaled as one batch, others one size at a time; the progress
+        bar names them (``"images 1-2/3"``) and the stage.
 
         Raises:
-            ValueError: naming the argument: ``image`` (or ``image[i]``) of a wrong type, layout,
-                dtype or size, NaN / infinite values, or float values outside [0, 1];
-                ``upscale_factor`` / ``height`` / ``width`` below 1 or not finite, a size smaller
-                than an input, or a factor and a size together.
+            ValueError: naming the argument (``image[i]`` for an image of a list) and the fix.
         """
         if upscale_factor is None and height is None and width is None:
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
@@ -216,21 +197,21 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
-        tilings = [self.tiling_for(len(g), size, out, budget) for g, size, out in zip(groups, input_sizes, output_sizes)]
-        # per ensemble copy (a turned view counts as many updates): the encode, every 2x step, the decode
-        total = ensemble * sum(
-            stage_updates(self.upscaler, out, size, tiling, self.upscale_method)
-            for out, size, tiling in zip(output_sizes, input_sizes, tilings)
-        )
+        # per size group: :meth:`enable_tiling`'s tiles, else those the memory budget asks for
+        plans = [
+            plan_upscale(self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings)
+            for indices, size, out in zip(groups, input_sizes, output_sizes)
+        ]
+        total = ensemble * sum(updates for _, updates in plans)  # a turned view counts as many updates
         results: List[Optional[torch.Tensor]] = [None] * len(tensors)
         done = 0
         with self.progress_bar(total=total) as progress:
-            for indices, output_size, tiling in zip(groups, output_sizes, tilings):
+            for indices, output_size, (tiling, _) in zip(groups, output_sizes, plans):
                 group_generator = [generator[i] for i in indices] if isinstance(generator, list) else generator
                 batch = torch.cat([tensors[i] for i in indices])
                 first, done = done + 1, done + len(indices)
                 counted = f"image {done}" if first == done else f"images {first}-{done}"
-                show_stage(progress, f"{counted}/{len(tensors)}", "set_description")
+                progress.set_description(f"{counted}/{len(tensors)}")
                 with vae_tiling(self.vae, tiling is not None):
                     upscaled = self.upscale_batch(
                         batch, output_size, group_generator, color_correction, progress, back_projection_steps, ensemble, tiling
@@ -238,24 +219,14 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 for position, index in enumerate(indices):
                     results[index] = restore_mode(upscaled[position].cpu(), items[index])
 
-        images = self._postprocess(results, output_type)
+        processor = VaeImageProcessor(do_normalize=False)  # the results are in [0, 1]
+        images = [processor.postprocess(result[None], output_type)[0] for result in results]
+        if output_type != "pil" and len({tuple(result.shape) for result in results}) == 1:  # a batch
+            images = torch.stack(images) if output_type == "pt" else np.stack(images)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return UPLiFTSuperResolutionPipelineOutput(images=images)
-
-    @staticmethod
-    def _postprocess(results: List[torch.Tensor], output_type: str):
-        """Per-image ``C x H x W`` tensors in [0, 1] (C = 1, 2, 3, 4: ``"L"``, ``"LA"``, ``"RGB"``,
-        ``"RGBA"``) -> the requested output type, converted by ``VaeImageProcessor``; a batch when
-        all share a shape, else a list (PIL: always a list)."""
-        same_size = len({tuple(r.shape) for r in results}) == 1
-        if output_type == "pt":
-            return torch.stack(results) if same_size else results
-        arrays = [VaeImageProcessor.pt_to_numpy(r[None])[0] for r in results]
-        if output_type == "np":
-            return np.stack(arrays) if same_size else arrays
-        return [VaeImageProcessor.numpy_to_pil(array)[0] for array in arrays]
 
 
 def _transform(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:

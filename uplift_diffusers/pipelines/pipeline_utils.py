@@ -28,9 +28,8 @@ class HubComponentsMixin:
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):
-        """diffusers' ``DiffusionPipeline.download``; a repository whose ``model_index.json`` names
-        components of this package is fetched here instead: ``model_index.json`` and the folders
-        of the components not passed as keyword arguments (the Hub cache first, as diffusers)."""
+        """diffusers' ``download``, or for a repository naming components of this package:
+        ``model_index.json`` and the folders of the components not passed as keyword arguments."""
         from huggingface_hub import snapshot_download
 
         index = model_index(cls, pretrained_model_name, kwargs)
@@ -53,17 +52,10 @@ class TilingMixin:
 
     def enable_tiling(self, tile_size: Optional[int] = None, overlap: Optional[int] = None) -> None:
         """Upscale in overlapping tiles with blended seams, and encode / decode with the VAE's
-        own tiling, to bound the memory of large outputs.
-
-        Args:
-            tile_size: UPLiFT tile side in latents of the input image (x ``vae_scale_factor``
-                pixels); None: :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_SIZE`.
-            overlap: latents shared by neighbouring tiles; None:
-                :data:`~uplift_diffusers.models.tiled_upscaling.DEFAULT_TILE_OVERLAP`.
-
-        The tiled result differs slightly from the untiled one (docs/fast-inference.md). Raises
-        ``ValueError`` for a bad ``tile_size`` / ``overlap``, or a VAE without ``enable_tiling``.
-        """
+        own tiling, to bound the memory of large outputs. ``tile_size``: UPLiFT's tile side in
+        latents of the input; ``overlap``: latents shared by neighbouring tiles (None: the defaults
+        of :mod:`uplift_diffusers.models.tiled_upscaling`). The tiled result differs slightly from
+        the untiled one (docs/fast-inference.md)."""
         settings = check_tile_arguments(tile_size, overlap)
         if not hasattr(self.vae, "enable_tiling"):
             raise ValueError(

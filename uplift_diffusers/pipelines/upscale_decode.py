@@ -46,8 +46,8 @@ from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_up
 from ..utils.color_correction import back_project, color_correct
 from ..utils.memory import estimate_upscale_bytes
 
-__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "upscale_latents", "upscale_latents_guided", "upscale_and_decode", "stage_updates",
-           "auto_tiling", "vae_tiling", "show_stage", "silent_progress_bar"]
+__all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "plan_upscale", "vae_tiling",
+           "silent_progress_bar", "upscale_latents", "upscale_latents_guided", "upscale_and_decode"]
 
 #: How a factor that is not a power of two is reached (see the module docstring).
 UPSCALE_METHODS = ("auto", "downsample_image", "resample_latents", "upsample_image", "bilinear_latents")
@@ -79,29 +79,23 @@ def upscale_steps(
     return max(0, ceil)
 
 
-def _model_steps(upscaler, output_size: Size, guide_size: Size, method: str) -> int:
-    return upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
+def plan_upscale(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
+                 tiling=None) -> Tuple[Tiling, int]:
+    """The tiles of an upscale and its number of progress updates.
 
-
-def stage_updates(upscaler, output_size: Size, guide_size: Size, tiling: Tiling = None,
-                  method: str = DEFAULT_UPSCALE_METHOD) -> int:
-    """The progress rule of an upscale: one update for the guide (the base decode or the encode),
-    then those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
-    num_steps = _model_steps(upscaler, output_size, guide_size, method)
-    factor = upscaler.config.vae_scale_factor  # the VAE's (guard_latent_space)
-    latent_size = (math.ceil(guide_size[0] / factor), math.ceil(guide_size[1] / factor))
-    return 1 + latent_updates(latent_size, num_steps, tiling) + 1
-
-
-def auto_tiling(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
-                tiling=None) -> Tiling:
-    """``tiling`` where it is set (``(tile_size, overlap)``; True: the default tiles; False: none);
-    for None, the default tiles when the untiled stage's estimated peak passes ``max_memory`` bytes."""
+    The tiles: ``tiling`` where it is set (``(tile_size, overlap)``; True: the default tiles; False:
+    none); for None, the default tiles when the untiled stage's estimated peak passes ``max_memory``
+    bytes. The updates (the progress rule): one for the guide (the base decode or the encode), then
+    those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
+    num_steps = upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
     if tiling is None:
-        scale = 2 ** _model_steps(upscaler, output_size, guide_size, method)
+        scale = 2**num_steps
         decoded = (max(output_size[0], scale * guide_size[0]), max(output_size[1], scale * guide_size[1]))
         tiling = estimate_upscale_bytes(upscaler, vae, batch, guide_size, decoded) > max_memory
-    return check_tile_arguments(None, None) if tiling is True else tiling or None
+    tiling = check_tile_arguments(None, None) if tiling is True else tiling or None
+    factor = upscaler.config.vae_scale_factor  # the VAE's (guard_latent_space)
+    latent_size = (math.ceil(guide_size[0] / factor), math.ceil(guide_size[1] / factor))
+    return tiling, 1 + latent_updates(latent_size, num_steps, tiling) + 1
 
 
 @contextlib.contextmanager
@@ -121,27 +115,22 @@ def vae_tiling(vae, tiled: bool):
 silent_progress_bar = functools.partial(tqdm, disable=True)
 
 
-def show_stage(progress, text: str, method: str = "set_postfix_str") -> None:
-    """Name the running stage at the end of the progress bar (tqdm's postfix), or with
-    ``method="set_description"`` the images being upscaled at its start, where the bar can."""
-    show = getattr(progress, method, None)
-    if show is not None:
-        show(text)
-
-
 def latent_updates(latent_size: Size, num_steps: int, tiling: Tiling = None) -> int:
     """``progress.update()`` calls of :func:`upscale_latents`: one per step, per tile when tiling."""
     return num_steps * (1 if tiling is None or num_steps == 0 else count_tiles(*latent_size, *tiling))
 
 
-def upscale_latents(upscaler, latents: torch.Tensor, guide: torch.Tensor, num_steps: int, generator=None,
-                    tiling: Tiling = None, progress=None) -> torch.Tensor:
+def upscale_latents(upscaler, latents: torch.Tensor, guide: torch.Tensor, num_steps: int, generator, tiling: Tiling,
+                    progress) -> torch.Tensor:
     """``num_steps`` UPLiFT 2x steps on the latents' device (unscaled latents in and out, in the
     upscaler's dtype), tiled when ``tiling`` is set; ``progress.update()`` after every step of every tile."""
     if num_steps == 0:
         return latents
     guide = guide.to(device=latents.device, dtype=torch.float32)
-    callback: Optional[Callable] = None if progress is None else (lambda index, step_latents: progress.update())
+
+    def callback(index, step_latents):
+        progress.update()
+
     if tiling is not None:
         tile_size, overlap = tiling
         return tiled_upscale(upscaler, latents, guide, num_steps, generator=generator, tile_size=tile_size, overlap=overlap, callback=callback)
@@ -175,9 +164,9 @@ def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: S
 
 
 def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, guide: torch.Tensor,
-                       output_size: Size, guide_size: Optional[Size] = None, generator=None, color_correction: bool = True,
-                       back_projection_steps: int = 0, tiling: Tiling = None, method: str = DEFAULT_UPSCALE_METHOD,
-                       progress=None) -> torch.Tensor:
+                       output_size: Size, progress, guide_size: Optional[Size] = None, generator=None,
+                       color_correction: bool = True, back_projection_steps: int = 0, tiling: Tiling = None,
+                       method: str = DEFAULT_UPSCALE_METHOD) -> torch.Tensor:
     """Upscale ``latents`` with UPLiFT and decode them to exactly ``output_size``: ``B x 3 x
     output_size`` float32 images in [0, 1] on the latents' device.
 
@@ -186,19 +175,17 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
             its original ``decode``: never the hook itself).
         latents: ``B x C x h x w`` unscaled latents on the device to run on.
         guide: ``B x 3 x 8h x 8w`` in [0, 1], the image the latents describe.
+        progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode,
+            its postfix naming the stage.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
-            multiple of 8); default the whole guide.
-        back_projection_steps: rounds of :func:`~uplift_diffusers.utils.color_correction.back_project`
-            onto the guide's content after the colour correction (0: none, the paper's output).
-        tiling: ``(tile_size, overlap)`` to upscale in tiles, or None.
-        method: one of :data:`UPSCALE_METHODS`, for factors that are not powers of two.
-        progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode.
+            multiple of 8); default the whole guide. The colour correction and the back-projection
+            (:func:`~uplift_diffusers.utils.color_correction.back_project`) refer to that content.
     """
     device = latents.device
     guide_size = tuple(guide.shape[-2:]) if guide_size is None else guide_size
-    num_steps = _model_steps(upscaler, output_size, guide_size, method)
+    num_steps = upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
     scale = 2**num_steps
-    show_stage(progress, "upscale")
+    progress.set_postfix_str("upscale")
     upscaled = upscale_latents(upscaler, latents, guide, num_steps, generator, tiling, progress)
 
     reached = (scale * guide_size[0], scale * guide_size[1])
@@ -209,11 +196,10 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
         covered = (math.ceil(output_size[0] / factor), math.ceil(output_size[1] / factor))
         upscaled = _resample_latents(upscaled, ratio, covered, *latent_resample)
         reached = output_size
-    show_stage(progress, "decode")
+    progress.set_postfix_str("decode")
     decoded = decode(upscaled.to(latents.dtype))
     decoded = VaeImageProcessor.denormalize(decoded.float().to(device))
-    if progress is not None:
-        progress.update()
+    progress.update()
     result = decoded[:, :, : reached[0], : reached[1]]
     if reached != output_size:  # an image method: PIL's bicubic filter (antialiased when reducing)
         result = F.interpolate(result, size=output_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
@@ -222,6 +208,6 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
     if color_correction:
         result = color_correct(result, reference)
     if back_projection_steps:
-        show_stage(progress, "back-projection")
+        progress.set_postfix_str("back-projection")
         result = back_project(result, reference, back_projection_steps)
     return result
