@@ -328,7 +328,7 @@ def test_corrupt_upscaler_config_is_one_line(taef2_dir, tmp_path, tiny_dirs, inp
     (broken / "config.json").write_text('{"_class_name": "UPLiFTLatentUpscaler", ')
     assert main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o"), *taef2_options(taef2_dir, broken)]) == 1
     line = one_error_line(capsys)
-    assert "--upscaler" in line and "config.json" in line and "is not valid JSON" in line
+    assert "--upscaler" in line and "config.json" in line and "is not a valid JSON model config" in line
 
 
 @pytest.mark.parametrize("vae, code, match", [("./no-such-vae", 2, "--vae './no-such-vae': no such file or folder"),
@@ -520,7 +520,8 @@ def test_generate_default_model_offline_fails_fast(tmp_path, monkeypatch, capsys
 def test_generate_refine_needs_a_power_of_two_before_loading(tmp_path, monkeypatch, capsys):
     forbid_loading(monkeypatch)
     assert main(["generate", "a cat", "--scale", "3", "--refine-strength", "0.3", "-o", str(tmp_path / "x.png")]) == 2
-    assert "--refine-strength needs --scale 2, 4 or 8" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "--refine-strength 0.3 with --scale 3" in line and "--scale 2, 4 or 8" in line
 
 
 # ------------------------------------------------------------------------------- arguments, outputs, help
@@ -538,7 +539,8 @@ def test_generate_refine_needs_a_power_of_two_before_loading(tmp_path, monkeypat
         (["generate", "cat", "--scale", "0"], "is not a scale"),
         (["generate", "cat", "--size", "500"], "multiples of 8"),
         (["generate", "cat", "--steps", "0"], "'0' is not an integer >= 1"),
-        (["generate", "cat", "--refine-strength", "1"], "--refine-strength 1 is not in [0, 1)"),
+        (["generate", "cat", "--refine-strength", "1"], "--refine-strength 1 with --scale 2: use a fraction"),
+        (["generate", "cat", "--refine-strength", "0.3", "--back-projection-steps", "1"], "without --back-projection-steps"),
         (["upscale", "a.png"], "--output"),
         ([], "required"),
     ],
@@ -562,7 +564,7 @@ def test_outputs_are_checked_before_loading(tmp_path, inputs, monkeypatch, capsy
     taken = tmp_path / "taken.txt"
     taken.write_text("keep me")
     assert main(["upscale", str(inputs / "odd.png"), "-o", str(taken)]) == 2
-    assert "--output" in (line := one_error_line(capsys)) and "is an existing file" in line
+    assert "--output" in (line := one_error_line(capsys)) and "taken.txt' is a file, not a folder" in line
     assert taken.read_text() == "keep me"
     for argv in (
         ["upscale", str(inputs / "odd.png"), "-o", str(taken / "sub")],
@@ -570,7 +572,7 @@ def test_outputs_are_checked_before_loading(tmp_path, inputs, monkeypatch, capsy
         ["convert", str(inputs / "odd.png"), "-o", str(taken / "sub")],
     ):
         assert main(argv) == 2
-        assert "which is a file, not a folder" in one_error_line(capsys)
+        assert "taken.txt' is a file, not a folder" in one_error_line(capsys)
     (tmp_path / "o" / "odd_x4.png").mkdir(parents=True)
     assert main(["upscale", str(inputs / "odd.png"), "-o", str(tmp_path / "o")]) == 2
     assert "odd_x4.png' is a folder" in one_error_line(capsys)

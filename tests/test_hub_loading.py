@@ -283,13 +283,13 @@ def test_hub_file_of_parses_hub_files_only():
         hub_file_of("https://example.com/w.pth", "--x")
 
 
-def test_is_cached_reads_the_cache_only(release_cached, sd15_cached):
-    from uplift_diffusers.loaders.hub import is_cached
+def test_a_hub_model_is_cached_when_any_of_its_files_is(release_cached, sd15_cached):
+    from uplift_diffusers import cli
 
-    assert is_cached(UPLIFT_SD15_REPO_ID, ("config.json", UPLIFT_SD15_WEIGHTS_NAME))
-    assert is_cached(SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"))  # a pipeline's vae/ counts
-    assert not is_cached(SD15_MODEL_ID, ("config.json",))  # SD1.5 has no root config.json
-    assert not is_cached("org/absent", ("model_index.json",))
+    cli.check_models([("--upscaler", UPLIFT_SD15_REPO_ID, ("config.json", UPLIFT_SD15_WEIGHTS_NAME)),
+                      ("--vae", SD15_MODEL_ID, ("config.json", f"{SD15_VAE_SUBFOLDER}/config.json"))], "hint")  # vae/ counts
+    with pytest.raises(cli.Failure, match=f"lacks --vae {SD15_MODEL_ID}, --model org/absent; hint$"):  # no root config.json
+        cli.check_models([("--vae", SD15_MODEL_ID, ("config.json",)), ("--model", "org/absent", ("model_index.json",))], "hint")
 
 
 @pytest.mark.parametrize("status, reachable", [(200, True), (302, True), (404, False), (502, False)])
@@ -317,10 +317,10 @@ def test_loader_errors_name_the_callers_argument(tmp_path, tiny_dirs):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dirs.upscaler(4), broken)
     (broken / "config.json").write_text("{oops")
-    with pytest.raises(cli.Failure, match=r"^--upscaler: its '.*broken/config.json' is not valid JSON"):
+    with pytest.raises(cli.Failure, match=r"^--upscaler: its '.*broken/config.json' is not a valid JSON model config"):
         cli.load_upscaler(str(broken), None, None)
     (broken / "config.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="holds a JSON list, not a model config object"):
+    with pytest.raises(ValueError, match="a JSON list, not an object"):
         UPLiFTLatentUpscaler.from_pretrained(str(broken))
     with pytest.raises(FileNotFoundError, match=r"^--vae: local path not found"):
         load_vae("./no/such/vae", argument="--vae")

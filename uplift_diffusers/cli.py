@@ -97,22 +97,21 @@ def check_models(models: Sequence[Tuple[str, Optional[str], Sequence[str]]], hin
     local path must exist; a Hub model must be cached, unless the Hub answers. Offline or
     unreachable, every missing model is named in one line with ``hint``, and the Hub is off for the
     rest of the command (no waiting)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    from .loaders.hub import hub_file_of, hub_reachable, is_cached, looks_like_local_path
+    from .loaders.hub import hub_file_of, hub_reachable, looks_like_local_path
 
     missing, from_hub = [], False
     for flag, source, files in models:
         if source is None or Path(source).expanduser().exists():
             continue
         hub_file = named_errors(flag, source, lambda: hub_file_of(source, flag), UsageError)
-        repo_id, revision = source, None
-        if hub_file is not None:
-            repo_id, files, revision = hub_file[0], (hub_file[1],), hub_file[2]
-        elif looks_like_local_path(source) or not _REPO_ID.fullmatch(source):
+        if hub_file is None and (looks_like_local_path(source) or not _REPO_ID.fullmatch(source)):
             raise UsageError(f"{flag} {source!r}: no such file or folder, and not a Hub id (org/name)")
+        repo_id, files, revision = (hub_file[0], (hub_file[1],), hub_file[2]) if hub_file else (source, files, None)
         from_hub = True
-        if not is_cached(repo_id, files, revision):
+        # cached: any of the files (a pipeline's vae/config.json counts); the cache's "absent" marker is no file
+        if not any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str) for name in files):
             missing.append(f"{flag} {source}")
     why = "HF_HUB_OFFLINE is set"
     if from_hub and not constants.is_offline_mode() and not hub_reachable():
@@ -270,12 +269,11 @@ def plan_generation(args) -> Tuple[List[Path], dict, str]:
     """What ``generate`` checks before loading anything: its flags, its output files (``--output``
     an image file name, or a folder: ``uplift_<seed>_<i>.png``) and ``--model``'s
     ``model_index.json``, returned with the family of the pipeline class it names."""
-    if not 0 <= args.refine_strength < 1:
-        raise UsageError(f"--refine-strength {args.refine_strength:g} is not in [0, 1) (the fraction of the noise schedule re-run)")
-    if args.refine_strength and args.scale not in (2, 4, 8):
-        raise UsageError(f"--refine-strength needs --scale 2, 4 or 8 (the refined latents exist at powers of two), got {args.scale:g}")
-    if args.refine_strength and args.back_projection_steps:
-        raise UsageError("--back-projection-steps applies without --refine-strength")
+    refine = args.refine_strength
+    if refine and (not 0 < refine < 1 or args.scale not in (2, 4, 8) or args.back_projection_steps):
+        raise UsageError(f"--refine-strength {refine:g} with --scale {args.scale:g}: use a fraction of the noise "
+                         "schedule in [0, 1), with --scale 2, 4 or 8 (the refined latents exist at powers of two) and "
+                         "without --back-projection-steps")
     path = Path(args.output).expanduser()
     if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
         folder = writable_folder(str(path.parent))
@@ -361,11 +359,13 @@ def cmd_convert(args) -> List[str]:
     return []
 
 
-def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_common_arguments(parser: argparse.ArgumentParser, back_projection_steps: int) -> None:
     parser.add_argument("--upscaler", type=non_empty, metavar="FILE|DIR|ID", help="UPLiFT model: the authors' file (.safetensors / "
                         ".pth, a Hub file URL or ORG/REPO/FILE), a save_pretrained or pipeline folder, or a Hub id")
     parser.add_argument("--upscaler-config", metavar="YAML", help="the authors' YAML config of an --upscaler file "
                         "(default: read off its shapes)")
+    parser.add_argument("--back-projection-steps", type=lambda t: parse_count(t, 0), default=back_projection_steps,
+                        metavar="N", help="rounds of back-projection onto the image before upscaling (default %(default)s; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever is available)")
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
@@ -397,11 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--scale", type=parse_scale, default=4.0, metavar="FACTOR", help="upscale factor, any number >= 1 (default 4)")
     size.add_argument("--size", type=parse_output_size, metavar="WxH",
                       help="exact output size, e.g. 1920x1080; one side (1920x or x1080) keeps the aspect ratio")
-    up.add_argument("--back-projection-steps", type=lambda t: parse_count(t, 0), default=DEFAULT_BACK_PROJECTION_STEPS,
-                    metavar="N", help=f"rounds of back-projection onto the input (default {DEFAULT_BACK_PROJECTION_STEPS}; 0: off)")
     up.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
                     help="average the upscales of that many flipped / rotated copies (N times the time; default 1)")
-    _add_common_arguments(up)
+    _add_common_arguments(up, DEFAULT_BACK_PROJECTION_STEPS)
     up.set_defaults(handler=cmd_upscale)
 
     gen = sub.add_parser("generate", help="text-to-image with UPLiFT", **common, description=(
@@ -418,13 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", metavar="TEXT", help="what not to generate (Stable Diffusion)")
     gen.add_argument("--num-images", type=lambda t: parse_count(t, 1), default=1, metavar="N", help="images (default 1)")
     gen.add_argument("--no-safety-checker", action="store_true", help="do not load a Stable Diffusion model's safety checker")
-    gen.add_argument("--back-projection-steps", type=lambda t: parse_count(t, 0), default=0, metavar="N",
-                     help="rounds of back-projection onto the image before upscaling (default 0: off)")
     gen.add_argument("--refine-strength", type=float, default=0.0, metavar="S",
                      help="re-run this fraction of the noise schedule at the new size, in [0, 1) (default 0: off)")
     gen.add_argument("--refine-steps", type=lambda t: parse_count(t, 1), metavar="N",
                      help="denoising steps of the refinement (default: S x --steps)")
-    _add_common_arguments(gen)
+    _add_common_arguments(gen, 0)
     gen.set_defaults(handler=cmd_generate)
 
     conv = sub.add_parser("convert", help="the authors' checkpoint -> a diffusers folder", **common,

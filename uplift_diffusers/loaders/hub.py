@@ -1,6 +1,5 @@
-"""Model files in local folders and Hub repositories, and the two quick checks the command line
-makes before loading anything (:func:`is_cached`, :func:`hub_reachable`): no torch, no diffusers
-here, so that those checks answer before their imports."""
+"""Model files in local folders and Hub repositories, and whether the Hub answers: no torch, no
+diffusers here, so that the command line's checks before loading answer before their imports."""
 from __future__ import annotations
 
 import json
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 import huggingface_hub.utils
-from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 #: Keyword arguments of ``from_pretrained`` that say where and how to fetch Hub files.
@@ -24,12 +23,11 @@ def read_model_config(config_file, argument: str) -> dict:
     blames the network. ``argument`` names the folder or id it came from in the errors."""
     try:
         config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{argument}: its {str(config_file)!r} is not valid JSON ({error}); restore it, or save the "
-                         "model again (save_pretrained).") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{argument}: its {str(config_file)!r} holds a JSON {type(config).__name__}, not a model "
-                         "config object; restore it, or save the model again.")
+        if not isinstance(config, dict):
+            raise TypeError(f"a JSON {type(config).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{argument}: its {str(config_file)!r} is not a valid JSON model config ({error}); restore it, "
+                         "or save the model again (save_pretrained).") from error
     return config
 
 
@@ -101,16 +99,9 @@ def hub_file_of(source, argument: str = "source") -> Optional[Tuple[str, str, Op
     return f"{org}/{name}", filename, revision
 
 
-def is_cached(repo_id: str, filenames: Sequence[str], revision: Optional[str] = None) -> bool:
-    """Whether the local Hub cache holds any of ``filenames`` of ``repo_id`` (file system only)."""
-    return any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str) for name in filenames)
-
-
 def hub_reachable(timeout: float = 1.5) -> bool:
     """Whether the Hub answers with a success within ``timeout`` seconds (a proxy's error page is
-    no answer); False at once with ``HF_HUB_OFFLINE=1``."""
-    if constants.is_offline_mode():
-        return False
+    no answer)."""
     try:
         return huggingface_hub.utils.get_session().head(constants.ENDPOINT, timeout=timeout).status_code < 400
     except Exception:  # noqa: BLE001 - any failure means no answer

@@ -23,11 +23,9 @@ def check_writable_directory(path: Union[str, os.PathLike], argument: str = "out
     naming ``argument`` and ``path`` when it cannot be created or written."""
     folder = Path(path).expanduser()
     shown = f"`{argument}` {str(path)!r}"
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{shown} is an existing file, not a folder; pass a folder.")
-    blocking = next((parent for parent in folder.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"{shown} is under {str(blocking)!r}, which is a file, not a folder; pass another folder.")
+    blocking = next((place for place in (folder, *folder.parents) if place.exists() and not place.is_dir()), None)
+    if blocking is not None:  # the folder itself, or one above it
+        raise ValueError(f"{shown}: {str(blocking)!r} is a file, not a folder; pass another folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()  # raises the OSError that writing would

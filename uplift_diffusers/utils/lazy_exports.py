@@ -1,6 +1,4 @@
-"""A package's names imported on first use (PEP 562 module ``__getattr__``), as diffusers' lazy
-modules do: ``import uplift_diffusers`` (and the command line's ``--help``) then costs no torch
-or diffusers import until a name that needs them is used."""
+"""A package's names imported on first use (PEP 562 module ``__getattr__``), as diffusers' lazy modules do."""
 from __future__ import annotations
 
 import contextlib
