@@ -135,7 +135,7 @@ def named_errors(flag: str, source, call, error_type=Failure):
         return call()
     except (ValueError, OSError) as error:
         message = one_line(error)
-        for name in (f"`{flag}`", "`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`", "`path_or_id`", "path_or_id"):
+        for name in (f"`{flag}`", "`pretrained_model_link_or_path`", "`pretrained_model_name_or_path`"):
             message = message.replace(name, flag)
         raise error_type(message if flag in message else f"{flag} {source!r}: {message}") from error
 
@@ -177,10 +177,10 @@ def writable_folder(path: str) -> Path:
     return named_errors("--output", path, lambda: check_writable_directory(path, "--output"), UsageError)
 
 
-def plan_outputs(args) -> Tuple[List[Tuple[Path, Path]], List[str]]:
+def plan_outputs(args) -> Tuple[List[Tuple[Path, Path, Tuple[int, int]]], List[str]]:
     """The images named on the command line (folders: their images, recursively), each with its
-    output file, named after its real output size; and the failures of those that cannot be read
-    (they fail alone, at the end)."""
+    output file, named after its output size, and that size (width, height); and the failures of
+    those that cannot be read (they fail alone, at the end)."""
     import PIL.Image
 
     missing = [entry for entry in args.inputs if not Path(entry).expanduser().exists()]
@@ -209,9 +209,9 @@ def plan_outputs(args) -> Tuple[List[Tuple[Path, Path]], List[str]]:
             raise UsageError(f"{str(path)!r} is {size[0]}x{size[1]}: {error}".replace("`", "")) from None
         suffix = f"_{out_w}x{out_h}" if args.size else f"_x{args.scale:g}"
         target = output / f"{path.stem}{suffix}.png"
-        if target.is_dir() or any(target == other for _, other in plan):
+        if target.is_dir() or any(target == other for _, other, _ in plan):
             raise UsageError(f"--output: {str(target)!r} is a folder or the output of another input; use another --output")
-        plan.append((path, target))
+        plan.append((path, target, (out_w, out_h)))
     return plan, failures
 
 
@@ -249,14 +249,11 @@ def cmd_upscale(args) -> List[str]:
     if args.tiling:
         pipe.enable_tiling()
     generator = torch.Generator().manual_seed(args.seed)
-    for path, target in plan:
+    for path, target, (width, height) in plan:
         try:
             with PIL.Image.open(path) as image:
-                result = pipe(
-                    image, upscale_factor=args.scale, width=args.size and args.size[0], height=args.size and args.size[1],
-                    generator=generator, ensemble=args.ensemble, back_projection_steps=args.back_projection_steps,
-                    max_memory=args.max_memory,
-                ).images[0]
+                result = pipe(image, width=width, height=height, generator=generator, ensemble=args.ensemble,
+                              back_projection_steps=args.back_projection_steps, max_memory=args.max_memory).images[0]
             atomic_save_image(result, target)
             print(f"{target} ({result.width}x{result.height})")
         except (OSError, ValueError, torch.OutOfMemoryError) as error:
