@@ -294,8 +294,7 @@ def plan_generation(args) -> Tuple[List[Path], dict, str]:
 
 
 def load_text_to_image(args, config: dict, family: str, device, dtype):
-    """The pipeline of ``--model`` (the class its ``model_index.json`` names) and its upscaler
-    (``--upscaler``, else the folder's ``upscaler/``, else the authors' SD1.5 release)."""
+    """The pipeline of ``--model`` (the class ``model_index.json`` names) and its upscaler (see ``generate --help``)."""
     import diffusers
 
     upscaler = None
@@ -362,7 +361,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, back_projection_steps
     parser.add_argument("--upscaler-config", metavar="YAML", help="the authors' YAML config of an --upscaler file "
                         "(default: read off its shapes)")
     parser.add_argument("--back-projection-steps", type=lambda t: parse_count(t, 0), default=back_projection_steps,
-                        metavar="N", help="rounds of back-projection onto the image before upscaling (default %(default)s; 0: off)")
+                        metavar="N", help="rounds of back-projection onto the input (0: off; default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever is available)")
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",

@@ -26,18 +26,16 @@ def read_model_config(config_file, argument: str) -> dict:
         if not isinstance(config, dict):
             raise TypeError(f"a JSON {type(config).__name__}, not an object")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
-        raise ValueError(f"{argument}: its {str(config_file)!r} is not a valid JSON model config ({error}); restore it, "
-                         "or save the model again (save_pretrained).") from error
+        raise ValueError(f"{argument}: its {str(config_file)!r} is not a valid JSON model config ({error}); restore "
+                         "it, or save the model again (save_pretrained).") from error
     return config
 
 
 def looks_like_local_path(text: str) -> bool:
     """Whether ``text`` is meant as a local path rather than a Hub name: it starts as a path does,
     or the folder it names something in exists."""
-    if text.startswith((".", "/", "~", "\\")) or os.path.isabs(text):
-        return True
     parent = Path(text).parent
-    return parent != Path(".") and parent.exists()
+    return text.startswith((".", "/", "~", "\\")) or os.path.isabs(text) or (parent != Path(".") and parent.exists())
 
 
 def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
