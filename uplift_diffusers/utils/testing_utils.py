@@ -4,7 +4,6 @@ models and folders seed torch themselves (``seed``); the component builders used
 (:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands."""
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 from typing import Optional
@@ -40,22 +39,20 @@ def make_tokenizer(folder, words=()):
     BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in string.ascii_lowercase + "!.,":
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
-    merges = ["#version: 0.2"]
+    merges = []
     for word in words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
+            merges.append((pieces[0], pieces[1]))
             vocab.setdefault(pieces[0] + pieces[1], len(vocab))
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    tokenizer.save_pretrained(folder)
+    return tokenizer, len(vocab)
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> dict:
