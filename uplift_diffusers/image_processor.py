@@ -244,11 +244,8 @@ def restore_mode(rgb: torch.Tensor, item: ModedImage) -> torch.Tensor:
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad ``B x C x H x W`` at the bottom and right to multiples of ``multiple``.
-
-    Reflection padding, or replication along a side shorter than the padding it needs (where
-    reflection is undefined).
-    """
+    """Pad ``B x C x H x W`` at the bottom and right to multiples of ``multiple``: reflection padding,
+    or replication along a side shorter than the padding it needs (where reflection is undefined)."""
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_w:

@@ -6,10 +6,9 @@ decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). TAEF2 makes some blocks
 (``x = x + pool(x)`` before the block), which diffusers' ``AutoencoderTiny`` cannot hold: hence this
 model, keeping the files' key layout under ``encoder.layers.`` / ``decoder.layers.``.
 
-As ``AutoencoderTiny``: images in [-1, 1], unscaled latents, ``enable_tiling()`` /
-``enable_slicing()``; the tiles are blended by
-:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops assume 4
-latent / 3 image channels).
+As ``AutoencoderTiny``: images in [-1, 1], unscaled latents, ``enable_tiling()`` / ``enable_slicing()``;
+the tiles are blended by :func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own
+tiled loops assume 4 latent / 3 image channels).
 """
 from __future__ import annotations
 

@@ -133,12 +133,11 @@ FLUX2_TEXT_LAYERS = (1, 2)
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components (32 latent channels, 8 px per latent) with the released configurations'
-    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level BPE
-    tokenizer made with ``tokenizers`` (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
+    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with Qwen's byte-level
+    BPE tokenizer over the 256 bytes (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
     ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -153,12 +152,7 @@ def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
                 vocab_size=300, hidden_size=FLUX2_TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=max(FLUX2_TEXT_LAYERS),
                 num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
             )).eval()
-            vocab = {chr(i): i for i in range(256)}
-            vocab["<|endoftext|>"] = 256
-            byte_level = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-            byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-            byte_level.decoder = decoders.ByteLevel()
-            tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+            tokenizer = Qwen2Tokenizer(vocab={**{chr(i): i for i in range(256)}, "<|endoftext|>": 256}, merges=[])
             tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     return dict(
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae.eval(), transformer=transformer.eval(),
