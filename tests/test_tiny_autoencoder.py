@@ -260,6 +260,8 @@ def test_mismatched_pair_and_bad_files(tmp_path):
     _, dec8 = make_original_state_dicts(latent=8, width=16)
     with pytest.raises(ValueError, match="4 latent channels.*expects 8"):
         TinyAutoencoder.from_original_checkpoint(*save_pair(tmp_path / "mix", enc4, dec8))
+    with pytest.raises(ValueError, match=r"encoder_path .* gives None latent channels .* decoder_path .* expects None"):
+        TinyAutoencoder.from_original_checkpoint(*save_pair(tmp_path / "none", {"0.weight": enc4["0.weight"]}, {}))
     with pytest.raises(FileNotFoundError, match="encoder_path"):
         TinyAutoencoder.from_original_checkpoint(tmp_path / "nope.pth", tmp_path / "mix" / "decoder.pth")
     with pytest.raises(FileNotFoundError, match="decoder_path"):

@@ -102,48 +102,37 @@ def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
 
 def _array_to_batch(array: np.ndarray, where: str) -> torch.Tensor:
     """An ``H x W``, ``H x W x C`` or ``B x H x W x C`` array -> a ``B x C x H x W`` tensor of its dtype."""
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating) or array.dtype in (np.uint8, np.uint16)):
-        raise ValueError(f"`{where}` has dtype {array.dtype}; pass uint8, uint16 or float arrays in [0, 1].")
     batch = array[..., None] if array.ndim == 2 else array
     batch = batch[None] if batch.ndim == 3 else batch
-    if batch.ndim != 4:
-        raise ValueError(f"`{where}` has shape {array.shape}; numpy images are H x W, H x W x C or B x H x W x C.")
-    if batch.shape[-1] not in OUTPUT_MODES:
+    numeric = array.dtype in (np.uint8, np.uint16) or np.issubdtype(array.dtype, np.floating)
+    if not numeric or batch.ndim != 4 or batch.shape[-1] not in OUTPUT_MODES or 0 in batch.shape:
         raise ValueError(
-            f"`{where}` has shape {array.shape}: the last axis must be the channels ({_CHANNELS_HINT}); numpy images "
-            "are H x W x C (pass a torch tensor for C x H x W)."
+            f"`{where}` has shape {array.shape} and dtype {array.dtype}; numpy images are H x W, H x W x C or "
+            f"B x H x W x C (pass a torch tensor for C x H x W) with C = {_CHANNELS_HINT}, at least 1 x 1 pixels, "
+            "uint8, uint16 or float in [0, 1]."
         )
     # a copy: torch needs writable memory, and np.asarray of a PIL image is read-only
     return torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2)
 
 
-def _unit_images(batch: torch.Tensor, where: str) -> List[torch.Tensor]:
+def _unit_images(images: torch.Tensor, where: str) -> List[torch.Tensor]:
     """A ``C x H x W`` or ``B x C x H x W`` tensor (uint8, uint16 or float in [0, 1]) -> one
     ``1 x C x H x W`` float32 tensor in [0, 1] per image."""
-    if batch.ndim == 3:
-        batch = batch[None]
-    if batch.ndim != 4:
-        raise ValueError(f"`{where}` has shape {tuple(batch.shape)}; tensors are C x H x W or B x C x H x W.")
-    if batch.shape[0] == 0:
-        raise ValueError(f"`{where}` is an empty batch; pass at least one image.")
-    height, width = batch.shape[2:]
-    if height < 1 or width < 1:
-        raise ValueError(f"`{where}` has zero size ({height} x {width}); pass images of at least 1 x 1 pixels.")
-    if batch.shape[1] not in OUTPUT_MODES:
+    batch = images[None] if images.ndim == 3 else images
+    numeric = batch.dtype in (torch.uint8, torch.uint16) or batch.is_floating_point()
+    if not numeric or batch.ndim != 4 or batch.shape[1] not in OUTPUT_MODES or 0 in batch.shape:
         raise ValueError(
-            f"`{where}` has shape {tuple(batch.shape)}: dimension 1 must be the channels ({_CHANNELS_HINT}); "
-            "tensors are C x H x W or B x C x H x W (pass a numpy array for H x W x C)."
+            f"`{where}` has shape {tuple(images.shape)} and dtype {images.dtype}; tensors are C x H x W or "
+            f"B x C x H x W (pass a numpy array for H x W x C) with C = {_CHANNELS_HINT}, at least one image of "
+            "1 x 1 pixels, uint8, uint16 or floating point in [0, 1]."
         )
     batch = batch.detach().cpu()
-    scale = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(batch.dtype)
-    if scale is not None:
-        batch = batch.float() / scale
-    elif batch.is_floating_point():
+    if batch.is_floating_point():
         batch = batch.float()
         check_values(where, batch, 0.0, 1.0, tolerance=UNIT_RANGE_TOLERANCE, hint=_RANGE_HINT)
         batch = batch.clamp(0.0, 1.0)
     else:
-        raise ValueError(f"`{where}` has dtype {batch.dtype}; pass uint8, uint16 or floating-point values in [0, 1].")
+        batch = batch.float() / (255.0 if batch.dtype == torch.uint8 else 65535.0)
     return [image.contiguous() for image in batch.split(1)]
 
 
@@ -175,9 +164,6 @@ def split_images(image: Union[ImageInput, Sequence[ImageInput]]) -> List[ModedIm
     ``__call__`` lists) to one :class:`ModedImage` per image. 16-bit PIL modes are scaled by 65535,
     mode ``"F"`` is read on PIL's 0..255 scale, other modes (palette, CMYK, ...) are converted by
     PIL. An alpha channel that is opaque everywhere is kept (the output has alpha 1).
-
-    Raises:
-        ValueError: an empty list, a zero-size image, an unknown type, dtype, layout or value range.
     """
     inputs = list(image) if isinstance(image, (list, tuple)) else [image]
     if not inputs:
@@ -258,11 +244,8 @@ def restore_mode(rgb: torch.Tensor, item: ModedImage) -> torch.Tensor:
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad ``B x C x H x W`` at the bottom and right to multiples of ``multiple``.
-
-    Reflection padding, or replication along a side shorter than the padding it needs (where
-    reflection is undefined).
-    """
+    """Pad ``B x C x H x W`` at the bottom and right to multiples of ``multiple``: reflection padding,
+    or replication along a side shorter than the padding it needs (where reflection is undefined)."""
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if pad_w:

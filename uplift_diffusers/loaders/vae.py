@@ -103,8 +103,7 @@ def encode_latents(vae, images_minus1_1: torch.Tensor) -> torch.Tensor:
     into *unscaled* latents: a KL autoencoder's posterior mode, a tiny autoencoder's ``.latents``.
 
     Gradients follow the caller's mode (wrap the call in ``torch.no_grad()`` for a frozen VAE).
-    Shapes are checked, values are not (that would synchronise with the device on every call):
-    check data where it enters, with :func:`uplift_diffusers.utils.validation.check_values`.
+    Shapes are checked, values are not (where data is checked, and why: :mod:`~uplift_diffusers.utils.validation`).
     """
     dtype = _weights_dtype(vae)
     channels = getattr(vae.config, "in_channels", 3)

@@ -6,10 +6,9 @@ decoder with a soft clamp ``3 tanh(x / 3)`` at index 0). TAEF2 makes some blocks
 (``x = x + pool(x)`` before the block), which diffusers' ``AutoencoderTiny`` cannot hold: hence this
 model, keeping the files' key layout under ``encoder.layers.`` / ``decoder.layers.``.
 
-As ``AutoencoderTiny``: images in [-1, 1], unscaled latents, ``enable_tiling()`` /
-``enable_slicing()``; the tiles are blended by
-:func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own tiled loops assume 4
-latent / 3 image channels).
+As ``AutoencoderTiny``: images in [-1, 1], unscaled latents, ``enable_tiling()`` / ``enable_slicing()``;
+the tiles are blended by :func:`~uplift_diffusers.models.tiled_upscaling.blend_tiles` (diffusers' own
+tiled loops assume 4 latent / 3 image channels).
 """
 from __future__ import annotations
 
@@ -89,9 +88,8 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         encoder_pooled_blocks / decoder_pooled_blocks (`list[int]`, defaults to `[]`): indices (in
             the ``nn.Sequential``) of the blocks with a pooling branch, out of
             ``ENCODER_BLOCK_POSITIONS`` / ``DECODER_BLOCK_POSITIONS``.
-        block_out_channels (`list[int]`, defaults to `[64, 64, 64, 64]`): the one width of the
-            architecture, four times so that pipelines computing ``2 ** (len(block_out_channels) - 1)``
-            get the spatial factor 8.
+        block_out_channels (`list[int]`, defaults to `[64, 64, 64, 64]`): the one width, four times so
+            that pipelines computing ``2 ** (len(block_out_channels) - 1)`` get the spatial factor 8.
         in_channels / out_channels (`int`, defaults to 3): image channels.
         pool_hidden_channels (`int`, defaults to 256), pool_num_groups (`int`, defaults to 4):
             width and GroupNorm groups of the pooling branch.
@@ -119,8 +117,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"`latent_channels` must be a positive int, got {latent_channels!r}.")
         if not isinstance(block_out_channels, Sequence) or len(block_out_channels) != 4 or len(set(block_out_channels)) != 1:
             raise ValueError(
-                "`block_out_channels` must list four equal widths (the architecture has one width; four entries give "
-                f"pipelines the spatial factor 2 ** 3 = 8), e.g. [64, 64, 64, 64]; got {block_out_channels!r}."
+                f"`block_out_channels` must list four equal widths, e.g. [64, 64, 64, 64]; got {block_out_channels!r}."
             )
         width = block_out_channels[0]
 
@@ -160,16 +157,11 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         dec_sd = load_state_dict_file(decoder_path, "decoder_path")
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
         dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
-        if enc_latent is None and dec_latent is None:
+        if len({enc_latent, dec_latent} - {None}) != 1:
             raise ValueError(
-                f"cannot detect the latent channel count: neither encoder_path ({encoder_path}) holds "
-                f"'{_ENCODER_OUT_INDEX}.weight' nor decoder_path ({decoder_path}) holds '{_DECODER_IN_INDEX}.weight'; "
-                "are these TAESD-family checkpoints?"
-            )
-        if None not in (enc_latent, dec_latent) and enc_latent != dec_latent:
-            raise ValueError(
-                f"encoder_path ({encoder_path}) produces {enc_latent} latent channels but decoder_path ({decoder_path}) "
-                f"expects {dec_latent}; pass the encoder and decoder of the same variant."
+                f"encoder_path ({encoder_path}) gives {enc_latent} latent channels ('{_ENCODER_OUT_INDEX}.weight') but "
+                f"decoder_path ({decoder_path}) expects {dec_latent} ('{_DECODER_IN_INDEX}.weight', None: no such "
+                "key); pass the encoder and decoder of one TAESD-family variant."
             )
         pool_widths = [int(sd[k].shape[0]) for sd in (enc_sd, dec_sd) for k in sorted(sd) if k.endswith(".pool.0.weight")]
         model = cls(
@@ -203,9 +195,8 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Encode images in [-1, 1] of shape (batch, 3, H, W), H and W multiples of 8, into
-        latents (batch, latent_channels, H / 8, W / 8). Shapes and dtypes are checked, values
-        are not (that would wait for the device on every call; the pipelines check their
-        inputs where they enter)."""
+        latents (batch, latent_channels, H / 8, W / 8). Shapes and dtypes are checked, values are
+        not (a device synchronisation per call: :mod:`~uplift_diffusers.utils.validation`)."""
         check_image_batch("x", x, channels=self.config.in_channels, multiple=8, dtype=self.dtype)
         latents = self._run_sliced(self._encode_one, x)
         if not return_dict:

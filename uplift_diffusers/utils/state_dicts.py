@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -17,53 +16,42 @@ _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 _WRAPPERS = ("state_dict", "model", "uplift")
 
 
-def _first_sentence(error) -> str:
-    return " ".join(str(error).split(". ")[0].split()).rstrip(".")
-
-
-def _torch_load(path: Path, name: str):
-    """``torch.load(weights_only=True)``, with errors that say what happened and never advise
-    turning the safe loader off."""
-    with open(path, "rb") as handle:
-        if not handle.read(4).startswith((b"PK\x03\x04", b"\x80")):  # a torch.save zip archive, or a pickle
-            raise ValueError(f"{name} is not a PyTorch checkpoint: it is neither a torch.save archive nor a pickle "
-                             "(corrupt, or another kind of file).")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the errors below say enough
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a refused, damaged or foreign pickle or archive
-        message = str(error)
-    if "Unsupported global" in message:
-        refused = ", ".join(sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))) or "unknown classes"
-        raise ValueError(
-            f"{name} was refused for safety: besides tensors it holds pickled Python objects ({refused}), and loading "
-            "those could run arbitrary code. Ask its publisher for a .safetensors file, or re-save only its tensors "
-            "where it was made (safetensors.torch.save_file(state_dict, 'model.safetensors')) and pass that file."
-        )
-    reason = _first_sentence(message.split("WeightsUnpickler error:")[-1])
-    raise ValueError(f"{name} is corrupt or truncated, or not saved with torch.save ({reason}); download or save it again.")
-
-
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt``/``.bin`` state dict without running
     pickled code. A training checkpoint's ``{"state_dict" | "model" | "uplift": ...}`` is unwrapped
     and DataParallel's ``module.`` prefix removed. Errors (FileNotFoundError, ValueError for
-    anything that is not a readable state dict) name the path as ``argument``."""
+    anything that is not a readable state dict) name the path as ``argument``; none advises turning
+    the safe loader off."""
     path = Path(path).expanduser()
     name = f"`{argument}` {str(path)!r}"
     if not path.is_file():
         raise FileNotFoundError(f"`{argument}` file not found: {str(path)!r}; pass the path to the .safetensors or .pth file.")
     if path.suffix not in _WEIGHT_SUFFIXES:
         raise ValueError(f"{name} has suffix {path.suffix!r}; expected one of {', '.join(_WEIGHT_SUFFIXES)}.")
-    if path.suffix == ".safetensors":
-        try:
-            state_dict = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"{name} is not a readable .safetensors file ({_first_sentence(error)}): it is corrupt, "
-                             "truncated or another kind of file.") from error
-    else:
-        state_dict = _torch_load(path, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the errors below say enough
+            if path.suffix == ".safetensors":
+                state_dict = load_file(str(path))
+            else:
+                state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a refused, damaged or foreign file
+        message = str(error)
+        if "Unsupported global" in message:
+            refused = ", ".join(sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))) or "unknown classes"
+            raise ValueError(
+                f"{name} was refused for safety: besides tensors it holds pickled Python objects ({refused}), "
+                "and loading those could run arbitrary code. Ask its publisher for a .safetensors file, or re-save "
+                "only its tensors where it was made (safetensors.torch.save_file(state_dict, 'model.safetensors')) "
+                "and pass that file."
+            ) from None
+        # torch's message ends with advice to turn the safe loader off: only the first line of its reason is kept
+        reason = message.split("WeightsUnpickler error:")[-1].strip().split("\n")[0].split(". ")[0].rstrip(". ")
+        kind = "a readable .safetensors file" if path.suffix == ".safetensors" else "a PyTorch checkpoint"
+        raise ValueError(
+            f"{name} is not {kind} ({reason or type(error).__name__}): it is corrupt, truncated or another kind of "
+            "file; download or save it again."
+        ) from None
     for wrapper in _WRAPPERS:
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]

@@ -4,7 +4,6 @@ models and folders seed torch themselves (``seed``); the component builders used
 (:func:`make_kl_vae`, :func:`make_unet`) draw from torch's generator as it stands."""
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 from typing import Optional
@@ -40,22 +39,20 @@ def make_tokenizer(folder, words=()):
     BPE merges that make each of ``words`` one token. Returns ``(tokenizer, vocabulary size)``."""
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in string.ascii_lowercase + "!.,":
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
-    merges = ["#version: 0.2"]
+    merges = []
     for word in words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
+            merges.append((pieces[0], pieces[1]))
             vocab.setdefault(pieces[0] + pieces[1], len(vocab))
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=16), len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    tokenizer.save_pretrained(folder)
+    return tokenizer, len(vocab)
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> dict:
@@ -136,12 +133,11 @@ FLUX2_TEXT_LAYERS = (1, 2)
 
 def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
     """Tiny FLUX.2 components (32 latent channels, 8 px per latent) with the released configurations'
-    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with a byte-level BPE
-    tokenizer made with ``tokenizers`` (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
+    resolution-dependent shift and, for FLUX.2 [klein], a Qwen3 text encoder with Qwen's byte-level
+    BPE tokenizer over the 256 bytes (FLUX.2 [dev]'s Mistral encoder is left out: its tests pass
     ``prompt_embeds``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -156,12 +152,7 @@ def build_flux2_components(klein: bool = True, seed: int = 0) -> dict:
                 vocab_size=300, hidden_size=FLUX2_TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=max(FLUX2_TEXT_LAYERS),
                 num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256,
             )).eval()
-            vocab = {chr(i): i for i in range(256)}
-            vocab["<|endoftext|>"] = 256
-            byte_level = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-            byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-            byte_level.decoder = decoders.ByteLevel()
-            tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+            tokenizer = Qwen2Tokenizer(vocab={**{chr(i): i for i in range(256)}, "<|endoftext|>": 256}, merges=[])
             tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     return dict(
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae.eval(), transformer=transformer.eval(),
