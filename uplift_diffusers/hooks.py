@@ -244,10 +244,6 @@ def apply_uplift(
         max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"`` (default
             1.5 GB; ``float("inf")``: no limit): with ``tiling=None``, UPLiFT and the VAE tile when
             the estimated untiled peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
-
-    Raises:
-        ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
-            space (:func:`guard_latent_space`), or a bad setting.
     """
     vae = getattr(pipe, "vae", None)
     if vae is None:
