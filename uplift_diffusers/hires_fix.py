@@ -93,8 +93,7 @@ def hires_fix(
     """Generate with ``pipe``, upscale with UPLiFT, and refine at the new size (see the module doc).
 
     Args:
-        pipe: a text-to-image pipeline of a family in :data:`HIRES_FIX_FAMILIES` (the error for
-            another names them), unmodified.
+        pipe: a text-to-image pipeline of a family in :data:`HIRES_FIX_FAMILIES`, unmodified.
         upscaler, check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
         upscale_factor: 2, 4 or 8 (the refined latents exist at powers of two).
         strength: the fraction of the noise schedule re-run at the new size, in [0, 1)

@@ -61,12 +61,10 @@ def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kw
 
 @dataclass
 class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
-    """Output of :class:`StableDiffusionUPLiFTPipeline`.
+    """Output of :class:`StableDiffusionUPLiFTPipeline`: ``StableDiffusionPipelineOutput``'s fields plus:
 
     Args:
-        images: the upscaled images in the ``output_type`` (for ``"latent"``: the upscaled latents,
-            in the UNet's scaled space).
-        nsfw_content_detected: per image, whether the safety checker flagged it (``None`` without one).
+        images: the upscaled images in the ``output_type`` (``"latent"``: see ``__call__``).
         base_images: with ``return_base_images=True``, the images at the base size in the same
             ``output_type`` (for ``"latent"``: the base latents); otherwise ``None``.
     """
@@ -162,9 +160,9 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if output_type == "latent" and (output_size is not None or not math.log2(upscale_factor).is_integer()):
             raise ValueError(
-                "output_type='latent' takes a power-of-two `upscale_factor` (1, 2, 4, 8: latents exist only at those sizes) "
-                f"and no `output_size`, got upscale_factor={upscale_factor!r}, output_size={output_size!r}; pass such a "
-                "factor, or an image output_type."
+                "output_type='latent' takes a power-of-two `upscale_factor` (1, 2, 4, 8: latents exist only at "
+                f"those sizes) and no `output_size`, got upscale_factor={upscale_factor!r}, "
+                f"output_size={output_size!r}; pass such a factor, or an image output_type."
             )
         if output_size is not None or upscale_factor > 1:
             if self.upscaler is None:

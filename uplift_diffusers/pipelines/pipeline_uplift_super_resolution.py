@@ -49,15 +49,12 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
 
 
 class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPipeline):
-    r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction
-    -> back-projection onto the input.
+    r"""Super-resolution of images of any size and mode with a VAE and UPLiFT (see the module).
 
     Args:
         vae: a VAE whose latent space the upscaler was trained for: diffusers ``AutoencoderKL``
             (posterior mode is used) or ``AutoencoderTiny``, or a :class:`~uplift_diffusers.TinyAutoencoder`.
-        upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler`): the UPLiFT model; its
-            ``latent_channels`` must equal the VAE's.
-        check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
+        upscaler, check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
     """
 
     model_cpu_offload_seq = "vae->upscaler"
@@ -71,8 +68,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         self.register_modules(vae=vae, upscaler=upscaler)
         self.register_to_config(check_latent_space=check_latent_space)
 
-    #: How factors that are not powers of two are reached (one of
-    #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
+    #: ``upscale_method`` of :func:`~uplift_diffusers.apply_uplift`, for every call (default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
     def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
@@ -97,10 +93,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     def upscale_batch(self, images: torch.Tensor, output_size: Tuple[int, int], generator=None, color_correction: bool = True,
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
-        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], once per transform of the ``ensemble`` (flipped / rotated, then
-        turned back: :data:`ENSEMBLE_TRANSFORMS`), averaged, then back-projected once. ``tiling`` and
-        ``ensemble`` x the ``progress.update()`` calls: as
+        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size`` in [0, 1],
+        once per transform of the ``ensemble`` (:data:`ENSEMBLE_TRANSFORMS`, turned back), averaged,
+        then back-projected once. ``tiling`` and ``ensemble`` x the ``progress.update()`` calls: as
         :func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale` gives them (the caller switches
         the VAE's tiling)."""
         progress = silent_progress_bar() if progress is None else progress

@@ -175,8 +175,7 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
             its original ``decode``: never the hook itself).
         latents: ``B x C x h x w`` unscaled latents on the device to run on.
         guide: ``B x 3 x 8h x 8w`` in [0, 1], the image the latents describe.
-        progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode,
-            its postfix naming the stage.
+        progress: a progress bar, updated as :func:`plan_upscale` counts, its postfix naming the stage.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
             multiple of 8); default the whole guide. The colour correction and the back-projection
             (:func:`~uplift_diffusers.utils.color_correction.back_project`) refer to that content.

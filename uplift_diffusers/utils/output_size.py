@@ -39,8 +39,7 @@ def output_size_for(
     - only one of them: that side, and the other keeps the aspect ratio (``round(other * out_side / side)``).
 
     ``names`` is how the errors name ``upscale_factor``, ``out_height`` and ``out_width`` (the
-    caller's own arguments, e.g. ``("--scale", "--size height", "--size width")``). ValueError for
-    a factor and a size together, neither, or a size that is not an int or is smaller than the input.
+    caller's own arguments, e.g. ``("--scale", "--size height", "--size width")``).
     """
     factor_name, height_name, width_name = names
     sized = out_height is not None or out_width is not None
