@@ -204,7 +204,7 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
         result = F.interpolate(result, size=output_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     # contiguous: the channel means then sum in the same order as for an unpadded image
     reference = guide[:, :, : guide_size[0], : guide_size[1]].to(device=device, dtype=torch.float32).contiguous()
-    if color_correction:  # the unchecked forms: the callers checked the images where they entered
+    if color_correction:  # the unchecked forms: both images are this stage's own, in [0, 1]
         result = mean_shift(result, reference).clamp(0, 1)
     if back_projection_steps:
         progress.set_postfix_str("back-projection")
