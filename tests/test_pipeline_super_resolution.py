@@ -241,11 +241,11 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(upscale_factor=0.5), r"`upscale_factor` must be a finite number >= 1"),
-        (dict(upscale_factor=float("nan")), r"`upscale_factor` must be a finite number >= 1"),
-        (dict(upscale_factor=float("inf")), r"`upscale_factor` must be a finite number >= 1"),
-        (dict(upscale_factor=True), r"`upscale_factor` must be a real number"),
-        (dict(upscale_factor="4"), r"`upscale_factor` must be a real number"),
+        (dict(upscale_factor=0.5), r"`upscale_factor` must be a finite real number >= 1"),
+        (dict(upscale_factor=float("nan")), r"`upscale_factor` must be a finite real number >= 1"),
+        (dict(upscale_factor=float("inf")), r"`upscale_factor` must be a finite real number >= 1"),
+        (dict(upscale_factor=True), r"`upscale_factor` must be a finite real number >= 1"),
+        (dict(upscale_factor="4"), r"`upscale_factor` must be a finite real number >= 1"),
         (dict(upscale_factor=2, height=32), r"either `upscale_factor` or `height` / `width`, not both"),
         (dict(height=7), r"`height`=7 is smaller than the input's 8 pixels"),
         (dict(width=8, height=4), r"`height`=4 is smaller"),
@@ -350,7 +350,7 @@ def test_output_size_rule():
     assert output_size_for(360, 640, out_width=1920) == (1080, 1920)
     assert output_size_for(360, 640, out_height=1080, out_width=1920) == (1080, 1920)
     assert output_size_for(10, 10, 2.0) == output_size_for(10, 10, 2) == (20, 20)
-    with pytest.raises(ValueError, match="`--scale` must be a finite number >= 1"):
+    with pytest.raises(ValueError, match="`--scale` must be a finite real number >= 1"):
         output_size_for(9, 13, 0.9, names=("--scale", "--size height", "--size width"))
     with pytest.raises(ValueError, match="pass `upscale_factor` or an output size"):
         output_size_for(9, 13)

@@ -311,8 +311,10 @@ def test_bad_upscale_factor(tiny_sd_components, factor):
 
 def test_latent_output_needs_a_power_of_two(tiny_sd_components):
     pipe = make_pipe(tiny_sd_components)
-    with pytest.raises(ValueError, match=r"`upscale_factor`=3 with output_type='latent'"):
+    with pytest.raises(ValueError, match=r"output_type='latent' takes a power-of-two `upscale_factor`.*got upscale_factor=3,"):
         run(pipe, upscale_factor=3, output_type="latent")
+    with pytest.raises(ValueError, match=r"output_type='latent' .* and no `output_size`, got .*output_size=\(64, 64\)"):
+        run(pipe, output_size=(64, 64), output_type="latent")
     assert run(pipe, upscale_factor=4.0, output_type="latent").images.shape == (1, 4, 32, 32)
 
 

@@ -94,7 +94,7 @@ def hires_fix(
 
     Args:
         pipe: a text-to-image pipeline of a family in :data:`HIRES_FIX_FAMILIES`, unmodified.
-        upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for its VAE's latent space.
+        upscaler, check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
         upscale_factor: 2, 4 or 8 (the refined latents exist at powers of two).
         strength: the fraction of the noise schedule re-run at the new size, in [0, 1)
             (``sigma0 = strength``); 0: no second pass, exactly :func:`~uplift_diffusers.apply_uplift`'s output.
@@ -102,16 +102,11 @@ def hires_fix(
             num_inference_steps)`` of the call (50 when not given).
         generator: seeds the pipeline's calls, UPLiFT's noise and the second pass's noise.
         output_type: the final images' type, as the pipeline takes it.
-        check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
         **call_kwargs: the pipeline's own arguments (``prompt``, ``height``, ``width``,
             ``num_inference_steps``, ``guidance_scale``, ...), for both passes.
 
     Returns:
         The pipeline's output of the second pass (``.images`` at ``upscale_factor`` x the base size).
-
-    Raises:
-        ValueError: naming the argument; for a pipeline without a refine path, naming the
-            supported families.
     """
     from diffusers import Flux2KleinPipeline, Flux2Pipeline, StableDiffusionPipeline
 

@@ -225,10 +225,11 @@ def apply_uplift(
         pipe: a diffusers pipeline with a ``vae`` (left unmodified but for its ``decode``).
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler` for that VAE's latents, on
             the pipeline's device (or managed by its offloading).
-        upscale_factor: any real number >= 1 on the base size (1: the pipeline's own output;
-            None: 2, unless ``output_size`` is given). Powers of two run one UPLiFT step per 2x;
-            others also resample once (:mod:`uplift_diffusers.pipelines.upscale_decode`).
-        output_size: ``(height, width)`` of the final image instead of ``upscale_factor``.
+        upscale_factor: any real number >= 1: each side of the base size becomes ``round(factor x
+            side)``, halves up (1: the pipeline's own output; None: 2, unless ``output_size`` is given).
+            Powers of two run one UPLiFT step per 2x; others also resample once
+            (:mod:`uplift_diffusers.pipelines.upscale_decode`).
+        output_size: ``(height, width)`` of the final image, at least the base size, instead of ``upscale_factor``.
         generator: seeds UPLiFT's noise; None: the ``generator`` the pipeline passes to the VAE's
             ``decode`` (Stable Diffusion pipelines pass the call's own), else a generator seeded
             from the latents (so a seeded call of any pipeline is reproducible).
@@ -244,10 +245,6 @@ def apply_uplift(
         max_memory: the upscale stage's budget in bytes, or a size such as ``"3GB"`` (default
             1.5 GB; ``float("inf")``: no limit): with ``tiling=None``, UPLiFT and the VAE tile when
             the estimated untiled peak (:func:`~uplift_diffusers.utils.memory.estimate_upscale_bytes`) passes it.
-
-    Raises:
-        ValueError: naming the argument: a pipeline without a VAE, an upscaler for another latent
-            space (:func:`guard_latent_space`), or a bad setting.
     """
     vae = getattr(pipe, "vae", None)
     if vae is None:

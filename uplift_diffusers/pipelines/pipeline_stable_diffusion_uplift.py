@@ -1,13 +1,7 @@
 """Text-to-image with Stable Diffusion followed by UPLiFT latent upscaling: a call of
 :class:`StableDiffusionUPLiFTPipeline` is its parent's own call with UPLiFT's decode hook
-(:func:`~uplift_diffusers.apply_uplift`) on the VAE for its duration::
-
-    prompt -> StableDiffusionPipeline (denoising at the base size)   latents   h x w
-           -> vae.decode, hooked: the base image (8h x 8w), UPLiFT 2x steps guided by it,
-              vae.decode, resampling to the exact size for factors that are not powers of
-              two, colour correction against the base image          image     round(8fh) x round(8fw)
-           -> the parent's safety checker and post-processing, on the upscaled image
-"""
+(:func:`~uplift_diffusers.apply_uplift`) on the VAE for its duration, so the parent's safety
+checker and post-processing run on the upscaled image (the flow: docs/architecture.md)."""
 from __future__ import annotations
 
 import math
@@ -30,7 +24,6 @@ from ..hooks import UPLiFTDecodeHook, check_uplift_settings, guard_latent_space
 from ..loaders.hub import HUB_KWARGS
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
 from ..utils.memory import DEFAULT_MAX_MEMORY
-from ..utils.output_size import check_latent_factor
 from ..utils.validation import check_flag, check_values
 from .pipeline_utils import HubComponentsMixin, TilingMixin, model_index
 from .upscale_decode import upscale_latents_guided
@@ -68,12 +61,10 @@ def _add_default_upscaler(kwargs: dict, own: Optional[str], dtype=None, **hub_kw
 
 @dataclass
 class StableDiffusionUPLiFTPipelineOutput(StableDiffusionPipelineOutput):
-    """Output of :class:`StableDiffusionUPLiFTPipeline`.
+    """Output of :class:`StableDiffusionUPLiFTPipeline`: ``StableDiffusionPipelineOutput``'s fields plus:
 
     Args:
-        images: the upscaled images in the ``output_type`` (for ``"latent"``: the upscaled latents,
-            in the UNet's scaled space).
-        nsfw_content_detected: per image, whether the safety checker flagged it (``None`` without one).
+        images: the upscaled images in the ``output_type`` (``"latent"``: see ``__call__``).
         base_images: with ``return_base_images=True``, the images at the base size in the same
             ``output_type`` (for ``"latent"``: the base latents); otherwise ``None``.
     """
@@ -100,8 +91,7 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
             When a safety checker is present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
-        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
-            (:func:`~uplift_diffusers.hooks.guard_latent_space`); False only warns, for experiments.
+        check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->upscaler"
@@ -168,9 +158,12 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         check_flag("return_base_images", return_base_images)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        if output_type == "latent" and output_size is not None:
-            raise ValueError("`output_size` with output_type='latent': latents exist only at powers of two; pass `upscale_factor`.")
-        check_latent_factor(upscale_factor, output_type)
+        if output_type == "latent" and (output_size is not None or not math.log2(upscale_factor).is_integer()):
+            raise ValueError(
+                "output_type='latent' takes a power-of-two `upscale_factor` (1, 2, 4, 8: latents exist only at "
+                f"those sizes) and no `output_size`, got upscale_factor={upscale_factor!r}, "
+                f"output_size={output_size!r}; pass such a factor, or an image output_type."
+            )
         if output_size is not None or upscale_factor > 1:
             if self.upscaler is None:
                 raise ValueError(
@@ -206,18 +199,13 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
         for SD1.5; ``generator`` also seeds UPLiFT's noise), plus:
 
         Args:
-            upscale_factor: any real number >= 1 (1: no upscaling); the output is
-                ``round(upscale_factor * height)`` x ``round(upscale_factor * width)`` (halves up),
-                as :func:`~uplift_diffusers.apply_uplift`; ``output_type="latent"`` needs a power
-                of two. ``None`` (default): 2, or 1 for a pipeline without an upscaler.
-            output_size: ``(height, width)`` of the final images instead of ``upscale_factor``
-                (at least the base size).
-            color_correction, back_projection_steps: as in :func:`~uplift_diffusers.apply_uplift`.
+            upscale_factor, output_size, color_correction, back_projection_steps, max_memory: as in
+                :func:`~uplift_diffusers.apply_uplift` (:meth:`enable_tiling` sets the tiles); an
+                ``upscale_factor`` of ``None`` (default) is 2, or 1 for a pipeline without an upscaler.
             return_base_images: also return the base-size images in ``base_images``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the upscaled latents
-                multiplied by ``vae.config.scaling_factor``, the UNet's space).
-            max_memory: the upscale stage's budget (as in :func:`~uplift_diffusers.apply_uplift`):
-                without :meth:`enable_tiling`, UPLiFT and the VAE tile by themselves above it.
+                multiplied by ``vae.config.scaling_factor``, the UNet's space; a power-of-two
+                ``upscale_factor`` only).
 
         Returns:
             :class:`StableDiffusionUPLiFTPipelineOutput`, or with ``return_dict=False`` the tuple

@@ -1,14 +1,6 @@
-"""Image super-resolution with a VAE and UPLiFT: encode, upscale the latents, decode.
-
-For every input image (any size, any PIL mode, numpy array or tensor)::
-
-    image (RGB, [0, 1], H x W) -> pad to a multiple of 8 (reflection; replication when too small)
-      -> VAE encode (posterior mode, unscaled)                 latents  H/8 x W/8
-      -> upscale_decode.upscale_and_decode (UPLiFT, VAE decode, exact size, colour correction)
-      -> back-projection onto the input (``back_projection_steps``, default 5; 0: the paper's output)
-
-Every output keeps its input's mode (gray, alpha): :func:`uplift_diffusers.image_processor.split_images`
-and :func:`~uplift_diffusers.image_processor.restore_mode`.
+"""Image super-resolution with a VAE and UPLiFT: encode, upscale the latents, decode (the flow:
+docs/architecture.md). Every output keeps its input's mode (gray, alpha):
+:func:`uplift_diffusers.image_processor.split_images` and :func:`~uplift_diffusers.image_processor.restore_mode`.
 """
 from __future__ import annotations
 
@@ -27,7 +19,7 @@ from ..image_processor import ImageInput, pad_to_multiple, restore_mode, size_gr
 from ..loaders.vae import decode_latents, encode_latents, vae_scale_factor
 from ..models.autoencoder_tiny import TinyAutoencoder
 from ..models.modeling_uplift import UPLiFTLatentUpscaler
-from ..utils.color_correction import back_project
+from ..utils.color_correction import project_to
 from ..utils.memory import DEFAULT_MAX_MEMORY
 from ..utils.output_size import output_size_for
 from .pipeline_utils import HubComponentsMixin, TilingMixin
@@ -57,16 +49,12 @@ class UPLiFTSuperResolutionPipelineOutput(ImagePipelineOutput):
 
 
 class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPipeline):
-    r"""Super-resolution: VAE encode -> UPLiFT latent upscaling -> VAE decode -> colour correction
-    -> back-projection onto the input.
+    r"""Super-resolution of images of any size and mode with a VAE and UPLiFT (see the module).
 
     Args:
         vae: a VAE whose latent space the upscaler was trained for: diffusers ``AutoencoderKL``
             (posterior mode is used) or ``AutoencoderTiny``, or a :class:`~uplift_diffusers.TinyAutoencoder`.
-        upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler`): the UPLiFT model; its
-            ``latent_channels`` must equal the VAE's.
-        check_latent_space: refuse an upscaler trained for another latent space than the VAE's
-            (:func:`~uplift_diffusers.hooks.guard_latent_space`); False only warns, for experiments.
+        upscaler, check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
     """
 
     model_cpu_offload_seq = "vae->upscaler"
@@ -80,8 +68,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         self.register_modules(vae=vae, upscaler=upscaler)
         self.register_to_config(check_latent_space=check_latent_space)
 
-    #: How factors that are not powers of two are reached (one of
-    #: :data:`~uplift_diffusers.pipelines.upscale_decode.UPSCALE_METHODS`; default: the measured best).
+    #: ``upscale_method`` of :func:`~uplift_diffusers.apply_uplift`, for every call (default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
     def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
@@ -106,10 +93,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     def upscale_batch(self, images: torch.Tensor, output_size: Tuple[int, int], generator=None, color_correction: bool = True,
                       progress=None, back_projection_steps: int = DEFAULT_BACK_PROJECTION_STEPS, ensemble: int = 1,
                       tiling=None) -> torch.Tensor:
-        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size``
-        ``(height, width)`` in [0, 1], once per transform of the ``ensemble`` (flipped / rotated, then
-        turned back: :data:`ENSEMBLE_TRANSFORMS`), averaged, then back-projected once. ``tiling`` and
-        ``ensemble`` x the ``progress.update()`` calls: as
+        """Upscale a batch of same-size images ``B x 3 x H x W`` in [0, 1] to ``output_size`` in [0, 1],
+        once per transform of the ``ensemble`` (:data:`ENSEMBLE_TRANSFORMS`, turned back), averaged,
+        then back-projected once. ``tiling`` and ``ensemble`` x the ``progress.update()`` calls: as
         :func:`~uplift_diffusers.pipelines.upscale_decode.plan_upscale` gives them (the caller switches
         the VAE's tiling)."""
         progress = silent_progress_bar() if progress is None else progress
@@ -132,7 +118,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         if not back_projection_steps:
             return total / ensemble
         progress.set_postfix_str("back-projection")
-        return back_project(total / ensemble, images, back_projection_steps)
+        return project_to(total / ensemble, images, back_projection_steps).clamp(0, 1)  # checked at the door
 
     @torch.no_grad()
     def __call__(
@@ -161,18 +147,14 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 palette or gray with a transparent value; 2- / 4-channel arrays) give ``"RGBA"`` /
                 ``"LA"`` with the alpha channel upscaled (Lanczos) to exactly the output size; the
                 colour under transparent pixels is filled from the visible ones before encoding.
-            upscale_factor: any real number >= 1 (e.g. 2, 3, 1.5); each output side is
-                ``round(upscale_factor x input side)`` (halves up), as for :func:`~uplift_diffusers.apply_uplift`.
-                Default: 4, unless ``height`` / ``width`` is given.
+            upscale_factor, color_correction, back_projection_steps: as in :func:`~uplift_diffusers.apply_uplift`,
+                on the input. ``upscale_factor`` defaults to 4 unless ``height`` / ``width`` is given;
+                ``back_projection_steps`` to 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             generator: a ``torch.Generator`` (or one per image) for the upscaler's noise channels.
-            color_correction: shift each RGB channel of the output to the input's mean.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
-            return_dict: return a :class:`UPLiFTSuperResolutionPipelineOutput` instead of a tuple.
+            return_dict: False returns the tuple ``(images,)``.
             height, width: an exact output size in pixels instead of ``upscale_factor``, at least
                 the input's; with only one of them each image keeps its aspect ratio.
-            back_projection_steps: rounds of back-projection onto the input after the colour
-                correction (:func:`~uplift_diffusers.utils.color_correction.back_project`; 0: the
-                paper's output). Default 5: +0.64 dB PSNR on BSDS500 at 4x with the example TAEF2 model.
             ensemble: geometric self-ensemble, 1, 2, 4 or 8: the image is upscaled that many times,
                 mirrored / rotated (:data:`ENSEMBLE_TRANSFORMS`), and the results turned back and
                 averaged before the back-projection. It costs ``ensemble`` times the time; 8 adds
@@ -181,10 +163,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
                 (without :meth:`enable_tiling`). Default 1.5 GB: a 4096 x 4096 output stays under 3 GB.
 
         Images of the same size are upscaled as one batch, others one size at a time; the progress
-        bar names them (``"images 1-2/3"``) and the stage.
-
-        Raises:
-            ValueError: naming the argument (``image[i]`` for an image of a list) and the fix.
+        bar names them (``"images 1-2/3"``) and the stage. An error names ``image[i]`` for an image of a list.
         """
         if upscale_factor is None and height is None and width is None:
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR

@@ -22,14 +22,13 @@ def model_index(cls, pretrained_model_name_or_path, kwargs: Mapping[str, Any]) -
 
 
 class HubComponentsMixin:
-    """``download`` of a Hub repository whose ``model_index.json`` names a component of this package:
-    diffusers' own refuses a component library it does not know (it looks for the library's code in
-    the repository). Local folders load with diffusers alone."""
+    """``download`` of a Hub repository whose ``model_index.json`` names a component of this package
+    (diffusers' own refuses a component library it does not know: it looks for the library's code in
+    the repository): ``model_index.json`` and the folders of the components not passed as keyword
+    arguments. Other repositories and local folders load with diffusers alone."""
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):
-        """diffusers' ``download``, or for a repository naming components of this package:
-        ``model_index.json`` and the folders of the components not passed as keyword arguments."""
         from huggingface_hub import snapshot_download
 
         index = model_index(cls, pretrained_model_name, kwargs)

@@ -43,7 +43,7 @@ from diffusers.image_processor import VaeImageProcessor
 from tqdm.auto import tqdm
 
 from ..models.tiled_upscaling import check_tile_arguments, count_tiles, tiled_upscale
-from ..utils.color_correction import back_project, color_correct
+from ..utils.color_correction import mean_shift, project_to
 from ..utils.memory import estimate_upscale_bytes
 
 __all__ = ["UPSCALE_METHODS", "DEFAULT_UPSCALE_METHOD", "upscale_steps", "plan_upscale", "vae_tiling",
@@ -175,8 +175,7 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
             its original ``decode``: never the hook itself).
         latents: ``B x C x h x w`` unscaled latents on the device to run on.
         guide: ``B x 3 x 8h x 8w`` in [0, 1], the image the latents describe.
-        progress: a progress bar, ``update()``-d after every 2x step (every tile) and the decode,
-            its postfix naming the stage.
+        progress: a progress bar, updated as :func:`plan_upscale` counts, its postfix naming the stage.
         guide_size: the part of the guide that is content (the rest is padding, e.g. to a
             multiple of 8); default the whole guide. The colour correction and the back-projection
             (:func:`~uplift_diffusers.utils.color_correction.back_project`) refer to that content.
@@ -205,9 +204,9 @@ def upscale_and_decode(upscaler, decode: Callable[[torch.Tensor], torch.Tensor],
         result = F.interpolate(result, size=output_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     # contiguous: the channel means then sum in the same order as for an unpadded image
     reference = guide[:, :, : guide_size[0], : guide_size[1]].to(device=device, dtype=torch.float32).contiguous()
-    if color_correction:
-        result = color_correct(result, reference)
+    if color_correction:  # the unchecked forms: both images are this stage's own, in [0, 1]
+        result = mean_shift(result, reference).clamp(0, 1)
     if back_projection_steps:
         progress.set_postfix_str("back-projection")
-        result = back_project(result, reference, back_projection_steps)
+        result = project_to(result, reference, back_projection_steps).clamp(0, 1)
     return result

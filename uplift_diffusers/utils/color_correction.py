@@ -45,9 +45,8 @@ def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         out[b, c] = clamp(image[b, c] - (mean(image[b, c]) - mean(reference[b, c])), 0, 1)
 
     ``image`` (the decoded upscaled image) and ``reference`` (of any spatial size) are
-    ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size; ValueError naming the argument
-    otherwise. The result has the shape, dtype and device of ``image``; the means match exactly
-    unless the clamp had to cut values.
+    ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size. The result has the shape, dtype and
+    device of ``image``; the means match exactly unless the clamp had to cut values.
     """
     _check_pair(image, reference)
     return mean_shift(image, reference).clamp(0.0, 1.0).to(image.dtype)
@@ -68,7 +67,7 @@ def back_project(image: torch.Tensor, reference: torch.Tensor, steps: int = DEFA
     ``image`` (the upscaled image) and ``reference`` (the low-resolution image it came from,
     ``h <= H`` and ``w <= W``) are ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size;
     ``steps`` rounds (0 returns ``image`` unchanged). The result has the shape, dtype and device
-    of ``image``, clamped to [0, 1]. ValueError naming the argument for anything else.
+    of ``image``, clamped to [0, 1].
     """
     check_back_projection_steps(steps, "steps")
     _check_pair(image, reference)

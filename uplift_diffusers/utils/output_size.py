@@ -6,29 +6,18 @@ import math
 import numbers
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["check_upscale_factor", "check_latent_factor", "output_size_for"]
+__all__ = ["check_upscale_factor", "output_size_for"]
 
 
 def check_upscale_factor(upscale_factor, name: str = "upscale_factor") -> float:
     """``upscale_factor`` as a float; ValueError naming ``name`` unless it is a finite real number >= 1."""
-    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, numbers.Real):
-        raise ValueError(f"`{name}` must be a real number >= 1 (e.g. 2, 3 or 1.5), got {upscale_factor!r}.")
-    factor = float(upscale_factor)
-    if not math.isfinite(factor) or factor < 1:
+    real = not isinstance(upscale_factor, bool) and isinstance(upscale_factor, numbers.Real)
+    if not (real and math.isfinite(upscale_factor) and upscale_factor >= 1):
         raise ValueError(
-            f"`{name}` must be a finite number >= 1 (1: the input size; UPLiFT only enlarges), got {upscale_factor!r}."
+            f"`{name}` must be a finite real number >= 1 (e.g. 2, 3 or 1.5; 1: the input size, UPLiFT only enlarges), "
+            f"got {upscale_factor!r}."
         )
-    return factor
-
-
-def check_latent_factor(upscale_factor, output_type: str) -> None:
-    """ValueError naming ``upscale_factor`` when ``output_type="latent"`` asks for a factor that is
-    not a power of two (latents exist only at 1, 2, 4, 8, ... times the base size)."""
-    if output_type == "latent" and not math.log2(check_upscale_factor(upscale_factor)).is_integer():
-        raise ValueError(
-            f"`upscale_factor`={upscale_factor!r} with output_type='latent': latents exist only at powers of two "
-            "(1, 2, 4, 8); pass such a factor, or an image output_type."
-        )
+    return float(upscale_factor)
 
 
 def _round_half_up(value: float) -> int:
@@ -50,8 +39,7 @@ def output_size_for(
     - only one of them: that side, and the other keeps the aspect ratio (``round(other * out_side / side)``).
 
     ``names`` is how the errors name ``upscale_factor``, ``out_height`` and ``out_width`` (the
-    caller's own arguments, e.g. ``("--scale", "--size height", "--size width")``). ValueError for
-    a factor and a size together, neither, or a size that is not an int or is smaller than the input.
+    caller's own arguments, e.g. ``("--scale", "--size height", "--size width")``).
     """
     factor_name, height_name, width_name = names
     sized = out_height is not None or out_width is not None

@@ -47,12 +47,11 @@ def check_image_batch(
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(x).__name__}.")
     shape = tuple(x.shape)
-    if x.ndim != 4:
+    if x.ndim != 4 or min(shape[0], shape[2], shape[3]) < 1:
         raise ValueError(
-            f"`{name}` must have shape {layout}, got {shape}; add a batch dimension with `.unsqueeze(0)` for one item."
+            f"`{name}` must have shape {layout}, got {shape}; pass a non-empty batch (add a batch dimension with "
+            "`.unsqueeze(0)` for one item)."
         )
-    if min(shape[0], shape[2], shape[3]) < 1:
-        raise ValueError(f"`{name}` is empty (shape {shape}); pass at least one item of at least one pixel.")
     if channels is not None and shape[1] != channels:
         raise ValueError(f"`{name}` must have {channels} channels, got {shape[1]} (shape {shape}, expected {layout}).")
     height, width = shape[-2:]
@@ -79,9 +78,8 @@ def check_values(
     tolerance: float = 0.0,
     hint: str = "",
 ) -> None:
-    """ValueError unless ``x`` is finite and, with ``low`` and ``high``, within
-    ``[low - tolerance, high + tolerance]`` (``hint`` ends that error). One reduction, so one
-    device synchronisation: call it where the data enters, not per step. An empty ``x`` passes."""
+    """ValueError unless ``x`` is finite and, with ``low`` and ``high``, within ``[low - tolerance,
+    high + tolerance]`` (``hint`` ends that error); an empty ``x`` passes. One reduction: see the module."""
     if x.numel() == 0:
         return
     lowest, highest = (float(v) for v in torch.aminmax(x.detach()))
