@@ -35,18 +35,17 @@ NEIGHBORHOODS = {
 
 def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> Offsets:
     """Return the list of (dy, dx) offsets for a neighbourhood size or an explicit list."""
-    if isinstance(neighborhood, int):
-        if neighborhood not in NEIGHBORHOODS:  # True == 1 is not a key either
-            raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
+    if isinstance(neighborhood, int) and neighborhood in NEIGHBORHOODS:  # True == 1 is not a key either
         return list(NEIGHBORHOODS[neighborhood])
     try:
         offsets = [tuple(int(v) for v in pair) for pair in neighborhood]
     except (TypeError, ValueError):  # not a list of integer pairs
         offsets = []
-    if not offsets or any(len(pair) != 2 for pair in offsets):
-        raise ValueError(f"`neighborhood` must be a non-empty list of (dy, dx) pairs of ints, got {neighborhood!r}.")
-    if len(set(offsets)) != len(offsets):
-        raise ValueError(f"`neighborhood` lists an offset twice: {offsets}; give each (dy, dx) once.")
+    if not offsets or any(len(pair) != 2 for pair in offsets) or len(set(offsets)) != len(offsets):
+        raise ValueError(
+            f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a non-empty list of distinct (dy, dx) pairs "
+            f"of ints, got {neighborhood!r}."
+        )
     return offsets
 
 
@@ -69,7 +68,6 @@ class LocalAttender(nn.Module):
     """Softmax-weighted mix of a fixed neighbourhood of ``value`` pixels, guided by ``guide``.
 
     Args:
-        guide_channels: channels of the guide features.
         neighborhood: 5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of
             (dy, dx) offsets.
 
@@ -110,24 +108,19 @@ class LocalAttender(nn.Module):
         self.processor = processor
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        for name, tensor in (("guide", guide), ("value", value)):
-            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
-                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise ValueError(f"`{name}` must be a 4-D tensor B x C x H x W, got {got}.")
-        if guide.shape[1] != self.to_logits.in_channels:
+        if not isinstance(value, torch.Tensor) or value.ndim != 4 or min(value.shape[-2:]) < 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"`value` must be a non-empty 4-D tensor B x C x H x W, got {got}.")
+        batch, _, height, width = value.shape
+        scale = guide.shape[-2] // height if isinstance(guide, torch.Tensor) and guide.ndim == 4 else 0
+        channels = self.to_logits.in_channels
+        if scale < 1 or guide.shape != (batch, channels, scale * height, scale * width):
+            got = tuple(guide.shape) if isinstance(guide, torch.Tensor) else type(guide).__name__
             raise ValueError(
-                f"`guide` has {guide.shape[1]} channels but this LocalAttender was built for "
-                f"{self.to_logits.in_channels}; pass guide features of that width."
+                f"`guide` must be B x {channels} x sH x sW for the value {tuple(value.shape)}, one integer s >= 1 for "
+                f"both sides (e.g. {(batch, channels, 2 * height, 2 * width)} for s = 2), got {got}."
             )
-        if guide.shape[0] != value.shape[0]:
-            raise ValueError(f"`guide` batch {guide.shape[0]} and `value` batch {value.shape[0]} differ; pass equal batches.")
-        (gh, gw), (vh, vw) = guide.shape[-2:], value.shape[-2:]
-        if vh == 0 or vw == 0 or gh % vh or gw % vw or gh // vh != gw // vw or gh < vh:
-            raise ValueError(
-                f"`guide` size {gh} x {gw} must be the same integer multiple s >= 1 of the `value` size "
-                f"{vh} x {vw} in both dimensions (e.g. {2 * vh} x {2 * vw} for s = 2)."
-            )
-        return self.processor(self, guide, value, gh // vh)
+        return self.processor(self, guide, value, scale)
 
 
 # =============================================================================== processors
