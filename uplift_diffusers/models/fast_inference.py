@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.validation import check_flag
 from .modeling_uplift import UPLiFTOutput
 
 #: dtypes accepted by :func:`apply_fast_inference`.
@@ -202,14 +203,10 @@ def apply_fast_inference(
         The :class:`FastInference` state (also ``model._fast_inference``). Calling this
         again replaces the previous state.
     """
-    if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"`dtype` must be one of {', '.join(str(d) for d in SUPPORTED_DTYPES)}, got {dtype!r}; "
-            "pass e.g. dtype=torch.bfloat16."
-        )
-    for name, value in (("compile", compile), ("channels_last", channels_last)):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"`dtype` must be one of {', '.join(map(str, SUPPORTED_DTYPES))} (e.g. torch.bfloat16), got {dtype!r}.")
+    check_flag("compile", compile)
+    check_flag("channels_last", channels_last)
     if compile_mode is not None and not isinstance(compile_mode, str):
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
     remove_fast_inference(model)
