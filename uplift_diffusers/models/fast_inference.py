@@ -6,20 +6,16 @@ step loop) and swaps its two passes, :meth:`~UPLiFTLatentUpscaler.encode` and
 weights, no copy):
 
 - ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 CPUs, tensor cores):
-  the convolutions compute in ``dtype`` while the residual stream (ConvBlock sums, concatenations,
-  the Local Attender's softmax and mix) stays float32, so each block rounds only its own update.
-  Chosen by measurement on the official-size model: the first encoder group, which reads the raw
-  image, runs without autocast (in bf16 it alone costs a trained model about 3% relative error),
-  and the widest encoder groups (full resolution, the peak memory) carry their stream in ``dtype``;
-- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`): the steps
-  read that map only through nearest resampling on every s-th pixel, so only those are computed;
-- ``channels_last`` inputs (when asked), the output in the caller's dtype and memory format;
-- ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
-  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU), else eagerly;
-- the noise drawn by the model's own ``step_noise`` outside the compiled graphs (same calls, same
-  order as the eager model), and ``torch.no_grad()``.
+  the convolutions compute in ``dtype`` while the residual stream stays float32, so each block
+  rounds only its own update; the first encoder group, which reads the raw image, runs without
+  autocast (in bf16 it alone costs a trained model about 3% relative error);
+- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`);
+- ``torch.compile`` with Inductor's weight freezing (oneDNN pre-packs the weights and fuses the
+  residual adds on CPU), ``channels_last`` inputs, and the noise drawn by the model's own
+  ``step_noise`` outside the compiled graphs (same calls, same order as the eager model).
 
-:func:`remove_fast_inference` gives the model its own passes back. The model never imports this module.
+What each costs and gains, measured: docs/fast-inference.md. :func:`remove_fast_inference` gives
+the model its own passes back. The model never imports this module.
 """
 from __future__ import annotations
 

@@ -56,12 +56,9 @@ TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
     """UPLiFT's residual rule for mismatched widths: keep the first ``channels`` channels
     of ``x`` when it has more, zero-pad at the end when it has fewer."""
-    have = x.shape[1]
-    if have == channels:
-        return x
-    if have > channels:
+    if x.shape[1] >= channels:
         return x[:, :channels]
-    return F.pad(x, (0, 0, 0, 0, 0, channels - have))
+    return F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
 
 
 class LocalAttender(nn.Module):

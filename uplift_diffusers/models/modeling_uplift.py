@@ -176,7 +176,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         decoder_channels: width of the decoder (and the Local Attender's guide).
         decoder_blocks_before_upsample / decoder_blocks_after_upsample: ConvBlocks around
             the 2x transpose convolution.
-        refiner_channels, refiner_blocks: width and depth of the refiner.
         refiner_encoder_group: index of the encoder group fed to the refiner (official
             ``ref_con``; -1 is the last group), or ``None`` for no connection.
         neighborhood: Local Attender neighbourhood: 5, 9, 13, 17, 25 or a list of (dy, dx).
@@ -274,8 +273,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             num_steps: number of 2x steps (>= 1); the encoder runs once for all of them.
             generator: a ``torch.Generator`` or a list of one per batch element, for the noise.
             noise_scale: override of the configured noise scale (0 gives a deterministic output).
-            output_intermediate: also return every step's latents.
-            return_dict: return an :class:`UPLiFTOutput` instead of a tuple.
             callback: called as ``callback(step_index, latents)`` after every 2x step
                 (``step_index`` from 0), e.g. to advance a progress bar.
             noise: the noise to use instead of drawing it: one :data:`StepNoise` per step, as

@@ -138,15 +138,13 @@ def tiled_upscale(
     Args:
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`; ``latents``, ``image`` and
             ``num_steps`` as for its ``forward``.
-        generator: seeds the noise (drawn at full size, sliced per tile).
         tile_size, overlap: tile side and overlap in latents of the input (None: the defaults
             :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
         callback: ``callback(step_index, tile_latents)`` after every 2x step of every tile
             (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
 
     Returns:
-        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's
-        output dtype; equal to the untiled call when one tile covers the latents.
+        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's output dtype.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
     upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)
