@@ -78,8 +78,7 @@ def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Se
         )
     dtype = torch.promote_types(logits.dtype, value.dtype)
     out = torch.empty(expected[:1] + (channels,) + expected[2:], dtype=dtype, device=value.device)
-    dy = torch.tensor([o[0] for o in offsets], dtype=torch.int32, device=value.device)
-    dx = torch.tensor([o[1] for o in offsets], dtype=torch.int32, device=value.device)
+    dy, dx = torch.tensor(offsets, dtype=torch.int32, device=value.device).T.contiguous()
     total = batch * expected[2] * expected[3]
     grid = (triton.cdiv(total, BLOCK_PIXELS),)
     _local_attention_kernel[grid](
