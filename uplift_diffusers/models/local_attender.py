@@ -62,17 +62,13 @@ def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class LocalAttender(nn.Module):
-    """Softmax-weighted mix of a fixed neighbourhood of ``value`` pixels, guided by ``guide``.
-
-    Args:
-        neighborhood: 5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of
-            (dy, dx) offsets.
+    """Softmax-weighted mix of a fixed ``neighborhood`` of ``value`` pixels, guided by ``guide``:
+    5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of (dy, dx) offsets.
 
     ``forward(guide, value)``: guide ``B x Cg x sH x sW``, value ``B x Cv x H x W`` for any
     integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. How it is
-    computed is the ``processor``'s choice, as with diffusers' attention processors
-    (:meth:`set_processor`): by default :class:`AutoLocalAttenderProcessor`, the PyTorch
-    formulation, or the fused Triton kernel on CUDA for inference.
+    computed is the ``processor``'s choice (:meth:`set_processor`), as with diffusers' attention
+    processors.
     """
 
     def __init__(self, guide_channels: int, neighborhood: Union[int, Sequence[Sequence[int]]] = 17):
