@@ -183,9 +183,8 @@ def apply_fast_inference(
 
     Args:
         model: the upscaler (float32 weights for the mixed precision described above).
-        dtype: compute dtype of the convolutions: ``torch.bfloat16`` (default),
-            ``torch.float16`` or ``torch.float32`` (no autocast: the exact model, with only
-            the strided encoder evaluation and compiling).
+        dtype: compute dtype of the convolutions, one of :data:`SUPPORTED_DTYPES`; ``torch.float32``
+            is the exact model (no autocast: only the strided encoder evaluation and compiling).
         compile: wrap the encoder and the 2x step in ``torch.compile`` (falls back to eager
             with a ``RuntimeWarning`` when compiling is not possible). Each new input size
             compiles again (``dynamic=False``): the first call at a size is slow (about a

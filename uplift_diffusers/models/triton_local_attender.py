@@ -4,10 +4,9 @@ One pass per output pixel: read its ``n`` logits, take the softmax in float32, g
 neighbours of its parent pixel in the value (replicate padding = clamped coordinates) and write the
 weighted sum. Only the output is allocated (no softmax weights, nothing of ``n`` times the output),
 and it is written once instead of once per offset as in
-:func:`~uplift_diffusers.models.local_attender.attend`. The Local Attender's default processor picks
-it for CUDA inference (see :class:`~uplift_diffusers.models.local_attender.AutoLocalAttenderProcessor`);
-``TRITON_INTERPRET=1`` (set before this module is imported) runs it on CPU tensors, for the tests.
-This module imports Triton; import it only where the kernel is wanted.
+:func:`~uplift_diffusers.models.local_attender.attend`. ``TRITON_INTERPRET=1`` (set before this
+module is imported) runs it on CPU tensors, for the tests. This module imports Triton; import it
+only where the kernel is wanted.
 """
 from __future__ import annotations
 
