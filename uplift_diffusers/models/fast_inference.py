@@ -162,14 +162,10 @@ class FastInference:
         with torch.no_grad():
             output = type(model).forward(model, latents, image, num_steps, *args, **kwargs)
         sample, intermediate = output if isinstance(output, tuple) else (output.sample, output.intermediate)
-
-        def back(tensor):
-            return tensor.to(dtype=latents.dtype, memory_format=torch.contiguous_format)
-
-        intermediate = None if intermediate is None else [back(z) for z in intermediate]
-        if isinstance(output, tuple):
-            return (back(sample), intermediate)
-        return UPLiFTOutput(sample=back(sample), intermediate=intermediate)
+        back = dict(dtype=latents.dtype, memory_format=torch.contiguous_format)
+        sample = sample.to(**back)
+        intermediate = None if intermediate is None else [z.to(**back) for z in intermediate]
+        return (sample, intermediate) if isinstance(output, tuple) else UPLiFTOutput(sample=sample, intermediate=intermediate)
 
 
 def apply_fast_inference(
