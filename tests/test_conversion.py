@@ -407,7 +407,7 @@ _DELETE = object()
         (("uplift", "refiner", "ref_con"), 5, r"`uplift\.refiner\.ref_con` = 5"),
         (("uplift", "attender"), 7, r"`neighborhood` must be one of"),
         (("uplift", "decoder"), _DELETE, r"`uplift\.decoder` is missing"),
-        (("uplift",), _DELETE, r"`<root>\.uplift` is missing"),
+        (("uplift",), _DELETE, r"`uplift` is missing"),
     ],
 )
 def test_unsupported_config_values_are_named(mini, path, value, match):

@@ -162,14 +162,14 @@ def _bad_noise_cases():
     good = drawn_noise(model, latents, 2, seed=0)
     wrong_size = [good[0], (good[1][0], good[1][1][:, :, :-1], good[1][2])]
     return [
-        ("too few steps", dict(noise=good[:1]), r"`noise` must be a list of num_steps=2 step noises.*got 1 entries"),
-        ("too many steps", dict(noise=good + good[:1]), r"`noise` must be a list of num_steps=2 .*got 3 entries"),
-        ("not a list", dict(noise=good[0][0]), r"`noise` must be a list of num_steps=2 .*got Tensor"),
-        ("wrong size", dict(noise=wrong_size), r"`noise\[1\]` must be a tuple of 3 tensors shaped \[\(2, 4, 8, 12\), \(2, 4, 16, 24\), \(2, 4, 16, 24\)\].*got \[\(2, 4, 8, 12\), \(2, 4, 15, 24\)"),
-        ("two tensors", dict(noise=[good[0][:2], good[1]]), r"`noise\[0\]` must be a tuple of 3 tensors"),
-        ("None for channels", dict(noise=[(None, None, None), good[1]]), r"`noise\[0\]` must be a tuple of 3 tensors"),
-        ("not a tuple", dict(noise=[good[0][0], good[1]]), r"`noise\[0\]` must be a tuple .*got Tensor"),
-        ("dtype", dict(noise=[tuple(n.double() for n in good[0]), good[1]]), r"`noise\[0\]` holds a torch.float64 tensor.*model's dtype torch.float32"),
+        ("too few steps", dict(noise=good[:1]), r"`noise` must hold one tuple of 3 tensors per 2x step \(num_steps=2\).*; got \[\[[^]]*\]\]\.$"),
+        ("too many steps", dict(noise=good + good[:1]), r"`noise` must hold .*\(num_steps=2\).*; got \[(\[[^]]*\], ){2}\[[^]]*\]\]\.$"),
+        ("not a list", dict(noise=good[0][0]), r"`noise` must hold .*\(num_steps=2\).*; got \(2, 4, 4, 6\) torch.float32 cpu\.$"),
+        ("wrong size", dict(noise=wrong_size), r"`noise` must hold .*\[\(2, 4, 8, 12\) torch.float32 cpu, \(2, 4, 16, 24\) torch.float32 cpu, \(2, 4, 16, 24\) torch.float32 cpu\]\]; got .*\[\(2, 4, 8, 12\) torch.float32 cpu, \(2, 4, 15, 24\)"),
+        ("two tensors", dict(noise=[good[0][:2], good[1]]), r"`noise` must hold one tuple of 3 tensors per 2x step.*; got \[\[\(2, 4, 4, 6\) torch.float32 cpu, \(2, 4, 8, 12\) torch.float32 cpu\], "),
+        ("None for channels", dict(noise=[(None, None, None), good[1]]), r"`noise` must hold one tuple of 3 tensors per 2x step.*; got \[\[None, None, None\], "),
+        ("not a tuple", dict(noise=[good[0][0], good[1]]), r"`noise` must hold .*; got \[\(2, 4, 4, 6\) torch.float32 cpu, \["),
+        ("dtype", dict(noise=[tuple(n.double() for n in good[0]), good[1]]), r"`noise` must hold .*in the model's dtype on the latents' device: \[\[\(2, 4, 4, 6\) torch.float32 cpu.*; got \[\[\(2, 4, 4, 6\) torch.float64 cpu"),
         ("with generator", dict(noise=good, generator=torch.Generator()), r"`noise` is given, so `generator` and `noise_scale` must be None"),
         ("with noise_scale", dict(noise=good, noise_scale=0.0), r"`noise` is given.*noise_scale=0.0"),
     ]
@@ -219,14 +219,14 @@ def _bad_cases():
     latents, image = torch.randn(2, 4, 4, 6), torch.rand(2, 3, 32, 48)
     gens = [torch.Generator().manual_seed(0)]
     return [
-        ("latents 3-D", dict(latents=latents[0]), r"`latents` must be a 4-D tensor B x 4 x h x w, got \(4, 4, 6\)"),
-        ("latents not a tensor", dict(latents=[[1.0]]), r"`latents` must be a 4-D tensor"),
-        ("latents channels", dict(latents=torch.randn(2, 3, 4, 6)), r"`latents` has 3 channels .*latent_channels=4"),
-        ("image size", dict(image=torch.rand(2, 3, 32, 40)), r"`image` must be B x 3 x 32 x 48 .*got \(2, 3, 32, 40\)"),
-        ("image channels", dict(image=torch.rand(2, 4, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
-        ("image 3-D", dict(image=torch.rand(3, 32, 48)), r"`image` must be B x 3 x 32 x 48"),
-        ("image batch", dict(image=torch.rand(3, 3, 32, 48)), r"`image` batch 3 differs from `latents` batch 2"),
-        ("integer latents", dict(latents=torch.zeros(2, 4, 4, 6, dtype=torch.int64)), r"`latents` must be a floating-point"),
+        ("latents 3-D", dict(latents=latents[0]), r"`latents` must be a floating-point 4-D tensor B x 4 x h x w .*got \(4, 4, 6\) torch.float32 cpu\.$"),
+        ("latents not a tensor", dict(latents=[[1.0]]), r"`latents` must be a floating-point 4-D tensor .*got \[\[float\]\]\.$"),
+        ("latents channels", dict(latents=torch.randn(2, 3, 4, 6)), r"`latents` must be a floating-point 4-D tensor B x 4 x h x w \(latent_channels=4.*got \(2, 3, 4, 6\)"),
+        ("image size", dict(image=torch.rand(2, 3, 32, 40)), r"`image` must be a floating-point tensor \(2, 3, 32, 48\).*got \(2, 3, 32, 40\)"),
+        ("image channels", dict(image=torch.rand(2, 4, 32, 48)), r"`image` must be a floating-point tensor \(2, 3, 32, 48\).*got \(2, 4, 32, 48\)"),
+        ("image 3-D", dict(image=torch.rand(3, 32, 48)), r"`image` must be a floating-point tensor \(2, 3, 32, 48\).*got \(3, 32, 48\)"),
+        ("image batch", dict(image=torch.rand(3, 3, 32, 48)), r"`image` must be a floating-point tensor \(2, 3, 32, 48\): per latent.*got \(3, 3, 32, 48\)"),
+        ("integer latents", dict(latents=torch.zeros(2, 4, 4, 6, dtype=torch.int64)), r"`latents` must be a floating-point .*got \(2, 4, 4, 6\) torch.int64 cpu\.$"),
         ("num_steps 0", dict(num_steps=0), r"`num_steps` must be an int >= 1.*got 0"),
         ("num_steps negative", dict(num_steps=-1), r"`num_steps` must be an int >= 1"),
         ("num_steps float", dict(num_steps=2.0), r"`num_steps` must be an int >= 1.*got 2.0"),

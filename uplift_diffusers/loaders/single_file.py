@@ -62,11 +62,11 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Di
 
 def _value(config: Mapping, path: str, allowed: Optional[list] = None) -> Any:
     """The value at the dotted ``path`` of an official YAML, checked against ``allowed``."""
-    value, where = config, "<root>"
-    for key in path.split("."):
+    value, keys = config, path.split(".")
+    for depth, key in enumerate(keys, start=1):
         if not isinstance(value, Mapping) or key not in value:
-            raise ValueError(f"Official UPLiFT config: `{where}.{key}` is missing.")
-        value, where = value[key], key if where == "<root>" else f"{where}.{key}"
+            raise ValueError(f"Official UPLiFT config: `{'.'.join(keys[:depth])}` is missing.")
+        value = value[key]
     if allowed is not None and value not in allowed:
         raise ValueError(
             f"Official UPLiFT config: `{path}` = {value!r} is not supported by this implementation (supported: {allowed})."

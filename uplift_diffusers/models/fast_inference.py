@@ -6,20 +6,16 @@ step loop) and swaps its two passes, :meth:`~UPLiFTLatentUpscaler.encode` and
 weights, no copy):
 
 - ``torch.autocast`` in ``dtype`` (bfloat16 by default: AMX / AVX-512-BF16 CPUs, tensor cores):
-  the convolutions compute in ``dtype`` while the residual stream (ConvBlock sums, concatenations,
-  the Local Attender's softmax and mix) stays float32, so each block rounds only its own update.
-  Chosen by measurement on the official-size model: the first encoder group, which reads the raw
-  image, runs without autocast (in bf16 it alone costs a trained model about 3% relative error),
-  and the widest encoder groups (full resolution, the peak memory) carry their stream in ``dtype``;
-- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`): the steps
-  read that map only through nearest resampling on every s-th pixel, so only those are computed;
-- ``channels_last`` inputs (when asked), the output in the caller's dtype and memory format;
-- ``torch.compile`` of the encoder and of the 2x step, with Inductor's weight freezing in the
-  default mode (oneDNN pre-packs the weights and fuses the residual adds on CPU), else eagerly;
-- the noise drawn by the model's own ``step_noise`` outside the compiled graphs (same calls, same
-  order as the eager model), and ``torch.no_grad()``.
+  the convolutions compute in ``dtype`` while the residual stream stays float32, so each block
+  rounds only its own update; the first encoder group, which reads the raw image, runs without
+  autocast (in bf16 it alone costs a trained model about 3% relative error);
+- the exact strided evaluation of the encoder's last group (:func:`encoder_read_stride`);
+- ``torch.compile`` with Inductor's weight freezing (oneDNN pre-packs the weights and fuses the
+  residual adds on CPU), ``channels_last`` inputs, and the noise drawn by the model's own
+  ``step_noise`` outside the compiled graphs (same calls, same order as the eager model).
 
-:func:`remove_fast_inference` gives the model its own passes back. The model never imports this module.
+What each costs and gains, measured: docs/fast-inference.md. :func:`remove_fast_inference` gives
+the model its own passes back. The model never imports this module.
 """
 from __future__ import annotations
 
@@ -31,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.validation import check_flag
 from .modeling_uplift import UPLiFTOutput
 
 #: dtypes accepted by :func:`apply_fast_inference`.
@@ -165,14 +162,10 @@ class FastInference:
         with torch.no_grad():
             output = type(model).forward(model, latents, image, num_steps, *args, **kwargs)
         sample, intermediate = output if isinstance(output, tuple) else (output.sample, output.intermediate)
-
-        def back(tensor):
-            return tensor.to(dtype=latents.dtype, memory_format=torch.contiguous_format)
-
-        intermediate = None if intermediate is None else [back(z) for z in intermediate]
-        if isinstance(output, tuple):
-            return (back(sample), intermediate)
-        return UPLiFTOutput(sample=back(sample), intermediate=intermediate)
+        back = dict(dtype=latents.dtype, memory_format=torch.contiguous_format)
+        sample = sample.to(**back)
+        intermediate = None if intermediate is None else [z.to(**back) for z in intermediate]
+        return (sample, intermediate) if isinstance(output, tuple) else UPLiFTOutput(sample=sample, intermediate=intermediate)
 
 
 def apply_fast_inference(
@@ -186,9 +179,8 @@ def apply_fast_inference(
 
     Args:
         model: the upscaler (float32 weights for the mixed precision described above).
-        dtype: compute dtype of the convolutions: ``torch.bfloat16`` (default),
-            ``torch.float16`` or ``torch.float32`` (no autocast: the exact model, with only
-            the strided encoder evaluation and compiling).
+        dtype: compute dtype of the convolutions, one of :data:`SUPPORTED_DTYPES`; ``torch.float32``
+            is the exact model (no autocast: only the strided encoder evaluation and compiling).
         compile: wrap the encoder and the 2x step in ``torch.compile`` (falls back to eager
             with a ``RuntimeWarning`` when compiling is not possible). Each new input size
             compiles again (``dynamic=False``): the first call at a size is slow (about a
@@ -202,14 +194,10 @@ def apply_fast_inference(
         The :class:`FastInference` state (also ``model._fast_inference``). Calling this
         again replaces the previous state.
     """
-    if not isinstance(dtype, torch.dtype) or dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"`dtype` must be one of {', '.join(str(d) for d in SUPPORTED_DTYPES)}, got {dtype!r}; "
-            "pass e.g. dtype=torch.bfloat16."
-        )
-    for name, value in (("compile", compile), ("channels_last", channels_last)):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"`dtype` must be one of {', '.join(map(str, SUPPORTED_DTYPES))} (e.g. torch.bfloat16), got {dtype!r}.")
+    check_flag("compile", compile)
+    check_flag("channels_last", channels_last)
     if compile_mode is not None and not isinstance(compile_mode, str):
         raise ValueError(f"`compile_mode` must be None or a torch.compile mode name, got {compile_mode!r}.")
     remove_fast_inference(model)

@@ -35,18 +35,17 @@ NEIGHBORHOODS = {
 
 def neighborhood_offsets(neighborhood: Union[int, Sequence[Sequence[int]]]) -> Offsets:
     """Return the list of (dy, dx) offsets for a neighbourhood size or an explicit list."""
-    if isinstance(neighborhood, int):
-        if neighborhood not in NEIGHBORHOODS:  # True == 1 is not a key either
-            raise ValueError(f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a list of (dy, dx) offsets, got {neighborhood!r}.")
+    if isinstance(neighborhood, int) and neighborhood in NEIGHBORHOODS:  # True == 1 is not a key either
         return list(NEIGHBORHOODS[neighborhood])
     try:
         offsets = [tuple(int(v) for v in pair) for pair in neighborhood]
     except (TypeError, ValueError):  # not a list of integer pairs
         offsets = []
-    if not offsets or any(len(pair) != 2 for pair in offsets):
-        raise ValueError(f"`neighborhood` must be a non-empty list of (dy, dx) pairs of ints, got {neighborhood!r}.")
-    if len(set(offsets)) != len(offsets):
-        raise ValueError(f"`neighborhood` lists an offset twice: {offsets}; give each (dy, dx) once.")
+    if not offsets or any(len(pair) != 2 for pair in offsets) or len(set(offsets)) != len(offsets):
+        raise ValueError(
+            f"`neighborhood` must be one of {sorted(NEIGHBORHOODS)} or a non-empty list of distinct (dy, dx) pairs "
+            f"of ints, got {neighborhood!r}."
+        )
     return offsets
 
 
@@ -57,27 +56,19 @@ TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 def channel_residual(x: torch.Tensor, channels: int) -> torch.Tensor:
     """UPLiFT's residual rule for mismatched widths: keep the first ``channels`` channels
     of ``x`` when it has more, zero-pad at the end when it has fewer."""
-    have = x.shape[1]
-    if have == channels:
-        return x
-    if have > channels:
+    if x.shape[1] >= channels:
         return x[:, :channels]
-    return F.pad(x, (0, 0, 0, 0, 0, channels - have))
+    return F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1]))
 
 
 class LocalAttender(nn.Module):
-    """Softmax-weighted mix of a fixed neighbourhood of ``value`` pixels, guided by ``guide``.
-
-    Args:
-        guide_channels: channels of the guide features.
-        neighborhood: 5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of
-            (dy, dx) offsets.
+    """Softmax-weighted mix of a fixed ``neighborhood`` of ``value`` pixels, guided by ``guide``:
+    5, 9, 13, 17 or 25 (the paper's shapes) or an explicit list of (dy, dx) offsets.
 
     ``forward(guide, value)``: guide ``B x Cg x sH x sW``, value ``B x Cv x H x W`` for any
     integer ``s >= 1`` -> ``B x Cv x sH x sW``. The value is replication-padded. How it is
-    computed is the ``processor``'s choice, as with diffusers' attention processors
-    (:meth:`set_processor`): by default :class:`AutoLocalAttenderProcessor`, the PyTorch
-    formulation, or the fused Triton kernel on CUDA for inference.
+    computed is the ``processor``'s choice (:meth:`set_processor`), as with diffusers' attention
+    processors.
     """
 
     def __init__(self, guide_channels: int, neighborhood: Union[int, Sequence[Sequence[int]]] = 17):
@@ -110,24 +101,19 @@ class LocalAttender(nn.Module):
         self.processor = processor
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        for name, tensor in (("guide", guide), ("value", value)):
-            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
-                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise ValueError(f"`{name}` must be a 4-D tensor B x C x H x W, got {got}.")
-        if guide.shape[1] != self.to_logits.in_channels:
+        if not isinstance(value, torch.Tensor) or value.ndim != 4 or min(value.shape[-2:]) < 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"`value` must be a non-empty 4-D tensor B x C x H x W, got {got}.")
+        batch, _, height, width = value.shape
+        scale = guide.shape[-2] // height if isinstance(guide, torch.Tensor) and guide.ndim == 4 else 0
+        channels = self.to_logits.in_channels
+        if scale < 1 or guide.shape != (batch, channels, scale * height, scale * width):
+            got = tuple(guide.shape) if isinstance(guide, torch.Tensor) else type(guide).__name__
             raise ValueError(
-                f"`guide` has {guide.shape[1]} channels but this LocalAttender was built for "
-                f"{self.to_logits.in_channels}; pass guide features of that width."
+                f"`guide` must be B x {channels} x sH x sW for the value {tuple(value.shape)}, one integer s >= 1 for "
+                f"both sides (e.g. {(batch, channels, 2 * height, 2 * width)} for s = 2), got {got}."
             )
-        if guide.shape[0] != value.shape[0]:
-            raise ValueError(f"`guide` batch {guide.shape[0]} and `value` batch {value.shape[0]} differ; pass equal batches.")
-        (gh, gw), (vh, vw) = guide.shape[-2:], value.shape[-2:]
-        if vh == 0 or vw == 0 or gh % vh or gw % vw or gh // vh != gw // vw or gh < vh:
-            raise ValueError(
-                f"`guide` size {gh} x {gw} must be the same integer multiple s >= 1 of the `value` size "
-                f"{vh} x {vw} in both dimensions (e.g. {2 * vh} x {2 * vw} for s = 2)."
-            )
-        return self.processor(self, guide, value, gh // vh)
+        return self.processor(self, guide, value, scale)
 
 
 # =============================================================================== processors

@@ -176,7 +176,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         decoder_channels: width of the decoder (and the Local Attender's guide).
         decoder_blocks_before_upsample / decoder_blocks_after_upsample: ConvBlocks around
             the 2x transpose convolution.
-        refiner_channels, refiner_blocks: width and depth of the refiner.
         refiner_encoder_group: index of the encoder group fed to the refiner (official
             ``ref_con``; -1 is the last group), or ``None`` for no connection.
         neighborhood: Local Attender neighbourhood: 5, 9, 13, 17, 25 or a list of (dy, dx).
@@ -274,8 +273,6 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             num_steps: number of 2x steps (>= 1); the encoder runs once for all of them.
             generator: a ``torch.Generator`` or a list of one per batch element, for the noise.
             noise_scale: override of the configured noise scale (0 gives a deterministic output).
-            output_intermediate: also return every step's latents.
-            return_dict: return an :class:`UPLiFTOutput` instead of a tuple.
             callback: called as ``callback(step_index, latents)`` after every 2x step
                 (``step_index`` from 0), e.g. to advance a progress bar.
             noise: the noise to use instead of drawing it: one :data:`StepNoise` per step, as
@@ -338,25 +335,19 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         tensor value is read: no device synchronisation). Values (NaN, range) are checked where
         data enters: the pipelines, the CLI and the training data."""
         channels, factor = self.config.latent_channels, self.config.vae_scale_factor
-        if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
-            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ValueError(f"`latents` must be a 4-D tensor B x {channels} x h x w, got {got}.")
-        batch, got_channels, h, w = latents.shape
-        if got_channels != channels:
+        latents_ok = isinstance(latents, torch.Tensor) and latents.ndim == 4 and latents.shape[1] == channels
+        if not latents_ok or not latents.is_floating_point():
             raise ValueError(
-                f"`latents` has {got_channels} channels but this upscaler expects latent_channels={channels}; "
-                "use an upscaler trained for this VAE."
+                f"`latents` must be a floating-point 4-D tensor B x {channels} x h x w (latent_channels={channels}: "
+                f"use an upscaler trained for this VAE), got {_summary(latents)}."
             )
-        expected = (3, factor * h, factor * w)
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or tuple(image.shape[1:]) != expected:
-            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        batch, _, h, w = latents.shape
+        expected = (batch, 3, factor * h, factor * w)
+        if not isinstance(image, torch.Tensor) or image.shape != expected or not image.is_floating_point():
             raise ValueError(
-                f"`image` must be B x 3 x {factor * h} x {factor * w} (RGB in [0, 1], {factor}x the {h} x {w} latents), got {got}."
+                f"`image` must be a floating-point tensor {expected}: per latent its RGB image in [0, 1], {factor}x "
+                f"the {h} x {w} latents; got {_summary(image)}."
             )
-        if image.shape[0] != batch:
-            raise ValueError(f"`image` batch {image.shape[0]} differs from `latents` batch {batch}; pass one image per latent.")
-        if not latents.is_floating_point() or not image.is_floating_point():
-            raise ValueError(f"`latents` must be a floating-point tensor, as `image`; got {latents.dtype} and {image.dtype}.")
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be an int >= 1 (each step upscales 2x), got {num_steps!r}.")
         if isinstance(generator, list) and len(generator) != batch:
@@ -370,28 +361,19 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"`noise` is given, so `generator` and `noise_scale` must be None (they only shape drawing the noise), "
                 f"got generator={generator!r}, noise_scale={noise_scale!r}; scale the given noise yourself or drop `noise`."
             )
-        if noise is not None and (not isinstance(noise, (list, tuple)) or len(noise) != num_steps):
-            got = f"{len(noise)} entries" if isinstance(noise, (list, tuple)) else type(noise).__name__
-            raise ValueError(
-                f"`noise` must be a list of num_steps={num_steps} step noises (one tuple of 3 tensors per 2x step, "
-                f"as `step_noise` returns), got {got}."
+        if noise is not None:
+            # the noise step_noise would draw, as stand-ins of no memory (compared by shape, dtype, device)
+            zero = torch.empty((), dtype=self.dtype, device=latents.device)
+            steps = [self._noise_layout((batch, channels, h * 2**step, w * 2**step)) for step in range(num_steps)]
+            expected = _summary(
+                [[None if shape is None else zero.expand(shape) for shape, _ in step] for step in steps]
             )
-        for index, step in enumerate(noise or ()):
-            expected = [shape for shape, _ in self._noise_layout((batch, channels, h * 2**index, w * 2**index))]
-            got = type(step).__name__
-            if isinstance(step, (list, tuple)):
-                got = [tuple(n.shape) if isinstance(n, torch.Tensor) else n for n in step]
-            if got != expected:
+            if _summary(noise) != expected:
                 raise ValueError(
-                    f"`noise[{index}]` must be a tuple of 3 tensors shaped {expected} (None: no noise channels), "
-                    f"as `step_noise` draws it for step {index}; got {got}."
+                    f"`noise` must hold one tuple of 3 tensors per 2x step (num_steps={num_steps}) as `step_noise` draws "
+                    f"them (None: no noise channels), in the model's dtype on the latents' device: {expected}; "
+                    f"got {_summary(noise)}."
                 )
-            for n in step:
-                if n is not None and (n.dtype != self.dtype or n.device != latents.device):
-                    raise ValueError(
-                        f"`noise[{index}]` holds a {n.dtype} tensor on {n.device}; pass it in the model's dtype "
-                        f"{self.dtype} on the latents' device {latents.device}."
-                    )
         trained = self.config.get("trained_upscale_factors")
         if trained and 2**num_steps > max(trained) and not self._warned_untrained_factor:
             self._warned_untrained_factor = True
@@ -401,3 +383,12 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
                 f"To avoid it, upscale by at most {max(trained)}x per pass (e.g. {max(trained)}x, then "
                 f"{2 ** num_steps // max(trained)}x on the result), or use a model trained to depth {num_steps}."
             )
+
+
+def _summary(x) -> str:
+    """An argument as the errors show it: a tensor by its shape, dtype and device, a list item by item."""
+    if isinstance(x, torch.Tensor):
+        return f"{tuple(x.shape)} {x.dtype} {x.device}"
+    if isinstance(x, (list, tuple)):
+        return f"[{', '.join(_summary(item) for item in x)}]"
+    return "None" if x is None else type(x).__name__

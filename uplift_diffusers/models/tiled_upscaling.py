@@ -14,8 +14,7 @@ reaches, in input latents: the encoder's 10 ConvBlocks at 8 px per latent ~1.3, 
 17-neighbourhood Local Attender and refiner ~7, the next step half that (< 15 for any number of
 steps). :data:`DEFAULT_TILE_OVERLAP` (16) covers it. Measured: a 384 x 256 image at 4x, 32-latent
 tiles sharing 8, decodes within 76 dB of the untiled result (the full 1024 x 768 job:
-``evaluation/results/tiling_memory.md``). :func:`blend_tiles` also tiles
-:class:`~uplift_diffusers.models.autoencoder_tiny.TinyAutoencoder`.
+``evaluation/results/tiling_memory.md``).
 """
 from __future__ import annotations
 
@@ -95,10 +94,9 @@ def blend_tiles(
     blend the results (the one tiling loop of the package: UPLiFT and TinyAutoencoder).
 
     ``run_tile`` returns the output of grid region ``[y0:y1, x0:x1]``, ``B x C x (y1 - y0) *
-    out_scale x (x1 - x0) * out_scale``. Each output is weighted by :func:`axis_weights` across
-    the part it shares with a neighbour and the weighted outputs are averaged (a linear
-    cross-fade in each overlap). Returns ``B x C x height * out_scale x width * out_scale`` in
-    the tiles' dtype; one tile (``height, width <= tile_size``) gives that tile unchanged.
+    out_scale x (x1 - x0) * out_scale``; the outputs are averaged with the :func:`axis_weights`
+    (a linear cross-fade in each overlap), in the tiles' dtype. One tile (``height, width <=
+    tile_size``) gives that tile unchanged.
     """
     rows, cols = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
     if len(rows) == len(cols) == 1:
@@ -138,15 +136,13 @@ def tiled_upscale(
     Args:
         upscaler: an :class:`~uplift_diffusers.UPLiFTLatentUpscaler`; ``latents``, ``image`` and
             ``num_steps`` as for its ``forward``.
-        generator: seeds the noise (drawn at full size, sliced per tile).
         tile_size, overlap: tile side and overlap in latents of the input (None: the defaults
             :data:`DEFAULT_TILE_SIZE`, :data:`DEFAULT_TILE_OVERLAP`).
         callback: ``callback(step_index, tile_latents)`` after every 2x step of every tile
             (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
 
     Returns:
-        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's
-        output dtype; equal to the untiled call when one tile covers the latents.
+        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's output dtype.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
     upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)

@@ -4,10 +4,9 @@ One pass per output pixel: read its ``n`` logits, take the softmax in float32, g
 neighbours of its parent pixel in the value (replicate padding = clamped coordinates) and write the
 weighted sum. Only the output is allocated (no softmax weights, nothing of ``n`` times the output),
 and it is written once instead of once per offset as in
-:func:`~uplift_diffusers.models.local_attender.attend`. The Local Attender's default processor picks
-it for CUDA inference (see :class:`~uplift_diffusers.models.local_attender.AutoLocalAttenderProcessor`);
-``TRITON_INTERPRET=1`` (set before this module is imported) runs it on CPU tensors, for the tests.
-This module imports Triton; import it only where the kernel is wanted.
+:func:`~uplift_diffusers.models.local_attender.attend`. ``TRITON_INTERPRET=1`` (set before this
+module is imported) runs it on CPU tensors, for the tests. This module imports Triton; import it
+only where the kernel is wanted.
 """
 from __future__ import annotations
 
@@ -78,8 +77,7 @@ def fused_local_attention(logits: torch.Tensor, value: torch.Tensor, offsets: Se
         )
     dtype = torch.promote_types(logits.dtype, value.dtype)
     out = torch.empty(expected[:1] + (channels,) + expected[2:], dtype=dtype, device=value.device)
-    dy = torch.tensor([o[0] for o in offsets], dtype=torch.int32, device=value.device)
-    dx = torch.tensor([o[1] for o in offsets], dtype=torch.int32, device=value.device)
+    dy, dx = torch.tensor(offsets, dtype=torch.int32, device=value.device).T.contiguous()
     total = batch * expected[2] * expected[3]
     grid = (triton.cdiv(total, BLOCK_PIXELS),)
     _local_attention_kernel[grid](
