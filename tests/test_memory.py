@@ -72,6 +72,9 @@ def test_estimate_grows_with_every_size(taef2):
     assert 0 < base < estimate_upscale_bytes(upscaler, taef2, 2, (64, 64), (256, 256))
     assert base < estimate_upscale_bytes(upscaler, taef2, 1, (128, 64), (256, 256))
     assert base < estimate_upscale_bytes(upscaler, taef2, 1, (64, 64), (512, 256))
+    # per-block encoder widths (official checkpoints with unequal blocks): the widest block counts
+    per_block = make_upscaler(32, encoder_channels=[[8, 16], [8, 8], 16], encoder_blocks_per_group=1)
+    assert estimate_upscale_bytes(per_block, taef2, 1, (64, 64), (256, 256)) == base
 
 
 _MEASURE = """

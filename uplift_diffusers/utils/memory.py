@@ -21,8 +21,7 @@ _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**
 
 
 def parse_memory(value: Union[int, float, str], name: str = "max_memory") -> float:
-    """Bytes from a positive number of bytes or a string such as ``"3GB"``, ``"500MB"``, ``"2GiB"``;
-    ValueError naming the argument otherwise."""
+    """Bytes from a positive number of bytes or a string such as ``"3GB"``, ``"500MB"``, ``"2GiB"``."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", value.lower()) if isinstance(value, str) else None
     if match and match.group(2) in _UNITS:
         value = float(match.group(1)) * _UNITS[match.group(2)]
@@ -37,7 +36,7 @@ def estimate_upscale_bytes(upscaler, vae, batch: int, guide_size, decoded_size) 
     """The untiled upscale stage's estimated peak bytes for ``batch`` images: UPLiFT's encoder on
     the ``guide_size`` image and the VAE decoding ``decoded_size`` pixels (the largest image the
     steps reach, before any resampling to the output size)."""
-    encoder_width = max(upscaler.config.encoder_channels)
+    encoder_width = max(max(c) if isinstance(c, (list, tuple)) else c for c in upscaler.config.encoder_channels)
     decoder_width = vae.config.block_out_channels[0]
     guide_pixels = batch * guide_size[0] * guide_size[1]
     decoded_pixels = batch * decoded_size[0] * decoded_size[1]
