@@ -221,7 +221,7 @@ def test_size_smaller_than_an_input_is_refused_before_loading(tmp_path, inputs, 
     out = tmp_path / "out"
     assert main(["upscale", str(inputs), "-o", str(out), "--size", "18x", "--device", "cpu"]) == 2
     line = one_error_line(capsys)
-    assert "odd.png' is 21x13" in line and "--size width=18 is smaller than the input's 21 pixels" in line
+    assert "odd.png' is 21x13" in line and "--size width must be an int of at least the input's 21 pixels" in line
     assert list(out.iterdir()) == []
 
 

@@ -54,14 +54,10 @@ def output_size_for(
     if not sized:
         raise ValueError(f"pass `{factor_name}` or an output size (`{height_name}` and / or `{width_name}`).")
     for name, value, side in ((height_name, out_height, height), (width_name, out_width, width)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"`{name}` must be an int (pixels) or None, got {value!r}.")
-        if value < side:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < side):
             raise ValueError(
-                f"`{name}`={value} is smaller than the input's {side} pixels; UPLiFT only enlarges: ask for at least {side} "
-                "(downscale the result yourself for a smaller image)."
+                f"`{name}` must be an int of at least the input's {side} pixels (UPLiFT only enlarges; downscale the "
+                f"result yourself for a smaller image), got {value!r}."
             )
     if out_height is None:
         out_height = _round_half_up(height * out_width / width)

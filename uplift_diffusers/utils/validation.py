@@ -44,14 +44,13 @@ def check_image_batch(
     ``B x channels x H x W`` tensor (``channels=None``: any), H and W multiples of ``multiple``,
     of ``dtype`` and ``batch`` items when those are given."""
     layout = f"B x {channels if channels is not None else 'C'} x H x W"
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(x).__name__}.")
-    shape = tuple(x.shape)
-    if x.ndim != 4 or min(shape[0], shape[2], shape[3]) < 1:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or min(x.shape[0], x.shape[2], x.shape[3]) < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(
-            f"`{name}` must have shape {layout}, got {shape}; pass a non-empty batch (add a batch dimension with "
-            "`.unsqueeze(0)` for one item)."
+            f"`{name}` must have shape {layout}, got {got}; pass a non-empty torch.Tensor batch (add a batch "
+            "dimension with `.unsqueeze(0)` for one item)."
         )
+    shape = tuple(x.shape)
     if channels is not None and shape[1] != channels:
         raise ValueError(f"`{name}` must have {channels} channels, got {shape[1]} (shape {shape}, expected {layout}).")
     height, width = shape[-2:]
