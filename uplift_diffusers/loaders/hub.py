@@ -39,9 +39,8 @@ def looks_like_local_path(text: str) -> bool:
 
 
 def local_folder(source, argument: str, file_hint: str) -> Optional[Path]:
-    """The local folder ``source`` names, or None for a Hub repository id. ValueError naming
-    ``argument`` for anything else (a file: ``file_hint`` says what to do with it),
-    FileNotFoundError for a local path that does not exist."""
+    """The local folder ``source`` names, or None for a Hub repository id; ``file_hint`` says what to
+    do with a file instead, and a local path that does not exist raises FileNotFoundError."""
     if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
         raise ValueError(f"{argument} must be a non-empty path or Hub id string, got {source!r}.")
     text = os.fspath(source)

@@ -1,7 +1,5 @@
 """The authors' single-file checkpoints: their key layout, the model config from their YAML or
-from the weights' shapes, and :class:`FromOriginalUPLiFTMixin`: ``from_single_file`` (as diffusers'
-single-file loaders) and a ``from_pretrained`` that also takes a folder or Hub repository holding
-only the authors' file (their release has no ``config.json``)."""
+from the weights' shapes, and the loaders of :class:`FromOriginalUPLiFTMixin`."""
 from __future__ import annotations
 
 import os
@@ -150,9 +148,8 @@ def config_from_original(config: Union[str, os.PathLike, Mapping]) -> Dict[str, 
         # 1 ... down_steps train 2 ... 2 ** down_steps; without it every run is one 2x step
         factors = [2 ** depth for depth in range(1, int(train["down_steps"]) + 1)] if train.get("multi_step") else [2]
     attender = uplift["attender"]
-    latent = int(backbone.get("channel", 4))
     return _architecture(
-        latent, encoder, before, after, refiner_widths,
+        int(backbone.get("channel", 4)), encoder, before, after, refiner_widths,
         refiner_encoder_group=None if ref_con is None else int(ref_con),
         neighborhood=attender if isinstance(attender, int) else [list(p) for p in attender],
         noise_channels=int(decoder.get("ncat_c") or 0),

@@ -149,8 +149,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         """The model, in evaluation mode, of an original madebyollin/taesd pair ``encoder_path`` /
         ``decoder_path`` (``encoder.pth``, ``taef2_encoder.pth``, ...), its config read from the
         state-dict keys and shapes; ``dtype`` a floating dtype, float32 when None (the files store
-        float16). Missing or unexpected keys and shape mismatches raise ``ValueError`` listing
-        them, a missing file ``FileNotFoundError``."""
+        float16). Errors list the missing or unexpected keys and the shape mismatches."""
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise ValueError(f"`dtype` must be a floating torch.dtype (e.g. torch.float16) or None, got {dtype!r}.")
         enc_sd = load_state_dict_file(encoder_path, "encoder_path")
@@ -187,9 +186,7 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         model.encoder.layers.load_state_dict(enc_sd)
         model.decoder.layers.load_state_dict(dec_sd)
         if dtype is not None:
-            # the two halves directly: ModelMixin.to(dtype) logs a spurious fp32-modules warning
-            model.encoder.to(dtype)
-            model.decoder.to(dtype)
+            model = nn.Module.to(model, dtype)  # ModelMixin.to(dtype) logs a spurious fp32-modules warning
         return model.eval()
 
     @apply_forward_hook

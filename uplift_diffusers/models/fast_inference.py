@@ -54,8 +54,6 @@ def last_group_strided(group: nn.Sequential, x: torch.Tensor, stride: int) -> to
     """``group(x)[..., ::stride, ::stride]`` (the encoder's last group), from its dense input:
     the blocks before the last run densely; the last one computes only the pixels read (its
     3x3 convolution with ``stride`` and the same zero padding, the rest is per pixel)."""
-    if stride == 1:
-        return group(x)
     x = group[:-1](x)
     block = group[-1]
     conv_out = F.conv2d(x, block.conv.weight, None, stride=stride, padding=1)

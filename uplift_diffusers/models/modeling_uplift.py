@@ -13,9 +13,8 @@ Data flow for one call (``num_steps`` 2x steps, weights shared between steps)::
 
 The file follows that order: ConvBlock, encoder, decoder, (Local Attender, in
 :mod:`.local_attender`), refiner, then the model. The names follow the paper;
-:mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto them. Speed
-is applied from outside: :func:`~uplift_diffusers.models.fast_inference.apply_fast_inference`
-swaps the passes :meth:`~UPLiFTLatentUpscaler.encode` and :meth:`~UPLiFTLatentUpscaler.upscale_step`.
+:mod:`uplift_diffusers.loaders.single_file` maps the authors' checkpoint layout onto them; speed
+is applied from outside (:mod:`.fast_inference`).
 """
 from __future__ import annotations
 
@@ -79,11 +78,6 @@ def concat(x: torch.Tensor, encoder_map: Optional[torch.Tensor], noise: Optional
 
 
 # =============================================================================== encoder
-def group_widths(encoder_channels: Sequence, blocks_per_group: int) -> List[List[int]]:
-    """Per-group block widths: an int entry repeats ``blocks_per_group`` times, a list is used as is."""
-    return [list(c) if isinstance(c, (list, tuple)) else [int(c)] * blocks_per_group for c in encoder_channels]
-
-
 class UPLiFTEncoder(nn.Module):
     """Dense encoder: groups of ConvBlocks at image resolution (no downsampling), one per entry of ``widths``."""
 
@@ -105,10 +99,7 @@ class UPLiFTEncoder(nn.Module):
 
 # =============================================================================== one 2x step
 class UPLiFTDecoder(nn.Module):
-    """The decoder of one 2x step; its output is the guide of the Local Attender.
-
-    ``[z, nearest(E_last), noise]`` -> ConvBlocks -> 2x transpose convolution (+ bilinear 2x)
-    -> ``[x, nearest(E_skip), noise]`` -> ConvBlocks."""
+    """The decoder of one 2x step (as in the module's diagram); its output is the guide of the Local Attender."""
 
     def __init__(self, in_channels: int, skip_channels: int, channels: int, blocks_before: int, blocks_after: int, noise_channels: int, bilinear_residual: bool = True):
         super().__init__()
@@ -133,10 +124,8 @@ class UPLiFTDecoder(nn.Module):
         return self.out_blocks(concat(up, skip_map, noise_out))
 
 
-# The Local Attender, (guide, value) -> value mixed over a neighbourhood: see local_attender.py.
 class UPLiFTRefiner(nn.Module):
-    """``[attended latents, nearest(encoder map), noise]`` -> ConvBlocks -> Conv1x1 back to the
-    latent width (no residual around it)."""
+    """The refiner of one 2x step (as in the module's diagram); its Conv1x1 has no residual around it."""
 
     def __init__(self, in_channels: int, channels: int, num_blocks: int, latent_channels: int):
         super().__init__()
@@ -221,7 +210,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         if factors is not None and (
             not isinstance(factors, (list, tuple))
             or not factors
-            or any(isinstance(f, bool) or not isinstance(f, int) or f < 2 or f & (f - 1) for f in factors)
+            or any(not isinstance(f, int) or f < 2 or f & (f - 1) for f in factors)
             or len(set(factors)) != len(factors)
         ):
             raise ValueError(
@@ -231,7 +220,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         if latent_space is not None and latent_space not in LATENT_SPACES:
             raise ValueError(f"`latent_space` must be None or one of {sorted(LATENT_SPACES)}, got {latent_space!r}.")
         self._warned_untrained_factor = False
-        widths = group_widths(encoder_channels, encoder_blocks_per_group)
+        widths = [list(c) if isinstance(c, (list, tuple)) else [int(c)] * encoder_blocks_per_group
+                  for c in encoder_channels]  # the blocks' widths, group by group
         if len(widths) < 2:
             raise ValueError(f"`encoder_channels` needs at least 2 groups (the decoder reads the last two), got {encoder_channels!r}.")
         for name, value in (("decoder_blocks_before_upsample", decoder_blocks_before_upsample), ("refiner_blocks", refiner_blocks)):
@@ -331,9 +321,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 
     def check_inputs(self, latents, image, num_steps, generator=None, noise_scale=None, noise=None, callback=None) -> None:
-        """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only (no
-        tensor value is read: no device synchronisation). Values (NaN, range) are checked where
-        data enters: the pipelines, the CLI and the training data."""
+        """The arguments of :meth:`forward`, checked from shapes, dtypes and devices only: no device
+        synchronisation (values are checked where data enters: :mod:`~uplift_diffusers.utils.validation`)."""
         channels, factor = self.config.latent_channels, self.config.vae_scale_factor
         latents_ok = isinstance(latents, torch.Tensor) and latents.ndim == 4 and latents.shape[1] == channels
         if not latents_ok or not latents.is_floating_point():
@@ -365,9 +354,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             # the noise step_noise would draw, as stand-ins of no memory (compared by shape, dtype, device)
             zero = torch.empty((), dtype=self.dtype, device=latents.device)
             steps = [self._noise_layout((batch, channels, h * 2**step, w * 2**step)) for step in range(num_steps)]
-            expected = _summary(
-                [[None if shape is None else zero.expand(shape) for shape, _ in step] for step in steps]
-            )
+            expected = _summary([[None if shape is None else zero.expand(shape) for shape, _ in step] for step in steps])
             if _summary(noise) != expected:
                 raise ValueError(
                     f"`noise` must hold one tuple of 3 tensors per 2x step (num_steps={num_steps}) as `step_noise` draws "

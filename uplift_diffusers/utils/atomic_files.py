@@ -19,8 +19,7 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_save_image", "check_writ
 
 def check_writable_directory(path: Union[str, os.PathLike], argument: str = "output") -> Path:
     """Make sure files can be written in the folder ``path`` before any work: create it (and its
-    parents) if needed and write and remove one empty file in it. Returns the folder; a ValueError
-    naming ``argument`` and ``path`` when it cannot be created or written."""
+    parents) if needed and write and remove one empty file in it. Returns the folder."""
     folder = Path(path).expanduser()
     shown = f"`{argument}` {str(path)!r}"
     blocking = next((place for place in (folder, *folder.parents) if place.exists() and not place.is_dir()), None)

@@ -30,8 +30,7 @@ __all__ = ["color_correct", "mean_shift", "back_project", "project_to"]
 
 
 def _check_pair(image, reference) -> None:
-    """``image`` and ``reference``: RGB batches of one batch size, finite and in [0, 1] (two
-    reductions: where the data enters)."""
+    """Check the arguments of :func:`color_correct` and :func:`back_project` (two reductions: where the data enters)."""
     check_image_batch("image", image)
     check_image_batch("reference", reference, batch=image.shape[0])
     for name, tensor in (("image", image), ("reference", reference)):
@@ -40,9 +39,7 @@ def _check_pair(image, reference) -> None:
 
 
 def color_correct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Shift every channel of ``image`` so that its mean matches ``reference``'s, then clamp to [0, 1]::
-
-        out[b, c] = clamp(image[b, c] - (mean(image[b, c]) - mean(reference[b, c])), 0, 1)
+    """Shift every channel of ``image`` so that its mean matches ``reference``'s, then clamp to [0, 1].
 
     ``image`` (the decoded upscaled image) and ``reference`` (of any spatial size) are
     ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size. The result has the shape, dtype and
@@ -62,12 +59,9 @@ def mean_shift(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def back_project(image: torch.Tensor, reference: torch.Tensor, steps: int = DEFAULT_BACK_PROJECTION_STEPS) -> torch.Tensor:
-    """``image`` corrected so that its antialiased bilinear downsampling matches ``reference``.
-
-    ``image`` (the upscaled image) and ``reference`` (the low-resolution image it came from,
-    ``h <= H`` and ``w <= W``) are ``B x 3 x H x W`` RGB tensors in [0, 1] of one batch size;
-    ``steps`` rounds (0 returns ``image`` unchanged). The result has the shape, dtype and device
-    of ``image``, clamped to [0, 1].
+    """``image`` corrected so that its antialiased bilinear downsampling matches ``reference`` (the
+    low-resolution image it came from, no larger than ``image``), in ``steps`` rounds (0 returns
+    ``image`` unchanged); tensors and result as in :func:`color_correct`.
     """
     check_back_projection_steps(steps, "steps")
     _check_pair(image, reference)

@@ -19,9 +19,8 @@ _WRAPPERS = ("state_dict", "model", "uplift")
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt``/``.bin`` state dict without running
     pickled code. A training checkpoint's ``{"state_dict" | "model" | "uplift": ...}`` is unwrapped
-    and DataParallel's ``module.`` prefix removed. Errors (FileNotFoundError, ValueError for
-    anything that is not a readable state dict) name the path as ``argument``; none advises turning
-    the safe loader off."""
+    and DataParallel's ``module.`` prefix removed. Errors name the path as ``argument``; none advises
+    turning the safe loader off."""
     path = Path(path).expanduser()
     name = f"`{argument}` {str(path)!r}"
     if not path.is_file():
@@ -66,12 +65,11 @@ def state_dict_problems(
     """How ``given`` differs from ``expected``: one phrase per kind (missing keys, unexpected keys,
     shape mismatches), empty when they match; ``limit`` cuts each list to that many entries plus a
     count of the rest."""
-    shared = sorted(set(given) & set(expected))
     kinds = {
         "missing keys": sorted(set(expected) - set(given)),
         "unexpected keys": sorted(set(given) - set(expected)),
         "shape mismatches": [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-                             for k in shared if given[k].shape != expected[k].shape],
+                             for k in sorted(set(given) & set(expected)) if given[k].shape != expected[k].shape],
     }
     problems = []
     for label, keys in kinds.items():
