@@ -354,7 +354,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             # the noise step_noise would draw, as stand-ins of no memory (compared by shape, dtype, device)
             zero = torch.empty((), dtype=self.dtype, device=latents.device)
             steps = [self._noise_layout((batch, channels, h * 2**step, w * 2**step)) for step in range(num_steps)]
-            expected = _summary([[None if shape is None else zero.expand(shape) for shape, _ in step] for step in steps])
+            expected = _summary(
+                [[None if shape is None else zero.expand(shape) for shape, _ in step] for step in steps]
+            )
             if _summary(noise) != expected:
                 raise ValueError(
                     f"`noise` must hold one tuple of 3 tensors per 2x step (num_steps={num_steps}) as `step_noise` draws "
