@@ -1,9 +1,5 @@
-"""Images in and out of the super-resolution pipeline, and image files for training and evaluation
-(the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
-
-:func:`split_images` converts the pipeline's ``image`` argument (PIL images of any mode, numpy
-arrays, tensors, or lists of them) to :class:`ModedImage` items, and :func:`restore_mode` turns the
-upscaled colour back into the input's mode.
+"""Images in and out of the super-resolution pipeline (:func:`split_images`, :func:`restore_mode`), and
+image files for training and evaluation (the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
 
 Not ``VaeImageProcessor.preprocess``: it resizes to the VAE's multiple (we pad and crop back, so
 outputs have exactly the requested size, :func:`pad_to_multiple`), drops alpha, reads 16-bit and

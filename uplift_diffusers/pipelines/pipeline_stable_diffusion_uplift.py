@@ -85,7 +85,6 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     output); ``pipe.register_modules(upscaler=model)`` adds one later.
 
     Args:
-        vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
         upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler` or ``None``): an UPLiFT model for
             this VAE's latent space; ``None`` allows only ``upscale_factor=1``.
         safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
