@@ -317,6 +317,7 @@ def test_bad_arguments(base_pipes, tiny_sd_components):
         (dict(output_size=(64,)), "`output_size` must be a \\(height, width\\) pair"),
         (dict(upscale_factor=2, output_size=(128, 128)), "`output_size` must be .* given without `upscale_factor`"),
         (dict(tiling="yes"), "`tiling` must be None"),
+        (dict(tiling=1), "`tiling` must be None"),
         (dict(tiling=(1, 0)), "tile_size"),
         (dict(upscale_method="nearest"), "`upscale_method` must be one of"),
     ]

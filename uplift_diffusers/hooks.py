@@ -250,7 +250,7 @@ def apply_uplift(
                                    upscale_method)
     if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
         check_tile_arguments(*tiling)
-    elif tiling not in (None, True, False):
+    elif tiling is not None and not isinstance(tiling, bool):
         raise ValueError(
             f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
         )
