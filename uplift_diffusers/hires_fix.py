@@ -120,7 +120,7 @@ def hires_fix(
         raise ValueError(f"`upscale_factor` must be a power of two >= 2 (2, 4, 8): the latents are refined, got {upscale_factor!r}.")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < 1:
         raise ValueError(f"`strength` must be a number in [0, 1) (the fraction of the noise schedule re-run; 0: none), got {strength!r}.")
-    if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
+    if refine_steps is not None and (type(refine_steps) is not int or refine_steps < 1):
         raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
         with UPLiFTDecodeHook(pipe, upscaler, upscale_factor=upscale_factor):
