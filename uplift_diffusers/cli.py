@@ -54,9 +54,7 @@ def checked_by(check, expected: str):
     return parse
 
 
-#: ``--scale``: a finite number >= 1 (``"3"``, ``"1.5"``).
 parse_scale = checked_by(lambda text: check_upscale_factor(float(text)), "a scale: use a number >= 1 (e.g. 2, 3 or 1.5)")
-#: ``--max-memory``: bytes or a size such as ``3GB`` / ``500MB``.
 parse_max_memory = checked_by(parse_memory, "a size: use bytes or e.g. 3GB, 500MB")
 
 

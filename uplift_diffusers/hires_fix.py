@@ -101,7 +101,6 @@ def hires_fix(
         refine_steps: denoising steps of the second pass; None: ``ceil(strength x
             num_inference_steps)`` of the call (50 when not given).
         generator: seeds the pipeline's calls, UPLiFT's noise and the second pass's noise.
-        output_type: the final images' type, as the pipeline takes it.
         **call_kwargs: the pipeline's own arguments (``prompt``, ``height``, ``width``,
             ``num_inference_steps``, ``guidance_scale``, ...), for both passes.
 
@@ -117,12 +116,11 @@ def hires_fix(
         )
     family = "sd" if isinstance(pipe, StableDiffusionPipeline) else "flux2"
     guard_latent_space(pipe.vae, upscaler, check_latent_space)
-    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 \
-            or not math.log2(upscale_factor).is_integer():
+    if not isinstance(upscale_factor, (int, float)) or upscale_factor < 2 or not math.log2(upscale_factor).is_integer():
         raise ValueError(f"`upscale_factor` must be a power of two >= 2 (2, 4, 8): the latents are refined, got {upscale_factor!r}.")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < 1:
         raise ValueError(f"`strength` must be a number in [0, 1) (the fraction of the noise schedule re-run; 0: none), got {strength!r}.")
-    if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1):
+    if refine_steps is not None and (type(refine_steps) is not int or refine_steps < 1):
         raise ValueError(f"`refine_steps` must be an int >= 1 or None, got {refine_steps!r}.")
     if strength == 0:
         with UPLiFTDecodeHook(pipe, upscaler, upscale_factor=upscale_factor):
@@ -137,5 +135,5 @@ def hires_fix(
     raw = _raw_latents(pipe, family, latents, height, width)
     tiling = check_tile_arguments(None, None) if getattr(pipe.vae, "use_tiling", False) else None
     upscaled = upscale_latents_guided(upscaler, pipe.vae, raw, int(math.log2(upscale_factor)), generator, tiling).to(raw.dtype)
-    refine_kwargs = {k: v for k, v in call_kwargs.items() if k not in ("num_inference_steps", "upscale_factor")}
+    refine_kwargs = {k: v for k, v in call_kwargs.items() if k != "num_inference_steps"}
     return _refine(pipe, family, upscaled, float(strength), steps, generator, dict(refine_kwargs, output_type=output_type))

@@ -1,12 +1,9 @@
-"""UPLiFT on any diffusers pipeline: a hook on its VAE's ``decode``.
+"""UPLiFT on any diffusers pipeline: a hook on its VAE's ``decode`` (the flow: docs/architecture.md).
 
-Every diffusers pipeline ends with ``self.vae.decode(latents)`` on the VAE's raw latents (for
-Stable Diffusion divided by ``scaling_factor``; for FLUX.2 de-normalised and un-patchified):
-exactly UPLiFT's input space. :func:`apply_uplift` replaces that ``decode`` (as ``diffusers.hooks``
-replace a module's ``forward``) with one that decodes the base image as before, then upscales the
-latents guided by it (:func:`~uplift_diffusers.pipelines.upscale_decode.upscale_and_decode`).
-The pipeline's post-processing, safety checker, offloading, LoRA and callbacks then run unchanged
-on the larger image. :func:`remove_uplift` puts the original ``decode`` back.
+Every diffusers pipeline ends with ``self.vae.decode(latents)`` on the VAE's raw latents, exactly
+UPLiFT's input space: with that ``decode`` replaced (as ``diffusers.hooks`` replace a module's
+``forward``), the pipeline's post-processing, safety checker, offloading, LoRA and callbacks run
+unchanged on the larger image.
 
     >>> pipe = StableDiffusionPipeline.from_pretrained(...)
     >>> apply_uplift(pipe, UPLiFTLatentUpscaler.from_pretrained("UPLiFT-upsampler/uplift_sd1.5vae"))
@@ -33,7 +30,7 @@ from .models.tiled_upscaling import check_tile_arguments
 from .pipelines.upscale_decode import DEFAULT_UPSCALE_METHOD, UPSCALE_METHODS, plan_upscale, silent_progress_bar
 from .pipelines.upscale_decode import upscale_and_decode, vae_tiling
 from .utils.memory import DEFAULT_MAX_MEMORY, parse_memory
-from .utils.output_size import output_size_for
+from .utils.output_size import check_upscale_factor, output_size_for
 from .utils.validation import check_back_projection_steps, check_flag
 
 __all__ = ["apply_uplift", "remove_uplift", "UPLiFTDecodeHook", "guard_latent_space", "vae_latent_space", "vae_scale_factor"]
@@ -99,12 +96,11 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     """The arguments :func:`apply_uplift` and the pipelines share, checked at the door; returns
     ``max_memory`` in bytes."""
     if output_size is None:
-        output_size_for(1, 1, upscale_factor)  # a finite real >= 1
-    elif upscale_factor is not None:
-        raise ValueError(f"pass either `upscale_factor` or `output_size`, not both (got {upscale_factor!r} and {output_size!r}).")
-    elif not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in output_size)):
-        raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, got {output_size!r}.")
+        check_upscale_factor(upscale_factor)
+    elif upscale_factor is not None or not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+                                            and all(type(side) is int and side >= 1 for side in output_size)):
+        raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, given without `upscale_factor`; "
+                         f"got output_size={output_size!r}, upscale_factor={upscale_factor!r}.")
     check_flag("color_correction", color_correction)
     check_back_projection_steps(back_projection_steps)
     if upscale_method not in UPSCALE_METHODS:
@@ -183,9 +179,7 @@ class UPLiFTDecodeHook:
                 self.base_images.append(base)
             if not upscale:
                 return base_output
-            # diffusers' Stable Diffusion pipelines pass their generator to ``decode``; FLUX.2 pipelines
-            # pass none: then a generator seeded from the latents makes a seeded call repeatable
-            # without touching torch's global random state
+            # as apply_uplift says; seeded from the latents, not from torch's global random state
             generator = self.generator if self.generator is not None else kwargs.get("generator")
             if generator is None:
                 digest = hashlib.sha256(latents.detach().float().cpu().numpy().tobytes()).digest()
@@ -256,7 +250,7 @@ def apply_uplift(
                                    upscale_method)
     if isinstance(tiling, (tuple, list)) and len(tiling) == 2:
         check_tile_arguments(*tiling)
-    elif tiling not in (None, True, False):
+    elif tiling is not None and not isinstance(tiling, bool):
         raise ValueError(
             f"`tiling` must be None (follow the VAE's tiling), True / False, or a (tile_size, overlap) pair, got {tiling!r}."
         )

@@ -1,9 +1,5 @@
-"""Images in and out of the super-resolution pipeline, and image files for training and evaluation
-(the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
-
-:func:`split_images` converts the pipeline's ``image`` argument (PIL images of any mode, numpy
-arrays, tensors, or lists of them) to :class:`ModedImage` items, and :func:`restore_mode` turns the
-upscaled colour back into the input's mode.
+"""Images in and out of the super-resolution pipeline (:func:`split_images`, :func:`restore_mode`), and
+image files for training and evaluation (the super-resolution protocol's pairs among them: :func:`load_hr_lr`).
 
 Not ``VaeImageProcessor.preprocess``: it resizes to the VAE's multiple (we pad and crop back, so
 outputs have exactly the requested size, :func:`pad_to_multiple`), drops alpha, reads 16-bit and
@@ -136,7 +132,6 @@ def _unit_images(images: torch.Tensor, where: str) -> List[torch.Tensor]:
     return [image.contiguous() for image in batch.split(1)]
 
 
-# Image modes in the pipeline: gray stays gray, alpha is upscaled beside the colour
 @dataclass
 class ModedImage:
     """One input image as the super-resolution pipeline processes it.
@@ -225,10 +220,9 @@ def upscale_alpha(alpha: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     height, width = (int(side) for side in size)
     flat = alpha.detach().to(device="cpu", dtype=torch.float32).reshape(-1, 1, *alpha.shape[-2:])
     resized = [np.asarray(Image.fromarray(plane[0].numpy()).resize((width, height), Image.LANCZOS)) for plane in flat]
-    upscaled = torch.from_numpy(np.stack(resized))[:, None]
     high = F.interpolate(F.max_pool2d(flat, 3, stride=1, padding=1), size=(height, width), mode="nearest")
     low = F.interpolate(-F.max_pool2d(-flat, 3, stride=1, padding=1), size=(height, width), mode="nearest")
-    upscaled = torch.minimum(torch.maximum(upscaled, low), high)
+    upscaled = torch.from_numpy(np.stack(resized))[:, None].clamp(low, high)
     return upscaled.reshape(*alpha.shape[:-2], height, width).to(device=alpha.device, dtype=alpha.dtype)
 
 
@@ -248,11 +242,8 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     or replication along a side shorter than the padding it needs (where reflection is undefined)."""
     height, width = image.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_w:
-        image = F.pad(image, (0, pad_w, 0, 0), mode="reflect" if pad_w < width else "replicate")
-    if pad_h:
-        image = F.pad(image, (0, 0, 0, pad_h), mode="reflect" if pad_h < height else "replicate")
-    return image
+    image = F.pad(image, (0, pad_w, 0, 0), mode="reflect" if pad_w < width else "replicate")
+    return F.pad(image, (0, 0, 0, pad_h), mode="reflect" if pad_h < height else "replicate")
 
 
 def size_groups(tensors: Sequence[torch.Tensor]) -> List[List[int]]:

@@ -85,11 +85,9 @@ class StableDiffusionUPLiFTPipeline(HubComponentsMixin, TilingMixin, StableDiffu
     output); ``pipe.register_modules(upscaler=model)`` adds one later.
 
     Args:
-        vae, text_encoder, tokenizer, unet, scheduler: as in ``StableDiffusionPipeline``.
         upscaler (:class:`~uplift_diffusers.UPLiFTLatentUpscaler` or ``None``): an UPLiFT model for
             this VAE's latent space; ``None`` allows only ``upscale_factor=1``.
-        safety_checker, feature_extractor, image_encoder: optional, as in ``StableDiffusionPipeline``.
-            When a safety checker is present it runs on the final (upscaled) images.
+        safety_checker: optional; when present it runs on the final (upscaled) images.
         requires_safety_checker: warn when no safety checker is given (default False).
         check_latent_space: as in :func:`~uplift_diffusers.apply_uplift`.
     """

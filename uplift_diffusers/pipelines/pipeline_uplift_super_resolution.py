@@ -1,7 +1,5 @@
 """Image super-resolution with a VAE and UPLiFT: encode, upscale the latents, decode (the flow:
-docs/architecture.md). Every output keeps its input's mode (gray, alpha):
-:func:`uplift_diffusers.image_processor.split_images` and :func:`~uplift_diffusers.image_processor.restore_mode`.
-"""
+docs/architecture.md), every output in its input's mode (gray, alpha: :mod:`uplift_diffusers.image_processor`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,15 +69,14 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
     #: ``upscale_method`` of :func:`~uplift_diffusers.apply_uplift`, for every call (default: the measured best).
     upscale_method: str = DEFAULT_UPSCALE_METHOD
 
-    def check_inputs(self, upscale_factor, generator, color_correction, output_type, num_images, height, width,
-                     back_projection_steps, ensemble, max_memory) -> float:
-        """The arguments of :meth:`__call__` but ``image`` (checked as it is read); returns ``max_memory`` in bytes."""
+    def check_inputs(self, generator, color_correction, output_type, num_images, back_projection_steps, ensemble,
+                     max_memory) -> float:
+        """The arguments of :meth:`__call__` but ``image`` (checked as it is read) and the output size (checked
+        per input size, before any work); returns ``max_memory`` in bytes."""
         guard_latent_space(self.vae, self.upscaler, self.config.check_latent_space)
-        output_size_for(1, 1, upscale_factor, height, width)  # types and ranges; sizes per image later
         budget = check_uplift_settings(1, None, color_correction, back_projection_steps, max_memory, self.upscale_method)
-        generators = generator if isinstance(generator, list) else [] if generator is None else [generator]
-        one_per_image = not isinstance(generator, list) or len(generator) == num_images
-        if not one_per_image or not all(isinstance(g, torch.Generator) for g in generators):
+        generators = generator if isinstance(generator, list) and len(generator) == num_images else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
             raise ValueError(
                 f"`generator` must be None, a torch.Generator or a list of one per image ({num_images} images), "
                 f"got {generator!r}."
@@ -169,10 +166,8 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
             upscale_factor = DEFAULT_SUPER_RESOLUTION_FACTOR
         items = split_images(image)
         tensors = [item.rgb for item in items]
-        budget = self.check_inputs(
-            upscale_factor, generator, color_correction, output_type, len(tensors), height, width, back_projection_steps,
-            ensemble, max_memory,
-        )
+        budget = self.check_inputs(generator, color_correction, output_type, len(tensors), back_projection_steps,
+                                   ensemble, max_memory)
         groups = size_groups(tensors)
         input_sizes = [tuple(tensors[indices[0]].shape[-2:]) for indices in groups]
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]

@@ -27,8 +27,6 @@ The default is measured (``python -m evaluation.benchmarks.any_size_study``, TAE
 BSDS500 images, evaluation/results/any_size_study.md): resampling the decoded image beat resampling
 the latents by 4.7-7 dB PSNR at 1.5x and 3x; at 6x, stepping past the trained depth (8x, then
 down, with a model trained for 2x and 4x) lost 1.8 dB to stopping at 4x and upsampling.
-
-The functions here are internal: they trust their callers, which check the user's arguments.
 """
 from __future__ import annotations
 
@@ -81,12 +79,9 @@ def upscale_steps(
 
 def plan_upscale(upscaler, vae, batch: int, guide_size: Size, output_size: Size, method: str, max_memory: float,
                  tiling=None) -> Tuple[Tiling, int]:
-    """The tiles of an upscale and its number of progress updates.
-
-    The tiles: ``tiling`` where it is set (``(tile_size, overlap)``; True: the default tiles; False:
-    none); for None, the default tiles when the untiled stage's estimated peak passes ``max_memory``
-    bytes. The updates (the progress rule): one for the guide (the base decode or the encode), then
-    those :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
+    """The tiles of an upscale (``tiling`` and ``max_memory``, in bytes, as in :func:`~uplift_diffusers.apply_uplift`)
+    and its number of progress updates: one for the guide (the base decode or the encode), then those
+    :func:`upscale_and_decode` makes: one per 2x step (per tile when tiling) and one for the decode."""
     num_steps = upscale_steps(output_size, guide_size, method, upscaler.config.get("trained_upscale_factors"))
     if tiling is None:
         scale = 2**num_steps
@@ -127,14 +122,10 @@ def upscale_latents(upscaler, latents: torch.Tensor, guide: torch.Tensor, num_st
     if num_steps == 0:
         return latents
     guide = guide.to(device=latents.device, dtype=torch.float32)
-
-    def callback(index, step_latents):
-        progress.update()
-
+    options = dict(generator=generator, callback=lambda index, step_latents: progress.update())
     if tiling is not None:
-        tile_size, overlap = tiling
-        return tiled_upscale(upscaler, latents, guide, num_steps, generator=generator, tile_size=tile_size, overlap=overlap, callback=callback)
-    return upscaler(latents, guide, num_steps=num_steps, generator=generator, callback=callback).sample
+        return tiled_upscale(upscaler, latents, guide, num_steps, tile_size=tiling[0], overlap=tiling[1], **options)
+    return upscaler(latents, guide, num_steps=num_steps, **options).sample
 
 
 def upscale_latents_guided(upscaler, vae, latents: torch.Tensor, num_steps: int, generator=None, tiling: Tiling = None,
@@ -156,7 +147,7 @@ def _resample_latents(latents: torch.Tensor, scale: Tuple[float, float], size: S
     first ``size`` latents kept; replicated at the bottom / right so that the result covers ``size``."""
     pad_h = max(0, math.ceil(size[0] / scale[0]) + 1 - latents.shape[-2])
     pad_w = max(0, math.ceil(size[1] / scale[1]) + 1 - latents.shape[-1])
-    source = F.pad(latents.float(), (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else latents.float()
+    source = F.pad(latents.float(), (0, pad_w, 0, pad_h), mode="replicate")
     resized = F.interpolate(
         source, scale_factor=scale, mode=mode, antialias=antialias, align_corners=False, recompute_scale_factor=False
     )
