@@ -521,7 +521,7 @@ def test_generate_refine_needs_a_power_of_two_before_loading(tmp_path, monkeypat
     forbid_loading(monkeypatch)
     assert main(["generate", "a cat", "--scale", "3", "--refine-strength", "0.3", "-o", str(tmp_path / "x.png")]) == 2
     line = one_error_line(capsys)
-    assert "--refine-strength 0.3 with --scale 3" in line and "--scale 2, 4 or 8" in line
+    assert "--refine-strength needs" in line and "--scale 2, 4 or 8" in line and "got 3)" in line
 
 
 # ------------------------------------------------------------------------------- arguments, outputs, help
@@ -539,8 +539,8 @@ def test_generate_refine_needs_a_power_of_two_before_loading(tmp_path, monkeypat
         (["generate", "cat", "--scale", "0"], "is not a scale"),
         (["generate", "cat", "--size", "500"], "multiples of 8"),
         (["generate", "cat", "--steps", "0"], "'0' is not an integer >= 1"),
-        (["generate", "cat", "--refine-strength", "1"], "--refine-strength 1 with --scale 2: use a fraction"),
-        (["generate", "cat", "--refine-strength", "0.3", "--back-projection-steps", "1"], "without --back-projection-steps"),
+        (["generate", "cat", "--refine-strength", "1"], "in [0, 1) (got 1)"),
+        (["generate", "cat", "--refine-strength", "0.3", "--back-projection-steps", "1"], "no --back-projection-steps (got 1)"),
         (["upscale", "a.png"], "--output"),
         ([], "required"),
     ],

@@ -315,7 +315,7 @@ def test_bad_arguments(base_pipes, tiny_sd_components):
         (dict(color_correction="yes"), "`color_correction` must be True or False"),
         (dict(back_projection_steps=-1), "`back_projection_steps` must be an int >= 0"),
         (dict(output_size=(64,)), "`output_size` must be a \\(height, width\\) pair"),
-        (dict(upscale_factor=2, output_size=(128, 128)), "`output_size` must be .* given without `upscale_factor`"),
+        (dict(upscale_factor=2, output_size=(128, 128)), "either `upscale_factor` or `output_size`, not both"),
         (dict(tiling="yes"), "`tiling` must be None"),
         (dict(tiling=1), "`tiling` must be None"),
         (dict(tiling=(1, 0)), "tile_size"),

@@ -106,7 +106,10 @@ def check_models(models: Sequence[Tuple[str, Optional[str], Sequence[str]]], hin
         hub_file = named_errors(flag, source, lambda: hub_file_of(source, flag), UsageError)
         if hub_file is None and (looks_like_local_path(source) or not _REPO_ID.fullmatch(source)):
             raise UsageError(f"{flag} {source!r}: no such file or folder, and not a Hub id (org/name)")
-        repo_id, files, revision = (hub_file[0], (hub_file[1],), hub_file[2]) if hub_file else (source, files, None)
+        repo_id, revision = source, None
+        if hub_file is not None:  # one file of a repository, maybe at a revision
+            repo_id, name, revision = hub_file
+            files = (name,)
         from_hub = True
         # cached: any of the files (a pipeline's vae/config.json counts); the cache's "absent" marker is no file
         if not any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision), str) for name in files):
@@ -266,9 +269,9 @@ def plan_generation(args) -> Tuple[List[Path], dict, str]:
     ``model_index.json``, returned with the family of the pipeline class it names."""
     refine = args.refine_strength
     if refine and (not 0 < refine < 1 or args.scale not in (2, 4, 8) or args.back_projection_steps):
-        raise UsageError(f"--refine-strength {refine:g} with --scale {args.scale:g}: use a fraction of the noise "
-                         "schedule in [0, 1), with --scale 2, 4 or 8 (the refined latents exist at powers of two) and "
-                         "without --back-projection-steps")
+        raise UsageError(f"--refine-strength needs a fraction of the noise schedule in [0, 1) (got {refine:g}), "
+                         f"--scale 2, 4 or 8 (the refined latents exist at powers of two; got {args.scale:g}) and "
+                         f"no --back-projection-steps (got {args.back_projection_steps})")
     path = Path(args.output).expanduser()
     if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
         folder = writable_folder(str(path.parent))
@@ -359,7 +362,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser, back_projection_steps
     parser.add_argument("--upscaler-config", metavar="YAML", help="the authors' YAML config of an --upscaler file "
                         "(default: read off its shapes)")
     parser.add_argument("--back-projection-steps", type=lambda t: parse_count(t, 0), default=back_projection_steps,
-                        metavar="N", help="rounds of back-projection onto the input (0: off; default %(default)s)")
+                        metavar="N", help="rounds of back-projection onto the low-resolution image (upscale: the "
+                        "input; generate: the image before upscaling; 0: off; default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever is available)")
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",

@@ -97,10 +97,11 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     ``max_memory`` in bytes."""
     if output_size is None:
         check_upscale_factor(upscale_factor)
-    elif upscale_factor is not None or not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-                                            and all(type(side) is int and side >= 1 for side in output_size)):
-        raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, given without `upscale_factor`; "
-                         f"got output_size={output_size!r}, upscale_factor={upscale_factor!r}.")
+    elif upscale_factor is not None:
+        raise ValueError(f"pass either `upscale_factor` or `output_size`, not both (got {upscale_factor!r} and {output_size!r}).")
+    elif not (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+              and all(type(side) is int and side >= 1 for side in output_size)):
+        raise ValueError(f"`output_size` must be a (height, width) pair of ints >= 1, got {output_size!r}.")
     check_flag("color_correction", color_correction)
     check_back_projection_steps(back_projection_steps)
     if upscale_method not in UPSCALE_METHODS:
@@ -108,7 +109,7 @@ def check_uplift_settings(upscale_factor, output_size, color_correction, back_pr
     return parse_memory(max_memory)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)  # its repr would print the whole pipeline
 class UPLiFTDecodeHook:
     """The ``decode`` that :func:`apply_uplift` puts on a pipeline's VAE: called as the VAE's
     ``decode`` was, it returns what that returned (a ``DecoderOutput`` or a tuple) holding the

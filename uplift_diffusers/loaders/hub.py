@@ -21,13 +21,16 @@ _HUB_FILE = re.compile(r"([^/]+)/([^/]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)")
 def read_model_config(config_file, argument: str) -> dict:
     """A model's ``config.json``, checked here because diffusers' own error for a broken one
     blames the network. ``argument`` names the folder or id it came from in the errors."""
+    fix = "restore it, or save the model again (save_pretrained)"
     try:
         config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise TypeError(f"a JSON {type(config).__name__}, not an object")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
-        raise ValueError(f"{argument}: its {str(config_file)!r} is not a valid JSON model config ({error}); restore "
-                         "it, or save the model again (save_pretrained).") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{argument}: its {str(config_file)!r} is not a valid JSON model config ({error}); {fix}."
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{argument}: its {str(config_file)!r} is not a valid JSON model config (a JSON "
+                         f"{type(config).__name__}, not an object); {fix}.")
     return config
 
 

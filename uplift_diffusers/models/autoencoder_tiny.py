@@ -127,7 +127,8 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         pool = (width, pool_hidden_channels, pool_num_groups)
         widths, blocks = (width,) * 4, (1, 3, 3, 3)
         self.encoder = EncoderTiny(in_channels, latent_channels, blocks, widths, "relu")
-        _pool_blocks(self.encoder.layers, "encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS, *pool)
+        _pool_blocks(self.encoder.layers, "encoder_pooled_blocks", encoder_pooled_blocks, ENCODER_BLOCK_POSITIONS,
+                     *pool)
         self.decoder = DecoderTiny(latent_channels, out_channels, blocks[::-1], widths, 2, "relu", "nearest")
         self.decoder.layers = _pool_blocks(nn.Sequential(_TanhClamp(), *self.decoder.layers), "decoder_pooled_blocks",
                                            decoder_pooled_blocks, DECODER_BLOCK_POSITIONS, *pool)
@@ -156,11 +157,13 @@ class TinyAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         dec_sd = load_state_dict_file(decoder_path, "decoder_path")
         enc_latent = _shape(enc_sd, f"{_ENCODER_OUT_INDEX}.weight", 0)
         dec_latent = _shape(dec_sd, f"{_DECODER_IN_INDEX}.weight", 1)
-        if len({enc_latent, dec_latent} - {None}) != 1:
+        counts = {enc_latent, dec_latent} - {None}  # either key may be missing, not both; the two must agree
+        if len(counts) != 1:
             raise ValueError(
-                f"encoder_path ({encoder_path}) gives {enc_latent} latent channels ('{_ENCODER_OUT_INDEX}.weight') but "
-                f"decoder_path ({decoder_path}) expects {dec_latent} ('{_DECODER_IN_INDEX}.weight', None: no such "
-                "key); pass the encoder and decoder of one TAESD-family variant."
+                f"cannot read one latent channel count: encoder_path ({encoder_path}) gives {enc_latent} latent "
+                f"channels ('{_ENCODER_OUT_INDEX}.weight') and decoder_path ({decoder_path}) expects {dec_latent} "
+                f"('{_DECODER_IN_INDEX}.weight'; None: the key is missing); pass the encoder and decoder of one "
+                "TAESD-family variant."
             )
         pool_widths = [int(sd[k].shape[0]) for sd in (enc_sd, dec_sd) for k in sorted(sd) if k.endswith(".pool.0.weight")]
         model = cls(

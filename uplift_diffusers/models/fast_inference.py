@@ -163,7 +163,9 @@ class FastInference:
         back = dict(dtype=latents.dtype, memory_format=torch.contiguous_format)
         sample = sample.to(**back)
         intermediate = None if intermediate is None else [z.to(**back) for z in intermediate]
-        return (sample, intermediate) if isinstance(output, tuple) else UPLiFTOutput(sample=sample, intermediate=intermediate)
+        if isinstance(output, tuple):
+            return (sample, intermediate)
+        return UPLiFTOutput(sample=sample, intermediate=intermediate)
 
 
 def apply_fast_inference(
@@ -193,7 +195,9 @@ def apply_fast_inference(
         again replaces the previous state.
     """
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"`dtype` must be one of {', '.join(map(str, SUPPORTED_DTYPES))} (e.g. torch.bfloat16), got {dtype!r}.")
+        raise ValueError(
+            f"`dtype` must be one of {', '.join(map(str, SUPPORTED_DTYPES))} (e.g. torch.bfloat16), got {dtype!r}."
+        )
     check_flag("compile", compile)
     check_flag("channels_last", channels_last)
     if compile_mode is not None and not isinstance(compile_mode, str):

@@ -166,7 +166,8 @@ class AutoLocalAttenderProcessor:
 
 def attend(weights: torch.Tensor, value: torch.Tensor, offsets: Offsets, padding: int, scale: int) -> torch.Tensor:
     """``out[:, :, s*y+i, s*x+j] = sum_k weights[:, k, s*y+i, s*x+j] * value_pad[:, :, y+dy_k, x+dx_k]``,
-    accumulated one offset at a time into a ``B x C x H x s x W x s`` view of the output."""
+    accumulated one offset at a time into a ``B x C x H x s x W x s`` view of the output, so that nothing
+    of ``n`` times the output size is ever held (the module's memory note)."""
     batch, channels, height, width = value.shape
     padded = F.pad(value, (padding,) * 4, mode="replicate") if padding else value
     out = value.new_zeros(batch, channels, height * scale, width * scale, dtype=torch.promote_types(weights.dtype, value.dtype))

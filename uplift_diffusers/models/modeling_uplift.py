@@ -165,6 +165,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         decoder_channels: width of the decoder (and the Local Attender's guide).
         decoder_blocks_before_upsample / decoder_blocks_after_upsample: ConvBlocks around
             the 2x transpose convolution.
+        refiner_channels, refiner_blocks: width and number of ConvBlocks of the refiner.
         refiner_encoder_group: index of the encoder group fed to the refiner (official
             ``ref_con``; -1 is the last group), or ``None`` for no connection.
         neighborhood: Local Attender neighbourhood: 5, 9, 13, 17, 25 or a list of (dy, dx).
@@ -263,6 +264,7 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             num_steps: number of 2x steps (>= 1); the encoder runs once for all of them.
             generator: a ``torch.Generator`` or a list of one per batch element, for the noise.
             noise_scale: override of the configured noise scale (0 gives a deterministic output).
+            output_intermediate: also return every step's latents (``UPLiFTOutput.intermediate``).
             callback: called as ``callback(step_index, latents)`` after every 2x step
                 (``step_index`` from 0), e.g. to advance a progress bar.
             noise: the noise to use instead of drawing it: one :data:`StepNoise` per step, as
@@ -316,7 +318,9 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
         batch, _, h, w = latents_shape
         ref_channels = cfg.noise_channels if cfg.refiner_noise_channels is None else cfg.refiner_noise_channels
         dec_scale = cfg.noise_scale if noise_scale is None else noise_scale
-        ref_scale = cfg.refiner_noise_scale if noise_scale is None and cfg.refiner_noise_scale is not None else dec_scale
+        ref_scale = dec_scale  # the decoder's, unless the refiner has its own and no override is given
+        if noise_scale is None and cfg.refiner_noise_scale is not None:
+            ref_scale = cfg.refiner_noise_scale
         parts = ((cfg.noise_channels, 1, dec_scale), (cfg.noise_channels, 2, dec_scale), (ref_channels, 2, ref_scale))
         return [((batch, channels, up * h, up * w) if channels else None, float(scale)) for channels, up, scale in parts]
 
@@ -359,8 +363,8 @@ class UPLiFTLatentUpscaler(FromOriginalUPLiFTMixin, ModelMixin, ConfigMixin):
             )
             if _summary(noise) != expected:
                 raise ValueError(
-                    f"`noise` must hold one tuple of 3 tensors per 2x step (num_steps={num_steps}) as `step_noise` draws "
-                    f"them (None: no noise channels), in the model's dtype on the latents' device: {expected}; "
+                    f"`noise` must hold one tuple of 3 tensors per 2x step (num_steps={num_steps}) as `step_noise` "
+                    f"draws them (None: no noise channels), in the model's dtype on the latents' device: {expected}; "
                     f"got {_summary(noise)}."
                 )
         trained = self.config.get("trained_upscale_factors")

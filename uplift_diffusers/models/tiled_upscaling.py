@@ -142,7 +142,8 @@ def tiled_upscale(
             (``count_tiles(h, w, ...) * num_steps`` calls in all), for progress.
 
     Returns:
-        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's output dtype.
+        The upscaled latents ``B x C x (2**num_steps h) x (2**num_steps w)`` in the model's output dtype;
+        equal to the untiled call when one tile covers the latents.
     """
     tile_size, overlap = check_tile_arguments(tile_size, overlap)
     upscaler.check_inputs(latents, image, num_steps, generator, callback=callback)

@@ -115,7 +115,7 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         if not back_projection_steps:
             return total / ensemble
         progress.set_postfix_str("back-projection")
-        return project_to(total / ensemble, images, back_projection_steps).clamp(0, 1)  # checked at the door
+        return project_to(total / ensemble, images, back_projection_steps).clamp(0, 1)  # the input: checked at the door
 
     @torch.no_grad()
     def __call__(
@@ -173,7 +173,9 @@ class UPLiFTSuperResolutionPipeline(HubComponentsMixin, TilingMixin, DiffusionPi
         output_sizes = [output_size_for(*size, upscale_factor, height, width) for size in input_sizes]
         # per size group: :meth:`enable_tiling`'s tiles, else those the memory budget asks for
         plans = [
-            plan_upscale(self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings)
+            plan_upscale(
+                self.upscaler, self.vae, len(indices), size, out, self.upscale_method, budget, self.tiling_settings
+            )
             for indices, size, out in zip(groups, input_sizes, output_sizes)
         ]
         total = ensemble * sum(updates for _, updates in plans)  # a turned view counts as many updates

@@ -19,8 +19,8 @@ _WRAPPERS = ("state_dict", "model", "uplift")
 def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.ckpt``/``.bin`` state dict without running
     pickled code. A training checkpoint's ``{"state_dict" | "model" | "uplift": ...}`` is unwrapped
-    and DataParallel's ``module.`` prefix removed. Errors name the path as ``argument``; none advises
-    turning the safe loader off."""
+    and DataParallel's ``module.`` prefix removed. Errors name the path as ``argument`` (a missing file:
+    FileNotFoundError); none advises turning the safe loader off."""
     path = Path(path).expanduser()
     name = f"`{argument}` {str(path)!r}"
     if not path.is_file():
@@ -34,6 +34,8 @@ def load_state_dict_file(path: Union[str, os.PathLike], argument: str = "checkpo
                 state_dict = load_file(str(path))
             else:
                 state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - a refused, damaged or foreign file
         message = str(error)
         if "Unsupported global" in message:
